@@ -1,0 +1,1 @@
+"""CipherTrust Manager client: authentication, transport, typed errors and CCKM OCI operations."""
