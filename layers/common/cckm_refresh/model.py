@@ -82,6 +82,7 @@ class RefreshOutcome:
     lifecycle_state: str | None = None
     current_key_version: str | None = None
     refreshed_at: str | None = None
+    recorded_at: str | None = None  # when the outcome was known; orders results of one key
 
 
 @dataclass(frozen=True)

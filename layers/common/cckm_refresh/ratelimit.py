@@ -1,0 +1,123 @@
+"""Per-tenancy pacing of refresh calls: OCI allows 10 key-management reads per second per
+tenancy and one refresh costs at least two, so every attempt (first tries and retries) of a
+key's refresh reserves a slot in its tenancy's schedule.
+
+Shape borrowed from botocore's standard retry mode: the limits are data, the backoff is
+additive-increase / multiplicative-decrease. A ``TooManyRequests`` halves the tenancy's rate
+(never below ``min_rate``) and pushes its next slot out by ``throttle_penalty`` seconds; each
+answered call then wins back ``recovery_step`` of the rate until the configured ceiling.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+UNKNOWN_TENANCY = "~unknown"
+
+
+@dataclass
+class _Bucket:
+    rate: float
+    next_free: float = 0.0
+    throttled: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class TenancyRateLimiter:
+    """Slot reservations per tenancy; thread-safe; clock and sleep injectable for tests."""
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        min_rate: float | None = None,
+        throttle_penalty: float = 1.0,
+        recovery_step: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.max_rate = rate
+        self.min_rate = min_rate if min_rate is not None else max(rate / 8, 0.1)
+        self.throttle_penalty = throttle_penalty
+        self.recovery_step = recovery_step if recovery_step is not None else rate / 20
+        self.clock = clock
+        self.sleep = sleep
+        self._buckets: dict[str, _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def _bucket(self, tenancy: str | None) -> _Bucket:
+        name = tenancy or UNKNOWN_TENANCY
+        with self._lock:
+            bucket = self._buckets.get(name)
+            if bucket is None:
+                bucket = self._buckets[name] = _Bucket(rate=self.max_rate, next_free=self.clock())
+            return bucket
+
+    def next_free(self, tenancy: str | None) -> float:
+        """When the tenancy's next slot opens (monotonic seconds)."""
+        return self._bucket(tenancy).next_free
+
+    def reserve(self, tenancy: str | None) -> float:
+        """Reserve the tenancy's next slot and return its start time (does not wait)."""
+        bucket = self._bucket(tenancy)
+        with bucket.lock:
+            start = max(self.clock(), bucket.next_free)
+            bucket.next_free = start + 1.0 / bucket.rate
+            return start
+
+    def wait_until(self, start: float) -> None:
+        delay = start - self.clock()
+        if delay > 0:
+            self.sleep(delay)
+
+    def throttled(self, tenancy: str | None) -> None:
+        """Halve the tenancy's rate and let its window clear before the next slot."""
+        bucket = self._bucket(tenancy)
+        with bucket.lock:
+            bucket.throttled += 1
+            bucket.rate = max(self.min_rate, bucket.rate / 2)
+            bucket.next_free = max(bucket.next_free, self.clock() + self.throttle_penalty)
+
+    def answered(self, tenancy: str | None) -> None:
+        """A call was answered without a throttle: win back some rate."""
+        bucket = self._bucket(tenancy)
+        with bucket.lock:
+            bucket.rate = min(self.max_rate, bucket.rate + self.recovery_step)
+
+    def rate(self, tenancy: str | None) -> float:
+        return self._bucket(tenancy).rate
+
+    def throttle_count(self) -> int:
+        with self._lock:
+            return sum(b.throttled for b in self._buckets.values())
+
+    def pacer(self, tenancy: str | None, first_slot: float | None = None) -> TenancyPacer:
+        """A Pacer for one key's call; ``first_slot`` is a slot already reserved for it."""
+        return TenancyPacer(self, tenancy, first_slot)
+
+
+class TenancyPacer:
+    """Implements ``cckm_refresh.ctm.pacing.Pacer`` for one key of one tenancy."""
+
+    def __init__(self, limiter: TenancyRateLimiter, tenancy: str | None, first: float | None):
+        self._limiter = limiter
+        self._tenancy = tenancy
+        self._reserved = first
+
+    def wait(self) -> None:
+        start = (
+            self._reserved if self._reserved is not None else self._limiter.reserve(self._tenancy)
+        )
+        self._reserved = None
+        self._limiter.wait_until(start)
+
+    def on_throttled(self) -> None:
+        self._limiter.throttled(self._tenancy)
+
+    def on_success(self) -> None:
+        self._limiter.answered(self._tenancy)

@@ -1,0 +1,174 @@
+"""The request object of CONTRACT 4.1: parsed and validated before any HTTP call is made.
+
+Every rejection names the field at fault (``keys[3]``, ``selector.region``, ``reason``...)
+and never echoes the offending value, which may be large or hostile.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cckm_refresh.ctm.ids import InvalidKeyIdError, KeyIdKind, classify_key_id
+
+MAX_KEYS = 1000
+MAX_REASON = 256
+MAX_SELECTOR_VALUE = 256
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+SELECTOR_FIELDS = frozenset(
+    {
+        "vault_id",
+        "cckm_vault_id",
+        "vault_name",
+        "tenancy",
+        "region",
+        "compartment_name",
+        "lifecycle_state",
+        "key_name",
+        "algorithm",
+        "protection_mode",
+        "key_material_origin",
+    }
+)
+REQUEST_FIELDS = frozenset({"keys", "selector", "request_id", "run_id", "reason", "dry_run"})
+
+
+class RequestError(ValueError):
+    """The request is invalid; ``field`` names what is wrong."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"{field_name}: {problem}")
+        self.field = field_name
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Selector:
+    """CCKM list filters; ``all_keys`` means every OCI key (``{"all": true}``)."""
+
+    filters: tuple[tuple[str, str], ...] = ()
+    all_keys: bool = False
+
+    def as_query(self) -> dict[str, str]:
+        return dict(self.filters)
+
+
+@dataclass(frozen=True)
+class RefreshRequest:
+    """A validated request: CCKM ids and OCIDs (de-duplicated, in order) and/or a selector."""
+
+    key_ids: tuple[str, ...] = ()
+    ocids: tuple[str, ...] = ()
+    selector: Selector | None = None
+    request_id: str | None = None
+    run_id: str | None = None
+    reason: str | None = None
+    dry_run: bool = False
+
+
+def parse_request_body(body: str) -> RefreshRequest:
+    """Parse a JSON text (an SQS message body) into a request, or raise RequestError."""
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, TypeError, RecursionError):
+        raise RequestError("body", "is not valid JSON") from None
+    return parse_request(document)
+
+
+def parse_request(document: object) -> RefreshRequest:
+    """Validate a decoded request object (CONTRACT 4.1), or raise RequestError."""
+    if not isinstance(document, dict):
+        raise RequestError("request", "must be a JSON object")
+    unknown = sorted(str(name) for name in document if name not in REQUEST_FIELDS)
+    if unknown:
+        raise RequestError(unknown[0][:64], "is not a known field")
+    if "keys" not in document and "selector" not in document:
+        raise RequestError("keys", "or selector is required")
+    key_ids, ocids = _parse_keys(document["keys"]) if "keys" in document else ((), ())
+    selector = _parse_selector(document["selector"]) if "selector" in document else None
+    dry_run = document.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise RequestError("dry_run", "must be true or false")
+    return RefreshRequest(
+        key_ids=key_ids,
+        ocids=ocids,
+        selector=selector,
+        request_id=_parse_name(document, "request_id"),
+        run_id=_parse_name(document, "run_id"),
+        reason=_parse_reason(document["reason"]) if "reason" in document else None,
+        dry_run=dry_run,
+    )
+
+
+def _parse_keys(value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if not isinstance(value, list):
+        raise RequestError("keys", "must be a list of key ids")
+    if not 1 <= len(value) <= MAX_KEYS:
+        raise RequestError("keys", f"must hold 1 to {MAX_KEYS} key ids")
+    key_ids: dict[str, None] = {}
+    ocids: dict[str, None] = {}
+    for index, item in enumerate(value):
+        try:
+            kind, canonical = classify_key_id(item)
+        except InvalidKeyIdError:
+            raise RequestError(
+                f"keys[{index}]", "must be a CCKM resource id (UUID) or an OCI key OCID"
+            ) from None
+        (key_ids if kind is KeyIdKind.CCKM else ocids)[canonical] = None
+    return tuple(key_ids), tuple(ocids)
+
+
+def _parse_selector(value: object) -> Selector:
+    if not isinstance(value, dict):
+        raise RequestError("selector", "must be an object of CCKM list filters")
+    if not value:
+        raise RequestError("selector", 'must not be empty (use {"all": true} for every key)')
+    if "all" in value:
+        if len(value) != 1 or value["all"] is not True:
+            raise RequestError("selector.all", 'must be exactly {"all": true}, alone')
+        return Selector(all_keys=True)
+    filters: list[tuple[str, str]] = []
+    for name in sorted(value, key=str):
+        item = value[name]
+        if name not in SELECTOR_FIELDS:
+            raise RequestError(f"selector.{str(name)[:64]}", "is not a known filter")
+        if not isinstance(item, str) or not item.strip():
+            raise RequestError(f"selector.{name}", "must be a non-empty string")
+        if len(item) > MAX_SELECTOR_VALUE or any(ord(c) < 32 for c in item):
+            raise RequestError(
+                f"selector.{name}", f"must be at most {MAX_SELECTOR_VALUE} printable characters"
+            )
+        filters.append((name, item))
+    return Selector(filters=tuple(filters))
+
+
+def _parse_name(document: Mapping[str, object], name: str) -> str | None:
+    if name not in document:
+        return None
+    value = document[name]
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise RequestError(name, "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")
+    return value
+
+
+def _parse_reason(value: object) -> str:
+    if not isinstance(value, str):
+        raise RequestError("reason", "must be a string")
+    if len(value) > MAX_REASON:
+        raise RequestError("reason", f"must be at most {MAX_REASON} characters")
+    return value
+
+
+def request_to_message(
+    key_ids: list[str], *, run_id: str, reason: str | None, dry_run: bool
+) -> dict[str, Any]:
+    """The work-queue body that continues ``run_id`` with ``key_ids`` (fan-out, hand-off)."""
+    body: dict[str, Any] = {"keys": key_ids, "run_id": run_id}
+    if reason:
+        body["reason"] = reason
+    if dry_run:
+        body["dry_run"] = True
+    return body

@@ -1,0 +1,98 @@
+"""Recognise the three trigger shapes of CONTRACT 4.2 and turn each into ``Delivery`` values.
+
+A delivery is one request as it arrived: its raw body (kept for a rejection record), where it
+came from, and the run id it gets when the request does not name one (CONTRACT 4.3).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from cckm_refresh.model import Trigger
+
+_NOT_NAME_CHARS = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+class UnsupportedEventError(ValueError):
+    """The invocation event is none of the shapes the refresh function accepts."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "unsupported event: expected an EventBridge Scheduler envelope "
+            '{"scheduled_time", "execution_id", "request"}, an EventBridge rule event '
+            '{"detail-type", "detail"}, or an SQS batch {"Records": [{"eventSource": "aws:sqs"}]}'
+        )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One request as delivered by a trigger."""
+
+    trigger: Trigger
+    source_id: str  # SQS messageId, EventBridge event id or scheduler execution id
+    default_run_id: str
+    document: object  # the decoded request (for SQS: decoded lazily by the caller)
+    raw: str  # the body as received, for the REJECTED record and the dead-letter copy
+    receive_count: int = 1
+
+
+def is_sqs_event(event: Any) -> bool:
+    records = event.get("Records") if isinstance(event, dict) else None
+    return (
+        isinstance(records, list)
+        and bool(records)
+        and all(isinstance(r, dict) and r.get("eventSource") == "aws:sqs" for r in records)
+    )
+
+
+def single_delivery(event: Any) -> Delivery:
+    """The delivery of a scheduler or EventBridge rule event, or UnsupportedEventError."""
+    if not isinstance(event, dict):
+        raise UnsupportedEventError
+    if "detail-type" in event and "detail" in event:
+        event_id = str(event.get("id") or "unknown")
+        return Delivery(
+            trigger=Trigger.EVENT,
+            source_id=event_id,
+            default_run_id=run_name(f"event-{event_id}"),
+            document=event["detail"],
+            raw=_dump(event["detail"]),
+        )
+    if "scheduled_time" in event and "request" in event:
+        scheduled = str(event["scheduled_time"])
+        execution_id = str(event.get("execution_id") or scheduled)
+        return Delivery(
+            trigger=Trigger.SCHEDULE,
+            source_id=execution_id,
+            default_run_id=run_name(f"schedule-{scheduled}"),
+            document=event["request"],
+            raw=_dump(event["request"]),
+        )
+    raise UnsupportedEventError
+
+
+def sqs_delivery(message_id: str, body: str, receive_count: int) -> Delivery:
+    """The delivery of one SQS message; ``document`` is the raw body, decoded by the parser."""
+    return Delivery(
+        trigger=Trigger.SQS,
+        source_id=message_id,
+        default_run_id=run_name(f"sqs-{message_id}"),
+        document=body,
+        raw=body,
+        receive_count=receive_count,
+    )
+
+
+def run_name(candidate: str) -> str:
+    """A run id in the contract's alphabet (1-128 of ``[A-Za-z0-9._:-]``) derived from an id."""
+    return _NOT_NAME_CHARS.sub("-", candidate)[:128] or "run"
+
+
+def _dump(document: object) -> str:
+    try:
+        return json.dumps(document, separators=(",", ":"), default=str)
+    except (TypeError, ValueError, RecursionError):
+        return repr(document)
