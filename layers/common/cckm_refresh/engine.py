@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from cckm_refresh.ctm.errors import (
     CtmAuthError,
@@ -32,9 +32,12 @@ _RUN_FATAL = (CtmAuthError, CtmTlsError, CtmCredentialsError)
 
 
 class RefreshResponse(Protocol):
-    body: dict[str, object]
-    http_status: int
-    attempts: int
+    @property
+    def body(self) -> dict[str, Any]: ...
+    @property
+    def http_status(self) -> int: ...
+    @property
+    def attempts(self) -> int: ...
 
 
 RefreshCall = Callable[[str, Pacer], RefreshResponse]
@@ -56,6 +59,7 @@ class WorkItem:
 class EngineResult:
     outcomes: list[RefreshOutcome] = field(default_factory=list)
     leftovers: list[WorkItem] = field(default_factory=list)
+    throttled: int = 0  # attempts answered with a throttle (429 / TooManyRequests)
 
 
 class _Scheduler:
@@ -124,8 +128,8 @@ class RefreshEngine:
         result = EngineResult()
         if not items:
             return result
-        now = self._clock()
-        deadline = now + seconds_left()
+        throttled_before = self._limiter.throttle_count()
+        deadline = self._clock() + seconds_left()
         scheduler = _Scheduler(items, self._limiter, lambda: deadline)
         lock = threading.Lock()
 
@@ -143,6 +147,7 @@ class RefreshEngine:
             for future in [pool.submit(work) for _ in range(workers)]:
                 future.result()
 
+        result.throttled = self._limiter.throttle_count() - throttled_before
         rest = scheduler.remaining()
         if scheduler.stopped is not None:
             error = scheduler.stopped

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from cckm_refresh.clock import iso_now
 from cckm_refresh.config import RefreshSettings
-from cckm_refresh.engine import RefreshCall, RefreshEngine, WorkItem
+from cckm_refresh.engine import RefreshEngine, WorkItem
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status, Trigger
 from cckm_refresh.observability import logger
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY
@@ -59,6 +59,7 @@ class RunReport:
     pending: int = 0
     handed_off: int = 0
     fanned_out: int = 0
+    throttled: int = 0
     gave_up: int = 0
     completed: RunCounts | None = None
 
@@ -90,14 +91,12 @@ class RefreshService:
         *,
         settings: RefreshSettings,
         directory: KeyDirectory,
-        refresh: RefreshCall,
         engine: RefreshEngine,
         store: ResultStore,
         queue: WorkQueue,
     ) -> None:
         self._settings = settings
         self._directory = directory
-        self._refresh = refresh
         self._engine = engine
         self._store = store
         self._queue = queue
@@ -169,6 +168,7 @@ class RefreshService:
             pending=len(pending) + not_handed_off,
             handed_off=handed_off,
             gave_up=gave_up,
+            throttled=result.throttled,
         )
 
     # --- steps ------------------------------------------------------------------------------
@@ -270,6 +270,7 @@ class RefreshService:
         pending: int = 0,
         handed_off: int = 0,
         gave_up: int = 0,
+        throttled: int = 0,
     ) -> RunReport:
         completed = None if pending else self._store.complete_if_done(run.run_id)
         if completed:
@@ -281,6 +282,7 @@ class RefreshService:
             pending=pending,
             handed_off=handed_off,
             gave_up=gave_up,
+            throttled=throttled,
             completed=completed,
         )
 

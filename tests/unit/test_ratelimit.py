@@ -1,0 +1,79 @@
+"""The per-tenancy rate limiter: slots, throttle back-off and recovery, on a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from cckm_refresh.ratelimit import TenancyRateLimiter
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_slots_of_one_tenancy_are_spaced_by_the_inverse_rate(clock: FakeClock) -> None:
+    limiter = TenancyRateLimiter(4.0, clock=clock, sleep=clock.sleep)
+    starts = [limiter.reserve("t1") for _ in range(5)]
+    assert starts == pytest.approx([100.0, 100.25, 100.5, 100.75, 101.0])
+
+
+def test_tenancies_have_independent_buckets(clock: FakeClock) -> None:
+    limiter = TenancyRateLimiter(2.0, clock=clock, sleep=clock.sleep)
+    limiter.reserve("t1")
+    assert limiter.reserve("t2") == 100.0
+    assert limiter.reserve("t1") == 100.5
+
+
+def test_a_pacer_waits_for_its_reserved_slot(clock: FakeClock) -> None:
+    limiter = TenancyRateLimiter(2.0, clock=clock, sleep=clock.sleep)
+    limiter.reserve("t1")
+    pacer = limiter.pacer("t1")
+    pacer.wait()
+    assert clock.slept == [pytest.approx(0.5)]
+
+
+def test_a_throttle_halves_the_rate_and_pushes_the_next_slot_out(clock: FakeClock) -> None:
+    limiter = TenancyRateLimiter(4.0, throttle_penalty=1.0, clock=clock, sleep=clock.sleep)
+    limiter.throttled("t1")
+    assert limiter.rate("t1") == 2.0
+    assert limiter.reserve("t1") == 101.0
+    assert limiter.reserve("t1") == 101.5
+    assert limiter.throttle_count() == 1
+
+
+def test_the_rate_never_falls_below_the_floor(clock: FakeClock) -> None:
+    limiter = TenancyRateLimiter(4.0, min_rate=1.0, clock=clock, sleep=clock.sleep)
+    for _ in range(10):
+        limiter.throttled("t1")
+    assert limiter.rate("t1") == 1.0
+
+
+def test_answered_calls_win_the_rate_back_up_to_the_ceiling(clock: FakeClock) -> None:
+    limiter = TenancyRateLimiter(4.0, recovery_step=0.5, clock=clock, sleep=clock.sleep)
+    limiter.throttled("t1")
+    for _ in range(3):
+        limiter.answered("t1")
+    assert limiter.rate("t1") == 3.5
+    for _ in range(10):
+        limiter.answered("t1")
+    assert limiter.rate("t1") == 4.0
+
+
+def test_unknown_tenancies_share_one_bucket(clock: FakeClock) -> None:
+    limiter = TenancyRateLimiter(1.0, clock=clock, sleep=clock.sleep)
+    limiter.reserve(None)
+    assert limiter.reserve(None) == 101.0
