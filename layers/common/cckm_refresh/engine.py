@@ -113,8 +113,10 @@ class RefreshEngine:
         *,
         concurrency: int,
         clock: Callable[[], float] = time.monotonic,
+        on_outcome: Callable[[RefreshOutcome], None] | None = None,
     ) -> None:
         self._refresh = refresh
+        self._on_outcome = on_outcome
         self._limiter = limiter
         self._concurrency = concurrency
         self._clock = clock
@@ -139,6 +141,8 @@ class RefreshEngine:
                 outcome, fatal = self._refresh_one(item, self._limiter.pacer(item.tenancy, slot))
                 with lock:
                     result.outcomes.append(outcome)
+                if self._on_outcome is not None:
+                    self._on_outcome(outcome)
                 if fatal is not None:
                     scheduler.stop(fatal)
 

@@ -21,7 +21,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from cckm_refresh.config import ConfigError, RefreshSettings
 from cckm_refresh.engine import RefreshEngine
-from cckm_refresh.model import Status
+from cckm_refresh.model import RefreshOutcome, Status
 from cckm_refresh.observability import logger, metrics
 from cckm_refresh.ratelimit import TenancyRateLimiter
 from cckm_refresh.service import RefreshService, Rejection, RunReport
@@ -42,7 +42,9 @@ def load_settings(env: dict[str, str] | None = None) -> RefreshSettings:
     return settings
 
 
-def build_service(settings: RefreshSettings) -> RefreshService:
+def build_service(
+    settings: RefreshSettings, on_outcome: Callable[[RefreshOutcome], None] | None = None
+) -> RefreshService:
     """Create the clients (once per container) and the service that uses them."""
     import boto3
     from aws_lambda_powertools.utilities import parameters
@@ -70,6 +72,7 @@ def build_service(settings: RefreshSettings) -> RefreshService:
         lambda key_id, pacer: ctm.refresh_oci_key(key_id, pacer=pacer),
         TenancyRateLimiter(settings.tenancy_rate_limit),
         concurrency=settings.refresh_concurrency,
+        on_outcome=on_outcome,
     )
     return RefreshService(
         settings=settings,
