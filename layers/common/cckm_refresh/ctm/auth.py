@@ -96,7 +96,7 @@ class TokenSource:
         self._renew_margin = renew_margin
         self._lock = threading.Lock()
         self._held: _HeldToken | None = None
-        self._renewals = 0  # renewal attempts started; lets waiters see one finished
+        self._renewals = 0  # renewals finished; a waiter sees one finished while it waited
         self._failure: CtmError | None = None  # the last renewal's failure, for its waiters
         self._force_secret = False  # read the secret past its cache at the next renewal
         self._rejected_jwt: str | None = None  # a static token CTM answered 401 to
@@ -120,12 +120,13 @@ class TokenSource:
             if self._renewals != seen and self._failure is not None:
                 # We waited while another thread tried and failed: share its answer.
                 raise _copy(self._failure)
-            self._renewals += 1
             try:
                 held = self._obtain()
             except CtmError as error:
                 self._held, self._failure = None, error
                 raise
+            finally:
+                self._renewals += 1
             self._held, self._failure = held, None
             return held.jwt
 

@@ -95,7 +95,7 @@ class CtmCredentials:
         text = secret.strip()
         if not text:
             raise CtmCredentialsError("the secret is empty", error_code="UNAUTHORIZED")
-        if text.startswith("{"):
+        if text.startswith(("{", "[")):
             return cls._from_json(text)
         if _CONTROL.search(text) or " " in text:
             raise CtmCredentialsError(
@@ -113,7 +113,7 @@ class CtmCredentials:
         except ValueError:
             # The decoder's message is position-only, but its exception keeps the document.
             raise CtmCredentialsError(
-                "the secret starts with '{' but is not valid JSON", error_code="UNAUTHORIZED"
+                "the secret looks like JSON but is not valid JSON", error_code="UNAUTHORIZED"
             ) from None
         if not isinstance(document, dict):
             raise CtmCredentialsError("the secret is not a JSON object", error_code="UNAUTHORIZED")
