@@ -127,12 +127,14 @@ class FakeCtm(BaseAdapter):
         now = self.clock()
         jwt = make_jwt(exp=now + self.token_lifetime, iat=now, jti=len(self.jwts_issued))
         self.jwts_issued.append(jwt)
-        return Reply(200, {"jwt": jwt, "duration": int(self.token_lifetime), "token_type": "Bearer"})
+        return Reply(
+            200, {"jwt": jwt, "duration": int(self.token_lifetime), "token_type": "Bearer"}
+        )
 
     def to(self, method: str, path: str) -> list[Sent]:
         return [s for s in self.sent if s.method == method and s.path == path]
 
-    def send(
+    def send(  # noqa: PLR0917 - requests' adapter signature
         self,
         request: requests.PreparedRequest,
         stream: bool = False,
@@ -198,7 +200,7 @@ def key_object(key_id: str = KEY_ID, **params: Any) -> dict[str, Any]:
 
 def fake_client(
     ctm: FakeCtm,
-    secret: str | SecretLoader = '{"refresh_token": "rt-1"}',
+    secret: str | SecretLoader = '{"refresh_token": "rt-1"}',  # noqa: S107 - a test value
     *,
     max_attempts: int = 4,
     verify_tls: bool = True,

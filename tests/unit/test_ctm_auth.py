@@ -346,7 +346,8 @@ def test_concurrent_401s_on_the_same_jwt_renew_it_once() -> None:
     results = run_together(16, after_401)
     # Then exactly one renewal happened and all use its JWT
     assert exchange.grants == 2
-    assert set(results) == {results[0]} and results[0] != refused
+    assert set(results) == {results[0]}
+    assert results[0] != refused
 
 
 def test_invalidating_an_already_replaced_jwt_does_nothing() -> None:

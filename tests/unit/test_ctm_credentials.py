@@ -62,7 +62,9 @@ def test_any_other_bare_string_is_a_refresh_token(bare: str) -> None:
 
 
 def test_empty_strings_count_as_absent() -> None:
-    credentials = CtmCredentials.parse(json.dumps({"refresh_token": "", "username": "u", "password": "p"}))
+    credentials = CtmCredentials.parse(
+        json.dumps({"refresh_token": "", "username": "u", "password": "p"})
+    )
     assert credentials.method is AuthMethod.PASSWORD
 
 

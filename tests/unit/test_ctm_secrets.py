@@ -1,0 +1,119 @@
+"""No password, refresh token or JWT ever appears in an exception, a repr or a log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+
+import pytest
+import requests
+
+from cckm_refresh.ctm.client import CtmClient
+from cckm_refresh.ctm.errors import CtmError
+from tests.unit.ctm_fakes import (
+    EPOCH,
+    KEY_ID,
+    TOKEN_PATH,
+    FakeCtm,
+    Reply,
+    error_body,
+    fake_client,
+    make_jwt,
+)
+
+PASSWORD = "Pa55-w0rd-S3cret"
+REFRESH_TOKEN = "RefreshT0ken-S3cret"
+STATIC_JWT = make_jwt(exp=EPOCH - 5, sub="static-S3cret")
+REFRESH_PATH = f"/api/v1/cckm/oci/keys/{KEY_ID}/refresh"
+
+
+def everything_said(error: BaseException, *objects: object) -> str:
+    """Every string an operator could see: message, repr, args, chained causes, traceback."""
+    shown = [str(error), repr(error), repr(error.args)]
+    shown += traceback.format_exception(type(error), error, error.__traceback__)
+    shown += [repr(o) + str(o) for o in objects]
+    return "\n".join(shown)
+
+
+def assert_no_secret(text: str, *secrets: str) -> None:
+    for secret in secrets:
+        assert secret not in text
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.DEBUG)
+
+    def collected() -> str:
+        captured = capsys.readouterr()
+        records = "\n".join(repr(record.__dict__) for record in caplog.records)  # with extras
+        return caplog.text + records + captured.out + captured.err
+
+    return collected
+
+
+def secret_of(client: CtmClient) -> list[object]:
+    return [client, client.tokens, client.transport, client.tokens._credentials.get()]
+
+
+def test_a_refused_password_is_never_shown(logs) -> None:  # type: ignore[no-untyped-def]
+    # Given CTM refusing the password, echoing nothing but its standard message
+    ctm = FakeCtm()
+    ctm.always(
+        "POST",
+        TOKEN_PATH,
+        Reply(401, error_body("NCERRUnauthorizedAccess", "Wrong username or password.")),
+    )
+    client = fake_client(ctm, json.dumps({"username": "svc", "password": PASSWORD}))
+    # When a refresh fails on it
+    with pytest.raises(CtmError) as caught:
+        client.refresh_oci_key(KEY_ID)
+    # Then neither the exception, the objects nor the logs show the password
+    assert_no_secret(everything_said(caught.value, *secret_of(client)) + logs(), PASSWORD)
+
+
+def test_a_refresh_token_and_its_jwts_are_never_shown_through_retries_and_a_401(logs) -> None:  # type: ignore[no-untyped-def]
+    # Given a JWT refused once, then CTM failing transiently until the attempts run out
+    ctm = FakeCtm()
+    ctm.script("POST", REFRESH_PATH, Reply(401, ""))
+    ctm.always("POST", REFRESH_PATH, Reply(raises=requests.exceptions.ConnectionError("reset")))
+    client = fake_client(ctm, REFRESH_TOKEN)
+    with pytest.raises(CtmError) as caught:
+        client.refresh_oci_key(KEY_ID)
+    # Then nothing shows the refresh token or either JWT
+    said = everything_said(caught.value, *secret_of(client)) + logs()
+    assert_no_secret(said, REFRESH_TOKEN, *ctm.jwts_issued)
+
+
+def test_a_jwt_echoed_in_ctms_error_message_is_redacted(logs) -> None:  # type: ignore[no-untyped-def]
+    ctm = FakeCtm()
+
+    def echo(sent) -> Reply:  # type: ignore[no-untyped-def]
+        return Reply(
+            400,
+            error_body("NCERRBadRequest", f"bad header {sent.headers['Authorization']}"),
+        )
+
+    ctm.always("POST", REFRESH_PATH, echo)
+    client = fake_client(ctm, REFRESH_TOKEN)
+    with pytest.raises(CtmError) as caught:
+        client.refresh_oci_key(KEY_ID)
+    assert_no_secret(everything_said(caught.value) + logs(), *ctm.jwts_issued)
+
+
+def test_an_expired_static_jwt_is_never_shown(logs) -> None:  # type: ignore[no-untyped-def]
+    ctm = FakeCtm()
+    client = fake_client(ctm, json.dumps({"token": STATIC_JWT}))
+    with pytest.raises(CtmError) as caught:
+        client.refresh_oci_key(KEY_ID)
+    assert caught.value.error_code == "TOKEN_EXPIRED"
+    assert_no_secret(everything_said(caught.value, *secret_of(client)) + logs(), STATIC_JWT)
+
+
+def test_a_malformed_secret_is_never_shown(logs) -> None:  # type: ignore[no-untyped-def]
+    ctm = FakeCtm()
+    client = fake_client(ctm, '{"password": "' + PASSWORD + '", ')
+    with pytest.raises(CtmError) as caught:
+        client.issue_token()
+    assert_no_secret(everything_said(caught.value, client) + logs(), PASSWORD)

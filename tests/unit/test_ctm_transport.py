@@ -1,0 +1,410 @@
+"""Transport: retry classification (CONTRACT 4.4), backoff, retry budget, errors, TLS, pacing."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import requests
+
+from cckm_refresh.ctm.errors import (
+    CtmConnectionError,
+    CtmError,
+    CtmNotFoundError,
+    CtmPermanentError,
+    CtmThrottledError,
+    CtmTimeoutError,
+    CtmTlsError,
+    CtmTransientError,
+    RetryBudgetExhaustedError,
+)
+from cckm_refresh.ctm.retries import RetryBudget, RetryPolicy, Verdict, classify
+from cckm_refresh.ctm.transport import USER_AGENT, ctm_error_fields, error_for_response
+from tests.unit.ctm_fakes import KEY_ID, FakeCtm, Reply, error_body, fake_client, key_object
+
+REFRESH_PATH = f"/api/v1/cckm/oci/keys/{KEY_ID}/refresh"
+PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+OCI_THROTTLE = '{"code":"TooManyRequests","message":"User-rate limit exceeded."}'
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204])
+def test_2xx_is_success(status: int) -> None:
+    assert classify(status, "") is Verdict.OK
+
+
+def test_a_2xx_body_mentioning_too_many_requests_is_still_success() -> None:
+    assert classify(200, '{"oci_params": {"display_name": "TooManyRequests"}}') is Verdict.OK
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"),
+    [
+        (400, Verdict.PERMANENT),
+        (403, Verdict.PERMANENT),
+        (404, Verdict.NOT_FOUND),
+        (409, Verdict.PERMANENT),
+        (422, Verdict.PERMANENT),
+        (401, Verdict.UNAUTHORIZED),
+        (302, Verdict.PERMANENT),
+        (429, Verdict.THROTTLED),
+        (500, Verdict.TRANSIENT),
+        (502, Verdict.TRANSIENT),
+        (503, Verdict.TRANSIENT),
+        (504, Verdict.TRANSIENT),
+    ],
+)
+def test_status_classification(status: int, verdict: Verdict) -> None:
+    assert classify(status, '{"code": 1, "message": "x"}') is verdict
+
+
+@pytest.mark.parametrize("status", [400, 409, 500, 503])
+def test_a_too_many_requests_body_is_throttling_whatever_the_status(status: int) -> None:
+    assert classify(status, OCI_THROTTLE) is Verdict.THROTTLED
+
+
+def test_only_throttles_and_transients_are_retryable() -> None:
+    assert {v for v in Verdict if v.transient} == {Verdict.THROTTLED, Verdict.TRANSIENT}
+
+
+@pytest.mark.parametrize(
+    ("reply", "error_type", "error_code"),
+    [
+        (
+            Reply(400, error_body("NCERRInvalidParamValue: bad", "bad")),
+            CtmPermanentError,
+            "NCERRInvalidParamValue",
+        ),
+        (Reply(403, ""), CtmPermanentError, "HTTP_403"),
+        (
+            Reply(404, error_body("NCERRResourceNotFound: Resource not found")),
+            CtmNotFoundError,
+            "NCERRResourceNotFound",
+        ),
+        (Reply(409, error_body("NCERRConflict")), CtmPermanentError, "NCERRConflict"),
+        (Reply(422, "<html>nope</html>"), CtmPermanentError, "HTTP_422"),
+    ],
+)
+def test_permanent_answers_fail_at_once_with_their_error_code(
+    reply: Reply, error_type: type[CtmError], error_code: str
+) -> None:
+    ctm = FakeCtm()
+    ctm.always("POST", REFRESH_PATH, reply)
+
+    with pytest.raises(error_type) as caught:
+        fake_client(ctm).refresh_oci_key(KEY_ID)
+
+    assert not caught.value.transient
+    assert caught.value.error_code == error_code
+    assert caught.value.http_status == reply.status
+    assert caught.value.attempts == 1
+    assert len(ctm.to("POST", REFRESH_PATH)) == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "error_type", "error_code"),
+    [
+        (Reply(429, ""), CtmThrottledError, "THROTTLED"),
+        (Reply(500, ""), CtmTransientError, "HTTP_500"),
+        (Reply(502, "<html>bad gateway</html>"), CtmTransientError, "HTTP_502"),
+        (Reply(503, ""), CtmTransientError, "HTTP_503"),
+        (Reply(504, ""), CtmTransientError, "HTTP_504"),
+        (Reply(400, OCI_THROTTLE), CtmThrottledError, "THROTTLED"),
+        (
+            Reply(500, error_body("NCERRInternal: x", "OCI said TooManyRequests")),
+            CtmThrottledError,
+            "NCERRInternal",
+        ),
+        (
+            Reply(raises=requests.exceptions.ConnectionError("refused")),
+            CtmConnectionError,
+            "CONNECTION",
+        ),
+        (
+            Reply(raises=requests.exceptions.ChunkedEncodingError("dropped")),
+            CtmConnectionError,
+            "CONNECTION",
+        ),
+        (Reply(raises=requests.exceptions.ReadTimeout("slow")), CtmTimeoutError, "TIMEOUT"),
+        (Reply(raises=requests.exceptions.ConnectTimeout("slow")), CtmTimeoutError, "TIMEOUT"),
+    ],
+)
+def test_transient_failures_are_retried_up_to_max_attempts(
+    reply: Reply, error_type: type[CtmError], error_code: str
+) -> None:
+    # Given CTM failing the same transient way every time
+    ctm = FakeCtm()
+    ctm.always("POST", REFRESH_PATH, reply)
+    # When a refresh is attempted with 4 attempts
+    with pytest.raises(error_type) as caught:
+        fake_client(ctm, max_attempts=4).refresh_oci_key(KEY_ID)
+    # Then it was tried 4 times and the last failure is reported
+    assert caught.value.transient
+    assert caught.value.error_code == error_code
+    assert caught.value.attempts == 4
+    assert len(ctm.to("POST", REFRESH_PATH)) == 4
+
+
+def test_a_transient_failure_followed_by_success_returns_the_answer() -> None:
+    ctm = FakeCtm()
+    ctm.script("POST", REFRESH_PATH, Reply(503, ""), Reply(429, ""), Reply(200, key_object()))
+
+    response = fake_client(ctm).refresh_oci_key(KEY_ID)
+
+    assert (response.http_status, response.attempts, response.throttled) == (200, 3, 1)
+    assert response.body["id"] == KEY_ID
+
+
+def test_tls_failure_is_permanent_and_never_retried() -> None:
+    ctm = FakeCtm()
+    failure = requests.exceptions.SSLError(
+        "HTTPSConnectionPool(host='ctm.test', port=443): Max retries exceeded (Caused by "
+        "SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+        "verify failed: self-signed certificate in certificate chain (_ssl.c:1006)')))"
+    )
+    ctm.always("POST", REFRESH_PATH, Reply(raises=failure))
+
+    with pytest.raises(CtmTlsError, match="CERTIFICATE_VERIFY_FAILED") as caught:
+        fake_client(ctm).refresh_oci_key(KEY_ID)
+
+    assert caught.value.error_code == "TLS"
+    assert len(ctm.to("POST", REFRESH_PATH)) == 1
+
+
+def test_a_401_retry_is_not_counted_against_max_attempts() -> None:
+    ctm = FakeCtm()
+    ctm.script("POST", REFRESH_PATH, Reply(401, ""), Reply(503, ""), Reply(503, ""))
+    ctm.always("POST", REFRESH_PATH, Reply(503, ""))
+
+    with pytest.raises(CtmTransientError) as caught:
+        fake_client(ctm, max_attempts=3).refresh_oci_key(KEY_ID)
+
+    assert caught.value.attempts == 4  # one re-authenticated + three transient
+
+
+def test_backoff_is_full_jitter_capped_exponential() -> None:
+    policy = RetryPolicy(max_attempts=10, base_delay=0.5, max_delay=20.0)
+    assert [policy.ceiling(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 20, 20]
+    assert policy.ceiling(10_000) == 20.0
+    assert policy.delay(3, lambda: 0.0) == 0.0
+    assert policy.delay(3, lambda: 0.999) == pytest.approx(0.999 * 4)
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.25, 0.999])
+def test_the_waits_between_attempts_stay_within_their_bounds(jitter: float) -> None:
+    # Given a CTM that is down for 6 attempts
+    ctm = FakeCtm()
+    ctm.always("POST", REFRESH_PATH, Reply(503, ""))
+    sleeps: list[float] = []
+    # When a refresh is attempted
+    with pytest.raises(CtmTransientError):
+        fake_client(ctm, max_attempts=6, rng=lambda: jitter, sleeps=sleeps).refresh_oci_key(KEY_ID)
+    # Then each wait n is jitter * min(20, 0.5 * 2**n), and there is no wait after the last
+    assert sleeps == pytest.approx([jitter * c for c in (0.5, 1, 2, 4, 8)])
+
+
+def test_retry_budget_exhaustion_fails_fast_with_the_last_error_code() -> None:
+    # Given a budget with room for two retries, shared by the client's calls
+    ctm = FakeCtm()
+    ctm.always("POST", REFRESH_PATH, Reply(503, error_body("NCERRServiceUnavailable")))
+    client = fake_client(ctm, max_attempts=10)
+    client.transport.budget = RetryBudget(capacity=10, retry_cost=5)
+    # When a call keeps failing
+    with pytest.raises(RetryBudgetExhaustedError) as caught:
+        client.refresh_oci_key(KEY_ID)
+    # Then it stops after the budget's two retries, reporting the last failure's code
+    assert caught.value.error_code == "NCERRServiceUnavailable"
+    assert caught.value.http_status == 503
+    assert caught.value.transient
+    assert caught.value.attempts == 3
+    # And the next call, with the budget empty, makes a single attempt
+    with pytest.raises(RetryBudgetExhaustedError):
+        client.refresh_oci_key(KEY_ID)
+    assert len(ctm.to("POST", REFRESH_PATH)) == 4
+
+
+def test_retry_budget_charges_timeouts_double_and_refunds_on_success() -> None:
+    budget = RetryBudget(capacity=20, retry_cost=5, timeout_cost=10, success_refund=1)
+    assert budget.acquire(after_timeout=True) == 10
+    assert budget.acquire(after_timeout=False) == 5
+    assert budget.available == 5
+    assert budget.acquire(after_timeout=True) == 0  # cannot pay: no retry
+    budget.release(15)  # the call that spent 15 succeeded
+    assert budget.available == 20
+    budget.release(0)  # a first-try success adds the small refund, capped at capacity
+    assert budget.available == 20
+
+
+def test_a_success_after_retries_gives_the_budget_back() -> None:
+    ctm = FakeCtm()
+    ctm.script("POST", REFRESH_PATH, Reply(503, ""), Reply(200, key_object()))
+    client = fake_client(ctm)
+    client.transport.budget = RetryBudget(capacity=100)
+
+    client.refresh_oci_key(KEY_ID)
+
+    assert client.transport.budget.available == 100
+
+
+@pytest.mark.parametrize(
+    ("code_desc", "expected"),
+    [
+        ("NCERRResourceNotFound: Resource not found", "NCERRResourceNotFound"),
+        ("NCERRConflict", "NCERRConflict"),
+        ("  NCERRInvalidParamValue : x", "NCERRInvalidParamValue"),
+        ("has spaces in name: x", None),
+        ("", None),
+    ],
+)
+def test_error_code_is_the_code_desc_name_before_the_colon(
+    code_desc: str, expected: str | None
+) -> None:
+    code, _ = ctm_error_fields(f'{{"code": 1, "codeDesc": "{code_desc}", "message": "m"}}')
+    assert code == expected
+
+
+def test_error_message_comes_from_ctm_and_is_truncated() -> None:
+    error = error_for_response(
+        "POST /x",
+        409,
+        f'{{"codeDesc": "NCERRConflict", "message": "{"m" * 5000}"}}',
+        Verdict.PERMANENT,
+    )
+    assert error.message.startswith("POST /x answered HTTP 409 NCERRConflict: mmm")
+    assert len(error.message) <= 1000
+
+
+def test_an_unknown_error_body_is_not_echoed() -> None:
+    # A proxy's error page may echo the request, Authorization header included
+    error = error_for_response(
+        "GET /x", 502, "<html>Authorization: Bearer abc</html>", Verdict.TRANSIENT
+    )
+    assert error.message == "GET /x answered HTTP 502"
+
+
+def test_a_jwt_in_ctms_message_is_redacted() -> None:
+    body = '{"codeDesc": "NCERRUnauthorizedAccess", "message": "bad token eyJhbGc.eyJzdWIi.c2ln"}'
+    error = error_for_response("GET /x", 401, body, Verdict.UNAUTHORIZED)
+    assert "eyJ" not in error.message
+
+
+def test_every_request_carries_timeouts_headers_and_no_redirects() -> None:
+    ctm = FakeCtm()
+    ctm.always("POST", REFRESH_PATH, Reply(200, key_object()))
+
+    fake_client(ctm).refresh_oci_key(KEY_ID)
+
+    sent = ctm.to("POST", REFRESH_PATH)[0]
+    assert sent.timeout == (5.0, 15.0)
+    assert sent.headers["Accept"] == "application/json"
+    assert sent.headers["Content-Type"] == "application/json"
+    assert sent.headers["User-Agent"] == USER_AGENT
+    assert sent.headers["Authorization"].startswith("Bearer ")
+    assert sent.body is None
+
+
+def test_a_redirect_is_not_followed() -> None:
+    ctm = FakeCtm()
+    ctm.always("POST", REFRESH_PATH, Reply(302, ""))
+    with pytest.raises(CtmPermanentError, match="HTTP 302"):
+        fake_client(ctm).refresh_oci_key(KEY_ID)
+    assert len(ctm.sent) == 2  # the token request and the refresh; nothing after the 302
+
+
+def test_a_2xx_answer_that_is_not_a_json_object_is_a_permanent_error() -> None:
+    ctm = FakeCtm()
+    ctm.always("POST", REFRESH_PATH, Reply(200, "<html>maintenance</html>"))
+    with pytest.raises(CtmPermanentError) as caught:
+        fake_client(ctm).refresh_oci_key(KEY_ID)
+    assert caught.value.error_code == "HTTP_200"
+
+
+class RecordingPacer:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def wait(self) -> None:
+        self.events.append("wait")
+
+    def on_throttled(self) -> None:
+        self.events.append("throttled")
+
+    def on_success(self) -> None:
+        self.events.append("success")
+
+
+def test_every_attempt_is_paced_and_reports_throttling() -> None:
+    # Given a throttle, a dropped connection, a 503, then success
+    ctm = FakeCtm()
+    ctm.script(
+        "POST",
+        REFRESH_PATH,
+        Reply(429, ""),
+        Reply(raises=requests.exceptions.ConnectionError("reset")),
+        Reply(503, ""),
+        Reply(200, key_object()),
+    )
+    pacer = RecordingPacer()
+    # When the refresh is paced
+    fake_client(ctm).refresh_oci_key(KEY_ID, pacer=pacer)
+    # Then each attempt waited first; answers reported, the dropped connection not
+    assert pacer.events == ["wait", "throttled", "wait", "wait", "success", "wait", "success"]
+
+
+# TLS modes: asserted on what reaches the adapter, after requests merged the environment.
+
+
+def test_tls_default_verifies_with_the_standard_store(no_ca_env: None) -> None:
+    ctm = FakeCtm()
+    fake_client(ctm).issue_token()
+    assert ctm.sent[0].verify is True
+
+
+def test_tls_default_honours_requests_ca_bundle(
+    no_ca_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "corp.pem"
+    bundle.write_text(PEM)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    ctm = FakeCtm()
+    fake_client(ctm).issue_token()
+    assert ctm.sent[0].verify == str(bundle)
+
+
+def test_tls_default_honours_ssl_cert_file(
+    no_ca_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "python.pem"
+    bundle.write_text(PEM)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    ctm = FakeCtm()
+    fake_client(ctm).issue_token()
+    assert ctm.sent[0].verify == str(bundle)
+
+
+def test_tls_with_ca_bundle_verifies_against_it_whatever_the_environment_says(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Given the machine's CA overrides set, and a CA in the secret
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "other.pem"))
+    ctm = FakeCtm()
+    client = fake_client(ctm, json.dumps({"refresh_token": "rt", "ca_bundle": PEM}))
+    # When a request is made
+    client.issue_token()
+    # Then it is verified against a file holding exactly the secret's PEM
+    verify = ctm.sent[0].verify
+    assert verify == client.transport.tls.ca_file
+    assert Path(verify).read_text() == PEM
+    # And closing the client removes that file
+    client.close()
+    assert not Path(verify).exists()
+
+
+def test_tls_off_sends_verify_false_and_silences_only_ctms_warning(no_ca_env: None) -> None:
+    ctm = FakeCtm()
+    with warnings.catch_warnings():
+        fake_client(ctm, verify_tls=False).issue_token()
+        assert ctm.sent[0].verify is False
+        filters = [f for f in warnings.filters if "ctm" in str(f[1])]
+    assert filters, "a warning filter scoped to CTM's host is installed"
