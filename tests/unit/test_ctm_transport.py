@@ -408,3 +408,24 @@ def test_tls_off_sends_verify_false_and_silences_only_ctms_warning(no_ca_env: No
         assert ctm.sent[0].verify is False
         filters = [f for f in warnings.filters if "ctm" in str(f[1])]
     assert filters, "a warning filter scoped to CTM's host is installed"
+
+
+def test_a_missing_ca_bundle_file_is_a_tls_error() -> None:
+    ctm = FakeCtm()
+    missing = OSError("Could not find a suitable TLS CA certificate bundle, invalid path: /x.pem")
+    ctm.always("POST", REFRESH_PATH, Reply(raises=missing))
+    with pytest.raises(CtmTlsError) as caught:
+        fake_client(ctm).refresh_oci_key(KEY_ID)
+    assert caught.value.error_code == "TLS"
+
+
+def test_a_failure_to_get_a_token_fails_the_call_without_sending_it() -> None:
+    # Given a token endpoint whose certificate does not verify
+    ctm = FakeCtm()
+    ctm.always("POST", "/api/v1/auth/tokens", Reply(raises=requests.exceptions.SSLError("x")))
+    # When a refresh is attempted
+    with pytest.raises(CtmTlsError) as caught:
+        fake_client(ctm).refresh_oci_key(KEY_ID)
+    # Then the refresh itself was never sent
+    assert caught.value.attempts == 0
+    assert ctm.to("POST", REFRESH_PATH) == []
