@@ -1,0 +1,625 @@
+"""The stateful AWS resources of ``template.yaml``, recreated on a local AWS endpoint (moto).
+
+The table, the work queue and its dead-letter queue, the topic and the CTM secret are created
+from the template's OWN properties (key schema, index, stream, TTL, queue attributes, redrive),
+so the local system has the shape of the deployed one and drifts with it, never apart.
+
+    server = MotoServer(); server.start()
+    stack = LocalStack.create(server.endpoint_url, prefix="demo", max_receive_count=5)
+    env = stack.refresh_env(CTM_BASE_URL="https://127.0.0.1:8443")
+
+It also turns what moto holds back into the events Lambda would deliver: an SQS batch from
+received messages, a DynamoDB stream batch from the stream's new records, and the SNS
+envelopes a subscribed queue received.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+from boto3.dynamodb.types import TypeDeserializer
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+REGION = "us-east-1"
+
+# Logical ids in template.yaml of the resources recreated locally.
+TABLE_ID = "ResultsTable"
+WORK_QUEUE_ID = "WorkQueue"
+DEAD_LETTER_QUEUE_ID = "DeadLetterQueue"
+TOPIC_ID = "NotificationTopic"
+SECRET_ID = "CtmSecret"
+
+# Placeholder for the CTM address until the caller gives the emulator's.
+CTM_PLACEHOLDER_URL = "https://ctm.invalid"
+
+# CloudFormation queue properties that are SQS queue attributes under the same name.
+_QUEUE_ATTRIBUTES = (
+    "DelaySeconds",
+    "MaximumMessageSize",
+    "MessageRetentionPeriod",
+    "ReceiveMessageWaitTimeSeconds",
+    "VisibilityTimeout",
+    "SqsManagedSseEnabled",
+    "KmsMasterKeyId",
+    "KmsDataKeyReusePeriodSeconds",
+    "FifoQueue",
+    "ContentBasedDeduplication",
+)
+
+
+# --- the template ----------------------------------------------------------------------------
+
+
+def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    """Parse a SAM/CloudFormation template, short tags (``!Ref``, ``!Sub``...) included."""
+    from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
+
+    parsed: dict[str, Any] = yaml_parse(path.read_text(encoding="utf-8"))
+    return parsed
+
+
+def parameter_defaults(template: Mapping[str, Any]) -> dict[str, str]:
+    """Every template parameter that has a default, as CloudFormation passes it (a string)."""
+    return {
+        name: str(spec["Default"])
+        for name, spec in template.get("Parameters", {}).items()
+        if "Default" in spec
+    }
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """Resolves the few intrinsic functions the local resources use, against known values.
+
+    ``refs`` maps parameters and logical ids to what ``Ref`` returns; ``attributes`` maps
+    ``"LogicalId.Attribute"`` to what ``Fn::GetAtt`` returns. Anything else is an error, so a
+    template change the local stack cannot follow is noticed instead of silently ignored.
+    """
+
+    refs: Mapping[str, str]
+    attributes: Mapping[str, str]
+
+    def resolve(self, value: Any) -> Any:
+        """``value`` with every ``Ref``/``Fn::GetAtt``/``Fn::Sub``/``Fn::Join`` replaced."""
+        if isinstance(value, list):
+            return [self.resolve(item) for item in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            (name, argument), *_ = value.items()
+            if name == "Ref" or name.startswith("Fn::"):
+                return self._intrinsic(name, argument)
+        return {key: self.resolve(item) for key, item in value.items()}
+
+    def _intrinsic(self, name: str, argument: Any) -> str:
+        if name == "Ref":
+            return self._lookup(self.refs, argument)
+        if name == "Fn::GetAtt":
+            target = argument if isinstance(argument, str) else ".".join(argument)
+            return self._lookup(self.attributes, target)
+        if name == "Fn::Join":
+            separator, items = argument
+            return str(separator).join(str(self.resolve(item)) for item in items)
+        if name == "Fn::Sub" and isinstance(argument, str):
+            return self._substitute(argument)
+        raise ValueError(f"intrinsic {name} is not supported locally")
+
+    def _substitute(self, text: str) -> str:
+        out, rest = [], text
+        while "${" in rest:
+            head, _, tail = rest.partition("${")
+            name, _, rest = tail.partition("}")
+            target = self.attributes if "." in name else self.refs
+            out += [head, self._lookup(target, name)]
+        return "".join([*out, rest])
+
+    @staticmethod
+    def _lookup(table: Mapping[str, str], name: str) -> str:
+        if name not in table:
+            raise ValueError(f"{name} cannot be resolved locally")
+        return table[name]
+
+
+# --- the moto server -------------------------------------------------------------------------
+
+
+class MotoServer:
+    """moto's threaded server on 127.0.0.1, on an ephemeral port."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._endpoint_url: str | None = None
+
+    def start(self) -> None:
+        """Start serving; ``endpoint_url`` is valid afterwards."""
+        # werkzeug logs every request line to stderr; keep the demo and test output readable.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self._endpoint_url = f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        """Stop serving (moto's in-process state is kept)."""
+        self._server.stop()
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http://127.0.0.1:<port>``; the value for ``AWS_ENDPOINT_URL``."""
+        if self._endpoint_url is None:
+            raise RuntimeError("MotoServer.start() has not been called")
+        return self._endpoint_url
+
+
+# --- event shapes ----------------------------------------------------------------------------
+
+
+def _lambda_message_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    # Lambda renames SQS's MessageAttributes fields to camelCase and always lists both lists.
+    converted: dict[str, Any] = {}
+    for name, attribute in attributes.items():
+        entry: dict[str, Any] = {
+            "stringListValues": [],
+            "binaryListValues": [],
+            "dataType": attribute["DataType"],
+        }
+        if "StringValue" in attribute:
+            entry["stringValue"] = attribute["StringValue"]
+        if "BinaryValue" in attribute:
+            entry["binaryValue"] = attribute["BinaryValue"]
+        converted[name] = entry
+    return converted
+
+
+def _epoch_seconds(value: Any) -> Any:
+    # boto3 parses the stream's timestamp into a datetime; Lambda delivers whole epoch seconds.
+    return int(value.timestamp()) if isinstance(value, datetime) else value
+
+
+@dataclass
+class NotificationCapture:
+    """A queue subscribed to the topic; collects every notification published after creation."""
+
+    sqs: Any
+    queue_url: str
+    subscription_arn: str
+    _captured: list[dict[str, Any]] = field(default_factory=list)
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every notification so far, oldest first: ``{Subject, Message, MessageAttributes}``.
+
+        ``Message`` is the parsed JSON body (the raw text when it is not JSON);
+        ``MessageAttributes`` is SNS's own shape, ``{"event_type": {"Type": "String",
+        "Value": "RUN_COMPLETED"}}``.
+        """
+        for message in _receive_all(self.sqs, self.queue_url, wait=False):
+            envelope = json.loads(message["Body"])
+            try:
+                body: Any = json.loads(envelope["Message"])
+            except ValueError:
+                body = envelope["Message"]
+            self._captured.append(
+                {
+                    "Subject": envelope.get("Subject"),
+                    "Message": body,
+                    "MessageAttributes": envelope.get("MessageAttributes", {}),
+                }
+            )
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return list(self._captured)
+
+
+def _receive_all(sqs: Any, queue_url: str, wait: bool) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    while True:
+        batch = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            MessageSystemAttributeNames=["All"],
+            MessageAttributeNames=["All"],
+            # Long-poll only while nothing has arrived yet: wait=True waits for the first.
+            WaitTimeSeconds=5 if wait and not messages else 0,
+        ).get("Messages", [])
+        if not batch:
+            return messages
+        messages += batch
+
+
+# --- the local stack -------------------------------------------------------------------------
+
+
+@dataclass
+class LocalStack:
+    """The template's stateful resources on a local endpoint, named by a unique prefix."""
+
+    endpoint_url: str
+    prefix: str
+    region: str
+    max_receive_count: int
+    table_name: str
+    table_stream_arn: str
+    work_queue_url: str
+    work_queue_arn: str
+    dead_letter_queue_url: str
+    dead_letter_queue_arn: str
+    topic_arn: str
+    secret_id: str
+    retention_days: str
+    _shard_iterators: dict[str, str | None] = field(default_factory=dict)
+    _captures: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # --- creation ---
+
+    @classmethod
+    def create(
+        cls,
+        endpoint_url: str,
+        prefix: str | None = None,
+        max_receive_count: int | None = None,
+        region: str = REGION,
+        template_path: Path = TEMPLATE,
+    ) -> LocalStack:
+        """Create table, queues, topic and secret as ``template.yaml`` defines them.
+
+        Names start with ``prefix`` (random when omitted), so stacks never collide on one
+        server. ``max_receive_count`` overrides the ``MaxReceiveCount`` parameter's default.
+        """
+        prefix = prefix or f"s{uuid.uuid4().hex[:10]}"
+        template = load_template(template_path)
+        resources = template["Resources"]
+        parameters = parameter_defaults(template)
+        if max_receive_count is not None:
+            parameters["MaxReceiveCount"] = str(max_receive_count)
+        refs = {
+            **parameters,
+            "AWS::Region": region,
+            "AWS::AccountId": "123456789012",
+            "AWS::Partition": "aws",
+            "AWS::StackName": prefix,
+        }
+        attributes: dict[str, str] = {}
+        client = _clients(endpoint_url, region)
+
+        table_name, stream_arn = _create_table(
+            client("dynamodb"), f"{prefix}-results", resources[TABLE_ID]["Properties"]
+        )
+        sqs = client("sqs")
+        queues: dict[str, tuple[str, str]] = {}
+        # The dead-letter queue first: the work queue's redrive policy names it.
+        for logical_id, name in (
+            (DEAD_LETTER_QUEUE_ID, f"{prefix}-work-dlq"),
+            (WORK_QUEUE_ID, f"{prefix}-work"),
+        ):
+            properties = Intrinsics(refs, attributes).resolve(resources[logical_id]["Properties"])
+            url, arn = _create_queue(sqs, name, properties)
+            queues[logical_id] = (url, arn)
+            refs[logical_id] = url
+            attributes[f"{logical_id}.Arn"] = arn
+            attributes[f"{logical_id}.QueueName"] = name
+
+        topic_properties = Intrinsics(refs, attributes).resolve(resources[TOPIC_ID]["Properties"])
+        topic_arn = client("sns").create_topic(
+            Name=f"{prefix}-notifications",
+            Attributes={
+                name: str(topic_properties[name])
+                for name in ("DisplayName", "KmsMasterKeyId")
+                if name in topic_properties
+            },
+        )["TopicArn"]
+
+        secret_properties = resources[SECRET_ID]["Properties"]
+        secret_arn = client("secretsmanager").create_secret(
+            Name=f"{prefix}-ctm-credentials",
+            Description=str(secret_properties.get("Description", "")),
+            SecretString=str(secret_properties.get("SecretString", "{}")),
+        )["ARN"]
+
+        # What the function is told must be what the queue does: read it back from the queue.
+        redrive = json.loads(
+            sqs.get_queue_attributes(
+                QueueUrl=queues[WORK_QUEUE_ID][0], AttributeNames=["RedrivePolicy"]
+            )["Attributes"]["RedrivePolicy"]
+        )
+        return cls(
+            endpoint_url=endpoint_url,
+            prefix=prefix,
+            region=region,
+            max_receive_count=int(redrive["maxReceiveCount"]),
+            table_name=table_name,
+            table_stream_arn=stream_arn,
+            work_queue_url=queues[WORK_QUEUE_ID][0],
+            work_queue_arn=queues[WORK_QUEUE_ID][1],
+            dead_letter_queue_url=queues[DEAD_LETTER_QUEUE_ID][0],
+            dead_letter_queue_arn=queues[DEAD_LETTER_QUEUE_ID][1],
+            topic_arn=topic_arn,
+            secret_id=secret_arn,
+            retention_days=parameters.get("ResultRetentionDays", "90"),
+        )
+
+    # --- clients ---
+
+    def client(self, service: str) -> Any:
+        """A boto3 client of ``service`` on this stack's endpoint and region."""
+        return _clients(self.endpoint_url, self.region)(service)
+
+    @property
+    def table(self) -> Any:
+        """The results table as a boto3 ``Table`` resource."""
+        resource = boto3.resource(
+            "dynamodb", endpoint_url=self.endpoint_url, region_name=self.region
+        )
+        return resource.Table(self.table_name)
+
+    # --- function environments (CONTRACT section 2) ---
+
+    def refresh_env(self, **overrides: str) -> dict[str, str]:
+        """The refresh function's environment as the template sets it, plus ``AWS_ENDPOINT_URL``."""
+        env = {
+            "CTM_BASE_URL": CTM_PLACEHOLDER_URL,
+            "CTM_SECRET_ID": self.secret_id,
+            "RESULTS_TABLE": self.table_name,
+            "WORK_QUEUE_URL": self.work_queue_url,
+            "DEAD_LETTER_QUEUE_URL": self.dead_letter_queue_url,
+            "REFRESH_CONCURRENCY": "8",
+            "TENANCY_RATE_LIMIT": "4",
+            "CTM_TIMEOUT_SECONDS": "20",
+            "CTM_MAX_ATTEMPTS": "4",
+            "CTM_VERIFY_TLS": "true",
+            "MAX_RECEIVE_COUNT": str(self.max_receive_count),
+            "FANOUT_CHUNK_SIZE": "100",
+            "RESULT_RETENTION_DAYS": self.retention_days,
+        }
+        return self._with_aws(env, overrides)
+
+    def notify_env(self, **overrides: str) -> dict[str, str]:
+        """The notify function's environment as the template sets it, plus ``AWS_ENDPOINT_URL``."""
+        env = {
+            "RESULTS_TABLE": self.table_name,
+            "TOPIC_ARN": self.topic_arn,
+            "RESULT_RETENTION_DAYS": self.retention_days,
+        }
+        return self._with_aws(env, overrides)
+
+    def _with_aws(self, env: dict[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
+        return {
+            **env,
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_DEFAULT_REGION": self.region,
+            **overrides,
+        }
+
+    # --- secret ---
+
+    def put_secret(self, value: str | Mapping[str, Any]) -> None:
+        """Store the CTM credentials (a JSON object or a bare string, CONTRACT section 3)."""
+        text = value if isinstance(value, str) else json.dumps(value)
+        self.client("secretsmanager").put_secret_value(SecretId=self.secret_id, SecretString=text)
+
+    # --- queues ---
+
+    def receive_all(self, queue_url: str, wait: bool = False) -> list[dict[str, Any]]:
+        """Receive every visible message of the queue (deleting none); each is now in flight.
+
+        Messages carry ``Attributes`` (``ApproximateReceiveCount``...) and
+        ``MessageAttributes``. ``wait=True`` long-polls until the first message arrives.
+        """
+        return _receive_all(self.client("sqs"), queue_url, wait)
+
+    def delete_messages(self, queue_url: str, messages: Sequence[Mapping[str, Any]]) -> None:
+        """Delete received messages (what Lambda does for a successful batch)."""
+        sqs = self.client("sqs")
+        for message in messages:
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def release_messages(self, queue_url: str, messages: Sequence[Mapping[str, Any]]) -> None:
+        """Make received messages visible again now, as if their visibility timeout ran out."""
+        sqs = self.client("sqs")
+        for message in messages:
+            sqs.change_message_visibility(
+                QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+
+    def sqs_event(
+        self, messages: Sequence[Mapping[str, Any]], queue_url: str | None = None
+    ) -> dict[str, Any]:
+        """The Lambda SQS event for received messages (by default from the work queue)."""
+        queue_arn = self._queue_arn(queue_url or self.work_queue_url)
+        records = []
+        for message in messages:
+            record: dict[str, Any] = {
+                "messageId": message["MessageId"],
+                "receiptHandle": message["ReceiptHandle"],
+                "body": message["Body"],
+                "attributes": dict(message.get("Attributes", {})),
+                "messageAttributes": _lambda_message_attributes(
+                    message.get("MessageAttributes", {})
+                ),
+                "md5OfBody": message["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": self.region,
+            }
+            if "MD5OfMessageAttributes" in message:
+                record["md5OfMessageAttributes"] = message["MD5OfMessageAttributes"]
+            records.append(record)
+        return {"Records": records}
+
+    def _queue_arn(self, queue_url: str) -> str:
+        known = {
+            self.work_queue_url: self.work_queue_arn,
+            self.dead_letter_queue_url: self.dead_letter_queue_arn,
+        }
+        if queue_url in known:
+            return known[queue_url]
+        return str(
+            self.client("sqs").get_queue_attributes(
+                QueueUrl=queue_url, AttributeNames=["QueueArn"]
+            )["Attributes"]["QueueArn"]
+        )
+
+    # --- stream ---
+
+    def stream_event(self) -> dict[str, Any]:
+        """The Lambda DynamoDB stream event of every record written since the last call."""
+        streams = self.client("dynamodbstreams")
+        records: list[dict[str, Any]] = []
+        with self._lock:
+            shards = _all_shards(streams, self.table_stream_arn)
+            for shard_id in shards:
+                if shard_id not in self._shard_iterators:
+                    self._shard_iterators[shard_id] = streams.get_shard_iterator(
+                        StreamArn=self.table_stream_arn,
+                        ShardId=shard_id,
+                        ShardIteratorType="TRIM_HORIZON",
+                    )["ShardIterator"]
+                iterator = self._shard_iterators[shard_id]
+                while iterator:
+                    page = streams.get_records(ShardIterator=iterator, Limit=1000)
+                    records += [self._lambda_stream_record(r) for r in page["Records"]]
+                    next_iterator = page.get("NextShardIterator")
+                    # Keep the iterator that follows the last record, for the next call.
+                    self._shard_iterators[shard_id] = next_iterator
+                    if not page["Records"]:
+                        break
+                    iterator = next_iterator
+        return {"Records": records}
+
+    def _lambda_stream_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        change = dict(record["dynamodb"])
+        change["ApproximateCreationDateTime"] = _epoch_seconds(
+            change.get("ApproximateCreationDateTime")
+        )
+        return {
+            "eventID": record["eventID"],
+            "eventName": record["eventName"],
+            "eventVersion": "1.1",  # what Lambda sends (the streams API says 1.0)
+            "eventSource": "aws:dynamodb",
+            "awsRegion": self.region,
+            "eventSourceARN": self.table_stream_arn,
+            "dynamodb": change,
+        }
+
+    # --- notifications ---
+
+    def capture_notifications(self) -> NotificationCapture:
+        """Subscribe a fresh queue to the topic, with the SNS envelope (Subject, attributes)."""
+        self._captures += 1
+        sqs = self.client("sqs")
+        url, arn = _create_queue(sqs, f"{self.prefix}-capture-{self._captures}", {})
+        subscription = self.client("sns").subscribe(
+            TopicArn=self.topic_arn,
+            Protocol="sqs",
+            Endpoint=arn,
+            Attributes={"RawMessageDelivery": "false"},
+            ReturnSubscriptionArn=True,
+        )
+        return NotificationCapture(sqs, url, subscription["SubscriptionArn"])
+
+
+# --- creation details ------------------------------------------------------------------------
+
+
+def _clients(endpoint_url: str, region: str) -> Callable[[str], Any]:
+    def client(service: str) -> Any:
+        return boto3.client(service, endpoint_url=endpoint_url, region_name=region)
+
+    return client
+
+
+def _create_table(dynamodb: Any, name: str, properties: Mapping[str, Any]) -> tuple[str, str]:
+    """Create the table with the template's schema; return its name and stream ARN."""
+    arguments: dict[str, Any] = {
+        "TableName": name,
+        "KeySchema": properties["KeySchema"],
+        "AttributeDefinitions": properties["AttributeDefinitions"],
+        "BillingMode": properties.get("BillingMode", "PAY_PER_REQUEST"),
+    }
+    if "GlobalSecondaryIndexes" in properties:
+        arguments["GlobalSecondaryIndexes"] = [
+            {key: index[key] for key in ("IndexName", "KeySchema", "Projection")}
+            for index in properties["GlobalSecondaryIndexes"]
+        ]
+    if "StreamSpecification" in properties:
+        arguments["StreamSpecification"] = {
+            "StreamEnabled": True,
+            "StreamViewType": properties["StreamSpecification"]["StreamViewType"],
+        }
+    if "SSESpecification" in properties:
+        arguments["SSESpecification"] = {
+            "Enabled": properties["SSESpecification"]["SSEEnabled"],
+            **(
+                {"SSEType": properties["SSESpecification"]["SSEType"]}
+                if "SSEType" in properties["SSESpecification"]
+                else {}
+            ),
+        }
+    description = dynamodb.create_table(**arguments)["TableDescription"]
+    ttl = properties.get("TimeToLiveSpecification")
+    if ttl and ttl.get("Enabled"):
+        dynamodb.update_time_to_live(
+            TableName=name,
+            TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
+        )
+    recovery = properties.get("PointInTimeRecoverySpecification", {})
+    if recovery.get("PointInTimeRecoveryEnabled"):
+        dynamodb.update_continuous_backups(
+            TableName=name,
+            PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
+        )
+    return name, str(description.get("LatestStreamArn", ""))
+
+
+def _create_queue(sqs: Any, name: str, properties: Mapping[str, Any]) -> tuple[str, str]:
+    """Create a queue with the template's (resolved) attributes; return its URL and ARN."""
+    attributes = {
+        name: _attribute_text(properties[name]) for name in _QUEUE_ATTRIBUTES if name in properties
+    }
+    if "RedrivePolicy" in properties:
+        redrive = properties["RedrivePolicy"]
+        attributes["RedrivePolicy"] = json.dumps(
+            {
+                "deadLetterTargetArn": redrive["deadLetterTargetArn"],
+                "maxReceiveCount": int(redrive["maxReceiveCount"]),
+            }
+        )
+    url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    return str(url), str(arn)
+
+
+def _attribute_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _all_shards(streams: Any, stream_arn: str) -> list[str]:
+    shards: list[str] = []
+    arguments: dict[str, Any] = {"StreamArn": stream_arn}
+    while True:
+        description = streams.describe_stream(**arguments)["StreamDescription"]
+        shards += [shard["ShardId"] for shard in description.get("Shards", [])]
+        last = description.get("LastEvaluatedShardId")
+        if not last:
+            return shards
+        arguments["ExclusiveStartShardId"] = last
+
+
+def deserialize_image(image: Mapping[str, Any]) -> dict[str, Any]:
+    """A stream image (DynamoDB JSON) as plain Python values, for assertions and printing."""
+    deserializer = TypeDeserializer()
+    return {name: deserializer.deserialize(value) for name, value in image.items()}
