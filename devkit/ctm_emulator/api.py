@@ -1,0 +1,336 @@
+"""The CTM REST API as the emulator serves it: routing, authentication, faults, answers.
+
+Transport-free: ``CtmApi.handle`` takes an ``ApiRequest`` and returns an ``ApiReply``, so the
+behaviour can be unit-tested without sockets; ``server`` puts HTTPS around it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from devkit.ctm_emulator.faults import Faults, TenancyReadWindow
+from devkit.ctm_emulator.inventory import FILTERS, KeyInventory
+from devkit.ctm_emulator.request_log import LoggedRequest, RequestLog
+from devkit.ctm_emulator.tokens import REFRESH_TOKEN_EXPIRES_IN, TokenAuthority, TokenRejectedError
+
+OCI_THROTTLE_MESSAGE = 'OCI error: {"code":"TooManyRequests","message":"User-rate limit exceeded."}'
+# OCI key-management reads each call makes (a refresh is GetKey + ListKeyVersions).
+READ_COST = {"refresh": 2, "get": 1, "list": 0}
+DEFAULT_LIMIT = 10
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_TOKENS = re.compile(r"/api/v1/auth/tokens/?")
+_KEYS = re.compile(r"/api/v1/cckm/oci/keys/?")
+_KEY = re.compile(r"/api/v1/cckm/oci/keys/(?P<id>[^/]+)/?")
+_REFRESH = re.compile(r"/api/v1/cckm/oci/keys/(?P<id>[^/]+)/refresh/?")
+
+# status -> (code, codeDesc, message) for answers the emulator is told to give
+_ERRORS: dict[int, tuple[int, str, str]] = {
+    400: (3, "NCERRInvalidParamValue", "Invalid parameter value."),
+    401: (5, "NCERRUnauthorizedAccess", "Unauthorized."),
+    403: (6, "NCERRPermissionDenied", "User is not authorized to perform this action."),
+    404: (16, "NCERRResourceNotFound: Resource not found", "Resource not found"),
+    409: (9, "NCERRConflict", "Conflict with the current state of the key."),
+    422: (12, "NCERRUnprocessableEntity", "The request could not be processed."),
+    500: (1, "NCERRInternalServerError", "Internal server error."),
+    502: (1, "NCERRBadGateway", "OCI error: bad gateway."),
+    503: (1, "NCERRServiceUnavailable", "Service unavailable."),
+    504: (1, "NCERRGatewayTimeout", "OCI error: the request timed out."),
+}
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    """An HTTP request reduced to what the API needs."""
+
+    method: str
+    path: str
+    query: Mapping[str, str] = field(default_factory=dict)
+    authorization: str | None = None
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class ApiReply:
+    """A status and a JSON body, or ``drop``: close the connection without answering."""
+
+    status: int
+    body: dict[str, Any] | None = None
+    drop: bool = False
+
+
+def ctm_error(status: int, code: int, code_desc: str, message: str) -> ApiReply:
+    """An error shaped like CTM's: ``code``, ``codeDesc``, ``message``, ``requestID``."""
+    body = {"code": code, "codeDesc": code_desc, "message": message, "requestID": str(uuid.uuid4())}
+    return ApiReply(status, body)
+
+
+def injected_error(status: int) -> ApiReply:
+    """The answer for a fault of ``status`` (429 carries OCI's ``TooManyRequests``)."""
+    if status == 429:
+        return throttled(429)
+    default = (1, "NCERRInternalServerError", "Internal server error.")
+    if status < 500:
+        default = (3, "NCERRInvalidParamValue", "Request failed.")
+    return ctm_error(status, *_ERRORS.get(status, default))
+
+
+def throttled(status: int) -> ApiReply:
+    """OCI throttling as CCKM passes it through (HTTP 429, or 500 when CCKM wraps it)."""
+    return ctm_error(status, 429, "NCERRTooManyRequests", OCI_THROTTLE_MESSAGE)
+
+
+def not_found(message: str = "Resource not found") -> ApiReply:
+    """CTM's 404."""
+    return ctm_error(404, 16, "NCERRResourceNotFound: Resource not found", message)
+
+
+def unauthorized(message: str) -> ApiReply:
+    """CTM's 401."""
+    return ctm_error(401, 5, "NCERRUnauthorizedAccess", message)
+
+
+def bad_request(message: str) -> ApiReply:
+    """CTM's 400."""
+    return ctm_error(400, 3, "NCERRInvalidParamValue", message)
+
+
+@dataclass
+class _Exchange:
+    """The facts of one request gathered for the log as handling goes along."""
+
+    operation: str = ""
+    key_id: str | None = None
+    tenancy: str | None = None
+    grant_type: str | None = None
+    authenticated: bool = False
+
+
+class CtmApi:
+    """Answers CTM API requests from the inventory, the token authority and the faults."""
+
+    def __init__(
+        self,
+        *,
+        inventory: KeyInventory,
+        tokens: TokenAuthority,
+        faults: Faults,
+        log: RequestLog,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._inventory = inventory
+        self._tokens = tokens
+        self._faults = faults
+        self._log = log
+        self._clock = clock
+        self._sleep = sleep
+        self._window = TenancyReadWindow()
+
+    def handle(self, request: ApiRequest) -> ApiReply:
+        """Answer ``request`` and log it (without its credentials)."""
+        arrived = time.monotonic()
+        exchange = _Exchange()
+        reply = self._route(request, exchange)
+        body = reply.body or {}
+        self._log.record(
+            LoggedRequest(
+                method=request.method,
+                path=request.path,
+                query=dict(request.query),
+                status=0 if reply.drop else reply.status,
+                key_id=exchange.key_id,
+                tenancy=exchange.tenancy,
+                monotonic=arrived,
+                authorization_present=request.authorization is not None,
+                authenticated=exchange.authenticated,
+                operation=exchange.operation,
+                grant_type=exchange.grant_type,
+                throttled="TooManyRequests" in str(body.get("message", "")),
+                dropped=reply.drop,
+                error_code=body.get("codeDesc") if reply.status >= 400 else None,
+            )
+        )
+        return reply
+
+    def reset_throttle(self) -> None:
+        """Start every tenancy's read window afresh."""
+        self._window.reset()
+
+    # --- routing ---------------------------------------------------------------------------------
+
+    def _route(self, request: ApiRequest, exchange: _Exchange) -> ApiReply:
+        method, path = request.method, request.path
+        if method == "POST" and _TOKENS.fullmatch(path):
+            exchange.operation = "token"
+            return self._issue_token(request, exchange)
+        if method == "GET" and _KEYS.fullmatch(path):
+            exchange.operation = "list"
+            exchange.tenancy = request.query.get("tenancy") or None
+            return self._authenticated(request, exchange, lambda: self._list(request))
+        if method == "GET" and (match := _KEY.fullmatch(path)):
+            key_id = match["id"]
+            exchange.operation, exchange.key_id = "get", key_id.lower()
+            return self._authenticated(request, exchange, lambda: self._get(key_id, exchange))
+        if method == "POST" and (match := _REFRESH.fullmatch(path)):
+            key_id = match["id"]
+            exchange.operation, exchange.key_id = "refresh", key_id.lower()
+            return self._authenticated(request, exchange, lambda: self._refresh(key_id, exchange))
+        return not_found(f"No route for {method} {path}")
+
+    def _authenticated(
+        self, request: ApiRequest, exchange: _Exchange, serve: Callable[[], ApiReply]
+    ) -> ApiReply:
+        scheme, _, token = (request.authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return unauthorized("Bearer token missing or malformed.")
+        try:
+            self._tokens.verify_jwt(token.strip(), self._faults.expire_tokens_after_requests)
+        except TokenRejectedError as rejected:
+            return unauthorized(str(rejected))
+        exchange.authenticated = True
+        self._log.enter()
+        try:
+            if self._faults.latency > 0:
+                self._sleep(self._faults.latency)
+            return serve()
+        finally:
+            self._log.leave()
+
+    # --- auth ------------------------------------------------------------------------------------
+
+    def _issue_token(self, request: ApiRequest, exchange: _Exchange) -> ApiReply:
+        if self._faults.latency_on_auth and self._faults.latency > 0:
+            self._sleep(self._faults.latency)
+        grant = _parse_grant(request.body)
+        if isinstance(grant, ApiReply):
+            return grant
+        grant_type = grant.get("grant_type", "password")
+        exchange.grant_type = grant_type if isinstance(grant_type, str) else None
+        granted = self._grant(grant_type, grant)
+        if isinstance(granted, ApiReply):
+            return granted
+        username, refresh_token, refresh_token_id = granted
+        lifetime = self._faults.token_lifetime
+        jwt = self._tokens.mint_jwt(username, lifetime)
+        self._log.token_issued()
+        return ApiReply(
+            200,
+            {
+                "jwt": jwt,
+                "duration": int(lifetime),
+                "token_type": "Bearer",
+                "client_id": self._tokens.client_id,
+                "refresh_token": refresh_token,
+                "refresh_token_expires_in": REFRESH_TOKEN_EXPIRES_IN,
+                "refresh_token_id": refresh_token_id,
+            },
+        )
+
+    def _grant(
+        self, grant_type: object, grant: Mapping[str, Any]
+    ) -> tuple[str, str, str] | ApiReply:
+        """``(username, refresh token, its id)`` for a good grant, else the error reply."""
+        if grant_type == "password":
+            username = grant.get("username") or grant.get("name")
+            if not username or "password" not in grant:
+                return bad_request("username and password are required for grant_type password.")
+            if not self._tokens.check_password(username, grant["password"]):
+                return unauthorized("Wrong username or password.")
+            return (username, *self._tokens.issue_refresh_token(username))
+        if grant_type == "refresh_token":
+            redeemed = self._tokens.redeem_refresh_token(
+                grant.get("refresh_token"), renew=grant.get("renew_refresh_token") is True
+            )
+            return redeemed or unauthorized("Invalid or revoked refresh token.")
+        return bad_request("grant_type must be password or refresh_token.")
+
+    # --- keys ------------------------------------------------------------------------------------
+
+    def _list(self, request: ApiRequest) -> ApiReply:
+        faults = self._faults
+        if faults.chance("drop", "list", faults.drop_rate):
+            return ApiReply(0, drop=True)
+        if faults.chance("error", "list", faults.error_rate):
+            return injected_error(faults.error_status)
+        try:
+            skip = int(request.query.get("skip", "0") or "0")
+            limit = int(request.query.get("limit", str(DEFAULT_LIMIT)) or DEFAULT_LIMIT)
+        except ValueError:
+            return bad_request("skip and limit must be integers.")
+        if skip < 0 or limit < -1:
+            return bad_request("skip must be >= 0 and limit >= -1.")
+        filters = {k: v for k, v in request.query.items() if k in FILTERS and v != ""}
+        page = self._inventory.list(filters, skip, limit, faults.max_page_size)
+        return ApiReply(
+            200, {"skip": skip, "limit": limit, "total": page.total, "resources": page.resources}
+        )
+
+    def _get(self, key_id: str, exchange: _Exchange) -> ApiReply:
+        faults = self._faults
+        if faults.chance("drop", key_id, faults.drop_rate):
+            return ApiReply(0, drop=True)
+        if faults.chance("error", key_id, faults.error_rate):
+            return injected_error(faults.error_status)
+        key = self._inventory.get(key_id) if _UUID.fullmatch(key_id) else None
+        if key is None:
+            return not_found()
+        exchange.tenancy = key["tenancy"]
+        if not self._window.admit(
+            key["tenancy"], READ_COST["get"], self._clock(), faults.tenancy_read_limit
+        ):
+            return throttled(faults.throttle_status)
+        return ApiReply(200, key)
+
+    def _refresh(self, key_id: str, exchange: _Exchange) -> ApiReply:
+        key = self._inventory.get(key_id) if _UUID.fullmatch(key_id) else None
+        if key is not None:
+            exchange.tenancy = key["tenancy"]
+        fault = self._refresh_fault(key_id.lower(), key)
+        if fault is not None:
+            return fault
+        if key is None:
+            return not_found()
+        if not self._window.admit(
+            key["tenancy"], READ_COST["refresh"], self._clock(), self._faults.tenancy_read_limit
+        ):
+            return throttled(self._faults.throttle_status)
+        refreshed = self._inventory.refresh(key["id"])
+        return not_found() if refreshed is None else ApiReply(200, refreshed)
+
+    def _refresh_fault(self, key_id: str, key: Mapping[str, Any] | None) -> ApiReply | None:
+        """The injected answer for this refresh call, if a fault claims it (0: drop)."""
+        faults = self._faults
+        names = (key_id, key["oci_params"]["key_id"]) if key else (key_id,)
+        status = faults.take_burst()
+        if status is None and (
+            faults.is_dropped_key(*names) or faults.chance("drop", key_id, faults.drop_rate)
+        ):
+            status = 0
+        if status is None:
+            status = faults.take_key_failure(*names)
+        if status is None and faults.chance("error", key_id, faults.error_rate):
+            status = faults.error_status
+        if status is None:
+            return None
+        return ApiReply(0, drop=True) if status == 0 else injected_error(status)
+
+
+def _parse_grant(body: bytes) -> dict[str, Any] | ApiReply:
+    """The JSON object of an ``/auth/tokens`` body, or the 400 reply for a bad one."""
+    try:
+        grant = json.loads(body or b"null")
+    except ValueError:
+        return bad_request("Request body is not valid JSON.")
+    if not isinstance(grant, dict):
+        return bad_request("Request body must be a JSON object.")
+    for name in ("domain", "auth_domain", "connection", "username", "name", "password"):
+        if name in grant and not isinstance(grant[name], str):
+            return bad_request(f"{name} must be a string.")
+    return grant
