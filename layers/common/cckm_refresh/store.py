@@ -262,7 +262,6 @@ class ResultStore:
             ":run": run.run_id,
             ":at": outcome.recorded_at,
             ":zero": 0,
-            ":one": 1,
         }
         sets = [
             "item_type = :type",
@@ -290,6 +289,7 @@ class ResultStore:
                 values[f":{name}"] = value
         if outcome.status is Status.FAILED:
             sets.append("consecutive_failures = if_not_exists(consecutive_failures, :zero) + :one")
+            values[":one"] = 1
         else:
             sets.append("consecutive_failures = :zero")
         try:
