@@ -1,7 +1,7 @@
 """The production CTM client against the CTM emulator, over real HTTPS on loopback.
 
-Time is injected on both sides: the emulator's clock (JWT expiry, throttle windows) and the
-client's clocks and sleep, so expiry and backoff are exercised without waiting.
+Time is injected on both sides: the emulator's clock (``ctm_clock``: JWT expiry, throttle
+windows) and the client's clocks and sleep, so expiry and backoff are exercised without waiting.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 
 class Clock:
-    """A clock tests move by hand; starts at the real time so JWTs look ordinary."""
+    """The client's own clock, moved by hand (the emulator's is the ``ctm_clock`` fixture)."""
 
     def __init__(self) -> None:
         self.now = time.time()
@@ -36,13 +36,6 @@ class Clock:
     def advance(self, seconds: float) -> None:
         with self._lock:
             self.now += seconds
-
-
-@pytest.fixture
-def emulator_clock(ctm_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(ctm_emulator, "clock", clock)
-    return clock
 
 
 def password_secret(emulator: Any, *, with_ca: bool = True) -> str:
@@ -127,14 +120,14 @@ def test_verification_off_works_by_explicit_choice(ctm_emulator: Any, no_ca_env:
 
 
 def test_a_jwt_expiring_at_ctm_mid_sequence_is_renewed_after_the_401(
-    ctm_emulator: Any, emulator_clock: Clock
+    ctm_emulator: Any, ctm_clock: Any
 ) -> None:
     # Given a JWT in use, and CTM's clock moving past its expiry while ours stands still
     ids = key_ids(ctm_emulator)
     issued = ctm_emulator.tokens_issued
     with make_client(ctm_emulator) as client:
         assert client.refresh_oci_key(ids[0]).attempts == 1
-        emulator_clock.advance(301)
+        ctm_clock.advance(301)
         # When the sequence goes on
         second = client.refresh_oci_key(ids[1])
         third = client.refresh_oci_key(ids[2])
@@ -145,7 +138,7 @@ def test_a_jwt_expiring_at_ctm_mid_sequence_is_renewed_after_the_401(
 
 
 def test_a_jwt_nearing_expiry_is_renewed_before_ctm_refuses_it(
-    ctm_emulator: Any, emulator_clock: Clock
+    ctm_emulator: Any, ctm_clock: Any
 ) -> None:
     # Given short-lived JWTs and both clocks moving together through a sequence of calls
     ctm_emulator.faults.token_lifetime = 120
@@ -156,7 +149,7 @@ def test_a_jwt_nearing_expiry_is_renewed_before_ctm_refuses_it(
         attempts = []
         for key_id in ids[:10]:
             attempts.append(client.refresh_oci_key(key_id).attempts)
-            emulator_clock.advance(50)
+            ctm_clock.advance(50)
             client_clock.advance(50)
     # Then no call ever met a 401: tokens were renewed ahead of time
     assert attempts == [1] * 10
@@ -257,7 +250,7 @@ def test_throttling_is_absorbed_by_retries(ctm_emulator: Any) -> None:
 
 
 def test_oci_tenancy_throttling_is_absorbed_by_paced_retries(
-    ctm_emulator: Any, emulator_clock: Clock
+    ctm_emulator: Any, ctm_clock: Any
 ) -> None:
     # Given OCI allowing 2 reads per second per tenancy (one refresh costs two)
     ctm_emulator.faults.tenancy_read_limit = 2
@@ -265,7 +258,7 @@ def test_oci_tenancy_throttling_is_absorbed_by_paced_retries(
     same_tenancy = [k["id"] for k in ctm_emulator.keys if k["tenancy"] == tenancy][:3]
     throttled_before = ctm_emulator.throttled_count
     # When three of its keys are refreshed back to back, backoff moving the emulator's time
-    with make_client(ctm_emulator, sleep=emulator_clock.advance) as client:
+    with make_client(ctm_emulator, sleep=ctm_clock.advance) as client:
         responses = [client.refresh_oci_key(key_id) for key_id in same_tenancy]
     # Then all succeeded, and the throttles CTM answered were retried
     assert [r.http_status for r in responses] == [200] * len(same_tenancy)
