@@ -41,7 +41,9 @@ def test_a_scheduled_run_refreshes_every_selected_key_and_completes(world: Refre
 
     # When the next schedule fires
     response = world.invoke(
-        world.schedule_event({"selector": {"all": True}, "reason": "nightly"}, "2026-11-29T06:00:00Z")
+        world.schedule_event(
+            {"selector": {"all": True}, "reason": "nightly"}, "2026-11-29T06:00:00Z"
+        )
     )
 
     # Then every key is refreshed, the run completes with its counts, rotations are seen
@@ -143,7 +145,9 @@ def test_a_selector_pages_through_short_pages_to_the_end(world: RefreshWorld) ->
 
 
 def test_a_dry_run_records_skipped_keys_and_calls_no_refresh(world: RefreshWorld) -> None:
-    world.invoke(world.rule_event({"selector": {"all": True}, "dry_run": True, "request_id": "dry"}))
+    world.invoke(
+        world.rule_event({"selector": {"all": True}, "dry_run": True, "request_id": "dry"})
+    )
 
     assert world.ctm.refresh_count() == 0
     results = world.results("dry")
@@ -288,6 +292,7 @@ def test_an_invocation_short_of_time_hands_its_remaining_keys_on(world: RefreshW
     assert {json.loads(m["Body"])["run_id"] for m in messages} == {"short"}
     pending = [r for r in world.results("short").values() if r["status"] == "PENDING"]
     assert len(pending) == 30 - len(tenancies)
+    world.stack.release_messages(world.stack.work_queue_url, messages)
 
     world.cold_start(TENANCY_RATE_LIMIT="50")
     world.drain_work_queue()
@@ -308,14 +313,18 @@ def test_a_retried_schedule_refreshes_nothing_twice(world: RefreshWorld) -> None
 
 
 def test_a_jwt_expiring_mid_run_is_renewed_and_nothing_fails(world: RefreshWorld) -> None:
+    # Given JWTs that CTM stops accepting after 10 calls
     world.cold_start(REFRESH_CONCURRENCY="1")
-    world.ctm.faults.token_lifetime = 61  # renewed before use whenever under 60 s remain
     world.ctm.faults.expire_tokens_after_requests = 10
 
     response = world.invoke(world.rule_event({"selector": {"all": True}, "request_id": "jwt"}))
 
+    # Then each 401 costs one re-authentication and one retry, and every key is refreshed
+    unauthorized = [r for r in world.ctm.request_log if r.status == 401]
+    assert len(unauthorized) >= 2
+    assert world.ctm.tokens_issued == 1 + len(unauthorized)
     assert response["refreshed"] == 30
-    assert world.ctm.tokens_issued >= 2
+    assert {r["status"] for r in world.results("jwt").values()} == {"REFRESHED"}
 
 
 def test_an_unknown_event_shape_fails_naming_what_was_expected(world: RefreshWorld) -> None:

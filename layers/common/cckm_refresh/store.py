@@ -283,9 +283,11 @@ class ResultStore:
                 "current_key_version": outcome.current_key_version,
                 "last_refreshed_at": outcome.refreshed_at or outcome.recorded_at,
             }
+        names: dict[str, str] = {}
         for name, value in described.items():
-            if value is not None:
-                sets.append(f"{name} = :{name}")
+            if value is not None:  # "region" and others are DynamoDB reserved words: #name
+                sets.append(f"#{name} = :{name}")
+                names[f"#{name}"] = name
                 values[f":{name}"] = value
         if outcome.status is Status.FAILED:
             sets.append("consecutive_failures = if_not_exists(consecutive_failures, :zero) + :one")
@@ -299,6 +301,7 @@ class ResultStore:
                 UpdateExpression="SET " + ", ".join(sets),
                 ConditionExpression="attribute_not_exists(pk) OR updated_at <= :at",
                 ExpressionAttributeValues=_item(values),
+                **({"ExpressionAttributeNames": names} if names else {}),
                 ReturnValues="ALL_OLD",
             )
         except self._db.exceptions.ConditionalCheckFailedException:
