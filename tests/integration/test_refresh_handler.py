@@ -58,7 +58,8 @@ def test_a_scheduled_run_refreshes_every_selected_key_and_completes(world: Refre
     assert run["requested"] == 30
     assert (run["refreshed"], run["not_found"], run["failed"], run["skipped"]) == (30, 0, 0, 0)
     assert run["rotated"] == 2
-    assert ISO_Z.fullmatch(run["started_at"]) and ISO_Z.fullmatch(run["finished_at"])
+    assert ISO_Z.fullmatch(run["started_at"])
+    assert ISO_Z.fullmatch(run["finished_at"])
     assert int(run["expires_at"]) > 0
     results = world.results(run_id)
     assert len(results) == 30
@@ -74,7 +75,8 @@ def test_every_result_and_key_attribute_of_the_contract_is_written(world: Refres
     result = world.results("second")[key["id"]]
     refreshed = world.ctm.key(key["id"])
     assert result["item_type"] == "RESULT"
-    assert result["pk"] == "RUN#second" and result["sk"] == f"KEY#{key['id']}"
+    assert result["pk"] == "RUN#second"
+    assert result["sk"] == f"KEY#{key['id']}"
     assert result["run_id"] == "second"
     assert result["key_id"] == key["id"]
     assert result["oci_key_id"] == key["oci_params"]["key_id"]
