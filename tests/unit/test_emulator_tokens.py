@@ -1,0 +1,88 @@
+"""The emulator's token authority: CTM-like JWTs that really expire, revocable refresh tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from devkit.ctm_emulator.tokens import TokenAuthority, TokenRejectedError
+from tests.fixtures.ctm import ManualClock
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(start=1_800_000_000.0)
+
+
+@pytest.fixture
+def authority(clock: ManualClock) -> TokenAuthority:
+    return TokenAuthority({"svc-key-refresh": "password"}, clock)
+
+
+def test_a_jwt_is_valid_until_its_exp_and_expired_one_second_later(
+    authority: TokenAuthority, clock: ManualClock
+) -> None:
+    jwt = authority.mint_jwt("svc-key-refresh", 300)
+    clock.advance(300)
+    assert authority.verify_jwt(jwt)["preferred_username"] == "svc-key-refresh"
+
+    clock.advance(1)
+    with pytest.raises(
+        TokenRejectedError, match=r"^Bearer token malformed: Token is expired by 1s$"
+    ):
+        authority.verify_jwt(jwt)
+
+
+def test_a_jwt_from_another_emulator_is_refused(clock: ManualClock) -> None:
+    jwt = TokenAuthority({"u": "p"}, clock).mint_jwt("u", 300)
+    with pytest.raises(TokenRejectedError, match="signature is invalid"):
+        TokenAuthority({"u": "p"}, clock).verify_jwt(jwt)
+
+
+@pytest.mark.parametrize("token", ["", "a.b", "a.b.c.d", "!!.??.**"])
+def test_a_malformed_jwt_is_refused_without_echoing_it(
+    authority: TokenAuthority, token: str
+) -> None:
+    with pytest.raises(TokenRejectedError) as caught:
+        authority.verify_jwt(token)
+    assert str(caught.value).startswith("Bearer token malformed")
+    assert token not in str(caught.value) or token == ""
+
+
+def test_a_refresh_token_keeps_working_until_revoked(authority: TokenAuthority) -> None:
+    token, token_id = authority.issue_refresh_token("svc-key-refresh")
+    assert authority.redeem_refresh_token(token, renew=False) == (
+        "svc-key-refresh",
+        token,
+        token_id,
+    )
+
+    authority.revoke_refresh_tokens()
+
+    assert authority.redeem_refresh_token(token, renew=False) is None
+
+
+def test_renewing_a_refresh_token_replaces_it(authority: TokenAuthority) -> None:
+    old, _ = authority.issue_refresh_token("svc-key-refresh")
+
+    redeemed = authority.redeem_refresh_token(old, renew=True)
+
+    assert redeemed is not None
+    assert redeemed[1] != old
+    assert authority.redeem_refresh_token(old, renew=False) is None
+    assert authority.redeem_refresh_token(redeemed[1], renew=False) is not None
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [
+        ("svc-key-refresh", "wrong"),
+        ("nobody", "password"),
+        (None, "password"),
+        ("svc-key-refresh", 1),
+    ],
+)
+def test_only_the_right_password_of_a_known_user_is_accepted(
+    authority: TokenAuthority, username: object, password: object
+) -> None:
+    assert not authority.check_password(username, password)
+    assert authority.check_password("svc-key-refresh", "password")
