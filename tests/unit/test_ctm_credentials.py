@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any, ClassVar
 
 import pytest
 
 from cckm_refresh.ctm.credentials import AuthMethod, CredentialsCache, CtmCredentials
-from cckm_refresh.ctm.errors import CtmCredentialsError
+from cckm_refresh.ctm.errors import CtmCredentialsError, CtmSecretUnavailableError
 from tests.unit.ctm_fakes import SecretLoader, make_jwt
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -122,10 +123,24 @@ def test_cache_reparses_only_when_the_secret_changes() -> None:
     assert loader.calls == [False, False, True]
 
 
-def test_a_loader_failure_becomes_a_credentials_error_without_its_text() -> None:
+def test_a_passing_loader_failure_is_transient_and_says_nothing_of_its_text() -> None:
     def failing(force: bool) -> str:
         raise RuntimeError("boom: contains whatever the loader put in it")
 
-    with pytest.raises(CtmCredentialsError, match=r"could not load.*RuntimeError") as caught:
+    with pytest.raises(CtmSecretUnavailableError, match=r"could not load.*RuntimeError") as caught:
         CredentialsCache(failing).get()
+    assert caught.value.transient
     assert "whatever" not in str(caught.value)
+
+
+def test_a_secret_we_may_not_read_is_a_permanent_credentials_error() -> None:
+    class AccessDenied(Exception):
+        response: ClassVar[dict[str, Any]] = {"Error": {"Code": "AccessDeniedException"}}
+
+    def failing(force: bool) -> str:
+        raise AccessDenied("User: arn:aws:iam::123:role/x is not authorized")
+
+    with pytest.raises(CtmCredentialsError, match="AccessDeniedException") as caught:
+        CredentialsCache(failing).get()
+    assert not caught.value.transient
+    assert "arn:aws" not in str(caught.value)

@@ -11,6 +11,7 @@ import pytest
 from cckm_refresh.ctm.errors import (
     CtmNotFoundError,
     CtmPermanentError,
+    CtmSecretUnavailableError,
     CtmThrottledError,
     CtmTokenExpiredError,
 )
@@ -166,3 +167,12 @@ def test_an_unexpected_exception_keeps_the_key_pending() -> None:
 def test_an_empty_list_does_nothing(concurrency: int) -> None:
     result = engine_for(FakeCtm(), concurrency=concurrency).run([], lambda: 60.0)
     assert result.outcomes == []
+
+
+def test_an_unreadable_secret_stops_the_run_but_keeps_every_key_pending() -> None:
+    unavailable = CtmSecretUnavailableError("secret unreadable", error_code="CONNECTION")
+    ctm = FakeCtm(failures={"a": unavailable})
+    result = engine_for(ctm, concurrency=1).run(items("a", "b", "c"), lambda: 60.0)
+    assert ctm.calls == ["a"]
+    assert {o.status for o in result.outcomes} == {Status.PENDING}
+    assert len(result.outcomes) == 3

@@ -21,6 +21,7 @@ from cckm_refresh.ctm.errors import (
     CtmCredentialsError,
     CtmError,
     CtmNotFoundError,
+    CtmSecretUnavailableError,
     CtmTlsError,
 )
 from cckm_refresh.ctm.pacing import Pacer
@@ -28,7 +29,8 @@ from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY, TenancyRateLimiter
 
 # Errors that will fail every other key the same way: stop starting refreshes on the first.
-_RUN_FATAL = (CtmAuthError, CtmTlsError, CtmCredentialsError)
+# The rest are recorded like the key that met the error: FAILED, or PENDING when transient.
+_RUN_FATAL = (CtmAuthError, CtmTlsError, CtmCredentialsError, CtmSecretUnavailableError)
 
 
 class RefreshResponse(Protocol):
@@ -223,7 +225,7 @@ def _failed_like(item: WorkItem, error: CtmError) -> RefreshOutcome:
     return _with_known(
         RefreshOutcome(
             key_id=item.key_id,
-            status=Status.FAILED,
+            status=Status.PENDING if error.transient else Status.FAILED,
             attempts=0,
             error_code=error.error_code,
             error_message=error.message,

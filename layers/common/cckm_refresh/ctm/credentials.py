@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from cckm_refresh.ctm.errors import CtmCredentialsError
+from cckm_refresh.ctm.errors import CtmCredentialsError, CtmSecretUnavailableError
 
 # A JWT as CTM issues it: header.payload.signature, each part base64url without padding.
 JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -159,10 +159,11 @@ class CredentialsCache:
             except Exception as exc:
                 # Say which kind of failure (AccessDenied, throttling...) but not its text:
                 # a loader's message is not ours to vouch for.
-                raise CtmCredentialsError(
-                    f"could not load the CTM credentials secret ({_failure_kind(exc)})",
-                    error_code="UNAUTHORIZED",
-                ) from None
+                message = f"could not load the CTM credentials secret ({_failure_kind(exc)})"
+                if _aws_code(exc) in _PERMANENT_SECRET_ERRORS:
+                    raise CtmCredentialsError(message, error_code="UNAUTHORIZED") from None
+                # Throttling, a network blip: every key would fail alike, but only for now.
+                raise CtmSecretUnavailableError(message, error_code="CONNECTION") from None
             if raw != self._raw or self._parsed is None:
                 self._parsed = CtmCredentials.parse(raw)
                 self._raw = raw
@@ -173,11 +174,27 @@ class CredentialsCache:
         return self.get().ca_bundle
 
 
-def _failure_kind(exc: Exception) -> str:
-    """The class name, plus the AWS error code when the loader raised a botocore ClientError."""
+_PERMANENT_SECRET_ERRORS = frozenset(
+    {
+        "AccessDeniedException",
+        "ResourceNotFoundException",
+        "DecryptionFailure",
+        "InvalidRequestException",
+        "InvalidParameterException",
+    }
+)
+
+
+def _aws_code(exc: Exception) -> str | None:
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
         code = response.get("Error", {}).get("Code")
         if isinstance(code, str) and code.isidentifier():
-            return f"{type(exc).__name__} {code}"
-    return type(exc).__name__
+            return code
+    return None
+
+
+def _failure_kind(exc: Exception) -> str:
+    """The class name, plus the AWS error code when the loader raised a botocore ClientError."""
+    code = _aws_code(exc)
+    return f"{type(exc).__name__} {code}" if code else type(exc).__name__

@@ -71,5 +71,9 @@ class CtmCredentialsError(CtmPermanentError):
     """The secret holds no usable way to authenticate (or is malformed)."""
 
 
+class CtmSecretUnavailableError(CtmTransientError):
+    """Secrets Manager could not be read just now (throttling, network): try again later."""
+
+
 class RetryBudgetExhaustedError(CtmTransientError):
     """Too many retries in a short window: stop amplifying an outage."""
