@@ -40,11 +40,16 @@ demo: $(STAMP) ## run the whole system locally against the emulators
 bench: $(STAMP) ## throughput, cold start and cost benchmarks (prints figures)
 	@echo "make bench: not yet (issue 7)"; exit 1
 
-build: ## sam build (needs python3.13 on PATH)
-	sam build
+build: ## sam build into .aws-sam/ (SAM CLI in .venv-sam; python3.13 from PATH or pyenv)
+	@test -x .venv-sam/bin/sam || { $(PYTHON) -m venv .venv-sam && \
+	  .venv-sam/bin/pip install --quiet --disable-pip-version-check aws-sam-cli==1.170.0; }
+	@if ! python3.13 --version >/dev/null 2>&1 && command -v pyenv >/dev/null; then \
+	  export PYENV_VERSION="$$(pyenv version-name):$$(pyenv versions --bare | grep -m1 '^3\.13')"; \
+	fi; .venv-sam/bin/sam build
+	@du -sh .aws-sam/build/CommonLayer
 
-deploy: ## sam deploy --guided
-	sam deploy --guided
+deploy: build ## sam deploy --guided (ENV=prod deploys the prod environment of samconfig.toml)
+	.venv-sam/bin/sam deploy $(if $(ENV),--config-env $(ENV),--guided)
 
 clean: ## remove the virtual environment and build output
 	rm -rf $(VENV) .aws-sam .mypy_cache .ruff_cache
