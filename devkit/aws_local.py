@@ -38,6 +38,8 @@ WORK_QUEUE_ID = "WorkQueue"
 DEAD_LETTER_QUEUE_ID = "DeadLetterQueue"
 TOPIC_ID = "NotificationTopic"
 SECRET_ID = "CtmSecret"
+REFRESH_FUNCTION_ID = "RefreshFunction"
+NOTIFY_FUNCTION_ID = "NotifyFunction"
 
 # Placeholder for the CTM address until the caller gives the emulator's.
 CTM_PLACEHOLDER_URL = "https://ctm.invalid"
@@ -68,29 +70,40 @@ def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
     return parsed
 
 
-def parameter_defaults(template: Mapping[str, Any]) -> dict[str, str]:
-    """Every template parameter that has a default, as CloudFormation passes it (a string)."""
-    return {
-        name: str(spec["Default"])
-        for name, spec in template.get("Parameters", {}).items()
-        if "Default" in spec
-    }
+def parameter_defaults(template: Mapping[str, Any]) -> dict[str, Any]:
+    """Every template parameter that has a default, as ``Ref`` returns it (a string or a list)."""
+    defaults: dict[str, Any] = {}
+    for name, spec in template.get("Parameters", {}).items():
+        if "Default" in spec:
+            text = str(spec["Default"])
+            is_list = spec.get("Type") == "CommaDelimitedList"
+            defaults[name] = text.split(",") if is_list else text
+    return defaults
+
+
+class _NoValue:
+    """What ``Ref: AWS::NoValue`` resolves to: the property is left out."""
+
+
+NO_VALUE = _NoValue()
 
 
 @dataclass(frozen=True)
 class Intrinsics:
-    """Resolves the few intrinsic functions the local resources use, against known values.
+    """Resolves the intrinsic functions the local resources use, against known values.
 
     ``refs`` maps parameters and logical ids to what ``Ref`` returns; ``attributes`` maps
-    ``"LogicalId.Attribute"`` to what ``Fn::GetAtt`` returns. Anything else is an error, so a
-    template change the local stack cannot follow is noticed instead of silently ignored.
+    ``"LogicalId.Attribute"`` to what ``Fn::GetAtt`` returns; ``conditions`` are the template's
+    condition definitions, for ``Fn::If``. Anything else is an error, so a template change the
+    local stack cannot follow is noticed instead of silently ignored.
     """
 
-    refs: Mapping[str, str]
+    refs: Mapping[str, Any]
     attributes: Mapping[str, str]
+    conditions: Mapping[str, Any] = field(default_factory=dict)
 
     def resolve(self, value: Any) -> Any:
-        """``value`` with every ``Ref``/``Fn::GetAtt``/``Fn::Sub``/``Fn::Join`` replaced."""
+        """``value`` with every supported intrinsic function replaced by its value."""
         if isinstance(value, list):
             return [self.resolve(item) for item in value]
         if not isinstance(value, dict):
@@ -101,18 +114,41 @@ class Intrinsics:
                 return self._intrinsic(name, argument)
         return {key: self.resolve(item) for key, item in value.items()}
 
-    def _intrinsic(self, name: str, argument: Any) -> str:
+    def holds(self, condition: str) -> bool:
+        """Whether the named template condition is true for the known parameter values."""
+        return self._truth(self.conditions[condition])
+
+    def _intrinsic(self, name: str, argument: Any) -> Any:
         if name == "Ref":
-            return self._lookup(self.refs, argument)
+            return NO_VALUE if argument == "AWS::NoValue" else self._lookup(self.refs, argument)
         if name == "Fn::GetAtt":
             target = argument if isinstance(argument, str) else ".".join(argument)
             return self._lookup(self.attributes, target)
+        if name == "Fn::If":
+            condition, when_true, when_false = argument
+            return self.resolve(when_true if self.holds(condition) else when_false)
         if name == "Fn::Join":
             separator, items = argument
-            return str(separator).join(str(self.resolve(item)) for item in items)
+            resolved = self.resolve(items)
+            return str(separator).join(str(item) for item in _flat(resolved))
         if name == "Fn::Sub" and isinstance(argument, str):
             return self._substitute(argument)
         raise ValueError(f"intrinsic {name} is not supported locally")
+
+    def _truth(self, expression: Any) -> bool:
+        (name, argument), *_ = expression.items()
+        if name == "Fn::Equals":
+            left, right = (self.resolve(side) for side in argument)
+            return bool(left == right)
+        if name == "Fn::Not":
+            return not self._truth(argument[0])
+        if name == "Fn::And":
+            return all(self._truth(item) for item in argument)
+        if name == "Fn::Or":
+            return any(self._truth(item) for item in argument)
+        if name == "Condition":
+            return self.holds(argument)
+        raise ValueError(f"condition function {name} is not supported locally")
 
     def _substitute(self, text: str) -> str:
         out, rest = [], text
@@ -120,14 +156,18 @@ class Intrinsics:
             head, _, tail = rest.partition("${")
             name, _, rest = tail.partition("}")
             target = self.attributes if "." in name else self.refs
-            out += [head, self._lookup(target, name)]
+            out += [head, str(self._lookup(target, name))]
         return "".join([*out, rest])
 
     @staticmethod
-    def _lookup(table: Mapping[str, str], name: str) -> str:
+    def _lookup(table: Mapping[str, Any], name: str) -> Any:
         if name not in table:
             raise ValueError(f"{name} cannot be resolved locally")
         return table[name]
+
+
+def _flat(value: Any) -> list[Any]:
+    return [item for part in value for item in _flat(part)] if isinstance(value, list) else [value]
 
 
 # --- the moto server -------------------------------------------------------------------------
@@ -255,7 +295,8 @@ class LocalStack:
     dead_letter_queue_arn: str
     topic_arn: str
     secret_id: str
-    retention_days: str
+    # The functions' own Environment.Variables of template.yaml, resolved for this stack.
+    function_environments: Mapping[str, Mapping[str, str]]
     _shard_iterators: dict[str, str | None] = field(default_factory=dict)
     _captures: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -282,14 +323,19 @@ class LocalStack:
         parameters = parameter_defaults(template)
         if max_receive_count is not None:
             parameters["MaxReceiveCount"] = str(max_receive_count)
-        refs = {
+        refs: dict[str, Any] = {
             **parameters,
+            # A required parameter: a placeholder until the caller names the CTM to use.
+            "CtmBaseUrl": CTM_PLACEHOLDER_URL,
             "AWS::Region": region,
             "AWS::AccountId": "123456789012",
             "AWS::Partition": "aws",
             "AWS::StackName": prefix,
         }
         attributes: dict[str, str] = {}
+        conditions = template.get("Conditions", {})
+        if not Intrinsics(refs, attributes, conditions).holds("CreateCtmSecret"):
+            raise ValueError("the local stack always creates its CTM secret")
         client = _clients(endpoint_url, region)
 
         table_name, stream_arn = _create_table(
@@ -325,6 +371,13 @@ class LocalStack:
             Description=str(secret_properties.get("Description", "")),
             SecretString=str(secret_properties.get("SecretString", "{}")),
         )["ARN"]
+        refs |= {TABLE_ID: table_name, TOPIC_ID: topic_arn, SECRET_ID: secret_arn}
+        environments = {
+            function: _environment(
+                Intrinsics(refs, attributes, conditions), resources[function]["Properties"]
+            )
+            for function in (REFRESH_FUNCTION_ID, NOTIFY_FUNCTION_ID)
+        }
 
         # What the function is told must be what the queue does: read it back from the queue.
         redrive = json.loads(
@@ -345,7 +398,7 @@ class LocalStack:
             dead_letter_queue_arn=queues[DEAD_LETTER_QUEUE_ID][1],
             topic_arn=topic_arn,
             secret_id=secret_arn,
-            retention_days=parameters.get("ResultRetentionDays", "90"),
+            function_environments=environments,
         )
 
     # --- clients ---
@@ -365,34 +418,18 @@ class LocalStack:
     # --- function environments (CONTRACT section 2) ---
 
     def refresh_env(self, **overrides: str) -> dict[str, str]:
-        """The refresh function's environment as the template sets it, plus ``AWS_ENDPOINT_URL``."""
-        env = {
-            "CTM_BASE_URL": CTM_PLACEHOLDER_URL,
-            "CTM_SECRET_ID": self.secret_id,
-            "RESULTS_TABLE": self.table_name,
-            "WORK_QUEUE_URL": self.work_queue_url,
-            "DEAD_LETTER_QUEUE_URL": self.dead_letter_queue_url,
-            "REFRESH_CONCURRENCY": "8",
-            "TENANCY_RATE_LIMIT": "4",
-            "CTM_TIMEOUT_SECONDS": "20",
-            "CTM_MAX_ATTEMPTS": "4",
-            "CTM_VERIFY_TLS": "true",
-            "MAX_RECEIVE_COUNT": str(self.max_receive_count),
-            "FANOUT_CHUNK_SIZE": "100",
-            "RESULT_RETENTION_DAYS": self.retention_days,
-        }
-        return self._with_aws(env, overrides)
+        """The refresh function's variables as the template sets them, plus ``AWS_ENDPOINT_URL``.
+
+        ``CTM_BASE_URL`` is a placeholder unless overridden. Globals (Powertools settings) are
+        left to the caller's environment.
+        """
+        return self._with_aws(self.function_environments[REFRESH_FUNCTION_ID], overrides)
 
     def notify_env(self, **overrides: str) -> dict[str, str]:
-        """The notify function's environment as the template sets it, plus ``AWS_ENDPOINT_URL``."""
-        env = {
-            "RESULTS_TABLE": self.table_name,
-            "TOPIC_ARN": self.topic_arn,
-            "RESULT_RETENTION_DAYS": self.retention_days,
-        }
-        return self._with_aws(env, overrides)
+        """The notify function's variables as the template sets them, plus ``AWS_ENDPOINT_URL``."""
+        return self._with_aws(self.function_environments[NOTIFY_FUNCTION_ID], overrides)
 
-    def _with_aws(self, env: dict[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
+    def _with_aws(self, env: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
         return {
             **env,
             "AWS_ENDPOINT_URL": self.endpoint_url,
@@ -536,6 +573,12 @@ def _clients(endpoint_url: str, region: str) -> Callable[[str], Any]:
         return boto3.client(service, endpoint_url=endpoint_url, region_name=region)
 
     return client
+
+
+def _environment(intrinsics: Intrinsics, properties: Mapping[str, Any]) -> dict[str, str]:
+    """A function's Environment.Variables resolved; variables set to AWS::NoValue left out."""
+    variables = intrinsics.resolve(properties.get("Environment", {}).get("Variables", {}))
+    return {name: str(value) for name, value in variables.items() if value is not NO_VALUE}
 
 
 def _create_table(dynamodb: Any, name: str, properties: Mapping[str, Any]) -> tuple[str, str]:

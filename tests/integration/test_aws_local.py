@@ -202,3 +202,18 @@ def test_function_environments_name_the_local_resources(aws_stack: LocalStack) -
     assert refresh["DEAD_LETTER_QUEUE_URL"] == aws_stack.dead_letter_queue_url
     assert notify["TOPIC_ARN"] == aws_stack.topic_arn
     assert refresh["AWS_ENDPOINT_URL"] == notify["AWS_ENDPOINT_URL"] == aws_stack.endpoint_url
+
+
+def test_function_environments_are_the_templates_variables(aws_stack: LocalStack) -> None:
+    resources = load_template()["Resources"]
+
+    for function, env in (
+        ("RefreshFunction", aws_stack.refresh_env()),
+        ("NotifyFunction", aws_stack.notify_env()),
+    ):
+        declared = set(resources[function]["Properties"]["Environment"]["Variables"])
+        # WEBHOOK_SECRET_ID is AWS::NoValue without a webhook secret, as when deployed.
+        assert set(env) == (declared - {"WEBHOOK_SECRET_ID"}) | {
+            "AWS_ENDPOINT_URL",
+            "AWS_DEFAULT_REGION",
+        }
