@@ -140,6 +140,9 @@ class RefreshFunction:
         result = self.service.process(delivery, seconds_left)
         self._emit(result)
         if isinstance(result, RunReport) and result.must_retry:
+            if result.pending:
+                delay = self.service.retry_later(record.receipt_handle, receive_count)
+                logger.info("message will be delivered again", extra={"in_seconds": delay})
             raise PendingKeysError(
                 f"{result.pending} keys pending, {result.gave_up} given up in run {result.run_id}"
             )

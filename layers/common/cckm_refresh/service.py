@@ -31,6 +31,8 @@ from cckm_refresh.triggers import Delivery
 from cckm_refresh.workqueue import WorkQueue
 
 OCID_LOOKUP_WORKERS = 4
+RETRY_DELAY_BASE = 30
+RETRY_DELAY_CAP = 900
 
 
 class KeyDirectory(Protocol):
@@ -170,6 +172,12 @@ class RefreshService:
             gave_up=gave_up,
             throttled=result.throttled,
         )
+
+    def retry_later(self, receipt_handle: str, receive_count: int) -> int:
+        """Back off a message that still owes keys: 30 s, 60 s, 120 s... capped at 15 minutes,
+        instead of the queue's visibility timeout (6 x the function timeout)."""
+        delay = min(RETRY_DELAY_CAP, RETRY_DELAY_BASE * 2 ** max(0, receive_count - 1))
+        return delay if self._queue.retry_later(receipt_handle, delay) else 0
 
     # --- steps ------------------------------------------------------------------------------
 

@@ -40,6 +40,19 @@ class WorkQueue:
                 raise QueueSendError(f"SQS refused {len(failed)} messages: {failed[:3]}")
         return len(bodies)
 
+    def retry_later(self, receipt_handle: str, seconds: int) -> bool:
+        """Make a received work-queue message visible again in ``seconds`` (not the full
+        visibility timeout); False when SQS refused, and the timeout applies."""
+        if not self.queue_url:
+            return False
+        try:
+            self._sqs.change_message_visibility(
+                QueueUrl=self.queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
+            )
+        except Exception:
+            return False
+        return True
+
     def dead_letter(self, body: str, error: str) -> bool:
         """Copy a rejected message, unchanged, with an ``error`` attribute; False when unset."""
         if not self.dead_letter_url:

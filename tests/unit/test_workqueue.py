@@ -1,0 +1,77 @@
+"""The work queue: batched sends, dead-letter copies, and the back-off of messages owing keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from cckm_refresh.workqueue import QueueSendError, WorkQueue
+
+
+@dataclass
+class FakeSqs:
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    refuse: bool = False
+
+    def send_message_batch(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(("send_message_batch", kwargs))
+        if self.refuse:
+            return {"Failed": [{"Id": "0", "Code": "InternalError"}]}
+        return {"Successful": [{"Id": e["Id"]} for e in kwargs["Entries"]]}
+
+    def send_message(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(("send_message", kwargs))
+        return {"MessageId": "m"}
+
+    def change_message_visibility(self, **kwargs: Any) -> None:
+        self.calls.append(("change_message_visibility", kwargs))
+        if self.refuse:
+            raise RuntimeError("ReceiptHandleIsInvalid")
+
+
+def test_bodies_go_out_ten_per_batch_call() -> None:
+    sqs = FakeSqs()
+    queue = WorkQueue(sqs, "https://sqs/work", None)
+
+    assert queue.send([{"keys": [str(i)], "run_id": "r"} for i in range(23)]) == 23
+
+    assert [len(kwargs["Entries"]) for _, kwargs in sqs.calls] == [10, 10, 3]
+
+
+def test_a_refused_send_raises_so_nothing_is_lost() -> None:
+    with pytest.raises(QueueSendError):
+        WorkQueue(FakeSqs(refuse=True), "https://sqs/work", None).send([{"keys": ["a"]}])
+
+
+def test_sending_without_a_work_queue_is_an_error() -> None:
+    with pytest.raises(QueueSendError, match="WORK_QUEUE_URL"):
+        WorkQueue(FakeSqs(), None, None).send([{"keys": ["a"]}])
+
+
+def test_a_rejected_body_is_copied_unchanged_with_its_error() -> None:
+    sqs = FakeSqs()
+    assert WorkQueue(sqs, None, "https://sqs/dlq").dead_letter("{bad", "body: is not valid JSON")
+    [(name, kwargs)] = sqs.calls
+    assert kwargs["MessageBody"] == "{bad"
+    assert kwargs["MessageAttributes"]["error"]["StringValue"] == "body: is not valid JSON"
+
+
+def test_without_a_dead_letter_queue_the_copy_is_skipped() -> None:
+    assert WorkQueue(FakeSqs(), None, None).dead_letter("{bad", "e") is False
+
+
+def test_a_message_owing_keys_comes_back_sooner_than_the_visibility_timeout() -> None:
+    sqs = FakeSqs()
+    assert WorkQueue(sqs, "https://sqs/work", None).retry_later("handle", 60) is True
+    assert sqs.calls == [
+        (
+            "change_message_visibility",
+            {"QueueUrl": "https://sqs/work", "ReceiptHandle": "handle", "VisibilityTimeout": 60},
+        )
+    ]
+
+
+def test_a_refused_back_off_falls_back_to_the_visibility_timeout() -> None:
+    assert WorkQueue(FakeSqs(refuse=True), "https://sqs/work", None).retry_later("h", 60) is False
