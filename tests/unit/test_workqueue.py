@@ -53,7 +53,8 @@ def test_sending_without_a_work_queue_is_an_error() -> None:
 def test_a_rejected_body_is_copied_unchanged_with_its_error() -> None:
     sqs = FakeSqs()
     assert WorkQueue(sqs, None, "https://sqs/dlq").dead_letter("{bad", "body: is not valid JSON")
-    [(name, kwargs)] = sqs.calls
+    [(operation, kwargs)] = sqs.calls
+    assert operation == "send_message"
     assert kwargs["MessageBody"] == "{bad"
     assert kwargs["MessageAttributes"]["error"]["StringValue"] == "body: is not valid JSON"
 
