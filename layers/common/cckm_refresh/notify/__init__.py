@@ -1,0 +1,1 @@
+"""Notifications: from the results table's stream to people (SNS, optional chat webhook)."""

@@ -1,0 +1,219 @@
+"""Which table changes people hear about (CONTRACT section 6), and what they read.
+
+Pure functions of a stream record's images: no I/O except the failed-keys digest of a
+completed run, which the caller supplies as a function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+MAX_SUBJECT = 99  # SNS: "less than 100 characters", no line breaks or control characters
+MAX_FAILED_KEYS = 50
+
+
+class EventType(StrEnum):
+    RUN_COMPLETED = "RUN_COMPLETED"
+    KEY_ROTATED = "KEY_ROTATED"
+    KEY_STATE_CHANGED = "KEY_STATE_CHANGED"
+    REQUEST_REJECTED = "REQUEST_REJECTED"
+
+
+class Severity(StrEnum):
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+ALARMING_STATES = frozenset({"PENDING_DELETION", "DISABLED"})
+
+
+@dataclass(frozen=True)
+class FailedKeys:
+    """The failed keys of a run: at most 50 of them, and how many there were."""
+
+    keys: tuple[Mapping[str, Any], ...] = ()
+    count: int = 0
+
+
+FailedKeysReader = Callable[[str], FailedKeys]
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One message for people, and the key under which it is sent exactly once."""
+
+    event_type: EventType
+    severity: Severity
+    subject: str
+    summary: str
+    dedupe_key: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "event_type": str(self.event_type),
+            "severity": str(self.severity),
+            "summary": self.summary,
+            **self.details,
+        }
+
+
+def notifications_for(
+    event_name: str,
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+    failed_keys: FailedKeysReader,
+) -> list[Notification]:
+    """The notifications one stream record gives (none for most records)."""
+    old = old or {}
+    if event_name == "REMOVE" or not new:
+        return []
+    item_type = new.get("item_type")
+    if item_type == "RUN":
+        completed = new.get("status") == "COMPLETED" and old.get("status") != "COMPLETED"
+        return [_run_completed(new, failed_keys)] if completed else []
+    if item_type == "KEY" and event_name == "MODIFY":
+        return _key_changes(old, new)
+    if item_type == "REJECTED" and event_name == "INSERT":
+        return [_rejected(new)]
+    return []
+
+
+def _run_completed(run: Mapping[str, Any], failed_keys: FailedKeysReader) -> Notification:
+    run_id = str(run.get("run_id", ""))
+    counts = {name: _int(run.get(name)) for name in _COUNTS}
+    failed = failed_keys(run_id) if counts["failed"] else FailedKeys()
+    if run.get("dry_run"):
+        summary = f"Run {run_id} (dry run): {counts['skipped']} OCI keys resolved, none refreshed"
+    else:
+        summary = f"Run {run_id}: {counts['refreshed']} of {counts['requested']} OCI keys refreshed"
+        extras = [
+            f"{counts['failed']} failed" if counts["failed"] else "",
+            f"{counts['not_found']} not found" if counts["not_found"] else "",
+            f"{counts['rotated']} rotated" if counts["rotated"] else "",
+        ]
+        summary += "".join(f", {e}" for e in extras if e)
+    severity = Severity.ERROR if counts["failed"] else Severity.INFO
+    headline = (
+        f"{counts['failed']} of {counts['requested']} keys failed"
+        if counts["failed"]
+        else f"{counts['refreshed']} keys refreshed, {counts['rotated']} rotated"
+    )
+    details = {
+        "run_id": run_id,
+        "trigger": run.get("trigger"),
+        "request_id": run.get("request_id"),
+        "reason": run.get("reason"),
+        "dry_run": bool(run.get("dry_run")),
+        **counts,
+        "started_at": run.get("started_at"),
+        "finished_at": run.get("finished_at"),
+        "failed_keys": [dict(k) for k in failed.keys],
+        "failed_count": failed.count,
+    }
+    return Notification(
+        event_type=EventType.RUN_COMPLETED,
+        severity=severity,
+        subject=subject(severity, f"CCKM refresh run {run_id}: {headline}"),
+        summary=summary,
+        dedupe_key=f"{EventType.RUN_COMPLETED}#{run_id}",
+        details=_present(details),
+    )
+
+
+_COUNTS = ("requested", "refreshed", "not_found", "failed", "skipped", "rotated")
+
+
+def _key_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Notification]:
+    changes = []
+    key_id = str(new.get("key_id", ""))
+    name = new.get("display_name") or key_id
+    described = _present(
+        {
+            "key_id": key_id,
+            "oci_key_id": new.get("oci_key_id"),
+            "display_name": new.get("display_name"),
+            "tenancy": new.get("tenancy"),
+            "region": new.get("region"),
+            "vault_name": new.get("vault_name"),
+            "last_run_id": new.get("last_run_id"),
+            "updated_at": new.get("updated_at"),
+        }
+    )
+    before, after = old.get("current_key_version"), new.get("current_key_version")
+    if before and after and before != after:
+        changes.append(
+            Notification(
+                event_type=EventType.KEY_ROTATED,
+                severity=Severity.INFO,
+                subject=subject(Severity.INFO, f"OCI key {name} rotated"),
+                summary=f"OCI key {name} rotated: version {_tail(before)} -> {_tail(after)}",
+                dedupe_key=f"{EventType.KEY_ROTATED}#{key_id}#{after}",
+                details=described | {"previous_key_version": before, "current_key_version": after},
+            )
+        )
+    before, after = old.get("lifecycle_state"), new.get("lifecycle_state")
+    if before and after and before != after:
+        severity = Severity.ERROR if after in ALARMING_STATES else Severity.WARNING
+        changes.append(
+            Notification(
+                event_type=EventType.KEY_STATE_CHANGED,
+                severity=severity,
+                subject=subject(severity, f"OCI key {name} is now {after}"),
+                summary=f"OCI key {name} changed state {before} -> {after}",
+                dedupe_key=(
+                    f"{EventType.KEY_STATE_CHANGED}#{key_id}#{before}>{after}"
+                    f"#{new.get('updated_at', '')}"
+                ),
+                details=described | {"previous_state": before, "lifecycle_state": after},
+            )
+        )
+    return changes
+
+
+def _rejected(item: Mapping[str, Any]) -> Notification:
+    pk = str(item.get("pk", ""))
+    source = pk.removeprefix("REJECTED#")
+    error = str(item.get("error", ""))
+    return Notification(
+        event_type=EventType.REQUEST_REJECTED,
+        severity=Severity.ERROR,
+        subject=subject(Severity.ERROR, f"CCKM refresh request rejected: {error}"),
+        summary=f"Rejected request {source}: {error}",
+        dedupe_key=f"{EventType.REQUEST_REJECTED}#{source}",
+        details=_present(
+            {
+                "source_id": source,
+                "error": error,
+                "received_at": item.get("received_at"),
+                "body": str(item.get("body", ""))[:500],
+            }
+        ),
+    )
+
+
+def subject(severity: Severity, text: str) -> str:
+    """``[SEVERITY] text``: printable ASCII on one line, at most ``MAX_SUBJECT`` characters."""
+    line = f"[{severity}] {text}"
+    line = "".join(c if 32 <= ord(c) < 127 else "?" for c in line)
+    return line if len(line) <= MAX_SUBJECT else line[: MAX_SUBJECT - 3] + "..."
+
+
+def _tail(version: object) -> str:
+    text = str(version)
+    return text if len(text) <= 16 else "..." + text[-12:]
+
+
+def _int(value: object) -> int:
+    if isinstance(value, (int, Decimal)) and not isinstance(value, bool):
+        return int(value)
+    return 0
+
+
+def _present(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
