@@ -1,0 +1,156 @@
+"""CONTRACT 6: which records notify, with what severity, subject and body."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from cckm_refresh.notify.events import (
+    MAX_SUBJECT,
+    EventType,
+    FailedKeys,
+    Severity,
+    notifications_for,
+    subject,
+)
+
+RUN_ID = "schedule-2026-11-28T06:00:00Z"
+
+
+def run_item(**overrides: Any) -> dict[str, Any]:
+    item = {
+        "pk": f"RUN#{RUN_ID}",
+        "sk": "RUN",
+        "item_type": "RUN",
+        "run_id": RUN_ID,
+        "trigger": "schedule",
+        "dry_run": False,
+        "requested": Decimal(120),
+        "status": "COMPLETED",
+        "refreshed": Decimal(118),
+        "not_found": Decimal(0),
+        "failed": Decimal(2),
+        "skipped": Decimal(0),
+        "rotated": Decimal(3),
+        "started_at": "2026-11-28T06:00:00.100Z",
+        "finished_at": "2026-11-28T06:00:41.500Z",
+    }
+    return item | overrides
+
+
+def key_item(**overrides: Any) -> dict[str, Any]:
+    item = {
+        "pk": "KEY#k1",
+        "sk": "LATEST",
+        "item_type": "KEY",
+        "key_id": "k1",
+        "display_name": "payments-db-master-key",
+        "tenancy": "acme-prod",
+        "lifecycle_state": "ENABLED",
+        "current_key_version": "ocid1.keyversion.oc1.iad.v1",
+        "updated_at": "2026-11-28T06:00:10.000Z",
+    }
+    return item | overrides
+
+
+def no_failed(run_id: str) -> FailedKeys:
+    raise AssertionError("failed keys are read only when a run has failures")
+
+
+def two_failed(run_id: str) -> FailedKeys:
+    keys = ({"key_id": "a", "display_name": "A", "error_code": "HTTP_403"},)
+    return FailedKeys(keys, 2)
+
+
+def test_a_run_turning_completed_notifies_once_with_its_digest() -> None:
+    [n] = notifications_for("MODIFY", run_item(status="RUNNING"), run_item(), two_failed)
+    assert n.event_type is EventType.RUN_COMPLETED
+    assert n.severity is Severity.ERROR
+    assert n.summary == f"Run {RUN_ID}: 118 of 120 OCI keys refreshed, 2 failed, 3 rotated"
+    body = n.body()
+    assert body["event_type"] == "RUN_COMPLETED"
+    assert body["severity"] == "ERROR"
+    assert body["failed_keys"] == [{"key_id": "a", "display_name": "A", "error_code": "HTTP_403"}]
+    assert body["failed_count"] == 2
+    assert body["requested"] == 120
+    assert n.dedupe_key == f"RUN_COMPLETED#{RUN_ID}"
+
+
+def test_a_clean_run_is_info_and_reads_no_failed_keys() -> None:
+    new = run_item(failed=Decimal(0), refreshed=Decimal(120))
+    [n] = notifications_for("MODIFY", run_item(status="RUNNING"), new, no_failed)
+    assert n.severity is Severity.INFO
+    assert n.body()["failed_count"] == 0
+
+
+def test_a_run_already_completed_does_not_notify_again() -> None:
+    assert notifications_for("MODIFY", run_item(), run_item(), no_failed) == []
+    assert notifications_for("MODIFY", None, run_item(status="RUNNING"), no_failed) == []
+
+
+def test_a_rotation_is_info_and_names_both_versions() -> None:
+    new = key_item(current_key_version="ocid1.keyversion.oc1.iad.v2")
+    [n] = notifications_for("MODIFY", key_item(), new, no_failed)
+    assert n.event_type is EventType.KEY_ROTATED
+    assert n.severity is Severity.INFO
+    assert n.body()["previous_key_version"] == "ocid1.keyversion.oc1.iad.v1"
+    assert n.body()["current_key_version"] == "ocid1.keyversion.oc1.iad.v2"
+    assert "payments-db-master-key" in n.summary
+
+
+@pytest.mark.parametrize(
+    ("state", "severity"),
+    [
+        ("DISABLED", Severity.ERROR),
+        ("PENDING_DELETION", Severity.ERROR),
+        ("UPDATING", Severity.WARNING),
+    ],
+)
+def test_a_state_change_is_a_warning_or_an_error(state: str, severity: Severity) -> None:
+    [n] = notifications_for("MODIFY", key_item(), key_item(lifecycle_state=state), no_failed)
+    assert n.event_type is EventType.KEY_STATE_CHANGED
+    assert n.severity is severity
+    assert n.summary.endswith(f"changed state ENABLED -> {state}")
+
+
+def test_a_key_seen_for_the_first_time_is_neither_rotated_nor_changed() -> None:
+    assert notifications_for("INSERT", None, key_item(), no_failed) == []
+    first_version = key_item(current_key_version=None, lifecycle_state=None)
+    assert notifications_for("MODIFY", first_version, key_item(), no_failed) == []
+
+
+def test_rotation_and_state_change_in_one_record_give_two_notifications() -> None:
+    new = key_item(current_key_version="v9", lifecycle_state="DISABLED")
+    kinds = [n.event_type for n in notifications_for("MODIFY", key_item(), new, no_failed)]
+    assert kinds == [EventType.KEY_ROTATED, EventType.KEY_STATE_CHANGED]
+
+
+def test_a_rejected_request_insert_is_an_error() -> None:
+    item = {"pk": "REJECTED#m-1", "sk": "REQUEST", "item_type": "REJECTED", "error": "keys[0]: bad"}
+    [n] = notifications_for("INSERT", None, item, no_failed)
+    assert n.event_type is EventType.REQUEST_REJECTED
+    assert n.severity is Severity.ERROR
+    assert n.summary == "Rejected request m-1: keys[0]: bad"
+
+
+@pytest.mark.parametrize(
+    ("event_name", "old", "new"),
+    [
+        ("REMOVE", run_item(status="RUNNING"), None),
+        ("INSERT", None, {"item_type": "RESULT", "status": "FAILED"}),
+        ("INSERT", None, {"item_type": "NOTIFICATION", "state": "SENDING"}),
+        ("MODIFY", key_item(), key_item(last_status="FAILED")),
+        ("MODIFY", {"item_type": "REJECTED"}, {"item_type": "REJECTED", "error": "x"}),
+    ],
+)
+def test_other_records_are_ignored(event_name: str, old: Any, new: Any) -> None:
+    assert notifications_for(event_name, old, new, no_failed) == []
+
+
+def test_subjects_are_one_printable_ascii_line_under_100_characters() -> None:
+    line = subject(Severity.ERROR, "x" * 300 + "\n\u00e9")
+    assert len(line) <= MAX_SUBJECT < 100
+    assert line.isascii()
+    assert "\n" not in line
