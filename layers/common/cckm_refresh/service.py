@@ -280,6 +280,7 @@ class RefreshService:
         gave_up: int = 0,
         throttled: int = 0,
     ) -> RunReport:
+        _log_outcomes(recorded)
         completed = None if pending else self._store.complete_if_done(run.run_id)
         if completed:
             logger.info("run completed", extra={"counts": completed.__dict__})
@@ -293,6 +294,35 @@ class RefreshService:
             throttled=throttled,
             completed=completed,
         )
+
+
+def _log_outcomes(recorded: Iterable[RecordedResult]) -> None:
+    """One line per key that needs a look (rotated, not found, failed, pending), with its id."""
+    for result in recorded:
+        outcome = result.outcome
+        fields = {"key_id": outcome.key_id, "status": str(outcome.status)}
+        if outcome.status is Status.REFRESHED:
+            if result.version_changed:
+                logger.info(
+                    "key rotated in OCI",
+                    extra=fields
+                    | {
+                        "previous_key_version": result.previous_key_version,
+                        "current_key_version": outcome.current_key_version,
+                    },
+                )
+            else:
+                logger.debug("key refreshed", extra=fields)
+        elif outcome.status is not Status.SKIPPED:
+            logger.warning(
+                "key not refreshed",
+                extra=fields
+                | {
+                    "error_code": outcome.error_code,
+                    "http_status": outcome.http_status,
+                    "attempts": outcome.attempts,
+                },
+            )
 
 
 def _outcome(item: WorkItem, status: Status) -> RefreshOutcome:
