@@ -73,7 +73,9 @@ def parse_request_body(body: str) -> RefreshRequest:
     """Parse a JSON text (an SQS message body) into a request, or raise RequestError."""
     try:
         document = json.loads(body)
-    except (json.JSONDecodeError, TypeError, RecursionError):
+    # ValueError, not just JSONDecodeError: a number longer than Python's int-conversion
+    # limit (4300 digits) raises a bare ValueError, which SQS would redeliver until the DLQ.
+    except (ValueError, TypeError, RecursionError):
         raise RequestError("body", "is not valid JSON") from None
     return parse_request(document)
 
