@@ -35,7 +35,7 @@ integration: $(STAMP) ## integration tests (moto server + CTM emulator on loopba
 	$(PY) -m pytest tests/integration
 
 demo: $(STAMP) ## run the whole system locally against the emulators
-	@echo "make demo: not yet (issue 6)"; exit 1
+	@$(PY) -m devkit.demo
 
 bench: $(STAMP) ## throughput, cold start and cost benchmarks (prints figures)
 	@echo "make bench: not yet (issue 7)"; exit 1

@@ -1,0 +1,481 @@
+"""``make demo``: the whole system on one machine, no AWS account, no network.
+
+    python -m devkit.demo [--keys 40] [--tenancies 4] [--seed 7]
+
+It starts the CTM emulator (HTTPS, its own CA) and a moto server on 127.0.0.1, creates the
+table, queues, topic and secret from ``template.yaml``'s own definitions, and plays a day in
+the life of the function:
+
+1. yesterday's scheduled run establishes every key's latest version;
+2. overnight, OCI rotates a few keys, disables one, deletes one, and CTM turns flaky for one;
+3. the schedule fires (``events/schedule.json``); the work queue is drained as Lambda would
+   (successes deleted, failures delivered again with a growing ``ApproximateReceiveCount``),
+   together with a pipeline's invalid message; the table's stream feeds the notify function;
+4. it prints the results, the run summary and the notifications, then checks that everything
+   it expected happened: any miss is listed and the exit code is 1.
+
+The handlers' JSON logs and metrics go to a file in a temporary folder (its path is printed),
+so the output reads well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from devkit.demo_report import (
+    Expected,
+    Observed,
+    check,
+    print_notifications,
+    print_results,
+    print_summary,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEDULE_EVENT = ROOT / "events" / "schedule.json"
+YESTERDAY = "2026-11-27T02:00:00Z"
+# A pipeline's message with a hostile key id: rejected before any HTTP call, never dropped.
+HOSTILE_BODY = json.dumps(
+    {"keys": ["../../auth/tokens"], "request_id": "pipeline-0042", "reason": "typo in a script"}
+)
+MAX_DELIVERY_ROUNDS = 12
+
+# What the demo sets in-process (restored afterwards): fake credentials, no profile, quiet.
+_FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "demo",
+    "AWS_SECRET_ACCESS_KEY": "demo",
+    "AWS_SESSION_TOKEN": "demo",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "POWERTOOLS_TRACE_DISABLED": "1",
+    "POWERTOOLS_SERVICE_NAME": "cckm-oci-refresh-demo",
+    "POWERTOOLS_METRICS_NAMESPACE": "CckmOciRefreshDemo",
+}
+_CLEARED = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The world the demo builds: how many keys, and what goes wrong overnight."""
+
+    keys: int = 40
+    tenancies: int = 4
+    seed: int = 7
+    rotated: int = 3
+    # The flaky key's refreshes answer this status this many times, then succeed. With
+    # CTM_MAX_ATTEMPTS 4, eight 503s outlast the scheduled run and the first work-queue
+    # delivery; the second delivery finishes it.
+    flaky_status: int = 503
+    flaky_failures: int = 8
+
+
+@dataclass(frozen=True)
+class Cast:
+    """Which keys play which part (CCKM ids)."""
+
+    rotated: tuple[str, ...]
+    disabled: str
+    deleted: str
+    flaky: str
+
+
+@dataclass
+class _Delivery:
+    """One work-queue round, as printed and checked."""
+
+    messages: int
+    receive_counts: list[int]
+    failures: int
+    flaky_counts: list[int] = field(default_factory=list)
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the demo; returns 0 when everything expected happened, else 1 (misses listed)."""
+    parser = argparse.ArgumentParser(prog="python -m devkit.demo", description=__doc__)
+    parser.add_argument("--keys", type=int, default=Scenario.keys)
+    parser.add_argument("--tenancies", type=int, default=Scenario.tenancies)
+    parser.add_argument("--seed", type=int, default=Scenario.seed)
+    args = parser.parse_args(argv)
+    if args.keys < 12 or args.tenancies < 1:
+        parser.error("need at least 12 keys and one tenancy")
+    scenario = Scenario(keys=args.keys, tenancies=args.tenancies, seed=args.seed)
+    return run(scenario, out or sys.stdout)
+
+
+def run(scenario: Scenario, out: TextIO, sabotage: Callable[[Any], None] | None = None) -> int:
+    """Play ``scenario`` and print it to ``out``; 0 when every expectation held, else 1.
+
+    ``sabotage(emulator)``, called just before the schedule fires, lets a test break the world
+    (e.g. make the flaky key fail for good) to see the demo notice.
+    """
+    started = time.monotonic()
+    log_dir = Path(tempfile.mkdtemp(prefix="cckm-demo-"))
+    log_path = log_dir / "handlers.log"
+    with (
+        _process_environment(_FAKE_AWS, _CLEARED),
+        log_path.open("w", encoding="utf-8") as log,
+        contextlib.ExitStack() as running,
+    ):
+        try:
+            misses = _play(scenario, out, log, running, sabotage)
+        except Exception as error:  # a bug or a broken checkout: say so, keep the trace
+            traceback.print_exc(file=sys.stderr)
+            misses = [f"the demo stopped: {type(error).__name__}: {error}"]
+    elapsed = time.monotonic() - started
+    say = _printer(out)
+    if misses:
+        say(f"\nFAILED: {len(misses)} expectation(s) not met:")
+        for miss in misses:
+            say(f"  - {miss}")
+    else:
+        say("\nEvery expected outcome happened.")
+    say(f"Handler logs (JSON): {log_path}")
+    say(f"Elapsed: {elapsed:.1f} s")
+    return 1 if misses else 0
+
+
+def _play(
+    scenario: Scenario,
+    out: TextIO,
+    log: TextIO,
+    running: contextlib.ExitStack,
+    sabotage: Callable[[Any], None] | None,
+) -> list[str]:
+    say = _printer(out)
+    say("cckm-oci-refresh demo: CTM emulator + local AWS on 127.0.0.1; no account, no network\n")
+    world = _World.start(scenario, say, log, running)
+
+    # Yesterday: every key gets a LATEST version to compare with.
+    schedule = json.loads(SCHEDULE_EVENT.read_text(encoding="utf-8"))
+    yesterday = schedule | {"scheduled_time": YESTERDAY, "execution_id": str(uuid.uuid4())}
+    baseline = world.invoke_refresh(yesterday)
+    baseline_run = f"schedule-{YESTERDAY}"
+    before = world.results(baseline_run)
+    say(
+        f"Yesterday's scheduled run ({baseline_run}): {baseline.get('status')}, "
+        f"{baseline.get('refreshed')} of {baseline.get('requested')} keys refreshed"
+    )
+    # Subscribed from here on: yesterday's notifications are not today's news.
+    capture = world.stack.capture_notifications()
+
+    cast = world.overnight(scenario)
+    if sabotage is not None:
+        sabotage(world.ctm)
+
+    # Today: the schedule fires, a pipeline sends a bad message, the queue is drained.
+    response = world.invoke_refresh(schedule)
+    run_id = str(response.get("run_id"))
+    say(f"The schedule fires ({SCHEDULE_EVENT.relative_to(ROOT)}): run {run_id}")
+    say(
+        "  first invocation: "
+        + ", ".join(f"{response.get(n)} {n.replace('_', ' ')}" for n in _RESPONSE_COUNTS)
+        + f" -> {response.get('status')}"
+    )
+    hostile = world.stack.client("sqs").send_message(
+        QueueUrl=world.stack.work_queue_url, MessageBody=HOSTILE_BODY
+    )["MessageId"]
+    say(f"A pipeline sends an invalid message to the work queue: {HOSTILE_BODY}")
+    deliveries = world.drain(cast.flaky)
+
+    observed = Observed(
+        baseline=world.item(f"RUN#{baseline_run}", "RUN") or {},
+        run=world.item(f"RUN#{run_id}", "RUN") or {},
+        before=before,
+        results=world.results(run_id),
+        rejected=world.item(f"REJECTED#{hostile}", "REQUEST"),
+        dead_letters=world.stack.receive_all(world.stack.dead_letter_queue_url),
+        notifications=capture.messages(),
+        flaky_receive_counts=[c for d in deliveries for c in d.flaky_counts],
+        notify_errors=world.notify_errors,
+        queue_left=len(world.stack.receive_all(world.stack.work_queue_url)),
+    )
+    expected = Expected(
+        run_id=run_id,
+        requested=scenario.keys,
+        not_found=1,
+        failed=0,
+        rotated=frozenset(cast.rotated),
+        disabled=cast.disabled,
+        deleted=cast.deleted,
+        flaky=cast.flaky,
+        rejected_field="keys[0]",
+    )
+    say("")
+    print_results(out, observed, expected, world.notes(cast, scenario, deliveries))
+    print_summary(out, observed)
+    print_notifications(out, observed.notifications)
+    return check(observed, expected)
+
+
+@dataclass
+class _World:
+    """The emulators and the two handlers, warm, as the demo drives them."""
+
+    stack: Any  # devkit.aws_local.LocalStack
+    ctm: Any  # devkit.ctm_emulator.CtmEmulator
+    keys: list[dict[str, Any]]
+    refresh: Any  # the functions/refresh/app.py module
+    notify: Any  # the functions/notify/app.py module
+    say: Callable[[str], None]
+    log: TextIO
+    notify_errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls,
+        scenario: Scenario,
+        say: Callable[[str], None],
+        log: TextIO,
+        running: contextlib.ExitStack,
+    ) -> _World:
+        """Start moto and the CTM emulator, create the template's resources, load handlers."""
+        from devkit.aws_local import LocalStack, MotoServer
+        from devkit.ctm_emulator import CtmEmulator, generate_keys
+        from devkit.lambda_runtime import load_handler
+
+        moto = MotoServer()
+        moto.start()
+        running.callback(moto.stop)
+        # Every boto3 client the handlers create reaches moto, none reaches AWS.
+        os.environ["AWS_ENDPOINT_URL"] = moto.endpoint_url
+        # A unique prefix: moto keeps its state per process, and a test may run the demo twice.
+        stack = LocalStack.create(moto.endpoint_url, prefix=f"demo-{uuid.uuid4().hex[:4]}")
+        say(f"Local AWS (moto) at {moto.endpoint_url}, created from template.yaml:")
+        say(f"  table  {stack.table_name} (stream NEW_AND_OLD_IMAGES, index by-key, TTL)")
+        say(
+            f"  queue  {stack.work_queue_url.rsplit('/', 1)[-1]} "
+            f"(maxReceiveCount {stack.max_receive_count}) "
+            f"-> dead-letter {stack.dead_letter_queue_url.rsplit('/', 1)[-1]}"
+        )
+        say(f"  topic  {stack.topic_arn.rsplit(':', 1)[-1]}")
+        say(f"  secret {stack.secret_id.rsplit(':', 1)[-1]}")
+
+        keys = generate_keys(scenario.keys, tenancies=scenario.tenancies, seed=scenario.seed)
+        ctm = CtmEmulator(keys=keys, seed=scenario.seed).start()
+        running.callback(ctm.stop)
+        stack.put_secret({"refresh_token": ctm.issue_refresh_token(), "ca_bundle": ctm.ca_pem})
+        tenancies = sorted({k["tenancy"] for k in keys})
+        say(
+            f"CTM emulator at {ctm.base_url} (HTTPS, its own CA): {len(keys)} OCI keys in "
+            f"{len(tenancies)} tenancies ({', '.join(tenancies)})"
+        )
+        say("  the secret holds a CTM refresh token and the CA certificate (never printed)\n")
+
+        with _quiet(log):
+            refresh = load_handler("refresh", stack.refresh_env(CTM_BASE_URL=ctm.base_url))
+            notify = load_handler("notify", stack.notify_env())
+        return cls(stack, ctm, keys, refresh, notify, say, log)
+
+    def overnight(self, scenario: Scenario) -> Cast:
+        """What OCI and CTM do between the two runs."""
+        cast = _choose_cast(self.keys, scenario)
+        names = {k["id"]: k["oci_params"]["display_name"] for k in self.keys}
+        for key_id in cast.rotated:
+            self.ctm.rotate(key_id)
+        self.ctm.set_oci_state(cast.disabled, "DISABLED")
+        self.ctm.delete_in_oci(cast.deleted)
+        self.ctm.faults.fail_key(cast.flaky, scenario.flaky_status, times=scenario.flaky_failures)
+        self.say("Overnight:")
+        self.say(f"  OCI rotated      {', '.join(names[k] for k in cast.rotated)}")
+        self.say(f"  OCI disabled     {names[cast.disabled]}")
+        self.say(f"  OCI deleted      {names[cast.deleted]}")
+        self.say(
+            f"  CTM flaky for    {names[cast.flaky]} "
+            f"({scenario.flaky_failures} x HTTP {scenario.flaky_status}, then fine)\n"
+        )
+        return cast
+
+    def notes(
+        self, cast: Cast, scenario: Scenario, deliveries: Sequence[_Delivery]
+    ) -> dict[str, str]:
+        """Why the keys the scenario touched look the way they do."""
+        last = max((c for d in deliveries for c in d.flaky_counts), default=0)
+        return {
+            **dict.fromkeys(cast.rotated, "OCI rotated it"),
+            cast.disabled: "OCI disabled it",
+            cast.deleted: "OCI deleted it",
+            cast.flaky: (
+                f"CTM {scenario.flaky_status} x{scenario.flaky_failures}: PENDING, re-queued, "
+                f"done at receive count {last}"
+            ),
+        }
+
+    def invoke_refresh(self, event: Mapping[str, Any]) -> Any:
+        """One refresh invocation, then its stream records through the notify function."""
+        from devkit.lambda_runtime import FakeLambdaContext
+
+        with _quiet(self.log):
+            response = self.refresh.handler(dict(event), FakeLambdaContext("refresh"))
+        self.feed_stream()
+        return response
+
+    def feed_stream(self) -> None:
+        """The table's new stream records to the notify function, until there are none."""
+        from devkit.lambda_runtime import FakeLambdaContext
+
+        # The notify function may write its own bookkeeping: feed until the stream is quiet.
+        for _ in range(5):
+            event = self.stack.stream_event()
+            if not event["Records"]:
+                return
+            with _quiet(self.log):
+                answer = self.notify.handler(event, FakeLambdaContext("notify"))
+            failures = answer.get("batchItemFailures") if isinstance(answer, dict) else None
+            if failures:
+                self.notify_errors.append(f"notify reported stream batch failures: {failures}")
+
+    def drain(self, flaky: str) -> list[_Delivery]:
+        """Feed the work queue to the refresh handler as Lambda does, until it is empty."""
+        queue = self.stack.work_queue_url
+        deliveries: list[_Delivery] = []
+        for number in range(1, MAX_DELIVERY_ROUNDS + 1):
+            messages = self.stack.receive_all(queue)
+            if not messages:
+                break
+            response = self.invoke_refresh(self.stack.sqs_event(messages))
+            failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
+            counts = [int(m["Attributes"]["ApproximateReceiveCount"]) for m in messages]
+            flaky_counts = [
+                count
+                for message, count in zip(messages, counts, strict=True)
+                if flaky in _keys_of(message["Body"])
+            ]
+            deliveries.append(_Delivery(len(messages), counts, len(failed), flaky_counts))
+            self.say(
+                f"  work queue, delivery {number}: {len(messages)} message(s), "
+                f"ApproximateReceiveCount {counts}, {len(failed)} reported as batch item "
+                "failures" + (" -> delivered again" if failed else "")
+            )
+            # Lambda deletes the successes; a failure comes back after its visibility timeout
+            # (the function shortens it to 30 s; the demo does not wait that long).
+            self.stack.delete_messages(queue, [m for m in messages if m["MessageId"] not in failed])
+            self.stack.release_messages(queue, [m for m in messages if m["MessageId"] in failed])
+        return deliveries
+
+    def item(self, pk: str, sk: str) -> dict[str, Any] | None:
+        """One table item, or None."""
+        found = self.stack.table.get_item(Key={"pk": pk, "sk": sk}, ConsistentRead=True)
+        return dict(found["Item"]) if "Item" in found else None
+
+    def results(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """A run's RESULT items by key id."""
+        from boto3.dynamodb.conditions import Key
+
+        query: dict[str, Any] = {
+            "KeyConditionExpression": Key("pk").eq(f"RUN#{run_id}") & Key("sk").begins_with("KEY#"),
+            "ConsistentRead": True,
+        }
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self.stack.table.query(**query)
+            items += page.get("Items", [])
+            if "LastEvaluatedKey" not in page:
+                return {str(item["key_id"]): dict(item) for item in items}
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+_RESPONSE_COUNTS = ("requested", "refreshed", "not_found", "failed", "rotated", "handed_off")
+
+
+def _choose_cast(keys: Sequence[Mapping[str, Any]], scenario: Scenario) -> Cast:
+    """ENABLED keys for every part, taken round-robin over the tenancies."""
+    by_tenancy: dict[str, list[str]] = {}
+    for key in keys:
+        if key["oci_params"]["lifecycle_state"] == "ENABLED":
+            by_tenancy.setdefault(key["tenancy"], []).append(key["id"])
+    spread: list[str] = []
+    while any(by_tenancy.values()):
+        for ids in by_tenancy.values():
+            if ids:
+                spread.append(ids.pop(0))
+    needed = scenario.rotated + 3
+    if len(spread) < needed:
+        raise ValueError(f"the demo needs at least {needed} ENABLED keys")
+    rotated = tuple(spread[: scenario.rotated])
+    disabled, deleted, flaky = spread[scenario.rotated : needed]
+    return Cast(rotated=rotated, disabled=disabled, deleted=deleted, flaky=flaky)
+
+
+def _keys_of(body: str) -> list[str]:
+    try:
+        keys = json.loads(body).get("keys", [])
+    except (ValueError, AttributeError):
+        return []
+    return [str(k) for k in keys] if isinstance(keys, list) else []
+
+
+# --- the process around it -----------------------------------------------------------------
+
+
+def _printer(out: TextIO) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    return say
+
+
+@contextlib.contextmanager
+def _process_environment(values: Mapping[str, str], cleared: Sequence[str]) -> Iterator[None]:
+    """Set and clear variables for the demo; everything is put back afterwards."""
+    names = [*values, *cleared, "AWS_ENDPOINT_URL"]
+    saved = {name: os.environ.get(name) for name in names}
+    for name in cleared:
+        os.environ.pop(name, None)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _quiet(log: TextIO) -> Iterator[None]:
+    """Send what the handlers write (JSON logs, metrics, warnings) to ``log``."""
+    handlers = [h for h in _stream_handlers() if h.stream is not log]
+    saved = {handler: handler.stream for handler in handlers}
+    for handler in handlers:
+        handler.setStream(log)
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            yield
+    finally:
+        for handler in _stream_handlers():
+            # Handlers created inside the block captured ``log`` as their stream: give them the
+            # real stdout, as they would have had outside the demo.
+            if handler.stream is log:
+                handler.setStream(saved.get(handler, sys.stdout))
+
+
+def _stream_handlers() -> list[logging.StreamHandler[Any]]:
+    loggers = [logging.getLogger()] + [
+        item
+        for item in logging.Logger.manager.loggerDict.values()
+        if isinstance(item, logging.Logger)
+    ]
+    return [
+        handler
+        for item in loggers
+        for handler in item.handlers
+        if isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+    ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

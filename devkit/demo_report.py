@@ -1,0 +1,271 @@
+"""What ``make demo`` prints, and the checks that decide its exit code.
+
+``check(observed, expected)`` is pure: it compares what the table, the dead-letter queue and
+the topic hold after the demo with what the demo set out to cause, and returns the misses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+_STATUS_ORDER = ("FAILED", "PENDING", "NOT_FOUND", "REFRESHED", "SKIPPED")
+_SEVERITY_ORDER = {"ERROR": 0, "WARNING": 1, "INFO": 2}
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the demo's scenario must produce."""
+
+    run_id: str
+    requested: int
+    not_found: int
+    failed: int
+    rotated: frozenset[str]
+    disabled: str
+    deleted: str
+    flaky: str
+    rejected_field: str
+
+    @property
+    def refreshed(self) -> int:
+        return self.requested - self.not_found - self.failed
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the local AWS resources hold once the queue and the stream are drained."""
+
+    baseline: Mapping[str, Any]  # yesterday's RUN item
+    run: Mapping[str, Any]  # today's RUN item
+    before: Mapping[str, Mapping[str, Any]]  # yesterday's RESULT items by key id
+    results: Mapping[str, Mapping[str, Any]]  # today's RESULT items by key id
+    rejected: Mapping[str, Any] | None  # the REJECTED item of the invalid message
+    dead_letters: Sequence[Mapping[str, Any]]  # messages in the dead-letter queue
+    notifications: Sequence[Mapping[str, Any]]  # {Subject, Message, MessageAttributes}
+    flaky_receive_counts: Sequence[int]  # receive counts of deliveries carrying the flaky key
+    notify_errors: Sequence[str] = field(default_factory=tuple)
+    queue_left: int = 0  # work-queue messages still there at the end
+
+
+def check(observed: Observed, expected: Expected) -> list[str]:
+    """Every expectation that did not hold, as one readable line each (empty: all held)."""
+    misses: list[str] = []
+
+    def want(condition: bool, what: str) -> None:
+        if not condition:
+            misses.append(what)
+
+    run, results = observed.run, observed.results
+    want(observed.baseline.get("status") == "COMPLETED", "yesterday's run COMPLETED")
+    want(
+        run.get("status") == "COMPLETED",
+        f"run {expected.run_id} COMPLETED, got {run.get('status')}",
+    )
+    counts = {
+        name: _int(run.get(name)) for name in ("requested", "refreshed", "not_found", "failed")
+    }
+    wanted = {
+        "requested": expected.requested,
+        "refreshed": expected.refreshed,
+        "not_found": expected.not_found,
+        "failed": expected.failed,
+    }
+    want(counts == wanted, f"run counts {wanted}, got {counts}")
+    want(
+        _int(run.get("rotated")) == len(expected.rotated),
+        f"run counts {len(expected.rotated)} rotated, got {run.get('rotated')}",
+    )
+    want(len(results) == expected.requested, f"{expected.requested} results, got {len(results)}")
+    changed = {key for key, r in results.items() if r.get("version_changed")}
+    want(
+        changed == set(expected.rotated),
+        f"rotations detected for {sorted(expected.rotated)}, got {sorted(changed)}",
+    )
+
+    disabled = results.get(expected.disabled, {})
+    want(
+        disabled.get("lifecycle_state") == "DISABLED",
+        f"the disabled key recorded DISABLED, got {disabled.get('lifecycle_state')}",
+    )
+    deleted = results.get(expected.deleted, {})
+    want(
+        deleted.get("status") == "NOT_FOUND",
+        f"the deleted key NOT_FOUND, got {deleted.get('status')}",
+    )
+    flaky = results.get(expected.flaky, {})
+    want(flaky.get("status") == "REFRESHED", f"the flaky key REFRESHED, got {flaky.get('status')}")
+    want(
+        max(observed.flaky_receive_counts, default=0) >= 2,
+        "the flaky key finished by a redelivery (ApproximateReceiveCount >= 2), "
+        f"got counts {list(observed.flaky_receive_counts)}",
+    )
+    want(observed.queue_left == 0, f"the work queue drained, {observed.queue_left} left")
+
+    rejected = observed.rejected or {}
+    want(
+        str(rejected.get("error", "")).startswith(f"{expected.rejected_field}:"),
+        f"the invalid message recorded REJECTED naming {expected.rejected_field}",
+    )
+    copies = [m for m in observed.dead_letters if "error" in m.get("MessageAttributes", {})]
+    want(len(copies) == 1, f"one dead-letter copy with an error attribute, got {len(copies)}")
+
+    return misses + _check_notifications(observed, expected)
+
+
+def _check_notifications(observed: Observed, expected: Expected) -> list[str]:
+    misses: list[str] = [*observed.notify_errors]
+    by_type: dict[str, list[Mapping[str, Any]]] = {}
+    for note in observed.notifications:
+        by_type.setdefault(_event_type(note), []).append(note)
+
+    runs = [
+        n for n in by_type.get("RUN_COMPLETED", []) if _body(n).get("run_id") == expected.run_id
+    ]
+    if len(runs) != 1:
+        misses.append(f"one RUN_COMPLETED for {expected.run_id}, got {len(runs)}")
+    elif _severity(runs[0]) != "INFO":
+        misses.append(f"RUN_COMPLETED severity INFO, got {_severity(runs[0])}")
+    rotated = {_body(n).get("key_id") for n in by_type.get("KEY_ROTATED", [])}
+    if rotated != set(expected.rotated):
+        misses.append(
+            f"KEY_ROTATED for {sorted(expected.rotated)}, got {sorted(map(str, rotated))}"
+        )
+    changes = [
+        n
+        for n in by_type.get("KEY_STATE_CHANGED", [])
+        if _body(n).get("key_id") == expected.disabled
+    ]
+    if len(changes) != 1 or _severity(changes[0]) != "ERROR":
+        misses.append("one KEY_STATE_CHANGED (ERROR) for the disabled key")
+    rejected = by_type.get("REQUEST_REJECTED", [])
+    if len(rejected) != 1 or _severity(rejected[0]) != "ERROR":
+        misses.append("one REQUEST_REJECTED (ERROR) for the invalid message")
+    for note in observed.notifications:
+        if len(str(note.get("Subject") or "")) > 100 or not _body(note).get("summary"):
+            misses.append(
+                f"a Subject of at most 100 characters and a summary: {note.get('Subject')!r}"
+            )
+    return misses
+
+
+# --- printing --------------------------------------------------------------------------------
+
+
+def print_results(
+    out: TextIO, observed: Observed, expected: Expected, notes: Mapping[str, str]
+) -> None:
+    """Today's results: the keys the scenario touched first (with ``notes``), then the rest."""
+    rows = []
+    ordered = sorted(observed.results.items(), key=lambda kv: _row_order(kv[1], kv[0] not in notes))
+    for key_id, result in ordered:
+        before = observed.before.get(key_id, {})
+        rows.append(
+            (
+                str(result.get("status", "")),
+                str(result.get("display_name") or key_id),
+                str(result.get("tenancy", "")),
+                _version_change(result),
+                _state_change(before.get("lifecycle_state"), result.get("lifecycle_state")),
+                str(result.get("error_code") or ""),
+                notes.get(key_id, ""),
+            )
+        )
+    _say(out, f"Results of run {expected.run_id} ({len(rows)} keys):")
+    _table(out, ("STATUS", "NAME", "TENANCY", "KEY VERSION", "STATE", "ERROR", "WHY"), rows)
+
+
+def print_summary(out: TextIO, observed: Observed) -> None:
+    """The RUN item and the rejected request, as an operator would read them."""
+    run = observed.run
+    _say(
+        out,
+        f"\nRun {run.get('run_id')} ({run.get('trigger')}, reason {run.get('reason')!r}): "
+        f"{run.get('status')}; {_int(run.get('requested'))} requested, "
+        f"{_int(run.get('refreshed'))} refreshed, {_int(run.get('not_found'))} not found, "
+        f"{_int(run.get('failed'))} failed, {_int(run.get('rotated'))} rotated; "
+        f"{run.get('started_at')} -> {run.get('finished_at')}",
+    )
+    rejected = observed.rejected
+    if rejected:
+        _say(out, f"Rejected request {rejected.get('pk')}: {rejected.get('error')}")
+    for message in observed.dead_letters:
+        error = message.get("MessageAttributes", {}).get("error", {}).get("StringValue")
+        _say(out, f"Dead-letter queue: {message.get('Body')} (error: {error})")
+
+
+def print_notifications(out: TextIO, notifications: Sequence[Mapping[str, Any]]) -> None:
+    """The notifications as a subscriber receives them: subject, then type, severity, summary."""
+    _say(out, f"\nNotifications published to the topic ({len(notifications)}):")
+    ordered = sorted(
+        notifications, key=lambda n: (_SEVERITY_ORDER.get(_severity(n), 3), _event_type(n))
+    )
+    for note in ordered:
+        _say(out, f"  {note.get('Subject')}")
+        _say(out, f"      {_event_type(note)}, {_severity(note)}: {_body(note).get('summary')}")
+
+
+def _say(out: TextIO, line: str) -> None:
+    print(line, file=out, flush=True)
+
+
+def _table(out: TextIO, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    cells = [list(header), *[list(row) for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        _say(out, "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _row_order(result: Mapping[str, Any], plain: bool) -> tuple[bool, int, str]:
+    status = str(result.get("status", ""))
+    rank = _STATUS_ORDER.index(status) if status in _STATUS_ORDER else len(_STATUS_ORDER)
+    return plain, rank, str(result.get("display_name", ""))
+
+
+def _short(version: object) -> str:
+    """The part of a key-version OCID that tells versions apart.
+
+    ``ocid1.keyversion.oc1.iad.<vault>.<version>.<key>``: the last part names the key and is
+    the same in every version, the one before it names the version.
+    """
+    if not version:
+        return "-"
+    parts = str(version).split(".")
+    label = parts[-2] if len(parts) >= 7 and parts[1] == "keyversion" else str(version)
+    return label[-8:]
+
+
+def _version_change(result: Mapping[str, Any]) -> str:
+    current = result.get("current_key_version")
+    if result.get("version_changed"):
+        return f"{_short(result.get('previous_key_version'))} -> {_short(current)}"
+    return _short(current) if current else ""
+
+
+def _state_change(before: object, after: object) -> str:
+    if before and after and before != after:
+        return f"{before} -> {after}"
+    return str(after or "")
+
+
+def _event_type(note: Mapping[str, Any]) -> str:
+    attribute = note.get("MessageAttributes", {}).get("event_type", {})
+    return str(attribute.get("Value") or _body(note).get("event_type") or "?")
+
+
+def _severity(note: Mapping[str, Any]) -> str:
+    attribute = note.get("MessageAttributes", {}).get("severity", {})
+    return str(attribute.get("Value") or _body(note).get("severity") or "?")
+
+
+def _body(note: Mapping[str, Any]) -> Mapping[str, Any]:
+    message = note.get("Message")
+    return message if isinstance(message, Mapping) else {}
+
+
+def _int(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload,no-any-return]
+    except (TypeError, ValueError):
+        return 0
