@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import tempfile
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -452,7 +454,12 @@ def _quiet(log: TextIO) -> Iterator[None]:
     for handler in handlers:
         handler.setStream(log)
     try:
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with (
+            contextlib.redirect_stdout(log),
+            contextlib.redirect_stderr(log),
+            warnings.catch_warnings(),
+        ):
+            warnings.showwarning = functools.partial(_log_warning, log)
             yield
     finally:
         for handler in _stream_handlers():
@@ -460,6 +467,11 @@ def _quiet(log: TextIO) -> Iterator[None]:
             # real stdout, as they would have had outside the demo.
             if handler.stream is log:
                 handler.setStream(saved.get(handler, sys.stdout))
+
+
+def _log_warning(log: TextIO, message: Warning | str, category: type[Warning], *where: Any) -> None:
+    filename, lineno = where[0], where[1]
+    log.write(warnings.formatwarning(message, category, filename, lineno))
 
 
 def _stream_handlers() -> list[logging.StreamHandler[Any]]:
