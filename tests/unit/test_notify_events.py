@@ -154,3 +154,11 @@ def test_subjects_are_one_printable_ascii_line_under_100_characters() -> None:
     assert len(line) <= MAX_SUBJECT < 100
     assert line.isascii()
     assert "\n" not in line
+
+
+def test_a_rotation_summary_names_the_versions_by_their_distinct_segment() -> None:
+    key_part = "abuwcljrdr2i4ld72pkcopnyes34u5ypffduargf67wir5dptn2yjt4jwwga"
+    old = key_item(current_key_version=f"ocid1.keyversion.oc1.iad.vault.aaaaoldversion.{key_part}")
+    new = key_item(current_key_version=f"ocid1.keyversion.oc1.iad.vault.bbbbnewversion.{key_part}")
+    [n] = notifications_for("MODIFY", old, new, no_failed)
+    assert n.summary.endswith("version ...aaoldversion -> ...bbnewversion")

@@ -205,7 +205,15 @@ def subject(severity: Severity, text: str) -> str:
 
 
 def _tail(version: object) -> str:
+    """A short, distinguishing name of a key version for one-line summaries.
+
+    In an OCI key-version OCID the last segment names the key (the same in every version);
+    the segment before it names the version. The body carries the full OCIDs.
+    """
     text = str(version)
+    parts = text.split(".")
+    if len(parts) >= 7 and parts[1] == "keyversion":
+        return "..." + parts[-2][-12:]
     return text if len(text) <= 16 else "..." + text[-12:]
 
 
