@@ -1,0 +1,200 @@
+"""The three promises every resilience scenario checks, whatever its fault:
+
+1. each requested key ends with exactly one terminal result in its run (and the run completes
+   once, with counts that add up);
+2. nothing is duplicated or dropped: every work-queue message is done or dead-lettered;
+3. no secret (the CTM password, the refresh token, any JWT) appears in the captured logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections import Counter
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from cckm_refresh.observability import logger as package_logger
+from devkit.aws_local import deserialize_image
+from tests.integration.refresh_world import RefreshWorld
+from tests.resilience.work_queue_source import WorkQueueSource
+
+TERMINAL = frozenset({"REFRESHED", "NOT_FOUND", "FAILED", "SKIPPED"})
+JWT_PATTERN = re.compile(r"eyJ[A-Za-z0-9_-]+\.")
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({})))
+
+
+# --- 1. one terminal result per key ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    """One stream record of the results table, images as plain values."""
+
+    event: str
+    old: dict[str, Any]
+    new: dict[str, Any]
+
+
+def table_changes(world: RefreshWorld) -> list[Change]:
+    """Every change the table's stream holds, oldest first (read from the trim horizon, with
+    its own iterators, so a notify scenario's own reading of the stream is left alone)."""
+    streams = world.stack.client("dynamodbstreams")
+    arn = world.stack.table_stream_arn
+    changes = []
+    shards = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+    for shard in shards:
+        iterator = streams.get_shard_iterator(
+            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            page = streams.get_records(ShardIterator=iterator, Limit=1000)
+            for record in page["Records"]:
+                change = record["dynamodb"]
+                changes.append(
+                    Change(
+                        record["eventName"],
+                        deserialize_image(change.get("OldImage", {})),
+                        deserialize_image(change.get("NewImage", {})),
+                    )
+                )
+            if not page["Records"]:
+                break
+            iterator = page.get("NextShardIterator")
+    return changes
+
+
+def assert_one_terminal_result_per_key(
+    world: RefreshWorld,
+    run_id: str,
+    requested: Collection[str],
+    *,
+    written_once: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Each requested key has exactly one terminal RESULT item in ``run_id`` (no other key
+    has one), the run turned COMPLETED exactly once with counts that add up, and, with
+    ``written_once``, no terminal result was ever written twice. Returns the results."""
+    results = world.results(run_id)
+    assert set(results) == set(requested), "a key's result is missing or one is extra"
+    statuses = {key: r["status"] for key, r in results.items()}
+    assert set(statuses.values()) <= TERMINAL, f"keys left non-terminal: {statuses}"
+
+    run = world.run_item(run_id)
+    assert run["status"] == "COMPLETED"
+    assert int(run["requested"]) == len(requested)
+    counted = sum(int(run[name]) for name in ("refreshed", "not_found", "failed", "skipped"))
+    assert counted == len(requested)
+
+    changes = [c for c in table_changes(world) if c.new.get("pk") == f"RUN#{run_id}"]
+    completions = [
+        c
+        for c in changes
+        if c.new.get("sk") == "RUN"
+        and c.new.get("status") == "COMPLETED"
+        and c.old.get("status") != "COMPLETED"
+    ]
+    assert len(completions) == 1, "the run completed more than once"
+    if written_once:
+        terminal_writes = Counter(
+            c.new["key_id"]
+            for c in changes
+            if c.new.get("item_type") == "RESULT" and c.new.get("status") in TERMINAL
+        )
+        twice = {key: n for key, n in terminal_writes.items() if n != 1}
+        assert not twice, f"terminal results written more than once: {twice}"
+    return results
+
+
+# --- 3. no secret in the logs ---------------------------------------------------------------
+
+
+@dataclass
+class CapturedLogs:
+    """Everything logged during a test: the package's JSON log lines (stdout, via capsys) and
+    every record that reached the root logger (caplog), extras and tracebacks included."""
+
+    capsys: pytest.CaptureFixture[str]
+    caplog: pytest.LogCaptureFixture
+    _printed: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        captured = self.capsys.readouterr()
+        self._printed += [captured.out, captured.err]
+        records = [_rendered(record) for record in self.caplog.records]
+        return "\n".join([*self._printed, *records])
+
+
+def _rendered(record: logging.LogRecord) -> str:
+    """A record with its message, every extra attribute and its traceback."""
+    extras = {k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS}
+    parts = [record.getMessage(), repr(extras)]
+    if record.exc_info:
+        parts.append(logging.Formatter().formatException(record.exc_info))
+    return " ".join(parts)
+
+
+class _CurrentStdout:
+    """Writes to whatever ``sys.stdout`` is at the time: capsys's while a test phase runs
+    (the logger's own stream was bound at import, to a capture long closed)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+@contextmanager
+def capturing_logs(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> Iterator[CapturedLogs]:
+    """Capture the package logger's output (pointed at capsys's stdout) and every record."""
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger=package_logger.name)
+    streams = [h for h in package_logger.handlers if isinstance(h, logging.StreamHandler)]
+    before = [handler.stream for handler in streams]
+    for handler in streams:
+        handler.stream = _CurrentStdout()
+    try:
+        yield CapturedLogs(capsys, caplog)
+    finally:
+        # Not setStream(): it flushes the old stream, which capsys has closed by now.
+        for handler, stream in zip(streams, before, strict=True):
+            handler.stream = stream
+
+
+def assert_no_secret_in_logs(logs: CapturedLogs, secrets: Collection[str]) -> None:
+    """No secret value and nothing shaped like a JWT was logged."""
+    text = logs.text()
+    assert text.strip(), "nothing was captured: the log check would prove nothing"
+    for secret in secrets:
+        assert secret not in text, "a secret from the CTM secret appears in the logs"
+    found = JWT_PATTERN.search(text)
+    assert found is None, "a JWT appears in the logs"
+
+
+# --- all three --------------------------------------------------------------------------------
+
+
+def assert_promises_kept(
+    world: RefreshWorld,
+    source: WorkQueueSource,
+    logs: CapturedLogs,
+    secrets: Collection[str],
+    runs: Mapping[str, Collection[str]],
+    *,
+    written_once: bool = True,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The three promises; returns each run's results by key id for further assertions."""
+    results = {
+        run_id: assert_one_terminal_result_per_key(world, run_id, keys, written_once=written_once)
+        for run_id, keys in runs.items()
+    }
+    source.assert_every_message_done_or_dead_lettered()
+    assert_no_secret_in_logs(logs, secrets)
+    return results
