@@ -247,9 +247,13 @@ class _World:
         from devkit.ctm_emulator import CtmEmulator, generate_keys
         from devkit.lambda_runtime import load_handler
 
+        from aws_lambda_powertools.utilities import parameters
+
         moto = MotoServer()
         moto.start()
         running.callback(moto.stop)
+        # Powertools keeps its Secrets Manager client (bound to this endpoint) process-wide.
+        running.callback(parameters.clear_caches)
         # Every boto3 client the handlers create reaches moto, none reaches AWS.
         os.environ["AWS_ENDPOINT_URL"] = moto.endpoint_url
         # A unique prefix: moto keeps its state per process, and a test may run the demo twice.

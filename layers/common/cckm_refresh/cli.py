@@ -13,19 +13,21 @@ one line on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from cckm_refresh.config import ConfigError, RefreshSettings
 from cckm_refresh.model import RefreshOutcome, Status, Trigger
-from cckm_refresh.request import SELECTOR_FIELDS, RequestError
+from cckm_refresh.request import SELECTOR_FIELDS, RequestError, parse_request
 from cckm_refresh.triggers import Delivery
 
 EXIT_OK = 0
@@ -40,10 +42,16 @@ class CliError(Exception):
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emulator"]:
+        # The emulator parses its own options: argparse.REMAINDER refuses "--port 8443".
+        args = argparse.Namespace(command=_emulator, emulator_args=argv[1:])
+    else:
+        args = _parser().parse_args(argv)
     env = dict(os.environ if env is None else env)
     try:
-        code: int = args.command(args, env)
+        with _logs_to_stderr(env.get("POWERTOOLS_LOG_LEVEL")):
+            code: int = args.command(args, env)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -51,6 +59,26 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return EXIT_ERROR
     return code
+
+
+@contextlib.contextmanager
+def _logs_to_stderr(level: str | None) -> Iterator[None]:
+    """The package's JSON logs are for CloudWatch: in a shell they would bury the table and
+    break ``--json``. They go to stderr, and only when POWERTOOLS_LOG_LEVEL asks for them."""
+    from cckm_refresh.observability import logger
+
+    handler = logger.registered_handler
+    if not isinstance(handler, logging.StreamHandler):
+        yield
+        return
+    saved_level, saved_stream = handler.level, handler.stream
+    handler.setLevel(level.strip().upper() if level else logging.CRITICAL + 1)
+    handler.setStream(sys.stderr)
+    try:
+        yield
+    finally:
+        handler.setLevel(saved_level)
+        handler.setStream(saved_stream)
 
 
 def _one_line(error: BaseException) -> str:
@@ -105,7 +133,10 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true")
     history.set_defaults(command=_history)
 
-    emulator = commands.add_parser("emulator", help="start the CTM emulator (from a clone)")
+    # Dispatched in main() before parsing; listed here for --help.
+    emulator = commands.add_parser(
+        "emulator", help="start the CTM emulator (from a clone)", add_help=False
+    )
     emulator.add_argument("emulator_args", nargs=argparse.REMAINDER)
     emulator.set_defaults(command=_emulator)
     return parser
@@ -190,6 +221,11 @@ def _refresh(args: argparse.Namespace, env: dict[str, str]) -> int:
     from cckm_refresh.service import Rejection
 
     request = _request(args)
+    try:
+        # Before any AWS or CTM call: a typo is the operator's, not a pipeline's REJECTED item.
+        parse_request(request)
+    except RequestError as error:
+        raise CliError(f"invalid request: {error}") from None
     settings = _settings(args, env)
     progress = _Progress(sys.stderr, not (args.quiet or args.json))
     service = build_service(settings, on_outcome=progress)
@@ -220,7 +256,20 @@ def _refresh(args: argparse.Namespace, env: dict[str, str]) -> int:
             + (f"; {report.rotated} rotated" if report.rotated else "")
         )
     failed = report.count(Status.FAILED) + report.count(Status.PENDING) + report.pending
+    common = _common_failure(rows)
+    if common:
+        print(f"error: every key failed: {common}", file=sys.stderr)
     return EXIT_FAILED_KEYS if failed else EXIT_OK
+
+
+def _common_failure(outcomes: Sequence[RefreshOutcome]) -> str | None:
+    """The one cause every key failed with (CTM unreachable, TLS...), as one line; else None."""
+    failed = [o for o in outcomes if o.status in (Status.FAILED, Status.PENDING)]
+    if not failed or len(failed) != len(outcomes) or len({o.error_code for o in failed}) != 1:
+        return None
+    first = failed[0]
+    detail = f": {first.error_message}" if first.error_message else ""
+    return f"CTM {first.error_code}{detail}".splitlines()[0]
 
 
 def _print_outcomes(outcomes: Sequence[RefreshOutcome]) -> None:
@@ -230,7 +279,7 @@ def _print_outcomes(outcomes: Sequence[RefreshOutcome]) -> None:
             o.display_name or "",
             o.key_id,
             o.tenancy or "",
-            o.current_key_version[-12:] if o.current_key_version else "",
+            _version_label(o.current_key_version),
             o.error_code or "",
         )
         for o in sorted(outcomes, key=lambda o: (o.status.value, o.display_name or ""))
@@ -322,7 +371,7 @@ def _history(args: argparse.Namespace, env: dict[str, str]) -> int:
             r.get("recorded_at"),
             r.get("run_id"),
             r.get("status"),
-            r.get("current_key_version", "")[-12:],
+            _version_label(r.get("current_key_version")),
             "yes" if r.get("version_changed") else "",
             r.get("error_code", ""),
         )
@@ -342,6 +391,18 @@ def _emulator(args: argparse.Namespace, env: dict[str, str]) -> int:
             "the CTM emulator is a development tool: run this from a clone of the repository"
         ) from None
     return int(emulator.main(args.emulator_args))
+
+
+def _version_label(version: object) -> str:
+    """The part of a key-version OCID that tells versions apart.
+
+    ``ocid1.keyversion.<realm>.<region>.<vault>.<version>.<key>``: the last part names the key
+    and is the same in every version of it.
+    """
+    if not version:
+        return ""
+    parts = str(version).split(".")
+    return parts[-2] if len(parts) >= 7 and parts[1] == "keyversion" else str(version)[-13:]
 
 
 def _json_default(value: object) -> object:
