@@ -193,6 +193,15 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     return request
 
 
+def _require_aws_credentials() -> None:
+    """Fail with the real cause up front: the CTM client would report an unreadable secret."""
+    import boto3
+    from botocore.exceptions import NoCredentialsError
+
+    if boto3.Session().get_credentials() is None:
+        raise NoCredentialsError
+
+
 class _Progress:
     """A one-line progress display on stderr for long runs."""
 
@@ -227,6 +236,7 @@ def _refresh(args: argparse.Namespace, env: dict[str, str]) -> int:
     except RequestError as error:
         raise CliError(f"invalid request: {error}") from None
     settings = _settings(args, env)
+    _require_aws_credentials()
     progress = _Progress(sys.stderr, not (args.quiet or args.json))
     service = build_service(settings, on_outcome=progress)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
