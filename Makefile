@@ -38,7 +38,7 @@ demo: $(STAMP) ## run the whole system locally against the emulators
 	@$(PY) -m devkit.demo
 
 bench: $(STAMP) ## throughput, cold start and cost benchmarks (prints figures)
-	@echo "make bench: not yet (issue 7)"; exit 1
+	$(PY) -m bench
 
 build: ## sam build into .aws-sam/ (SAM CLI in .venv-sam; python3.13 from PATH or pyenv)
 	@test -x .venv-sam/bin/sam || { $(PYTHON) -m venv .venv-sam && \

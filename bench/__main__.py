@@ -1,0 +1,37 @@
+"""``make bench``: run every benchmark, print the figures, rewrite ``bench/RESULTS.md``.
+
+PYTHONPATH=layers/common:. .venv/bin/python -m bench [--no-write]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from bench import footprint, throughput
+from bench.results import Figures, render
+from bench.world import ROOT, prepare_process
+
+RESULTS = ROOT / "bench" / "RESULTS.md"
+
+
+def main(argv: list[str]) -> int:
+    """Run (1) throughput, (2) cold start, layer and memory, (3) costs; write RESULTS.md."""
+    prepare_process()
+    started = time.perf_counter()
+    scenarios = throughput.run_all()
+    imports = footprint.cold_start()
+    layer = footprint.layer_size()
+    memory = footprint.peak_memory()
+    figures = Figures(scenarios, imports, layer, memory, time.perf_counter() - started)
+    text = render(figures)
+    if "--no-write" in argv:
+        print(text)
+    else:
+        RESULTS.write_text(text, encoding="utf-8")
+        print(f"bench: {figures.seconds:.0f} s; figures written to {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

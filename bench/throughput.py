@@ -1,0 +1,309 @@
+"""Throughput against OCI's per-tenancy limit: a curl-style loop, a naive thread pool, our engine.
+
+The CTM emulator answers every key call after 150 ms and allows 10 OCI reads per second per
+tenancy (a refresh costs 2); 600 keys spread equally over 3 tenancies, so no client can do
+better than 3 x 5 = 15 refreshes per second.
+
+    PYTHONPATH=layers/common:. .venv/bin/python -m bench.throughput
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import requests
+
+from bench.world import (
+    DYNAMODB_WRITES,
+    TENANCIES,
+    AwsCalls,
+    LambdaContainer,
+    LocalAws,
+    balanced_keys,
+    ctm_calls,
+    prepare_process,
+)
+
+LATENCY = 0.15
+READS_PER_SECOND = 10  # per tenancy
+READS_PER_REFRESH = 2
+KEYS_PER_TENANCY = 200
+CEILING = TENANCIES * READS_PER_SECOND / READS_PER_REFRESH  # refreshes per second
+SEQUENTIAL_SUBSET = 120  # the loop runs at ~6 keys/s: 600 keys would take 100 s to say the same
+ENGINE_RATE_LIMIT = "5"  # the true budget: 10 reads/s / 2 reads per refresh
+FANOUT_CHUNK_SIZE = "1000"  # >= 600: the whole run stays in one invocation, no fan-out
+
+
+@dataclass
+class Scenario:
+    """One way of refreshing the keys, and what the emulator saw of it."""
+
+    name: str
+    how: str
+    keys: int
+    refreshed: int
+    failed: int
+    wall_seconds: float
+    refresh_calls: int
+    throttled: int
+    refresh_span_seconds: float  # first to last refresh request the emulator received
+    notes: list[str] = field(default_factory=list)
+    costs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def keys_per_second(self) -> float:
+        return self.refreshed / self.wall_seconds if self.wall_seconds else 0.0
+
+    @property
+    def ratio(self) -> float:
+        return self.keys_per_second / CEILING
+
+    @property
+    def throttled_share(self) -> float:
+        return self.throttled / self.refresh_calls if self.refresh_calls else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {
+            "keys_per_second": self.keys_per_second,
+            "ratio": self.ratio,
+            "throttled_share": self.throttled_share,
+        }
+
+
+def _issue_jwt(ctm: Any) -> str:
+    answer = requests.post(
+        f"{ctm.base_url}/api/v1/auth/tokens",
+        json={"grant_type": "password", "username": ctm.username, "password": ctm.password},
+        verify=ctm.ca_file,
+        timeout=30,
+    )
+    answer.raise_for_status()
+    return str(answer.json()["jwt"])
+
+
+def _refresh_once(ctm: Any, jwt: str, key_id: str) -> bool:
+    """The seed's call, as one curl line: a new connection, one attempt, 2xx or failure."""
+    try:
+        answer = requests.post(
+            f"{ctm.base_url}/api/v1/cckm/oci/keys/{key_id}/refresh",
+            headers={"Authorization": f"Bearer {jwt}", "accept": "application/json"},
+            verify=ctm.ca_file,
+            timeout=30,
+        )
+    except requests.RequestException:
+        return False
+    return answer.ok
+
+
+def _span(entries: Sequence[Any]) -> float:
+    arrivals = [e.monotonic for e in entries if e.operation == "refresh"]
+    return max(arrivals) - min(arrivals) if arrivals else 0.0
+
+
+def _measure(
+    ctm: Any, name: str, how: str, key_ids: Sequence[str], run: Callable[[], list[bool]]
+) -> Scenario:
+    ctm.reset_throttle()
+    ctm.reset_log()
+    started = time.perf_counter()
+    answers = run()
+    wall = time.perf_counter() - started
+    entries = ctm.request_log
+    calls = ctm_calls(entries)
+    refreshed = sum(answers)
+    return Scenario(
+        name=name,
+        how=how,
+        keys=len(key_ids),
+        refreshed=refreshed,
+        failed=len(key_ids) - refreshed,
+        wall_seconds=wall,
+        refresh_calls=calls.get("refresh", 0),
+        throttled=calls["throttled"],
+        refresh_span_seconds=_span(entries),
+        costs={"ctm": calls},
+    )
+
+
+def sequential_loop(ctm: Any, key_ids: Sequence[str]) -> Scenario:
+    """(a) One token, then the seed's curl call for each key in turn, no retries."""
+    subset = list(key_ids[:SEQUENTIAL_SUBSET])
+    jwt = _issue_jwt(ctm)
+    return _measure(
+        ctm,
+        "sequential loop",
+        f"curl-style loop over the first {len(subset)} keys: one JWT, a new TLS connection "
+        "per call, one attempt",
+        subset,
+        lambda: [_refresh_once(ctm, jwt, key_id) for key_id in subset],
+    )
+
+
+def unbounded_pool(ctm: Any, key_ids: Sequence[str]) -> Scenario:
+    """(b) One thread per key, all at once, one attempt each: what a naive script does."""
+    jwt = _issue_jwt(ctm)
+
+    def run() -> list[bool]:
+        with ThreadPoolExecutor(max_workers=len(key_ids)) as pool:
+            return list(pool.map(lambda key_id: _refresh_once(ctm, jwt, key_id), key_ids))
+
+    return _measure(
+        ctm,
+        "unbounded thread pool",
+        f"{len(key_ids)} threads (one per key), no pacing, one attempt each",
+        key_ids,
+        run,
+    )
+
+
+def engine_through_handler(ctm: Any, aws: LocalAws) -> Scenario:
+    """(c) The real refresh handler in its own process: one scheduled invocation, every key."""
+    stack = aws.fresh_stack()
+    aws.trust(ctm)
+    env = stack.refresh_env(
+        CTM_BASE_URL=ctm.base_url,
+        TENANCY_RATE_LIMIT=ENGINE_RATE_LIMIT,
+        FANOUT_CHUNK_SIZE=FANOUT_CHUNK_SIZE,
+    )
+    container = LambdaContainer("refresh", env)
+    event = {
+        "scheduled_time": "2026-11-28T06:00:00Z",
+        "execution_id": "bench",
+        "request": {"selector": {"all": True}, "request_id": "bench-throughput"},
+    }
+    ctm.reset_throttle()
+    ctm.reset_log()
+    try:
+        sent = time.monotonic()
+        invocation = container.invoke(event)
+        answered = time.monotonic()
+    finally:
+        container.close()
+    response = invocation.response
+    entries = ctm.request_log
+    calls = ctm_calls(entries)
+    refreshed = int(response["refreshed"])
+    requested = int(response["requested"])
+    aws_calls = AwsCalls(invocation.aws_calls)
+    scenario = Scenario(
+        name="our engine",
+        how=(
+            "real handler in its own process, one scheduled invocation (selector all), "
+            f"TENANCY_RATE_LIMIT={env['TENANCY_RATE_LIMIT']}, "
+            f"REFRESH_CONCURRENCY={env['REFRESH_CONCURRENCY']} (template default), "
+            f"FANOUT_CHUNK_SIZE={env['FANOUT_CHUNK_SIZE']} (no fan-out), "
+            f"CTM_TIMEOUT_SECONDS={env['CTM_TIMEOUT_SECONDS']}"
+        ),
+        keys=requested,
+        refreshed=refreshed,
+        failed=requested - refreshed,
+        wall_seconds=invocation.wall_seconds,
+        refresh_calls=calls.get("refresh", 0),
+        throttled=calls["throttled"],
+        refresh_span_seconds=_span(entries),
+        costs={"ctm": calls, "dynamodb": aws_calls.of("dynamodb"), "sqs": aws_calls.of("sqs")},
+    )
+    scenario.notes += _engine_diagnosis(entries, refreshed, sent, answered)
+    if response.get("status") != "COMPLETED":
+        scenario.notes.append(f"run status {response.get('status')}: {response}")
+    return scenario
+
+
+def _engine_diagnosis(
+    entries: Sequence[Any], refreshed: int, sent: float, answered: float
+) -> list[str]:
+    """Where the time went: before the first refresh, refresh phase, after the last one."""
+    refreshes = [e for e in entries if e.operation == "refresh"]
+    if not refreshes:
+        return ["no refresh call reached the emulator"]
+    first, last = refreshes[0].monotonic, refreshes[-1].monotonic
+    span = last - first
+    notes = [
+        f"before the first refresh {first - sent:.1f} s (token, list, DynamoDB reads); "
+        f"after the last refresh arrived {answered - last:.1f} s (its answer, recording)",
+        f"refresh phase: {len(refreshes)} calls in {span:.1f} s "
+        f"({refreshed / span if span else 0:.2f} refreshed keys/s, "
+        f"{refreshed / span / CEILING if span else 0:.3f} of the ceiling)",
+    ]
+    by_tenancy: dict[str, list[float]] = {}
+    for entry in refreshes:
+        if entry.tenancy and not entry.throttled:
+            by_tenancy.setdefault(entry.tenancy, []).append(entry.monotonic)
+    gaps = []
+    for arrivals in by_tenancy.values():
+        gaps += [b - a for a, b in itertools.pairwise(arrivals)]
+    early = []
+    for entry in refreshes:
+        if entry.throttled and entry.tenancy:
+            admitted = [t for t in by_tenancy.get(entry.tenancy, []) if t <= entry.monotonic]
+            if len(admitted) >= 5:
+                early.append(1.0 - (entry.monotonic - admitted[-5]))
+    if early:
+        notes.append(
+            f"throttled calls arrived {statistics.median(early) * 1000:.0f} ms (median) before "
+            "the 5th-previous admitted refresh of their tenancy left the 1 s window"
+        )
+    if gaps:
+        notes.append(
+            "admitted refreshes per tenancy arrive every "
+            f"{statistics.median(gaps) * 1000:.0f} ms (median), "
+            f"{statistics.quantiles(gaps, n=20)[-1] * 1000:.0f} ms (p95)"
+        )
+    return notes
+
+
+def dynamodb_writes(costs: dict[str, Any]) -> int:
+    """Write calls among the counted DynamoDB operations."""
+    return sum(n for op, n in costs.get("dynamodb", {}).items() if op in DYNAMODB_WRITES)
+
+
+def run_all() -> list[Scenario]:
+    """Run (a), (b) and (c) on one emulator and return their figures."""
+    from devkit.ctm_emulator import CtmEmulator
+
+    prepare_process()
+    aws = LocalAws.start()
+    keys = balanced_keys(KEYS_PER_TENANCY)
+    key_ids = [key["id"] for key in keys]
+    try:
+        with CtmEmulator(keys=keys) as ctm:
+            ctm.faults.latency = LATENCY
+            ctm.faults.tenancy_read_limit = READS_PER_SECOND
+            scenarios = []
+            for measure in (
+                lambda: sequential_loop(ctm, key_ids),
+                lambda: unbounded_pool(ctm, key_ids),
+                lambda: engine_through_handler(ctm, aws),
+            ):
+                scenario = measure()
+                print_scenario(scenario)
+                scenarios.append(scenario)
+            return scenarios
+    finally:
+        aws.stop()
+
+
+def print_scenario(s: Scenario) -> None:
+    """One scenario's figures on a few lines."""
+    print(f"[throughput] {s.name}: {s.how}")
+    print(
+        f"  {s.refreshed}/{s.keys} refreshed in {s.wall_seconds:.1f} s = "
+        f"{s.keys_per_second:.2f} keys/s ({s.ratio:.3f} of {CEILING:.0f}/s); "
+        f"failed {s.failed}; throttled {s.throttled} of {s.refresh_calls} refresh calls "
+        f"({s.throttled_share:.1%})"
+    )
+    for note in s.notes:
+        print(f"  {note}")
+    if "dynamodb" in s.costs:
+        print(f"  AWS calls: dynamodb {s.costs['dynamodb']}, sqs {s.costs['sqs']}")
+    print(f"  CTM calls: {s.costs['ctm']}", flush=True)
+
+
+if __name__ == "__main__":
+    run_all()
