@@ -76,11 +76,11 @@ class Scenario:
     tenancies: int = 4
     seed: int = 7
     rotated: int = 3
-    # The flaky key's refreshes answer this status this many times, then succeed. With
-    # CTM_MAX_ATTEMPTS 4, eight 503s outlast the scheduled run and the first work-queue
-    # delivery; the second delivery finishes it.
+    # The flaky key's refreshes answer this status this many times, then succeed. Default:
+    # twice CTM_MAX_ATTEMPTS, which outlasts the scheduled run and the first work-queue
+    # delivery, so the second delivery (ApproximateReceiveCount 2) finishes it.
     flaky_status: int = 503
-    flaky_failures: int = 8
+    flaky_failures: int | None = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def _play(
     # Subscribed from here on: yesterday's notifications are not today's news.
     capture = world.stack.capture_notifications()
 
-    cast = world.overnight(scenario)
+    cast, flaky_failures = world.overnight(scenario)
     if sabotage is not None:
         sabotage(world.ctm)
 
@@ -215,7 +215,9 @@ def _play(
         rejected_field="keys[0]",
     )
     say("")
-    print_results(out, observed, expected, world.notes(cast, scenario, deliveries))
+    print_results(
+        out, observed, expected, _notes(cast, scenario.flaky_status, flaky_failures, deliveries)
+    )
     print_summary(out, observed)
     print_notifications(out, observed.notifications)
     return check(observed, expected)
@@ -243,11 +245,11 @@ class _World:
         running: contextlib.ExitStack,
     ) -> _World:
         """Start moto and the CTM emulator, create the template's resources, load handlers."""
+        from aws_lambda_powertools.utilities import parameters
+
         from devkit.aws_local import LocalStack, MotoServer
         from devkit.ctm_emulator import CtmEmulator, generate_keys
         from devkit.lambda_runtime import load_handler
-
-        from aws_lambda_powertools.utilities import parameters
 
         moto = MotoServer()
         moto.start()
@@ -284,39 +286,27 @@ class _World:
             notify = load_handler("notify", stack.notify_env())
         return cls(stack, ctm, keys, refresh, notify, say, log)
 
-    def overnight(self, scenario: Scenario) -> Cast:
-        """What OCI and CTM do between the two runs."""
+    def overnight(self, scenario: Scenario) -> tuple[Cast, int]:
+        """What OCI and CTM do between the two runs; also how often the flaky key fails."""
         cast = _choose_cast(self.keys, scenario)
+        attempts = int(self.stack.refresh_env()["CTM_MAX_ATTEMPTS"])
+        failures = scenario.flaky_failures or 2 * attempts
         names = {k["id"]: k["oci_params"]["display_name"] for k in self.keys}
         for key_id in cast.rotated:
             self.ctm.rotate(key_id)
         self.ctm.set_oci_state(cast.disabled, "DISABLED")
         self.ctm.delete_in_oci(cast.deleted)
-        self.ctm.faults.fail_key(cast.flaky, scenario.flaky_status, times=scenario.flaky_failures)
+        self.ctm.faults.fail_key(cast.flaky, scenario.flaky_status, times=failures)
         self.say("Overnight:")
         self.say(f"  OCI rotated      {', '.join(names[k] for k in cast.rotated)}")
         self.say(f"  OCI disabled     {names[cast.disabled]}")
         self.say(f"  OCI deleted      {names[cast.deleted]}")
         self.say(
             f"  CTM flaky for    {names[cast.flaky]} "
-            f"({scenario.flaky_failures} x HTTP {scenario.flaky_status}, then fine)\n"
+            f"({failures} x HTTP {scenario.flaky_status}, then fine; "
+            f"CTM_MAX_ATTEMPTS is {attempts})\n"
         )
-        return cast
-
-    def notes(
-        self, cast: Cast, scenario: Scenario, deliveries: Sequence[_Delivery]
-    ) -> dict[str, str]:
-        """Why the keys the scenario touched look the way they do."""
-        last = max((c for d in deliveries for c in d.flaky_counts), default=0)
-        return {
-            **dict.fromkeys(cast.rotated, "OCI rotated it"),
-            cast.disabled: "OCI disabled it",
-            cast.deleted: "OCI deleted it",
-            cast.flaky: (
-                f"CTM {scenario.flaky_status} x{scenario.flaky_failures}: PENDING, re-queued, "
-                f"done at receive count {last}"
-            ),
-        }
+        return cast, failures
 
     def invoke_refresh(self, event: Mapping[str, Any]) -> Any:
         """One refresh invocation, then its stream records through the notify function."""
@@ -393,6 +383,19 @@ class _World:
 
 
 _RESPONSE_COUNTS = ("requested", "refreshed", "not_found", "failed", "rotated", "handed_off")
+
+
+def _notes(
+    cast: Cast, status: int, failures: int, deliveries: Sequence[_Delivery]
+) -> dict[str, str]:
+    """Why the keys the scenario touched look the way they do."""
+    last = max((c for d in deliveries for c in d.flaky_counts), default=0)
+    return {
+        **dict.fromkeys(cast.rotated, "OCI rotated it"),
+        cast.disabled: "OCI disabled it",
+        cast.deleted: "OCI deleted it",
+        cast.flaky: f"CTM {status} x{failures}: PENDING, re-queued, done at receive count {last}",
+    }
 
 
 def _choose_cast(keys: Sequence[Mapping[str, Any]], scenario: Scenario) -> Cast:
