@@ -144,3 +144,15 @@ def test_a_secret_we_may_not_read_is_a_permanent_credentials_error() -> None:
         CredentialsCache(failing).get()
     assert not caught.value.transient
     assert "arn:aws" not in str(caught.value)
+
+
+def test_no_aws_credentials_is_a_permanent_credentials_error() -> None:
+    class NoCredentialsError(Exception):
+        pass
+
+    def failing(force: bool) -> str:
+        raise NoCredentialsError("Unable to locate credentials")
+
+    with pytest.raises(CtmCredentialsError, match="NoCredentialsError") as caught:
+        CredentialsCache(failing).get()
+    assert not caught.value.transient

@@ -160,7 +160,8 @@ class CredentialsCache:
                 # Say which kind of failure (AccessDenied, throttling...) but not its text:
                 # a loader's message is not ours to vouch for.
                 message = f"could not load the CTM credentials secret ({_failure_kind(exc)})"
-                if _aws_code(exc) in _PERMANENT_SECRET_ERRORS:
+                permanent = type(exc).__name__ in _NO_AWS_CREDENTIALS
+                if permanent or _aws_code(exc) in _PERMANENT_SECRET_ERRORS:
                     raise CtmCredentialsError(message, error_code="UNAUTHORIZED") from None
                 # Throttling, a network blip: every key would fail alike, but only for now.
                 raise CtmSecretUnavailableError(message, error_code="CONNECTION") from None
@@ -174,6 +175,8 @@ class CredentialsCache:
         return self.get().ca_bundle
 
 
+# botocore's own exceptions, named rather than imported: the loader may not be botocore.
+_NO_AWS_CREDENTIALS = frozenset({"NoCredentialsError", "PartialCredentialsError"})
 _PERMANENT_SECRET_ERRORS = frozenset(
     {
         "AccessDeniedException",
