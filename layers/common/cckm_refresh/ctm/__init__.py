@@ -1,20 +1,7 @@
 """CipherTrust Manager client: authentication, transport, typed errors and CCKM OCI operations.
 
-``CtmClient.create(...)`` wires the parts; ``auth`` (TokenSource), ``transport`` (session,
-TLS, retries), ``retries`` (classification, backoff, budget) and ``credentials`` (the secret)
-each hold one concern.
+``client.CtmClient.create(...)`` wires the parts; ``auth`` (TokenSource), ``transport``
+(session, TLS, retries), ``retries`` (classification, backoff, budget) and ``credentials``
+(the secret) each hold one concern. Nothing is imported here: the handlers import
+``ctm.errors`` and ``ctm.ids`` at cold start, and ``requests`` only when a client is built.
 """
-
-from cckm_refresh.ctm.auth import TokenSource
-from cckm_refresh.ctm.client import SELECTOR_FILTERS, CtmClient
-from cckm_refresh.ctm.credentials import CtmCredentials
-from cckm_refresh.ctm.transport import CtmResponse, Transport
-
-__all__ = [
-    "SELECTOR_FILTERS",
-    "CtmClient",
-    "CtmCredentials",
-    "CtmResponse",
-    "TokenSource",
-    "Transport",
-]
