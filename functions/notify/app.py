@@ -2,15 +2,34 @@
 
 from typing import Any
 
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cckm_refresh.notify_function import NotifyFunction, load_settings
+from cckm_refresh.notify import build_stream_notifier, load_settings
 from cckm_refresh.observability import logger, metrics
 
-function = NotifyFunction(load_settings())
+notifier = build_stream_notifier(load_settings())
+# A batch whose every record failed is reported like any other: failed records are retried
+# by Lambda from the first failure on, the rest are not published again (the ledger).
+processor = BatchProcessor(
+    event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False
+)
+
+
+def record_handler(record: DynamoDBRecord, lambda_context: LambdaContext) -> None:
+    notifier.handle(record, lambda_context)
 
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return function.handle(event, context)
+    return dict(
+        process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+    )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
 
 import pytest
 
-from cckm_refresh.notify.delivery import Notifier, Webhook, WebhookError
+from cckm_refresh.notify.delivery import NotificationInFlight, Notifier
 from cckm_refresh.notify.events import EventType, Notification, Severity
+from cckm_refresh.notify.ledger import Claim
+from cckm_refresh.notify.webhook import WebhookError
 
 NOTE = Notification(
     event_type=EventType.KEY_ROTATED,
@@ -17,20 +19,34 @@ NOTE = Notification(
     summary="OCI key k1 rotated: version v1 -> v2",
     dedupe_key="KEY_ROTATED#k1#v2",
 )
+LEASE = datetime(2026, 11, 28, 6, 1, tzinfo=UTC)
 
 
 @dataclass
 class FakeLedger:
+    """The ledger's rules in memory: a claim is free when absent or FAILED."""
+
     states: dict[str, str] = field(default_factory=dict)
+    broken_marks: bool = False
 
-    def claim(self, key: str) -> bool:
-        if self.states.get(key) in (None, "FAILED"):
-            self.states[key] = "SENDING"
-            return True
-        return False
+    def claim(self, dedupe_key: str, lease_until: datetime) -> Claim:
+        state = self.states.get(dedupe_key)
+        if state == "SENT":
+            return Claim.SENT
+        if state == "SENDING":
+            return Claim.IN_FLIGHT
+        self.states[dedupe_key] = "SENDING"
+        return Claim.CLAIMED
 
-    def mark(self, key: str, state: str, message_id: str | None = None) -> None:
-        self.states[key] = state
+    def mark_sent(self, dedupe_key: str, message_id: str) -> None:
+        if self.broken_marks:
+            raise ConnectionError("DynamoDB unreachable")
+        self.states[dedupe_key] = "SENT"
+
+    def release(self, dedupe_key: str) -> None:
+        if self.broken_marks:
+            raise ConnectionError("DynamoDB unreachable")
+        self.states[dedupe_key] = "FAILED"
 
 
 @dataclass
@@ -46,93 +62,117 @@ class FakePublisher:
 
 
 @dataclass
-class FakeResponse:
-    status_code: int
+class FakeMirror:
+    error: Exception | None = None
+    posted: list[Notification] = field(default_factory=list)
+
+    def post(self, notification: Notification) -> None:
+        if self.error is not None:
+            raise self.error
+        self.posted.append(notification)
 
 
-@dataclass
-class FakeSession:
-    answers: list[Any]
-    posts: list[dict[str, Any]] = field(default_factory=list)
-
-    def post(self, url: str, **kwargs: Any) -> FakeResponse:
-        self.posts.append({"url": url} | kwargs)
-        answer = self.answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return FakeResponse(answer)
-
-
-URL = "https://hooks.example.com/services/T000/B000/SECRETPART"
-
-
-def webhook(*answers: Any) -> tuple[Webhook, FakeSession]:
-    session = FakeSession(list(answers))
-    return Webhook(lambda: URL, session, sleep=lambda s: None, rng=lambda: 0.5), session
+def notifier(
+    ledger: FakeLedger | None = None,
+    publisher: FakePublisher | None = None,
+    mirror: FakeMirror | None = None,
+    counted: list[str] | None = None,
+) -> Notifier:
+    return Notifier(
+        ledger or FakeLedger(),
+        publisher or FakePublisher(),
+        mirror,
+        count=(counted if counted is not None else []).append,
+    )
 
 
 def test_a_notification_is_published_once_even_when_delivered_twice() -> None:
-    publisher = FakePublisher()
-    notifier = Notifier(FakeLedger(), publisher, None)  # type: ignore[arg-type]
-    assert notifier.deliver(NOTE) is True
-    assert notifier.deliver(NOTE) is False
+    # Given a notifier, When the same notification is delivered twice (a retried batch)
+    publisher, counted = FakePublisher(), []
+    deliver = notifier(publisher=publisher, counted=counted).deliver
+    first, second = deliver(NOTE, LEASE), deliver(NOTE, LEASE)
+
+    # Then SNS got it once, and the second delivery counted as a skipped duplicate
+    assert (first, second) == (True, False)
     assert publisher.published == [NOTE]
+    assert counted == ["NotificationsPublished", "NotificationsDuplicateSkipped"]
 
 
-def test_a_failed_publish_releases_the_claim_so_a_retry_sends_it() -> None:
+def test_a_failed_publish_releases_the_claim_and_fails_so_the_retry_sends_it() -> None:
+    # Given SNS refuses the first publish
     ledger, publisher = FakeLedger(), FakePublisher(fail=True)
-    notifier = Notifier(ledger, publisher, None)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError):
-        notifier.deliver(NOTE)
+        notifier(ledger, publisher).deliver(NOTE, LEASE)
     assert ledger.states[NOTE.dedupe_key] == "FAILED"
 
+    # When the record is retried with SNS back
     publisher.fail = False
-    assert notifier.deliver(NOTE) is True
+    assert notifier(ledger, publisher).deliver(NOTE, LEASE) is True
+
+    # Then it is sent once
+    assert publisher.published == [NOTE]
     assert ledger.states[NOTE.dedupe_key] == "SENT"
 
 
+def test_a_publish_failure_is_raised_even_when_the_claim_cannot_be_released() -> None:
+    ledger = FakeLedger(broken_marks=True)
+    with pytest.raises(RuntimeError, match="SNS is down"):
+        notifier(ledger, FakePublisher(fail=True)).deliver(NOTE, LEASE)
+
+
+def test_a_claim_held_by_another_invocation_fails_the_record_instead_of_dropping_it() -> None:
+    # Given an invocation that claimed the notification and has not finished
+    ledger, publisher = FakeLedger({NOTE.dedupe_key: "SENDING"}), FakePublisher()
+
+    # When another delivery of it comes, Then it is neither published nor taken as sent
+    with pytest.raises(NotificationInFlight):
+        notifier(ledger, publisher).deliver(NOTE, LEASE)
+    assert publisher.published == []
+
+
+def test_a_published_notification_stays_delivered_when_the_ledger_cannot_be_marked() -> None:
+    # Given SNS takes the message but DynamoDB fails right after
+    ledger, publisher = FakeLedger(broken_marks=True), FakePublisher()
+
+    # When it is delivered, Then the record succeeds (failing it would publish it again)
+    assert notifier(ledger, publisher).deliver(NOTE, LEASE) is True
+    assert publisher.published == [NOTE]
+
+
+def test_the_webhook_mirrors_after_sns() -> None:
+    mirror = FakeMirror()
+    notifier(mirror=mirror).deliver(NOTE, LEASE)
+    assert mirror.posted == [NOTE]
+
+
 def test_a_webhook_outage_neither_blocks_nor_repeats_sns() -> None:
-    hook, session = webhook(500, 503, 502)
-    events: list[str] = []
-    publisher = FakePublisher()
-    notifier = Notifier(FakeLedger(), publisher, hook, on_event=events.append)  # type: ignore[arg-type]
+    # Given a webhook that is down
+    publisher, counted = FakePublisher(), []
+    mirror = FakeMirror(error=WebhookError("the webhook did not take the notification: HTTP 503"))
 
-    assert notifier.deliver(NOTE) is True
+    # When a notification is delivered, and the batch is retried
+    assert notifier(FakeLedger(), publisher, mirror, counted).deliver(NOTE, LEASE) is True
 
-    assert len(publisher.published) == 1
-    assert len(session.posts) == 3
-    assert events == ["NotificationsPublished", "WebhookFailures"]
-
-
-def test_the_webhook_retries_429_and_5xx_then_succeeds() -> None:
-    hook, session = webhook(429, 500, 200)
-    hook.post(NOTE)
-    assert len(session.posts) == 3
-    post = session.posts[0]
-    assert post["json"]["text"].endswith(NOTE.summary)
-    assert post["timeout"] == 10.0
-    assert post["verify"] is True
+    # Then SNS got it once and the outage is counted, not raised
+    assert publisher.published == [NOTE]
+    assert counted == ["NotificationsPublished", "WebhookFailures"]
 
 
-def test_the_webhook_does_not_retry_a_client_error() -> None:
-    hook, session = webhook(404)
-    with pytest.raises(WebhookError, match="HTTP 404"):
-        hook.post(NOTE)
-    assert len(session.posts) == 1
+def test_no_webhook_on_a_duplicate() -> None:
+    ledger, mirror = FakeLedger({NOTE.dedupe_key: "SENT"}), FakeMirror()
+    notifier(ledger, mirror=mirror).deliver(NOTE, LEASE)
+    assert mirror.posted == []
 
 
-def test_a_connection_error_never_reveals_the_url() -> None:
-    import requests
+def test_an_unexpected_webhook_error_is_logged_by_type_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given an error whose text quotes the URL (as requests' errors do)
+    secret_url = "https://hooks.example.com/services/T0/B0/SECRETPART"
+    mirror = FakeMirror(error=ValueError(f"bad response from {secret_url}"))
 
-    hook, _ = webhook(*[requests.ConnectionError(f"cannot reach {URL}")] * 3)
-    with pytest.raises(WebhookError) as caught:
-        hook.post(NOTE)
-    assert "SECRETPART" not in str(caught.value)
-    assert "ConnectionError" in str(caught.value)
+    notifier(mirror=mirror).deliver(NOTE, LEASE)
 
-
-def test_a_plain_http_webhook_is_refused_without_quoting_it() -> None:
-    hook = Webhook(lambda: "http://hooks.example.com/SECRETPART", FakeSession([]))
-    with pytest.raises(WebhookError) as caught:
-        hook.post(NOTE)
-    assert "SECRETPART" not in str(caught.value)
+    [warning] = [r for r in caplog.records if r.message == "webhook mirror failed"]
+    assert warning.reason == "ValueError"  # type: ignore[attr-defined]
+    assert "SECRETPART" not in repr([vars(r) for r in caplog.records])

@@ -97,7 +97,32 @@ def test_a_rotation_is_info_and_names_both_versions() -> None:
     assert n.severity is Severity.INFO
     assert n.body()["previous_key_version"] == "ocid1.keyversion.oc1.iad.v1"
     assert n.body()["current_key_version"] == "ocid1.keyversion.oc1.iad.v2"
-    assert "payments-db-master-key" in n.summary
+    assert n.dedupe_key == "KEY_ROTATED#k1#ocid1.keyversion.oc1.iad.v2"
+
+
+def test_a_rotation_summary_names_the_key_where_it_lives_and_the_version_tails() -> None:
+    old = key_item(
+        vault_name="payments-vault", region="us-ashburn-1", current_key_version="v" * 40 + "abc"
+    )
+    new = old | {"current_key_version": "v" * 40 + "def"}
+    [n] = notifications_for("MODIFY", old, new, no_failed)
+    assert n.summary == (
+        "OCI key payments-db-master-key (payments-vault, us-ashburn-1) rotated:"
+        " version ...vvvvvvvvvabc -> ...vvvvvvvvvdef"
+    )
+    assert n.subject == "[INFO] OCI key payments-db-master-key rotated"
+
+
+def test_a_key_body_carries_where_the_key_lives_and_the_run_that_saw_it() -> None:
+    old = key_item(oci_key_id="ocid1.key.oc1.iad.x", region="us-ashburn-1", last_run_id="r1")
+    new = old | {"lifecycle_state": "DISABLED", "last_run_id": "r2"}
+    [n] = notifications_for("MODIFY", old, new, no_failed)
+    body = n.body()
+    assert body["key_id"] == "k1"
+    assert body["oci_key_id"] == "ocid1.key.oc1.iad.x"
+    assert (body["tenancy"], body["region"]) == ("acme-prod", "us-ashburn-1")
+    assert (body["previous_state"], body["lifecycle_state"]) == ("ENABLED", "DISABLED")
+    assert body["last_run_id"] == "r2"
 
 
 @pytest.mark.parametrize(
@@ -133,6 +158,64 @@ def test_a_rejected_request_insert_is_an_error() -> None:
     assert n.event_type is EventType.REQUEST_REJECTED
     assert n.severity is Severity.ERROR
     assert n.summary == "Rejected request m-1: keys[0]: bad"
+    assert n.dedupe_key == "REQUEST_REJECTED#m-1"
+
+
+def test_a_rejection_body_carries_an_excerpt_of_what_was_sent() -> None:
+    item = {
+        "pk": "REJECTED#m-2",
+        "item_type": "REJECTED",
+        "error": "not JSON",
+        "body": "x" * 4000,
+        "received_at": "2026-11-28T06:00:00.000Z",
+    }
+    [n] = notifications_for("INSERT", None, item, no_failed)
+    body = n.body()
+    assert (body["source_id"], body["error"]) == ("m-2", "not JSON")
+    assert body["received_at"] == "2026-11-28T06:00:00.000Z"
+    assert body["body"] == "x" * 500
+
+
+def test_a_multi_line_error_gives_a_one_line_summary() -> None:
+    item = {
+        "pk": "REJECTED#m-3",
+        "item_type": "REJECTED",
+        "error": "line one\n\tline two" + "!" * 900,
+    }
+    [n] = notifications_for("INSERT", None, item, no_failed)
+    assert n.summary.startswith("Rejected request m-3: line one line two!!!")
+    assert n.summary.isprintable()
+    assert len(n.summary) <= 500
+
+
+def test_a_dry_run_says_nothing_was_refreshed() -> None:
+    new = run_item(dry_run=True, refreshed=Decimal(0), failed=Decimal(0), skipped=Decimal(120))
+    [n] = notifications_for("MODIFY", run_item(status="RUNNING"), new, no_failed)
+    assert n.summary == f"Run {RUN_ID} (dry run): 120 OCI keys resolved, none refreshed"
+    assert n.body()["dry_run"] is True
+
+
+def test_a_run_body_carries_the_run_fields_as_plain_json_numbers() -> None:
+    old = run_item(status="RUNNING", request_id="pipeline-42", reason="OCI rotated these")
+    new = old | {"status": "COMPLETED"}
+    [n] = notifications_for("MODIFY", old, new, two_failed)
+    body = n.body()
+    assert (body["run_id"], body["trigger"]) == (RUN_ID, "schedule")
+    assert (body["request_id"], body["reason"]) == ("pipeline-42", "OCI rotated these")
+    assert body["started_at"] == "2026-11-28T06:00:00.100Z"
+    assert body["finished_at"] == "2026-11-28T06:00:41.500Z"
+    counts = {
+        k: body[k] for k in ("requested", "refreshed", "not_found", "failed", "skipped", "rotated")
+    }
+    assert counts == {
+        "requested": 120,
+        "refreshed": 118,
+        "not_found": 0,
+        "failed": 2,
+        "skipped": 0,
+        "rotated": 3,
+    }
+    assert all(type(v) is int for v in counts.values())
 
 
 @pytest.mark.parametrize(
@@ -153,7 +236,31 @@ def test_subjects_are_one_printable_ascii_line_under_100_characters() -> None:
     line = subject(Severity.ERROR, "x" * 300 + "\n\u00e9")
     assert len(line) <= MAX_SUBJECT < 100
     assert line.isascii()
-    assert "\n" not in line
+    assert line.isprintable()
+    assert line.endswith("...")
+
+
+def test_subjects_keep_names_readable_without_their_accents() -> None:
+    assert subject(Severity.INFO, "cl\u00e9\tde paiement \u2603") == "[INFO] cle de paiement ?"
+
+
+@pytest.mark.parametrize(
+    "new",
+    [
+        run_item(run_id="r" * 128),
+        key_item(display_name="n" * 300, lifecycle_state="DISABLED"),
+        {"pk": "REJECTED#" + "m" * 128, "item_type": "REJECTED", "error": "e\n" * 200},
+    ],
+)
+def test_every_subject_fits_sns(new: dict[str, Any]) -> None:
+    old = run_item(status="RUNNING") if new.get("item_type") == "RUN" else key_item()
+    event_name = "INSERT" if new["item_type"] == "REJECTED" else "MODIFY"
+    found = notifications_for(event_name, old, new, two_failed)
+    assert found
+    for n in found:
+        assert len(n.subject) < 100
+        assert n.subject.isascii()
+        assert n.subject.isprintable()
 
 
 def test_a_rotation_summary_names_the_versions_by_their_distinct_segment() -> None:

@@ -1,1 +1,10 @@
-"""Notifications: from the results table's stream to people (SNS, optional chat webhook)."""
+"""Notifications: from the results table's stream to people (SNS, optional chat webhook).
+
+``events`` decides which records notify and what people read; ``ledger`` remembers what was
+sent; ``delivery`` publishes once; ``webhook`` mirrors to chat; ``stream`` ties them to a
+stream record for ``functions/notify/app.py``.
+"""
+
+from cckm_refresh.notify.stream import StreamNotifier, build_stream_notifier, load_settings
+
+__all__ = ["StreamNotifier", "build_stream_notifier", "load_settings"]

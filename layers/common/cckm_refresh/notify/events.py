@@ -6,6 +6,7 @@ completed run, which the caller supplies as a function.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -13,6 +14,8 @@ from enum import StrEnum
 from typing import Any
 
 MAX_SUBJECT = 99  # SNS: "less than 100 characters", no line breaks or control characters
+MAX_SUMMARY = 500  # one line a person reads, whatever an error message or a name holds
+MAX_BODY_EXCERPT = 500
 MAX_FAILED_KEYS = 50
 
 
@@ -120,7 +123,7 @@ def _run_completed(run: Mapping[str, Any], failed_keys: FailedKeysReader) -> Not
         event_type=EventType.RUN_COMPLETED,
         severity=severity,
         subject=subject(severity, f"CCKM refresh run {run_id}: {headline}"),
-        summary=summary,
+        summary=one_line(summary),
         dedupe_key=f"{EventType.RUN_COMPLETED}#{run_id}",
         details=_present(details),
     )
@@ -133,6 +136,8 @@ def _key_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Notific
     changes = []
     key_id = str(new.get("key_id", ""))
     name = new.get("display_name") or key_id
+    where = ", ".join(str(new[k]) for k in ("vault_name", "region") if new.get(k))
+    known_as = f"{name} ({where})" if where else str(name)
     described = _present(
         {
             "key_id": key_id,
@@ -152,7 +157,9 @@ def _key_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Notific
                 event_type=EventType.KEY_ROTATED,
                 severity=Severity.INFO,
                 subject=subject(Severity.INFO, f"OCI key {name} rotated"),
-                summary=f"OCI key {name} rotated: version {_tail(before)} -> {_tail(after)}",
+                summary=one_line(
+                    f"OCI key {known_as} rotated: version {_tail(before)} -> {_tail(after)}"
+                ),
                 dedupe_key=f"{EventType.KEY_ROTATED}#{key_id}#{after}",
                 details=described | {"previous_key_version": before, "current_key_version": after},
             )
@@ -165,7 +172,7 @@ def _key_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Notific
                 event_type=EventType.KEY_STATE_CHANGED,
                 severity=severity,
                 subject=subject(severity, f"OCI key {name} is now {after}"),
-                summary=f"OCI key {name} changed state {before} -> {after}",
+                summary=one_line(f"OCI key {known_as} changed state {before} -> {after}"),
                 dedupe_key=(
                     f"{EventType.KEY_STATE_CHANGED}#{key_id}#{before}>{after}"
                     f"#{new.get('updated_at', '')}"
@@ -184,24 +191,41 @@ def _rejected(item: Mapping[str, Any]) -> Notification:
         event_type=EventType.REQUEST_REJECTED,
         severity=Severity.ERROR,
         subject=subject(Severity.ERROR, f"CCKM refresh request rejected: {error}"),
-        summary=f"Rejected request {source}: {error}",
+        summary=one_line(f"Rejected request {source}: {error}"),
         dedupe_key=f"{EventType.REQUEST_REJECTED}#{source}",
         details=_present(
             {
                 "source_id": source,
                 "error": error,
                 "received_at": item.get("received_at"),
-                "body": str(item.get("body", ""))[:500],
+                "body": str(item.get("body", ""))[:MAX_BODY_EXCERPT],
             }
         ),
     )
 
 
 def subject(severity: Severity, text: str) -> str:
-    """``[SEVERITY] text``: printable ASCII on one line, at most ``MAX_SUBJECT`` characters."""
-    line = f"[{severity}] {text}"
-    line = "".join(c if 32 <= ord(c) < 127 else "?" for c in line)
-    return line if len(line) <= MAX_SUBJECT else line[: MAX_SUBJECT - 3] + "..."
+    """``[SEVERITY] text`` as every SNS endpoint accepts a subject: one line of printable
+    ASCII (accents dropped, other characters "?"), at most ``MAX_SUBJECT`` characters."""
+    # SNS once required ASCII subjects and email subscribers still get them as-is; the
+    # summary and body keep every character.
+    plain = unicodedata.normalize("NFKD", _printable(f"[{severity}] {text}"))
+    ascii_line = "".join(c if c.isascii() else "?" for c in plain if not unicodedata.combining(c))
+    return _shorten(ascii_line, MAX_SUBJECT)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one printable line of at most ``MAX_SUMMARY`` characters."""
+    return _shorten(_printable(text), MAX_SUMMARY)
+
+
+def _printable(text: str) -> str:
+    # Names and error messages come from CTM and from pipelines: any character may be in them.
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _tail(version: object) -> str:

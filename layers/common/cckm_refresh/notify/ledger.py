@@ -1,0 +1,116 @@
+"""What has been sent: ``NOTIFIED#<dedupe key>`` items in the results table.
+
+A notification is claimed with a conditional put before it is published, so a retried stream
+batch finds it and publishes nothing twice. The items have ``item_type`` ``NOTIFICATION``,
+which neither the stream filter nor ``notifications_for`` lets through: recording a
+notification never notifies anyone. TTL removes them after the retention period.
+
+A claim carries a lease that ends when the claiming invocation's own deadline has passed: a
+claim still ``SENDING`` after that belongs to an invocation that died mid-delivery, and is
+taken over (the one case where a notification may be sent twice rather than never).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from cckm_refresh.clock import iso, utc_now
+
+
+class Claim(Enum):
+    """What a claim found."""
+
+    CLAIMED = "CLAIMED"  # ours to send
+    SENT = "SENT"  # published before: skip it
+    IN_FLIGHT = "IN_FLIGHT"  # another invocation holds a live lease: try again later
+
+
+class NotificationLedger:
+    """The ledger of sent notifications in the results table (low-level DynamoDB client)."""
+
+    def __init__(
+        self,
+        client: Any,
+        table_name: str,
+        retention_days: int,
+        now: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._db = client
+        self._table = table_name
+        self._retention = timedelta(days=retention_days)
+        self._now = now
+
+    def claim(self, dedupe_key: str, lease_until: datetime) -> Claim:
+        """Take the right to send ``dedupe_key`` until ``lease_until``, unless it was sent,
+        or another live invocation is sending it."""
+        now = self._now()
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item=self._key(dedupe_key)
+                | {
+                    "item_type": {"S": "NOTIFICATION"},
+                    "state": {"S": "SENDING"},
+                    "claimed_at": {"S": iso(now)},
+                    "lease_until": {"S": iso(lease_until)},
+                    "expires_at": {"N": str(int((now + self._retention).timestamp()))},
+                },
+                ConditionExpression=(
+                    "attribute_not_exists(pk) OR #s = :failed"
+                    " OR (#s = :sending AND lease_until < :now)"
+                ),
+                ExpressionAttributeNames={"#s": "state"},
+                ExpressionAttributeValues={
+                    ":failed": {"S": "FAILED"},
+                    ":sending": {"S": "SENDING"},
+                    ":now": {"S": iso(now)},
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except self._db.exceptions.ConditionalCheckFailedException as refused:
+            holder = refused.response.get("Item") or self._read(dedupe_key)
+            state = holder.get("state", {}).get("S")
+            return Claim.SENT if state == "SENT" else Claim.IN_FLIGHT
+        return Claim.CLAIMED
+
+    def mark_sent(self, dedupe_key: str, message_id: str) -> None:
+        """Record that SNS took the notification (with SNS's message id)."""
+        self._db.update_item(
+            TableName=self._table,
+            Key=self._key(dedupe_key),
+            UpdateExpression="SET #s = :sent, finished_at = :at, message_id = :m",
+            ExpressionAttributeNames={"#s": "state"},
+            ExpressionAttributeValues={
+                ":sent": {"S": "SENT"},
+                ":at": {"S": iso(self._now())},
+                ":m": {"S": message_id},
+            },
+        )
+
+    def release(self, dedupe_key: str) -> None:
+        """Give a claim back after a failed publish, so the retried record can send it."""
+        self._db.update_item(
+            TableName=self._table,
+            Key=self._key(dedupe_key),
+            UpdateExpression="SET #s = :failed, finished_at = :at",
+            ConditionExpression="#s = :sending",  # never un-send a SENT notification
+            ExpressionAttributeNames={"#s": "state"},
+            ExpressionAttributeValues={
+                ":failed": {"S": "FAILED"},
+                ":sending": {"S": "SENDING"},
+                ":at": {"S": iso(self._now())},
+            },
+        )
+
+    def _read(self, dedupe_key: str) -> dict[str, Any]:
+        found = self._db.get_item(
+            TableName=self._table, Key=self._key(dedupe_key), ConsistentRead=True
+        )
+        return dict(found.get("Item") or {})
+
+    @staticmethod
+    def _key(dedupe_key: str) -> dict[str, Any]:
+        return {"pk": {"S": f"NOTIFIED#{dedupe_key}"}, "sk": {"S": "NOTIFICATION"}}
