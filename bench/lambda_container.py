@@ -72,7 +72,7 @@ def serve(function: str) -> None:
     """Cold-start ``functions/<function>/app.py`` and invoke it once per stdin line."""
     channel = sys.stdout
     # Powertools binds its log stream at import: keep it off the channel.
-    sys.stdout = _Console()  # type: ignore[assignment]
+    sys.stdout = _Console()
     prepare_process()
     counter = AwsCallCounter.install()
     from devkit.lambda_runtime import FakeLambdaContext, load_handler

@@ -14,7 +14,7 @@ import sys
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,10 +90,10 @@ class AwsCallCounter:
         boto3.DEFAULT_SESSION.events.register("before-call", counter._seen)
         return counter
 
-    def _seen(self, event_name: str, **_: Any) -> None:
+    def _seen(self, event_name: str, **details: Any) -> None:
         if not self.counting:
             return
-        _, service, operation = event_name.split(".", 2)
+        service, operation = event_name.split(".", 2)[1:]
         with self._lock:
             self.calls[f"{service}.{operation}"] += 1
 
@@ -180,9 +180,14 @@ class Invocation:
 class LambdaContainer:
     """The driver's handle on ``bench/lambda_container.py``: a handler in its own process."""
 
-    def __init__(self, function: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        function: str,
+        env: Mapping[str, str],
+        program: Sequence[str] = ("-m", "bench.lambda_container"),
+    ) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "bench.lambda_container", function],
+            [sys.executable, *program, function],
             cwd=ROOT,
             env={**os.environ, **env, "PYTHONPATH": f"{ROOT / 'layers' / 'common'}:{ROOT}"},
             stdin=subprocess.PIPE,
