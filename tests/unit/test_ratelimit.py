@@ -26,33 +26,48 @@ def clock() -> FakeClock:
 
 
 def test_slots_of_one_tenancy_are_spaced_by_the_inverse_rate(clock: FakeClock) -> None:
-    limiter = TenancyRateLimiter(4.0, clock=clock, sleep=clock.sleep)
+    limiter = TenancyRateLimiter(4.0, headroom=1.0, clock=clock, sleep=clock.sleep)
     starts = [limiter.reserve("t1") for _ in range(5)]
     assert starts == pytest.approx([100.0, 100.25, 100.5, 100.75, 101.0])
 
 
+def test_slots_keep_a_little_headroom_below_the_limit(clock: FakeClock) -> None:
+    limiter = TenancyRateLimiter(5.0, headroom=0.8, clock=clock, sleep=clock.sleep)
+    limiter.reserve("t1")
+    assert limiter.reserve("t1") == pytest.approx(100.25)
+
+
 def test_tenancies_have_independent_buckets(clock: FakeClock) -> None:
-    limiter = TenancyRateLimiter(2.0, clock=clock, sleep=clock.sleep)
+    limiter = TenancyRateLimiter(2.0, headroom=1.0, clock=clock, sleep=clock.sleep)
     limiter.reserve("t1")
     assert limiter.reserve("t2") == 100.0
     assert limiter.reserve("t1") == 100.5
 
 
 def test_a_pacer_waits_for_its_reserved_slot(clock: FakeClock) -> None:
-    limiter = TenancyRateLimiter(2.0, clock=clock, sleep=clock.sleep)
+    limiter = TenancyRateLimiter(2.0, headroom=1.0, clock=clock, sleep=clock.sleep)
     limiter.reserve("t1")
     pacer = limiter.pacer("t1")
     pacer.wait()
     assert clock.slept == [pytest.approx(0.5)]
 
 
-def test_a_throttle_halves_the_rate_and_pushes_the_next_slot_out(clock: FakeClock) -> None:
-    limiter = TenancyRateLimiter(4.0, throttle_penalty=1.0, clock=clock, sleep=clock.sleep)
+def test_a_throttle_slows_the_tenancy_and_pushes_its_next_slot_out(clock: FakeClock) -> None:
+    limiter = TenancyRateLimiter(4.0, headroom=1.0, clock=clock, sleep=clock.sleep)
+    limiter.throttled("t1")
+    assert limiter.rate("t1") == 3.0
+    assert limiter.reserve("t1") == pytest.approx(100 + 1 / 3)
+    assert limiter.reserve("t1") == pytest.approx(100 + 2 / 3)
+    assert limiter.throttle_count() == 1
+
+
+def test_a_fixed_throttle_penalty_can_be_chosen(clock: FakeClock) -> None:
+    limiter = TenancyRateLimiter(
+        4.0, headroom=1.0, decrease=0.5, throttle_penalty=1.0, clock=clock, sleep=clock.sleep
+    )
     limiter.throttled("t1")
     assert limiter.rate("t1") == 2.0
     assert limiter.reserve("t1") == 101.0
-    assert limiter.reserve("t1") == 101.5
-    assert limiter.throttle_count() == 1
 
 
 def test_the_rate_never_falls_below_the_floor(clock: FakeClock) -> None:
@@ -63,7 +78,9 @@ def test_the_rate_never_falls_below_the_floor(clock: FakeClock) -> None:
 
 
 def test_answered_calls_win_the_rate_back_up_to_the_ceiling(clock: FakeClock) -> None:
-    limiter = TenancyRateLimiter(4.0, recovery_step=0.5, clock=clock, sleep=clock.sleep)
+    limiter = TenancyRateLimiter(
+        4.0, decrease=0.5, recovery_step=0.5, clock=clock, sleep=clock.sleep
+    )
     limiter.throttled("t1")
     for _ in range(3):
         limiter.answered("t1")
@@ -74,6 +91,6 @@ def test_answered_calls_win_the_rate_back_up_to_the_ceiling(clock: FakeClock) ->
 
 
 def test_unknown_tenancies_share_one_bucket(clock: FakeClock) -> None:
-    limiter = TenancyRateLimiter(1.0, clock=clock, sleep=clock.sleep)
+    limiter = TenancyRateLimiter(1.0, headroom=1.0, clock=clock, sleep=clock.sleep)
     limiter.reserve(None)
     assert limiter.reserve(None) == 101.0

@@ -123,12 +123,20 @@ class RefreshEngine:
         self._concurrency = concurrency
         self._clock = clock
 
-    def run(self, items: Sequence[WorkItem], seconds_left: Callable[[], float]) -> EngineResult:
+    def run(
+        self,
+        items: Sequence[WorkItem],
+        seconds_left: Callable[[], float],
+        on_outcome: Callable[[RefreshOutcome], None] | None = None,
+    ) -> EngineResult:
         """Refresh ``items`` while starting a call leaves ``seconds_left() >= 0`` afterwards.
 
         ``seconds_left`` is the time remaining before the margin the caller keeps for
         recording (CONTRACT 4.3: ``2 x CTM_TIMEOUT_SECONDS + 5 s``), counted from now.
+        ``on_outcome`` is called in the worker's thread as each outcome is known, so the
+        caller can record it while other calls wait for their slot.
         """
+        listeners = [f for f in (self._on_outcome, on_outcome) if f is not None]
         result = EngineResult()
         if not items:
             return result
@@ -143,8 +151,8 @@ class RefreshEngine:
                 outcome, fatal = self._refresh_one(item, self._limiter.pacer(item.tenancy, slot))
                 with lock:
                     result.outcomes.append(outcome)
-                if self._on_outcome is not None:
-                    self._on_outcome(outcome)
+                for listener in listeners:
+                    listener(outcome)
                 if fatal is not None:
                     scheduler.stop(fatal)
 
@@ -157,7 +165,10 @@ class RefreshEngine:
         rest = scheduler.remaining()
         if scheduler.stopped is not None:
             error = scheduler.stopped
-            result.outcomes.extend(_failed_like(item, error) for item in rest)
+            for outcome in (_failed_like(item, error) for item in rest):
+                result.outcomes.append(outcome)
+                for listener in listeners:
+                    listener(outcome)
         else:
             result.leftovers = rest
         return result

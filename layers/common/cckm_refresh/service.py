@@ -8,7 +8,8 @@ DynamoDB, the work queue owns SQS, the CTM client owns HTTP.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -26,7 +27,7 @@ from cckm_refresh.request import (
     parse_request_body,
     request_to_message,
 )
-from cckm_refresh.store import RecordedResult, ResultStore, RunCounts
+from cckm_refresh.store import BATCH_WRITE, RecordedResult, ResultStore, RunCounts
 from cckm_refresh.triggers import Delivery
 from cckm_refresh.workqueue import WorkQueue
 
@@ -148,13 +149,11 @@ class RefreshService:
         latest = self._store.latest_of([item.key_id for item in items])
         items = tuple(replace(i, known=latest.get(i.key_id) or i.known) for i in items)
         margin = self._settings.deadline_margin_seconds
-        result = self._engine.run(items, lambda: seconds_left() - margin)
-        outcomes = result.outcomes
-        gave_up = 0
-        if delivery.receive_count >= self._settings.max_receive_count:
-            gave_up = sum(1 for o in outcomes if o.status is Status.PENDING)
-            outcomes = [_give_up(o, delivery.receive_count) for o in outcomes]
-        recorded += self._store.record(run, outcomes, latest)
+        last_chance = delivery.receive_count >= self._settings.max_receive_count
+        recorder = _Recorder(self._store, run, latest, last_chance, delivery.receive_count)
+        result = self._engine.run(items, lambda: seconds_left() - margin, recorder.add)
+        recorded += recorder.finish()
+        gave_up = recorder.gave_up
         handed_off = self._hand_off(run, result.leftovers)
         not_handed_off = len(result.leftovers) - handed_off
         pending = [r.outcome for r in recorded if r.outcome.status is Status.PENDING]
@@ -294,6 +293,51 @@ class RefreshService:
             throttled=throttled,
             completed=completed,
         )
+
+
+class _Recorder:
+    """Records outcomes as the engine yields them, while other calls wait for their slot:
+    the ``KEY`` item at once (in the worker's thread), the results 25 at a time."""
+
+    def __init__(
+        self,
+        store: ResultStore,
+        run: RunInfo,
+        latest: Mapping[str, KeyInfo],
+        last_chance: bool,
+        deliveries: int,
+    ) -> None:
+        self._store = store
+        self._run = run
+        self._latest = latest
+        self._last_chance = last_chance
+        self._deliveries = deliveries
+        self._lock = threading.Lock()
+        self._unwritten: list[RecordedResult] = []
+        self.recorded: list[RecordedResult] = []
+        self.gave_up = 0
+
+    def add(self, outcome: RefreshOutcome) -> None:
+        if self._last_chance and outcome.status is Status.PENDING:
+            outcome = _give_up(outcome, self._deliveries)
+            with self._lock:
+                self.gave_up += 1
+        result = self._store.move_key_forward(self._run, outcome, self._latest.get(outcome.key_id))
+        batch: list[RecordedResult] = []
+        with self._lock:
+            self.recorded.append(result)
+            self._unwritten.append(result)
+            if len(self._unwritten) >= BATCH_WRITE:
+                batch, self._unwritten = self._unwritten, []
+        if batch:
+            self._store.write_results(self._run, batch)
+
+    def finish(self) -> list[RecordedResult]:
+        with self._lock:
+            batch, self._unwritten = self._unwritten, []
+        if batch:
+            self._store.write_results(self._run, batch)
+        return self.recorded
 
 
 def _log_outcomes(recorded: Iterable[RecordedResult]) -> None:

@@ -237,19 +237,21 @@ class ResultStore:
 
     def track(self, run: RunInfo, pending: Iterable[RefreshOutcome]) -> None:
         """Write non-terminal results (``PENDING``) so the run lists every key it still owes."""
-        self._write_results(run, [RecordedResult(o, None, False) for o in pending])
+        self.write_results(run, [RecordedResult(o, None, False) for o in pending])
 
     def record(
         self, run: RunInfo, outcomes: Sequence[RefreshOutcome], previous: Mapping[str, KeyInfo]
     ) -> list[RecordedResult]:
         """Store ``outcomes``: move each key's ``KEY`` item forward, then batch the results."""
-        recorded = [self._move_key_forward(run, o, previous.get(o.key_id)) for o in outcomes]
-        self._write_results(run, recorded)
+        recorded = [self.move_key_forward(run, o, previous.get(o.key_id)) for o in outcomes]
+        self.write_results(run, recorded)
         return recorded
 
-    def _move_key_forward(
+    def move_key_forward(
         self, run: RunInfo, outcome: RefreshOutcome, previous: KeyInfo | None
     ) -> RecordedResult:
+        """Update the key's ``LATEST`` item unless a newer result got there first (one call);
+        what it held before tells whether this result is a rotation."""
         outcome = outcome if outcome.recorded_at else replace(outcome, recorded_at=iso(self._now()))
         before = previous.current_key_version if previous else None
         if outcome.status in (Status.PENDING, Status.SKIPPED) or not _is_cckm_id(outcome.key_id):
@@ -312,7 +314,8 @@ class ResultStore:
         changed = bool(refreshed and before and before != outcome.current_key_version)
         return RecordedResult(outcome, before, changed)
 
-    def _write_results(self, run: RunInfo, recorded: Sequence[RecordedResult]) -> None:
+    def write_results(self, run: RunInfo, recorded: Sequence[RecordedResult]) -> None:
+        """Put the run's result items, 25 per ``BatchWriteItem``."""
         expires_at = self._expires_at()
         now = iso(self._now())
         requests = []
