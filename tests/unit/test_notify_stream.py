@@ -1,0 +1,147 @@
+"""A stream record, as Lambda delivers it (typed wire format), to delivered notifications."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+
+from cckm_refresh.config import ConfigError
+from cckm_refresh.notify.events import FailedKeys, Notification
+from cckm_refresh.notify.stream import LAMBDA_MAX_RUN, LEASE_MARGIN, StreamNotifier, load_settings
+
+NOW = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
+
+
+@dataclass
+class RecordingNotifier:
+    delivered: list[tuple[Notification, datetime]] = field(default_factory=list)
+
+    def deliver(self, notification: Notification, lease_until: datetime) -> bool:
+        self.delivered.append((notification, lease_until))
+        return True
+
+
+@dataclass
+class FixedContext:
+    remaining_ms: int
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+def stream_record(
+    event_name: str, old: dict[str, Any] | None, new: dict[str, Any] | None
+) -> DynamoDBRecord:
+    change: dict[str, Any] = {
+        "Keys": {},
+        "SequenceNumber": "1",
+        "StreamViewType": "NEW_AND_OLD_IMAGES",
+    }
+    if old is not None:
+        change["OldImage"] = old
+    if new is not None:
+        change["NewImage"] = new
+    return DynamoDBRecord(
+        {
+            "eventID": "e1",
+            "eventName": event_name,
+            "eventSource": "aws:dynamodb",
+            "dynamodb": change,
+        }
+    )
+
+
+def run_image(status: str, **numbers: int) -> dict[str, Any]:
+    image: dict[str, Any] = {
+        "pk": {"S": "RUN#r1"},
+        "sk": {"S": "RUN"},
+        "item_type": {"S": "RUN"},
+        "run_id": {"S": "r1"},
+        "trigger": {"S": "sqs"},
+        "dry_run": {"BOOL": False},
+        "status": {"S": status},
+    }
+    return image | {name: {"N": str(value)} for name, value in numbers.items()}
+
+
+def failed_keys(run_id: str) -> FailedKeys:
+    return FailedKeys(({"key_id": "k9", "display_name": "K9", "error_code": "HTTP_403"},), 1)
+
+
+def stream_notifier(recorder: RecordingNotifier) -> StreamNotifier:
+    return StreamNotifier(recorder, failed_keys, now=lambda: NOW)  # type: ignore[arg-type]
+
+
+def test_a_wire_format_run_completion_becomes_a_json_ready_notification() -> None:
+    # Given a RUN item's MODIFY from RUNNING to COMPLETED, numbers as DynamoDB sends them
+    recorder = RecordingNotifier()
+    old = run_image("RUNNING", requested=3)
+    new = run_image(
+        "COMPLETED", requested=3, refreshed=2, failed=1, not_found=0, skipped=0, rotated=0
+    )
+
+    # When it is handled
+    count = stream_notifier(recorder).handle(stream_record("MODIFY", old, new))
+
+    # Then one notification whose body serialises to plain JSON integers
+    assert count == 1
+    [(notification, _)] = recorder.delivered
+    body = json.loads(json.dumps(notification.body()))
+    assert body["summary"] == "Run r1: 2 of 3 OCI keys refreshed, 1 failed"
+    assert (body["requested"], body["failed"], body["failed_count"]) == (3, 1, 1)
+    assert body["failed_keys"] == [{"key_id": "k9", "display_name": "K9", "error_code": "HTTP_403"}]
+
+
+def test_a_claim_lasts_until_the_invocation_deadline_plus_a_margin() -> None:
+    recorder = RecordingNotifier()
+    new = run_image("COMPLETED", requested=1, refreshed=1)
+    stream_notifier(recorder).handle(
+        stream_record("MODIFY", run_image("RUNNING"), new), FixedContext(remaining_ms=42_000)
+    )
+    [(_, lease_until)] = recorder.delivered
+    assert lease_until == NOW + timedelta(seconds=42) + LEASE_MARGIN
+
+
+def test_without_a_lambda_context_a_claim_lasts_the_longest_lambda_run() -> None:
+    recorder = RecordingNotifier()
+    new = run_image("COMPLETED", requested=1, refreshed=1)
+    stream_notifier(recorder).handle(stream_record("MODIFY", run_image("RUNNING"), new))
+    [(_, lease_until)] = recorder.delivered
+    assert lease_until == NOW + LAMBDA_MAX_RUN
+
+
+@pytest.mark.parametrize(
+    ("event_name", "old", "new"),
+    [
+        ("REMOVE", run_image("COMPLETED"), None),  # a TTL deletion
+        (
+            "INSERT",
+            None,
+            {"pk": {"S": "RUN#r1"}, "item_type": {"S": "RESULT"}, "status": {"S": "FAILED"}},
+        ),
+        ("INSERT", None, {"pk": {"S": "NOTIFIED#x"}, "item_type": {"S": "NOTIFICATION"}}),
+        ("MODIFY", run_image("RUNNING"), run_image("RUNNING", requested=5)),
+    ],
+)
+def test_records_that_are_no_notification_deliver_nothing(
+    event_name: str, old: dict[str, Any] | None, new: dict[str, Any] | None
+) -> None:
+    recorder = RecordingNotifier()
+    assert stream_notifier(recorder).handle(stream_record(event_name, old, new)) == 0
+    assert recorder.delivered == []
+
+
+def test_a_bad_setting_fails_the_cold_start_with_one_line_naming_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.raises(ConfigError):
+        load_settings({"RESULTS_TABLE": "t"})
+    [line] = caplog.records
+    assert line.levelname == "ERROR"
+    assert "TOPIC_ARN" in line.message
+    assert "\n" not in line.message
