@@ -12,7 +12,13 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from cckm_refresh.config import ConfigError
 from cckm_refresh.notify.events import FailedKeys, Notification
-from cckm_refresh.notify.stream import LAMBDA_MAX_RUN, LEASE_MARGIN, StreamNotifier, load_settings
+from cckm_refresh.notify.stream import (
+    LAMBDA_MAX_RUN,
+    LEASE_MARGIN,
+    RunDigest,
+    StreamNotifier,
+    load_settings,
+)
 
 NOW = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
 
@@ -145,3 +151,30 @@ def test_a_bad_setting_fails_the_cold_start_with_one_line_naming_it(
     assert line.levelname == "ERROR"
     assert "TOPIC_ARN" in line.message
     assert "\n" not in line.message
+
+
+@dataclass
+class PagingTable:
+    """A DynamoDB client whose Query returns one failed result per page."""
+
+    failed: int
+    queries: list[dict[str, Any]] = field(default_factory=list)
+
+    def query(self, **request: Any) -> dict[str, Any]:
+        self.queries.append(request)
+        n = int(request.get("ExclusiveStartKey", {}).get("n", -1)) + 1
+        page: dict[str, Any] = {
+            "Items": [{"key_id": {"S": f"k{n}"}, "display_name": {"S": f"K{n}"}}]
+        }
+        if n + 1 < self.failed:
+            page["LastEvaluatedKey"] = {"n": n}
+        return page
+
+
+def test_the_run_digest_reads_every_page_and_keeps_the_first_50() -> None:
+    table = PagingTable(failed=70)
+    digest = RunDigest(table, "results").failed_keys("r1")
+    assert (digest.count, len(digest.keys)) == (70, 50)
+    assert digest.keys[49] == {"key_id": "k49", "display_name": "K49"}
+    assert table.queries[0]["ExpressionAttributeValues"][":pk"] == {"S": "RUN#r1"}
+    assert len(table.queries) == 70
