@@ -16,6 +16,8 @@ from tests.integration.refresh_world import RefreshWorld
 
 pytestmark = pytest.mark.integration
 EVENTS = Path(__file__).resolve().parents[2] / "events"
+V1 = "ocid1.keyversion.oc1.iad.vault1.firstversion.keypart"
+V2 = "ocid1.keyversion.oc1.iad.vault1.secondvers.keypart"
 
 
 @pytest.fixture
@@ -174,9 +176,7 @@ def test_the_webhook_mirrors_notifications_and_its_outage_blocks_nothing(
 
         world.invoke(world.rule_event({"keys": [world.ctm.keys[0]["id"]], "request_id": "w1"}))
         notify(handler, world.stack.stream_event())
-        assert [m["text"].splitlines()[-1] for m in sink.received] == [
-            "Run w1: 1 of 1 OCI keys refreshed"
-        ]
+        assert [m["text"] for m in sink.received] == ["Run w1: 1 of 1 OCI keys refreshed"]
 
         sink.script = [500] * 10  # the chat service is down
         world.invoke(world.rule_event({"keys": [world.ctm.keys[1]["id"]], "request_id": "w2"}))
@@ -190,3 +190,263 @@ def test_the_webhook_mirrors_notifications_and_its_outage_blocks_nothing(
     assert "XXXXSECRETXXXX" not in logs
     assert "webhook mirror failed" in caplog.text
     assert re.search(r'"WebhookFailures":\[1(\.0)?\]', output.out)
+
+
+# --- contract-shaped items written straight into the table ----------------------------------
+
+
+def notify_stack(stack: Any, **env: str) -> ModuleType:
+    return load_handler("notify", stack.notify_env(**env))
+
+
+def write_completed_run(stack: Any, run_id: str, failed: int) -> None:
+    """A RUN item RUNNING, its results, then COMPLETED: what the refresh function writes."""
+    run = {
+        "pk": f"RUN#{run_id}",
+        "sk": "RUN",
+        "item_type": "RUN",
+        "run_id": run_id,
+        "trigger": "sqs",
+        "request_id": "pipeline-0042",
+        "reason": "OCI rotated these keys",
+        "dry_run": False,
+        "requested": 4,
+        "status": "RUNNING",
+        "started_at": "2026-11-28T06:00:00.100Z",
+        "expires_at": 1803607219,
+    }
+    stack.table.put_item(Item=run)
+    for n in range(4):
+        stack.table.put_item(
+            Item={
+                "pk": f"RUN#{run_id}",
+                "sk": f"KEY#k{n}",
+                "item_type": "RESULT",
+                "run_id": run_id,
+                "key_id": f"k{n}",
+                "display_name": f"payments-key-{n}",
+                "status": "FAILED" if n < failed else "REFRESHED",
+                "error_code": "NCERRBadRequest" if n < failed else "",
+            }
+        )
+    stack.table.put_item(
+        Item=run
+        | {
+            "status": "COMPLETED",
+            "finished_at": "2026-11-28T06:00:09.900Z",
+            "refreshed": 4 - failed,
+            "not_found": 0,
+            "failed": failed,
+            "skipped": 0,
+            "rotated": 1,
+        }
+    )
+
+
+def test_a_completed_run_item_is_published_field_by_field(aws_stack: Any) -> None:
+    # Given a run that completed with 2 of 4 keys failed, as its stream records
+    write_completed_run(aws_stack, "sqs-0001", failed=2)
+    event = aws_stack.stream_event()
+    capture = aws_stack.capture_notifications()
+
+    # When the notify function handles them
+    response = notify(notify_stack(aws_stack), event)
+
+    # Then exactly one RUN_COMPLETED message, with everything a reader needs
+    assert response == {"batchItemFailures": []}
+    [message] = capture.messages()
+    assert message["Subject"] == "[ERROR] CCKM refresh run sqs-0001: 2 of 4 keys failed"
+    assert message["MessageAttributes"] == {
+        "event_type": {"Type": "String", "Value": "RUN_COMPLETED"},
+        "severity": {"Type": "String", "Value": "ERROR"},
+    }
+    assert message["Message"] == {
+        "event_type": "RUN_COMPLETED",
+        "severity": "ERROR",
+        "summary": "Run sqs-0001: 2 of 4 OCI keys refreshed, 2 failed, 1 rotated",
+        "run_id": "sqs-0001",
+        "trigger": "sqs",
+        "request_id": "pipeline-0042",
+        "reason": "OCI rotated these keys",
+        "dry_run": False,
+        "requested": 4,
+        "refreshed": 2,
+        "not_found": 0,
+        "failed": 2,
+        "skipped": 0,
+        "rotated": 1,
+        "started_at": "2026-11-28T06:00:00.100Z",
+        "finished_at": "2026-11-28T06:00:09.900Z",
+        "failed_keys": [
+            {
+                "key_id": "k0",
+                "display_name": "payments-key-0",
+                "error_code": "NCERRBadRequest",
+            },
+            {
+                "key_id": "k1",
+                "display_name": "payments-key-1",
+                "error_code": "NCERRBadRequest",
+            },
+        ],
+        "failed_count": 2,
+    }
+
+
+def test_a_key_item_update_publishes_its_rotation_and_state_change(aws_stack: Any) -> None:
+    # Given a KEY item whose version and state both moved in one update
+    latest = {
+        "pk": "KEY#k1",
+        "sk": "LATEST",
+        "item_type": "KEY",
+        "key_id": "k1",
+        "oci_key_id": "ocid1.key.oc1.iad.aaaa",
+        "display_name": "payments-db-key",
+        "tenancy": "acme-prod",
+        "region": "us-ashburn-1",
+        "vault_name": "payments-vault",
+        "lifecycle_state": "ENABLED",
+        "current_key_version": V1,
+        "last_run_id": "r1",
+        "updated_at": "2026-11-27T06:00:00.000Z",
+    }
+    aws_stack.table.put_item(Item=latest)
+    aws_stack.table.put_item(
+        Item=latest
+        | {
+            "lifecycle_state": "PENDING_DELETION",
+            "current_key_version": V2,
+            "last_run_id": "r2",
+            "updated_at": "2026-11-28T06:00:00.000Z",
+        }
+    )
+    event = aws_stack.stream_event()
+    capture = aws_stack.capture_notifications()
+
+    # When the notify function handles the INSERT and the MODIFY
+    assert notify(notify_stack(aws_stack), event) == {"batchItemFailures": []}
+
+    # Then a rotation (INFO) and a state change (ERROR), nothing for the INSERT
+    rotated, changed = capture.messages()
+    where = "payments-db-key (payments-vault, us-ashburn-1)"
+    assert rotated["Message"]["summary"] == (
+        f"OCI key {where} rotated: version ...firstversion -> ...secondvers"
+    )
+    assert rotated["MessageAttributes"]["severity"]["Value"] == "INFO"
+    assert rotated["Message"]["previous_key_version"] == V1
+    assert rotated["Message"]["current_key_version"] == V2
+    assert changed["Message"]["summary"] == (
+        f"OCI key {where} changed state ENABLED -> PENDING_DELETION"
+    )
+    assert changed["MessageAttributes"]["severity"]["Value"] == "ERROR"
+    for message in (rotated, changed):
+        body = message["Message"]
+        assert (body["key_id"], body["oci_key_id"]) == ("k1", "ocid1.key.oc1.iad.aaaa")
+        assert (body["tenancy"], body["region"]) == ("acme-prod", "us-ashburn-1")
+        assert (body["vault_name"], body["last_run_id"]) == ("payments-vault", "r2")
+
+
+def test_the_ledgers_own_stream_records_notify_nobody(aws_stack: Any) -> None:
+    # Given a notification was sent, so the ledger wrote its own items to the table
+    write_completed_run(aws_stack, "sqs-0002", failed=0)
+    handler = notify_stack(aws_stack)
+    notify(handler, aws_stack.stream_event())
+    capture = aws_stack.capture_notifications()
+
+    # When the ledger's records come down the stream
+    ledger_records = aws_stack.stream_event()
+    kinds = {r["dynamodb"]["NewImage"]["item_type"]["S"] for r in ledger_records["Records"]}
+    response = notify(handler, ledger_records)
+
+    # Then nothing is published
+    assert kinds == {"NOTIFICATION"}
+    assert response == {"batchItemFailures": []}
+    assert capture.messages() == []
+
+
+def test_a_failed_publish_fails_the_record_and_its_retry_publishes_once(aws_stack: Any) -> None:
+    # Given SNS refuses (the topic is missing) while a completed run comes down the stream
+    write_completed_run(aws_stack, "sqs-0003", failed=0)
+    event = aws_stack.stream_event()
+    capture = aws_stack.capture_notifications()
+    missing_topic = aws_stack.topic_arn + "-missing"
+    completion = event["Records"][-1]["dynamodb"]["SequenceNumber"]
+
+    # When the batch is handled, then retried by Lambda with SNS reachable
+    first = notify(notify_stack(aws_stack, TOPIC_ARN=missing_topic), event)
+    second = notify(notify_stack(aws_stack), event)
+
+    # Then the first attempt reported the record, the retry published it exactly once
+    assert first == {"batchItemFailures": [{"itemIdentifier": completion}]}
+    assert second == {"batchItemFailures": []}
+    assert [m["Message"]["run_id"] for m in capture.messages()] == ["sqs-0003"]
+
+
+def test_a_rejected_request_item_is_published_with_an_excerpt(aws_stack: Any) -> None:
+    aws_stack.table.put_item(
+        Item={
+            "pk": "REJECTED#sqs-9f1c",
+            "sk": "REQUEST",
+            "item_type": "REJECTED",
+            "error": "keys[2]: not a CCKM id or OCI key OCID",
+            "body": '{"keys": ["a", "b", "../x"]}' + " " * 3000,
+            "received_at": "2026-11-28T06:00:00.000Z",
+            "expires_at": 1803607219,
+        }
+    )
+    capture = aws_stack.capture_notifications()
+
+    notify(notify_stack(aws_stack), aws_stack.stream_event())
+
+    [message] = capture.messages()
+    assert message["Subject"] == (
+        "[ERROR] CCKM refresh request rejected: keys[2]: not a CCKM id or OCI key OCID"
+    )
+    body = message["Message"]
+    assert body["summary"] == "Rejected request sqs-9f1c: keys[2]: not a CCKM id or OCI key OCID"
+    assert (body["source_id"], body["received_at"]) == ("sqs-9f1c", "2026-11-28T06:00:00.000Z")
+    assert body["body"].startswith('{"keys": ["a", "b", "../x"]}')
+    assert len(body["body"]) == 500
+
+
+def test_the_webhook_retries_a_429_and_a_vanished_webhook_blocks_nothing(
+    aws_stack: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    sink = WebhookSink().start()
+    try:
+        # The sink's CA, kept after it stops: the later failure must be the missing server.
+        ca_file = tmp_path / "webhook-ca.pem"
+        ca_file.write_bytes(Path(sink.ca_file).read_bytes())
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
+        secret_id = f"{aws_stack.prefix}-webhook-429"
+        aws_stack.client("secretsmanager").create_secret(
+            Name=secret_id, SecretString=json.dumps({"url": sink.url})
+        )
+        handler = notify_stack(aws_stack, WEBHOOK_SECRET_ID=secret_id)
+        capture = aws_stack.capture_notifications()
+
+        # Given the chat service throttles once, When a run completes
+        sink.script = [429]
+        write_completed_run(aws_stack, "sqs-0004", failed=0)
+        notify(handler, aws_stack.stream_event())
+
+        # Then the retry delivered it
+        assert [m["text"] for m in sink.received] == [
+            "Run sqs-0004: 4 of 4 OCI keys refreshed, 1 rotated"
+        ]
+    finally:
+        sink.stop()
+
+    # Given the chat service is gone altogether, When another run completes
+    write_completed_run(aws_stack, "sqs-0005", failed=1)
+    response = notify(handler, aws_stack.stream_event())
+
+    # Then SNS still got both, once each, and nothing logged names the webhook
+    assert response == {"batchItemFailures": []}
+    assert [m["Message"]["run_id"] for m in capture.messages()] == ["sqs-0004", "sqs-0005"]
+    [failure] = [r for r in caplog.records if r.message == "webhook mirror failed"]
+    assert "ConnectionError" in failure.reason  # type: ignore[attr-defined]
+    assert "XXXXSECRETXXXX" not in repr([vars(r) for r in caplog.records])
