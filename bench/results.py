@@ -85,7 +85,7 @@ def render(figures: Figures) -> str:
     ]
     for s in figures.scenarios:
         lines.append(
-            f"| {s.name} | {s.keys} | {s.refreshed} | {s.keys_per_second:.2f} | {s.ratio:.2f} "
+            f"| {s.name} | {s.keys} | {s.refreshed} | {s.keys_per_second:.2f} | {s.ratio:.3f} "
             f"| {s.refresh_calls} | {s.throttled} ({s.throttled_share:.1%}) | {s.failed} "
             f"| {s.wall_seconds:.1f} s |"
         )
@@ -97,7 +97,7 @@ def render(figures: Figures) -> str:
     lines += [
         "",
         f"Targets for our engine: at least {TARGET_RATIO} of the ceiling: "
-        f"{_mark(engine.ratio >= TARGET_RATIO)} ({engine.ratio:.2f}); zero failed keys: "
+        f"{_mark(engine.ratio >= TARGET_RATIO)} ({engine.ratio:.3f}); zero failed keys: "
         f"{_mark(engine.failed == 0)} ({engine.failed}); at most "
         f"{TARGET_THROTTLED_SHARE:.0%} of calls throttled: "
         f"{_mark(engine.throttled_share <= TARGET_THROTTLED_SHARE)} "
@@ -216,7 +216,7 @@ def _meaning(figures: Figures) -> list[str]:
         f"{pool.failed} of {pool.keys} keys failed ({pool.throttled} throttled answers); its "
         f"keys/s counts only the {pool.refreshed} keys that got through. Our "
         f"engine paces each tenancy at `TENANCY_RATE_LIMIT` and retries throttled calls within "
-        f"the same budget, so it lost no key; it reached {engine.ratio:.2f} of the ceiling with "
+        f"the same budget, so it lost no key; it reached {engine.ratio:.3f} of the ceiling with "
         f"{engine.throttled_share:.1%} of its calls throttled. The notes under the table say "
         "where its time went (before, during and after the refresh phase).",
         "",
