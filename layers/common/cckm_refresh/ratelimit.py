@@ -6,7 +6,7 @@ Shape borrowed from botocore's standard retry mode: the limits are data, the bac
 additive-increase / multiplicative-decrease. Slots are spaced ``1 / (rate x headroom)``: a
 call leaves on its slot but reaches OCI a few milliseconds later or earlier than its
 neighbours, and pacing exactly at OCI's limit would turn every such jitter into a throttle
-(measured: 5.2 % of calls at headroom 1.0, see bench/RESULTS.md). A ``TooManyRequests``
+(measured: 5.2 % of calls throttled at headroom 1.0, 1.3 % at 0.97, none at 0.95). A ``TooManyRequests``
 multiplies the tenancy's rate by ``decrease`` (never below ``min_rate``) and pushes its next
 slot out by ``throttle_penalty`` (one slot by default); each answered call then wins back
 ``recovery_step`` of the rate until the configured ceiling.
@@ -38,7 +38,7 @@ class TenancyRateLimiter:
         rate: float,
         *,
         min_rate: float | None = None,
-        headroom: float = 0.97,
+        headroom: float = 0.95,
         decrease: float = 0.75,
         throttle_penalty: float | None = None,
         recovery_step: float | None = None,

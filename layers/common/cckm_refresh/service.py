@@ -32,6 +32,7 @@ from cckm_refresh.triggers import Delivery
 from cckm_refresh.workqueue import WorkQueue
 
 OCID_LOOKUP_WORKERS = 4
+SELECTOR_PAGE_SIZE = 500
 RETRY_DELAY_BASE = 30
 RETRY_DELAY_CAP = 900
 
@@ -40,7 +41,11 @@ class KeyDirectory(Protocol):
     """The CTM list operation, as resolution needs it."""
 
     def list_oci_keys(
-        self, filters: dict[str, str] | None = None, *, key_id: str | None = None
+        self,
+        filters: dict[str, str] | None = None,
+        *,
+        key_id: str | None = None,
+        page_size: int = 100,
     ) -> Iterator[dict[str, Any]]: ...
 
 
@@ -210,7 +215,8 @@ class RefreshService:
                     found[info.key_id] = WorkItem(info.key_id, info)
         if request.selector is not None:
             query = None if request.selector.all_keys else request.selector.as_query()
-            for resource in self._directory.list_oci_keys(query):
+            # Large pages: each costs CTM's latency once, and a short page is handled anyway.
+            for resource in self._directory.list_oci_keys(query, page_size=SELECTOR_PAGE_SIZE):
                 info = KeyInfo.from_ctm(resource)
                 if info.key_id not in found or found[info.key_id].known is None:
                     found[info.key_id] = WorkItem(info.key_id, info)
