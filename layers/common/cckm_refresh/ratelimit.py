@@ -6,10 +6,10 @@ Shape borrowed from botocore's standard retry mode: the limits are data, the bac
 additive-increase / multiplicative-decrease. Slots are spaced ``1 / (rate x headroom)``: a
 call leaves on its slot but reaches OCI a few milliseconds later or earlier than its
 neighbours, and pacing exactly at OCI's limit would turn every such jitter into a throttle
-(measured: 5.2 % of calls throttled at headroom 1.0, 1.3 % at 0.97, none at 0.95). A ``TooManyRequests``
-multiplies the tenancy's rate by ``decrease`` (never below ``min_rate``) and pushes its next
-slot out by ``throttle_penalty`` (one slot by default); each answered call then wins back
-``recovery_step`` of the rate until the configured ceiling.
+(measured: 5.2 % of calls throttled at headroom 1.0, 1.3 % at 0.97, none at 0.95).
+A ``TooManyRequests`` multiplies the tenancy's rate by ``decrease`` (never below
+``min_rate``) and pushes its next slot out by ``throttle_penalty`` (one slot by default);
+each answered call then wins back ``recovery_step`` of the rate until the configured ceiling.
 """
 
 from __future__ import annotations
