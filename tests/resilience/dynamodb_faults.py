@@ -41,9 +41,9 @@ def _answer(url: str, status: int, body: dict[str, Any]) -> AWSResponse:
     return AWSResponse(url, status, dict(_JSON_HEADERS), _Body(json.dumps(body).encode()))
 
 
-def _key_update(request: Any) -> dict[str, Any] | None:
+def _key_update_of(body: bytes | str) -> dict[str, Any] | None:
     """The decoded UpdateItem request when it moves a ``KEY`` item, else None."""
-    document = json.loads(request.body)
+    document: dict[str, Any] = json.loads(body)
     pk = document.get("Key", {}).get("pk", {}).get("S", "")
     return document if pk.startswith("KEY#") else None
 
@@ -83,7 +83,8 @@ class DynamoDbFaults:
 
     def _maybe_give_up(self, client: Any) -> Callable[..., None]:
         def before_call(params: dict[str, Any], **_: Any) -> None:
-            if not str(params.get("Key", {}).get("pk", {}).get("S", "")).startswith("KEY#"):
+            # ``params`` is the serialized request here: its body is the JSON DynamoDB gets.
+            if _key_update_of(params["body"]) is None:
                 return
             with self._lock:
                 self.key_updates += 1
@@ -98,7 +99,7 @@ class DynamoDbFaults:
         return before_call
 
     def _on_update(self, request: Any, **_: Any) -> AWSResponse | None:
-        update = _key_update(request)
+        update = _key_update_of(request.body)
         if update is None:
             return None
         if self.before_key_update is not None:
