@@ -97,3 +97,8 @@ def test_the_error_never_echoes_the_offending_value() -> None:
     with pytest.raises(RequestError) as caught:
         parse_request_body(json.dumps({"keys": [hostile]}))
     assert hostile not in str(caught.value)
+
+
+def test_an_unknown_field_name_is_quoted_printable_and_short() -> None:
+    assert rejected_field({"keys": [UUID], "\u0000evil\n": 1}) == "?evil?"
+    assert rejected_field({"selector": {"x" * 100: "v"}}) == "selector." + "x" * 64

@@ -76,3 +76,10 @@ def test_a_message_owing_keys_comes_back_sooner_than_the_visibility_timeout() ->
 
 def test_a_refused_back_off_falls_back_to_the_visibility_timeout() -> None:
     assert WorkQueue(FakeSqs(refuse=True), "https://sqs/work", None).retry_later("h", 60) is False
+
+
+def test_the_error_attribute_never_carries_control_characters() -> None:
+    sqs = FakeSqs()
+    WorkQueue(sqs, None, "https://sqs/dlq").dead_letter("{}", "\u0000: is not a known field\n")
+    [(_, kwargs)] = sqs.calls
+    assert kwargs["MessageAttributes"]["error"]["StringValue"] == "?: is not a known field?"

@@ -86,7 +86,7 @@ def parse_request(document: object) -> RefreshRequest:
         raise RequestError("request", "must be a JSON object")
     unknown = sorted(str(name) for name in document if name not in REQUEST_FIELDS)
     if unknown:
-        raise RequestError(unknown[0][:64], "is not a known field")
+        raise RequestError(_field_name(unknown[0]), "is not a known field")
     if "keys" not in document and "selector" not in document:
         raise RequestError("keys", "or selector is required")
     key_ids, ocids = _parse_keys(document["keys"]) if "keys" in document else ((), ())
@@ -103,6 +103,13 @@ def parse_request(document: object) -> RefreshRequest:
         reason=_parse_reason(document["reason"]) if "reason" in document else None,
         dry_run=dry_run,
     )
+
+
+def _field_name(name: object) -> str:
+    """An unknown field's name as an error may quote it: printable, at most 64 characters
+    (it travels on in a log line, a table item and an SQS message attribute)."""
+    printable = "".join(c if c.isprintable() else "?" for c in str(name)[:64])
+    return printable or "?"
 
 
 def _parse_keys(value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -136,7 +143,7 @@ def _parse_selector(value: object) -> Selector:
     for name in sorted(value, key=str):
         item = value[name]
         if name not in SELECTOR_FIELDS:
-            raise RequestError(f"selector.{str(name)[:64]}", "is not a known filter")
+            raise RequestError(f"selector.{_field_name(name)}", "is not a known filter")
         if not isinstance(item, str) or not item.strip():
             raise RequestError(f"selector.{name}", "must be a non-empty string")
         if len(item) > MAX_SELECTOR_VALUE or any(ord(c) < 32 for c in item):

@@ -61,7 +61,13 @@ class WorkQueue:
             QueueUrl=self.dead_letter_url,
             MessageBody=body or "(empty body)",
             MessageAttributes={
-                "error": {"DataType": "String", "StringValue": error[:MAX_ATTRIBUTE] or "invalid"}
+                "error": {"DataType": "String", "StringValue": _attribute_text(error)}
             },
         )
         return True
+
+
+def _attribute_text(text: str) -> str:
+    """SQS refuses control characters in attribute values: keep the error readable and valid."""
+    cleaned = "".join(c if c.isprintable() else "?" for c in text[:MAX_ATTRIBUTE])
+    return cleaned or "invalid"
