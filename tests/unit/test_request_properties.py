@@ -166,14 +166,19 @@ def fields_of(document: object) -> set[str]:
     named = {"request", "body", *REQUEST_FIELDS, "selector.all"}
     named |= {f"selector.{name}" for name in SELECTOR_FIELDS}
     if isinstance(document, Mapping):
-        named |= {str(name)[:64] for name in document}
+        named |= {quoted(name) for name in document}
         keys = document.get("keys")
         if isinstance(keys, list):
             named |= {f"keys[{index}]" for index in range(len(keys))}
         selector = document.get("selector")
         if isinstance(selector, Mapping):
-            named |= {f"selector.{str(name)[:64]}" for name in selector}
+            named |= {f"selector.{quoted(name)}" for name in selector}
     return named
+
+
+def quoted(name: object) -> str:
+    """How a rejection quotes a name the document holds: printable, at most 64 characters."""
+    return "".join(c if c.isprintable() else "?" for c in str(name)[:64]) or "?"
 
 
 def parsed_or_rejected(parse: Any, value: object) -> RefreshRequest | RequestError:
