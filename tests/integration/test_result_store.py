@@ -7,7 +7,7 @@ from typing import Any
 import boto3
 import pytest
 
-from cckm_refresh.model import RefreshOutcome, RunInfo, Status, Trigger
+from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status, Trigger
 from cckm_refresh.store import ResultStore
 
 pytestmark = pytest.mark.integration
@@ -103,3 +103,19 @@ def test_a_rejected_request_is_recorded_once(store: ResultStore, aws_stack: Any)
     assert store.record_rejected("m1", "keys: must be a list", "x" * 5000) is False
     item = aws_stack.table.get_item(Key={"pk": "REJECTED#m1", "sk": "REQUEST"})["Item"]
     assert len(item["body"]) == 4000
+
+
+def test_two_deliveries_at_once_both_see_the_rotation_they_started_from(
+    store: ResultStore,
+) -> None:
+    # Given a key at v1 that both deliveries read before either wrote
+    store.record(RUN, [refreshed("v1", "2026-11-28T06:00:01.000Z")], {})
+    seen_at_start = {KEY: KeyInfo(key_id=KEY, current_key_version="v1")}
+
+    # When both record the v2 they refreshed, one after the other
+    [first] = store.record(RUN, [refreshed("v2", "2026-11-28T06:00:02.000Z")], seen_at_start)
+    [second] = store.record(RUN, [refreshed("v2", "2026-11-28T06:00:03.000Z")], seen_at_start)
+
+    # Then the result item, whichever write lands last, still says the key rotated from v1
+    assert (first.version_changed, first.previous_key_version) == (True, "v1")
+    assert (second.version_changed, second.previous_key_version) == (True, "v1")

@@ -309,10 +309,16 @@ class ResultStore:
         except self._db.exceptions.ConditionalCheckFailedException:
             # A newer result already moved the key: this one is history, not a change.
             return RecordedResult(outcome, before, False)
-        old = _plain(response.get("Attributes", {}))
-        before = old.get("current_key_version", before)
-        changed = bool(refreshed and before and before != outcome.current_key_version)
-        return RecordedResult(outcome, before, changed)
+        current = outcome.current_key_version
+        stored = _plain(response.get("Attributes", {})).get("current_key_version")
+        # A rotation is a change from what the key held when this run looked at it (``before``,
+        # read at its start) or just before this write. Either view alone misses one case: two
+        # deliveries of one message at once both start from the old version, and the second
+        # write already finds the new one.
+        for previous_version in (stored, before):
+            if refreshed and previous_version and previous_version != current:
+                return RecordedResult(outcome, previous_version, True)
+        return RecordedResult(outcome, stored or before, False)
 
     def write_results(self, run: RunInfo, recorded: Sequence[RecordedResult]) -> None:
         """Put the run's result items, 25 per ``BatchWriteItem``."""
