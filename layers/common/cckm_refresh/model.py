@@ -5,6 +5,7 @@ Everything here is a frozen dataclass: values, not objects with behaviour or I/O
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -60,6 +61,21 @@ class KeyInfo:
             lifecycle_state=params.get("lifecycle_state"),
             current_key_version=params.get("current_key_version"),
             refreshed_at=resource.get("refreshed_at"),
+        )
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> KeyInfo:
+        """Build from one of our table items (a ``KEY`` item, or a run's ``RESULT`` item)."""
+        return cls(
+            key_id=str(item["key_id"]),
+            oci_key_id=item.get("oci_key_id"),
+            display_name=item.get("display_name"),
+            tenancy=item.get("tenancy"),
+            region=item.get("region"),
+            vault_name=item.get("vault_name"),
+            lifecycle_state=item.get("lifecycle_state"),
+            current_key_version=item.get("current_key_version"),
+            refreshed_at=item.get("last_refreshed_at") or item.get("refreshed_at"),
         )
 
 

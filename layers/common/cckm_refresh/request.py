@@ -12,27 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cckm_refresh.ctm.filters import SELECTOR_FILTERS
 from cckm_refresh.ctm.ids import InvalidKeyIdError, KeyIdKind, classify_key_id
 
 MAX_KEYS = 1000
 MAX_REASON = 256
 MAX_SELECTOR_VALUE = 256
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-SELECTOR_FIELDS = frozenset(
-    {
-        "vault_id",
-        "cckm_vault_id",
-        "vault_name",
-        "tenancy",
-        "region",
-        "compartment_name",
-        "lifecycle_state",
-        "key_name",
-        "algorithm",
-        "protection_mode",
-        "key_material_origin",
-    }
-)
+SELECTOR_FIELDS = SELECTOR_FILTERS
 REQUEST_FIELDS = frozenset({"keys", "selector", "request_id", "run_id", "reason", "dry_run"})
 
 

@@ -238,7 +238,9 @@ class RefreshService:
             if result is None:
                 owed.append(item)
             elif result.get("status") == Status.PENDING:
-                owed.append(item if item.known else WorkItem(item.key_id, _hint(result)))
+                owed.append(
+                    item if item.known else WorkItem(item.key_id, KeyInfo.from_item(result))
+                )
         logger.info("run resumed", extra={"already_done": len(items) - len(owed)})
         return tuple(owed)
 
@@ -385,17 +387,6 @@ def _outcome(item: WorkItem, status: Status) -> RefreshOutcome:
         tenancy=info.tenancy if info else None,
         region=info.region if info else None,
         vault_name=info.vault_name if info else None,
-    )
-
-
-def _hint(result: dict[str, Any]) -> KeyInfo:
-    return KeyInfo(
-        key_id=result["key_id"],
-        oci_key_id=result.get("oci_key_id"),
-        display_name=result.get("display_name"),
-        tenancy=result.get("tenancy"),
-        region=result.get("region"),
-        vault_name=result.get("vault_name"),
     )
 
 

@@ -107,15 +107,7 @@ class ResultStore:
             "started_at": iso(self._now()),
             "expires_at": self._expires_at(),
         }
-        try:
-            self._db.put_item(
-                TableName=self._table,
-                Item=_item(item),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except self._db.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+        return self._put_new(item)
 
     def complete_if_done(self, run_id: str) -> RunCounts | None:
         """Turn the run ``COMPLETED`` with its counts when every requested key is terminal.
@@ -200,17 +192,7 @@ class ResultStore:
         keys = [(f"KEY#{k}", "LATEST") for k in key_ids if _is_cckm_id(k)]
         found: dict[str, KeyInfo] = {}
         for item in self._batch_get(keys, consistent=False):
-            found[item["key_id"]] = KeyInfo(
-                key_id=item["key_id"],
-                oci_key_id=item.get("oci_key_id"),
-                display_name=item.get("display_name"),
-                tenancy=item.get("tenancy"),
-                region=item.get("region"),
-                vault_name=item.get("vault_name"),
-                lifecycle_state=item.get("lifecycle_state"),
-                current_key_version=item.get("current_key_version"),
-                refreshed_at=item.get("last_refreshed_at"),
-            )
+            found[item["key_id"]] = KeyInfo.from_item(item)
         return found
 
     def _batch_get(
@@ -369,6 +351,18 @@ class ResultStore:
             self._backoff(attempt)
         raise RuntimeError("DynamoDB left results unwritten after 10 attempts")
 
+    def _put_new(self, item: Mapping[str, Any]) -> bool:
+        """Put ``item`` unless its key exists; True when this call created it."""
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item=_item(item),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
     def _backoff(self, attempt: int) -> None:
         self._sleep(min(2.0, 0.05 * 2**attempt))
 
@@ -383,12 +377,4 @@ class ResultStore:
             "received_at": iso(self._now()),
             "expires_at": self._expires_at(),
         }
-        try:
-            self._db.put_item(
-                TableName=self._table,
-                Item=_item(item),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except self._db.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+        return self._put_new(item)

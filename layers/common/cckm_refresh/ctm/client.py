@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit
 from cckm_refresh.ctm.auth import TokenEndpoint, TokenSource
 from cckm_refresh.ctm.credentials import CredentialsCache, SecretLoader
 from cckm_refresh.ctm.errors import CtmPermanentError
+from cckm_refresh.ctm.filters import SELECTOR_FILTERS
 from cckm_refresh.ctm.ids import require_cckm_id, require_ocid
 from cckm_refresh.ctm.pacing import UNPACED, Pacer
 from cckm_refresh.ctm.retries import RetryPolicy
@@ -23,21 +24,6 @@ from cckm_refresh.ctm.transport import CtmResponse, Transport
 from cckm_refresh.observability import logger
 
 KEYS_PATH = "/api/v1/cckm/oci/keys"
-SELECTOR_FILTERS = frozenset(
-    {
-        "vault_id",
-        "cckm_vault_id",
-        "vault_name",
-        "tenancy",
-        "region",
-        "compartment_name",
-        "lifecycle_state",
-        "key_name",
-        "algorithm",
-        "protection_mode",
-        "key_material_origin",
-    }
-)
 MAX_PAGE_SIZE = 1000
 MAX_FILTER_VALUE = 1024
 
