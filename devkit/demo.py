@@ -45,6 +45,7 @@ from devkit.demo_report import (
     print_results,
     print_summary,
 )
+from devkit.lambda_runtime import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEDULE_EVENT = ROOT / "events" / "schedule.json"
@@ -126,7 +127,7 @@ def run(scenario: Scenario, out: TextIO, sabotage: Callable[[Any], None] | None 
     log_dir = Path(tempfile.mkdtemp(prefix="cckm-demo-"))
     log_path = log_dir / "handlers.log"
     with (
-        _process_environment(_FAKE_AWS, _CLEARED),
+        environment(_FAKE_AWS, cleared=_CLEARED, restore=("AWS_ENDPOINT_URL",)),
         log_path.open("w", encoding="utf-8") as log,
         contextlib.ExitStack() as running,
     ):
@@ -433,24 +434,6 @@ def _printer(out: TextIO) -> Callable[[str], None]:
         print(line, file=out, flush=True)
 
     return say
-
-
-@contextlib.contextmanager
-def _process_environment(values: Mapping[str, str], cleared: Sequence[str]) -> Iterator[None]:
-    """Set and clear variables for the demo; everything is put back afterwards."""
-    names = [*values, *cleared, "AWS_ENDPOINT_URL"]
-    saved = {name: os.environ.get(name) for name in names}
-    for name in cleared:
-        os.environ.pop(name, None)
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextlib.contextmanager

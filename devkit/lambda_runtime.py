@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -50,9 +50,14 @@ class FakeLambdaContext:
 
 
 @contextmanager
-def environment(env: Mapping[str, str]) -> Iterator[None]:
-    """Set ``env`` for the duration of the block, restoring what was there before."""
-    saved = {name: os.environ.get(name) for name in env}
+def environment(
+    env: Mapping[str, str], cleared: Sequence[str] = (), restore: Sequence[str] = ()
+) -> Iterator[None]:
+    """Set ``env`` and unset ``cleared`` for the duration of the block; afterwards those and
+    the ``restore`` names (variables the block itself may set) are as they were before."""
+    saved = {name: os.environ.get(name) for name in [*env, *cleared, *restore]}
+    for name in cleared:
+        os.environ.pop(name, None)
     os.environ.update(env)
     try:
         yield

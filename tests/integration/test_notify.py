@@ -20,18 +20,6 @@ V1 = "ocid1.keyversion.oc1.iad.vault1.firstversion.keypart"
 V2 = "ocid1.keyversion.oc1.iad.vault1.secondvers.keypart"
 
 
-@pytest.fixture
-def world(aws_stack: Any, ctm_emulator: Any, no_ca_env: None) -> RefreshWorld:
-    aws_stack.put_secret(
-        {
-            "username": ctm_emulator.username,
-            "password": ctm_emulator.password,
-            "ca_bundle": ctm_emulator.ca_pem,
-        }
-    )
-    return RefreshWorld(aws_stack, ctm_emulator)
-
-
 def notify_handler(world: RefreshWorld, **env: str) -> ModuleType:
     return load_handler("notify", world.stack.notify_env(**env))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 import pytest
 
@@ -12,18 +11,6 @@ from tests.integration.refresh_world import RefreshWorld
 
 pytestmark = pytest.mark.integration
 ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
-
-
-@pytest.fixture
-def world(aws_stack: Any, ctm_emulator: Any, no_ca_env: None) -> RefreshWorld:
-    aws_stack.put_secret(
-        {
-            "username": ctm_emulator.username,
-            "password": ctm_emulator.password,
-            "ca_bundle": ctm_emulator.ca_pem,
-        }
-    )
-    return RefreshWorld(aws_stack, ctm_emulator)
 
 
 def key_ids(world: RefreshWorld, count: int | None = None) -> list[str]:
