@@ -172,6 +172,9 @@ class ResultStore:
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": pk}},
             "ConsistentRead": True,
+            # Only what counting needs: a run of thousands of keys stays a few small pages.
+            "ProjectionExpression": "sk, item_type, #s, version_changed, requested",
+            "ExpressionAttributeNames": {"#s": "status"},
         }
         while True:
             page = self._db.query(**kwargs)
