@@ -9,15 +9,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
-    process_partial_response,
-)
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from cckm_refresh.config import ConfigError, RefreshSettings
 from cckm_refresh.engine import RefreshEngine
@@ -28,6 +22,9 @@ from cckm_refresh.service import RefreshService, Rejection, RunReport
 from cckm_refresh.store import ResultStore
 from cckm_refresh.triggers import is_sqs_event, single_delivery, sqs_delivery
 from cckm_refresh.workqueue import WorkQueue
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 
 def load_settings(env: dict[str, str] | None = None) -> RefreshSettings:
@@ -113,6 +110,14 @@ class RefreshFunction:
     def handle(self, event: Any, context: Any) -> dict[str, Any]:
         """Dispatch one invocation event (CONTRACT 4.2) and shape the response."""
         if is_sqs_event(event):
+            # Imported here: Powertools' batch utility (and the asyncio it loads) is only for
+            # SQS batches, so a scheduled or EventBridge cold start never pays for it.
+            from aws_lambda_powertools.utilities.batch import (
+                BatchProcessor,
+                EventType,
+                process_partial_response,
+            )
+
             processor = BatchProcessor(
                 event_type=EventType.SQS, raise_on_entire_batch_failure=False
             )
