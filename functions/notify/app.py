@@ -1,5 +1,6 @@
 """Notify function entry point: the results table's stream to SNS and a chat webhook."""
 
+import functools
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import (
@@ -10,10 +11,19 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cckm_refresh.notify import build_stream_notifier, load_settings
+from cckm_refresh.notify import StreamNotifier, build_stream_notifier, load_settings
 from cckm_refresh.observability import logger, metrics
 
-notifier = build_stream_notifier(load_settings())
+settings = load_settings()  # validated at cold start: a bad variable fails here, in one line
+
+
+@functools.cache
+def notifier() -> StreamNotifier:
+    """The SNS/DynamoDB clients, made on the first record and reused by every invocation of
+    this container (creating them costs ~80 ms, which an import should not)."""
+    return build_stream_notifier(settings)
+
+
 # A batch whose every record failed is reported like any other: failed records are retried
 # by Lambda from the first failure on, the rest are not published again (the ledger).
 processor = BatchProcessor(
@@ -22,7 +32,7 @@ processor = BatchProcessor(
 
 
 def record_handler(record: DynamoDBRecord, lambda_context: LambdaContext) -> None:
-    notifier.handle(record, lambda_context)
+    notifier().handle(record, lambda_context)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+import boto3
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from cckm_refresh.clock import utc_now
@@ -116,8 +117,6 @@ class RunDigest:
 
 def build_stream_notifier(settings: NotifySettings) -> StreamNotifier:
     """The notifier with this container's AWS clients (and webhook, when configured)."""
-    import boto3
-
     dynamodb = boto3.client("dynamodb")
     webhook = None
     if settings.webhook_secret_id:
