@@ -154,7 +154,10 @@ class RefreshService:
         latest = self._store.latest_of([item.key_id for item in items])
         items = tuple(replace(i, known=latest.get(i.key_id) or i.known) for i in items)
         margin = self._settings.deadline_margin_seconds
-        last_chance = delivery.receive_count >= self._settings.max_receive_count
+        last_chance = (
+            delivery.trigger is Trigger.SQS
+            and delivery.receive_count >= self._settings.max_receive_count
+        )
         recorder = _Recorder(self._store, run, latest, last_chance, delivery.receive_count)
         result = self._engine.run(items, lambda: seconds_left() - margin, recorder.add)
         recorded += recorder.finish()
