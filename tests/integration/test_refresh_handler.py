@@ -319,3 +319,23 @@ def test_a_jwt_expiring_mid_run_is_renewed_and_nothing_fails(world: RefreshWorld
 def test_an_unknown_event_shape_fails_naming_what_was_expected(world: RefreshWorld) -> None:
     with pytest.raises(ValueError, match="EventBridge Scheduler envelope"):
         world.invoke({"hello": "world"})
+
+
+def test_a_scheduled_run_requeues_pending_keys_instead_of_failing_them(
+    world: RefreshWorld,
+) -> None:
+    # Given a queue that allows a single delivery, and a key CTM keeps failing with 503
+    world.cold_start(MAX_RECEIVE_COUNT="1")
+    flaky = world.ctm.keys[0]["id"]
+    world.ctm.faults.fail_keys[flaky] = 503
+
+    response = world.invoke(world.schedule_event({"keys": [flaky]}))
+
+    # Then the schedule's pending key goes to the work queue, still PENDING
+    assert response["handed_off"] == 1
+    assert world.results("schedule-2026-11-28T06:00:00Z")[flaky]["status"] == "PENDING"
+    [message] = world.stack.receive_all(world.stack.work_queue_url)
+    assert json.loads(message["Body"]) == {
+        "keys": [flaky],
+        "run_id": "schedule-2026-11-28T06:00:00Z",
+    }
