@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from cckm_refresh.ctm.errors import forget_secrets
+
 pytest_plugins = ["tests.fixtures.ctm", "tests.fixtures.aws"]
 
 # Never reach a real AWS account from the tests, whatever the machine has configured.
@@ -28,3 +30,9 @@ def no_ca_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Clear the machine's CA overrides (Lambda sets none) for tests that check TLS behaviour."""
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "AWS_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _forget_ctm_secrets() -> None:
+    """Each test starts with no registered secrets (a Lambda process only ever has its own)."""
+    forget_secrets()

@@ -10,7 +10,14 @@ import pytest
 import requests
 
 from cckm_refresh.ctm.client import CtmClient
-from cckm_refresh.ctm.errors import CtmError
+from cckm_refresh.ctm.errors import (
+    MAX_MESSAGE,
+    MAX_REGISTERED_SECRETS,
+    CtmError,
+    CtmPermanentError,
+    register_secret,
+    scrub,
+)
 from tests.unit.ctm_fakes import (
     EPOCH,
     KEY_ID,
@@ -117,3 +124,41 @@ def test_a_malformed_secret_is_never_shown(logs) -> None:  # type: ignore[no-unt
     with pytest.raises(CtmError) as caught:
         client.issue_token()
     assert_no_secret(everything_said(caught.value, client) + logs(), PASSWORD)
+
+
+# --- the registry of secrets scrubbed from CtmError messages -----------------------------------
+
+
+def test_a_registered_secret_is_scrubbed_from_every_ctm_error() -> None:
+    # Given a registered password
+    register_secret(PASSWORD)
+    # When CTM's words quoting it become an error
+    error = CtmPermanentError(f"CTM said: bad password {PASSWORD}!", error_code="HTTP_400")
+    # Then neither the message, the args nor the repr show it
+    assert error.message == "CTM said: bad password [redacted]!"
+    assert_no_secret(everything_said(error), PASSWORD)
+
+
+def test_a_secret_cut_by_the_message_limit_loses_its_visible_start_too() -> None:
+    register_secret(REFRESH_TOKEN)
+    cut = "x" * (MAX_MESSAGE - 8) + REFRESH_TOKEN[:8]
+
+    assert scrub(cut) == "x" * (MAX_MESSAGE - 8) + "[redacted]"
+    assert REFRESH_TOKEN[:8] not in CtmPermanentError(cut, error_code="HTTP_400").message
+
+
+def test_values_too_short_to_be_told_from_words_are_not_registered() -> None:
+    register_secret("abc")
+    assert CtmPermanentError("abc", error_code="E").message == "abc"
+
+
+def test_the_registry_keeps_the_newest_values_and_re_registering_renews_one() -> None:
+    # Given the password registered first, then more JWTs than the registry holds
+    register_secret(PASSWORD)
+    for n in range(MAX_REGISTERED_SECRETS):
+        register_secret(f"jwt-{n:04d}")
+        register_secret(PASSWORD)  # the credentials cache registers it at every read
+    # Then the password is still scrubbed, and the oldest JWT no longer is
+    assert scrub(f"{PASSWORD} jwt-0000 jwt-{MAX_REGISTERED_SECRETS - 1:04d}") == (
+        "[redacted] jwt-0000 [redacted]"
+    )

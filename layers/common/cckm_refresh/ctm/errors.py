@@ -1,12 +1,73 @@
 """Typed CTM errors: one class per failure class, each carrying the contract's ``error_code``.
 
 Messages never contain a credential or a JWT: they are built from the status, CTM's
-``codeDesc``/``message`` and our own words only.
+``codeDesc``/``message`` and our own words only, and CTM's words may quote what it was sent,
+so every error scrubs the secrets registered with ``register_secret`` from its message.
 """
 
 from __future__ import annotations
 
+import threading
+
 MAX_MESSAGE = 1000
+REDACTED = "[redacted]"
+# Shorter values would scrub ordinary words out of CTM's messages (and say little anyway).
+MIN_SECRET_LENGTH = 4
+# JWTs are registered every few minutes in a warm container: the oldest, long expired, go.
+MAX_REGISTERED_SECRETS = 256
+
+_secrets: dict[str, None] = {}  # insertion-ordered: the oldest first
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Scrub ``value`` from every CtmError message from now on (process-wide, thread-safe).
+
+    Registering a value again makes it the newest, so the secret in use is never evicted.
+    """
+    if value is None or len(value) < MIN_SECRET_LENGTH:
+        return
+    with _secrets_lock:
+        _secrets.pop(value, None)
+        _secrets[value] = None
+        while len(_secrets) > MAX_REGISTERED_SECRETS:
+            del _secrets[next(iter(_secrets))]
+
+
+def forget_secrets() -> None:
+    """Empty the registry (tests: one process runs many secrets' worth of runs)."""
+    with _secrets_lock:
+        _secrets.clear()
+
+
+def scrub(text: str) -> str:
+    """``text`` with every registered secret replaced by ``[redacted]``.
+
+    A text as long as the message limit may have been cut inside a secret: if it ends with
+    the start of one, that start goes too.
+    """
+    with _secrets_lock:
+        known = sorted(_secrets, key=len, reverse=True)  # a secret may contain another
+    for secret in known:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    if len(text) >= MAX_MESSAGE:
+        cut = max((_cut_secret_at_end(text, secret) for secret in known), default=0)
+        if cut:
+            text = text[:-cut] + REDACTED
+    return text
+
+
+def _cut_secret_at_end(text: str, secret: str) -> int:
+    """The length of the longest start of ``secret`` (at least the minimum) ending ``text``."""
+    tail = text[-MIN_SECRET_LENGTH:]
+    longest, start = 0, secret.find(tail)
+    while start != -1:
+        length = start + MIN_SECRET_LENGTH
+        if length < len(secret) and text.endswith(secret[:length]):
+            longest = length
+        start = secret.find(tail, start + 1)
+    return longest
 
 
 class CtmError(Exception):
@@ -22,9 +83,10 @@ class CtmError(Exception):
         http_status: int | None = None,
         attempts: int = 1,
     ) -> None:
-        super().__init__(message[:MAX_MESSAGE])
-        self.message = message[:MAX_MESSAGE]
-        self.error_code = error_code
+        message = scrub(message)[:MAX_MESSAGE]
+        super().__init__(message)
+        self.message = message
+        self.error_code = scrub(error_code)
         self.http_status = http_status
         self.attempts = attempts
 
@@ -77,3 +139,11 @@ class CtmSecretUnavailableError(CtmTransientError):
 
 class RetryBudgetExhaustedError(CtmTransientError):
     """Too many retries in a short window: stop amplifying an outage."""
+
+
+class CtmDeadlineError(CtmTransientError):
+    """No attempt could start (or finish) before the caller's deadline: the key stays PENDING."""
+
+
+class CtmBadResponseError(CtmPermanentError):
+    """CTM answered 2xx with a body that is not what the call returns (``BAD_RESPONSE``)."""
