@@ -1,4 +1,7 @@
-"""Notify function entry point: the results table's stream to SNS and a chat webhook."""
+"""Notify function entry point: the results table's stream to SNS and a chat webhook.
+
+The whole batch goes to SNS first; the webhook mirror gets only the time left after that.
+"""
 
 import functools
 from typing import Any
@@ -8,7 +11,6 @@ from aws_lambda_powertools.utilities.batch import (
     EventType,
     process_partial_response,
 )
-from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cckm_refresh.notify import StreamNotifier, build_stream_notifier, load_settings
@@ -31,15 +33,12 @@ processor = BatchProcessor(
 )
 
 
-def record_handler(record: DynamoDBRecord, lambda_context: LambdaContext) -> None:
-    notifier().handle(record, lambda_context)
-
-
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return dict(
-        process_partial_response(
-            event=event, record_handler=record_handler, processor=processor, context=context
-        )
+    batch = notifier().batch(context)
+    response = process_partial_response(
+        event=event, record_handler=batch.publish, processor=processor, context=context
     )
+    batch.mirror()  # with what is left of the invocation; never fails a record
+    return dict(response)

@@ -1,4 +1,5 @@
-"""A stream record, as Lambda delivers it (typed wire format), to delivered notifications."""
+"""A stream batch, as Lambda delivers it (typed wire format), to delivered notifications:
+SNS for every record first, then the webhook mirror with the time the invocation has left."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from cckm_refresh.config import ConfigError
+from cckm_refresh.notify.delivery import Notifier
 from cckm_refresh.notify.events import FailedKeys, Notification
 from cckm_refresh.notify.stream import (
     LAMBDA_MAX_RUN,
@@ -18,6 +20,15 @@ from cckm_refresh.notify.stream import (
     RunDigest,
     StreamNotifier,
     load_settings,
+)
+from cckm_refresh.notify.webhook import SAFETY_MARGIN, MirrorReport, WebhookMirror
+from tests.unit.notify_fakes import (
+    HANGS,
+    ClockedSession,
+    FakeClock,
+    FakeLedger,
+    FakePublisher,
+    clocked_webhook,
 )
 
 NOW = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
@@ -92,7 +103,7 @@ def test_a_wire_format_run_completion_becomes_a_json_ready_notification() -> Non
     )
 
     # When it is handled
-    count = stream_notifier(recorder).handle(stream_record("MODIFY", old, new))
+    count = stream_notifier(recorder).batch().publish(stream_record("MODIFY", old, new))
 
     # Then one notification whose body serialises to plain JSON integers
     assert count == 1
@@ -106,8 +117,8 @@ def test_a_wire_format_run_completion_becomes_a_json_ready_notification() -> Non
 def test_a_claim_lasts_until_the_invocation_deadline_plus_a_margin() -> None:
     recorder = RecordingNotifier()
     new = run_image("COMPLETED", requested=1, refreshed=1)
-    stream_notifier(recorder).handle(
-        stream_record("MODIFY", run_image("RUNNING"), new), FixedContext(remaining_ms=42_000)
+    stream_notifier(recorder).batch(FixedContext(remaining_ms=42_000)).publish(
+        stream_record("MODIFY", run_image("RUNNING"), new)
     )
     [(_, lease_until)] = recorder.delivered
     assert lease_until == NOW + timedelta(seconds=42) + LEASE_MARGIN
@@ -116,7 +127,7 @@ def test_a_claim_lasts_until_the_invocation_deadline_plus_a_margin() -> None:
 def test_without_a_lambda_context_a_claim_lasts_the_longest_lambda_run() -> None:
     recorder = RecordingNotifier()
     new = run_image("COMPLETED", requested=1, refreshed=1)
-    stream_notifier(recorder).handle(stream_record("MODIFY", run_image("RUNNING"), new))
+    stream_notifier(recorder).batch().publish(stream_record("MODIFY", run_image("RUNNING"), new))
     [(_, lease_until)] = recorder.delivered
     assert lease_until == NOW + LAMBDA_MAX_RUN
 
@@ -138,7 +149,7 @@ def test_records_that_are_no_notification_deliver_nothing(
     event_name: str, old: dict[str, Any] | None, new: dict[str, Any] | None
 ) -> None:
     recorder = RecordingNotifier()
-    assert stream_notifier(recorder).handle(stream_record(event_name, old, new)) == 0
+    assert stream_notifier(recorder).batch().publish(stream_record(event_name, old, new)) == 0
     assert recorder.delivered == []
 
 
@@ -151,6 +162,107 @@ def test_a_bad_setting_fails_the_cold_start_with_one_line_naming_it(
     assert line.levelname == "ERROR"
     assert "TOPIC_ARN" in line.message
     assert "\n" not in line.message
+
+
+def key_image(n: int, version: str, state: str = "ENABLED") -> dict[str, Any]:
+    return {
+        "pk": {"S": f"KEY#k{n}"},
+        "sk": {"S": "LATEST"},
+        "item_type": {"S": "KEY"},
+        "key_id": {"S": f"k{n}"},
+        "current_key_version": {"S": version},
+        "lifecycle_state": {"S": state},
+        "updated_at": {"S": "2026-11-28T06:00:00.000Z"},
+    }
+
+
+def rotation(n: int) -> DynamoDBRecord:
+    return stream_record("MODIFY", key_image(n, "v1"), key_image(n, "v2"))
+
+
+@dataclass
+class World:
+    """A stream notifier over the real Notifier and WebhookMirror, with fakes below them,
+    that notes SNS publishes and webhook posts in one journal, in order."""
+
+    ledger: FakeLedger = field(default_factory=FakeLedger)
+    journal: list[str] = field(default_factory=list)
+    refused: frozenset[str] = frozenset()
+    webhook_delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.publisher = FakePublisher(refused=self.refused, journal=self.journal)
+        self.chat = ClockedSession(FakeClock(), delay=self.webhook_delay, journal=self.journal)
+        mirror = WebhookMirror(clocked_webhook(self.chat), clock=self.chat.clock)
+        self.notifier = StreamNotifier(
+            Notifier(self.ledger, self.publisher), failed_keys, mirror, now=lambda: NOW
+        )
+
+
+def test_the_whole_batch_goes_to_sns_before_any_webhook_post() -> None:
+    # Given a batch of three key rotations
+    world = World()
+    batch = world.notifier.batch(FixedContext(remaining_ms=60_000))
+
+    # When each record is handled, then the batch is mirrored
+    for n in range(3):
+        batch.publish(rotation(n))
+    report = batch.mirror()
+
+    # Then all three reached SNS before the webhook was asked for anything
+    assert [entry.split()[0] for entry in world.journal] == ["sns"] * 3 + ["webhook"] * 3
+    assert report == MirrorReport(posted=3)
+
+
+def test_only_what_this_batch_published_is_mirrored() -> None:
+    # Given the first rotation was published by an earlier delivery of the batch
+    world = World(ledger=FakeLedger({"KEY_ROTATED#k0#v2": "SENT"}))
+    batch = world.notifier.batch(FixedContext(remaining_ms=60_000))
+
+    for n in range(2):
+        batch.publish(rotation(n))
+    batch.mirror()
+
+    assert [p["json"]["text"] for p in world.chat.posts] == ["OCI key k1 rotated: version v1 -> v2"]
+
+
+def test_a_record_failing_sns_is_raised_and_what_it_published_before_is_still_mirrored() -> None:
+    # Given a key that rotated and was disabled in one update, and SNS refusing the state change
+    world = World(
+        refused=frozenset({"KEY_STATE_CHANGED#k0#ENABLED>DISABLED#2026-11-28T06:00:00.000Z"})
+    )
+    batch = world.notifier.batch(FixedContext(remaining_ms=60_000))
+    record = stream_record("MODIFY", key_image(0, "v1"), key_image(0, "v2", "DISABLED"))
+
+    # When the record is handled, Then it fails (the stream retries it)
+    with pytest.raises(RuntimeError, match="SNS is down"):
+        batch.publish(record)
+
+    # And the rotation SNS did take reaches the chat too
+    assert batch.mirror() == MirrorReport(posted=1)
+    assert [p["json"]["event_type"] for p in world.chat.posts] == ["KEY_ROTATED"]
+
+
+def test_the_webhook_gets_the_time_left_when_mirroring_starts_less_the_margin() -> None:
+    # Given a webhook that never answers, and 5 s left once SNS is done
+    world = World(webhook_delay=HANGS)
+    context = FixedContext(remaining_ms=60_000)
+    batch = world.notifier.batch(context)
+    for n in range(3):
+        batch.publish(rotation(n))
+    context.remaining_ms = 5_000
+
+    # When the batch is mirrored, Then nothing is raised (no record fails), the webhook is
+    # waited on once for what was left, and the other two are skipped
+    assert batch.mirror() == MirrorReport(failed=1, skipped=2)
+    assert world.chat.timeouts == [5.0 - SAFETY_MARGIN]
+
+
+def test_a_batch_without_a_webhook_mirrors_nothing() -> None:
+    recorder = RecordingNotifier()
+    batch = stream_notifier(recorder).batch(FixedContext(remaining_ms=60_000))
+    batch.publish(rotation(0))
+    assert batch.mirror() == MirrorReport()
 
 
 @dataclass

@@ -1,9 +1,7 @@
-"""The chat webhook: Slack/Teams body, bounded retries, strict TLS, and a URL that stays secret."""
+"""The chat webhook: Slack/Teams body, retries bounded by attempts and by the time budget,
+strict TLS, and a URL that stays secret."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 import requests
@@ -11,11 +9,14 @@ import requests
 from cckm_refresh.notify.events import EventType, Notification, Severity
 from cckm_refresh.notify.webhook import (
     BACKOFF_CAP,
+    MIN_ATTEMPT_TIME,
     WEBHOOK_TIMEOUT,
-    Webhook,
+    NoTimeLeft,
     WebhookError,
+    WebhookTimedOut,
     webhook_payload,
 )
+from tests.unit.notify_fakes import HANGS, URL, ClockedSession, FakeClock, budget, clocked_webhook
 
 NOTE = Notification(
     event_type=EventType.KEY_STATE_CHANGED,
@@ -24,33 +25,10 @@ NOTE = Notification(
     summary="OCI key k1 changed state ENABLED -> DISABLED",
     dedupe_key="KEY_STATE_CHANGED#k1#ENABLED>DISABLED#t",
 )
-URL = "https://hooks.example.com/services/T000/B000/SECRETPART"
 
 
-@dataclass
-class FakeResponse:
-    status_code: int
-
-
-@dataclass
-class FakeSession:
-    """Answers each POST with the next scripted status code or exception."""
-
-    answers: list[Any]
-    posts: list[dict[str, Any]] = field(default_factory=list)
-
-    def post(self, url: str, **kwargs: Any) -> FakeResponse:
-        self.posts.append({"url": url} | kwargs)
-        answer = self.answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return FakeResponse(answer)
-
-
-def webhook(*answers: Any, url: str = URL) -> tuple[Webhook, FakeSession, list[float]]:
-    session, pauses = FakeSession(list(answers)), []
-    hook = Webhook(lambda: url, session, sleep=pauses.append, rng=lambda: 1.0)
-    return hook, session, pauses
+def session(*script: object, delay: float = 0.0) -> ClockedSession:
+    return ClockedSession(FakeClock(), list(script), delay=delay)
 
 
 def test_the_body_is_slack_and_teams_text_with_the_summary() -> None:
@@ -61,9 +39,9 @@ def test_the_body_is_slack_and_teams_text_with_the_summary() -> None:
 
 
 def test_one_post_with_a_10_second_timeout_and_verified_tls() -> None:
-    hook, session, _ = webhook(200)
-    hook.post(NOTE)
-    [post] = session.posts
+    chat = session(200)
+    clocked_webhook(chat).post(NOTE)
+    [post] = chat.posts
     assert post["url"] == URL
     assert post["json"] == webhook_payload(NOTE)
     assert post["timeout"] == WEBHOOK_TIMEOUT == 10.0
@@ -71,59 +49,97 @@ def test_one_post_with_a_10_second_timeout_and_verified_tls() -> None:
     assert post["allow_redirects"] is False
 
 
+def test_a_post_waits_no_longer_than_the_budget_has_left() -> None:
+    # Given 4.5 s left of the budget, When a notification is posted
+    chat = session(200)
+    clocked_webhook(chat).post(NOTE, budget(chat.clock, 4.5))
+
+    # Then the POST's timeout is what is left, not the contract's 10 s
+    assert chat.timeouts == [4.5]
+
+
 def test_429_and_5xx_are_retried_with_capped_growing_pauses_then_succeed() -> None:
-    hook, session, pauses = webhook(429, 503, 200)
-    hook.post(NOTE)
-    assert len(session.posts) == 3
+    chat = session(429, 503, 200)
+    clocked_webhook(chat).post(NOTE)
+    assert len(chat.posts) == 3
+    at = [post["at"] for post in chat.posts]
+    pauses = [at[1] - at[0], at[2] - at[1]]
     assert pauses == [1.0, 2.0]  # full jitter drawn at its top: 0.5 * 2^attempt
     assert all(p <= BACKOFF_CAP for p in pauses)
 
 
 def test_three_failed_attempts_raise_without_a_fourth() -> None:
-    hook, session, pauses = webhook(500, 502, 503)
+    chat = session(500, 502, 503)
     with pytest.raises(WebhookError, match="HTTP 503"):
-        hook.post(NOTE)
-    assert len(session.posts) == 3
-    assert len(pauses) == 2
+        clocked_webhook(chat).post(NOTE)
+    assert len(chat.posts) == 3
+
+
+def test_a_retry_is_made_only_when_its_pause_and_a_post_fit_in_the_budget() -> None:
+    # Given 2.5 s of budget, and a webhook answering 503 (the first pause is 1 s, the second 2 s)
+    chat = session(503, 503, 503)
+
+    # When a notification is posted
+    with pytest.raises(WebhookError, match="HTTP 503, no time left to retry"):
+        clocked_webhook(chat).post(NOTE, budget(chat.clock, 2.5))
+
+    # Then the second attempt fitted (1 s pause, 1.5 s left), the third did not
+    assert chat.timeouts == [2.5, 1.5]
+
+
+def test_no_post_is_started_with_less_than_the_minimum_left() -> None:
+    chat = session(200)
+    with pytest.raises(NoTimeLeft):
+        clocked_webhook(chat).post(NOTE, budget(chat.clock, MIN_ATTEMPT_TIME - 0.01))
+    assert chat.posts == []
 
 
 def test_a_client_error_is_not_retried() -> None:
-    hook, session, _ = webhook(404)
+    chat = session(404)
     with pytest.raises(WebhookError, match="HTTP 404"):
-        hook.post(NOTE)
-    assert len(session.posts) == 1
+        clocked_webhook(chat).post(NOTE)
+    assert len(chat.posts) == 1
 
 
 def test_a_redirect_is_not_followed() -> None:
-    hook, session, _ = webhook(302)
+    chat = session(302)
     with pytest.raises(WebhookError, match="HTTP 302"):
-        hook.post(NOTE)
-    assert len(session.posts) == 1
+        clocked_webhook(chat).post(NOTE)
+    assert len(chat.posts) == 1
 
 
 def test_connection_errors_are_retried_and_never_reveal_the_url() -> None:
     # Given a webhook host that refuses connections (requests quotes the URL in its errors)
-    hook, session, _ = webhook(*[requests.ConnectionError(f"cannot reach {URL}")] * 3)
+    chat = session(*[requests.ConnectionError(f"cannot reach {URL}")] * 3)
 
     with pytest.raises(WebhookError) as caught:
-        hook.post(NOTE)
+        clocked_webhook(chat).post(NOTE)
 
-    assert len(session.posts) == 3
+    assert len(chat.posts) == 3
     assert "ConnectionError" in str(caught.value)
     assert "SECRETPART" not in str(caught.value)
     assert caught.value.__cause__ is None
     assert caught.value.__context__ is None
 
 
-def test_a_timeout_is_retried() -> None:
-    hook, session, _ = webhook(requests.Timeout(URL), 200)
-    hook.post(NOTE)
-    assert len(session.posts) == 2
+def test_a_webhook_that_does_not_answer_is_waited_on_once_and_not_retried() -> None:
+    # Given a webhook that accepts the POST and never answers
+    chat = session(delay=HANGS)
+
+    # When a notification is posted
+    with pytest.raises(WebhookTimedOut) as caught:
+        clocked_webhook(chat).post(NOTE)
+
+    # Then one attempt, 10 s, and an error that neither quotes nor chains requests' error
+    assert chat.timeouts == [WEBHOOK_TIMEOUT]
+    assert chat.clock.now - chat.posts[0]["at"] == WEBHOOK_TIMEOUT
+    assert "SECRETPART" not in str(caught.value)
+    assert caught.value.__context__ is None
 
 
 def test_a_plain_http_url_is_refused_without_quoting_it() -> None:
-    hook, session, _ = webhook(url="http://hooks.example.com/SECRETPART")
+    chat = session()
     with pytest.raises(WebhookError, match="https") as caught:
-        hook.post(NOTE)
+        clocked_webhook(chat, url="http://hooks.example.com/SECRETPART").post(NOTE)
     assert "SECRETPART" not in str(caught.value)
-    assert session.posts == []
+    assert chat.posts == []

@@ -1,4 +1,4 @@
-"""Getting a notification to people once: ledger claim, SNS, ledger mark, webhook mirror.
+"""Getting a notification to SNS once: ledger claim, publish, ledger mark.
 
 - Already sent (a retried stream batch): skipped, counted as a duplicate.
 - SNS refuses: the claim is released and the error raised, so the stream record fails and
@@ -7,8 +7,9 @@
   so the record is retried once that lease has run out, rather than dropped.
 - SNS took it but the ledger could not be marked: logged and kept as delivered, since failing
   the record would publish it again once the lease ran out.
-- The webhook is a best-effort mirror after SNS: its outage is logged and counted, never
-  retried through the stream (that would repeat the SNS message).
+
+The chat webhook is not here: it mirrors a batch after all of its SNS publishing is done
+(``webhook.WebhookMirror``), so it can neither delay nor repeat an SNS message.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any, Protocol
 
 from cckm_refresh.notify.events import Notification
 from cckm_refresh.notify.ledger import Claim
-from cckm_refresh.notify.webhook import WebhookError
 from cckm_refresh.observability import logger
 
 
@@ -32,10 +32,6 @@ class Ledger(Protocol):
 
 class Publisher(Protocol):
     def publish(self, notification: Notification) -> str: ...
-
-
-class Mirror(Protocol):
-    def post(self, notification: Notification) -> None: ...
 
 
 class NotificationInFlight(Exception):
@@ -64,18 +60,16 @@ class SnsPublisher:
 
 
 class Notifier:
-    """Delivers each notification at most once to SNS, then mirrors it to the webhook."""
+    """Delivers each notification at most once to SNS."""
 
     def __init__(
         self,
         ledger: Ledger,
         publisher: Publisher,
-        webhook: Mirror | None = None,
         count: Callable[[str], None] = lambda metric: None,
     ) -> None:
         self._ledger = ledger
         self._publisher = publisher
-        self._webhook = webhook
         self._count = count
 
     def deliver(self, notification: Notification, lease_until: datetime) -> bool:
@@ -112,8 +106,6 @@ class Notifier:
             "notification published",
             extra=context | {"summary": notification.summary, "message_id": message_id},
         )
-        if self._webhook is not None:
-            self._mirror(notification, context)
         return True
 
     def _release(self, notification: Notification, context: dict[str, str]) -> None:
@@ -125,13 +117,3 @@ class Notifier:
                 "could not release the claim of an unsent notification",
                 extra=context | {"reason": type(error).__name__},
             )
-
-    def _mirror(self, notification: Notification, context: dict[str, str]) -> None:
-        assert self._webhook is not None
-        try:
-            self._webhook.post(notification)
-        except Exception as error:
-            # Only our own messages are safe to log: anything else may quote the URL.
-            reason = str(error) if isinstance(error, WebhookError) else type(error).__name__
-            logger.warning("webhook mirror failed", extra=context | {"reason": reason})
-            self._count("WebhookFailures")

@@ -1,5 +1,6 @@
-"""One stream record in, its notifications delivered: what the notify handler calls.
+"""A stream batch in, its notifications delivered: what the notify handler calls.
 
+SNS first for every record of the batch, then the webhook mirror with the time left.
 ``build_stream_notifier`` wires the AWS clients once per container; ``StreamNotifier`` itself
 takes its collaborators as arguments, so tests can hand it fakes.
 """
@@ -20,10 +21,11 @@ from cckm_refresh.notify.events import (
     MAX_FAILED_KEYS,
     FailedKeys,
     FailedKeysReader,
+    Notification,
     notifications_for,
 )
 from cckm_refresh.notify.ledger import NotificationLedger
-from cckm_refresh.notify.webhook import Webhook, url_from_secret
+from cckm_refresh.notify.webhook import MirrorReport, Webhook, WebhookMirror, url_from_secret
 from cckm_refresh.observability import logger, metrics
 
 # Without a Lambda context (a local run), a claim lasts as long as Lambda's longest invocation.
@@ -46,38 +48,83 @@ def load_settings(env: dict[str, str] | None = None) -> NotifySettings:
 
 
 class StreamNotifier:
-    """Maps a stream record to its notifications and delivers each exactly once."""
+    """Maps stream records to notifications, delivered exactly once to SNS and mirrored to
+    the webhook (when there is one). Lives as long as the container; ``batch`` gives each
+    invocation its own record of what it published."""
 
     def __init__(
         self,
         notifier: Notifier,
         failed_keys: FailedKeysReader,
+        mirror: WebhookMirror | None = None,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
         self._notifier = notifier
         self._failed_keys = failed_keys
+        self._mirror = mirror
         self._now = now
 
-    def handle(self, record: DynamoDBRecord, context: Deadline | None = None) -> int:
-        """Deliver the record's notifications (none for most records); how many it gave.
-        Raises when the record must be retried."""
+    def batch(self, context: Deadline | None = None) -> StreamBatch:
+        """The notifier of one invocation's stream batch."""
+        return StreamBatch(self._notifier, self.notifications, self._mirror, context, self._now)
+
+    def notifications(self, record: DynamoDBRecord) -> list[Notification]:
+        """The notifications one stream record gives (none for most records)."""
         change = record.dynamodb
         if change is None:
-            return 0
+            return []
         event_name = record.event_name.name if record.event_name else ""
-        found = notifications_for(event_name, change.old_image, change.new_image, self._failed_keys)
-        lease_until = self._lease_until(context)
+        return notifications_for(event_name, change.old_image, change.new_image, self._failed_keys)
+
+
+class StreamBatch:
+    """One invocation: every record's notifications go to SNS as the record is handled
+    (``publish``); only then are those it published mirrored to the webhook (``mirror``),
+    in the time the invocation has left."""
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        notifications: Callable[[DynamoDBRecord], list[Notification]],
+        mirror: WebhookMirror | None,
+        context: Deadline | None,
+        now: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._notifier = notifier
+        self._notifications = notifications
+        self._mirror = mirror
+        self._context = context
+        self._lease_until = _lease_until(now(), context)
+        self._published: list[Notification] = []
+
+    def publish(self, record: DynamoDBRecord) -> int:
+        """Deliver the record's notifications to SNS; how many it gave. Raises when the
+        record must be retried (SNS or the ledger failed); what was published before that
+        is still mirrored."""
+        found = self._notifications(record)
         for notification in found:
-            self._notifier.deliver(notification, lease_until)
+            if self._notifier.deliver(notification, self._lease_until):
+                self._published.append(notification)
         return len(found)
 
-    def _lease_until(self, context: Deadline | None) -> datetime:
-        # A claim outlives the invocation that made it by a margin, never by more: after
-        # that its holder is certainly gone and a retry may take it over.
-        if context is None:
-            return self._now() + LAMBDA_MAX_RUN
-        remaining = timedelta(milliseconds=context.get_remaining_time_in_millis())
-        return self._now() + remaining + LEASE_MARGIN
+    def mirror(self) -> MirrorReport:
+        """Mirror what this batch published to the webhook with the invocation's remaining
+        time; never raises (a failed record would be published to SNS again)."""
+        if self._mirror is None or not self._published:
+            return MirrorReport()
+        if self._context is None:
+            remaining = LAMBDA_MAX_RUN.total_seconds()
+        else:
+            remaining = self._context.get_remaining_time_in_millis() / 1000
+        return self._mirror.mirror(self._published, remaining)
+
+
+def _lease_until(now: datetime, context: Deadline | None) -> datetime:
+    # A claim outlives the invocation that made it by a margin, never by more: after that
+    # its holder is certainly gone and a retry may take it over.
+    if context is None:
+        return now + LAMBDA_MAX_RUN
+    return now + timedelta(milliseconds=context.get_remaining_time_in_millis()) + LEASE_MARGIN
 
 
 class RunDigest:
@@ -118,22 +165,22 @@ class RunDigest:
 def build_stream_notifier(settings: NotifySettings) -> StreamNotifier:
     """The notifier with this container's AWS clients (and webhook, when configured)."""
     dynamodb = boto3.client("dynamodb")
-    webhook = None
+    mirror = None
     if settings.webhook_secret_id:
         import requests  # only containers with a webhook pay for importing it
 
         webhook = Webhook(url_from_secret(settings.webhook_secret_id), requests.Session())
+        mirror = WebhookMirror(webhook, count=count_metric)
     notifier = Notifier(
         NotificationLedger(dynamodb, settings.results_table, settings.result_retention_days),
         SnsPublisher(boto3.client("sns"), settings.topic_arn),
-        webhook,
         count=count_metric,
     )
-    return StreamNotifier(notifier, RunDigest(dynamodb, settings.results_table).failed_keys)
+    return StreamNotifier(notifier, RunDigest(dynamodb, settings.results_table).failed_keys, mirror)
 
 
-def count_metric(name: str) -> None:
-    """Add 1 to the dimension-free metric ``name`` of this invocation."""
+def count_metric(name: str, value: int = 1) -> None:
+    """Add ``value`` (1 unless told) to the dimension-free metric ``name`` of this invocation."""
     from aws_lambda_powertools.metrics import MetricUnit
 
-    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)

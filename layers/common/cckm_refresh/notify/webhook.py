@@ -2,27 +2,45 @@
 
 The URL is a secret: whoever holds it can post into the channel. It never appears in a log
 line or an exception message, including the ones requests raises (they quote the URL).
+
+The mirror is best effort and comes last: the notify function publishes a whole stream
+batch to SNS first, then ``WebhookMirror`` posts what it published with the invocation's
+remaining time (less a safety margin). Every POST waits at most the contract's 10 s or what
+is left, a retry is made only when it fits, and once the webhook has timed out it is not
+waited on again in that batch. What the time does not cover is skipped, logged and counted;
+nothing is raised, since failing a record would make the stream publish it to SNS again.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from cckm_refresh.notify.events import Notification
+from cckm_refresh.observability import logger
 
-WEBHOOK_TIMEOUT = 10.0
+WEBHOOK_TIMEOUT = 10.0  # the contract's timeout: the most one POST ever waits
 WEBHOOK_ATTEMPTS = 3
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 4.0
+MIN_ATTEMPT_TIME = 1.0  # a POST that would get less than this is not started
+SAFETY_MARGIN = 3.0  # seconds of the invocation the webhook never gets (metrics, the response)
 
 
 class WebhookError(Exception):
     """The webhook did not take the message. The message never contains the URL."""
+
+
+class WebhookTimedOut(WebhookError):
+    """An attempt got no answer within its timeout: the webhook may be hanging."""
+
+
+class NoTimeLeft(WebhookError):
+    """The budget could not cover a POST, so none was started."""
 
 
 def webhook_payload(notification: Notification) -> dict[str, Any]:
@@ -52,6 +70,20 @@ def url_from_secret(secret_id: str, max_age: int = 300) -> Callable[[], str]:
     return load
 
 
+@dataclass(frozen=True)
+class TimeBudget:
+    """The moment, on a monotonic clock in seconds, by which the webhook must be done."""
+
+    until: float
+    clock: Callable[[], float] = time.monotonic
+
+    def remaining(self) -> float:
+        return max(0.0, self.until - self.clock())
+
+
+UNLIMITED = TimeBudget(float("inf"))
+
+
 @dataclass
 class Webhook:
     """POSTs notifications to the webhook URL the loader returns."""
@@ -62,22 +94,33 @@ class Webhook:
     rng: Callable[[], float] = random.random
     attempts: int = WEBHOOK_ATTEMPTS
 
-    def post(self, notification: Notification) -> None:
-        """Deliver it, retrying 5xx, 429 and connection errors (capped backoff, full jitter);
-        raise ``WebhookError`` (without the URL) when every attempt failed."""
+    def post(self, notification: Notification, budget: TimeBudget = UNLIMITED) -> None:
+        """Deliver it within ``budget``: each attempt waits at most 10 s or what is left;
+        5xx, 429 and connection errors are retried (capped backoff, full jitter) while a
+        retry fits. Raises ``NoTimeLeft`` when no attempt could start, ``WebhookTimedOut``
+        when one got no answer in time (not retried: a hanging webhook would hold a retry as
+        long), ``WebhookError`` for any other failure; never quoting the URL."""
         import requests
 
+        if budget.remaining() < MIN_ATTEMPT_TIME:
+            raise NoTimeLeft("no time left to post to the webhook")
         url = self.url_loader()
         if urlsplit(url).scheme != "https":
             raise WebhookError("the webhook URL must start with https://")
         payload = webhook_payload(notification)
         problem = "no attempt made"
         for attempt in range(1, self.attempts + 1):
+            timeout = min(WEBHOOK_TIMEOUT, budget.remaining())
+            if timeout < MIN_ATTEMPT_TIME:  # loading the secret took what was left
+                raise NoTimeLeft("no time left to post to the webhook")
+            timed_out = False
             try:
                 # verify=True explicitly: TLS is never switched off for a URL from a secret.
                 response = self.session.post(
-                    url, json=payload, timeout=WEBHOOK_TIMEOUT, verify=True, allow_redirects=False
+                    url, json=payload, timeout=timeout, verify=True, allow_redirects=False
                 )
+            except requests.Timeout:
+                timed_out = True
             except requests.RequestException as error:
                 problem = type(error).__name__  # never str(error): it quotes the URL
             else:
@@ -86,6 +129,92 @@ class Webhook:
                 problem = f"HTTP {response.status_code}"
                 if response.status_code != 429 and response.status_code < 500:
                     break  # a 4xx other than 429 will not get better by asking again
+            if timed_out:  # raised out here, so requests' error is not its context
+                raise WebhookTimedOut(f"the webhook did not answer within {timeout:.1f} s")
             if attempt < self.attempts:
-                self.sleep(self.rng() * min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+                pause = self.rng() * min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
+                if budget.remaining() - pause < MIN_ATTEMPT_TIME:
+                    problem += ", no time left to retry"
+                    break
+                self.sleep(pause)
         raise WebhookError(f"the webhook did not take the notification: {problem}")
+
+
+class Poster(Protocol):
+    def post(self, notification: Notification, budget: TimeBudget = ...) -> None: ...
+
+
+@dataclass(frozen=True)
+class MirrorReport:
+    """What became of one batch's mirrors."""
+
+    posted: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+class WebhookMirror:
+    """Posts a batch's published notifications to the webhook in the time the invocation has
+    left; its outages and its slowness are logged and counted, never raised."""
+
+    def __init__(
+        self,
+        webhook: Poster,
+        count: Callable[[str, int], None] = lambda metric, value: None,
+        clock: Callable[[], float] = time.monotonic,
+        margin: float = SAFETY_MARGIN,
+    ) -> None:
+        self._webhook = webhook
+        self._count = count
+        self._clock = clock
+        self._margin = margin
+
+    def mirror(self, notifications: Sequence[Notification], remaining: float) -> MirrorReport:
+        """Post each notification in turn until ``remaining`` seconds (the invocation's time
+        left) less the safety margin are spent. After a timeout the rest are skipped: the
+        webhook is taken to be hanging for the rest of the batch (a per-batch breaker)."""
+        budget = TimeBudget(self._clock() + remaining - self._margin, self._clock)
+        posted = failed = 0
+        skipped: Sequence[Notification] = ()
+        reason = ""
+        for index, notification in enumerate(notifications):
+            try:
+                self._webhook.post(notification, budget)
+            except NoTimeLeft:
+                skipped, reason = notifications[index:], "no time left in the invocation"
+                break
+            except Exception as error:
+                failed += 1
+                _log_failure(notification, error)
+                if isinstance(error, WebhookTimedOut):
+                    skipped, reason = notifications[index + 1 :], "the webhook timed out"
+                    break
+            else:
+                posted += 1
+        if failed:
+            self._count("WebhookFailures", failed)
+        if skipped:
+            self._count("WebhookSkipped", len(skipped))
+            logger.warning(
+                "webhook mirrors skipped",
+                extra={
+                    "reason": reason,
+                    "skipped": len(skipped),
+                    "dedupe_keys": [n.dedupe_key for n in skipped],
+                },
+            )
+        return MirrorReport(posted, failed, len(skipped))
+
+
+def _log_failure(notification: Notification, error: Exception) -> None:
+    # Only our own messages are safe to log: anything else may quote the URL.
+    reason = str(error) if isinstance(error, WebhookError) else type(error).__name__
+    logger.warning(
+        "webhook mirror failed",
+        extra={
+            "event_type": str(notification.event_type),
+            "severity": str(notification.severity),
+            "dedupe_key": notification.dedupe_key,
+            "reason": reason,
+        },
+    )

@@ -1,0 +1,136 @@
+"""The webhook mirror of a batch: it gets only the invocation's time left (less a margin),
+waits on a hanging webhook once, and skips, logs and counts what the time does not cover.
+
+The chat service and the clock are fakes: a POST takes exactly the fake time it is scripted
+to, so every figure below is exact.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cckm_refresh.notify.webhook import (
+    SAFETY_MARGIN,
+    WEBHOOK_TIMEOUT,
+    MirrorReport,
+    Webhook,
+    WebhookMirror,
+)
+from tests.unit.notify_fakes import (
+    HANGS,
+    URL,
+    ClockedSession,
+    Counted,
+    FakeClock,
+    clocked_webhook,
+    note,
+)
+
+NOTES = [note(n) for n in range(10)]
+
+
+def mirror_over(chat: ClockedSession, counted: Counted | None = None) -> WebhookMirror:
+    return WebhookMirror(clocked_webhook(chat), count=counted or Counted(), clock=chat.clock)
+
+
+def test_every_notification_is_posted_when_the_webhook_answers() -> None:
+    chat = ClockedSession(FakeClock(), delay=0.2)
+    report = mirror_over(chat).mirror(NOTES[:3], remaining=60.0)
+    assert report == MirrorReport(posted=3)
+    assert [p["json"]["text"] for p in chat.posts] == [n.summary for n in NOTES[:3]]
+
+
+def test_a_hanging_webhook_costs_the_batch_one_timeout_and_the_rest_are_skipped() -> None:
+    # Given a webhook that never answers, and a batch of 10 published notifications
+    chat, counted = ClockedSession(FakeClock(), delay=HANGS), Counted()
+    started = chat.clock.now
+
+    # When they are mirrored with 60 s of the invocation left
+    report = mirror_over(chat, counted).mirror(NOTES, remaining=60.0)
+
+    # Then the webhook is waited on once, for the contract's 10 s; the 9 others are skipped
+    assert len(chat.posts) == 1
+    assert chat.clock.now - started == WEBHOOK_TIMEOUT
+    assert report == MirrorReport(posted=0, failed=1, skipped=9)
+    assert counted.values == {"WebhookFailures": 1, "WebhookSkipped": 9}
+
+
+def test_a_slow_webhook_is_cut_off_at_the_budget_and_each_post_waits_only_what_is_left() -> None:
+    # Given a webhook that answers after 4 s, and 30 s left in the invocation
+    chat = ClockedSession(FakeClock(), delay=4.0)
+    started = chat.clock.now
+
+    # When 10 notifications are mirrored
+    report = mirror_over(chat).mirror(NOTES, remaining=30.0)
+
+    # Then no POST waits more than 10 s or past the budget (30 s less the margin): the 7th
+    # gets the 3 s left, times out, and the budget ends the mirror to the second
+    assert chat.timeouts == [10.0, 10.0, 10.0, 10.0, 10.0, 7.0, 3.0]
+    assert chat.clock.now - started == 30.0 - SAFETY_MARGIN
+    assert report == MirrorReport(posted=6, failed=1, skipped=3)
+
+
+def test_mirrors_stop_when_too_little_time_is_left_to_start_a_post() -> None:
+    # Given a webhook that answers after 4 s, and 11.5 s left (8.5 s for the webhook)
+    chat, counted = ClockedSession(FakeClock(), delay=4.0), Counted()
+    started = chat.clock.now
+
+    # When 10 notifications are mirrored
+    report = mirror_over(chat, counted).mirror(NOTES, remaining=11.5)
+
+    # Then two are posted; with 0.5 s left no third POST starts, and 8 are skipped
+    assert report == MirrorReport(posted=2, failed=0, skipped=8)
+    assert chat.clock.now - started == 8.0
+    assert counted.values == {"WebhookSkipped": 8}
+
+
+def test_with_only_the_margin_left_nothing_is_posted() -> None:
+    chat = ClockedSession(FakeClock())
+    report = mirror_over(chat).mirror(NOTES[:4], remaining=SAFETY_MARGIN)
+    assert report == MirrorReport(skipped=4)
+    assert chat.posts == []
+
+
+def test_a_webhook_outage_is_counted_and_each_notification_still_tried() -> None:
+    # Given a webhook that answers 503 at once (each notification: 3 attempts, 1 + 2 s pauses)
+    chat, counted = ClockedSession(FakeClock(), status=503), Counted()
+
+    report = mirror_over(chat, counted).mirror(NOTES[:3], remaining=60.0)
+
+    assert report == MirrorReport(failed=3)
+    assert len(chat.posts) == 9
+    assert counted.values == {"WebhookFailures": 3}
+
+
+def test_skipped_mirrors_are_logged_once_with_their_keys_and_never_the_url(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    chat = ClockedSession(FakeClock(), delay=HANGS)
+
+    mirror_over(chat).mirror(NOTES[:3], remaining=60.0)
+
+    [skipped] = [r for r in caplog.records if r.message == "webhook mirrors skipped"]
+    assert skipped.skipped == 2  # type: ignore[attr-defined]
+    assert skipped.dedupe_keys == [NOTES[1].dedupe_key, NOTES[2].dedupe_key]  # type: ignore[attr-defined]
+    assert skipped.reason == "the webhook timed out"  # type: ignore[attr-defined]
+    [failed] = [r for r in caplog.records if r.message == "webhook mirror failed"]
+    assert failed.dedupe_key == NOTES[0].dedupe_key  # type: ignore[attr-defined]
+    assert "SECRETPART" not in repr([vars(r) for r in caplog.records])
+
+
+def test_an_unexpected_webhook_error_is_logged_by_type_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given an error whose text quotes the URL (as requests' errors do)
+    def load_url() -> str:
+        raise ValueError(f"bad response from {URL}")
+
+    chat = ClockedSession(FakeClock())
+    hook = Webhook(load_url, chat, sleep=chat.clock.advance)
+
+    report = WebhookMirror(hook, clock=chat.clock).mirror(NOTES[:1], remaining=60.0)
+
+    assert report == MirrorReport(failed=1)
+    [warning] = [r for r in caplog.records if r.message == "webhook mirror failed"]
+    assert warning.reason == "ValueError"  # type: ignore[attr-defined]
+    assert "SECRETPART" not in repr([vars(r) for r in caplog.records])
