@@ -17,7 +17,7 @@ from typing import Any
 from devkit.ctm_emulator.faults import Faults, TenancyReadWindow
 from devkit.ctm_emulator.inventory import FILTERS, KeyInventory
 from devkit.ctm_emulator.request_log import LoggedRequest, RequestLog
-from devkit.ctm_emulator.tokens import REFRESH_TOKEN_EXPIRES_IN, TokenAuthority, TokenRejectedError
+from devkit.ctm_emulator.tokens import RefreshTokenLimits, TokenAuthority, TokenRejectedError
 
 OCI_THROTTLE_MESSAGE = 'OCI error: {"code":"TooManyRequests","message":"User-rate limit exceeded."}'
 # OCI key-management reads each call makes (a refresh is GetKey + ListKeyVersions).
@@ -228,7 +228,7 @@ class CtmApi:
                 "token_type": "Bearer",
                 "client_id": self._tokens.client_id,
                 "refresh_token": refresh_token,
-                "refresh_token_expires_in": REFRESH_TOKEN_EXPIRES_IN,
+                "refresh_token_expires_in": self._tokens.refresh_token_expires_in(refresh_token),
                 "refresh_token_id": refresh_token_id,
             },
         )
@@ -243,7 +243,7 @@ class CtmApi:
                 return bad_request("username and password are required for grant_type password.")
             if not self._tokens.check_password(username, grant["password"]):
                 return unauthorized("Wrong username or password.")
-            return (username, *self._tokens.issue_refresh_token(username))
+            return (username, *self._tokens.issue_refresh_token(username, _limits(grant)))
         if grant_type == "refresh_token":
             redeemed = self._tokens.redeem_refresh_token(
                 grant.get("refresh_token"), renew=grant.get("renew_refresh_token") is True
@@ -333,4 +333,23 @@ def _parse_grant(body: bytes) -> dict[str, Any] | ApiReply:
     for name in ("domain", "auth_domain", "connection", "username", "name", "password"):
         if name in grant and not isinstance(grant[name], str):
             return bad_request(f"{name} must be a string.")
+    for name in _LIMIT_FIELDS:
+        value = grant.get(name)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ):
+            return bad_request(f"{name} must be a whole number of minutes.")
     return grant
+
+
+# The refresh token limits a password grant may ask for, in minutes; 0 or absent: none.
+_LIMIT_FIELDS = ("refresh_token_lifetime", "refresh_token_revoke_unused_in")
+
+
+def _limits(grant: Mapping[str, Any]) -> RefreshTokenLimits:
+    """The limits a (validated) password grant asks for its refresh token, in seconds."""
+    lifetime, unused = (grant.get(name) or 0 for name in _LIMIT_FIELDS)
+    return RefreshTokenLimits(
+        lifetime=lifetime * 60.0 if lifetime else None,
+        revoke_unused_in=unused * 60.0 if unused else None,
+    )

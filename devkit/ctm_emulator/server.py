@@ -329,6 +329,14 @@ class CtmEmulator:
         """Every refresh token issued so far is refused from now on."""
         self._tokens.revoke_refresh_tokens()
 
+    def live_refresh_tokens(self, username: str | None = None) -> int:
+        """Refresh tokens still usable now (by ``clock``), of ``username`` or of every user.
+
+        Every password grant mints one; like CTM's they live for ever unless the grant asked
+        for ``refresh_token_lifetime`` / ``refresh_token_revoke_unused_in``.
+        """
+        return self._tokens.live_refresh_tokens(username)
+
     # --- the keys ------------------------------------------------------------------------------
 
     @property

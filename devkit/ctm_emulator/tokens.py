@@ -4,6 +4,11 @@ JWTs are real HS256 tokens (stdlib ``hmac``) with CTM's claims (``iss`` ``kylo``
 ``local|<user uuid>``, ``aud`` the client id, ``preferred_username``, ``cust``, ``jwtid``,
 ``iat``, ``exp``), so a client can decode ``exp`` exactly as it would with CTM. Refresh tokens
 are opaque random strings; only their SHA-256 digests are kept.
+
+Like CTM, every password grant mints a refresh token, and a refresh token lives for ever
+unless the grant asked otherwise: ``refresh_token_lifetime`` (an absolute lifetime) and
+``refresh_token_revoke_unused_in`` (revoked when not redeemed for that long), both in
+minutes as CTM takes them. ``live_refresh_tokens`` counts what a user has accumulated.
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ import secrets
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 ZERO_UUID = "00000000-0000-0000-0000-000000000000"
-# CTM reports 1799 s for playground refresh tokens; ours never expire (only revocation ends
-# them), but clients may read the field, so it is present and plausible.
+# CTM reports 1799 s for playground refresh tokens. A token with no limits never expires
+# (only revocation ends it), but clients may read the field, so it is present and plausible.
 REFRESH_TOKEN_EXPIRES_IN = 1799
 
 
@@ -42,9 +47,45 @@ class IssuedToken:
 
 
 @dataclass(frozen=True)
+class RefreshTokenLimits:
+    """How long a refresh token lives, in seconds; None: no limit (CTM's default)."""
+
+    lifetime: float | None = None
+    revoke_unused_in: float | None = None
+
+
+NO_LIMITS = RefreshTokenLimits()
+
+
+@dataclass(frozen=True)
 class _RefreshGrant:
     token_id: str
     username: str
+    limits: RefreshTokenLimits
+    issued_at: float
+    last_used: float
+
+    def live(self, now: float) -> bool:
+        lifetime, unused = self.limits.lifetime, self.limits.revoke_unused_in
+        if lifetime is not None and now >= self.issued_at + lifetime:
+            return False
+        return unused is None or now < self.last_used + unused
+
+    def expires_in(self, now: float) -> int:
+        """Seconds it stays usable if not redeemed again (CTM's ``refresh_token_expires_in``)."""
+        ends = [
+            end
+            for end in (
+                None if self.limits.lifetime is None else self.issued_at + self.limits.lifetime,
+                None
+                if self.limits.revoke_unused_in is None
+                else self.last_used + self.limits.revoke_unused_in,
+            )
+            if end is not None
+        ]
+        if not ends:
+            return REFRESH_TOKEN_EXPIRES_IN
+        return max(0, math.floor(min(ends) - now))
 
 
 def _b64url(raw: bytes) -> str:
@@ -162,12 +203,15 @@ class TokenAuthority:
 
     # --- refresh tokens -------------------------------------------------------------------------
 
-    def issue_refresh_token(self, username: str) -> tuple[str, str]:
+    def issue_refresh_token(
+        self, username: str, limits: RefreshTokenLimits = NO_LIMITS
+    ) -> tuple[str, str]:
         """A new refresh token for ``username`` and its id."""
         if username not in self._users:
             raise KeyError(f"no such user: {username}")
         token = secrets.token_urlsafe(48)
-        grant = _RefreshGrant(token_id=str(uuid.uuid4()), username=username)
+        now = self._clock()
+        grant = _RefreshGrant(str(uuid.uuid4()), username, limits, issued_at=now, last_used=now)
         with self._lock:
             self._refresh_grants[_digest(token)] = grant
         return token, grant.token_id
@@ -176,19 +220,41 @@ class TokenAuthority:
         """``(username, refresh token, its id)`` for a live token, else None.
 
         Like CTM, the same refresh token comes back unless ``renew`` asks for a new one, in
-        which case the old one stops working.
+        which case the old one stops working (the new one has the same limits, from now).
         """
         if not isinstance(token, str) or not token:
             return None
+        now = self._clock()
         with self._lock:
             grant = self._refresh_grants.get(_digest(token))
             if grant is None:
                 return None
+            if not grant.live(now):
+                del self._refresh_grants[_digest(token)]
+                return None
             if not renew:
+                self._refresh_grants[_digest(token)] = replace(grant, last_used=now)
                 return grant.username, token, grant.token_id
             del self._refresh_grants[_digest(token)]
-        fresh, fresh_id = self.issue_refresh_token(grant.username)
+        fresh, fresh_id = self.issue_refresh_token(grant.username, grant.limits)
         return grant.username, fresh, fresh_id
+
+    def refresh_token_expires_in(self, token: str) -> int:
+        """What CTM reports as ``refresh_token_expires_in`` for ``token`` (0 when dead)."""
+        now = self._clock()
+        with self._lock:
+            grant = self._refresh_grants.get(_digest(token))
+        return 0 if grant is None or not grant.live(now) else grant.expires_in(now)
+
+    def live_refresh_tokens(self, username: str | None = None) -> int:
+        """Refresh tokens still usable now, of ``username`` or of every user."""
+        now = self._clock()
+        with self._lock:
+            return sum(
+                1
+                for grant in self._refresh_grants.values()
+                if grant.live(now) and username in (None, grant.username)
+            )
 
     def revoke_refresh_tokens(self) -> None:
         """Every refresh token issued so far stops working."""

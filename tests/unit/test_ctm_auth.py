@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from cckm_refresh.ctm.auth import TokenSource, jwt_claims
+from cckm_refresh.ctm.client import CtmClient
 from cckm_refresh.ctm.credentials import CredentialsCache
-from cckm_refresh.ctm.errors import CtmAuthError, CtmTokenExpiredError
+from cckm_refresh.ctm.errors import CtmAuthError, CtmError, CtmTokenExpiredError
 from tests.unit.ctm_fakes import (
+    BASE_URL,
     EPOCH,
     KEY_ID,
     TOKEN_PATH,
@@ -32,6 +36,46 @@ UNAUTHORIZED = Reply(401, error_body("NCERRUnauthorizedAccess", "Wrong username 
 
 def bearer_of(sent: Any) -> str:
     return str(sent.headers["Authorization"]).removeprefix("Bearer ")
+
+
+def skewed_client(ctm: FakeCtm, secret: str, *, ahead: float) -> CtmClient:
+    """A client whose wall clock runs ``ahead`` seconds in front of CTM's."""
+    client = CtmClient.create(
+        base_url=BASE_URL,
+        secret_loader=SecretLoader(secret),
+        sleep=ctm.clock.advance,
+        clock=ctm.clock,
+        wall_clock=lambda: ctm.clock() + ahead,
+        rng=lambda: 0.5,
+    )
+    client.transport.session.mount("https://", ctm)
+    return client
+
+
+RUN_KEYS = [str(uuid.UUID(int=n + 1)) for n in range(40)]  # a run of many keys
+
+
+def refresh_path(key_id: str) -> str:
+    return f"/api/v1/cckm/oci/keys/{key_id}/refresh"
+
+
+def refreshes(ctm: FakeCtm) -> list[Any]:
+    return [s for s in ctm.sent if s.path.endswith("/refresh")]
+
+
+def refresh_many(client: CtmClient, keys: list[str], workers: int = 8) -> list[CtmError]:
+    """Refresh ``keys`` from ``workers`` threads, as a run does; return their errors."""
+
+    def refresh(key_id: str) -> CtmError | None:
+        try:
+            client.refresh_oci_key(key_id)
+        except CtmError as error:
+            return error
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        outcomes = list(pool.map(refresh, keys))
+    return [error for error in outcomes if error is not None]
 
 
 def test_creating_a_client_does_no_io() -> None:
@@ -56,7 +100,7 @@ def test_refresh_token_is_exchanged_for_a_jwt_at_first_use() -> None:
     assert jwt == ctm.jwts_issued[0]
 
 
-def test_password_grant_carries_domain_and_auth_domain() -> None:
+def test_password_grant_asks_for_a_short_lived_refresh_token_and_carries_the_domains() -> None:
     ctm = FakeCtm()
     secret = {"username": "u", "password": "p", "domain": "child", "auth_domain": "root"}
     fake_client(ctm, json.dumps(secret)).issue_token()
@@ -66,6 +110,8 @@ def test_password_grant_carries_domain_and_auth_domain() -> None:
         "grant_type": "password",
         "username": "u",
         "password": "p",
+        "refresh_token_lifetime": 60,  # minutes, as CTM takes them
+        "refresh_token_revoke_unused_in": 10,
         "domain": "child",
         "auth_domain": "root",
     }
@@ -74,7 +120,8 @@ def test_password_grant_carries_domain_and_auth_domain() -> None:
 def test_password_grant_without_domains_sends_none() -> None:
     ctm = FakeCtm()
     fake_client(ctm, '{"username": "u", "password": "p"}').issue_token()
-    assert set(ctm.to("POST", TOKEN_PATH)[0].body) == {"grant_type", "username", "password"}
+    assert "domain" not in ctm.to("POST", TOKEN_PATH)[0].body
+    assert "auth_domain" not in ctm.to("POST", TOKEN_PATH)[0].body
 
 
 def test_jwt_is_reused_while_more_than_60_seconds_remain() -> None:
@@ -225,7 +272,7 @@ def test_refused_credentials_are_not_offered_again_for_a_minute() -> None:
     assert client.issue_token() == ctm.jwts_issued[0]
 
 
-def test_static_token_is_used_as_is_until_its_exp() -> None:
+def test_static_token_is_used_as_is_while_ctm_accepts_it() -> None:
     ctm = FakeCtm()
     static = make_jwt(exp=EPOCH + 100)
     ctm.always("POST", REFRESH_PATH, Reply(200, key_object()))
@@ -239,41 +286,44 @@ def test_static_token_is_used_as_is_until_its_exp() -> None:
     assert ctm.to("POST", TOKEN_PATH) == []
 
 
-def test_expired_static_token_fails_with_token_expired_before_any_call() -> None:
+def ctm_judging_exp_by_its_own_clock(ctm: FakeCtm) -> None:
+    """Refreshes succeed while the bearer's exp has not passed by ``ctm.clock``, else 401."""
+
+    def refresh(sent: Any) -> Reply:
+        if ctm.clock() > jwt_claims(bearer_of(sent))["exp"]:
+            return Reply(401, error_body("NCERRUnauthorizedAccess", "Token is expired by 5s", 5))
+        return Reply(200, key_object())
+
+    for key_id in [KEY_ID, *RUN_KEYS]:
+        ctm.always("POST", refresh_path(key_id), refresh)
+
+
+def test_a_static_token_is_sent_even_when_our_clock_says_it_has_expired() -> None:
+    # Given our clock 10 minutes ahead of CTM's, and a token CTM accepts for 200 s more
     ctm = FakeCtm()
-    client = fake_client(ctm, json.dumps({"token": make_jwt(exp=EPOCH - 1)}))
-
-    with pytest.raises(CtmTokenExpiredError, match="refresh_token") as caught:
-        client.refresh_oci_key(KEY_ID)
-
-    assert caught.value.error_code == "TOKEN_EXPIRED"
-    assert caught.value.attempts == 0
-    assert ctm.to("POST", REFRESH_PATH) == []
+    ctm_judging_exp_by_its_own_clock(ctm)
+    static = make_jwt(exp=EPOCH + 200, iat=EPOCH - 100)
+    client = skewed_client(ctm, json.dumps({"token": static}), ahead=600)
+    # When keys are refreshed, Then the token goes to CTM, which accepts it
+    assert client.refresh_oci_key(KEY_ID).http_status == 200
+    assert bearer_of(ctm.to("POST", REFRESH_PATH)[0]) == static
 
 
-def test_static_token_expiring_between_calls_fails_the_next_call() -> None:
-    ctm = FakeCtm()
-    ctm.always("POST", REFRESH_PATH, Reply(200, key_object()))
-    client = fake_client(ctm, make_jwt(exp=EPOCH + 10))
-    client.refresh_oci_key(KEY_ID)
-
-    ctm.clock.advance(10)
-
-    with pytest.raises(CtmTokenExpiredError):
-        client.refresh_oci_key(KEY_ID)
-
-
-def test_static_token_refused_by_ctm_is_unauthorized_when_the_secret_has_no_other() -> None:
-    ctm = FakeCtm()
-    ctm.always("POST", REFRESH_PATH, Reply(401, ""))
-    loader = SecretLoader(make_jwt(exp=EPOCH + 1000))
-
-    with pytest.raises(CtmAuthError, match="store a refresh_token") as caught:
-        fake_client(ctm, loader).refresh_oci_key(KEY_ID)
-
-    assert caught.value.error_code == "UNAUTHORIZED"
+def test_a_static_token_ctm_refuses_fails_every_key_as_token_expired_after_one_call() -> None:
+    # Given a static token that has expired by CTM's clock, and a loader with nothing newer
+    ctm, loader = FakeCtm(), SecretLoader(make_jwt(exp=EPOCH - 1))
+    ctm_judging_exp_by_its_own_clock(ctm)
+    client = fake_client(ctm, loader)
+    # When a run of many keys is refreshed concurrently
+    errors = refresh_many(client, RUN_KEYS)
+    # Then CTM saw the token once; every key failed TOKEN_EXPIRED, saying what to store instead
+    assert len(refreshes(ctm)) == 1
+    assert len(errors) == len(RUN_KEYS)
+    assert {type(e) for e in errors} == {CtmTokenExpiredError}
+    assert {e.error_code for e in errors} == {"TOKEN_EXPIRED"}
+    assert all("store a refresh_token" in e.message for e in errors)
     assert loader.forced == 1
-    assert len(ctm.to("POST", REFRESH_PATH)) == 1
+    assert ctm.to("POST", TOKEN_PATH) == []
 
 
 def test_static_token_refused_by_ctm_is_replaced_by_a_new_one_from_the_secret() -> None:
@@ -287,6 +337,197 @@ def test_static_token_refused_by_ctm_is_replaced_by_a_new_one_from_the_secret() 
     assert bearer_of(ctm.to("POST", REFRESH_PATH)[1]) == replacement
 
 
+# --- refused credentials: one login, not one per key ------------------------------------------
+
+REFUSALS = {
+    400: Reply(400, error_body("NCERRInvalidParamValue", "Invalid or expired refresh token.", 3)),
+    401: UNAUTHORIZED,
+    403: Reply(403, error_body("NCERRPermissionDenied", "User account is locked.", 6)),
+}
+PASSWORD_SECRET = '{"username": "svc", "password": "S3cret-pass"}'
+
+
+def ctm_with_keys() -> FakeCtm:
+    ctm = FakeCtm()
+    for key_id in RUN_KEYS:
+        ctm.always("POST", refresh_path(key_id), Reply(200, key_object(key_id)))
+    return ctm
+
+
+@pytest.mark.parametrize("status", sorted(REFUSALS))
+@pytest.mark.parametrize("secret", [PASSWORD_SECRET, '{"refresh_token": "rt-secret"}'])
+def test_a_refused_login_makes_a_run_of_many_keys_fail_after_one_attempt(
+    status: int, secret: str
+) -> None:
+    # Given CTM refusing the secret's credentials with a 400, 401 or 403
+    ctm, loader = ctm_with_keys(), SecretLoader(secret)
+    ctm.always("POST", TOKEN_PATH, REFUSALS[status])
+    client = fake_client(ctm, loader)
+    # When a run of many keys is refreshed concurrently
+    errors = refresh_many(client, RUN_KEYS)
+    # Then exactly one login was attempted (the account is not locked out by retries), the
+    # secret was read again once, and every key failed with the run-fatal CtmAuthError
+    assert len(ctm.to("POST", TOKEN_PATH)) == 1
+    assert loader.forced == 1
+    assert refreshes(ctm) == []
+    assert len(errors) == len(RUN_KEYS)
+    assert all(isinstance(e, CtmAuthError) for e in errors)
+    assert {e.http_status for e in errors} == {status}
+
+
+def test_a_refused_password_is_offered_again_once_the_secret_changes() -> None:
+    # Given CTM refused the password, and the operator then stores a new one
+    ctm = ctm_with_keys()
+    ctm.script("POST", TOKEN_PATH, REFUSALS[403])
+    loader = SecretLoader(PASSWORD_SECRET)
+    client = fake_client(ctm, loader)
+    with pytest.raises(CtmAuthError):
+        client.issue_token()
+    loader.value = '{"username": "svc", "password": "N3w-pass"}'
+    # When the next key needs a token (the cache having expired), Then the new one is used
+    client.refresh_oci_key(RUN_KEYS[0])
+    assert [s.body["password"] for s in ctm.to("POST", TOKEN_PATH)] == ["S3cret-pass", "N3w-pass"]
+
+
+def test_a_token_endpoint_404_is_not_taken_for_refused_credentials() -> None:
+    ctm = FakeCtm()
+    ctm.always("POST", TOKEN_PATH, Reply(404, error_body("NCERRResourceNotFound", "no route")))
+    with pytest.raises(CtmError) as caught:
+        fake_client(ctm, PASSWORD_SECRET).issue_token()
+    assert not isinstance(caught.value, CtmAuthError)
+
+
+# --- password logins: renewals use the refresh token CTM returned -----------------------------
+
+
+class SessionIssuer:
+    """CTM's token endpoint: every password grant mints a refresh token, a refresh grant
+    answers with the same one; ``refuse`` lists refresh tokens CTM no longer accepts."""
+
+    def __init__(self, ctm: FakeCtm) -> None:
+        self.ctm = ctm
+        self.minted: list[str] = []
+        self.refuse: dict[str, Reply] = {}
+
+    def __call__(self, sent: Any) -> Reply:
+        grant = sent.body
+        if grant["grant_type"] == "refresh_token":
+            refused = self.refuse.get(grant["refresh_token"])
+            if refused is not None:
+                return refused
+            refresh_token = grant["refresh_token"]
+        else:
+            refresh_token = f"minted-rt-{len(self.minted)}"
+            self.minted.append(refresh_token)
+        issued = self.ctm.issue(sent)
+        return Reply(200, {**issued.body, "refresh_token": refresh_token})
+
+
+def session_ctm() -> tuple[FakeCtm, SessionIssuer]:
+    ctm = FakeCtm()
+    issuer = SessionIssuer(ctm)
+    ctm.always("POST", TOKEN_PATH, issuer)
+    return ctm, issuer
+
+
+def grants(ctm: FakeCtm) -> list[str]:
+    """The grant of each token request: "password", or the refresh token redeemed."""
+    return [
+        s.body["refresh_token"] if s.body["grant_type"] == "refresh_token" else "password"
+        for s in ctm.to("POST", TOKEN_PATH)
+    ]
+
+
+def test_renewals_after_a_password_login_use_the_refresh_token_it_returned() -> None:
+    # Given a password secret
+    ctm, _ = session_ctm()
+    client = fake_client(ctm, PASSWORD_SECRET)
+    # When the JWT is renewed three times (every 4 minutes)
+    for _ in range(4):
+        client.issue_token()
+        ctm.clock.advance(241)
+    # Then the password was sent once, and each renewal redeemed the refresh token it returned
+    assert grants(ctm) == ["password", "minted-rt-0", "minted-rt-0", "minted-rt-0"]
+    assert set(ctm.to("POST", TOKEN_PATH)[1].body) == {"grant_type", "refresh_token"}
+    assert client.tokens.password_logins == 1
+
+
+@pytest.mark.parametrize("status", sorted(REFUSALS))
+def test_a_refused_login_refresh_token_falls_back_to_one_password_login(status: int) -> None:
+    # Given a session whose refresh token CTM has revoked or let expire
+    ctm, issuer = session_ctm()
+    client = fake_client(ctm, PASSWORD_SECRET)
+    client.issue_token()
+    issuer.refuse["minted-rt-0"] = REFUSALS[status]
+    ctm.clock.advance(241)
+    # When the JWT is renewed, and renewed again later
+    jwt = client.issue_token()
+    ctm.clock.advance(241)
+    client.issue_token()
+    # Then one password login replaced it, and the next renewal used the new refresh token
+    assert grants(ctm) == ["password", "minted-rt-0", "password", "minted-rt-1"]
+    assert jwt == ctm.jwts_issued[1]
+
+
+def test_a_401_on_a_call_is_answered_by_renewing_with_the_login_refresh_token() -> None:
+    ctm, _ = session_ctm()
+    ctm.script("POST", REFRESH_PATH, UNAUTHORIZED, Reply(200, key_object()))
+    client = fake_client(ctm, PASSWORD_SECRET)
+
+    assert client.refresh_oci_key(KEY_ID).attempts == 2
+
+    assert grants(ctm) == ["password", "minted-rt-0"]
+
+
+def test_a_transient_failure_of_a_renewal_keeps_the_login_refresh_token() -> None:
+    # Given a session, and CTM failing the first renewal attempt with a 503
+    ctm, _ = session_ctm()
+    client = fake_client(ctm, PASSWORD_SECRET)
+    client.issue_token()
+    ctm.script("POST", TOKEN_PATH, Reply(503, error_body("NCERRServiceUnavailable")))
+    ctm.clock.advance(241)
+    # When the JWT is renewed, Then the retry redeemed the same refresh token: no password
+    client.issue_token()
+    assert grants(ctm) == ["password", "minted-rt-0", "minted-rt-0"]
+
+
+def test_a_login_refresh_token_unused_for_ten_minutes_is_not_tried() -> None:
+    # Given a session left unused for 10 minutes (a frozen Lambda container): CTM revoked it
+    ctm, _ = session_ctm()
+    client = fake_client(ctm, PASSWORD_SECRET)
+    client.issue_token()
+    ctm.clock.advance(600)
+    # When a JWT is needed, Then the password is used straight away
+    client.issue_token()
+    assert grants(ctm) == ["password", "password"]
+
+
+def test_a_login_refresh_token_is_replaced_before_its_hour_ends() -> None:
+    # Given renewals every 4 minutes for an hour
+    ctm, _ = session_ctm()
+    client = fake_client(ctm, PASSWORD_SECRET)
+    for _ in range(17):
+        client.issue_token()
+        ctm.clock.advance(241)
+    # Then the first refresh token was dropped before CTM's 60-minute lifetime ended (at
+    # 3615 s), for one new password login whose refresh token took over
+    assert grants(ctm) == ["password", *["minted-rt-0"] * 14, "password", "minted-rt-1"]
+
+
+def test_a_changed_secret_ends_the_session_with_a_login_of_the_new_credentials() -> None:
+    ctm, _ = session_ctm()
+    loader = SecretLoader(PASSWORD_SECRET)
+    client = fake_client(ctm, loader)
+    client.issue_token()
+    loader.value = '{"username": "svc2", "password": "0ther-pass"}'
+    ctm.clock.advance(241)
+
+    client.issue_token()
+
+    assert grants(ctm) == ["password", "password"]
+    assert ctm.to("POST", TOKEN_PATH)[1].body["username"] == "svc2"
+
+
 class CountingExchange:
     """A token endpoint that counts grants and can hold the first one until released."""
 
@@ -294,7 +535,7 @@ class CountingExchange:
         self.grants = 0
         self.lock = threading.Lock()
 
-    def __call__(self, grant: Mapping[str, str]) -> Mapping[str, Any]:
+    def __call__(self, grant: Mapping[str, str | int]) -> Mapping[str, Any]:
         with self.lock:
             self.grants += 1
             return {"jwt": make_jwt(exp=EPOCH + 300, iat=EPOCH, n=self.grants)}

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import pytest
 
 from cckm_refresh.ctm.credentials import AuthMethod, CredentialsCache, CtmCredentials
-from cckm_refresh.ctm.errors import CtmCredentialsError, CtmSecretUnavailableError
+from cckm_refresh.ctm.errors import CtmCredentialsError, CtmSecretUnavailableError, scrub
 from tests.unit.ctm_fakes import SecretLoader, make_jwt
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -156,3 +156,20 @@ def test_no_aws_credentials_is_a_permanent_credentials_error() -> None:
     with pytest.raises(CtmCredentialsError, match="NoCredentialsError") as caught:
         CredentialsCache(failing).get()
     assert not caught.value.transient
+
+
+def test_reading_the_secret_registers_its_credentials_for_scrubbing() -> None:
+    # Given a secret with every credential (and a domain, which is a name, not a credential)
+    token = make_jwt(exp=1)
+    secret = {
+        "refresh_token": "rt-value",
+        "username": "svc-user",
+        "password": "pa55-word",
+        "token": token,
+        "domain": "tenant-domain",
+    }
+    # When the cache reads it
+    CredentialsCache(SecretLoader(json.dumps(secret))).get()
+    # Then CTM's words quoting any credential lose it
+    said = scrub(f"rt-value svc-user pa55-word {token} tenant-domain")
+    assert said == "[redacted] [redacted] [redacted] [redacted] tenant-domain"

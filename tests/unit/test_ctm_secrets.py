@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+from typing import Any
 
 import pytest
 import requests
@@ -18,10 +19,14 @@ from cckm_refresh.ctm.errors import (
     register_secret,
     scrub,
 )
+from cckm_refresh.engine import RefreshEngine, WorkItem
+from cckm_refresh.model import RefreshOutcome
+from cckm_refresh.ratelimit import TenancyRateLimiter
 from tests.unit.ctm_fakes import (
     EPOCH,
     KEY_ID,
     TOKEN_PATH,
+    FakeClock,
     FakeCtm,
     Reply,
     error_body,
@@ -110,7 +115,13 @@ def test_a_jwt_echoed_in_ctms_error_message_is_redacted(logs) -> None:  # type: 
 
 
 def test_an_expired_static_jwt_is_never_shown(logs) -> None:  # type: ignore[no-untyped-def]
+    # Given CTM refusing the secret's own JWT, quoting it back
     ctm = FakeCtm()
+    ctm.always(
+        "POST",
+        REFRESH_PATH,
+        Reply(401, error_body("NCERRUnauthorizedAccess", f"Token {STATIC_JWT} is expired")),
+    )
     client = fake_client(ctm, json.dumps({"token": STATIC_JWT}))
     with pytest.raises(CtmError) as caught:
         client.refresh_oci_key(KEY_ID)
@@ -124,6 +135,76 @@ def test_a_malformed_secret_is_never_shown(logs) -> None:  # type: ignore[no-unt
     with pytest.raises(CtmError) as caught:
         client.issue_token()
     assert_no_secret(everything_said(caught.value, client) + logs(), PASSWORD)
+
+
+def quoting(secret: str, status: int = 401) -> Reply:
+    """CTM's error answer quoting ``secret`` in both its codeDesc and its message."""
+    return Reply(
+        status,
+        error_body(f"NCERRUnauthorizedAccess: bad credential {secret}", f"'{secret}' is wrong", 5),
+    )
+
+
+def refresh_run(client: CtmClient, count: int = 5) -> tuple[list[CtmError], list[RefreshOutcome]]:
+    """Refresh ``count`` keys through the refresh engine; the errors and the outcomes."""
+    errors: list[CtmError] = []
+
+    def refresh(key_id: str, *_: object) -> Any:
+        try:
+            return client.refresh_oci_key(key_id)
+        except CtmError as error:
+            errors.append(error)
+            raise
+
+    clock = FakeClock()
+    limiter = TenancyRateLimiter(1000.0, clock=clock, sleep=clock.advance)
+    engine = RefreshEngine(refresh, limiter, concurrency=2, clock=clock)
+    keys = [WorkItem(f"{n:08d}-28ff-4f93-86dc-ff08983469e7") for n in range(count)]
+    return errors, engine.run(keys, lambda: 600.0).outcomes
+
+
+@pytest.mark.parametrize("status", [400, 401, 403])
+def test_a_password_ctm_quotes_in_its_error_is_scrubbed_from_errors_logs_and_outcomes(
+    logs,  # type: ignore[no-untyped-def]
+    status: int,
+) -> None:
+    # Given CTM refusing the password and quoting it in its codeDesc and message
+    ctm = FakeCtm()
+    ctm.always("POST", TOKEN_PATH, quoting(PASSWORD, status))
+    client = fake_client(ctm, json.dumps({"username": "svc", "password": PASSWORD}))
+    # When a run refreshes keys
+    errors, outcomes = refresh_run(client)
+    # Then the error says CTM refused it, without the password, and so do the logs and every
+    # outcome the run records
+    assert errors
+    assert "[redacted]" in errors[0].message
+    said = [everything_said(e, *secret_of(client)) for e in errors]
+    said += [repr(o) for o in outcomes] + [logs()]
+    assert_no_secret("\n".join(said), PASSWORD)
+    assert {o.error_code for o in outcomes} <= {"NCERRUnauthorizedAccess", "[redacted]"}
+
+
+def test_refresh_tokens_and_jwts_ctm_quotes_on_a_key_call_are_scrubbed(logs) -> None:  # type: ignore[no-untyped-def]
+    # Given a password login that returned a refresh token, and CTM quoting it and the JWT
+    # in a key call's error
+    ctm = FakeCtm()
+    session_token = "Sess10n-RefreshT0ken"
+
+    def issue(sent):  # type: ignore[no-untyped-def]
+        return Reply(200, {**ctm.issue(sent).body, "refresh_token": session_token})
+
+    def echo(sent):  # type: ignore[no-untyped-def]
+        jwt = sent.headers["Authorization"].removeprefix("Bearer ")
+        # Cut the JWT so that it no longer looks like one: only the registry can spot it.
+        return Reply(400, error_body("NCERRBadRequest", f"{session_token} {jwt[:-3]}"))
+
+    ctm.always("POST", TOKEN_PATH, issue)
+    ctm.always("POST", REFRESH_PATH, echo)
+    client = fake_client(ctm, json.dumps({"username": "svc", "password": PASSWORD}))
+    with pytest.raises(CtmError) as caught:
+        client.refresh_oci_key(KEY_ID)
+    jwt = ctm.jwts_issued[0]
+    assert_no_secret(everything_said(caught.value) + logs(), session_token, jwt[:-3])
 
 
 # --- the registry of secrets scrubbed from CtmError messages -----------------------------------

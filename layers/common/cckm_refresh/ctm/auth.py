@@ -1,13 +1,20 @@
 """Bearer JWTs for CTM (CONTRACT section 3), shared safely between threads.
 
 ``TokenSource`` exchanges the secret's refresh token or password at
-``POST /api/v1/auth/tokens``, renews the JWT before it expires and once after CTM refuses it
-(``invalidate``), and uses a static ``token`` until its ``exp``. One lock: while one thread
-renews, the others wait and reuse its result, including its failure.
+``POST /api/v1/auth/tokens`` and renews the JWT before it expires and once after CTM refuses
+it (``invalidate``). A password is sent once: the login asks CTM for a short-lived refresh
+token, and renewals use that (``grant_type=refresh_token``) until CTM refuses it, when one
+password login starts afresh. A bare ``token`` is sent as it is; CTM, not our clock, says
+when it has expired. One lock: while one thread renews, the others wait and reuse its result,
+including its failure.
 
-After an authentication failure the secret is read again, bypassing its cache, once. A
-credential CTM refused is not sent again until the secret changes: retrying a wrong password
-would only count towards locking the account.
+CTM answering 400, 401 or 403 to the secret's password or refresh token means the same thing:
+those credentials are refused. The secret is read again, bypassing its cache, once; a
+credential CTM refused is not sent again until the secret changes or ``REFUSAL_MEMORY`` has
+passed: retrying a wrong password would only count towards locking the account.
+
+Every credential and JWT that passes through here is registered with
+``errors.register_secret``, so CTM quoting one back in an error message never shows it.
 """
 
 from __future__ import annotations
@@ -22,7 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cckm_refresh.ctm.credentials import JWT_SHAPE, AuthMethod, CredentialsCache, CtmCredentials
-from cckm_refresh.ctm.errors import CtmAuthError, CtmError, CtmPermanentError, CtmTokenExpiredError
+from cckm_refresh.ctm.errors import (
+    CtmAuthError,
+    CtmError,
+    CtmPermanentError,
+    CtmTokenExpiredError,
+    register_secret,
+)
 from cckm_refresh.ctm.transport import Transport
 from cckm_refresh.observability import logger
 
@@ -31,10 +44,33 @@ RENEW_MARGIN = 60.0  # renew when less than this remains (Terraform's provider d
 DEFAULT_LIFETIME = 300.0  # CTM JWTs live 5 minutes when neither exp nor duration says otherwise
 # How long credentials CTM refused are not offered again (unless the secret changes). Long
 # enough that a batch of keys makes one failed login, not one per key; short enough that a
-# CTM hiccup answering 401 does not poison a warm Lambda container for its whole life.
+# CTM hiccup refusing a login does not poison a warm Lambda container for its whole life.
 REFUSAL_MEMORY = 60.0
+# What the token endpoint answers when it refuses the credentials it was sent: 401 for a
+# wrong password, but also 400 (a refresh token it does not know, a malformed grant) and 403
+# (a disabled or locked account). All alike: never retried, never sent again at once.
+REFUSED_STATUSES = frozenset({400, 401, 403})
 
-TokenExchange = Callable[[Mapping[str, str]], Mapping[str, Any]]
+# The refresh token each password login asks CTM for. CTM takes both values in minutes (its
+# web console asks for refresh_token_revoke_unused_in=30 for its documented 30-minute idle
+# timeout; answers give refresh_token_expires_in in seconds). By default CTM's refresh tokens
+# never expire, and every password login mints one: a Lambda that logged in at every renewal
+# left one live token per renewal, for ever (on CTM 2.7 piled-up refresh tokens made servers
+# unresponsive). So:
+# - revoked when unused for 10 minutes: a busy container renews its JWT every 4 minutes
+#   (300 s JWTs, 60 s margin), well inside 10 even if one renewal is late; a container that
+#   Lambda freezes or discards leaves a token that CTM drops 10 minutes later;
+# - at most 60 minutes old: even a token in constant use goes, and a container busy for
+#   longer logs in with the password once an hour.
+# Together: at most about two live refresh tokens per container that ran in the last 10 min.
+SESSION_TOKEN_LIFETIME_MINUTES = 60
+SESSION_TOKEN_UNUSED_MINUTES = 10
+# Stop using the session's refresh token this long before CTM would drop it (our monotonic
+# clock and CTM's differ by the network time of the login, and our renewals are not exact).
+SESSION_TOKEN_MARGIN = 60.0
+
+Grant = Mapping[str, str | int]
+TokenExchange = Callable[[Grant], Mapping[str, Any]]
 """Posts a grant to the token endpoint and returns its JSON answer; raises CtmError."""
 
 
@@ -65,7 +101,7 @@ class TokenEndpoint:
         self._url = base_url.rstrip("/") + TOKEN_PATH
         self._transport = transport
 
-    def __call__(self, grant: Mapping[str, str]) -> Mapping[str, Any]:
+    def __call__(self, grant: Grant) -> Mapping[str, Any]:
         return self._transport.call("POST", self._url, json_body=grant).body
 
 
@@ -73,8 +109,18 @@ class TokenEndpoint:
 class _HeldToken:
     jwt: str
     renew_at: float | None = None  # monotonic time, for tokens we obtained
-    expires_at: float | None = None  # epoch seconds, for a static token with an exp claim
-    static: bool = False
+    static: bool = False  # the secret's own token: used until CTM refuses it
+
+
+@dataclass(frozen=True, repr=False)
+class _Session:
+    """The refresh token a password login returned, and the credentials that logged in."""
+
+    credentials: CtmCredentials
+    refresh_token: str
+    usable_until: float  # monotonic: before CTM's lifetime ends, less the margin
+    unused_limit: float  # seconds CTM keeps it unused, less the margin
+    last_used: float  # monotonic
 
 
 class TokenSource:
@@ -101,16 +147,22 @@ class TokenSource:
         self._force_secret = False  # read the secret past its cache at the next renewal
         self._rejected_jwt: str | None = None  # a static token CTM answered 401 to
         self._refused: tuple[CtmCredentials, CtmAuthError, float] | None = None
+        self._session: _Session | None = None
         self.tokens_issued = 0
+        self.password_logins = 0
 
     def __repr__(self) -> str:
-        return f"TokenSource(tokens_issued={self.tokens_issued})"
+        return (
+            f"TokenSource(tokens_issued={self.tokens_issued}, "
+            f"password_logins={self.password_logins})"
+        )
 
     def bearer(self) -> str:
-        """A JWT valid for at least the renewal margin (a static token: until its ``exp``).
+        """A JWT valid for at least the renewal margin (the secret's own token: as it is).
 
         Raises CtmAuthError (CTM refused the credentials), CtmTokenExpiredError
-        (``TOKEN_EXPIRED``), CtmCredentialsError (unusable secret) or a transport CtmError.
+        (``TOKEN_EXPIRED``: CTM refused the secret's own token), CtmCredentialsError
+        (unusable secret) or a transport CtmError.
         """
         seen = self._renewals
         with self._lock:
@@ -142,7 +194,8 @@ class TokenSource:
 
     def _usable(self, held: _HeldToken) -> bool:
         if held.static:
-            return held.expires_at is None or self._wall_clock() < held.expires_at
+            # Judged by CTM alone: a Lambda clock minutes off must not expire a valid token.
+            return True
         return held.renew_at is not None and self._clock() < held.renew_at
 
     def _obtain(self) -> _HeldToken:
@@ -152,25 +205,70 @@ class TokenSource:
             refused, failure, when = self._refused
             if credentials == refused and self._clock() - when < REFUSAL_MEMORY:
                 raise _copy(failure)
+        renewed = self._renew_session(credentials)
+        if renewed is not None:
+            return renewed
         try:
-            return self._token_from(credentials)
+            return self._login(credentials)
+        except CtmTokenExpiredError:
+            raise  # the secret was just read again: its token is the one CTM refused
         except CtmAuthError as error:
             failed, failure = credentials, error
             if not force:
                 fresh = self._credentials.get(force=True)
                 if fresh != credentials:
                     try:
-                        return self._token_from(fresh)
+                        return self._login(fresh)
                     except CtmAuthError as second:
                         failed, failure = fresh, second
             self._refused = (failed, failure, self._clock())
             raise failure from None
 
-    def _token_from(self, credentials: CtmCredentials) -> _HeldToken:
+    def _renew_session(self, credentials: CtmCredentials) -> _HeldToken | None:
+        """A JWT from the last password login's refresh token; None when there is none to use.
+
+        CTM refusing that refresh token (expired, revoked) only ends the session: the caller
+        then logs in with the password once. Other failures (CTM unreachable) are raised.
+        """
+        session = self._session
+        if session is None:
+            return None
+        now = self._clock()
+        if (
+            session.credentials != credentials  # the secret changed: log in with the new one
+            or now >= session.usable_until
+            or now - session.last_used >= session.unused_limit
+        ):
+            self._session = None
+            return None
+        grant = {"grant_type": "refresh_token", "refresh_token": session.refresh_token}
+        try:
+            held, answer = self._grant(grant, "refresh token of the last password login")
+        except CtmAuthError:
+            self._session = None
+            logger.info("CTM refused the login's refresh token; logging in with the password")
+            return None
+        fresh = answer.get("refresh_token")
+        if isinstance(fresh, str) and fresh and fresh != session.refresh_token:
+            # CTM handed out a new refresh token: the old one is gone, its clock starts again.
+            self._start_session(credentials, fresh, now)
+        else:
+            self._session = _Session(
+                credentials,
+                session.refresh_token,
+                session.usable_until,
+                session.unused_limit,
+                last_used=now,
+            )
+        self._issued_log(held, "password", "refresh_token", now)
+        return held
+
+    def _login(self, credentials: CtmCredentials) -> _HeldToken:
+        """A JWT from the secret itself: its refresh token, its password, or its token."""
         method = credentials.method
         if method is AuthMethod.STATIC_TOKEN:
             return self._static(credentials)
-        grant: dict[str, str]
+        grant: dict[str, str | int]
         if method is AuthMethod.REFRESH_TOKEN:
             assert credentials.refresh_token is not None
             grant = {"grant_type": "refresh_token", "refresh_token": credentials.refresh_token}
@@ -181,30 +279,56 @@ class TokenSource:
                 "grant_type": "password",
                 "username": credentials.username,
                 "password": credentials.password,
+                "refresh_token_lifetime": SESSION_TOKEN_LIFETIME_MINUTES,
+                "refresh_token_revoke_unused_in": SESSION_TOKEN_UNUSED_MINUTES,
             }
             if credentials.domain:
                 grant["domain"] = credentials.domain
             if credentials.auth_domain:
                 grant["auth_domain"] = credentials.auth_domain
+            self.password_logins += 1
+        started = self._clock()
+        held, answer = self._grant(grant, f"secret's {method.value}")
+        if method is AuthMethod.PASSWORD:
+            minted = answer.get("refresh_token")
+            if isinstance(minted, str) and minted:
+                self._start_session(credentials, minted, started)
+        self._issued_log(held, method.value, str(grant["grant_type"]), started)
+        return held
+
+    def _grant(self, grant: Grant, what: str) -> tuple[_HeldToken, Mapping[str, Any]]:
+        """Exchange ``grant``; CTM refusing it (400, 401, 403) raises CtmAuthError."""
         started = self._clock()
         try:
             answer = self._exchange(grant)
-        except CtmAuthError as error:
+        except CtmPermanentError as error:
+            if error.http_status not in REFUSED_STATUSES:
+                raise
             raise CtmAuthError(
-                f"CTM refused the secret's {method.value}: {error.message}",
+                f"CTM refused the {what}: {error.message}",
                 error_code=error.error_code,
                 http_status=error.http_status,
                 attempts=error.attempts,
             ) from None
         held = self._issued(answer, started)
         self.tokens_issued += 1
-        logger.info(
-            "CTM token issued",
-            extra={"auth_method": method.value, "renew_in_s": round(held.renew_at - started, 1)}
-            if held.renew_at is not None
-            else {"auth_method": method.value},
+        return held, answer
+
+    def _start_session(self, credentials: CtmCredentials, refresh_token: str, now: float) -> None:
+        register_secret(refresh_token)
+        self._session = _Session(
+            credentials,
+            refresh_token,
+            usable_until=now + SESSION_TOKEN_LIFETIME_MINUTES * 60 - SESSION_TOKEN_MARGIN,
+            unused_limit=SESSION_TOKEN_UNUSED_MINUTES * 60 - SESSION_TOKEN_MARGIN,
+            last_used=now,
         )
-        return held
+
+    def _issued_log(self, held: _HeldToken, method: str, grant_type: str, started: float) -> None:
+        extra: dict[str, object] = {"auth_method": method, "grant_type": grant_type}
+        if held.renew_at is not None:
+            extra["renew_in_s"] = round(held.renew_at - started, 1)
+        logger.info("CTM token issued", extra=extra)
 
     def _issued(self, answer: Mapping[str, Any], started: float) -> _HeldToken:
         jwt = answer.get("jwt")
@@ -212,6 +336,7 @@ class TokenSource:
             raise CtmPermanentError(
                 f"{TOKEN_PATH} answered without a usable jwt", error_code="UNAUTHORIZED"
             )
+        register_secret(jwt)
         claims = jwt_claims(jwt)
         exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
         lifetimes = []
@@ -232,20 +357,14 @@ class TokenSource:
     def _static(self, credentials: CtmCredentials) -> _HeldToken:
         token = credentials.token
         assert token is not None
-        exp = _number(jwt_claims(token).get("exp"))
-        if exp is not None and self._wall_clock() >= exp:
-            raise CtmTokenExpiredError(
-                "the JWT stored in the CTM secret has expired; store a refresh_token (or a "
-                "username and password) in the secret instead of a token",
-                error_code="TOKEN_EXPIRED",
-            )
         if token == self._rejected_jwt:
-            raise CtmAuthError(
-                "CTM refused the JWT stored in the CTM secret; store a refresh_token instead",
-                error_code="UNAUTHORIZED",
+            raise CtmTokenExpiredError(
+                "CTM refused the JWT stored in the CTM secret (expired or revoked); store a "
+                "refresh_token (or a username and password) in the secret instead of a token",
+                error_code="TOKEN_EXPIRED",
                 http_status=401,
             )
-        return _HeldToken(jwt=token, expires_at=exp, static=True)
+        return _HeldToken(jwt=token, static=True)
 
 
 def _copy(error: CtmError) -> CtmError:

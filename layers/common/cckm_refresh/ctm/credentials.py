@@ -14,7 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from cckm_refresh.ctm.errors import CtmCredentialsError, CtmSecretUnavailableError
+from cckm_refresh.ctm.errors import (
+    CtmCredentialsError,
+    CtmSecretUnavailableError,
+    register_secret,
+)
 
 # A JWT as CTM issues it: header.payload.signature, each part base64url without padding.
 JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -81,6 +85,14 @@ class CtmCredentials:
             error_code="UNAUTHORIZED",
         )
 
+    def register_secrets(self) -> None:
+        """Have CtmError scrub the credentials from CTM's words (``errors.register_secret``).
+
+        The domains and the CA certificate are names and public data, not credentials.
+        """
+        for value in (self.refresh_token, self.password, self.token, self.username):
+            register_secret(value)
+
     def __repr__(self) -> str:
         extras = [name for name in ("domain", "auth_domain", "ca_bundle") if getattr(self, name)]
         return f"CtmCredentials(method={self.method.value!r}, with={extras!r})"
@@ -140,7 +152,8 @@ class CredentialsCache:
     """Parsed credentials from a loader; the loader owns the time-based cache (at most 5 min).
 
     ``get()`` asks the loader every time (cheap when it caches) so a rotated secret is picked
-    up within the loader's max age; the string is only re-parsed when it changed.
+    up within the loader's max age; the string is only re-parsed when it changed. Every read
+    registers the credentials with ``errors.register_secret``.
     """
 
     def __init__(self, loader: SecretLoader) -> None:
@@ -168,6 +181,7 @@ class CredentialsCache:
             if raw != self._raw or self._parsed is None:
                 self._parsed = CtmCredentials.parse(raw)
                 self._raw = raw
+            self._parsed.register_secrets()
             return self._parsed
 
     def ca_bundle(self) -> str | None:
