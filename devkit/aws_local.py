@@ -1,8 +1,9 @@
 """The stateful AWS resources of ``template.yaml``, recreated on a local AWS endpoint (moto).
 
-The table, the work queue and its dead-letter queue, the topic and the CTM secret are created
-from the template's OWN properties (key schema, index, stream, TTL, queue attributes, redrive),
-so the local system has the shape of the deployed one and drifts with it, never apart.
+The table, the work queue, the tenancy queue (FIFO), their dead-letter queues, the topic and the
+CTM secret are created from the template's OWN properties (key schema, index, stream, TTL, queue
+attributes, FIFO settings, redrive), so the local system has the shape of the deployed one and
+drifts with it, never apart.
 
     server = MotoServer(); server.start()
     stack = LocalStack.create(server.endpoint_url, prefix="demo", max_receive_count=5)
@@ -36,6 +37,8 @@ REGION = "us-east-1"
 TABLE_ID = "ResultsTable"
 WORK_QUEUE_ID = "WorkQueue"
 DEAD_LETTER_QUEUE_ID = "DeadLetterQueue"
+TENANCY_QUEUE_ID = "TenancyQueue"
+TENANCY_DEAD_LETTER_QUEUE_ID = "TenancyDeadLetterQueue"
 TOPIC_ID = "NotificationTopic"
 SECRET_ID = "CtmSecret"
 REFRESH_FUNCTION_ID = "RefreshFunction"
@@ -56,6 +59,8 @@ _QUEUE_ATTRIBUTES = (
     "KmsDataKeyReusePeriodSeconds",
     "FifoQueue",
     "ContentBasedDeduplication",
+    "DeduplicationScope",
+    "FifoThroughputLimit",
 )
 
 
@@ -293,6 +298,10 @@ class LocalStack:
     work_queue_arn: str
     dead_letter_queue_url: str
     dead_letter_queue_arn: str
+    tenancy_queue_url: str
+    tenancy_queue_arn: str
+    tenancy_dead_letter_queue_url: str
+    tenancy_dead_letter_queue_arn: str
     topic_arn: str
     secret_id: str
     # The functions' own Environment.Variables of template.yaml, resolved for this stack.
@@ -312,7 +321,8 @@ class LocalStack:
         region: str = REGION,
         template_path: Path = TEMPLATE,
     ) -> LocalStack:
-        """Create table, queues, topic and secret as ``template.yaml`` defines them.
+        """Create table, queues (work, tenancy FIFO, their dead-letter queues), topic and secret
+        as ``template.yaml`` defines them.
 
         Names start with ``prefix`` (random when omitted), so stacks never collide on one
         server. ``max_receive_count`` overrides the ``MaxReceiveCount`` parameter's default.
@@ -343,12 +353,17 @@ class LocalStack:
         )
         sqs = client("sqs")
         queues: dict[str, tuple[str, str]] = {}
-        # The dead-letter queue first: the work queue's redrive policy names it.
-        for logical_id, name in (
+        # Dead-letter queues first: the redrive policies name them.
+        for logical_id, stem in (
             (DEAD_LETTER_QUEUE_ID, f"{prefix}-work-dlq"),
             (WORK_QUEUE_ID, f"{prefix}-work"),
+            (TENANCY_DEAD_LETTER_QUEUE_ID, f"{prefix}-tenancy-dlq"),
+            (TENANCY_QUEUE_ID, f"{prefix}-tenancy"),
         ):
             properties = Intrinsics(refs, attributes).resolve(resources[logical_id]["Properties"])
+            # A FIFO queue's name ends in .fifo (CloudFormation appends it to generated names).
+            fifo = properties.get("FifoQueue") in (True, "true")
+            name = f"{stem}.fifo" if fifo else stem
             url, arn = _create_queue(sqs, name, properties)
             queues[logical_id] = (url, arn)
             refs[logical_id] = url
@@ -396,6 +411,10 @@ class LocalStack:
             work_queue_arn=queues[WORK_QUEUE_ID][1],
             dead_letter_queue_url=queues[DEAD_LETTER_QUEUE_ID][0],
             dead_letter_queue_arn=queues[DEAD_LETTER_QUEUE_ID][1],
+            tenancy_queue_url=queues[TENANCY_QUEUE_ID][0],
+            tenancy_queue_arn=queues[TENANCY_QUEUE_ID][1],
+            tenancy_dead_letter_queue_url=queues[TENANCY_DEAD_LETTER_QUEUE_ID][0],
+            tenancy_dead_letter_queue_arn=queues[TENANCY_DEAD_LETTER_QUEUE_ID][1],
             topic_arn=topic_arn,
             secret_id=secret_arn,
             function_environments=environments,
@@ -471,7 +490,8 @@ class LocalStack:
     def sqs_event(
         self, messages: Sequence[Mapping[str, Any]], queue_url: str | None = None
     ) -> dict[str, Any]:
-        """The Lambda SQS event for received messages (by default from the work queue)."""
+        """The Lambda SQS event for received messages (by default from the work queue; pass
+        ``tenancy_queue_url`` for the tenancy queue's, whose records carry its ARN)."""
         queue_arn = self._queue_arn(queue_url or self.work_queue_url)
         records = []
         for message in messages:
@@ -497,6 +517,8 @@ class LocalStack:
         known = {
             self.work_queue_url: self.work_queue_arn,
             self.dead_letter_queue_url: self.dead_letter_queue_arn,
+            self.tenancy_queue_url: self.tenancy_queue_arn,
+            self.tenancy_dead_letter_queue_url: self.tenancy_dead_letter_queue_arn,
         }
         if queue_url in known:
             return known[queue_url]

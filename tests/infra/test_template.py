@@ -26,6 +26,7 @@ REFRESH_VARIABLES = {
     "RESULTS_TABLE",
     "WORK_QUEUE_URL",
     "DEAD_LETTER_QUEUE_URL",
+    "TENANCY_QUEUE_URL",
     "REFRESH_CONCURRENCY",
     "TENANCY_RATE_LIMIT",
     "CTM_TIMEOUT_SECONDS",
@@ -115,17 +116,58 @@ def stream_record(event_name: str, new: dict[str, str] | None) -> dict[str, Any]
 
 # --- event source mappings -------------------------------------------------------------------
 
+# The queues the refresh function consumes, and each one's dead-letter queue.
+CONSUMED_QUEUES = {"WorkQueue": "DeadLetterQueue", "TenancyQueue": "TenancyDeadLetterQueue"}
+
 
 def test_the_work_queue_mapping_reports_partial_failures_with_bounded_concurrency(
-    cfn_template: dict[str, Any],
+    cfn_template: dict[str, Any], sam_template: dict[str, Any]
 ) -> None:
     mapping = event_source_mapping(cfn_template, "WorkQueue")
 
     assert mapping["FunctionName"] == {"Ref": "RefreshFunction"}
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    assert mapping["ScalingConfig"] == {"MaximumConcurrency": 2}
+    assert mapping["ScalingConfig"] == {
+        "MaximumConcurrency": {"Ref": "WorkQueueMaximumConcurrency"}
+    }
+    assert sam_template["Parameters"]["WorkQueueMaximumConcurrency"]["Default"] == 2
     assert 1 <= mapping["BatchSize"] <= 10
     assert 0 < mapping["MaximumBatchingWindowInSeconds"] <= 30
+
+
+def test_the_tenancy_queue_mapping_takes_full_fifo_batches_and_scales_with_tenancies(
+    cfn_template: dict[str, Any], sam_template: dict[str, Any]
+) -> None:
+    mapping = event_source_mapping(cfn_template, "TenancyQueue")
+    parameter = sam_template["Parameters"]["TenancyQueueMaximumConcurrency"]
+
+    assert mapping["FunctionName"] == {"Ref": "RefreshFunction"}
+    assert mapping["BatchSize"] == 10  # the most a FIFO queue's mapping takes
+    assert "MaximumBatchingWindowInSeconds" not in mapping  # FIFO mappings refuse a window
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["ScalingConfig"] == {
+        "MaximumConcurrency": {"Ref": "TenancyQueueMaximumConcurrency"}
+    }
+    assert parameter["Default"] == 25
+
+
+@pytest.mark.parametrize("name", ["WorkQueueMaximumConcurrency", "TenancyQueueMaximumConcurrency"])
+def test_maximum_concurrency_parameters_accept_only_what_sqs_mappings_allow(
+    sam_template: dict[str, Any], name: str
+) -> None:
+    parameter = sam_template["Parameters"][name]
+
+    assert parameter["Type"] == "Number"
+    assert (parameter["MinValue"], parameter["MaxValue"]) == (2, 1000)
+    assert parameter["MinValue"] <= parameter["Default"] <= parameter["MaxValue"]
+
+
+def test_refresh_concurrency_is_a_ceiling_of_256_defaulting_to_64(
+    sam_template: dict[str, Any],
+) -> None:
+    parameter = sam_template["Parameters"]["RefreshConcurrency"]
+
+    assert (parameter["Default"], parameter["MinValue"], parameter["MaxValue"]) == (64, 1, 256)
 
 
 def test_the_stream_mapping_isolates_poison_records_and_gives_up_into_a_queue(
@@ -187,32 +229,71 @@ def test_each_mapping_failure_destination_is_writable_by_its_function(
 # --- queues ----------------------------------------------------------------------------------
 
 
-def test_the_work_queue_stays_invisible_for_six_function_timeouts(
-    cfn_template: dict[str, Any],
+@pytest.mark.parametrize("queue", sorted(CONSUMED_QUEUES))
+def test_a_consumed_queue_stays_invisible_for_six_function_timeouts(
+    cfn_template: dict[str, Any], queue: str
 ) -> None:
     timeout = properties(cfn_template, "RefreshFunction")["Timeout"]
-    visibility = properties(cfn_template, "WorkQueue")["VisibilityTimeout"]
+    visibility = properties(cfn_template, queue)["VisibilityTimeout"]
 
     assert visibility >= 6 * timeout
 
 
-def test_redrive_and_the_functions_max_receive_count_come_from_one_parameter(
+def test_both_queues_redrive_after_the_one_max_receive_count_the_function_is_told(
     cfn_template: dict[str, Any],
 ) -> None:
-    redrive = properties(cfn_template, "WorkQueue")["RedrivePolicy"]
+    redrives = {
+        queue: properties(cfn_template, queue)["RedrivePolicy"] for queue in CONSUMED_QUEUES
+    }
 
-    assert redrive["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
-    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+    for queue, dead_letters in CONSUMED_QUEUES.items():
+        assert redrives[queue]["deadLetterTargetArn"] == {"Fn::GetAtt": [dead_letters, "Arn"]}
+        assert redrives[queue]["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
     assert variables(cfn_template, "RefreshFunction")["MAX_RECEIVE_COUNT"] == {
         "Ref": "MaxReceiveCount"
     }
+
+
+@pytest.mark.parametrize("queue", ["TenancyQueue", "TenancyDeadLetterQueue"])
+def test_the_tenancy_queues_are_fifo_deduplicating_and_throttling_per_tenancy(
+    cfn_template: dict[str, Any], queue: str
+) -> None:
+    props = properties(cfn_template, queue)
+
+    assert props["FifoQueue"] is True
+    # The function sets MessageDeduplicationId itself.
+    assert props["ContentBasedDeduplication"] is False
+    assert props["DeduplicationScope"] == "messageGroup"
+    assert props["FifoThroughputLimit"] == "perMessageGroupId"
+    assert "QueueName" not in props  # generated (CloudFormation adds .fifo): stacks coexist
+
+
+def test_the_tenancy_queue_url_reaches_the_refresh_function(cfn_template: dict[str, Any]) -> None:
+    assert variables(cfn_template, "RefreshFunction")["TENANCY_QUEUE_URL"] == {
+        "Ref": "TenancyQueue"
+    }
+
+
+def test_every_queue_refuses_requests_without_tls(cfn_template: dict[str, Any]) -> None:
+    queues = resources_of_type(cfn_template, "AWS::SQS::Queue")
+    guarded = {
+        queue["Ref"]
+        for policy in resources_of_type(cfn_template, "AWS::SQS::QueuePolicy").values()
+        if any(
+            s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+            for s in policy["Properties"]["PolicyDocument"]["Statement"]
+        )
+        for queue in policy["Properties"]["Queues"]
+    }
+
+    assert guarded == set(queues)
 
 
 def test_every_queue_and_topic_is_encrypted(cfn_template: dict[str, Any]) -> None:
     queues = resources_of_type(cfn_template, "AWS::SQS::Queue")
     topics = resources_of_type(cfn_template, "AWS::SNS::Topic")
 
-    assert len(queues) == 5
+    assert len(queues) == 7
     assert all(q["Properties"]["SqsManagedSseEnabled"] is True for q in queues.values())
     assert properties(cfn_template, "NotificationTopic")["KmsMasterKeyId"] == "alias/aws/sns"
     assert all("KmsMasterKeyId" in t["Properties"] for t in topics.values())
@@ -422,6 +503,8 @@ def test_alarms_watch_errors_dead_letters_iterator_age_and_failed_keys(
         ("Errors", json.dumps({"Ref": "RefreshFunction"})),
         ("Errors", json.dumps({"Ref": "NotifyFunction"})),
         ("ApproximateNumberOfMessagesVisible", queue("DeadLetterQueue")),
+        ("ApproximateNumberOfMessagesVisible", queue("TenancyDeadLetterQueue")),
+        ("ApproximateAgeOfOldestMessage", queue("TenancyQueue")),
         ("ApproximateNumberOfMessagesVisible", queue("ScheduleFailureQueue")),
         ("ApproximateNumberOfMessagesVisible", queue("NotifyFailureQueue")),
         ("IteratorAge", json.dumps({"Ref": "NotifyFunction"})),
@@ -440,6 +523,36 @@ def test_the_dashboard_shows_every_powertools_metric(cfn_template: dict[str, Any
         if metric[0] == "CckmOciRefresh"
     }
     assert shown == POWERTOOLS_METRICS
+
+
+def test_the_dashboard_shows_the_depth_of_every_queue_the_function_reads_and_their_dlqs(
+    cfn_template: dict[str, Any],
+) -> None:
+    body, _ = properties(cfn_template, "Dashboard")["DashboardBody"]["Fn::Sub"]
+    rendered = re.sub(r"\$\{([A-Za-z]+)\.QueueName\}", r"\1", body)
+    rendered = re.sub(r"\$\{[^}]+\}", "x", rendered)
+
+    depths = {
+        metric[3]
+        for widget in json.loads(rendered)["widgets"]
+        for metric in widget["properties"]["metrics"]
+        if metric[:2] == ["AWS/SQS", "ApproximateNumberOfMessagesVisible"]
+    }
+    ages = {
+        metric[3]
+        for widget in json.loads(rendered)["widgets"]
+        for metric in widget["properties"]["metrics"]
+        if metric[:2] == ["AWS/SQS", "ApproximateAgeOfOldestMessage"]
+    }
+    assert depths >= set(CONSUMED_QUEUES) | set(CONSUMED_QUEUES.values())
+    assert ages >= set(CONSUMED_QUEUES)
+
+
+def test_every_parameter_is_in_exactly_one_console_group(sam_template: dict[str, Any]) -> None:
+    groups = sam_template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    grouped = [name for group in groups for name in group["Parameters"]]
+
+    assert sorted(grouped) == sorted(sam_template["Parameters"])
 
 
 def test_outputs_name_queue_table_topic_secret_and_dashboard(
