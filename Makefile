@@ -5,12 +5,30 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
+# The SAM CLI, pinned, in a virtual environment of its own (`make sam`).
+SAM_VERSION := 1.170.0
+SAM := .venv-sam/bin/sam
+SAM_STAMP := .venv-sam/.installed-$(SAM_VERSION)
+# Python 3.13 as the Lambda runtime has it: boto3 (the version the tests use), compiled, and
+# nothing else. `make bench` imports the built handlers with it (bench/footprint.py).
+LAMBDA_PY := .venv-lambda/bin/python
+LAMBDA_STAMP := .venv-lambda/.installed
+BOTO3_PIN := $(shell grep -E '^(boto3|botocore)==' requirements-dev.txt)
+
+# `sam build` and the layer's Makefile need python3.13 (the Lambda runtime). Where pyenv has
+# it but does not put it on PATH, ask pyenv for it next to the current version.
+ifeq ($(shell python3.13 --version 2>/dev/null),)
+PYENV_313 := $(shell command -v pyenv >/dev/null && pyenv versions --bare | grep -m1 '^3\.13')
+ifneq ($(PYENV_313),)
+export PYENV_VERSION := $(shell pyenv version-name):$(PYENV_313)
+endif
+endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test unit integration lint typecheck demo bench build deploy clean
+.PHONY: help venv sam test unit integration lint demo bench build deploy clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{gsub(/\$$\$$/, "$$", $$2); printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): requirements-dev.txt layers/common/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,19 +55,28 @@ integration: $(STAMP) ## integration tests (moto server + CTM emulator on loopba
 demo: $(STAMP) ## run the whole system locally against the emulators
 	@$(PY) -m devkit.demo
 
-bench: $(STAMP) ## throughput, cold start and cost benchmarks (prints figures)
+bench: $(STAMP) build $(LAMBDA_STAMP) ## throughput, cold start (of sam build's output), cost -> bench/RESULTS.md
 	$(PY) -m bench
 
-build: ## sam build into .aws-sam/ (SAM CLI in .venv-sam; python3.13 from PATH or pyenv)
-	@test -x .venv-sam/bin/sam || { $(PYTHON) -m venv .venv-sam && \
-	  .venv-sam/bin/pip install --quiet --disable-pip-version-check aws-sam-cli==1.170.0; }
-	@if ! python3.13 --version >/dev/null 2>&1 && command -v pyenv >/dev/null; then \
-	  export PYENV_VERSION="$$(pyenv version-name):$$(pyenv versions --bare | grep -m1 '^3\.13')"; \
-	fi; .venv-sam/bin/sam build
+$(LAMBDA_STAMP): requirements-dev.txt
+	@python3.13 --version >/dev/null || { echo "make bench needs python3.13 (the Lambda runtime)"; exit 2; }
+	rm -rf .venv-lambda && python3.13 -m venv .venv-lambda
+	.venv-lambda/bin/pip install --quiet --disable-pip-version-check $(BOTO3_PIN)
+	@touch $@
+
+$(SAM_STAMP):
+	rm -rf .venv-sam && $(PYTHON) -m venv .venv-sam
+	.venv-sam/bin/pip install --quiet --disable-pip-version-check aws-sam-cli==$(SAM_VERSION)
+	@touch $@
+
+sam: $(SAM_STAMP) ## the pinned SAM CLI in .venv-sam; then: export PATH="$$PWD/.venv-sam/bin:$$PATH"
+
+build: $(SAM_STAMP) ## sam build into .aws-sam/build (python3.13 from PATH or pyenv)
+	$(SAM) build
 	@du -sh .aws-sam/build/CommonLayer
 
 deploy: build ## sam deploy --guided (ENV=prod deploys the prod environment of samconfig.toml)
-	.venv-sam/bin/sam deploy $(if $(ENV),--config-env $(ENV),--guided)
+	$(SAM) deploy $(if $(ENV),--config-env $(ENV),--guided)
 
-clean: ## remove the virtual environment and build output
-	rm -rf $(VENV) .aws-sam .mypy_cache .ruff_cache
+clean: ## remove the virtual environments and build output
+	rm -rf $(VENV) .venv-sam .venv-lambda .aws-sam .mypy_cache .ruff_cache

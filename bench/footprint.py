@@ -1,6 +1,9 @@
-"""Cold start and footprint: handler import time against boto3's, the layer's size, peak memory.
+"""Cold start and footprint of what ``sam build`` ships: handler import time against boto3's,
+the layer's size, peak memory.
 
-PYTHONPATH=layers/common:. .venv/bin/python -m bench.footprint
+``make bench`` builds first (``sam build``) and makes ``.venv-lambda``, a python3.13 with only
+boto3, as the Lambda runtime has it. Alone: ``PYTHONPATH=layers/common:. .venv/bin/python -m
+bench.footprint`` (after ``make build .venv-lambda/.installed``).
 """
 
 from __future__ import annotations
@@ -9,10 +12,11 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,12 @@ from bench.world import (
     prepare_process,
 )
 
-IMPORT_RUNS = 7
+IMPORT_RUNS = 11
+BUILD = ROOT / ".aws-sam" / "build"  # sam build's output: what is deployed
+LAMBDA_PYTHON = ROOT / ".venv-lambda" / "bin" / "python"  # python3.13 + boto3, like the runtime
+BUILT_FUNCTIONS = {"refresh": "RefreshFunction", "notify": "NotifyFunction"}
+WITH_BYTECODE = "sam build (bytecode)"
+WITHOUT_BYTECODE = "no bytecode"
 MEMORY_KEYS = 5000
 MEMORY_CHUNK = "1000"  # FANOUT_CHUNK_SIZE: 5 messages of 1000 keys
 SCHEDULED_TIME = "2026-11-28T06:00:00Z"
@@ -40,19 +49,18 @@ HANDLER_ENV = {
     "RESULTS_TABLE": "results",
     "TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:notifications",
 }
-# Timed inside a fresh interpreter, so interpreter start-up (the same for all) is left out.
+# Run by the runtime's python3.13 as ``python -I -B``: no PYTHONPATH, no user site, no current
+# directory, and no .pyc written (on Lambda /var/task and /opt are read-only). sys.path is then
+# Lambda's: /var/task (the function), /opt/python (the layer), then the runtime's own.
+# Interpreter start-up, the same for all, is left out. The figure is the CPU time the import
+# took: imports are CPU-bound (the files are in the page cache), and CPU time does not count
+# the moments another process had the machine's two cores, which wall time does.
 _TIME_IMPORT = """
-import importlib.util, sys, time
-started = time.perf_counter()
-{body}
-print(time.perf_counter() - started)
-"""
-_IMPORT_BOTO3 = "import boto3"
-_IMPORT_HANDLER = """
-spec = importlib.util.spec_from_file_location("app", {path!r})
-module = importlib.util.module_from_spec(spec)
-sys.modules["app"] = module
-spec.loader.exec_module(module)
+import sys, time
+sys.path[:0] = {paths!r}
+cpu, wall = time.process_time(), time.perf_counter()
+import {module}
+print(time.process_time() - cpu, time.perf_counter() - wall)
 """
 
 
@@ -61,33 +69,50 @@ spec.loader.exec_module(module)
 
 @dataclass
 class ImportTime:
-    """Median import time of one module over fresh interpreters, and its ratio to boto3's."""
+    """Import times of one module over fresh interpreters, and their ratio to boto3's."""
 
     name: str
-    seconds: list[float]
-    ratio: float = 0.0
+    layer: str  # which layer was on sys.path ("" for boto3 alone)
+    seconds: list[float]  # CPU time
+    wall: list[float]
+    ratio: float = 0.0  # median over the rounds of (CPU time / boto3's in the same round)
     heaviest: list[tuple[str, float]] = field(default_factory=list)  # top-level, cumulative
 
     @property
     def median(self) -> float:
         return statistics.median(self.seconds)
 
+    @property
+    def wall_median(self) -> float:
+        return statistics.median(self.wall)
+
+
+@dataclass(frozen=True)
+class _Import:
+    name: str
+    layer: str
+    module: str
+    paths: Sequence[str]  # put before the runtime's own sys.path
+
+    def code(self) -> str:
+        return _TIME_IMPORT.format(paths=list(self.paths), module=self.module)
+
 
 def _fresh_python(code: str, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *options, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, **HANDLER_ENV, "PYTHONPATH": f"{ROOT / 'layers' / 'common'}:{ROOT}"},
+        [str(LAMBDA_PYTHON), "-I", "-B", *options, "-c", code],
+        cwd=tempfile.gettempdir(),
+        env={**os.environ, **HANDLER_ENV},
         capture_output=True,
         text=True,
         check=True,
     )
 
 
-def _heaviest_imports(body: str, count: int = 6) -> list[tuple[str, float]]:
+def _heaviest_imports(code: str, count: int = 6) -> list[tuple[str, float]]:
     """Import time by top-level package (``-X importtime`` self times, summed; the tool's own
     overhead inflates them, so read them as shares, not as absolute figures)."""
-    stderr = _fresh_python(_TIME_IMPORT.format(body=body), "-X", "importtime").stderr
+    stderr = _fresh_python(code, "-X", "importtime").stderr
     costs: dict[str, float] = {}
     for line in stderr.splitlines():
         if not line.startswith("import time:") or line.count("|") != 2:
@@ -100,30 +125,61 @@ def _heaviest_imports(body: str, count: int = 6) -> list[tuple[str, float]]:
     return sorted(costs.items(), key=lambda item: -item[1])[:count]
 
 
-def cold_start() -> list[ImportTime]:
-    """boto3 alone and each handler module, each imported ``IMPORT_RUNS`` times, interleaved."""
-    bodies = {"boto3": _IMPORT_BOTO3}
-    for function in ("refresh", "notify"):
-        path = ROOT / "functions" / function / "app.py"
-        if path.exists():
-            bodies[f"functions/{function}/app.py"] = _IMPORT_HANDLER.format(path=str(path))
-    times: dict[str, list[float]] = {name: [] for name in bodies}
-    for _ in range(IMPORT_RUNS):  # round-robin: a slow moment of the machine hits all alike
-        for name, body in bodies.items():
-            out = _fresh_python(_TIME_IMPORT.format(body=body)).stdout
-            times[name].append(float(out.strip().splitlines()[-1]))
-    results = [ImportTime(name, seconds) for name, seconds in times.items()]
-    boto3_median = results[0].median
-    for result in results:
-        result.ratio = result.median / boto3_median
-        result.heaviest = _heaviest_imports(bodies[result.name])
-        print(
-            f"[cold start] {result.name}: median {result.median * 1000:.0f} ms over "
-            f"{len(result.seconds)} fresh interpreters = {result.ratio:.2f} x boto3; "
-            "heaviest (importtime ms): "
-            + ", ".join(f"{n} {s * 1000:.0f}" for n, s in result.heaviest),
-            flush=True,
+def _require_build() -> None:
+    for needed, how in (
+        (BUILD / "CommonLayer" / "python", "make build"),
+        (LAMBDA_PYTHON, "make .venv-lambda/.installed"),
+    ):
+        if not needed.exists():
+            raise SystemExit(
+                f"{needed.relative_to(ROOT)} is missing: run `{how}` (make bench does)"
+            )
+
+
+@contextmanager
+def _layer_without_bytecode() -> Iterator[Path]:
+    """The built layer minus its .pyc: what a build without compileall ships."""
+    with tempfile.TemporaryDirectory(prefix="bench-layer-") as tmp:
+        copy = Path(tmp) / "python"
+        shutil.copytree(
+            BUILD / "CommonLayer" / "python", copy, ignore=shutil.ignore_patterns("__pycache__")
         )
+        yield copy
+
+
+def cold_start() -> list[ImportTime]:
+    """``import boto3`` alone, and each built handler with the layer as built and without its
+    bytecode, ``IMPORT_RUNS`` rounds, interleaved (a slow moment of the machine hits all)."""
+    _require_build()
+    with _layer_without_bytecode() as bare_layer:
+        imports = [_Import("boto3", "", "boto3", [])]
+        built_layer = BUILD / "CommonLayer" / "python"
+        for layer, site in ((WITHOUT_BYTECODE, bare_layer), (WITH_BYTECODE, built_layer)):
+            for function, logical_id in BUILT_FUNCTIONS.items():
+                task = BUILD / logical_id
+                imports.append(
+                    _Import(f"functions/{function}/app.py", layer, "app", [str(task), str(site)])
+                )
+        results = [ImportTime(one.name, one.layer, [], []) for one in imports]
+        for _ in range(IMPORT_RUNS):
+            for result, one in zip(results, imports, strict=True):
+                cpu, wall = _fresh_python(one.code()).stdout.split()[-2:]
+                result.seconds.append(float(cpu))
+                result.wall.append(float(wall))
+        boto3 = results[0].seconds
+        for result, one in zip(results, imports, strict=True):
+            result.ratio = statistics.median(
+                s / b for s, b in zip(result.seconds, boto3, strict=True)
+            )
+            result.heaviest = _heaviest_imports(one.code())
+            print(
+                f"[cold start] {result.name}{f' ({result.layer})' if result.layer else ''}: "
+                f"median {result.median * 1000:.0f} ms CPU ({result.wall_median * 1000:.0f} ms "
+                f"wall) over {IMPORT_RUNS} fresh interpreters = {result.ratio:.2f} x boto3; "
+                "heaviest (importtime ms): "
+                + ", ".join(f"{n} {s * 1000:.0f}" for n, s in result.heaviest),
+                flush=True,
+            )
     return results
 
 
@@ -146,48 +202,19 @@ def _tree_bytes(path: Path) -> tuple[int, int]:
 
 
 def layer_size() -> LayerSize:
-    """Build the layer as ``sam build`` would for arm64 / Python 3.13, and measure it."""
+    """The layer ``sam build`` made (.aws-sam/build/CommonLayer), unpacked and zipped."""
+    _require_build()
+    built = BUILD / "CommonLayer"
+    unpacked, files = _tree_bytes(built / "python")
+    packages = sorted(
+        ((entry.name, _tree_bytes(entry)[0]) for entry in (built / "python").iterdir()),
+        key=lambda item: -item[1],
+    )
     with tempfile.TemporaryDirectory(prefix="bench-layer-") as tmp:
-        target = Path(tmp) / "python"
-        installed = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-                str(ROOT / "layers" / "common" / "requirements.txt"),
-                "-t",
-                str(target),
-                "--platform",
-                "manylinux2014_aarch64",
-                "--python-version",
-                "3.13",
-                "--only-binary=:all:",
-            ],
-            capture_output=True,  # the machine's pip configuration warns about its mirrors
-            text=True,
-            check=False,
-        )
-        if installed.returncode != 0:
-            print(installed.stdout + installed.stderr, file=sys.stderr)
-            installed.check_returncode()
-        shutil.copytree(
-            ROOT / "layers" / "common" / "cckm_refresh",
-            target / "cckm_refresh",
-            ignore=shutil.ignore_patterns("__pycache__"),
-        )
-        unpacked, files = _tree_bytes(target)
-        packages = sorted(
-            ((entry.name, _tree_bytes(entry)[0]) for entry in target.iterdir()),
-            key=lambda item: -item[1],
-        )
         archive = Path(tmp) / "layer.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as layer_zip:
-            for path in sorted(target.rglob("*")):
-                layer_zip.write(path, path.relative_to(tmp))
+            for path in sorted((built / "python").rglob("*")):
+                layer_zip.write(path, path.relative_to(built))
         size = LayerSize(unpacked, archive.stat().st_size, files, packages[:6])
     print(
         f"[layer] {size.unpacked_bytes / 2**20:.1f} MiB unpacked ({size.files} files), "

@@ -8,7 +8,7 @@ import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bench.footprint import IMPORT_RUNS, ImportTime, LayerSize, MemoryRun
+from bench.footprint import IMPORT_RUNS, WITH_BYTECODE, ImportTime, LayerSize, MemoryRun
 from bench.throughput import (
     CEILING,
     KEYS_PER_TENANCY,
@@ -21,7 +21,7 @@ from bench.world import DYNAMODB_WRITES, TENANCIES, AwsCalls
 # The issue's targets (issue 7).
 TARGET_RATIO = 0.9
 TARGET_THROTTLED_SHARE = 0.05
-TARGET_IMPORT_RATIO = 1.5
+TARGET_IMPORT_RATIO = 1.3  # issue 12: of what sam build ships
 TARGET_PEAK_MIB = 200
 TARGET_WRITES_PER_KEY = 1.2
 
@@ -105,33 +105,45 @@ def render(figures: Figures) -> str:
         "",
         "## 2. Cold start and footprint",
         "",
-        f"Import time of each module in a fresh interpreter (interpreter start-up excluded), "
-        f"median of {IMPORT_RUNS} runs, interleaved; the handler modules with the variables "
+        "Import time of each handler as `sam build` built it (`.aws-sam/build`), in a fresh "
+        "python3.13 that has only boto3, as the Lambda runtime, run with `-I -B` and "
+        "`sys.path` as Lambda sets it: the function's directory (`/var/task`), the layer's "
+        "`python/` (`/opt/python`), then the runtime's own; nothing writes bytecode, as "
+        "`/var/task` and `/opt` are read-only. Interpreter start-up is excluded; the figure "
+        "is the CPU time of the import (the machine is shared, and wall time counts other "
+        "processes' turns; the wall medians are shown too). `no bytecode` is the same layer "
+        "without its `__pycache__`, what SAM's own `python3.13` build method ships: every cold "
+        "start compiles it. `boto3` is `import boto3` with no layer. "
+        f"{IMPORT_RUNS} rounds, the modules interleaved in each; the ratio is the median of "
+        "the per-round ratios. The handler modules import with the variables "
         "they need at import. Both handlers import boto3 and validate their settings at "
         "import; both create their AWS clients (and the refresh function its CTM client) on "
         "first use and keep them for the container's later invocations, so creating them "
         "(about 80 ms for two boto3 clients here) is in the first invocation, not in these "
         "figures. The refresh handler imports Powertools' batch utility only for SQS batches.",
         "",
-        "| module | median import | ratio to boto3 | heaviest packages (importtime ms, self) |",
-        "|---|---:|---:|---|",
+        "| module | layer | median import (CPU) | wall | ratio to boto3 "
+        "| heaviest packages (importtime ms, self) |",
+        "|---|---|---:|---:|---:|---|",
     ]
     for imp in figures.imports:
         heaviest = ", ".join(f"{n} {s * 1000:.0f}" for n, s in imp.heaviest)
         lines.append(
-            f"| `{imp.name}` | {imp.median * 1000:.0f} ms | {imp.ratio:.2f} | {heaviest} |"
+            f"| `{imp.name}` | {imp.layer or 'none'} | {imp.median * 1000:.0f} ms "
+            f"| {imp.wall_median * 1000:.0f} ms | {imp.ratio:.2f} | {heaviest} |"
         )
-    handlers = [imp for imp in figures.imports if imp.name != "boto3"]
+    handlers = [imp for imp in figures.imports if imp.layer == WITH_BYTECODE]
     worst = max(handlers, key=lambda imp: imp.ratio)
     layer = figures.layer
     memory = figures.memory
     lines += [
         "",
-        f"Target: at most {TARGET_IMPORT_RATIO} x boto3: "
+        f"Target: at most {TARGET_IMPORT_RATIO} x boto3 as `sam build` ships it: "
         f"{_mark(worst.ratio <= TARGET_IMPORT_RATIO)} (worst `{worst.name}`, {worst.ratio:.2f}).",
         "",
-        "| layer (pip for manylinux2014_aarch64, cp313, plus `cckm_refresh`; boto3 is not in "
-        "it) | size |",
+        "| layer as `sam build` makes it (`layers/common/Makefile`: pip for "
+        "manylinux2014_aarch64, cp313, plus `cckm_refresh`, compiled; boto3 is not in it) "
+        "| size |",
         "|---|---:|",
         f"| unpacked (`python/`, {layer.files} files) | {layer.unpacked_bytes / 2**20:.1f} MiB |",
         f"| zipped (deflate) | {layer.zipped_bytes / 2**20:.1f} MiB |",

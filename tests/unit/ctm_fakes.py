@@ -7,6 +7,7 @@ transport, requests' merging of ``verify`` with the environment, header handling
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import BaseAdapter
 
 from cckm_refresh.ctm.client import CtmClient
@@ -77,7 +79,7 @@ class SecretLoader:
 @dataclass(frozen=True)
 class Reply:
     status: int = 200
-    body: Any = None  # dict/list -> JSON; str -> sent as is
+    body: Any = None  # dict/list -> JSON; str/bytes -> sent as is
     raises: Exception | None = None
 
 
@@ -174,11 +176,15 @@ class FakeCtm(BaseAdapter):
         response = requests.Response()
         response.status_code = reply.status
         if reply.body is None:
-            response._content = b""
+            content = b""
+        elif isinstance(reply.body, bytes):
+            content = reply.body
         elif isinstance(reply.body, str):
-            response._content = reply.body.encode()
+            content = reply.body.encode()
         else:
-            response._content = json.dumps(reply.body).encode()
+            content = json.dumps(reply.body).encode()
+        # The transport streams the body (stream=True) from ``raw``, as from a socket.
+        response.raw = urllib3.HTTPResponse(body=io.BytesIO(content), preload_content=False)
         response.headers["Content-Type"] = "application/json"
         response.url = request.url or ""
         response.request = request

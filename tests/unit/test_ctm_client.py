@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from cckm_refresh.ctm.client import SELECTOR_FILTERS, CtmClient
-from cckm_refresh.ctm.errors import CtmNotFoundError, CtmPermanentError
+from cckm_refresh.ctm.errors import CtmBadResponseError, CtmNotFoundError
 from cckm_refresh.ctm.ids import InvalidKeyIdError
 from tests.unit.ctm_fakes import (
     KEY_ID,
@@ -100,11 +100,16 @@ def uuid(n: int) -> str:
     return f"00000000-0000-4000-8000-{n:012d}"
 
 
+def listed_key(n: int) -> dict[str, Any]:
+    """A list item as CTM sends it, created in the order of ``n``."""
+    return {**key_object(uuid(n)), "createdAt": f"2026-01-01T00:00:00.{n:06d}Z"}
+
+
 class Pages:
     """A list endpoint over ``count`` keys that returns at most ``cap`` per page."""
 
     def __init__(self, count: int, cap: int = 1000, total: int | None = None) -> None:
-        self.keys = [key_object(uuid(n)) for n in range(count)]
+        self.keys = [listed_key(n) for n in range(count)]
         self.cap = cap
         self.total = count if total is None else total
 
@@ -125,10 +130,11 @@ def test_list_pages_with_skip_and_limit_until_total() -> None:
     ids = listed(fake_client(ctm), page_size=10)
 
     assert ids == [uuid(n) for n in range(25)]
+    # each page after the first re-reads an overlap before where the last one ended
     assert [(s.query["skip"], s.query["limit"]) for s in ctm.to("GET", KEYS_PATH)] == [
         ("0", "10"),
-        ("10", "10"),
-        ("20", "10"),
+        ("0", "20"),
+        ("0", "30"),
     ]
 
 
@@ -136,11 +142,25 @@ def test_list_advances_skip_by_the_keys_actually_returned() -> None:
     # Given a server returning at most 4 keys whatever limit asks
     ctm = FakeCtm()
     ctm.always("GET", KEYS_PATH, Pages(10, cap=4))
+    client = fake_client(ctm)
 
-    ids = listed(fake_client(ctm), page_size=100)
+    # When the pages are read one by one
+    first = client.list_page(None, page_size=100)
+    second = client.list_page(None, cursor=first.next, page_size=100)
 
-    assert ids == [uuid(n) for n in range(10)]
-    assert [s.query["skip"] for s in ctm.to("GET", KEYS_PATH)] == ["0", "4", "8"]
+    # Then each cursor's position advanced by the keys the page actually held
+    assert first.next is not None and first.next.skip == 4
+    assert second.next is not None and second.next.skip == 8
+    assert [k["id"] for k in first.resources + second.resources] == [uuid(n) for n in range(8)]
+    assert ids_of_rest(client, second) == [uuid(n) for n in range(8, 10)]
+
+
+def ids_of_rest(client: CtmClient, page: Any) -> list[str]:
+    ids: list[str] = []
+    while page.next is not None:
+        page = client.list_page(None, cursor=page.next, page_size=100)
+        ids += [k["id"] for k in page.resources]
+    return ids
 
 
 def test_list_stops_on_an_empty_page_even_if_total_promises_more() -> None:
@@ -148,19 +168,18 @@ def test_list_stops_on_an_empty_page_even_if_total_promises_more() -> None:
     ctm.always("GET", KEYS_PATH, Pages(3, total=50))
 
     assert len(listed(fake_client(ctm), page_size=2)) == 3
-    assert len(ctm.to("GET", KEYS_PATH)) == 3
 
 
 def test_list_stops_when_the_server_ignores_skip() -> None:
     ctm = FakeCtm()
-    same_page = Reply(200, {"resources": [key_object(uuid(1)), key_object(uuid(2))]})
+    same_page = Reply(200, {"resources": [listed_key(1), listed_key(2)]})
     ctm.always("GET", KEYS_PATH, same_page)
 
     assert listed(fake_client(ctm), page_size=2) == [uuid(1), uuid(2)]
     assert len(ctm.to("GET", KEYS_PATH)) == 2
 
 
-def test_list_sends_selector_filters_and_key_id_as_encoded_query_parameters() -> None:
+def test_list_sends_selector_filters_key_id_and_a_stable_sort_as_query_parameters() -> None:
     ctm = FakeCtm()
     ctm.always("GET", KEYS_PATH, Pages(0))
     filters = {name: f"{name} & =?/#%" for name in SELECTOR_FILTERS}
@@ -168,7 +187,13 @@ def test_list_sends_selector_filters_and_key_id_as_encoded_query_parameters() ->
     listed(fake_client(ctm), filters=filters, key_id=OCID)
 
     (sent,) = ctm.to("GET", KEYS_PATH)
-    assert sent.query == {**filters, "key_id": OCID, "skip": "0", "limit": "100"}
+    assert sent.query == {
+        **filters,
+        "key_id": OCID,
+        "sort": "createdAt,id",
+        "skip": "0",
+        "limit": "100",
+    }
 
 
 @pytest.mark.parametrize(
@@ -187,11 +212,16 @@ def test_list_refuses_a_non_string_filter_value() -> None:
         fake_client(FakeCtm()).list_oci_keys({"region": 5})  # type: ignore[dict-item]
 
 
-def test_a_malformed_list_answer_is_a_permanent_error() -> None:
+@pytest.mark.parametrize(
+    "body", [{"resources": "nope"}, {"total": 3}, {"resources": {"id": KEY_ID}}, "[]", "<html>"]
+)
+def test_a_page_that_is_not_a_list_answer_is_a_bad_response(body: Any) -> None:
     ctm = FakeCtm()
-    ctm.always("GET", KEYS_PATH, Reply(200, {"resources": "nope"}))
-    with pytest.raises(CtmPermanentError, match="malformed key list"):
+    ctm.always("GET", KEYS_PATH, Reply(200, body))
+    with pytest.raises(CtmBadResponseError) as caught:
         listed(fake_client(ctm))
+    assert caught.value.error_code == "BAD_RESPONSE"
+    assert not caught.value.transient
 
 
 def test_the_client_requires_an_https_base_url() -> None:

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from cckm_refresh.ctm.errors import (
+    CtmBadResponseError,
     CtmConnectionError,
     CtmError,
     CtmNotFoundError,
@@ -296,7 +297,7 @@ def test_every_request_carries_timeouts_headers_and_no_redirects() -> None:
     fake_client(ctm).refresh_oci_key(KEY_ID)
 
     sent = ctm.to("POST", REFRESH_PATH)[0]
-    assert sent.timeout == (5.0, 15.0)
+    assert (sent.timeout.connect_timeout, sent.timeout.total) == (5.0, 20.0)
     assert sent.headers["Accept"] == "application/json"
     assert sent.headers["Content-Type"] == "application/json"
     assert sent.headers["User-Agent"] == USER_AGENT
@@ -312,12 +313,13 @@ def test_a_redirect_is_not_followed() -> None:
     assert len(ctm.sent) == 2  # the token request and the refresh; nothing after the 302
 
 
-def test_a_2xx_answer_that_is_not_a_json_object_is_a_permanent_error() -> None:
+def test_a_2xx_answer_that_is_not_a_json_object_is_a_bad_response() -> None:
     ctm = FakeCtm()
     ctm.always("POST", REFRESH_PATH, Reply(200, "<html>maintenance</html>"))
-    with pytest.raises(CtmPermanentError) as caught:
+    with pytest.raises(CtmBadResponseError) as caught:
         fake_client(ctm).refresh_oci_key(KEY_ID)
-    assert caught.value.error_code == "HTTP_200"
+    assert caught.value.error_code == "BAD_RESPONSE"
+    assert not caught.value.transient
 
 
 class RecordingPacer:

@@ -33,6 +33,18 @@ class Status(StrEnum):
 TERMINAL_STATUSES = frozenset(s for s in Status if s.terminal)
 
 
+class MalformedKeyObjectError(ValueError):
+    """CTM's answer is not a CCKM key object (the client reports it as ``BAD_RESPONSE``)."""
+
+
+def _text(fields: Mapping[str, Any], name: str, where: str = "") -> str | None:
+    """``fields[name]`` when it is a string, None when absent or null; otherwise malformed."""
+    value = fields.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise MalformedKeyObjectError(f"the key object's {where}{name} is not a string")
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     """What CCKM says about one OCI key (from the list call or a refresh response)."""
@@ -48,19 +60,32 @@ class KeyInfo:
     refreshed_at: str | None = None
 
     @classmethod
-    def from_ctm(cls, resource: dict[str, Any]) -> KeyInfo:
-        """Build from a CCKM key object (``GET``/``refresh``/list item)."""
-        params = resource.get("oci_params") or {}
+    def from_ctm(cls, resource: Mapping[str, Any]) -> KeyInfo:
+        """Build from a CCKM key object (``GET``/``refresh``/list item).
+
+        Raises ``MalformedKeyObjectError`` (a ValueError) when it is not one: not an object,
+        no string ``id``, ``oci_params`` not an object, or a field read here not a string.
+        """
+        if not isinstance(resource, Mapping):
+            raise MalformedKeyObjectError("the key object is not a JSON object")
+        key_id = resource.get("id")
+        if not isinstance(key_id, str) or not key_id.strip():
+            raise MalformedKeyObjectError("the key object has no string id")
+        params = resource.get("oci_params")
+        if params is None:
+            params = {}
+        elif not isinstance(params, Mapping):
+            raise MalformedKeyObjectError("the key object's oci_params is not an object")
         return cls(
-            key_id=str(resource["id"]).lower(),
-            oci_key_id=params.get("key_id"),
-            display_name=params.get("display_name"),
-            tenancy=resource.get("tenancy"),
-            region=resource.get("region"),
-            vault_name=params.get("vault_name"),
-            lifecycle_state=params.get("lifecycle_state"),
-            current_key_version=params.get("current_key_version"),
-            refreshed_at=resource.get("refreshed_at"),
+            key_id=key_id.lower(),
+            oci_key_id=_text(params, "key_id", "oci_params."),
+            display_name=_text(params, "display_name", "oci_params."),
+            tenancy=_text(resource, "tenancy"),
+            region=_text(resource, "region"),
+            vault_name=_text(params, "vault_name", "oci_params."),
+            lifecycle_state=_text(params, "lifecycle_state", "oci_params."),
+            current_key_version=_text(params, "current_key_version", "oci_params."),
+            refreshed_at=_text(resource, "refreshed_at"),
         )
 
     @classmethod

@@ -2,32 +2,118 @@
 
 Key ids are validated before any URL is built, so ``../../auth/tokens`` and friends never
 reach the network; list filters are restricted to the selector names of CONTRACT 4.1.
+
+Answers are checked: a 2xx refresh/get body that is not a key object is ``BAD_RESPONSE``,
+one flagged ``gone`` is ``NOT_FOUND`` (``GONE``), and a malformed list item is skipped and
+counted, never fatal to the listing.
+
+Listing (``list_page``) reads pages in a stable order (``sort=createdAt,id``: a refresh
+changes ``updatedAt``, never these) and resumes from a ``ListCursor`` = (position, last key
+returned). Each page re-reads a small overlap before the position and drops the keys at or
+before the last one returned, so keys added, removed or moved while paging are never returned
+twice and a key present throughout is never skipped, with memory bounded by one page.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from cckm_refresh.ctm.auth import TokenEndpoint, TokenSource
 from cckm_refresh.ctm.credentials import CredentialsCache, SecretLoader
-from cckm_refresh.ctm.errors import CtmPermanentError
-from cckm_refresh.ctm.filters import SELECTOR_FILTERS
-from cckm_refresh.ctm.ids import require_cckm_id, require_ocid
+from cckm_refresh.ctm.errors import CtmBadResponseError, CtmNotFoundError
+from cckm_refresh.ctm.filters import SELECTOR_FILTERS, resource_matches
+from cckm_refresh.ctm.ids import InvalidKeyIdError, require_cckm_id, require_ocid
 from cckm_refresh.ctm.pacing import UNPACED, Pacer
-from cckm_refresh.ctm.retries import RetryPolicy
-from cckm_refresh.ctm.transport import CtmResponse, Transport
+from cckm_refresh.ctm.retries import GONE_ERROR_CODE, GONE_FIELD, RetryPolicy
+from cckm_refresh.ctm.transport import MAX_BODY_BYTES, CtmResponse, Transport
+from cckm_refresh.model import KeyInfo, MalformedKeyObjectError
 from cckm_refresh.observability import logger
 
 KEYS_PATH = "/api/v1/cckm/oci/keys"
 MAX_PAGE_SIZE = 1000
 MAX_FILTER_VALUE = 1024
+# A key object is ~2.5 KB; OCI caps a key's tags at a few KB. 1 MiB is generous and still
+# keeps 64 concurrent calls from holding more than 64 MiB of answers.
+MAX_KEY_BODY_BYTES = 1 << 20
+# List pages: up to MAX_PAGE_SIZE keys of ~2.5 KB each.
+MAX_LIST_BODY_BYTES = MAX_BODY_BYTES
+# The stable order pages are read in: fields a refresh never changes (it bumps updatedAt).
+LIST_SORT = "createdAt,id"
+# Keys re-read before a cursor's position: absorbs that many keys removed before it between
+# two page reads without reading back further (more removals: the page steps back further).
+LIST_OVERLAP = 20
+MAX_CURSOR_FIELD = 255
 
-__all__ = ["SELECTOR_FILTERS", "CtmClient", "CtmResponse"]
+__all__ = [
+    "SELECTOR_FILTERS",
+    "CtmClient",
+    "CtmResponse",
+    "KeyPage",
+    "ListCursor",
+    "resource_matches",
+]
+
+SortKey = tuple[str, str]  # (createdAt, id)
+
+
+@dataclass(frozen=True)
+class ListCursor:
+    """Where a listing stopped: the position after the last key returned, and that key's
+    sort key (None when no well-formed key was returned yet). Round-trips through JSON."""
+
+    skip: int
+    after_created_at: str | None = None
+    after_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.skip, bool) or not isinstance(self.skip, int) or self.skip < 0:
+            raise ValueError("cursor skip must be a non-negative integer")
+        if (self.after_created_at is None) != (self.after_id is None):
+            raise ValueError("cursor after_created_at and after_id go together")
+        for value in (self.after_created_at, self.after_id):
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_CURSOR_FIELD):
+                raise ValueError("cursor sort key fields must be short strings")
+
+    @property
+    def after(self) -> SortKey | None:
+        if self.after_created_at is None or self.after_id is None:
+            return None
+        return (self.after_created_at, self.after_id)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (for a queue message); ``from_json`` reads it back."""
+        after = None if self.after is None else list(self.after)
+        return {"skip": self.skip, "after": after}
+
+    @classmethod
+    def from_json(cls, value: object) -> ListCursor:
+        """The cursor ``to_json`` wrote; ValueError for anything else."""
+        if not isinstance(value, dict) or set(value) != {"skip", "after"}:
+            raise ValueError("a list cursor is an object with exactly skip and after")
+        after = value["after"]
+        if after is None:
+            return cls(value["skip"])
+        if not isinstance(after, list) or len(after) != 2:
+            raise ValueError("a list cursor's after is null or [createdAt, id]")
+        return cls(value["skip"], after[0], after[1])
+
+
+@dataclass(frozen=True)
+class KeyPage:
+    """One page of a listing: its well-formed keys (unchecked against the selector: use
+    ``resource_matches``), how many malformed items were skipped, and where to go on from
+    (None when the listing is finished)."""
+
+    resources: tuple[dict[str, Any], ...]
+    malformed: int
+    next: ListCursor | None
 
 
 class CtmClient:
@@ -66,6 +152,7 @@ class CtmClient:
             pool_size=pool_size,
             sleep=sleep,
             rng=rng,
+            clock=clock,
         )
         tokens = TokenSource(
             credentials,
@@ -99,32 +186,66 @@ class CtmClient:
         *,
         key_id: str | None = None,
         page_size: int = 100,
+        deadline: float | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Yield every OCI key matching ``filters`` (and the OCID ``key_id``), page by page.
 
-        Pages ``GET /api/v1/cckm/oci/keys`` with ``skip``/``limit`` until ``total``; ``skip``
-        advances by the keys actually returned. Arguments are validated before the first call
-        (ValueError / InvalidKeyIdError), so a bad selector fails without any request.
+        Built on ``list_page``; only keys that really match are yielded (CTM may ignore a
+        filter). Arguments are validated before the first call (ValueError /
+        InvalidKeyIdError), so a bad selector fails without any request. ``deadline`` bounds
+        each page's call.
         """
         query = _selector_query(filters)
         if key_id is not None:
             query["key_id"] = require_ocid(key_id)
-        if not 1 <= page_size <= MAX_PAGE_SIZE:
-            raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
-        return self._pages(query, page_size)
+        _check_page_size(page_size)
+        return self._matching(query, page_size, deadline)
 
-    def get_oci_key(self, key_id: str) -> dict[str, Any]:
+    def list_page(
+        self,
+        filters: Mapping[str, str] | None,
+        *,
+        cursor: ListCursor | None = None,
+        page_size: int = 500,
+        deadline: float | None = None,
+    ) -> KeyPage:
+        """One page of ``GET /api/v1/cckm/oci/keys`` matching ``filters``, from ``cursor``.
+
+        Pages come in a stable order and resume exactly where ``cursor`` says (see the module
+        docstring); ``skip`` advances by the keys actually returned. A page that is not a list
+        answer is ``CtmBadResponseError``; malformed items are counted in ``malformed``.
+        """
+        query = _selector_query(filters)
+        _check_page_size(page_size)
+        return self._read_page(query, cursor, page_size, deadline)
+
+    def get_oci_key(self, key_id: str, *, deadline: float | None = None) -> dict[str, Any]:
         """``GET /api/v1/cckm/oci/keys/{id}``: CCKM's cached copy of the key."""
-        return self._call("GET", self._key_url(key_id)).body
+        answer = self._call(
+            "GET", self._key_url(key_id), deadline=deadline, max_body=MAX_KEY_BODY_BYTES
+        )
+        return _key_object(answer, "GET", require_cckm_id(key_id)).body
 
-    def refresh_oci_key(self, key_id: str, *, pacer: Pacer = UNPACED) -> CtmResponse:
+    def refresh_oci_key(
+        self, key_id: str, *, pacer: Pacer = UNPACED, deadline: float | None = None
+    ) -> CtmResponse:
         """``POST /api/v1/cckm/oci/keys/{id}/refresh`` (no body): CCKM re-reads the key from OCI.
 
         Returns the updated key object with the status and attempts it took; raises a
-        CtmError subclass carrying ``error_code``, ``attempts`` and the last ``http_status``.
-        Retrying a refresh is safe: it only reads OCI.
+        CtmError subclass carrying ``error_code``, ``attempts`` and the last ``http_status``:
+        ``CtmNotFoundError`` (404, ``gone: true`` as ``GONE``, OCI's
+        ``NotAuthorizedOrNotFound``), ``CtmBadResponseError`` (2xx, not this key object),
+        ``CtmDeadlineError`` (no attempt fits before ``deadline``, a ``time.monotonic()``
+        instant). Retrying a refresh is safe: it only reads OCI.
         """
-        return self._call("POST", self._key_url(key_id) + "/refresh", pacer=pacer)
+        answer = self._call(
+            "POST",
+            self._key_url(key_id) + "/refresh",
+            pacer=pacer,
+            deadline=deadline,
+            max_body=MAX_KEY_BODY_BYTES,
+        )
+        return _key_object(answer, "POST refresh", require_cckm_id(key_id))
 
     def close(self) -> None:
         """Release pooled connections and the temporary CA file."""
@@ -141,28 +262,155 @@ class CtmClient:
         *,
         params: Mapping[str, str | int] | None = None,
         pacer: Pacer = UNPACED,
+        deadline: float | None = None,
+        max_body: int = MAX_BODY_BYTES,
     ) -> CtmResponse:
-        return self.transport.call(method, url, params=params, auth=self.tokens, pacer=pacer)
+        return self.transport.call(
+            method,
+            url,
+            params=params,
+            auth=self.tokens,
+            pacer=pacer,
+            deadline=deadline,
+            max_body=max_body,
+        )
 
-    def _pages(self, query: dict[str, str], page_size: int) -> Iterator[dict[str, Any]]:
-        url = self.base_url + KEYS_PATH
-        skip = 0
-        # Keys added or removed while paging shift skip-based pages; never yield one twice.
-        seen: set[str] = set()
+    def _matching(
+        self, query: dict[str, str], page_size: int, deadline: float | None
+    ) -> Iterator[dict[str, Any]]:
+        ocid = query.pop("key_id", None)
+        selector = dict(query)
+        if ocid is not None:
+            query["key_id"] = ocid
+        cursor: ListCursor | None = None
         while True:
-            answer = self._call("GET", url, params={**query, "skip": skip, "limit": page_size})
-            resources, total = _page(answer)
-            fresh = [r for r in resources if str(r.get("id")) not in seen]
-            for resource in fresh:
-                seen.add(str(resource.get("id")))
-                yield resource
-            skip += len(resources)
-            if not resources or (total is not None and skip >= total):
+            page = self._read_page(query, cursor, page_size, deadline)
+            if page.malformed:
+                logger.warning(
+                    "CTM key list held malformed items; skipped", extra={"count": page.malformed}
+                )
+            for resource in page.resources:
+                if resource_matches(selector, resource) and (
+                    ocid is None or _oci_key_id(resource) == ocid
+                ):
+                    yield resource
+            if page.next is None:
                 return
-            if not fresh:
-                # A page of nothing new: the server is not honouring skip. Stop, not loop.
-                logger.warning("CTM key list repeated a page; stopping", extra={"skip": skip})
-                return
+            cursor = page.next
+
+    def _read_page(
+        self,
+        query: Mapping[str, str],
+        cursor: ListCursor | None,
+        page_size: int,
+        deadline: float | None,
+    ) -> KeyPage:
+        position = cursor.skip if cursor is not None else 0
+        after = last = cursor.after if cursor is not None else None
+        back = min(LIST_OVERLAP, position) if after is not None else 0
+        resources: list[dict[str, Any]] = []
+        malformed = 0
+        while True:
+            start = position - back
+            items, total = self._list_call(query, start, page_size + back, deadline)
+            keys = [_sort_key(item) for item in items]
+            first = next((key for key in keys if key is not None), None)
+            moved = not items or (first is not None and after is not None and first > after)
+            if back and start > 0 and moved:
+                # The window starts after the last key returned: more than ``back`` keys
+                # before it were removed since. Look further back (at most down to 0).
+                back = min(position, 2 * back)
+                continue
+            if any(b < a for a, b in itertools.pairwise(k for k in keys if k is not None)):
+                logger.warning("CTM key list page is not in the order asked", extra={"skip": start})
+            for offset, (item, key) in enumerate(zip(items, keys, strict=True)):
+                if key is None:
+                    if start + offset >= position:  # not counted again when re-read
+                        malformed += 1
+                elif last is None or key > last:
+                    resources.append(item)
+                    last = key
+            end = start + len(items)
+            finished = not items or (total is not None and end >= total)
+            if resources or malformed or finished:
+                break
+            if total is None:
+                # Nothing new and no total to progress towards: CTM is not honouring skip.
+                logger.warning("CTM key list repeated a page; stopping", extra={"skip": start})
+                finished = True
+                break
+            # Nothing new yet: the overlap filled CTM's (capped) page. Read on from its end.
+            position, back = end, 0
+        following = None if finished else ListCursor(end, *(last or (None, None)))
+        return KeyPage(tuple(resources), malformed, following)
+
+    def _list_call(
+        self, query: Mapping[str, str], skip: int, limit: int, deadline: float | None
+    ) -> tuple[list[Any], int | None]:
+        params: dict[str, str | int] = {**query, "sort": LIST_SORT}
+        params.update(skip=skip, limit=min(limit, MAX_PAGE_SIZE))
+        answer = self._call(
+            "GET",
+            self.base_url + KEYS_PATH,
+            params=params,
+            deadline=deadline,
+            max_body=MAX_LIST_BODY_BYTES,
+        )
+        return _page(answer)
+
+
+def _check_page_size(page_size: int) -> None:
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+
+
+def _oci_key_id(resource: Mapping[str, Any]) -> object:
+    params = resource.get("oci_params")
+    return params.get("key_id") if isinstance(params, dict) else None
+
+
+def _sort_key(item: object) -> SortKey | None:
+    """A list item's (createdAt, id), or None when the item is not a usable key object."""
+    if not isinstance(item, dict):
+        return None
+    try:
+        KeyInfo.from_ctm(item)
+        key_id = require_cckm_id(item["id"])
+    except (MalformedKeyObjectError, InvalidKeyIdError):
+        return None
+    created = item.get("createdAt")
+    if not isinstance(created, str) or not created or len(created) > MAX_CURSOR_FIELD:
+        return None
+    return (created, key_id)
+
+
+def _key_object(answer: CtmResponse, what: str, key_id: str) -> CtmResponse:
+    """``answer`` when it is the key object of ``key_id``; GONE / BAD_RESPONSE otherwise."""
+    body = answer.body
+    try:
+        info = KeyInfo.from_ctm(body)
+    except MalformedKeyObjectError as problem:
+        raise CtmBadResponseError(
+            f"{what} answered HTTP {answer.http_status}: {problem}",
+            error_code="BAD_RESPONSE",
+            http_status=answer.http_status,
+            attempts=answer.attempts,
+        ) from None
+    if info.key_id != key_id:
+        raise CtmBadResponseError(
+            f"{what} answered HTTP {answer.http_status} with another key's object",
+            error_code="BAD_RESPONSE",
+            http_status=answer.http_status,
+            attempts=answer.attempts,
+        )
+    if body.get(GONE_FIELD) is True:
+        raise CtmNotFoundError(
+            f"{what} answered HTTP {answer.http_status}: the key is gone from OCI",
+            error_code=GONE_ERROR_CODE,
+            http_status=answer.http_status,
+            attempts=answer.attempts,
+        )
+    return answer
 
 
 def _selector_query(filters: Mapping[str, str] | None) -> dict[str, str]:
@@ -176,19 +424,18 @@ def _selector_query(filters: Mapping[str, str] | None) -> dict[str, str]:
     return query
 
 
-def _page(answer: CtmResponse) -> tuple[list[dict[str, Any]], int | None]:
-    """``(resources, total)`` of a list answer, or a permanent error if it is not one."""
-    resources = answer.body.get("resources")
-    total = answer.body.get("total")
-    if resources is None:
-        resources = []
-    if not isinstance(resources, list) or not all(isinstance(r, dict) for r in resources):
-        raise CtmPermanentError(
-            f"GET {KEYS_PATH} answered with a malformed key list",
-            error_code=f"HTTP_{answer.http_status}",
+def _page(answer: CtmResponse) -> tuple[list[Any], int | None]:
+    """``(items, total)`` of a list answer; ``CtmBadResponseError`` if it is not one."""
+    body = answer.body
+    resources = body.get("resources")
+    if "resources" not in body or not isinstance(resources, list | None):
+        raise CtmBadResponseError(
+            f"GET {KEYS_PATH} answered HTTP {answer.http_status} with no key list",
+            error_code="BAD_RESPONSE",
             http_status=answer.http_status,
             attempts=answer.attempts,
         )
+    total = body.get("total")
     if not isinstance(total, int) or isinstance(total, bool):
         total = None
-    return resources, total
+    return resources or [], total

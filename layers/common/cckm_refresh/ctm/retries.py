@@ -21,6 +21,14 @@ UNAUTHORIZED_STATUSES = frozenset({401})
 # OCI's throttling error code, passed through by CCKM with whatever HTTP status it chooses
 # (Terraform's provider matches on this text for the same reason).
 THROTTLE_BODY_MARKER = "TooManyRequests"
+# OCI's answer for a key it does not have or will not show, passed through by CCKM under
+# whatever status CCKM picks (404, 400, 409, even 500): the key is gone, retrying cannot help.
+NOT_FOUND_BODY_MARKER = "NotAuthorizedOrNotFound"
+# OCI's answer while the vault is being updated: it passes (Terraform's provider retries it).
+VAULT_BUSY_BODY_MARKER = "Vault must be in one of the following states"
+# A 2xx key object with this field true is a key CCKM knows is deleted in OCI.
+GONE_FIELD = "gone"
+GONE_ERROR_CODE = "GONE"
 
 
 class Verdict(Enum):
@@ -38,12 +46,40 @@ class Verdict(Enum):
         return self in (Verdict.THROTTLED, Verdict.TRANSIENT)
 
 
+@dataclass(frozen=True)
+class BodyRule:
+    """An error body naming a condition decides the verdict, whatever the HTTP status."""
+
+    marker: str
+    verdict: Verdict
+    error_code: str | None = None  # the result's error_code; None: CTM's codeDesc or HTTP_<n>
+
+
+# Checked in order, first match wins: a vanished key is not retried even if CCKM wrapped it
+# in a 5xx; throttling slows the pacer down, a busy vault is only retried.
+BODY_RULES = (
+    BodyRule(NOT_FOUND_BODY_MARKER, Verdict.NOT_FOUND, NOT_FOUND_BODY_MARKER),
+    BodyRule(THROTTLE_BODY_MARKER, Verdict.THROTTLED),
+    BodyRule(VAULT_BUSY_BODY_MARKER, Verdict.TRANSIENT),
+)
+
+
+def body_rule(status: int, body: str) -> BodyRule | None:
+    """The rule an error answer's body triggers, if any (never for a 2xx answer)."""
+    if status in SUCCESS_STATUSES:
+        return None
+    return next((rule for rule in BODY_RULES if rule.marker in body), None)
+
+
 def classify(status: int, body: str) -> Verdict:
     """Classify an answer by its status and body text (CONTRACT 4.4)."""
     # A 2xx body is a key object whose names or tags may say anything, even TooManyRequests.
     if status in SUCCESS_STATUSES:
         return Verdict.OK
-    if THROTTLE_BODY_MARKER in body or status in THROTTLE_STATUSES:
+    rule = body_rule(status, body)
+    if rule is not None:
+        return rule.verdict
+    if status in THROTTLE_STATUSES:
         return Verdict.THROTTLED
     if status in TRANSIENT_STATUSES:
         return Verdict.TRANSIENT

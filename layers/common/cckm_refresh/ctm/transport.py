@@ -5,6 +5,12 @@ with an explicit timeout and ``verify=``, classifies the answer (``retries.class
 re-authenticates once after a 401, retries transient failures with capped exponential backoff
 and full jitter while the shared retry budget allows, and turns failures into ``CtmError``
 subclasses carrying the contract's ``error_code``. Nothing here logs or raises a header.
+
+Time: each attempt has one total limit (``timeout``, shrunk to what is left before the
+caller's ``deadline``) covering connect, headers and the whole body. The body is streamed in
+chunks with the socket timeout re-armed to the time left before each read, so an answer
+trickling in byte by byte cannot stretch an attempt; it is also capped in size. No back-off
+sleep or pacing wait is started that would pass the deadline.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,13 +26,17 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
+from urllib3.util import Timeout
 
 from cckm_refresh.ctm.errors import (
     MAX_MESSAGE,
     CtmAuthError,
+    CtmBadResponseError,
     CtmConnectionError,
+    CtmDeadlineError,
     CtmError,
     CtmNotFoundError,
     CtmPermanentError,
@@ -36,7 +47,14 @@ from cckm_refresh.ctm.errors import (
     RetryBudgetExhaustedError,
 )
 from cckm_refresh.ctm.pacing import UNPACED, Pacer
-from cckm_refresh.ctm.retries import RetryBudget, RetryPolicy, Verdict, classify
+from cckm_refresh.ctm.retries import (
+    SUCCESS_STATUSES,
+    RetryBudget,
+    RetryPolicy,
+    Verdict,
+    body_rule,
+    classify,
+)
 from cckm_refresh.ctm.tls import TlsPolicy, VerifySetting
 from cckm_refresh.observability import logger
 
@@ -44,11 +62,30 @@ CLIENT_VERSION = "0.1.0"  # keep in step with pyproject.toml
 USER_AGENT = f"cckm-oci-refresh/{CLIENT_VERSION}"
 # Connecting is quick or not happening; the rest of CTM_TIMEOUT_SECONDS is for CTM's answer.
 MAX_CONNECT_TIMEOUT = 5.0
+# An attempt with less time than this left would only spend OCI's budget on an answer that
+# cannot arrive in time (a refresh is two OCI reads behind CCKM): it is not started.
+MIN_ATTEMPT_SECONDS = 0.5
+# Largest answer read into memory by default: a CTM key list page of 1000 keys is about
+# 2.5 MB (key objects are ~2.5 KB with tags), so 8 MiB leaves room without letting a
+# misbehaving proxy or CTM fill a Lambda's memory. Single key objects use a smaller cap.
+MAX_BODY_BYTES = 8 << 20
+# Error answers are read for their codeDesc/message only.
+MAX_ERROR_BODY_BYTES = 64 << 10
+READ_CHUNK_BYTES = 64 << 10
 
 _CODE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"(?i)bearer\s+\S+")
 _SSL_REASON = re.compile(r"\[SSL: [A-Z_]+\][^'\"()]*")
+
+
+class DeadlinePacer(Protocol):
+    """A pacer that can refuse a slot opening too late (optional extension of ``Pacer``)."""
+
+    def wait_within(self, latest_start: float) -> bool:
+        """Wait for the next slot if it opens by ``latest_start`` (monotonic); else return False
+        at once, without waiting and without taking the slot."""
+        ...
 
 
 class Authenticator(Protocol):
@@ -80,6 +117,8 @@ class _Call:
     auth: Authenticator | None
     pacer: Pacer
     what: str  # "METHOD /path", for messages and logs (no query, no headers)
+    deadline: float | None = None  # monotonic instant the whole call ends before
+    max_body: int = MAX_BODY_BYTES
     attempts: int = 0
     throttled: int = 0
     failures: int = 0  # transient failures, bounded by max_attempts
@@ -143,6 +182,9 @@ _ERROR_CLASSES: Mapping[Verdict, type[CtmError]] = {
 def error_for_response(what: str, status: int, text: str, verdict: Verdict) -> CtmError:
     """The typed error for a non-successful answer; ``error_code`` is CTM's codeDesc if any."""
     code_name, message = ctm_error_fields(text)
+    rule = body_rule(status, text)
+    if rule is not None and rule.error_code is not None:
+        code_name = rule.error_code  # OCI's own name for the condition says more than CTM's
     default_code = {Verdict.THROTTLED: "THROTTLED", Verdict.UNAUTHORIZED: "UNAUTHORIZED"}.get(
         verdict, f"HTTP_{status}"
     )
@@ -180,8 +222,19 @@ def error_for_exception(what: str, exc: OSError) -> CtmError:
     )
 
 
+class _BodyTooLargeError(Exception):
+    """The answer is larger than the call allows (the rest is not read)."""
+
+
 class Transport:
-    """Sends CTM requests; safe to share between threads (one pooled session)."""
+    """Sends CTM requests; safe to share between threads (one pooled session).
+
+    ``pool_size`` is the number of connections kept open to CTM (urllib3's ``pool_maxsize``
+    for the one CTM host): size it to the most calls in flight at once, i.e. the engine's
+    ``REFRESH_CONCURRENCY`` (up to 64), so that every concurrent call reuses a kept-alive TLS
+    connection instead of opening and discarding one per call. A burst above it opens extra
+    connections rather than waiting (``pool_block=False``); those are closed after use.
+    """
 
     def __init__(
         self,
@@ -194,23 +247,34 @@ class Transport:
         pool_size: int = 8,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+        min_attempt: float = MIN_ATTEMPT_SECONDS,
     ) -> None:
-        connect = min(MAX_CONNECT_TIMEOUT, timeout / 2)
-        self.timeout: tuple[float, float] = (connect, timeout - connect)
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.attempt_timeout = timeout  # total per attempt: connect + headers + body
+        self.connect_timeout = min(MAX_CONNECT_TIMEOUT, timeout / 2)
+        self.timeout: tuple[float, float] = (self.connect_timeout, timeout - self.connect_timeout)
+        self.min_attempt = min_attempt
         self.retry = retry or RetryPolicy()
         self.budget = budget or RetryBudget()
         self.tls = TlsPolicy(verify_tls=verify_tls, ca_bundle=ca_bundle)
+        self.pool_size = max(pool_size, 1)
         self._sleep = sleep
         self._rng = rng
+        self._clock = clock
         self.session = requests.Session()
-        # No urllib3 Retry: retries are ours, explicit, budgeted and paced. pool_block=False:
-        # a burst above the pool size opens extra connections rather than waiting.
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 1), max_retries=0)
+        # No urllib3 Retry: retries are ours, explicit, budgeted and paced.
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size, max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.session.headers.update(
             {
                 "Accept": "application/json",
+                # identity: the size cap counts what is held in memory (no decompression
+                # bomb), and each read returns as soon as bytes arrive, so the per-attempt
+                # time limit is exact. CTM's answers are small next to a VPC's bandwidth.
+                "Accept-Encoding": "identity",
                 "Content-Type": "application/json",
                 "User-Agent": USER_AGENT,
             }
@@ -225,38 +289,97 @@ class Transport:
         json_body: Mapping[str, Any] | None = None,
         auth: Authenticator | None = None,
         pacer: Pacer = UNPACED,
+        deadline: float | None = None,
+        max_body: int = MAX_BODY_BYTES,
     ) -> CtmResponse:
         """Send one CTM call with retries; return its JSON answer or raise a CtmError.
 
         With ``auth``, each attempt carries a bearer JWT and a 401 leads to one
         re-authentication and one more attempt (not counted against ``max_attempts``).
-        Raised errors carry ``attempts`` (HTTP attempts made) and the last ``http_status``.
+        ``deadline`` (a ``clock``/``time.monotonic()`` instant): the call, its retries,
+        back-off sleeps and pacing waits end before it; when no attempt can start in time,
+        ``CtmDeadlineError`` (``DEADLINE``, transient). A 2xx body over ``max_body`` bytes or
+        not a JSON object is ``CtmBadResponseError``. Raised errors carry ``attempts`` (HTTP
+        attempts made) and the last ``http_status``.
         """
-        call = _Call(method, url, params, json_body, auth, pacer, f"{method} {urlsplit(url).path}")
+        call = _Call(
+            method,
+            url,
+            params,
+            json_body,
+            auth,
+            pacer,
+            f"{method} {urlsplit(url).path}",
+            deadline=deadline,
+            max_body=max_body,
+        )
+        last: CtmError | None = None
         while True:
-            outcome = self._attempt(call)
+            outcome = self._attempt(call, last)
             if isinstance(outcome, CtmResponse):
                 self.budget.release(call.spent)
                 return outcome
             if outcome is not None:
                 self._wait_before_retry(call, outcome)  # raises when there is no retry
+                last = outcome
 
-    def _attempt(self, call: _Call) -> CtmResponse | CtmError | None:
+    def _time_left(self, call: _Call) -> float | None:
+        return None if call.deadline is None else call.deadline - self._clock()
+
+    def _deadline_error(self, call: _Call, last: CtmError | None) -> CtmDeadlineError:
+        summary = f"{call.what}: deadline reached after {call.attempts} attempt(s)"
+        if last is not None:
+            summary += f"; last: {last.message}"
+        return CtmDeadlineError(
+            summary,
+            error_code="DEADLINE",
+            http_status=last.http_status if last is not None else None,
+            attempts=call.attempts,
+        )
+
+    def _pace(self, call: _Call, last: CtmError | None) -> None:
+        """Wait for the pacer's slot; a slot too late for an attempt is a deadline error."""
+        pacer = call.pacer
+        if call.deadline is None:
+            pacer.wait()
+            return
+        latest_start = call.deadline - self.min_attempt
+        wait_within = getattr(pacer, "wait_within", None)
+        if callable(wait_within):
+            if not wait_within(latest_start):
+                raise self._deadline_error(call, last)
+        else:
+            if self._clock() > latest_start:
+                raise self._deadline_error(call, last)
+            pacer.wait()
+        if self._clock() > latest_start:
+            raise self._deadline_error(call, last)
+
+    def _attempt(self, call: _Call, last: CtmError | None) -> CtmResponse | CtmError | None:
         """One HTTP attempt: the answer, the error it ended in, or None to re-send at once."""
         auth, pacer = call.auth, call.pacer
-        pacer.wait()
+        self._pace(call, last)
         try:
             jwt = auth.bearer() if auth is not None else None
         except CtmError as error:
             error.attempts = call.attempts
             raise
+        budget = self.attempt_timeout
+        left = self._time_left(call)
+        if left is not None:
+            if left < self.min_attempt:  # getting the token took the time that was left
+                raise self._deadline_error(call, last)
+            budget = min(budget, left)
         call.attempts += 1
+        ends_at = self._clock() + budget
         try:
-            response = self._send(call, jwt)
+            response = self._send(call, jwt, budget)
         except OSError as exc:  # requests' exceptions are OSErrors
             return error_for_exception(call.what, exc)
         status = response.status_code
-        text = response.content.decode("utf-8", "replace")
+        text = self._receive(call, response, ends_at)
+        if isinstance(text, CtmError):
+            return text
         verdict = classify(status, text)
         if verdict is Verdict.THROTTLED:
             call.throttled += 1
@@ -277,6 +400,75 @@ class Transport:
             return None
         return error_for_response(call.what, status, text, verdict)
 
+    def _receive(self, call: _Call, response: requests.Response, ends_at: float) -> str | CtmError:
+        """The answer's text, or the transient error reading it ended in.
+
+        A 2xx body over ``max_body`` raises ``CtmBadResponseError``; an error body is read up
+        to ``MAX_ERROR_BODY_BYTES`` only (beyond, it is classified by its status alone).
+        """
+        status = response.status_code
+        success = status in SUCCESS_STATUSES
+        limit = call.max_body if success else MAX_ERROR_BODY_BYTES
+        try:
+            return self._read_body(response, limit, ends_at).decode("utf-8", "replace")
+        except _BodyTooLargeError:
+            if not success:
+                return ""
+            raise CtmBadResponseError(
+                f"{call.what} answered HTTP {status} with a body over {limit} bytes",
+                error_code="BAD_RESPONSE",
+                http_status=status,
+                attempts=call.attempts,
+            ) from None
+        except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
+            return CtmTimeoutError(
+                f"{call.what}: the answer did not arrive within the timeout",
+                error_code="TIMEOUT",
+                http_status=status,
+            )
+        except (urllib3.exceptions.HTTPError, OSError):
+            return CtmConnectionError(
+                f"{call.what}: connection dropped while reading the answer",
+                error_code="CONNECTION",
+                http_status=status,
+            )
+
+    def _read_body(self, response: requests.Response, limit: int, ends_at: float) -> bytes:
+        """The whole body, read in chunks before ``ends_at``; at most ``limit`` bytes.
+
+        Raises ``_BodyTooLargeError`` (the connection is closed, the rest never read) or a
+        timeout when the body does not arrive in time, however it trickles.
+        """
+        try:
+            declared = int(response.headers.get("Content-Length", ""))
+        except ValueError:
+            declared = None
+        raw = response.raw
+        try:
+            if declared is not None and declared > limit:
+                raise _BodyTooLargeError
+            if raw is None:  # an adapter that answered from memory (no stream to time)
+                if len(response.content) > limit:
+                    raise _BodyTooLargeError
+                return response.content
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                left = ends_at - self._clock()
+                if left <= 0:
+                    raise TimeoutError
+                _arm_socket_timeout(raw, left)
+                chunk = raw.read1(READ_CHUNK_BYTES)
+                if not chunk:
+                    return b"".join(chunks)
+                size += len(chunk)
+                if size > limit:
+                    raise _BodyTooLargeError
+                chunks.append(chunk)
+        except BaseException:
+            response.close()  # a half-read connection must not go back to the pool
+            raise
+
     def _wait_before_retry(self, call: _Call, error: CtmError) -> None:
         """Sleep before the next attempt, or raise ``error`` when it must not be retried."""
         error.attempts = call.attempts
@@ -285,6 +477,11 @@ class Transport:
         call.failures += 1
         if call.failures >= self.retry.max_attempts:
             raise error
+        delay = self.retry.delay(call.failures - 1, self._rng)
+        left = self._time_left(call)
+        if left is not None and delay + self.min_attempt > left:
+            # Sleeping would leave no time for the retry: stop now, well before the deadline.
+            raise self._deadline_error(call, error)
         cost = self.budget.acquire(after_timeout=isinstance(error, CtmTimeoutError))
         if not cost:
             logger.error(
@@ -298,7 +495,6 @@ class Transport:
                 attempts=call.attempts,
             )
         call.spent += cost
-        delay = self.retry.delay(call.failures - 1, self._rng)
         logger.info(
             "CTM call failed transiently; retrying",
             extra={
@@ -320,22 +516,34 @@ class Transport:
         self.session.close()
         self.tls.close()
 
-    def _send(self, call: _Call, jwt: str | None) -> requests.Response:
+    def _send(self, call: _Call, jwt: str | None, budget: float) -> requests.Response:
+        # total= bounds connect + waiting for the headers together; the body is timed by
+        # _read_body against the same end.
+        connect = min(self.connect_timeout, budget)
         return self.session.request(
             call.method,
             call.url,
             params=dict(call.params) if call.params else None,
             data=json.dumps(call.json_body) if call.json_body is not None else None,
             auth=_Bearer(jwt),
-            timeout=self.timeout,
+            timeout=Timeout(connect=connect, read=budget, total=budget),  # type: ignore[arg-type]
             verify=self.tls.verify_for(call.url),
             # A redirect could carry the bearer elsewhere; CTM's API never redirects.
             allow_redirects=False,
+            stream=True,
         )
 
 
+def _arm_socket_timeout(raw: Any, seconds: float) -> None:
+    """Make the next read on ``raw``'s socket wait at most ``seconds`` (when there is one)."""
+    connection = getattr(raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if isinstance(sock, socket.socket):
+        sock.settimeout(max(seconds, 0.001))
+
+
 def _json_object(what: str, status: int, text: str) -> dict[str, Any]:
-    """The JSON object of a 2xx answer ({} when empty); anything else is a permanent error."""
+    """The JSON object of a 2xx answer ({} when empty); anything else is ``BAD_RESPONSE``."""
     if not text.strip():
         return {}
     try:
@@ -343,9 +551,9 @@ def _json_object(what: str, status: int, text: str) -> dict[str, Any]:
     except ValueError:
         document = None
     if not isinstance(document, dict):
-        raise CtmPermanentError(
+        raise CtmBadResponseError(
             f"{what} answered HTTP {status} with a body that is not a JSON object",
-            error_code=f"HTTP_{status}",
+            error_code="BAD_RESPONSE",
             http_status=status,
         )
     return document
