@@ -1,0 +1,214 @@
+"""The AWS API calls a function's code makes, read from its source (no code is run).
+
+Starting at a handler (``functions/<name>/app.py``), every ``cckm_refresh`` module it imports,
+at module level or inside a function, is parsed. In them:
+
+- ``boto3.client("<service>")`` names the services the function has clients of;
+- a call ``<anything>.<method>(keyword=...)`` whose method is the snake_case name of one of
+  those services' operations, with keyword arguments only (boto3 client methods take no
+  positional ones) that are all members of the operation's input, is a call of that operation;
+  ``get_paginator("<method>")`` is one too;
+- Powertools helpers that call AWS for the code are listed in ``POWERTOOLS_CALLS``.
+
+Each operation maps to the IAM action that authorises it: its own name under the service's
+prefix, except where IAM authorises it by another action (``AUTHORISED_BY``; a DynamoDB
+transaction by the actions of its parts, read from the ``Put``/``Update``/``Delete``/
+``ConditionCheck`` entries the module builds).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = ROOT / "layers" / "common"
+PACKAGE = "cckm_refresh"
+
+# Powertools helpers that make AWS calls on the code's behalf.
+POWERTOOLS_CALLS = {
+    "get_secret": "secretsmanager:GetSecretValue",
+    "get_parameter": "ssm:GetParameter",
+}
+
+# Operations IAM authorises by another action (the batch forms by their single action).
+AUTHORISED_BY = {
+    "sqs:SendMessageBatch": "sqs:SendMessage",
+    "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
+    "sns:PublishBatch": "sns:Publish",
+    "dynamodb:TransactGetItems": "dynamodb:GetItem",
+}
+
+# What each kind of entry of a DynamoDB transaction is authorised by.
+TRANSACTION_PARTS = {
+    "Put": "dynamodb:PutItem",
+    "Update": "dynamodb:UpdateItem",
+    "Delete": "dynamodb:DeleteItem",
+    "ConditionCheck": "dynamodb:ConditionCheckItem",
+}
+
+
+@dataclass
+class CodeCalls:
+    """What a function's modules call: services with clients, IAM actions, index use."""
+
+    modules: list[Path]
+    services: set[str] = field(default_factory=set)
+    actions: set[str] = field(default_factory=set)
+    uses_index: bool = False
+    resources_unread: list[str] = field(default_factory=list)
+
+
+def module_file(dotted: str) -> Path | None:
+    """The source file of a ``cckm_refresh`` module, or None when there is no such module."""
+    base = PACKAGE_ROOT.joinpath(*dotted.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(tree: ast.AST) -> set[str]:
+    """Every ``cckm_refresh`` module an AST imports (its parent packages included)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    found = set()
+    for name in names:
+        if name.split(".")[0] != PACKAGE:
+            continue
+        parts = name.split(".")
+        found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    return {name for name in found if module_file(name) is not None}
+
+
+def module_closure(entry: Path) -> list[Path]:
+    """The handler file and every package module it reaches through imports."""
+    seen: dict[Path, None] = {entry: None}
+    pending = [entry]
+    while pending:
+        tree = ast.parse(pending.pop().read_text(encoding="utf-8"))
+        for name in sorted(imported_modules(tree)):
+            path = module_file(name)
+            if path is not None and path not in seen:
+                seen[path] = None
+                pending.append(path)
+    return list(seen)
+
+
+@cache
+def _operations(service: str) -> tuple[str, dict[str, tuple[str, frozenset[str]]]]:
+    """A service's IAM prefix and its operations by boto3 method name (with input members)."""
+    import botocore.session
+    from botocore import xform_name
+
+    model = botocore.session.get_session().get_service_model(service)
+    operations = {}
+    for name in model.operation_names:
+        shape = model.operation_model(name).input_shape
+        members = frozenset(shape.members) if shape is not None else frozenset()
+        operations[xform_name(name)] = (name, members)
+    return model.signing_name, operations
+
+
+def _string(node: ast.AST) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _boto3_clients(tree: ast.AST, kind: str) -> list[str]:
+    services = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == kind
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "boto3"
+        ):
+            service = _string(node.args[0]) if node.args else None
+            services.append(service or "<not a literal>")
+    return services
+
+
+def _operation_of(call: ast.Call, services: Iterable[str]) -> list[tuple[str, str]]:
+    """The (IAM prefix, operation) pairs a call may be; empty when it is no client call."""
+    func = call.func
+    if not isinstance(func, ast.Attribute):
+        return []
+    method = func.attr
+    if method == "get_paginator" and call.args and _string(call.args[0]):
+        method, call = str(_string(call.args[0])), ast.Call(func=func, args=[], keywords=[])
+    if call.args:
+        return []
+    named = {keyword.arg for keyword in call.keywords if keyword.arg is not None}
+    found = []
+    for service in services:
+        prefix, operations = _operations(service)
+        if method in operations and named <= operations[method][1]:
+            found.append((prefix, operations[method][0]))
+    return found
+
+
+def _transaction_parts(tree: ast.AST) -> set[str]:
+    parts = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for key in node.keys:
+                name = _string(key) if key is not None else None
+                if name in TRANSACTION_PARTS:
+                    parts.add(TRANSACTION_PARTS[name])
+    return parts
+
+
+def _uses_index(tree: ast.AST) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "IndexName":
+            return True
+        if _string(node) == "IndexName":
+            return True
+    return False
+
+
+def calls_of(entry: Path) -> CodeCalls:
+    """The AWS calls the handler at ``entry`` and the package modules it imports make."""
+    modules = module_closure(entry)
+    trees: dict[Path, Any] = {path: ast.parse(path.read_text(encoding="utf-8")) for path in modules}
+    found = CodeCalls(modules=modules)
+    for path, tree in trees.items():
+        found.services |= set(_boto3_clients(tree, "client"))
+        found.resources_unread += [
+            f"{path}: boto3.resource({s!r})" for s in _boto3_clients(tree, "resource")
+        ]
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else None
+            if isinstance(node.func, ast.Name):
+                name = node.func.id
+            if name in POWERTOOLS_CALLS:
+                found.actions.add(POWERTOOLS_CALLS[name])
+                continue
+            candidates = _operation_of(node, sorted(found.services))
+            if len(candidates) > 1:
+                raise ValueError(f"{path}:{node.lineno}: {name}() could be any of {candidates}")
+            for prefix, operation in candidates:
+                action = f"{prefix}:{operation}"
+                if action == "dynamodb:TransactWriteItems":
+                    parts = _transaction_parts(tree)
+                    if not parts:
+                        raise ValueError(f"{path}:{node.lineno}: a transaction of unknown parts")
+                    found.actions |= parts
+                else:
+                    found.actions.add(AUTHORISED_BY.get(action, action))
+        found.uses_index |= _uses_index(tree)
+    return found
