@@ -25,10 +25,10 @@ endif
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv sam test unit integration lint demo bench build deploy clean
+.PHONY: help venv sam lambda-runtime test unit integration lint demo bench build deploy clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{gsub(/\$$\$$/, "$$", $$2); printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{gsub(/\$$\$$/, "$$", $$2); printf "  make %-15s %s\n", $$1, $$2}'
 
 $(STAMP): requirements-dev.txt layers/common/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,8 @@ demo: $(STAMP) ## run the whole system locally against the emulators
 
 bench: $(STAMP) build $(LAMBDA_STAMP) ## throughput, cold start (of sam build's output), cost -> bench/RESULTS.md
 	$(PY) -m bench
+
+lambda-runtime: $(LAMBDA_STAMP) ## .venv-lambda: python3.13 with only boto3, as the Lambda runtime has it
 
 $(LAMBDA_STAMP): requirements-dev.txt
 	@python3.13 --version >/dev/null || { echo "make bench needs python3.13 (the Lambda runtime)"; exit 2; }

@@ -1,7 +1,9 @@
 """`sam build` turns the template into deployable artifacts: the arm64 layer and both functions.
 
-Needs the SAM CLI in .venv-sam (`make build` installs it) and python3.13 on PATH or in pyenv;
-skipped where either is missing. It takes seconds once pip's cache is warm.
+Needs the SAM CLI in .venv-sam (`make sam` or `make build` installs it) and python3.13 on PATH
+or in pyenv; skipped where either is missing. It takes seconds once pip's cache is warm. The
+handlers are imported from the build as Lambda would with .venv-lambda (`make lambda-runtime`:
+python3.13 with only boto3), skipped where it is missing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SAM = ROOT / ".venv-sam" / "bin" / "sam"
+LAMBDA_PYTHON = ROOT / ".venv-lambda" / "bin" / "python"
 MEGABYTE = 1024 * 1024
+UNCHECKED_HASH = 0b01  # PEP 552 flags: hash-based, source not checked
+# What each handler needs at import (values are not used before an invocation).
+HANDLER_ENV = {
+    "CTM_BASE_URL": "https://ctm.example.com",
+    "CTM_SECRET_ID": "arn:aws:secretsmanager:us-east-1:123456789012:secret:ctm",
+    "RESULTS_TABLE": "results",
+    "TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:notifications",
+}
 
 
 def python313_environment() -> dict[str, str] | None:
@@ -103,3 +114,58 @@ def test_the_layer_stays_small(build_dir: Path) -> None:
     size = sum(p.stat().st_size for p in (build_dir / "CommonLayer").rglob("*") if p.is_file())
 
     assert size < 20 * MEGABYTE
+
+
+def test_every_module_the_layer_ships_has_bytecode_used_as_it_is(build_dir: Path) -> None:
+    # /opt is read-only on Lambda: a module without a usable .pyc is compiled at every cold
+    # start. Deploying changes mtimes, so the .pyc must not be checked against the source.
+    site = build_dir / "CommonLayer" / "python"
+    modules = list(site.rglob("*.py"))
+
+    missing = [
+        str(m.relative_to(site))
+        for m in modules
+        if not (m.parent / "__pycache__" / f"{m.stem}.cpython-313.pyc").exists()
+    ]
+    checked = [
+        str(pyc.relative_to(site))
+        for pyc in site.rglob("*.cpython-313.pyc")
+        if int.from_bytes(pyc.read_bytes()[4:8], "little") != UNCHECKED_HASH
+    ]
+    assert len(modules) > 100
+    assert missing == []
+    assert checked == []
+
+
+def test_the_layer_ships_only_what_the_functions_import(build_dir: Path) -> None:
+    site = build_dir / "CommonLayer" / "python"
+    shipped = {p.name for p in site.iterdir()}
+
+    assert not shipped & {"devkit", "bin", "boto3", "botocore", "tests"}
+    assert not (site / "cckm_refresh" / "cli.py").exists()
+    assert not (site / "cckm_refresh" / "__main__.py").exists()
+    assert not list(site.rglob("tests"))
+
+
+@pytest.mark.parametrize("function", ["RefreshFunction", "NotifyFunction"])
+def test_each_handler_imports_from_the_build_with_only_the_runtimes_boto3(
+    build_dir: Path, function: str, tmp_path: Path
+) -> None:
+    if not LAMBDA_PYTHON.exists():
+        pytest.skip("needs .venv-lambda (make lambda-runtime)")
+    paths = [str(build_dir / function), str(build_dir / "CommonLayer" / "python")]
+    code = f"import sys; sys.path[:0] = {paths!r}; import app; print(app.handler)"
+
+    # -I: no PYTHONPATH, user site or current directory; -B: read-only like /var/task, /opt.
+    result = subprocess.run(
+        [str(LAMBDA_PYTHON), "-I", "-B", "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, **HANDLER_ENV},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "function handler" in result.stdout
