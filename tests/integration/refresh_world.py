@@ -46,7 +46,37 @@ class RefreshWorld:
         self._handler = None
 
     def invoke(self, event: dict[str, Any], remaining: Callable[[], float] | None = None) -> Any:
+        """One invocation of the handler, and nothing else (queued work stays queued)."""
         return self.handler.handler(event, FakeLambdaContext("refresh", remaining=remaining))
+
+    def run(self, event: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+        """Invoke with ``event``, then let Lambda's pollers drain both queues into the
+        handler (as the template maps them); the answer, with the run's status and counts
+        as the table holds them at the end."""
+        response = dict(self.invoke(event))
+        self.drain(timeout)
+        if "run_id" in response:
+            run = self.run_item(response["run_id"])
+            response["status"] = run["status"]
+            for name in ("requested", "refreshed", "not_found", "failed", "skipped", "rotated"):
+                response[name] = int(run.get(name, 0))
+        return response
+
+    def drain(self, timeout: float = 60.0) -> Any:
+        """Deliver the queues' messages to the handler until nothing is left in flight."""
+        from devkit.lambda_poller import InProcessFunction, LambdaPoller, mappings_from_template
+
+        target = InProcessFunction(self.handler)
+        with LambdaPoller(
+            self.stack.client("sqs"),
+            mappings_from_template(self.stack),
+            target,
+            redeliver_failed_after=0,
+            redeliver_crashed_after=0,
+        ) as poller:
+            report = poller.drain(timeout)
+        assert report.drained, "the queues did not drain"
+        return report
 
     # --- events -----------------------------------------------------------------------------
 

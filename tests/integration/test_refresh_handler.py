@@ -21,13 +21,13 @@ def key_ids(world: RefreshWorld, count: int | None = None) -> list[str]:
 def test_a_scheduled_run_refreshes_every_selected_key_and_completes(world: RefreshWorld) -> None:
     # Given 30 keys in CCKM, two of which OCI has rotated
     rotated = key_ids(world, 2)
-    first = world.invoke(world.schedule_event({"selector": {"all": True}}))
+    first = world.run(world.schedule_event({"selector": {"all": True}}))
     assert first["status"] == "COMPLETED"
     for key_id in rotated:
         world.ctm.rotate(key_id)
 
     # When the next schedule fires
-    response = world.invoke(
+    response = world.run(
         world.schedule_event(
             {"selector": {"all": True}, "reason": "nightly"}, "2026-11-29T06:00:00Z"
         )
@@ -55,9 +55,9 @@ def test_a_scheduled_run_refreshes_every_selected_key_and_completes(world: Refre
 
 def test_every_result_and_key_attribute_of_the_contract_is_written(world: RefreshWorld) -> None:
     key = world.ctm.keys[0]
-    world.invoke(world.rule_event({"keys": [key["id"]], "request_id": "first"}))
+    world.run(world.rule_event({"keys": [key["id"]], "request_id": "first"}))
     world.ctm.rotate(key["id"])
-    world.invoke(world.rule_event({"keys": [key["id"]], "request_id": "second"}))
+    world.run(world.rule_event({"keys": [key["id"]], "request_id": "second"}))
 
     result = world.results("second")[key["id"]]
     refreshed = world.ctm.key(key["id"])
@@ -127,14 +127,14 @@ def test_a_selector_pages_through_short_pages_to_the_end(world: RefreshWorld) ->
     tenancy = world.ctm.keys[0]["tenancy"]
     expected = {k["id"] for k in world.ctm.keys if k["tenancy"] == tenancy}
 
-    world.invoke(world.rule_event({"selector": {"tenancy": tenancy}, "request_id": "paged"}))
+    world.run(world.rule_event({"selector": {"tenancy": tenancy}, "request_id": "paged"}))
 
     assert set(world.results("paged")) == expected
     assert world.run_item("paged")["refreshed"] == len(expected)
 
 
 def test_a_dry_run_records_skipped_keys_and_calls_no_refresh(world: RefreshWorld) -> None:
-    world.invoke(
+    world.run(
         world.rule_event({"selector": {"all": True}, "dry_run": True, "request_id": "dry"})
     )
 
@@ -250,7 +250,7 @@ def test_a_large_run_fans_out_and_completes_once_with_the_right_counts(
     gone = key_ids(world, 1)[0]
     world.ctm.remove(gone)
 
-    first = world.invoke(world.schedule_event({"selector": {"all": True}}))
+    first = world.run(world.schedule_event({"selector": {"all": True}}))
     assert first["fanned_out"] == 29  # the removed key is no longer listed
     assert world.run_item("schedule-2026-11-28T06:00:00Z")["status"] == "RUNNING"
     responses = world.drain_work_queue()
@@ -267,7 +267,7 @@ def test_an_invocation_short_of_time_hands_its_remaining_keys_on(world: RefreshW
     margin = 2 * 1 + 5
     tenancies = {k["tenancy"] for k in world.ctm.keys}
 
-    response = world.invoke(
+    response = world.run(
         world.rule_event({"selector": {"all": True}, "request_id": "short"}),
         remaining=lambda: margin + 0.5,
     )
@@ -306,7 +306,7 @@ def test_a_jwt_expiring_mid_run_is_renewed_and_nothing_fails(world: RefreshWorld
     world.cold_start(REFRESH_CONCURRENCY="1")
     world.ctm.faults.expire_tokens_after_requests = 10
 
-    response = world.invoke(world.rule_event({"selector": {"all": True}, "request_id": "jwt"}))
+    response = world.run(world.rule_event({"selector": {"all": True}, "request_id": "jwt"}))
 
     # Then each 401 costs one re-authentication and one retry, and every key is refreshed
     unauthorized = [r for r in world.ctm.request_log if r.status == 401]
@@ -329,7 +329,7 @@ def test_a_scheduled_run_requeues_pending_keys_instead_of_failing_them(
     flaky = world.ctm.keys[0]["id"]
     world.ctm.faults.fail_keys[flaky] = 503
 
-    response = world.invoke(world.schedule_event({"keys": [flaky]}))
+    response = world.run(world.schedule_event({"keys": [flaky]}))
 
     # Then the schedule's pending key goes to the work queue, still PENDING
     assert response["handed_off"] == 1

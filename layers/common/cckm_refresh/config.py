@@ -81,6 +81,13 @@ def _https_url(env: Mapping[str, str], name: str) -> str:
     return value
 
 
+def _fifo_queue_url(env: Mapping[str, str], name: str) -> str | None:
+    value = _optional(env, name)
+    if value is not None and not value.rstrip("/").endswith(".fifo"):
+        raise ConfigError(name, "must be the URL of an SQS FIFO queue (its name ends in .fifo)")
+    return value
+
+
 @dataclass(frozen=True)
 class RefreshSettings:
     """Everything the refresh function is configured with (CONTRACT section 2)."""
@@ -90,7 +97,8 @@ class RefreshSettings:
     results_table: str
     work_queue_url: str | None = None
     dead_letter_queue_url: str | None = None
-    refresh_concurrency: int = 8
+    tenancy_queue_url: str | None = None
+    refresh_concurrency: int = 64
     tenancy_rate_limit: float = 4.0
     ctm_timeout_seconds: float = 20.0
     ctm_max_attempts: int = 4
@@ -104,6 +112,12 @@ class RefreshSettings:
         """No refresh starts when less than this remains (CONTRACT 4.3)."""
         return 2 * self.ctm_timeout_seconds + 5
 
+    @property
+    def recording_reserve_seconds(self) -> float:
+        """Every CTM call, retries included, ends this long before the invocation does, so
+        its outcome is always recorded (the ``5 s`` of the margin)."""
+        return 5.0
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RefreshSettings:
         env = os.environ if env is None else env
@@ -113,7 +127,8 @@ class RefreshSettings:
             results_table=_required(env, "RESULTS_TABLE"),
             work_queue_url=_optional(env, "WORK_QUEUE_URL"),
             dead_letter_queue_url=_optional(env, "DEAD_LETTER_QUEUE_URL"),
-            refresh_concurrency=_int(env, "REFRESH_CONCURRENCY", 8, 1, 64),
+            tenancy_queue_url=_fifo_queue_url(env, "TENANCY_QUEUE_URL"),
+            refresh_concurrency=_int(env, "REFRESH_CONCURRENCY", 64, 1, 256),
             tenancy_rate_limit=_float(env, "TENANCY_RATE_LIMIT", 4.0, 0.1, 100.0),
             ctm_timeout_seconds=_float(env, "CTM_TIMEOUT_SECONDS", 20.0, 1.0, 300.0),
             ctm_max_attempts=_int(env, "CTM_MAX_ATTEMPTS", 4, 1, 10),

@@ -1,13 +1,17 @@
-"""The refresh engine: ``REFRESH_CONCURRENCY`` calls in flight, each paced by its tenancy.
+"""The refresh engine: calls in flight sized by Little's law, each paced by its tenancy.
 
 Workers ask a scheduler for the next key; the scheduler hands out the key whose tenancy has
-the earliest free slot (so a slow tenancy never idles the others) and stops handing out keys
-once a call could no longer finish before the invocation's deadline margin. What was not
-started is returned as ``leftovers``, for the caller to hand on; nothing is dropped.
+the earliest free slot (so a slow tenancy never idles the others), keeps no more calls in
+flight than the active tenancies can use (``sum(rate) x latency observed``, plus one waiting
+per tenancy, up to ``REFRESH_CONCURRENCY``), and stops handing out keys once a call could no
+longer start before the invocation's deadline margin. Every call gets a deadline it must end
+by, retries included. What was not started is returned as ``leftovers``, for the caller to
+hand on; nothing is dropped.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -42,15 +46,21 @@ class RefreshResponse(Protocol):
     def attempts(self) -> int: ...
 
 
-RefreshCall = Callable[[str, Pacer], RefreshResponse]
+# (key id, pacer, deadline): the call ends before ``deadline`` (time.monotonic), retries included.
+RefreshCall = Callable[[str, Pacer, float], RefreshResponse]
+OutcomeListener = Callable[["WorkItem", RefreshOutcome], None]
+INITIAL_LATENCY = 1.0  # seconds, until calls have been observed
+LATENCY_WEIGHT = 0.2  # exponentially weighted moving average of call durations
 
 
 @dataclass(frozen=True)
 class WorkItem:
-    """A key to refresh, with what is known of it before the call (its tenancy paces it)."""
+    """A key to refresh, with what is known of it before the call (its tenancy paces it),
+    and the caller's context for it (which message and run it belongs to)."""
 
     key_id: str
     known: KeyInfo | None = None
+    context: Any = field(default=None, compare=False, repr=False)
 
     @property
     def tenancy(self) -> str:
@@ -62,6 +72,8 @@ class EngineResult:
     outcomes: list[RefreshOutcome] = field(default_factory=list)
     leftovers: list[WorkItem] = field(default_factory=list)
     throttled: int = 0  # attempts answered with a throttle (429 / TooManyRequests)
+    peak_in_flight: int = 0
+    latencies_ms: list[int] = field(default_factory=list)  # of each answered refresh call
 
 
 class _Scheduler:
@@ -70,35 +82,51 @@ class _Scheduler:
         items: Iterable[WorkItem],
         limiter: TenancyRateLimiter,
         deadline: Callable[[], float],
+        in_flight_target: Callable[[int], int],
     ) -> None:
         self._queues: dict[str, deque[WorkItem]] = {}
         for item in items:
             self._queues.setdefault(item.tenancy, deque()).append(item)
         self._limiter = limiter
         self._deadline = deadline
-        self._lock = threading.Lock()
+        self._target = in_flight_target
+        self._ready = threading.Condition()
+        self._in_flight = 0
+        self.peak_in_flight = 0
         self.stopped: CtmError | None = None
 
     def next(self) -> tuple[WorkItem, float] | None:
-        with self._lock:
-            if self.stopped is not None:
-                return None
-            waiting = [t for t, q in self._queues.items() if q]
-            if not waiting:
-                return None
+        with self._ready:
+            while True:
+                if self.stopped is not None:
+                    return None
+                waiting = [t for t, q in self._queues.items() if q]
+                if not waiting:
+                    return None
+                if self._in_flight < self._target(len(waiting)):
+                    break
+                self._ready.wait(timeout=0.5)
             tenancy = min(waiting, key=self._limiter.next_free)
             start = self._limiter.reserve(tenancy)
             if start > self._deadline():
                 return None
+            self._in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
             return self._queues[tenancy].popleft(), start
 
+    def done(self) -> None:
+        with self._ready:
+            self._in_flight -= 1
+            self._ready.notify()
+
     def stop(self, reason: CtmError) -> None:
-        with self._lock:
+        with self._ready:
             if self.stopped is None:
                 self.stopped = reason
+            self._ready.notify_all()
 
     def remaining(self) -> list[WorkItem]:
-        with self._lock:
+        with self._ready:
             items = [item for q in self._queues.values() for item in q]
             for q in self._queues.values():
                 q.clear()
@@ -106,7 +134,11 @@ class _Scheduler:
 
 
 class RefreshEngine:
-    """Refreshes keys concurrently within per-tenancy rates and the invocation's deadline."""
+    """Refreshes keys concurrently within per-tenancy rates and the invocation's deadline.
+
+    One engine lives as long as its container: the latency it observes sizes the calls in
+    flight of later invocations too.
+    """
 
     def __init__(
         self,
@@ -115,69 +147,102 @@ class RefreshEngine:
         *,
         concurrency: int,
         clock: Callable[[], float] = time.monotonic,
-        on_outcome: Callable[[RefreshOutcome], None] | None = None,
+        on_outcome: OutcomeListener | None = None,
     ) -> None:
         self._refresh = refresh
         self._on_outcome = on_outcome
         self._limiter = limiter
         self._concurrency = concurrency
         self._clock = clock
+        self._latency = INITIAL_LATENCY
+        self._latency_lock = threading.Lock()
+
+    @property
+    def latency(self) -> float:
+        """The moving average of answered calls' durations, in seconds."""
+        return self._latency
+
+    def in_flight_target(self, tenancies: int) -> int:
+        """Little's law: each active tenancy keeps ``rate x latency`` calls busy, plus one
+        waiting for its next slot; never more than ``REFRESH_CONCURRENCY``."""
+        busy = tenancies * self._limiter.max_rate * self._latency
+        return max(1, min(self._concurrency, math.ceil(busy * 1.25) + tenancies))
 
     def run(
         self,
         items: Sequence[WorkItem],
         seconds_left: Callable[[], float],
-        on_outcome: Callable[[RefreshOutcome], None] | None = None,
+        on_outcome: OutcomeListener | None = None,
+        *,
+        calls_end_within: float | None = None,
     ) -> EngineResult:
-        """Refresh ``items`` while starting a call leaves ``seconds_left() >= 0`` afterwards.
+        """Refresh ``items`` while a call can still start with ``seconds_left() >= 0``.
 
-        ``seconds_left`` is the time remaining before the margin the caller keeps for
-        recording (CONTRACT 4.3: ``2 x CTM_TIMEOUT_SECONDS + 5 s``), counted from now.
-        ``on_outcome`` is called in the worker's thread as each outcome is known, so the
-        caller can record it while other calls wait for their slot.
+        ``seconds_left`` is the time remaining before the margin the caller keeps (CONTRACT
+        4.3: ``2 x CTM_TIMEOUT_SECONDS + 5 s``), counted from now; ``calls_end_within`` is
+        when every call, retries included, must have ended (seconds from now). ``on_outcome``
+        is called in the worker's thread as each outcome is known, so the caller can record
+        it while other calls wait for their slot.
         """
         listeners = [f for f in (self._on_outcome, on_outcome) if f is not None]
         result = EngineResult()
         if not items:
             return result
         throttled_before = self._limiter.throttle_count()
-        deadline = self._clock() + seconds_left()
-        scheduler = _Scheduler(items, self._limiter, lambda: deadline)
+        now = self._clock()
+        start_by = now + seconds_left()
+        calls_end_by = now + (calls_end_within if calls_end_within is not None else 86400.0)
+        scheduler = _Scheduler(items, self._limiter, lambda: start_by, self.in_flight_target)
         lock = threading.Lock()
 
         def work() -> None:
             while (picked := scheduler.next()) is not None:
                 item, slot = picked
-                outcome, fatal = self._refresh_one(item, self._limiter.pacer(item.tenancy, slot))
+                try:
+                    pacer = _TimedPacer(self._limiter.pacer(item.tenancy, slot), self._clock)
+                    outcome, fatal = self._refresh_one(item, pacer, calls_end_by)
+                finally:
+                    scheduler.done()
                 with lock:
                     result.outcomes.append(outcome)
+                    if outcome.status is Status.REFRESHED:
+                        result.latencies_ms.append(outcome.duration_ms)
                 for listener in listeners:
-                    listener(outcome)
+                    listener(item, outcome)
                 if fatal is not None:
                     scheduler.stop(fatal)
 
+        # Threads are cheap; the scheduler keeps only ``in_flight_target`` of them busy.
         workers = min(self._concurrency, len(items))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="refresh") as pool:
             for future in [pool.submit(work) for _ in range(workers)]:
                 future.result()
 
         result.throttled = self._limiter.throttle_count() - throttled_before
+        result.peak_in_flight = scheduler.peak_in_flight
         rest = scheduler.remaining()
         if scheduler.stopped is not None:
             error = scheduler.stopped
-            for outcome in (_failed_like(item, error) for item in rest):
+            for item in rest:
+                outcome = _failed_like(item, error)
                 result.outcomes.append(outcome)
                 for listener in listeners:
-                    listener(outcome)
+                    listener(item, outcome)
         else:
             result.leftovers = rest
         return result
 
-    def _refresh_one(self, item: WorkItem, pacer: Pacer) -> tuple[RefreshOutcome, CtmError | None]:
+    def _observe(self, seconds: float) -> None:
+        with self._latency_lock:
+            self._latency += LATENCY_WEIGHT * (seconds - self._latency)
+
+    def _refresh_one(
+        self, item: WorkItem, pacer: _TimedPacer, deadline: float
+    ) -> tuple[RefreshOutcome, CtmError | None]:
         """The key's outcome, and the error when it means every other key would fail too."""
         started = self._clock()
         try:
-            response = self._refresh(item.key_id, pacer)
+            response = self._refresh(item.key_id, pacer, deadline)
         except CtmError as error:
             outcome = _outcome_from_error(item, error, started, self._clock())
             return outcome, error if isinstance(error, _RUN_FATAL) else None
@@ -194,6 +259,7 @@ class RefreshEngine:
                 item.known,
             )
             return outcome, None
+        self._observe(self._clock() - (pacer.released or started))
         info = KeyInfo.from_ctm(dict(response.body)) if response.body.get("id") else item.known
         refreshed = RefreshOutcome(
             key_id=item.key_id,
@@ -203,6 +269,26 @@ class RefreshEngine:
             http_status=response.http_status,
         )
         return _with_known(refreshed, info), None
+
+
+class _TimedPacer:
+    """A pacer that remembers when its last wait ended: the latency observed is CTM's, not
+    the time a call waited for its tenancy's slot."""
+
+    def __init__(self, pacer: Pacer, clock: Callable[[], float]) -> None:
+        self._pacer = pacer
+        self._clock = clock
+        self.released: float | None = None
+
+    def wait(self) -> None:
+        self._pacer.wait()
+        self.released = self._clock()
+
+    def on_throttled(self) -> None:
+        self._pacer.on_throttled()
+
+    def on_success(self) -> None:
+        self._pacer.on_success()
 
 
 def _ms(start: float, end: float) -> int:

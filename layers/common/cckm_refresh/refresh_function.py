@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -18,13 +18,11 @@ from cckm_refresh.engine import RefreshEngine
 from cckm_refresh.model import RefreshOutcome, Status
 from cckm_refresh.observability import logger, metrics
 from cckm_refresh.ratelimit import TenancyRateLimiter
-from cckm_refresh.service import RefreshService, Rejection, RunReport
+from cckm_refresh.resolution import Resolver
+from cckm_refresh.service import Action, RefreshService, Rejection, RunReport
 from cckm_refresh.store import ResultStore
-from cckm_refresh.triggers import is_sqs_event, single_delivery, sqs_delivery
+from cckm_refresh.triggers import is_sqs_event, single_delivery, sqs_delivery_of
 from cckm_refresh.workqueue import WorkQueue
-
-if TYPE_CHECKING:
-    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 
 def load_settings(env: dict[str, str] | None = None) -> RefreshSettings:
@@ -47,7 +45,7 @@ def build_service(
     from aws_lambda_powertools.utilities import parameters
     from botocore.config import Config
 
-    from cckm_refresh.ctm.client import CtmClient
+    from cckm_refresh.ctm.client import CtmClient, ListCursor
 
     def load_secret(force: bool) -> str:
         value = parameters.get_secret(settings.ctm_secret_id, max_age=300, force_fetch=force)
@@ -55,7 +53,8 @@ def build_service(
 
     aws = Config(
         retries={"mode": "standard", "max_attempts": 8},
-        max_pool_connections=max(10, settings.refresh_concurrency + 2),
+        # Every call in flight records its outcome at once: one connection each, no churn.
+        max_pool_connections=settings.refresh_concurrency + 4,
     )
     ctm = CtmClient.create(
         base_url=settings.ctm_base_url,
@@ -65,35 +64,30 @@ def build_service(
         verify_tls=settings.ctm_verify_tls,
         pool_size=settings.refresh_concurrency,
     )
+    store = ResultStore(
+        boto3.client("dynamodb", config=aws),
+        settings.results_table,
+        settings.result_retention_days,
+    )
+    listener = (lambda _item, outcome: on_outcome(outcome)) if on_outcome else None
     engine = RefreshEngine(
-        lambda key_id, pacer: ctm.refresh_oci_key(key_id, pacer=pacer),
+        lambda key_id, pacer, deadline: ctm.refresh_oci_key(key_id, pacer=pacer, deadline=deadline),
         TenancyRateLimiter(settings.tenancy_rate_limit),
         concurrency=settings.refresh_concurrency,
-        on_outcome=on_outcome,
+        on_outcome=listener,
     )
     return RefreshService(
         settings=settings,
-        directory=ctm,
+        resolver=Resolver(ctm, store.latest_of, ListCursor.from_json),
         engine=engine,
-        store=ResultStore(
-            boto3.client("dynamodb", config=aws),
-            settings.results_table,
-            settings.result_retention_days,
-        ),
+        store=store,
         queue=WorkQueue(
             boto3.client("sqs", config=aws),
             settings.work_queue_url,
             settings.dead_letter_queue_url,
+            settings.tenancy_queue_url,
         ),
     )
-
-
-class PendingKeysError(Exception):
-    """The message still owes keys (or belongs in the DLQ): SQS must deliver it again."""
-
-
-class DeadlineError(Exception):
-    """Too little time is left to start the message; SQS delivers it again."""
 
 
 @dataclass
@@ -109,77 +103,66 @@ class RefreshFunction:
 
     def handle(self, event: Any, context: Any) -> dict[str, Any]:
         """Dispatch one invocation event (CONTRACT 4.2) and shape the response."""
+        seconds_left = _seconds_left(context)
         if is_sqs_event(event):
-            # Imported here: Powertools' batch utility (and the asyncio it loads) is only for
-            # SQS batches, so a scheduled or EventBridge cold start never pays for it.
-            from aws_lambda_powertools.utilities.batch import (
-                BatchProcessor,
-                EventType,
-                process_partial_response,
-            )
-
-            processor = BatchProcessor(
-                event_type=EventType.SQS, raise_on_entire_batch_failure=False
-            )
-            return dict(
-                process_partial_response(
-                    event=event,
-                    record_handler=functools.partial(self._sqs_record, context=context),
-                    processor=processor,
-                    context=context,
-                )
-            )
+            return self._sqs_batch(event["Records"], seconds_left)
         delivery = single_delivery(event)
         logger.append_keys(source_id=delivery.source_id)
-        result = self.service.process(delivery, _seconds_left(context))
-        self._emit(result)
-        return _response(result)
-
-    def _sqs_record(self, record: SQSRecord, context: Any) -> dict[str, Any]:
-        logger.append_keys(message_id=record.message_id)
-        seconds_left = _seconds_left(context)
-        if seconds_left() < self.settings.deadline_margin_seconds:
-            raise DeadlineError("too little time left to start this message")
-        receive_count = int(record.attributes.approximate_receive_count or 1)
-        delivery = sqs_delivery(record.message_id, record.body, receive_count)
         result = self.service.process(delivery, seconds_left)
-        self._emit(result)
-        if isinstance(result, RunReport) and result.must_retry:
-            if result.pending:
-                delay = self.service.retry_later(record.receipt_handle, receive_count)
-                logger.info("message will be delivered again", extra={"in_seconds": delay})
-            raise PendingKeysError(
-                f"{result.pending} keys pending, {result.gave_up} given up in run {result.run_id}"
-            )
+        _emit(result)
         return _response(result)
 
-    def _emit(self, result: RunReport | Rejection) -> None:
-        if isinstance(result, Rejection):
-            metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
-            return
-        metrics.add_metric(
-            name="KeysRefreshed", unit=MetricUnit.Count, value=result.count(Status.REFRESHED)
-        )
-        metrics.add_metric(
-            name="KeysFailed", unit=MetricUnit.Count, value=result.count(Status.FAILED)
-        )
-        metrics.add_metric(
-            name="KeysNotFound", unit=MetricUnit.Count, value=result.count(Status.NOT_FOUND)
-        )
-        metrics.add_metric(name="KeysPending", unit=MetricUnit.Count, value=result.pending)
-        metrics.add_metric(name="KeysRotated", unit=MetricUnit.Count, value=result.rotated)
-        metrics.add_metric(name="ThrottledResponses", unit=MetricUnit.Count, value=result.throttled)
-        latencies = [
-            r.outcome.duration_ms for r in result.recorded if r.outcome.status is Status.REFRESHED
-        ]
-        if latencies:
-            metrics.add_metric(
-                name="RefreshLatency",
-                unit=MetricUnit.Milliseconds,
-                value=sum(latencies) / len(latencies),
-            )
-        if result.completed:
-            metrics.add_metric(name="RunsCompleted", unit=MetricUnit.Count, value=1)
+    def _sqs_batch(
+        self, records: list[dict[str, Any]], seconds_left: Callable[[], float]
+    ) -> dict[str, Any]:
+        """Every record of the batch in one pass; the partial batch response names the
+        messages SQS must deliver again (or dead-letter), each as its run's verdict says.
+
+        Not Powertools' BatchProcessor: it hands records to a handler one at a time, and the
+        point here is that all of them share one engine pass (and the tenancy's pace).
+        """
+        failures: list[dict[str, str]] = []
+        if seconds_left() < self.settings.deadline_margin_seconds:
+            logger.warning("too little time left to start this batch; SQS delivers it again")
+            return {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in records]}
+        deliveries = [sqs_delivery_of(record) for record in records]
+        results = self.service.process_batch(deliveries, seconds_left)
+        for record, result in zip(records, results, strict=True):
+            _emit(result)
+            verdict = result.verdict
+            if verdict.action is Action.DONE:
+                continue
+            failures.append({"itemIdentifier": record["messageId"]})
+            if verdict.action is Action.RETRY:
+                queue = self.service.queue_url_of(str(record.get("eventSourceARN", "")))
+                moved = self.service.retry_later(queue, record["receiptHandle"], verdict.delay)
+                logger.info(
+                    "message will be delivered again",
+                    extra={"message_id": record["messageId"], "in_seconds": moved},
+                )
+        return {"batchItemFailures": failures}
+
+
+def _emit(result: RunReport | Rejection) -> None:
+    if isinstance(result, Rejection):
+        metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
+        return
+    metrics.add_metric(
+        name="KeysRefreshed", unit=MetricUnit.Count, value=result.count(Status.REFRESHED)
+    )
+    metrics.add_metric(name="KeysFailed", unit=MetricUnit.Count, value=result.count(Status.FAILED))
+    metrics.add_metric(
+        name="KeysNotFound", unit=MetricUnit.Count, value=result.count(Status.NOT_FOUND)
+    )
+    metrics.add_metric(name="KeysPending", unit=MetricUnit.Count, value=result.pending)
+    metrics.add_metric(name="KeysRotated", unit=MetricUnit.Count, value=result.rotated)
+    metrics.add_metric(name="ThrottledResponses", unit=MetricUnit.Count, value=result.throttled)
+    # One value per refresh call (EMF carries up to 100 values a name; Powertools flushes
+    # before that), so the dashboard's p50/p99 are of calls, not of invocation averages.
+    for latency in result.latencies_ms:
+        metrics.add_metric(name="RefreshLatency", unit=MetricUnit.Milliseconds, value=latency)
+    if result.completed:
+        metrics.add_metric(name="RunsCompleted", unit=MetricUnit.Count, value=1)
 
 
 def _seconds_left(context: Any) -> Callable[[], float]:
@@ -192,16 +175,17 @@ def _seconds_left(context: Any) -> Callable[[], float]:
 def _response(result: RunReport | Rejection) -> dict[str, Any]:
     if isinstance(result, Rejection):
         return {"status": "REJECTED", "source_id": result.source_id, "error": result.error}
+    counts = result.counts
     return {
-        "status": "COMPLETED" if result.completed else "RUNNING",
+        "status": result.status,
         "run_id": result.run_id,
-        "requested": result.requested,
-        "refreshed": result.count(Status.REFRESHED),
-        "not_found": result.count(Status.NOT_FOUND),
-        "failed": result.count(Status.FAILED),
-        "skipped": result.count(Status.SKIPPED),
+        "requested": counts.requested if counts else result.requested,
+        "refreshed": counts.refreshed if counts else result.count(Status.REFRESHED),
+        "not_found": counts.not_found if counts else result.count(Status.NOT_FOUND),
+        "failed": counts.failed if counts else result.count(Status.FAILED),
+        "skipped": counts.skipped if counts else result.count(Status.SKIPPED),
         "pending": result.pending,
-        "rotated": result.rotated,
+        "rotated": counts.rotated if counts else result.rotated,
         "handed_off": result.handed_off,
         "fanned_out": result.fanned_out,
     }

@@ -21,6 +21,12 @@ MAX_SELECTOR_VALUE = 256
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SELECTOR_FIELDS = SELECTOR_FILTERS
 REQUEST_FIELDS = frozenset({"keys", "selector", "request_id", "run_id", "reason", "dry_run"})
+# Only the function itself sends these, on messages that continue a run (``run_id`` set):
+# ``chunk`` names the registered chunk a message carries, ``resume`` where a selector's
+# listing stopped when its resolution was handed on.
+INTERNAL_FIELDS = frozenset({"chunk", "resume"})
+CHUNK_PATTERN = re.compile(r"[0-9a-f]{8,64}")
+MAX_RESUME = 2048
 
 
 class RequestError(ValueError):
@@ -54,6 +60,8 @@ class RefreshRequest:
     run_id: str | None = None
     reason: str | None = None
     dry_run: bool = False
+    chunk: str | None = None
+    resume: dict[str, Any] | None = None
 
 
 def parse_request_body(body: str) -> RefreshRequest:
@@ -71,11 +79,24 @@ def parse_request(document: object) -> RefreshRequest:
     """Validate a decoded request object (CONTRACT 4.1), or raise RequestError."""
     if not isinstance(document, dict):
         raise RequestError("request", "must be a JSON object")
-    unknown = sorted(str(name) for name in document if name not in REQUEST_FIELDS)
+    allowed = REQUEST_FIELDS | INTERNAL_FIELDS if "run_id" in document else REQUEST_FIELDS
+    unknown = sorted(str(name) for name in document if name not in allowed)
     if unknown:
         raise RequestError(_field_name(unknown[0]), "is not a known field")
     if "keys" not in document and "selector" not in document:
         raise RequestError("keys", "or selector is required")
+    chunk = document.get("chunk")
+    if chunk is not None and (
+        not isinstance(chunk, str) or not CHUNK_PATTERN.fullmatch(chunk) or "keys" not in document
+    ):
+        raise RequestError("chunk", "must be a chunk id, with keys")
+    resume = document.get("resume")
+    if resume is not None and (
+        not isinstance(resume, dict)
+        or "selector" not in document
+        or len(json.dumps(resume, default=str)) > MAX_RESUME
+    ):
+        raise RequestError("resume", "must be a listing position, with a selector")
     key_ids, ocids = _parse_keys(document["keys"]) if "keys" in document else ((), ())
     selector = _parse_selector(document["selector"]) if "selector" in document else None
     dry_run = document.get("dry_run", False)
@@ -89,6 +110,8 @@ def parse_request(document: object) -> RefreshRequest:
         run_id=_parse_name(document, "run_id"),
         reason=_parse_reason(document["reason"]) if "reason" in document else None,
         dry_run=dry_run,
+        chunk=chunk,
+        resume=resume,
     )
 
 
@@ -158,11 +181,27 @@ def _parse_reason(value: object) -> str:
     return value
 
 
-def request_to_message(
-    key_ids: list[str], *, run_id: str, reason: str | None, dry_run: bool
+def chunk_message(
+    key_ids: list[str], *, run_id: str, chunk: str, reason: str | None, dry_run: bool
 ) -> dict[str, Any]:
-    """The work-queue body that continues ``run_id`` with ``key_ids`` (fan-out, hand-off)."""
-    body: dict[str, Any] = {"keys": key_ids, "run_id": run_id}
+    """The body of a queue message that carries one registered chunk of ``run_id``."""
+    body: dict[str, Any] = {"run_id": run_id, "chunk": chunk, "keys": key_ids}
+    if reason:
+        body["reason"] = reason
+    if dry_run:
+        body["dry_run"] = True
+    return body
+
+
+def continuation_message(
+    selector: Selector, resume: dict[str, Any], *, run_id: str, reason: str | None, dry_run: bool
+) -> dict[str, Any]:
+    """The body that continues resolving ``selector`` for ``run_id`` where it stopped."""
+    body: dict[str, Any] = {
+        "run_id": run_id,
+        "selector": {"all": True} if selector.all_keys else dict(selector.filters),
+        "resume": resume,
+    }
     if reason:
         body["reason"] = reason
     if dry_run:

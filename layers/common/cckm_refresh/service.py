@@ -1,18 +1,29 @@
-"""One delivery, start to finish: validate, resolve, refresh (or fan out), record, complete.
+"""The run story: a delivery is either a request to resolve (intake) or a chunk to refresh.
 
-Data flows one way: delivery -> request -> work items -> outcomes -> store. This module owns
-the run rules of CONTRACT 4.3 and 4.4; the engine owns pacing and the deadline, the store owns
-DynamoDB, the work queue owns SQS, the CTM client owns HTTP.
+Data flows one way: delivery -> request -> chunks -> outcomes -> store. This module owns the
+run rules of CONTRACT 4.3 and 4.4 and decides, for every SQS message, what happens to it (a
+``MessageVerdict``: done, back in N seconds, dead-letter) for the handler to apply. The
+resolver owns listing, the engine pacing and deadlines, the store DynamoDB, the work queue
+SQS, the CTM client HTTP.
+
+- **Intake** (a schedule, an EventBridge event, a pipeline's message, the CLI): the run item,
+  then the request resolved into chunks of one tenancy each, each registered with the run and
+  queued to the tenancy queue (or, without one, the work queue) as it fills. A small request
+  without a tenancy queue, or any request with no queue at all, is refreshed in place.
+- **Chunk work** (a message carrying a registered chunk): every record of an SQS batch goes
+  through one engine pass; each outcome is recorded as it arrives; a chunk whose keys are all
+  terminal is closed, adding its counts to the run, which completes with its last chunk.
 """
 
 from __future__ import annotations
 
-import itertools
+import hashlib
+import json
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
 from cckm_refresh.clock import iso_now
 from cckm_refresh.config import RefreshSettings
@@ -23,30 +34,48 @@ from cckm_refresh.ratelimit import UNKNOWN_TENANCY
 from cckm_refresh.request import (
     RefreshRequest,
     RequestError,
+    chunk_message,
+    continuation_message,
     parse_request,
     parse_request_body,
-    request_to_message,
 )
-from cckm_refresh.store import BATCH_WRITE, RecordedResult, ResultStore, RunCounts
+from cckm_refresh.resolution import Chunk, Resolver
+from cckm_refresh.store import (
+    MAX_CHUNK_KEYS,
+    ChunkTally,
+    RecordedResult,
+    ResultStore,
+    RunCounts,
+)
 from cckm_refresh.triggers import Delivery
-from cckm_refresh.workqueue import WorkQueue
+from cckm_refresh.workqueue import QueueMessage, WorkQueue
 
-OCID_LOOKUP_WORKERS = 4
-SELECTOR_PAGE_SIZE = 500
 RETRY_DELAY_BASE = 30
 RETRY_DELAY_CAP = 900
+DIRECT_PASS_CHUNKS = 10  # without any queue, chunks are refreshed ten at a time
 
 
-class KeyDirectory(Protocol):
-    """The CTM list operation, as resolution needs it."""
+class Action(StrEnum):
+    DONE = "done"  # delete the message
+    RETRY = "retry"  # deliver it again in ``delay`` seconds (keys are PENDING)
+    DEAD_LETTER = "dead_letter"  # its last delivery gave up on keys: let SQS dead-letter it
 
-    def list_oci_keys(
-        self,
-        filters: dict[str, str] | None = None,
-        *,
-        key_id: str | None = None,
-        page_size: int = 100,
-    ) -> Iterator[dict[str, Any]]: ...
+
+@dataclass(frozen=True)
+class MessageVerdict:
+    """What happens to the SQS message a delivery came in."""
+
+    action: Action = Action.DONE
+    delay: int = 0
+
+    @classmethod
+    def retry(cls, receive_count: int) -> MessageVerdict:
+        """30 s, 60 s, 120 s... capped at 15 minutes, rather than the visibility timeout."""
+        delay = min(RETRY_DELAY_CAP, RETRY_DELAY_BASE * 2 ** max(0, receive_count - 1))
+        return cls(Action.RETRY, delay)
+
+
+DONE = MessageVerdict()
 
 
 @dataclass(frozen=True)
@@ -55,11 +84,12 @@ class Rejection:
 
     source_id: str
     error: str
+    verdict: MessageVerdict = DONE
 
 
 @dataclass(frozen=True)
 class RunReport:
-    """What one delivery did to its run."""
+    """What one delivery did to its run, and what must happen to its message."""
 
     run_id: str
     requested: int
@@ -70,6 +100,10 @@ class RunReport:
     throttled: int = 0
     gave_up: int = 0
     completed: RunCounts | None = None
+    status: str = "RUNNING"
+    counts: RunCounts | None = None  # the run's counts as the table holds them, when known
+    latencies_ms: tuple[int, ...] = ()
+    verdict: MessageVerdict = DONE
 
     def count(self, status: Status) -> int:
         return sum(1 for r in self.recorded if r.outcome.status is status)
@@ -80,15 +114,49 @@ class RunReport:
 
     @property
     def must_retry(self) -> bool:
-        """SQS must deliver the message again: keys are PENDING, or this was its last chance
-        and it belongs in the dead-letter queue (CONTRACT 4.4)."""
-        return self.pending > 0 or self.gave_up > 0
+        return self.verdict.action is not Action.DONE
 
 
-@dataclass(frozen=True)
-class _Resolved:
-    items: tuple[WorkItem, ...]
-    not_found: tuple[RefreshOutcome, ...]
+Result = RunReport | Rejection
+
+
+@dataclass
+class _Job:
+    """One chunk being worked in this invocation, and what happened to each of its keys."""
+
+    run: RunInfo
+    chunk_id: str
+    key_ids: tuple[str, ...]
+    delivery: Delivery | None  # None: registered and refreshed in this same invocation
+    tenancy: str | None = None
+    last_chance: bool = False
+    final: dict[str, tuple[Status, bool]] = field(default_factory=dict)  # terminal: rotated?
+    pending: dict[str, RefreshOutcome] = field(default_factory=dict)
+    lost: set[str] = field(default_factory=set)  # another delivery recorded them first
+    recorded: list[RecordedResult] = field(default_factory=list)
+    leftovers: list[WorkItem] = field(default_factory=list)
+    gave_up: int = 0
+    completed: RunCounts | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return len(self.final) == len(self.key_ids)
+
+    def tally(self) -> ChunkTally:
+        tally = ChunkTally()
+        for status, rotated in self.final.values():
+            tally = tally.add(status, rotated)
+        return tally
+
+
+@dataclass
+class _Pass:
+    """What the engine passes of one delivery did, for its report."""
+
+    throttled: int = 0
+    latencies_ms: list[int] = field(default_factory=list)
+    jobs: list[_Job] = field(default_factory=list)
 
 
 class RefreshService:
@@ -98,260 +166,495 @@ class RefreshService:
         self,
         *,
         settings: RefreshSettings,
-        directory: KeyDirectory,
+        resolver: Resolver,
         engine: RefreshEngine,
         store: ResultStore,
         queue: WorkQueue,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
-        self._directory = directory
+        self._resolver = resolver
         self._engine = engine
         self._store = store
         self._queue = queue
+        self._clock = clock
+        self._chunk_size = min(settings.fanout_chunk_size, MAX_CHUNK_KEYS)
+        self._chunk_limit = settings.fanout_chunk_size
 
-    def process(
-        self, delivery: Delivery, seconds_left: Callable[[], float]
-    ) -> RunReport | Rejection:
+    # --- entry points -----------------------------------------------------------------------
+
+    def process(self, delivery: Delivery, seconds_left: Callable[[], float]) -> Result:
         """Process one delivery. ``seconds_left`` is the invocation's remaining time."""
+        return self.process_batch([delivery], seconds_left)[0]
+
+    def process_batch(
+        self, deliveries: Sequence[Delivery], seconds_left: Callable[[], float]
+    ) -> list[Result]:
+        """Process the records of one SQS batch (or one delivery): intakes one by one, then
+        every chunk in one engine pass. One result per delivery, in order."""
+        results: list[Result | None] = [None] * len(deliveries)
+        jobs: list[_Job] = []
+        for index, delivery in enumerate(deliveries):
+            request = self._parse(delivery)
+            if isinstance(request, Rejection):
+                results[index] = request
+                continue
+            run = _run_of(delivery, request)
+            logger.append_keys(run_id=run.run_id, trigger=str(run.trigger))
+            if request.chunk is not None:
+                jobs.append(self._job(delivery, request, run))
+            else:
+                results[index] = self._intake(delivery, request, run, seconds_left)
+        if jobs:
+            done = self._work(jobs, seconds_left)
+            for index, delivery in enumerate(deliveries):
+                if results[index] is None:
+                    job = next(j for j in jobs if j.delivery is delivery)
+                    results[index] = self._job_report(job, done, delivery.receive_count)
+        return [r for r in results if r is not None]
+
+    def queue_url_of(self, queue_arn: str) -> str | None:
+        """The URL of the queue an SQS record came from (``eventSourceARN``)."""
+        return self._queue.url_of(queue_arn)
+
+    def retry_later(self, queue_url: str | None, receipt_handle: str, delay: int) -> int:
+        """Make a message still owing keys visible again in ``delay`` seconds; 0 when SQS
+        refused (the visibility timeout then applies)."""
+        return delay if self._queue.retry_later(queue_url, receipt_handle, delay) else 0
+
+    # --- intake -----------------------------------------------------------------------------
+
+    def _parse(self, delivery: Delivery) -> RefreshRequest | Rejection:
         try:
-            request = (
-                parse_request_body(delivery.raw)
-                if delivery.trigger is Trigger.SQS
-                else parse_request(delivery.document)
-            )
+            if delivery.trigger is Trigger.SQS:
+                return parse_request_body(delivery.raw)
+            return parse_request(delivery.document)
         except RequestError as error:
-            return self._reject(delivery, str(error))
-        run = RunInfo(
-            run_id=request.run_id or request.request_id or delivery.default_run_id,
-            trigger=delivery.trigger,
-            request_id=request.request_id,
-            reason=request.reason,
-            dry_run=request.dry_run,
-        )
-        logger.append_keys(run_id=run.run_id, trigger=str(run.trigger))
-        resolved = self._resolve(request)
-        requested = len(resolved.items) + len(resolved.not_found)
-        created = self._store.start_run(run, requested)
-        items = resolved.items if created else self._still_owed(run, resolved.items)
-        logger.info(
-            "run accepted",
-            extra={"requested": requested, "to_process": len(items), "new_run": created},
-        )
-        # NOT_FOUND is terminal and its item has a fixed key: writing it again changes nothing.
-        recorded = self._store.record(run, resolved.not_found, {})
+            logger.warning(
+                "request rejected", extra={"source_id": delivery.source_id, "error": str(error)}
+            )
+            self._store.record_rejected(delivery.source_id, str(error), delivery.raw)
+            self._queue.dead_letter(delivery.raw, str(error))
+            return Rejection(delivery.source_id, str(error))
 
-        if run.dry_run:
-            skipped = [_outcome(item, Status.SKIPPED) for item in items]
-            recorded += self._store.record(run, skipped, {})
-            return self._finish(run, requested, recorded)
+    def _intake(
+        self,
+        delivery: Delivery,
+        request: RefreshRequest,
+        run: RunInfo,
+        seconds_left: Callable[[], float],
+    ) -> RunReport:
+        created = self._store.start_run(run)
+        fan_out = self._fans_out(request)
+        if not created:
+            state = self._store.run_state(run.run_id)
+            if state is not None and state.completed:
+                logger.info("run already completed: nothing to do")
+                return _replay(run, state.counts)
+            if state is not None and not state.resolving and fan_out is True:
+                logger.info("run already resolved and queued: nothing to do")
+                return RunReport(run.run_id, state.counts.requested, status=state.status)
+        sends: list[QueueMessage] = []
+        direct: list[_Job] = []
+        outcome = _Pass()
+        recorded: list[RecordedResult] = []
+        # Without a tenancy queue, a run that turns out no larger than one chunk is refreshed
+        # here; the first chunk past FANOUT_CHUNK_SIZE keys sends them all to the queue.
+        mode = {"fan_out": fan_out is True, "keys": 0}
 
-        if self._should_fan_out(request, items):
-            self._store.track(run, [_outcome(item, Status.PENDING) for item in items])
-            sent = self._send(run, items)
-            logger.info("run fanned out", extra={"messages": sent, "keys": len(items)})
-            return RunReport(run.run_id, requested, tuple(recorded), fanned_out=len(items))
-
-        latest = self._store.latest_of([item.key_id for item in items])
-        items = tuple(replace(i, known=latest.get(i.key_id) or i.known) for i in items)
-        margin = self._settings.deadline_margin_seconds
-        last_chance = (
-            delivery.trigger is Trigger.SQS
-            and delivery.receive_count >= self._settings.max_receive_count
-        )
-        recorder = _Recorder(self._store, run, latest, last_chance, delivery.receive_count)
-        result = self._engine.run(items, lambda: seconds_left() - margin, recorder.add)
-        recorded += recorder.finish()
-        gave_up = recorder.gave_up
-        handed_off = self._hand_off(run, result.leftovers)
-        not_handed_off = len(result.leftovers) - handed_off
-        pending = [r.outcome for r in recorded if r.outcome.status is Status.PENDING]
-        if pending and delivery.trigger is not Trigger.SQS and self._queue.queue_url:
-            # Not an SQS message, so nothing would deliver it again: re-queue what is owed.
-            self._send(run, [WorkItem(o.key_id, _hint_of(o)) for o in pending])
-            handed_off += len(pending)
-            pending = []
-        return self._finish(
-            run,
-            requested,
-            recorded,
-            pending=len(pending) + not_handed_off,
-            handed_off=handed_off,
-            gave_up=gave_up,
-            throttled=result.throttled,
-        )
-
-    def retry_later(self, receipt_handle: str, receive_count: int) -> int:
-        """Back off a message that still owes keys: 30 s, 60 s, 120 s... capped at 15 minutes,
-        instead of the queue's visibility timeout (6 x the function timeout)."""
-        delay = min(RETRY_DELAY_CAP, RETRY_DELAY_BASE * 2 ** max(0, receive_count - 1))
-        return delay if self._queue.retry_later(receipt_handle, delay) else 0
-
-    # --- steps ------------------------------------------------------------------------------
-
-    def _reject(self, delivery: Delivery, error: str) -> Rejection:
-        logger.warning("request rejected", extra={"source_id": delivery.source_id, "error": error})
-        self._store.record_rejected(delivery.source_id, error, delivery.raw)
-        self._queue.dead_letter(delivery.raw, error)
-        return Rejection(delivery.source_id, error)
-
-    def _resolve(self, request: RefreshRequest) -> _Resolved:
-        """CCKM ids as given; OCIDs and selectors through the list call; de-duplicated."""
-        found: dict[str, WorkItem] = {}
-        not_found: list[RefreshOutcome] = []
-        for key_id in request.key_ids:
-            found.setdefault(key_id, WorkItem(key_id))
-        if request.ocids:
-            workers = min(OCID_LOOKUP_WORKERS, len(request.ocids))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resolve") as pool:
-                matches = list(pool.map(self._lookup_ocid, request.ocids))
-            for ocid, info in zip(request.ocids, matches, strict=True):
-                if info is None:
-                    not_found.append(
-                        RefreshOutcome(
-                            key_id=ocid,
-                            oci_key_id=ocid,
-                            status=Status.NOT_FOUND,
-                            error_message="no CCKM key has this OCI key OCID",
-                        )
-                    )
-                elif info.key_id not in found or found[info.key_id].known is None:
-                    found[info.key_id] = WorkItem(info.key_id, info)
-        if request.selector is not None:
-            query = None if request.selector.all_keys else request.selector.as_query()
-            # Large pages: each costs CTM's latency once, and a short page is handled anyway.
-            for resource in self._directory.list_oci_keys(query, page_size=SELECTOR_PAGE_SIZE):
-                info = KeyInfo.from_ctm(resource)
-                if info.key_id not in found or found[info.key_id].known is None:
-                    found[info.key_id] = WorkItem(info.key_id, info)
-        return _Resolved(tuple(found.values()), tuple(not_found))
-
-    def _lookup_ocid(self, ocid: str) -> KeyInfo | None:
-        for resource in self._directory.list_oci_keys(key_id=ocid):
-            info = KeyInfo.from_ctm(resource)
-            if info.oci_key_id == ocid:
-                return info
-        return None
-
-    def _still_owed(self, run: RunInfo, items: Sequence[WorkItem]) -> tuple[WorkItem, ...]:
-        """Drop keys the run already finished; keep hints (tenancy) from its PENDING items."""
-        existing = self._store.results_of(run.run_id, [item.key_id for item in items])
-        owed = []
-        for item in items:
-            result = existing.get(item.key_id)
-            if result is None:
-                owed.append(item)
-            elif result.get("status") == Status.PENDING:
-                owed.append(
-                    item if item.known else WorkItem(item.key_id, KeyInfo.from_item(result))
-                )
-        logger.info("run resumed", extra={"already_done": len(items) - len(owed)})
-        return tuple(owed)
-
-    def _should_fan_out(self, request: RefreshRequest, items: Sequence[WorkItem]) -> bool:
-        return (
-            request.run_id is None
-            and bool(self._queue.queue_url)
-            and len(items) > self._settings.fanout_chunk_size
-        )
-
-    def _send(self, run: RunInfo, items: Sequence[WorkItem]) -> int:
-        size = self._settings.fanout_chunk_size
-        ordered = list(_interleave_tenancies(items))
-        bodies = [
-            request_to_message(
-                [item.key_id for item in ordered[i : i + size]],
+        def send(job: _Job) -> None:
+            body = chunk_message(
+                list(job.key_ids),
                 run_id=run.run_id,
+                chunk=job.chunk_id,
                 reason=run.reason,
                 dry_run=run.dry_run,
             )
-            for i in range(0, len(ordered), size)
-        ]
-        return self._queue.send(bodies)
+            sends.append(QueueMessage(body, job.tenancy or UNKNOWN_TENANCY, job.chunk_id))
+            if len(sends) >= 10:
+                self._queue.send(sends)
+                sends.clear()
 
-    def _hand_off(self, run: RunInfo, leftovers: Sequence[WorkItem]) -> int:
-        if not leftovers:
-            return 0
-        self._store.track(run, [_outcome(item, Status.PENDING) for item in leftovers])
+        def sink(chunk: Chunk) -> None:
+            entries = self._store.register_chunk(run, chunk.chunk_id, chunk.tenancy, chunk.entries)
+            if not entries:
+                return
+            job = _Job(run, chunk.chunk_id, tuple(e.key_id for e in entries), None, chunk.tenancy)
+            mode["keys"] += len(entries)
+            if fan_out is None and not mode["fan_out"] and mode["keys"] > self._chunk_limit:
+                mode["fan_out"] = True
+                for waiting in direct:
+                    send(waiting)
+                direct.clear()
+            if mode["fan_out"]:
+                send(job)
+                return
+            direct.append(job)
+            if not self._queue.can_hand_on and len(direct) >= DIRECT_PASS_CHUNKS:
+                self._direct_pass(direct, delivery, seconds_left, outcome, recorded)
+                direct.clear()
+
+        margin = self._settings.deadline_margin_seconds
+        resolution = self._resolver.resolve(
+            request,
+            run.run_id,
+            chunk_size=self._chunk_size,
+            sink=sink,
+            seconds_left=lambda: seconds_left() - margin,
+        )
+        if sends:
+            self._queue.send(sends)
+        not_found = self._store.record_found_nothing(run, resolution.not_found)
+        recorded += [RecordedResult(o, None, False) for o in resolution.not_found[:not_found]]
+        if resolution.mismatched or resolution.malformed:
+            logger.warning(
+                "keys left out of the run",
+                extra={"mismatched": resolution.mismatched, "malformed": resolution.malformed},
+            )
+        handed_on = 0
+        if resolution.resume is not None and request.selector is not None:
+            handed_on = self._continue(run, request, resolution.resume)
+        if direct:
+            self._direct_pass(direct, delivery, seconds_left, outcome, recorded)
+        if resolution.finished:
+            self._store.finish_resolution(run.run_id)
+        return self._intake_report(
+            run,
+            delivery,
+            resolution.keys + not_found,
+            recorded,
+            outcome,
+            fanned_out=resolution.keys if fan_out else 0,
+            handed_on=handed_on,
+        )
+
+    def _fans_out(self, request: RefreshRequest) -> bool | None:
+        """Queue the run's chunks rather than refresh them here? Always with a tenancy queue
+        (one invocation at a time per tenancy is what holds its rate deployment-wide); never
+        without any queue; with the work queue only, when the run has more keys than
+        ``FANOUT_CHUNK_SIZE`` (None: known once resolution gets there)."""
+        if self._queue.tenancy_queue_url:
+            return True
         if not self._queue.queue_url:
-            logger.warning("deadline reached with no work queue", extra={"left": len(leftovers)})
-            return 0
-        self._send(run, leftovers)
-        logger.info("deadline near: keys handed on", extra={"keys": len(leftovers)})
-        return len(leftovers)
+            return False
+        return None
 
-    def _finish(
+    def _continue(self, run: RunInfo, request: RefreshRequest, resume: dict[str, object]) -> int:
+        """Hand the rest of a selector's listing on to a continuation message."""
+        if not self._queue.can_hand_on or request.selector is None:
+            logger.error("deadline reached while resolving, and no queue to hand on to")
+            return 0
+        body = continuation_message(
+            request.selector,
+            dict(resume),
+            run_id=run.run_id,
+            reason=run.reason,
+            dry_run=run.dry_run,
+        )
+        position = json.dumps(resume, sort_keys=True, default=str)
+        dedup = hashlib.sha256(f"{run.run_id}\n{position}".encode()).hexdigest()
+        self._queue.send([QueueMessage(body, f"resolve:{run.run_id}", dedup)])
+        logger.info("resolution handed on", extra={"resume": resume})
+        return 1
+
+    def _direct_pass(
+        self,
+        jobs: list[_Job],
+        delivery: Delivery,
+        seconds_left: Callable[[], float],
+        outcome: _Pass,
+        recorded: list[RecordedResult],
+    ) -> None:
+        for job in jobs:
+            job.delivery = None
+            job.last_chance = _last_chance(delivery, self._settings.max_receive_count)
+        done = self._work(jobs, seconds_left)
+        outcome.throttled += done.throttled
+        outcome.latencies_ms += done.latencies_ms
+        for job in jobs:
+            recorded += job.recorded
+            self._after_direct_job(job, delivery)
+        outcome.jobs += jobs
+
+    def _after_direct_job(self, job: _Job, delivery: Delivery) -> None:
+        """A chunk refreshed in place with keys still owed: SQS delivers its message again;
+        anything else re-queues them, or leaves them PENDING when there is no queue."""
+        if delivery.trigger is Trigger.SQS or job.done:
+            return
+        owed = list(job.pending) + [item.key_id for item in job.leftovers]
+        if owed and self._queue.can_hand_on:
+            self._send_chunk(job, owed, reason="re-queued")
+            job.leftovers = []
+            job.pending = {}
+
+    def _intake_report(
         self,
         run: RunInfo,
+        delivery: Delivery,
         requested: int,
         recorded: list[RecordedResult],
+        done: _Pass,
         *,
-        pending: int = 0,
-        handed_off: int = 0,
-        gave_up: int = 0,
-        throttled: int = 0,
+        fanned_out: int,
+        handed_on: int,
     ) -> RunReport:
-        _log_outcomes(recorded)
-        completed = None if pending else self._store.complete_if_done(run.run_id)
+        jobs = done.jobs
+        pending = sum(len(j.pending) + len(j.leftovers) for j in jobs)
+        gave_up = sum(j.gave_up for j in jobs)
+        completed = next((j.completed for j in jobs if j.completed), None)
+        if completed is None and all(j.done for j in jobs):
+            completed = self._store.complete_if_done(run.run_id)
         if completed:
             logger.info("run completed", extra={"counts": completed.__dict__})
+        verdict = DONE
+        if delivery.trigger is Trigger.SQS and (pending or gave_up):
+            verdict = (
+                MessageVerdict(Action.DEAD_LETTER)
+                if gave_up and not pending
+                else MessageVerdict.retry(delivery.receive_count)
+            )
+        _log_outcomes(recorded)
         return RunReport(
             run_id=run.run_id,
             requested=requested,
             recorded=tuple(recorded),
             pending=pending,
-            handed_off=handed_off,
+            handed_off=handed_on,
+            fanned_out=fanned_out,
+            throttled=done.throttled,
             gave_up=gave_up,
-            throttled=throttled,
             completed=completed,
+            status="COMPLETED" if completed else "RUNNING",
+            counts=completed,
+            latencies_ms=tuple(done.latencies_ms),
+            verdict=verdict,
         )
 
+    # --- chunk work -------------------------------------------------------------------------
 
-class _Recorder:
-    """Records outcomes as the engine yields them, while other calls wait for their slot:
-    the ``KEY`` item at once (in the worker's thread), the results 25 at a time."""
+    def _job(self, delivery: Delivery, request: RefreshRequest, run: RunInfo) -> _Job:
+        return _Job(
+            run=run,
+            chunk_id=str(request.chunk),
+            key_ids=request.key_ids,
+            delivery=delivery,
+            last_chance=_last_chance(delivery, self._settings.max_receive_count),
+        )
 
-    def __init__(
-        self,
-        store: ResultStore,
-        run: RunInfo,
-        latest: Mapping[str, KeyInfo],
-        last_chance: bool,
-        deliveries: int,
-    ) -> None:
-        self._store = store
-        self._run = run
-        self._latest = latest
-        self._last_chance = last_chance
-        self._deliveries = deliveries
-        self._lock = threading.Lock()
-        self._unwritten: list[RecordedResult] = []
-        self.recorded: list[RecordedResult] = []
-        self.gave_up = 0
+    def _work(self, jobs: Sequence[_Job], seconds_left: Callable[[], float]) -> _Pass:
+        """Refresh every key the jobs still owe in one engine pass, recording as it goes."""
+        items: list[WorkItem] = []
+        for job in jobs:
+            items += self._owed(job)
+        margin = self._settings.deadline_margin_seconds
+        reserve = self._settings.recording_reserve_seconds
+        done = _Pass()
+        if items and any(j.last_chance for j in jobs) and seconds_left() <= margin:
+            late = [i for i in items if i.context.last_chance]
+            items = [i for i in items if not i.context.last_chance]
+            for item in late:
+                self._give_up(item, "DEADLINE", "the last delivery had too little time left")
+        if items:
+            result = self._engine.run(
+                items,
+                lambda: seconds_left() - margin,
+                self._record,
+                calls_end_within=seconds_left() - reserve,
+            )
+            done.throttled = result.throttled
+            done.latencies_ms = result.latencies_ms
+            for item in result.leftovers:
+                job = item.context
+                if job.last_chance:
+                    self._give_up(item, "DEADLINE", "the last delivery ran out of time")
+                else:
+                    job.leftovers.append(item)
+        for job in jobs:
+            self._settle(job)
+        return done
 
-    def add(self, outcome: RefreshOutcome) -> None:
-        if self._last_chance and outcome.status is Status.PENDING:
-            outcome = _give_up(outcome, self._deliveries)
-            with self._lock:
-                self.gave_up += 1
-        result = self._store.move_key_forward(self._run, outcome, self._latest.get(outcome.key_id))
-        batch: list[RecordedResult] = []
-        with self._lock:
-            self.recorded.append(result)
-            self._unwritten.append(result)
-            if len(self._unwritten) >= BATCH_WRITE:
-                batch, self._unwritten = self._unwritten, []
-        if batch:
-            self._store.write_results(self._run, batch)
+    def _owed(self, job: _Job) -> list[WorkItem]:
+        """The chunk's keys that are not terminal yet; the terminal ones are counted."""
+        existing = self._store.results_of(job.run.run_id, list(job.key_ids))
+        items = []
+        for key_id in job.key_ids:
+            item = existing.get(key_id)
+            status = _status_of(item)
+            if item is not None and status is not None and status is not Status.PENDING:
+                job.final[key_id] = (status, bool(item.get("version_changed")))
+                continue
+            known = _known_before(item) if item else None
+            if known is not None and known.tenancy and job.tenancy is None:
+                job.tenancy = known.tenancy
+            work = WorkItem(key_id, known, job)
+            if job.run.dry_run:
+                self._record(work, _described(RefreshOutcome(key_id, Status.SKIPPED), known))
+            else:
+                items.append(work)
+        if len(job.final) and len(job.final) == len(job.key_ids):
+            logger.info("chunk already done: nothing to refresh", extra={"chunk": job.chunk_id})
+        return items
 
-    def finish(self) -> list[RecordedResult]:
-        with self._lock:
-            batch, self._unwritten = self._unwritten, []
-        if batch:
-            self._store.write_results(self._run, batch)
-        return self.recorded
+    def _record(self, item: WorkItem, outcome: RefreshOutcome) -> None:
+        """Record one outcome as soon as it is known (in the engine's worker thread)."""
+        job: _Job = item.context
+        if outcome.status is Status.PENDING and job.last_chance:
+            outcome = _given_up(outcome, job.delivery.receive_count if job.delivery else 1)
+            with job.lock:
+                job.gave_up += 1
+        recorded = self._store.record(job.run, outcome, item.known)
+        with job.lock:
+            if recorded is None:
+                job.lost.add(item.key_id)
+            elif outcome.status is Status.PENDING:
+                job.pending[item.key_id] = outcome
+                job.recorded.append(recorded)
+            else:
+                job.final[item.key_id] = (outcome.status, recorded.version_changed)
+                job.pending.pop(item.key_id, None)
+                job.recorded.append(recorded)
+
+    def _give_up(self, item: WorkItem, code: str, message: str) -> None:
+        job: _Job = item.context
+        outcome = _described(
+            RefreshOutcome(
+                item.key_id,
+                Status.FAILED,
+                error_code=code,
+                error_message=message,
+                recorded_at=iso_now(),
+            ),
+            item.known,
+        )
+        with job.lock:
+            job.gave_up += 1
+        self._record(item, outcome)
+
+    def _settle(self, job: _Job) -> None:
+        """After the pass: learn what lost races became, close a finished chunk, complete."""
+        if job.lost:
+            existing = self._store.results_of(job.run.run_id, sorted(job.lost))
+            for key_id, item in existing.items():
+                status = _status_of(item)
+                if status is not None and status is not Status.PENDING:
+                    job.final[key_id] = (status, bool(item.get("version_changed")))
+                    job.pending.pop(key_id, None)
+        if job.done and self._store.finish_chunk(job.run.run_id, job.chunk_id, job.tally()):
+            job.completed = self._store.complete_if_done(job.run.run_id)
+
+    def _job_report(self, job: _Job, done: _Pass, receive_count: int) -> RunReport:
+        verdict = DONE
+        handed_off = 0
+        if job.pending:
+            verdict = MessageVerdict.retry(receive_count)
+        elif job.gave_up:
+            verdict = MessageVerdict(Action.DEAD_LETTER)
+        elif job.leftovers:
+            self._send_chunk(job, [item.key_id for item in job.leftovers], reason="handed on")
+            handed_off = len(job.leftovers)
+        _log_outcomes(job.recorded)
+        if job.completed:
+            logger.info("run completed", extra={"counts": job.completed.__dict__})
+        return RunReport(
+            run_id=job.run.run_id,
+            requested=len(job.key_ids),
+            recorded=tuple(job.recorded),
+            pending=len(job.pending),
+            handed_off=handed_off,
+            throttled=done.throttled,
+            gave_up=job.gave_up,
+            completed=job.completed,
+            status="COMPLETED" if job.completed else "RUNNING",
+            counts=job.completed,
+            latencies_ms=tuple(done.latencies_ms),
+            verdict=verdict,
+        )
+
+    def _send_chunk(self, job: _Job, owed: Sequence[str], *, reason: str) -> None:
+        """Queue the chunk again (all its keys: the next delivery skips the finished ones)."""
+        body = chunk_message(
+            list(job.key_ids),
+            run_id=job.run.run_id,
+            chunk=job.chunk_id,
+            reason=job.run.reason,
+            dry_run=job.run.dry_run,
+        )
+        group = job.tenancy or UNKNOWN_TENANCY
+        dedup = f"{job.chunk_id}-{time.time_ns()}"
+        self._queue.send([QueueMessage(body, group, dedup)])
+        logger.info(f"keys {reason}", extra={"keys": len(owed), "chunk": job.chunk_id})
 
 
-def _log_outcomes(recorded: Iterable[RecordedResult]) -> None:
+def _status_of(item: dict[str, object] | None) -> Status | None:
+    try:
+        return Status(str(item["status"])) if item else None
+    except (KeyError, ValueError):
+        return None
+
+
+def _run_of(delivery: Delivery, request: RefreshRequest) -> RunInfo:
+    return RunInfo(
+        run_id=request.run_id or request.request_id or delivery.default_run_id,
+        trigger=delivery.trigger,
+        request_id=request.request_id,
+        reason=request.reason,
+        dry_run=request.dry_run,
+    )
+
+
+def _last_chance(delivery: Delivery, max_receive_count: int) -> bool:
+    # Only SQS redelivers: a schedule's or the CLI's pending keys are re-queued instead.
+    return delivery.trigger is Trigger.SQS and delivery.receive_count >= max_receive_count
+
+
+def _replay(run: RunInfo, counts: RunCounts) -> RunReport:
+    return RunReport(run.run_id, counts.requested, status="COMPLETED", counts=counts)
+
+
+def _known_before(item: dict[str, object]) -> KeyInfo:
+    """What the run knew of a key before touching it, from its ``PENDING`` result item: where
+    it lives, and the version it had (``previous_key_version``)."""
+
+    def text(name: str) -> str | None:
+        value = item.get(name)
+        return str(value) if value is not None else None
+
+    return KeyInfo(
+        key_id=str(item["key_id"]),
+        oci_key_id=text("oci_key_id"),
+        display_name=text("display_name"),
+        tenancy=text("tenancy"),
+        region=text("region"),
+        vault_name=text("vault_name"),
+        current_key_version=text("previous_key_version"),
+    )
+
+
+def _described(outcome: RefreshOutcome, known: KeyInfo | None) -> RefreshOutcome:
+    if known is None:
+        return outcome
+    return replace(
+        outcome,
+        oci_key_id=outcome.oci_key_id or known.oci_key_id,
+        display_name=outcome.display_name or known.display_name,
+        tenancy=outcome.tenancy or known.tenancy,
+        region=outcome.region or known.region,
+        vault_name=outcome.vault_name or known.vault_name,
+    )
+
+
+def _given_up(outcome: RefreshOutcome, deliveries: int) -> RefreshOutcome:
+    return replace(
+        outcome,
+        status=Status.FAILED,
+        error_message=(
+            f"transient errors outlasted {deliveries} deliveries: {outcome.error_message or ''}"
+        ).strip(": "),
+        recorded_at=outcome.recorded_at or iso_now(),
+    )
+
+
+def _log_outcomes(recorded: Sequence[RecordedResult]) -> None:
     """One line per key that needs a look (rotated, not found, failed, pending), with its id."""
     for result in recorded:
         outcome = result.outcome
@@ -378,42 +681,3 @@ def _log_outcomes(recorded: Iterable[RecordedResult]) -> None:
                     "attempts": outcome.attempts,
                 },
             )
-
-
-def _outcome(item: WorkItem, status: Status) -> RefreshOutcome:
-    info = item.known
-    return RefreshOutcome(
-        key_id=item.key_id,
-        status=status,
-        oci_key_id=info.oci_key_id if info else None,
-        display_name=info.display_name if info else None,
-        tenancy=info.tenancy if info else None,
-        region=info.region if info else None,
-        vault_name=info.vault_name if info else None,
-    )
-
-
-def _hint_of(outcome: RefreshOutcome) -> KeyInfo:
-    return KeyInfo(key_id=outcome.key_id, tenancy=outcome.tenancy)
-
-
-def _give_up(outcome: RefreshOutcome, deliveries: int) -> RefreshOutcome:
-    if outcome.status is not Status.PENDING:
-        return outcome
-    return replace(
-        outcome,
-        status=Status.FAILED,
-        error_message=(
-            f"transient errors outlasted {deliveries} deliveries: {outcome.error_message or ''}"
-        ).strip(": "),
-        recorded_at=outcome.recorded_at or iso_now(),
-    )
-
-
-def _interleave_tenancies(items: Iterable[WorkItem]) -> Iterator[WorkItem]:
-    """Round-robin over tenancies, so every chunk spreads its calls over every tenancy."""
-    by_tenancy: dict[str, list[WorkItem]] = {}
-    for item in items:
-        by_tenancy.setdefault(item.tenancy or UNKNOWN_TENANCY, []).append(item)
-    for group in itertools.zip_longest(*by_tenancy.values()):
-        yield from (item for item in group if item is not None)

@@ -86,6 +86,13 @@ def sqs_delivery(message_id: str, body: str, receive_count: int) -> Delivery:
     )
 
 
+def sqs_delivery_of(record: dict[str, Any]) -> Delivery:
+    """The delivery of one record of a Lambda SQS event."""
+    attributes = record.get("attributes") or {}
+    receive_count = int(attributes.get("ApproximateReceiveCount") or 1)
+    return sqs_delivery(str(record["messageId"]), str(record.get("body") or ""), receive_count)
+
+
 def run_name(candidate: str) -> str:
     """A run id in the contract's alphabet (1-128 of ``[A-Za-z0-9._:-]``) derived from an id."""
     return _NOT_NAME_CHARS.sub("-", candidate)[:128] or "run"

@@ -1,0 +1,308 @@
+"""Resolution: a request's CCKM ids, OCIDs and selector become chunks of keys, one tenancy each.
+
+Streaming: selector pages become chunks as they arrive, so memory holds one page and one
+partly filled chunk per tenancy, never the run. A chunk is handed to ``sink`` as soon as it
+is full (and the partly filled ones at the end). When the deadline comes first, the partly
+filled chunks are handed over and the resolution stops with the listing's position, for a
+continuation message to carry (CONTRACT 4.3).
+
+Each key's tenancy is known before it is queued (that is what keeps every tenancy within its
+rate): from the list call for OCIDs and selectors, from the key's ``LATEST`` item for a CCKM id
+seen before, and from ``GET /api/v1/cckm/oci/keys/{id}`` (CCKM's cached copy: no OCI read) for
+one never seen. A key whose tenancy still cannot be learnt goes to the ``~unknown`` group,
+which is paced like one tenancy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cckm_refresh.ctm.errors import CtmError, CtmNotFoundError
+from cckm_refresh.ctm.filters import resource_matches
+from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
+from cckm_refresh.observability import logger
+from cckm_refresh.request import RefreshRequest
+from cckm_refresh.store import KeyEntry
+
+LOOKUP_WORKERS = 8
+SELECTOR_PAGE_SIZE = 500
+
+
+class ListPage(Protocol):
+    @property
+    def resources(self) -> Sequence[dict[str, Any]]: ...
+    @property
+    def malformed(self) -> int: ...
+    @property
+    def next(self) -> Any: ...  # a cursor with to_json(), or None at the end
+
+
+class KeyDirectory(Protocol):
+    """The CTM read operations resolution needs (``CtmClient``)."""
+
+    def list_oci_keys(
+        self,
+        filters: Mapping[str, str] | None = None,
+        *,
+        key_id: str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[dict[str, Any]]: ...
+
+    def list_page(
+        self,
+        filters: Mapping[str, str] | None,
+        *,
+        cursor: Any = None,
+        page_size: int = 500,
+        deadline: float | None = None,
+    ) -> ListPage: ...
+
+    def get_oci_key(self, key_id: str, *, deadline: float | None = None) -> dict[str, Any]: ...
+
+
+CursorLoader = Callable[[dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Keys of one tenancy that travel together in one queue message."""
+
+    chunk_id: str
+    tenancy: str | None
+    entries: tuple[KeyEntry, ...]
+
+
+ChunkSink = Callable[[Chunk], None]
+
+
+@dataclass
+class Resolution:
+    """What a resolution did: chunks handed to the sink, keys found to be missing, and
+    where the listing stopped if the deadline came first (``resume``)."""
+
+    not_found: list[RefreshOutcome] = field(default_factory=list)
+    chunks: int = 0
+    keys: int = 0
+    mismatched: int = 0  # returned by the list call but not matching the selector
+    malformed: int = 0  # list items that were not key objects
+    resume: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.resume is None
+
+
+def chunk_id(run_id: str, tenancy: str | None, key_ids: Sequence[str]) -> str:
+    """The same keys of the same run always make the same chunk (a retried fan-out)."""
+    text = "\n".join([run_id, tenancy or "", *key_ids])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class _Chunker:
+    """Per-tenancy buffers that become chunks when full; bounded by tenancies x chunk size."""
+
+    def __init__(self, run_id: str, size: int, sink: ChunkSink, result: Resolution) -> None:
+        self._run_id = run_id
+        self._size = size
+        self._sink = sink
+        self._result = result
+        self._buffers: dict[str | None, dict[str, KeyEntry]] = {}
+
+    def add(self, entry: KeyEntry) -> None:
+        tenancy = entry.known.tenancy if entry.known else None
+        buffer = self._buffers.setdefault(tenancy, {})
+        if entry.key_id in buffer:
+            return
+        buffer[entry.key_id] = entry
+        if len(buffer) >= self._size:
+            self._emit(tenancy)
+
+    def flush(self) -> None:
+        for tenancy in list(self._buffers):
+            self._emit(tenancy)
+
+    def _emit(self, tenancy: str | None) -> None:
+        entries = tuple(self._buffers.pop(tenancy, {}).values())
+        if not entries:
+            return
+        ids = [entry.key_id for entry in entries]
+        self._result.chunks += 1
+        self._result.keys += len(entries)
+        self._sink(Chunk(chunk_id(self._run_id, tenancy, ids), tenancy, entries))
+
+
+class Resolver:
+    """Turns requests into chunks; built once per container."""
+
+    def __init__(
+        self,
+        directory: KeyDirectory,
+        latest_of: Callable[[Sequence[str]], Mapping[str, KeyInfo]],
+        cursor_from_json: CursorLoader,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._directory = directory
+        self._latest_of = latest_of
+        self._cursor_from_json = cursor_from_json
+        self._clock = clock
+
+    def resolve(
+        self,
+        request: RefreshRequest,
+        run_id: str,
+        *,
+        chunk_size: int,
+        sink: ChunkSink,
+        seconds_left: Callable[[], float],
+    ) -> Resolution:
+        """Resolve ``request`` into chunks handed to ``sink`` while ``seconds_left() > 0``."""
+        result = Resolution()
+        chunker = _Chunker(run_id, chunk_size, sink, result)
+        if request.resume is None:  # a continuation has done the ids and OCIDs already
+            for entry in self._by_id(request.key_ids, seconds_left, result):
+                chunker.add(entry)
+            for entry in self._by_ocid(request.ocids, seconds_left, result):
+                chunker.add(entry)
+        if request.selector is not None:
+            self._select(request, chunker, seconds_left, result)
+        chunker.flush()
+        return result
+
+    def _deadline(self, seconds_left: Callable[[], float]) -> float:
+        return self._clock() + max(0.0, seconds_left())
+
+    def _by_id(
+        self, key_ids: Sequence[str], seconds_left: Callable[[], float], result: Resolution
+    ) -> list[KeyEntry]:
+        if not key_ids:
+            return []
+        latest = self._latest_of(key_ids)
+        unseen = [k for k in key_ids if k not in latest or not latest[k].tenancy]
+        learnt: dict[str, KeyInfo | None] = {}
+        if unseen:
+            deadline = self._deadline(seconds_left)
+            workers = min(LOOKUP_WORKERS, len(unseen))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookup") as pool:
+                found = pool.map(lambda k: self._lookup_id(k, deadline), unseen)
+                learnt = dict(zip(unseen, found, strict=True))
+        entries = []
+        for key_id in key_ids:
+            if key_id in learnt and learnt[key_id] is None:
+                result.not_found.append(
+                    RefreshOutcome(
+                        key_id=key_id,
+                        status=Status.NOT_FOUND,
+                        http_status=404,
+                        error_code="NOT_FOUND",
+                        error_message="CCKM has no OCI key with this id",
+                    )
+                )
+                continue
+            known = latest.get(key_id)
+            fresh = learnt.get(key_id)
+            if fresh is not None and fresh is not _UNKNOWN:
+                known = fresh
+            entries.append(KeyEntry(key_id, known))
+        return entries
+
+    def _lookup_id(self, key_id: str, deadline: float) -> KeyInfo | None:
+        """The key as CCKM caches it; None when CCKM has no such key; ``_UNKNOWN`` when it
+        could not be read now (the key is then paced in the ``~unknown`` group)."""
+        try:
+            return KeyInfo.from_ctm(self._directory.get_oci_key(key_id, deadline=deadline))
+        except CtmNotFoundError as error:
+            if error.error_code == "GONE":
+                return _UNKNOWN  # known to CCKM, gone from OCI: its refresh records NOT_FOUND
+            return None
+        except (CtmError, ValueError) as error:
+            logger.warning(
+                "could not learn a key's tenancy; it is paced as an unknown tenancy",
+                extra={"key_id": key_id, "error_code": getattr(error, "error_code", None)},
+            )
+            return _UNKNOWN
+
+    def _by_ocid(
+        self, ocids: Sequence[str], seconds_left: Callable[[], float], result: Resolution
+    ) -> list[KeyEntry]:
+        if not ocids:
+            return []
+        workers = min(LOOKUP_WORKERS, len(ocids))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resolve") as pool:
+            matches = list(pool.map(self._lookup_ocid, ocids))
+        entries = []
+        for ocid, info in zip(ocids, matches, strict=True):
+            if info is None:
+                result.not_found.append(
+                    RefreshOutcome(
+                        key_id=ocid,
+                        oci_key_id=ocid,
+                        status=Status.NOT_FOUND,
+                        error_code="NOT_FOUND",
+                        error_message="no CCKM key has this OCI key OCID",
+                    )
+                )
+            else:
+                entries.append(KeyEntry(info.key_id, info))
+        return entries
+
+    def _lookup_ocid(self, ocid: str) -> KeyInfo | None:
+        for resource in self._directory.list_oci_keys(key_id=ocid):
+            try:
+                info = KeyInfo.from_ctm(resource)
+            except ValueError:
+                continue
+            if info.oci_key_id == ocid:
+                return info
+        return None
+
+    def _select(
+        self,
+        request: RefreshRequest,
+        chunker: _Chunker,
+        seconds_left: Callable[[], float],
+        result: Resolution,
+    ) -> None:
+        selector = request.selector
+        if selector is None:
+            return
+        query = None if selector.all_keys else selector.as_query()
+        cursor = self._cursor_from_json(request.resume) if request.resume else None
+        while True:
+            if seconds_left() <= 0:
+                result.resume = cursor.to_json() if cursor is not None else {}
+                logger.info("resolution handed on", extra={"keys_so_far": result.keys})
+                return
+            page = self._directory.list_page(
+                query,
+                cursor=cursor,
+                page_size=SELECTOR_PAGE_SIZE,
+                deadline=self._deadline(seconds_left),
+            )
+            result.malformed += page.malformed
+            for resource in page.resources:
+                if query and not resource_matches(query, resource):
+                    result.mismatched += 1
+                    logger.warning(
+                        "CTM listed a key that does not match the selector; not refreshed",
+                        extra={"key_id": str(resource.get("id"))[:64]},
+                    )
+                    continue
+                try:
+                    info = KeyInfo.from_ctm(resource)
+                except ValueError:
+                    result.malformed += 1
+                    continue
+                chunker.add(KeyEntry(info.key_id, info))
+            if page.next is None:
+                return
+            cursor = page.next
+
+
+# A key CCKM knows but whose tenancy could not be read now: queued in the ``~unknown`` group.
+_UNKNOWN = KeyInfo(key_id="", tenancy=None)
