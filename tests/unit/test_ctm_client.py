@@ -149,8 +149,10 @@ def test_list_advances_skip_by_the_keys_actually_returned() -> None:
     second = client.list_page(None, cursor=first.next, page_size=100)
 
     # Then each cursor's position advanced by the keys the page actually held
-    assert first.next is not None and first.next.skip == 4
-    assert second.next is not None and second.next.skip == 8
+    assert first.next is not None
+    assert first.next.skip == 4
+    assert second.next is not None
+    assert second.next.skip == 8
     assert [k["id"] for k in first.resources + second.resources] == [uuid(n) for n in range(8)]
     assert ids_of_rest(client, second) == [uuid(n) for n in range(8, 10)]
 
@@ -227,3 +229,66 @@ def test_a_page_that_is_not_a_list_answer_is_a_bad_response(body: Any) -> None:
 def test_the_client_requires_an_https_base_url() -> None:
     with pytest.raises(ValueError, match="https"):
         CtmClient.create(base_url="http://ctm.test", secret_loader=lambda force: "rt")
+
+
+# --- what a 2xx refresh/get answer must be -----------------------------------------------------
+
+REFRESH = f"{KEYS_PATH}/{KEY_ID}/refresh"
+
+
+def test_a_key_that_came_back_gone_is_not_found_as_gone() -> None:
+    ctm = FakeCtm()
+    ctm.always("POST", REFRESH, Reply(200, {**key_object(), "gone": True}))
+
+    with pytest.raises(CtmNotFoundError) as caught:
+        fake_client(ctm).refresh_oci_key(KEY_ID)
+
+    assert caught.value.error_code == "GONE"
+    assert caught.value.http_status == 200
+    assert caught.value.attempts == 1
+    assert not caught.value.transient
+
+
+def test_gone_false_is_an_ordinary_refresh() -> None:
+    ctm = FakeCtm()
+    ctm.always("POST", REFRESH, Reply(200, {**key_object(), "gone": False}))
+    assert fake_client(ctm).refresh_oci_key(KEY_ID).body["id"] == KEY_ID
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<html>maintenance</html>",
+        "[]",
+        '"ok"',
+        "",
+        {"name": "not a key"},
+        {**key_object(), "id": 5},
+        {**key_object(), "id": ""},
+        {**key_object(), "oci_params": "ENABLED"},
+        {**key_object(), "oci_params": ["x"]},
+        {**key_object(), "tenancy": {"name": "t"}},
+        {**key_object(), "refreshed_at": 1700000000},
+        key_object(lifecycle_state=1),
+        key_object(current_key_version=["v1"]),
+        key_object(OTHER_KEY_ID),
+    ],
+)
+def test_a_2xx_refresh_answer_that_is_not_the_key_is_a_bad_response(body: Any) -> None:
+    ctm = FakeCtm()
+    ctm.always("POST", REFRESH, Reply(200, body))
+
+    with pytest.raises(CtmBadResponseError) as caught:
+        fake_client(ctm).refresh_oci_key(KEY_ID)
+
+    assert caught.value.error_code == "BAD_RESPONSE"
+    assert caught.value.http_status == 200
+    assert caught.value.attempts == 1
+    assert len(ctm.to("POST", REFRESH)) == 1  # not retried
+
+
+def test_a_2xx_get_answer_that_is_not_a_key_is_a_bad_response() -> None:
+    ctm = FakeCtm()
+    ctm.always("GET", f"{KEYS_PATH}/{KEY_ID}", Reply(200, {**key_object(), "oci_params": 3}))
+    with pytest.raises(CtmBadResponseError):
+        fake_client(ctm).get_oci_key(KEY_ID)

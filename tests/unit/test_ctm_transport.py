@@ -431,3 +431,90 @@ def test_a_failure_to_get_a_token_fails_the_call_without_sending_it() -> None:
     # Then the refresh itself was never sent
     assert caught.value.attempts == 0
     assert ctm.to("POST", REFRESH_PATH) == []
+
+
+# --- OCI's conditions passed through by CCKM, whatever the status (CONTRACT 4.4) -------------
+
+NOT_AUTHORIZED_OR_NOT_FOUND = (
+    'OCI error: {"code":"NotAuthorizedOrNotFound","message":"Authorization failed or '
+    'requested resource not found."}'
+)
+VAULT_BUSY = (
+    'OCI error: {"code":"IncorrectState","message":"Vault must be in one of the following '
+    'states: [ACTIVE]"}'
+)
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 429, 500, 503])
+def test_not_authorized_or_not_found_is_not_found_whatever_the_status(status: int) -> None:
+    assert classify(status, NOT_AUTHORIZED_OR_NOT_FOUND) is Verdict.NOT_FOUND
+
+
+@pytest.mark.parametrize("status", [400, 409, 500])
+def test_a_busy_vault_is_transient_whatever_the_status(status: int) -> None:
+    assert classify(status, VAULT_BUSY) is Verdict.TRANSIENT
+
+
+def test_oci_conditions_in_a_2xx_key_object_are_ignored() -> None:
+    assert classify(200, NOT_AUTHORIZED_OR_NOT_FOUND + VAULT_BUSY) is Verdict.OK
+
+
+@pytest.mark.parametrize("status", [404, 500, 409])
+def test_not_authorized_or_not_found_fails_at_once_as_not_found(status: int) -> None:
+    ctm = FakeCtm()
+    body = error_body("NCERRInternalServerError", NOT_AUTHORIZED_OR_NOT_FOUND, code=1)
+    ctm.always("POST", REFRESH_PATH, Reply(status, body))
+
+    with pytest.raises(CtmNotFoundError) as caught:
+        fake_client(ctm).refresh_oci_key(KEY_ID)
+
+    assert caught.value.error_code == "NotAuthorizedOrNotFound"
+    assert caught.value.http_status == status
+    assert not caught.value.transient
+    assert len(ctm.to("POST", REFRESH_PATH)) == 1
+
+
+def test_a_busy_vault_is_retried_until_it_is_not() -> None:
+    ctm = FakeCtm()
+    busy = Reply(409, error_body("NCERRConflict", VAULT_BUSY, code=9))
+    ctm.script("POST", REFRESH_PATH, busy, busy, Reply(200, key_object()))
+
+    response = fake_client(ctm).refresh_oci_key(KEY_ID)
+
+    assert response.attempts == 3
+
+
+def test_a_vault_busy_throughout_fails_transiently() -> None:
+    ctm = FakeCtm()
+    ctm.always("POST", REFRESH_PATH, Reply(409, error_body("NCERRConflict", VAULT_BUSY)))
+    with pytest.raises(CtmTransientError) as caught:
+        fake_client(ctm, max_attempts=2).refresh_oci_key(KEY_ID)
+    assert caught.value.error_code == "NCERRConflict"
+    assert caught.value.attempts == 2
+
+
+def test_a_2xx_body_over_the_cap_is_a_bad_response() -> None:
+    ctm = FakeCtm()
+    ctm.always("POST", REFRESH_PATH, Reply(200, key_object(padding="x" * (2 << 20))))
+    with pytest.raises(CtmBadResponseError) as caught:
+        fake_client(ctm).refresh_oci_key(KEY_ID)
+    assert caught.value.error_code == "BAD_RESPONSE"
+    assert caught.value.attempts == 1
+
+
+def test_answers_are_asked_for_uncompressed() -> None:
+    ctm = FakeCtm()
+    ctm.always("POST", REFRESH_PATH, Reply(200, key_object()))
+    fake_client(ctm).refresh_oci_key(KEY_ID)
+    assert ctm.to("POST", REFRESH_PATH)[0].headers["Accept-Encoding"] == "identity"
+
+
+@pytest.mark.parametrize("pool_size", [1, 8, 64])
+def test_the_pool_keeps_as_many_connections_to_ctm_as_calls_in_flight(pool_size: int) -> None:
+    from cckm_refresh.ctm.transport import Transport
+
+    transport = Transport(pool_size=pool_size)
+    adapter = transport.session.get_adapter("https://ctm.example.com")
+    assert adapter._pool_maxsize == pool_size  # type: ignore[attr-defined]
+    pool = adapter.poolmanager.connection_from_url("https://ctm.example.com")  # type: ignore[attr-defined]
+    assert pool.pool.maxsize == pool_size
