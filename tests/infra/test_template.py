@@ -379,13 +379,18 @@ def test_functions_run_python313_on_arm64_with_json_logs_tracing_and_the_one_lay
         assert props["Layers"] == [{"Ref": layer}]
 
 
-def test_the_layer_is_built_by_sam_for_python313_arm64_with_powertools_pinned(
+def test_the_layer_is_built_by_its_makefile_for_python313_arm64_with_powertools_pinned(
     sam_template: dict[str, Any],
 ) -> None:
     layer = sam_template["Resources"]["CommonLayer"]
     requirements = (ROOT / "layers/common/requirements.txt").read_text(encoding="utf-8")
+    makefile = (ROOT / "layers/common/Makefile").read_text(encoding="utf-8")
 
-    assert layer["Metadata"] == {"BuildMethod": "python3.13", "BuildArchitecture": "arm64"}
+    # sam build runs layers/common/Makefile's build-CommonLayer (pip for cp313 arm64, bytecode)
+    assert layer["Metadata"] == {"BuildMethod": "makefile", "BuildArchitecture": "arm64"}
+    assert re.search(r"^build-CommonLayer:", makefile, re.MULTILINE)
+    assert "--python-version 3.13" in makefile
+    assert "manylinux2014_aarch64" in makefile
     assert layer["Properties"]["ContentUri"] == "layers/common/"
     assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
     assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
