@@ -1,7 +1,9 @@
 """A local HTTPS chat-webhook receiver (Slack/Teams stand-in) for tests and the demo.
 
 It answers each POST with the next scripted status (200 when the script is empty), records
-the JSON bodies, and serves TLS with its own throw-away CA (``ca_file``).
+the JSON bodies, and serves TLS with its own throw-away CA (``ca_file``). With ``hang`` set it
+is a chat service that has stopped answering: it accepts each POST, reads it, counts it in
+``hung`` and never replies (until the sink stops).
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from devkit.ctm_emulator.certificates import ServerPki, create_server_pki
 
 
 class WebhookSink:
-    """``with WebhookSink() as sink: sink.url, sink.ca_file, sink.received, sink.script``."""
+    """``with WebhookSink() as sink: sink.url, sink.ca_file, sink.received, sink.script``;
+    ``sink.hang = True`` and ``sink.hung`` for a webhook that never answers."""
 
     def __init__(self, path: str = "/services/T000/B000/XXXXSECRETXXXX") -> None:
         self.path = path
         self.script: list[int] = []
         self.received: list[dict[str, Any]] = []
+        self.hang = False
+        self.hung = 0
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._pki: ServerPki | None = None
         self._server: ThreadingHTTPServer | None = None
@@ -44,6 +50,11 @@ class WebhookSink:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                if sink.hang:
+                    with sink._lock:
+                        sink.hung += 1
+                    sink._stopping.wait()  # the client's own timeout is what ends its wait
+                    return
                 with sink._lock:
                     status = sink.script.pop(0) if sink.script else 200
                     if status < 300 and self.path == sink.path:
@@ -66,6 +77,7 @@ class WebhookSink:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
