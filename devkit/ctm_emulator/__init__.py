@@ -7,9 +7,18 @@
 Development only: never part of the Lambda layer. See README.md in this folder.
 """
 
-from devkit.ctm_emulator.faults import Faults, KeyFailure
+from devkit.ctm_emulator.faults import MALFORMED_MODES, Faults, KeyFailure, ListChurn
 from devkit.ctm_emulator.keyset import generate_keys
 from devkit.ctm_emulator.request_log import LoggedRequest
 from devkit.ctm_emulator.server import DEFAULT_USERS, CtmEmulator
 
-__all__ = ["DEFAULT_USERS", "CtmEmulator", "Faults", "KeyFailure", "LoggedRequest", "generate_keys"]
+__all__ = [
+    "DEFAULT_USERS",
+    "MALFORMED_MODES",
+    "CtmEmulator",
+    "Faults",
+    "KeyFailure",
+    "ListChurn",
+    "LoggedRequest",
+    "generate_keys",
+]

@@ -11,15 +11,38 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from devkit.ctm_emulator.faults import Faults, TenancyReadWindow
-from devkit.ctm_emulator.inventory import FILTERS, KeyInventory
+from devkit.ctm_emulator.faults import (
+    LIST_ITEM_BAD_OCI_PARAMS,
+    LIST_ITEM_WITHOUT_ID,
+    LIST_NOT_A_LIST,
+    REFRESH_BAD_OCI_PARAMS,
+    REFRESH_NOT_A_KEY,
+    REFRESH_NOT_JSON,
+    Faults,
+    TenancyReadWindow,
+)
+from devkit.ctm_emulator.inventory import (
+    FILTERS,
+    PAGING_PARAMETERS,
+    KeyInventory,
+    sort_fields_known,
+)
+from devkit.ctm_emulator.keyset import generate_keys
 from devkit.ctm_emulator.request_log import LoggedRequest, RequestLog
 from devkit.ctm_emulator.tokens import RefreshTokenLimits, TokenAuthority, TokenRejectedError
 
 OCI_THROTTLE_MESSAGE = 'OCI error: {"code":"TooManyRequests","message":"User-rate limit exceeded."}'
+OCI_NOT_FOUND_MESSAGE = (
+    'OCI error: {"code":"NotAuthorizedOrNotFound","message":"Authorization failed or '
+    'requested resource not found."}'
+)
+OCI_VAULT_BUSY_MESSAGE = (
+    'OCI error: {"code":"IncorrectState","message":"Vault must be in one of the following '
+    'states: ACTIVE"}'
+)
 # OCI key-management reads each call makes (a refresh is GetKey + ListKeyVersions).
 READ_COST = {"refresh": 2, "get": 1, "list": 0}
 DEFAULT_LIMIT = 10
@@ -58,11 +81,17 @@ class ApiRequest:
 
 @dataclass(frozen=True)
 class ApiReply:
-    """A status and a JSON body, or ``drop``: close the connection without answering."""
+    """A status and a JSON body, or ``drop``: close the connection without answering.
+
+    ``text`` replaces the JSON body with raw bytes (a proxy's HTML page); ``trickle`` sends
+    the body one byte every that many seconds.
+    """
 
     status: int
     body: dict[str, Any] | None = None
     drop: bool = False
+    text: bytes | None = None
+    trickle: float = 0.0
 
 
 def ctm_error(status: int, code: int, code_desc: str, message: str) -> ApiReply:
@@ -89,6 +118,17 @@ def throttled(status: int) -> ApiReply:
 def not_found(message: str = "Resource not found") -> ApiReply:
     """CTM's 404."""
     return ctm_error(404, 16, "NCERRResourceNotFound: Resource not found", message)
+
+
+def oci_not_found(status: int) -> ApiReply:
+    """OCI's ``NotAuthorizedOrNotFound`` as CCKM passes it through, under ``status``."""
+    code, code_desc, _ = _ERRORS.get(status, (1, "NCERRInternalServerError", ""))
+    return ctm_error(status, code, code_desc, OCI_NOT_FOUND_MESSAGE)
+
+
+def vault_busy() -> ApiReply:
+    """OCI refusing while the key's vault is being updated, passed through as a 409."""
+    return ctm_error(409, 9, "NCERRConflict", OCI_VAULT_BUSY_MESSAGE)
 
 
 def unauthorized(message: str) -> ApiReply:
@@ -132,6 +172,11 @@ class CtmApi:
         self._clock = clock
         self._sleep = sleep
         self._window = TenancyReadWindow()
+        self._churns = 0
+
+    def pause(self, seconds: float) -> None:
+        """Wait as injected latency does (the server's trickle uses it between bytes)."""
+        self._sleep(seconds)
 
     def handle(self, request: ApiRequest) -> ApiReply:
         """Answer ``request`` and log it (without its credentials)."""
@@ -259,18 +304,62 @@ class CtmApi:
             return ApiReply(0, drop=True)
         if faults.chance("error", "list", faults.error_rate):
             return injected_error(faults.error_status)
+        query = self._list_query(request.query)
+        if isinstance(query, ApiReply):
+            return query
+        skip, limit, filters, sort = query
+        page = self._inventory.list(
+            filters, skip, limit, faults.max_page_size, sort=sort, wildcard=faults.wildcard_filters
+        )
+        if faults.list_churn is not None:
+            self._churn(filters, sort)
+        body: dict[str, Any] = {"skip": skip, "limit": limit, "total": page.total}
+        if LIST_NOT_A_LIST not in faults.malformed:
+            body["resources"] = resources = page.resources
+            if resources and LIST_ITEM_WITHOUT_ID in faults.malformed:
+                resources[0].pop("id", None)
+            if resources and LIST_ITEM_BAD_OCI_PARAMS in faults.malformed:
+                resources[-1]["oci_params"] = "ENABLED"
+        return self._shaped(ApiReply(200, body))
+
+    def _list_query(
+        self, query: Mapping[str, str]
+    ) -> tuple[int, int, dict[str, str], str | None] | ApiReply:
+        """``(skip, limit, filters, sort)`` of a list request, or the 400 refusing it."""
+        faults = self._faults
         try:
-            skip = int(request.query.get("skip", "0") or "0")
-            limit = int(request.query.get("limit", str(DEFAULT_LIMIT)) or DEFAULT_LIMIT)
+            skip = int(query.get("skip", "0") or "0")
+            limit = int(query.get("limit", str(DEFAULT_LIMIT)) or DEFAULT_LIMIT)
         except ValueError:
             return bad_request("skip and limit must be integers.")
         if skip < 0 or limit < -1:
             return bad_request("skip must be >= 0 and limit >= -1.")
-        filters = {k: v for k, v in request.query.items() if k in FILTERS and v != ""}
-        page = self._inventory.list(filters, skip, limit, faults.max_page_size)
-        return ApiReply(
-            200, {"skip": skip, "limit": limit, "total": page.total, "resources": page.resources}
-        )
+        known = (FILTERS - faults.unknown_filters) | PAGING_PARAMETERS
+        unknown = sorted(name for name in query if name not in known)
+        if unknown and not faults.ignore_unknown_filters:
+            return bad_request(f"Unknown query parameter: {unknown[0][:64]}.")
+        sort = query.get("sort") or faults.default_sort
+        if not sort_fields_known(sort):
+            return bad_request("sort names a field the keys cannot be sorted by.")
+        filters = {k: v for k, v in query.items() if k in known - PAGING_PARAMETERS and v}
+        return skip, limit, filters, sort
+
+    def _churn(self, filters: Mapping[str, str], sort: str | None) -> None:
+        """Keys change between page reads, as ``faults.list_churn`` says."""
+        churn = self._faults.list_churn
+        if churn is None:
+            return
+        self._churns += 1
+        discovered = generate_keys(churn.add, seed=1_000_000 + self._churns) if churn.add else []
+        self._inventory.churn(churn.remove, discovered, filters, sort)
+
+    def _shaped(self, reply: ApiReply) -> ApiReply:
+        """A key call's answer as the oversize and trickle faults make it."""
+        faults = self._faults
+        body = reply.body
+        if faults.oversize_bytes and body is not None:
+            body = {**body, "padding": "x" * faults.oversize_bytes}
+        return replace(reply, body=body, trickle=faults.trickle_interval)
 
     def _get(self, key_id: str, exchange: _Exchange) -> ApiReply:
         faults = self._faults
@@ -286,7 +375,7 @@ class CtmApi:
             key["tenancy"], READ_COST["get"], self._clock(), faults.tenancy_read_limit
         ):
             return throttled(faults.throttle_status)
-        return ApiReply(200, key)
+        return self._shaped(ApiReply(200, key))
 
     def _refresh(self, key_id: str, exchange: _Exchange) -> ApiReply:
         key = self._inventory.get(key_id) if _UUID.fullmatch(key_id) else None
@@ -297,12 +386,41 @@ class CtmApi:
             return fault
         if key is None:
             return not_found()
+        faults = self._faults
+        names = (key["id"], key["oci_params"]["key_id"])
+        refusal = self._oci_refusal(names)
+        if refusal is not None:
+            return refusal
         if not self._window.admit(
-            key["tenancy"], READ_COST["refresh"], self._clock(), self._faults.tenancy_read_limit
+            key["tenancy"], READ_COST["refresh"], self._clock(), faults.tenancy_read_limit
         ):
-            return throttled(self._faults.throttle_status)
+            return throttled(faults.throttle_status)
         refreshed = self._inventory.refresh(key["id"])
-        return not_found() if refreshed is None else ApiReply(200, refreshed)
+        if refreshed is None:
+            return not_found()
+        if faults.is_gone(*names):
+            refreshed["gone"] = True
+        return self._refreshed(refreshed)
+
+    def _oci_refusal(self, names: tuple[str, ...]) -> ApiReply | None:
+        """OCI's answer when it will not show the key or its vault is busy, passed through."""
+        status = self._faults.not_authorized_status(*names)
+        if status is not None:
+            return oci_not_found(status)
+        if self._faults.take_vault_busy(*names):
+            return vault_busy()
+        return None
+
+    def _refreshed(self, key: dict[str, Any]) -> ApiReply:
+        """The 200 answer of a refresh, as malformed as ``faults.malformed`` says."""
+        malformed = self._faults.malformed
+        if REFRESH_NOT_JSON in malformed:
+            return ApiReply(200, text=b"<html><body>Service temporarily unavailable</body></html>")
+        if REFRESH_NOT_A_KEY in malformed:
+            return self._shaped(ApiReply(200, {"status": "refreshed"}))
+        if REFRESH_BAD_OCI_PARAMS in malformed:
+            key["oci_params"] = "ENABLED"
+        return self._shaped(ApiReply(200, key))
 
     def _refresh_fault(self, key_id: str, key: Mapping[str, Any] | None) -> ApiReply | None:
         """The injected answer for this refresh call, if a fault claims it (0: drop)."""

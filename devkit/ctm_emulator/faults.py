@@ -12,6 +12,33 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
+# Ways an answer can be malformed (``Faults.malformed``).
+LIST_ITEM_WITHOUT_ID = "list_item_without_id"  # the first key of each list page has no id
+LIST_ITEM_BAD_OCI_PARAMS = "list_item_bad_oci_params"  # the last key's oci_params is a string
+LIST_NOT_A_LIST = "list_not_a_list"  # the list answers 200 with an object holding no list
+REFRESH_NOT_A_KEY = "refresh_not_a_key"  # a refresh answers 200 with an object not a key
+REFRESH_BAD_OCI_PARAMS = "refresh_bad_oci_params"  # a refreshed key's oci_params is a string
+REFRESH_NOT_JSON = "refresh_not_json"  # a refresh answers 200 with an HTML page
+MALFORMED_MODES = frozenset(
+    {
+        LIST_ITEM_WITHOUT_ID,
+        LIST_ITEM_BAD_OCI_PARAMS,
+        LIST_NOT_A_LIST,
+        REFRESH_NOT_A_KEY,
+        REFRESH_BAD_OCI_PARAMS,
+        REFRESH_NOT_JSON,
+    }
+)
+
+
+@dataclass(frozen=True)
+class ListChurn:
+    """Keys that change between page reads: after each list answer, CCKM forgets the first
+    ``remove`` keys of the list order and discovers ``add`` new ones (created now)."""
+
+    remove: int = 0
+    add: int = 0
+
 
 @dataclass(frozen=True)
 class KeyFailure:
@@ -37,6 +64,21 @@ class Faults:
     - ``token_lifetime``: seconds newly issued JWTs live (CTM: 300).
     - ``expire_tokens_after_requests``: a JWT counts as expired after serving that many calls.
     - ``max_page_size``: list pages hold at most this many keys whatever ``limit`` asked.
+    - ``ignore_unknown_filters``: list parameters the emulator does not know are ignored (as
+      some CTM versions do) instead of refused with a 400; ``unknown_filters`` names known
+      filters to treat as unknown (CTM 2.13 knows ``display_name``, not ``key_name``).
+    - ``wildcard_filters``: a ``*`` in a filter value matches any characters.
+    - ``default_sort``: the list order when the client sends no ``sort`` (None: creation
+      order; ``"updatedAt"``: every refresh moves the key to the end, as CTM can).
+    - ``list_churn``: ``ListChurn(remove, add)`` applied after every list answer.
+    - ``gone_keys``: refreshes of these keys answer 200 with the key and ``gone: true``.
+    - ``not_authorized_keys``: key -> status: refreshes answer that status with OCI's
+      ``NotAuthorizedOrNotFound`` passed through.
+    - ``vault_busy_keys``: key -> n: the next n refreshes answer 409 with OCI's "Vault must
+      be in one of the following states" (the vault is being updated).
+    - ``trickle_interval``: seconds between the bytes of a list/get/refresh answer's body.
+    - ``oversize_bytes``: list/get/refresh answers are padded to at least this many bytes.
+    - ``malformed``: modes of ``MALFORMED_MODES`` (answers that are not what they should be).
     """
 
     seed: int = 0
@@ -52,6 +94,17 @@ class Faults:
     token_lifetime: float = 300.0
     expire_tokens_after_requests: int | None = None
     max_page_size: int | None = None
+    ignore_unknown_filters: bool = False
+    unknown_filters: set[str] = field(default_factory=set)
+    wildcard_filters: bool = False
+    default_sort: str | None = None
+    list_churn: ListChurn | None = None
+    gone_keys: set[str] = field(default_factory=set)
+    not_authorized_keys: dict[str, int] = field(default_factory=dict)
+    vault_busy_keys: dict[str, int] = field(default_factory=dict)
+    trickle_interval: float = 0.0
+    oversize_bytes: int | None = None
+    malformed: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
@@ -77,6 +130,39 @@ class Faults:
         with self._lock:
             self.fail_keys[key_id] = KeyFailure(status, times)
 
+    def malform(self, *modes: str) -> None:
+        """Switch on malformed answers (names from ``MALFORMED_MODES``)."""
+        unknown = set(modes) - MALFORMED_MODES
+        if unknown:
+            raise ValueError(f"unknown malformed modes: {sorted(unknown)}")
+        with self._lock:
+            self.malformed.update(modes)
+
+    def vault_busy(self, key_id: str, times: int = 1) -> None:
+        """The next ``times`` refreshes of ``key_id`` find its vault being updated."""
+        with self._lock:
+            self.vault_busy_keys[key_id] = times
+
+    def take_vault_busy(self, *names: str) -> bool:
+        """True (and one fewer left) when ``vault_busy_keys`` claims this refresh."""
+        with self._lock:
+            for name in names:
+                left = self.vault_busy_keys.get(name, 0)
+                if left > 0:
+                    self.vault_busy_keys[name] = left - 1
+                    return True
+        return False
+
+    def not_authorized_status(self, *names: str) -> int | None:
+        """The status ``not_authorized_keys`` gives a refresh of this key, if any."""
+        return next(
+            (self.not_authorized_keys[n] for n in names if n in self.not_authorized_keys), None
+        )
+
+    def is_gone(self, *names: str) -> bool:
+        """True when ``gone_keys`` names this key."""
+        return any(name in self.gone_keys for name in names)
+
     def clear(self) -> None:
         """Back to a healthy CTM (the seed and the token lifetime stay)."""
         with self._lock:
@@ -91,6 +177,17 @@ class Faults:
             self.drop_keys.clear()
             self.expire_tokens_after_requests = None
             self.max_page_size = None
+            self.ignore_unknown_filters = False
+            self.unknown_filters.clear()
+            self.wildcard_filters = False
+            self.default_sort = None
+            self.list_churn = None
+            self.gone_keys.clear()
+            self.not_authorized_keys.clear()
+            self.vault_busy_keys.clear()
+            self.trickle_interval = 0.0
+            self.oversize_bytes = None
+            self.malformed.clear()
             self._burst.clear()
 
     # --- decisions, used by the emulator ------------------------------------------------------

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import fnmatch
 import random
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -41,6 +43,29 @@ OCI_PARAM_FILTERS = {
     "curve_id": "curve_id",
 }
 FILTERS = TOP_LEVEL_FILTERS | frozenset(OCI_PARAM_FILTERS)
+# List parameters that are not filters.
+PAGING_PARAMETERS = frozenset({"skip", "limit", "sort"})
+# Fields the list can be sorted by (``sort=createdAt,id``, ``sort=-updatedAt``).
+SORT_FIELDS = frozenset(
+    {
+        "id",
+        "createdAt",
+        "updatedAt",
+        "refreshed_at",
+        "tenancy",
+        "region",
+        "vault_id",
+        "cckm_vault_id",
+        "compartment_name",
+        "key_material_origin",
+        "display_name",
+        "key_id",
+        "vault_name",
+        "lifecycle_state",
+        "algorithm",
+        "protection_mode",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -107,17 +132,53 @@ class KeyInventory:
             key = self._keys.get(key_id.lower())
             return copy.deepcopy(key) if key is not None else None
 
-    def list(self, filters: Mapping[str, str], skip: int, limit: int, max_page: int | None) -> Page:
-        """Keys matching every filter exactly, in a stable order, ``skip``/``limit`` applied.
+    def list(
+        self,
+        filters: Mapping[str, str],
+        skip: int,
+        limit: int,
+        max_page: int | None,
+        *,
+        sort: str | None = None,
+        wildcard: bool = False,
+    ) -> Page:
+        """Keys matching every filter, in ``sort`` order, ``skip``/``limit`` applied.
 
-        ``limit`` -1 means all; ``max_page`` shortens the page further (a server-side cap).
+        Filters match exactly, or with ``*`` as a wildcard when ``wildcard``. ``sort`` is CTM's
+        comma-separated field list (``-field`` descending; fields of the key object or of its
+        ``oci_params``); None keeps creation order. ``limit`` -1 means all; ``max_page``
+        shortens the page further (a server-side cap).
         """
         with self._lock:
-            matching = [key for key in self._keys.values() if _matches(key, filters)]
+            matching = [key for key in self._keys.values() if _matches(key, filters, wildcard)]
+            for field in reversed(_sort_fields(sort)):
+                name = field.lstrip("-")
+                matching.sort(key=lambda k: _field_text(k, name), reverse=field.startswith("-"))
             end = len(matching) if limit < 0 else skip + limit
             if max_page is not None:
                 end = min(end, skip + max(max_page, 0))
             return Page(len(matching), [copy.deepcopy(k) for k in matching[skip:end]])
+
+    def churn(
+        self,
+        remove: int,
+        add: Iterable[Mapping[str, Any]],
+        filters: Mapping[str, str],
+        sort: str | None,
+    ) -> None:
+        """Forget the first ``remove`` keys of the listing ``filters``/``sort`` gives, and add
+        ``add`` as keys CCKM just discovered (``createdAt``/``updatedAt`` now, after all)."""
+        first = self.list(filters, 0, remove, None, sort=sort).resources if remove > 0 else []
+        with self._lock:
+            for key in first:
+                if key["id"] in self._keys:
+                    self._forget(key["id"])
+        for discovered in add:
+            stamped = copy.deepcopy(dict(discovered))
+            with self._lock:
+                latest = max((k.get("createdAt", "") for k in self._keys.values()), default="")
+            stamped["createdAt"] = stamped["updatedAt"] = self._later_than(latest)
+            self.add([stamped])
 
     def refresh(self, key_id: str) -> dict[str, Any] | None:
         """Re-read the key from OCI; None when it is gone (and then CCKM forgets it too)."""
@@ -185,7 +246,7 @@ class KeyInventory:
         return iso_micro(now)
 
 
-def _matches(key: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
+def _matches(key: Mapping[str, Any], filters: Mapping[str, str], wildcard: bool = False) -> bool:
     params = key.get("oci_params") or {}
     for name, wanted in filters.items():
         if name in TOP_LEVEL_FILTERS:
@@ -194,6 +255,29 @@ def _matches(key: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
             actual = params.get(OCI_PARAM_FILTERS[name])
         else:
             continue
-        if actual is None or str(actual) != wanted:
+        if actual is None:
+            return False
+        if wildcard and "*" in wanted:
+            # Only * is a wildcard (CTM's name=x-*); [ and ? are taken literally.
+            pattern = fnmatch.translate(wanted.replace("[", "[[]").replace("?", "[?]"))
+            if not re.fullmatch(pattern, str(actual)):
+                return False
+        elif str(actual) != wanted:
             return False
     return True
+
+
+def _sort_fields(sort: str | None) -> list[str]:
+    return [field.strip() for field in (sort or "").split(",") if field.strip().lstrip("-")]
+
+
+def sort_fields_known(sort: str | None) -> bool:
+    """True when every field of a ``sort`` parameter is one the emulator can order by."""
+    return all(field.lstrip("-") in SORT_FIELDS for field in _sort_fields(sort))
+
+
+def _field_text(key: Mapping[str, Any], name: str) -> str:
+    value = key.get(name)
+    if value is None:
+        value = (key.get("oci_params") or {}).get(name)
+    return "" if value is None else str(value)

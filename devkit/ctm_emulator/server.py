@@ -53,6 +53,7 @@ class _HttpsServer(ThreadingHTTPServer):
         self.verbose = verbose
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self.connections_opened = 0
 
     def get_request(self) -> tuple[socket.socket, Any]:
         raw, address = self.socket.accept()
@@ -67,6 +68,7 @@ class _HttpsServer(ThreadingHTTPServer):
     def track(self, connection: socket.socket) -> None:
         with self._connections_lock:
             self._connections.add(connection)
+            self.connections_opened += 1
 
     def untrack(self, connection: socket.socket) -> None:
         with self._connections_lock:
@@ -140,7 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.drop:
             self._drop()
             return
-        self._answer(reply.status, reply.body or {})
+        self._answer(reply.status, reply.body or {}, payload=reply.text, trickle=reply.trickle)
 
     def _read_body(self) -> bytes | None:
         if self.headers.get("Transfer-Encoding"):
@@ -163,21 +165,43 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):  # the client hung up first
             self.connection.shutdown(socket.SHUT_RDWR)
 
-    def _answer(self, status: int, body: Mapping[str, Any]) -> None:
-        payload = json.dumps(body).encode("utf-8")
-        compressed = len(payload) >= GZIP_MIN_SIZE and _accepts_gzip(
-            self.headers.get("Accept-Encoding", "")
+    def _answer(
+        self,
+        status: int,
+        body: Mapping[str, Any],
+        *,
+        payload: bytes | None = None,
+        trickle: float = 0.0,
+    ) -> None:
+        """Send ``body`` as JSON (or ``payload`` as is), one byte per ``trickle`` seconds."""
+        is_json = payload is None
+        if payload is None:
+            payload = json.dumps(body).encode("utf-8")
+        compressed = (
+            not trickle
+            and len(payload) >= GZIP_MIN_SIZE
+            and _accepts_gzip(self.headers.get("Accept-Encoding", ""))
         )
         if compressed:
             payload = gzip.compress(payload, compresslevel=5)
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "application/json" if is_json else "text/html")
         if compressed:
             self.send_header("Content-Encoding", "gzip")
         self.send_header("Vary", "Accept-Encoding")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload)
+        if not trickle:
+            self.wfile.write(payload)
+            return
+        self.wfile.flush()
+        for i in range(len(payload)):
+            self.server.api.pause(trickle)
+            try:
+                self.wfile.write(payload[i : i + 1])
+            except OSError:  # the client gave up waiting: what the fault is for
+                self.close_connection = True
+                return
 
 
 def _accepts_gzip(header: str) -> bool:
@@ -400,6 +424,11 @@ class CtmEmulator:
     def peak_in_flight(self) -> int:
         """The most key calls served at the same moment since the last ``reset_log``."""
         return self._log.peak_in_flight
+
+    @property
+    def connections_opened(self) -> int:
+        """TLS connections clients have opened since start (a pooled client opens few)."""
+        return self._running().connections_opened
 
     def reset_log(self) -> None:
         """Forget the request log and zero the counters (keys and faults stay as they are)."""

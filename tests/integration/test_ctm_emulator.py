@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from devkit.ctm_emulator import CtmEmulator, KeyFailure, generate_keys
+from devkit.ctm_emulator import CtmEmulator, KeyFailure, ListChurn, generate_keys
 from tests.fixtures.ctm import ManualClock
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_ca_env")]
@@ -749,3 +749,177 @@ def test_a_stopped_emulator_closes_its_port_and_deletes_its_files() -> None:
     assert not ca_file.exists()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+# --- list modes: unknown filters, wildcards, sort, keys moving between pages -------------------
+
+
+def test_an_unknown_list_parameter_is_refused_by_default(ctm: Ctm) -> None:
+    body = assert_ctm_error(ctm.get(KEYS, colour="blue"), 400, "NCERRInvalidParamValue")
+    assert "colour" in body["message"]
+
+
+def test_an_unknown_filter_can_be_ignored_as_some_ctm_versions_do(
+    ctm: Ctm, ctm_emulator: CtmEmulator
+) -> None:
+    # Given a CTM that does not know key_name and ignores what it does not know
+    ctm_emulator.faults.ignore_unknown_filters = True
+    ctm_emulator.faults.unknown_filters = {"key_name"}
+    name = ctm_emulator.keys[3]["oci_params"]["display_name"]
+    # When the list is filtered by key_name
+    body = ctm.get(KEYS, limit=-1, key_name=name, colour="blue").json()
+    # Then the filter is ignored: every key comes back
+    assert body["total"] == 30
+
+
+def test_a_wildcard_filter_matches_many_names(ctm: Ctm, ctm_emulator: CtmEmulator) -> None:
+    ctm_emulator.faults.wildcard_filters = True
+    prefix = ctm_emulator.keys[0]["oci_params"]["display_name"].split("-")[0]
+    expected = [
+        k["id"] for k in ctm_emulator.keys if k["oci_params"]["display_name"].startswith(prefix)
+    ]
+    body = ctm.get(KEYS, limit=-1, key_name=f"{prefix}-*").json()
+    assert [k["id"] for k in body["resources"]] == expected
+    assert ctm.get(KEYS, limit=-1, key_name=f"{prefix}-?").json()["total"] == 0
+
+
+def test_sort_orders_by_a_field_list_descending_with_a_minus(
+    ctm: Ctm, ctm_emulator: CtmEmulator
+) -> None:
+    keys = ctm_emulator.keys
+    by_tenancy_then_id = sorted(keys, key=lambda k: (k["tenancy"], k["id"]))
+    body = ctm.get(KEYS, limit=-1, sort="tenancy,id").json()
+    assert [k["id"] for k in body["resources"]] == [k["id"] for k in by_tenancy_then_id]
+    newest_first = ctm.get(KEYS, limit=-1, sort="-createdAt").json()["resources"]
+    assert [k["id"] for k in newest_first] == [k["id"] for k in reversed(keys)]
+
+
+def test_sort_by_an_unknown_field_is_400(ctm: Ctm) -> None:
+    assert_ctm_error(ctm.get(KEYS, sort="colour"), 400, "NCERRInvalidParamValue")
+
+
+def test_by_default_order_a_refresh_moves_the_key_and_naive_skip_paging_misses_keys(
+    ctm: Ctm, ctm_emulator: CtmEmulator
+) -> None:
+    # Given a CTM that lists by updatedAt when no sort is asked for
+    ctm_emulator.faults.default_sort = "updatedAt"
+    # When a client pages with skip alone, refreshing each page's keys before the next page
+    seen: list[str] = []
+    skip = 0
+    while True:
+        body = ctm.get(KEYS, skip=skip, limit=10).json()
+        seen += [key["id"] for key in body["resources"]]
+        for key in body["resources"]:
+            assert ctm.refresh(key["id"]).status_code == 200
+        skip += len(body["resources"])
+        if not body["resources"] or skip >= body["total"]:
+            break
+    # Then keys were seen twice and others never: the order moved under it
+    assert len(set(seen)) < 30
+
+
+def test_list_churn_removes_the_first_keys_and_adds_new_ones_after_each_page(
+    ctm: Ctm, ctm_emulator: CtmEmulator
+) -> None:
+    first_ids = [k["id"] for k in ctm_emulator.keys[:3]]
+    ctm_emulator.faults.list_churn = ListChurn(remove=3, add=2)
+
+    ctm.get(KEYS, limit=5)
+
+    ids = [k["id"] for k in ctm_emulator.keys]
+    assert len(ids) == 29
+    assert not set(first_ids) & set(ids)
+    newest = ctm.get(KEYS, limit=-1, sort="-createdAt").json()["resources"][:2]
+    assert {k["id"] for k in newest} == set(ids[-2:])
+
+
+# --- refresh modes: gone, NotAuthorizedOrNotFound, vault busy ----------------------------------
+
+
+def test_a_gone_key_refreshes_with_200_and_gone_true(ctm: Ctm, ctm_emulator: CtmEmulator) -> None:
+    key_id = ctm_emulator.keys[0]["id"]
+    ctm_emulator.faults.gone_keys = {key_id}
+    answer = ctm.refresh(key_id)
+    assert answer.status_code == 200
+    assert answer.json()["gone"] is True
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_not_authorized_or_not_found_is_passed_through_under_any_status(
+    ctm: Ctm, ctm_emulator: CtmEmulator, status: int
+) -> None:
+    key_id = ctm_emulator.keys[0]["id"]
+    ctm_emulator.faults.not_authorized_keys = {key_id: status}
+    answer = ctm.refresh(key_id)
+    assert answer.status_code == status
+    assert "NotAuthorizedOrNotFound" in answer.json()["message"]
+
+
+def test_a_busy_vault_refuses_the_first_refreshes(ctm: Ctm, ctm_emulator: CtmEmulator) -> None:
+    key_id = ctm_emulator.keys[0]["id"]
+    ctm_emulator.faults.vault_busy(key_id, times=2)
+    first, second, third = (ctm.refresh(key_id) for _ in range(3))
+    assert (first.status_code, second.status_code, third.status_code) == (409, 409, 200)
+    assert "Vault must be in one of the following states" in first.json()["message"]
+
+
+# --- answers that are slow, large or malformed ---------------------------------------------------
+
+
+def test_a_trickling_answer_arrives_byte_by_byte(
+    make_ctm_emulator: Callable[..., CtmEmulator],
+) -> None:
+    # Given an emulator whose waits are recorded instead of slept
+    paused: list[float] = []
+    emulator = make_ctm_emulator(sleep=paused.append)
+    emulator.faults.trickle_interval = 0.5
+    # When a refresh answer trickles
+    answer = Ctm(emulator).login().refresh(emulator.keys[0]["id"])
+    # Then it arrives whole, after a pause before each byte
+    assert answer.status_code == 200
+    assert answer.json()["id"] == emulator.keys[0]["id"]
+    assert len(paused) == len(answer.content)
+    assert set(paused) == {0.5}
+
+
+def test_an_oversized_answer_is_padded(ctm: Ctm, ctm_emulator: CtmEmulator) -> None:
+    ctm_emulator.faults.oversize_bytes = 3 << 20
+    answer = ctm.session.post(
+        f"{ctm_emulator.base_url}{KEYS}/{ctm_emulator.keys[0]['id']}/refresh",
+        headers={**ctm.headers(), "Accept-Encoding": "identity"},
+        verify=ctm_emulator.ca_file,
+        timeout=5,
+    )
+    assert len(answer.content) > 3 << 20
+    assert answer.json()["id"] == ctm_emulator.keys[0]["id"]
+
+
+def test_malformed_list_items_and_pages(ctm: Ctm, ctm_emulator: CtmEmulator) -> None:
+    ctm_emulator.faults.malform("list_item_without_id", "list_item_bad_oci_params")
+    items = ctm.get(KEYS, limit=5).json()["resources"]
+    assert "id" not in items[0]
+    assert items[-1]["oci_params"] == "ENABLED"
+    ctm_emulator.faults.malform("list_not_a_list")
+    assert "resources" not in ctm.get(KEYS).json()
+
+
+@pytest.mark.parametrize(
+    ("mode", "check"),
+    [
+        ("refresh_not_a_key", lambda a: "id" not in a.json()),
+        ("refresh_bad_oci_params", lambda a: a.json()["oci_params"] == "ENABLED"),
+        ("refresh_not_json", lambda a: a.text.startswith("<html>")),
+    ],
+)
+def test_malformed_refresh_answers_are_200(
+    ctm: Ctm, ctm_emulator: CtmEmulator, mode: str, check: Callable[[requests.Response], bool]
+) -> None:
+    ctm_emulator.faults.malform(mode)
+    answer = ctm.refresh(ctm_emulator.keys[0]["id"])
+    assert answer.status_code == 200
+    assert check(answer)
+
+
+def test_an_unknown_malformed_mode_is_refused(ctm_emulator: CtmEmulator) -> None:
+    with pytest.raises(ValueError, match="unknown malformed modes"):
+        ctm_emulator.faults.malform("everything")

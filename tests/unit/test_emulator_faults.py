@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from devkit.ctm_emulator import Faults, KeyFailure
+from devkit.ctm_emulator import MALFORMED_MODES, Faults, KeyFailure, ListChurn
 from devkit.ctm_emulator.faults import TenancyReadWindow
 
 
@@ -76,3 +76,39 @@ def test_clear_returns_to_a_healthy_ctm() -> None:
     assert faults.fail_keys == {}
     assert faults.take_burst() is None
     assert faults.token_lifetime == 120
+
+
+def test_clear_also_heals_the_list_refresh_and_answer_modes() -> None:
+    # Given every list, refresh and answer mode switched on
+    faults = Faults()
+    faults.ignore_unknown_filters, faults.wildcard_filters = True, True
+    faults.unknown_filters.add("key_name")
+    faults.default_sort = "updatedAt"
+    faults.list_churn = ListChurn(remove=1, add=1)
+    faults.gone_keys.add("a")
+    faults.not_authorized_keys["a"] = 500
+    faults.vault_busy("a", times=3)
+    faults.trickle_interval, faults.oversize_bytes = 0.1, 1 << 20
+    faults.malform(*MALFORMED_MODES)
+    # When cleared
+    faults.clear()
+    # Then none is left
+    assert Faults(seed=faults.seed) == faults
+
+
+def test_a_busy_vault_counts_down_per_key() -> None:
+    faults = Faults()
+    faults.vault_busy("a", times=2)
+
+    assert [faults.take_vault_busy("b", "a") for _ in range(3)] == [True, True, False]
+    assert not faults.take_vault_busy("b")
+
+
+def test_a_key_is_named_by_any_of_its_names() -> None:
+    faults = Faults()
+    faults.gone_keys.add("ocid1.key.oc1.iad.x")
+    faults.not_authorized_keys["uuid-a"] = 404
+
+    assert faults.is_gone("uuid-a", "ocid1.key.oc1.iad.x")
+    assert faults.not_authorized_status("uuid-a", "ocid1.key.oc1.iad.x") == 404
+    assert faults.not_authorized_status("uuid-b") is None
