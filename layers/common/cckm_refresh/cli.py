@@ -1,9 +1,9 @@
 """The operator CLI: the same refresh as the Lambda function, run from a shell.
 
-    python -m cckm_refresh refresh --key ID --key OCID --tenancy prod --dry-run
-    python -m cckm_refresh results RUN_ID
-    python -m cckm_refresh history KEY_ID
-    python -m cckm_refresh emulator --port 8443
+    cckm-refresh refresh ID OCID --dry-run          (``pip install .``; or python -m cckm_refresh)
+    cckm-refresh refresh --tenancy prod --dry-run
+    cckm-refresh results RUN_ID
+    cckm-refresh history KEY_ID
 
 Configuration comes from the same environment variables as the function (CTM_BASE_URL,
 CTM_SECRET_ID, RESULTS_TABLE, ...), each overridable by a flag. Every expected failure is
@@ -102,7 +102,7 @@ def _one_line(error: BaseException) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cckm_refresh",
+        prog="cckm-refresh",
         description="Refresh CCKM's cached view of OCI keys, and read the results.",
     )
     commands = parser.add_subparsers(dest="name", required=True)
@@ -135,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
 
     # Dispatched in main() before parsing; listed here for --help.
     emulator = commands.add_parser(
-        "emulator", help="start the CTM emulator (from a clone)", add_help=False
+        "emulator", help="the CTM emulator, from a clone only", add_help=False
     )
     emulator.add_argument("emulator_args", nargs=argparse.REMAINDER)
     emulator.set_defaults(command=_emulator)
@@ -398,7 +398,8 @@ def _emulator(args: argparse.Namespace, env: dict[str, str]) -> int:
         emulator = importlib.import_module("devkit.ctm_emulator.__main__")
     except ImportError:
         raise CliError(
-            "the CTM emulator is a development tool: run this from a clone of the repository"
+            "the CTM emulator is a development tool and is not installed with the CLI: "
+            "in a clone of the repository, run python -m devkit.ctm_emulator"
         ) from None
     return int(emulator.main(args.emulator_args))
 
