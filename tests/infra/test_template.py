@@ -54,8 +54,6 @@ POWERTOOLS_METRICS = {
 }
 # Actions AWS offers no resource-level permission for: a "*" resource is the narrowest there is.
 UNSCOPABLE_ACTIONS = {
-    "xray:PutTraceSegments",
-    "xray:PutTelemetryRecords",
     "ec2:CreateNetworkInterface",
     "ec2:DescribeNetworkInterfaces",
     "ec2:DescribeSubnets",
@@ -280,7 +278,8 @@ def test_every_queue_refuses_requests_without_tls(cfn_template: dict[str, Any]) 
         queue["Ref"]
         for policy in resources_of_type(cfn_template, "AWS::SQS::QueuePolicy").values()
         if any(
-            s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+            s.get("Effect") == "Deny"
+            and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
             for s in policy["Properties"]["PolicyDocument"]["Statement"]
         )
         for queue in policy["Properties"]["Queues"]
@@ -365,7 +364,7 @@ def test_tls_verification_cannot_be_switched_off_by_deployment(
     assert variables(cfn_template, "RefreshFunction")["CTM_VERIFY_TLS"] == "true"
 
 
-def test_functions_run_python313_on_arm64_with_json_logs_tracing_and_the_one_layer(
+def test_functions_run_python313_on_arm64_with_json_logs_no_tracing_and_the_one_layer(
     cfn_template: dict[str, Any],
 ) -> None:
     [layer] = resources_of_type(cfn_template, "AWS::Lambda::LayerVersion")
@@ -374,7 +373,8 @@ def test_functions_run_python313_on_arm64_with_json_logs_tracing_and_the_one_lay
         assert (props["Runtime"], props["Architectures"]) == ("python3.13", ["arm64"])
         assert props["LoggingConfig"]["LogFormat"] == "JSON"
         assert props["LoggingConfig"]["ApplicationLogLevel"] == {"Ref": "LogLevel"}
-        assert props["TracingConfig"] == {"Mode": "Active"}
+        # Decided against (README, Operations): per-call latency metrics and run_id in logs.
+        assert "TracingConfig" not in props
         # One copy of Powertools: our layer only, never the public Powertools layer as well.
         assert props["Layers"] == [{"Ref": layer}]
 
@@ -571,6 +571,111 @@ def test_outputs_name_queue_table_topic_secret_and_dashboard(
         "CtmSecretArn",
         "DashboardUrl",
     } <= set(cfn_template["Outputs"])
+
+
+# --- deployment and deletion -----------------------------------------------------------------
+
+# The queues the functions consume; every other queue is where something failed ends up.
+WORK_QUEUES = {"WorkQueue", "TenancyQueue"}
+
+
+def test_dead_letter_queues_and_log_groups_outlive_the_stack(cfn_template: dict[str, Any]) -> None:
+    queues = resources_of_type(cfn_template, "AWS::SQS::Queue")
+    kept = {
+        name
+        for name, resource in cfn_template["Resources"].items()
+        if (resource.get("DeletionPolicy"), resource.get("UpdateReplacePolicy"))
+        == ("Retain", "Retain")
+    }
+    log_groups = set(resources_of_type(cfn_template, "AWS::Logs::LogGroup"))
+
+    assert len(queues) - len(WORK_QUEUES) == 5
+    assert set(queues) - WORK_QUEUES <= kept
+    assert log_groups == {"RefreshLogGroup", "NotifyLogGroup"}
+    assert log_groups <= kept
+    assert "ResultsTable" in kept
+
+
+def test_log_retention_is_a_parameter_cloudwatch_accepts(
+    cfn_template: dict[str, Any], sam_template: dict[str, Any]
+) -> None:
+    parameter = sam_template["Parameters"]["LogRetentionDays"]
+
+    assert parameter["Default"] == 90
+    assert {90, 365, 3653} <= set(parameter["AllowedValues"])
+    for group in resources_of_type(cfn_template, "AWS::Logs::LogGroup").values():
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_the_template_explains_itself_without_documents_it_does_not_ship() -> None:
+    text = (ROOT / "template.yaml").read_text(encoding="utf-8")
+
+    assert "CONTRACT" not in text
+    assert "shared/" not in text
+
+
+def test_the_placeholder_secret_says_what_to_store_and_holds_no_credential(
+    sam_template: dict[str, Any],
+) -> None:
+    from cckm_refresh.ctm.credentials import CtmCredentials
+    from cckm_refresh.ctm.errors import CtmCredentialsError
+
+    placeholder = sam_template["Resources"]["CtmSecret"]["Properties"]["SecretString"]
+    note = json.loads(placeholder)["note"]
+
+    assert all(field in note for field in ("refresh_token", "username", "password", "ca_bundle"))
+    with pytest.raises(CtmCredentialsError, match="holds no refresh_token"):
+        _ = CtmCredentials.parse(placeholder).method
+
+
+def test_an_event_rule_exists_only_with_a_pattern_and_may_invoke_only_the_function(
+    cfn_template: dict[str, Any], sam_template: dict[str, Any]
+) -> None:
+    rule = cfn_template["Resources"]["RefreshEventRule"]
+    permission = cfn_template["Resources"]["RefreshEventRulePermission"]
+    [target] = rule["Properties"]["Targets"]
+
+    assert sam_template["Parameters"]["EventPattern"]["Default"] == ""
+    assert cfn_template["Conditions"]["HasEventPattern"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "EventPattern"}, ""]}]
+    }
+    assert (rule["Condition"], permission["Condition"]) == ("HasEventPattern", "HasEventPattern")
+    assert rule["Properties"]["EventPattern"] == {"Ref": "EventPattern"}
+    assert target["Arn"] == {"Fn::GetAtt": ["RefreshFunction", "Arn"]}
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["ScheduleFailureQueue", "Arn"]}}
+    assert permission["Properties"]["Principal"] == "events.amazonaws.com"
+    assert permission["Properties"]["SourceArn"] == {"Fn::GetAtt": ["RefreshEventRule", "Arn"]}
+    assert permission["Properties"]["FunctionName"] == {"Ref": "RefreshFunction"}
+
+
+def test_the_scheduler_role_invokes_only_the_refresh_function_for_this_account(
+    cfn_template: dict[str, Any],
+) -> None:
+    role = cfn_template["Resources"]["SchedulerRole"]["Properties"]
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    [schedule] = resources_of_type(cfn_template, "AWS::Scheduler::Schedule").values()
+    granted = {
+        (action, json.dumps(statement["Resource"]))
+        for _, statement in allow_statements(cfn_template)
+        if statement in role["Policies"][0]["PolicyDocument"]["Statement"]
+        for action in as_list(statement["Action"])
+    }
+
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    assert schedule["Properties"]["Target"]["RoleArn"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
+    assert granted == {
+        ("lambda:InvokeFunction", json.dumps({"Fn::GetAtt": ["RefreshFunction", "Arn"]})),
+        ("sqs:SendMessage", json.dumps({"Fn::GetAtt": ["ScheduleFailureQueue", "Arn"]})),
+    }
+
+
+def test_the_aws_endpoint_variable_is_declared_for_sam_local_but_never_deployed(
+    sam_template: dict[str, Any],
+) -> None:
+    variables = sam_template["Globals"]["Function"]["Environment"]["Variables"]
+
+    assert variables["AWS_ENDPOINT_URL"] == {"Ref": "AWS::NoValue"}
 
 
 # --- samples and configuration ---------------------------------------------------------------
