@@ -11,14 +11,22 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 pytest.importorskip("devkit.ctm_emulator", reason="the CTM emulator is not in this checkout yet")
 
-from cckm_refresh.ctm.client import SELECTOR_FILTERS, CtmClient
-from cckm_refresh.ctm.errors import CtmNotFoundError, CtmTlsError
+from cckm_refresh.ctm.client import LIST_OVERLAP, SELECTOR_FILTERS, CtmClient, ListCursor
+from cckm_refresh.ctm.errors import (
+    CtmBadResponseError,
+    CtmDeadlineError,
+    CtmNotFoundError,
+    CtmTlsError,
+)
+from cckm_refresh.ctm.filters import resource_matches
+from devkit.ctm_emulator import ListChurn, generate_keys
 
 pytestmark = pytest.mark.integration
 
@@ -273,3 +281,206 @@ def test_a_503_burst_is_recovered_from(ctm_emulator: Any) -> None:
         ctm_emulator.faults.fail_next(3, 503)
         response = client.refresh_oci_key(key_ids(ctm_emulator)[0])
     assert (response.http_status, response.attempts) == (200, 4)
+
+
+# --- CTM as it really answers (the emulator's modes) --------------------------------------------
+
+
+def real_time_client(emulator: Any, *, timeout: float = 5.0) -> CtmClient:
+    """A client on the real monotonic clock, for deadlines measured over real sockets."""
+    return CtmClient.create(
+        base_url=emulator.base_url,
+        secret_loader=lambda force: password_secret(emulator),
+        timeout=timeout,
+        rng=lambda: 0.5,
+    )
+
+
+def test_a_filter_ctm_ignores_is_checked_on_every_key_returned(ctm_emulator: Any) -> None:
+    # Given a CTM that does not know key_name and ignores it: it answers every key
+    ctm_emulator.faults.ignore_unknown_filters = True
+    ctm_emulator.faults.unknown_filters = {"key_name"}
+    wanted = ctm_emulator.keys[4]
+    selector = {"key_name": wanted["oci_params"]["display_name"]}
+    with make_client(ctm_emulator) as client:
+        # When the selector is listed page by page
+        page = client.list_page(selector, page_size=100)
+        # Then the page holds what CTM answered, and resource_matches keeps the one key
+        assert len(page.resources) == 30
+        assert [k["id"] for k in page.resources if resource_matches(selector, k)] == [wanted["id"]]
+        # And list_oci_keys yields only that key
+        assert [k["id"] for k in client.list_oci_keys(selector)] == [wanted["id"]]
+
+
+def test_a_wildcard_match_by_ctm_is_not_taken_for_a_selector_match(ctm_emulator: Any) -> None:
+    ctm_emulator.faults.wildcard_filters = True
+    prefix = ctm_emulator.keys[0]["oci_params"]["display_name"].split("-")[0]
+    selector = {"key_name": f"{prefix}-*"}
+    with make_client(ctm_emulator) as client:
+        answered = client.list_page(selector).resources
+        assert answered  # CTM matched by wildcard
+        assert not [k for k in answered if resource_matches(selector, k)]
+        assert list(client.list_oci_keys(selector)) == []
+
+
+def test_refreshes_between_pages_do_not_shift_the_listing(ctm_emulator: Any) -> None:
+    # Given a CTM whose default order is updatedAt (every refresh moves a key to the end)
+    ctm_emulator.faults.default_sort = "updatedAt"
+    ids: list[str] = []
+    with make_client(ctm_emulator) as client:
+        page = client.list_page(None, page_size=7)
+        while True:
+            # When each page's keys are refreshed before the next page is read
+            for key in page.resources:
+                ids.append(key["id"])
+                client.refresh_oci_key(key["id"])
+            if page.next is None:
+                break
+            page = client.list_page(None, cursor=page.next, page_size=7)
+    # Then every key came exactly once
+    assert sorted(ids) == sorted(key_ids(ctm_emulator))
+
+
+# (keys discovered faster than pages are read would never let a listing end: add < page size)
+@pytest.mark.parametrize(("remove", "add"), [(3, 2), (LIST_OVERLAP + 5, 0), (0, 5)])
+def test_keys_added_and_removed_while_paging_are_never_doubled_or_skipped(
+    ctm_emulator: Any, remove: int, add: int
+) -> None:
+    # Given 60 keys, and a CTM that forgets the first keys and discovers new ones after every page
+    ctm_emulator.add_keys(generate_keys(30, seed=77))
+    at_start = set(key_ids(ctm_emulator))
+    ctm_emulator.faults.list_churn = ListChurn(remove=remove, add=add)
+    # When the listing is read page by page, its cursor passed through JSON
+    ids: list[str] = []
+    with make_client(ctm_emulator) as client:
+        page = client.list_page(None, page_size=8)
+        ids += [k["id"] for k in page.resources]
+        while page.next is not None:
+            cursor = ListCursor.from_json(json.loads(json.dumps(page.next.to_json())))
+            page = client.list_page(None, cursor=cursor, page_size=8)
+            ids += [k["id"] for k in page.resources]
+    # Then no key came twice, and every key present throughout came
+    throughout = at_start & set(key_ids(ctm_emulator))
+    assert len(ids) == len(set(ids))
+    assert throughout <= set(ids)
+
+
+def test_a_gone_key_is_not_found_as_gone(ctm_emulator: Any) -> None:
+    key_id = key_ids(ctm_emulator)[0]
+    ctm_emulator.faults.gone_keys = {key_id}
+    with make_client(ctm_emulator) as client, pytest.raises(CtmNotFoundError) as caught:
+        client.refresh_oci_key(key_id)
+    assert (caught.value.error_code, caught.value.http_status) == ("GONE", 200)
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_not_authorized_or_not_found_is_not_found_and_not_retried(
+    ctm_emulator: Any, status: int
+) -> None:
+    key_id = key_ids(ctm_emulator)[0]
+    ctm_emulator.faults.not_authorized_keys = {key_id: status}
+    with make_client(ctm_emulator) as client, pytest.raises(CtmNotFoundError) as caught:
+        client.refresh_oci_key(key_id)
+    assert caught.value.error_code == "NotAuthorizedOrNotFound"
+    assert caught.value.http_status == status
+    assert ctm_emulator.refresh_count(key_id) == 1
+
+
+def test_a_busy_vault_is_retried_until_it_answers(ctm_emulator: Any) -> None:
+    key_id = key_ids(ctm_emulator)[0]
+    ctm_emulator.faults.vault_busy(key_id, times=2)
+    with make_client(ctm_emulator) as client:
+        response = client.refresh_oci_key(key_id)
+    assert (response.http_status, response.attempts) == (200, 3)
+
+
+def test_a_trickling_answer_ends_at_the_deadline(ctm_emulator: Any) -> None:
+    # Given a CTM sending each answer one byte every 20 ms (a key object: about a minute)
+    ctm_emulator.faults.trickle_interval = 0.02
+    key_id = key_ids(ctm_emulator)[0]
+    with real_time_client(ctm_emulator, timeout=20.0) as client:
+        client.issue_token()  # the token answer trickles too; the refresh is what is timed
+        started = time.monotonic()
+        # When a refresh must end within 1 s
+        with pytest.raises(CtmDeadlineError) as caught:
+            client.refresh_oci_key(key_id, deadline=started + 1.0)
+        elapsed = time.monotonic() - started
+    # Then it ended at the deadline, not after the whole answer or the 20 s timeout
+    assert elapsed < 1.0 + 0.3
+    assert caught.value.error_code == "DEADLINE"
+    assert caught.value.transient
+
+
+def test_a_slow_ctm_is_cut_at_the_deadline(ctm_emulator: Any) -> None:
+    ctm_emulator.faults.latency = 30.0
+    ctm_emulator.faults.latency_on_auth = False
+    with real_time_client(ctm_emulator, timeout=20.0) as client:
+        client.issue_token()
+        started = time.monotonic()
+        with pytest.raises(CtmDeadlineError):
+            client.refresh_oci_key(key_ids(ctm_emulator)[0], deadline=started + 0.8)
+        assert time.monotonic() - started < 0.8 + 0.3
+
+
+def test_an_oversized_answer_is_a_bad_response(ctm_emulator: Any) -> None:
+    ctm_emulator.faults.oversize_bytes = 2 << 20  # a key object of 2 MiB
+    with make_client(ctm_emulator) as client, pytest.raises(CtmBadResponseError) as caught:
+        client.refresh_oci_key(key_ids(ctm_emulator)[0])
+    assert caught.value.error_code == "BAD_RESPONSE"
+    assert caught.value.attempts == 1
+
+
+def test_an_oversized_list_page_is_a_bad_response(ctm_emulator: Any) -> None:
+    ctm_emulator.faults.oversize_bytes = 9 << 20
+    with make_client(ctm_emulator) as client, pytest.raises(CtmBadResponseError):
+        client.list_page(None)
+
+
+@pytest.mark.parametrize(
+    "mode", ["refresh_not_a_key", "refresh_bad_oci_params", "refresh_not_json"]
+)
+def test_a_malformed_refresh_answer_fails_that_key_only(ctm_emulator: Any, mode: str) -> None:
+    ctm_emulator.faults.malform(mode)
+    ids = key_ids(ctm_emulator)
+    with make_client(ctm_emulator) as client:
+        with pytest.raises(CtmBadResponseError) as caught:
+            client.refresh_oci_key(ids[0])
+        assert caught.value.error_code == "BAD_RESPONSE"
+        ctm_emulator.faults.clear()
+        assert client.refresh_oci_key(ids[1]).http_status == 200
+
+
+def test_malformed_list_items_are_skipped_and_counted(ctm_emulator: Any) -> None:
+    ctm_emulator.faults.malform("list_item_without_id", "list_item_bad_oci_params")
+    with make_client(ctm_emulator) as client:
+        page = client.list_page(None, page_size=10)
+        listed = list(client.list_oci_keys(page_size=10))
+    assert page.malformed == 2
+    assert len(page.resources) == 8
+    # the rest of the listing carried on past them, each key at most once
+    ids = [k["id"] for k in listed]
+    assert len(ids) == len(set(ids))
+    assert 8 < len(ids) < 30
+
+
+def test_a_list_answer_without_a_list_is_a_bad_response(ctm_emulator: Any) -> None:
+    ctm_emulator.faults.malform("list_not_a_list")
+    with make_client(ctm_emulator) as client, pytest.raises(CtmBadResponseError):
+        client.list_page(None)
+
+
+def test_concurrent_refreshes_reuse_a_pool_of_connections(ctm_emulator: Any) -> None:
+    # Given a client whose pool holds 4 connections, and 4 threads refreshing 40 keys in all
+    ctm_emulator.add_keys(generate_keys(10, seed=5))
+    ids = key_ids(ctm_emulator)
+    client = CtmClient.create(
+        base_url=ctm_emulator.base_url,
+        secret_loader=lambda force: password_secret(ctm_emulator),
+        pool_size=4,
+    )
+    before = ctm_emulator.connections_opened
+    with client, ThreadPoolExecutor(max_workers=4) as pool:
+        statuses = list(pool.map(lambda k: client.refresh_oci_key(k).http_status, ids))
+    # Then at most one connection per thread was opened: none per call
+    assert statuses == [200] * 40
+    assert ctm_emulator.connections_opened - before <= 4
