@@ -399,7 +399,7 @@ def test_a_trickling_answer_ends_at_the_deadline(ctm_emulator: Any) -> None:
     ctm_emulator.faults.trickle_interval = 0.02
     key_id = key_ids(ctm_emulator)[0]
     with real_time_client(ctm_emulator, timeout=20.0) as client:
-        client.issue_token()  # the token answer trickles too; the refresh is what is timed
+        client.issue_token()  # log in first: the refresh alone is timed
         started = time.monotonic()
         # When a refresh must end within 1 s
         with pytest.raises(CtmDeadlineError) as caught:
