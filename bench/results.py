@@ -22,6 +22,10 @@ from bench.world import DYNAMODB_WRITES, TENANCIES, AwsCalls
 TARGET_RATIO = 0.9
 TARGET_THROTTLED_SHARE = 0.05
 TARGET_IMPORT_RATIO = 1.3  # issue 12: of what sam build ships
+COLD_START_BEGIN = (
+    "<!-- cold start: written by `python -m bench.footprint --cold-start` and `make bench` -->"
+)
+COLD_START_END = "<!-- end of the cold start -->"
 TARGET_PEAK_MIB = 200
 TARGET_WRITES_PER_KEY = 1.2
 
@@ -54,6 +58,66 @@ def _per_key(calls: Mapping[str, int], keys: int) -> str:
 
 def _writes(calls: Mapping[str, int]) -> int:
     return sum(n for op, n in calls.items() if op in DYNAMODB_WRITES)
+
+
+def render_cold_start(imports: Sequence[ImportTime], layer: LayerSize) -> list[str]:
+    """The cold start part of section 2, markers included (``python -m bench.footprint
+    --cold-start`` rewrites only this part of RESULTS.md)."""
+    lines = [
+        COLD_START_BEGIN,
+        "",
+        "Import time of each handler as `sam build` built it (`.aws-sam/build`), in a fresh "
+        "python3.13 that has only boto3, as the Lambda runtime, run with `-I -B` and "
+        "`sys.path` as Lambda sets it: the function's directory (`/var/task`), the layer's "
+        "`python/` (`/opt/python`), then the runtime's own; nothing writes bytecode, as "
+        "`/var/task` and `/opt` are read-only. Interpreter start-up is excluded; the figure "
+        "is the CPU time of the import (the machine is shared, and wall time counts other "
+        "processes' turns; the wall medians are shown too). `no bytecode` is the same layer "
+        "without its `__pycache__`, what SAM's own `python3.13` build method ships: every cold "
+        "start compiles it. `boto3` is `import boto3` with no layer. "
+        f"{IMPORT_RUNS} rounds, the modules interleaved in each; the ratio is the median of "
+        "the per-round ratios. The handler modules import with the variables "
+        "they need at import. Both handlers import boto3 and validate their settings at "
+        "import; both create their AWS clients (and the refresh function its CTM client) on "
+        "first use and keep them for the container's later invocations, so creating them "
+        "(about 80 ms for two boto3 clients here) is in the first invocation, not in these "
+        "figures.",
+        "",
+        f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
+        "",
+        "| module | layer | median import (CPU) | wall | ratio to boto3 "
+        "| heaviest packages (importtime ms, self) |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for imp in imports:
+        heaviest = ", ".join(f"{n} {s * 1000:.0f}" for n, s in imp.heaviest)
+        lines.append(
+            f"| `{imp.name}` | {imp.layer or 'none'} | {imp.median * 1000:.0f} ms "
+            f"| {imp.wall_median * 1000:.0f} ms | {imp.ratio:.2f} | {heaviest} |"
+        )
+    handlers = [imp for imp in imports if imp.layer == WITH_BYTECODE]
+    worst = max(handlers, key=lambda imp: imp.ratio)
+    lines += [
+        "",
+        f"Target: at most {TARGET_IMPORT_RATIO} x boto3 as `sam build` ships it: "
+        f"{_mark(worst.ratio <= TARGET_IMPORT_RATIO)} (worst `{worst.name}`, {worst.ratio:.2f}).",
+        "",
+        "| layer as `sam build` makes it (`layers/common/Makefile`: pip for "
+        "manylinux2014_aarch64, cp313, plus `cckm_refresh`, compiled; boto3 is not in it) "
+        "| size |",
+        "|---|---:|",
+        f"| unpacked (`python/`, {layer.files} files) | {layer.unpacked_bytes / 2**20:.1f} MiB |",
+        f"| zipped (deflate) | {layer.zipped_bytes / 2**20:.1f} MiB |",
+    ]
+    lines += [f"| `{name}` | {size / 2**20:.1f} MiB |" for name, size in layer.packages]
+    return [*lines, "", COLD_START_END]
+
+
+def replace_cold_start(text: str, lines: Sequence[str]) -> str:
+    """RESULTS.md's text with its cold start part replaced by ``lines``."""
+    start, end = text.index(COLD_START_BEGIN), text.index(COLD_START_END) + len(COLD_START_END)
+    return text[:start] + "\n".join(lines) + text[end:]
 
 
 def render(figures: Figures) -> str:
@@ -105,50 +169,9 @@ def render(figures: Figures) -> str:
         "",
         "## 2. Cold start and footprint",
         "",
-        "Import time of each handler as `sam build` built it (`.aws-sam/build`), in a fresh "
-        "python3.13 that has only boto3, as the Lambda runtime, run with `-I -B` and "
-        "`sys.path` as Lambda sets it: the function's directory (`/var/task`), the layer's "
-        "`python/` (`/opt/python`), then the runtime's own; nothing writes bytecode, as "
-        "`/var/task` and `/opt` are read-only. Interpreter start-up is excluded; the figure "
-        "is the CPU time of the import (the machine is shared, and wall time counts other "
-        "processes' turns; the wall medians are shown too). `no bytecode` is the same layer "
-        "without its `__pycache__`, what SAM's own `python3.13` build method ships: every cold "
-        "start compiles it. `boto3` is `import boto3` with no layer. "
-        f"{IMPORT_RUNS} rounds, the modules interleaved in each; the ratio is the median of "
-        "the per-round ratios. The handler modules import with the variables "
-        "they need at import. Both handlers import boto3 and validate their settings at "
-        "import; both create their AWS clients (and the refresh function its CTM client) on "
-        "first use and keep them for the container's later invocations, so creating them "
-        "(about 80 ms for two boto3 clients here) is in the first invocation, not in these "
-        "figures. The refresh handler imports Powertools' batch utility only for SQS batches.",
-        "",
-        "| module | layer | median import (CPU) | wall | ratio to boto3 "
-        "| heaviest packages (importtime ms, self) |",
-        "|---|---|---:|---:|---:|---|",
     ]
-    for imp in figures.imports:
-        heaviest = ", ".join(f"{n} {s * 1000:.0f}" for n, s in imp.heaviest)
-        lines.append(
-            f"| `{imp.name}` | {imp.layer or 'none'} | {imp.median * 1000:.0f} ms "
-            f"| {imp.wall_median * 1000:.0f} ms | {imp.ratio:.2f} | {heaviest} |"
-        )
-    handlers = [imp for imp in figures.imports if imp.layer == WITH_BYTECODE]
-    worst = max(handlers, key=lambda imp: imp.ratio)
-    layer = figures.layer
+    lines += render_cold_start(figures.imports, figures.layer)
     memory = figures.memory
-    lines += [
-        "",
-        f"Target: at most {TARGET_IMPORT_RATIO} x boto3 as `sam build` ships it: "
-        f"{_mark(worst.ratio <= TARGET_IMPORT_RATIO)} (worst `{worst.name}`, {worst.ratio:.2f}).",
-        "",
-        "| layer as `sam build` makes it (`layers/common/Makefile`: pip for "
-        "manylinux2014_aarch64, cp313, plus `cckm_refresh`, compiled; boto3 is not in it) "
-        "| size |",
-        "|---|---:|",
-        f"| unpacked (`python/`, {layer.files} files) | {layer.unpacked_bytes / 2**20:.1f} MiB |",
-        f"| zipped (deflate) | {layer.zipped_bytes / 2**20:.1f} MiB |",
-    ]
-    lines += [f"| `{name}` | {size / 2**20:.1f} MiB |" for name, size in layer.packages]
     lines += [
         "",
         f"Peak memory of the refresh function refreshing {memory.keys:,} keys (emulator with no "
