@@ -1,5 +1,6 @@
 """The webhook mirror of a batch: it gets only the invocation's time left (less a margin),
-waits on a hanging webhook once, and skips, logs and counts what the time does not cover.
+waits on a hanging webhook once, asks a webhook that is down for one message, and skips,
+logs and counts what the time or the breaker leaves out.
 
 The chat service and the clock are fakes: a POST takes exactly the fake time it is scripted
 to, so every figure below is exact.
@@ -91,15 +92,29 @@ def test_with_only_the_margin_left_nothing_is_posted() -> None:
     assert chat.posts == []
 
 
-def test_a_webhook_outage_is_counted_and_each_notification_still_tried() -> None:
-    # Given a webhook that answers 503 at once (each notification: 3 attempts, 1 + 2 s pauses)
+def test_a_webhook_that_is_down_is_asked_for_one_message_then_the_rest_are_skipped() -> None:
+    # Given a webhook that answers 503 at once (3 attempts, with 1 s and 2 s pauses)
     chat, counted = ClockedSession(FakeClock(), status=503), Counted()
+    started = chat.clock.now
 
-    report = mirror_over(chat, counted).mirror(NOTES[:3], remaining=60.0)
+    # When 10 notifications are mirrored
+    report = mirror_over(chat, counted).mirror(NOTES, remaining=60.0)
 
-    assert report == MirrorReport(failed=3)
-    assert len(chat.posts) == 9
-    assert counted.values == {"WebhookFailures": 3}
+    # Then the first one's retries tell it is down: 3 POSTs, 3 s, and the 9 others skipped
+    assert report == MirrorReport(failed=1, skipped=9)
+    assert len(chat.posts) == 3
+    assert chat.clock.now - started == 3.0
+    assert counted.values == {"WebhookFailures": 1, "WebhookSkipped": 9}
+
+
+def test_a_message_the_webhook_refuses_does_not_stop_the_others() -> None:
+    # Given a webhook that refuses the first message (400) and takes the rest
+    chat = ClockedSession(FakeClock(), script=[400])
+
+    report = mirror_over(chat).mirror(NOTES[:3], remaining=60.0)
+
+    assert report == MirrorReport(posted=2, failed=1)
+    assert len(chat.posts) == 3
 
 
 def test_skipped_mirrors_are_logged_once_with_their_keys_and_never_the_url(

@@ -14,6 +14,7 @@ from cckm_refresh.notify.webhook import (
     NoTimeLeft,
     WebhookError,
     WebhookTimedOut,
+    WebhookUnavailable,
     webhook_payload,
 )
 from tests.unit.notify_fakes import HANGS, URL, ClockedSession, FakeClock, budget, clocked_webhook
@@ -70,7 +71,7 @@ def test_429_and_5xx_are_retried_with_capped_growing_pauses_then_succeed() -> No
 
 def test_three_failed_attempts_raise_without_a_fourth() -> None:
     chat = session(500, 502, 503)
-    with pytest.raises(WebhookError, match="HTTP 503"):
+    with pytest.raises(WebhookUnavailable, match="HTTP 503"):
         clocked_webhook(chat).post(NOTE)
     assert len(chat.posts) == 3
 
@@ -96,9 +97,10 @@ def test_no_post_is_started_with_less_than_the_minimum_left() -> None:
 
 def test_a_client_error_is_not_retried() -> None:
     chat = session(404)
-    with pytest.raises(WebhookError, match="HTTP 404"):
+    with pytest.raises(WebhookError, match="HTTP 404") as caught:
         clocked_webhook(chat).post(NOTE)
     assert len(chat.posts) == 1
+    assert not isinstance(caught.value, WebhookUnavailable)  # the webhook is up; it refused
 
 
 def test_a_redirect_is_not_followed() -> None:
@@ -112,7 +114,7 @@ def test_connection_errors_are_retried_and_never_reveal_the_url() -> None:
     # Given a webhook host that refuses connections (requests quotes the URL in its errors)
     chat = session(*[requests.ConnectionError(f"cannot reach {URL}")] * 3)
 
-    with pytest.raises(WebhookError) as caught:
+    with pytest.raises(WebhookUnavailable) as caught:
         clocked_webhook(chat).post(NOTE)
 
     assert len(chat.posts) == 3

@@ -6,9 +6,11 @@ line or an exception message, including the ones requests raises (they quote the
 The mirror is best effort and comes last: the notify function publishes a whole stream
 batch to SNS first, then ``WebhookMirror`` posts what it published with the invocation's
 remaining time (less a safety margin). Every POST waits at most the contract's 10 s or what
-is left, a retry is made only when it fits, and once the webhook has timed out it is not
-waited on again in that batch. What the time does not cover is skipped, logged and counted;
-nothing is raised, since failing a record would make the stream publish it to SNS again.
+is left, a retry is made only when it fits, and once the webhook has timed out, or has
+answered every attempt for one message with 5xx, 429 or a connection error, it is not asked
+again in that batch (a breaker per invocation). What the time or the breaker leaves out is
+skipped, logged and counted; nothing is raised, since failing a record would make the
+stream publish it to SNS again.
 """
 
 from __future__ import annotations
@@ -35,7 +37,12 @@ class WebhookError(Exception):
     """The webhook did not take the message. The message never contains the URL."""
 
 
-class WebhookTimedOut(WebhookError):
+class WebhookUnavailable(WebhookError):
+    """The last attempt got 5xx, 429 or a connection error and no retry is left: the
+    webhook is down or throttling, and will be for the next message too."""
+
+
+class WebhookTimedOut(WebhookUnavailable):
     """An attempt got no answer within its timeout: the webhook may be hanging."""
 
 
@@ -99,7 +106,8 @@ class Webhook:
         5xx, 429 and connection errors are retried (capped backoff, full jitter) while a
         retry fits. Raises ``NoTimeLeft`` when no attempt could start, ``WebhookTimedOut``
         when one got no answer in time (not retried: a hanging webhook would hold a retry as
-        long), ``WebhookError`` for any other failure; never quoting the URL."""
+        long), ``WebhookUnavailable`` when the retryable failures outlasted the retries,
+        ``WebhookError`` for any other failure; never quoting the URL."""
         import requests
 
         if budget.remaining() < MIN_ATTEMPT_TIME:
@@ -108,7 +116,7 @@ class Webhook:
         if urlsplit(url).scheme != "https":
             raise WebhookError("the webhook URL must start with https://")
         payload = webhook_payload(notification)
-        problem = "no attempt made"
+        problem, retryable = "no attempt made", False
         for attempt in range(1, self.attempts + 1):
             timeout = min(WEBHOOK_TIMEOUT, budget.remaining())
             if timeout < MIN_ATTEMPT_TIME:  # loading the secret took what was left
@@ -123,11 +131,13 @@ class Webhook:
                 timed_out = True
             except requests.RequestException as error:
                 problem = type(error).__name__  # never str(error): it quotes the URL
+                retryable = True
             else:
                 if response.status_code < 300:
                     return
                 problem = f"HTTP {response.status_code}"
-                if response.status_code != 429 and response.status_code < 500:
+                retryable = response.status_code == 429 or response.status_code >= 500
+                if not retryable:
                     break  # a 4xx other than 429 will not get better by asking again
             if timed_out:  # raised out here, so requests' error is not its context
                 raise WebhookTimedOut(f"the webhook did not answer within {timeout:.1f} s")
@@ -137,7 +147,8 @@ class Webhook:
                     problem += ", no time left to retry"
                     break
                 self.sleep(pause)
-        raise WebhookError(f"the webhook did not take the notification: {problem}")
+        failure = WebhookUnavailable if retryable else WebhookError
+        raise failure(f"the webhook did not take the notification: {problem}")
 
 
 class Poster(Protocol):
@@ -171,8 +182,9 @@ class WebhookMirror:
 
     def mirror(self, notifications: Sequence[Notification], remaining: float) -> MirrorReport:
         """Post each notification in turn until ``remaining`` seconds (the invocation's time
-        left) less the safety margin are spent. After a timeout the rest are skipped: the
-        webhook is taken to be hanging for the rest of the batch (a per-batch breaker)."""
+        left) less the safety margin are spent. After a timeout, or retries spent on 5xx, 429
+        or connection errors, the rest are skipped: the webhook is taken to be hanging or
+        down for the rest of the batch."""
         budget = TimeBudget(self._clock() + remaining - self._margin, self._clock)
         posted = failed = 0
         skipped: Sequence[Notification] = ()
@@ -186,8 +198,13 @@ class WebhookMirror:
             except Exception as error:
                 failed += 1
                 _log_failure(notification, error)
-                if isinstance(error, WebhookTimedOut):
-                    skipped, reason = notifications[index + 1 :], "the webhook timed out"
+                if isinstance(error, WebhookUnavailable):
+                    skipped = notifications[index + 1 :]
+                    reason = (
+                        "the webhook timed out"
+                        if isinstance(error, WebhookTimedOut)
+                        else "the webhook is unavailable"
+                    )
                     break
             else:
                 posted += 1
