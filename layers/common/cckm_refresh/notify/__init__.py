@@ -1,8 +1,9 @@
 """Notifications: from the results table's stream to people (SNS, optional chat webhook).
 
 ``events`` decides which records notify and what people read; ``ledger`` remembers what was
-sent; ``delivery`` publishes once; ``webhook`` mirrors to chat; ``stream`` ties them to a
-stream record for ``functions/notify/app.py``.
+sent; ``delivery`` publishes once; ``webhook`` mirrors to chat in the time left; ``stream``
+ties them to a stream batch (SNS for every record first, then the webhook) for
+``functions/notify/app.py``.
 """
 
 from cckm_refresh.notify.stream import StreamNotifier, build_stream_notifier, load_settings

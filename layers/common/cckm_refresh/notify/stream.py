@@ -109,7 +109,7 @@ class StreamBatch:
 
     def mirror(self) -> MirrorReport:
         """Mirror what this batch published to the webhook with the invocation's remaining
-        time; never raises (a failed record would be published to SNS again)."""
+        time. Never raises: an error here would make Lambda deliver the whole batch again."""
         if self._mirror is None or not self._published:
             return MirrorReport()
         if self._context is None:
