@@ -54,6 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--error-status", type=int, default=503)
     parser.add_argument("--drop-rate", type=float, default=0.0, help="share of calls hung up on")
     parser.add_argument("--max-page-size", type=int, default=None, help="cap list pages")
+    parser.add_argument(
+        "--ignore-unknown-filters", action="store_true", help="ignore unknown list parameters"
+    )
+    parser.add_argument(
+        "--wildcard-filters", action="store_true", help="'*' in a filter value is a wildcard"
+    )
+    parser.add_argument(
+        "--default-sort", default=None, help="list order without sort, e.g. updatedAt"
+    )
+    parser.add_argument(
+        "--trickle-interval", type=float, default=0.0, help="seconds between answer bytes"
+    )
     parser.add_argument("--ca-out", help="also copy the CA certificate to this path")
     parser.add_argument("--json", action="store_true", help="print the connection as one JSON line")
     parser.add_argument("--verbose", action="store_true", help="log each request to stderr")
@@ -87,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     faults.error_status = args.error_status
     faults.drop_rate = args.drop_rate
     faults.max_page_size = args.max_page_size
+    faults.ignore_unknown_filters = args.ignore_unknown_filters
+    faults.wildcard_filters = args.wildcard_filters
+    faults.default_sort = args.default_sort
+    faults.trickle_interval = args.trickle_interval
 
     stopped = threading.Event()
 
