@@ -71,6 +71,15 @@ def body_rule(status: int, body: str) -> BodyRule | None:
     return next((rule for rule in BODY_RULES if rule.marker in body), None)
 
 
+# Without a body rule, the status decides (first match wins); anything else is permanent.
+STATUS_RULES = (
+    (THROTTLE_STATUSES, Verdict.THROTTLED),
+    (TRANSIENT_STATUSES, Verdict.TRANSIENT),
+    (UNAUTHORIZED_STATUSES, Verdict.UNAUTHORIZED),
+    (NOT_FOUND_STATUSES, Verdict.NOT_FOUND),
+)
+
+
 def classify(status: int, body: str) -> Verdict:
     """Classify an answer by its status and body text (CONTRACT 4.4)."""
     # A 2xx body is a key object whose names or tags may say anything, even TooManyRequests.
@@ -79,15 +88,7 @@ def classify(status: int, body: str) -> Verdict:
     rule = body_rule(status, body)
     if rule is not None:
         return rule.verdict
-    if status in THROTTLE_STATUSES:
-        return Verdict.THROTTLED
-    if status in TRANSIENT_STATUSES:
-        return Verdict.TRANSIENT
-    if status in UNAUTHORIZED_STATUSES:
-        return Verdict.UNAUTHORIZED
-    if status in NOT_FOUND_STATUSES:
-        return Verdict.NOT_FOUND
-    return Verdict.PERMANENT
+    return next((v for statuses, v in STATUS_RULES if status in statuses), Verdict.PERMANENT)
 
 
 @dataclass(frozen=True)

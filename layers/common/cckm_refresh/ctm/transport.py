@@ -254,7 +254,6 @@ class Transport:
             raise ValueError("timeout must be positive")
         self.attempt_timeout = timeout  # total per attempt: connect + headers + body
         self.connect_timeout = min(MAX_CONNECT_TIMEOUT, timeout / 2)
-        self.timeout: tuple[float, float] = (self.connect_timeout, timeout - self.connect_timeout)
         self.min_attempt = min_attempt
         self.retry = retry or RetryPolicy()
         self.budget = budget or RetryBudget()
@@ -297,10 +296,11 @@ class Transport:
         With ``auth``, each attempt carries a bearer JWT and a 401 leads to one
         re-authentication and one more attempt (not counted against ``max_attempts``).
         ``deadline`` (a ``clock``/``time.monotonic()`` instant): the call, its retries,
-        back-off sleeps and pacing waits end before it; when no attempt can start in time,
-        ``CtmDeadlineError`` (``DEADLINE``, transient). A 2xx body over ``max_body`` bytes or
-        not a JSON object is ``CtmBadResponseError``. Raised errors carry ``attempts`` (HTTP
-        attempts made) and the last ``http_status``.
+        back-off sleeps and pacing waits end before it; when the next attempt (the first or a
+        retry) cannot start and finish in time, ``CtmDeadlineError`` (``DEADLINE``, transient;
+        its message and ``http_status`` tell the last failure, if any). A 2xx body over
+        ``max_body`` bytes or not a JSON object is ``CtmBadResponseError``. Raised errors carry
+        ``attempts`` (HTTP attempts made) and the last ``http_status``.
         """
         call = _Call(
             method,
