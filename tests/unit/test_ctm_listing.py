@@ -285,3 +285,40 @@ def test_a_key_without_the_field_does_not_match(resource: dict[str, Any]) -> Non
 def test_a_filter_outside_the_selector_names_never_matches() -> None:
     assert not resource_matches({"key_id": "x"}, KEY)
     assert not resource_matches({"all": "true"}, KEY)
+
+
+def test_timestamps_go_trimmed_of_trailing_zeros_are_ordered_as_time() -> None:
+    # Given keys created at .8767 s and .876714 s, as Go writes them (trailing zeros dropped),
+    # and a third with an offset: in time order, which is not their text order
+    stamps = [
+        "2026-01-01T00:00:01.8767Z",
+        "2026-01-01T00:00:01.876714Z",
+        "2026-01-01T02:00:02+02:00",
+    ]
+    keys = [{**listed_key(n), "createdAt": stamp} for n, stamp in enumerate(stamps)]
+    ctm = FakeCtm()
+
+    def answer(sent: Sent) -> Reply:
+        skip, limit = int(sent.query["skip"]), int(sent.query["limit"])
+        return Reply(200, {"total": 3, "resources": keys[skip : skip + limit]})
+
+    ctm.always("GET", KEYS_PATH, answer)
+    client = fake_client(ctm)
+    # When they are listed one per page
+    ids: list[str] = []
+    page = client.list_page(None, page_size=1)
+    ids += [k["id"] for k in page.resources]
+    while page.next is not None:
+        page = client.list_page(None, cursor=page.next, page_size=1)
+        ids += [k["id"] for k in page.resources]
+    # Then none is mistaken for one already returned
+    assert ids == [uuid(0), uuid(1), uuid(2)]
+
+
+@pytest.mark.parametrize("created", [None, "", 1700000000, "yesterday", "2026-01-01"])
+def test_a_list_item_without_a_creation_time_is_malformed(created: object) -> None:
+    item = {**listed_key(1), "createdAt": created}
+    ctm = FakeCtm()
+    ctm.always("GET", KEYS_PATH, Reply(200, {"total": 2, "resources": [listed_key(0), item]}))
+    page = fake_client(ctm).list_page(None)
+    assert (len(page.resources), page.malformed) == (1, 1)

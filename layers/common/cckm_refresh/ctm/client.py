@@ -16,8 +16,10 @@ twice and a key present throughout is never skipped, with memory bounded by one 
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ LIST_SORT = "createdAt,id"
 # two page reads without reading back further (more removals: the page steps back further).
 LIST_OVERLAP = 20
 MAX_CURSOR_FIELD = 255
+_TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|z|[+-]\d\d:\d\d)")
 
 __all__ = [
     "SELECTOR_FILTERS",
@@ -378,10 +381,29 @@ def _sort_key(item: object) -> SortKey | None:
         key_id = require_cckm_id(item["id"])
     except (MalformedKeyObjectError, InvalidKeyIdError):
         return None
-    created = item.get("createdAt")
-    if not isinstance(created, str) or not created or len(created) > MAX_CURSOR_FIELD:
+    created = _sortable_instant(item.get("createdAt"))
+    return None if created is None else (created, key_id)
+
+
+def _sortable_instant(value: object) -> str | None:
+    """An ISO 8601 timestamp as fixed-width UTC text that sorts as time does, or None.
+
+    CTM is written in Go, whose RFC 3339 output drops trailing zeros of the fraction
+    (``...01.8767Z`` is after ``...01.876714Z`` as text, before it as time).
+    """
+    if not isinstance(value, str) or len(value) > MAX_CURSOR_FIELD:
         return None
-    return (created, key_id)
+    match = _TIMESTAMP.fullmatch(value)
+    if match is None:
+        return None
+    seconds, fraction, zone = match.groups()
+    if zone not in ("Z", "z", "+00:00", "-00:00"):
+        try:
+            moment = dt.datetime.fromisoformat(seconds + zone).astimezone(dt.UTC)
+        except ValueError:
+            return None
+        seconds = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{seconds}.{(fraction or '').ljust(9, '0')}Z"
 
 
 def _key_object(answer: CtmResponse, what: str, key_id: str) -> CtmResponse:
