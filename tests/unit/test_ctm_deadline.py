@@ -243,3 +243,24 @@ def test_an_oversized_error_body_is_classified_by_its_status() -> None:
     with SlowHttpServer(answer) as server, pytest.raises(CtmTransientError) as caught:
         transport(max_attempts=1).call("GET", server.url + "/endless")
     assert caught.value.error_code == "HTTP_503"
+
+
+def test_the_token_exchange_for_a_call_keeps_to_that_calls_deadline() -> None:
+    # Given a token endpoint answering 503 after a second, and no token yet
+    ctm = FakeCtm()
+    ctm.always("POST", "/api/v1/auth/tokens", slow(ctm, 1.0, Reply(503, "")))  # type: ignore[arg-type]
+    client = fake_client(ctm, max_attempts=10)
+    deadline = ctm.clock() + 2.5
+    # When a refresh must end within 2.5 s
+    with pytest.raises(CtmDeadlineError):
+        client.refresh_oci_key(KEY_ID, deadline=deadline)
+    # Then the token exchange it needed was timed to that deadline and stopped before it
+    token_calls = ctm.to("POST", "/api/v1/auth/tokens")
+    assert token_calls[0].timeout.total == 2.5
+    assert ctm.clock() <= deadline
+    assert ctm.to("POST", REFRESH_PATH) == []
+    # And a call without a deadline afterwards is not bound by it
+    ctm.always("POST", "/api/v1/auth/tokens", ctm.issue)
+    ctm.always("POST", REFRESH_PATH, Reply(200, key_object()))
+    assert client.refresh_oci_key(KEY_ID).http_status == 200
+    assert ctm.to("POST", "/api/v1/auth/tokens")[-1].timeout.total == 20.0

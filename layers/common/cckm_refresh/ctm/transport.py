@@ -19,6 +19,7 @@ import json
 import random
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -262,6 +263,9 @@ class Transport:
         self._sleep = sleep
         self._rng = rng
         self._clock = clock
+        # The deadline of the call on whose behalf this thread is getting a token: the token
+        # exchange (a call of its own, made by the Authenticator) inherits it.
+        self._ambient = threading.local()
         self.session = requests.Session()
         # No urllib3 Retry: retries are ours, explicit, budgeted and paced.
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size, max_retries=0)
@@ -302,6 +306,8 @@ class Transport:
         ``max_body`` bytes or not a JSON object is ``CtmBadResponseError``. Raised errors carry
         ``attempts`` (HTTP attempts made) and the last ``http_status``.
         """
+        if deadline is None:
+            deadline = getattr(self._ambient, "deadline", None)
         call = _Call(
             method,
             url,
@@ -359,11 +365,15 @@ class Transport:
         """One HTTP attempt: the answer, the error it ended in, or None to re-send at once."""
         auth, pacer = call.auth, call.pacer
         self._pace(call, last)
+        outer = getattr(self._ambient, "deadline", None)
+        self._ambient.deadline = call.deadline
         try:
             jwt = auth.bearer() if auth is not None else None
         except CtmError as error:
             error.attempts = call.attempts
             raise
+        finally:
+            self._ambient.deadline = outer
         budget = self.attempt_timeout
         left = self._time_left(call)
         if left is not None:
