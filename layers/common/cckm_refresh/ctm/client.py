@@ -41,10 +41,11 @@ from cckm_refresh.observability import logger
 KEYS_PATH = "/api/v1/cckm/oci/keys"
 MAX_PAGE_SIZE = 1000
 MAX_FILTER_VALUE = 1024
-# A key object is ~2.5 KB; OCI caps a key's tags at a few KB. 1 MiB is generous and still
-# keeps 64 concurrent calls from holding more than 64 MiB of answers.
+# A key object is about 2.5 KB, a few KB with many tags. 1 MiB is generous and still keeps
+# 64 concurrent refreshes (REFRESH_CONCURRENCY's maximum) under 64 MiB of answers in memory.
 MAX_KEY_BODY_BYTES = 1 << 20
-# List pages: up to MAX_PAGE_SIZE keys of ~2.5 KB each.
+# List pages: up to MAX_PAGE_SIZE keys (+ overlap) of a few KB each fit in 8 MiB; one list
+# call runs at a time per resolution.
 MAX_LIST_BODY_BYTES = MAX_BODY_BYTES
 # The stable order pages are read in: fields a refresh never changes (it bumps updatedAt).
 LIST_SORT = "createdAt,id"
