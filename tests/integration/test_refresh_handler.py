@@ -106,6 +106,7 @@ def test_every_result_and_key_attribute_of_the_contract_is_written(world: Refres
 
 
 def test_sqs_keys_by_ocid_resolve_and_an_unknown_ocid_is_not_found(world: RefreshWorld) -> None:
+    world.cold_start(TENANCY_QUEUE_URL="")  # the work queue alone: refreshed in place
     key = world.ctm.keys[3]
     unknown = "ocid1.key.oc1.iad.doesnotexist"
     record = world.sqs_record({"keys": [key["oci_params"]["key_id"], unknown]})
@@ -134,9 +135,7 @@ def test_a_selector_pages_through_short_pages_to_the_end(world: RefreshWorld) ->
 
 
 def test_a_dry_run_records_skipped_keys_and_calls_no_refresh(world: RefreshWorld) -> None:
-    world.run(
-        world.rule_event({"selector": {"all": True}, "dry_run": True, "request_id": "dry"})
-    )
+    world.run(world.rule_event({"selector": {"all": True}, "dry_run": True, "request_id": "dry"}))
 
     assert world.ctm.refresh_count() == 0
     results = world.results("dry")
@@ -147,6 +146,7 @@ def test_a_dry_run_records_skipped_keys_and_calls_no_refresh(world: RefreshWorld
 
 
 def test_each_outcome_of_the_contract(world: RefreshWorld) -> None:
+    world.cold_start(TENANCY_QUEUE_URL="")  # the work queue alone: refreshed in place
     ok, gone, denied, flaky = key_ids(world, 4)
     world.ctm.remove(gone)
     world.ctm.faults.fail_keys[denied] = 403
@@ -173,6 +173,7 @@ def test_each_outcome_of_the_contract(world: RefreshWorld) -> None:
 def test_a_redelivered_message_finishes_pending_keys_without_refreshing_others(
     world: RefreshWorld,
 ) -> None:
+    world.cold_start(TENANCY_QUEUE_URL="")  # the work queue alone: refreshed in place
     keys = key_ids(world, 6)
     world.ctm.faults.fail_keys.update({keys[0]: 503, keys[1]: 503})
     body = {"keys": keys, "request_id": "burst"}
@@ -197,6 +198,7 @@ def test_a_redelivered_message_finishes_pending_keys_without_refreshing_others(
 def test_the_last_delivery_turns_pending_into_failed_and_goes_to_the_dlq(
     world: RefreshWorld,
 ) -> None:
+    world.cold_start(TENANCY_QUEUE_URL="")  # the work queue alone: refreshed in place
     key = key_ids(world, 1)[0]
     world.ctm.faults.fail_keys[key] = 503
     record = world.sqs_record({"keys": [key], "request_id": "last"}, receive_count=5)
@@ -223,6 +225,7 @@ def test_the_last_delivery_turns_pending_into_failed_and_goes_to_the_dlq(
 def test_a_bad_message_is_rejected_recorded_and_copied_while_others_succeed(
     world: RefreshWorld, body: str, field: str
 ) -> None:
+    world.cold_start(TENANCY_QUEUE_URL="")  # the work queue alone: refreshed in place
     good = world.sqs_record({"keys": key_ids(world, 1), "request_id": "good"})
     bad = world.sqs_record(body)
 
@@ -250,12 +253,14 @@ def test_a_large_run_fans_out_and_completes_once_with_the_right_counts(
     gone = key_ids(world, 1)[0]
     world.ctm.remove(gone)
 
-    first = world.run(world.schedule_event({"selector": {"all": True}}))
+    first = world.invoke(world.schedule_event({"selector": {"all": True}}))
     assert first["fanned_out"] == 29  # the removed key is no longer listed
     assert world.run_item("schedule-2026-11-28T06:00:00Z")["status"] == "RUNNING"
-    responses = world.drain_work_queue()
+    report = world.drain()
 
-    assert len(responses) >= 1
+    # The chunks (at most 8 keys, of one tenancy each) went through the tenancy queue
+    delivered = [m for i in report.of("TenancyQueue") for m in i.message_ids]
+    assert len(delivered) >= 29 // 8
     run = world.run_item("schedule-2026-11-28T06:00:00Z")
     assert (run["status"], run["requested"], run["refreshed"]) == ("COMPLETED", 29, 29)
     assert world.ctm.refresh_count() == 29
@@ -263,21 +268,22 @@ def test_a_large_run_fans_out_and_completes_once_with_the_right_counts(
 
 def test_an_invocation_short_of_time_hands_its_remaining_keys_on(world: RefreshWorld) -> None:
     # Given a rate of 1 refresh per second per tenancy and 0.5 s before the deadline margin
-    world.cold_start(TENANCY_RATE_LIMIT="1", CTM_TIMEOUT_SECONDS="1")
+    world.cold_start(TENANCY_QUEUE_URL="", TENANCY_RATE_LIMIT="1", CTM_TIMEOUT_SECONDS="1")
     margin = 2 * 1 + 5
     tenancies = {k["tenancy"] for k in world.ctm.keys}
 
-    response = world.run(
+    response = world.invoke(
         world.rule_event({"selector": {"all": True}, "request_id": "short"}),
         remaining=lambda: margin + 0.5,
     )
 
-    # Then one key per tenancy starts, the rest goes to the work queue under the same run
+    # Then one key per tenancy starts, the rest goes to the work queue under the same run,
+    # in the chunks (one per tenancy) the keys were registered in
     assert world.ctm.refresh_count() == len(tenancies)
     assert response["handed_off"] == 30 - len(tenancies)
     messages = world.stack.receive_all(world.stack.work_queue_url)
     handed = [k for m in messages for k in json.loads(m["Body"])["keys"]]
-    assert len(handed) == 30 - len(tenancies)
+    assert sorted(handed) == sorted(k["id"] for k in world.ctm.keys)
     assert {json.loads(m["Body"])["run_id"] for m in messages} == {"short"}
     pending = [r for r in world.results("short").values() if r["status"] == "PENDING"]
     assert len(pending) == 30 - len(tenancies)
@@ -291,13 +297,14 @@ def test_an_invocation_short_of_time_hands_its_remaining_keys_on(world: RefreshW
 
 def test_a_retried_schedule_refreshes_nothing_twice(world: RefreshWorld) -> None:
     event = world.schedule_event({"selector": {"all": True}})
-    world.invoke(event)
+    world.run(event)
     world.ctm.reset_log()
 
-    response = world.invoke(event)
+    response = world.run(event)
 
+    # Then nothing is refreshed again, and the replay answers with the run as it finished
     assert world.ctm.refresh_count() == 0
-    assert response["refreshed"] == 0
+    assert (response["status"], response["refreshed"]) == ("COMPLETED", 30)
     assert world.run_item("schedule-2026-11-28T06:00:00Z")["refreshed"] == 30
 
 
@@ -325,17 +332,16 @@ def test_a_scheduled_run_requeues_pending_keys_instead_of_failing_them(
     world: RefreshWorld,
 ) -> None:
     # Given a queue that allows a single delivery, and a key CTM keeps failing with 503
-    world.cold_start(MAX_RECEIVE_COUNT="1")
+    world.cold_start(TENANCY_QUEUE_URL="", MAX_RECEIVE_COUNT="1")
     flaky = world.ctm.keys[0]["id"]
     world.ctm.faults.fail_keys[flaky] = 503
 
-    response = world.run(world.schedule_event({"keys": [flaky]}))
+    response = world.invoke(world.schedule_event({"keys": [flaky]}))
 
     # Then the schedule's pending key goes to the work queue, still PENDING
     assert response["handed_off"] == 1
     assert world.results("schedule-2026-11-28T06:00:00Z")[flaky]["status"] == "PENDING"
     [message] = world.stack.receive_all(world.stack.work_queue_url)
-    assert json.loads(message["Body"]) == {
-        "keys": [flaky],
-        "run_id": "schedule-2026-11-28T06:00:00Z",
-    }
+    body = json.loads(message["Body"])
+    assert (body["keys"], body["run_id"]) == ([flaky], "schedule-2026-11-28T06:00:00Z")
+    assert set(body) == {"keys", "run_id", "chunk"}

@@ -1,4 +1,5 @@
-"""The results store against moto's DynamoDB: forward-only KEY items, exactly-once completion."""
+"""The results store against moto's DynamoDB: forward-only KEY items, terminal results never
+replaced, chunks counted once, exactly-once completion."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import boto3
 import pytest
 
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status, Trigger
-from cckm_refresh.store import ResultStore
+from cckm_refresh.store import ChunkTally, KeyEntry, ResultStore
 
 pytestmark = pytest.mark.integration
 KEY = "90671f17-28ff-4f93-86dc-ff08983469e7"
@@ -39,63 +40,171 @@ def latest(aws_stack: Any) -> dict[str, Any]:
     return dict(aws_stack.table.get_item(Key={"pk": f"KEY#{KEY}", "sk": "LATEST"})["Item"])
 
 
+def run(name: str) -> RunInfo:
+    return RunInfo(run_id=name, trigger=Trigger.CLI)
+
+
+def result(aws_stack: Any, run_id: str, key_id: str = KEY) -> dict[str, Any]:
+    return dict(
+        aws_stack.table.get_item(Key={"pk": f"RUN#{run_id}", "sk": f"KEY#{key_id}"})["Item"]
+    )
+
+
+def run_item(aws_stack: Any, run_id: str) -> dict[str, Any]:
+    return dict(aws_stack.table.get_item(Key={"pk": f"RUN#{run_id}", "sk": "RUN"})["Item"])
+
+
 def test_a_result_older_than_the_key_item_does_not_move_it_backwards(
     store: ResultStore, aws_stack: Any
 ) -> None:
-    store.record(RUN, [refreshed("v2", "2026-11-28T06:00:05.000Z")], {})
+    store.record(RUN, refreshed("v2", "2026-11-28T06:00:05.000Z"), None)
 
-    late = store.record(
-        RunInfo(run_id="r0", trigger=Trigger.CLI),
-        [refreshed("v1", "2026-11-28T06:00:01.000Z", state="DISABLED")],
-        {},
-    )
+    late = store.record(run("r0"), refreshed("v1", "2026-11-28T06:00:01.000Z", "DISABLED"), None)
 
     item = latest(aws_stack)
     assert (item["current_key_version"], item["lifecycle_state"]) == ("v2", "ENABLED")
     assert item["last_run_id"] == "r1"
-    assert late[0].version_changed is False
+    assert late is not None
+    assert late.version_changed is False
 
 
 def test_a_new_version_is_a_rotation_and_hands_back_the_previous_one(store: ResultStore) -> None:
-    store.record(RUN, [refreshed("v1", "2026-11-28T06:00:01.000Z")], {})
+    store.record(run("r0"), refreshed("v1", "2026-11-28T06:00:01.000Z"), None)
 
-    [result] = store.record(RUN, [refreshed("v2", "2026-11-28T06:00:02.000Z")], {})
+    recorded = store.record(RUN, refreshed("v2", "2026-11-28T06:00:02.000Z"), None)
 
-    assert result.version_changed is True
-    assert result.previous_key_version == "v1"
+    assert recorded is not None
+    assert (recorded.version_changed, recorded.previous_key_version) == (True, "v1")
 
 
 def test_the_first_sight_of_a_key_is_not_a_rotation(store: ResultStore) -> None:
-    [result] = store.record(RUN, [refreshed("v1", "2026-11-28T06:00:01.000Z")], {})
-    assert result.version_changed is False
-    assert result.previous_key_version is None
+    recorded = store.record(RUN, refreshed("v1", "2026-11-28T06:00:01.000Z"), None)
+    assert recorded is not None
+    assert (recorded.version_changed, recorded.previous_key_version) == (False, None)
+
+
+def test_a_rotation_is_judged_against_the_version_before_the_run_even_when_resumed(
+    store: ResultStore,
+) -> None:
+    # Given a run that saw v1 before touching the key, and a delivery killed after the key's
+    # LATEST item moved to v2 but before its result was written
+    before = KeyInfo(key_id=KEY, current_key_version="v1")
+    store.record(run("killed"), refreshed("v2", "2026-11-28T06:00:01.000Z"), None)
+
+    # When the redelivery refreshes the key again and records it
+    recorded = store.record(RUN, refreshed("v2", "2026-11-28T06:00:02.000Z"), before)
+
+    # Then the rotation is still recorded, against the version before the run
+    assert recorded is not None
+    assert (recorded.version_changed, recorded.previous_key_version) == (True, "v1")
 
 
 def test_failures_count_up_and_a_success_resets_them(store: ResultStore, aws_stack: Any) -> None:
     failed = RefreshOutcome(
         key_id=KEY, status=Status.FAILED, error_code="HTTP_403", recorded_at="2026-11-28T06:00:01Z"
     )
-    store.record(RUN, [failed], {})
-    store.record(RUN, [failed], {})
+    store.record(run("a"), failed, None)
+    store.record(run("b"), failed, None)
     assert latest(aws_stack)["consecutive_failures"] == 2
 
-    store.record(RUN, [refreshed("v1", "2026-11-28T06:00:09.000Z")], {})
+    store.record(run("c"), refreshed("v1", "2026-11-28T06:00:09.000Z"), None)
     assert latest(aws_stack)["consecutive_failures"] == 0
 
 
-def test_a_run_completes_exactly_once_when_every_key_is_terminal(store: ResultStore) -> None:
-    assert store.start_run(RUN, requested=2) is True
-    assert store.start_run(RUN, requested=99) is False
-    store.track(RUN, [RefreshOutcome(key_id="k2", status=Status.PENDING)])
-    store.record(RUN, [refreshed("v1", "2026-11-28T06:00:01.000Z")], {})
+def test_a_terminal_result_is_never_replaced(store: ResultStore, aws_stack: Any) -> None:
+    # Given a key refreshed in the run
+    assert store.record(RUN, refreshed("v1", "2026-11-28T06:00:01.000Z"), None) is not None
+
+    # When a stale delivery brings a PENDING or a second terminal outcome
+    pending = RefreshOutcome(key_id=KEY, status=Status.PENDING, error_code="TIMEOUT")
+    failed = RefreshOutcome(key_id=KEY, status=Status.FAILED, error_code="HTTP_403")
+
+    # Then neither is written
+    assert store.record(RUN, pending, None) is None
+    assert store.record(RUN, failed, None) is None
+    assert result(aws_stack, "r1")["status"] == "REFRESHED"
+
+
+def test_a_pending_result_turns_terminal(store: ResultStore, aws_stack: Any) -> None:
+    pending = RefreshOutcome(key_id=KEY, status=Status.PENDING, error_code="TIMEOUT")
+    assert store.record(RUN, pending, None) is not None
+    assert store.record(RUN, refreshed("v1", "2026-11-28T06:00:01.000Z"), None) is not None
+    assert result(aws_stack, "r1")["status"] == "REFRESHED"
+
+
+def test_a_chunk_registers_once_and_a_key_joins_a_run_once(
+    store: ResultStore, aws_stack: Any
+) -> None:
+    store.start_run(RUN)
+    entries = [KeyEntry("k1", KeyInfo("k1", tenancy="t", current_key_version="v1")), KeyEntry("k2")]
+
+    first = store.register_chunk(RUN, "c" * 32, "t", entries)
+    again = store.register_chunk(RUN, "c" * 32, "t", entries)  # a retried fan-out
+    other = store.register_chunk(RUN, "d" * 32, "t", [KeyEntry("k2"), KeyEntry("k3")])
+
+    assert [e.key_id for e in first] == ["k1", "k2"]
+    assert [e.key_id for e in again] == ["k1", "k2"]
+    assert [e.key_id for e in other] == ["k3"]  # k2 is already the first chunk's
+    item = run_item(aws_stack, "r1")
+    assert (item["requested"], item["open_chunks"]) == (3, 2)
+    pending = result(aws_stack, "r1", "k1")
+    assert (pending["status"], pending["tenancy"], pending["previous_key_version"]) == (
+        "PENDING",
+        "t",
+        "v1",
+    )
+
+
+def test_a_run_completes_exactly_once_when_its_last_chunk_closes(
+    store: ResultStore, aws_stack: Any
+) -> None:
+    assert store.start_run(RUN) is True
+    assert store.start_run(RUN) is False
+    store.register_chunk(RUN, "a" * 32, "t", [KeyEntry("k1"), KeyEntry("k2")])
+    store.register_chunk(RUN, "b" * 32, "t", [KeyEntry("k3")])
+    store.finish_resolution("r1")
     assert store.complete_if_done("r1") is None
 
-    store.record(RUN, [RefreshOutcome(key_id="k2", status=Status.NOT_FOUND)], {})
+    assert store.finish_chunk("r1", "a" * 32, ChunkTally(refreshed=1, not_found=1, rotated=1))
+    assert not store.finish_chunk("r1", "a" * 32, ChunkTally(refreshed=2))  # a late duplicate
+    assert store.complete_if_done("r1") is None
+    assert store.finish_chunk("r1", "b" * 32, ChunkTally(failed=1))
     counts = store.complete_if_done("r1")
 
     assert counts is not None
-    assert (counts.requested, counts.refreshed, counts.not_found) == (2, 1, 1)
+    assert (counts.requested, counts.refreshed, counts.not_found, counts.failed) == (3, 1, 1, 1)
+    assert counts.rotated == 1
     assert store.complete_if_done("r1") is None
+    assert run_item(aws_stack, "r1")["status"] == "COMPLETED"
+
+
+def test_a_run_still_resolving_does_not_complete(store: ResultStore) -> None:
+    store.start_run(RUN)
+    store.register_chunk(RUN, "a" * 32, "t", [KeyEntry("k1")])
+    assert store.finish_chunk("r1", "a" * 32, ChunkTally(refreshed=1))
+    assert store.complete_if_done("r1") is None  # more chunks may come
+    store.finish_resolution("r1")
+    assert store.complete_if_done("r1") is not None
+
+
+def test_nothing_joins_a_completed_run(store: ResultStore, aws_stack: Any) -> None:
+    store.start_run(RUN)
+    store.finish_resolution("r1")
+    assert store.complete_if_done("r1") is not None
+
+    assert store.register_chunk(RUN, "a" * 32, "t", [KeyEntry("k1")]) == ()
+    missing = RefreshOutcome(key_id="ocid1.key.oc1.iad.x", status=Status.NOT_FOUND)
+    assert store.record_found_nothing(RUN, [missing]) == 0
+    assert run_item(aws_stack, "r1")["requested"] == 0
+
+
+def test_keys_found_missing_are_counted_once(store: ResultStore, aws_stack: Any) -> None:
+    store.start_run(RUN)
+    missing = RefreshOutcome(key_id="ocid1.key.oc1.iad.x", status=Status.NOT_FOUND)
+    assert store.record_found_nothing(RUN, [missing]) == 1
+    assert store.record_found_nothing(RUN, [missing]) == 0  # a redelivery
+    item = run_item(aws_stack, "r1")
+    assert (item["requested"], item["not_found"]) == (1, 1)
 
 
 def test_a_rejected_request_is_recorded_once(store: ResultStore, aws_stack: Any) -> None:
@@ -103,19 +212,3 @@ def test_a_rejected_request_is_recorded_once(store: ResultStore, aws_stack: Any)
     assert store.record_rejected("m1", "keys: must be a list", "x" * 5000) is False
     item = aws_stack.table.get_item(Key={"pk": "REJECTED#m1", "sk": "REQUEST"})["Item"]
     assert len(item["body"]) == 4000
-
-
-def test_two_deliveries_at_once_both_see_the_rotation_they_started_from(
-    store: ResultStore,
-) -> None:
-    # Given a key at v1 that both deliveries read before either wrote
-    store.record(RUN, [refreshed("v1", "2026-11-28T06:00:01.000Z")], {})
-    seen_at_start = {KEY: KeyInfo(key_id=KEY, current_key_version="v1")}
-
-    # When both record the v2 they refreshed, one after the other
-    [first] = store.record(RUN, [refreshed("v2", "2026-11-28T06:00:02.000Z")], seen_at_start)
-    [second] = store.record(RUN, [refreshed("v2", "2026-11-28T06:00:03.000Z")], seen_at_start)
-
-    # Then the result item, whichever write lands last, still says the key rotated from v1
-    assert (first.version_changed, first.previous_key_version) == (True, "v1")
-    assert (second.version_changed, second.previous_key_version) == (True, "v1")

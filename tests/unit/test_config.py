@@ -15,7 +15,7 @@ BASE = {
 
 def test_defaults_follow_the_contract() -> None:
     settings = RefreshSettings.from_env(BASE)
-    assert settings.refresh_concurrency == 8
+    assert settings.refresh_concurrency == 64
     assert settings.tenancy_rate_limit == 4.0
     assert settings.ctm_timeout_seconds == 20.0
     assert settings.ctm_max_attempts == 4
@@ -24,6 +24,7 @@ def test_defaults_follow_the_contract() -> None:
     assert settings.fanout_chunk_size == 100
     assert settings.result_retention_days == 90
     assert settings.work_queue_url is None
+    assert settings.tenancy_queue_url is None
     assert settings.deadline_margin_seconds == 45.0
 
 
@@ -37,6 +38,8 @@ def test_defaults_follow_the_contract() -> None:
         ({"RESULTS_TABLE": ""}, "RESULTS_TABLE"),
         ({"REFRESH_CONCURRENCY": "eight"}, "REFRESH_CONCURRENCY"),
         ({"REFRESH_CONCURRENCY": "0"}, "REFRESH_CONCURRENCY"),
+        ({"REFRESH_CONCURRENCY": "257"}, "REFRESH_CONCURRENCY"),
+        ({"TENANCY_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/1/work"}, "TENANCY_QUEUE_URL"),
         ({"TENANCY_RATE_LIMIT": "-1"}, "TENANCY_RATE_LIMIT"),
         ({"CTM_VERIFY_TLS": "maybe"}, "CTM_VERIFY_TLS"),
         ({"FANOUT_CHUNK_SIZE": "1001"}, "FANOUT_CHUNK_SIZE"),

@@ -52,7 +52,7 @@ class FakeCtm:
     calls: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def refresh(self, key_id: str, pacer: Pacer) -> FakeResponse:
+    def refresh(self, key_id: str, pacer: Pacer, deadline: float = float("inf")) -> FakeResponse:
         pacer.wait()
         with self.lock:
             self.calls.append(key_id)
@@ -167,6 +167,32 @@ def test_an_unexpected_exception_keeps_the_key_pending() -> None:
 def test_an_empty_list_does_nothing(concurrency: int) -> None:
     result = engine_for(FakeCtm(), concurrency=concurrency).run([], lambda: 60.0)
     assert result.outcomes == []
+
+
+def test_calls_in_flight_follow_littles_law_up_to_the_ceiling() -> None:
+    # Given calls answered in 0.38 s and tenancies paced at 5 calls/s
+    engine = engine_for(FakeCtm(), rate=5.0, concurrency=64)
+    for _ in range(100):
+        engine._observe(0.38)
+    # Then each tenancy keeps 5 x 0.38 = 1.9 calls busy (x1.25 to spare), plus one waiting
+    assert engine.in_flight_target(1) == 4  # ceil(2.375) + 1
+    assert engine.in_flight_target(10) == 34  # ceil(23.75) + 10
+    # and never more than REFRESH_CONCURRENCY
+    assert engine.in_flight_target(40) == 64
+
+
+def test_every_call_gets_the_deadline_it_must_end_by() -> None:
+    seen: list[float] = []
+
+    def refresh(key_id: str, pacer: Pacer, deadline: float) -> FakeResponse:
+        seen.append(deadline)
+        return FakeResponse(key_object(key_id))
+
+    clock = FakeClock()
+    limiter = TenancyRateLimiter(1000.0, clock=clock, sleep=clock.sleep)
+    engine = RefreshEngine(refresh, limiter, concurrency=2, clock=clock)
+    engine.run(items("a", "b"), lambda: 60.0, calls_end_within=100.0)
+    assert seen == [100.0, 100.0]
 
 
 def test_an_unreadable_secret_stops_the_run_but_keeps_every_key_pending() -> None:

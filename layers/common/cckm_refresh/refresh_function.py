@@ -78,7 +78,12 @@ def build_service(
     )
     return RefreshService(
         settings=settings,
-        resolver=Resolver(ctm, store.latest_of, ListCursor.from_json),
+        resolver=Resolver(
+            ctm,
+            store.latest_of,
+            ListCursor.from_json,
+            can_hand_on=bool(settings.tenancy_queue_url or settings.work_queue_url),
+        ),
         engine=engine,
         store=store,
         queue=WorkQueue(

@@ -145,8 +145,10 @@ class Resolver:
         latest_of: Callable[[Sequence[str]], Mapping[str, KeyInfo]],
         cursor_from_json: CursorLoader,
         *,
+        can_hand_on: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.can_hand_on = can_hand_on  # whether a continuation message can be sent
         self._directory = directory
         self._latest_of = latest_of
         self._cursor_from_json = cursor_from_json
@@ -160,8 +162,11 @@ class Resolver:
         chunk_size: int,
         sink: ChunkSink,
         seconds_left: Callable[[], float],
+        calls_end_within: Callable[[], float] | None = None,
     ) -> Resolution:
-        """Resolve ``request`` into chunks handed to ``sink`` while ``seconds_left() > 0``."""
+        """Resolve ``request`` into chunks handed to ``sink``; a list page starts only while
+        ``seconds_left() > 0``, and every CTM call ends within ``calls_end_within()``."""
+        self._calls_end_within = calls_end_within or seconds_left
         result = Resolution()
         chunker = _Chunker(run_id, chunk_size, sink, result)
         if request.resume is None:  # a continuation has done the ids and OCIDs already
@@ -174,8 +179,8 @@ class Resolver:
         chunker.flush()
         return result
 
-    def _deadline(self, seconds_left: Callable[[], float]) -> float:
-        return self._clock() + max(0.0, seconds_left())
+    def _deadline(self, _seconds_left: Callable[[], float]) -> float:
+        return self._clock() + max(0.0, self._calls_end_within())
 
     def _by_id(
         self, key_ids: Sequence[str], seconds_left: Callable[[], float], result: Resolution
@@ -184,7 +189,7 @@ class Resolver:
             return []
         latest = self._latest_of(key_ids)
         unseen = [k for k in key_ids if k not in latest or not latest[k].tenancy]
-        learnt: dict[str, KeyInfo | None] = {}
+        learnt: dict[str, KeyInfo | CtmNotFoundError] = {}
         if unseen:
             deadline = self._deadline(seconds_left)
             workers = min(LOOKUP_WORKERS, len(unseen))
@@ -193,33 +198,34 @@ class Resolver:
                 learnt = dict(zip(unseen, found, strict=True))
         entries = []
         for key_id in key_ids:
-            if key_id in learnt and learnt[key_id] is None:
+            fresh = learnt.get(key_id)
+            if isinstance(fresh, CtmNotFoundError):
                 result.not_found.append(
                     RefreshOutcome(
                         key_id=key_id,
                         status=Status.NOT_FOUND,
-                        http_status=404,
-                        error_code="NOT_FOUND",
-                        error_message="CCKM has no OCI key with this id",
+                        attempts=fresh.attempts,
+                        http_status=fresh.http_status,
+                        error_code=fresh.error_code,
+                        error_message=fresh.message,
                     )
                 )
                 continue
             known = latest.get(key_id)
-            fresh = learnt.get(key_id)
             if fresh is not None and fresh is not _UNKNOWN:
                 known = fresh
             entries.append(KeyEntry(key_id, known))
         return entries
 
-    def _lookup_id(self, key_id: str, deadline: float) -> KeyInfo | None:
-        """The key as CCKM caches it; None when CCKM has no such key; ``_UNKNOWN`` when it
-        could not be read now (the key is then paced in the ``~unknown`` group)."""
+    def _lookup_id(self, key_id: str, deadline: float) -> KeyInfo | CtmNotFoundError:
+        """The key as CCKM caches it; the error when CCKM has no such key; ``_UNKNOWN`` when
+        it could not be read now (the key is then paced in the ``~unknown`` group)."""
         try:
             return KeyInfo.from_ctm(self._directory.get_oci_key(key_id, deadline=deadline))
         except CtmNotFoundError as error:
             if error.error_code == "GONE":
                 return _UNKNOWN  # known to CCKM, gone from OCI: its refresh records NOT_FOUND
-            return None
+            return error
         except (CtmError, ValueError) as error:
             logger.warning(
                 "could not learn a key's tenancy; it is paced as an unknown tenancy",
@@ -273,17 +279,31 @@ class Resolver:
             return
         query = None if selector.all_keys else selector.as_query()
         cursor = self._cursor_from_json(request.resume) if request.resume else None
+        pages = 0
         while True:
             if seconds_left() <= 0:
                 result.resume = cursor.to_json() if cursor is not None else {}
                 logger.info("resolution handed on", extra={"keys_so_far": result.keys})
                 return
-            page = self._directory.list_page(
-                query,
-                cursor=cursor,
-                page_size=SELECTOR_PAGE_SIZE,
-                deadline=self._deadline(seconds_left),
-            )
+            try:
+                page = self._directory.list_page(
+                    query,
+                    cursor=cursor,
+                    page_size=SELECTOR_PAGE_SIZE,
+                    deadline=self._deadline(seconds_left),
+                )
+            except CtmError as error:
+                if not error.transient or not pages or not self.can_hand_on:
+                    raise  # no progress here: the delivery fails and is retried as it came
+                # CTM is slow or failing just now, after some pages: what was listed is
+                # queued, the rest is handed on to a continuation that starts from here.
+                logger.warning(
+                    "listing interrupted; resolution handed on",
+                    extra={"error_code": error.error_code},
+                )
+                result.resume = cursor.to_json() if cursor is not None else {}
+                return
+            pages += 1
             result.malformed += page.malformed
             for resource in page.resources:
                 if query and not resource_matches(query, resource):

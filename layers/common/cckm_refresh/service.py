@@ -157,6 +157,7 @@ class _Pass:
     throttled: int = 0
     latencies_ms: list[int] = field(default_factory=list)
     jobs: list[_Job] = field(default_factory=list)
+    requeued: int = 0  # keys owed by chunks refreshed in place, queued again
 
 
 class RefreshService:
@@ -301,6 +302,7 @@ class RefreshService:
             chunk_size=self._chunk_size,
             sink=sink,
             seconds_left=lambda: seconds_left() - margin,
+            calls_end_within=lambda: seconds_left() - self._settings.recording_reserve_seconds,
         )
         if sends:
             self._queue.send(sends)
@@ -324,8 +326,8 @@ class RefreshService:
             resolution.keys + not_found,
             recorded,
             outcome,
-            fanned_out=resolution.keys if fan_out else 0,
-            handed_on=handed_on,
+            fanned_out=resolution.keys if mode["fan_out"] else 0,
+            handed_on=handed_on + outcome.requeued,
         )
 
     def _fans_out(self, request: RefreshRequest) -> bool | None:
@@ -373,19 +375,22 @@ class RefreshService:
         outcome.latencies_ms += done.latencies_ms
         for job in jobs:
             recorded += job.recorded
-            self._after_direct_job(job, delivery)
+            outcome.requeued += self._after_direct_job(job, delivery)
         outcome.jobs += jobs
 
-    def _after_direct_job(self, job: _Job, delivery: Delivery) -> None:
+    def _after_direct_job(self, job: _Job, delivery: Delivery) -> int:
         """A chunk refreshed in place with keys still owed: SQS delivers its message again;
-        anything else re-queues them, or leaves them PENDING when there is no queue."""
+        anything else queues the chunk again (how many keys it still owes), or leaves them
+        PENDING when there is no queue."""
         if delivery.trigger is Trigger.SQS or job.done:
-            return
+            return 0
         owed = list(job.pending) + [item.key_id for item in job.leftovers]
-        if owed and self._queue.can_hand_on:
-            self._send_chunk(job, owed, reason="re-queued")
-            job.leftovers = []
-            job.pending = {}
+        if not owed or not self._queue.can_hand_on:
+            return 0
+        self._send_chunk(job, owed, reason="re-queued")
+        job.leftovers = []
+        job.pending = {}
+        return len(owed)
 
     def _intake_report(
         self,
