@@ -12,12 +12,20 @@ drifts with it, never apart.
 It also turns what moto holds back into the events Lambda would deliver: an SQS batch from
 received messages, a DynamoDB stream batch from the stream's new records, and the SNS
 envelopes a subscribed queue received.
+
+Run as a module, it serves a stack at fixed loopback addresses until Ctrl-C, for
+``sam local invoke --env-vars events/env.local.json`` (the file is what it prints):
+
+    python -m devkit.aws_local --port 5000 --prefix local \
+        --ctm-ca ctm-ca.pem --ctm-user admin --ctm-password '...'
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +54,11 @@ NOTIFY_FUNCTION_ID = "NotifyFunction"
 
 # Placeholder for the CTM address until the caller gives the emulator's.
 CTM_PLACEHOLDER_URL = "https://ctm.invalid"
+# Where the CTM emulator listens by default (python -m devkit.ctm_emulator).
+CTM_EMULATOR_URL = "https://127.0.0.1:8443"
+# Where ``python -m devkit.aws_local`` serves by default (events/env.local.json names it).
+LOCAL_PORT = 5000
+LOCAL_PREFIX = "local"
 
 # CloudFormation queue properties that are SQS queue attributes under the same name.
 _QUEUE_ATTRIBUTES = (
@@ -179,12 +192,12 @@ def _flat(value: Any) -> list[Any]:
 
 
 class MotoServer:
-    """moto's threaded server on 127.0.0.1, on an ephemeral port."""
+    """moto's threaded server on 127.0.0.1, on an ephemeral port unless ``port`` is given."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         from moto.server import ThreadedMotoServer
 
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         self._endpoint_url: str | None = None
 
     def start(self) -> None:
@@ -306,6 +319,8 @@ class LocalStack:
     secret_id: str
     # The functions' own Environment.Variables of template.yaml, resolved for this stack.
     function_environments: Mapping[str, Mapping[str, str]]
+    # Every variable each function declares (its own, then Globals'), set or AWS::NoValue.
+    declared_variables: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     _shard_iterators: dict[str, str | None] = field(default_factory=dict)
     _captures: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -382,7 +397,7 @@ class LocalStack:
 
         secret_properties = resources[SECRET_ID]["Properties"]
         secret_arn = client("secretsmanager").create_secret(
-            Name=f"{prefix}-ctm-credentials",
+            Name=_secret_name(prefix),
             Description=str(secret_properties.get("Description", "")),
             SecretString=str(secret_properties.get("SecretString", "{}")),
         )["ARN"]
@@ -390,6 +405,20 @@ class LocalStack:
         environments = {
             function: _environment(
                 Intrinsics(refs, attributes, conditions), resources[function]["Properties"]
+            )
+            for function in (REFRESH_FUNCTION_ID, NOTIFY_FUNCTION_ID)
+        }
+
+        global_variables = (
+            template.get("Globals", {})
+            .get("Function", {})
+            .get("Environment", {})
+            .get("Variables", {})
+        )
+        declared = {
+            function: (
+                *resources[function]["Properties"].get("Environment", {}).get("Variables", {}),
+                *global_variables,
             )
             for function in (REFRESH_FUNCTION_ID, NOTIFY_FUNCTION_ID)
         }
@@ -418,6 +447,7 @@ class LocalStack:
             topic_arn=topic_arn,
             secret_id=secret_arn,
             function_environments=environments,
+            declared_variables=declared,
         )
 
     # --- clients ---
@@ -447,6 +477,28 @@ class LocalStack:
     def notify_env(self, **overrides: str) -> dict[str, str]:
         """The notify function's variables as the template sets them, plus ``AWS_ENDPOINT_URL``."""
         return self._with_aws(self.function_environments[NOTIFY_FUNCTION_ID], overrides)
+
+    def sam_env_vars(self, ctm_base_url: str = CTM_EMULATOR_URL) -> dict[str, dict[str, str]]:
+        """The ``sam local invoke --env-vars`` file for this stack, keyed by function logical id.
+
+        SAM CLI sets only variables the template declares, and leaves intrinsics it cannot
+        resolve as text, so every function variable is given: the stack's values, ``""`` for
+        one the template leaves out (read as unset), the secret by name (its ARN ends in a
+        random suffix), and ``AWS_ENDPOINT_URL`` (declared in Globals for this) = this stack.
+        """
+        overrides = {
+            "CTM_BASE_URL": ctm_base_url,
+            "CTM_SECRET_ID": _secret_name(self.prefix),
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+        }
+        files = {}
+        for function in (REFRESH_FUNCTION_ID, NOTIFY_FUNCTION_ID):
+            env = self.function_environments[function]
+            names = [
+                n for n in self.declared_variables[function] if not n.startswith("POWERTOOLS_")
+            ]
+            files[function] = {name: overrides.get(name, env.get(name, "")) for name in names}
+        return files
 
     def _with_aws(self, env: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
         return {
@@ -590,6 +642,10 @@ class LocalStack:
 # --- creation details ------------------------------------------------------------------------
 
 
+def _secret_name(prefix: str) -> str:
+    return f"{prefix}-ctm-credentials"
+
+
 def _clients(endpoint_url: str, region: str) -> Callable[[str], Any]:
     def client(service: str) -> Any:
         return boto3.client(service, endpoint_url=endpoint_url, region_name=region)
@@ -688,3 +744,44 @@ def deserialize_image(image: Mapping[str, Any]) -> dict[str, Any]:
     """A stream image (DynamoDB JSON) as plain Python values, for assertions and printing."""
     deserializer = TypeDeserializer()
     return {name: deserializer.deserialize(value) for name, value in image.items()}
+
+
+# --- a local stack from a shell ---------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve the template's stack on 127.0.0.1 until Ctrl-C; print its --env-vars file."""
+    parser = argparse.ArgumentParser(prog="python -m devkit.aws_local", description=__doc__)
+    parser.add_argument("--port", type=int, default=LOCAL_PORT, help="moto's port (5000)")
+    parser.add_argument("--prefix", default=LOCAL_PREFIX, help="resource name prefix (local)")
+    parser.add_argument("--ctm-url", default=CTM_EMULATOR_URL, help="CTM_BASE_URL to give")
+    parser.add_argument("--ctm-ca", help="PEM of the CA of CTM's certificate (the emulator's)")
+    parser.add_argument("--ctm-user", help="store username/password credentials in the secret")
+    parser.add_argument("--ctm-password")
+    parser.add_argument("--env-vars-out", help="also write the --env-vars file here")
+    args = parser.parse_args(argv)
+
+    server = MotoServer(port=args.port)
+    server.start()
+    stack = LocalStack.create(server.endpoint_url, prefix=args.prefix)
+    if args.ctm_user:
+        credentials = {"username": args.ctm_user, "password": args.ctm_password or ""}
+        if args.ctm_ca:
+            credentials["ca_bundle"] = Path(args.ctm_ca).read_text(encoding="utf-8")
+        stack.put_secret(credentials)
+    env_vars = json.dumps(stack.sam_env_vars(args.ctm_url), indent=2) + "\n"
+    if args.env_vars_out:
+        Path(args.env_vars_out).write_text(env_vars, encoding="utf-8")
+    print(env_vars, end="")
+    print(f"local stack {args.prefix!r} on {server.endpoint_url}; Ctrl-C stops it", file=sys.stderr)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

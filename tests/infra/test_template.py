@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -750,20 +749,6 @@ def test_the_stream_sample_is_a_run_turning_completed_that_passes_the_filter(
     assert change["NewImage"]["status"] == {"S": "COMPLETED"}
     assert change["Keys"] == {"pk": change["NewImage"]["pk"], "sk": {"S": "RUN"}}
     assert any(matches(f, record) for f in stream_filters(cfn_template))
-
-
-def test_samconfig_builds_in_parallel_and_deploys_default_and_prod_stacks() -> None:
-    config = tomllib.loads((ROOT / "samconfig.toml").read_text(encoding="utf-8"))
-
-    build = config["default"]["build"]["parameters"]
-    assert (build["cached"], build["parallel"]) == (True, True)
-    stacks = {config[env]["deploy"]["parameters"]["stack_name"] for env in ("default", "prod")}
-    assert len(stacks) == 2
-    for env in ("default", "prod"):
-        deploy = config[env]["deploy"]["parameters"]
-        assert deploy["capabilities"] == "CAPABILITY_IAM"
-        assert deploy["resolve_s3"] is True
-        assert any(o.startswith("CtmBaseUrl=") for o in deploy["parameter_overrides"])
 
 
 # --- lint ------------------------------------------------------------------------------------
