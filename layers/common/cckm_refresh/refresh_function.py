@@ -127,11 +127,25 @@ class RefreshFunction:
         point here is that all of them share one engine pass (and the tenancy's pace).
         """
         failures: list[dict[str, str]] = []
-        if seconds_left() < self.settings.deadline_margin_seconds:
-            logger.warning("too little time left to start this batch; SQS delivers it again")
-            return {"batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in records]}
         deliveries = [sqs_delivery_of(record) for record in records]
-        results = self.service.process_batch(deliveries, seconds_left)
+        if seconds_left() < self.settings.deadline_margin_seconds:
+            # Too little time to start anything: SQS delivers these again, except the last
+            # deliveries, which give up on their keys (DEADLINE) so that none stays PENDING.
+            last = self.settings.max_receive_count
+            late = [
+                (r, d) for r, d in zip(records, deliveries, strict=True) if d.receive_count < last
+            ]
+            logger.warning(
+                "too little time left to start; messages delivered again",
+                extra={"messages": len(late)},
+            )
+            failures += [{"itemIdentifier": r["messageId"]} for r, _ in late]
+            kept = [
+                (r, d) for r, d in zip(records, deliveries, strict=True) if d.receive_count >= last
+            ]
+            records = [r for r, _ in kept]
+            deliveries = [d for _, d in kept]
+        results = self.service.process_batch(deliveries, seconds_left) if deliveries else []
         for record, result in zip(records, results, strict=True):
             _emit(result)
             verdict = result.verdict

@@ -246,6 +246,9 @@ class RefreshService:
         seconds_left: Callable[[], float],
     ) -> RunReport:
         created = self._store.start_run(run)
+        margin = self._settings.deadline_margin_seconds
+        if _last_chance(delivery, self._settings.max_receive_count) and seconds_left() <= margin:
+            return self._give_up_intake(run, delivery, request)
         fan_out = self._fans_out(request)
         if not created:
             state = self._store.run_state(run.run_id)
@@ -295,7 +298,6 @@ class RefreshService:
                 self._direct_pass(direct, delivery, seconds_left, outcome, recorded)
                 direct.clear()
 
-        margin = self._settings.deadline_margin_seconds
         resolution = self._resolver.resolve(
             request,
             run.run_id,
@@ -328,6 +330,39 @@ class RefreshService:
             outcome,
             fanned_out=resolution.keys if mode["fan_out"] else 0,
             handed_on=handed_on + outcome.requeued,
+        )
+
+    def _give_up_intake(
+        self, run: RunInfo, delivery: Delivery, request: RefreshRequest
+    ) -> RunReport:
+        """The last delivery of a request, with too little time to resolve it: the keys it
+        names fail with ``DEADLINE`` (nothing stays PENDING), the message is dead-lettered.
+        A selector cannot be listed without time: the dead-letter queue keeps its message."""
+        outcomes = [
+            RefreshOutcome(
+                key_id=key_id,
+                status=Status.FAILED,
+                error_code="DEADLINE",
+                error_message="the last delivery had too little time left to resolve the key",
+                oci_key_id=key_id if key_id in request.ocids else None,
+                recorded_at=iso_now(),
+            )
+            for key_id in (*request.key_ids, *request.ocids)
+        ]
+        self._store.record_found_nothing(run, outcomes)
+        if request.selector is None:
+            self._store.finish_resolution(run.run_id)
+        completed = self._store.complete_if_done(run.run_id)
+        logger.warning("last delivery out of time: its keys failed", extra={"keys": len(outcomes)})
+        return RunReport(
+            run_id=run.run_id,
+            requested=len(outcomes),
+            recorded=tuple(RecordedResult(o, None, False) for o in outcomes),
+            gave_up=len(outcomes) or 1,
+            completed=completed,
+            status="COMPLETED" if completed else "RUNNING",
+            counts=completed,
+            verdict=MessageVerdict(Action.DEAD_LETTER),
         )
 
     def _fans_out(self, request: RefreshRequest) -> bool | None:

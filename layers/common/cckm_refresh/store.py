@@ -363,8 +363,8 @@ class ResultStore:
         return tuple(entry for entry in entries if entry.key_id in registered)
 
     def record_found_nothing(self, run: RunInfo, outcomes: Sequence[RefreshOutcome]) -> int:
-        """Record terminal outcomes known before any refresh (an OCID that matches no key):
-        each result once, counted once. Returns how many were new."""
+        """Record terminal outcomes known before any refresh (an OCID that matches no key, a
+        last delivery out of time): each result once, counted once. How many were new."""
         pk = f"RUN#{run.run_id}"
         remaining = list(outcomes)
         recorded = 0
