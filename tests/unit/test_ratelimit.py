@@ -94,3 +94,19 @@ def test_unknown_tenancies_share_one_bucket(clock: FakeClock) -> None:
     limiter = TenancyRateLimiter(1.0, headroom=1.0, clock=clock, sleep=clock.sleep)
     limiter.reserve(None)
     assert limiter.reserve(None) == 101.0
+
+
+def test_a_call_that_must_end_by_a_deadline_takes_no_slot_opening_too_late() -> None:
+    clock = [0.0]
+    limiter = TenancyRateLimiter(
+        1.0,
+        headroom=1.0,
+        clock=lambda: clock[0],
+        sleep=lambda s: clock.__setitem__(0, clock[0] + s),
+    )
+    first, second = limiter.pacer("t"), limiter.pacer("t")
+    assert first.wait_within(0.5) is True  # slot at 0
+    assert second.wait_within(0.5) is False  # the next slot opens at 1.0: refused at once
+    assert clock[0] == 0.0
+    assert limiter.pacer("t").wait_within(1.0) is True  # the refused slot was left free
+    assert clock[0] == 1.0

@@ -284,6 +284,18 @@ class _TimedPacer:
         self._pacer.wait()
         self.released = self._clock()
 
+    def wait_within(self, latest_start: float) -> bool:
+        wait_within = getattr(self._pacer, "wait_within", None)
+        if wait_within is None:
+            if self._clock() > latest_start:
+                return False
+            self.wait()
+            return True
+        waited = bool(wait_within(latest_start))
+        if waited:
+            self.released = self._clock()
+        return waited
+
     def on_throttled(self) -> None:
         self._pacer.on_throttled()
 

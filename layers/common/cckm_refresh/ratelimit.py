@@ -80,6 +80,17 @@ class TenancyRateLimiter:
             bucket.next_free = start + 1.0 / (bucket.rate * self.headroom)
             return start
 
+    def reserve_by(self, tenancy: str | None, latest_start: float) -> float | None:
+        """Reserve the tenancy's next slot if it opens by ``latest_start``; else None, and
+        the slot stays free for another call."""
+        bucket = self._bucket(tenancy)
+        with bucket.lock:
+            start = max(self.clock(), bucket.next_free)
+            if start > latest_start:
+                return None
+            bucket.next_free = start + 1.0 / (bucket.rate * self.headroom)
+            return start
+
     def wait_until(self, start: float) -> None:
         delay = start - self.clock()
         if delay > 0:
@@ -128,6 +139,18 @@ class TenancyPacer:
         )
         self._reserved = None
         self._limiter.wait_until(start)
+
+    def wait_within(self, latest_start: float) -> bool:
+        """Wait for this call's slot if it opens by ``latest_start`` (a call that must end by
+        a deadline); else return False at once, without waiting."""
+        start = self._reserved
+        self._reserved = None
+        if start is None:
+            start = self._limiter.reserve_by(self._tenancy, latest_start)
+        if start is None or start > latest_start:
+            return False
+        self._limiter.wait_until(start)
+        return True
 
     def on_throttled(self) -> None:
         self._limiter.throttled(self._tenancy)
