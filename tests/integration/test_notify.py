@@ -1,4 +1,5 @@
-"""The notify function over moto's real stream after real refresh runs, SNS captured via SQS."""
+"""The notify function over moto's real stream after real refresh runs (each run drained
+through both queues as Lambda would, `RefreshWorld.run`), SNS captured via SQS."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def by_type(messages: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def test_a_real_run_notifies_completion_rotations_and_state_changes(world: RefreshWorld) -> None:
     # Given a first run that sets every key's LATEST state
     keys = [k["id"] for k in world.ctm.keys]
-    world.invoke(world.rule_event({"selector": {"all": True}, "request_id": "baseline"}))
+    world.run(world.rule_event({"selector": {"all": True}, "request_id": "baseline"}))
     world.stack.stream_event()  # the baseline's records are not what this test is about
     capture = world.stack.capture_notifications()
     handler = notify_handler(world)
@@ -47,7 +48,7 @@ def test_a_real_run_notifies_completion_rotations_and_state_changes(world: Refre
     rotated_version = world.ctm.rotate(keys[0])
     world.ctm.set_oci_state(keys[1], "DISABLED")
     world.ctm.faults.fail_keys[keys[2]] = 403
-    world.invoke(world.rule_event({"selector": {"all": True}, "request_id": "nightly"}))
+    world.run(world.rule_event({"selector": {"all": True}, "request_id": "nightly"}))
     response = notify(handler, world.stack.stream_event())
 
     # Then people hear of the completed run, the rotation and the state change, once each
@@ -89,7 +90,7 @@ def test_a_real_run_notifies_completion_rotations_and_state_changes(world: Refre
 def test_a_replayed_stream_batch_publishes_nothing_new(world: RefreshWorld) -> None:
     capture = world.stack.capture_notifications()
     handler = notify_handler(world)
-    world.invoke(world.rule_event({"keys": [world.ctm.keys[0]["id"]], "request_id": "once"}))
+    world.run(world.rule_event({"keys": [world.ctm.keys[0]["id"]], "request_id": "once"}))
     event = world.stack.stream_event()
     notify(handler, event)
     first = capture.messages()
@@ -117,7 +118,7 @@ def test_a_rejected_message_notifies_people(world: RefreshWorld) -> None:
 
 def test_a_poison_record_fails_alone_and_the_others_are_delivered(world: RefreshWorld) -> None:
     capture = world.stack.capture_notifications()
-    world.invoke(world.rule_event({"keys": [world.ctm.keys[0]["id"]], "request_id": "healthy"}))
+    world.run(world.rule_event({"keys": [world.ctm.keys[0]["id"]], "request_id": "healthy"}))
     event = world.stack.stream_event()
     poison = json.loads(json.dumps(event["Records"][0]))
     poison["eventID"] = "poison"
@@ -162,12 +163,12 @@ def test_the_webhook_mirrors_notifications_and_its_outage_blocks_nothing(
         handler = notify_handler(world, WEBHOOK_SECRET_ID=f"{world.stack.prefix}-webhook")
         capture = world.stack.capture_notifications()
 
-        world.invoke(world.rule_event({"keys": [world.ctm.keys[0]["id"]], "request_id": "w1"}))
+        world.run(world.rule_event({"keys": [world.ctm.keys[0]["id"]], "request_id": "w1"}))
         notify(handler, world.stack.stream_event())
         assert [m["text"] for m in sink.received] == ["Run w1: 1 of 1 OCI keys refreshed"]
 
         sink.script = [500] * 10  # the chat service is down
-        world.invoke(world.rule_event({"keys": [world.ctm.keys[1]["id"]], "request_id": "w2"}))
+        world.run(world.rule_event({"keys": [world.ctm.keys[1]["id"]], "request_id": "w2"}))
         response = notify(handler, world.stack.stream_event())
 
     assert response == {"batchItemFailures": []}
