@@ -204,8 +204,10 @@ class RefreshService:
             logger.append_keys(run_id=run.run_id, trigger=str(run.trigger))
             if request.chunk is not None:
                 jobs.append(self._job(delivery, request, run))
-            else:
+            elif delivery.trigger is not Trigger.SQS:
                 results[index] = self._intake(delivery, request, run, seconds_left)
+            else:
+                results[index] = self._sqs_intake(delivery, request, run, seconds_left)
         if jobs:
             done = self._work(jobs, seconds_left)
             for index, delivery in enumerate(deliveries):
@@ -224,6 +226,21 @@ class RefreshService:
         return delay if self._queue.retry_later(queue_url, receipt_handle, delay) else 0
 
     # --- intake -----------------------------------------------------------------------------
+
+    def _sqs_intake(
+        self,
+        delivery: Delivery,
+        request: RefreshRequest,
+        run: RunInfo,
+        seconds_left: Callable[[], float],
+    ) -> RunReport:
+        """An intake from the work queue: its failure (CTM unreachable while resolving, say)
+        is its own message's, delivered again, never its batch neighbours'."""
+        try:
+            return self._intake(delivery, request, run, seconds_left)
+        except Exception:
+            logger.exception("request could not be resolved now; SQS delivers it again")
+            return RunReport(run.run_id, 0, verdict=MessageVerdict.retry(delivery.receive_count))
 
     def _parse(self, delivery: Delivery) -> RefreshRequest | Rejection:
         try:
