@@ -122,5 +122,7 @@ def test_the_installed_dependencies_are_pinned_as_the_layer_pins_them() -> None:
     declared = _pins(project["dependencies"])
 
     assert _pins(layer.splitlines()).items() <= declared.items()
-    assert declared["boto3"] == _pins(dev.splitlines())["boto3"]
+    assert {name: declared[name] for name in ("boto3", "botocore")} == {
+        name: _pins(dev.splitlines())[name] for name in ("boto3", "botocore")
+    }
     assert project["scripts"] == {"cckm-refresh": "cckm_refresh.cli:main"}
