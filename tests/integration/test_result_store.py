@@ -212,3 +212,20 @@ def test_a_rejected_request_is_recorded_once(store: ResultStore, aws_stack: Any)
     assert store.record_rejected("m1", "keys: must be a list", "x" * 5000) is False
     item = aws_stack.table.get_item(Key={"pk": "REJECTED#m1", "sk": "REQUEST"})["Item"]
     assert len(item["body"]) == 4000
+
+
+def test_only_the_segment_that_owns_the_resolution_hands_it_on_or_finishes_it(
+    store: ResultStore, aws_stack: Any
+) -> None:
+    # Given a run whose first segment handed the listing on to a continuation at page 2
+    store.start_run(RUN)
+    assert store.hand_on_resolution("r1", "start", "at:page-2") is True
+
+    # When a duplicate of the first delivery ends its own listing, or tries to hand on
+    assert store.finish_resolution("r1", "start") is False
+    assert store.hand_on_resolution("r1", "start", "at:page-3") is False
+
+    # Then the resolution is still the continuation's, which alone finishes it
+    assert run_item(aws_stack, "r1")["resolving"] == "at:page-2"
+    assert store.finish_resolution("r1", "at:page-2") is True
+    assert "resolving" not in run_item(aws_stack, "r1")

@@ -41,6 +41,7 @@ from cckm_refresh.request import (
 )
 from cckm_refresh.resolution import Chunk, Resolver
 from cckm_refresh.store import (
+    FIRST_SEGMENT,
     MAX_CHUNK_KEYS,
     ChunkTally,
     RecordedResult,
@@ -48,7 +49,7 @@ from cckm_refresh.store import (
     RunCounts,
 )
 from cckm_refresh.triggers import Delivery
-from cckm_refresh.workqueue import QueueMessage, WorkQueue
+from cckm_refresh.workqueue import SEND_BATCH, QueueMessage, WorkQueue
 
 RETRY_DELAY_BASE = 30
 RETRY_DELAY_CAP = 900
@@ -275,56 +276,17 @@ class RefreshService:
             if state is not None and not state.resolving and fan_out is True:
                 logger.info("run already resolved and queued: nothing to do")
                 return RunReport(run.run_id, state.counts.requested, status=state.status)
-        sends: list[QueueMessage] = []
-        direct: list[_Job] = []
-        outcome = _Pass()
-        recorded: list[RecordedResult] = []
-        # Without a tenancy queue, a run that turns out no larger than one chunk is refreshed
-        # here; the first chunk past FANOUT_CHUNK_SIZE keys sends them all to the queue.
-        mode = {"fan_out": fan_out is True, "keys": 0}
-
-        def send(job: _Job) -> None:
-            body = chunk_message(
-                list(job.key_ids),
-                run_id=run.run_id,
-                chunk=job.chunk_id,
-                reason=run.reason,
-                dry_run=run.dry_run,
-            )
-            sends.append(QueueMessage(body, job.tenancy or UNKNOWN_TENANCY, job.chunk_id))
-            if len(sends) >= 10:
-                self._queue.send(sends)
-                sends.clear()
-
-        def sink(chunk: Chunk) -> None:
-            entries = self._store.register_chunk(run, chunk.chunk_id, chunk.tenancy, chunk.entries)
-            if not entries:
-                return
-            job = _Job(run, chunk.chunk_id, tuple(e.key_id for e in entries), None, chunk.tenancy)
-            mode["keys"] += len(entries)
-            if fan_out is None and not mode["fan_out"] and mode["keys"] > self._chunk_limit:
-                mode["fan_out"] = True
-                for waiting in direct:
-                    send(waiting)
-                direct.clear()
-            if mode["fan_out"]:
-                send(job)
-                return
-            direct.append(job)
-            if not self._queue.can_hand_on and len(direct) >= DIRECT_PASS_CHUNKS:
-                self._direct_pass(direct, delivery, seconds_left, outcome, recorded)
-                direct.clear()
-
+        router = _Router(self, run, delivery, seconds_left, fan_out)
         resolution = self._resolver.resolve(
             request,
             run.run_id,
             chunk_size=self._chunk_size,
-            sink=sink,
+            sink=router.route,
             seconds_left=lambda: seconds_left() - margin,
             calls_end_within=lambda: seconds_left() - self._settings.recording_reserve_seconds,
         )
-        if sends:
-            self._queue.send(sends)
+        router.flush_sends()
+        recorded = router.recorded
         not_found = self._store.record_found_nothing(run, resolution.not_found)
         recorded += [RecordedResult(o, None, False) for o in resolution.not_found[:not_found]]
         if resolution.mismatched or resolution.malformed:
@@ -333,20 +295,20 @@ class RefreshService:
                 extra={"mismatched": resolution.mismatched, "malformed": resolution.malformed},
             )
         handed_on = 0
+        segment = _segment(request.resume)
         if resolution.resume is not None and request.selector is not None:
-            handed_on = self._continue(run, request, resolution.resume)
-        if direct:
-            self._direct_pass(direct, delivery, seconds_left, outcome, recorded)
-        if resolution.finished:
-            self._store.finish_resolution(run.run_id)
+            handed_on = self._continue(run, request, segment, resolution.resume)
+        router.refresh_kept()
+        if resolution.finished and not self._store.finish_resolution(run.run_id, segment):
+            logger.info("another delivery owns this run's resolution; it finishes it")
         return self._intake_report(
             run,
             delivery,
             resolution.keys + not_found,
             recorded,
-            outcome,
-            fanned_out=resolution.keys if mode["fan_out"] else 0,
-            handed_on=handed_on + outcome.requeued,
+            router.done,
+            fanned_out=resolution.keys if router.fanning else 0,
+            handed_on=handed_on + router.done.requeued,
         )
 
     def _give_up_intake(
@@ -393,10 +355,15 @@ class RefreshService:
             return False
         return None
 
-    def _continue(self, run: RunInfo, request: RefreshRequest, resume: dict[str, object]) -> int:
+    def _continue(
+        self, run: RunInfo, request: RefreshRequest, segment: str, resume: dict[str, object]
+    ) -> int:
         """Hand the rest of a selector's listing on to a continuation message."""
         if not self._queue.can_hand_on or request.selector is None:
             logger.error("deadline reached while resolving, and no queue to hand on to")
+            return 0
+        if not self._store.hand_on_resolution(run.run_id, segment, _segment(resume)):
+            logger.info("another delivery owns this run's resolution; not handed on")
             return 0
         body = continuation_message(
             request.selector,
@@ -596,7 +563,10 @@ class RefreshService:
                 if status is not None and status is not Status.PENDING:
                     job.final[key_id] = (status, bool(item.get("version_changed")))
                     job.pending.pop(key_id, None)
-        if job.done and self._store.finish_chunk(job.run.run_id, job.chunk_id, job.tally()):
+        if job.done:
+            self._store.finish_chunk(job.run.run_id, job.chunk_id, job.tally())
+            # Whether or not this delivery closed the chunk: one killed between closing the
+            # last chunk and completing would otherwise leave the run RUNNING for ever.
             job.completed = self._store.complete_if_done(job.run.run_id)
 
     def _job_report(self, job: _Job, done: _Pass, receive_count: int) -> RunReport:
@@ -642,11 +612,90 @@ class RefreshService:
         logger.info(f"keys {reason}", extra={"keys": len(owed), "chunk": job.chunk_id})
 
 
+def _segment(resume: dict[str, object] | None) -> str:
+    """The name of a resolution segment: where its listing starts."""
+    if resume is None:
+        return FIRST_SEGMENT
+    return "at:" + json.dumps(resume, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def _status_of(item: dict[str, object] | None) -> Status | None:
     try:
         return Status(str(item["status"])) if item else None
     except (KeyError, ValueError):
         return None
+
+
+class _Router:
+    """Where an intake's chunks go as resolution hands them over: queued, or kept to be
+    refreshed in place. Without a tenancy queue (``fan_out`` None), a run that turns out no
+    larger than ``FANOUT_CHUNK_SIZE`` keys is refreshed in place, and the first chunk past
+    that sends every chunk to the work queue."""
+
+    def __init__(
+        self,
+        service: RefreshService,
+        run: RunInfo,
+        delivery: Delivery,
+        seconds_left: Callable[[], float],
+        fan_out: bool | None,
+    ) -> None:
+        self._service = service
+        self._run = run
+        self._delivery = delivery
+        self._seconds_left = seconds_left
+        self._decided = fan_out is not None
+        self.fanning = fan_out is True
+        self._keys = 0
+        self._sends: list[QueueMessage] = []
+        self._kept: list[_Job] = []
+        self.done = _Pass()
+        self.recorded: list[RecordedResult] = []
+
+    def route(self, chunk: Chunk) -> None:
+        """Register ``chunk`` with the run, then queue it or keep it."""
+        service, run = self._service, self._run
+        entries = service._store.register_chunk(run, chunk.chunk_id, chunk.tenancy, chunk.entries)
+        if not entries:
+            return
+        job = _Job(run, chunk.chunk_id, tuple(e.key_id for e in entries), None, chunk.tenancy)
+        self._keys += len(entries)
+        if not self._decided and self._keys > service._chunk_limit:
+            self._decided = self.fanning = True
+            for kept in self._kept:
+                self._send(kept)
+            self._kept.clear()
+        if self.fanning:
+            self._send(job)
+            return
+        self._kept.append(job)
+        if not service._queue.can_hand_on and len(self._kept) >= DIRECT_PASS_CHUNKS:
+            self.refresh_kept()
+
+    def refresh_kept(self) -> None:
+        """Refresh the chunks kept here (in one engine pass)."""
+        if self._kept:
+            self._service._direct_pass(
+                self._kept, self._delivery, self._seconds_left, self.done, self.recorded
+            )
+            self._kept = []
+
+    def flush_sends(self) -> None:
+        if self._sends:
+            self._service._queue.send(self._sends)
+            self._sends = []
+
+    def _send(self, job: _Job) -> None:
+        body = chunk_message(
+            list(job.key_ids),
+            run_id=self._run.run_id,
+            chunk=job.chunk_id,
+            reason=self._run.reason,
+            dry_run=self._run.dry_run,
+        )
+        self._sends.append(QueueMessage(body, job.tenancy or UNKNOWN_TENANCY, job.chunk_id))
+        if len(self._sends) >= SEND_BATCH:
+            self.flush_sends()
 
 
 def _run_of(delivery: Delivery, request: RefreshRequest) -> RunInfo:

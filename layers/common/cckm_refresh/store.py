@@ -18,6 +18,9 @@ with the run:
   chunk is counted exactly once, so the run's counts are exact.
 - The run completes (once, conditionally) when ``open_chunks`` is 0 and its resolution has
   finished (``resolving`` removed): O(1) per chunk, never a read of the whole run.
+- ``resolving`` names the resolution segment that owns the run (``start``, then the listing
+  position each continuation starts from): only that segment may hand on or finish, so a
+  duplicate or stale delivery of an earlier segment can never end the resolution early.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from cckm_refresh.ctm.ids import KeyIdKind, classify_key_id
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status
 
 BATCH_GET = 100
+FIRST_SEGMENT = "start"
 # A transaction holds at most 100 items: the CHUNK item, the RUN update and 98 results.
 MAX_CHUNK_KEYS = 98
 MAX_REJECTED_BODY = 4000
@@ -85,7 +89,6 @@ class RunState:
     resolving: bool
     open_chunks: int
     counts: RunCounts
-    resume: str | None  # where an interrupted resolution stopped (JSON), if it saved one
 
     @property
     def completed(self) -> bool:
@@ -186,7 +189,7 @@ class ResultStore:
             "dry_run": run.dry_run,
             "requested": 0,
             "open_chunks": 0,
-            "resolving": True,
+            "resolving": FIRST_SEGMENT,
             "status": "RUNNING",
             "started_at": iso(self._now()),
             "expires_at": self._expires_at(),
@@ -207,28 +210,33 @@ class ResultStore:
             resolving=bool(item.get("resolving")),
             open_chunks=int(item.get("open_chunks", 0)),
             counts=RunCounts.from_item(item),
-            resume=item.get("resume"),
         )
 
-    def save_resume_point(self, run_id: str, resume: str) -> None:
-        """Remember where the resolution got to, so that a retried one continues there."""
-        self._db.update_item(
-            TableName=self._table,
-            Key=_key(f"RUN#{run_id}", "RUN"),
-            UpdateExpression="SET #r = :r",
-            ConditionExpression="attribute_exists(pk) AND resolving = :t",
-            ExpressionAttributeNames={"#r": "resume"},
-            ExpressionAttributeValues=_item({":r": resume, ":t": True}),
-        )
+    def hand_on_resolution(self, run_id: str, segment: str, next_segment: str) -> bool:
+        """Pass the resolution from ``segment`` to the continuation that starts at
+        ``next_segment``; False when ``segment`` no longer owns it (a stale delivery)."""
+        return self._move_resolution(run_id, segment, "SET resolving = :next", next_segment)
 
-    def finish_resolution(self, run_id: str) -> None:
-        """Every key of the run is registered: completion may now happen."""
-        self._db.update_item(
-            TableName=self._table,
-            Key=_key(f"RUN#{run_id}", "RUN"),
-            UpdateExpression="REMOVE resolving, #r",
-            ExpressionAttributeNames={"#r": "resume"},
-        )
+    def finish_resolution(self, run_id: str, segment: str = FIRST_SEGMENT) -> bool:
+        """Every key of the run is registered: completion may now happen. False when
+        ``segment`` does not own the resolution (another delivery does, or it is done)."""
+        return self._move_resolution(run_id, segment, "REMOVE resolving", None)
+
+    def _move_resolution(
+        self, run_id: str, segment: str, update: str, next_segment: str | None
+    ) -> bool:
+        values = {":segment": segment} | ({":next": next_segment} if next_segment else {})
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=_key(f"RUN#{run_id}", "RUN"),
+                UpdateExpression=update,
+                ConditionExpression="resolving = :segment",
+                ExpressionAttributeValues=_item(values),
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def complete_if_done(self, run_id: str) -> RunCounts | None:
         """Turn the run ``COMPLETED`` when no chunk is open and resolution has finished.
