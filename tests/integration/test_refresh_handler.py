@@ -345,3 +345,30 @@ def test_a_scheduled_run_requeues_pending_keys_instead_of_failing_them(
     body = json.loads(message["Body"])
     assert (body["keys"], body["run_id"]) == ([flaky], "schedule-2026-11-28T06:00:00Z")
     assert set(body) == {"keys", "run_id", "chunk"}
+
+
+def test_a_selector_outlasting_its_invocation_hands_the_listing_on_and_completes(
+    world: RefreshWorld,
+) -> None:
+    # Given pages of 4 keys, and an invocation whose time runs short after two pages
+    world.ctm.faults.max_page_size = 4
+
+    def remaining() -> float:
+        pages = sum(1 for entry in world.ctm.request_log if entry.operation == "list")
+        return 300.0 if pages < 2 else 5.0
+
+    event = world.rule_event({"selector": {"all": True}, "request_id": "long-listing"})
+    first = world.invoke(event, remaining=remaining)
+
+    # Then it queued what it listed and handed the rest of the listing on
+    assert first["status"] == "RUNNING"
+    assert first["handed_off"] == 1
+    assert world.run_item("long-listing")["resolving"].startswith("at:")
+
+    # And once the queues drain, every key was refreshed exactly once and the run completed
+    world.drain()
+    run = world.run_item("long-listing")
+    assert (run["status"], run["requested"], run["refreshed"]) == ("COMPLETED", 30, 30)
+    assert "resolving" not in run
+    refreshed = [e.key_id for e in world.ctm.request_log if e.operation == "refresh"]
+    assert sorted(refreshed) == sorted(key["id"] for key in world.ctm.keys)
