@@ -1,5 +1,6 @@
-"""A resilience scenario: the real refresh handler against the CTM emulator and moto, a work
-queue source that redelivers like SQS, captured logs, and the secrets that must not leak."""
+"""A resilience scenario: the real refresh handler against the CTM emulator and moto, a source
+that delivers the work queue and the tenancy queue as Lambda's mappings do (redeliveries
+included), captured logs, and the secrets that must not leak."""
 
 from __future__ import annotations
 

@@ -1,9 +1,12 @@
 """CTM misbehaving: short-lived JWTs, 5xx answers, dropped connections, throttle storms and
 answers slower than the call timeout. Each scenario runs the real handler and drains the work
-queue as SQS would, then checks the three promises (see promises.py)."""
+queue and the tenancy queue as Lambda's mappings would, then checks the three promises (see
+promises.py). A request is resolved by one delivery from the work queue; its keys are refreshed
+from chunk messages on the tenancy queue, which is where redeliveries happen."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -12,13 +15,21 @@ import pytest
 
 from tests.fixtures.ctm import ManualClock
 from tests.resilience.conftest import MAX_RECEIVE_COUNT, MakeScenario
+from tests.resilience.promises import table_changes
 from tests.resilience.scenario import Scenario
+from tests.resilience.work_queue_source import TENANCY_QUEUE
 
 pytestmark = pytest.mark.resilience
 
 
 def statuses(results: dict[str, dict[str, Any]]) -> set[str]:
     return {result["status"] for result in results.values()}
+
+
+def redelivered_chunks(scenario: Scenario) -> set[str]:
+    """Tenancy-queue messages delivered more than once."""
+    source = scenario.source
+    return {m for m in source.of(TENANCY_QUEUE) if source.deliveries[m] > 1}
 
 
 def test_jwts_lasting_two_seconds_cost_re_authentication_never_a_key(
@@ -33,7 +44,7 @@ def test_jwts_lasting_two_seconds_cost_re_authentication_never_a_key(
     scenario.world.cold_start(REFRESH_CONCURRENCY="2")
 
     # When a run refreshes all 30 keys (7.75 s of CTM time: JWTs expire mid-run, again and again)
-    response = scenario.world.invoke(
+    scenario.world.invoke(
         scenario.world.rule_event({"selector": {"all": True}, "request_id": "short-jwts"})
     )
     scenario.source.drain()
@@ -42,7 +53,7 @@ def test_jwts_lasting_two_seconds_cost_re_authentication_never_a_key(
     unauthorized = [r for r in scenario.ctm.request_log if r.status == 401]
     assert len(unauthorized) >= 3
     assert scenario.ctm.tokens_issued >= 4
-    assert response["refreshed"] == 30
+    assert int(scenario.world.run_item("short-jwts")["refreshed"]) == 30
     results = scenario.promises_kept({"short-jwts": scenario.key_ids()})
     assert statuses(results["short-jwts"]) == {"REFRESHED"}
 
@@ -58,8 +69,10 @@ def test_thirty_percent_of_refreshes_answering_5xx_end_refreshed_after_redeliver
     message_id = scenario.source.send({"selector": {"all": True}, "request_id": "five-xx"})
     scenario.source.drain()
 
-    # Then keys whose retries ran out were PENDING, redelivered, and all end refreshed once
-    assert scenario.source.deliveries[message_id] > 1
+    # Then the request was resolved once; keys whose retries ran out were PENDING, their
+    # chunks redelivered, and all end refreshed once
+    assert scenario.source.deliveries[message_id] == 1
+    assert redelivered_chunks(scenario)
     results = scenario.promises_kept({"five-xx": scenario.key_ids()})
     assert statuses(results["five-xx"]) == {"REFRESHED"}
 
@@ -76,14 +89,19 @@ def test_a_key_failing_on_every_delivery_fails_once_and_its_message_is_dead_lett
     scenario.source.drain()
 
     # Then the last delivery records it FAILED, the others stay refreshed once, and the
-    # message is in the dead-letter queue after exactly maxReceiveCount deliveries
-    assert scenario.source.redriven() == {message_id}
-    assert scenario.source.deliveries[message_id] == MAX_RECEIVE_COUNT
+    # chunk message carrying it is in the tenancy queue's dead-letter queue after exactly
+    # maxReceiveCount deliveries (the request itself was resolved, once)
+    [chunk] = scenario.source.carrying(keys[0]) - {message_id}
+    assert scenario.source.redriven() == scenario.source.redriven(TENANCY_QUEUE) == {chunk}
+    assert scenario.source.deliveries[chunk] == MAX_RECEIVE_COUNT
+    assert scenario.source.deliveries[message_id] == 1
     results = scenario.promises_kept({"hopeless": keys})["hopeless"]
     assert results[keys[0]]["status"] == "FAILED"
     assert results[keys[0]]["http_status"] == 503
     assert statuses({k: r for k, r in results.items() if k != keys[0]}) == {"REFRESHED"}
-    assert scenario.ctm.refresh_count(keys[1]) == 1
+    chunk_keys = json.loads(scenario.source.bodies[chunk])["keys"]
+    assert len(chunk_keys) > 1  # the failing key shares its chunk (its tenancy) with others
+    assert [scenario.ctm.refresh_count(k) for k in keys[1:]] == [1] * 5
 
 
 def test_dropped_connections_are_retried_and_lose_no_key(scenario: Scenario) -> None:
@@ -97,7 +115,8 @@ def test_dropped_connections_are_retried_and_lose_no_key(scenario: Scenario) -> 
 
     # Then the dropped calls were CONNECTION errors, retried, and every key ends refreshed once
     assert sum(r.dropped for r in scenario.ctm.request_log) > 0
-    assert scenario.source.deliveries[message_id] > 1
+    assert scenario.source.deliveries[message_id] == 1
+    assert redelivered_chunks(scenario)
     results = scenario.promises_kept({"dropped": scenario.key_ids()})
     assert statuses(results["dropped"]) == {"REFRESHED"}
 
@@ -124,13 +143,18 @@ def test_a_throttle_storm_slows_the_run_down_and_fails_no_key(
     assert statuses(results["storm"]) == {"REFRESHED"}
 
 
-class SlowFirstCalls:
-    """The emulator's latency, except that its first ``count`` calls take ``slow`` seconds."""
+class SlowCalls:
+    """The emulator's latency, except that the ``count`` calls after ``slow_next(count)``
+    take ``slow`` seconds."""
 
-    def __init__(self, count: int, slow: float) -> None:
-        self._left = count
+    def __init__(self, slow: float) -> None:
+        self._left = 0
         self._slow = slow
         self._lock = threading.Lock()
+
+    def slow_next(self, count: int) -> None:
+        with self._lock:
+            self._left = count
 
     def __call__(self, latency: float) -> None:
         with self._lock:
@@ -142,26 +166,41 @@ class SlowFirstCalls:
 def test_calls_slower_than_the_timeout_leave_keys_pending_until_a_redelivery(
     make_scenario: MakeScenario,
 ) -> None:
-    # Given CTM_TIMEOUT_SECONDS=1 (0.5 s to connect, 0.5 s to answer), most calls answering
-    # in 0.1 s and the first three in 0.7 s, just past the timeout
-    scenario = make_scenario(sleep=SlowFirstCalls(3, slow=0.7))
+    # Given CTM_TIMEOUT_SECONDS=1 (the most one attempt may take) and most calls answering
+    # in 0.1 s
+    slow_calls = SlowCalls(slow=1.4)
+    scenario = make_scenario(sleep=slow_calls)
     scenario.ctm.faults.latency = 0.1
     scenario.world.cold_start(
         CTM_TIMEOUT_SECONDS="1", CTM_MAX_ATTEMPTS="1", REFRESH_CONCURRENCY="4"
     )
     keys = scenario.key_ids(12)
+    # ... a request resolved (CTM described its keys) and queued in chunks, one per tenancy
+    scenario.world.invoke(scenario.world.rule_event({"keys": keys, "request_id": "slow"}))
 
-    # When the keys are requested (the results are looked at after the first delivery)
-    message_id = scenario.source.send({"keys": keys, "request_id": "slow"})
-    first = scenario.source.deliver_round()
-    after_first = scenario.world.results("slow")
+    # When the first three refresh calls take 1.4 s, past the timeout, and the chunks are
+    # delivered from the tenancy queue
+    slow_calls.slow_next(3)
     scenario.source.drain()
 
-    # Then the three slow calls timed out, their keys stayed PENDING, and the redelivery
-    # refreshed them: every key ends refreshed once
-    assert first == [{"batchItemFailures": [{"itemIdentifier": message_id}]}]
-    pending = [r for r in after_first.values() if r["status"] == "PENDING"]
-    assert len(pending) == 3
-    assert {r["error_code"] for r in pending} == {"TIMEOUT"}
+    # Then the three slow calls timed out and their keys were recorded PENDING (the table's
+    # stream keeps every write), the chunks carrying them were reported as batch item failures
+    # and redelivered, and the redelivery refreshed them: every key ends refreshed once
+    timed_out = {
+        c.new["key_id"]
+        for c in table_changes(scenario.world)
+        if c.new.get("item_type") == "RESULT"
+        and c.new.get("status") == "PENDING"
+        and c.new.get("error_code") == "TIMEOUT"
+    }
+    assert len(timed_out) == 3
+    reported = {
+        failure["itemIdentifier"]
+        for invocation in scenario.source.invocations
+        for failure in (invocation.response or {}).get("batchItemFailures", [])
+    }
+    carrying = set().union(*(scenario.source.carrying(key) for key in timed_out))
+    assert reported == carrying
+    assert all(scenario.source.deliveries[m] == 2 for m in carrying)
     results = scenario.promises_kept({"slow": keys})
     assert statuses(results["slow"]) == {"REFRESHED"}

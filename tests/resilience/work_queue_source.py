@@ -1,51 +1,77 @@
-"""Lambda's SQS event source mapping over the work queue, driven in the test's thread.
+"""Lambda's SQS event source mappings over the work queue and the tenancy queue, as
+template.yaml maps them, with a ledger of every delivery.
 
-It does what the template's mapping does: batches of ``BatchSize`` messages, the partial
-batch response (failed messages become visible again, the others are deleted), and lets the
-queue do the rest: moto raises ``ApproximateReceiveCount`` on every delivery and, as SQS's
-redrive policy does, moves a message to the dead-letter queue once it has been delivered
-``maxReceiveCount`` times. The source keeps a ledger of every message it saw, so a test can
-prove that each one is either done or dead-lettered, and none is delivered too often.
+The delivering is ``devkit.lambda_poller.LambdaPoller``'s: each queue's ``BatchSize`` and
+``MaximumConcurrency``, one batch per message group in flight on the FIFO tenancy queue, the
+partial batch response (failed messages come back, the others are deleted), a crash failing
+the whole batch. The queues do the rest: moto raises ``ApproximateReceiveCount`` on every
+delivery and, as SQS's redrive policy does, moves a message to its queue's dead-letter queue
+once it has been delivered ``maxReceiveCount`` times.
+
+Two things are compressed so that a scenario does not wait for real: a failed or crashed
+batch is visible again at once (not after the function's back-off or the visibility
+timeout), and the work queue's batching window is not waited out (a scenario sends no burst
+to gather). The function runs in one warm container (``world``'s handler), one invocation at
+a time, as the scenarios' fault hooks expect.
+
+The ledger records, per queue, every message delivered and how often, so a test can prove
+that each one is either done or dead-lettered, and none is delivered too often.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from devkit.aws_local import REFRESH_FUNCTION_ID, WORK_QUEUE_ID, load_template
+from devkit.lambda_poller import EventSourceMapping, LambdaPoller, mappings_from_template
 from tests.integration.refresh_world import RefreshWorld
 
 RemainingTime = Callable[[], float] | None
+WORK_QUEUE = "WorkQueue"  # the template's event names: the mappings' labels
+TENANCY_QUEUE = "TenancyQueue"
+DRAIN_TIMEOUT = 120.0
 
 
-def work_queue_batch_size() -> int:
-    """``BatchSize`` of the refresh function's work-queue event in template.yaml."""
-    events = load_template()["Resources"][REFRESH_FUNCTION_ID]["Properties"]["Events"]
-    for event in events.values():
-        if event["Type"] == "SQS" and WORK_QUEUE_ID in json.dumps(event["Properties"]["Queue"]):
-            return int(event["Properties"]["BatchSize"])
-    raise LookupError("template.yaml has no work-queue event on the refresh function")
+@dataclass(frozen=True)
+class Invocation:
+    """One invocation of the function by a queue's mapping, and its answer."""
+
+    number: int
+    queue: str  # WORK_QUEUE or TENANCY_QUEUE
+    message_ids: tuple[str, ...]
+    response: Any  # None when it crashed
 
 
 @dataclass
 class WorkQueueSource:
-    """Feeds the work queue to ``world``'s handler until nothing is left in flight."""
+    """Feeds both queues to ``world``'s handler until nothing is left in flight."""
 
     world: RefreshWorld
-    batch_size: int = field(default_factory=work_queue_batch_size)
-    deliveries: Counter[str] = field(default_factory=Counter)
-    done: set[str] = field(default_factory=set)
-    invocations: int = 0
+    deliveries: Counter[str] = field(default_factory=Counter)  # message id -> deliveries
+    queue_of: dict[str, str] = field(default_factory=dict)  # message id -> its queue
+    bodies: dict[str, str] = field(default_factory=dict)  # message id -> its body
+    done: set[str] = field(default_factory=set)  # deleted after a successful delivery
+    invocations: list[Invocation] = field(default_factory=list)
     crashes: list[BaseException] = field(default_factory=list)
-    _dead_letters: list[dict[str, Any]] | None = None
+    miscounted: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _remaining: Callable[[int], RemainingTime] = field(default=lambda n: None, repr=False)
+    _dead_letters: dict[str, list[dict[str, Any]]] | None = None
 
     @property
     def max_receive_count(self) -> int:
         return int(self.world.stack.max_receive_count)
+
+    def mappings(self) -> list[EventSourceMapping]:
+        """The template's SQS events of the function, without the batching window."""
+        return [
+            replace(mapping, batching_window_seconds=0.0)
+            for mapping in mappings_from_template(self.world.stack)
+        ]
 
     def send(self, request: dict[str, Any]) -> str:
         """Put a request on the work queue, as a pipeline would; return its message id."""
@@ -58,86 +84,129 @@ class WorkQueueSource:
         self,
         remaining: Callable[[int], RemainingTime] = lambda invocation: None,
         max_invocations: int = 60,
-    ) -> list[dict[str, Any]]:
-        """Deliver until the queue is empty; ``remaining(n)`` times invocation ``n``."""
-        responses = []
-        while delivered := self.deliver_round(remaining):
-            responses += delivered
-            assert self.invocations <= max_invocations, "the work queue does not drain"
-        return responses
+    ) -> list[Invocation]:
+        """Deliver both queues until they are empty and nothing is in flight; ``remaining(n)``
+        times invocation ``n`` (counted over the scenario). The invocations it made."""
+        self._remaining = remaining
+        first = len(self.invocations)
+        with LambdaPoller(
+            self.world.stack.client("sqs"),
+            self.mappings(),
+            self._invoke,
+            region=self.world.stack.region,
+            redeliver_failed_after=0,
+            redeliver_crashed_after=0,
+        ) as poller:
+            report = poller.drain(DRAIN_TIMEOUT)
+        self.done |= report.deleted
+        self.crashes += [i.error for i in report.crashes if i.error is not None]
+        assert report.drained, "the queues do not drain"
+        assert report.held_back == 0, "a FIFO group had two batches in flight"
+        assert not self.miscounted, self.miscounted
+        assert len(self.invocations) <= max_invocations, "the queues do not drain"
+        return self.invocations[first:]
 
-    def deliver_round(
-        self, remaining: Callable[[int], RemainingTime] = lambda invocation: None
-    ) -> list[dict[str, Any]]:
-        """Receive every visible message and deliver them in batches; the responses."""
-        queue = self.world.stack.work_queue_url
-        messages = self.world.stack.receive_all(queue)
-        responses = []
-        for start in range(0, len(messages), self.batch_size):
-            batch = messages[start : start + self.batch_size]
-            for message in batch:
-                self.deliveries[message["MessageId"]] += 1
+    def _invoke(self, event: dict[str, Any]) -> Any:
+        """The poller's target: the ledger, then the handler (a raise is a crash)."""
+        with self._lock:
+            number = len(self.invocations)
+            ids = []
+            for record in event["Records"]:
+                message_id = record["messageId"]
+                ids.append(message_id)
+                self.deliveries[message_id] += 1
+                self.queue_of[message_id] = self._queue(record["eventSourceARN"])
+                self.bodies[message_id] = record["body"]
                 # The count SQS reports is the one the handler's last-delivery rule reads.
-                received = int(message["Attributes"]["ApproximateReceiveCount"])
-                assert received == self.deliveries[message["MessageId"]]
-                assert received <= self.max_receive_count
-            response = self._invoke(batch, remaining(self.invocations))
-            responses.append(response)
-            self.invocations += 1
-            failed = {failure["itemIdentifier"] for failure in response["batchItemFailures"]}
-            self.world.stack.delete_messages(
-                queue, [m for m in batch if m["MessageId"] not in failed]
-            )
-            self.done |= {m["MessageId"] for m in batch if m["MessageId"] not in failed}
-            self.world.stack.release_messages(queue, [m for m in batch if m["MessageId"] in failed])
-        return responses
-
-    def _invoke(self, batch: list[dict[str, Any]], remaining: RemainingTime) -> dict[str, Any]:
-        """The partial batch response (every message failed, when the invocation crashed)."""
-        try:
-            response: dict[str, Any] = self.world.invoke(
-                self.world.stack.sqs_event(batch), remaining=remaining
-            )
-        except Exception as crash:  # Lambda retries the whole batch; the test looks at why
-            self.crashes.append(crash)
-            return {"batchItemFailures": [{"itemIdentifier": m["MessageId"]} for m in batch]}
+                received = int(record["attributes"]["ApproximateReceiveCount"])
+                if received != self.deliveries[message_id] or received > self.max_receive_count:
+                    self.miscounted.append(
+                        f"{message_id}: ApproximateReceiveCount {received} at delivery "
+                        f"{self.deliveries[message_id]} (maxReceiveCount {self.max_receive_count})"
+                    )
+            response = None
+            try:
+                response = self.world.invoke(event, remaining=self._remaining(number))
+            finally:
+                queue = self._queue(event["Records"][0]["eventSourceARN"])
+                self.invocations.append(Invocation(number, queue, tuple(ids), response))
         return response
+
+    def _queue(self, queue_arn: str) -> str:
+        return TENANCY_QUEUE if queue_arn == self.world.stack.tenancy_queue_arn else WORK_QUEUE
 
     # --- what became of the messages ---------------------------------------------------------
 
-    def dead_letters(self) -> list[dict[str, Any]]:
-        """Every message in the dead-letter queue (read once, at the end of the scenario)."""
-        if self._dead_letters is None:
-            self._dead_letters = self.world.stack.receive_all(
-                self.world.stack.dead_letter_queue_url
-            )
-        return self._dead_letters
+    def of(self, queue: str) -> set[str]:
+        """The messages delivered from one queue (WORK_QUEUE or TENANCY_QUEUE)."""
+        return {message_id for message_id, q in self.queue_of.items() if q == queue}
 
-    def redriven(self) -> set[str]:
-        """Work-queue messages SQS moved to the dead-letter queue after their last delivery."""
-        return {m["MessageId"] for m in self.dead_letters() if "error" not in _attributes(m)}
+    def carrying(self, key_id: str) -> set[str]:
+        """The messages delivered whose body names ``key_id`` (chunks, requests)."""
+        return {message_id for message_id, body in self.bodies.items() if key_id in _keys_of(body)}
+
+    def dead_letters(self, queue: str = WORK_QUEUE) -> list[dict[str, Any]]:
+        """Every message in a queue's dead-letter queue (read once, at the end)."""
+        if self._dead_letters is None:
+            stack = self.world.stack
+            self._dead_letters = {
+                WORK_QUEUE: stack.receive_all(stack.dead_letter_queue_url),
+                TENANCY_QUEUE: stack.receive_all(stack.tenancy_dead_letter_queue_url),
+            }
+        return self._dead_letters[queue]
+
+    def redriven(self, queue: str | None = None) -> set[str]:
+        """Messages SQS moved to a dead-letter queue after their last delivery (from either
+        queue, or from ``queue``)."""
+        queues = [queue] if queue else [WORK_QUEUE, TENANCY_QUEUE]
+        return {
+            m["MessageId"]
+            for q in queues
+            for m in self.dead_letters(q)
+            if "error" not in _attributes(m)
+        }
 
     def rejection_copies(self) -> list[dict[str, Any]]:
         """Copies of rejected requests the handler put in the dead-letter queue."""
-        return [m for m in self.dead_letters() if "error" in _attributes(m)]
+        return [m for m in self.dead_letters(WORK_QUEUE) if "error" in _attributes(m)]
 
     def assert_every_message_done_or_dead_lettered(self) -> None:
-        """Nothing duplicated or dropped: each message is done xor dead-lettered, none is left."""
-        redriven = self.redriven()
-        seen = set(self.deliveries)
-        assert redriven <= seen, "the dead-letter queue holds messages nobody delivered"
-        assert not (self.done & redriven), "a message was both done and dead-lettered"
-        assert seen == self.done | redriven, "a message was neither done nor dead-lettered"
-        for message_id in redriven:
-            assert self.deliveries[message_id] == self.max_receive_count
-        attributes = self.world.stack.client("sqs").get_queue_attributes(
-            QueueUrl=self.world.stack.work_queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        assert attributes == {
-            "ApproximateNumberOfMessages": "0",
-            "ApproximateNumberOfMessagesNotVisible": "0",
+        """Nothing duplicated or dropped, per queue: each message is done xor dead-lettered
+        from its own queue, after exactly maxReceiveCount deliveries; none is left."""
+        stack = self.world.stack
+        queues = {
+            WORK_QUEUE: stack.work_queue_url,
+            TENANCY_QUEUE: stack.tenancy_queue_url,
         }
+        for queue, url in queues.items():
+            seen = self.of(queue)
+            redriven = self.redriven(queue)
+            assert redriven <= seen, f"the {queue} dead-letter queue holds messages nobody had"
+            assert not (self.done & redriven), f"a {queue} message was done and dead-lettered"
+            assert seen == (self.done & seen) | redriven, (
+                f"a {queue} message was neither done nor dead-lettered"
+            )
+            for message_id in redriven:
+                assert self.deliveries[message_id] == self.max_receive_count
+            attributes = stack.client("sqs").get_queue_attributes(
+                QueueUrl=url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                ],
+            )["Attributes"]
+            assert attributes == {
+                "ApproximateNumberOfMessages": "0",
+                "ApproximateNumberOfMessagesNotVisible": "0",
+            }, f"messages left in the {queue}"
+
+
+def _keys_of(body: str) -> list[str]:
+    try:
+        keys = json.loads(body).get("keys", [])
+    except (ValueError, AttributeError):
+        return []
+    return [str(k) for k in keys] if isinstance(keys, list) else []
 
 
 def _attributes(message: dict[str, Any]) -> dict[str, Any]:
