@@ -47,6 +47,7 @@ from cckm_refresh.store import (
     RecordedResult,
     ResultStore,
     RunCounts,
+    described,
 )
 from cckm_refresh.triggers import Delivery
 from cckm_refresh.workqueue import SEND_BATCH, QueueMessage, WorkQueue
@@ -512,7 +513,7 @@ class RefreshService:
                 job.tenancy = known.tenancy
             work = WorkItem(key_id, known, job)
             if job.run.dry_run:
-                self._record(work, _described(RefreshOutcome(key_id, Status.SKIPPED), known))
+                self._record(work, described(RefreshOutcome(key_id, Status.SKIPPED), known))
             else:
                 items.append(work)
         if len(job.final) and len(job.final) == len(job.key_ids):
@@ -540,7 +541,7 @@ class RefreshService:
 
     def _give_up(self, item: WorkItem, code: str, message: str) -> None:
         job: _Job = item.context
-        outcome = _described(
+        outcome = described(
             RefreshOutcome(
                 item.key_id,
                 Status.FAILED,
@@ -733,19 +734,6 @@ def _known_before(item: dict[str, object]) -> KeyInfo:
         region=text("region"),
         vault_name=text("vault_name"),
         current_key_version=text("previous_key_version"),
-    )
-
-
-def _described(outcome: RefreshOutcome, known: KeyInfo | None) -> RefreshOutcome:
-    if known is None:
-        return outcome
-    return replace(
-        outcome,
-        oci_key_id=outcome.oci_key_id or known.oci_key_id,
-        display_name=outcome.display_name or known.display_name,
-        tenancy=outcome.tenancy or known.tenancy,
-        region=outcome.region or known.region,
-        vault_name=outcome.vault_name or known.vault_name,
     )
 
 

@@ -333,7 +333,7 @@ class ResultStore:
                                 self._result_item(
                                     run.run_id,
                                     RecordedResult(
-                                        _described(pending, entry.known),
+                                        described(pending, entry.known),
                                         entry.version_before,
                                         False,
                                     ),
@@ -560,7 +560,7 @@ class ResultStore:
             "last_run_id = :run",
             "updated_at = :at",
         ]
-        described = {
+        fields = {
             "oci_key_id": outcome.oci_key_id,
             "display_name": outcome.display_name,
             "tenancy": outcome.tenancy,
@@ -568,13 +568,13 @@ class ResultStore:
             "vault_name": outcome.vault_name,
         }
         if refreshed:
-            described |= {
+            fields |= {
                 "lifecycle_state": outcome.lifecycle_state,
                 "current_key_version": outcome.current_key_version,
                 "last_refreshed_at": outcome.refreshed_at or outcome.recorded_at,
             }
         names: dict[str, str] = {}
-        for name, value in described.items():
+        for name, value in fields.items():
             if value is not None:  # "region" and others are DynamoDB reserved words: #name
                 sets.append(f"#{name} = :{name}")
                 names[f"#{name}"] = name
@@ -660,7 +660,7 @@ class ResultStore:
         return self._put_new(item)
 
 
-def _described(outcome: RefreshOutcome, known: KeyInfo | None) -> RefreshOutcome:
+def described(outcome: RefreshOutcome, known: KeyInfo | None) -> RefreshOutcome:
     """``outcome`` with where the key lives, as far as it is known."""
     if known is None:
         return outcome
