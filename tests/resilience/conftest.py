@@ -13,6 +13,7 @@ from devkit.aws_local import LocalStack, MotoServer
 from devkit.ctm_emulator import CtmEmulator
 from tests.integration.refresh_world import RefreshWorld
 from tests.resilience.dynamodb_faults import DynamoDbFaults
+from tests.resilience.lambda_kills import KillSwitch
 from tests.resilience.promises import CapturedLogs, capturing_logs
 from tests.resilience.scenario import Scenario
 
@@ -79,3 +80,11 @@ def dynamodb_faults(monkeypatch: pytest.MonkeyPatch) -> DynamoDbFaults:
     faults = DynamoDbFaults()
     faults.install(monkeypatch)
     return faults
+
+
+@pytest.fixture
+def kills(monkeypatch: pytest.MonkeyPatch) -> KillSwitch:
+    """Kill points in the AWS clients of every container the test starts (see lambda_kills)."""
+    switch = KillSwitch()
+    switch.install(monkeypatch)
+    return switch

@@ -198,3 +198,89 @@ def assert_promises_kept(
     source.assert_every_message_done_or_dead_lettered()
     assert_no_secret_in_logs(logs, secrets)
     return results
+
+
+# --- exactly once: counts, rotations, refresh calls -------------------------------------------
+
+
+def assert_counts_are_the_results(
+    world: RefreshWorld, run_id: str, results: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The completed run's counts are its results': each status, and ``rotated`` is the number
+    of results with ``version_changed``. Returns the RUN item."""
+    run = world.run_item(run_id)
+    statuses = Counter(str(r["status"]) for r in results.values())
+    counted = {name: int(run.get(name, 0)) for name in _COUNTS}
+    expected = {name: statuses[status] for name, status in _COUNTS.items()}
+    expected["rotated"] = sum(1 for r in results.values() if r.get("version_changed") is True)
+    counted["rotated"] = int(run.get("rotated", 0))
+    assert counted == expected, "the run's counts are not its results'"
+    return run
+
+
+_COUNTS = {
+    "refreshed": "REFRESHED",
+    "not_found": "NOT_FOUND",
+    "failed": "FAILED",
+    "skipped": "SKIPPED",
+}
+
+
+def refresh_calls(ctm: Any, keys: Collection[str]) -> Counter[str]:
+    """Authenticated refresh calls CTM received per key (0 for keys never called)."""
+    return Counter({key: ctm.refresh_count(key) for key in keys})
+
+
+def refreshes_between(ctm: Any, start: float, end: float) -> Counter[str]:
+    """Refresh calls CTM received between two ``time.monotonic()`` instants, per key."""
+    return Counter(
+        str(entry.key_id)
+        for entry in ctm.request_log
+        if entry.operation == "refresh"
+        and entry.authenticated
+        and entry.key_id
+        and start <= entry.monotonic <= end
+    )
+
+
+# --- no secret anywhere -----------------------------------------------------------------------
+
+
+def assert_no_secret_anywhere(
+    world: RefreshWorld,
+    logs: CapturedLogs,
+    secrets: Collection[str],
+    *,
+    run_ids: Collection[str] = (),
+    messages: Collection[Any] = (),
+) -> None:
+    """No secret value and nothing shaped like a JWT in the captured logs, in any item of the
+    runs (results, chunks, the run), in the queue messages or the dead-letter queues."""
+    assert_no_secret_in_logs(logs, secrets)
+    texts = [repr(item) for run_id in run_ids for item in _run_items(world, run_id)]
+    texts += [repr(message) for message in messages]
+    dead_letters = [world.stack.dead_letter_queue_url, world.stack.tenancy_dead_letter_queue_url]
+    for queue in dead_letters:
+        texts += [repr(m) for m in world.stack.receive_all(queue)]
+    stored = "\n".join(texts)
+    assert stored.strip(), "nothing was read: the check would prove nothing"
+    for secret in secrets:
+        assert secret not in stored, "a secret from the CTM secret is stored or queued"
+    assert JWT_PATTERN.search(stored) is None, "a JWT is stored or queued"
+
+
+def _run_items(world: RefreshWorld, run_id: str) -> list[dict[str, Any]]:
+    from boto3.dynamodb.conditions import Key
+
+    items: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {
+        "KeyConditionExpression": Key("pk").eq(f"RUN#{run_id}"),
+        "ConsistentRead": True,
+    }
+    table = world.stack.table
+    while True:
+        page = table.query(**kwargs)
+        items += [dict(item) for item in page["Items"]]
+        if "LastEvaluatedKey" not in page:
+            return items
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
