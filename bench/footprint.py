@@ -34,7 +34,7 @@ from bench.world import (
     prepare_process,
 )
 
-IMPORT_RUNS = 11
+IMPORT_RUNS = 15
 BUILD = ROOT / ".aws-sam" / "build"  # sam build's output: what is deployed
 LAMBDA_PYTHON = ROOT / ".venv-lambda" / "bin" / "python"  # python3.13 + boto3, like the runtime
 BUILT_FUNCTIONS = {"refresh": "RefreshFunction", "notify": "NotifyFunction"}
