@@ -101,6 +101,24 @@ def test_commands_that_take_parameters_get_valid_template_parameters(
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_stack_name_leaves_room_for_the_generated_fifo_queue_names(env: str) -> None:
+    # CloudFormation: <stack>-<logical id>-<13 random characters>, then ".fifo"; SQS allows 80.
+    resources = load_template()["Resources"]
+    fifo = [
+        name
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::SQS::Queue" and resource["Properties"].get("FifoQueue")
+    ]
+    longest = max(
+        len(f"{sam_setting(env, 'deploy', 'stack_name')}-{name}-{'X' * 13}.fifo") for name in fifo
+    )
+
+    assert fifo
+    assert longest <= 80
+    assert "38 characters" in README
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_deploy_creates_the_roles_and_resolves_its_bucket(env: str) -> None:
     assert sam_setting(env, "deploy", "capabilities") == "CAPABILITY_IAM"
     assert sam_setting(env, "deploy", "resolve_s3") is True
