@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 
@@ -32,27 +33,20 @@ def _optional(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+N = TypeVar("N", int, float)
+
+
+def _number(env: Mapping[str, str], name: str, default: N, low: N, high: N) -> N:
+    """An integer or a number (as ``default`` is) between ``low`` and ``high``."""
+    kind = type(default)
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(name, f"must be an integer, got {raw[:40]!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(name, f"must be a number, got {raw[:40]!r}") from None
+        article = "an integer" if kind is int else "a number"
+        raise ConfigError(name, f"must be {article}, got {raw[:40]!r}") from None
     if not low <= value <= high:
         raise ConfigError(name, f"must be between {low} and {high}, got {value}")
     return value
@@ -128,14 +122,14 @@ class RefreshSettings:
             work_queue_url=_optional(env, "WORK_QUEUE_URL"),
             dead_letter_queue_url=_optional(env, "DEAD_LETTER_QUEUE_URL"),
             tenancy_queue_url=_fifo_queue_url(env, "TENANCY_QUEUE_URL"),
-            refresh_concurrency=_int(env, "REFRESH_CONCURRENCY", 64, 1, 256),
-            tenancy_rate_limit=_float(env, "TENANCY_RATE_LIMIT", 4.0, 0.1, 100.0),
-            ctm_timeout_seconds=_float(env, "CTM_TIMEOUT_SECONDS", 20.0, 1.0, 300.0),
-            ctm_max_attempts=_int(env, "CTM_MAX_ATTEMPTS", 4, 1, 10),
+            refresh_concurrency=_number(env, "REFRESH_CONCURRENCY", 64, 1, 256),
+            tenancy_rate_limit=_number(env, "TENANCY_RATE_LIMIT", 4.0, 0.1, 100.0),
+            ctm_timeout_seconds=_number(env, "CTM_TIMEOUT_SECONDS", 20.0, 1.0, 300.0),
+            ctm_max_attempts=_number(env, "CTM_MAX_ATTEMPTS", 4, 1, 10),
             ctm_verify_tls=_bool(env, "CTM_VERIFY_TLS", True),
-            max_receive_count=_int(env, "MAX_RECEIVE_COUNT", 5, 1, 1000),
-            fanout_chunk_size=_int(env, "FANOUT_CHUNK_SIZE", 100, 1, 1000),
-            result_retention_days=_int(env, "RESULT_RETENTION_DAYS", 90, 1, 3650),
+            max_receive_count=_number(env, "MAX_RECEIVE_COUNT", 5, 1, 1000),
+            fanout_chunk_size=_number(env, "FANOUT_CHUNK_SIZE", 100, 1, 1000),
+            result_retention_days=_number(env, "RESULT_RETENTION_DAYS", 90, 1, 3650),
         )
 
 
@@ -158,5 +152,5 @@ class NotifySettings:
             results_table=_required(env, "RESULTS_TABLE"),
             topic_arn=topic_arn,
             webhook_secret_id=_optional(env, "WEBHOOK_SECRET_ID"),
-            result_retention_days=_int(env, "RESULT_RETENTION_DAYS", 90, 1, 3650),
+            result_retention_days=_number(env, "RESULT_RETENTION_DAYS", 90, 1, 3650),
         )

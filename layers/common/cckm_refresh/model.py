@@ -25,13 +25,6 @@ class Status(StrEnum):
     SKIPPED = "SKIPPED"
     PENDING = "PENDING"
 
-    @property
-    def terminal(self) -> bool:
-        return self is not Status.PENDING
-
-
-TERMINAL_STATUSES = frozenset(s for s in Status if s.terminal)
-
 
 class MalformedKeyObjectError(ValueError):
     """CTM's answer is not a CCKM key object (the client reports it as ``BAD_RESPONSE``)."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from cckm_refresh.ctm.filters import SELECTOR_FILTERS
 from cckm_refresh.ctm.ids import InvalidKeyIdError, KeyIdKind, classify_key_id
+from cckm_refresh.text import printable
 
 MAX_KEYS = 1000
 MAX_REASON = 256
@@ -118,8 +119,7 @@ def parse_request(document: object) -> RefreshRequest:
 def _field_name(name: object) -> str:
     """An unknown field's name as an error may quote it: printable, at most 64 characters
     (it travels on in a log line, a table item and an SQS message attribute)."""
-    printable = "".join(c if c.isprintable() else "?" for c in str(name)[:64])
-    return printable or "?"
+    return printable(name, 64) or "?"
 
 
 def _parse_keys(value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:

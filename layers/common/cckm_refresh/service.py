@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from cckm_refresh import backoff
 from cckm_refresh.clock import iso_now
 from cckm_refresh.config import RefreshSettings
 from cckm_refresh.engine import RefreshEngine, WorkItem
@@ -73,8 +74,8 @@ class MessageVerdict:
     @classmethod
     def retry(cls, receive_count: int) -> MessageVerdict:
         """30 s, 60 s, 120 s... capped at 15 minutes, rather than the visibility timeout."""
-        delay = min(RETRY_DELAY_CAP, RETRY_DELAY_BASE * 2 ** max(0, receive_count - 1))
-        return cls(Action.RETRY, delay)
+        delay = backoff.ceiling(receive_count - 1, RETRY_DELAY_BASE, RETRY_DELAY_CAP)
+        return cls(Action.RETRY, int(delay))
 
 
 DONE = MessageVerdict()

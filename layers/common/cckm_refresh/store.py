@@ -25,6 +25,7 @@ with the run:
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
+from cckm_refresh import backoff
 from cckm_refresh.clock import iso, utc_now
 from cckm_refresh.ctm.errors import MAX_MESSAGE
 from cckm_refresh.ctm.ids import KeyIdKind, classify_key_id
@@ -644,7 +646,7 @@ class ResultStore:
         return True
 
     def _backoff(self, attempt: int) -> None:
-        self._sleep(min(2.0, 0.05 * 2**attempt))
+        self._sleep(backoff.full_jitter(attempt, 0.05, 2.0, random.random))
 
     def record_rejected(self, source_id: str, error: str, body: str) -> bool:
         """Record a rejected request once (a redelivery makes no second item or notification)."""

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cckm_refresh.text import printable
+
 SEND_BATCH = 10
 MAX_ATTRIBUTE = 256
 _GROUP_CHARS = re.compile(r"[^A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]")
@@ -123,5 +125,4 @@ class WorkQueue:
 
 def _attribute_text(text: str) -> str:
     """SQS refuses control characters in attribute values: keep the error readable and valid."""
-    cleaned = "".join(c if c.isprintable() else "?" for c in text[:MAX_ATTRIBUTE])
-    return cleaned or "invalid"
+    return printable(text, MAX_ATTRIBUTE) or "invalid"

@@ -31,6 +31,7 @@ from typing import Any
 from cckm_refresh.ctm.credentials import JWT_SHAPE, AuthMethod, CredentialsCache, CtmCredentials
 from cckm_refresh.ctm.errors import (
     CtmAuthError,
+    CtmCredentialsError,
     CtmError,
     CtmPermanentError,
     CtmTokenExpiredError,
@@ -269,12 +270,9 @@ class TokenSource:
         if method is AuthMethod.STATIC_TOKEN:
             return self._static(credentials)
         grant: dict[str, str | int]
-        if method is AuthMethod.REFRESH_TOKEN:
-            assert credentials.refresh_token is not None
+        if method is AuthMethod.REFRESH_TOKEN and credentials.refresh_token is not None:
             grant = {"grant_type": "refresh_token", "refresh_token": credentials.refresh_token}
-        else:
-            assert credentials.username is not None
-            assert credentials.password is not None
+        elif credentials.username is not None and credentials.password is not None:
             grant = {
                 "grant_type": "password",
                 "username": credentials.username,
@@ -287,6 +285,10 @@ class TokenSource:
             if credentials.auth_domain:
                 grant["auth_domain"] = credentials.auth_domain
             self.password_logins += 1
+        else:  # CtmCredentials guarantees one method's fields: cannot happen
+            raise CtmCredentialsError(
+                "the CTM secret holds no usable credentials", error_code="UNAUTHORIZED"
+            )
         started = self._clock()
         held, answer = self._grant(grant, f"secret's {method.value}")
         if method is AuthMethod.PASSWORD:
@@ -356,7 +358,10 @@ class TokenSource:
 
     def _static(self, credentials: CtmCredentials) -> _HeldToken:
         token = credentials.token
-        assert token is not None
+        if token is None:  # CtmCredentials guarantees one method's fields: cannot happen
+            raise CtmCredentialsError(
+                "the CTM secret holds no usable credentials", error_code="UNAUTHORIZED"
+            )
         if token == self._rejected_jwt:
             raise CtmTokenExpiredError(
                 "CTM refused the JWT stored in the CTM secret (expired or revoked); store a "

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from cckm_refresh import backoff
+
 SUCCESS_STATUSES = frozenset({200, 201, 202, 203, 204, 206})
 THROTTLE_STATUSES = frozenset({429})
 # Every 5xx is transient: CTM is a cluster behind a load balancer, and CCKM wraps OCI errors.
@@ -114,11 +116,11 @@ class RetryPolicy:
     def ceiling(self, retry: int) -> float:
         """The upper bound of the wait before retry number ``retry`` (0 for the first retry)."""
         # min() before the power would overflow for large retry numbers: clamp the exponent.
-        return min(self.max_delay, self.base_delay * 2.0 ** min(retry, 62))
+        return backoff.ceiling(retry, self.base_delay, self.max_delay)
 
     def delay(self, retry: int, rng: Callable[[], float]) -> float:
         """Full jitter: uniform in [0, ceiling(retry)], with ``rng`` uniform in [0, 1)."""
-        return rng() * self.ceiling(retry)
+        return backoff.full_jitter(retry, self.base_delay, self.max_delay, rng)
 
 
 class RetryBudget:

@@ -56,7 +56,7 @@ from cckm_refresh.ctm.retries import (
     body_rule,
     classify,
 )
-from cckm_refresh.ctm.tls import TlsPolicy, VerifySetting
+from cckm_refresh.ctm.tls import TlsPolicy
 from cckm_refresh.observability import logger
 
 CLIENT_VERSION = "0.1.0"  # keep in step with pyproject.toml
@@ -403,8 +403,12 @@ class Transport:
                 error.attempts = call.attempts
                 raise
             return CtmResponse(body, status, call.attempts, call.throttled)
-        if verdict is Verdict.UNAUTHORIZED and jwt is not None and not call.reauthenticated:
-            assert auth is not None
+        if (
+            verdict is Verdict.UNAUTHORIZED
+            and jwt is not None
+            and auth is not None
+            and not call.reauthenticated
+        ):
             call.reauthenticated = True
             auth.invalidate(jwt)
             return None
@@ -516,10 +520,6 @@ class Transport:
             },
         )
         self._sleep(delay)
-
-    def verify_setting(self, url: str) -> VerifySetting:
-        """What is passed as ``verify=`` for ``url`` (resolved once)."""
-        return self.tls.verify_for(url)
 
     def close(self) -> None:
         """Close pooled connections and remove the temporary CA file."""

@@ -13,6 +13,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from cckm_refresh.text import printable
+
 MAX_SUBJECT = 99  # SNS: "less than 100 characters", no line breaks or control characters
 MAX_SUMMARY = 500  # one line a person reads, whatever an error message or a name holds
 MAX_BODY_EXCERPT = 500
@@ -221,7 +223,7 @@ def one_line(text: str) -> str:
 
 def _printable(text: str) -> str:
     # Names and error messages come from CTM and from pipelines: any character may be in them.
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return " ".join(printable(text, replacement=" ").split())
 
 
 def _shorten(text: str, limit: int) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from cckm_refresh import backoff
 from cckm_refresh.notify.events import Notification
 from cckm_refresh.observability import logger
 
@@ -142,7 +143,7 @@ class Webhook:
             if timed_out:  # raised out here, so requests' error is not its context
                 raise WebhookTimedOut(f"the webhook did not answer within {timeout:.1f} s")
             if attempt < self.attempts:
-                pause = self.rng() * min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
+                pause = backoff.full_jitter(attempt, BACKOFF_BASE, BACKOFF_CAP, self.rng)
                 if budget.remaining() - pause < MIN_ATTEMPT_TIME:
                     problem += ", no time left to retry"
                     break
