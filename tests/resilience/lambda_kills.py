@@ -36,6 +36,7 @@ from tests.integration.refresh_world import RefreshWorld
 Request = dict[str, Any]
 RemainingTime = Callable[[], float] | None
 TERMINAL = frozenset({"REFRESHED", "NOT_FOUND", "FAILED", "SKIPPED"})
+_COLD_STARTS = threading.Lock()
 
 
 class ContainerKilled(BaseException):
@@ -61,11 +62,23 @@ class KillPoint:
     fired: bool = False
 
 
+@dataclass(frozen=True)
+class CallHook:
+    """Run ``before`` / ``after`` (with the call's parameters) around every call of
+    ``operation`` for which ``when`` holds: to hold a call at a gate, or to signal one."""
+
+    operation: str
+    when: Callable[[Request], bool]
+    before: Callable[[Request], None] | None = None
+    after: Callable[[Request], None] | None = None
+
+
 @dataclass
 class KillSwitch:
-    """Kills containers at chosen calls; counts what the function sent."""
+    """Kills containers at chosen calls; counts what the function sent; runs call hooks."""
 
     points: list[KillPoint] = field(default_factory=list)
+    hooks: list[CallHook] = field(default_factory=list)
     kills: list[str] = field(default_factory=list)  # "<operation> #<n>" of each kill
     calls: Counter[str] = field(default_factory=Counter)  # operation -> calls (all containers)
     sent: list[dict[str, Any]] = field(default_factory=list)  # bodies of messages sent
@@ -84,6 +97,18 @@ class KillSwitch:
         point = KillPoint(operation, nth, when, after)
         self.points.append(point)
         return point
+
+    def on(
+        self,
+        operation: str,
+        when: Callable[[Request], bool] = lambda _request: True,
+        *,
+        before: Callable[[Request], None] | None = None,
+        after: Callable[[Request], None] | None = None,
+    ) -> None:
+        """Run ``before`` / ``after`` around matching calls of every container (in the
+        calling thread, so ``before`` may block the call)."""
+        self.hooks.append(CallHook(operation, when, before, after))
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Hook the clients every container creates from now on (never the tests' own)."""
@@ -116,6 +141,14 @@ class KillSwitch:
             with self._lock:
                 if container in self._dead:
                     raise ContainerKilled(f"{operation}: the container is dead")
+            hooks = [h for h in self.hooks if h.operation == operation and h.when(params)]
+            self._local.hooked = (hooks, params)
+            for hook in hooks:
+                if hook.before is not None:
+                    hook.before(params)
+            with self._lock:
+                if container in self._dead:
+                    raise ContainerKilled(f"{operation}: the container is dead")
                 self.calls[operation] += 1
                 if operation == "SendMessageBatch":
                     self.sent += [json.loads(e["MessageBody"]) for e in params["Entries"]]
@@ -127,6 +160,11 @@ class KillSwitch:
             self._local.kill_after = hit
 
         def after(model: Any, **_: Any) -> None:
+            hooks, params = getattr(self._local, "hooked", ((), {}))
+            self._local.hooked = ((), {})
+            for hook in hooks:
+                if hook.after is not None:
+                    hook.after(params)
             hit: KillPoint | None = getattr(self._local, "kill_after", None)
             self._local.kill_after = None
             if hit is None:
@@ -155,6 +193,10 @@ class KillSwitch:
 
 def puts_run_item(request: Request) -> bool:
     return bool(request["Item"]["sk"]["S"] == "RUN")
+
+
+def puts_result(request: Request) -> bool:
+    return bool(request["Item"]["sk"]["S"].startswith("KEY#"))
 
 
 def puts_terminal_result(request: Request) -> bool:
@@ -218,7 +260,8 @@ class Containers:
                 self.cold_starts += 1
         with self.kills.inside(number):
             if module is None:
-                module = load_handler("refresh", self.world.env())
+                with _COLD_STARTS:  # a cold start sets os.environ for its import: one at a time
+                    module = load_handler("refresh", self.world.env())
             context = FakeLambdaContext("refresh", remaining=remaining or self.remaining(event))
             answer = module.handler(event, context)  # a kill leaves the container out
         with self._lock:

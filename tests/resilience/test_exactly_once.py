@@ -8,7 +8,12 @@ on the table, the queues, CTM's request log and the captured logs.
 
 from __future__ import annotations
 
+import itertools
+import threading
+import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -22,6 +27,7 @@ from tests.resilience.lambda_kills import (
     KillSwitch,
     closes_chunk,
     completes_run,
+    puts_result,
     puts_run_item,
     puts_terminal_result,
     registers_chunk,
@@ -56,12 +62,18 @@ def finished_once(
     return results
 
 
-def chunk_items(scenario: Scenario, run_id: str) -> list[dict[str, Any]]:
-    page = scenario.world.stack.table.query(
-        KeyConditionExpression=Key("pk").eq(f"RUN#{run_id}") & Key("sk").begins_with("CHUNK#"),
-        ConsistentRead=True,
-    )
+def run_items(scenario: Scenario, run_id: str, prefix: str = "") -> list[dict[str, Any]]:
+    """The run's items (the RUN item, chunks, results) whose sort key starts with ``prefix``."""
+    condition = Key("pk").eq(f"RUN#{run_id}")
+    if prefix:
+        condition &= Key("sk").begins_with(prefix)
+    page = scenario.world.stack.table.query(KeyConditionExpression=condition, ConsistentRead=True)
+    assert "LastEvaluatedKey" not in page
     return [dict(item) for item in page["Items"]]
+
+
+def chunk_items(scenario: Scenario, run_id: str) -> list[dict[str, Any]]:
+    return run_items(scenario, run_id, "CHUNK#")
 
 
 # --- 1. the kill at several points ------------------------------------------------------------
@@ -217,4 +229,163 @@ def test_a_container_killed_as_it_completes_the_run_leaves_it_completed_once(
     keys = scenario.key_ids()
     results = finished_once(scenario, containers, "r", keys)
     assert {r["status"] for r in results.values()} == {"REFRESHED"}
+    assert set(refresh_calls(scenario.ctm, keys).values()) == {1}
+
+
+# --- 2. two deliveries of one message at once, and a third after completion -------------------
+
+WAIT = 30.0  # seconds a gate waits for the other delivery before the test fails
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    """Hold the calling thread until ``condition`` holds (a gate between two deliveries)."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "the other delivery never got there"
+        time.sleep(0.005)
+
+
+def concurrently(*calls: Callable[[], Any]) -> list[Any]:
+    """Run ``calls`` in threads at once; their results in order (an exception re-raised)."""
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [future.result(timeout=WAIT) for future in futures]
+
+
+@pytest.mark.parametrize("queue", ["work", "tenancy"])
+def test_one_message_delivered_twice_at_once_and_again_after_completion_is_recorded_once(
+    scenario: Scenario, kills: KillSwitch, queue: str
+) -> None:
+    # Given 6 keys over 3 tenancies, one of which CTM answers 503 once (no retry in the call);
+    # and the message a pipeline sent to the work queue (refreshed in place), or the batch of
+    # chunk messages the intake queued to the tenancy queue
+    keys = scenario.key_ids(6)
+    flaky = keys[0]
+    scenario.ctm.faults.fail_key(flaky, 503, times=1)
+    world = scenario.world
+    request = {"keys": keys, "request_id": "twice"}
+    if queue == "work":
+        world.cold_start(CTM_MAX_ATTEMPTS="1", TENANCY_QUEUE_URL="")
+        scenario.source.send(request)
+        url = world.stack.work_queue_url
+    else:
+        world.cold_start(CTM_MAX_ATTEMPTS="1")
+        containers_intake = Containers(world, kills)
+        assert containers_intake.invoke(world.rule_event(request))["fanned_out"] == 6
+        url = world.stack.tenancy_queue_url
+    messages = world.stack.receive_all(url)
+    event = world.stack.sqs_event(messages, url)
+    # ... and gates that make the worst interleaving certain: no outcome is recorded before
+    # both deliveries have called CTM for every key (each read them all PENDING), and the
+    # stale PENDING of the 503 arrives after the other delivery recorded the key REFRESHED
+    terminal_at: dict[str, float] = {}
+    recorded = {key: threading.Event() for key in keys}
+
+    def hold(request: dict[str, Any]) -> None:
+        key = request["Item"]["key_id"]["S"]
+        if request["Item"]["status"]["S"] == "PENDING":
+            assert recorded[key].wait(WAIT)
+        else:
+            wait_for(lambda: scenario.ctm.refresh_count() >= 2 * len(keys))
+
+    def written(request: dict[str, Any]) -> None:
+        key = request["Item"]["key_id"]["S"]
+        if request["Item"]["status"]["S"] != "PENDING":
+            terminal_at.setdefault(key, time.monotonic())
+            recorded[key].set()
+
+    kills.on("PutItem", puts_result, before=hold, after=written)
+    containers = Containers(world, kills)
+
+    # When SQS hands the same message to two containers at the same moment
+    answers = concurrently(lambda: containers.invoke(event), lambda: containers.invoke(event))
+
+    # Then both succeed (Lambda deletes the message); both read every key PENDING, so each
+    # key was called twice (the price of an overlap, which the work queue's at-least-once
+    # delivery allows), but no key was called after its outcome was recorded, each terminal
+    # result was written once, the stale PENDING replaced nothing, and the run completed once
+    assert answers == [{"batchItemFailures": []}] * 2
+    assert containers.cold_starts == 2
+    world.stack.delete_messages(url, messages)
+    assert set(refresh_calls(scenario.ctm, keys).values()) == {2}
+    for entry in scenario.ctm.request_log:
+        if entry.operation == "refresh" and entry.key_id in terminal_at:
+            assert entry.monotonic <= terminal_at[entry.key_id]
+    results = finished_once(scenario, containers, "twice", keys)
+    assert {r["status"] for r in results.values()} == {"REFRESHED"}
+
+    # When the message comes a third time, after the run completed
+    items_before = run_items(scenario, "twice")
+    third = containers.invoke(event)
+
+    # Then nothing is refreshed and nothing in the run changes
+    assert third == {"batchItemFailures": []}
+    assert set(refresh_calls(scenario.ctm, keys).values()) == {2}
+    assert run_items(scenario, "twice") == items_before
+
+
+def test_the_tenancy_queue_never_has_two_batches_of_one_tenancy_in_flight(
+    scenario: Scenario, kills: KillSwitch
+) -> None:
+    # The FIFO design removes the overlapping path for chunks: SQS lets one batch per message
+    # group (tenancy) be in flight, and a message comes back only after its visibility timeout
+    # (1,800 s, longer than any invocation), so a chunk is never worked by two containers at
+    # once; only a pipeline's message on the standard work queue can be (test above).
+    # Given 30 keys in chunks of 2 (15 chunks, 5 per tenancy) and one key failing once
+    scenario.world.cold_start(FANOUT_CHUNK_SIZE="2", CTM_MAX_ATTEMPTS="1")
+    flaky = scenario.key_ids(1)[0]
+    scenario.ctm.faults.fail_key(flaky, 503, times=1)
+    containers = Containers(scenario.world, kills)
+    containers.invoke(scenario.world.rule_event({"selector": {"all": True}, "request_id": "f"}))
+
+    # When Lambda's pollers deliver the tenancy queue (the failed chunk comes back at once)
+    report = containers.drain()
+
+    # Then batches of one tenancy never overlapped, nothing had to be held back, the failed
+    # chunk was delivered again, and every key was refreshed once (the flaky one twice)
+    tenancy_batches = report.of("TenancyQueue")
+    assert max(report.deliveries.values()) == 2
+    assert report.held_back == 0
+    for group in {g for batch in tenancy_batches for g in batch.groups}:
+        spans = sorted((b.started, b.ended) for b in tenancy_batches if group in b.groups)
+        for (_, ended), (started, _) in itertools.pairwise(spans):
+            assert ended <= started, f"two batches of {group} were in flight at once"
+    keys = scenario.key_ids()
+    results = finished_once(scenario, containers, "f", keys)
+    assert {r["status"] for r in results.values()} == {"REFRESHED"}
+    calls = refresh_calls(scenario.ctm, keys)
+    assert calls.pop(flaky) == 2
+    assert set(calls.values()) == {1}
+
+
+def test_a_retried_schedule_never_doubles_its_fan_out(
+    scenario: Scenario, kills: KillSwitch
+) -> None:
+    # Given a scheduled run that fanned out its chunks
+    scenario.world.cold_start(FANOUT_CHUNK_SIZE="4")
+    containers = Containers(scenario.world, kills)
+    event = scenario.world.schedule_event({"selector": {"all": True}})
+    run_id = "schedule-2026-11-28T06:00:00Z"
+    first = containers.invoke(event)
+    assert first["fanned_out"] == 30
+    chunks = chunk_items(scenario, run_id)
+    sent = len(kills.sent)
+    assert sent == len(chunks)
+
+    # When Lambda invokes it again with the same event, before and after the chunks were worked
+    again = containers.invoke(event)
+    containers.drain()
+    late = containers.invoke(event)
+
+    # Then neither retry registered or sent anything: each chunk was delivered once, each key
+    # refreshed once, and the late retry answers with the completed run
+    assert again["fanned_out"] == 0
+    assert (late["status"], late["refreshed"]) == ("COMPLETED", 30)
+    assert len(kills.sent) == sent
+    assert len(chunk_items(scenario, run_id)) == len(chunks)
+    assert Counter(b["chunk"] for b in containers.record_bodies()) == Counter(
+        c["chunk_id"] for c in chunks
+    )
+    keys = scenario.key_ids()
+    finished_once(scenario, containers, run_id, keys)
     assert set(refresh_calls(scenario.ctm, keys).values()) == {1}
