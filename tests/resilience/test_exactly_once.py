@@ -9,6 +9,7 @@ on the table, the queues, CTM's request log and the captured logs.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ import pytest
 from boto3.dynamodb.conditions import Key
 
 from devkit.ctm_emulator import generate_keys
-from tests.resilience.conftest import MakeScenario
+from tests.resilience.conftest import MAX_RECEIVE_COUNT, MakeScenario
 from tests.resilience.lambda_kills import (
     ContainerKilled,
     Containers,
@@ -389,3 +390,81 @@ def test_a_retried_schedule_never_doubles_its_fan_out(
     keys = scenario.key_ids()
     finished_once(scenario, containers, run_id, keys)
     assert set(refresh_calls(scenario.ctm, keys).values()) == {1}
+
+
+# --- 3. the last delivery with 5 s left --------------------------------------------------------
+
+
+def five_seconds_on_the_last_delivery(event: dict[str, Any]) -> Callable[[], float] | None:
+    """An invocation's remaining time: 5 s (below the margin) when it holds a message on its
+    last delivery, else the usual."""
+    counts = [int(r["attributes"]["ApproximateReceiveCount"]) for r in event.get("Records", [])]
+    return (lambda: 5.0) if MAX_RECEIVE_COUNT in counts else None
+
+
+def test_a_chunk_on_its_last_delivery_with_5_s_left_fails_its_keys_and_is_dead_lettered(
+    scenario: Scenario, kills: KillSwitch
+) -> None:
+    # Given 30 keys fanned out in 3 chunks, one key CTM answers 503 to every time (no retry in
+    # the call), and an invocation holding a last delivery with 5 s left, below the margin
+    # (2 x 2 s + 5 s)
+    scenario.world.cold_start(CTM_MAX_ATTEMPTS="1")
+    keys = scenario.key_ids()
+    hopeless = keys[0]
+    scenario.ctm.faults.fail_keys[hopeless] = 503
+    containers = Containers(scenario.world, kills, remaining=five_seconds_on_the_last_delivery)
+    containers.invoke(scenario.world.rule_event({"selector": {"all": True}, "request_id": "l"}))
+
+    # When the pollers deliver the chunks until SQS gives up on the hopeless one
+    report = containers.drain()
+
+    # Then its chunk was delivered maxReceiveCount times; the last delivery made no call,
+    # failed the key with DEADLINE and named the message, which SQS dead-lettered
+    [(message_id, deliveries)] = [(m, n) for m, n in report.deliveries.items() if n > 1]
+    assert deliveries == MAX_RECEIVE_COUNT
+    last = report.invocations[-1]
+    assert last.failed == (message_id,)
+    assert scenario.ctm.refresh_count(hopeless) == MAX_RECEIVE_COUNT - 1
+    [dead] = scenario.world.stack.receive_all(scenario.world.stack.tenancy_dead_letter_queue_url)
+    assert dead["MessageId"] == message_id
+    assert hopeless in json.loads(dead["Body"])["keys"]
+    # ... and the run completed with the right counts: 29 refreshed once, 1 failed
+    results = finished_once(scenario, containers, "l", keys)
+    assert (results[hopeless]["status"], results[hopeless]["error_code"]) == ("FAILED", "DEADLINE")
+    assert Counter(r["status"] for r in results.values()) == {"REFRESHED": 29, "FAILED": 1}
+    run = scenario.world.run_item("l")
+    assert (run["refreshed"], run["failed"]) == (29, 1)
+    calls = refresh_calls(scenario.ctm, keys)
+    del calls[hopeless]
+    assert set(calls.values()) == {1}
+
+
+def test_a_pipeline_request_on_its_last_delivery_with_5_s_left_fails_its_keys(
+    scenario: Scenario, kills: KillSwitch
+) -> None:
+    # Given a pipeline's request on the work queue (no tenancy queue) that has been received
+    # twice already, and its last delivery with 5 s left
+    scenario.world.cold_start(TENANCY_QUEUE_URL="")
+    keys = scenario.key_ids(5)
+    message_id = scenario.source.send({"keys": keys, "request_id": "last"})
+    queue = scenario.world.stack.work_queue_url
+    for _ in range(MAX_RECEIVE_COUNT - 1):
+        scenario.world.stack.release_messages(queue, scenario.world.stack.receive_all(queue))
+    [message] = scenario.world.stack.receive_all(queue)
+    assert message["Attributes"]["ApproximateReceiveCount"] == str(MAX_RECEIVE_COUNT)
+    containers = Containers(scenario.world, kills, remaining=five_seconds_on_the_last_delivery)
+
+    # When it is delivered, then SQS takes it back
+    answer = containers.invoke(scenario.world.stack.sqs_event([message]))
+    scenario.world.stack.release_messages(queue, [message])
+    containers.drain()
+
+    # Then no key was called: each FAILED with DEADLINE, the message was named (SQS moved
+    # it to the dead-letter queue) and the run completed with 5 failed
+    assert answer == {"batchItemFailures": [{"itemIdentifier": message_id}]}
+    assert scenario.ctm.refresh_count() == 0
+    dead = scenario.world.stack.receive_all(scenario.world.stack.dead_letter_queue_url)
+    assert [m["MessageId"] for m in dead] == [message_id]
+    results = finished_once(scenario, containers, "last", keys)
+    assert {(r["status"], r["error_code"]) for r in results.values()} == {("FAILED", "DEADLINE")}
+    assert scenario.world.run_item("last")["failed"] == 5
