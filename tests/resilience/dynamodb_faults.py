@@ -8,7 +8,11 @@ same config, retries and endpoint) and this module only adds hooks to them:
   every item left unprocessed (the store's own loop must write them again);
 - ``before-call`` raises the error botocore raises once its retries are spent;
 - ``before_result_write`` / ``before_key_update`` let a test hold a write at a barrier or a
-  gate, to choose the interleaving of two invocations instead of hoping for it.
+  gate, to choose the interleaving of two invocations instead of hoping for it;
+  ``before_result_put`` does the same for the conditional put of a terminal result;
+- ``conflict_transactions`` answers the next N TransactWriteItems as DynamoDB does when a
+  concurrent transaction touched the same items (cancelled, ``TransactionConflict``): the SDK
+  does not retry it, the store's own loop must run the transaction again.
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ class DynamoDbFaults:
     give_up_on_key_update: int | None = None  # the n-th KEY UpdateItem fails past SDK retries
     before_result_write: Callable[[], None] | None = None  # runs before each BatchWriteItem
     before_key_update: Callable[[str], None] | None = None  # runs before each KEY UpdateItem
+    before_result_put: Callable[[str], None] | None = None  # before a terminal RESULT PutItem
+    conflict_transactions: int = 0  # next N TransactWriteItems cancelled (TransactionConflict)
+    conflicted: int = 0
     throttled: int = 0
     unprocessed: int = 0
     gave_up: int = 0
@@ -80,6 +87,8 @@ class DynamoDbFaults:
         events.register("before-call.dynamodb.UpdateItem", self._maybe_give_up(client))
         events.register("before-send.dynamodb.UpdateItem", self._on_update)
         events.register("before-send.dynamodb.BatchWriteItem", self._on_batch_write)
+        events.register("before-send.dynamodb.PutItem", self._on_put)
+        events.register("before-send.dynamodb.TransactWriteItems", self._on_transaction)
 
     def _maybe_give_up(self, client: Any) -> Callable[..., None]:
         def before_call(params: dict[str, Any], **_: Any) -> None:
@@ -132,3 +141,34 @@ class DynamoDbFaults:
             return None
         items = json.loads(request.body)["RequestItems"]
         return _answer(request.url, 200, {"UnprocessedItems": items})
+
+    def _on_put(self, request: Any, **_: Any) -> None:
+        if self.before_result_put is None:
+            return
+        item = json.loads(request.body).get("Item", {})
+        terminal = item.get("status", {}).get("S") not in (None, "PENDING")
+        if item.get("item_type", {}).get("S") == "RESULT" and terminal:
+            self.before_result_put(item["key_id"]["S"])
+
+    def _on_transaction(self, request: Any, **_: Any) -> AWSResponse | None:
+        with self._lock:
+            conflict = self.conflict_transactions > 0
+            if conflict:
+                self.conflict_transactions -= 1
+                self.conflicted += 1
+        if not conflict:
+            return None
+        items = json.loads(request.body)["TransactItems"]
+        return _answer(
+            request.url,
+            400,
+            {
+                "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+                "message": "Transaction cancelled, please refer cancellation reasons for specific"
+                " reasons [TransactionConflict]",
+                "CancellationReasons": [
+                    {"Code": "TransactionConflict", "Message": "Transaction is ongoing"}
+                    for _ in items
+                ],
+            },
+        )
