@@ -25,7 +25,7 @@ from cckm_refresh.ctm.errors import (
     CtmNotFoundError,
     CtmTlsError,
 )
-from cckm_refresh.ctm.filters import resource_matches
+from cckm_refresh.selectors import resource_matches
 from devkit.ctm_emulator import ListChurn, generate_keys
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import pytest
 
 from cckm_refresh.ctm.client import SELECTOR_FILTERS, CtmClient
 from cckm_refresh.ctm.errors import CtmBadResponseError, CtmNotFoundError
-from cckm_refresh.ctm.ids import InvalidKeyIdError
+from cckm_refresh.keyids import InvalidKeyIdError
 from tests.unit.ctm_fakes import (
     KEY_ID,
     OCID,

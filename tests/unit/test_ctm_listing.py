@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from cckm_refresh.ctm.client import LIST_OVERLAP, CtmClient, KeyPage, ListCursor
-from cckm_refresh.ctm.filters import SELECTOR_FILTERS, resource_matches
+from cckm_refresh.selectors import SELECTOR_FILTERS, resource_matches
 from tests.unit.ctm_fakes import FakeCtm, Reply, Sent, fake_client, key_object
 
 KEYS_PATH = "/api/v1/cckm/oci/keys"

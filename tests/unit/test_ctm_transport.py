@@ -20,9 +20,11 @@ from cckm_refresh.ctm.errors import (
     CtmTlsError,
     CtmTransientError,
     RetryBudgetExhaustedError,
+    ctm_error_fields,
+    error_for_response,
 )
 from cckm_refresh.ctm.retries import RetryBudget, RetryPolicy, Verdict, classify
-from cckm_refresh.ctm.transport import USER_AGENT, ctm_error_fields, error_for_response
+from cckm_refresh.ctm.transport import USER_AGENT
 from tests.unit.ctm_fakes import KEY_ID, FakeCtm, Reply, error_body, fake_client, key_object
 
 REFRESH_PATH = f"/api/v1/cckm/oci/keys/{KEY_ID}/refresh"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from cckm_refresh.ctm.ids import KeyIdKind, classify_key_id
+from cckm_refresh.keyids import KeyIdKind, classify_key_id
 from devkit.ctm_emulator import generate_keys
 
 NAME = re.compile(r"[a-z]+(-[a-z]+)*-key-\d{3}")

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cckm_refresh.ctm.filters import SELECTOR_FILTERS
-from cckm_refresh.ctm.ids import InvalidKeyIdError, KeyIdKind, classify_key_id
+from cckm_refresh.keyids import InvalidKeyIdError, KeyIdKind, classify_key_id
+from cckm_refresh.selectors import SELECTOR_FILTERS
 from cckm_refresh.text import printable
 
 MAX_KEYS = 1000

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cckm_refresh.ctm.errors import CtmError, CtmNotFoundError
-from cckm_refresh.ctm.filters import resource_matches
 from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
 from cckm_refresh.observability import logger
 from cckm_refresh.request import RefreshRequest
+from cckm_refresh.selectors import resource_matches
 from cckm_refresh.store import KeyEntry
 
 LOOKUP_WORKERS = 8

@@ -36,9 +36,9 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from cckm_refresh import backoff
 from cckm_refresh.clock import iso, utc_now
-from cckm_refresh.ctm.errors import MAX_MESSAGE
-from cckm_refresh.ctm.ids import KeyIdKind, classify_key_id
+from cckm_refresh.keyids import KeyIdKind, classify_key_id
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status
+from cckm_refresh.text import MAX_MESSAGE
 
 BATCH_GET = 100
 FIRST_SEGMENT = "start"

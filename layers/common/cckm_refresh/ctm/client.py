@@ -30,13 +30,13 @@ from urllib.parse import quote, urlsplit
 from cckm_refresh.ctm.auth import TokenEndpoint, TokenSource
 from cckm_refresh.ctm.credentials import CredentialsCache, SecretLoader
 from cckm_refresh.ctm.errors import CtmBadResponseError, CtmNotFoundError
-from cckm_refresh.ctm.filters import SELECTOR_FILTERS, resource_matches
-from cckm_refresh.ctm.ids import InvalidKeyIdError, require_cckm_id, require_ocid
 from cckm_refresh.ctm.pacing import UNPACED, Pacer
 from cckm_refresh.ctm.retries import GONE_ERROR_CODE, GONE_FIELD, RetryPolicy
 from cckm_refresh.ctm.transport import MAX_BODY_BYTES, CtmResponse, Transport
+from cckm_refresh.keyids import InvalidKeyIdError, require_cckm_id, require_ocid
 from cckm_refresh.model import KeyInfo, MalformedKeyObjectError
 from cckm_refresh.observability import logger
+from cckm_refresh.selectors import SELECTOR_FILTERS, resource_matches
 
 KEYS_PATH = "/api/v1/cckm/oci/keys"
 MAX_PAGE_SIZE = 1000

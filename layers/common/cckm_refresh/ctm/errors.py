@@ -7,9 +7,14 @@ so every error scrubs the secrets registered with ``register_secret`` from its m
 
 from __future__ import annotations
 
+import json
+import re
 import threading
+from collections.abc import Mapping
 
-MAX_MESSAGE = 1000
+from cckm_refresh.ctm.retries import Verdict, body_rule
+from cckm_refresh.text import MAX_MESSAGE
+
 REDACTED = "[redacted]"
 # Shorter values would scrub ordinary words out of CTM's messages (and say little anyway).
 MIN_SECRET_LENGTH = 4
@@ -147,3 +152,67 @@ class CtmDeadlineError(CtmTransientError):
 
 class CtmBadResponseError(CtmPermanentError):
     """CTM answered 2xx with a body that is not what the call returns (``BAD_RESPONSE``)."""
+
+
+# --- CTM's answers as typed errors (hvac's ``exceptions.py``: the status, CTM's body, the class)
+
+_CODE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_BEARER = re.compile(r"(?i)bearer\s+\S+")
+
+
+def redact(text: str) -> str:
+    """Remove anything shaped like a JWT or a bearer credential from ``text``."""
+    return _BEARER.sub("Bearer [redacted]", _JWT_LIKE.sub("[redacted]", text))
+
+
+def ctm_error_fields(text: str) -> tuple[str | None, str | None]:
+    """``(codeDesc name, message)`` from a CTM error body, each None when absent.
+
+    ``"NCERRResourceNotFound: Resource not found"`` gives ``NCERRResourceNotFound``. Bodies that
+    are not CTM's JSON shape give nothing: an unknown body (a proxy's page) might echo headers.
+    """
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None, None
+    if not isinstance(document, dict):
+        return None, None
+    code_name = None
+    code_desc = document.get("codeDesc")
+    if isinstance(code_desc, str):
+        candidate = code_desc.split(":", 1)[0].strip()
+        if _CODE_NAME.fullmatch(candidate):
+            code_name = candidate
+    message = document.get("message")
+    if not isinstance(message, str) or not message.strip():
+        return code_name, None
+    return code_name, redact(message.strip())[:MAX_MESSAGE]
+
+
+_ERROR_CLASSES: Mapping[Verdict, type[CtmError]] = {
+    Verdict.THROTTLED: CtmThrottledError,
+    Verdict.TRANSIENT: CtmTransientError,
+    Verdict.UNAUTHORIZED: CtmAuthError,
+    Verdict.NOT_FOUND: CtmNotFoundError,
+    Verdict.PERMANENT: CtmPermanentError,
+}
+
+
+def error_for_response(what: str, status: int, text: str, verdict: Verdict) -> CtmError:
+    """The typed error for a non-successful answer; ``error_code`` is CTM's codeDesc if any."""
+    code_name, message = ctm_error_fields(text)
+    rule = body_rule(status, text)
+    if rule is not None and rule.error_code is not None:
+        code_name = rule.error_code  # OCI's own name for the condition says more than CTM's
+    default_code = {Verdict.THROTTLED: "THROTTLED", Verdict.UNAUTHORIZED: "UNAUTHORIZED"}.get(
+        verdict, f"HTTP_{status}"
+    )
+    summary = f"{what} answered HTTP {status}"
+    if code_name:
+        summary += f" {code_name}"
+    if message:
+        summary += f": {message}"
+    return _ERROR_CLASSES[verdict](
+        summary, error_code=code_name or default_code, http_status=status
+    )

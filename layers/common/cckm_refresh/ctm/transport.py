@@ -33,19 +33,15 @@ from requests.auth import AuthBase
 from urllib3.util import Timeout
 
 from cckm_refresh.ctm.errors import (
-    MAX_MESSAGE,
-    CtmAuthError,
     CtmBadResponseError,
     CtmConnectionError,
     CtmDeadlineError,
     CtmError,
-    CtmNotFoundError,
     CtmPermanentError,
-    CtmThrottledError,
     CtmTimeoutError,
     CtmTlsError,
-    CtmTransientError,
     RetryBudgetExhaustedError,
+    error_for_response,
 )
 from cckm_refresh.ctm.pacing import UNPACED, Pacer
 from cckm_refresh.ctm.retries import (
@@ -53,7 +49,6 @@ from cckm_refresh.ctm.retries import (
     RetryBudget,
     RetryPolicy,
     Verdict,
-    body_rule,
     classify,
 )
 from cckm_refresh.ctm.tls import TlsPolicy
@@ -74,9 +69,6 @@ MAX_BODY_BYTES = 8 << 20
 MAX_ERROR_BODY_BYTES = 64 << 10
 READ_CHUNK_BYTES = 64 << 10
 
-_CODE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
-_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_BEARER = re.compile(r"(?i)bearer\s+\S+")
 _SSL_REASON = re.compile(r"\[SSL: [A-Z_]+\][^'\"()]*")
 
 
@@ -140,63 +132,6 @@ class _Bearer(AuthBase):
 
     def __repr__(self) -> str:
         return "_Bearer(<redacted>)"
-
-
-def redact(text: str) -> str:
-    """Remove anything shaped like a JWT or a bearer credential from ``text``."""
-    return _BEARER.sub("Bearer [redacted]", _JWT_LIKE.sub("[redacted]", text))
-
-
-def ctm_error_fields(text: str) -> tuple[str | None, str | None]:
-    """``(codeDesc name, message)`` from a CTM error body, each None when absent.
-
-    ``"NCERRResourceNotFound: Resource not found"`` gives ``NCERRResourceNotFound``. Bodies that
-    are not CTM's JSON shape give nothing: an unknown body (a proxy's page) might echo headers.
-    """
-    try:
-        document = json.loads(text)
-    except ValueError:
-        return None, None
-    if not isinstance(document, dict):
-        return None, None
-    code_name = None
-    code_desc = document.get("codeDesc")
-    if isinstance(code_desc, str):
-        candidate = code_desc.split(":", 1)[0].strip()
-        if _CODE_NAME.fullmatch(candidate):
-            code_name = candidate
-    message = document.get("message")
-    if not isinstance(message, str) or not message.strip():
-        return code_name, None
-    return code_name, redact(message.strip())[:MAX_MESSAGE]
-
-
-_ERROR_CLASSES: Mapping[Verdict, type[CtmError]] = {
-    Verdict.THROTTLED: CtmThrottledError,
-    Verdict.TRANSIENT: CtmTransientError,
-    Verdict.UNAUTHORIZED: CtmAuthError,
-    Verdict.NOT_FOUND: CtmNotFoundError,
-    Verdict.PERMANENT: CtmPermanentError,
-}
-
-
-def error_for_response(what: str, status: int, text: str, verdict: Verdict) -> CtmError:
-    """The typed error for a non-successful answer; ``error_code`` is CTM's codeDesc if any."""
-    code_name, message = ctm_error_fields(text)
-    rule = body_rule(status, text)
-    if rule is not None and rule.error_code is not None:
-        code_name = rule.error_code  # OCI's own name for the condition says more than CTM's
-    default_code = {Verdict.THROTTLED: "THROTTLED", Verdict.UNAUTHORIZED: "UNAUTHORIZED"}.get(
-        verdict, f"HTTP_{status}"
-    )
-    summary = f"{what} answered HTTP {status}"
-    if code_name:
-        summary += f" {code_name}"
-    if message:
-        summary += f": {message}"
-    return _ERROR_CLASSES[verdict](
-        summary, error_code=code_name or default_code, http_status=status
-    )
 
 
 def error_for_exception(what: str, exc: OSError) -> CtmError:
