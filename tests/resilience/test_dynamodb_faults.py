@@ -1,5 +1,6 @@
-"""DynamoDB throttling the handler's writes: answers the SDK retries, batch writes left
-unprocessed, and an error that outlasts the SDK's retries. Nothing is lost or written twice."""
+"""DynamoDB refusing the handler's writes: throttles the SDK retries, transactions cancelled
+by a conflict (the store runs them again), and an error that outlasts the SDK's retries.
+Nothing is lost or written twice."""
 
 from __future__ import annotations
 
@@ -7,27 +8,30 @@ import pytest
 
 from tests.resilience.dynamodb_faults import DynamoDbFaults
 from tests.resilience.scenario import Scenario
+from tests.resilience.work_queue_source import TENANCY_QUEUE
 
 pytestmark = pytest.mark.resilience
 
 
-def test_throttled_and_unprocessed_writes_are_written_again_and_lose_no_result(
+def test_throttled_and_conflicting_writes_are_written_again_and_lose_no_result(
     scenario: Scenario, dynamodb_faults: DynamoDbFaults
 ) -> None:
     # Given a table that throttles three KEY updates (botocore's standard retries see 400
-    # ProvisionedThroughputExceeded) and leaves the first two batch writes wholly unprocessed
+    # ProvisionedThroughputExceeded) and cancels the first two transactions (registering a
+    # chunk) as conflicting with another one, which the SDK does not retry
     dynamodb_faults.throttle_key_updates = 3
-    dynamodb_faults.unprocess_batch_writes = 2
+    dynamodb_faults.conflict_transactions = 2
     keys = scenario.key_ids(12)
 
-    # When the keys are refreshed through the work queue
-    message_id = scenario.source.send({"keys": keys, "request_id": "throttled-table"})
+    # When the keys are refreshed through the work queue and the tenancy queue
+    scenario.source.send({"keys": keys, "request_id": "throttled-table"})
     scenario.source.drain()
 
-    # Then the throttles happened and were absorbed within the one delivery: every result
-    # and every KEY item is written, once
-    assert (dynamodb_faults.throttled, dynamodb_faults.unprocessed) == (3, 2)
-    assert scenario.source.deliveries[message_id] == 1
+    # Then the throttles and conflicts happened and were absorbed within one delivery of
+    # each message: every result and every KEY item is written, once
+    assert (dynamodb_faults.throttled, dynamodb_faults.conflicted) == (3, 2)
+    assert scenario.source.of(TENANCY_QUEUE)
+    assert set(scenario.source.deliveries.values()) == {1}
     results = scenario.promises_kept({"throttled-table": keys})["throttled-table"]
     assert {r["status"] for r in results.values()} == {"REFRESHED"}
     for key_id in keys:
@@ -44,13 +48,19 @@ def test_a_write_the_sdk_gave_up_on_costs_a_redelivery_never_a_result(
     dynamodb_faults.give_up_on_key_update = 5
     keys = scenario.key_ids(12)
 
-    # When the keys are refreshed through the work queue
+    # When the keys are refreshed through the work queue and the tenancy queue
     message_id = scenario.source.send({"keys": keys, "request_id": "gave-up"})
     scenario.source.drain()
 
-    # Then the delivery failed as a whole, SQS delivered it again, and the second delivery
-    # recorded every key: one terminal result each, the run completed once
+    # Then the request was resolved once; the invocation that met the error failed as a
+    # whole, SQS delivered its chunks again, and the second delivery recorded every key: one
+    # terminal result each, the run completed once
     assert dynamodb_faults.gave_up == 1
-    assert scenario.source.deliveries[message_id] == 2
+    assert scenario.source.deliveries[message_id] == 1
+    [crashed] = [i for i in scenario.source.invocations if i.response is None]
+    assert crashed.queue == TENANCY_QUEUE
+    assert [scenario.source.deliveries[m] for m in crashed.message_ids] == [2] * len(
+        crashed.message_ids
+    )
     results = scenario.promises_kept({"gave-up": keys})["gave-up"]
     assert {r["status"] for r in results.values()} == {"REFRESHED"}
