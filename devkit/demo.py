@@ -8,11 +8,14 @@ the life of the function:
 
 1. yesterday's scheduled run establishes every key's latest version;
 2. overnight, OCI rotates a few keys, disables one, deletes one, and CTM turns flaky for one;
-3. the schedule fires (``events/schedule.json``); the work queue is drained as Lambda would
-   (successes deleted, failures delivered again with a growing ``ApproximateReceiveCount``),
-   together with a pipeline's invalid message; the table's stream feeds the notify function;
-4. it prints the results, the run summary and the notifications, then checks that everything
-   it expected happened: any miss is listed and the exit code is 1.
+3. the schedule fires (``events/schedule.json``): its invocation resolves the keys into chunks
+   of one tenancy each and queues them on the FIFO tenancy queue; a pipeline sends an invalid
+   message to the work queue; Lambda's pollers (``devkit.lambda_poller``, both queues mapped
+   as ``template.yaml`` maps them) deliver the chunks and the message to the handler
+   (successes deleted, failures delivered again with a growing ``ApproximateReceiveCount``);
+   the table's stream feeds the notify function;
+4. it prints the results, the run summary, the queues' traffic and the notifications, then
+   checks that everything it expected happened: any miss is listed and the exit code is 1.
 
 The handlers' JSON logs and metrics go to a file in a temporary folder (its path is printed),
 so the output reads well.
@@ -28,18 +31,20 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from devkit.demo_report import (
     Expected,
     Observed,
+    QueueTraffic,
     check,
     print_notifications,
     print_results,
@@ -54,7 +59,8 @@ YESTERDAY = "2026-11-27T02:00:00Z"
 HOSTILE_BODY = json.dumps(
     {"keys": ["../../auth/tokens"], "request_id": "pipeline-0042", "reason": "typo in a script"}
 )
-MAX_DELIVERY_ROUNDS = 12
+DRAIN_TIMEOUT = 90.0  # seconds for both queues to empty (the demo needs a few)
+WORK_QUEUE, TENANCY_QUEUE = "WorkQueue", "TenancyQueue"  # template.yaml's event names
 
 # What the demo sets in-process (restored afterwards): fake credentials, no profile, quiet.
 _FAKE_AWS = {
@@ -78,8 +84,8 @@ class Scenario:
     seed: int = 7
     rotated: int = 3
     # The flaky key's refreshes answer this status this many times, then succeed. Default:
-    # twice CTM_MAX_ATTEMPTS, which outlasts the scheduled run and the first work-queue
-    # delivery, so the second delivery (ApproximateReceiveCount 2) finishes it.
+    # CTM_MAX_ATTEMPTS, which outlasts the first delivery of the key's chunk, so the second
+    # delivery (ApproximateReceiveCount 2) finishes it.
     flaky_status: int = 503
     flaky_failures: int | None = None
 
@@ -94,14 +100,34 @@ class Cast:
     flaky: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Delivery:
-    """One work-queue round, as printed and checked."""
+    """One invocation by a queue's mapping, as printed and checked."""
 
-    messages: int
-    receive_counts: list[int]
+    queue: str  # WORK_QUEUE or TENANCY_QUEUE
+    message_ids: tuple[str, ...]
+    groups: tuple[str, ...]  # tenancies (FIFO message groups)
+    receive_counts: tuple[int, ...]
     failures: int
-    flaky_counts: list[int] = field(default_factory=list)
+    flaky_counts: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Drained:
+    """What one schedule firing and the drain of both queues after it did."""
+
+    response: Any  # the direct invocation's answer
+    deliveries: tuple[_Delivery, ...]
+    drained: bool
+    crashes: tuple[str, ...]
+
+    def traffic(self, queue: str) -> QueueTraffic:
+        mine = [d for d in self.deliveries if d.queue == queue]
+        return QueueTraffic(
+            messages=len({m for d in mine for m in d.message_ids}),
+            deliveries=sum(len(d.message_ids) for d in mine),
+            invocations=len(mine),
+        )
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -163,8 +189,9 @@ def _play(
     # Yesterday: every key gets a LATEST version to compare with.
     schedule = json.loads(SCHEDULE_EVENT.read_text(encoding="utf-8"))
     yesterday = schedule | {"scheduled_time": YESTERDAY, "execution_id": str(uuid.uuid4())}
-    baseline = world.invoke_refresh(yesterday)
+    world.run(yesterday)
     baseline_run = f"schedule-{YESTERDAY}"
+    baseline = world.item(f"RUN#{baseline_run}", "RUN") or {}
     before = world.results(baseline_run)
     say(
         f"Yesterday's scheduled run ({baseline_run}): {baseline.get('status')}, "
@@ -177,20 +204,22 @@ def _play(
     if sabotage is not None:
         sabotage(world.ctm)
 
-    # Today: the schedule fires, a pipeline sends a bad message, the queue is drained.
-    response = world.invoke_refresh(schedule)
+    # Today: the schedule fires, a pipeline sends a bad message, both queues are drained.
+    drained, [hostile] = world.run(schedule, pipeline_messages=[HOSTILE_BODY], flaky=cast.flaky)
+    response = drained.response if isinstance(drained.response, Mapping) else {}
     run_id = str(response.get("run_id"))
     say(f"The schedule fires ({SCHEDULE_EVENT.relative_to(ROOT)}): run {run_id}")
     say(
-        "  first invocation: "
+        "  its invocation (intake): "
         + ", ".join(f"{response.get(n)} {n.replace('_', ' ')}" for n in _RESPONSE_COUNTS)
-        + f" -> {response.get('status')}"
+        + f" -> {response.get('status')}: the keys were queued to the tenancy queue in "
+        "chunks of one tenancy each, one message group per tenancy"
     )
-    hostile = world.stack.client("sqs").send_message(
-        QueueUrl=world.stack.work_queue_url, MessageBody=HOSTILE_BODY
-    )["MessageId"]
     say(f"A pipeline sends an invalid message to the work queue: {HOSTILE_BODY}")
-    deliveries = world.drain(cast.flaky)
+    say("Lambda's pollers deliver both queues to the refresh function:")
+    for number, delivery in enumerate(drained.deliveries, start=1):
+        say(_delivery_line(number, delivery))
+    deliveries = drained.deliveries
 
     observed = Observed(
         baseline=world.item(f"RUN#{baseline_run}", "RUN") or {},
@@ -198,11 +227,16 @@ def _play(
         before=before,
         results=world.results(run_id),
         rejected=world.item(f"REJECTED#{hostile}", "REQUEST"),
-        dead_letters=world.stack.receive_all(world.stack.dead_letter_queue_url),
+        dead_letters=world.stack.receive_all(world.stack.dead_letter_queue_url)
+        + world.stack.receive_all(world.stack.tenancy_dead_letter_queue_url),
         notifications=capture.messages(),
         flaky_receive_counts=[c for d in deliveries for c in d.flaky_counts],
         notify_errors=world.notify_errors,
-        queue_left=len(world.stack.receive_all(world.stack.work_queue_url)),
+        queue_left=world.queue_left(),
+        work_queue=drained.traffic(WORK_QUEUE),
+        tenancy_queue=drained.traffic(TENANCY_QUEUE),
+        drained=drained.drained,
+        crashes=drained.crashes,
     )
     expected = Expected(
         run_id=run_id,
@@ -235,6 +269,7 @@ class _World:
     notify: Any  # the functions/notify/app.py module
     say: Callable[[str], None]
     log: TextIO
+    mappings: list[Any]  # devkit.lambda_poller.EventSourceMapping, one per queue
     notify_errors: list[str] = field(default_factory=list)
 
     @classmethod
@@ -250,6 +285,7 @@ class _World:
 
         from devkit.aws_local import LocalStack, MotoServer
         from devkit.ctm_emulator import CtmEmulator, generate_keys
+        from devkit.lambda_poller import mappings_from_template
         from devkit.lambda_runtime import load_handler
 
         moto = MotoServer()
@@ -265,11 +301,24 @@ class _World:
         say(f"  table  {stack.table_name} (stream NEW_AND_OLD_IMAGES, index by-key, TTL)")
         say(
             f"  queue  {stack.work_queue_url.rsplit('/', 1)[-1]} "
-            f"(maxReceiveCount {stack.max_receive_count}) "
+            f"(what pipelines send; maxReceiveCount {stack.max_receive_count}) "
             f"-> dead-letter {stack.dead_letter_queue_url.rsplit('/', 1)[-1]}"
+        )
+        say(
+            f"  queue  {stack.tenancy_queue_url.rsplit('/', 1)[-1]} "
+            f"(FIFO, one message group per tenancy; maxReceiveCount {stack.max_receive_count}) "
+            f"-> dead-letter {stack.tenancy_dead_letter_queue_url.rsplit('/', 1)[-1]}"
         )
         say(f"  topic  {stack.topic_arn.rsplit(':', 1)[-1]}")
         say(f"  secret {stack.secret_id.rsplit(':', 1)[-1]}")
+        # Lambda's mappings as the template declares them. The work queue's batching window
+        # only waits for a fuller batch; the demo sends no burst, so it is not waited out.
+        mappings = [replace(m, batching_window_seconds=0.0) for m in mappings_from_template(stack)]
+        for mapping in mappings:
+            say(
+                f"  the refresh function reads {mapping.label}: BatchSize {mapping.batch_size}, "
+                f"MaximumConcurrency {mapping.maximum_concurrency}, ReportBatchItemFailures"
+            )
 
         keys = generate_keys(scenario.keys, tenancies=scenario.tenancies, seed=scenario.seed)
         ctm = CtmEmulator(keys=keys, seed=scenario.seed).start()
@@ -285,13 +334,13 @@ class _World:
         with _quiet(log):
             refresh = load_handler("refresh", stack.refresh_env(CTM_BASE_URL=ctm.base_url))
             notify = load_handler("notify", stack.notify_env())
-        return cls(stack, ctm, keys, refresh, notify, say, log)
+        return cls(stack, ctm, keys, refresh, notify, say, log, mappings)
 
     def overnight(self, scenario: Scenario) -> tuple[Cast, int]:
         """What OCI and CTM do between the two runs; also how often the flaky key fails."""
         cast = _choose_cast(self.keys, scenario)
         attempts = int(self.stack.refresh_env()["CTM_MAX_ATTEMPTS"])
-        failures = scenario.flaky_failures or 2 * attempts
+        failures = scenario.flaky_failures or attempts
         names = {k["id"]: k["oci_params"]["display_name"] for k in self.keys}
         for key_id in cast.rotated:
             self.ctm.rotate(key_id)
@@ -309,14 +358,48 @@ class _World:
         )
         return cast, failures
 
-    def invoke_refresh(self, event: Mapping[str, Any]) -> Any:
-        """One refresh invocation, then its stream records through the notify function."""
-        from devkit.lambda_runtime import FakeLambdaContext
+    def run(
+        self,
+        event: Mapping[str, Any],
+        pipeline_messages: Sequence[str] = (),
+        flaky: str | None = None,
+    ) -> tuple[_Drained, list[str]]:
+        """Invoke the refresh function with ``event`` (the schedule firing), send
+        ``pipeline_messages`` to the work queue, and let Lambda's pollers deliver both queues
+        to the function until they are empty; then the stream to the notify function.
+        Returns what happened, and the ids of the messages sent."""
+        from devkit.lambda_poller import InProcessFunction, LambdaPoller
 
-        with _quiet(self.log):
-            response = self.refresh.handler(dict(event), FakeLambdaContext("refresh"))
+        labels = {m.queue_arn: m.label for m in self.mappings}
+        recorder = _Recorder(InProcessFunction(self.refresh), labels, flaky)
+        sqs = self.stack.client("sqs")
+        with (
+            _quiet(self.log),
+            LambdaPoller(
+                sqs,
+                self.mappings,
+                recorder,
+                region=self.stack.region,
+                # A failed batch's messages come back at once: the function asks for 30 s
+                # (growing with each delivery), which the demo does not wait out.
+                redeliver_failed_after=0,
+                redeliver_crashed_after=0,
+            ) as poller,
+        ):
+            poller.invoke(dict(event))
+            sent = []
+            for body in pipeline_messages:
+                answer = sqs.send_message(QueueUrl=self.stack.work_queue_url, MessageBody=body)
+                sent.append(str(answer["MessageId"]))
+            report = poller.drain(DRAIN_TIMEOUT)
         self.feed_stream()
-        return response
+        crashes = tuple(
+            f"invocation {i.number} ({i.source}) raised {type(i.error).__name__}: {i.error}"
+            for i in report.crashes
+        )
+        [response] = report.direct_responses or [None]
+        drained = _Drained(response, tuple(recorder.deliveries), report.drained, crashes)
+        return drained, sent
 
     def feed_stream(self) -> None:
         """The table's new stream records to the notify function, until there are none."""
@@ -333,34 +416,6 @@ class _World:
             if failures:
                 self.notify_errors.append(f"notify reported stream batch failures: {failures}")
 
-    def drain(self, flaky: str) -> list[_Delivery]:
-        """Feed the work queue to the refresh handler as Lambda does, until it is empty."""
-        queue = self.stack.work_queue_url
-        deliveries: list[_Delivery] = []
-        for number in range(1, MAX_DELIVERY_ROUNDS + 1):
-            messages = self.stack.receive_all(queue)
-            if not messages:
-                break
-            response = self.invoke_refresh(self.stack.sqs_event(messages))
-            failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
-            counts = [int(m["Attributes"]["ApproximateReceiveCount"]) for m in messages]
-            flaky_counts = [
-                count
-                for message, count in zip(messages, counts, strict=True)
-                if flaky in _keys_of(message["Body"])
-            ]
-            deliveries.append(_Delivery(len(messages), counts, len(failed), flaky_counts))
-            self.say(
-                f"  work queue, delivery {number}: {len(messages)} message(s), "
-                f"ApproximateReceiveCount {counts}, {len(failed)} reported as batch item "
-                "failures" + (" -> delivered again" if failed else "")
-            )
-            # Lambda deletes the successes; a failure comes back after its visibility timeout
-            # (the function shortens it to 30 s; the demo does not wait that long).
-            self.stack.delete_messages(queue, [m for m in messages if m["MessageId"] not in failed])
-            self.stack.release_messages(queue, [m for m in messages if m["MessageId"] in failed])
-        return deliveries
-
     def item(self, pk: str, sk: str) -> dict[str, Any] | None:
         """One table item, or None."""
         found = self.stack.table.get_item(Key={"pk": pk, "sk": sk}, ConsistentRead=True)
@@ -368,22 +423,90 @@ class _World:
 
     def results(self, run_id: str) -> dict[str, dict[str, Any]]:
         """A run's RESULT items by key id."""
-        from boto3.dynamodb.conditions import Key
+        from devkit.aws_local import deserialize_image
 
-        query: dict[str, Any] = {
-            "KeyConditionExpression": Key("pk").eq(f"RUN#{run_id}") & Key("sk").begins_with("KEY#"),
-            "ConsistentRead": True,
-        }
-        items: list[dict[str, Any]] = []
-        while True:
-            page = self.stack.table.query(**query)
-            items += page.get("Items", [])
-            if "LastEvaluatedKey" not in page:
-                return {str(item["key_id"]): dict(item) for item in items}
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        pages = (
+            self.stack.client("dynamodb")
+            .get_paginator("query")
+            .paginate(
+                TableName=self.stack.table_name,
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :key)",
+                ExpressionAttributeValues={":pk": {"S": f"RUN#{run_id}"}, ":key": {"S": "KEY#"}},
+                ConsistentRead=True,
+            )
+        )
+        items = [deserialize_image(item) for page in pages for item in page["Items"]]
+        return {str(item["key_id"]): item for item in items}
+
+    def queue_left(self) -> int:
+        """Messages still in the work queue and the tenancy queue (visible or not)."""
+        sqs = self.stack.client("sqs")
+        left = 0
+        for url in (self.stack.work_queue_url, self.stack.tenancy_queue_url):
+            attributes = sqs.get_queue_attributes(
+                QueueUrl=url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
+                ],
+            )["Attributes"]
+            left += sum(int(value) for value in attributes.values())
+        return left
 
 
-_RESPONSE_COUNTS = ("requested", "refreshed", "not_found", "failed", "rotated", "handed_off")
+class _Recorder:
+    """The poller's target: the handler (in this process), and a note of every delivery."""
+
+    def __init__(
+        self, target: Callable[[dict[str, Any]], Any], labels: Mapping[str, str], flaky: str | None
+    ) -> None:
+        self._target = target
+        self._labels = labels
+        self._flaky = flaky
+        self._lock = threading.Lock()
+        self.deliveries: list[_Delivery] = []
+
+    def __call__(self, event: dict[str, Any]) -> Any:
+        response = self._target(event)
+        records = event.get("Records")
+        if records:
+            failed = response.get("batchItemFailures", []) if isinstance(response, dict) else []
+            counts = [int(r["attributes"]["ApproximateReceiveCount"]) for r in records]
+            delivery = _Delivery(
+                queue=self._labels.get(records[0]["eventSourceARN"], "?"),
+                message_ids=tuple(r["messageId"] for r in records),
+                groups=tuple(
+                    dict.fromkeys(
+                        r["attributes"]["MessageGroupId"]
+                        for r in records
+                        if "MessageGroupId" in r["attributes"]
+                    )
+                ),
+                receive_counts=tuple(counts),
+                failures=len(failed),
+                flaky_counts=tuple(
+                    count
+                    for record, count in zip(records, counts, strict=True)
+                    if self._flaky and self._flaky in _keys_of(record["body"])
+                ),
+            )
+            with self._lock:
+                self.deliveries.append(delivery)
+        return response
+
+
+_RESPONSE_COUNTS = ("requested", "fanned_out", "refreshed")
+
+
+def _delivery_line(number: int, delivery: _Delivery) -> str:
+    queue = "tenancy queue" if delivery.queue == TENANCY_QUEUE else "work queue"
+    groups = f" of {len(delivery.groups)} tenancy group(s)" if delivery.groups else ""
+    return (
+        f"  {queue}, invocation {number}: {len(delivery.message_ids)} message(s){groups}, "
+        f"ApproximateReceiveCount {list(delivery.receive_counts)}, {delivery.failures} "
+        "reported as batch item failures" + (" -> delivered again" if delivery.failures else "")
+    )
 
 
 def _notes(
@@ -395,7 +518,10 @@ def _notes(
         **dict.fromkeys(cast.rotated, "OCI rotated it"),
         cast.disabled: "OCI disabled it",
         cast.deleted: "OCI deleted it",
-        cast.flaky: f"CTM {status} x{failures}: PENDING, re-queued, done at receive count {last}",
+        cast.flaky: (
+            f"CTM {status} x{failures}: PENDING, its chunk delivered again, "
+            f"done at receive count {last}"
+        ),
     }
 
 

@@ -1,7 +1,8 @@
 """What ``make demo`` prints, and the checks that decide its exit code.
 
-``check(observed, expected)`` is pure: it compares what the table, the dead-letter queue and
-the topic hold after the demo with what the demo set out to cause, and returns the misses.
+``check(observed, expected)`` is pure: it compares what the table, the queues and the topic
+hold after the demo, and what the queues carried, with what the demo set out to cause, and
+returns the misses.
 """
 
 from __future__ import annotations
@@ -34,6 +35,21 @@ class Expected:
 
 
 @dataclass(frozen=True)
+class QueueTraffic:
+    """What one queue carried to the refresh function during today's run."""
+
+    messages: int = 0  # distinct messages delivered
+    deliveries: int = 0  # a message delivered again counts again
+    invocations: int = 0  # invocations of the function by the queue's mapping
+
+    def describe(self) -> str:
+        again = self.deliveries - self.messages
+        return f"{self.messages} message(s) in {self.invocations} invocation(s)" + (
+            f", {again} delivered again" if again else ""
+        )
+
+
+@dataclass(frozen=True)
 class Observed:
     """What the local AWS resources hold once the queue and the stream are drained."""
 
@@ -46,7 +62,11 @@ class Observed:
     notifications: Sequence[Mapping[str, Any]]  # {Subject, Message, MessageAttributes}
     flaky_receive_counts: Sequence[int]  # receive counts of deliveries carrying the flaky key
     notify_errors: Sequence[str] = field(default_factory=tuple)
-    queue_left: int = 0  # work-queue messages still there at the end
+    queue_left: int = 0  # messages still in the work queue and the tenancy queue at the end
+    work_queue: QueueTraffic = QueueTraffic()
+    tenancy_queue: QueueTraffic = QueueTraffic()
+    drained: bool = True  # the queues emptied before the demo's timeout
+    crashes: Sequence[str] = field(default_factory=tuple)  # invocations that raised
 
 
 def check(observed: Observed, expected: Expected) -> list[str]:
@@ -101,7 +121,20 @@ def check(observed: Observed, expected: Expected) -> list[str]:
         "the flaky key finished by a redelivery (ApproximateReceiveCount >= 2), "
         f"got counts {list(observed.flaky_receive_counts)}",
     )
-    want(observed.queue_left == 0, f"the work queue drained, {observed.queue_left} left")
+    want(
+        observed.drained and observed.queue_left == 0,
+        f"the work queue and the tenancy queue drained, {observed.queue_left} message(s) left",
+    )
+    want(
+        observed.tenancy_queue.messages >= 1,
+        "the run's keys went through the tenancy queue, got no tenancy-queue message",
+    )
+    want(
+        observed.work_queue.messages >= 1,
+        "the pipeline's message was delivered from the work queue, got none",
+    )
+    for crash in observed.crashes:
+        misses.append(f"no invocation raised: {crash}")
 
     rejected = observed.rejected or {}
     want(
@@ -186,6 +219,11 @@ def print_summary(out: TextIO, observed: Observed) -> None:
         f"{_int(run.get('refreshed'))} refreshed, {_int(run.get('not_found'))} not found, "
         f"{_int(run.get('failed'))} failed, {_int(run.get('rotated'))} rotated; "
         f"{run.get('started_at')} -> {run.get('finished_at')}",
+    )
+    _say(
+        out,
+        f"Queues: tenancy queue {observed.tenancy_queue.describe()}; "
+        f"work queue {observed.work_queue.describe()}",
     )
     rejected = observed.rejected
     if rejected:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from devkit.demo import Scenario, run
-from devkit.demo_report import Expected, Observed, check
+from devkit.demo_report import Expected, Observed, QueueTraffic, check
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,9 @@ def test_the_demo_entry_point_plays_the_whole_scenario_and_exits_zero() -> None:
     assert "Traceback" not in out + done.stderr
     assert "Results of run schedule-2026-11-28T02:00:00Z (40 keys):" in out
     assert "COMPLETED; 40 requested, 39 refreshed, 1 not found, 0 failed, 3 rotated" in out
+    assert "tenancy queue, invocation" in out
     assert "ApproximateReceiveCount [2]" in out
+    assert "Queues: tenancy queue 4 message(s) in " in out
     assert "ENABLED -> DISABLED" in out
     assert "Rejected request REJECTED#" in out
     assert "Dead-letter queue: " in out
@@ -138,6 +140,8 @@ def _observed() -> Observed:
             _note("REQUEST_REJECTED", "ERROR"),
         ],
         flaky_receive_counts=[1, 2],
+        work_queue=QueueTraffic(messages=1, deliveries=1, invocations=1),
+        tenancy_queue=QueueTraffic(messages=2, deliveries=3, invocations=2),
     )
 
 
@@ -171,3 +175,10 @@ def test_a_key_finished_without_a_redelivery_is_a_miss() -> None:
 
     [miss] = check(observed, _expected())
     assert "redelivery" in miss
+
+
+def test_a_run_that_never_used_the_tenancy_queue_is_a_miss() -> None:
+    observed = replace(_observed(), tenancy_queue=QueueTraffic())
+
+    [miss] = check(observed, _expected())
+    assert "tenancy queue" in miss
