@@ -13,17 +13,19 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cckm_refresh.notify import StreamNotifier, build_stream_notifier, load_settings
+from cckm_refresh.config import NotifySettings
+from cckm_refresh.notify import StreamNotifier
+from cckm_refresh.notify.wiring import stream_notifier
 from cckm_refresh.observability import logger, metrics
+from cckm_refresh.wiring import load_settings
 
-settings = load_settings()  # validated at cold start: a bad variable fails here, in one line
+settings = load_settings(NotifySettings)  # at cold start: a bad variable fails here, in one line
 
 
 @functools.cache
 def notifier() -> StreamNotifier:
-    """The SNS/DynamoDB clients, made on the first record and reused by every invocation of
-    this container (creating them costs ~80 ms, which an import should not)."""
-    return build_stream_notifier(settings)
+    """The clients, made on the first invocation and kept by the container."""
+    return stream_notifier(settings)
 
 
 # A batch whose every record failed is reported like any other: failed records are retried

@@ -1,13 +1,31 @@
-"""Refresh function entry point: EventBridge Scheduler, EventBridge rules and SQS (CONTRACT 4.2)."""
+"""Refresh function entry point: EventBridge Scheduler, EventBridge rules and SQS (CONTRACT 4.2).
 
+An SQS batch (from the work queue or the tenancy queue) goes through one pass; each message's
+verdict becomes the partial batch response.
+"""
+
+import functools
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from cckm_refresh.config import RefreshSettings
 from cckm_refresh.observability import logger, metrics
-from cckm_refresh.refresh_function import RefreshFunction, build_service, load_settings
+from cckm_refresh.refresh_function import RefreshFunction
+from cckm_refresh.run.service import RefreshService
+from cckm_refresh.run.wiring import refresh_service
+from cckm_refresh.wiring import load_settings
 
-function = RefreshFunction(load_settings(), build_service)
+settings = load_settings(RefreshSettings)  # at cold start: a bad variable fails here, in one line
+
+
+@functools.cache
+def service() -> RefreshService:
+    """The clients, made on the first invocation and kept by the container."""
+    return refresh_service(settings)
+
+
+function = RefreshFunction(settings, service)
 
 
 @logger.inject_lambda_context(clear_state=True)

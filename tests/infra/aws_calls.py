@@ -3,7 +3,9 @@
 Starting at a handler (``functions/<name>/app.py``), every ``cckm_refresh`` module it imports,
 at module level or inside a function, is parsed. In them:
 
-- ``boto3.client("<service>")`` names the services the function has clients of;
+- ``boto3.client("<service>")``, or ``aws_client("<service>")`` (``cckm_refresh.wiring``, whose
+  own ``boto3.client(service)`` is the one call not read), names the services the function has
+  clients of;
 - a call ``<anything>.<method>(keyword=...)`` whose method is the snake_case name of one of
   those services' operations, with keyword arguments only (boto3 client methods take no
   positional ones) that are all members of the operation's input, is a call of that operation;
@@ -28,6 +30,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_ROOT = ROOT / "layers" / "common"
 PACKAGE = "cckm_refresh"
+
+# The package's one maker of boto3 clients (``cckm_refresh.wiring``).
+CLIENT_FACTORY = "aws_client"
 
 # Powertools helpers that make AWS calls on the code's behalf.
 POWERTOOLS_CALLS = {
@@ -126,14 +131,24 @@ def _string(node: ast.AST) -> str | None:
 
 def _boto3_clients(tree: ast.AST, kind: str) -> list[str]:
     services = []
+    wrapper = {
+        id(node)
+        for function in ast.walk(tree)
+        if isinstance(function, ast.FunctionDef) and function.name == CLIENT_FACTORY
+        for node in ast.walk(function)
+    }
     for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == kind
-            and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == "boto3"
-        ):
+        if not isinstance(node, ast.Call) or id(node) in wrapper:
+            continue
+        func = node.func
+        boto3_call = (
+            isinstance(func, ast.Attribute)
+            and func.attr == kind
+            and isinstance(func.value, ast.Name)
+            and func.value.id == "boto3"
+        )
+        factory_call = kind == "client" and isinstance(func, ast.Name) and func.id == CLIENT_FACTORY
+        if boto3_call or factory_call:
             service = _string(node.args[0]) if node.args else None
             services.append(service or "<not a literal>")
     return services

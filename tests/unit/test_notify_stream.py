@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
-from cckm_refresh.config import ConfigError
+from cckm_refresh.config import ConfigError, NotifySettings
 from cckm_refresh.notify.delivery import Notifier
 from cckm_refresh.notify.events import FailedKeys, Notification
 from cckm_refresh.notify.stream import (
@@ -19,9 +19,9 @@ from cckm_refresh.notify.stream import (
     LEASE_MARGIN,
     RunDigest,
     StreamNotifier,
-    load_settings,
 )
 from cckm_refresh.notify.webhook import SAFETY_MARGIN, MirrorReport, WebhookMirror
+from cckm_refresh.wiring import load_settings
 from tests.unit.notify_fakes import (
     HANGS,
     ClockedSession,
@@ -157,7 +157,7 @@ def test_a_bad_setting_fails_the_cold_start_with_one_line_naming_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with pytest.raises(ConfigError):
-        load_settings({"RESULTS_TABLE": "t"})
+        load_settings(NotifySettings, {"RESULTS_TABLE": "t"})
     [line] = caplog.records
     assert line.levelname == "ERROR"
     assert "TOPIC_ARN" in line.message

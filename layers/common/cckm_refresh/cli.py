@@ -226,8 +226,8 @@ class _Progress:
 
 
 def _refresh(args: argparse.Namespace, env: dict[str, str]) -> int:
-    from cckm_refresh.refresh_function import build_service
-    from cckm_refresh.service import Rejection
+    from cckm_refresh.run.report import Rejection
+    from cckm_refresh.run.wiring import refresh_service
 
     request = _request(args)
     try:
@@ -238,7 +238,7 @@ def _refresh(args: argparse.Namespace, env: dict[str, str]) -> int:
     settings = _settings(args, env)
     _require_aws_credentials()
     progress = _Progress(sys.stderr, not (args.quiet or args.json))
-    service = build_service(settings, on_outcome=progress)
+    service = refresh_service(settings, on_outcome=progress)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     delivery = Delivery(
         trigger=Trigger.CLI,

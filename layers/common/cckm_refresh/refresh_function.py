@@ -1,110 +1,35 @@
-"""The refresh function behind ``functions/refresh/app.py``: wiring and event dispatch.
-
-Settings are read once per container (cold start); clients are created lazily, once, on the
-first invocation that needs them, so importing the handler stays cheap.
+"""The refresh function's event dispatch (CONTRACT 4.2) behind ``functions/refresh/app.py``:
+an SQS batch goes through one pass, and the verdict of each message becomes the partial batch
+response; a scheduler or EventBridge event is one delivery. Metrics and the answer's shape.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from cckm_refresh.config import ConfigError, RefreshSettings
-from cckm_refresh.engine import RefreshEngine
-from cckm_refresh.model import RefreshOutcome, Status
+from cckm_refresh.config import RefreshSettings
+from cckm_refresh.model import Status
 from cckm_refresh.observability import logger, metrics
-from cckm_refresh.ratelimit import TenancyRateLimiter
-from cckm_refresh.resolution import Resolver
-from cckm_refresh.service import Action, RefreshService, Rejection, RunReport
-from cckm_refresh.store import ResultStore
+from cckm_refresh.run.report import Action, Rejection, RunReport
+from cckm_refresh.run.service import RefreshService
 from cckm_refresh.triggers import is_sqs_event, single_delivery, sqs_delivery_of
-from cckm_refresh.workqueue import WorkQueue
-
-
-def load_settings(env: dict[str, str] | None = None) -> RefreshSettings:
-    """Read the configuration at cold start; a bad variable is one clear log line, then fails."""
-    try:
-        settings = RefreshSettings.from_env(env)
-    except ConfigError as error:
-        logger.error(str(error), extra={"variable": error.variable})
-        raise
-    if not settings.ctm_verify_tls:
-        logger.warning("CTM_VERIFY_TLS is false: CTM's TLS certificate is NOT verified")
-    return settings
-
-
-def build_service(
-    settings: RefreshSettings, on_outcome: Callable[[RefreshOutcome], None] | None = None
-) -> RefreshService:
-    """Create the clients (once per container) and the service that uses them."""
-    import boto3
-    from aws_lambda_powertools.utilities import parameters
-    from botocore.config import Config
-
-    from cckm_refresh.ctm.client import CtmClient, ListCursor
-
-    def load_secret(force: bool) -> str:
-        value = parameters.get_secret(settings.ctm_secret_id, max_age=300, force_fetch=force)
-        return value if isinstance(value, str) else bytes(value).decode()
-
-    aws = Config(
-        retries={"mode": "standard", "max_attempts": 8},
-        # Every call in flight records its outcome at once: one connection each, no churn.
-        max_pool_connections=settings.refresh_concurrency + 4,
-    )
-    ctm = CtmClient.create(
-        base_url=settings.ctm_base_url,
-        secret_loader=load_secret,
-        timeout=settings.ctm_timeout_seconds,
-        max_attempts=settings.ctm_max_attempts,
-        verify_tls=settings.ctm_verify_tls,
-        pool_size=settings.refresh_concurrency,
-    )
-    store = ResultStore(
-        boto3.client("dynamodb", config=aws),
-        settings.results_table,
-        settings.result_retention_days,
-    )
-    listener = (lambda _item, outcome: on_outcome(outcome)) if on_outcome else None
-    engine = RefreshEngine(
-        lambda key_id, pacer, deadline: ctm.refresh_oci_key(key_id, pacer=pacer, deadline=deadline),
-        TenancyRateLimiter(settings.tenancy_rate_limit),
-        concurrency=settings.refresh_concurrency,
-        on_outcome=listener,
-    )
-    return RefreshService(
-        settings=settings,
-        resolver=Resolver(
-            ctm,
-            store.latest_of,
-            ListCursor.from_json,
-            can_hand_on=bool(settings.tenancy_queue_url or settings.work_queue_url),
-        ),
-        engine=engine,
-        store=store,
-        queue=WorkQueue(
-            boto3.client("sqs", config=aws),
-            settings.work_queue_url,
-            settings.dead_letter_queue_url,
-            settings.tenancy_queue_url,
-        ),
-    )
 
 
 @dataclass
 class RefreshFunction:
-    """Per-container state of the refresh function: settings and the service built from them."""
+    """The refresh function's dispatch: its settings, and the service (built on first use by
+    ``functions/refresh/app.py``, once per container)."""
 
     settings: RefreshSettings
-    build_service: Callable[[RefreshSettings], RefreshService]
+    services: Callable[[], RefreshService]
 
-    @functools.cached_property
+    @property
     def service(self) -> RefreshService:
-        return self.build_service(self.settings)
+        return self.services()
 
     def handle(self, event: Any, context: Any) -> dict[str, Any]:
         """Dispatch one invocation event (CONTRACT 4.2) and shape the response."""

@@ -6,6 +6,6 @@ ties them to a stream batch (SNS for every record first, then the webhook) for
 ``functions/notify/app.py``.
 """
 
-from cckm_refresh.notify.stream import StreamNotifier, build_stream_notifier, load_settings
+from cckm_refresh.notify.stream import StreamNotifier
 
-__all__ = ["StreamNotifier", "build_stream_notifier", "load_settings"]
+__all__ = ["StreamNotifier"]

@@ -1,8 +1,8 @@
 """A stream batch in, its notifications delivered: what the notify handler calls.
 
 SNS first for every record of the batch, then the webhook mirror with the time left.
-``build_stream_notifier`` wires the AWS clients once per container; ``StreamNotifier`` itself
-takes its collaborators as arguments, so tests can hand it fakes.
+``cckm_refresh.wiring.stream_notifier`` wires the AWS clients once per container;
+``StreamNotifier`` itself takes its collaborators as arguments, so tests can hand it fakes.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-import boto3
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from cckm_refresh.clock import utc_now
-from cckm_refresh.config import ConfigError, NotifySettings
-from cckm_refresh.notify.delivery import Notifier, SnsPublisher
+from cckm_refresh.notify.delivery import Notifier
 from cckm_refresh.notify.events import (
     MAX_FAILED_KEYS,
     FailedKeys,
@@ -24,9 +22,8 @@ from cckm_refresh.notify.events import (
     Notification,
     notifications_for,
 )
-from cckm_refresh.notify.ledger import NotificationLedger
-from cckm_refresh.notify.webhook import MirrorReport, Webhook, WebhookMirror, url_from_secret
-from cckm_refresh.observability import logger, metrics
+from cckm_refresh.notify.webhook import MirrorReport, WebhookMirror
+from cckm_refresh.observability import metrics
 
 # Without a Lambda context (a local run), a claim lasts as long as Lambda's longest invocation.
 LAMBDA_MAX_RUN = timedelta(minutes=15)
@@ -35,16 +32,6 @@ LEASE_MARGIN = timedelta(seconds=5)
 
 class Deadline(Protocol):
     def get_remaining_time_in_millis(self) -> int: ...
-
-
-def load_settings(env: dict[str, str] | None = None) -> NotifySettings:
-    """The configuration, read at cold start: a bad variable is one log line naming it, then
-    the ``ConfigError`` is raised again (the cold start fails)."""
-    try:
-        return NotifySettings.from_env(env)
-    except ConfigError as error:
-        logger.error(str(error), extra={"variable": error.variable})
-        raise
 
 
 class StreamNotifier:
@@ -160,23 +147,6 @@ class RunDigest:
             if "LastEvaluatedKey" not in page:
                 return FailedKeys(tuple(keys), count)
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def build_stream_notifier(settings: NotifySettings) -> StreamNotifier:
-    """The notifier with this container's AWS clients (and webhook, when configured)."""
-    dynamodb = boto3.client("dynamodb")
-    mirror = None
-    if settings.webhook_secret_id:
-        import requests  # only containers with a webhook pay for importing it
-
-        webhook = Webhook(url_from_secret(settings.webhook_secret_id), requests.Session())
-        mirror = WebhookMirror(webhook, count=count_metric)
-    notifier = Notifier(
-        NotificationLedger(dynamodb, settings.results_table, settings.result_retention_days),
-        SnsPublisher(boto3.client("sns"), settings.topic_arn),
-        count=count_metric,
-    )
-    return StreamNotifier(notifier, RunDigest(dynamodb, settings.results_table).failed_keys, mirror)
 
 
 def count_metric(name: str, value: int = 1) -> None:

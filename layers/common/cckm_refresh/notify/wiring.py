@@ -1,0 +1,29 @@
+"""The notifier with this container's clients (and webhook, when configured)."""
+
+from __future__ import annotations
+
+from cckm_refresh.config import NotifySettings
+from cckm_refresh.notify.delivery import Notifier, SnsPublisher
+from cckm_refresh.notify.ledger import NotificationLedger
+from cckm_refresh.notify.stream import RunDigest, StreamNotifier, count_metric
+from cckm_refresh.notify.webhook import Webhook, WebhookMirror, url_from_secret
+from cckm_refresh.wiring import aws_client
+
+
+def stream_notifier(settings: NotifySettings) -> StreamNotifier:
+    """The notifier with this container's AWS clients (and webhook, when configured)."""
+    dynamodb = aws_client("dynamodb")
+    mirror = None
+    if settings.webhook_secret_id:
+        import requests  # only containers with a webhook pay for importing it
+
+        mirror = WebhookMirror(
+            Webhook(url_from_secret(settings.webhook_secret_id), requests.Session()),
+            count=count_metric,
+        )
+    notifier = Notifier(
+        NotificationLedger(dynamodb, settings.results_table, settings.result_retention_days),
+        SnsPublisher(aws_client("sns"), settings.topic_arn),
+        count=count_metric,
+    )
+    return StreamNotifier(notifier, RunDigest(dynamodb, settings.results_table).failed_keys, mirror)

@@ -1,0 +1,285 @@
+"""Chunk work: the keys of registered chunks refreshed in one engine pass, recorded one by one.
+
+A chunk's keys are read first (strongly consistent): the terminal ones are counted, never
+refreshed again; the others are refreshed, each outcome recorded as soon as it is known (a
+killed container repeats at most its calls in flight). A chunk whose keys are all terminal is
+closed, adding its counts to the run once, and the run completes with its last chunk.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from cckm_refresh.clock import iso_now
+from cckm_refresh.config import RefreshSettings
+from cckm_refresh.engine import RefreshEngine, WorkItem
+from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status, Trigger
+from cckm_refresh.observability import logger
+from cckm_refresh.ratelimit import UNKNOWN_TENANCY
+from cckm_refresh.request import chunk_message
+from cckm_refresh.run.ports import RunQueues, RunTable
+from cckm_refresh.run.report import DEAD_LETTER, DONE, MessageVerdict, RunReport, log_outcomes
+from cckm_refresh.store import ChunkTally, RecordedResult, RunCounts, described
+from cckm_refresh.triggers import Delivery
+from cckm_refresh.workqueue import QueueMessage
+
+
+@dataclass
+class ChunkJob:
+    """One chunk being worked in this invocation, and what happened to each of its keys."""
+
+    run: RunInfo
+    chunk_id: str
+    key_ids: tuple[str, ...]
+    delivery: Delivery | None  # None: registered and refreshed in this same invocation
+    tenancy: str | None = None
+    last_chance: bool = False
+    final: dict[str, tuple[Status, bool]] = field(default_factory=dict)  # terminal: rotated?
+    pending: dict[str, RefreshOutcome] = field(default_factory=dict)
+    lost: set[str] = field(default_factory=set)  # another delivery recorded them first
+    recorded: list[RecordedResult] = field(default_factory=list)
+    leftovers: list[WorkItem] = field(default_factory=list)
+    gave_up: int = 0
+    completed: RunCounts | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return len(self.final) == len(self.key_ids)
+
+    def tally(self) -> ChunkTally:
+        tally = ChunkTally()
+        for status, rotated in self.final.values():
+            tally = tally.add(status, rotated)
+        return tally
+
+
+@dataclass
+class EnginePass:
+    """What the engine passes of one delivery did, for its report."""
+
+    throttled: int = 0
+    latencies_ms: list[int] = field(default_factory=list)
+    jobs: list[ChunkJob] = field(default_factory=list)
+    requeued: int = 0  # keys owed by chunks refreshed in place, queued again
+
+
+def last_chance(delivery: Delivery, max_receive_count: int) -> bool:
+    """The queue's last delivery of the message (only SQS redelivers: a schedule's or the
+    CLI's pending keys are re-queued instead)."""
+    return delivery.trigger is Trigger.SQS and delivery.receive_count >= max_receive_count
+
+
+class ChunkWorker:
+    """Refreshes and records chunks; built once per container."""
+
+    def __init__(
+        self,
+        settings: RefreshSettings,
+        engine: RefreshEngine,
+        store: RunTable,
+        queue: RunQueues,
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._store = store
+        self._queue = queue
+
+    def job(self, delivery: Delivery, run: RunInfo, chunk_id: str, keys: Sequence[str]) -> ChunkJob:
+        """The job of a chunk message."""
+        return ChunkJob(
+            run=run,
+            chunk_id=chunk_id,
+            key_ids=tuple(keys),
+            delivery=delivery,
+            last_chance=last_chance(delivery, self._settings.max_receive_count),
+        )
+
+    def work(self, jobs: Sequence[ChunkJob], seconds_left: Callable[[], float]) -> EnginePass:
+        """Refresh every key the jobs still owe in one engine pass, recording as it goes."""
+        items: list[WorkItem] = []
+        for job in jobs:
+            items += self._owed(job)
+        margin = self._settings.deadline_margin_seconds
+        done = EnginePass()
+        if items and any(j.last_chance for j in jobs) and seconds_left() <= margin:
+            for item in (i for i in items if i.context.last_chance):
+                self._give_up(item, "the last delivery had too little time left")
+            items = [i for i in items if not i.context.last_chance]
+        if items:
+            result = self._engine.run(
+                items,
+                lambda: seconds_left() - margin,
+                self._record,
+                calls_end_within=seconds_left() - self._settings.recording_reserve_seconds,
+            )
+            done.throttled = result.throttled
+            done.latencies_ms = result.latencies_ms
+            for item in result.leftovers:
+                if item.context.last_chance:
+                    self._give_up(item, "the last delivery ran out of time")
+                else:
+                    item.context.leftovers.append(item)
+        for job in jobs:
+            self._settle(job)
+        return done
+
+    def report(self, job: ChunkJob, done: EnginePass, receive_count: int) -> RunReport:
+        """A chunk message's report and verdict: back later while keys are PENDING; to the
+        dead-letter queue when its last delivery gave up on some; else done (what was not
+        started is handed on in a new message of the same chunk)."""
+        verdict = DONE
+        handed_off = 0
+        if job.pending:
+            verdict = MessageVerdict.retry(receive_count)
+        elif job.gave_up:
+            verdict = DEAD_LETTER
+        elif job.leftovers:
+            handed_off = self.send_again(job, len(job.leftovers), reason="handed on")
+        log_outcomes(job.recorded)
+        if job.completed:
+            logger.info("run completed", extra={"counts": job.completed.__dict__})
+        return RunReport(
+            run_id=job.run.run_id,
+            requested=len(job.key_ids),
+            recorded=tuple(job.recorded),
+            pending=len(job.pending),
+            handed_off=handed_off,
+            throttled=done.throttled,
+            gave_up=job.gave_up,
+            completed=job.completed,
+            status="COMPLETED" if job.completed else "RUNNING",
+            counts=job.completed,
+            latencies_ms=tuple(done.latencies_ms),
+            verdict=verdict,
+        )
+
+    def send_again(self, job: ChunkJob, owed: int, *, reason: str) -> int:
+        """Queue the chunk again, all its keys (the next delivery skips the finished ones), in
+        its tenancy's group; how many keys it still owes."""
+        body = chunk_message(
+            list(job.key_ids),
+            run_id=job.run.run_id,
+            chunk=job.chunk_id,
+            reason=job.run.reason,
+            dry_run=job.run.dry_run,
+        )
+        dedup = f"{job.chunk_id}-{time.time_ns()}"
+        self._queue.send([QueueMessage(body, job.tenancy or UNKNOWN_TENANCY, dedup)])
+        logger.info(f"keys {reason}", extra={"keys": owed, "chunk": job.chunk_id})
+        return owed
+
+    # --- steps ------------------------------------------------------------------------------
+
+    def _owed(self, job: ChunkJob) -> list[WorkItem]:
+        """The chunk's keys that are not terminal yet; the terminal ones are counted."""
+        existing = self._store.results_of(job.run.run_id, list(job.key_ids))
+        items = []
+        for key_id in job.key_ids:
+            item = existing.get(key_id)
+            status = status_of(item)
+            if item is not None and status is not None and status is not Status.PENDING:
+                job.final[key_id] = (status, bool(item.get("version_changed")))
+                continue
+            known = known_before(item) if item else None
+            if known is not None and known.tenancy and job.tenancy is None:
+                job.tenancy = known.tenancy
+            work = WorkItem(key_id, known, job)
+            if job.run.dry_run:
+                self._record(work, described(RefreshOutcome(key_id, Status.SKIPPED), known))
+            else:
+                items.append(work)
+        if job.final and job.done:
+            logger.info("chunk already done: nothing to refresh", extra={"chunk": job.chunk_id})
+        return items
+
+    def _record(self, item: WorkItem, outcome: RefreshOutcome) -> None:
+        """Record one outcome as soon as it is known (in the engine's worker thread)."""
+        job: ChunkJob = item.context
+        if outcome.status is Status.PENDING and job.last_chance:
+            outcome = given_up(outcome, job.delivery.receive_count if job.delivery else 1)
+            with job.lock:
+                job.gave_up += 1
+        recorded = self._store.record(job.run, outcome, item.known)
+        with job.lock:
+            if recorded is None:
+                job.lost.add(item.key_id)
+            elif outcome.status is Status.PENDING:
+                job.pending[item.key_id] = outcome
+                job.recorded.append(recorded)
+            else:
+                job.final[item.key_id] = (outcome.status, recorded.version_changed)
+                job.pending.pop(item.key_id, None)
+                job.recorded.append(recorded)
+
+    def _give_up(self, item: WorkItem, message: str) -> None:
+        """The last delivery out of time: the key fails with ``DEADLINE``, untried."""
+        job: ChunkJob = item.context
+        outcome = RefreshOutcome(
+            item.key_id,
+            Status.FAILED,
+            error_code="DEADLINE",
+            error_message=message,
+            recorded_at=iso_now(),
+        )
+        with job.lock:
+            job.gave_up += 1
+        self._record(item, described(outcome, item.known))
+
+    def _settle(self, job: ChunkJob) -> None:
+        """After the pass: learn what lost races became, close a finished chunk, complete."""
+        if job.lost:
+            existing = self._store.results_of(job.run.run_id, sorted(job.lost))
+            for key_id, item in existing.items():
+                status = status_of(item)
+                if status is not None and status is not Status.PENDING:
+                    job.final[key_id] = (status, bool(item.get("version_changed")))
+                    job.pending.pop(key_id, None)
+        if job.done:
+            self._store.finish_chunk(job.run.run_id, job.chunk_id, job.tally())
+            # Whether or not this delivery closed the chunk: one killed between closing the
+            # last chunk and completing would otherwise leave the run RUNNING for ever.
+            job.completed = self._store.complete_if_done(job.run.run_id)
+
+
+def status_of(item: Mapping[str, Any] | None) -> Status | None:
+    """The status of a result item, if it has a valid one."""
+    try:
+        return Status(str(item["status"])) if item else None
+    except (KeyError, ValueError):
+        return None
+
+
+def known_before(item: Mapping[str, Any]) -> KeyInfo:
+    """What the run knew of a key before touching it, from its ``PENDING`` result item: where
+    it lives, and the version it had (``previous_key_version``)."""
+
+    def text(name: str) -> str | None:
+        value = item.get(name)
+        return str(value) if value is not None else None
+
+    return KeyInfo(
+        key_id=str(item["key_id"]),
+        oci_key_id=text("oci_key_id"),
+        display_name=text("display_name"),
+        tenancy=text("tenancy"),
+        region=text("region"),
+        vault_name=text("vault_name"),
+        current_key_version=text("previous_key_version"),
+    )
+
+
+def given_up(outcome: RefreshOutcome, deliveries: int) -> RefreshOutcome:
+    """A transient failure on the last delivery: ``FAILED``, saying why."""
+    return replace(
+        outcome,
+        status=Status.FAILED,
+        error_message=(
+            f"transient errors outlasted {deliveries} deliveries: {outcome.error_message or ''}"
+        ).strip(": "),
+        recorded_at=outcome.recorded_at or iso_now(),
+    )

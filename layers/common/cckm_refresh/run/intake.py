@@ -1,0 +1,316 @@
+"""Intake: a request (a schedule, an EventBridge event, a pipeline's message, the CLI) becomes
+a run: its ``RUN`` item, its keys resolved into chunks of one tenancy each, each registered with
+the run and queued (or, without a tenancy queue and for a small run, refreshed in place).
+
+A selector that outlasts the invocation hands its listing on to a continuation message. The
+``RUN`` item names the resolution segment that owns the run (``start``, then each
+continuation's listing position): a duplicate or stale delivery of an earlier segment can
+neither hand on nor finish the resolution, so a run never completes before its listing ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+
+from cckm_refresh.clock import iso_now
+from cckm_refresh.config import RefreshSettings
+from cckm_refresh.model import RefreshOutcome, RunInfo, Status, Trigger
+from cckm_refresh.observability import logger
+from cckm_refresh.ratelimit import UNKNOWN_TENANCY
+from cckm_refresh.request import RefreshRequest, chunk_message, continuation_message
+from cckm_refresh.run.chunks import ChunkJob, ChunkWorker, EnginePass, last_chance
+from cckm_refresh.run.ports import RunQueues, RunTable
+from cckm_refresh.run.report import DEAD_LETTER, DONE, MessageVerdict, RunReport, log_outcomes
+from cckm_refresh.run.resolution import Chunk, Resolver
+from cckm_refresh.store import FIRST_SEGMENT, MAX_CHUNK_KEYS, RecordedResult
+from cckm_refresh.triggers import Delivery
+from cckm_refresh.workqueue import SEND_BATCH, QueueMessage
+
+DIRECT_PASS_CHUNKS = 10  # without any queue, chunks are refreshed ten at a time
+
+
+class Intake:
+    """Turns requests into runs; built once per container."""
+
+    def __init__(
+        self,
+        settings: RefreshSettings,
+        resolver: Resolver,
+        worker: ChunkWorker,
+        store: RunTable,
+        queue: RunQueues,
+    ) -> None:
+        self._settings = settings
+        self._resolver = resolver
+        self.worker = worker
+        self.store = store
+        self.queue = queue
+
+    def take(
+        self,
+        delivery: Delivery,
+        request: RefreshRequest,
+        run: RunInfo,
+        seconds_left: Callable[[], float],
+    ) -> RunReport:
+        """Start (or continue, or replay) ``run`` from ``request``."""
+        created = self.store.start_run(run)
+        margin = self._settings.deadline_margin_seconds
+        if last_chance(delivery, self._settings.max_receive_count) and seconds_left() <= margin:
+            return self._give_up(run, request)
+        fan_out = self._fans_out()
+        if not created:
+            state = self.store.run_state(run.run_id)
+            if state is not None and state.completed:
+                logger.info("run already completed: nothing to do")
+                return RunReport.replay(run.run_id, state.counts)
+            if state is not None and not state.resolving and fan_out:
+                logger.info("run already resolved and queued: nothing to do")
+                return RunReport(run.run_id, state.counts.requested, status=state.status)
+        router = ChunkRouter(self, run, delivery, seconds_left, fan_out)
+        resolution = self._resolver.resolve(
+            request,
+            run.run_id,
+            chunk_size=min(self._settings.fanout_chunk_size, MAX_CHUNK_KEYS),
+            sink=router.route,
+            seconds_left=lambda: seconds_left() - margin,
+            calls_end_within=lambda: seconds_left() - self._settings.recording_reserve_seconds,
+        )
+        router.flush_sends()
+        not_found = self.store.record_found_nothing(run, resolution.not_found)
+        router.recorded += [
+            RecordedResult(o, None, False) for o in resolution.not_found[:not_found]
+        ]
+        if resolution.mismatched or resolution.malformed:
+            logger.warning(
+                "keys left out of the run",
+                extra={"mismatched": resolution.mismatched, "malformed": resolution.malformed},
+            )
+        segment = segment_of(request.resume)
+        handed_on = 0
+        if resolution.resume is not None and request.selector is not None:
+            handed_on = self._continue(run, request, segment, resolution.resume)
+        router.refresh_kept()
+        if resolution.finished and not self.store.finish_resolution(run.run_id, segment):
+            logger.info("another delivery owns this run's resolution; it finishes it")
+        return self._report(
+            run,
+            delivery,
+            router,
+            requested=resolution.keys + not_found,
+            fanned_out=resolution.keys if router.fanning else 0,
+            handed_on=handed_on + router.done.requeued,
+        )
+
+    def _fans_out(self) -> bool | None:
+        """Queue the run's chunks rather than refresh them here? Always with a tenancy queue
+        (one invocation at a time per tenancy is what holds its rate deployment-wide); never
+        without any queue; with the work queue only, when the run has more keys than
+        ``FANOUT_CHUNK_SIZE`` (None: known once resolution gets there)."""
+        if self.queue.tenancy_queue_url:
+            return True
+        if not self.queue.queue_url:
+            return False
+        return None
+
+    def _give_up(self, run: RunInfo, request: RefreshRequest) -> RunReport:
+        """The last delivery of a request, with too little time to resolve it: the keys it
+        names fail with ``DEADLINE`` (nothing stays PENDING), the message is dead-lettered.
+        A selector cannot be listed without time: the dead-letter queue keeps its message."""
+        outcomes = [
+            RefreshOutcome(
+                key_id=key_id,
+                status=Status.FAILED,
+                error_code="DEADLINE",
+                error_message="the last delivery had too little time left to resolve the key",
+                oci_key_id=key_id if key_id in request.ocids else None,
+                recorded_at=iso_now(),
+            )
+            for key_id in (*request.key_ids, *request.ocids)
+        ]
+        self.store.record_found_nothing(run, outcomes)
+        if request.selector is None:
+            self.store.finish_resolution(run.run_id)
+        completed = self.store.complete_if_done(run.run_id)
+        logger.warning("last delivery out of time: its keys failed", extra={"keys": len(outcomes)})
+        return RunReport(
+            run_id=run.run_id,
+            requested=len(outcomes),
+            recorded=tuple(RecordedResult(o, None, False) for o in outcomes),
+            gave_up=len(outcomes) or 1,
+            completed=completed,
+            status="COMPLETED" if completed else "RUNNING",
+            counts=completed,
+            verdict=DEAD_LETTER,
+        )
+
+    def _continue(
+        self, run: RunInfo, request: RefreshRequest, segment: str, resume: dict[str, object]
+    ) -> int:
+        """Hand the rest of a selector's listing on to a continuation message."""
+        if not self.queue.can_hand_on or request.selector is None:
+            logger.error("deadline reached while resolving, and no queue to hand on to")
+            return 0
+        if not self.store.hand_on_resolution(run.run_id, segment, segment_of(resume)):
+            logger.info("another delivery owns this run's resolution; not handed on")
+            return 0
+        body = continuation_message(
+            request.selector,
+            dict(resume),
+            run_id=run.run_id,
+            reason=run.reason,
+            dry_run=run.dry_run,
+        )
+        position = json.dumps(resume, sort_keys=True, default=str)
+        dedup = hashlib.sha256(f"{run.run_id}\n{position}".encode()).hexdigest()
+        self.queue.send([QueueMessage(body, f"resolve:{run.run_id}", dedup)])
+        logger.info("resolution handed on", extra={"resume": resume})
+        return 1
+
+    def refresh_in_place(
+        self,
+        jobs: list[ChunkJob],
+        delivery: Delivery,
+        seconds_left: Callable[[], float],
+        done: EnginePass,
+        recorded: list[RecordedResult],
+    ) -> None:
+        """Refresh chunks registered by this intake, here; keys they still owe come back with
+        the SQS message, or are queued again for the other triggers."""
+        for job in jobs:
+            job.last_chance = last_chance(delivery, self._settings.max_receive_count)
+        this_pass = self.worker.work(jobs, seconds_left)
+        done.throttled += this_pass.throttled
+        done.latencies_ms += this_pass.latencies_ms
+        for job in jobs:
+            recorded += job.recorded
+            owed = len(job.pending) + len(job.leftovers)
+            if delivery.trigger is not Trigger.SQS and owed and self.queue.can_hand_on:
+                done.requeued += self.worker.send_again(job, owed, reason="re-queued")
+                job.leftovers, job.pending = [], {}
+        done.jobs += jobs
+
+    def _report(
+        self,
+        run: RunInfo,
+        delivery: Delivery,
+        router: ChunkRouter,
+        *,
+        requested: int,
+        fanned_out: int,
+        handed_on: int,
+    ) -> RunReport:
+        jobs = router.done.jobs
+        pending = sum(len(j.pending) + len(j.leftovers) for j in jobs)
+        gave_up = sum(j.gave_up for j in jobs)
+        completed = next((j.completed for j in jobs if j.completed), None)
+        if completed is None and all(j.done for j in jobs):
+            completed = self.store.complete_if_done(run.run_id)
+        if completed:
+            logger.info("run completed", extra={"counts": completed.__dict__})
+        verdict = DONE
+        if delivery.trigger is Trigger.SQS and (pending or gave_up):
+            verdict = (
+                DEAD_LETTER
+                if gave_up and not pending
+                else MessageVerdict.retry(delivery.receive_count)
+            )
+        log_outcomes(router.recorded)
+        return RunReport(
+            run_id=run.run_id,
+            requested=requested,
+            recorded=tuple(router.recorded),
+            pending=pending,
+            handed_off=handed_on,
+            fanned_out=fanned_out,
+            throttled=router.done.throttled,
+            gave_up=gave_up,
+            completed=completed,
+            status="COMPLETED" if completed else "RUNNING",
+            counts=completed,
+            latencies_ms=tuple(router.done.latencies_ms),
+            verdict=verdict,
+        )
+
+
+class ChunkRouter:
+    """Where an intake's chunks go as resolution hands them over: registered with the run,
+    then queued, or kept to be refreshed in place. Without a tenancy queue (``fan_out``
+    None), a run that turns out no larger than ``FANOUT_CHUNK_SIZE`` keys is refreshed in
+    place, and the first chunk past that sends every chunk to the work queue."""
+
+    def __init__(
+        self,
+        intake: Intake,
+        run: RunInfo,
+        delivery: Delivery,
+        seconds_left: Callable[[], float],
+        fan_out: bool | None,
+    ) -> None:
+        self._intake = intake
+        self._run = run
+        self._delivery = delivery
+        self._seconds_left = seconds_left
+        self._decided = fan_out is not None
+        self.fanning = fan_out is True
+        self._keys = 0
+        self._sends: list[QueueMessage] = []
+        self._kept: list[ChunkJob] = []
+        self.done = EnginePass()
+        self.recorded: list[RecordedResult] = []
+
+    def route(self, chunk: Chunk) -> None:
+        """Register ``chunk`` with the run, then queue it or keep it."""
+        store, run = self._intake.store, self._run
+        entries = store.register_chunk(run, chunk.chunk_id, chunk.tenancy, chunk.entries)
+        if not entries:
+            return
+        keys = tuple(entry.key_id for entry in entries)
+        job = ChunkJob(run, chunk.chunk_id, keys, None, chunk.tenancy)
+        self._keys += len(entries)
+        limit = self._intake._settings.fanout_chunk_size
+        if not self._decided and self._keys > limit:
+            self._decided = self.fanning = True
+            for kept in self._kept:
+                self._send(kept)
+            self._kept.clear()
+        if self.fanning:
+            self._send(job)
+            return
+        self._kept.append(job)
+        if not self._intake.queue.can_hand_on and len(self._kept) >= DIRECT_PASS_CHUNKS:
+            self.refresh_kept()
+
+    def refresh_kept(self) -> None:
+        """Refresh the chunks kept here (in one engine pass)."""
+        if self._kept:
+            self._intake.refresh_in_place(
+                self._kept, self._delivery, self._seconds_left, self.done, self.recorded
+            )
+            self._kept = []
+
+    def flush_sends(self) -> None:
+        if self._sends:
+            self._intake.queue.send(self._sends)
+            self._sends = []
+
+    def _send(self, job: ChunkJob) -> None:
+        body = chunk_message(
+            list(job.key_ids),
+            run_id=self._run.run_id,
+            chunk=job.chunk_id,
+            reason=self._run.reason,
+            dry_run=self._run.dry_run,
+        )
+        self._sends.append(QueueMessage(body, job.tenancy or UNKNOWN_TENANCY, job.chunk_id))
+        if len(self._sends) >= SEND_BATCH:
+            self.flush_sends()
+
+
+def segment_of(resume: dict[str, object] | None) -> str:
+    """The name of a resolution segment: where its listing starts."""
+    if resume is None:
+        return FIRST_SEGMENT
+    return "at:" + json.dumps(resume, sort_keys=True, separators=(",", ":"), default=str)

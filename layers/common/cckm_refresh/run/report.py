@@ -1,0 +1,120 @@
+"""What one delivery did to its run, and the verdict on its SQS message, as values.
+
+The handler applies the verdict (botocore's retry handler returns a decision the same way):
+``DONE`` deletes the message, ``RETRY`` brings it back in ``delay`` seconds, ``DEAD_LETTER``
+lets SQS move it to the dead-letter queue after its last delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from cckm_refresh import backoff
+from cckm_refresh.model import Status
+from cckm_refresh.observability import logger
+from cckm_refresh.store import RecordedResult, RunCounts
+
+RETRY_DELAY_BASE = 30
+RETRY_DELAY_CAP = 900
+
+
+class Action(StrEnum):
+    DONE = "done"  # delete the message
+    RETRY = "retry"  # deliver it again in ``delay`` seconds (keys are PENDING)
+    DEAD_LETTER = "dead_letter"  # its last delivery gave up on keys: let SQS dead-letter it
+
+
+@dataclass(frozen=True)
+class MessageVerdict:
+    """What happens to the SQS message a delivery came in."""
+
+    action: Action = Action.DONE
+    delay: int = 0
+
+    @classmethod
+    def retry(cls, receive_count: int) -> MessageVerdict:
+        """30 s, 60 s, 120 s... capped at 15 minutes, rather than the visibility timeout."""
+        delay = backoff.ceiling(receive_count - 1, RETRY_DELAY_BASE, RETRY_DELAY_CAP)
+        return cls(Action.RETRY, int(delay))
+
+
+DONE = MessageVerdict()
+DEAD_LETTER = MessageVerdict(Action.DEAD_LETTER)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """The delivery's request was invalid: recorded, copied to the DLQ, never retried."""
+
+    source_id: str
+    error: str
+    verdict: MessageVerdict = DONE
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What one delivery did to its run, and what must happen to its message."""
+
+    run_id: str
+    requested: int
+    recorded: tuple[RecordedResult, ...] = ()
+    pending: int = 0
+    handed_off: int = 0
+    fanned_out: int = 0
+    throttled: int = 0
+    gave_up: int = 0
+    completed: RunCounts | None = None
+    status: str = "RUNNING"
+    counts: RunCounts | None = None  # the run's counts as the table holds them, when known
+    latencies_ms: tuple[int, ...] = ()
+    verdict: MessageVerdict = DONE
+
+    def count(self, status: Status) -> int:
+        return sum(1 for r in self.recorded if r.outcome.status is status)
+
+    @property
+    def rotated(self) -> int:
+        return sum(1 for r in self.recorded if r.version_changed)
+
+    @property
+    def must_retry(self) -> bool:
+        return self.verdict.action is not Action.DONE
+
+    @classmethod
+    def replay(cls, run_id: str, counts: RunCounts) -> RunReport:
+        """A delivery of a run that has completed: nothing done, the run as it finished."""
+        return cls(run_id, counts.requested, status="COMPLETED", counts=counts)
+
+
+Result = RunReport | Rejection
+
+
+def log_outcomes(recorded: Sequence[RecordedResult]) -> None:
+    """One line per key that needs a look (rotated, not found, failed, pending), with its id."""
+    for result in recorded:
+        outcome = result.outcome
+        fields = {"key_id": outcome.key_id, "status": str(outcome.status)}
+        if outcome.status is Status.REFRESHED:
+            if result.version_changed:
+                logger.info(
+                    "key rotated in OCI",
+                    extra=fields
+                    | {
+                        "previous_key_version": result.previous_key_version,
+                        "current_key_version": outcome.current_key_version,
+                    },
+                )
+            else:
+                logger.debug("key refreshed", extra=fields)
+        elif outcome.status is not Status.SKIPPED:
+            logger.warning(
+                "key not refreshed",
+                extra=fields
+                | {
+                    "error_code": outcome.error_code,
+                    "http_status": outcome.http_status,
+                    "attempts": outcome.attempts,
+                },
+            )

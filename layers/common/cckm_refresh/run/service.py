@@ -1,0 +1,110 @@
+"""The run story, one page: a delivery is a request to take in, or a chunk to refresh.
+
+Data flows one way: delivery -> request -> chunks -> outcomes -> table. This module owns the
+run rules of CONTRACT 4.3 and 4.4 and returns, for every SQS message, what happens to it (a
+``MessageVerdict``) for the handler to apply. ``intake`` turns requests into runs, ``chunks``
+refreshes and records, ``resolution`` lists keys; the engine owns pacing and deadlines, the
+store DynamoDB, the work queue SQS, the CTM client HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from cckm_refresh.model import RunInfo, Trigger
+from cckm_refresh.observability import logger
+from cckm_refresh.request import RefreshRequest, RequestError, parse_request, parse_request_body
+from cckm_refresh.run.chunks import ChunkJob
+from cckm_refresh.run.intake import Intake
+from cckm_refresh.run.report import MessageVerdict, Rejection, Result, RunReport
+from cckm_refresh.triggers import Delivery
+
+
+class RefreshService:
+    """Processes deliveries; built once per container and shared by its invocations."""
+
+    def __init__(self, intake: Intake) -> None:
+        self._intake = intake
+        self._worker = intake.worker
+        self._store = intake.store
+        self._queue = intake.queue
+
+    def process(self, delivery: Delivery, seconds_left: Callable[[], float]) -> Result:
+        """Process one delivery. ``seconds_left`` is the invocation's remaining time."""
+        return self.process_batch([delivery], seconds_left)[0]
+
+    def process_batch(
+        self, deliveries: Sequence[Delivery], seconds_left: Callable[[], float]
+    ) -> list[Result]:
+        """Process the records of one SQS batch (or one delivery): requests are taken in one
+        by one, then every chunk goes through one engine pass. One result per delivery."""
+        results: dict[int, Result] = {}
+        jobs: dict[int, ChunkJob] = {}
+        for index, delivery in enumerate(deliveries):
+            request = self._parse(delivery)
+            if isinstance(request, Rejection):
+                results[index] = request
+                continue
+            run = run_of(delivery, request)
+            logger.append_keys(run_id=run.run_id, trigger=str(run.trigger))
+            if request.chunk is not None:
+                jobs[index] = self._worker.job(delivery, run, request.chunk, request.key_ids)
+            else:
+                results[index] = self._take(delivery, request, run, seconds_left)
+        if jobs:
+            done = self._worker.work(list(jobs.values()), seconds_left)
+            for index, job in jobs.items():
+                receive_count = deliveries[index].receive_count
+                results[index] = self._worker.report(job, done, receive_count)
+        return [results[index] for index in range(len(deliveries))]
+
+    def queue_url_of(self, queue_arn: str) -> str | None:
+        """The URL of the queue an SQS record came from (``eventSourceARN``)."""
+        return self._queue.url_of(queue_arn)
+
+    def retry_later(self, queue_url: str | None, receipt_handle: str, delay: int) -> int:
+        """Make a message still owing keys visible again in ``delay`` seconds; 0 when SQS
+        refused (the visibility timeout then applies)."""
+        return delay if self._queue.retry_later(queue_url, receipt_handle, delay) else 0
+
+    def _parse(self, delivery: Delivery) -> RefreshRequest | Rejection:
+        """The delivery's request; an invalid one is recorded, copied to the DLQ, rejected."""
+        try:
+            if delivery.trigger is Trigger.SQS:
+                return parse_request_body(delivery.raw)
+            return parse_request(delivery.document)
+        except RequestError as error:
+            logger.warning(
+                "request rejected", extra={"source_id": delivery.source_id, "error": str(error)}
+            )
+            self._store.record_rejected(delivery.source_id, str(error), delivery.raw)
+            self._queue.dead_letter(delivery.raw, str(error))
+            return Rejection(delivery.source_id, str(error))
+
+    def _take(
+        self,
+        delivery: Delivery,
+        request: RefreshRequest,
+        run: RunInfo,
+        seconds_left: Callable[[], float],
+    ) -> RunReport:
+        """Take a request in. From the work queue, a failure (CTM unreachable while
+        resolving, say) is its own message's, delivered again, never its batch neighbours'."""
+        if delivery.trigger is not Trigger.SQS:
+            return self._intake.take(delivery, request, run, seconds_left)
+        try:
+            return self._intake.take(delivery, request, run, seconds_left)
+        except Exception:
+            logger.exception("request could not be resolved now; SQS delivers it again")
+            return RunReport(run.run_id, 0, verdict=MessageVerdict.retry(delivery.receive_count))
+
+
+def run_of(delivery: Delivery, request: RefreshRequest) -> RunInfo:
+    """The run a request belongs to (CONTRACT 4.3)."""
+    return RunInfo(
+        run_id=request.run_id or request.request_id or delivery.default_run_id,
+        trigger=delivery.trigger,
+        request_id=request.request_id,
+        reason=request.reason,
+        dry_run=request.dry_run,
+    )
