@@ -1,0 +1,227 @@
+"""The run rules of CONTRACT 4.3 and 4.4 with fakes (no AWS, no HTTP): the real intake,
+chunk worker, resolver and engine over an in-memory table and queues (``run_fakes``)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from cckm_refresh.config import RefreshSettings
+from cckm_refresh.ctm.errors import CtmTransientError
+from cckm_refresh.ctm.pacing import Pacer
+from cckm_refresh.engine import RefreshEngine
+from cckm_refresh.ratelimit import TenancyRateLimiter
+from cckm_refresh.run.chunks import ChunkWorker
+from cckm_refresh.run.intake import Intake
+from cckm_refresh.run.report import Action, Rejection, RunReport
+from cckm_refresh.run.resolution import Resolver
+from cckm_refresh.run.service import RefreshService
+from cckm_refresh.triggers import single_delivery, sqs_delivery
+from tests.unit.run_fakes import FakeQueues, FakeTable
+
+KEYS = {f"00000000-0000-4000-8000-00000000000{i}": ("t1" if i < 5 else "t2") for i in range(8)}
+FLAKY = "00000000-0000-4000-8000-000000000001"
+
+
+def key_object(key_id: str, version: str = "v2") -> dict[str, Any]:
+    return {
+        "id": key_id,
+        "tenancy": KEYS[key_id],
+        "region": "us-ashburn-1",
+        "createdAt": "2026-01-01T00:00:00Z",
+        "oci_params": {
+            "key_id": f"ocid1.key.oc1.iad.{key_id[-4:]}",
+            "current_key_version": version,
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Page:
+    resources: tuple[dict[str, Any], ...]
+    malformed: int = 0
+    next: Any = None
+
+
+@dataclass
+class FakeCtm:
+    """The CTM list and refresh calls the run makes; ``failing`` keys answer 503."""
+
+    failing: set[str] = field(default_factory=set)
+    refreshed: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def list_page(self, filters: Any, **_: Any) -> Page:
+        return Page(tuple(key_object(k, "v1") for k in KEYS))
+
+    def list_oci_keys(self, filters: Any = None, **_: Any) -> list[dict[str, Any]]:
+        return []
+
+    def get_oci_key(self, key_id: str, **_: Any) -> dict[str, Any]:
+        return key_object(key_id, "v1")
+
+    def refresh(self, key_id: str, pacer: Pacer, deadline: float) -> Any:
+        pacer.wait()
+        with self.lock:
+            self.refreshed.append(key_id)
+        if key_id in self.failing:
+            raise CtmTransientError("busy", error_code="HTTP_503", http_status=503, attempts=3)
+        return _Answer(key_object(key_id))
+
+
+@dataclass(frozen=True)
+class _Answer:
+    body: dict[str, Any]
+    http_status: int = 200
+    attempts: int = 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+
+@dataclass
+class World:
+    ctm: FakeCtm = field(default_factory=FakeCtm)
+    table: FakeTable = field(default_factory=FakeTable)
+    queues: FakeQueues = field(default_factory=FakeQueues)
+    clock: Clock = field(default_factory=Clock)
+    rate: float = 1000.0
+
+    def service(self) -> RefreshService:
+        settings = RefreshSettings(
+            ctm_base_url="https://ctm.example.com",
+            ctm_secret_id="s",
+            results_table="t",
+            work_queue_url=self.queues.queue_url,
+            tenancy_queue_url=self.queues.tenancy_queue_url,
+            ctm_timeout_seconds=2.0,
+        )
+        limiter = TenancyRateLimiter(self.rate, clock=self.clock, sleep=self.clock.sleep)
+        engine = RefreshEngine(self.ctm.refresh, limiter, concurrency=4, clock=self.clock)
+        resolver = Resolver(self.ctm, self.table.latest_of, lambda _: None)
+        worker = ChunkWorker(settings, engine, self.table, self.queues)
+        return RefreshService(Intake(settings, resolver, worker, self.table, self.queues))
+
+    def schedule(self) -> RunReport:
+        request = {"selector": {"all": True}}
+        event = {"scheduled_time": "T0", "execution_id": "e", "request": request}
+        report = self.service().process(single_delivery(event), lambda: 300.0)
+        assert isinstance(report, RunReport)
+        return report
+
+    def deliver_chunks(self, receive_count: int = 1, seconds: float = 300.0) -> list[Any]:
+        deliveries = [
+            sqs_delivery(f"m{i}", json.dumps(m.body), receive_count)
+            for i, m in enumerate(self.queues.sent)
+        ]
+        self.queues.sent.clear()
+        return self.service().process_batch(deliveries, lambda: seconds)
+
+
+def test_a_scheduled_request_becomes_one_chunk_message_per_tenancy() -> None:
+    world = World()
+    report = world.schedule()
+
+    assert (report.status, report.fanned_out) == ("RUNNING", 8)
+    assert world.ctm.refreshed == []  # the intake refreshes nothing: each tenancy is its queue's
+    assert sorted(m.group for m in world.queues.sent) == ["t1", "t2"]
+    for message in world.queues.sent:
+        assert message.dedup_id == message.body["chunk"]
+        assert {KEYS[k] for k in message.body["keys"]} == {message.group}
+    run = world.table.runs["schedule-T0"]
+    assert (run["requested"], run["open_chunks"], run["resolving"]) == (8, 2, None)
+
+
+def test_the_chunks_refresh_their_keys_and_the_last_one_completes_the_run_once() -> None:
+    world = World()
+    world.schedule()
+
+    reports = world.deliver_chunks()
+
+    assert [r.verdict.action for r in reports] == [Action.DONE, Action.DONE]
+    assert sorted(world.ctm.refreshed) == sorted(KEYS)
+    run = world.table.runs["schedule-T0"]
+    assert (run["status"], run["refreshed"], run["rotated"]) == ("COMPLETED", 8, 8)
+    assert world.table.completions == 1
+
+
+def test_a_late_duplicate_of_a_chunk_refreshes_nothing_and_counts_nothing() -> None:
+    world = World()
+    world.schedule()
+    messages = list(world.queues.sent)
+    world.deliver_chunks()
+    world.ctm.refreshed.clear()
+
+    world.queues.sent = messages
+    world.deliver_chunks(receive_count=2)
+
+    assert world.ctm.refreshed == []
+    assert world.table.runs["schedule-T0"]["refreshed"] == 8
+    assert world.table.completions == 1
+
+
+def test_pending_keys_bring_their_message_back_until_the_last_delivery_fails_them() -> None:
+    world = World(ctm=FakeCtm(failing={FLAKY}))
+    world.schedule()
+    messages = list(world.queues.sent)
+
+    first = world.deliver_chunks(receive_count=1)
+
+    flaky_chunk = next(r for r in first if r.pending)
+    assert (flaky_chunk.verdict.action, flaky_chunk.verdict.delay) == (Action.RETRY, 30)
+    assert world.table.results[("schedule-T0", FLAKY)]["status"] == "PENDING"
+
+    world.queues.sent = messages
+    last = world.deliver_chunks(receive_count=5)  # MAX_RECEIVE_COUNT's default
+
+    assert Action.DEAD_LETTER in [r.verdict.action for r in last]
+    assert world.table.results[("schedule-T0", FLAKY)]["status"] == "FAILED"
+    run = world.table.runs["schedule-T0"]
+    assert (run["status"], run["refreshed"], run["failed"]) == ("COMPLETED", 7, 1)
+
+
+def test_keys_not_started_before_the_margin_are_handed_on_in_their_chunk() -> None:
+    # Given one refresh per second per tenancy and half a second before the deadline margin
+    world = World(rate=1.0)
+    world.schedule()
+
+    reports = world.deliver_chunks(seconds=2 * 2.0 + 5 + 0.5)
+
+    # Then one key per tenancy is refreshed and each chunk comes back whole, in its group
+    assert len(world.ctm.refreshed) == 2
+    assert [r.verdict.action for r in reports] == [Action.DONE, Action.DONE]
+    assert sum(r.handed_off for r in reports) == 6
+    assert sorted(m.group for m in world.queues.sent) == ["t1", "t2"]
+    assert world.table.runs["schedule-T0"]["status"] == "RUNNING"
+
+
+def test_a_rejected_request_is_recorded_and_copied_never_retried() -> None:
+    world = World()
+    [result] = world.service().process_batch([sqs_delivery("bad", '{"colour": 1}', 1)], lambda: 9)
+
+    assert isinstance(result, Rejection)
+    assert result.verdict.action is Action.DONE
+    assert world.table.rejected["bad"].startswith("colour")
+    assert world.queues.dead_letters == [('{"colour": 1}', result.error)]
+
+
+def test_a_completed_run_answers_a_replay_with_its_counts() -> None:
+    world = World()
+    world.schedule()
+    world.deliver_chunks()
+
+    replay = world.schedule()
+
+    assert (replay.status, replay.counts.refreshed if replay.counts else None) == ("COMPLETED", 8)
+    assert world.queues.sent == []
+    assert world.table.runs["schedule-T0"]["refreshed"] == 8
