@@ -19,7 +19,7 @@ import pytest
 from devkit.lambda_runtime import FakeLambdaContext, load_handler
 from tests.resilience.dynamodb_faults import DynamoDbFaults
 from tests.resilience.scenario import Scenario
-from tests.resilience.work_queue_source import TENANCY_QUEUE
+from tests.resilience.work_queue_source import TENANCY_QUEUE, WORK_QUEUE
 
 pytestmark = pytest.mark.resilience
 WAIT = 30.0  # seconds a thread may wait for the other at a rendezvous before the test fails
@@ -125,7 +125,7 @@ def test_the_same_message_delivered_twice_at_once_completes_the_run_once(
     assert responses == [{"batchItemFailures": []}] * 2
     scenario.world.stack.delete_messages(scenario.world.stack.work_queue_url, [message])
     scenario.source.done.add(message_id)
-    scenario.source.queue_of[message_id] = "WorkQueue"
+    scenario.source.queue_of[message_id] = WORK_QUEUE
     results = scenario.promises_kept({"twice": keys})["twice"]
     assert {r["status"] for r in results.values()} == {"REFRESHED"}
     assert [scenario.ctm.refresh_count(key) for key in keys] == [2] * len(keys)
