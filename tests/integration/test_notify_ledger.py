@@ -9,6 +9,7 @@ import pytest
 
 from cckm_refresh.notify.ledger import Claim, NotificationLedger
 from cckm_refresh.notify.stream import RunDigest
+from cckm_refresh.table.reads import TableReader
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +111,8 @@ def test_the_run_digest_counts_every_failed_result_and_lists_at_most_50(aws_stac
         )
         batch.put_item(Item={"pk": "RUN#other", "sk": "KEY#z", "status": "FAILED", "key_id": "z"})
 
-    digest = RunDigest(aws_stack.client("dynamodb"), aws_stack.table_name).failed_keys("big")
+    reader = TableReader(aws_stack.client("dynamodb"), aws_stack.table_name)
+    digest = RunDigest(reader).failed_keys("big")
 
     assert digest.count == 60
     assert len(digest.keys) == 50

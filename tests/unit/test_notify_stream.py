@@ -4,6 +4,7 @@ SNS for every record first, then the webhook mirror with the time the invocation
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from cckm_refresh.notify.stream import (
     StreamNotifier,
 )
 from cckm_refresh.notify.webhook import SAFETY_MARGIN, MirrorReport, WebhookMirror
+from cckm_refresh.table.reads import TableReader
 from cckm_refresh.wiring import load_settings
 from tests.unit.notify_fakes import (
     HANGS,
@@ -272,21 +274,21 @@ class PagingTable:
     failed: int
     queries: list[dict[str, Any]] = field(default_factory=list)
 
-    def query(self, **request: Any) -> dict[str, Any]:
+    def get_paginator(self, operation: str) -> PagingTable:
+        assert operation == "query"
+        return self
+
+    def paginate(self, **request: Any) -> Iterator[dict[str, Any]]:
         self.queries.append(request)
-        n = int(request.get("ExclusiveStartKey", {}).get("n", -1)) + 1
-        page: dict[str, Any] = {
-            "Items": [{"key_id": {"S": f"k{n}"}, "display_name": {"S": f"K{n}"}}]
-        }
-        if n + 1 < self.failed:
-            page["LastEvaluatedKey"] = {"n": n}
-        return page
+        for n in range(self.failed):
+            yield {"Items": [{"key_id": {"S": f"k{n}"}, "display_name": {"S": f"K{n}"}}]}
 
 
 def test_the_run_digest_reads_every_page_and_keeps_the_first_50() -> None:
     table = PagingTable(failed=70)
-    digest = RunDigest(table, "results").failed_keys("r1")
+    digest = RunDigest(TableReader(table, "results")).failed_keys("r1")
     assert (digest.count, len(digest.keys)) == (70, 50)
     assert digest.keys[49] == {"key_id": "k49", "display_name": "K49"}
-    assert table.queries[0]["ExpressionAttributeValues"][":pk"] == {"S": "RUN#r1"}
-    assert len(table.queries) == 70
+    [query] = table.queries
+    assert query["ExpressionAttributeValues"][":pk"] == {"S": "RUN#r1"}
+    assert query["ExpressionAttributeValues"][":status"] == {"S": "FAILED"}

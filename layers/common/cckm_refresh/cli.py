@@ -23,12 +23,15 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from cckm_refresh.config import ConfigError, RefreshSettings
 from cckm_refresh.model import RefreshOutcome, Status, Trigger
 from cckm_refresh.request import SELECTOR_FIELDS, RequestError, parse_request
 from cckm_refresh.triggers import Delivery
+
+if TYPE_CHECKING:
+    from cckm_refresh.table.reads import TableReader
 
 EXIT_OK = 0
 EXIT_FAILED_KEYS = 1
@@ -304,31 +307,22 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _table(args: argparse.Namespace, env: dict[str, str]) -> Any:
-    import boto3
+def _table(args: argparse.Namespace, env: dict[str, str]) -> TableReader:
+    from cckm_refresh.table.reads import TableReader
+    from cckm_refresh.wiring import aws_client
 
     name = args.table or env.get("RESULTS_TABLE")
     if not name:
         raise CliError("RESULTS_TABLE is not set (or pass --table)")
-    return boto3.resource("dynamodb").Table(name)
+    return TableReader(aws_client("dynamodb"), name)
 
 
 def _results(args: argparse.Namespace, env: dict[str, str]) -> int:
-    from boto3.dynamodb.conditions import Key
-
     table = _table(args, env)
-    items: list[dict[str, Any]] = []
-    query: dict[str, Any] = {"KeyConditionExpression": Key("pk").eq(f"RUN#{args.run_id}")}
-    while True:
-        page = table.query(**query)
-        items += page.get("Items", [])
-        if "LastEvaluatedKey" not in page:
-            break
-        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-    run = next((i for i in items if i.get("sk") == "RUN"), None)
+    run = table.run(args.run_id)
     if run is None:
-        raise CliError(f"no run {args.run_id!r} in table {table.name}")
-    results = [i for i in items if i.get("item_type") == "RESULT"]
+        raise CliError(f"no run {args.run_id!r} in table {table.table_name}")
+    results = list(table.results(args.run_id))
     if args.json:
         print(json.dumps({"run": run, "results": results}, default=_json_default))
         return EXIT_OK
@@ -353,19 +347,11 @@ def _results(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 
 def _history(args: argparse.Namespace, env: dict[str, str]) -> int:
-    from boto3.dynamodb.conditions import Key
-
     table = _table(args, env)
-    latest = table.get_item(Key={"pk": f"KEY#{args.key_id}", "sk": "LATEST"}).get("Item")
-    page = table.query(
-        IndexName="by-key",
-        KeyConditionExpression=Key("gsi1pk").eq(f"KEY#{args.key_id}"),
-        ScanIndexForward=False,
-        Limit=args.limit,
-    )
-    results = page.get("Items", [])
+    latest = table.latest(args.key_id)
+    results = table.history(args.key_id, args.limit)
     if latest is None and not results:
-        raise CliError(f"no history for key {args.key_id!r} in table {table.name}")
+        raise CliError(f"no history for key {args.key_id!r} in table {table.table_name}")
     if args.json:
         print(json.dumps({"latest": latest, "results": results}, default=_json_default))
         return EXIT_OK

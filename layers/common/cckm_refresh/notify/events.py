@@ -13,6 +13,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from cckm_refresh.table.items import REJECTED_PREFIX
 from cckm_refresh.text import printable
 
 MAX_SUBJECT = 99  # SNS: "less than 100 characters", no line breaks or control characters
@@ -187,7 +188,7 @@ def _key_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Notific
 
 def _rejected(item: Mapping[str, Any]) -> Notification:
     pk = str(item.get("pk", ""))
-    source = pk.removeprefix("REJECTED#")
+    source = pk.removeprefix(REJECTED_PREFIX)
     error = str(item.get("error", ""))
     return Notification(
         event_type=EventType.REQUEST_REJECTED,

@@ -18,6 +18,7 @@ from enum import Enum
 from typing import Any
 
 from cckm_refresh.clock import iso, utc_now
+from cckm_refresh.table.items import NOTIFICATION, expires_at, key, notified_pk
 
 
 class Claim(Enum):
@@ -52,11 +53,11 @@ class NotificationLedger:
                 TableName=self._table,
                 Item=self._key(dedupe_key)
                 | {
-                    "item_type": {"S": "NOTIFICATION"},
+                    "item_type": {"S": NOTIFICATION},
                     "state": {"S": "SENDING"},
                     "claimed_at": {"S": iso(now)},
                     "lease_until": {"S": iso(lease_until)},
-                    "expires_at": {"N": str(int((now + self._retention).timestamp()))},
+                    "expires_at": {"N": str(expires_at(now, self._retention))},
                 },
                 ConditionExpression=(
                     "attribute_not_exists(pk) OR #s = :failed"
@@ -113,4 +114,4 @@ class NotificationLedger:
 
     @staticmethod
     def _key(dedupe_key: str) -> dict[str, Any]:
-        return {"pk": {"S": f"NOTIFIED#{dedupe_key}"}, "sk": {"S": "NOTIFICATION"}}
+        return key(notified_pk(dedupe_key), NOTIFICATION)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
@@ -24,6 +24,7 @@ from cckm_refresh.notify.events import (
 )
 from cckm_refresh.notify.webhook import MirrorReport, WebhookMirror
 from cckm_refresh.observability import metrics
+from cckm_refresh.table.reads import TableReader
 
 # Without a Lambda context (a local run), a claim lasts as long as Lambda's longest invocation.
 LAMBDA_MAX_RUN = timedelta(minutes=15)
@@ -117,36 +118,20 @@ def _lease_until(now: datetime, context: Deadline | None) -> datetime:
 class RunDigest:
     """Reads a run's FAILED result items (the ``RUN_COMPLETED`` digest) from the table."""
 
-    def __init__(self, client: Any, table_name: str) -> None:
-        self._db = client
-        self._table = table_name
+    def __init__(self, reader: TableReader) -> None:
+        self._reader = reader
 
     def failed_keys(self, run_id: str) -> FailedKeys:
         """The first 50 failed keys (``key_id``, ``display_name``, ``error_code``) and how
         many failed in all, over every page of the run's results."""
         keys: list[dict[str, str]] = []
         count = 0
-        query: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :key)",
-            "FilterExpression": "#s = :failed",
-            "ProjectionExpression": "key_id, display_name, error_code",
-            "ExpressionAttributeNames": {"#s": "status"},
-            "ExpressionAttributeValues": {
-                ":pk": {"S": f"RUN#{run_id}"},
-                ":key": {"S": "KEY#"},
-                ":failed": {"S": "FAILED"},
-            },
-        }
-        while True:
-            page = self._db.query(**query)
-            for item in page.get("Items", []):
-                count += 1
-                if len(keys) < MAX_FAILED_KEYS:
-                    keys.append({name: value["S"] for name, value in item.items() if "S" in value})
-            if "LastEvaluatedKey" not in page:
-                return FailedKeys(tuple(keys), count)
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        fields = "key_id, display_name, error_code"
+        for item in self._reader.results(run_id, status="FAILED", fields=fields):
+            count += 1
+            if len(keys) < MAX_FAILED_KEYS:
+                keys.append({name: str(value) for name, value in item.items()})
+        return FailedKeys(tuple(keys), count)
 
 
 def count_metric(name: str, value: int = 1) -> None:

@@ -7,6 +7,7 @@ from cckm_refresh.notify.delivery import Notifier, SnsPublisher
 from cckm_refresh.notify.ledger import NotificationLedger
 from cckm_refresh.notify.stream import RunDigest, StreamNotifier, count_metric
 from cckm_refresh.notify.webhook import Webhook, WebhookMirror, url_from_secret
+from cckm_refresh.table.reads import TableReader
 from cckm_refresh.wiring import aws_client
 
 
@@ -26,4 +27,6 @@ def stream_notifier(settings: NotifySettings) -> StreamNotifier:
         SnsPublisher(aws_client("sns"), settings.topic_arn),
         count=count_metric,
     )
-    return StreamNotifier(notifier, RunDigest(dynamodb, settings.results_table).failed_keys, mirror)
+    return StreamNotifier(
+        notifier, RunDigest(TableReader(dynamodb, settings.results_table)).failed_keys, mirror
+    )

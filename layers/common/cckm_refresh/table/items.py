@@ -1,0 +1,214 @@
+"""The results table (CONTRACT 5) in one place: its item keys, TTL and serialisation, and the
+values the run keeps in it. Everyone who reads or writes the table asks this package:
+``runs`` (run and chunk bookkeeping), ``results`` (each key's outcome and latest state),
+``reads`` (what the CLI, the notifier and the demo read), ``notify.ledger`` (its own items).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from cckm_refresh.keyids import KeyIdKind, classify_key_id
+from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
+from cckm_refresh.text import MAX_MESSAGE
+
+RUN = "RUN"  # the sort key of a run's item
+LATEST = "LATEST"  # the sort key of a key's latest state
+REQUEST = "REQUEST"  # the sort key of a rejected request
+NOTIFICATION = "NOTIFICATION"  # the sort key of a notification sent
+RUN_PREFIX = "RUN#"
+KEY_PREFIX = "KEY#"
+CHUNK_PREFIX = "CHUNK#"
+REJECTED_PREFIX = "REJECTED#"
+NOTIFIED_PREFIX = "NOTIFIED#"
+BY_KEY_INDEX = "by-key"
+FIRST_SEGMENT = "start"
+# A transaction holds at most 100 items: the CHUNK item, the RUN update and 98 results.
+MAX_CHUNK_KEYS = 98
+MAX_REJECTED_BODY = 4000
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def run_pk(run_id: str) -> str:
+    return f"{RUN_PREFIX}{run_id}"
+
+
+def key_pk(key_id: str) -> str:
+    """A key's partition (its ``LATEST`` item), and its results' ``by-key`` index key."""
+    return f"{KEY_PREFIX}{key_id}"
+
+
+def result_sk(key_id: str) -> str:
+    return f"{KEY_PREFIX}{key_id}"
+
+
+def chunk_sk(chunk_id: str) -> str:
+    return f"{CHUNK_PREFIX}{chunk_id}"
+
+
+def rejected_pk(source_id: str) -> str:
+    return f"{REJECTED_PREFIX}{source_id}"
+
+
+def notified_pk(dedupe_key: str) -> str:
+    return f"{NOTIFIED_PREFIX}{dedupe_key}"
+
+
+def key(pk: str, sk: str) -> dict[str, Any]:
+    """An item's key as the low-level client takes it."""
+    return {"pk": {"S": pk}, "sk": {"S": sk}}
+
+
+def to_item(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """Attributes (None left out) as the low-level client takes them."""
+    return {k: _serializer.serialize(v) for k, v in attributes.items() if v is not None}
+
+
+def plain(item: Mapping[str, Any]) -> dict[str, Any]:
+    """An item as the low-level client returns it, as plain values (numbers as Decimal)."""
+    return {k: _deserializer.deserialize(v) for k, v in item.items()}
+
+
+def expires_at(now: datetime, retention: timedelta) -> int:
+    """The TTL attribute: epoch seconds after which DynamoDB removes the item."""
+    return int((now + retention).timestamp())
+
+
+def is_cckm_id(key_id: str) -> bool:
+    try:
+        return classify_key_id(key_id)[0] is KeyIdKind.CCKM
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class RecordedResult:
+    """An outcome as stored, with what comparing it to the version before the run revealed."""
+
+    outcome: RefreshOutcome
+    previous_key_version: str | None
+    version_changed: bool
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    run_id: str
+    requested: int
+    refreshed: int
+    not_found: int
+    failed: int
+    skipped: int
+    rotated: int
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> RunCounts:
+        return cls(
+            run_id=str(item["run_id"]),
+            requested=int(item.get("requested", 0)),
+            refreshed=int(item.get("refreshed", 0)),
+            not_found=int(item.get("not_found", 0)),
+            failed=int(item.get("failed", 0)),
+            skipped=int(item.get("skipped", 0)),
+            rotated=int(item.get("rotated", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class RunState:
+    """The ``RUN`` item as the run rules need it."""
+
+    run_id: str
+    status: str
+    resolving: bool
+    open_chunks: int
+    counts: RunCounts
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "COMPLETED"
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    """A key as registered in a chunk: its id and what was known of it before the run."""
+
+    key_id: str
+    known: KeyInfo | None = None
+
+    @property
+    def version_before(self) -> str | None:
+        return self.known.current_key_version if self.known else None
+
+
+@dataclass(frozen=True)
+class ChunkTally:
+    """The counts a finished chunk adds to its run."""
+
+    refreshed: int = 0
+    not_found: int = 0
+    failed: int = 0
+    skipped: int = 0
+    rotated: int = 0
+
+    def add(self, status: Status, rotated: bool) -> ChunkTally:
+        field = {
+            Status.REFRESHED: "refreshed",
+            Status.NOT_FOUND: "not_found",
+            Status.FAILED: "failed",
+            Status.SKIPPED: "skipped",
+        }[status]
+        return replace(
+            self, **{field: getattr(self, field) + 1, "rotated": self.rotated + int(rotated)}
+        )
+
+
+def result_item(run_id: str, result: RecordedResult, at: str, expires: int) -> dict[str, Any]:
+    """A ``RESULT`` item (CONTRACT 5)."""
+    o = result.outcome
+    return {
+        "pk": run_pk(run_id),
+        "sk": result_sk(o.key_id),
+        "item_type": "RESULT",
+        "run_id": run_id,
+        "key_id": o.key_id,
+        "oci_key_id": o.oci_key_id,
+        "display_name": o.display_name,
+        "tenancy": o.tenancy,
+        "region": o.region,
+        "vault_name": o.vault_name,
+        "status": str(o.status),
+        "attempts": o.attempts,
+        "duration_ms": o.duration_ms,
+        "http_status": o.http_status,
+        "error_code": o.error_code,
+        "error_message": o.error_message[:MAX_MESSAGE] if o.error_message else None,
+        "lifecycle_state": o.lifecycle_state,
+        "current_key_version": o.current_key_version,
+        "previous_key_version": result.previous_key_version,
+        "version_changed": result.version_changed,
+        "refreshed_at": o.refreshed_at,
+        "recorded_at": o.recorded_at or at,
+        "gsi1pk": key_pk(o.key_id),
+        "gsi1sk": o.recorded_at or at,
+        "expires_at": expires,
+    }
+
+
+def described(outcome: RefreshOutcome, known: KeyInfo | None) -> RefreshOutcome:
+    """``outcome`` with where the key lives, as far as it is known."""
+    if known is None:
+        return outcome
+    return replace(
+        outcome,
+        oci_key_id=outcome.oci_key_id or known.oci_key_id,
+        display_name=outcome.display_name or known.display_name,
+        tenancy=outcome.tenancy or known.tenancy,
+        region=outcome.region or known.region,
+        vault_name=outcome.vault_name or known.vault_name,
+    )

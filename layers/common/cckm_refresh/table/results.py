@@ -1,0 +1,154 @@
+"""Each key's outcome in a run (``RESULT`` items) and its latest state (``KEY`` items), and
+rejected requests: written as outcomes arrive, conditionally, so that a terminal result is
+never replaced and a key's latest state only moves forward."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from cckm_refresh.clock import iso
+from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status
+from cckm_refresh.table.access import TableAccess
+from cckm_refresh.table.items import (
+    LATEST,
+    MAX_REJECTED_BODY,
+    REQUEST,
+    RecordedResult,
+    is_cckm_id,
+    key,
+    key_pk,
+    plain,
+    rejected_pk,
+    result_item,
+    result_sk,
+    run_pk,
+    to_item,
+)
+from cckm_refresh.text import MAX_MESSAGE
+
+
+class ResultLog(TableAccess):
+    """Outcomes and latest states; reads of them before a chunk is refreshed."""
+
+    def results_of(self, run_id: str, key_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The run's existing result items for ``key_ids`` (strongly consistent), by key id."""
+        keys = [(run_pk(run_id), result_sk(k)) for k in key_ids]
+        return {item["key_id"]: item for item in self._batch_get(keys, consistent=True)}
+
+    def latest_of(self, key_ids: Sequence[str]) -> dict[str, KeyInfo]:
+        """The ``LATEST`` state of each known key: its tenancy routes it, its version compares."""
+        keys = [(key_pk(k), LATEST) for k in key_ids if is_cckm_id(k)]
+        found: dict[str, KeyInfo] = {}
+        for item in self._batch_get(keys, consistent=False):
+            found[item["key_id"]] = KeyInfo.from_item(item)
+        return found
+
+    def record(
+        self, run: RunInfo, outcome: RefreshOutcome, before: KeyInfo | None
+    ) -> RecordedResult | None:
+        """Store one outcome as soon as it is known: the key's ``LATEST`` item moved forward,
+        then its result, conditionally. None when the result was terminal already (another
+        delivery got there first): nothing is replaced.
+
+        ``before`` is what the run knew of the key before touching it; a rotation is a change
+        from its version (CONTRACT 5), so a resumed run still records each rotation once.
+        """
+        outcome = outcome if outcome.recorded_at else replace(outcome, recorded_at=iso(self._now()))
+        old_version = self._move_key_forward(run, outcome)
+        previous = (before.current_key_version if before else None) or old_version
+        changed = bool(
+            outcome.status is Status.REFRESHED
+            and previous
+            and outcome.current_key_version
+            and previous != outcome.current_key_version
+        )
+        result = RecordedResult(outcome, previous, changed)
+        item = result_item(
+            run.run_id, result, outcome.recorded_at or iso(self._now()), self._expires_at()
+        )
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item=to_item(item),
+                ConditionExpression="attribute_not_exists(pk) OR #s = :pending",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={":pending": {"S": str(Status.PENDING)}},
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return None
+        return result
+
+    def _move_key_forward(self, run: RunInfo, outcome: RefreshOutcome) -> str | None:
+        """Update the key's ``LATEST`` item unless a newer result got there first (one call);
+        return the version it held before."""
+        if outcome.status in (Status.PENDING, Status.SKIPPED) or not is_cckm_id(outcome.key_id):
+            return None
+        refreshed = outcome.status is Status.REFRESHED
+        values: dict[str, Any] = {
+            ":type": "KEY",
+            ":key_id": outcome.key_id,
+            ":status": str(outcome.status),
+            ":run": run.run_id,
+            ":at": outcome.recorded_at,
+            ":zero": 0,
+        }
+        sets = [
+            "item_type = :type",
+            "key_id = :key_id",
+            "last_status = :status",
+            "last_run_id = :run",
+            "updated_at = :at",
+        ]
+        fields = {
+            "oci_key_id": outcome.oci_key_id,
+            "display_name": outcome.display_name,
+            "tenancy": outcome.tenancy,
+            "region": outcome.region,
+            "vault_name": outcome.vault_name,
+        }
+        if refreshed:
+            fields |= {
+                "lifecycle_state": outcome.lifecycle_state,
+                "current_key_version": outcome.current_key_version,
+                "last_refreshed_at": outcome.refreshed_at or outcome.recorded_at,
+            }
+        names: dict[str, str] = {}
+        for name, value in fields.items():
+            if value is not None:  # "region" and others are DynamoDB reserved words: #name
+                sets.append(f"#{name} = :{name}")
+                names[f"#{name}"] = name
+                values[f":{name}"] = value
+        if outcome.status is Status.FAILED:
+            sets.append("consecutive_failures = if_not_exists(consecutive_failures, :zero) + :one")
+            values[":one"] = 1
+        else:
+            sets.append("consecutive_failures = :zero")
+        try:
+            response = self._db.update_item(
+                TableName=self._table,
+                Key=key(key_pk(outcome.key_id), LATEST),
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression="attribute_not_exists(pk) OR updated_at <= :at",
+                ExpressionAttributeValues=to_item(values),
+                **({"ExpressionAttributeNames": names} if names else {}),
+                ReturnValues="ALL_OLD",
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return None  # a newer result already moved the key: this one is history
+        stored = plain(response.get("Attributes", {})).get("current_key_version")
+        return str(stored) if stored is not None else None
+
+    def record_rejected(self, source_id: str, error: str, body: str) -> bool:
+        """Record a rejected request once (a redelivery makes no second item or notification)."""
+        item = {
+            "pk": rejected_pk(source_id),
+            "sk": REQUEST,
+            "item_type": "REJECTED",
+            "error": error[:MAX_MESSAGE],
+            "body": body[:MAX_REJECTED_BODY],
+            "received_at": iso(self._now()),
+            "expires_at": self._expires_at(),
+        }
+        return self._put_new(item)

@@ -1,0 +1,366 @@
+"""Run and chunk bookkeeping
+
+How a run stays exact whatever fails (CONTRACT 4.3), at a cost per key that does not grow
+with the run:
+
+- Keys join a run in **chunks** (one queue message each). Registering a chunk is one
+  transaction: the ``CHUNK`` item (``attribute_not_exists``), one ``PENDING`` result per key
+  (``attribute_not_exists``: a key already in the run is left where it is), and
+  ``requested += n, open_chunks += 1`` on the ``RUN`` item. A retried fan-out finds its chunk
+  registered and counts nothing twice.
+- A result turns terminal with one conditional put (``attribute_not_exists OR status =
+  PENDING``): a terminal result is never replaced, by a late ``PENDING`` or by a second
+  terminal one.
+- When every key of a chunk is terminal, one transaction turns the ``CHUNK`` item ``DONE``
+  (only from ``OPEN``) and adds the chunk's counts to the run, ``open_chunks -= 1``: each
+  chunk is counted exactly once, so the run's counts are exact.
+- The run completes (once, conditionally) when ``open_chunks`` is 0 and its resolution has
+  finished (``resolving`` removed): O(1) per chunk, never a read of the whole run.
+- ``resolving`` names the resolution segment that owns the run (``start``, then the listing
+  position each continuation starts from): only that segment may hand on or finish, so a
+  duplicate or stale delivery of an earlier segment can never end the resolution early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cckm_refresh.clock import iso
+from cckm_refresh.model import RefreshOutcome, RunInfo, Status
+from cckm_refresh.table.access import TableAccess
+from cckm_refresh.table.items import (
+    FIRST_SEGMENT,
+    MAX_CHUNK_KEYS,
+    RUN,
+    ChunkTally,
+    KeyEntry,
+    RecordedResult,
+    RunCounts,
+    RunState,
+    chunk_sk,
+    described,
+    key,
+    plain,
+    result_item,
+    run_pk,
+    to_item,
+)
+
+_TRANSACTION_ATTEMPTS = 8
+
+
+class TransactionFailedError(RuntimeError):
+    """DynamoDB kept cancelling a transaction for reasons other than our conditions."""
+
+
+class RunBook(TableAccess):
+    """The ``RUN`` and ``CHUNK`` items: a run's keys registered, counted and completed once."""
+
+    # --- runs -------------------------------------------------------------------------------
+
+    def start_run(self, run: RunInfo) -> bool:
+        """Create the ``RUN`` item (``RUNNING``, ``resolving``) unless it exists; True when
+        this call made it."""
+        item = {
+            "pk": run_pk(run.run_id),
+            "sk": RUN,
+            "item_type": "RUN",
+            "run_id": run.run_id,
+            "trigger": str(run.trigger),
+            "request_id": run.request_id,
+            "reason": run.reason,
+            "dry_run": run.dry_run,
+            "requested": 0,
+            "open_chunks": 0,
+            "resolving": FIRST_SEGMENT,
+            "status": "RUNNING",
+            "started_at": iso(self._now()),
+            "expires_at": self._expires_at(),
+        }
+        return self._put_new(item)
+
+    def run_state(self, run_id: str) -> RunState | None:
+        """The ``RUN`` item, strongly consistent; None when the run does not exist."""
+        answer = self._db.get_item(
+            TableName=self._table, Key=key(run_pk(run_id), RUN), ConsistentRead=True
+        )
+        if "Item" not in answer:
+            return None
+        item = plain(answer["Item"])
+        return RunState(
+            run_id=run_id,
+            status=str(item.get("status", "RUNNING")),
+            resolving=bool(item.get("resolving")),
+            open_chunks=int(item.get("open_chunks", 0)),
+            counts=RunCounts.from_item(item),
+        )
+
+    def hand_on_resolution(self, run_id: str, segment: str, next_segment: str) -> bool:
+        """Pass the resolution from ``segment`` to the continuation that starts at
+        ``next_segment``; False when ``segment`` no longer owns it (a stale delivery)."""
+        return self._move_resolution(run_id, segment, "SET resolving = :next", next_segment)
+
+    def finish_resolution(self, run_id: str, segment: str = FIRST_SEGMENT) -> bool:
+        """Every key of the run is registered: completion may now happen. False when
+        ``segment`` does not own the resolution (another delivery does, or it is done)."""
+        return self._move_resolution(run_id, segment, "REMOVE resolving", None)
+
+    def _move_resolution(
+        self, run_id: str, segment: str, update: str, next_segment: str | None
+    ) -> bool:
+        values = {":segment": segment} | ({":next": next_segment} if next_segment else {})
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=key(run_pk(run_id), RUN),
+                UpdateExpression=update,
+                ConditionExpression="resolving = :segment",
+                ExpressionAttributeValues=to_item(values),
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def complete_if_done(self, run_id: str) -> RunCounts | None:
+        """Turn the run ``COMPLETED`` when no chunk is open and resolution has finished.
+
+        Returns the counts when this call completed the run; None when it is not done yet or
+        was already completed (the condition makes completion happen exactly once).
+        """
+        state = self.run_state(run_id)
+        if state is None or state.completed or state.resolving or state.open_chunks > 0:
+            return None
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=key(run_pk(run_id), RUN),
+                # A run with no chunk (a selector matching nothing) has no counts yet: the
+                # contract's RUN item carries them at completion, zeros included.
+                UpdateExpression="SET #s = :done, finished_at = :now"
+                + "".join(f", {n} = if_not_exists({n}, :zero)" for n in _TALLY_FIELDS),
+                ConditionExpression=(
+                    "#s = :running AND open_chunks = :zero AND attribute_not_exists(resolving)"
+                ),
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=to_item(
+                    {
+                        ":done": "COMPLETED",
+                        ":running": "RUNNING",
+                        ":zero": 0,
+                        ":now": iso(self._now()),
+                    }
+                ),
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return None
+        return state.counts
+
+    # --- chunks -----------------------------------------------------------------------------
+
+    def register_chunk(
+        self, run: RunInfo, chunk_id: str, tenancy: str | None, entries: Sequence[KeyEntry]
+    ) -> tuple[KeyEntry, ...]:
+        """Register a chunk of keys with the run (one transaction); return its keys.
+
+        Keys that already have a result in the run belong to another chunk (or are done) and
+        are left out. A chunk registered before (a retried fan-out) is returned as it was
+        registered, and counted nothing again. An empty tuple: nothing left to send.
+        """
+        if len(entries) > MAX_CHUNK_KEYS:
+            raise ValueError(f"a chunk holds at most {MAX_CHUNK_KEYS} keys")
+        pk = run_pk(run.run_id)
+        remaining = list(entries)
+        now = iso(self._now())
+        expires_at = self._expires_at()
+        for _ in range(_TRANSACTION_ATTEMPTS + MAX_CHUNK_KEYS):
+            if not remaining:
+                return ()
+            chunk = {
+                "pk": pk,
+                "sk": chunk_sk(chunk_id),
+                "item_type": "CHUNK",
+                "run_id": run.run_id,
+                "chunk_id": chunk_id,
+                "tenancy": tenancy,
+                "keys": [entry.key_id for entry in remaining],
+                "chunk_status": "OPEN",
+                "registered_at": now,
+                "expires_at": expires_at,
+            }
+            items: list[dict[str, Any]] = [
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": to_item(chunk),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": key(pk, RUN),
+                        "UpdateExpression": "ADD requested :n, open_chunks :one",
+                        # A completed run keeps its counts: nothing joins it any more.
+                        "ConditionExpression": "#s = :running",
+                        "ExpressionAttributeNames": {"#s": "status"},
+                        "ExpressionAttributeValues": to_item(
+                            {":n": len(remaining), ":one": 1, ":running": "RUNNING"}
+                        ),
+                    }
+                },
+            ]
+            for entry in remaining:
+                pending = RefreshOutcome(key_id=entry.key_id, status=Status.PENDING)
+                items.append(
+                    {
+                        "Put": {
+                            "TableName": self._table,
+                            "Item": to_item(
+                                result_item(
+                                    run.run_id,
+                                    RecordedResult(
+                                        described(pending, entry.known),
+                                        entry.version_before,
+                                        False,
+                                    ),
+                                    now,
+                                    expires_at,
+                                )
+                                | {"chunk_id": chunk_id}
+                            ),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    }
+                )
+            failed = self._transact(items)
+            if failed is None:
+                return tuple(remaining)
+            if 1 in failed:
+                return ()  # the run completed before this chunk came: nothing joins it
+            if 0 in failed:
+                return self._registered_keys(run.run_id, chunk_id, entries)
+            taken = {remaining[i - 2].key_id for i in failed if i >= 2}
+            remaining = [entry for entry in remaining if entry.key_id not in taken]
+        raise TransactionFailedError("could not register the chunk")
+
+    def _registered_keys(
+        self, run_id: str, chunk_id: str, entries: Sequence[KeyEntry]
+    ) -> tuple[KeyEntry, ...]:
+        answer = self._db.get_item(
+            TableName=self._table,
+            Key=key(run_pk(run_id), chunk_sk(chunk_id)),
+            ConsistentRead=True,
+            ProjectionExpression="#k",
+            ExpressionAttributeNames={"#k": "keys"},
+        )
+        registered = set(plain(answer.get("Item", {})).get("keys", []))
+        return tuple(entry for entry in entries if entry.key_id in registered)
+
+    def record_found_nothing(self, run: RunInfo, outcomes: Sequence[RefreshOutcome]) -> int:
+        """Record terminal outcomes known before any refresh (an OCID that matches no key, a
+        last delivery out of time): each result once, counted once. How many were new."""
+        pk = run_pk(run.run_id)
+        remaining = list(outcomes)
+        recorded = 0
+        while remaining:
+            batch, remaining = remaining[:MAX_CHUNK_KEYS], remaining[MAX_CHUNK_KEYS:]
+            now = iso(self._now())
+            for _ in range(_TRANSACTION_ATTEMPTS + len(batch)):
+                if not batch:
+                    break
+                tally = ChunkTally()
+                for outcome in batch:
+                    tally = tally.add(outcome.status, False)
+                items: list[dict[str, Any]] = [
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": key(pk, RUN),
+                            "UpdateExpression": _tally_expression(tally, "ADD requested :n"),
+                            "ConditionExpression": "#s = :running",
+                            "ExpressionAttributeNames": {"#s": "status"},
+                            "ExpressionAttributeValues": to_item(
+                                _tally_values(tally) | {":n": len(batch), ":running": "RUNNING"}
+                            ),
+                        }
+                    }
+                ]
+                for outcome in batch:
+                    result = RecordedResult(outcome, None, False)
+                    items.append(
+                        {
+                            "Put": {
+                                "TableName": self._table,
+                                "Item": to_item(
+                                    result_item(run.run_id, result, now, self._expires_at())
+                                ),
+                                "ConditionExpression": "attribute_not_exists(pk)",
+                            }
+                        }
+                    )
+                failed = self._transact(items)
+                if failed is None:
+                    recorded += len(batch)
+                    break
+                if 0 in failed:
+                    return recorded  # the run completed: it keeps its counts
+                taken = {batch[i - 1].key_id for i in failed if i >= 1}
+                batch = [o for o in batch if o.key_id not in taken]
+        return recorded
+
+    def finish_chunk(self, run_id: str, chunk_id: str, tally: ChunkTally) -> bool:
+        """Close a chunk whose keys are all terminal and add its counts to the run, once.
+        False when it was closed before (a duplicate or late delivery)."""
+        pk = run_pk(run_id)
+        items = [
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": key(pk, chunk_sk(chunk_id)),
+                    "UpdateExpression": "SET chunk_status = :done, finished_at = :now",
+                    "ConditionExpression": "chunk_status = :open",
+                    "ExpressionAttributeValues": to_item(
+                        {":done": "DONE", ":open": "OPEN", ":now": iso(self._now())}
+                    ),
+                }
+            },
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": key(pk, RUN),
+                    "UpdateExpression": _tally_expression(tally, "ADD open_chunks :minus"),
+                    "ExpressionAttributeValues": to_item(_tally_values(tally) | {":minus": -1}),
+                }
+            },
+        ]
+        return self._transact(items) is None
+
+    def _transact(self, items: list[dict[str, Any]]) -> set[int] | None:
+        """Run a transaction; None when it committed, else the indexes whose conditions
+        failed. Conflicts with concurrent transactions are retried with backoff."""
+        for attempt in range(_TRANSACTION_ATTEMPTS):
+            try:
+                self._db.transact_write_items(TransactItems=items)
+            except self._db.exceptions.TransactionCanceledException as error:
+                reasons = error.response.get("CancellationReasons", [])
+                failed = {
+                    i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"
+                }
+                if failed:
+                    return failed
+                self._backoff(attempt)  # TransactionConflict, throttling: try again
+            else:
+                return None
+        raise TransactionFailedError("DynamoDB cancelled the transaction repeatedly")
+
+
+_TALLY_FIELDS = ("refreshed", "not_found", "failed", "skipped", "rotated")
+
+
+def _tally_expression(tally: ChunkTally, head: str) -> str:
+    return head + "".join(f", {name} :{name}" for name in _TALLY_FIELDS)
+
+
+def _tally_values(tally: ChunkTally) -> dict[str, int]:
+    return {f":{name}": getattr(tally, name) for name in _TALLY_FIELDS}
