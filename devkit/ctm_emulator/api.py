@@ -353,11 +353,14 @@ class CtmApi:
         discovered = generate_keys(churn.add, seed=1_000_000 + self._churns) if churn.add else []
         self._inventory.churn(churn.remove, discovered, filters, sort)
 
-    def _shaped(self, reply: ApiReply) -> ApiReply:
-        """A key call's answer as the oversize and trickle faults make it."""
+    def _shaped(self, reply: ApiReply, padded: bool | None = None) -> ApiReply:
+        """A key call's answer as the oversize and trickle faults make it (``padded``: whether
+        oversize applies; by default unless ``malformed_keys`` targets refreshes only)."""
         faults = self._faults
         body = reply.body
-        if faults.oversize_bytes and body is not None:
+        if padded is None:
+            padded = not faults.malformed_keys
+        if padded and faults.oversize_bytes and body is not None:
             body = {**body, "padding": "x" * faults.oversize_bytes}
         return replace(reply, body=body, trickle=faults.trickle_interval)
 
@@ -400,7 +403,7 @@ class CtmApi:
             return not_found()
         if faults.is_gone(*names):
             refreshed["gone"] = True
-        return self._refreshed(refreshed)
+        return self._refreshed(refreshed, names)
 
     def _oci_refusal(self, names: tuple[str, ...]) -> ApiReply | None:
         """OCI's answer when it will not show the key or its vault is busy, passed through."""
@@ -411,16 +414,18 @@ class CtmApi:
             return vault_busy()
         return None
 
-    def _refreshed(self, key: dict[str, Any]) -> ApiReply:
-        """The 200 answer of a refresh, as malformed as ``faults.malformed`` says."""
-        malformed = self._faults.malformed
+    def _refreshed(self, key: dict[str, Any], names: tuple[str, ...]) -> ApiReply:
+        """The 200 answer of a refresh, as malformed as ``faults.malformed`` says (for the
+        keys ``faults.malformed_keys`` names, when it names any)."""
+        badly = self._faults.answers_badly(*names)
+        malformed = self._faults.malformed if badly else set()
         if REFRESH_NOT_JSON in malformed:
             return ApiReply(200, text=b"<html><body>Service temporarily unavailable</body></html>")
         if REFRESH_NOT_A_KEY in malformed:
-            return self._shaped(ApiReply(200, {"status": "refreshed"}))
+            return self._shaped(ApiReply(200, {"status": "refreshed"}), badly)
         if REFRESH_BAD_OCI_PARAMS in malformed:
             key["oci_params"] = "ENABLED"
-        return self._shaped(ApiReply(200, key))
+        return self._shaped(ApiReply(200, key), badly)
 
     def _refresh_fault(self, key_id: str, key: Mapping[str, Any] | None) -> ApiReply | None:
         """The injected answer for this refresh call, if a fault claims it (0: drop)."""

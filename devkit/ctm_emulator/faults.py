@@ -79,6 +79,9 @@ class Faults:
     - ``trickle_interval``: seconds between the bytes of a list/get/refresh answer's body.
     - ``oversize_bytes``: list/get/refresh answers are padded to at least this many bytes.
     - ``malformed``: modes of ``MALFORMED_MODES`` (answers that are not what they should be).
+    - ``malformed_keys``: when not empty, the refresh modes of ``malformed`` and
+      ``oversize_bytes`` apply to refreshes of these keys only (lists and gets are then never
+      padded): one key answered badly in a run of healthy ones.
     """
 
     seed: int = 0
@@ -105,6 +108,7 @@ class Faults:
     trickle_interval: float = 0.0
     oversize_bytes: int | None = None
     malformed: set[str] = field(default_factory=set)
+    malformed_keys: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
@@ -159,6 +163,11 @@ class Faults:
             (self.not_authorized_keys[n] for n in names if n in self.not_authorized_keys), None
         )
 
+    def answers_badly(self, *names: str) -> bool:
+        """True when the malformed and oversize faults apply to a refresh of this key."""
+        keys = self.malformed_keys
+        return not keys or any(name in keys for name in names)
+
     def is_gone(self, *names: str) -> bool:
         """True when ``gone_keys`` names this key."""
         return any(name in self.gone_keys for name in names)
@@ -188,6 +197,7 @@ class Faults:
             self.trickle_interval = 0.0
             self.oversize_bytes = None
             self.malformed.clear()
+            self.malformed_keys.clear()
             self._burst.clear()
 
     # --- decisions, used by the emulator ------------------------------------------------------

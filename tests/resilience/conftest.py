@@ -3,6 +3,7 @@ whose user has a unique password, and the captured logs every scenario checks fo
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -88,3 +89,25 @@ def kills(monkeypatch: pytest.MonkeyPatch) -> KillSwitch:
     switch = KillSwitch()
     switch.install(monkeypatch)
     return switch
+
+
+_MOTO_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
+
+
+@pytest.fixture
+def moto_writes_isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's table writes one at a time, as DynamoDB isolates transactions: moto (5.2) runs
+    TransactWriteItems on a copy of the tables and puts the copy back when a condition fails,
+    losing a write another container made in between (see test_delivery_faults). The moto
+    server runs in this process, so its backend can be locked here."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()
+    for name in _MOTO_WRITES:
+        write = getattr(DynamoDBBackend, name)
+
+        def locked(*args: Any, _write: Any = write, **kwargs: Any) -> Any:
+            with lock:
+                return _write(*args, **kwargs)
+
+        monkeypatch.setattr(DynamoDBBackend, name, locked)

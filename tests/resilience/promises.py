@@ -257,7 +257,7 @@ def assert_no_secret_anywhere(
     """No secret value and nothing shaped like a JWT in the captured logs, in any item of the
     runs (results, chunks, the run), in the queue messages or the dead-letter queues."""
     assert_no_secret_in_logs(logs, secrets)
-    texts = [repr(item) for run_id in run_ids for item in _run_items(world, run_id)]
+    texts = [repr(item) for run_id in run_ids for item in run_items(world, run_id)]
     texts += [repr(message) for message in messages]
     dead_letters = [world.stack.dead_letter_queue_url, world.stack.tenancy_dead_letter_queue_url]
     for queue in dead_letters:
@@ -269,14 +269,16 @@ def assert_no_secret_anywhere(
     assert JWT_PATTERN.search(stored) is None, "a JWT is stored or queued"
 
 
-def _run_items(world: RefreshWorld, run_id: str) -> list[dict[str, Any]]:
+def run_items(world: RefreshWorld, run_id: str, prefix: str = "") -> list[dict[str, Any]]:
+    """The run's items (the RUN item, its chunks and results) whose sort key starts with
+    ``prefix``, strongly consistent."""
     from boto3.dynamodb.conditions import Key
 
+    condition = Key("pk").eq(f"RUN#{run_id}")
+    if prefix:
+        condition &= Key("sk").begins_with(prefix)
     items: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {
-        "KeyConditionExpression": Key("pk").eq(f"RUN#{run_id}"),
-        "ConsistentRead": True,
-    }
+    kwargs: dict[str, Any] = {"KeyConditionExpression": condition, "ConsistentRead": True}
     table = world.stack.table
     while True:
         page = table.query(**kwargs)
