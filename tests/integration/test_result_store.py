@@ -9,7 +9,8 @@ import boto3
 import pytest
 
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status, Trigger
-from cckm_refresh.table import ChunkTally, KeyEntry, ResultStore
+from cckm_refresh.table.items import ChunkTally, KeyEntry
+from cckm_refresh.table.store import ResultStore
 
 pytestmark = pytest.mark.integration
 KEY = "90671f17-28ff-4f93-86dc-ff08983469e7"

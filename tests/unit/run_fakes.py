@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status
-from cckm_refresh.table import (
+from cckm_refresh.table.items import (
     FIRST_SEGMENT,
     ChunkTally,
     KeyEntry,

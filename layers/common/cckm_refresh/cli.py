@@ -31,7 +31,7 @@ from cckm_refresh.request import SELECTOR_FIELDS, RequestError, parse_request
 from cckm_refresh.triggers import Delivery
 
 if TYPE_CHECKING:
-    from cckm_refresh.table.reads import TableReader
+    from cckm_refresh.table.history import KeyHistory
 
 EXIT_OK = 0
 EXIT_FAILED_KEYS = 1
@@ -307,14 +307,14 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _table(args: argparse.Namespace, env: dict[str, str]) -> TableReader:
-    from cckm_refresh.table.reads import TableReader
+def _table(args: argparse.Namespace, env: dict[str, str]) -> KeyHistory:
+    from cckm_refresh.table.history import KeyHistory
     from cckm_refresh.wiring import aws_client
 
     name = args.table or env.get("RESULTS_TABLE")
     if not name:
         raise CliError("RESULTS_TABLE is not set (or pass --table)")
-    return TableReader(aws_client("dynamodb"), name)
+    return KeyHistory(aws_client("dynamodb"), name)
 
 
 def _results(args: argparse.Namespace, env: dict[str, str]) -> int:

@@ -23,7 +23,7 @@ from cckm_refresh.ratelimit import UNKNOWN_TENANCY
 from cckm_refresh.request import chunk_message
 from cckm_refresh.run.ports import RunQueues, RunTable
 from cckm_refresh.run.report import DEAD_LETTER, DONE, MessageVerdict, RunReport, log_outcomes
-from cckm_refresh.table import ChunkTally, RecordedResult, RunCounts, described
+from cckm_refresh.table.items import ChunkTally, RecordedResult, RunCounts, described
 from cckm_refresh.triggers import Delivery
 from cckm_refresh.workqueue import QueueMessage
 

@@ -24,7 +24,7 @@ from cckm_refresh.run.chunks import ChunkJob, ChunkWorker, EnginePass, last_chan
 from cckm_refresh.run.ports import RunQueues, RunTable
 from cckm_refresh.run.report import DEAD_LETTER, DONE, MessageVerdict, RunReport, log_outcomes
 from cckm_refresh.run.resolution import Chunk, Resolver
-from cckm_refresh.table import FIRST_SEGMENT, MAX_CHUNK_KEYS, RecordedResult
+from cckm_refresh.table.items import FIRST_SEGMENT, MAX_CHUNK_KEYS, RecordedResult
 from cckm_refresh.triggers import Delivery
 from cckm_refresh.workqueue import SEND_BATCH, QueueMessage
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo
-from cckm_refresh.table import ChunkTally, KeyEntry, RecordedResult, RunCounts, RunState
+from cckm_refresh.table.items import ChunkTally, KeyEntry, RecordedResult, RunCounts, RunState
 from cckm_refresh.workqueue import QueueMessage
 
 

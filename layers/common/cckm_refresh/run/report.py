@@ -14,7 +14,7 @@ from enum import StrEnum
 from cckm_refresh import backoff
 from cckm_refresh.model import Status
 from cckm_refresh.observability import logger
-from cckm_refresh.table import RecordedResult, RunCounts
+from cckm_refresh.table.items import RecordedResult, RunCounts
 
 RETRY_DELAY_BASE = 30
 RETRY_DELAY_CAP = 900

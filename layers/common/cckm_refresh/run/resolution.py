@@ -27,7 +27,7 @@ from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
 from cckm_refresh.observability import logger
 from cckm_refresh.request import RefreshRequest
 from cckm_refresh.selectors import resource_matches
-from cckm_refresh.table import KeyEntry
+from cckm_refresh.table.items import KeyEntry
 
 LOOKUP_WORKERS = 8
 SELECTOR_PAGE_SIZE = 500

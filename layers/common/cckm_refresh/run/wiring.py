@@ -15,7 +15,7 @@ from cckm_refresh.run.chunks import ChunkWorker
 from cckm_refresh.run.intake import Intake
 from cckm_refresh.run.resolution import Resolver
 from cckm_refresh.run.service import RefreshService
-from cckm_refresh.table import ResultStore
+from cckm_refresh.table.store import ResultStore
 from cckm_refresh.wiring import aws_client
 from cckm_refresh.workqueue import WorkQueue
 

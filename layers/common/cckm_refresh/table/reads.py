@@ -1,5 +1,6 @@
 """What the operator CLI, the notifier's run digest and the demo read from the table: a run,
-its results, a key's latest state and history. boto3's paginators, never hand-written loops.
+its results, a key's latest state (``history.KeyHistory`` adds a key's results over time, from
+the ``by-key`` index, which only the CLI reads). boto3's paginators, never hand-written loops.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from cckm_refresh.table.items import (
-    BY_KEY_INDEX,
     KEY_PREFIX,
     LATEST,
     RUN,
@@ -58,15 +58,3 @@ class TableReader:
             query["ProjectionExpression"] = fields
         for page in self._db.get_paginator("query").paginate(**query):
             yield from (plain(item) for item in page.get("Items", []))
-
-    def history(self, key_id: str, limit: int) -> list[dict[str, Any]]:
-        """A key's last ``limit`` results, newest first (the ``by-key`` index)."""
-        answer = self._db.query(
-            TableName=self.table_name,
-            IndexName=BY_KEY_INDEX,
-            KeyConditionExpression="gsi1pk = :k",
-            ExpressionAttributeValues={":k": {"S": key_pk(key_id)}},
-            ScanIndexForward=False,
-            Limit=limit,
-        )
-        return [plain(item) for item in answer.get("Items", [])]
