@@ -94,7 +94,7 @@ def test_pip_install_gives_a_working_cckm_refresh_command(installed: Path) -> No
 
 
 def test_the_package_is_installed_without_the_development_tools(installed: Path) -> None:
-    assert (installed / "cckm_refresh" / "cli.py").exists()
+    assert (installed / "cckm_refresh" / "cli" / "__init__.py").exists()
     assert {p.name for p in installed.iterdir()} <= {
         "bin",
         "cckm_refresh",

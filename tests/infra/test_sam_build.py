@@ -142,7 +142,7 @@ def test_the_layer_ships_only_what_the_functions_import(build_dir: Path) -> None
     shipped = {p.name for p in site.iterdir()}
 
     assert not shipped & {"devkit", "bin", "boto3", "botocore", "tests"}
-    assert not (site / "cckm_refresh" / "cli.py").exists()
+    assert not (site / "cckm_refresh" / "cli").exists()
     assert not (site / "cckm_refresh" / "__main__.py").exists()
     assert not list(site.rglob("tests"))
 

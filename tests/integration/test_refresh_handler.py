@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from boto3.dynamodb.conditions import Key
 
 from tests.integration.refresh_world import RefreshWorld
 
@@ -258,9 +259,22 @@ def test_a_large_run_fans_out_and_completes_once_with_the_right_counts(
     assert world.run_item("schedule-2026-11-28T06:00:00Z")["status"] == "RUNNING"
     report = world.drain()
 
-    # The chunks (at most 8 keys, of one tenancy each) went through the tenancy queue
+    # Every key went in exactly one chunk of at most 8 keys, all of one tenancy, through the
+    # tenancy queue, and every chunk closed
+    chunks = world.stack.table.query(
+        KeyConditionExpression=Key("pk").eq("RUN#schedule-2026-11-28T06:00:00Z")
+        & Key("sk").begins_with("CHUNK#"),
+        ConsistentRead=True,
+    )["Items"]
+    tenancy_of = {key["id"]: key["tenancy"] for key in world.ctm.keys}
+    chunked = [key for chunk in chunks for key in chunk["keys"]]
+    assert sorted(chunked) == sorted(k for k in tenancy_of if k != gone)
+    for chunk in chunks:
+        assert 1 <= len(chunk["keys"]) <= 8
+        assert {tenancy_of[key] for key in chunk["keys"]} == {chunk["tenancy"]}
+        assert chunk["chunk_status"] == "DONE"
     delivered = [m for i in report.of("TenancyQueue") for m in i.message_ids]
-    assert len(delivered) >= 29 // 8
+    assert len(delivered) == len(chunks)
     run = world.run_item("schedule-2026-11-28T06:00:00Z")
     assert (run["status"], run["requested"], run["refreshed"]) == ("COMPLETED", 29, 29)
     assert world.ctm.refresh_count() == 29

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from cckm_refresh.cli import EXIT_ERROR, _Progress, main
+from cckm_refresh.cli import EXIT_ERROR, main
+from cckm_refresh.cli.refresh import Progress
 from cckm_refresh.model import RefreshOutcome, Status
 
 UUID = "90671f17-28ff-4f93-86dc-ff08983469e7"
@@ -133,7 +134,7 @@ def outcome(status: Status) -> RefreshOutcome:
 
 def test_progress_on_a_terminal_counts_outcomes_on_one_line() -> None:
     terminal = FakeTerminal()
-    progress = _Progress(terminal, enabled=True)
+    progress = Progress(terminal, enabled=True)
 
     for status in (Status.REFRESHED, Status.FAILED, Status.REFRESHED):
         progress(outcome(status))
@@ -144,7 +145,7 @@ def test_progress_on_a_terminal_counts_outcomes_on_one_line() -> None:
 
 @pytest.mark.parametrize(("stream", "enabled"), [(io.StringIO(), True), (FakeTerminal(), False)])
 def test_progress_is_silent_off_a_terminal_or_when_disabled(stream: Any, enabled: bool) -> None:
-    progress = _Progress(stream, enabled=enabled)
+    progress = Progress(stream, enabled=enabled)
 
     progress(outcome(Status.REFRESHED))
     progress.close()

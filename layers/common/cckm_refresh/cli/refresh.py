@@ -1,0 +1,170 @@
+"""``cckm-refresh refresh``: the same refresh as the Lambda function, with progress and a table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from cckm_refresh.cli.common import (
+    A_DAY,
+    EXIT_FAILED_KEYS,
+    EXIT_OK,
+    CliError,
+    print_table,
+    version_label,
+)
+from cckm_refresh.config import RefreshSettings
+from cckm_refresh.model import RefreshOutcome, Status, Trigger
+from cckm_refresh.request import SELECTOR_FIELDS, RequestError, parse_request
+from cckm_refresh.triggers import Delivery
+
+
+def _settings(args: argparse.Namespace, env: dict[str, str]) -> RefreshSettings:
+    overrides = {
+        "CTM_BASE_URL": args.ctm_url,
+        "CTM_SECRET_ID": args.secret_id,
+        "RESULTS_TABLE": args.table,
+        "REFRESH_CONCURRENCY": args.concurrency,
+        "TENANCY_RATE_LIMIT": args.rate,
+        "CTM_VERIFY_TLS": "false" if args.insecure else None,
+    }
+    merged = env | {k: v for k, v in overrides.items() if v is not None}
+    settings = RefreshSettings.from_env(merged)
+    # A shell run does every key itself: no fan-out, no hand-off to a queue.
+    return replace(settings, work_queue_url=None, dead_letter_queue_url=None)
+
+
+def _request(args: argparse.Namespace) -> dict[str, Any]:
+    request: dict[str, Any] = {}
+    if args.keys:
+        request["keys"] = list(args.keys)
+    selector = {
+        name: getattr(args, f"sel_{name}")
+        for name in sorted(SELECTOR_FIELDS)
+        if getattr(args, f"sel_{name}") is not None
+    }
+    if args.all:
+        if selector:
+            raise CliError("--all cannot be combined with selector filters")
+        selector = {"all": True}
+    if selector:
+        request["selector"] = selector
+    if not request:
+        raise CliError("name keys, or a selector such as --tenancy NAME, or --all")
+    for name in ("reason", "request_id"):
+        if getattr(args, name):
+            request[name] = getattr(args, name)
+    if args.dry_run:
+        request["dry_run"] = True
+    return request
+
+
+def _require_aws_credentials() -> None:
+    """Fail with the real cause up front: the CTM client would report an unreadable secret."""
+    import boto3
+    from botocore.exceptions import NoCredentialsError
+
+    if boto3.Session().get_credentials() is None:
+        raise NoCredentialsError
+
+
+class Progress:
+    """A one-line progress display on stderr for long runs."""
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self._stream = stream
+        self._enabled = enabled and stream.isatty()
+        self._counts: dict[Status, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, outcome: RefreshOutcome) -> None:
+        with self._lock:
+            self._counts[outcome.status] = self._counts.get(outcome.status, 0) + 1
+            if self._enabled:
+                done = sum(self._counts.values())
+                parts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(self._counts.items()))
+                self._stream.write(f"\r{done} keys: {parts}   ")
+                self._stream.flush()
+
+    def close(self) -> None:
+        if self._enabled and self._counts:
+            self._stream.write("\n")
+
+
+def refresh(args: argparse.Namespace, env: dict[str, str]) -> int:
+    from cckm_refresh.run.report import Rejection
+    from cckm_refresh.run.wiring import refresh_service
+
+    request = _request(args)
+    try:
+        # Before any AWS or CTM call: a typo is the operator's, not a pipeline's REJECTED item.
+        parse_request(request)
+    except RequestError as error:
+        raise CliError(f"invalid request: {error}") from None
+    settings = _settings(args, env)
+    _require_aws_credentials()
+    progress = Progress(sys.stderr, not (args.quiet or args.json))
+    service = refresh_service(settings, on_outcome=progress)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    delivery = Delivery(
+        trigger=Trigger.CLI,
+        source_id=f"cli-{uuid.uuid4()}",
+        default_run_id=f"cli-{stamp}-{uuid.uuid4().hex[:6]}",
+        document=request,
+        raw=json.dumps(request),
+    )
+    try:
+        report = service.process(delivery, lambda: A_DAY)
+    finally:
+        progress.close()
+    if isinstance(report, Rejection):
+        raise CliError(f"invalid request: {report.error}")
+    rows = [r.outcome for r in report.recorded]
+    if args.json:
+        for outcome in rows:
+            print(json.dumps({k: v for k, v in outcome.__dict__.items() if v is not None}))
+    else:
+        _print_outcomes(rows)
+        counts = {s: report.count(s) for s in Status}
+        print(
+            f"\nrun {report.run_id}: {len(rows)} keys: "
+            + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
+            + (f"; {report.rotated} rotated" if report.rotated else "")
+        )
+    failed = report.count(Status.FAILED) + report.count(Status.PENDING) + report.pending
+    common = _common_failure(rows)
+    if common:
+        print(f"error: every key failed: {common}", file=sys.stderr)
+    return EXIT_FAILED_KEYS if failed else EXIT_OK
+
+
+def _common_failure(outcomes: Sequence[RefreshOutcome]) -> str | None:
+    """The one cause every key failed with (CTM unreachable, TLS...), as one line; else None."""
+    failed = [o for o in outcomes if o.status in (Status.FAILED, Status.PENDING)]
+    if not failed or len(failed) != len(outcomes) or len({o.error_code for o in failed}) != 1:
+        return None
+    first = failed[0]
+    detail = f": {first.error_message}" if first.error_message else ""
+    return f"CTM {first.error_code}{detail}".splitlines()[0]
+
+
+def _print_outcomes(outcomes: Sequence[RefreshOutcome]) -> None:
+    rows = [
+        (
+            o.status.value,
+            o.display_name or "",
+            o.key_id,
+            o.tenancy or "",
+            version_label(o.current_key_version),
+            o.error_code or "",
+        )
+        for o in sorted(outcomes, key=lambda o: (o.status.value, o.display_name or ""))
+    ]
+    print_table(("STATUS", "NAME", "KEY ID", "TENANCY", "VERSION", "ERROR"), rows)
