@@ -275,6 +275,7 @@ class Containers:
             self.world.stack.client("sqs"),
             mappings_from_template(self.world.stack),
             self,
+            poll_interval=0.02,
             redeliver_failed_after=0,
             redeliver_crashed_after=0,
         ) as poller:

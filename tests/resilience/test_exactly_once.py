@@ -74,9 +74,9 @@ def test_a_container_killed_after_49_of_60_rotated_keys_records_each_rotation_on
     make_scenario: MakeScenario, kills: KillSwitch
 ) -> None:
     # Given 60 keys over 3 tenancies, every one rotated in OCI since CCKM last looked, fanned
-    # out to the tenancy queue in 3 chunks (one batch), and a container killed as it is about
-    # to record the 50th outcome
-    scenario = make_scenario(keys=generate_keys(60, seed=11))
+    # out to the tenancy queue in 3 chunks (one batch), a password in the secret (each new
+    # container logs in), and a container killed as it is about to record the 50th outcome
+    scenario = make_scenario(auth="password", keys=generate_keys(60, seed=11))
     keys = scenario.key_ids()
     for key in keys:
         scenario.ctm.rotate(key)
@@ -115,8 +115,9 @@ def test_a_schedule_killed_before_its_run_item_is_retried_and_refreshes_each_key
     scenario: Scenario, kills: KillSwitch
 ) -> None:
     # Given a container killed as it is about to write the run item
+    keys = scenario.key_ids(12)
     containers = Containers(scenario.world, kills)
-    event = scenario.world.schedule_event({"selector": {"all": True}})
+    event = scenario.world.schedule_event({"keys": keys})
     run_id = "schedule-2026-11-28T06:00:00Z"
     kills.at("PutItem", 1, puts_run_item)
 
@@ -131,8 +132,7 @@ def test_a_schedule_killed_before_its_run_item_is_retried_and_refreshes_each_key
     containers.drain()
 
     # Then the retry made the run, and every key was refreshed exactly once
-    assert answer["fanned_out"] == 30
-    keys = scenario.key_ids()
+    assert answer["fanned_out"] == 12
     results = finished_once(scenario, containers, run_id, keys)
     assert {r["status"] for r in results.values()} == {"REFRESHED"}
     assert set(refresh_calls(scenario.ctm, keys).values()) == {1}
@@ -181,10 +181,11 @@ def test_a_fan_out_killed_after_12_chunks_registered_queues_each_chunk_once(
 def test_a_container_killed_before_closing_its_chunks_refreshes_nothing_again(
     scenario: Scenario, kills: KillSwitch
 ) -> None:
-    # Given 30 keys fanned out in 3 chunks (one batch), and the container killed after every
+    # Given 12 keys fanned out in 3 chunks (one batch), and the container killed after every
     # outcome was recorded, as it closes the first chunk
+    keys = scenario.key_ids(12)
     containers = Containers(scenario.world, kills)
-    containers.invoke(scenario.world.rule_event({"selector": {"all": True}, "request_id": "c"}))
+    containers.invoke(scenario.world.rule_event({"keys": keys, "request_id": "c"}))
     kills.at("TransactWriteItems", 1, closes_chunk)
 
     # When the poller delivers the batch, and again after the crash
@@ -194,7 +195,6 @@ def test_a_container_killed_before_closing_its_chunks_refreshes_nothing_again(
     # and completed the run once
     assert kills.kills == ["TransactWriteItems #1"]
     assert len(report.crashes) == 1
-    keys = scenario.key_ids()
     results = finished_once(scenario, containers, "c", keys)
     assert {r["status"] for r in results.values()} == {"REFRESHED"}
     assert set(refresh_calls(scenario.ctm, keys).values()) == {1}
@@ -204,10 +204,11 @@ def test_a_container_killed_before_closing_its_chunks_refreshes_nothing_again(
 def test_a_container_killed_as_it_completes_the_run_leaves_it_completed_once(
     scenario: Scenario, kills: KillSwitch, after: bool
 ) -> None:
-    # Given 30 keys fanned out in 3 chunks, and the container killed as it turns the run
+    # Given 12 keys fanned out in 3 chunks, and the container killed as it turns the run
     # COMPLETED: before the write reaches the table, or after (the answer lost)
+    keys = scenario.key_ids(12)
     containers = Containers(scenario.world, kills)
-    containers.invoke(scenario.world.rule_event({"selector": {"all": True}, "request_id": "r"}))
+    containers.invoke(scenario.world.rule_event({"keys": keys, "request_id": "r"}))
     kills.at("UpdateItem", 1, completes_run, after=after)
 
     # When the poller delivers the batch, and again after the crash
@@ -216,7 +217,6 @@ def test_a_container_killed_as_it_completes_the_run_leaves_it_completed_once(
     # Then the redelivery refreshed nothing and the run is COMPLETED, once, with its counts
     assert len(kills.kills) == 1
     assert len(report.crashes) == 1
-    keys = scenario.key_ids()
     results = finished_once(scenario, containers, "r", keys)
     assert {r["status"] for r in results.values()} == {"REFRESHED"}
     assert set(refresh_calls(scenario.ctm, keys).values()) == {1}
@@ -321,12 +321,13 @@ def test_the_tenancy_queue_never_has_two_batches_of_one_tenancy_in_flight(
     # group (tenancy) be in flight, and a message comes back only after its visibility timeout
     # (1,800 s, longer than any invocation), so a chunk is never worked by two containers at
     # once; only a pipeline's message on the standard work queue can be (test above).
-    # Given 30 keys in chunks of 2 (15 chunks, 5 per tenancy) and one key failing once
+    # Given 12 keys in chunks of 2 (6 chunks, 2 per tenancy) and one key failing once
     scenario.world.cold_start(FANOUT_CHUNK_SIZE="2", CTM_MAX_ATTEMPTS="1")
-    flaky = scenario.key_ids(1)[0]
+    keys = scenario.key_ids(12)
+    flaky = keys[0]
     scenario.ctm.faults.fail_key(flaky, 503, times=1)
     containers = Containers(scenario.world, kills)
-    containers.invoke(scenario.world.rule_event({"selector": {"all": True}, "request_id": "f"}))
+    containers.invoke(scenario.world.rule_event({"keys": keys, "request_id": "f"}))
 
     # When Lambda's pollers deliver the tenancy queue (the failed chunk comes back at once)
     report = containers.drain()
@@ -340,7 +341,6 @@ def test_the_tenancy_queue_never_has_two_batches_of_one_tenancy_in_flight(
         spans = sorted((b.started, b.ended) for b in tenancy_batches if group in b.groups)
         for (_, ended), (started, _) in itertools.pairwise(spans):
             assert ended <= started, f"two batches of {group} were in flight at once"
-    keys = scenario.key_ids()
     results = finished_once(scenario, containers, "f", keys)
     assert {r["status"] for r in results.values()} == {"REFRESHED"}
     calls = refresh_calls(scenario.ctm, keys)
@@ -353,11 +353,12 @@ def test_a_retried_schedule_never_doubles_its_fan_out(
 ) -> None:
     # Given a scheduled run that fanned out its chunks
     scenario.world.cold_start(FANOUT_CHUNK_SIZE="4")
+    keys = scenario.key_ids(12)
     containers = Containers(scenario.world, kills)
-    event = scenario.world.schedule_event({"selector": {"all": True}})
+    event = scenario.world.schedule_event({"keys": keys})
     run_id = "schedule-2026-11-28T06:00:00Z"
     first = containers.invoke(event)
-    assert first["fanned_out"] == 30
+    assert first["fanned_out"] == 12
     chunks = chunk_items(scenario, run_id)
     sent = len(kills.sent)
     assert sent == len(chunks)
@@ -370,13 +371,12 @@ def test_a_retried_schedule_never_doubles_its_fan_out(
     # Then neither retry registered or sent anything: each chunk was delivered once, each key
     # refreshed once, and the late retry answers with the completed run
     assert again["fanned_out"] == 0
-    assert (late["status"], late["refreshed"]) == ("COMPLETED", 30)
+    assert (late["status"], late["refreshed"]) == ("COMPLETED", 12)
     assert len(kills.sent) == sent
     assert len(chunk_items(scenario, run_id)) == len(chunks)
     assert Counter(b["chunk"] for b in containers.record_bodies()) == Counter(
         c["chunk_id"] for c in chunks
     )
-    keys = scenario.key_ids()
     finished_once(scenario, containers, run_id, keys)
     assert set(refresh_calls(scenario.ctm, keys).values()) == {1}
 
