@@ -23,18 +23,15 @@ def store(aws_stack: Any) -> ResultStore:
 
 
 def refreshed(version: str, at: str, state: str = "ENABLED") -> RefreshOutcome:
-    return RefreshOutcome(
-        key_id=KEY,
-        status=Status.REFRESHED,
-        attempts=1,
-        http_status=200,
+    key = KeyInfo(
+        KEY,
         tenancy="acme",
         display_name="payments",
         lifecycle_state=state,
         current_key_version=version,
         refreshed_at=at,
-        recorded_at=at,
     )
+    return RefreshOutcome(key, Status.REFRESHED, attempts=1, http_status=200, recorded_at=at)
 
 
 def latest(aws_stack: Any) -> dict[str, Any]:
@@ -102,7 +99,10 @@ def test_a_rotation_is_judged_against_the_version_before_the_run_even_when_resum
 
 def test_failures_count_up_and_a_success_resets_them(store: ResultStore, aws_stack: Any) -> None:
     failed = RefreshOutcome(
-        key_id=KEY, status=Status.FAILED, error_code="HTTP_403", recorded_at="2026-11-28T06:00:01Z"
+        KeyInfo(KEY),
+        status=Status.FAILED,
+        error_code="HTTP_403",
+        recorded_at="2026-11-28T06:00:01Z",
     )
     store.record(run("a"), failed, None)
     store.record(run("b"), failed, None)
@@ -117,8 +117,8 @@ def test_a_terminal_result_is_never_replaced(store: ResultStore, aws_stack: Any)
     assert store.record(RUN, refreshed("v1", "2026-11-28T06:00:01.000Z"), None) is not None
 
     # When a stale delivery brings a PENDING or a second terminal outcome
-    pending = RefreshOutcome(key_id=KEY, status=Status.PENDING, error_code="TIMEOUT")
-    failed = RefreshOutcome(key_id=KEY, status=Status.FAILED, error_code="HTTP_403")
+    pending = RefreshOutcome(KeyInfo(KEY), status=Status.PENDING, error_code="TIMEOUT")
+    failed = RefreshOutcome(KeyInfo(KEY), status=Status.FAILED, error_code="HTTP_403")
 
     # Then neither is written
     assert store.record(RUN, pending, None) is None
@@ -127,7 +127,7 @@ def test_a_terminal_result_is_never_replaced(store: ResultStore, aws_stack: Any)
 
 
 def test_a_pending_result_turns_terminal(store: ResultStore, aws_stack: Any) -> None:
-    pending = RefreshOutcome(key_id=KEY, status=Status.PENDING, error_code="TIMEOUT")
+    pending = RefreshOutcome(KeyInfo(KEY), status=Status.PENDING, error_code="TIMEOUT")
     assert store.record(RUN, pending, None) is not None
     assert store.record(RUN, refreshed("v1", "2026-11-28T06:00:01.000Z"), None) is not None
     assert result(aws_stack, "r1")["status"] == "REFRESHED"
@@ -194,14 +194,14 @@ def test_nothing_joins_a_completed_run(store: ResultStore, aws_stack: Any) -> No
     assert store.complete_if_done("r1") is not None
 
     assert store.register_chunk(RUN, "a" * 32, "t", [KeyEntry("k1")]) == ()
-    missing = RefreshOutcome(key_id="ocid1.key.oc1.iad.x", status=Status.NOT_FOUND)
+    missing = RefreshOutcome(KeyInfo("ocid1.key.oc1.iad.x"), status=Status.NOT_FOUND)
     assert store.record_found_nothing(RUN, [missing]) == 0
     assert run_item(aws_stack, "r1")["requested"] == 0
 
 
 def test_keys_found_missing_are_counted_once(store: ResultStore, aws_stack: Any) -> None:
     store.start_run(RUN)
-    missing = RefreshOutcome(key_id="ocid1.key.oc1.iad.x", status=Status.NOT_FOUND)
+    missing = RefreshOutcome(KeyInfo("ocid1.key.oc1.iad.x"), status=Status.NOT_FOUND)
     assert store.record_found_nothing(RUN, [missing]) == 1
     assert store.record_found_nothing(RUN, [missing]) == 0  # a redelivery
     item = run_item(aws_stack, "r1")

@@ -70,7 +70,7 @@ class FakeTable:
             "tenancy": tenancy,
         }
         for entry in fresh:
-            pending = described(RefreshOutcome(entry.key_id, Status.PENDING), entry.known)
+            pending = described(RefreshOutcome(KeyInfo(entry.key_id), Status.PENDING), entry.known)
             self.results[(run.run_id, entry.key_id)] = _item(pending) | {
                 "previous_key_version": entry.version_before
             }
@@ -108,13 +108,13 @@ class FakeTable:
         changed = bool(
             outcome.status is Status.REFRESHED
             and previous
-            and previous != outcome.current_key_version
+            and previous != outcome.key.current_key_version
         )
         if outcome.status is Status.REFRESHED:
             self.latest[outcome.key_id] = KeyInfo(
                 outcome.key_id,
-                tenancy=outcome.tenancy,
-                current_key_version=outcome.current_key_version,
+                tenancy=outcome.key.tenancy,
+                current_key_version=outcome.key.current_key_version,
             )
         self.results[(run.run_id, outcome.key_id)] = _item(outcome) | {"version_changed": changed}
         return RecordedResult(outcome, previous, changed)
@@ -188,7 +188,8 @@ class FakeQueues:
 
 
 def _item(outcome: RefreshOutcome) -> dict[str, Any]:
-    item = {k: v for k, v in outcome.__dict__.items() if v is not None}
+    fields = outcome.key.__dict__ | outcome.__dict__
+    item = {k: v for k, v in fields.items() if v is not None and k != "key"}
     return item | {"status": str(outcome.status)}
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from cckm_refresh.cli import EXIT_ERROR, main
 from cckm_refresh.cli.refresh import Progress
-from cckm_refresh.model import RefreshOutcome, Status
+from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
 
 UUID = "90671f17-28ff-4f93-86dc-ff08983469e7"
 CONFIGURED = {
@@ -129,7 +129,7 @@ class FakeTerminal(io.StringIO):
 
 
 def outcome(status: Status) -> RefreshOutcome:
-    return RefreshOutcome(key_id=UUID, status=status)
+    return RefreshOutcome(KeyInfo(UUID), status)
 
 
 def test_progress_on_a_terminal_counts_outcomes_on_one_line() -> None:

@@ -101,8 +101,8 @@ def test_each_answer_maps_to_its_outcome() -> None:
     result = engine_for(ctm).run(items("ok", "gone", "denied", "busy"), lambda: 60.0)
     by_key = {o.key_id: o for o in result.outcomes}
     assert by_key["ok"].status is Status.REFRESHED
-    assert by_key["ok"].current_key_version == "v2"
-    assert by_key["ok"].display_name == "name-ok"
+    assert by_key["ok"].key.current_key_version == "v2"
+    assert by_key["ok"].key.display_name == "name-ok"
     assert by_key["gone"].status is Status.NOT_FOUND
     assert by_key["gone"].error_code == "NCERRResourceNotFound"
     assert by_key["denied"].status is Status.FAILED

@@ -249,7 +249,7 @@ class RefreshEngine:
         except Exception as error:  # a bug must not lose the key: keep it PENDING, retried later
             outcome = _with_known(
                 RefreshOutcome(
-                    key_id=item.key_id,
+                    key=KeyInfo(item.key_id),
                     status=Status.PENDING,
                     attempts=1,
                     duration_ms=_ms(started, self._clock()),
@@ -262,7 +262,7 @@ class RefreshEngine:
         self._observe(self._clock() - (pacer.released or started))
         info = KeyInfo.from_ctm(dict(response.body)) if response.body.get("id") else item.known
         refreshed = RefreshOutcome(
-            key_id=item.key_id,
+            key=KeyInfo(item.key_id),
             status=Status.REFRESHED,
             attempts=response.attempts,
             duration_ms=_ms(started, self._clock()),
@@ -318,7 +318,7 @@ def _outcome_from_error(
         status = Status.FAILED
     return _with_known(
         RefreshOutcome(
-            key_id=item.key_id,
+            key=KeyInfo(item.key_id),
             status=status,
             attempts=error.attempts,
             duration_ms=_ms(started, ended),
@@ -333,7 +333,7 @@ def _outcome_from_error(
 def _failed_like(item: WorkItem, error: CtmError) -> RefreshOutcome:
     return _with_known(
         RefreshOutcome(
-            key_id=item.key_id,
+            key=KeyInfo(item.key_id),
             status=Status.PENDING if error.transient else Status.FAILED,
             attempts=0,
             error_code=error.error_code,
@@ -344,18 +344,8 @@ def _failed_like(item: WorkItem, error: CtmError) -> RefreshOutcome:
 
 
 def _with_known(outcome: RefreshOutcome, info: KeyInfo | None) -> RefreshOutcome:
+    """The outcome with the key as known: CCKM's answer after a refresh; otherwise only where
+    the key lives (its state and version are what the refresh would have told)."""
     if info is None:
         return outcome
-    return replace(
-        outcome,
-        oci_key_id=info.oci_key_id,
-        display_name=info.display_name,
-        tenancy=info.tenancy,
-        region=info.region,
-        vault_name=info.vault_name,
-        lifecycle_state=info.lifecycle_state if outcome.status is Status.REFRESHED else None,
-        current_key_version=(
-            info.current_key_version if outcome.status is Status.REFRESHED else None
-        ),
-        refreshed_at=info.refreshed_at if outcome.status is Status.REFRESHED else None,
-    )
+    return replace(outcome, key=info if outcome.status is Status.REFRESHED else info.location())

@@ -6,7 +6,7 @@ Everything here is a frozen dataclass: values, not objects with behaviour or I/O
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -81,6 +81,30 @@ class KeyInfo:
             refreshed_at=_text(resource, "refreshed_at"),
         )
 
+    def location(self) -> KeyInfo:
+        """Where the key lives, without what only a refresh tells (state, version, time)."""
+        return KeyInfo(
+            key_id=self.key_id,
+            oci_key_id=self.oci_key_id,
+            display_name=self.display_name,
+            tenancy=self.tenancy,
+            region=self.region,
+            vault_name=self.vault_name,
+        )
+
+    def filled_from(self, other: KeyInfo | None) -> KeyInfo:
+        """This key, with where it lives taken from ``other`` where this one does not say."""
+        if other is None:
+            return self
+        return replace(
+            self,
+            oci_key_id=self.oci_key_id or other.oci_key_id,
+            display_name=self.display_name or other.display_name,
+            tenancy=self.tenancy or other.tenancy,
+            region=self.region or other.region,
+            vault_name=self.vault_name or other.vault_name,
+        )
+
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> KeyInfo:
         """Build from one of our table items (a ``KEY`` item, or a run's ``RESULT`` item)."""
@@ -99,24 +123,22 @@ class KeyInfo:
 
 @dataclass(frozen=True)
 class RefreshOutcome:
-    """The result of one key in one run (a ``RESULT`` item before it is stored)."""
+    """The result of one key in one run (a ``RESULT`` item before it is stored): the key as
+    it is known (after a refresh, as CCKM answered; otherwise where it lives) and what the
+    refresh came to."""
 
-    key_id: str  # CCKM id; for an OCID that matched nothing, the OCID itself
+    key: KeyInfo  # key_id: the CCKM id; for an OCID that matched nothing, the OCID itself
     status: Status
     attempts: int = 0
     duration_ms: int = 0
     http_status: int | None = None
     error_code: str | None = None
     error_message: str | None = None
-    oci_key_id: str | None = None
-    display_name: str | None = None
-    tenancy: str | None = None
-    region: str | None = None
-    vault_name: str | None = None
-    lifecycle_state: str | None = None
-    current_key_version: str | None = None
-    refreshed_at: str | None = None
     recorded_at: str | None = None  # when the outcome was known; orders results of one key
+
+    @property
+    def key_id(self) -> str:
+        return self.key.key_id
 
 
 @dataclass(frozen=True)

@@ -86,34 +86,43 @@ def parse_request(document: object) -> RefreshRequest:
         raise RequestError(_field_name(unknown[0]), "is not a known field")
     if "keys" not in document and "selector" not in document:
         raise RequestError("keys", "or selector is required")
-    chunk = document.get("chunk")
-    if chunk is not None and (
-        not isinstance(chunk, str) or not CHUNK_PATTERN.fullmatch(chunk) or "keys" not in document
-    ):
-        raise RequestError("chunk", "must be a chunk id, with keys")
-    resume = document.get("resume")
-    if resume is not None and (
-        not isinstance(resume, dict)
-        or "selector" not in document
-        or len(json.dumps(resume, default=str)) > MAX_RESUME
-    ):
-        raise RequestError("resume", "must be a listing position, with a selector")
     key_ids, ocids = _parse_keys(document["keys"]) if "keys" in document else ((), ())
-    selector = _parse_selector(document["selector"]) if "selector" in document else None
     dry_run = document.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise RequestError("dry_run", "must be true or false")
     return RefreshRequest(
         key_ids=key_ids,
         ocids=ocids,
-        selector=selector,
+        selector=_parse_selector(document["selector"]) if "selector" in document else None,
         request_id=_parse_name(document, "request_id"),
         run_id=_parse_name(document, "run_id"),
         reason=_parse_reason(document["reason"]) if "reason" in document else None,
         dry_run=dry_run,
-        chunk=chunk,
-        resume=resume,
+        chunk=_parse_chunk(document),
+        resume=_parse_resume(document),
     )
+
+
+def _parse_chunk(document: Mapping[str, object]) -> str | None:
+    chunk = document.get("chunk")
+    if chunk is None:
+        return None
+    if not isinstance(chunk, str) or not CHUNK_PATTERN.fullmatch(chunk) or "keys" not in document:
+        raise RequestError("chunk", "must be a chunk id, with keys")
+    return chunk
+
+
+def _parse_resume(document: Mapping[str, object]) -> dict[str, Any] | None:
+    resume = document.get("resume")
+    if resume is None:
+        return None
+    if (
+        not isinstance(resume, dict)
+        or "selector" not in document
+        or len(json.dumps(resume, default=str)) > MAX_RESUME
+    ):
+        raise RequestError("resume", "must be a listing position, with a selector")
+    return resume
 
 
 def _field_name(name: object) -> str:

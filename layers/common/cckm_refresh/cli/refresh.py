@@ -129,7 +129,8 @@ def refresh(args: argparse.Namespace, env: dict[str, str]) -> int:
     rows = [r.outcome for r in report.recorded]
     if args.json:
         for outcome in rows:
-            print(json.dumps({k: v for k, v in outcome.__dict__.items() if v is not None}))
+            fields = outcome.key.__dict__ | outcome.__dict__
+            print(json.dumps({k: v for k, v in fields.items() if v is not None and k != "key"}))
     else:
         _print_outcomes(rows)
         counts = {s: report.count(s) for s in Status}
@@ -159,12 +160,12 @@ def _print_outcomes(outcomes: Sequence[RefreshOutcome]) -> None:
     rows = [
         (
             o.status.value,
-            o.display_name or "",
+            o.key.display_name or "",
             o.key_id,
-            o.tenancy or "",
-            version_label(o.current_key_version),
+            o.key.tenancy or "",
+            version_label(o.key.current_key_version),
             o.error_code or "",
         )
-        for o in sorted(outcomes, key=lambda o: (o.status.value, o.display_name or ""))
+        for o in sorted(outcomes, key=lambda o: (o.status.value, o.key.display_name or ""))
     ]
     print_table(("STATUS", "NAME", "KEY ID", "TENANCY", "VERSION", "ERROR"), rows)

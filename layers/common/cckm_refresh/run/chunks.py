@@ -190,7 +190,9 @@ class ChunkWorker:
                 job.tenancy = known.tenancy
             work = WorkItem(key_id, known, job)
             if job.run.dry_run:
-                self._record(work, described(RefreshOutcome(key_id, Status.SKIPPED), known))
+                self._record(
+                    work, described(RefreshOutcome(KeyInfo(key_id), Status.SKIPPED), known)
+                )
             else:
                 items.append(work)
         if job.final and job.done:
@@ -220,7 +222,7 @@ class ChunkWorker:
         """The last delivery out of time: the key fails with ``DEADLINE``, untried."""
         job: ChunkJob = item.context
         outcome = RefreshOutcome(
-            item.key_id,
+            KeyInfo(item.key_id),
             Status.FAILED,
             error_code="DEADLINE",
             error_message=message,

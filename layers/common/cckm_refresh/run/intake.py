@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from cckm_refresh.clock import iso_now
 from cckm_refresh.config import RefreshSettings
-from cckm_refresh.model import RefreshOutcome, RunInfo, Status, Trigger
+from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status, Trigger
 from cckm_refresh.observability import logger
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY
 from cckm_refresh.request import RefreshRequest, chunk_message, continuation_message
@@ -121,11 +121,10 @@ class Intake:
         A selector cannot be listed without time: the dead-letter queue keeps its message."""
         outcomes = [
             RefreshOutcome(
-                key_id=key_id,
+                KeyInfo(key_id, oci_key_id=key_id if key_id in request.ocids else None),
                 status=Status.FAILED,
                 error_code="DEADLINE",
                 error_message="the last delivery had too little time left to resolve the key",
-                oci_key_id=key_id if key_id in request.ocids else None,
                 recorded_at=iso_now(),
             )
             for key_id in (*request.key_ids, *request.ocids)

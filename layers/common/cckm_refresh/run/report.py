@@ -103,7 +103,7 @@ def log_outcomes(recorded: Sequence[RecordedResult]) -> None:
                     extra=fields
                     | {
                         "previous_key_version": result.previous_key_version,
-                        "current_key_version": outcome.current_key_version,
+                        "current_key_version": outcome.key.current_key_version,
                     },
                 )
             else:

@@ -202,7 +202,7 @@ class Resolver:
             if isinstance(fresh, CtmNotFoundError):
                 result.not_found.append(
                     RefreshOutcome(
-                        key_id=key_id,
+                        KeyInfo(key_id),
                         status=Status.NOT_FOUND,
                         attempts=fresh.attempts,
                         http_status=fresh.http_status,
@@ -246,8 +246,7 @@ class Resolver:
             if info is None:
                 result.not_found.append(
                     RefreshOutcome(
-                        key_id=ocid,
-                        oci_key_id=ocid,
+                        KeyInfo(ocid, oci_key_id=ocid),
                         status=Status.NOT_FOUND,
                         error_code="NOT_FOUND",
                         error_message="no CCKM key has this OCI key OCID",

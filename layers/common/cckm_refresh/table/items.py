@@ -171,28 +171,29 @@ class ChunkTally:
 def result_item(run_id: str, result: RecordedResult, at: str, expires: int) -> dict[str, Any]:
     """A ``RESULT`` item (CONTRACT 5)."""
     o = result.outcome
+    k = o.key
     return {
         "pk": run_pk(run_id),
         "sk": result_sk(o.key_id),
         "item_type": "RESULT",
         "run_id": run_id,
         "key_id": o.key_id,
-        "oci_key_id": o.oci_key_id,
-        "display_name": o.display_name,
-        "tenancy": o.tenancy,
-        "region": o.region,
-        "vault_name": o.vault_name,
+        "oci_key_id": k.oci_key_id,
+        "display_name": k.display_name,
+        "tenancy": k.tenancy,
+        "region": k.region,
+        "vault_name": k.vault_name,
         "status": str(o.status),
         "attempts": o.attempts,
         "duration_ms": o.duration_ms,
         "http_status": o.http_status,
         "error_code": o.error_code,
         "error_message": o.error_message[:MAX_MESSAGE] if o.error_message else None,
-        "lifecycle_state": o.lifecycle_state,
-        "current_key_version": o.current_key_version,
+        "lifecycle_state": k.lifecycle_state,
+        "current_key_version": k.current_key_version,
         "previous_key_version": result.previous_key_version,
         "version_changed": result.version_changed,
-        "refreshed_at": o.refreshed_at,
+        "refreshed_at": k.refreshed_at,
         "recorded_at": o.recorded_at or at,
         "gsi1pk": key_pk(o.key_id),
         "gsi1sk": o.recorded_at or at,
@@ -202,13 +203,4 @@ def result_item(run_id: str, result: RecordedResult, at: str, expires: int) -> d
 
 def described(outcome: RefreshOutcome, known: KeyInfo | None) -> RefreshOutcome:
     """``outcome`` with where the key lives, as far as it is known."""
-    if known is None:
-        return outcome
-    return replace(
-        outcome,
-        oci_key_id=outcome.oci_key_id or known.oci_key_id,
-        display_name=outcome.display_name or known.display_name,
-        tenancy=outcome.tenancy or known.tenancy,
-        region=outcome.region or known.region,
-        vault_name=outcome.vault_name or known.vault_name,
-    )
+    return outcome if known is None else replace(outcome, key=outcome.key.filled_from(known))

@@ -61,8 +61,8 @@ class ResultLog(TableAccess):
         changed = bool(
             outcome.status is Status.REFRESHED
             and previous
-            and outcome.current_key_version
-            and previous != outcome.current_key_version
+            and outcome.key.current_key_version
+            and previous != outcome.key.current_key_version
         )
         result = RecordedResult(outcome, previous, changed)
         item = result_item(
@@ -102,17 +102,17 @@ class ResultLog(TableAccess):
             "updated_at = :at",
         ]
         fields = {
-            "oci_key_id": outcome.oci_key_id,
-            "display_name": outcome.display_name,
-            "tenancy": outcome.tenancy,
-            "region": outcome.region,
-            "vault_name": outcome.vault_name,
+            "oci_key_id": outcome.key.oci_key_id,
+            "display_name": outcome.key.display_name,
+            "tenancy": outcome.key.tenancy,
+            "region": outcome.key.region,
+            "vault_name": outcome.key.vault_name,
         }
         if refreshed:
             fields |= {
-                "lifecycle_state": outcome.lifecycle_state,
-                "current_key_version": outcome.current_key_version,
-                "last_refreshed_at": outcome.refreshed_at or outcome.recorded_at,
+                "lifecycle_state": outcome.key.lifecycle_state,
+                "current_key_version": outcome.key.current_key_version,
+                "last_refreshed_at": outcome.key.refreshed_at or outcome.recorded_at,
             }
         names: dict[str, str] = {}
         for name, value in fields.items():

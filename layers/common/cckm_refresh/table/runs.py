@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cckm_refresh.clock import iso
-from cckm_refresh.model import RefreshOutcome, RunInfo, Status
+from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status
 from cckm_refresh.table.access import TableAccess
 from cckm_refresh.table.items import (
     FIRST_SEGMENT,
@@ -211,7 +211,7 @@ class RunBook(TableAccess):
                 },
             ]
             for entry in remaining:
-                pending = RefreshOutcome(key_id=entry.key_id, status=Status.PENDING)
+                pending = RefreshOutcome(KeyInfo(entry.key_id), Status.PENDING)
                 items.append(
                     {
                         "Put": {
