@@ -214,6 +214,13 @@ def closes_chunk(request: Request) -> bool:
     return "Update" in first and first["Update"]["Key"]["sk"]["S"].startswith("CHUNK#")
 
 
+def finishes_resolution(request: Request) -> bool:
+    return bool(
+        request["Key"]["sk"]["S"] == "RUN"
+        and request.get("UpdateExpression", "").startswith("REMOVE resolving")
+    )
+
+
 def completes_run(request: Request) -> bool:
     values = request.get("ExpressionAttributeValues", {})
     return bool(request["Key"]["sk"]["S"] == "RUN" and values.get(":done") == {"S": "COMPLETED"})

@@ -27,6 +27,7 @@ from tests.resilience.lambda_kills import (
     KillSwitch,
     closes_chunk,
     completes_run,
+    finishes_resolution,
     puts_result,
     puts_run_item,
     puts_terminal_result,
@@ -218,6 +219,34 @@ def test_a_container_killed_as_it_completes_the_run_leaves_it_completed_once(
     assert len(kills.kills) == 1
     assert len(report.crashes) == 1
     results = finished_once(scenario, containers, "r", keys)
+    assert {r["status"] for r in results.values()} == {"REFRESHED"}
+    assert set(refresh_calls(scenario.ctm, keys).values()) == {1}
+
+
+def test_a_schedule_killed_after_finishing_its_resolution_completes_on_its_retry(
+    scenario: Scenario, kills: KillSwitch
+) -> None:
+    # Given a scheduled run whose chunks are all worked while it is still resolving (the
+    # pollers deliver them the moment it is about to finish its resolution), and the
+    # container killed once that write is made, before it completes the run
+    keys = scenario.key_ids(12)
+    containers = Containers(scenario.world, kills)
+    event = scenario.world.schedule_event({"keys": keys})
+    run_id = "schedule-2026-11-28T06:00:00Z"
+    kills.on("UpdateItem", finishes_resolution, before=lambda _request: containers.drain())
+    kills.at("UpdateItem", 1, finishes_resolution, after=True)
+
+    # When Lambda retries the invocation
+    with pytest.raises(ContainerKilled):
+        containers.invoke(event)
+    killed_run = scenario.world.run_item(run_id)
+    assert (killed_run["status"], killed_run["open_chunks"]) == ("RUNNING", 0)
+    assert "resolving" not in killed_run
+    answer = containers.invoke(event)
+
+    # Then the retry completed the run (once, with its counts), refreshing nothing again
+    assert answer["status"] == "COMPLETED"
+    results = finished_once(scenario, containers, run_id, keys)
     assert {r["status"] for r in results.values()} == {"REFRESHED"}
     assert set(refresh_calls(scenario.ctm, keys).values()) == {1}
 

@@ -67,6 +67,11 @@ class Intake:
                 logger.info("run already completed: nothing to do")
                 return RunReport.replay(run.run_id, state.counts)
             if state is not None and not state.resolving and fan_out:
+                # A delivery killed between finishing the resolution and completing the run
+                # (its chunks all done already) leaves the completion to this one.
+                completed = self.store.complete_if_done(run.run_id)
+                if completed is not None:
+                    return RunReport.replay(run.run_id, completed)
                 logger.info("run already resolved and queued: nothing to do")
                 return RunReport(run.run_id, state.counts.requested, status=state.status)
         router = ChunkRouter(self, run, delivery, seconds_left, fan_out)
