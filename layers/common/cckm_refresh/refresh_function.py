@@ -14,7 +14,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from cckm_refresh.config import RefreshSettings
 from cckm_refresh.model import Status
 from cckm_refresh.observability import logger, metrics
-from cckm_refresh.run.report import Action, Rejection, RunReport
+from cckm_refresh.run.report import Action, MessageVerdict, Rejection, RunReport
 from cckm_refresh.run.service import RefreshService
 from cckm_refresh.triggers import is_sqs_event, single_delivery, sqs_delivery_of
 
@@ -51,40 +51,43 @@ class RefreshFunction:
         Not Powertools' BatchProcessor: it hands records to a handler one at a time, and the
         point here is that all of them share one engine pass (and the tenancy's pace).
         """
-        failures: list[dict[str, str]] = []
+        records, late = self._startable(records, seconds_left)
+        failures = [{"itemIdentifier": record["messageId"]} for record in late]
         deliveries = [sqs_delivery_of(record) for record in records]
-        if seconds_left() < self.settings.deadline_margin_seconds:
-            # Too little time to start anything: SQS delivers these again, except the last
-            # deliveries, which give up on their keys (DEADLINE) so that none stays PENDING.
-            last = self.settings.max_receive_count
-            late = [
-                (r, d) for r, d in zip(records, deliveries, strict=True) if d.receive_count < last
-            ]
-            logger.warning(
-                "too little time left to start; messages delivered again",
-                extra={"messages": len(late)},
-            )
-            failures += [{"itemIdentifier": r["messageId"]} for r, _ in late]
-            kept = [
-                (r, d) for r, d in zip(records, deliveries, strict=True) if d.receive_count >= last
-            ]
-            records = [r for r, _ in kept]
-            deliveries = [d for _, d in kept]
         results = self.service.process_batch(deliveries, seconds_left) if deliveries else []
         for record, result in zip(records, results, strict=True):
             _emit(result)
-            verdict = result.verdict
-            if verdict.action is Action.DONE:
-                continue
-            failures.append({"itemIdentifier": record["messageId"]})
-            if verdict.action is Action.RETRY:
-                queue = self.service.queue_url_of(str(record.get("eventSourceARN", "")))
-                moved = self.service.retry_later(queue, record["receiptHandle"], verdict.delay)
-                logger.info(
-                    "message will be delivered again",
-                    extra={"message_id": record["messageId"], "in_seconds": moved},
-                )
+            if result.verdict.action is not Action.DONE:
+                failures.append({"itemIdentifier": record["messageId"]})
+                self._apply(record, result.verdict)
         return {"batchItemFailures": failures}
+
+    def _startable(
+        self, records: list[dict[str, Any]], seconds_left: Callable[[], float]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(the records to process, those SQS delivers again untouched). With too little time
+        to start anything, only last deliveries are processed: they give up on their keys
+        (``DEADLINE``) so that none stays PENDING."""
+        if seconds_left() >= self.settings.deadline_margin_seconds:
+            return records, []
+        last = self.settings.max_receive_count
+        late = [r for r in records if sqs_delivery_of(r).receive_count < last]
+        logger.warning(
+            "too little time left to start; messages delivered again",
+            extra={"messages": len(late)},
+        )
+        return [r for r in records if r not in late], late
+
+    def _apply(self, record: dict[str, Any], verdict: MessageVerdict) -> None:
+        """A message that still owes keys comes back in ``verdict.delay`` seconds."""
+        if verdict.action is not Action.RETRY:
+            return
+        queue = self.service.queue_url_of(str(record.get("eventSourceARN", "")))
+        moved = self.service.retry_later(queue, record["receiptHandle"], verdict.delay)
+        logger.info(
+            "message will be delivered again",
+            extra={"message_id": record["messageId"], "in_seconds": moved},
+        )
 
 
 def _emit(result: RunReport | Rejection) -> None:

@@ -101,15 +101,11 @@ class ChunkWorker:
 
     def work(self, jobs: Sequence[ChunkJob], seconds_left: Callable[[], float]) -> EnginePass:
         """Refresh every key the jobs still owe in one engine pass, recording as it goes."""
-        items: list[WorkItem] = []
-        for job in jobs:
-            items += self._owed(job)
+        items = [item for job in jobs for item in self._owed(job)]
         margin = self._settings.deadline_margin_seconds
+        if seconds_left() <= margin:
+            items = self._without_late(items, "the last delivery had too little time left")
         done = EnginePass()
-        if items and any(j.last_chance for j in jobs) and seconds_left() <= margin:
-            for item in (i for i in items if i.context.last_chance):
-                self._give_up(item, "the last delivery had too little time left")
-            items = [i for i in items if not i.context.last_chance]
         if items:
             result = self._engine.run(
                 items,
@@ -119,14 +115,21 @@ class ChunkWorker:
             )
             done.throttled = result.throttled
             done.latencies_ms = result.latencies_ms
-            for item in result.leftovers:
-                if item.context.last_chance:
-                    self._give_up(item, "the last delivery ran out of time")
-                else:
-                    item.context.leftovers.append(item)
+            for item in self._without_late(result.leftovers, "the last delivery ran out of time"):
+                item.context.leftovers.append(item)
         for job in jobs:
             self._settle(job)
         return done
+
+    def _without_late(self, items: Sequence[WorkItem], why: str) -> list[WorkItem]:
+        """``items`` less those of last deliveries, which fail (``DEADLINE``) untried."""
+        kept = []
+        for item in items:
+            if item.context.last_chance:
+                self._give_up(item, why)
+            else:
+                kept.append(item)
+        return kept
 
     def report(self, job: ChunkJob, done: EnginePass, receive_count: int) -> RunReport:
         """A chunk message's report and verdict: back later while keys are PENDING; to the
@@ -176,28 +179,31 @@ class ChunkWorker:
     # --- steps ------------------------------------------------------------------------------
 
     def _owed(self, job: ChunkJob) -> list[WorkItem]:
-        """The chunk's keys that are not terminal yet; the terminal ones are counted."""
+        """The chunk's keys that are not terminal yet; the terminal ones are counted (and a
+        dry run's are recorded ``SKIPPED`` here)."""
         existing = self._store.results_of(job.run.run_id, list(job.key_ids))
-        items = []
-        for key_id in job.key_ids:
-            item = existing.get(key_id)
-            status = status_of(item)
-            if item is not None and status is not None and status is not Status.PENDING:
-                job.final[key_id] = (status, bool(item.get("version_changed")))
-                continue
-            known = known_before(item) if item else None
-            if known is not None and known.tenancy and job.tenancy is None:
-                job.tenancy = known.tenancy
-            work = WorkItem(key_id, known, job)
-            if job.run.dry_run:
-                self._record(
-                    work, described(RefreshOutcome(KeyInfo(key_id), Status.SKIPPED), known)
-                )
-            else:
-                items.append(work)
+        owed = [item for key_id in job.key_ids if (item := self._owed_key(job, key_id, existing))]
         if job.final and job.done:
             logger.info("chunk already done: nothing to refresh", extra={"chunk": job.chunk_id})
-        return items
+        if job.run.dry_run:
+            for work in owed:
+                skipped = RefreshOutcome(KeyInfo(work.key_id), Status.SKIPPED)
+                self._record(work, described(skipped, work.known))
+            return []
+        return owed
+
+    def _owed_key(
+        self, job: ChunkJob, key_id: str, existing: Mapping[str, Mapping[str, Any]]
+    ) -> WorkItem | None:
+        item = existing.get(key_id)
+        status = status_of(item)
+        if item is not None and status is not None and status is not Status.PENDING:
+            job.final[key_id] = (status, bool(item.get("version_changed")))
+            return None
+        known = known_before(item) if item else None
+        if known is not None and known.tenancy and job.tenancy is None:
+            job.tenancy = known.tenancy
+        return WorkItem(key_id, known, job)
 
     def _record(self, item: WorkItem, outcome: RefreshOutcome) -> None:
         """Record one outcome as soon as it is known (in the engine's worker thread)."""

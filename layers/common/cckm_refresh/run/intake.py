@@ -23,7 +23,7 @@ from cckm_refresh.request import RefreshRequest, chunk_message, continuation_mes
 from cckm_refresh.run.chunks import ChunkJob, ChunkWorker, EnginePass, last_chance
 from cckm_refresh.run.ports import RunQueues, RunTable
 from cckm_refresh.run.report import DEAD_LETTER, DONE, MessageVerdict, RunReport, log_outcomes
-from cckm_refresh.run.resolution import Chunk, Resolver
+from cckm_refresh.run.resolution import Chunk, Resolution, Resolver
 from cckm_refresh.table.items import FIRST_SEGMENT, MAX_CHUNK_KEYS, RecordedResult
 from cckm_refresh.triggers import Delivery
 from cckm_refresh.workqueue import SEND_BATCH, QueueMessage
@@ -55,25 +55,17 @@ class Intake:
         run: RunInfo,
         seconds_left: Callable[[], float],
     ) -> RunReport:
-        """Start (or continue, or replay) ``run`` from ``request``."""
+        """Start (or continue, or replay) ``run`` from ``request``: its keys resolved into
+        chunks, each registered and queued (or kept and refreshed here), what was not found
+        recorded, the listing handed on if time ran short."""
         created = self.store.start_run(run)
         margin = self._settings.deadline_margin_seconds
         if last_chance(delivery, self._settings.max_receive_count) and seconds_left() <= margin:
             return self._give_up(run, request)
         fan_out = self._fans_out()
-        if not created:
-            state = self.store.run_state(run.run_id)
-            if state is not None and state.completed:
-                logger.info("run already completed: nothing to do")
-                return RunReport.replay(run.run_id, state.counts)
-            if state is not None and not state.resolving and fan_out:
-                # A delivery killed between finishing the resolution and completing the run
-                # (its chunks all done already) leaves the completion to this one.
-                completed = self.store.complete_if_done(run.run_id)
-                if completed is not None:
-                    return RunReport.replay(run.run_id, completed)
-                logger.info("run already resolved and queued: nothing to do")
-                return RunReport(run.run_id, state.counts.requested, status=state.status)
+        done_before = None if created else self._done_before(run, fan_out)
+        if done_before is not None:
+            return done_before
         router = ChunkRouter(self, run, delivery, seconds_left, fan_out)
         resolution = self._resolver.resolve(
             request,
@@ -84,15 +76,7 @@ class Intake:
             calls_end_within=lambda: seconds_left() - self._settings.recording_reserve_seconds,
         )
         router.flush_sends()
-        not_found = self.store.record_found_nothing(run, resolution.not_found)
-        router.recorded += [
-            RecordedResult(o, None, False) for o in resolution.not_found[:not_found]
-        ]
-        if resolution.mismatched or resolution.malformed:
-            logger.warning(
-                "keys left out of the run",
-                extra={"mismatched": resolution.mismatched, "malformed": resolution.malformed},
-            )
+        not_found = self._record_missing(run, resolution, router)
         segment = segment_of(request.resume)
         handed_on = 0
         if resolution.resume is not None and request.selector is not None:
@@ -108,6 +92,36 @@ class Intake:
             fanned_out=resolution.keys if router.fanning else 0,
             handed_on=handed_on + router.done.requeued,
         )
+
+    def _done_before(self, run: RunInfo, fan_out: bool | None) -> RunReport | None:
+        """The answer for a run taken in before, when there is nothing left to do: a completed
+        run answers as it finished; one resolved and queued already, with its state."""
+        state = self.store.run_state(run.run_id)
+        if state is not None and state.completed:
+            logger.info("run already completed: nothing to do")
+            return RunReport.replay(run.run_id, state.counts)
+        if state is not None and not state.resolving and fan_out:
+            # A delivery killed between finishing the resolution and completing the run
+            # (its chunks all done already) leaves the completion to this one.
+            completed = self.store.complete_if_done(run.run_id)
+            if completed is not None:
+                return RunReport.replay(run.run_id, completed)
+            logger.info("run already resolved and queued: nothing to do")
+            return RunReport(run.run_id, state.counts.requested, status=state.status)
+        return None
+
+    def _record_missing(self, run: RunInfo, resolution: Resolution, router: ChunkRouter) -> int:
+        """Keys found missing while resolving are terminal at once; keys left out are logged.
+        How many were new to the run."""
+        not_found = self.store.record_found_nothing(run, resolution.not_found)
+        missing = resolution.not_found[:not_found]
+        router.recorded += [RecordedResult(outcome, None, False) for outcome in missing]
+        if resolution.mismatched or resolution.malformed:
+            logger.warning(
+                "keys left out of the run",
+                extra={"mismatched": resolution.mismatched, "malformed": resolution.malformed},
+            )
+        return not_found
 
     def _fans_out(self) -> bool | None:
         """Queue the run's chunks rather than refresh them here? Always with a tenancy queue
@@ -214,13 +228,6 @@ class Intake:
             completed = self.store.complete_if_done(run.run_id)
         if completed:
             logger.info("run completed", extra={"counts": completed.__dict__})
-        verdict = DONE
-        if delivery.trigger is Trigger.SQS and (pending or gave_up):
-            verdict = (
-                DEAD_LETTER
-                if gave_up and not pending
-                else MessageVerdict.retry(delivery.receive_count)
-            )
         log_outcomes(router.recorded)
         return RunReport(
             run_id=run.run_id,
@@ -235,8 +242,18 @@ class Intake:
             status="COMPLETED" if completed else "RUNNING",
             counts=completed,
             latencies_ms=tuple(router.done.latencies_ms),
-            verdict=verdict,
+            verdict=_verdict(delivery, pending, gave_up),
         )
+
+
+def _verdict(delivery: Delivery, pending: int, gave_up: int) -> MessageVerdict:
+    """A work-queue message refreshed in place comes back while it owes keys, and goes to
+    the dead-letter queue when its last delivery gave up on some."""
+    if delivery.trigger is not Trigger.SQS:
+        return DONE
+    if pending:
+        return MessageVerdict.retry(delivery.receive_count)
+    return DEAD_LETTER if gave_up else DONE
 
 
 class ChunkRouter:

@@ -273,54 +273,70 @@ class Resolver:
         seconds_left: Callable[[], float],
         result: Resolution,
     ) -> None:
-        selector = request.selector
-        if selector is None:
+        """Page through the selector's keys into ``chunker``, from where a continuation's
+        ``resume`` says; stop at the deadline (``result.resume``: where to go on)."""
+        if request.selector is None:
             return
-        query = None if selector.all_keys else selector.as_query()
+        query = None if request.selector.all_keys else request.selector.as_query()
         cursor = self._cursor_from_json(request.resume) if request.resume else None
         pages = 0
-        while True:
-            if seconds_left() <= 0:
-                result.resume = cursor.to_json() if cursor is not None else {}
-                logger.info("resolution handed on", extra={"keys_so_far": result.keys})
-                return
-            try:
-                page = self._directory.list_page(
-                    query,
-                    cursor=cursor,
-                    page_size=SELECTOR_PAGE_SIZE,
-                    deadline=self._deadline(seconds_left),
-                )
-            except CtmError as error:
-                if not error.transient or not pages or not self.can_hand_on:
-                    raise  # no progress here: the delivery fails and is retried as it came
-                # CTM is slow or failing just now, after some pages: what was listed is
-                # queued, the rest is handed on to a continuation that starts from here.
-                logger.warning(
-                    "listing interrupted; resolution handed on",
-                    extra={"error_code": error.error_code},
-                )
-                result.resume = cursor.to_json() if cursor is not None else {}
-                return
+        while seconds_left() > 0:
+            page = self._page(query, cursor, seconds_left, progress=pages > 0)
+            if page is None:
+                break  # CTM failing just now, after some pages: hand on from here
             pages += 1
-            result.malformed += page.malformed
-            for resource in page.resources:
-                if query and not resource_matches(query, resource):
-                    result.mismatched += 1
-                    logger.warning(
-                        "CTM listed a key that does not match the selector; not refreshed",
-                        extra={"key_id": str(resource.get("id"))[:64]},
-                    )
-                    continue
-                try:
-                    info = KeyInfo.from_ctm(resource)
-                except ValueError:
-                    result.malformed += 1
-                    continue
-                chunker.add(KeyEntry(info.key_id, info))
+            self._take(page, query, chunker, result)
             if page.next is None:
                 return
             cursor = page.next
+        result.resume = cursor.to_json() if cursor is not None else {}
+        logger.info("resolution handed on", extra={"keys_so_far": result.keys})
+
+    def _page(
+        self,
+        query: Mapping[str, str] | None,
+        cursor: Any,
+        seconds_left: Callable[[], float],
+        *,
+        progress: bool,
+    ) -> ListPage | None:
+        """The next page; None when CTM fails transiently after ``progress`` was made (what
+        was listed is queued and the rest handed on). Without progress, the error is raised:
+        the delivery fails and is retried as it came."""
+        try:
+            return self._directory.list_page(
+                query,
+                cursor=cursor,
+                page_size=SELECTOR_PAGE_SIZE,
+                deadline=self._deadline(seconds_left),
+            )
+        except CtmError as error:
+            if not error.transient or not progress or not self.can_hand_on:
+                raise
+            logger.warning("listing interrupted", extra={"error_code": error.error_code})
+            return None
+
+    @staticmethod
+    def _take(
+        page: ListPage, query: Mapping[str, str] | None, chunker: _Chunker, result: Resolution
+    ) -> None:
+        """A page's keys into ``chunker``: only those that match the selector (CTM may ignore
+        a filter or match by wildcard) and are well formed; the others are counted."""
+        result.malformed += page.malformed
+        for resource in page.resources:
+            if query and not resource_matches(query, resource):
+                result.mismatched += 1
+                logger.warning(
+                    "CTM listed a key that does not match the selector; not refreshed",
+                    extra={"key_id": str(resource.get("id"))[:64]},
+                )
+                continue
+            try:
+                info = KeyInfo.from_ctm(resource)
+            except ValueError:
+                result.malformed += 1
+                continue
+            chunker.add(KeyEntry(info.key_id, info))
 
 
 # A key CCKM knows but whose tenancy could not be read now: queued in the ``~unknown`` group.

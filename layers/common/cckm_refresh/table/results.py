@@ -85,51 +85,12 @@ class ResultLog(TableAccess):
         return the version it held before."""
         if outcome.status in (Status.PENDING, Status.SKIPPED) or not is_cckm_id(outcome.key_id):
             return None
-        refreshed = outcome.status is Status.REFRESHED
-        values: dict[str, Any] = {
-            ":type": "KEY",
-            ":key_id": outcome.key_id,
-            ":status": str(outcome.status),
-            ":run": run.run_id,
-            ":at": outcome.recorded_at,
-            ":zero": 0,
-        }
-        sets = [
-            "item_type = :type",
-            "key_id = :key_id",
-            "last_status = :status",
-            "last_run_id = :run",
-            "updated_at = :at",
-        ]
-        fields = {
-            "oci_key_id": outcome.key.oci_key_id,
-            "display_name": outcome.key.display_name,
-            "tenancy": outcome.key.tenancy,
-            "region": outcome.key.region,
-            "vault_name": outcome.key.vault_name,
-        }
-        if refreshed:
-            fields |= {
-                "lifecycle_state": outcome.key.lifecycle_state,
-                "current_key_version": outcome.key.current_key_version,
-                "last_refreshed_at": outcome.key.refreshed_at or outcome.recorded_at,
-            }
-        names: dict[str, str] = {}
-        for name, value in fields.items():
-            if value is not None:  # "region" and others are DynamoDB reserved words: #name
-                sets.append(f"#{name} = :{name}")
-                names[f"#{name}"] = name
-                values[f":{name}"] = value
-        if outcome.status is Status.FAILED:
-            sets.append("consecutive_failures = if_not_exists(consecutive_failures, :zero) + :one")
-            values[":one"] = 1
-        else:
-            sets.append("consecutive_failures = :zero")
+        update, names, values = _latest_update(run, outcome)
         try:
             response = self._db.update_item(
                 TableName=self._table,
                 Key=key(key_pk(outcome.key_id), LATEST),
-                UpdateExpression="SET " + ", ".join(sets),
+                UpdateExpression=update,
                 ConditionExpression="attribute_not_exists(pk) OR updated_at <= :at",
                 ExpressionAttributeValues=to_item(values),
                 **({"ExpressionAttributeNames": names} if names else {}),
@@ -152,3 +113,48 @@ class ResultLog(TableAccess):
             "expires_at": self._expires_at(),
         }
         return self._put_new(item)
+
+
+def _latest_update(
+    run: RunInfo, outcome: RefreshOutcome
+) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The ``KEY`` item's update for ``outcome``: (expression, names, values). Where the key
+    lives, always; its state, version and refresh time only from a refresh."""
+    values: dict[str, Any] = {
+        ":type": "KEY",
+        ":key_id": outcome.key_id,
+        ":status": str(outcome.status),
+        ":run": run.run_id,
+        ":at": outcome.recorded_at,
+        ":zero": 0,
+    }
+    sets = [
+        "item_type = :type",
+        "key_id = :key_id",
+        "last_status = :status",
+        "last_run_id = :run",
+        "updated_at = :at",
+    ]
+    known = outcome.key if outcome.status is Status.REFRESHED else outcome.key.location()
+    fields = {
+        name: getattr(known, name)
+        for name in ("oci_key_id", "display_name", "tenancy", "region", "vault_name")
+    } | {
+        "lifecycle_state": known.lifecycle_state,
+        "current_key_version": known.current_key_version,
+        "last_refreshed_at": (known.refreshed_at or outcome.recorded_at)
+        if outcome.status is Status.REFRESHED
+        else None,
+    }
+    names: dict[str, str] = {}
+    for name, value in fields.items():
+        if value is not None:  # "region" and others are DynamoDB reserved words: #name
+            sets.append(f"#{name} = :{name}")
+            names[f"#{name}"] = name
+            values[f":{name}"] = value
+    if outcome.status is Status.FAILED:
+        sets.append("consecutive_failures = if_not_exists(consecutive_failures, :zero) + :one")
+        values[":one"] = 1
+    else:
+        sets.append("consecutive_failures = :zero")
+    return "SET " + ", ".join(sets), names, values

@@ -169,80 +169,71 @@ class RunBook(TableAccess):
         """
         if len(entries) > MAX_CHUNK_KEYS:
             raise ValueError(f"a chunk holds at most {MAX_CHUNK_KEYS} keys")
-        pk = run_pk(run.run_id)
         remaining = list(entries)
-        now = iso(self._now())
-        expires_at = self._expires_at()
         for _ in range(_TRANSACTION_ATTEMPTS + MAX_CHUNK_KEYS):
             if not remaining:
                 return ()
-            chunk = {
-                "pk": pk,
-                "sk": chunk_sk(chunk_id),
-                "item_type": "CHUNK",
-                "run_id": run.run_id,
-                "chunk_id": chunk_id,
-                "tenancy": tenancy,
-                "keys": [entry.key_id for entry in remaining],
-                "chunk_status": "OPEN",
-                "registered_at": now,
-                "expires_at": expires_at,
-            }
-            items: list[dict[str, Any]] = [
-                {
-                    "Put": {
-                        "TableName": self._table,
-                        "Item": to_item(chunk),
-                        "ConditionExpression": "attribute_not_exists(pk)",
-                    }
-                },
-                {
-                    "Update": {
-                        "TableName": self._table,
-                        "Key": key(pk, RUN),
-                        "UpdateExpression": "ADD requested :n, open_chunks :one",
-                        # A completed run keeps its counts: nothing joins it any more.
-                        "ConditionExpression": "#s = :running",
-                        "ExpressionAttributeNames": {"#s": "status"},
-                        "ExpressionAttributeValues": to_item(
-                            {":n": len(remaining), ":one": 1, ":running": "RUNNING"}
-                        ),
-                    }
-                },
-            ]
-            for entry in remaining:
-                pending = RefreshOutcome(KeyInfo(entry.key_id), Status.PENDING)
-                items.append(
-                    {
-                        "Put": {
-                            "TableName": self._table,
-                            "Item": to_item(
-                                result_item(
-                                    run.run_id,
-                                    RecordedResult(
-                                        described(pending, entry.known),
-                                        entry.version_before,
-                                        False,
-                                    ),
-                                    now,
-                                    expires_at,
-                                )
-                                | {"chunk_id": chunk_id}
-                            ),
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    }
-                )
-            failed = self._transact(items)
+            failed = self._transact(self._registration(run, chunk_id, tenancy, remaining))
             if failed is None:
                 return tuple(remaining)
-            if 1 in failed:
-                return ()  # the run completed before this chunk came: nothing joins it
-            if 0 in failed:
-                return self._registered_keys(run.run_id, chunk_id, entries)
+            if failed & {0, 1}:
+                # 1: the run completed before this chunk came, nothing joins it;
+                # 0: the chunk was registered before (a retried fan-out), as it was then.
+                return () if 1 in failed else self._registered_keys(run.run_id, chunk_id, entries)
             taken = {remaining[i - 2].key_id for i in failed if i >= 2}
             remaining = [entry for entry in remaining if entry.key_id not in taken]
         raise TransactionFailedError("could not register the chunk")
+
+    def _registration(
+        self, run: RunInfo, chunk_id: str, tenancy: str | None, entries: Sequence[KeyEntry]
+    ) -> list[dict[str, Any]]:
+        """The transaction that registers a chunk: its ``CHUNK`` item (index 0), the run's
+        counts (1), a ``PENDING`` result per key (2...), each only if new."""
+        pk = run_pk(run.run_id)
+        now = iso(self._now())
+        expires = self._expires_at()
+        chunk = {
+            "pk": pk,
+            "sk": chunk_sk(chunk_id),
+            "item_type": "CHUNK",
+            "run_id": run.run_id,
+            "chunk_id": chunk_id,
+            "tenancy": tenancy,
+            "keys": [entry.key_id for entry in entries],
+            "chunk_status": "OPEN",
+            "registered_at": now,
+            "expires_at": expires,
+        }
+        count = {
+            "Update": {
+                "TableName": self._table,
+                "Key": key(pk, RUN),
+                "UpdateExpression": "ADD requested :n, open_chunks :one",
+                # A completed run keeps its counts: nothing joins it any more.
+                "ConditionExpression": "#s = :running",
+                "ExpressionAttributeNames": {"#s": "status"},
+                "ExpressionAttributeValues": to_item(
+                    {":n": len(entries), ":one": 1, ":running": "RUNNING"}
+                ),
+            }
+        }
+        results = []
+        for entry in entries:
+            pending = described(RefreshOutcome(KeyInfo(entry.key_id), Status.PENDING), entry.known)
+            item = result_item(
+                run.run_id, RecordedResult(pending, entry.version_before, False), now, expires
+            )
+            results.append(self._put_if_new(item | {"chunk_id": chunk_id}))
+        return [self._put_if_new(chunk), count, *results]
+
+    def _put_if_new(self, item: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "Put": {
+                "TableName": self._table,
+                "Item": to_item(item),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        }
 
     def _registered_keys(
         self, run_id: str, chunk_id: str, entries: Sequence[KeyEntry]
@@ -260,54 +251,51 @@ class RunBook(TableAccess):
     def record_found_nothing(self, run: RunInfo, outcomes: Sequence[RefreshOutcome]) -> int:
         """Record terminal outcomes known before any refresh (an OCID that matches no key, a
         last delivery out of time): each result once, counted once. How many were new."""
-        pk = run_pk(run.run_id)
-        remaining = list(outcomes)
         recorded = 0
-        while remaining:
-            batch, remaining = remaining[:MAX_CHUNK_KEYS], remaining[MAX_CHUNK_KEYS:]
-            now = iso(self._now())
-            for _ in range(_TRANSACTION_ATTEMPTS + len(batch)):
-                if not batch:
-                    break
-                tally = ChunkTally()
-                for outcome in batch:
-                    tally = tally.add(outcome.status, False)
-                items: list[dict[str, Any]] = [
-                    {
-                        "Update": {
-                            "TableName": self._table,
-                            "Key": key(pk, RUN),
-                            "UpdateExpression": _tally_expression(tally, "ADD requested :n"),
-                            "ConditionExpression": "#s = :running",
-                            "ExpressionAttributeNames": {"#s": "status"},
-                            "ExpressionAttributeValues": to_item(
-                                _tally_values(tally) | {":n": len(batch), ":running": "RUNNING"}
-                            ),
-                        }
-                    }
-                ]
-                for outcome in batch:
-                    result = RecordedResult(outcome, None, False)
-                    items.append(
-                        {
-                            "Put": {
-                                "TableName": self._table,
-                                "Item": to_item(
-                                    result_item(run.run_id, result, now, self._expires_at())
-                                ),
-                                "ConditionExpression": "attribute_not_exists(pk)",
-                            }
-                        }
-                    )
-                failed = self._transact(items)
-                if failed is None:
-                    recorded += len(batch)
-                    break
-                if 0 in failed:
-                    return recorded  # the run completed: it keeps its counts
-                taken = {batch[i - 1].key_id for i in failed if i >= 1}
-                batch = [o for o in batch if o.key_id not in taken]
+        for start in range(0, len(outcomes), MAX_CHUNK_KEYS):
+            new = self._record_terminal(run, list(outcomes[start : start + MAX_CHUNK_KEYS]))
+            if new is None:
+                break  # the run completed: it keeps its counts
+            recorded += new
         return recorded
+
+    def _record_terminal(self, run: RunInfo, batch: list[RefreshOutcome]) -> int | None:
+        """One transaction: the results that are new to the run, and their counts; None when
+        the run is no longer running."""
+        for _ in range(_TRANSACTION_ATTEMPTS + len(batch)):
+            if not batch:
+                return 0
+            failed = self._transact(self._terminal_results(run, batch))
+            if failed is None:
+                return len(batch)
+            if 0 in failed:
+                return None
+            taken = {batch[i - 1].key_id for i in failed if i >= 1}
+            batch = [o for o in batch if o.key_id not in taken]
+        raise TransactionFailedError("could not record the keys found missing")
+
+    def _terminal_results(self, run: RunInfo, batch: Sequence[RefreshOutcome]) -> list[Any]:
+        tally = ChunkTally()
+        for outcome in batch:
+            tally = tally.add(outcome.status, False)
+        count = {
+            "Update": {
+                "TableName": self._table,
+                "Key": key(run_pk(run.run_id), RUN),
+                "UpdateExpression": _tally_expression(tally, "ADD requested :n"),
+                "ConditionExpression": "#s = :running",
+                "ExpressionAttributeNames": {"#s": "status"},
+                "ExpressionAttributeValues": to_item(
+                    _tally_values(tally) | {":n": len(batch), ":running": "RUNNING"}
+                ),
+            }
+        }
+        now, expires = iso(self._now()), self._expires_at()
+        results = [
+            self._put_if_new(result_item(run.run_id, RecordedResult(o, None, False), now, expires))
+            for o in batch
+        ]
+        return [count, *results]
 
     def finish_chunk(self, run_id: str, chunk_id: str, tally: ChunkTally) -> bool:
         """Close a chunk whose keys are all terminal and add its counts to the run, once.
