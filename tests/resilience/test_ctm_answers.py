@@ -257,15 +257,15 @@ class Countdown:
         return self._ends - time.monotonic()
 
 
-@pytest.mark.parametrize("slowness", ["trickle", "slow"])
+@pytest.mark.parametrize("slowness", ["trickle", "slow", "retried"])
 def test_calls_that_would_outlast_the_margin_end_in_time_and_the_rest_is_handed_on(
     scenario: Scenario, kills: KillSwitch, slowness: str
 ) -> None:
     # Given 12 keys fanned out in 3 chunks, CTM_TIMEOUT_SECONDS=1 (margin 2 x 1 s + 5 s =
     # 7 s) and a batch invocation with 8 s left: 1 s to start calls, every call to end
     # within 3 s (5 s kept to record); and CTM answering refreshes one byte every 50 ms, or
-    # after 0.9 s (under the call timeout, but retried calls add up)
-    scenario.world.cold_start(CTM_TIMEOUT_SECONDS="1")
+    # after 0.9 s, or with a 503 after 0.3 s that up to 10 attempts would retry for longer
+    scenario.world.cold_start(CTM_TIMEOUT_SECONDS="1", CTM_MAX_ATTEMPTS="10")
     keys = set(scenario.key_ids(12))
     containers = Containers(scenario.world, kills)
     intake = containers.invoke(
@@ -275,8 +275,10 @@ def test_calls_that_would_outlast_the_margin_end_in_time_and_the_rest_is_handed_
     faults = scenario.ctm.faults
     if slowness == "trickle":
         faults.trickle_interval = 0.05
-    else:
+    elif slowness == "slow":
         faults.latency = 0.9
+    else:
+        faults.latency, faults.error_rate = 0.3, 1.0
     queue = scenario.world.stack.tenancy_queue_url
     messages = scenario.world.stack.receive_all(queue)
     lifetime = 8.0
