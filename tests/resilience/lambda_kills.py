@@ -69,8 +69,8 @@ class CallHook:
 
     operation: str
     when: Callable[[Request], bool]
-    before: Callable[[Request], None] | None = None
-    after: Callable[[Request], None] | None = None
+    before: Callable[[Request], object] | None = None
+    after: Callable[[Request], object] | None = None
 
 
 @dataclass
@@ -103,8 +103,8 @@ class KillSwitch:
         operation: str,
         when: Callable[[Request], bool] = lambda _request: True,
         *,
-        before: Callable[[Request], None] | None = None,
-        after: Callable[[Request], None] | None = None,
+        before: Callable[[Request], object] | None = None,
+        after: Callable[[Request], object] | None = None,
     ) -> None:
         """Run ``before`` / ``after`` around matching calls of every container (in the
         calling thread, so ``before`` may block the call)."""
