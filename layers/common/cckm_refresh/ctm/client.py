@@ -21,7 +21,7 @@ import itertools
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -310,30 +310,15 @@ class CtmClient:
         deadline: float | None,
     ) -> KeyPage:
         position = cursor.skip if cursor is not None else 0
-        after = last = cursor.after if cursor is not None else None
-        back = min(LIST_OVERLAP, position) if after is not None else 0
-        resources: list[dict[str, Any]] = []
-        malformed = 0
+        last = cursor.after if cursor is not None else None
+        back = min(LIST_OVERLAP, position) if last is not None else 0
         while True:
-            start = position - back
-            items, total = self._list_call(query, start, page_size + back, deadline)
+            start, items, total = self._window(
+                query, position, back, page_size, deadline, after=last
+            )
             keys = [_sort_key(item) for item in items]
-            first = next((key for key in keys if key is not None), None)
-            moved = not items or (first is not None and after is not None and first > after)
-            if back and start > 0 and moved:
-                # The window starts after the last key returned: more than ``back`` keys
-                # before it were removed since. Look further back (at most down to 0).
-                back = min(position, 2 * back)
-                continue
-            if any(b < a for a, b in itertools.pairwise(k for k in keys if k is not None)):
-                logger.warning("CTM key list page is not in the order asked", extra={"skip": start})
-            for offset, (item, key) in enumerate(zip(items, keys, strict=True)):
-                if key is None:
-                    if start + offset >= position:  # not counted again when re-read
-                        malformed += 1
-                elif last is None or key > last:
-                    resources.append(item)
-                    last = key
+            _warn_if_unsorted(keys, start)
+            resources, malformed, last = _fresh(items, keys, start, position, last)
             end = start + len(items)
             finished = not items or (total is not None and end >= total)
             if resources or malformed or finished:
@@ -348,6 +333,28 @@ class CtmClient:
         following = None if finished else ListCursor(end, *(last or (None, None)))
         return KeyPage(tuple(resources), malformed, following)
 
+    def _window(
+        self,
+        query: Mapping[str, str],
+        position: int,
+        back: int,
+        page_size: int,
+        deadline: float | None,
+        *,
+        after: SortKey | None,
+    ) -> tuple[int, list[Any], int | None]:
+        """``(start, items, total)`` of a page read from ``back`` keys before ``position``.
+        When it starts after the last key returned, more than ``back`` keys before it were
+        removed since: it looks further back (at most down to 0)."""
+        while True:
+            start = position - back
+            items, total = self._list_call(query, start, page_size + back, deadline)
+            first = next((key for key in map(_sort_key, items) if key is not None), None)
+            moved = not items or (first is not None and after is not None and first > after)
+            if not (back and start > 0 and moved):
+                return start, items, total
+            back = min(position, 2 * back)
+
     def _list_call(
         self, query: Mapping[str, str], skip: int, limit: int, deadline: float | None
     ) -> tuple[list[Any], int | None]:
@@ -361,6 +368,31 @@ class CtmClient:
             max_body=MAX_LIST_BODY_BYTES,
         )
         return _page(answer)
+
+
+def _warn_if_unsorted(keys: Sequence[SortKey | None], start: int) -> None:
+    if any(b < a for a, b in itertools.pairwise(k for k in keys if k is not None)):
+        logger.warning("CTM key list page is not in the order asked", extra={"skip": start})
+
+
+def _fresh(
+    items: Sequence[Any],
+    keys: Sequence[SortKey | None],
+    start: int,
+    position: int,
+    last: SortKey | None,
+) -> tuple[list[dict[str, Any]], int, SortKey | None]:
+    """``(items after last, malformed items not counted before, the new last key)``."""
+    resources: list[dict[str, Any]] = []
+    malformed = 0
+    for offset, (item, key) in enumerate(zip(items, keys, strict=True)):
+        if key is None:
+            if start + offset >= position:  # not counted again when re-read
+                malformed += 1
+        elif last is None or key > last:
+            resources.append(item)
+            last = key
+    return resources, malformed, last
 
 
 def _check_page_size(page_size: int) -> None:
