@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 
-from bench import footprint, throughput
+from bench import footprint, scale, throughput
 from bench.results import Figures, render
 from bench.world import ROOT, prepare_process
 
@@ -16,14 +16,16 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 
 
 def main(argv: list[str]) -> int:
-    """Run (1) throughput, (2) cold start, layer and memory, (3) costs; write RESULTS.md."""
+    """Run (1) throughput, (2) cold start, layer and memory, (3) costs, (4) scale; write
+    RESULTS.md."""
     prepare_process()
     started = time.perf_counter()
     scenarios = throughput.run_all()
     imports = footprint.cold_start()
     layer = footprint.layer_size()
     memory = footprint.peak_memory()
-    figures = Figures(scenarios, imports, layer, memory, time.perf_counter() - started)
+    scaled = scale.run_all()
+    figures = Figures(scenarios, imports, layer, memory, time.perf_counter() - started, scaled)
     text = render(figures)
     if "--no-write" in argv:
         print(text)

@@ -8,7 +8,9 @@ emulator or moto.
 Protocol: after the cold start the process writes one JSON line (``import_seconds``,
 ``peak_rss_kb``, ``ru_maxrss_kb``); then for each event line it writes one JSON line with the
 handler's ``response``, ``wall_seconds``, the AWS calls it made (``aws_calls``) and the same
-two memory figures.
+two memory figures, and ``aws_items`` (the items those calls carried: keys read, items
+written, messages sent). ``--timeout=S`` sets the function's timeout (default 300 s, the
+template's), which is what the fake context's remaining time counts down from.
 Everything else the handler prints goes to stderr.
 
     python -m bench.lambda_container refresh
@@ -68,7 +70,7 @@ def _say(channel: TextIO, message: dict[str, Any]) -> None:
     channel.flush()
 
 
-def serve(function: str) -> None:
+def serve(function: str, timeout_seconds: float = FUNCTION_TIMEOUT) -> None:
     """Cold-start ``functions/<function>/app.py`` and invoke it once per stdin line."""
     channel = sys.stdout
     # Powertools binds its log stream at import: keep it off the channel.
@@ -90,15 +92,17 @@ def serve(function: str) -> None:
     for line in sys.stdin:
         event = json.loads(line)
         counter.calls.clear()
+        counter.items.clear()
         started = time.perf_counter()
         with counter.window():
-            response = handler.handler(event, FakeLambdaContext(function, FUNCTION_TIMEOUT))
+            response = handler.handler(event, FakeLambdaContext(function, timeout_seconds))
         _say(
             channel,
             {
                 "response": response,
                 "wall_seconds": time.perf_counter() - started,
                 "aws_calls": dict(counter.calls),
+                "aws_items": dict(counter.items),
                 "peak_rss_kb": _peak_rss_kb(),
                 "ru_maxrss_kb": _ru_maxrss_kb(),
             },
@@ -106,4 +110,6 @@ def serve(function: str) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1] if len(sys.argv) > 1 else "refresh")
+    arguments = [a for a in sys.argv[1:] if not a.startswith("--timeout=")]
+    timeouts = [float(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--timeout=")]
+    serve(arguments[0] if arguments else "refresh", *timeouts[-1:])

@@ -9,6 +9,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from bench.footprint import IMPORT_RUNS, WITH_BYTECODE, ImportTime, LayerSize, MemoryRun
+from bench.scale import (
+    FULL_RATE,
+    FUNCTION_TIMEOUT,
+    READS_PER_REFRESH,
+    TARGET_GROWTH_KB_PER_KEY,
+    TARGET_MESSAGES_PER_KEY,
+    TARGET_PEAK_MB,
+    TARGET_RATIO_SLOW,
+    TARGET_READS_PER_KEY,
+    TARGET_THROTTLED,
+    TARGET_WRITE_REQUESTS_PER_KEY,
+    Cost,
+    RateRun,
+    ScaleFigures,
+)
 from bench.throughput import (
     CEILING,
     KEYS_PER_TENANCY,
@@ -39,6 +54,7 @@ class Figures:
     layer: LayerSize
     memory: MemoryRun
     seconds: float
+    scale: ScaleFigures | None = None
 
 
 def _mark(ok: bool) -> str:
@@ -204,6 +220,8 @@ def render(figures: Figures) -> str:
     ]
     lines += _cost_table(engine, memory)
     lines += ["", "## What the numbers mean", "", *_meaning(figures), ""]
+    if figures.scale is not None:
+        lines += [*render_scale(figures.scale), ""]
     return "\n".join(lines)
 
 
@@ -266,3 +284,252 @@ def _meaning(figures: Figures) -> list[str]:
         "time is dominated by moto answering one `UpdateItem` per key on this machine and says "
         "nothing about DynamoDB's speed.",
     ]
+
+
+# --- 4. Scale --------------------------------------------------------------------------------
+
+SCALE_BEGIN = "<!-- scale section: written by `python -m bench.scale` and `make bench` -->"
+SCALE_END = "<!-- end of the scale section -->"
+
+
+def _rate_row(run: RateRun) -> str:
+    return (
+        f"| {run.name} | {run.tenancies} | {run.keys:,} | {run.latency:.1f} s "
+        f"| {run.rate}/s ({run.rate * READS_PER_REFRESH} reads/s) | {run.keys_per_second:.1f} "
+        f"| {run.ceiling:.0f} | {run.ratio:.3f} | {run.throttled} of {run.refresh_calls} "
+        f"({run.throttled_share:.1%}) | {run.failed_keys} | {run.twice} / {run.never} "
+        f"| {run.seconds:.1f} s |"
+    )
+
+
+def _cpu_row(run: RateRun | Cost, name: str) -> str:
+    cpu = run.cpu
+    capacity = cpu.wall * cpu.cores
+    parties = " | ".join(f"{seconds:.0f} s" for seconds in cpu.parties.values())
+    return (
+        f"| {name} | {cpu.wall:.0f} s | {parties} | {cpu.ours / capacity:.0%} "
+        f"| {cpu.machine_busy / capacity:.0%} |"
+    )
+
+
+def _rate_target(run: RateRun | None, target: float, what: str) -> str:
+    if run is None:
+        return f"- {what}: not measured."
+    return (
+        f"- {what}: at least {target} of the ceiling: {_mark(run.ratio >= target)} "
+        f"({run.ratio:.3f}); at most {TARGET_THROTTLED:.0%} throttled: "
+        f"{_mark(run.throttled_share <= TARGET_THROTTLED)} ({run.throttled_share:.1%}); "
+        f"0 failed: {_mark(run.failed_keys == 0)} ({run.failed_keys}); every key refreshed "
+        f"once: {_mark(run.twice == 0 and run.never == 0)} ({run.twice} twice, {run.never} never)."
+    )
+
+
+def render_scale(scale: ScaleFigures) -> list[str]:
+    """The scale section's Markdown lines, markers included."""
+    lines = [
+        SCALE_BEGIN,
+        "## 4. Scale: many tenancies, one tenancy piled on, 100,000 keys",
+        "",
+        f"Taken {scale.taken_at} (`python -m bench.scale`, {scale.seconds:.0f} s; the machine's "
+        f"load average was {scale.load_before:.1f} when it started). Every figure is driven "
+        "through the real refresh handler in container processes (one per concurrent "
+        "invocation, reused warm, `bench/lambda_container.py`), fed by the model of Lambda's SQS "
+        "poller (`devkit/lambda_poller.py`) with the template's event source mappings: "
+        + "; ".join(scale.mappings)
+        + ". FIFO: one batch per message group (tenancy) in flight. The schedule fires at t=0 "
+        "as a direct invocation; keys/s is successful refresh calls (the emulator's request "
+        "log) over the time from the schedule firing to the end of the last invocation. moto "
+        "(one request at a time) and the CTM emulator each run in a process of their own. The "
+        "emulator adds the stated latency to every key call and allows the stated OCI reads "
+        "per second per tenancy (a refresh costs 2); `TENANCY_RATE_LIMIT` is set to exactly "
+        "that budget, template defaults otherwise.",
+        "",
+        "| run | tenancies | keys | CTM latency | per tenancy | keys/s | ceiling | of ceiling "
+        "| throttled | failed | twice / never | time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rate_runs = [
+        *scale.ceiling,
+        *scale.slow,
+        *scale.sweep,
+        *([scale.pileup] if scale.pileup else []),
+    ]
+    lines += [_rate_row(run) for run in rate_runs]
+    lines.append("")
+    full = [run for run in scale.ceiling if run.rate == FULL_RATE]
+    carried = scale.ceiling[-1] if scale.ceiling else None
+    if carried is not None and carried.rate != FULL_RATE:
+        lines += [
+            f"This machine did not carry OCI's full rate ({FULL_RATE}/s per tenancy, "
+            f"{scale.size.tenancies * FULL_RATE} keys/s) through the emulator, moto and the "
+            f"handlers on {os.cpu_count()} cores: see where the CPU went below. The figures "
+            f"that count are at the highest rate it did carry, {carried.rate} keys/s per "
+            f"tenancy (the emulator's limit {carried.rate * READS_PER_REFRESH} reads/s, "
+            f"`TENANCY_RATE_LIMIT={carried.rate}`), as a ratio to that rate's ceiling.",
+            "",
+        ]
+    lines += [
+        "Targets (issue 10):",
+        "",
+        _rate_target(carried, TARGET_RATIO, f"{scale.size.tenancies} tenancies, 0.4 s latency"),
+        _rate_target(scale.slow[0] if scale.slow else None, TARGET_RATIO_SLOW, "1.0 s latency"),
+        _rate_target(
+            scale.pileup, TARGET_RATIO_SLOW, "one tenancy, schedule + 2 pipeline messages"
+        ),
+        "",
+    ]
+    if full and carried is not None and full[0] is not carried:
+        lines += [f"At the full rate: {full[0].ratio:.3f} of the ceiling.", ""]
+    if scale.sweep or scale.ceiling:
+        lines += [
+            "![keys/s against tenancies, with the ceiling](scale-throughput.png)",
+            "",
+        ]
+    notes = [(run.name, note) for run in rate_runs for note in run.notes]
+    if notes:
+        lines += ["<details><summary>Run notes</summary>", ""]
+        lines += [f"- {name}: {note}" for name, note in notes]
+        lines += ["", "</details>", ""]
+    cpu_runs: list[tuple[str, RateRun | Cost]] = [(run.name, run) for run in rate_runs]
+    if scale.cost is not None:
+        cpu_runs.append((f"cost run, {scale.cost.keys:,} keys", scale.cost))
+    if cpu_runs:
+        names = " | ".join(cpu_runs[0][1].cpu.parties)
+        lines += [
+            "### Where the CPU went",
+            "",
+            "CPU seconds (user + system, from /proc) each party used during the run; "
+            '"machine busy" counts every process on the machine, ours and others\'.',
+            "",
+            f"| run | wall | {names} | ours, of capacity | machine busy |",
+            "|---|---:|" + "---:|" * len(cpu_runs[0][1].cpu.parties) + "---:|---:|",
+        ]
+        lines += [_cpu_row(run, name) for name, run in cpu_runs]
+        lines.append("")
+    lines += _render_memory(scale)
+    lines += _render_cost(scale.cost)
+    lines += _render_kills(scale)
+    lines.append(SCALE_END)
+    return lines
+
+
+def _render_memory(scale: ScaleFigures) -> list[str]:
+    if not scale.memory:
+        return []
+    lines = [
+        "### The invocation that resolves a selector",
+        "",
+        "One container, one scheduled invocation (selector `all`) over N keys in 20 tenancies "
+        "(emulator without latency or limit), function timeout 300 s. Peak is the container's "
+        "`VmHWM`. Afterwards the queues are read: keys in key messages plus keys a "
+        "continuation still has to list must equal the keys in CTM.",
+        "",
+        "| keys | peak RSS | after import | invocation | messages | keys queued "
+        "| left to a continuation | all accounted for |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for m in scale.memory:
+        lines.append(
+            f"| {m.keys:,} | {m.peak_kb / 1024:.0f} MiB | {m.after_import_kb / 1024:.0f} MiB "
+            f"| {m.seconds:.1f} s | {m.messages:,} | {m.queued_keys:,} | {m.continuation_keys:,} "
+            f"| {'yes' if m.accounted else '**no**'} |"
+        )
+    peak = max(scale.memory, key=lambda m: m.peak_kb)
+    lines += ["", "Targets:", ""]
+    lines.append(
+        f"- peak under {TARGET_PEAK_MB} MB: "
+        f"{_mark(peak.peak_kb * 1024 < TARGET_PEAK_MB * 1e6)} "
+        f"({peak.peak_kb * 1024 / 1e6:.0f} MB at {peak.keys:,} keys)."
+    )
+    small, large = scale.memory[0], scale.memory[-1]
+    if large.keys > small.keys:
+        growth = (large.peak_kb - small.peak_kb) * 1024 / 1000 / (large.keys - small.keys)
+        lines.append(
+            f"- growth under {TARGET_GROWTH_KB_PER_KEY} KB per key between {small.keys:,} and "
+            f"{large.keys:,} keys: {_mark(growth < TARGET_GROWTH_KB_PER_KEY)} "
+            f"({growth:.3f} KB per key)."
+        )
+    late = [m for m in scale.memory if m.seconds >= FUNCTION_TIMEOUT]
+    lines.append(
+        f"- returns before its deadline with every key queued or carried: "
+        f"{_mark(not late and all(m.accounted for m in scale.memory))}."
+    )
+    lines += ["", "![peak memory against run size](scale-memory.png)", ""]
+    return lines
+
+
+def _render_cost(run: Cost | None) -> list[str]:
+    if run is None:
+        return []
+    reads = run.per_key(run.bookkeeping_reads)
+    writes = run.per_key(run.write_requests)
+    messages = run.per_key(run.messages)
+    lines = [
+        f"### DynamoDB and SQS per key, {run.keys:,}-key run",
+        "",
+        f"The whole run, schedule to last key, through the poller (no latency, no OCI limit, "
+        f"`TENANCY_RATE_LIMIT=1000`): {run.refreshed:,} refreshed in {run.seconds:.0f} s, run "
+        f"{run.status}. Calls counted by a botocore hook in each container; items are what the "
+        "requests named (keys asked for by `GetItem`/`BatchGetItem`, items `Query` returned, "
+        "items written, messages sent).",
+        "",
+        "| operation | calls | calls / key | items | items / key |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for service in ("dynamodb", "sqs"):
+        calls, items = run.calls.of(service), run.items.of(service)
+        for op in sorted(set(calls) | set(items)):
+            count = items.get(op)
+            lines.append(
+                f"| {service} {op} | {calls.get(op, 0):,} | {run.per_key(calls.get(op, 0)):.4f} "
+                f"| {'' if count is None else f'{count:,}'} "
+                f"| {'' if count is None else f'{run.per_key(count):.4f}'} |"
+            )
+    lines += [
+        "",
+        f"Targets: bookkeeping item reads at most {TARGET_READS_PER_KEY} per key: "
+        f"{_mark(reads <= TARGET_READS_PER_KEY)} ({reads:.3f}); write requests at most "
+        f"{TARGET_WRITE_REQUESTS_PER_KEY} per key: "
+        f"{_mark(writes <= TARGET_WRITE_REQUESTS_PER_KEY)} "
+        f"({writes:.3f}); queue messages at most {TARGET_MESSAGES_PER_KEY} per key: "
+        f"{_mark(messages <= TARGET_MESSAGES_PER_KEY)} ({messages:.4f}).",
+        "",
+    ]
+    return lines
+
+
+def _render_kills(scale: ScaleFigures) -> list[str]:
+    if not scale.kills:
+        return []
+    size = scale.size
+    lines = [
+        "### Keys refreshed twice under kills (issue 11)",
+        "",
+        f"{size.kill_tenancies} tenancies x {size.kill_per_tenancy} keys, 0.15 s latency, "
+        f"{FULL_RATE}/s per tenancy. Every N seconds the container running a tenancy-queue "
+        "batch is killed (SIGKILL, as Lambda ends a timed-out environment); the poller reads "
+        "it as a crashed invocation and the batch comes back 1 s later (standing in for the "
+        "queue's visibility timeout). Counted from the emulator's log: keys with more than one "
+        "successful refresh call.",
+        "",
+        "| kill every | kills | keys refreshed twice per 1,000 | extra refresh calls per 1,000 "
+        "| never refreshed | run | time |",
+        "|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for k in scale.kills:
+        lines.append(
+            f"| {k.every:.0f} s | {k.kills} | {k.twice_per_thousand:.1f} "
+            f"| {k.extra_per_thousand:.1f} | {k.never} | {k.status} | {k.seconds:.0f} s |"
+        )
+    lines.append("")
+    return lines
+
+
+def replace_scale_section(text: str, scale: ScaleFigures) -> str:
+    """``text`` (RESULTS.md) with its scale section replaced, or appended when it has none."""
+    section = "\n".join(render_scale(scale))
+    if SCALE_BEGIN in text and SCALE_END in text:
+        head, rest = text.split(SCALE_BEGIN, 1)
+        tail = rest.split(SCALE_END, 1)[1]
+        return head + section + tail
+    return text.rstrip("\n") + "\n\n" + section + "\n"

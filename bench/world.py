@@ -7,11 +7,14 @@ CTM emulator over HTTPS with the emulator's CA in the secret.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,18 +53,20 @@ def prepare_process() -> None:
         os.environ.pop(name, None)
 
 
-def balanced_keys(per_tenancy: int, seed: int = KEY_SEED) -> list[dict[str, Any]]:
-    """``per_tenancy`` keys of each of three tenancies, so the ceiling is exactly 3 x rate."""
+def balanced_keys(
+    per_tenancy: int, seed: int = KEY_SEED, tenancies: int = TENANCIES
+) -> list[dict[str, Any]]:
+    """``per_tenancy`` keys of each tenancy, so the ceiling is exactly tenancies x rate."""
     from devkit.ctm_emulator import generate_keys
 
-    pool = generate_keys(per_tenancy * TENANCIES * 2, tenancies=TENANCIES, seed=seed)
+    pool = generate_keys(per_tenancy * tenancies * 3, tenancies=tenancies, seed=seed)
     taken: Counter[str] = Counter()
     keys = []
     for key in pool:
         if taken[key["tenancy"]] < per_tenancy:
             taken[key["tenancy"]] += 1
             keys.append(key)
-    if len(keys) != per_tenancy * TENANCIES:
+    if len(keys) != per_tenancy * tenancies:
         raise RuntimeError("the generated pool is too uneven to balance")
     return keys
 
@@ -75,6 +80,7 @@ class AwsCallCounter:
     """
 
     calls: Counter[str] = field(default_factory=Counter)
+    items: Counter[str] = field(default_factory=Counter)  # items (messages) the calls carried
     counting: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -88,6 +94,8 @@ class AwsCallCounter:
         counter = cls()
         assert boto3.DEFAULT_SESSION is not None
         boto3.DEFAULT_SESSION.events.register("before-call", counter._seen)
+        boto3.DEFAULT_SESSION.events.register("before-parameter-build", counter._asked)
+        boto3.DEFAULT_SESSION.events.register("after-call.dynamodb.Query", counter._answered)
         return counter
 
     def _seen(self, event_name: str, **details: Any) -> None:
@@ -96,6 +104,22 @@ class AwsCallCounter:
         service, operation = event_name.split(".", 2)[1:]
         with self._lock:
             self.calls[f"{service}.{operation}"] += 1
+
+    def _asked(self, event_name: str, params: Mapping[str, Any], **details: Any) -> None:
+        """Items a request carries: keys asked for, items written, messages sent."""
+        if not self.counting:
+            return
+        service, operation = event_name.split(".", 2)[1:]
+        count = _request_items(operation, params)
+        if count is not None:
+            with self._lock:
+                self.items[f"{service}.{operation}"] += count
+
+    def _answered(self, parsed: Mapping[str, Any] | None = None, **details: Any) -> None:
+        """A Query's items are what it returned."""
+        if self.counting and parsed is not None:
+            with self._lock:
+                self.items["dynamodb.Query"] += int(parsed.get("Count", 0))
 
     @contextmanager
     def window(self) -> Iterator[None]:
@@ -108,6 +132,23 @@ class AwsCallCounter:
 
 
 DYNAMODB_WRITES = ("PutItem", "UpdateItem", "BatchWriteItem", "DeleteItem", "TransactWriteItems")
+DYNAMODB_READS = ("GetItem", "BatchGetItem", "Query", "TransactGetItems")
+_SINGLE_ITEM = ("PutItem", "UpdateItem", "DeleteItem", "GetItem", "SendMessage")
+
+
+def _request_items(operation: str, params: Mapping[str, Any]) -> int | None:
+    """How many items a request names (None: counted from its answer, or not an item call)."""
+    if operation in _SINGLE_ITEM:
+        return 1
+    if operation == "BatchGetItem":
+        return sum(len(table["Keys"]) for table in params.get("RequestItems", {}).values())
+    if operation == "BatchWriteItem":
+        return sum(len(requests) for requests in params.get("RequestItems", {}).values())
+    if operation in ("TransactWriteItems", "TransactGetItems"):
+        return len(params.get("TransactItems", []))
+    if operation == "SendMessageBatch":
+        return len(params.get("Entries", []))
+    return None
 
 
 @dataclass(frozen=True)
@@ -175,6 +216,7 @@ class Invocation:
     aws_calls: dict[str, int]
     peak_rss_kb: int  # the container's VmHWM so far
     ru_maxrss_kb: int  # what getrusage says (includes the driver's memory: see the container)
+    aws_items: dict[str, int] = field(default_factory=dict)  # items (messages) the calls carried
 
 
 class LambdaContainer:
@@ -185,9 +227,11 @@ class LambdaContainer:
         function: str,
         env: Mapping[str, str],
         program: Sequence[str] = ("-m", "bench.lambda_container"),
+        timeout_seconds: float | None = None,
     ) -> None:
+        timeout = [f"--timeout={timeout_seconds}"] if timeout_seconds is not None else []
         self._process = subprocess.Popen(
-            [sys.executable, *program, function],
+            [sys.executable, *program, function, *timeout],
             cwd=ROOT,
             env={**os.environ, **env, "PYTHONPATH": f"{ROOT / 'layers' / 'common'}:{ROOT}"},
             stdin=subprocess.PIPE,
@@ -219,7 +263,20 @@ class LambdaContainer:
             dict(answer["aws_calls"]),
             int(answer["peak_rss_kb"]),
             int(answer["ru_maxrss_kb"]),
+            dict(answer.get("aws_items", {})),
         )
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def cpu_seconds(self) -> float:
+        """CPU (user + system) the container has used so far; 0 once it is gone."""
+        return process_cpu_seconds(self._process.pid)
+
+    def kill(self) -> None:
+        """SIGKILL, as Lambda ends a timed-out or out-of-memory environment."""
+        self._process.kill()
 
     def close(self) -> None:
         """End the container (EOF on its stdin) and wait for it."""
@@ -228,3 +285,389 @@ class LambdaContainer:
         self._process.wait(timeout=30)
         if self._process.stdout is not None:
             self._process.stdout.close()
+
+
+# --- the scale benchmarks: every party in a process of its own --------------------------------
+#
+# With moto, the CTM emulator, the poller and the containers in separate processes, no two of
+# them share a GIL, and /proc says how much CPU each one used.
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores (/proc/stat)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - idle) / tick, sum(values) / tick
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def serve_moto(port: int) -> None:
+    """moto's server app, one request at a time (run in a process of its own).
+
+    moto's SQS and DynamoDB backends are not thread-safe (a DeleteMessage racing a SendMessage
+    can lose the sent message; two conditional updates of one item can both pass): AWS
+    serialises what must be, so here every request is.
+    """
+    import logging
+
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    _transactions_copy_items_not_tables()
+    app = DomainDispatcherApplication(create_backend_app)
+    lock = threading.Lock()
+
+    def one_at_a_time(environ: Any, start_response: Any) -> Any:
+        with lock:
+            return list(app(environ, start_response))
+
+    server = make_server(
+        "127.0.0.1", port, one_at_a_time, threaded=True, request_handler=MotoRequestHandler
+    )
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
+    server.serve_forever()
+
+
+def _exit_with_parent() -> None:
+    """End this process when the benchmark that started it is gone (killed, crashed)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
+
+
+def _transactions_copy_items_not_tables() -> None:
+    """Make moto's TransactWriteItems cost what DynamoDB's does: O(items), not O(table).
+
+    moto (5.2) deep-copies the whole table once per item of a transaction, to roll back on a
+    failed condition: with a results table of N items a transaction costs O(N) CPU, and a run
+    that registers its chunks by transaction becomes quadratic, in moto only. Here the
+    transaction saves and restores the items it names instead (requests are serialised, so
+    nothing else can change them meanwhile).
+    """
+    import copy
+
+    from moto.dynamodb import models
+    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.models.dynamo_type import DynamoType
+    from moto.dynamodb.models.table import Table
+
+    class _CopyTablesByReference:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(copy, name)
+
+        @staticmethod
+        def deepcopy(value: Any, memo: Any = None) -> Any:
+            return value if isinstance(value, Table) else copy.deepcopy(value, memo)
+
+    models.copy = _CopyTablesByReference()  # type: ignore[assignment]
+    original = DynamoDBBackend.transact_write_items
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        saved = []
+        for entry in transact_items:
+            _, operation = next(iter(entry.items()))
+            table = self.tables.get(operation.get("TableName"))
+            if table is None:
+                continue
+            key = operation.get("Key") or operation.get("Item") or {}
+            if table.hash_key_attr not in key or (
+                table.range_key_attr and table.range_key_attr not in key
+            ):
+                continue  # moto's own validation will refuse it
+            hash_value = DynamoType(key[table.hash_key_attr])
+            range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
+            current = table.get_item(hash_value, range_value)
+            saved.append((table, hash_value, range_value, copy.deepcopy(current)))
+        try:
+            original(self, transact_items)
+        except Exception:
+            for table, hash_value, range_value, item in reversed(saved):
+                if range_value is None:
+                    table.items.pop(hash_value, None)
+                    if item is not None:
+                        table.items[hash_value] = item
+                else:
+                    table.items[hash_value].pop(range_value, None)
+                    if item is not None:
+                        table.items[hash_value][range_value] = item
+            raise
+
+    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
+class MotoProcess:
+    """moto's server in a process of its own (``serve_moto``), on a free port."""
+
+    def __init__(self) -> None:
+        self._port = _free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", f"from bench.world import serve_moto; serve_moto({self._port})"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": f"{ROOT / 'layers' / 'common'}:{ROOT}"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self._port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("moto did not start")
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=30)
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """Which keys the emulator holds: ``per_tenancy`` x ``tenancies`` balanced, or ``count``
+    spread as ``generate_keys`` spreads them."""
+
+    tenancies: int = TENANCIES
+    per_tenancy: int = 0
+    count: int = 0
+    seed: int = KEY_SEED
+
+    def build(self) -> list[dict[str, Any]]:
+        from devkit.ctm_emulator import generate_keys
+
+        if self.per_tenancy:
+            return balanced_keys(self.per_tenancy, self.seed, self.tenancies)
+        return generate_keys(self.count, tenancies=self.tenancies, seed=self.seed)
+
+
+def _serve_ctm(channel: Any, keys: KeySet) -> None:
+    """The CTM emulator in a child process, answering the parent's requests on ``channel``."""
+    from devkit.ctm_emulator import CtmEmulator
+
+    prepare_process()
+    with CtmEmulator(keys=keys.build()) as emulator:
+        channel.send(
+            {
+                "base_url": emulator.base_url,
+                "ca_pem": emulator.ca_pem,
+                "ca_file": emulator.ca_file,
+                "username": emulator.username,
+                "password": emulator.password,
+            }
+        )
+        while (request := channel.recv()) is not None:
+            operation, name, argument = request
+            try:
+                if operation == "faults":
+                    for switch, value in argument.items():
+                        setattr(emulator.faults, switch, value)
+                    answer: Any = None
+                elif operation == "get":
+                    answer = getattr(emulator, name)
+                elif operation == "keys":
+                    answer = [(key["id"], key["tenancy"]) for key in emulator.keys]
+                else:
+                    answer = getattr(emulator, name)(*argument)
+            except Exception as error:  # the parent re-raises it
+                channel.send(("error", repr(error)))
+            else:
+                channel.send(("ok", answer))
+
+
+class CtmProcess:
+    """The CTM emulator in a process of its own, with the parts of ``CtmEmulator``'s API the
+    benchmarks use (``base_url``, ``ca_pem``, credentials, faults, the request log)."""
+
+    def __init__(self, keys: KeySet) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self._channel, child = context.Pipe()
+        self._process = context.Process(target=_serve_ctm, args=(child, keys), daemon=True)
+        self._process.start()
+        self._lock = threading.Lock()
+        ready = self._channel.recv()
+        self.base_url: str = ready["base_url"]
+        self.ca_pem: str = ready["ca_pem"]
+        self.ca_file: str = ready["ca_file"]
+        self.username: str = ready["username"]
+        self.password: str = ready["password"]
+
+    def _ask(self, operation: str, name: str = "", argument: Any = ()) -> Any:
+        with self._lock:
+            self._channel.send((operation, name, argument))
+            status, answer = self._channel.recv()
+        if status != "ok":
+            raise RuntimeError(f"the emulator refused {operation} {name}: {answer}")
+        return answer
+
+    @property
+    def pid(self) -> int:
+        assert self._process.pid is not None
+        return self._process.pid
+
+    def set_faults(self, **switches: Any) -> None:
+        """Set ``emulator.faults`` attributes (latency, tenancy_read_limit, ...)."""
+        self._ask("faults", argument=switches)
+
+    def key_tenancies(self) -> list[tuple[str, str]]:
+        """(key id, tenancy) of every key, in the emulator's order."""
+        return list(self._ask("keys"))
+
+    @property
+    def request_log(self) -> list[Any]:
+        return list(self._ask("get", "request_log"))
+
+    def reset_log(self) -> None:
+        self._ask("call", "reset_log")
+
+    def reset_throttle(self) -> None:
+        self._ask("call", "reset_throttle")
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            self._channel.send(None)
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+
+    def __enter__(self) -> CtmProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class PooledInvocation:
+    """One invocation of a pooled container: what it was given (its queue, or ``direct``)."""
+
+    source: str
+    pid: int
+    started: float
+    invocation: Invocation
+
+
+class ContainerPool:
+    """Lambda's execution environments for one function: the poller's target in benchmarks.
+
+    Each concurrent invocation gets a container process of its own (``LambdaContainer``): an
+    idle warm one, else a new one (a cold start). A container whose process died (killed)
+    raises, which the poller reads as a crashed invocation, and is never reused.
+    """
+
+    def __init__(
+        self, function: str, env: Mapping[str, str], timeout_seconds: float | None = None
+    ) -> None:
+        self._function = function
+        self._env = dict(env)
+        self._timeout = timeout_seconds
+        self._lock = threading.Lock()
+        self._idle: list[LambdaContainer] = []
+        self._busy: dict[int, tuple[LambdaContainer, Mapping[str, Any]]] = {}
+        self._cpu: dict[int, float] = {}  # pid -> CPU seconds last seen
+        self.invocations: list[PooledInvocation] = []
+        self.cold_starts = 0
+        self.kills = 0
+
+    def __call__(self, event: dict[str, Any]) -> Any:
+        container = self._take()
+        source = _event_source(event)
+        started = time.monotonic()
+        with self._lock:
+            self._busy[container.pid] = (container, event)
+        try:
+            invocation = container.invoke(event)
+        except (RuntimeError, OSError, ValueError):
+            with self._lock:
+                self._busy.pop(container.pid, None)
+            raise
+        with self._lock:
+            self._busy.pop(container.pid, None)
+            self._cpu[container.pid] = container.cpu_seconds()
+            self.invocations.append(PooledInvocation(source, container.pid, started, invocation))
+            self._idle.append(container)
+        return invocation.response
+
+    def _take(self) -> LambdaContainer:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+            self.cold_starts += 1
+        return LambdaContainer(self._function, self._env, timeout_seconds=self._timeout)
+
+    def kill_busy(self, source: str) -> int | None:
+        """SIGKILL one container busy with an event from ``source``; its pid, or None."""
+        with self._lock:
+            for pid, (container, event) in self._busy.items():
+                if _event_source(event) == source:
+                    self._cpu[pid] = container.cpu_seconds()
+                    container.kill()
+                    self.kills += 1
+                    return pid
+        return None
+
+    def cpu_seconds(self) -> float:
+        """CPU used by every container the pool started (live ones read now)."""
+        with self._lock:
+            for container in [*self._idle, *(c for c, _ in self._busy.values())]:
+                self._cpu[container.pid] = container.cpu_seconds() or self._cpu.get(
+                    container.pid, 0.0
+                )
+            return sum(self._cpu.values())
+
+    def close(self) -> None:
+        self.cpu_seconds()
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for container in idle:
+            container.close()
+
+    def aws(self) -> tuple[AwsCalls, AwsCalls]:
+        """(calls, items) of every invocation so far, summed."""
+        calls: Counter[str] = Counter()
+        items: Counter[str] = Counter()
+        for pooled in self.invocations:
+            calls.update(pooled.invocation.aws_calls)
+            items.update(pooled.invocation.aws_items)
+        return AwsCalls(dict(calls)), AwsCalls(dict(items))
+
+
+def _event_source(event: Mapping[str, Any]) -> str:
+    records = event.get("Records") or [{}]
+    return str(records[0].get("eventSourceARN", "direct"))

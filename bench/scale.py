@@ -1,0 +1,861 @@
+"""Scale: many tenancies at OCI's ceiling, one tenancy piled on, 100,000 keys in bounded memory.
+
+Everything runs as the template deploys it: the real refresh handler in container processes
+(``bench.world.ContainerPool``, one per concurrent invocation, reused warm), fed by the model of
+Lambda's SQS poller (``devkit.lambda_poller``) with each queue's ``BatchSize`` and
+``MaximumConcurrency`` read from ``template.yaml`` (FIFO: one batch per message group in
+flight). The schedule fires at t=0 as a direct invocation. moto and the CTM emulator each run
+in a process of their own, so /proc says where the CPU went.
+
+    PYTHONPATH=layers/common:. .venv/bin/python -m bench.scale [--quick] [--only NAME ...]
+
+Names: ceiling, latency, sweep, pileup, memory, cost, kills. Alone, it rewrites only the scale
+section of ``bench/RESULTS.md`` (``--no-write`` prints it); ``make bench`` runs it with the
+rest. ``--quick`` shrinks every run (a smoke test of the harness: prints, writes nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.world import (
+    ROOT,
+    AwsCalls,
+    ContainerPool,
+    CtmProcess,
+    KeySet,
+    LambdaContainer,
+    LocalAws,
+    MotoProcess,
+    machine_cpu_seconds,
+    prepare_process,
+    process_cpu_seconds,
+)
+
+SCHEDULED_TIME = "2026-11-28T06:00:00Z"
+RUN_ID = f"schedule-{SCHEDULED_TIME}"
+READS_PER_REFRESH = 2  # what one refresh costs in OCI reads (the emulator's model)
+OCI_READS_PER_SECOND = 10  # OCI's limit per tenancy
+FULL_RATE = 5  # refreshes per second per tenancy that OCI allows: 10 / 2
+RATES = (5, 4, 3)  # tried in turn until the machine carries one (see carried_rate)
+TARGET_RATIO = 0.9
+TARGET_RATIO_SLOW = 0.85  # at 1.0 s latency, and for the piled-on tenancy
+TARGET_THROTTLED = 0.02
+TARGET_PEAK_MB = 150
+TARGET_GROWTH_KB_PER_KEY = 0.5
+TARGET_READS_PER_KEY = 2
+TARGET_WRITE_REQUESTS_PER_KEY = 3
+TARGET_MESSAGES_PER_KEY = 0.02
+FUNCTION_TIMEOUT = 300.0  # template.yaml's refresh function Timeout
+# The poller wakes at once when an invocation ends; between, it polls moto this often (each
+# poll costs moto ~3.5 ms of CPU, which the handlers need more).
+POLL_INTERVAL = 0.25
+PLOT_RATE = ROOT / "bench" / "scale-throughput.png"
+PLOT_MEMORY = ROOT / "bench" / "scale-memory.png"
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big each run is (``--quick`` shrinks them)."""
+
+    tenancies: int = 20
+    per_tenancy: int = 150
+    sweep: tuple[int, ...] = (1, 5, 10, 20)
+    pileup_keys: int = 150
+    pipeline_keys: int = 50
+    memory_sizes: tuple[int, ...] = (10_000, 25_000, 50_000, 100_000)
+    cost_keys: int = 10_000
+    kill_tenancies: int = 3
+    kill_per_tenancy: int = 100
+    kill_every: tuple[float, ...] = (3.0, 6.0, 12.0)
+
+
+QUICK = Size(
+    tenancies=4,
+    per_tenancy=20,
+    sweep=(1, 4),
+    pileup_keys=30,
+    pipeline_keys=10,
+    memory_sizes=(1_000, 2_000),
+    cost_keys=500,
+    kill_tenancies=2,
+    kill_per_tenancy=30,
+    kill_every=(3.0,),
+)
+
+
+# --- where the CPU went ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuShare:
+    """CPU seconds each party used during one run, and the machine's whole."""
+
+    wall: float
+    parties: Mapping[str, float]  # moto, CTM emulator, containers, driver (poller)
+    machine_busy: float  # every process on the machine, ours and others'
+    cores: int
+
+    @property
+    def ours(self) -> float:
+        return sum(self.parties.values())
+
+    def line(self) -> str:
+        capacity = self.wall * self.cores
+        parts = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.parties.items())
+        return (
+            f"CPU over {self.wall:.0f} s x {self.cores} cores = {capacity:.0f} core-s: {parts}; "
+            f"ours {self.ours / capacity:.0%}, whole machine {self.machine_busy / capacity:.0%} "
+            f"busy"
+        )
+
+
+@contextmanager
+def cpu_meter(parties: Mapping[str, Callable[[], float]]) -> Iterator[list[CpuShare]]:
+    """Measure the CPU ``parties`` (name -> CPU seconds so far) use inside the block."""
+    before = {name: read() for name, read in parties.items()}
+    busy_before, _ = machine_cpu_seconds()
+    started = time.monotonic()
+    out: list[CpuShare] = []
+    try:
+        yield out
+    finally:
+        busy_after, _ = machine_cpu_seconds()
+        out.append(
+            CpuShare(
+                wall=time.monotonic() - started,
+                parties={name: read() - before[name] for name, read in parties.items()},
+                machine_busy=busy_after - busy_before,
+                cores=os.cpu_count() or 1,
+            )
+        )
+
+
+def _driver_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+# --- the world of one run --------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """moto (its own process), the CTM emulator (its own process), a fresh stack per run."""
+
+    aws: LocalAws
+    moto: MotoProcess
+    mappings: list[str]  # the template's SQS events, as the poller runs them
+
+    @classmethod
+    def start(cls) -> World:
+        prepare_process()
+        moto = MotoProcess()
+        moto.start()
+        os.environ["AWS_ENDPOINT_URL"] = moto.endpoint_url
+        from devkit.aws_local import LocalStack
+        from devkit.lambda_poller import mappings_from_template
+
+        stack = LocalStack.create(moto.endpoint_url, prefix=f"b{uuid.uuid4().hex[:10]}")
+        mappings = [
+            f"{m.label} ({'FIFO' if m.fifo else 'standard'}): BatchSize {m.batch_size}, "
+            f"MaximumConcurrency {m.maximum_concurrency}"
+            + (
+                f", batching window {m.batching_window_seconds:.0f} s"
+                if m.batching_window_seconds and not m.fifo
+                else ""
+            )
+            for m in mappings_from_template(stack)
+        ]
+        return cls(LocalAws(moto, stack), moto, mappings)
+
+    def stop(self) -> None:
+        self.moto.stop()
+
+    def fresh_stack(self, ctm: CtmProcess) -> Any:
+        stack = self.aws.fresh_stack()
+        self.aws.trust(ctm)
+        return stack
+
+
+def _schedule(request: Mapping[str, Any]) -> dict[str, Any]:
+    return {"scheduled_time": SCHEDULED_TIME, "execution_id": "bench-scale", "request": request}
+
+
+@dataclass
+class Drive:
+    """One run driven through the poller: what it did, what it cost, where the CPU went."""
+
+    t0: float
+    report: Any  # devkit.lambda_poller.PollerReport
+    pool: ContainerPool
+    mappings: list[Any]
+    cpu: CpuShare
+    log: list[Any]  # the emulator's request log
+
+    @property
+    def last_end(self) -> float:
+        """When the last invocation's answer was applied (monotonic)."""
+        return max((i.ended for i in self.report.invocations), default=self.t0)
+
+    def seconds(self) -> float:
+        return self.last_end - self.t0
+
+
+def drive(
+    world: World,
+    ctm: CtmProcess,
+    stack: Any,
+    env: Mapping[str, str],
+    schedule: Mapping[str, Any] | None,
+    *,
+    pipeline: Sequence[Mapping[str, Any]] = (),
+    timeout: float = 600.0,
+    during: Callable[[ContainerPool, threading.Event], None] | None = None,
+    redeliver_crashed_after: int | None = None,
+) -> Drive:
+    """Fire the schedule (and send the pipeline messages) at t=0, drain, and measure."""
+    from devkit.lambda_poller import LambdaPoller, mappings_from_template
+
+    pool = ContainerPool("refresh", env, timeout_seconds=FUNCTION_TIMEOUT)
+    mappings = mappings_from_template(stack)
+    ctm.reset_throttle()
+    ctm.reset_log()
+    sqs = stack.client("sqs")
+    parties = {
+        "moto": lambda: process_cpu_seconds(world.moto.pid),
+        "CTM emulator": lambda: process_cpu_seconds(ctm.pid),
+        "handler containers": pool.cpu_seconds,
+        "driver (poller)": _driver_cpu,
+    }
+    stop = threading.Event()
+    with (
+        cpu_meter(parties) as measured,
+        LambdaPoller(
+            sqs,
+            mappings,
+            pool,
+            region=stack.region,
+            poll_interval=POLL_INTERVAL,
+            redeliver_crashed_after=redeliver_crashed_after,
+        ) as poller,
+    ):
+        t0 = time.monotonic()
+        if schedule is not None:
+            poller.invoke(schedule)
+        for body in pipeline:
+            sqs.send_message(QueueUrl=stack.work_queue_url, MessageBody=json.dumps(body))
+        helper = None
+        if during is not None:
+            helper = threading.Thread(target=during, args=(pool, stop), daemon=True)
+            helper.start()
+        try:
+            report = poller.drain(timeout=timeout)
+        finally:
+            stop.set()
+            if helper is not None:
+                helper.join()
+        pool.close()
+    return Drive(t0, report, pool, mappings, measured[0], ctm.request_log)
+
+
+# --- figures of a throughput run -------------------------------------------------------------
+
+
+@dataclass
+class RateRun:
+    """A run against OCI's per-tenancy limit, from the schedule firing to the last answer."""
+
+    name: str
+    tenancies: int
+    keys: int  # refresh work asked for (keys, counting a key once per run that names it)
+    latency: float
+    rate: int  # TENANCY_RATE_LIMIT = the emulator's reads/s per tenancy / 2
+    seconds: float
+    refreshed: int  # successful refresh calls
+    refresh_calls: int
+    throttled: int
+    failed_keys: int
+    twice: int  # keys refreshed more than once in one run
+    never: int  # keys never refreshed
+    drained: bool
+    cpu: CpuShare
+    invocations: Mapping[str, int]
+    peak_in_flight: Mapping[str, int]
+    cold_starts: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ceiling(self) -> float:
+        return float(self.tenancies * self.rate)
+
+    @property
+    def keys_per_second(self) -> float:
+        return self.refreshed / self.seconds if self.seconds else 0.0
+
+    @property
+    def ratio(self) -> float:
+        return self.keys_per_second / self.ceiling
+
+    @property
+    def throttled_share(self) -> float:
+        return self.throttled / self.refresh_calls if self.refresh_calls else 0.0
+
+
+def _refreshes(log: Sequence[Any]) -> Counter[str]:
+    """Successful refresh calls per key id, from the emulator's request log."""
+    return Counter(
+        str(e.key_id).lower()
+        for e in log
+        if e.operation == "refresh" and e.authenticated and 200 <= e.status < 300
+    )
+
+
+def _run_item(stack: Any, run_id: str) -> dict[str, Any]:
+    found = stack.table.get_item(Key={"pk": f"RUN#{run_id}", "sk": "RUN"}, ConsistentRead=True)
+    return dict(found.get("Item", {}))
+
+
+def rate_run(
+    world: World,
+    name: str,
+    keys: KeySet,
+    latency: float,
+    rate: int,
+    *,
+    pipeline_keys: int = 0,
+) -> RateRun:
+    """The schedule (selector all) over ``keys``; ``pipeline_keys`` > 0 adds two pipeline
+    messages of that many keys each, sent to the work queue at the same moment."""
+    with CtmProcess(keys) as ctm:
+        ctm.set_faults(latency=latency, tenancy_read_limit=rate * READS_PER_REFRESH)
+        stack = world.fresh_stack(ctm)
+        env = stack.refresh_env(CTM_BASE_URL=ctm.base_url, TENANCY_RATE_LIMIT=str(rate))
+        key_ids = [key_id.lower() for key_id, _ in ctm.key_tenancies()]
+        pipeline = [
+            {
+                "keys": key_ids[start : start + pipeline_keys],
+                "request_id": f"pipeline-{n}",
+                "reason": "rotation pipeline",
+            }
+            for n, start in enumerate((0, len(key_ids) - pipeline_keys) if pipeline_keys else ())
+        ]
+        run = drive(
+            world, ctm, stack, env, _schedule({"selector": {"all": True}}), pipeline=pipeline
+        )
+        runs = [RUN_ID, *(str(body["request_id"]) for body in pipeline)]
+        items = [_run_item(stack, run_id) for run_id in runs]
+    per_key = _refreshes(run.log)
+    refresh_calls = sum(1 for e in run.log if e.operation == "refresh")
+    throttled = sum(1 for e in run.log if e.throttled)
+    asked = len(key_ids) + sum(len(body["keys"]) for body in pipeline)
+    expected = Counter(key_ids)
+    for body in pipeline:
+        expected.update(body["keys"])
+    failed = sum(int(item.get("failed", 0)) for item in items)
+    notes = [
+        f"run {item.get('run_id', run_id)}: {item.get('status', 'no RUN item')}, "
+        f"refreshed {item.get('refreshed', '?')}, failed {item.get('failed', '?')}"
+        for run_id, item in zip(runs, items, strict=True)
+    ]
+    refreshes = [e.monotonic for e in run.log if e.operation == "refresh"]
+    if refreshes:
+        notes.append(
+            f"first refresh {min(refreshes) - run.t0:.1f} s after the schedule fired, last "
+            f"{max(refreshes) - run.t0:.1f} s; last invocation ended {run.seconds():.1f} s"
+        )
+    result = RateRun(
+        name=name,
+        tenancies=keys.tenancies,
+        keys=asked,
+        latency=latency,
+        rate=rate,
+        seconds=run.seconds(),
+        refreshed=sum(per_key.values()),
+        refresh_calls=refresh_calls,
+        throttled=throttled,
+        failed_keys=failed,
+        twice=sum(1 for key, n in per_key.items() if n > expected[key]),
+        never=sum(1 for key in expected if per_key[key] == 0),
+        drained=run.report.drained,
+        cpu=run.cpu,
+        invocations=Counter(i.source for i in run.report.invocations),
+        peak_in_flight=dict(run.report.peak_in_flight),
+        cold_starts=run.pool.cold_starts,
+        notes=notes,
+    )
+    print_rate_run(result)
+    return result
+
+
+def print_rate_run(r: RateRun) -> None:
+    print(
+        f"[scale] {r.name}: {r.tenancies} tenancies, {r.keys} keys, {r.latency:.1f} s latency, "
+        f"{r.rate}/s per tenancy: {r.refreshed} refreshed in {r.seconds:.1f} s = "
+        f"{r.keys_per_second:.1f} keys/s ({r.ratio:.3f} of {r.ceiling:.0f}/s); throttled "
+        f"{r.throttled}/{r.refresh_calls} ({r.throttled_share:.1%}); failed {r.failed_keys}; "
+        f"twice {r.twice}; never {r.never}; drained {r.drained}",
+        flush=True,
+    )
+    print(
+        f"  invocations {dict(r.invocations)}, peak in flight {dict(r.peak_in_flight)}, "
+        f"cold starts {r.cold_starts}"
+    )
+    print(f"  {r.cpu.line()}")
+    for note in r.notes:
+        print(f"  {note}", flush=True)
+
+
+def carried_rate(world: World, size: Size, latency: float) -> list[RateRun]:
+    """The 20-tenancy run at OCI's full rate, then at lower per-tenancy rates until one is
+    carried (ratio >= target, nothing throttled beyond 2%, nothing failed)."""
+    runs = []
+    for rate in RATES:
+        run = rate_run(
+            world,
+            f"{size.tenancies} tenancies at {rate}/s each",
+            KeySet(tenancies=size.tenancies, per_tenancy=size.per_tenancy),
+            latency,
+            rate,
+        )
+        runs.append(run)
+        if _carried(run, TARGET_RATIO):
+            break
+    return runs
+
+
+def _carried(run: RateRun, target: float) -> bool:
+    return (
+        run.ratio >= target
+        and run.throttled_share <= TARGET_THROTTLED
+        and run.failed_keys == 0
+        and run.drained
+    )
+
+
+# --- the resolving invocation ----------------------------------------------------------------
+
+
+@dataclass
+class Resolution:
+    """The scheduled invocation that resolves a selector of ``keys`` keys, alone."""
+
+    keys: int
+    peak_kb: int
+    after_import_kb: int
+    seconds: float
+    response: Any
+    queued_keys: int  # keys in tenancy-queue / work-queue messages
+    continuation_keys: int  # keys a continuation message still has to list
+    messages: int
+    aws_calls: Mapping[str, int]
+    note: str = ""
+
+    @property
+    def accounted(self) -> bool:
+        return self.queued_keys + self.continuation_keys == self.keys
+
+
+def resolution(world: World, keys: int) -> Resolution:
+    """One container, one scheduled invocation (selector all) over ``keys`` keys."""
+    with CtmProcess(KeySet(tenancies=20, count=keys, seed=7)) as ctm:
+        stack = world.fresh_stack(ctm)
+        env = stack.refresh_env(CTM_BASE_URL=ctm.base_url)
+        container = LambdaContainer("refresh", env, timeout_seconds=FUNCTION_TIMEOUT)
+        try:
+            invocation = container.invoke(_schedule({"selector": {"all": True}}))
+        finally:
+            container.close()
+        queued, carried, messages, note = _queued_keys(stack, keys)
+    result = Resolution(
+        keys=keys,
+        peak_kb=invocation.peak_rss_kb,
+        after_import_kb=container.peak_rss_after_import_kb,
+        seconds=invocation.wall_seconds,
+        response=invocation.response,
+        queued_keys=queued,
+        continuation_keys=carried,
+        messages=messages,
+        aws_calls=invocation.aws_calls,
+        note=note,
+    )
+    print(
+        f"[scale] resolving {keys:,} keys: peak {result.peak_kb / 1024:.0f} MiB (after import "
+        f"{result.after_import_kb / 1024:.0f}), {result.seconds:.1f} s of {FUNCTION_TIMEOUT:.0f}; "
+        f"{queued:,} keys queued in {messages} messages + {carried:,} carried by a continuation "
+        f"= {queued + carried:,} of {keys:,}; {note}",
+        flush=True,
+    )
+    return result
+
+
+def _queued_keys(stack: Any, total: int) -> tuple[int, int, int, str]:
+    """(keys in key messages, keys left to a continuation, messages, what the bodies held)."""
+    sqs = stack.client("sqs")
+    queues = [stack.work_queue_url, getattr(stack, "tenancy_queue_url", None)]
+    queued = carried = messages = 0
+    kinds: Counter[str] = Counter()
+    for url in filter(None, queues):
+        while batch := sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=300
+        ).get("Messages", []):
+            for message in batch:
+                body = json.loads(message["Body"])
+                messages += 1
+                if isinstance(body.get("keys"), list):
+                    queued += len(body["keys"])
+                    kinds["keys"] += 1
+                else:
+                    carried += total - _listing_position(body)
+                    kinds["continuation"] += 1
+            sqs.delete_message_batch(
+                QueueUrl=url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)
+                ],
+            )
+    return queued, carried, messages, ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+
+
+def _listing_position(body: Mapping[str, Any]) -> int:
+    """Where a continuation's listing stopped: the number of keys already listed."""
+    for name in ("skip", "listed", "offset", "position"):
+        for holder in (body, body.get("continuation") or {}, body.get("resume") or {}):
+            if isinstance(holder, Mapping) and isinstance(holder.get(name), int):
+                return int(holder[name])
+    raise ValueError(f"a message that is neither keys nor a known continuation: {body}")
+
+
+# --- cost per key ----------------------------------------------------------------------------
+
+
+@dataclass
+class Cost:
+    """AWS calls (and items) of a whole run, from the schedule to the last key."""
+
+    keys: int
+    refreshed: int
+    seconds: float
+    calls: AwsCalls
+    items: AwsCalls
+    drained: bool
+    status: str
+    cpu: CpuShare
+
+    def per_key(self, amount: float) -> float:
+        return amount / self.keys
+
+    @property
+    def bookkeeping_reads(self) -> int:
+        dynamodb = self.items.of("dynamodb")
+        return sum(dynamodb.get(op, 0) for op in ("GetItem", "BatchGetItem", "Query"))
+
+    @property
+    def write_requests(self) -> int:
+        dynamodb = self.items.of("dynamodb")
+        return sum(
+            dynamodb.get(op, 0)
+            for op in (
+                "PutItem",
+                "UpdateItem",
+                "DeleteItem",
+                "BatchWriteItem",
+                "TransactWriteItems",
+            )
+        )
+
+    @property
+    def messages(self) -> int:
+        sqs = self.items.of("sqs")
+        return sqs.get("SendMessage", 0) + sqs.get("SendMessageBatch", 0)
+
+
+def cost(world: World, keys: int) -> Cost:
+    """A ``keys``-key scheduled run, no latency and no OCI limit (pacing is not the subject)."""
+    with CtmProcess(KeySet(tenancies=20, count=keys, seed=11)) as ctm:
+        stack = world.fresh_stack(ctm)
+        env = stack.refresh_env(CTM_BASE_URL=ctm.base_url, TENANCY_RATE_LIMIT="1000")
+        run = drive(world, ctm, stack, env, _schedule({"selector": {"all": True}}), timeout=900)
+        item = _run_item(stack, RUN_ID)
+    calls, items = run.pool.aws()
+    result = Cost(
+        keys=keys,
+        refreshed=sum(_refreshes(run.log).values()),
+        seconds=run.seconds(),
+        calls=calls,
+        items=items,
+        drained=run.report.drained,
+        status=str(item.get("status", "no RUN item")),
+        cpu=run.cpu,
+    )
+    print(
+        f"[scale] cost of {keys:,} keys: {result.refreshed:,} refreshed in {result.seconds:.0f} "
+        f"s, run {result.status}; per key: bookkeeping item reads "
+        f"{result.per_key(result.bookkeeping_reads):.3f}, write requests "
+        f"{result.per_key(result.write_requests):.3f}, queue messages "
+        f"{result.per_key(result.messages):.4f}",
+        flush=True,
+    )
+    print(f"  calls: dynamodb {calls.of('dynamodb')}, sqs {calls.of('sqs')}")
+    print(f"  items: dynamodb {items.of('dynamodb')}, sqs {items.of('sqs')}")
+    print(f"  {result.cpu.line()}", flush=True)
+    return result
+
+
+# --- kills -----------------------------------------------------------------------------------
+
+
+@dataclass
+class KillRun:
+    """Keys refreshed twice when a container working a queue batch is killed every N s."""
+
+    every: float
+    keys: int
+    kills: int
+    refresh_calls: int  # successful ones
+    twice: int  # keys refreshed more than once
+    never: int
+    seconds: float
+    status: str
+    drained: bool
+
+    @property
+    def twice_per_thousand(self) -> float:
+        return 1000 * self.twice / self.keys
+
+    @property
+    def extra_per_thousand(self) -> float:
+        return 1000 * (self.refresh_calls - (self.keys - self.never)) / self.keys
+
+
+def kill_run(world: World, size: Size, every: float, latency: float, rate: int) -> KillRun:
+    """Kill the container running a tenancy-queue batch (the work queue's, before the tenancy
+    queue exists) every ``every`` seconds; crashed batches come back after 1 s (standing in
+    for the queue's visibility timeout)."""
+    keys = KeySet(tenancies=size.kill_tenancies, per_tenancy=size.kill_per_tenancy, seed=13)
+    with CtmProcess(keys) as ctm:
+        ctm.set_faults(latency=latency, tenancy_read_limit=rate * READS_PER_REFRESH)
+        stack = world.fresh_stack(ctm)
+        source = getattr(stack, "tenancy_queue_arn", stack.work_queue_arn)
+        env = stack.refresh_env(CTM_BASE_URL=ctm.base_url, TENANCY_RATE_LIMIT=str(rate))
+
+        def killer(pool: ContainerPool, stop: threading.Event) -> None:
+            while not stop.wait(every):
+                pool.kill_busy(source)
+
+        run = drive(
+            world,
+            ctm,
+            stack,
+            env,
+            _schedule({"selector": {"all": True}}),
+            during=killer,
+            redeliver_crashed_after=1,
+        )
+        item = _run_item(stack, RUN_ID)
+        total = len(ctm.key_tenancies())
+    per_key = _refreshes(run.log)
+    result = KillRun(
+        every=every,
+        keys=total,
+        kills=run.pool.kills,
+        refresh_calls=sum(per_key.values()),
+        twice=sum(1 for n in per_key.values() if n > 1),
+        never=total - len(per_key),
+        seconds=run.seconds(),
+        status=str(item.get("status", "no RUN item")),
+        drained=run.report.drained,
+    )
+    print(
+        f"[scale] kill every {every:.0f} s: {result.kills} kills, {result.twice} of {total} keys "
+        f"refreshed twice ({result.twice_per_thousand:.1f} per 1,000), never {result.never}; "
+        f"run {result.status} in {result.seconds:.0f} s",
+        flush=True,
+    )
+    return result
+
+
+# --- the whole section -----------------------------------------------------------------------
+
+
+@dataclass
+class ScaleFigures:
+    """Everything the scale section measured."""
+
+    size: Size
+    ceiling: list[RateRun] = field(default_factory=list)  # 20 tenancies, 0.4 s, rates tried
+    slow: list[RateRun] = field(default_factory=list)  # 20 tenancies, 1.0 s
+    sweep: list[RateRun] = field(default_factory=list)  # 1, 5, 10 tenancies (+ 20 from ceiling)
+    pileup: RateRun | None = None
+    memory: list[Resolution] = field(default_factory=list)
+    cost: Cost | None = None
+    kills: list[KillRun] = field(default_factory=list)
+    seconds: float = 0.0
+    taken_at: str = ""
+    mappings: list[str] = field(default_factory=list)
+    load_before: float = 0.0  # the machine's 1-minute load average when the section started
+
+    @property
+    def rate(self) -> int:
+        """The per-tenancy rate the machine carried at 0.4 s (the last one tried)."""
+        return self.ceiling[-1].rate if self.ceiling else FULL_RATE
+
+
+SECTIONS = ("ceiling", "latency", "sweep", "pileup", "memory", "cost", "kills")
+
+
+def run_all(size: Size = Size(), only: Sequence[str] = SECTIONS) -> ScaleFigures:
+    """Run the scale section's benchmarks; print each figure as it comes."""
+    import datetime as dt
+
+    started = time.perf_counter()
+    figures = ScaleFigures(size, taken_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
+    figures.load_before = os.getloadavg()[0]
+    world = World.start()
+    figures.mappings = world.mappings
+    try:
+        if "ceiling" in only:
+            figures.ceiling = carried_rate(world, size, 0.4)
+        rate = figures.rate
+        if "latency" in only:
+            figures.slow = [
+                rate_run(
+                    world,
+                    f"{size.tenancies} tenancies, 1.0 s latency",
+                    KeySet(tenancies=size.tenancies, per_tenancy=size.per_tenancy),
+                    1.0,
+                    rate,
+                )
+            ]
+        if "sweep" in only:
+            for tenancies in size.sweep:
+                if tenancies == size.tenancies and figures.ceiling:
+                    continue  # the ceiling run is this point
+                figures.sweep.append(
+                    rate_run(
+                        world,
+                        f"{tenancies} tenancies",
+                        KeySet(tenancies=tenancies, per_tenancy=size.per_tenancy),
+                        0.4,
+                        rate,
+                    )
+                )
+        if "pileup" in only:
+            figures.pileup = rate_run(
+                world,
+                "one tenancy: schedule + 2 pipeline messages",
+                KeySet(tenancies=1, per_tenancy=size.pileup_keys, seed=17),
+                0.4,
+                FULL_RATE,
+                pipeline_keys=size.pipeline_keys,
+            )
+        if "memory" in only:
+            figures.memory = [resolution(world, keys) for keys in size.memory_sizes]
+        if "cost" in only:
+            figures.cost = cost(world, size.cost_keys)
+        if "kills" in only:
+            figures.kills = [
+                kill_run(world, size, every, 0.15, FULL_RATE) for every in size.kill_every
+            ]
+    finally:
+        world.stop()
+    figures.seconds = time.perf_counter() - started
+    plot(figures)
+    print(f"scale: {figures.seconds:.0f} s", flush=True)
+    return figures
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+
+def plot(figures: ScaleFigures) -> list[str]:
+    """The two PNGs next to RESULTS.md (only those with data); their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    points = sorted(
+        {r.tenancies: r for r in [*figures.sweep, *figures.ceiling[-1:]]}.values(),
+        key=lambda r: r.tenancies,
+    )
+    if points:
+        fig, axes = plt.subplots(figsize=(6, 4), dpi=100)
+        xs = [r.tenancies for r in points]
+        axes.plot(xs, [r.keys_per_second for r in points], "o-", label="measured (keys/s)")
+        rate = points[-1].rate
+        axes.plot(
+            xs, [x * rate for x in xs], "--", color="grey", label=f"ceiling ({rate}/s x tenancies)"
+        )
+        if rate != FULL_RATE:
+            axes.plot(
+                xs,
+                [x * FULL_RATE for x in xs],
+                ":",
+                color="lightgrey",
+                label="OCI's 5/s x tenancies",
+            )
+        axes.set_xlabel("OCI tenancies")
+        axes.set_ylabel("keys refreshed per second")
+        axes.set_title(f"Throughput against tenancies ({points[-1].latency:.1f} s CTM latency)")
+        axes.legend()
+        axes.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(PLOT_RATE)
+        plt.close(fig)
+        written.append(PLOT_RATE.name)
+    if figures.memory:
+        fig, axes = plt.subplots(figsize=(6, 4), dpi=100)
+        xs = [m.keys for m in figures.memory]
+        axes.plot(xs, [m.peak_kb / 1024 for m in figures.memory], "o-", label="peak RSS (VmHWM)")
+        axes.axhline(
+            TARGET_PEAK_MB * 1e6 / 2**20, linestyle="--", color="grey", label="150 MB target"
+        )
+        axes.set_xlabel("keys the selector matches")
+        axes.set_ylabel("MiB")
+        axes.set_ylim(bottom=0)
+        axes.set_title("Peak memory of the resolving invocation")
+        axes.legend()
+        axes.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(PLOT_MEMORY)
+        plt.close(fig)
+        written.append(PLOT_MEMORY.name)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small runs: a smoke test")
+    parser.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument(
+        "--no-write", action="store_true", help="print the section instead of writing RESULTS.md"
+    )
+    args = parser.parse_args(argv)
+    figures = run_all(QUICK if args.quick else Size(), args.only)
+    from bench.results import render_scale, replace_scale_section
+
+    if args.no_write or args.quick:
+        print("\n".join(render_scale(figures)))
+    else:
+        results = ROOT / "bench" / "RESULTS.md"
+        results.write_text(
+            replace_scale_section(results.read_text(encoding="utf-8"), figures), encoding="utf-8"
+        )
+        print(f"scale section written to {results.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
