@@ -3,15 +3,15 @@ whose user has a unique password, and the captured logs every scenario checks fo
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from devkit.aws_local import LocalStack, MotoServer
+from devkit.aws_local import LocalAwsStack
 from devkit.ctm_emulator import CtmEmulator
+from devkit.moto_server import MotoServer
 from tests.integration.refresh_world import RefreshWorld
 from tests.resilience.dynamodb_faults import DynamoDbFaults
 from tests.resilience.lambda_kills import KillSwitch
@@ -28,8 +28,8 @@ MakeScenario = Callable[..., Scenario]
 
 
 @pytest.fixture
-def resilience_stack(moto_server: MotoServer) -> LocalStack:
-    return LocalStack.create(
+def resilience_stack(moto_server: MotoServer) -> LocalAwsStack:
+    return LocalAwsStack.create(
         moto_server.endpoint_url,
         prefix=f"r{uuid.uuid4().hex[:12]}",
         max_receive_count=MAX_RECEIVE_COUNT,
@@ -47,7 +47,7 @@ def logs(
 @pytest.fixture
 def make_scenario(
     make_ctm_emulator: Callable[..., CtmEmulator],
-    resilience_stack: LocalStack,
+    resilience_stack: LocalAwsStack,
     logs: CapturedLogs,
     no_ca_env: None,
 ) -> MakeScenario:
@@ -89,25 +89,3 @@ def kills(monkeypatch: pytest.MonkeyPatch) -> KillSwitch:
     switch = KillSwitch()
     switch.install(monkeypatch)
     return switch
-
-
-_MOTO_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
-
-
-@pytest.fixture
-def moto_writes_isolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    """moto's table writes one at a time, as DynamoDB isolates transactions: moto (5.2) runs
-    TransactWriteItems on a copy of the tables and puts the copy back when a condition fails,
-    losing a write another container made in between (see test_delivery_faults). The moto
-    server runs in this process, so its backend can be locked here."""
-    from moto.dynamodb.models import DynamoDBBackend
-
-    lock = threading.RLock()
-    for name in _MOTO_WRITES:
-        write = getattr(DynamoDBBackend, name)
-
-        def locked(*args: Any, _write: Any = write, **kwargs: Any) -> Any:
-            with lock:
-                return _write(*args, **kwargs)
-
-        monkeypatch.setattr(DynamoDBBackend, name, locked)

@@ -32,7 +32,7 @@ from tests.resilience.promises import (
 )
 from tests.resilience.scenario import Scenario
 
-pytestmark = [pytest.mark.resilience, pytest.mark.usefixtures("moto_writes_isolated")]
+pytestmark = pytest.mark.resilience
 OVERSIZED = "oversized"  # a refresh answer larger than the client's 1 MiB cap on key bodies
 
 

@@ -43,7 +43,7 @@ from tests.resilience.promises import (
 )
 from tests.resilience.scenario import Scenario
 
-pytestmark = [pytest.mark.resilience, pytest.mark.usefixtures("moto_writes_isolated")]
+pytestmark = pytest.mark.resilience
 CONCURRENCY = 8  # the world's REFRESH_CONCURRENCY: the most refresh calls in flight
 
 
