@@ -6,7 +6,7 @@ attributes, FIFO settings, redrive), so the local system has the shape of the de
 drifts with it, never apart.
 
     server = MotoServer(); server.start()
-    stack = LocalStack.create(server.endpoint_url, prefix="demo", max_receive_count=5)
+    stack = LocalAwsStack.create(server.endpoint_url, prefix="demo", max_receive_count=5)
     env = stack.refresh_env(CTM_BASE_URL="https://127.0.0.1:8443")
 
 It also turns what moto holds back into the events Lambda would deliver: an SQS batch from
@@ -24,41 +24,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
-from boto3.dynamodb.types import TypeDeserializer
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = ROOT / "template.yaml"
-REGION = "us-east-1"
-
-# Logical ids in template.yaml of the resources recreated locally.
-TABLE_ID = "ResultsTable"
-WORK_QUEUE_ID = "WorkQueue"
-DEAD_LETTER_QUEUE_ID = "DeadLetterQueue"
-TENANCY_QUEUE_ID = "TenancyQueue"
-TENANCY_DEAD_LETTER_QUEUE_ID = "TenancyDeadLetterQueue"
-TOPIC_ID = "NotificationTopic"
-SECRET_ID = "CtmSecret"
-REFRESH_FUNCTION_ID = "RefreshFunction"
-NOTIFY_FUNCTION_ID = "NotifyFunction"
-
-# Placeholder for the CTM address until the caller gives the emulator's.
-CTM_PLACEHOLDER_URL = "https://ctm.invalid"
-# Where the CTM emulator listens by default (python -m devkit.ctm_emulator).
-CTM_EMULATOR_URL = "https://127.0.0.1:8443"
-# Where ``python -m devkit.aws_local`` serves by default (events/env.local.json names it).
-LOCAL_PORT = 5000
-LOCAL_PREFIX = "local"
+from devkit.lambda_events import epoch_seconds, lambda_message_attributes
+from devkit.moto_server import MotoServer
+from devkit.template import (
+    CTM_EMULATOR_URL,
+    CTM_PLACEHOLDER_URL,
+    DEAD_LETTER_QUEUE_ID,
+    LOCAL_PORT,
+    LOCAL_PREFIX,
+    NO_VALUE,
+    NOTIFY_FUNCTION_ID,
+    REFRESH_FUNCTION_ID,
+    REGION,
+    SECRET_ID,
+    TABLE_ID,
+    TEMPLATE,
+    TENANCY_DEAD_LETTER_QUEUE_ID,
+    TENANCY_QUEUE_ID,
+    TOPIC_ID,
+    WORK_QUEUE_ID,
+    Intrinsics,
+    load_template,
+    parameter_defaults,
+)
 
 # CloudFormation queue properties that are SQS queue attributes under the same name.
 _QUEUE_ATTRIBUTES = (
@@ -75,199 +73,6 @@ _QUEUE_ATTRIBUTES = (
     "DeduplicationScope",
     "FifoThroughputLimit",
 )
-
-
-# --- the template ----------------------------------------------------------------------------
-
-
-def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
-    """Parse a SAM/CloudFormation template, short tags (``!Ref``, ``!Sub``...) included."""
-    from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
-
-    parsed: dict[str, Any] = yaml_parse(path.read_text(encoding="utf-8"))
-    return parsed
-
-
-def parameter_defaults(template: Mapping[str, Any]) -> dict[str, Any]:
-    """Every template parameter that has a default, as ``Ref`` returns it (a string or a list)."""
-    defaults: dict[str, Any] = {}
-    for name, spec in template.get("Parameters", {}).items():
-        if "Default" in spec:
-            text = str(spec["Default"])
-            is_list = spec.get("Type") == "CommaDelimitedList"
-            defaults[name] = text.split(",") if is_list else text
-    return defaults
-
-
-class _NoValue:
-    """What ``Ref: AWS::NoValue`` resolves to: the property is left out."""
-
-
-NO_VALUE = _NoValue()
-
-
-@dataclass(frozen=True)
-class Intrinsics:
-    """Resolves the intrinsic functions the local resources use, against known values.
-
-    ``refs`` maps parameters and logical ids to what ``Ref`` returns; ``attributes`` maps
-    ``"LogicalId.Attribute"`` to what ``Fn::GetAtt`` returns; ``conditions`` are the template's
-    condition definitions, for ``Fn::If``. Anything else is an error, so a template change the
-    local stack cannot follow is noticed instead of silently ignored.
-    """
-
-    refs: Mapping[str, Any]
-    attributes: Mapping[str, str]
-    conditions: Mapping[str, Any] = field(default_factory=dict)
-
-    def resolve(self, value: Any) -> Any:
-        """``value`` with every supported intrinsic function replaced by its value."""
-        if isinstance(value, list):
-            return [self.resolve(item) for item in value]
-        if not isinstance(value, dict):
-            return value
-        if len(value) == 1:
-            (name, argument), *_ = value.items()
-            if name == "Ref" or name.startswith("Fn::"):
-                return self._intrinsic(name, argument)
-        return {key: self.resolve(item) for key, item in value.items()}
-
-    def holds(self, condition: str) -> bool:
-        """Whether the named template condition is true for the known parameter values."""
-        return self._truth(self.conditions[condition])
-
-    def _intrinsic(self, name: str, argument: Any) -> Any:
-        if name == "Ref":
-            return NO_VALUE if argument == "AWS::NoValue" else self._lookup(self.refs, argument)
-        if name == "Fn::GetAtt":
-            target = argument if isinstance(argument, str) else ".".join(argument)
-            return self._lookup(self.attributes, target)
-        if name == "Fn::If":
-            condition, when_true, when_false = argument
-            return self.resolve(when_true if self.holds(condition) else when_false)
-        if name == "Fn::Join":
-            separator, items = argument
-            resolved = self.resolve(items)
-            return str(separator).join(str(item) for item in _flat(resolved))
-        if name == "Fn::Sub" and isinstance(argument, str):
-            return self._substitute(argument)
-        raise ValueError(f"intrinsic {name} is not supported locally")
-
-    def _truth(self, expression: Any) -> bool:
-        (name, argument), *_ = expression.items()
-        if name == "Fn::Equals":
-            left, right = (self.resolve(side) for side in argument)
-            return bool(left == right)
-        if name == "Fn::Not":
-            return not self._truth(argument[0])
-        if name == "Fn::And":
-            return all(self._truth(item) for item in argument)
-        if name == "Fn::Or":
-            return any(self._truth(item) for item in argument)
-        if name == "Condition":
-            return self.holds(argument)
-        raise ValueError(f"condition function {name} is not supported locally")
-
-    def _substitute(self, text: str) -> str:
-        out, rest = [], text
-        while "${" in rest:
-            head, _, tail = rest.partition("${")
-            name, _, rest = tail.partition("}")
-            target = self.attributes if "." in name else self.refs
-            out += [head, str(self._lookup(target, name))]
-        return "".join([*out, rest])
-
-    @staticmethod
-    def _lookup(table: Mapping[str, Any], name: str) -> Any:
-        if name not in table:
-            raise ValueError(f"{name} cannot be resolved locally")
-        return table[name]
-
-
-def _flat(value: Any) -> list[Any]:
-    return [item for part in value for item in _flat(part)] if isinstance(value, list) else [value]
-
-
-# --- the moto server -------------------------------------------------------------------------
-
-
-_MOTO_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
-_moto_write_lock = threading.RLock()
-
-
-def isolate_moto_table_writes() -> None:
-    """Make moto's DynamoDB writes one at a time, as DynamoDB isolates a transaction from the
-    writes around it. moto (5.2) runs TransactWriteItems on a copy of the tables and puts the
-    copy back when a condition fails, losing any write another client made in between: two
-    containers closing chunks of one run at once would lose counts. Idempotent."""
-    from moto.dynamodb.models import DynamoDBBackend
-
-    for name in _MOTO_WRITES:
-        write = getattr(DynamoDBBackend, name)
-        if getattr(write, "_isolated", False):
-            continue
-
-        def isolated(*args: Any, _write: Any = write, **kwargs: Any) -> Any:
-            with _moto_write_lock:
-                return _write(*args, **kwargs)
-
-        isolated._isolated = True  # type: ignore[attr-defined]
-        setattr(DynamoDBBackend, name, isolated)
-
-
-class MotoServer:
-    """moto's threaded server on 127.0.0.1, on an ephemeral port unless ``port`` is given."""
-
-    def __init__(self, port: int = 0) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        self._endpoint_url: str | None = None
-
-    def start(self) -> None:
-        """Start serving; ``endpoint_url`` is valid afterwards."""
-        # werkzeug logs every request line to stderr; keep the demo and test output readable.
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        isolate_moto_table_writes()
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        self._endpoint_url = f"http://{host}:{port}"
-
-    def stop(self) -> None:
-        """Stop serving (moto's in-process state is kept)."""
-        self._server.stop()
-
-    @property
-    def endpoint_url(self) -> str:
-        """``http://127.0.0.1:<port>``; the value for ``AWS_ENDPOINT_URL``."""
-        if self._endpoint_url is None:
-            raise RuntimeError("MotoServer.start() has not been called")
-        return self._endpoint_url
-
-
-# --- event shapes ----------------------------------------------------------------------------
-
-
-def _lambda_message_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    # Lambda renames SQS's MessageAttributes fields to camelCase and always lists both lists.
-    converted: dict[str, Any] = {}
-    for name, attribute in attributes.items():
-        entry: dict[str, Any] = {
-            "stringListValues": [],
-            "binaryListValues": [],
-            "dataType": attribute["DataType"],
-        }
-        if "StringValue" in attribute:
-            entry["stringValue"] = attribute["StringValue"]
-        if "BinaryValue" in attribute:
-            entry["binaryValue"] = attribute["BinaryValue"]
-        converted[name] = entry
-    return converted
-
-
-def _epoch_seconds(value: Any) -> Any:
-    # boto3 parses the stream's timestamp into a datetime; Lambda delivers whole epoch seconds.
-    return int(value.timestamp()) if isinstance(value, datetime) else value
 
 
 @dataclass
@@ -323,7 +128,7 @@ def _receive_all(sqs: Any, queue_url: str, wait: bool) -> list[dict[str, Any]]:
 
 
 @dataclass
-class LocalStack:
+class LocalAwsStack:
     """The template's stateful resources on a local endpoint, named by a unique prefix."""
 
     endpoint_url: str
@@ -360,7 +165,7 @@ class LocalStack:
         max_receive_count: int | None = None,
         region: str = REGION,
         template_path: Path = TEMPLATE,
-    ) -> LocalStack:
+    ) -> LocalAwsStack:
         """Create table, queues (work, tenancy FIFO, their dead-letter queues), topic and secret
         as ``template.yaml`` defines them.
 
@@ -577,7 +382,7 @@ class LocalStack:
                 "receiptHandle": message["ReceiptHandle"],
                 "body": message["Body"],
                 "attributes": dict(message.get("Attributes", {})),
-                "messageAttributes": _lambda_message_attributes(
+                "messageAttributes": lambda_message_attributes(
                     message.get("MessageAttributes", {})
                 ),
                 "md5OfBody": message["MD5OfBody"],
@@ -634,7 +439,7 @@ class LocalStack:
 
     def _lambda_stream_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
         change = dict(record["dynamodb"])
-        change["ApproximateCreationDateTime"] = _epoch_seconds(
+        change["ApproximateCreationDateTime"] = epoch_seconds(
             change.get("ApproximateCreationDateTime")
         )
         return {
@@ -765,15 +570,6 @@ def _all_shards(streams: Any, stream_arn: str) -> list[str]:
         arguments["ExclusiveStartShardId"] = last
 
 
-def deserialize_image(image: Mapping[str, Any]) -> dict[str, Any]:
-    """A stream image (DynamoDB JSON) as plain Python values, for assertions and printing."""
-    deserializer = TypeDeserializer()
-    return {name: deserializer.deserialize(value) for name, value in image.items()}
-
-
-# --- a local stack from a shell ---------------------------------------------------------------
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the template's stack on 127.0.0.1 until Ctrl-C; print its --env-vars file."""
     parser = argparse.ArgumentParser(prog="python -m devkit.aws_local", description=__doc__)
@@ -788,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     server = MotoServer(port=args.port)
     server.start()
-    stack = LocalStack.create(server.endpoint_url, prefix=args.prefix)
+    stack = LocalAwsStack.create(server.endpoint_url, prefix=args.prefix)
     if args.ctm_user:
         credentials = {"username": args.ctm_user, "password": args.ctm_password or ""}
         if args.ctm_ca:

@@ -262,7 +262,7 @@ def _play(
 class _World:
     """The emulators and the two handlers, warm, as the demo drives them."""
 
-    stack: Any  # devkit.aws_local.LocalStack
+    stack: Any  # devkit.aws_local.LocalAwsStack
     ctm: Any  # devkit.ctm_emulator.CtmEmulator
     keys: list[dict[str, Any]]
     refresh: Any  # the functions/refresh/app.py module
@@ -283,10 +283,11 @@ class _World:
         """Start moto and the CTM emulator, create the template's resources, load handlers."""
         from aws_lambda_powertools.utilities import parameters
 
-        from devkit.aws_local import LocalStack, MotoServer
+        from devkit.aws_local import LocalAwsStack
         from devkit.ctm_emulator import CtmEmulator, generate_keys
         from devkit.lambda_poller import mappings_from_template
         from devkit.lambda_runtime import load_handler
+        from devkit.moto_server import MotoServer
 
         moto = MotoServer()
         moto.start()
@@ -296,7 +297,7 @@ class _World:
         # Every boto3 client the handlers create reaches moto, none reaches AWS.
         os.environ["AWS_ENDPOINT_URL"] = moto.endpoint_url
         # A unique prefix: moto keeps its state per process, and a test may run the demo twice.
-        stack = LocalStack.create(moto.endpoint_url, prefix=f"demo-{uuid.uuid4().hex[:4]}")
+        stack = LocalAwsStack.create(moto.endpoint_url, prefix=f"demo-{uuid.uuid4().hex[:4]}")
         say(f"Local AWS (moto) at {moto.endpoint_url}, created from template.yaml:")
         say(f"  table  {stack.table_name} (stream NEW_AND_OLD_IMAGES, index by-key, TTL)")
         say(
@@ -423,7 +424,7 @@ class _World:
 
     def results(self, run_id: str) -> dict[str, dict[str, Any]]:
         """A run's RESULT items by key id."""
-        from devkit.aws_local import deserialize_image
+        from devkit.lambda_events import deserialize_image
 
         pages = (
             self.stack.client("dynamodb")

@@ -10,7 +10,7 @@ deliver queue messages to the refresh function.
     report.drained, report.invocations, report.deliveries, report.direct_responses
 
 API: ``EventSourceMapping`` (one queue's mapping), ``mappings_from_template(stack)`` (the
-function's SQS events of ``template.yaml``, resolved against a ``devkit.aws_local.LocalStack``),
+function's SQS events of ``template.yaml``, resolved against a ``devkit.aws_local.LocalAwsStack``),
 ``LambdaPoller`` (``invoke``, ``drain``, ``report``), ``InProcessFunction`` (handler modules in
 this process, with a fake context whose remaining time the caller controls) and
 ``sqs_event(messages, queue_arn, region)``. A target is any callable taking the event and
@@ -67,13 +67,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from devkit.aws_local import (
-    REFRESH_FUNCTION_ID,
-    Intrinsics,
-    _lambda_message_attributes,
-    load_template,
-    parameter_defaults,
-)
+from devkit.lambda_events import lambda_message_attributes
+from devkit.template import REFRESH_FUNCTION_ID, Intrinsics, load_template, parameter_defaults
 
 Target = Callable[[dict[str, Any]], Any]
 DIRECT = "direct"  # the source name of invocations that did not come from a queue
@@ -165,7 +160,7 @@ def sqs_event(messages: Sequence[Mapping[str, Any]], queue_arn: str, region: str
             "receiptHandle": message["ReceiptHandle"],
             "body": message["Body"],
             "attributes": dict(message.get("Attributes", {})),
-            "messageAttributes": _lambda_message_attributes(message.get("MessageAttributes", {})),
+            "messageAttributes": lambda_message_attributes(message.get("MessageAttributes", {})),
             "md5OfBody": message["MD5OfBody"],
             "eventSource": "aws:sqs",
             "eventSourceARN": queue_arn,

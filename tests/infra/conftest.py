@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from devkit.aws_local import load_template
+from devkit.template import load_template
 
 
 class _NoManagedPolicies:

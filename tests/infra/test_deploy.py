@@ -19,7 +19,9 @@ import pytest
 
 from cckm_refresh.config import NotifySettings, RefreshSettings
 from cckm_refresh.request import parse_request
-from devkit.aws_local import LocalStack, MotoServer, load_template
+from devkit.aws_local import LocalAwsStack
+from devkit.moto_server import MotoServer
+from devkit.template import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -263,7 +265,7 @@ def test_what_sam_local_hands_the_function_passes_its_cold_start_checks(
 
 @pytest.mark.integration
 def test_the_env_file_is_what_the_local_stack_command_prints(moto_server: MotoServer) -> None:
-    stack = LocalStack.create(moto_server.endpoint_url, prefix="local")
+    stack = LocalAwsStack.create(moto_server.endpoint_url, prefix="local")
 
     printed = json.loads(
         json.dumps(stack.sam_env_vars()).replace(stack.endpoint_url, LOCAL_ENDPOINT)

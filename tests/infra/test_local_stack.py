@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 
-from devkit.aws_local import LocalStack, MotoServer, load_template
+from devkit.aws_local import LocalAwsStack
+from devkit.moto_server import MotoServer
+from devkit.template import load_template
 
 pytestmark = pytest.mark.integration
 
 
-def queue_attributes(stack: LocalStack, url: str) -> dict[str, str]:
+def queue_attributes(stack: LocalAwsStack, url: str) -> dict[str, str]:
     attributes: dict[str, str] = stack.client("sqs").get_queue_attributes(
         QueueUrl=url, AttributeNames=["All"]
     )["Attributes"]
@@ -27,7 +29,7 @@ def template_queue(logical_id: str) -> dict[str, Any]:
 def test_the_tenancy_queue_has_the_templates_fifo_settings_visibility_and_redrive(
     moto_server: MotoServer,
 ) -> None:
-    stack = LocalStack.create(moto_server.endpoint_url, prefix="fifo", max_receive_count=3)
+    stack = LocalAwsStack.create(moto_server.endpoint_url, prefix="fifo", max_receive_count=3)
     expected = template_queue("TenancyQueue")
 
     attributes = queue_attributes(stack, stack.tenancy_queue_url)
@@ -46,7 +48,7 @@ def test_the_tenancy_queue_has_the_templates_fifo_settings_visibility_and_redriv
 
 
 def test_both_queues_move_messages_on_after_the_same_count(moto_server: MotoServer) -> None:
-    stack = LocalStack.create(moto_server.endpoint_url, prefix="counts", max_receive_count=4)
+    stack = LocalAwsStack.create(moto_server.endpoint_url, prefix="counts", max_receive_count=4)
 
     counts = {
         json.loads(queue_attributes(stack, url)["RedrivePolicy"])["maxReceiveCount"]
@@ -57,19 +59,19 @@ def test_both_queues_move_messages_on_after_the_same_count(moto_server: MotoServ
     assert stack.refresh_env()["MAX_RECEIVE_COUNT"] == "4"
 
 
-def test_the_tenancy_dead_letter_queue_is_fifo(aws_stack: LocalStack) -> None:
+def test_the_tenancy_dead_letter_queue_is_fifo(aws_stack: LocalAwsStack) -> None:
     attributes = queue_attributes(aws_stack, aws_stack.tenancy_dead_letter_queue_url)
 
     assert aws_stack.tenancy_dead_letter_queue_arn.endswith("-tenancy-dlq.fifo")
     assert attributes["FifoQueue"] == "true"
 
 
-def test_the_refresh_function_is_told_the_tenancy_queue(aws_stack: LocalStack) -> None:
+def test_the_refresh_function_is_told_the_tenancy_queue(aws_stack: LocalAwsStack) -> None:
     assert aws_stack.refresh_env()["TENANCY_QUEUE_URL"] == aws_stack.tenancy_queue_url
     assert "TENANCY_QUEUE_URL" not in aws_stack.notify_env()
 
 
-def test_a_tenancy_queue_batch_carries_its_arn_and_message_group(aws_stack: LocalStack) -> None:
+def test_a_tenancy_queue_batch_carries_its_arn_and_message_group(aws_stack: LocalAwsStack) -> None:
     aws_stack.client("sqs").send_message(
         QueueUrl=aws_stack.tenancy_queue_url,
         MessageBody='{"keys": ["k"], "run_id": "r1"}',

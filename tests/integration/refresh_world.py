@@ -20,7 +20,7 @@ from devkit.lambda_runtime import FakeLambdaContext, load_handler
 
 @dataclass
 class RefreshWorld:
-    stack: Any  # devkit.aws_local.LocalStack
+    stack: Any  # devkit.aws_local.LocalAwsStack
     ctm: Any  # devkit.ctm_emulator.CtmEmulator
     env_overrides: dict[str, str] = field(default_factory=dict)
     _handler: ModuleType | None = None

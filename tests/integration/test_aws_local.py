@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from devkit.aws_local import LocalStack, MotoServer, load_template
+from devkit.aws_local import LocalAwsStack
+from devkit.moto_server import MotoServer
+from devkit.template import load_template
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +19,7 @@ def _template_table() -> dict[str, Any]:
     return properties
 
 
-def test_the_table_has_the_templates_keys_index_and_stream(aws_stack: LocalStack) -> None:
+def test_the_table_has_the_templates_keys_index_and_stream(aws_stack: LocalAwsStack) -> None:
     expected = _template_table()
 
     table = aws_stack.client("dynamodb").describe_table(TableName=aws_stack.table_name)["Table"]
@@ -36,7 +38,7 @@ def test_the_table_has_the_templates_keys_index_and_stream(aws_stack: LocalStack
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
 
 
-def test_the_table_expires_items_by_expires_at(aws_stack: LocalStack) -> None:
+def test_the_table_expires_items_by_expires_at(aws_stack: LocalAwsStack) -> None:
     ttl = aws_stack.client("dynamodb").describe_time_to_live(TableName=aws_stack.table_name)
 
     assert ttl["TimeToLiveDescription"] == {
@@ -48,7 +50,7 @@ def test_the_table_expires_items_by_expires_at(aws_stack: LocalStack) -> None:
 def test_the_work_queue_has_the_templates_visibility_and_redrive(
     moto_server: MotoServer,
 ) -> None:
-    stack = LocalStack.create(moto_server.endpoint_url, prefix="redrive", max_receive_count=3)
+    stack = LocalAwsStack.create(moto_server.endpoint_url, prefix="redrive", max_receive_count=3)
 
     attributes = stack.client("sqs").get_queue_attributes(
         QueueUrl=stack.work_queue_url, AttributeNames=["All"]
@@ -63,7 +65,7 @@ def test_the_work_queue_has_the_templates_visibility_and_redrive(
     assert stack.refresh_env()["MAX_RECEIVE_COUNT"] == "3"
 
 
-def test_max_receive_count_defaults_to_the_template_parameter(aws_stack: LocalStack) -> None:
+def test_max_receive_count_defaults_to_the_template_parameter(aws_stack: LocalAwsStack) -> None:
     default = load_template()["Parameters"]["MaxReceiveCount"]["Default"]
 
     assert aws_stack.max_receive_count == int(default)
@@ -74,7 +76,7 @@ def test_a_message_moves_to_the_dead_letter_queue_after_max_receive_count(
     moto_server: MotoServer,
 ) -> None:
     # Given a work queue that allows two deliveries
-    stack = LocalStack.create(moto_server.endpoint_url, prefix="dlq", max_receive_count=2)
+    stack = LocalAwsStack.create(moto_server.endpoint_url, prefix="dlq", max_receive_count=2)
     stack.client("sqs").send_message(QueueUrl=stack.work_queue_url, MessageBody='{"keys": []}')
 
     # When it is received twice without being deleted
@@ -90,7 +92,7 @@ def test_a_message_moves_to_the_dead_letter_queue_after_max_receive_count(
     assert [m["Body"] for m in stack.receive_all(stack.dead_letter_queue_url)] == ['{"keys": []}']
 
 
-def test_received_messages_become_a_lambda_sqs_event(aws_stack: LocalStack) -> None:
+def test_received_messages_become_a_lambda_sqs_event(aws_stack: LocalAwsStack) -> None:
     aws_stack.client("sqs").send_message(
         QueueUrl=aws_stack.work_queue_url,
         MessageBody='{"keys": ["k"]}',
@@ -115,7 +117,7 @@ def test_received_messages_become_a_lambda_sqs_event(aws_stack: LocalStack) -> N
     assert record["awsRegion"] == "us-east-1"
 
 
-def test_deleted_messages_are_gone(aws_stack: LocalStack) -> None:
+def test_deleted_messages_are_gone(aws_stack: LocalAwsStack) -> None:
     aws_stack.client("sqs").send_message(QueueUrl=aws_stack.work_queue_url, MessageBody="{}")
     messages = aws_stack.receive_all(aws_stack.work_queue_url)
 
@@ -128,7 +130,7 @@ def test_deleted_messages_are_gone(aws_stack: LocalStack) -> None:
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
 
 
-def test_stream_events_carry_each_change_once_in_lambdas_shape(aws_stack: LocalStack) -> None:
+def test_stream_events_carry_each_change_once_in_lambdas_shape(aws_stack: LocalAwsStack) -> None:
     # Given a run item written, then completed
     key = {"pk": "RUN#r1", "sk": "RUN"}
     aws_stack.table.put_item(Item={**key, "item_type": "RUN", "status": "RUNNING"})
@@ -163,7 +165,7 @@ def test_stream_events_carry_each_change_once_in_lambdas_shape(aws_stack: LocalS
 
 
 def test_published_notifications_are_captured_with_subject_and_attributes(
-    aws_stack: LocalStack,
+    aws_stack: LocalAwsStack,
 ) -> None:
     capture = aws_stack.capture_notifications()
 
@@ -183,7 +185,7 @@ def test_published_notifications_are_captured_with_subject_and_attributes(
     ]
 
 
-def test_the_secret_holds_what_was_put(aws_stack: LocalStack) -> None:
+def test_the_secret_holds_what_was_put(aws_stack: LocalAwsStack) -> None:
     aws_stack.put_secret({"refresh_token": "rt"})
 
     value = aws_stack.client("secretsmanager").get_secret_value(SecretId=aws_stack.secret_id)
@@ -191,7 +193,7 @@ def test_the_secret_holds_what_was_put(aws_stack: LocalStack) -> None:
     assert json.loads(value["SecretString"]) == {"refresh_token": "rt"}
 
 
-def test_function_environments_name_the_local_resources(aws_stack: LocalStack) -> None:
+def test_function_environments_name_the_local_resources(aws_stack: LocalAwsStack) -> None:
     refresh = aws_stack.refresh_env(CTM_BASE_URL="https://127.0.0.1:9443")
     notify = aws_stack.notify_env()
 
@@ -204,7 +206,7 @@ def test_function_environments_name_the_local_resources(aws_stack: LocalStack) -
     assert refresh["AWS_ENDPOINT_URL"] == notify["AWS_ENDPOINT_URL"] == aws_stack.endpoint_url
 
 
-def test_function_environments_are_the_templates_variables(aws_stack: LocalStack) -> None:
+def test_function_environments_are_the_templates_variables(aws_stack: LocalAwsStack) -> None:
     resources = load_template()["Resources"]
 
     for function, env in (

@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 
-from devkit.aws_local import LocalStack, MotoServer
+from devkit.aws_local import LocalAwsStack
 from devkit.lambda_poller import (
     DIRECT,
     EventSourceMapping,
@@ -27,6 +27,7 @@ from devkit.lambda_poller import (
     LambdaPoller,
     mappings_from_template,
 )
+from devkit.moto_server import MotoServer
 
 pytestmark = pytest.mark.integration
 
@@ -346,7 +347,7 @@ def test_a_direct_invocation_is_in_flight_until_it_answers_and_its_messages_drai
     assert sorted(b["n"] for b in target.bodies()) == [0, 1, 2]
 
 
-def test_mappings_follow_the_template(aws_stack: LocalStack) -> None:
+def test_mappings_follow_the_template(aws_stack: LocalAwsStack) -> None:
     # When the refresh function's SQS events are read from template.yaml
     mappings = {m.name: m for m in mappings_from_template(aws_stack)}
 

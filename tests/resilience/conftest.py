@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from devkit.aws_local import LocalStack, MotoServer
+from devkit.aws_local import LocalAwsStack
 from devkit.ctm_emulator import CtmEmulator
+from devkit.moto_server import MotoServer
 from tests.integration.refresh_world import RefreshWorld
 from tests.resilience.dynamodb_faults import DynamoDbFaults
 from tests.resilience.lambda_kills import KillSwitch
@@ -27,8 +28,8 @@ MakeScenario = Callable[..., Scenario]
 
 
 @pytest.fixture
-def resilience_stack(moto_server: MotoServer) -> LocalStack:
-    return LocalStack.create(
+def resilience_stack(moto_server: MotoServer) -> LocalAwsStack:
+    return LocalAwsStack.create(
         moto_server.endpoint_url,
         prefix=f"r{uuid.uuid4().hex[:12]}",
         max_receive_count=MAX_RECEIVE_COUNT,
@@ -46,7 +47,7 @@ def logs(
 @pytest.fixture
 def make_scenario(
     make_ctm_emulator: Callable[..., CtmEmulator],
-    resilience_stack: LocalStack,
+    resilience_stack: LocalAwsStack,
     logs: CapturedLogs,
     no_ca_env: None,
 ) -> MakeScenario:

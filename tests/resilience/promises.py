@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from cckm_refresh.observability import logger as package_logger
-from devkit.aws_local import deserialize_image
+from devkit.lambda_events import deserialize_image
 from tests.integration.refresh_world import RefreshWorld
 from tests.resilience.work_queue_source import WorkQueueSource
 

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from cckm_refresh.notify.webhook import SAFETY_MARGIN
-from devkit.aws_local import LocalStack, load_template
+from devkit.aws_local import LocalAwsStack
 from devkit.lambda_runtime import FakeLambdaContext, load_handler
+from devkit.template import load_template
 from devkit.webhook_sink import WebhookSink
 
 pytestmark = pytest.mark.resilience
@@ -33,7 +34,7 @@ def notify_timeout() -> float:
     return float(load_template()["Resources"]["NotifyFunction"]["Properties"]["Timeout"])
 
 
-def write_rejected_requests(stack: LocalStack, count: int) -> list[str]:
+def write_rejected_requests(stack: LocalAwsStack, count: int) -> list[str]:
     """``count`` REJECTED items, as the refresh function writes them; their source ids."""
     sources = [f"sqs-{n:04d}" for n in range(count)]
     with stack.table.batch_writer() as table:
@@ -52,7 +53,7 @@ def write_rejected_requests(stack: LocalStack, count: int) -> list[str]:
     return sources
 
 
-def published_to(stack: LocalStack, topic_arn: str) -> list[dict[str, Any]]:
+def published_to(stack: LocalAwsStack, topic_arn: str) -> list[dict[str, Any]]:
     """The bodies of every message the topic took, read from moto's record of the topic (its
     documented way to check publishes; the SQS capture of the other tests is ~40 ms a
     message here, which 200 messages would turn into the slowest part of the test)."""
@@ -81,7 +82,7 @@ def metric_totals(stdout: str) -> Counter[str]:
 
 
 def test_a_webhook_hanging_through_a_burst_of_200_notifications_costs_no_sns_notification(
-    aws_stack: LocalStack,
+    aws_stack: LocalAwsStack,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
