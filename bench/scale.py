@@ -47,7 +47,7 @@ RUN_ID = f"schedule-{SCHEDULED_TIME}"
 READS_PER_REFRESH = 2  # what one refresh costs in OCI reads (the emulator's model)
 OCI_READS_PER_SECOND = 10  # OCI's limit per tenancy
 FULL_RATE = 5  # refreshes per second per tenancy that OCI allows: 10 / 2
-RATES = (5, 4, 3)  # tried in turn until the machine carries one (see carried_rate)
+RATES = (5, 3)  # tried in turn until the machine carries one (see carried_rate)
 TARGET_RATIO = 0.9
 TARGET_RATIO_SLOW = 0.85  # at 1.0 s latency, and for the piled-on tenancy
 TARGET_THROTTLED = 0.02
@@ -60,6 +60,7 @@ FUNCTION_TIMEOUT = 300.0  # template.yaml's refresh function Timeout
 # The poller wakes at once when an invocation ends; between, it polls moto this often (each
 # poll costs moto ~3.5 ms of CPU, which the handlers need more).
 POLL_INTERVAL = 0.25
+KILL_MAX_RECEIVE_COUNT = 50
 PLOT_RATE = ROOT / "bench" / "scale-throughput.png"
 PLOT_MEMORY = ROOT / "bench" / "scale-memory.png"
 
@@ -71,19 +72,21 @@ class Size:
     tenancies: int = 20
     per_tenancy: int = 150
     sweep: tuple[int, ...] = (1, 5, 10, 20)
-    pileup_keys: int = 150
-    pipeline_keys: int = 50
+    sweep_per_tenancy: int = 90  # shorter runs for the points below 20 tenancies
+    pileup_keys: int = 100
+    pipeline_keys: int = 25
     memory_sizes: tuple[int, ...] = (10_000, 25_000, 50_000, 100_000)
     cost_keys: int = 10_000
-    kill_tenancies: int = 3
+    kill_tenancies: int = 5
     kill_per_tenancy: int = 100
-    kill_every: tuple[float, ...] = (3.0, 6.0, 12.0)
+    kill_every: tuple[float, ...] = (5.0, 15.0)
 
 
 QUICK = Size(
     tenancies=4,
     per_tenancy=20,
     sweep=(1, 4),
+    sweep_per_tenancy=20,
     pileup_keys=30,
     pipeline_keys=10,
     memory_sizes=(1_000, 2_000),
@@ -163,10 +166,10 @@ class World:
         moto = MotoProcess()
         moto.start()
         os.environ["AWS_ENDPOINT_URL"] = moto.endpoint_url
-        from devkit.aws_local import LocalStack
+        from devkit.aws_local import LocalAwsStack
         from devkit.lambda_poller import mappings_from_template
 
-        stack = LocalStack.create(moto.endpoint_url, prefix=f"b{uuid.uuid4().hex[:10]}")
+        stack = LocalAwsStack.create(moto.endpoint_url, prefix=f"b{uuid.uuid4().hex[:10]}")
         mappings = [
             f"{m.label} ({'FIFO' if m.fifo else 'standard'}): BatchSize {m.batch_size}, "
             f"MaximumConcurrency {m.maximum_concurrency}"
@@ -182,8 +185,8 @@ class World:
     def stop(self) -> None:
         self.moto.stop()
 
-    def fresh_stack(self, ctm: CtmProcess) -> Any:
-        stack = self.aws.fresh_stack()
+    def fresh_stack(self, ctm: CtmProcess, max_receive_count: int | None = None) -> Any:
+        stack = self.aws.fresh_stack(max_receive_count)
         self.aws.trust(ctm)
         return stack
 
@@ -266,6 +269,8 @@ def drive(
             if helper is not None:
                 helper.join()
         pool.close()
+    for crash in report.crashes:
+        print(f"  ! {crash.source} invocation crashed: {crash.error!r}", flush=True)
     return Drive(t0, report, pool, mappings, measured[0], ctm.request_log)
 
 
@@ -459,6 +464,7 @@ class Resolution:
     continuation_keys: int  # keys a continuation message still has to list
     messages: int
     aws_calls: Mapping[str, int]
+    cpu: CpuShare
     note: str = ""
 
     @property
@@ -472,8 +478,14 @@ def resolution(world: World, keys: int) -> Resolution:
         stack = world.fresh_stack(ctm)
         env = stack.refresh_env(CTM_BASE_URL=ctm.base_url)
         container = LambdaContainer("refresh", env, timeout_seconds=FUNCTION_TIMEOUT)
+        parties = {
+            "moto": lambda: process_cpu_seconds(world.moto.pid),
+            "CTM emulator": lambda: process_cpu_seconds(ctm.pid),
+            "handler container": container.cpu_seconds,
+        }
         try:
-            invocation = container.invoke(_schedule({"selector": {"all": True}}))
+            with cpu_meter(parties) as measured:
+                invocation = container.invoke(_schedule({"selector": {"all": True}}))
         finally:
             container.close()
         queued, carried, messages, note = _queued_keys(stack, keys)
@@ -487,6 +499,7 @@ def resolution(world: World, keys: int) -> Resolution:
         continuation_keys=carried,
         messages=messages,
         aws_calls=invocation.aws_calls,
+        cpu=measured[0],
         note=note,
     )
     print(
@@ -496,6 +509,7 @@ def resolution(world: World, keys: int) -> Resolution:
         f"= {queued + carried:,} of {keys:,}; {note}",
         flush=True,
     )
+    print(f"  {result.cpu.line()}; AWS calls {dict(result.aws_calls)}", flush=True)
     return result
 
 
@@ -584,7 +598,7 @@ def cost(world: World, keys: int) -> Cost:
     """A ``keys``-key scheduled run, no latency and no OCI limit (pacing is not the subject)."""
     with CtmProcess(KeySet(tenancies=20, count=keys, seed=11)) as ctm:
         stack = world.fresh_stack(ctm)
-        env = stack.refresh_env(CTM_BASE_URL=ctm.base_url, TENANCY_RATE_LIMIT="1000")
+        env = stack.refresh_env(CTM_BASE_URL=ctm.base_url, TENANCY_RATE_LIMIT="100")
         run = drive(world, ctm, stack, env, _schedule({"selector": {"all": True}}), timeout=900)
         item = _run_item(stack, RUN_ID)
     calls, items = run.pool.aws()
@@ -641,11 +655,12 @@ class KillRun:
 def kill_run(world: World, size: Size, every: float, latency: float, rate: int) -> KillRun:
     """Kill the container running a tenancy-queue batch (the work queue's, before the tenancy
     queue exists) every ``every`` seconds; crashed batches come back after 1 s (standing in
-    for the queue's visibility timeout)."""
+    for the queue's visibility timeout). ``maxReceiveCount`` is raised to
+    ``KILL_MAX_RECEIVE_COUNT`` so that the kills, not the dead-letter queue, end deliveries."""
     keys = KeySet(tenancies=size.kill_tenancies, per_tenancy=size.kill_per_tenancy, seed=13)
     with CtmProcess(keys) as ctm:
         ctm.set_faults(latency=latency, tenancy_read_limit=rate * READS_PER_REFRESH)
-        stack = world.fresh_stack(ctm)
+        stack = world.fresh_stack(ctm, max_receive_count=KILL_MAX_RECEIVE_COUNT)
         source = getattr(stack, "tenancy_queue_arn", stack.work_queue_arn)
         env = stack.refresh_env(CTM_BASE_URL=ctm.base_url, TENANCY_RATE_LIMIT=str(rate))
 
@@ -745,7 +760,7 @@ def run_all(size: Size = Size(), only: Sequence[str] = SECTIONS) -> ScaleFigures
                     rate_run(
                         world,
                         f"{tenancies} tenancies",
-                        KeySet(tenancies=tenancies, per_tenancy=size.per_tenancy),
+                        KeySet(tenancies=tenancies, per_tenancy=size.sweep_per_tenancy),
                         0.4,
                         rate,
                     )

@@ -178,23 +178,28 @@ class LocalAws:
     """One moto server and a stack of ``template.yaml`` on it."""
 
     server: Any  # devkit.aws_local.MotoServer
-    stack: Any  # devkit.aws_local.LocalStack
+    stack: Any  # devkit.aws_local.LocalAwsStack
 
     @classmethod
     def start(cls) -> LocalAws:
-        from devkit.aws_local import LocalStack, MotoServer
+        from devkit.aws_local import LocalAwsStack
+        from devkit.moto_server import MotoServer
 
         server = MotoServer()
         server.start()
         os.environ["AWS_ENDPOINT_URL"] = server.endpoint_url
-        stack = LocalStack.create(server.endpoint_url, prefix=f"b{uuid.uuid4().hex[:10]}")
+        stack = LocalAwsStack.create(server.endpoint_url, prefix=f"b{uuid.uuid4().hex[:10]}")
         return cls(server, stack)
 
-    def fresh_stack(self) -> Any:
+    def fresh_stack(self, max_receive_count: int | None = None) -> Any:
         """Another stack on the same server (an empty table and queues)."""
-        from devkit.aws_local import LocalStack
+        from devkit.aws_local import LocalAwsStack
 
-        self.stack = LocalStack.create(self.server.endpoint_url, prefix=f"b{uuid.uuid4().hex[:10]}")
+        self.stack = LocalAwsStack.create(
+            self.server.endpoint_url,
+            prefix=f"b{uuid.uuid4().hex[:10]}",
+            max_receive_count=max_receive_count,
+        )
         return self.stack
 
     def trust(self, ctm: Any) -> None:
@@ -382,7 +387,7 @@ def _transactions_copy_items_not_tables() -> None:
         def deepcopy(value: Any, memo: Any = None) -> Any:
             return value if isinstance(value, Table) else copy.deepcopy(value, memo)
 
-    models.copy = _CopyTablesByReference()  # type: ignore[assignment]
+    models.copy = _CopyTablesByReference()  # type: ignore[assignment,attr-defined]
     original = DynamoDBBackend.transact_write_items
 
     def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
