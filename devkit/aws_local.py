@@ -34,7 +34,7 @@ from typing import Any
 
 import boto3
 
-from devkit.lambda_events import epoch_seconds, lambda_message_attributes
+from devkit.lambda_events import epoch_seconds, sqs_event
 from devkit.moto_server import MotoServer
 from devkit.template import (
     CTM_EMULATOR_URL,
@@ -374,26 +374,7 @@ class LocalAwsStack:
     ) -> dict[str, Any]:
         """The Lambda SQS event for received messages (by default from the work queue; pass
         ``tenancy_queue_url`` for the tenancy queue's, whose records carry its ARN)."""
-        queue_arn = self._queue_arn(queue_url or self.work_queue_url)
-        records = []
-        for message in messages:
-            record: dict[str, Any] = {
-                "messageId": message["MessageId"],
-                "receiptHandle": message["ReceiptHandle"],
-                "body": message["Body"],
-                "attributes": dict(message.get("Attributes", {})),
-                "messageAttributes": lambda_message_attributes(
-                    message.get("MessageAttributes", {})
-                ),
-                "md5OfBody": message["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": self.region,
-            }
-            if "MD5OfMessageAttributes" in message:
-                record["md5OfMessageAttributes"] = message["MD5OfMessageAttributes"]
-            records.append(record)
-        return {"Records": records}
+        return sqs_event(messages, self._queue_arn(queue_url or self.work_queue_url), self.region)
 
     def _queue_arn(self, queue_url: str) -> str:
         known = {

@@ -13,8 +13,8 @@ API: ``EventSourceMapping`` (one queue's mapping), ``mappings_from_template(stac
 function's SQS events of ``template.yaml``, resolved against a ``devkit.aws_local.LocalAwsStack``),
 ``LambdaPoller`` (``invoke``, ``drain``, ``report``), ``InProcessFunction`` (handler modules in
 this process, with a fake context whose remaining time the caller controls) and
-``sqs_event(messages, queue_arn, region)``. A target is any callable taking the event and
-returning the handler's answer; raising means the invocation failed (a crash, a timeout).
+``devkit.lambda_events.sqs_event(messages, queue_arn, region)``. A target is any callable
+taking the event and returning the handler's answer; raising means the invocation failed (a crash, a timeout).
 ``bench.world.ContainerPool`` is the benchmarks' target: real handler processes.
 
 What is modelled, per mapping:
@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from devkit.lambda_events import lambda_message_attributes
+from devkit.lambda_events import sqs_event
 from devkit.template import REFRESH_FUNCTION_ID, Intrinsics, load_template, parameter_defaults
 
 Target = Callable[[dict[str, Any]], Any]
@@ -146,30 +146,6 @@ def _queue_logical_id(queue: Any) -> str:
         target = queue["Fn::GetAtt"]
         return str(target[0] if isinstance(target, list) else target.split(".")[0])
     raise ValueError(f"an SQS event's Queue must be !GetAtt <queue>.Arn, not {queue!r}")
-
-
-# --- the event -------------------------------------------------------------------------------
-
-
-def sqs_event(messages: Sequence[Mapping[str, Any]], queue_arn: str, region: str) -> dict[str, Any]:
-    """The Lambda SQS event for messages received with every attribute."""
-    records = []
-    for message in messages:
-        record: dict[str, Any] = {
-            "messageId": message["MessageId"],
-            "receiptHandle": message["ReceiptHandle"],
-            "body": message["Body"],
-            "attributes": dict(message.get("Attributes", {})),
-            "messageAttributes": lambda_message_attributes(message.get("MessageAttributes", {})),
-            "md5OfBody": message["MD5OfBody"],
-            "eventSource": "aws:sqs",
-            "eventSourceARN": queue_arn,
-            "awsRegion": region,
-        }
-        if "MD5OfMessageAttributes" in message:
-            record["md5OfMessageAttributes"] = message["MD5OfMessageAttributes"]
-        records.append(record)
-    return {"Records": records}
 
 
 # --- what happened ---------------------------------------------------------------------------
