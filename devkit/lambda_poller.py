@@ -14,7 +14,8 @@ function's SQS events of ``template.yaml``, resolved against a ``devkit.aws_loca
 ``LambdaPoller`` (``invoke``, ``drain``, ``report``), ``InProcessFunction`` (handler modules in
 this process, with a fake context whose remaining time the caller controls) and
 ``devkit.lambda_events.sqs_event(messages, queue_arn, region)``. A target is any callable
-taking the event and returning the handler's answer; raising means the invocation failed (a crash, a timeout).
+taking the event and returning the handler's answer; raising means the invocation failed (a
+crash, a timeout).
 ``bench.world.ContainerPool`` is the benchmarks' target: real handler processes.
 
 What is modelled, per mapping:
