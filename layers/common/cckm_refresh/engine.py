@@ -7,6 +7,9 @@ per tenancy, up to ``REFRESH_CONCURRENCY``), and stops handing out keys once a c
 longer start before the invocation's deadline margin. Every call gets a deadline it must end
 by, retries included. What was not started is returned as ``leftovers``, for the caller to
 hand on; nothing is dropped.
+
+Over 300 lines on purpose: the scheduler, the engine and the timed pacer are one mechanism
+(calls in flight, each tenancy's pace, the deadline); apart, each would reach into the others.
 """
 
 from __future__ import annotations

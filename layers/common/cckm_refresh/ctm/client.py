@@ -12,6 +12,10 @@ changes ``updatedAt``, never these) and resumes from a ``ListCursor`` = (positio
 returned). Each page re-reads a small overlap before the position and drops the keys at or
 before the last one returned, so keys added, removed or moved while paging are never returned
 twice and a key present throughout is never skipped, with memory bounded by one page.
+
+Over 300 lines on purpose: the CCKM operations and the one listing they share (stable order,
+resumable cursor, overlap against keys moving between pages), which the operations' callers
+must not see the inside of.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ A selector that outlasts the invocation hands its listing on to a continuation m
 ``RUN`` item names the resolution segment that owns the run (``start``, then each
 continuation's listing position): a duplicate or stale delivery of an earlier segment can
 neither hand on nor finish the resolution, so a run never completes before its listing ends.
+
+Over 300 lines on purpose: the intake and its chunk router share the run's registration rules,
+and the router exists only inside an intake.
 """
 
 from __future__ import annotations
