@@ -15,7 +15,6 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cckm_refresh.config import NotifySettings
 from cckm_refresh.notify import StreamNotifier
-from cckm_refresh.notify.wiring import stream_notifier
 from cckm_refresh.observability import logger, metrics
 from cckm_refresh.wiring import load_settings
 
@@ -25,6 +24,8 @@ settings = load_settings(NotifySettings)  # at cold start: a bad variable fails 
 @functools.cache
 def notifier() -> StreamNotifier:
     """The clients, made on the first invocation and kept by the container."""
+    from cckm_refresh.notify.wiring import stream_notifier
+
     return stream_notifier(settings)
 
 

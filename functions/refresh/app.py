@@ -13,7 +13,6 @@ from cckm_refresh.config import RefreshSettings
 from cckm_refresh.observability import logger, metrics
 from cckm_refresh.refresh_function import RefreshFunction
 from cckm_refresh.run.service import RefreshService
-from cckm_refresh.run.wiring import refresh_service
 from cckm_refresh.wiring import load_settings
 
 settings = load_settings(RefreshSettings)  # at cold start: a bad variable fails here, in one line
@@ -21,7 +20,10 @@ settings = load_settings(RefreshSettings)  # at cold start: a bad variable fails
 
 @functools.cache
 def service() -> RefreshService:
-    """The clients, made on the first invocation and kept by the container."""
+    """The clients, made on the first invocation and kept by the container (the CTM client's
+    HTTP stack is imported then too, not at every cold start's import)."""
+    from cckm_refresh.run.wiring import refresh_service
+
     return refresh_service(settings)
 
 
