@@ -81,8 +81,7 @@ def notifications_for(
         return []
     item_type = new.get("item_type")
     if item_type == "RUN":
-        completed = new.get("status") == "COMPLETED" and old.get("status") != "COMPLETED"
-        return [_run_completed(new, failed_keys)] if completed else []
+        return _run_notifications(old, new, failed_keys)
     if item_type == "KEY" and event_name == "MODIFY":
         return _key_changes(old, new)
     if item_type == "REJECTED" and event_name == "INSERT":
@@ -90,26 +89,20 @@ def notifications_for(
     return []
 
 
+def _run_notifications(
+    old: Mapping[str, Any], new: Mapping[str, Any], failed_keys: FailedKeysReader
+) -> list[Notification]:
+    """The run's notification, on the one record where it becomes COMPLETED."""
+    if new.get("status") == "COMPLETED" and old.get("status") != "COMPLETED":
+        return [_run_completed(new, failed_keys)]
+    return []
+
+
 def _run_completed(run: Mapping[str, Any], failed_keys: FailedKeysReader) -> Notification:
     run_id = str(run.get("run_id", ""))
     counts = {name: _int(run.get(name)) for name in _COUNTS}
     failed = failed_keys(run_id) if counts["failed"] else FailedKeys()
-    if run.get("dry_run"):
-        summary = f"Run {run_id} (dry run): {counts['skipped']} OCI keys resolved, none refreshed"
-    else:
-        summary = f"Run {run_id}: {counts['refreshed']} of {counts['requested']} OCI keys refreshed"
-        extras = [
-            f"{counts['failed']} failed" if counts["failed"] else "",
-            f"{counts['not_found']} not found" if counts["not_found"] else "",
-            f"{counts['rotated']} rotated" if counts["rotated"] else "",
-        ]
-        summary += "".join(f", {e}" for e in extras if e)
     severity = Severity.ERROR if counts["failed"] else Severity.INFO
-    headline = (
-        f"{counts['failed']} of {counts['requested']} keys failed"
-        if counts["failed"]
-        else f"{counts['refreshed']} keys refreshed, {counts['rotated']} rotated"
-    )
     details = {
         "run_id": run_id,
         "trigger": run.get("trigger"),
@@ -125,65 +118,105 @@ def _run_completed(run: Mapping[str, Any], failed_keys: FailedKeysReader) -> Not
     return Notification(
         event_type=EventType.RUN_COMPLETED,
         severity=severity,
-        subject=subject(severity, f"CCKM refresh run {run_id}: {headline}"),
-        summary=one_line(summary),
+        subject=subject(severity, f"CCKM refresh run {run_id}: {_run_headline(counts)}"),
+        summary=one_line(_run_summary(run_id, counts, dry_run=bool(run.get("dry_run")))),
         dedupe_key=f"{EventType.RUN_COMPLETED}#{run_id}",
         details=_present(details),
     )
 
 
 _COUNTS = ("requested", "refreshed", "not_found", "failed", "skipped", "rotated")
+# The counts a completed run's summary mentions after "x of y refreshed", when not zero.
+_SUMMARY_EXTRAS = (("failed", "failed"), ("not_found", "not found"), ("rotated", "rotated"))
+
+
+def _run_summary(run_id: str, counts: Mapping[str, int], *, dry_run: bool) -> str:
+    if dry_run:
+        return f"Run {run_id} (dry run): {counts['skipped']} OCI keys resolved, none refreshed"
+    summary = f"Run {run_id}: {counts['refreshed']} of {counts['requested']} OCI keys refreshed"
+    extras = [f"{counts[name]} {label}" for name, label in _SUMMARY_EXTRAS if counts[name]]
+    return summary + "".join(f", {e}" for e in extras)
+
+
+def _run_headline(counts: Mapping[str, int]) -> str:
+    """The subject's few words: the failures if any, else what was refreshed."""
+    if counts["failed"]:
+        return f"{counts['failed']} of {counts['requested']} keys failed"
+    return f"{counts['refreshed']} keys refreshed, {counts['rotated']} rotated"
+
+
+@dataclass(frozen=True)
+class _ChangedKey:
+    """How a changed key is named in notifications, and the body fields describing it."""
+
+    key_id: str
+    name: object
+    known_as: str
+    described: dict[str, Any]
+
+    @classmethod
+    def of(cls, item: Mapping[str, Any]) -> _ChangedKey:
+        key_id = str(item.get("key_id", ""))
+        name = item.get("display_name") or key_id
+        where = ", ".join(str(item[k]) for k in ("vault_name", "region") if item.get(k))
+        described = _present(
+            {
+                "key_id": key_id,
+                "oci_key_id": item.get("oci_key_id"),
+                "display_name": item.get("display_name"),
+                "tenancy": item.get("tenancy"),
+                "region": item.get("region"),
+                "vault_name": item.get("vault_name"),
+                "last_run_id": item.get("last_run_id"),
+                "updated_at": item.get("updated_at"),
+            }
+        )
+        known_as = f"{name} ({where})" if where else str(name)
+        return cls(key_id=key_id, name=name, known_as=known_as, described=described)
 
 
 def _key_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Notification]:
-    changes = []
-    key_id = str(new.get("key_id", ""))
-    name = new.get("display_name") or key_id
-    where = ", ".join(str(new[k]) for k in ("vault_name", "region") if new.get(k))
-    known_as = f"{name} ({where})" if where else str(name)
-    described = _present(
-        {
-            "key_id": key_id,
-            "oci_key_id": new.get("oci_key_id"),
-            "display_name": new.get("display_name"),
-            "tenancy": new.get("tenancy"),
-            "region": new.get("region"),
-            "vault_name": new.get("vault_name"),
-            "last_run_id": new.get("last_run_id"),
-            "updated_at": new.get("updated_at"),
-        }
-    )
+    key = _ChangedKey.of(new)
+    changes = (_key_rotated(key, old, new), _key_state_changed(key, old, new))
+    return [change for change in changes if change is not None]
+
+
+def _key_rotated(
+    key: _ChangedKey, old: Mapping[str, Any], new: Mapping[str, Any]
+) -> Notification | None:
     before, after = old.get("current_key_version"), new.get("current_key_version")
-    if before and after and before != after:
-        changes.append(
-            Notification(
-                event_type=EventType.KEY_ROTATED,
-                severity=Severity.INFO,
-                subject=subject(Severity.INFO, f"OCI key {name} rotated"),
-                summary=one_line(
-                    f"OCI key {known_as} rotated: version {_tail(before)} -> {_tail(after)}"
-                ),
-                dedupe_key=f"{EventType.KEY_ROTATED}#{key_id}#{after}",
-                details=described | {"previous_key_version": before, "current_key_version": after},
-            )
-        )
+    if not (before and after and before != after):
+        return None
+    return Notification(
+        event_type=EventType.KEY_ROTATED,
+        severity=Severity.INFO,
+        subject=subject(Severity.INFO, f"OCI key {key.name} rotated"),
+        summary=one_line(
+            f"OCI key {key.known_as} rotated: version {_tail(before)} -> {_tail(after)}"
+        ),
+        dedupe_key=f"{EventType.KEY_ROTATED}#{key.key_id}#{after}",
+        details=key.described | {"previous_key_version": before, "current_key_version": after},
+    )
+
+
+def _key_state_changed(
+    key: _ChangedKey, old: Mapping[str, Any], new: Mapping[str, Any]
+) -> Notification | None:
     before, after = old.get("lifecycle_state"), new.get("lifecycle_state")
-    if before and after and before != after:
-        severity = Severity.ERROR if after in ALARMING_STATES else Severity.WARNING
-        changes.append(
-            Notification(
-                event_type=EventType.KEY_STATE_CHANGED,
-                severity=severity,
-                subject=subject(severity, f"OCI key {name} is now {after}"),
-                summary=one_line(f"OCI key {known_as} changed state {before} -> {after}"),
-                dedupe_key=(
-                    f"{EventType.KEY_STATE_CHANGED}#{key_id}#{before}>{after}"
-                    f"#{new.get('updated_at', '')}"
-                ),
-                details=described | {"previous_state": before, "lifecycle_state": after},
-            )
-        )
-    return changes
+    if not (before and after and before != after):
+        return None
+    severity = Severity.ERROR if after in ALARMING_STATES else Severity.WARNING
+    return Notification(
+        event_type=EventType.KEY_STATE_CHANGED,
+        severity=severity,
+        subject=subject(severity, f"OCI key {key.name} is now {after}"),
+        summary=one_line(f"OCI key {key.known_as} changed state {before} -> {after}"),
+        dedupe_key=(
+            f"{EventType.KEY_STATE_CHANGED}#{key.key_id}#{before}>{after}"
+            f"#{new.get('updated_at', '')}"
+        ),
+        details=key.described | {"previous_state": before, "lifecycle_state": after},
+    )
 
 
 def _rejected(item: Mapping[str, Any]) -> Notification:
