@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from cckm_refresh import backoff
@@ -109,8 +109,6 @@ class Webhook:
         when one got no answer in time (not retried: a hanging webhook would hold a retry as
         long), ``WebhookUnavailable`` when the retryable failures outlasted the retries,
         ``WebhookError`` for any other failure; never quoting the URL."""
-        import requests
-
         if budget.remaining() < MIN_ATTEMPT_TIME:
             raise NoTimeLeft("no time left to post to the webhook")
         url = self.url_loader()
@@ -119,37 +117,58 @@ class Webhook:
         payload = webhook_payload(notification)
         problem, retryable = "no attempt made", False
         for attempt in range(1, self.attempts + 1):
-            timeout = min(WEBHOOK_TIMEOUT, budget.remaining())
-            if timeout < MIN_ATTEMPT_TIME:  # loading the secret took what was left
-                raise NoTimeLeft("no time left to post to the webhook")
-            timed_out = False
-            try:
-                # verify=True explicitly: TLS is never switched off for a URL from a secret.
-                response = self.session.post(
-                    url, json=payload, timeout=timeout, verify=True, allow_redirects=False
-                )
-            except requests.Timeout:
-                timed_out = True
-            except requests.RequestException as error:
-                problem = type(error).__name__  # never str(error): it quotes the URL
-                retryable = True
-            else:
-                if response.status_code < 300:
-                    return
-                problem = f"HTTP {response.status_code}"
-                retryable = response.status_code == 429 or response.status_code >= 500
-                if not retryable:
-                    break  # a 4xx other than 429 will not get better by asking again
-            if timed_out:  # raised out here, so requests' error is not its context
-                raise WebhookTimedOut(f"the webhook did not answer within {timeout:.1f} s")
-            if attempt < self.attempts:
-                pause = backoff.full_jitter(attempt, BACKOFF_BASE, BACKOFF_CAP, self.rng)
-                if budget.remaining() - pause < MIN_ATTEMPT_TIME:
-                    problem += ", no time left to retry"
-                    break
-                self.sleep(pause)
+            refusal = self._attempt(url, payload, budget)
+            if refusal is None:
+                return
+            problem, retryable = refusal
+            if not retryable:
+                break  # a 4xx other than 429 will not get better by asking again
+            if attempt < self.attempts and not self._waited_to_retry(attempt, budget):
+                problem += ", no time left to retry"
+                break
         failure = WebhookUnavailable if retryable else WebhookError
         raise failure(f"the webhook did not take the notification: {problem}")
+
+    def _attempt(self, url: str, payload: dict[str, Any], budget: TimeBudget) -> _Refusal | None:
+        """One POST: None when the webhook took it, else what went wrong and whether a retry
+        may help. Raises ``NoTimeLeft`` and ``WebhookTimedOut`` as ``post`` does."""
+        import requests
+
+        timeout = min(WEBHOOK_TIMEOUT, budget.remaining())
+        if timeout < MIN_ATTEMPT_TIME:  # loading the secret took what was left
+            raise NoTimeLeft("no time left to post to the webhook")
+        timed_out = False
+        try:
+            # verify=True explicitly: TLS is never switched off for a URL from a secret.
+            response = self.session.post(
+                url, json=payload, timeout=timeout, verify=True, allow_redirects=False
+            )
+        except requests.Timeout:
+            timed_out = True
+        except requests.RequestException as error:
+            return _Refusal(type(error).__name__, True)  # never str(error): it quotes the URL
+        if timed_out:  # raised out here, so requests' error is not its context
+            raise WebhookTimedOut(f"the webhook did not answer within {timeout:.1f} s")
+        if response.status_code < 300:
+            return None
+        status = response.status_code
+        return _Refusal(f"HTTP {status}", status == 429 or status >= 500)
+
+    def _waited_to_retry(self, attempt: int, budget: TimeBudget) -> bool:
+        """Sleep the back-off before the next attempt; False, without sleeping, when the
+        attempt after it would not fit in ``budget``."""
+        pause = backoff.full_jitter(attempt, BACKOFF_BASE, BACKOFF_CAP, self.rng)
+        if budget.remaining() - pause < MIN_ATTEMPT_TIME:
+            return False
+        self.sleep(pause)
+        return True
+
+
+class _Refusal(NamedTuple):
+    """Why one attempt did not deliver, and whether asking again may help."""
+
+    problem: str
+    retryable: bool
 
 
 class Poster(Protocol):
