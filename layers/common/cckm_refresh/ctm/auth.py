@@ -269,26 +269,7 @@ class TokenSource:
         method = credentials.method
         if method is AuthMethod.STATIC_TOKEN:
             return self._static(credentials)
-        grant: dict[str, str | int]
-        if method is AuthMethod.REFRESH_TOKEN and credentials.refresh_token is not None:
-            grant = {"grant_type": "refresh_token", "refresh_token": credentials.refresh_token}
-        elif credentials.username is not None and credentials.password is not None:
-            grant = {
-                "grant_type": "password",
-                "username": credentials.username,
-                "password": credentials.password,
-                "refresh_token_lifetime": SESSION_TOKEN_LIFETIME_MINUTES,
-                "refresh_token_revoke_unused_in": SESSION_TOKEN_UNUSED_MINUTES,
-            }
-            if credentials.domain:
-                grant["domain"] = credentials.domain
-            if credentials.auth_domain:
-                grant["auth_domain"] = credentials.auth_domain
-            self.password_logins += 1
-        else:  # CtmCredentials guarantees one method's fields: cannot happen
-            raise CtmCredentialsError(
-                "the CTM secret holds no usable credentials", error_code="UNAUTHORIZED"
-            )
+        grant = self._login_grant(credentials)
         started = self._clock()
         held, answer = self._grant(grant, f"secret's {method.value}")
         if method is AuthMethod.PASSWORD:
@@ -297,6 +278,19 @@ class TokenSource:
                 self._start_session(credentials, minted, started)
         self._issued_log(held, method.value, str(grant["grant_type"]), started)
         return held
+
+    def _login_grant(self, credentials: CtmCredentials) -> Grant:
+        """The grant of the secret's refresh token or, counted, of its password."""
+        if credentials.method is AuthMethod.REFRESH_TOKEN and credentials.refresh_token is not None:
+            return {"grant_type": "refresh_token", "refresh_token": credentials.refresh_token}
+        if credentials.username is not None and credentials.password is not None:
+            grant = _password_grant(credentials.username, credentials.password, credentials)
+            self.password_logins += 1
+            return grant
+        # CtmCredentials guarantees one method's fields: cannot happen
+        raise CtmCredentialsError(
+            "the CTM secret holds no usable credentials", error_code="UNAUTHORIZED"
+        )
 
     def _grant(self, grant: Grant, what: str) -> tuple[_HeldToken, Mapping[str, Any]]:
         """Exchange ``grant``; CTM refusing it (400, 401, 403) raises CtmAuthError."""
@@ -339,7 +333,13 @@ class TokenSource:
                 f"{TOKEN_PATH} answered without a usable jwt", error_code="UNAUTHORIZED"
             )
         register_secret(jwt)
-        claims = jwt_claims(jwt)
+        lifetime = self._lifetime(answer, jwt_claims(jwt))
+        # A token living less than the margin would otherwise be renewed for every call.
+        margin = min(self._renew_margin, lifetime / 4)
+        return _HeldToken(jwt=jwt, renew_at=started + lifetime - margin)
+
+    def _lifetime(self, answer: Mapping[str, Any], claims: Mapping[str, Any]) -> float:
+        """The JWT's lifetime in seconds: the shortest the answer and the claims give."""
         exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
         lifetimes = []
         duration = _number(answer.get("duration"))
@@ -351,10 +351,7 @@ class TokenSource:
             lifetimes.append(exp - iat)
         elif exp is not None and not lifetimes:
             lifetimes.append(max(exp - self._wall_clock(), 0.0))
-        lifetime = min(lifetimes) if lifetimes else DEFAULT_LIFETIME
-        # A token living less than the margin would otherwise be renewed for every call.
-        margin = min(self._renew_margin, lifetime / 4)
-        return _HeldToken(jwt=jwt, renew_at=started + lifetime - margin)
+        return min(lifetimes) if lifetimes else DEFAULT_LIFETIME
 
     def _static(self, credentials: CtmCredentials) -> _HeldToken:
         token = credentials.token
@@ -370,6 +367,22 @@ class TokenSource:
                 http_status=401,
             )
         return _HeldToken(jwt=token, static=True)
+
+
+def _password_grant(username: str, password: str, credentials: CtmCredentials) -> Grant:
+    """A password login that also asks CTM for the session's short-lived refresh token."""
+    grant: dict[str, str | int] = {
+        "grant_type": "password",
+        "username": username,
+        "password": password,
+        "refresh_token_lifetime": SESSION_TOKEN_LIFETIME_MINUTES,
+        "refresh_token_revoke_unused_in": SESSION_TOKEN_UNUSED_MINUTES,
+    }
+    if credentials.domain:
+        grant["domain"] = credentials.domain
+    if credentials.auth_domain:
+        grant["auth_domain"] = credentials.auth_domain
+    return grant
 
 
 def _copy(error: CtmError) -> CtmError:
