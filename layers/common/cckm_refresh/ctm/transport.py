@@ -298,23 +298,9 @@ class Transport:
 
     def _attempt(self, call: _Call, last: CtmError | None) -> CtmResponse | CtmError | None:
         """One HTTP attempt: the answer, the error it ended in, or None to re-send at once."""
-        auth, pacer = call.auth, call.pacer
         self._pace(call, last)
-        outer = getattr(self._ambient, "deadline", None)
-        self._ambient.deadline = call.deadline
-        try:
-            jwt = auth.bearer() if auth is not None else None
-        except CtmError as error:
-            error.attempts = call.attempts
-            raise
-        finally:
-            self._ambient.deadline = outer
-        budget = self.attempt_timeout
-        left = self._time_left(call)
-        if left is not None:
-            if left < self.min_attempt:  # getting the token took the time that was left
-                raise self._deadline_error(call, last)
-            budget = min(budget, left)
+        jwt = self._bearer(call)
+        budget = self._attempt_budget(call, last)
         call.attempts += 1
         ends_at = self._clock() + budget
         try:
@@ -325,6 +311,36 @@ class Transport:
         text = self._receive(call, response, ends_at)
         if isinstance(text, CtmError):
             return text
+        return self._judge(call, jwt, status, text)
+
+    def _bearer(self, call: _Call) -> str | None:
+        """The attempt's JWT (None without ``auth``), got within the call's deadline."""
+        outer = getattr(self._ambient, "deadline", None)
+        self._ambient.deadline = call.deadline
+        try:
+            return call.auth.bearer() if call.auth is not None else None
+        except CtmError as error:
+            error.attempts = call.attempts
+            raise
+        finally:
+            self._ambient.deadline = outer
+
+    def _attempt_budget(self, call: _Call, last: CtmError | None) -> float:
+        """The attempt's total time: ``attempt_timeout``, or less when the deadline is near."""
+        budget = self.attempt_timeout
+        left = self._time_left(call)
+        if left is not None:
+            if left < self.min_attempt:  # getting the token took the time that was left
+                raise self._deadline_error(call, last)
+            budget = min(budget, left)
+        return budget
+
+    def _judge(
+        self, call: _Call, jwt: str | None, status: int, text: str
+    ) -> CtmResponse | CtmError | None:
+        """What an answer read in full means: the response, its error, or None to re-send
+        once after a 401 (the JWT invalidated first)."""
+        auth, pacer = call.auth, call.pacer
         verdict = classify(status, text)
         if verdict is Verdict.THROTTLED:
             call.throttled += 1
@@ -388,10 +404,7 @@ class Transport:
         Raises ``_BodyTooLargeError`` (the connection is closed, the rest never read) or a
         timeout when the body does not arrive in time, however it trickles.
         """
-        try:
-            declared = int(response.headers.get("Content-Length", ""))
-        except ValueError:
-            declared = None
+        declared = _declared_length(response)
         raw = response.raw
         try:
             if declared is not None and declared > limit:
@@ -400,23 +413,27 @@ class Transport:
                 if len(response.content) > limit:
                     raise _BodyTooLargeError
                 return response.content
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                left = ends_at - self._clock()
-                if left <= 0:
-                    raise TimeoutError
-                _arm_socket_timeout(raw, left)
-                chunk = raw.read1(READ_CHUNK_BYTES)
-                if not chunk:
-                    return b"".join(chunks)
-                size += len(chunk)
-                if size > limit:
-                    raise _BodyTooLargeError
-                chunks.append(chunk)
+            return self._read_stream(raw, limit, ends_at)
         except BaseException:
             response.close()  # a half-read connection must not go back to the pool
             raise
+
+    def _read_stream(self, raw: Any, limit: int, ends_at: float) -> bytes:
+        """``raw``'s chunks until it ends, each read timed to end by ``ends_at``."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            left = ends_at - self._clock()
+            if left <= 0:
+                raise TimeoutError
+            _arm_socket_timeout(raw, left)
+            chunk = raw.read1(READ_CHUNK_BYTES)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > limit:
+                raise _BodyTooLargeError
+            chunks.append(chunk)
 
     def _wait_before_retry(self, call: _Call, error: CtmError) -> None:
         """Sleep before the next attempt, or raise ``error`` when it must not be retried."""
@@ -477,6 +494,14 @@ class Transport:
             allow_redirects=False,
             stream=True,
         )
+
+
+def _declared_length(response: requests.Response) -> int | None:
+    """The answer's Content-Length, or None when absent or not a number."""
+    try:
+        return int(response.headers.get("Content-Length", ""))
+    except ValueError:
+        return None
 
 
 def _arm_socket_timeout(raw: Any, seconds: float) -> None:
