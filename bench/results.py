@@ -407,11 +407,31 @@ def render_scale(scale: ScaleFigures) -> list[str]:
         ]
         lines += [_cpu_row(run, name) for name, run in cpu_runs]
         lines.append("")
+        for run in scale.ceiling:
+            lines += [_cpu_per_key(run), ""]
     lines += _render_memory(scale)
     lines += _render_cost(scale.cost)
     lines += _render_kills(scale)
     lines.append(SCALE_END)
     return lines
+
+
+def _cpu_per_key(run: RateRun) -> str:
+    """What one refreshed key costs in CPU, and the rate that bounds."""
+    if not run.refreshed:
+        return f"{run.name}: nothing refreshed."
+    per_key = {name: 1000 * seconds / run.refreshed for name, seconds in run.cpu.parties.items()}
+    total = sum(per_key.values())
+    moto = per_key.get("moto", 0.0)
+    others = run.cpu.machine_busy - run.cpu.ours
+    return (
+        f"{run.name}: per refreshed key "
+        + ", ".join(f"{name} {ms:.1f} ms" for name, ms in per_key.items())
+        + f" of CPU, {total:.1f} ms in all: {run.cpu.cores} cores carry at most "
+        f"{1000 * run.cpu.cores / total:.0f} keys/s of it, and moto, one request at a time "
+        f"on one core, at most {1000 / moto if moto else float('inf'):.0f} keys/s. Other "
+        f"processes on the machine used {others:.0f} core-s meanwhile."
+    )
 
 
 def _render_memory(scale: ScaleFigures) -> list[str]:

@@ -205,6 +205,7 @@ class Drive:
     mappings: list[Any]
     cpu: CpuShare
     log: list[Any]  # the emulator's request log
+    polled: Mapping[str, int]  # SQS calls the poller made
 
     @property
     def last_end(self) -> float:
@@ -242,6 +243,10 @@ def drive(
         "driver (poller)": _driver_cpu,
     }
     stop = threading.Event()
+    polled: Counter[str] = Counter()  # the poller's own calls (Lambda's, not the function's)
+    sqs.meta.events.register(
+        "before-call.sqs", lambda event_name, **_: polled.update([event_name.split(".")[-1]])
+    )
     with (
         cpu_meter(parties) as measured,
         LambdaPoller(
@@ -271,7 +276,7 @@ def drive(
         pool.close()
     for crash in report.crashes:
         print(f"  ! {crash.source} invocation crashed: {crash.error!r}", flush=True)
-    return Drive(t0, report, pool, mappings, measured[0], ctm.request_log)
+    return Drive(t0, report, pool, mappings, measured[0], ctm.request_log, dict(polled))
 
 
 # --- figures of a throughput run -------------------------------------------------------------
@@ -373,6 +378,13 @@ def rate_run(
         f"refreshed {item.get('refreshed', '?')}, failed {item.get('failed', '?')}"
         for run_id, item in zip(runs, items, strict=True)
     ]
+    calls, _ = run.pool.aws()
+    notes.append(
+        "AWS calls per key: "
+        + ", ".join(f"{op} {n / asked:.2f}" for op, n in sorted(calls.calls.items()))
+        + "; the poller's own: "
+        + ", ".join(f"{op} {n}" for op, n in sorted(run.polled.items()))
+    )
     refreshes = [e.monotonic for e in run.log if e.operation == "refresh"]
     if refreshes:
         notes.append(
