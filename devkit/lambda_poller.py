@@ -30,7 +30,10 @@ What is modelled, per mapping:
   with a batch in flight is held back (made visible again at once, never delivered, counted
   in ``report.held_back``). moto counts that receive in ``ApproximateReceiveCount``; that is
   the limit of this safeguard, and ``held_back`` says whether it was ever needed (with moto
-  5.2 it stays 0). A batch may hold several groups, as Lambda's may.
+  5.2 it stays 0). A batch may hold several groups, as Lambda's may: it holds what moto's
+  receive returns, the oldest visible messages in send order, skipping busy groups. Real SQS
+  first returns as many messages of one group as it can, so its batches tend to span fewer
+  groups (and more invocations run side by side) than here.
 - The event is Lambda's: records with ``messageId``, ``receiptHandle``, ``body``,
   ``attributes`` (``ApproximateReceiveCount``, ``SentTimestamp``, ``SenderId``,
   ``ApproximateFirstReceiveTimestamp``; ``MessageGroupId``, ``MessageDeduplicationId`` and
