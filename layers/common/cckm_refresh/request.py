@@ -80,12 +80,7 @@ def parse_request(document: object) -> RefreshRequest:
     """Validate a decoded request object (CONTRACT 4.1), or raise RequestError."""
     if not isinstance(document, dict):
         raise RequestError("request", "must be a JSON object")
-    allowed = REQUEST_FIELDS | INTERNAL_FIELDS if "run_id" in document else REQUEST_FIELDS
-    unknown = sorted(str(name) for name in document if name not in allowed)
-    if unknown:
-        raise RequestError(_field_name(unknown[0]), "is not a known field")
-    if "keys" not in document and "selector" not in document:
-        raise RequestError("keys", "or selector is required")
+    _check_fields(document)
     key_ids, ocids = _parse_keys(document["keys"]) if "keys" in document else ((), ())
     dry_run = document.get("dry_run", False)
     if not isinstance(dry_run, bool):
@@ -101,6 +96,16 @@ def parse_request(document: object) -> RefreshRequest:
         chunk=_parse_chunk(document),
         resume=_parse_resume(document),
     )
+
+
+def _check_fields(document: Mapping[str, object]) -> None:
+    """Every field is known (the internal ones only with ``run_id``); keys or selector is set."""
+    allowed = REQUEST_FIELDS | INTERNAL_FIELDS if "run_id" in document else REQUEST_FIELDS
+    unknown = sorted(str(name) for name in document if name not in allowed)
+    if unknown:
+        raise RequestError(_field_name(unknown[0]), "is not a known field")
+    if "keys" not in document and "selector" not in document:
+        raise RequestError("keys", "or selector is required")
 
 
 def _parse_chunk(document: Mapping[str, object]) -> str | None:
@@ -163,14 +168,19 @@ def _parse_selector(value: object) -> Selector:
         item = value[name]
         if name not in SELECTOR_FIELDS:
             raise RequestError(f"selector.{_field_name(name)}", "is not a known filter")
-        if not isinstance(item, str) or not item.strip():
-            raise RequestError(f"selector.{name}", "must be a non-empty string")
-        if len(item) > MAX_SELECTOR_VALUE or any(ord(c) < 32 for c in item):
-            raise RequestError(
-                f"selector.{name}", f"must be at most {MAX_SELECTOR_VALUE} printable characters"
-            )
-        filters.append((name, item))
+        filters.append((name, _parse_filter_value(name, item)))
     return Selector(filters=tuple(filters))
+
+
+def _parse_filter_value(name: str, item: object) -> str:
+    """The value of the known filter ``name``: a short, non-empty line of text."""
+    if not isinstance(item, str) or not item.strip():
+        raise RequestError(f"selector.{name}", "must be a non-empty string")
+    if len(item) > MAX_SELECTOR_VALUE or any(ord(c) < 32 for c in item):
+        raise RequestError(
+            f"selector.{name}", f"must be at most {MAX_SELECTOR_VALUE} printable characters"
+        )
+    return item
 
 
 def _parse_name(document: Mapping[str, object], name: str) -> str | None:
