@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cckm_refresh.clock import iso_now
 from cckm_refresh.config import RefreshSettings
@@ -21,11 +21,13 @@ from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status, Trigger
 from cckm_refresh.observability import logger
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY
 from cckm_refresh.request import chunk_message
-from cckm_refresh.run.ports import RunQueues, RunTable
 from cckm_refresh.run.report import DEAD_LETTER, DONE, MessageVerdict, RunReport, log_outcomes
 from cckm_refresh.table.items import ChunkTally, RecordedResult, RunCounts, described
 from cckm_refresh.triggers import Delivery
 from cckm_refresh.workqueue import QueueMessage
+
+if TYPE_CHECKING:
+    from cckm_refresh.run.ports import RunQueues, RunTable
 
 
 @dataclass

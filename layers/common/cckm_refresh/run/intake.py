@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cckm_refresh.clock import iso_now
 from cckm_refresh.config import RefreshSettings
@@ -24,12 +25,14 @@ from cckm_refresh.observability import logger
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY
 from cckm_refresh.request import RefreshRequest, chunk_message, continuation_message
 from cckm_refresh.run.chunks import ChunkJob, ChunkWorker, EnginePass, last_chance
-from cckm_refresh.run.ports import RunQueues, RunTable
 from cckm_refresh.run.report import DEAD_LETTER, DONE, MessageVerdict, RunReport, log_outcomes
 from cckm_refresh.run.resolution import Chunk, Resolution, Resolver
 from cckm_refresh.table.items import FIRST_SEGMENT, MAX_CHUNK_KEYS, RecordedResult
 from cckm_refresh.triggers import Delivery
 from cckm_refresh.workqueue import SEND_BATCH, QueueMessage
+
+if TYPE_CHECKING:
+    from cckm_refresh.run.ports import RunQueues, RunTable
 
 DIRECT_PASS_CHUNKS = 10  # without any queue, chunks are refreshed ten at a time
 

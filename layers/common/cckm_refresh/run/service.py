@@ -10,14 +10,17 @@ store DynamoDB, the work queue SQS, the CTM client HTTP.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from cckm_refresh.model import RunInfo, Trigger
 from cckm_refresh.observability import logger
 from cckm_refresh.request import RefreshRequest, RequestError, parse_request, parse_request_body
-from cckm_refresh.run.chunks import ChunkJob
-from cckm_refresh.run.intake import Intake
 from cckm_refresh.run.report import MessageVerdict, Rejection, Result, RunReport
 from cckm_refresh.triggers import Delivery
+
+if TYPE_CHECKING:  # built by run.wiring on the first invocation: not imported at cold start
+    from cckm_refresh.run.chunks import ChunkJob
+    from cckm_refresh.run.intake import Intake
 
 
 class RefreshService:
