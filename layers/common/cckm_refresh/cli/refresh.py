@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from cckm_refresh.cli.common import (
     A_DAY,
@@ -24,6 +24,9 @@ from cckm_refresh.config import RefreshSettings
 from cckm_refresh.model import RefreshOutcome, Status, Trigger
 from cckm_refresh.request import SELECTOR_FIELDS, RequestError, parse_request
 from cckm_refresh.triggers import Delivery
+
+if TYPE_CHECKING:  # the run package is imported when a refresh starts, not for every command
+    from cckm_refresh.run.report import RunReport
 
 
 def _settings(args: argparse.Namespace, env: dict[str, str]) -> RefreshSettings:
@@ -45,15 +48,7 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     request: dict[str, Any] = {}
     if args.keys:
         request["keys"] = list(args.keys)
-    selector = {
-        name: getattr(args, f"sel_{name}")
-        for name in sorted(SELECTOR_FIELDS)
-        if getattr(args, f"sel_{name}") is not None
-    }
-    if args.all:
-        if selector:
-            raise CliError("--all cannot be combined with selector filters")
-        selector = {"all": True}
+    selector = _selector(args)
     if selector:
         request["selector"] = selector
     if not request:
@@ -63,6 +58,31 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
             request[name] = getattr(args, name)
     if args.dry_run:
         request["dry_run"] = True
+    return request
+
+
+def _selector(args: argparse.Namespace) -> dict[str, Any]:
+    """The request's selector: the filter options given, or ``{"all": true}`` for --all."""
+    selector: dict[str, Any] = {
+        name: getattr(args, f"sel_{name}")
+        for name in sorted(SELECTOR_FIELDS)
+        if getattr(args, f"sel_{name}") is not None
+    }
+    if args.all:
+        if selector:
+            raise CliError("--all cannot be combined with selector filters")
+        selector = {"all": True}
+    return selector
+
+
+def _checked_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The request the options ask for, validated as the function would validate it."""
+    request = _request(args)
+    try:
+        # Before any AWS or CTM call: a typo is the operator's, not a pipeline's REJECTED item.
+        parse_request(request)
+    except RequestError as error:
+        raise CliError(f"invalid request: {error}") from None
     return request
 
 
@@ -102,24 +122,12 @@ def refresh(args: argparse.Namespace, env: dict[str, str]) -> int:
     from cckm_refresh.run.report import Rejection
     from cckm_refresh.run.wiring import refresh_service
 
-    request = _request(args)
-    try:
-        # Before any AWS or CTM call: a typo is the operator's, not a pipeline's REJECTED item.
-        parse_request(request)
-    except RequestError as error:
-        raise CliError(f"invalid request: {error}") from None
+    request = _checked_request(args)
     settings = _settings(args, env)
     _require_aws_credentials()
     progress = Progress(sys.stderr, not (args.quiet or args.json))
     service = refresh_service(settings, on_outcome=progress)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    delivery = Delivery(
-        trigger=Trigger.CLI,
-        source_id=f"cli-{uuid.uuid4()}",
-        default_run_id=f"cli-{stamp}-{uuid.uuid4().hex[:6]}",
-        document=request,
-        raw=json.dumps(request),
-    )
+    delivery = _delivery(request)
     try:
         report = service.process(delivery, lambda: A_DAY)
     finally:
@@ -128,22 +136,43 @@ def refresh(args: argparse.Namespace, env: dict[str, str]) -> int:
         raise CliError(f"invalid request: {report.error}")
     rows = [r.outcome for r in report.recorded]
     if args.json:
-        for outcome in rows:
-            fields = outcome.key.__dict__ | outcome.__dict__
-            print(json.dumps({k: v for k, v in fields.items() if v is not None and k != "key"}))
+        _print_json_lines(rows)
     else:
         _print_outcomes(rows)
-        counts = {s: report.count(s) for s in Status}
-        print(
-            f"\nrun {report.run_id}: {len(rows)} keys: "
-            + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
-            + (f"; {report.rotated} rotated" if report.rotated else "")
-        )
+        _print_summary(report, rows)
     failed = report.count(Status.FAILED) + report.count(Status.PENDING) + report.pending
     common = _common_failure(rows)
     if common:
         print(f"error: every key failed: {common}", file=sys.stderr)
     return EXIT_FAILED_KEYS if failed else EXIT_OK
+
+
+def _delivery(request: dict[str, Any]) -> Delivery:
+    """The request as the function would receive it, from a trigger of its own (CLI)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Delivery(
+        trigger=Trigger.CLI,
+        source_id=f"cli-{uuid.uuid4()}",
+        default_run_id=f"cli-{stamp}-{uuid.uuid4().hex[:6]}",
+        document=request,
+        raw=json.dumps(request),
+    )
+
+
+def _print_json_lines(outcomes: Sequence[RefreshOutcome]) -> None:
+    """One JSON object per key: its description and its outcome, without empty fields."""
+    for outcome in outcomes:
+        fields = outcome.key.__dict__ | outcome.__dict__
+        print(json.dumps({k: v for k, v in fields.items() if v is not None and k != "key"}))
+
+
+def _print_summary(report: RunReport, outcomes: Sequence[RefreshOutcome]) -> None:
+    counts = {s: report.count(s) for s in Status}
+    print(
+        f"\nrun {report.run_id}: {len(outcomes)} keys: "
+        + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
+        + (f"; {report.rotated} rotated" if report.rotated else "")
+    )
 
 
 def _common_failure(outcomes: Sequence[RefreshOutcome]) -> str | None:
