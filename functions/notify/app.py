@@ -4,7 +4,7 @@ The whole batch goes to SNS first; the webhook mirror gets only the time left af
 """
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
@@ -14,15 +14,17 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cckm_refresh.config import NotifySettings
-from cckm_refresh.notify import StreamNotifier
 from cckm_refresh.observability import logger, metrics
 from cckm_refresh.wiring import load_settings
+
+if TYPE_CHECKING:  # built on the first invocation, with its clients
+    from cckm_refresh.notify import StreamNotifier
 
 settings = load_settings(NotifySettings)  # at cold start: a bad variable fails here, in one line
 
 
 @functools.cache
-def notifier() -> StreamNotifier:
+def notifier() -> "StreamNotifier":
     """The clients, made on the first invocation and kept by the container."""
     from cckm_refresh.notify.wiring import stream_notifier
 
