@@ -90,21 +90,37 @@ class Intrinsics:
         return self._truth(self.conditions[condition])
 
     def _intrinsic(self, name: str, argument: Any) -> Any:
-        if name == "Ref":
-            return NO_VALUE if argument == "AWS::NoValue" else self._lookup(self.refs, argument)
-        if name == "Fn::GetAtt":
-            target = argument if isinstance(argument, str) else ".".join(argument)
-            return self._lookup(self.attributes, target)
-        if name == "Fn::If":
-            condition, when_true, when_false = argument
-            return self.resolve(when_true if self.holds(condition) else when_false)
-        if name == "Fn::Join":
-            separator, items = argument
-            resolved = self.resolve(items)
-            return str(separator).join(str(item) for item in _flat(resolved))
-        if name == "Fn::Sub" and isinstance(argument, str):
-            return self._substitute(argument)
-        raise ValueError(f"intrinsic {name} is not supported locally")
+        functions = {
+            "Ref": self._ref,
+            "Fn::GetAtt": self._get_att,
+            "Fn::If": self._if,
+            "Fn::Join": self._join,
+            "Fn::Sub": self._sub,
+        }
+        if name not in functions:
+            raise ValueError(f"intrinsic {name} is not supported locally")
+        return functions[name](argument)
+
+    def _ref(self, argument: Any) -> Any:
+        return NO_VALUE if argument == "AWS::NoValue" else self._lookup(self.refs, argument)
+
+    def _get_att(self, argument: Any) -> Any:
+        target = argument if isinstance(argument, str) else ".".join(argument)
+        return self._lookup(self.attributes, target)
+
+    def _if(self, argument: Any) -> Any:
+        condition, when_true, when_false = argument
+        return self.resolve(when_true if self.holds(condition) else when_false)
+
+    def _join(self, argument: Any) -> str:
+        separator, items = argument
+        resolved = self.resolve(items)
+        return str(separator).join(str(item) for item in _flat(resolved))
+
+    def _sub(self, argument: Any) -> str:
+        if not isinstance(argument, str):  # Fn::Sub's [text, variables] form
+            raise ValueError("intrinsic Fn::Sub is not supported locally")
+        return self._substitute(argument)
 
     def _truth(self, expression: Any) -> bool:
         (name, argument), *_ = expression.items()
