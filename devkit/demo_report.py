@@ -148,39 +148,56 @@ def check(observed: Observed, expected: Expected) -> list[str]:
 
 
 def _check_notifications(observed: Observed, expected: Expected) -> list[str]:
-    misses: list[str] = [*observed.notify_errors]
     by_type: dict[str, list[Mapping[str, Any]]] = {}
     for note in observed.notifications:
         by_type.setdefault(_event_type(note), []).append(note)
+    return [
+        *observed.notify_errors,
+        *_check_run_completed(by_type.get("RUN_COMPLETED", []), expected.run_id),
+        *_check_rotations(by_type.get("KEY_ROTATED", []), expected.rotated),
+        *_check_state_change(by_type.get("KEY_STATE_CHANGED", []), expected.disabled),
+        *_check_one_error(
+            by_type.get("REQUEST_REJECTED", []),
+            "one REQUEST_REJECTED (ERROR) for the invalid message",
+        ),
+        *_check_subjects(observed.notifications),
+    ]
 
-    runs = [
-        n for n in by_type.get("RUN_COMPLETED", []) if _body(n).get("run_id") == expected.run_id
-    ]
+
+def _check_run_completed(notes: Sequence[Mapping[str, Any]], run_id: str) -> list[str]:
+    runs = [n for n in notes if _body(n).get("run_id") == run_id]
     if len(runs) != 1:
-        misses.append(f"one RUN_COMPLETED for {expected.run_id}, got {len(runs)}")
-    elif _severity(runs[0]) != "INFO":
-        misses.append(f"RUN_COMPLETED severity INFO, got {_severity(runs[0])}")
-    rotated = {_body(n).get("key_id") for n in by_type.get("KEY_ROTATED", [])}
-    if rotated != set(expected.rotated):
-        misses.append(
-            f"KEY_ROTATED for {sorted(expected.rotated)}, got {sorted(map(str, rotated))}"
-        )
-    changes = [
-        n
-        for n in by_type.get("KEY_STATE_CHANGED", [])
-        if _body(n).get("key_id") == expected.disabled
+        return [f"one RUN_COMPLETED for {run_id}, got {len(runs)}"]
+    if _severity(runs[0]) != "INFO":
+        return [f"RUN_COMPLETED severity INFO, got {_severity(runs[0])}"]
+    return []
+
+
+def _check_rotations(notes: Sequence[Mapping[str, Any]], expected: frozenset[str]) -> list[str]:
+    rotated = {_body(n).get("key_id") for n in notes}
+    if rotated != set(expected):
+        return [f"KEY_ROTATED for {sorted(expected)}, got {sorted(map(str, rotated))}"]
+    return []
+
+
+def _check_state_change(notes: Sequence[Mapping[str, Any]], disabled: str) -> list[str]:
+    changes = [n for n in notes if _body(n).get("key_id") == disabled]
+    return _check_one_error(changes, "one KEY_STATE_CHANGED (ERROR) for the disabled key")
+
+
+def _check_one_error(notes: Sequence[Mapping[str, Any]], miss: str) -> list[str]:
+    """``[miss]`` unless ``notes`` is exactly one notification, of severity ERROR."""
+    if len(notes) != 1 or _severity(notes[0]) != "ERROR":
+        return [miss]
+    return []
+
+
+def _check_subjects(notifications: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [
+        f"a Subject of at most 100 characters and a summary: {note.get('Subject')!r}"
+        for note in notifications
+        if len(str(note.get("Subject") or "")) > 100 or not _body(note).get("summary")
     ]
-    if len(changes) != 1 or _severity(changes[0]) != "ERROR":
-        misses.append("one KEY_STATE_CHANGED (ERROR) for the disabled key")
-    rejected = by_type.get("REQUEST_REJECTED", [])
-    if len(rejected) != 1 or _severity(rejected[0]) != "ERROR":
-        misses.append("one REQUEST_REJECTED (ERROR) for the invalid message")
-    for note in observed.notifications:
-        if len(str(note.get("Subject") or "")) > 100 or not _body(note).get("summary"):
-            misses.append(
-                f"a Subject of at most 100 characters and a summary: {note.get('Subject')!r}"
-            )
-    return misses
 
 
 # --- printing --------------------------------------------------------------------------------
