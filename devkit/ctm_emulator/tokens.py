@@ -165,6 +165,19 @@ class TokenAuthority:
         ``max_uses`` (a fault) makes a token count as expired once it has served that many
         requests, so a test can force a mid-run expiry without moving any clock.
         """
+        claims = self._signed_claims(token)
+        now = self._clock()
+        # Like the Go JWT library CTM uses: valid while now <= exp.
+        if now > claims["exp"]:
+            late = max(1, math.ceil(now - claims["exp"]))
+            raise TokenRejectedError(f"Bearer token malformed: Token is expired by {late}s")
+        if max_uses is not None:
+            self._count_use(claims, max_uses)
+        return claims
+
+    def _signed_claims(self, token: str) -> dict[str, Any]:
+        """The claims of a token signed here (HS256) with an integer ``exp``, whether expired or
+        not; else TokenRejectedError with CTM's message."""
         parts = token.split(".")
         if len(parts) != 3:
             raise TokenRejectedError(
@@ -188,18 +201,15 @@ class TokenAuthority:
             raise TokenRejectedError("Bearer token malformed: signing method is invalid")
         if not isinstance(claims, dict) or not isinstance(claims.get("exp"), int):
             raise TokenRejectedError("Bearer token malformed: token has no expiry")
-        now = self._clock()
-        # Like the Go JWT library CTM uses: valid while now <= exp.
-        if now > claims["exp"]:
-            late = max(1, math.ceil(now - claims["exp"]))
-            raise TokenRejectedError(f"Bearer token malformed: Token is expired by {late}s")
-        if max_uses is not None:
-            with self._lock:
-                uses = self._uses.get(str(claims.get("jwtid")), 0) + 1
-                self._uses[str(claims.get("jwtid"))] = uses
-            if uses > max_uses:
-                raise TokenRejectedError("Bearer token malformed: Token is expired by 1s")
         return claims
+
+    def _count_use(self, claims: Mapping[str, Any], max_uses: int) -> None:
+        """Count one more request served by the token; past ``max_uses`` it is expired."""
+        with self._lock:
+            uses = self._uses.get(str(claims.get("jwtid")), 0) + 1
+            self._uses[str(claims.get("jwtid"))] = uses
+        if uses > max_uses:
+            raise TokenRejectedError("Bearer token malformed: Token is expired by 1s")
 
     # --- refresh tokens -------------------------------------------------------------------------
 
