@@ -10,7 +10,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -327,22 +327,26 @@ class CtmApi:
     ) -> tuple[int, int, dict[str, str], str | None] | ApiReply:
         """``(skip, limit, filters, sort)`` of a list request, or the 400 refusing it."""
         faults = self._faults
-        try:
-            skip = int(query.get("skip", "0") or "0")
-            limit = int(query.get("limit", str(DEFAULT_LIMIT)) or DEFAULT_LIMIT)
-        except ValueError:
-            return bad_request("skip and limit must be integers.")
-        if skip < 0 or limit < -1:
-            return bad_request("skip must be >= 0 and limit >= -1.")
+        paging = _paging(query)
+        if isinstance(paging, ApiReply):
+            return paging
+        skip, limit = paging
         known = (FILTERS - faults.unknown_filters) | PAGING_PARAMETERS
-        unknown = sorted(name for name in query if name not in known)
-        if unknown and not faults.ignore_unknown_filters:
-            return bad_request(f"Unknown query parameter: {unknown[0][:64]}.")
+        refusal = self._unknown_parameter(query, known)
+        if refusal is not None:
+            return refusal
         sort = query.get("sort") or faults.default_sort
         if not sort_fields_known(sort):
             return bad_request("sort names a field the keys cannot be sorted by.")
         filters = {k: v for k, v in query.items() if k in known - PAGING_PARAMETERS and v}
         return skip, limit, filters, sort
+
+    def _unknown_parameter(self, query: Mapping[str, str], known: Set[str]) -> ApiReply | None:
+        """The 400 for a query parameter not in ``known``, unless the faults ignore those."""
+        unknown = sorted(name for name in query if name not in known)
+        if unknown and not self._faults.ignore_unknown_filters:
+            return bad_request(f"Unknown query parameter: {unknown[0][:64]}.")
+        return None
 
     def _churn(self, filters: Mapping[str, str], sort: str | None) -> None:
         """Keys change between page reads, as ``faults.list_churn`` says."""
@@ -445,6 +449,18 @@ class CtmApi:
         return ApiReply(0, drop=True) if status == 0 else injected_error(status)
 
 
+def _paging(query: Mapping[str, str]) -> tuple[int, int] | ApiReply:
+    """``(skip, limit)`` of a list request, or the 400 refusing them."""
+    try:
+        skip = int(query.get("skip", "0") or "0")
+        limit = int(query.get("limit", str(DEFAULT_LIMIT)) or DEFAULT_LIMIT)
+    except ValueError:
+        return bad_request("skip and limit must be integers.")
+    if skip < 0 or limit < -1:
+        return bad_request("skip must be >= 0 and limit >= -1.")
+    return skip, limit
+
+
 def _parse_grant(body: bytes) -> dict[str, Any] | ApiReply:
     """The JSON object of an ``/auth/tokens`` body, or the 400 reply for a bad one."""
     try:
@@ -453,16 +469,24 @@ def _parse_grant(body: bytes) -> dict[str, Any] | ApiReply:
         return bad_request("Request body is not valid JSON.")
     if not isinstance(grant, dict):
         return bad_request("Request body must be a JSON object.")
+    problem = _grant_field_problem(grant)
+    return grant if problem is None else bad_request(problem)
+
+
+def _grant_field_problem(grant: Mapping[str, Any]) -> str | None:
+    """What CTM says is wrong with the first bad field of a grant; None when none is."""
     for name in ("domain", "auth_domain", "connection", "username", "name", "password"):
         if name in grant and not isinstance(grant[name], str):
-            return bad_request(f"{name} must be a string.")
+            return f"{name} must be a string."
     for name in _LIMIT_FIELDS:
         value = grant.get(name)
-        if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 0
-        ):
-            return bad_request(f"{name} must be a whole number of minutes.")
-    return grant
+        if value is not None and not _whole_minutes(value):
+            return f"{name} must be a whole number of minutes."
+    return None
+
+
+def _whole_minutes(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 # The refresh token limits a password grant may ask for, in minutes; 0 or absent: none.
