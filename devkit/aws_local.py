@@ -178,87 +178,29 @@ class LocalAwsStack:
         prefix = prefix or f"s{uuid.uuid4().hex[:10]}"
         template = load_template(template_path)
         resources = template["Resources"]
-        parameters = parameter_defaults(template)
-        if max_receive_count is not None:
-            parameters["MaxReceiveCount"] = str(max_receive_count)
-        refs: dict[str, Any] = {
-            **parameters,
-            # A required parameter: a placeholder until the caller names the CTM to use.
-            "CtmBaseUrl": CTM_PLACEHOLDER_URL,
-            "AWS::Region": region,
-            "AWS::AccountId": "123456789012",
-            "AWS::Partition": "aws",
-            "AWS::StackName": prefix,
-        }
+        refs = _references(template, prefix, region, max_receive_count)
         attributes: dict[str, str] = {}
         conditions = template.get("Conditions", {})
         if not Intrinsics(refs, attributes, conditions).holds("CreateCtmSecret"):
             raise ValueError("the local stack always creates its CTM secret")
         client = _clients(endpoint_url, region)
-
         table_name, stream_arn = _create_table(
             client("dynamodb"), f"{prefix}-results", resources[TABLE_ID]["Properties"]
         )
-        sqs = client("sqs")
-        queues: dict[str, tuple[str, str]] = {}
-        # Dead-letter queues first: the redrive policies name them.
-        for logical_id, stem in (
-            (DEAD_LETTER_QUEUE_ID, f"{prefix}-work-dlq"),
-            (WORK_QUEUE_ID, f"{prefix}-work"),
-            (TENANCY_DEAD_LETTER_QUEUE_ID, f"{prefix}-tenancy-dlq"),
-            (TENANCY_QUEUE_ID, f"{prefix}-tenancy"),
-        ):
-            properties = Intrinsics(refs, attributes).resolve(resources[logical_id]["Properties"])
-            # A FIFO queue's name ends in .fifo (CloudFormation appends it to generated names).
-            fifo = properties.get("FifoQueue") in (True, "true")
-            name = f"{stem}.fifo" if fifo else stem
-            url, arn = _create_queue(sqs, name, properties)
-            queues[logical_id] = (url, arn)
-            refs[logical_id] = url
-            attributes[f"{logical_id}.Arn"] = arn
-            attributes[f"{logical_id}.QueueName"] = name
-
-        topic_properties = Intrinsics(refs, attributes).resolve(resources[TOPIC_ID]["Properties"])
-        topic_arn = client("sns").create_topic(
-            Name=f"{prefix}-notifications",
-            Attributes={
-                name: str(topic_properties[name])
-                for name in ("DisplayName", "KmsMasterKeyId")
-                if name in topic_properties
-            },
-        )["TopicArn"]
-
-        secret_properties = resources[SECRET_ID]["Properties"]
-        secret_arn = client("secretsmanager").create_secret(
-            Name=_secret_name(prefix),
-            Description=str(secret_properties.get("Description", "")),
-            SecretString=str(secret_properties.get("SecretString", "{}")),
-        )["ARN"]
+        queues = _create_queues(client("sqs"), prefix, resources, refs, attributes)
+        topic_arn = _create_topic(client("sns"), prefix, resources, refs, attributes)
+        secret_arn = _create_secret(client("secretsmanager"), prefix, resources)
         refs |= {TABLE_ID: table_name, TOPIC_ID: topic_arn, SECRET_ID: secret_arn}
+        functions = (REFRESH_FUNCTION_ID, NOTIFY_FUNCTION_ID)
         environments = {
             function: _environment(
                 Intrinsics(refs, attributes, conditions), resources[function]["Properties"]
             )
-            for function in (REFRESH_FUNCTION_ID, NOTIFY_FUNCTION_ID)
+            for function in functions
         }
-
-        global_variables = (
-            template.get("Globals", {})
-            .get("Function", {})
-            .get("Environment", {})
-            .get("Variables", {})
-        )
-        declared = {
-            function: (
-                *resources[function]["Properties"].get("Environment", {}).get("Variables", {}),
-                *global_variables,
-            )
-            for function in (REFRESH_FUNCTION_ID, NOTIFY_FUNCTION_ID)
-        }
-
         # What the function is told must be what the queue does: read it back from the queue.
         redrive = json.loads(
-            sqs.get_queue_attributes(
+            client("sqs").get_queue_attributes(
                 QueueUrl=queues[WORK_QUEUE_ID][0], AttributeNames=["RedrivePolicy"]
             )["Attributes"]["RedrivePolicy"]
         )
@@ -280,7 +222,7 @@ class LocalAwsStack:
             topic_arn=topic_arn,
             secret_id=secret_arn,
             function_environments=environments,
-            declared_variables=declared,
+            declared_variables={f: _declared_variables(template, f) for f in functions},
         )
 
     # --- clients ---
@@ -454,6 +396,91 @@ class LocalAwsStack:
 
 
 # --- creation details ------------------------------------------------------------------------
+
+
+def _references(
+    template: Mapping[str, Any], prefix: str, region: str, max_receive_count: int | None
+) -> dict[str, Any]:
+    """What ``!Ref`` resolves to before any resource exists: parameters and pseudo parameters."""
+    parameters = parameter_defaults(template)
+    if max_receive_count is not None:
+        parameters["MaxReceiveCount"] = str(max_receive_count)
+    return {
+        **parameters,
+        # A required parameter: a placeholder until the caller names the CTM to use.
+        "CtmBaseUrl": CTM_PLACEHOLDER_URL,
+        "AWS::Region": region,
+        "AWS::AccountId": "123456789012",
+        "AWS::Partition": "aws",
+        "AWS::StackName": prefix,
+    }
+
+
+def _create_queues(
+    sqs: Any,
+    prefix: str,
+    resources: Mapping[str, Any],
+    refs: dict[str, Any],
+    attributes: dict[str, str],
+) -> dict[str, tuple[str, str]]:
+    """The four queues, dead-letter queues first (the redrive policies name them); each
+    becomes a reference and attributes the next ones resolve."""
+    queues: dict[str, tuple[str, str]] = {}
+    for logical_id, stem in (
+        (DEAD_LETTER_QUEUE_ID, f"{prefix}-work-dlq"),
+        (WORK_QUEUE_ID, f"{prefix}-work"),
+        (TENANCY_DEAD_LETTER_QUEUE_ID, f"{prefix}-tenancy-dlq"),
+        (TENANCY_QUEUE_ID, f"{prefix}-tenancy"),
+    ):
+        properties = Intrinsics(refs, attributes).resolve(resources[logical_id]["Properties"])
+        # A FIFO queue's name ends in .fifo (CloudFormation appends it to generated names).
+        fifo = properties.get("FifoQueue") in (True, "true")
+        name = f"{stem}.fifo" if fifo else stem
+        url, arn = _create_queue(sqs, name, properties)
+        queues[logical_id] = (url, arn)
+        refs[logical_id] = url
+        attributes[f"{logical_id}.Arn"] = arn
+        attributes[f"{logical_id}.QueueName"] = name
+    return queues
+
+
+def _create_topic(
+    sns: Any,
+    prefix: str,
+    resources: Mapping[str, Any],
+    refs: Mapping[str, Any],
+    attributes: Mapping[str, str],
+) -> str:
+    properties = Intrinsics(dict(refs), dict(attributes)).resolve(resources[TOPIC_ID]["Properties"])
+    return str(
+        sns.create_topic(
+            Name=f"{prefix}-notifications",
+            Attributes={
+                name: str(properties[name])
+                for name in ("DisplayName", "KmsMasterKeyId")
+                if name in properties
+            },
+        )["TopicArn"]
+    )
+
+
+def _create_secret(secretsmanager: Any, prefix: str, resources: Mapping[str, Any]) -> str:
+    properties = resources[SECRET_ID]["Properties"]
+    return str(
+        secretsmanager.create_secret(
+            Name=_secret_name(prefix),
+            Description=str(properties.get("Description", "")),
+            SecretString=str(properties.get("SecretString", "{}")),
+        )["ARN"]
+    )
+
+
+def _declared_variables(template: Mapping[str, Any], function: str) -> tuple[str, ...]:
+    """The environment variables the template declares for ``function`` (its own and the
+    Globals'): the only ones ``sam local invoke --env-vars`` may set."""
+    globals_ = template.get("Globals", {}).get("Function", {}).get("Environment", {})
+    own = template["Resources"][function]["Properties"].get("Environment", {})
+    return (*own.get("Variables", {}), *globals_.get("Variables", {}))
 
 
 def _secret_name(prefix: str) -> str:
