@@ -200,12 +200,7 @@ class RefreshEngine:
 
         def work() -> None:
             while (picked := scheduler.next()) is not None:
-                item, slot = picked
-                try:
-                    pacer = _TimedPacer(self._limiter.pacer(item.tenancy, slot), self._clock)
-                    outcome, fatal = self._refresh_one(item, pacer, calls_end_by)
-                finally:
-                    scheduler.done()
+                item, outcome, fatal = self._call(scheduler, picked, calls_end_by)
                 with lock:
                     result.outcomes.append(outcome)
                     if outcome.status is Status.REFRESHED:
@@ -220,20 +215,38 @@ class RefreshEngine:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="refresh") as pool:
             for future in [pool.submit(work) for _ in range(workers)]:
                 future.result()
-
         result.throttled = self._limiter.throttle_count() - throttled_before
         result.peak_in_flight = scheduler.peak_in_flight
-        rest = scheduler.remaining()
-        if scheduler.stopped is not None:
-            error = scheduler.stopped
-            for item in rest:
-                outcome = _failed_like(item, error)
-                result.outcomes.append(outcome)
-                for listener in listeners:
-                    listener(item, outcome)
-        else:
-            result.leftovers = rest
+        self._close(scheduler, result, listeners)
         return result
+
+    def _call(
+        self, scheduler: _Scheduler, picked: tuple[WorkItem, float], calls_end_by: float
+    ) -> tuple[WorkItem, RefreshOutcome, CtmError | None]:
+        """Refresh one key in its reserved slot; the scheduler learns the call is over."""
+        item, slot = picked
+        try:
+            pacer = _TimedPacer(self._limiter.pacer(item.tenancy, slot), self._clock)
+            outcome, fatal = self._refresh_one(item, pacer, calls_end_by)
+        finally:
+            scheduler.done()
+        return item, outcome, fatal
+
+    @staticmethod
+    def _close(
+        scheduler: _Scheduler, result: EngineResult, listeners: Sequence[OutcomeListener]
+    ) -> None:
+        """What was not started: handed back, or, after a run-fatal error, recorded like the
+        key that met it (no more calls)."""
+        rest = scheduler.remaining()
+        if scheduler.stopped is None:
+            result.leftovers = rest
+            return
+        for item in rest:
+            outcome = _failed_like(item, scheduler.stopped)
+            result.outcomes.append(outcome)
+            for listener in listeners:
+                listener(item, outcome)
 
     def _observe(self, seconds: float) -> None:
         with self._latency_lock:
