@@ -324,18 +324,11 @@ class CtmClient:
             _warn_if_unsorted(keys, start)
             resources, malformed, last = _fresh(items, keys, start, position, last)
             end = start + len(items)
-            finished = not items or (total is not None and end >= total)
-            if resources or malformed or finished:
-                break
-            if total is None:
-                # Nothing new and no total to progress towards: CTM is not honouring skip.
-                logger.warning("CTM key list repeated a page; stopping", extra={"skip": start})
-                finished = True
-                break
+            progress = bool(resources or malformed)
+            if progress or _listing_done(items, total, end) or _stalled(total, start):
+                return _key_page(resources, malformed, items=items, total=total, end=end, last=last)
             # Nothing new yet: the overlap filled CTM's (capped) page. Read on from its end.
             position, back = end, 0
-        following = None if finished else ListCursor(end, *(last or (None, None)))
-        return KeyPage(tuple(resources), malformed, following)
 
     def _window(
         self,
@@ -372,6 +365,35 @@ class CtmClient:
             max_body=MAX_LIST_BODY_BYTES,
         )
         return _page(answer)
+
+
+def _key_page(
+    resources: list[dict[str, Any]],
+    malformed: int,
+    *,
+    items: Sequence[Any],
+    total: int | None,
+    end: int,
+    last: SortKey | None,
+) -> KeyPage:
+    """The page, and where the listing goes on from (None when it has ended: an empty page,
+    every key read, or CTM repeating a page with no total to go by)."""
+    finished = _listing_done(items, total, end) or (not resources and not malformed)
+    following = None if finished else ListCursor(end, *(last or (None, None)))
+    return KeyPage(tuple(resources), malformed, following)
+
+
+def _stalled(total: int | None, start: int) -> bool:
+    """Nothing new and no total to progress towards: CTM is not honouring skip. Stop."""
+    if total is not None:
+        return False
+    logger.warning("CTM key list repeated a page; stopping", extra={"skip": start})
+    return True
+
+
+def _listing_done(items: Sequence[Any], total: int | None, end: int) -> bool:
+    """The listing has ended: an empty page, or as many keys read as CTM says it has."""
+    return not items or (total is not None and end >= total)
 
 
 def _warn_if_unsorted(keys: Sequence[SortKey | None], start: int) -> None:

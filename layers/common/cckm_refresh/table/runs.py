@@ -28,7 +28,7 @@ must agree with.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from cckm_refresh.clock import iso
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status
@@ -184,8 +184,7 @@ class RunBook(TableAccess):
                 # 1: the run completed before this chunk came, nothing joins it;
                 # 0: the chunk was registered before (a retried fan-out), as it was then.
                 return () if 1 in failed else self._registered_keys(run.run_id, chunk_id, entries)
-            taken = {remaining[i - 2].key_id for i in failed if i >= 2}
-            remaining = [entry for entry in remaining if entry.key_id not in taken]
+            remaining = _without_refused(remaining, failed, first=2)
         raise TransactionFailedError("could not register the chunk")
 
     def _registration(
@@ -274,8 +273,7 @@ class RunBook(TableAccess):
                 return len(batch)
             if 0 in failed:
                 return None
-            taken = {batch[i - 1].key_id for i in failed if i >= 1}
-            batch = [o for o in batch if o.key_id not in taken]
+            batch = _without_refused(batch, failed, first=1)
         raise TransactionFailedError("could not record the keys found missing")
 
     def _terminal_results(self, run: RunInfo, batch: Sequence[RefreshOutcome]) -> list[Any]:
@@ -356,3 +354,13 @@ def _tally_expression(tally: ChunkTally, head: str) -> str:
 
 def _tally_values(tally: ChunkTally) -> dict[str, int]:
     return {f":{name}": getattr(tally, name) for name in _TALLY_FIELDS}
+
+
+K = TypeVar("K", KeyEntry, RefreshOutcome)
+
+
+def _without_refused(keys: list[K], failed: set[int], *, first: int) -> list[K]:
+    """``keys`` less those whose put a transaction refused (the transaction's items from
+    index ``first`` on are one per key, in order): they are in the run already."""
+    taken = {keys[i - first].key_id for i in failed if i >= first}
+    return [key for key in keys if key.key_id not in taken]
