@@ -160,55 +160,127 @@ def generate_keys(
     keys = []
     created = _EPOCH
     for i in range(count):
+        # Every vault gets one key before the rest are spread at random.
         vault = vaults[i % len(vaults)] if i < len(vaults) else rng.choice(vaults)
-        application = rng.choice(APPLICATIONS)
-        purpose = rng.choice(tuple(PURPOSES))
-        algorithm = rng.choice(PURPOSES[purpose])
-        length, curve = rng.choice(LENGTHS[algorithm])
-        display_name = f"{application}-{purpose}-{i + 1:03d}"
-        compartment_name, compartment_id = rng.choice(vault.compartments)
-        key_id = _uuid(rng)
-        code = region_code(vault.region)
-        key_ocid = f"ocid1.key.oc1.{code}.{vault.ocid_part}.ab{code[:2]}{_token(rng, 56)}"
-        created += dt.timedelta(minutes=rng.randint(5, 600), microseconds=rng.randint(0, 999_999))
-        oci_created = created - dt.timedelta(seconds=rng.randint(1, 90))
-        refreshed = created + dt.timedelta(seconds=rng.randint(1, 40))
-        keys.append(
-            {
-                "id": key_id,
-                "uri": f"kylo:kylo:cckm:oci-key:{display_name}-{key_id}",
-                "account": ACCOUNT,
-                "createdAt": iso_micro(created),
-                "updatedAt": iso_micro(refreshed),
-                "cloud_name": "oci",
-                "vault_id": vault.vault_id,
-                "cckm_vault_id": vault.cckm_vault_id,
-                "tenancy": vault.tenancy,
-                "region": vault.region,
-                "compartment_name": compartment_name,
-                "key_material_origin": "native" if rng.random() < 0.85 else "cckm",
-                "refreshed_at": iso_micro(refreshed),
-                "auto_rotate": False,
-                "oci_params": {
-                    "compartment_id": compartment_id,
-                    "current_key_version": new_key_version(key_ocid, rng),
-                    "display_name": display_name,
-                    "key_id": key_ocid,
-                    "algorithm": algorithm,
-                    "length": length,
-                    "curve_id": curve,
-                    "lifecycle_state": "DISABLED" if i % 12 == 11 else "ENABLED",
-                    "protection_mode": "HSM" if rng.random() < 0.7 else "SOFTWARE",
-                    "is_primary": True,
-                    "vault_name": vault.name,
-                    "time_created": oci_created.strftime("%Y-%m-%dT%H:%M:%S.")
-                    + f"{oci_created.microsecond // 1000:03d}Z",
-                    "time_of_deletion": "",
-                    "replication_id": "",
-                    "restored_from_key_id": "",
-                    "defined_tags": {"Operations": {"CostCenter": f"cc-{rng.randint(1000, 9999)}"}},
-                    "freeform_tags": {"app": application, "owner": f"{application}-team"},
-                },
-            }
-        )
+        draw = _draw_key(rng, i, vault, created)
+        keys.append(_key_object(i, vault, draw))
+        created = draw.created
     return keys
+
+
+@dataclass(frozen=True)
+class _KeyDraw:
+    """Everything random about one key, drawn in one fixed order so a seed names a key set."""
+
+    application: str
+    purpose: str
+    algorithm: str
+    length: int
+    curve: str
+    compartment_name: str
+    compartment_id: str
+    key_id: str
+    key_ocid: str
+    created: dt.datetime
+    oci_created: dt.datetime
+    refreshed: dt.datetime
+    material_origin: str
+    key_version: str
+    protection_mode: str
+    cost_center: str
+
+
+def _draw_key(rng: random.Random, index: int, vault: _Vault, previous: dt.datetime) -> _KeyDraw:
+    """The random values of key ``index``, created some minutes after ``previous``.
+
+    The order of the ``rng`` calls is part of the seed's meaning: do not reorder them.
+    """
+    application = rng.choice(APPLICATIONS)
+    purpose = rng.choice(tuple(PURPOSES))
+    algorithm = rng.choice(PURPOSES[purpose])
+    length, curve = rng.choice(LENGTHS[algorithm])
+    compartment_name, compartment_id = rng.choice(vault.compartments)
+    key_id = _uuid(rng)
+    code = region_code(vault.region)
+    key_ocid = f"ocid1.key.oc1.{code}.{vault.ocid_part}.ab{code[:2]}{_token(rng, 56)}"
+    created = previous + dt.timedelta(
+        minutes=rng.randint(5, 600), microseconds=rng.randint(0, 999_999)
+    )
+    oci_created = created - dt.timedelta(seconds=rng.randint(1, 90))
+    refreshed = created + dt.timedelta(seconds=rng.randint(1, 40))
+    material_origin = "native" if rng.random() < 0.85 else "cckm"
+    key_version = new_key_version(key_ocid, rng)
+    protection_mode = "HSM" if rng.random() < 0.7 else "SOFTWARE"
+    cost_center = f"cc-{rng.randint(1000, 9999)}"
+    return _KeyDraw(
+        application=application,
+        purpose=purpose,
+        algorithm=algorithm,
+        length=length,
+        curve=curve,
+        compartment_name=compartment_name,
+        compartment_id=compartment_id,
+        key_id=key_id,
+        key_ocid=key_ocid,
+        created=created,
+        oci_created=oci_created,
+        refreshed=refreshed,
+        material_origin=material_origin,
+        key_version=key_version,
+        protection_mode=protection_mode,
+        cost_center=cost_center,
+    )
+
+
+def _display_name(index: int, draw: _KeyDraw) -> str:
+    return f"{draw.application}-{draw.purpose}-{index + 1:03d}"
+
+
+def _key_object(index: int, vault: _Vault, draw: _KeyDraw) -> dict[str, Any]:
+    """CCKM's key object for key ``index``: CCKM's own fields, then OCI's under ``oci_params``."""
+    display_name = _display_name(index, draw)
+    return {
+        "id": draw.key_id,
+        "uri": f"kylo:kylo:cckm:oci-key:{display_name}-{draw.key_id}",
+        "account": ACCOUNT,
+        "createdAt": iso_micro(draw.created),
+        "updatedAt": iso_micro(draw.refreshed),
+        "cloud_name": "oci",
+        "vault_id": vault.vault_id,
+        "cckm_vault_id": vault.cckm_vault_id,
+        "tenancy": vault.tenancy,
+        "region": vault.region,
+        "compartment_name": draw.compartment_name,
+        "key_material_origin": draw.material_origin,
+        "refreshed_at": iso_micro(draw.refreshed),
+        "auto_rotate": False,
+        "oci_params": _oci_params(index, vault, draw),
+    }
+
+
+def _oci_params(index: int, vault: _Vault, draw: _KeyDraw) -> dict[str, Any]:
+    """The key as OCI describes it (every twelfth key DISABLED)."""
+    return {
+        "compartment_id": draw.compartment_id,
+        "current_key_version": draw.key_version,
+        "display_name": _display_name(index, draw),
+        "key_id": draw.key_ocid,
+        "algorithm": draw.algorithm,
+        "length": draw.length,
+        "curve_id": draw.curve,
+        "lifecycle_state": "DISABLED" if index % 12 == 11 else "ENABLED",
+        "protection_mode": draw.protection_mode,
+        "is_primary": True,
+        "vault_name": vault.name,
+        "time_created": _oci_millis(draw.oci_created),
+        "time_of_deletion": "",
+        "replication_id": "",
+        "restored_from_key_id": "",
+        "defined_tags": {"Operations": {"CostCenter": draw.cost_center}},
+        "freeform_tags": {"app": draw.application, "owner": f"{draw.application}-team"},
+    }
+
+
+def _oci_millis(moment: dt.datetime) -> str:
+    """OCI's timestamp format: milliseconds and ``Z`` (``moment`` is already UTC)."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
