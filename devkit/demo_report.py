@@ -71,17 +71,29 @@ class Observed:
 
 def check(observed: Observed, expected: Expected) -> list[str]:
     """Every expectation that did not hold, as one readable line each (empty: all held)."""
-    misses: list[str] = []
+    return [
+        *_check_run(observed, expected),
+        *_check_results(observed, expected),
+        *_check_queues(observed),
+        *_check_rejection(observed, expected),
+        *_check_notifications(observed, expected),
+    ]
 
-    def want(condition: bool, what: str) -> None:
-        if not condition:
-            misses.append(what)
 
-    run, results = observed.run, observed.results
-    want(observed.baseline.get("status") == "COMPLETED", "yesterday's run COMPLETED")
-    want(
-        run.get("status") == "COMPLETED",
-        f"run {expected.run_id} COMPLETED, got {run.get('status')}",
+def _unmet(*expectations: tuple[bool, str]) -> list[str]:
+    """The description of each ``(held, description)`` that did not hold, in order."""
+    return [what for held, what in expectations if not held]
+
+
+def _check_run(observed: Observed, expected: Expected) -> list[str]:
+    """Yesterday's and today's RUN items: both COMPLETED, today's with the expected counts."""
+    run = observed.run
+    misses = _unmet(
+        (observed.baseline.get("status") == "COMPLETED", "yesterday's run COMPLETED"),
+        (
+            run.get("status") == "COMPLETED",
+            f"run {expected.run_id} COMPLETED, got {run.get('status')}",
+        ),
     )
     counts = {
         name: _int(run.get(name)) for name in ("requested", "refreshed", "not_found", "failed")
@@ -92,59 +104,84 @@ def check(observed: Observed, expected: Expected) -> list[str]:
         "not_found": expected.not_found,
         "failed": expected.failed,
     }
-    want(counts == wanted, f"run counts {wanted}, got {counts}")
-    want(
-        _int(run.get("rotated")) == len(expected.rotated),
-        f"run counts {len(expected.rotated)} rotated, got {run.get('rotated')}",
+    return misses + _unmet(
+        (counts == wanted, f"run counts {wanted}, got {counts}"),
+        (
+            _int(run.get("rotated")) == len(expected.rotated),
+            f"run counts {len(expected.rotated)} rotated, got {run.get('rotated')}",
+        ),
     )
-    want(len(results) == expected.requested, f"{expected.requested} results, got {len(results)}")
+
+
+def _check_results(observed: Observed, expected: Expected) -> list[str]:
+    """Today's RESULT items: one per key, and each key the scenario touched as it should be."""
+    results = observed.results
+    misses = _unmet(
+        (len(results) == expected.requested, f"{expected.requested} results, got {len(results)}")
+    )
     changed = {key for key, r in results.items() if r.get("version_changed")}
-    want(
-        changed == set(expected.rotated),
-        f"rotations detected for {sorted(expected.rotated)}, got {sorted(changed)}",
+    misses += _unmet(
+        (
+            changed == set(expected.rotated),
+            f"rotations detected for {sorted(expected.rotated)}, got {sorted(changed)}",
+        )
     )
-
     disabled = results.get(expected.disabled, {})
-    want(
-        disabled.get("lifecycle_state") == "DISABLED",
-        f"the disabled key recorded DISABLED, got {disabled.get('lifecycle_state')}",
-    )
     deleted = results.get(expected.deleted, {})
-    want(
-        deleted.get("status") == "NOT_FOUND",
-        f"the deleted key NOT_FOUND, got {deleted.get('status')}",
-    )
     flaky = results.get(expected.flaky, {})
-    want(flaky.get("status") == "REFRESHED", f"the flaky key REFRESHED, got {flaky.get('status')}")
-    want(
-        max(observed.flaky_receive_counts, default=0) >= 2,
-        "the flaky key finished by a redelivery (ApproximateReceiveCount >= 2), "
-        f"got counts {list(observed.flaky_receive_counts)}",
+    return misses + _unmet(
+        (
+            disabled.get("lifecycle_state") == "DISABLED",
+            f"the disabled key recorded DISABLED, got {disabled.get('lifecycle_state')}",
+        ),
+        (
+            deleted.get("status") == "NOT_FOUND",
+            f"the deleted key NOT_FOUND, got {deleted.get('status')}",
+        ),
+        (flaky.get("status") == "REFRESHED", f"the flaky key REFRESHED, got {flaky.get('status')}"),
+        (
+            max(observed.flaky_receive_counts, default=0) >= 2,
+            "the flaky key finished by a redelivery (ApproximateReceiveCount >= 2), "
+            f"got counts {list(observed.flaky_receive_counts)}",
+        ),
     )
-    want(
-        observed.drained and observed.queue_left == 0,
-        f"the work queue and the tenancy queue drained, {observed.queue_left} message(s) left",
-    )
-    want(
-        observed.tenancy_queue.messages >= 1,
-        "the run's keys went through the tenancy queue, got no tenancy-queue message",
-    )
-    want(
-        observed.work_queue.messages >= 1,
-        "the pipeline's message was delivered from the work queue, got none",
-    )
-    for crash in observed.crashes:
-        misses.append(f"no invocation raised: {crash}")
 
+
+def _check_queues(observed: Observed) -> list[str]:
+    """Both queues carried messages and drained, and no invocation raised."""
+    return [
+        *_unmet(
+            (
+                observed.drained and observed.queue_left == 0,
+                "the work queue and the tenancy queue drained, "
+                f"{observed.queue_left} message(s) left",
+            ),
+            (
+                observed.tenancy_queue.messages >= 1,
+                "the run's keys went through the tenancy queue, got no tenancy-queue message",
+            ),
+            (
+                observed.work_queue.messages >= 1,
+                "the pipeline's message was delivered from the work queue, got none",
+            ),
+        ),
+        *(f"no invocation raised: {crash}" for crash in observed.crashes),
+    ]
+
+
+def _check_rejection(observed: Observed, expected: Expected) -> list[str]:
+    """The invalid message: recorded REJECTED naming its bad field, and dead-lettered once."""
     rejected = observed.rejected or {}
-    want(
-        str(rejected.get("error", "")).startswith(f"{expected.rejected_field}:"),
-        f"the invalid message recorded REJECTED naming {expected.rejected_field}",
+    misses = _unmet(
+        (
+            str(rejected.get("error", "")).startswith(f"{expected.rejected_field}:"),
+            f"the invalid message recorded REJECTED naming {expected.rejected_field}",
+        )
     )
     copies = [m for m in observed.dead_letters if "error" in m.get("MessageAttributes", {})]
-    want(len(copies) == 1, f"one dead-letter copy with an error attribute, got {len(copies)}")
-
-    return misses + _check_notifications(observed, expected)
+    return misses + _unmet(
+        (len(copies) == 1, f"one dead-letter copy with an error attribute, got {len(copies)}")
+    )
 
 
 def _check_notifications(observed: Observed, expected: Expected) -> list[str]:
