@@ -182,21 +182,12 @@ def _play(
     running: contextlib.ExitStack,
     sabotage: Callable[[Any], None] | None,
 ) -> list[str]:
+    """A day in the life: yesterday's run, overnight changes, today's run; the misses."""
     say = _printer(out)
     say("cckm-oci-refresh demo: CTM emulator + local AWS on 127.0.0.1; no account, no network\n")
     world = _World.start(scenario, say, log, running)
-
-    # Yesterday: every key gets a LATEST version to compare with.
     schedule = json.loads(SCHEDULE_EVENT.read_text(encoding="utf-8"))
-    yesterday = schedule | {"scheduled_time": YESTERDAY, "execution_id": str(uuid.uuid4())}
-    world.run(yesterday)
-    baseline_run = f"schedule-{YESTERDAY}"
-    baseline = world.item(f"RUN#{baseline_run}", "RUN") or {}
-    before = world.results(baseline_run)
-    say(
-        f"Yesterday's scheduled run ({baseline_run}): {baseline.get('status')}, "
-        f"{baseline.get('refreshed')} of {baseline.get('requested')} keys refreshed"
-    )
+    yesterday = _play_yesterday(world, schedule)
     # Subscribed from here on: yesterday's notifications are not today's news.
     capture = world.stack.capture_notifications()
 
@@ -204,10 +195,54 @@ def _play(
     if sabotage is not None:
         sabotage(world.ctm)
 
-    # Today: the schedule fires, a pipeline sends a bad message, both queues are drained.
+    today = _play_today(world, schedule, cast)
+    observed = _observe(world, yesterday, today, capture)
+    expected = _expectations(scenario, cast, today.run_id)
+    say("")
+    notes = _notes(cast, scenario.flaky_status, flaky_failures, today.drained.deliveries)
+    print_results(out, observed, expected, notes)
+    print_summary(out, observed)
+    print_notifications(out, observed.notifications)
+    return check(observed, expected)
+
+
+@dataclass(frozen=True)
+class _Yesterday:
+    """The baseline run: its id, and the RESULT items today's run is compared with."""
+
+    run_id: str
+    results: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class _Today:
+    """Today's run: its id, what the drain did, and the id of the pipeline's invalid message."""
+
+    run_id: str
+    drained: _Drained
+    hostile_message_id: str
+
+
+def _play_yesterday(world: _World, schedule: dict[str, Any]) -> _Yesterday:
+    """Yesterday's scheduled run: every key gets a LATEST version to compare with."""
+    event = schedule | {"scheduled_time": YESTERDAY, "execution_id": str(uuid.uuid4())}
+    world.run(event)
+    run_id = f"schedule-{YESTERDAY}"
+    baseline = world.item(f"RUN#{run_id}", "RUN") or {}
+    before = world.results(run_id)
+    world.say(
+        f"Yesterday's scheduled run ({run_id}): {baseline.get('status')}, "
+        f"{baseline.get('refreshed')} of {baseline.get('requested')} keys refreshed"
+    )
+    return _Yesterday(run_id, before)
+
+
+def _play_today(world: _World, schedule: dict[str, Any], cast: Cast) -> _Today:
+    """The schedule fires, a pipeline sends a bad message, both queues are drained."""
     drained, [hostile] = world.run(schedule, pipeline_messages=[HOSTILE_BODY], flaky=cast.flaky)
     response = drained.response if isinstance(drained.response, Mapping) else {}
     run_id = str(response.get("run_id"))
+    say = world.say
     say(f"The schedule fires ({SCHEDULE_EVENT.relative_to(ROOT)}): run {run_id}")
     say(
         "  its invocation (intake): "
@@ -219,18 +254,25 @@ def _play(
     say("Lambda's pollers deliver both queues to the refresh function:")
     for number, delivery in enumerate(drained.deliveries, start=1):
         say(_delivery_line(number, delivery))
-    deliveries = drained.deliveries
+    return _Today(run_id, drained, hostile)
 
-    observed = Observed(
-        baseline=world.item(f"RUN#{baseline_run}", "RUN") or {},
-        run=world.item(f"RUN#{run_id}", "RUN") or {},
-        before=before,
-        results=world.results(run_id),
-        rejected=world.item(f"REJECTED#{hostile}", "REQUEST"),
+
+def _observe(world: _World, yesterday: _Yesterday, today: _Today, capture: Any) -> Observed:
+    """What the table, the queues and the topic hold once the queues and the stream are drained.
+
+    ``capture`` is the topic's subscription made before the overnight changes.
+    """
+    drained = today.drained
+    return Observed(
+        baseline=world.item(f"RUN#{yesterday.run_id}", "RUN") or {},
+        run=world.item(f"RUN#{today.run_id}", "RUN") or {},
+        before=yesterday.results,
+        results=world.results(today.run_id),
+        rejected=world.item(f"REJECTED#{today.hostile_message_id}", "REQUEST"),
         dead_letters=world.stack.receive_all(world.stack.dead_letter_queue_url)
         + world.stack.receive_all(world.stack.tenancy_dead_letter_queue_url),
         notifications=capture.messages(),
-        flaky_receive_counts=[c for d in deliveries for c in d.flaky_counts],
+        flaky_receive_counts=[c for d in drained.deliveries for c in d.flaky_counts],
         notify_errors=world.notify_errors,
         queue_left=world.queue_left(),
         work_queue=drained.traffic(WORK_QUEUE),
@@ -238,7 +280,11 @@ def _play(
         drained=drained.drained,
         crashes=drained.crashes,
     )
-    expected = Expected(
+
+
+def _expectations(scenario: Scenario, cast: Cast, run_id: str) -> Expected:
+    """What run ``run_id`` must show: one key not found, none failed, the cast as cast."""
+    return Expected(
         run_id=run_id,
         requested=scenario.keys,
         not_found=1,
@@ -249,13 +295,6 @@ def _play(
         flaky=cast.flaky,
         rejected_field="keys[0]",
     )
-    say("")
-    print_results(
-        out, observed, expected, _notes(cast, scenario.flaky_status, flaky_failures, deliveries)
-    )
-    print_summary(out, observed)
-    print_notifications(out, observed.notifications)
-    return check(observed, expected)
 
 
 @dataclass
@@ -281,57 +320,11 @@ class _World:
         running: contextlib.ExitStack,
     ) -> _World:
         """Start moto and the CTM emulator, create the template's resources, load handlers."""
-        from aws_lambda_powertools.utilities import parameters
-
-        from devkit.aws_local import LocalAwsStack
-        from devkit.ctm_emulator import CtmEmulator, generate_keys
-        from devkit.lambda_poller import mappings_from_template
         from devkit.lambda_runtime import load_handler
-        from devkit.moto_server import MotoServer
 
-        moto = MotoServer()
-        moto.start()
-        running.callback(moto.stop)
-        # Powertools keeps its Secrets Manager client (bound to this endpoint) process-wide.
-        running.callback(parameters.clear_caches)
-        # Every boto3 client the handlers create reaches moto, none reaches AWS.
-        os.environ["AWS_ENDPOINT_URL"] = moto.endpoint_url
-        # A unique prefix: moto keeps its state per process, and a test may run the demo twice.
-        stack = LocalAwsStack.create(moto.endpoint_url, prefix=f"demo-{uuid.uuid4().hex[:4]}")
-        say(f"Local AWS (moto) at {moto.endpoint_url}, created from template.yaml:")
-        say(f"  table  {stack.table_name} (stream NEW_AND_OLD_IMAGES, index by-key, TTL)")
-        say(
-            f"  queue  {stack.work_queue_url.rsplit('/', 1)[-1]} "
-            f"(what pipelines send; maxReceiveCount {stack.max_receive_count}) "
-            f"-> dead-letter {stack.dead_letter_queue_url.rsplit('/', 1)[-1]}"
-        )
-        say(
-            f"  queue  {stack.tenancy_queue_url.rsplit('/', 1)[-1]} "
-            f"(FIFO, one message group per tenancy; maxReceiveCount {stack.max_receive_count}) "
-            f"-> dead-letter {stack.tenancy_dead_letter_queue_url.rsplit('/', 1)[-1]}"
-        )
-        say(f"  topic  {stack.topic_arn.rsplit(':', 1)[-1]}")
-        say(f"  secret {stack.secret_id.rsplit(':', 1)[-1]}")
-        # Lambda's mappings as the template declares them. The work queue's batching window
-        # only waits for a fuller batch; the demo sends no burst, so it is not waited out.
-        mappings = [replace(m, batching_window_seconds=0.0) for m in mappings_from_template(stack)]
-        for mapping in mappings:
-            say(
-                f"  the refresh function reads {mapping.label}: BatchSize {mapping.batch_size}, "
-                f"MaximumConcurrency {mapping.maximum_concurrency}, ReportBatchItemFailures"
-            )
-
-        keys = generate_keys(scenario.keys, tenancies=scenario.tenancies, seed=scenario.seed)
-        ctm = CtmEmulator(keys=keys, seed=scenario.seed).start()
-        running.callback(ctm.stop)
-        stack.put_secret({"refresh_token": ctm.issue_refresh_token(), "ca_bundle": ctm.ca_pem})
-        tenancies = sorted({k["tenancy"] for k in keys})
-        say(
-            f"CTM emulator at {ctm.base_url} (HTTPS, its own CA): {len(keys)} OCI keys in "
-            f"{len(tenancies)} tenancies ({', '.join(tenancies)})"
-        )
-        say("  the secret holds a CTM refresh token and the CA certificate (never printed)\n")
-
+        stack = _start_local_aws(say, running)
+        mappings = _refresh_mappings(stack, say)
+        keys, ctm = _start_ctm(scenario, stack, say, running)
         with _quiet(log):
             refresh = load_handler("refresh", stack.refresh_env(CTM_BASE_URL=ctm.base_url))
             notify = load_handler("notify", stack.notify_env())
@@ -454,6 +447,73 @@ class _World:
             )["Attributes"]
             left += sum(int(value) for value in attributes.values())
         return left
+
+
+def _start_local_aws(say: Callable[[str], None], running: contextlib.ExitStack) -> Any:
+    """Start moto, point every boto3 client at it, and create the template's resources."""
+    from aws_lambda_powertools.utilities import parameters
+
+    from devkit.aws_local import LocalAwsStack
+    from devkit.moto_server import MotoServer
+
+    moto = MotoServer()
+    moto.start()
+    running.callback(moto.stop)
+    # Powertools keeps its Secrets Manager client (bound to this endpoint) process-wide.
+    running.callback(parameters.clear_caches)
+    # Every boto3 client the handlers create reaches moto, none reaches AWS.
+    os.environ["AWS_ENDPOINT_URL"] = moto.endpoint_url
+    # A unique prefix: moto keeps its state per process, and a test may run the demo twice.
+    stack = LocalAwsStack.create(moto.endpoint_url, prefix=f"demo-{uuid.uuid4().hex[:4]}")
+    say(f"Local AWS (moto) at {moto.endpoint_url}, created from template.yaml:")
+    say(f"  table  {stack.table_name} (stream NEW_AND_OLD_IMAGES, index by-key, TTL)")
+    say(
+        f"  queue  {stack.work_queue_url.rsplit('/', 1)[-1]} "
+        f"(what pipelines send; maxReceiveCount {stack.max_receive_count}) "
+        f"-> dead-letter {stack.dead_letter_queue_url.rsplit('/', 1)[-1]}"
+    )
+    say(
+        f"  queue  {stack.tenancy_queue_url.rsplit('/', 1)[-1]} "
+        f"(FIFO, one message group per tenancy; maxReceiveCount {stack.max_receive_count}) "
+        f"-> dead-letter {stack.tenancy_dead_letter_queue_url.rsplit('/', 1)[-1]}"
+    )
+    say(f"  topic  {stack.topic_arn.rsplit(':', 1)[-1]}")
+    say(f"  secret {stack.secret_id.rsplit(':', 1)[-1]}")
+    return stack
+
+
+def _refresh_mappings(stack: Any, say: Callable[[str], None]) -> list[Any]:
+    """Lambda's mappings of both queues to the refresh function, as the template declares them."""
+    from devkit.lambda_poller import mappings_from_template
+
+    # The work queue's batching window only waits for a fuller batch; the demo sends no burst,
+    # so it is not waited out.
+    mappings = [replace(m, batching_window_seconds=0.0) for m in mappings_from_template(stack)]
+    for mapping in mappings:
+        say(
+            f"  the refresh function reads {mapping.label}: BatchSize {mapping.batch_size}, "
+            f"MaximumConcurrency {mapping.maximum_concurrency}, ReportBatchItemFailures"
+        )
+    return mappings
+
+
+def _start_ctm(
+    scenario: Scenario, stack: Any, say: Callable[[str], None], running: contextlib.ExitStack
+) -> tuple[list[dict[str, Any]], Any]:
+    """Start the CTM emulator with the scenario's keys; put its credentials in the secret."""
+    from devkit.ctm_emulator import CtmEmulator, generate_keys
+
+    keys = generate_keys(scenario.keys, tenancies=scenario.tenancies, seed=scenario.seed)
+    ctm = CtmEmulator(keys=keys, seed=scenario.seed).start()
+    running.callback(ctm.stop)
+    stack.put_secret({"refresh_token": ctm.issue_refresh_token(), "ca_bundle": ctm.ca_pem})
+    tenancies = sorted({k["tenancy"] for k in keys})
+    say(
+        f"CTM emulator at {ctm.base_url} (HTTPS, its own CA): {len(keys)} OCI keys in "
+        f"{len(tenancies)} tenancies ({', '.join(tenancies)})"
+    )
+    say("  the secret holds a CTM refresh token and the CA certificate (never printed)\n")
+    return keys, ctm
 
 
 class _Recorder:
