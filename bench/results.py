@@ -360,13 +360,19 @@ def render_scale(scale: ScaleFigures) -> list[str]:
     full = [run for run in scale.ceiling if run.rate == FULL_RATE]
     carried = scale.ceiling[-1] if scale.ceiling else None
     if carried is not None and carried.rate != FULL_RATE:
+        made_it = carried.ratio >= TARGET_RATIO and carried.throttled_share <= TARGET_THROTTLED
         lines += [
             f"This machine did not carry OCI's full rate ({FULL_RATE}/s per tenancy, "
             f"{scale.size.tenancies * FULL_RATE} keys/s) through the emulator, moto and the "
             f"handlers on {os.cpu_count()} cores: see where the CPU went below. The figures "
-            f"that count are at the highest rate it did carry, {carried.rate} keys/s per "
-            f"tenancy (the emulator's limit {carried.rate * READS_PER_REFRESH} reads/s, "
-            f"`TENANCY_RATE_LIMIT={carried.rate}`), as a ratio to that rate's ceiling.",
+            "that count are at a lower per-tenancy rate, "
+            f"{carried.rate} keys/s (the emulator's limit {carried.rate * READS_PER_REFRESH} "
+            f"reads/s, `TENANCY_RATE_LIMIT={carried.rate}`), as a ratio to that rate's ceiling"
+            + (
+                ", which it carried."
+                if made_it
+                else f"; even that it did not carry ({carried.ratio:.3f} of its ceiling)."
+            ),
             "",
         ]
     lines += [

@@ -72,7 +72,7 @@ class Size:
     tenancies: int = 20
     per_tenancy: int = 150
     sweep: tuple[int, ...] = (1, 5, 10, 20)
-    sweep_per_tenancy: int = 90  # shorter runs for the points below 20 tenancies
+    sweep_per_tenancy: int = 60  # shorter runs for the points below 20 tenancies
     pileup_keys: int = 100
     pipeline_keys: int = 25
     memory_sizes: tuple[int, ...] = (10_000, 25_000, 50_000, 100_000)
@@ -378,6 +378,15 @@ def rate_run(
         f"refreshed {item.get('refreshed', '?')}, failed {item.get('failed', '?')}"
         for run_id, item in zip(runs, items, strict=True)
     ]
+    operations = Counter(e.operation or "other" for e in run.log)
+    throttled_by = Counter(e.operation or "other" for e in run.log if e.throttled)
+    notes.append(
+        "CTM calls: "
+        + ", ".join(
+            f"{op} {n}" + (f" ({throttled_by[op]} throttled)" if throttled_by[op] else "")
+            for op, n in sorted(operations.items())
+        )
+    )
     calls, _ = run.pool.aws()
     notes.append(
         "AWS calls per key: "
@@ -771,7 +780,7 @@ def run_all(size: Size = Size(), only: Sequence[str] = SECTIONS) -> ScaleFigures
                 figures.sweep.append(
                     rate_run(
                         world,
-                        f"{tenancies} tenancies",
+                        f"{tenancies} tenanc{'y' if tenancies == 1 else 'ies'}",
                         KeySet(tenancies=tenancies, per_tenancy=size.sweep_per_tenancy),
                         0.4,
                         rate,
