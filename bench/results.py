@@ -98,7 +98,8 @@ def render_cold_start(imports: Sequence[ImportTime], layer: LayerSize) -> list[s
         "import; both create their AWS clients (and the refresh function its CTM client) on "
         "first use and keep them for the container's later invocations, so creating them "
         "(about 80 ms for two boto3 clients here) is in the first invocation, not in these "
-        "figures.",
+        "figures. This machine is x86_64: the layer's only native modules (charset_normalizer's, "
+        "built for arm64) cannot load here, so their pure-Python twins are imported instead.",
         "",
         f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
