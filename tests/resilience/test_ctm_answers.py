@@ -300,7 +300,6 @@ def test_calls_that_would_outlast_the_margin_end_in_time_and_the_rest_is_handed_
     # ... and once CTM is quick again the run completes, each key refreshed, the keys whose
     # calls were cut called again, the others once
     faults.clear()
-    cut = {k for k, n in refresh_calls(scenario.ctm, owed).items() if n}
     # (what Lambda does with the answer: deletes the others, the failed come back)
     failed = {failure["itemIdentifier"] for failure in answer["batchItemFailures"]}
     stack = scenario.world.stack
@@ -310,4 +309,6 @@ def test_calls_that_would_outlast_the_margin_end_in_time_and_the_rest_is_handed_
     results = finished_once(scenario, containers, "slow", keys)
     assert {r["status"] for r in results.values()} == {"REFRESHED"}
     calls = refresh_calls(scenario.ctm, keys)
-    assert {k for k, n in calls.items() if n > 1} <= cut
+    # (a key owed is one whose call was cut or never started: only those are called again; a
+    # cut call's request may reach the emulator's log only when its trickle ends, later)
+    assert {k for k, n in calls.items() if n > 1} <= owed
