@@ -15,6 +15,9 @@ passed: retrying a wrong password would only count towards locking the account.
 
 Every credential and JWT that passes through here is registered with
 ``errors.register_secret``, so CTM quoting one back in an error message never shows it.
+
+Over 300 lines on purpose: every way to hold a JWT (refresh token, password and the refresh
+token it mints, a bare JWT) and when each is renewed, refused or given up, which must agree.
 """
 
 from __future__ import annotations

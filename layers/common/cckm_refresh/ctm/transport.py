@@ -11,6 +11,10 @@ caller's ``deadline``) covering connect, headers and the whole body. The body is
 chunks with the socket timeout re-armed to the time left before each read, so an answer
 trickling in byte by byte cannot stretch an attempt; it is also capped in size. No back-off
 sleep or pacing wait is started that would pass the deadline.
+
+Over 300 lines on purpose: one call's whole life (pacing, authentication, the attempt under one
+time limit, the streamed and capped body, classification, retries and their budget) in the one
+place that may see a bearer token.
 """
 
 from __future__ import annotations
