@@ -42,7 +42,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from devkit.demo_report import (
     Expected,
@@ -54,6 +54,9 @@ from devkit.demo_report import (
     print_summary,
 )
 from devkit.lambda_runtime import environment
+
+if TYPE_CHECKING:
+    from cckm_refresh.table.reads import TableReader
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEDULE_EVENT = ROOT / "events" / "schedule.json"
@@ -231,7 +234,7 @@ def _play_yesterday(world: _World, schedule: dict[str, Any]) -> _Yesterday:
     event = schedule | {"scheduled_time": YESTERDAY, "execution_id": str(uuid.uuid4())}
     world.run(event)
     run_id = f"schedule-{YESTERDAY}"
-    baseline = world.item(f"RUN#{run_id}", "RUN") or {}
+    baseline = world.run_item(run_id) or {}
     before = world.results(run_id)
     world.say(
         f"Yesterday's scheduled run ({run_id}): {baseline.get('status')}, "
@@ -267,11 +270,11 @@ def _observe(world: _World, yesterday: _Yesterday, today: _Today, capture: Any) 
     """
     drained = today.drained
     return Observed(
-        baseline=world.item(f"RUN#{yesterday.run_id}", "RUN") or {},
-        run=world.item(f"RUN#{today.run_id}", "RUN") or {},
+        baseline=world.run_item(yesterday.run_id) or {},
+        run=world.run_item(today.run_id) or {},
         before=yesterday.results,
         results=world.results(today.run_id),
-        rejected=world.item(f"REJECTED#{today.hostile_message_id}", "REQUEST"),
+        rejected=world.rejected(today.hostile_message_id),
         dead_letters=world.stack.receive_all(world.stack.dead_letter_queue_url)
         + world.stack.receive_all(world.stack.tenancy_dead_letter_queue_url),
         notifications=capture.messages(),
@@ -413,27 +416,25 @@ class _World:
             if failures:
                 self.notify_errors.append(f"notify reported stream batch failures: {failures}")
 
-    def item(self, pk: str, sk: str) -> dict[str, Any] | None:
-        """One table item, or None."""
-        found = self.stack.table.get_item(Key={"pk": pk, "sk": sk}, ConsistentRead=True)
-        return dict(found["Item"]) if "Item" in found else None
+    def reader(self) -> TableReader:
+        """The table as the CLI and the notifier read it (``cckm_refresh.table.reads``)."""
+        from cckm_refresh.table.reads import TableReader
+
+        return TableReader(self.stack.client("dynamodb"), self.stack.table_name)
+
+    def run_item(self, run_id: str) -> dict[str, Any] | None:
+        """A run's ``RUN`` item, or None."""
+        return self.reader().run(run_id)
+
+    def rejected(self, source_id: str) -> dict[str, Any] | None:
+        """A rejected request's item, or None."""
+        from cckm_refresh.table.items import REQUEST, rejected_pk
+
+        return self.reader().item(rejected_pk(source_id), REQUEST)
 
     def results(self, run_id: str) -> dict[str, dict[str, Any]]:
         """A run's RESULT items by key id."""
-        from devkit.lambda_events import deserialize_image
-
-        pages = (
-            self.stack.client("dynamodb")
-            .get_paginator("query")
-            .paginate(
-                TableName=self.stack.table_name,
-                KeyConditionExpression="pk = :pk AND begins_with(sk, :key)",
-                ExpressionAttributeValues={":pk": {"S": f"RUN#{run_id}"}, ":key": {"S": "KEY#"}},
-                ConsistentRead=True,
-            )
-        )
-        items = [deserialize_image(item) for page in pages for item in page["Items"]]
-        return {str(item["key_id"]): item for item in items}
+        return {str(item["key_id"]): item for item in self.reader().results(run_id)}
 
     def queue_left(self) -> int:
         """Messages still in the work queue and the tenancy queue (visible or not)."""
