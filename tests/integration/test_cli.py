@@ -415,10 +415,10 @@ def test_python_m_cckm_refresh_runs_a_refresh(env: dict[str, str], ctm_emulator:
     assert "run proc: 1 keys: 1 refreshed" in done.stdout
 
 
-def test_python_m_cckm_refresh_emulator_serves_until_terminated() -> None:
-    # Given the emulator started through the CLI on a free port
+def test_the_emulator_for_the_cli_serves_until_terminated() -> None:
+    # Given the emulator started from the clone (it is not part of the CLI) on a free port
     process = subprocess.Popen(
-        [sys.executable, "-m", "cckm_refresh", "emulator", "--port", "0", "--keys", "5", "--json"],
+        [sys.executable, "-m", "devkit.ctm_emulator", "--port", "0", "--keys", "5", "--json"],
         cwd=ROOT,
         env=process_env(dict(os.environ)),
         stdout=subprocess.PIPE,

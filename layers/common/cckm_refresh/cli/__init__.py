@@ -33,11 +33,7 @@ __all__ = ["EXIT_ERROR", "EXIT_FAILED_KEYS", "EXIT_OK", "CliError", "main"]
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["emulator"]:
-        # The emulator parses its own options: argparse.REMAINDER refuses "--port 8443".
-        args = argparse.Namespace(command=_emulator, emulator_args=argv[1:])
-    else:
-        args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)
     env = dict(os.environ if env is None else env)
     try:
         with _logs_to_stderr(env.get("POWERTOOLS_LOG_LEVEL")):
@@ -121,13 +117,6 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=20)
     history.add_argument("--json", action="store_true")
     history.set_defaults(command=show_history)
-
-    # Dispatched in main() before parsing; listed here for --help.
-    emulator = commands.add_parser(
-        "emulator", help="the CTM emulator, from a clone only", add_help=False
-    )
-    emulator.add_argument("emulator_args", nargs=argparse.REMAINDER)
-    emulator.set_defaults(command=_emulator)
     return parser
 
 
@@ -140,16 +129,3 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--insecure", action="store_true", help="do not verify CTM's TLS certificate"
     )
-
-
-def _emulator(args: argparse.Namespace, env: dict[str, str]) -> int:
-    import importlib
-
-    try:
-        emulator = importlib.import_module("devkit.ctm_emulator.__main__")
-    except ImportError:
-        raise CliError(
-            "the CTM emulator is a development tool and is not installed with the CLI: "
-            "in a clone of the repository, run python -m devkit.ctm_emulator"
-        ) from None
-    return int(emulator.main(args.emulator_args))
