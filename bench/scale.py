@@ -47,7 +47,7 @@ RUN_ID = f"schedule-{SCHEDULED_TIME}"
 READS_PER_REFRESH = 2  # what one refresh costs in OCI reads (the emulator's model)
 OCI_READS_PER_SECOND = 10  # OCI's limit per tenancy
 FULL_RATE = 5  # refreshes per second per tenancy that OCI allows: 10 / 2
-RATES = (5, 3)  # tried in turn until the machine carries one (see carried_rate)
+RATES = (5, 4, 3)  # tried in turn until the machine carries one (see carried_rate)
 TARGET_RATIO = 0.9
 TARGET_RATIO_SLOW = 0.85  # at 1.0 s latency, and for the piled-on tenancy
 TARGET_THROTTLED = 0.02
@@ -367,7 +367,8 @@ def rate_run(
         items = [_run_item(stack, run_id) for run_id in runs]
     per_key = _refreshes(run.log)
     refresh_calls = sum(1 for e in run.log if e.operation == "refresh")
-    throttled = sum(1 for e in run.log if e.throttled)
+    # Throttled refresh calls, over refresh calls; other throttled calls are in the notes.
+    throttled = sum(1 for e in run.log if e.throttled and e.operation == "refresh")
     asked = len(key_ids) + sum(len(body["keys"]) for body in pipeline)
     expected = Counter(key_ids)
     for body in pipeline:
