@@ -261,8 +261,9 @@ def drive(
         t0 = time.monotonic()
         if schedule is not None:
             poller.invoke(schedule)
+        pipelines = stack.client("sqs")  # not the poller's client: its calls are counted
         for body in pipeline:
-            sqs.send_message(QueueUrl=stack.work_queue_url, MessageBody=json.dumps(body))
+            pipelines.send_message(QueueUrl=stack.work_queue_url, MessageBody=json.dumps(body))
         helper = None
         if during is not None:
             helper = threading.Thread(target=during, args=(pool, stop), daemon=True)
