@@ -55,6 +55,9 @@ Not modelled: Lambda's scaling ramp (it adds pollers over minutes; here every sl
 ``MaximumConcurrency`` is used at once), long polling (the poller short-polls every
 ``poll_interval`` seconds while there is nothing to do), the 6 MB payload limit, function
 timeouts (a target enforces its own), and retries of failed asynchronous invocations.
+
+Over 300 lines on purpose: the poller's rules (concurrency, batching, FIFO groups, answers,
+redrive) act on one shared state of what is in flight.
 """
 
 from __future__ import annotations
@@ -505,22 +508,20 @@ def _group(message: Mapping[str, Any]) -> str:
 
 def _failed_ids(response: Any, ids: tuple[str, ...], reported: bool) -> tuple[str, ...]:
     """The messages Lambda keeps, from the answer: all of them when the answer is invalid."""
-    if not reported or response is None:
-        return ()
-    if not isinstance(response, Mapping):
+    failures = response.get("batchItemFailures") if isinstance(response, Mapping) else None
+    if not reported or failures is None:
         return ()  # Lambda reads any other answer as success
-    failures = response.get("batchItemFailures")
-    if failures is None:
-        return ()
     if not isinstance(failures, list):
         return ids
-    named = []
-    for failure in failures:
-        identifier = failure.get("itemIdentifier") if isinstance(failure, Mapping) else None
-        if not identifier or identifier not in ids:
-            return ids  # an invalid identifier fails the whole batch
-        named.append(str(identifier))
+    named = [_identifier(failure) for failure in failures]
+    if any(identifier not in ids for identifier in named):
+        return ids  # an invalid identifier fails the whole batch
     return tuple(i for i in ids if i in set(named))
+
+
+def _identifier(failure: object) -> str:
+    identifier = failure.get("itemIdentifier") if isinstance(failure, Mapping) else None
+    return str(identifier) if identifier else ""
 
 
 # --- in-process target -----------------------------------------------------------------------

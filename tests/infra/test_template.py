@@ -148,14 +148,15 @@ def test_the_work_queue_mapping_reports_partial_failures_with_bounded_concurrenc
     assert 0 < mapping["MaximumBatchingWindowInSeconds"] <= 30
 
 
-def test_the_tenancy_queue_mapping_takes_full_fifo_batches_and_scales_with_tenancies(
+def test_the_tenancy_queue_mapping_takes_one_tenancy_at_a_time_and_scales_with_tenancies(
     cfn_template: dict[str, Any], sam_template: dict[str, Any]
 ) -> None:
     mapping = event_source_mapping(cfn_template, "TenancyQueue")
     parameter = sam_template["Parameters"]["TenancyQueueMaximumConcurrency"]
 
     assert mapping["FunctionName"] == {"Ref": "RefreshFunction"}
-    assert mapping["BatchSize"] == 10  # the most a FIFO queue's mapping takes
+    # One chunk per invocation: a FIFO batch holds all its groups until it returns
+    assert mapping["BatchSize"] == 1
     assert "MaximumBatchingWindowInSeconds" not in mapping  # FIFO mappings refuse a window
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert mapping["ScalingConfig"] == {

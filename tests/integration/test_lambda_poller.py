@@ -363,7 +363,7 @@ def test_mappings_follow_the_template(aws_stack: LocalAwsStack) -> None:
         tenancy = mappings["TenancyQueue"]
         assert tenancy.queue_url == aws_stack.tenancy_queue_url
         assert tenancy.fifo
-        assert (tenancy.batch_size, tenancy.maximum_concurrency) == (10, 25)
+        assert (tenancy.batch_size, tenancy.maximum_concurrency) == (1, 25)
         assert tenancy.report_batch_item_failures
 
 
