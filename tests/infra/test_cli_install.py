@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+
+from tests.infra.checkout import copy_checkout
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,18 +35,7 @@ def _pins(lines: list[str]) -> dict[str, str]:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project pip-installed into a directory of its own; returns that directory."""
     work = tmp_path_factory.mktemp("install")
-    checkout = work / "checkout"
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for name in files:
-        if (ROOT / name).is_file():
-            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, checkout / name)
+    checkout = copy_checkout(work / "checkout")
     site = work / "site"
     result = subprocess.run(
         [

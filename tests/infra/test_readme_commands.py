@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests.infra.checkout import copy_checkout
 from tests.infra.test_sam_build import python313_environment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -194,18 +194,7 @@ class ReaderShell:
 def shell(tmp_path_factory: pytest.TempPathFactory) -> ReaderShell:
     """A copy of what a clone holds, with the checkout's virtual environments linked in, and
     a reader's environment: no PYTHONPATH (the Makefile sets its own), python3.13 findable."""
-    copy = tmp_path_factory.mktemp("readme") / "checkout"
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for name in files:
-        if (ROOT / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, copy / name)
+    copy = copy_checkout(tmp_path_factory.mktemp("readme") / "checkout")
     for name in LINKED:
         if (ROOT / name).is_dir():
             (copy / name).symlink_to(ROOT / name)

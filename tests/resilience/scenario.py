@@ -6,11 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.integration.refresh_world import RefreshWorld
-from tests.resilience.promises import CapturedLogs, assert_promises_kept
+from tests.resilience.promises import (
+    CapturedLogs,
+    assert_counts_are_the_results,
+    assert_no_secret_anywhere,
+    assert_one_terminal_result_per_key,
+    assert_promises_kept,
+)
 from tests.resilience.work_queue_source import WorkQueueSource
+
+if TYPE_CHECKING:
+    from tests.resilience.lambda_kills import Containers
 
 
 @dataclass
@@ -39,3 +48,20 @@ class Scenario:
         return assert_promises_kept(
             self.world, self.source, self.logs, self.secrets, runs, written_once=written_once
         )
+
+
+def finished_once(
+    scenario: Scenario, containers: Containers, run_id: str, keys: Collection[str]
+) -> dict[str, dict[str, Any]]:
+    """One terminal result per key, the run completed once with its results' counts, and no
+    secret in the logs, the run's items or the messages. Returns the results."""
+    results = assert_one_terminal_result_per_key(scenario.world, run_id, keys)
+    assert_counts_are_the_results(scenario.world, run_id, results)
+    assert_no_secret_anywhere(
+        scenario.world,
+        scenario.logs,
+        scenario.secrets,
+        run_ids=[run_id],
+        messages=containers.events + containers.kills.sent,
+    )
+    return results

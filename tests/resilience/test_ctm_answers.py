@@ -24,13 +24,10 @@ from devkit.ctm_emulator.faults import (
 from tests.resilience.conftest import MakeScenario
 from tests.resilience.lambda_kills import Containers, KillSwitch
 from tests.resilience.promises import (
-    assert_counts_are_the_results,
-    assert_no_secret_anywhere,
-    assert_one_terminal_result_per_key,
     refresh_calls,
     run_items,
 )
-from tests.resilience.scenario import Scenario
+from tests.resilience.scenario import Scenario, finished_once
 
 pytestmark = pytest.mark.resilience
 OVERSIZED = "oversized"  # a refresh answer larger than the client's 1 MiB cap on key bodies
@@ -46,23 +43,6 @@ def run_to_the_end(
     report = containers.drain()
     assert not report.crashes, "an invocation failed as a whole"
     return containers, answer
-
-
-def finished_once(
-    scenario: Scenario, containers: Containers, run_id: str, keys: set[str]
-) -> dict[str, dict[str, Any]]:
-    """One terminal result per key, the run completed once with its results' counts, and no
-    secret in the logs, the run's items or the messages."""
-    results = assert_one_terminal_result_per_key(scenario.world, run_id, keys)
-    assert_counts_are_the_results(scenario.world, run_id, results)
-    assert_no_secret_anywhere(
-        scenario.world,
-        scenario.logs,
-        scenario.secrets,
-        run_ids=[run_id],
-        messages=containers.events + containers.kills.sent,
-    )
-    return results
 
 
 def logged(scenario: Scenario, field: str) -> list[Any]:

@@ -34,34 +34,14 @@ from tests.resilience.lambda_kills import (
     registers_chunk,
 )
 from tests.resilience.promises import (
-    assert_counts_are_the_results,
-    assert_no_secret_anywhere,
-    assert_one_terminal_result_per_key,
     refresh_calls,
     refreshes_between,
     run_items,
 )
-from tests.resilience.scenario import Scenario
+from tests.resilience.scenario import Scenario, finished_once
 
 pytestmark = pytest.mark.resilience
 CONCURRENCY = 8  # the world's REFRESH_CONCURRENCY: the most refresh calls in flight
-
-
-def finished_once(
-    scenario: Scenario, containers: Containers, run_id: str, keys: list[str]
-) -> dict[str, dict[str, Any]]:
-    """One terminal result per key, the run completed once with its results' counts, and no
-    secret in the logs, the run's items or the messages. Returns the results."""
-    results = assert_one_terminal_result_per_key(scenario.world, run_id, keys)
-    assert_counts_are_the_results(scenario.world, run_id, results)
-    assert_no_secret_anywhere(
-        scenario.world,
-        scenario.logs,
-        scenario.secrets,
-        run_ids=[run_id],
-        messages=containers.events + containers.kills.sent,
-    )
-    return results
 
 
 def chunk_items(scenario: Scenario, run_id: str) -> list[dict[str, Any]]:
