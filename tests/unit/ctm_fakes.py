@@ -103,6 +103,34 @@ class Sent:
 Handler = Callable[[Sent], Reply]
 
 
+def _sent(request: requests.PreparedRequest, verify: Any, timeout: Any) -> Sent:
+    """The request as it reached the (fake) network, its JSON body parsed."""
+    parts = urlsplit(request.url or "")
+    body = request.body
+    if isinstance(body, bytes):
+        body = body.decode()
+    return Sent(
+        method=request.method or "",
+        path=parts.path,
+        query=dict(parse_qsl(parts.query)),
+        headers=dict(request.headers),
+        body=json.loads(body) if body else None,
+        verify=verify,
+        timeout=timeout,
+    )
+
+
+def _content(body: Any) -> bytes:
+    """A reply's body as sent: nothing, bytes and str as they are, anything else as JSON."""
+    if body is None:
+        return b""
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    return json.dumps(body).encode()
+
+
 @dataclass
 class FakeCtm(BaseAdapter):
     """A scripted CTM. Token requests are answered by ``issue`` unless scripted otherwise."""
@@ -145,20 +173,24 @@ class FakeCtm(BaseAdapter):
         cert: Any = None,
         proxies: Any = None,
     ) -> requests.Response:
-        parts = urlsplit(request.url or "")
-        body = request.body
-        if isinstance(body, bytes):
-            body = body.decode()
-        sent = Sent(
-            method=request.method or "",
-            path=parts.path,
-            query=dict(parse_qsl(parts.query)),
-            headers=dict(request.headers),
-            body=json.loads(body) if body else None,
-            verify=verify,
-            timeout=timeout,
-        )
+        sent = _sent(request, verify, timeout)
         self.sent.append(sent)
+        reply = self._reply_for(sent)
+        if reply.raises is not None:
+            raise reply.raises
+        response = requests.Response()
+        response.status_code = reply.status
+        # The transport streams the body (stream=True) from ``raw``, as from a socket.
+        response.raw = urllib3.HTTPResponse(
+            body=io.BytesIO(_content(reply.body)), preload_content=False
+        )
+        response.headers["Content-Type"] = "application/json"
+        response.url = request.url or ""
+        response.request = request
+        return response
+
+    def _reply_for(self, sent: Sent) -> Reply:
+        """The scripted reply, else the default one, else a token or a 404."""
         key = (sent.method, sent.path)
         queue = self.scripts.get(key)
         if queue:
@@ -169,26 +201,7 @@ class FakeCtm(BaseAdapter):
             reply = self.issue
         else:
             reply = Reply(404, error_body("NCERRResourceNotFound: Resource not found", "nope"))
-        if not isinstance(reply, Reply):
-            reply = reply(sent)
-        if reply.raises is not None:
-            raise reply.raises
-        response = requests.Response()
-        response.status_code = reply.status
-        if reply.body is None:
-            content = b""
-        elif isinstance(reply.body, bytes):
-            content = reply.body
-        elif isinstance(reply.body, str):
-            content = reply.body.encode()
-        else:
-            content = json.dumps(reply.body).encode()
-        # The transport streams the body (stream=True) from ``raw``, as from a socket.
-        response.raw = urllib3.HTTPResponse(body=io.BytesIO(content), preload_content=False)
-        response.headers["Content-Type"] = "application/json"
-        response.url = request.url or ""
-        response.request = request
-        return response
+        return reply if isinstance(reply, Reply) else reply(sent)
 
     def close(self) -> None:
         return None
