@@ -81,34 +81,52 @@ class SlowHttpServer:
                 return  # the client hung up: what a deadline does
 
     def _answer(self, connection: socket.socket) -> None:
-        received = b""
-        while b"\r\n\r\n" not in received:
-            chunk = connection.recv(65536)
-            if not chunk:
-                return
-            received += chunk
+        if not _read_request(connection):
+            return
         with self._lock:
             self.requests += 1
         answer = self.answer
         if self._stop.wait(answer.header_delay):
             return
-        headers = [f"HTTP/1.1 {answer.status} X", "Content-Type: application/json"]
-        if answer.declare_length:
-            length = answer.declared_length
-            headers.append(f"Content-Length: {len(answer.body) if length is None else length}")
-        headers.append("Connection: close")
-        connection.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
-        if answer.byte_interval <= 0:
-            self._send(connection, answer.body)
-        else:
-            for i in range(len(answer.body)):
-                if self._stop.wait(answer.byte_interval):
-                    return
-                self._send(connection, answer.body[i : i + 1])
+        connection.sendall(_head(answer))
+        if not self._send_body(connection, answer):
+            return
         while answer.endless and not self._stop.is_set():
             self._send(connection, b" " * 65536)
+
+    def _send_body(self, connection: socket.socket, answer: SlowAnswer) -> bool:
+        """Sends the body all at once or byte by byte; False if stopped on the way."""
+        if answer.byte_interval <= 0:
+            self._send(connection, answer.body)
+            return True
+        for i in range(len(answer.body)):
+            if self._stop.wait(answer.byte_interval):
+                return False
+            self._send(connection, answer.body[i : i + 1])
+        return True
 
     def _send(self, connection: socket.socket, data: bytes) -> None:
         connection.sendall(data)
         with self._lock:
             self.bytes_sent += len(data)
+
+
+def _read_request(connection: socket.socket) -> bool:
+    """Reads up to the end of the request's headers; False if the client hung up first."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return False
+        received += chunk
+    return True
+
+
+def _head(answer: SlowAnswer) -> bytes:
+    """The status line and headers, with the Content-Length the answer declares, if any."""
+    headers = [f"HTTP/1.1 {answer.status} X", "Content-Type: application/json"]
+    if answer.declare_length:
+        length = answer.declared_length
+        headers.append(f"Content-Length: {len(answer.body) if length is None else length}")
+    headers.append("Connection: close")
+    return ("\r\n".join(headers) + "\r\n\r\n").encode()
