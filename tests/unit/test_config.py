@@ -13,19 +13,25 @@ BASE = {
 }
 
 
+CONTRACT_DEFAULTS = {
+    "refresh_concurrency": 64,
+    "tenancy_rate_limit": 4.0,
+    "ctm_timeout_seconds": 20.0,
+    "ctm_max_attempts": 4,
+    "ctm_verify_tls": True,
+    "max_receive_count": 5,
+    "fanout_chunk_size": 100,
+    "result_retention_days": 90,
+    "work_queue_url": None,
+    "tenancy_queue_url": None,
+    "deadline_margin_seconds": 45.0,
+}
+
+
 def test_defaults_follow_the_contract() -> None:
     settings = RefreshSettings.from_env(BASE)
-    assert settings.refresh_concurrency == 64
-    assert settings.tenancy_rate_limit == 4.0
-    assert settings.ctm_timeout_seconds == 20.0
-    assert settings.ctm_max_attempts == 4
-    assert settings.ctm_verify_tls is True
-    assert settings.max_receive_count == 5
-    assert settings.fanout_chunk_size == 100
-    assert settings.result_retention_days == 90
-    assert settings.work_queue_url is None
-    assert settings.tenancy_queue_url is None
-    assert settings.deadline_margin_seconds == 45.0
+    assert {name: getattr(settings, name) for name in CONTRACT_DEFAULTS} == CONTRACT_DEFAULTS
+    assert settings.ctm_verify_tls is True  # a bool, not merely a value equal to True
 
 
 @pytest.mark.parametrize(
