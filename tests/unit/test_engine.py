@@ -100,16 +100,22 @@ def test_each_answer_maps_to_its_outcome() -> None:
     )
     result = engine_for(ctm).run(items("ok", "gone", "denied", "busy"), lambda: 60.0)
     by_key = {o.key_id: o for o in result.outcomes}
-    assert by_key["ok"].status is Status.REFRESHED
-    assert by_key["ok"].key.current_key_version == "v2"
-    assert by_key["ok"].key.display_name == "name-ok"
-    assert by_key["gone"].status is Status.NOT_FOUND
-    assert by_key["gone"].error_code == "NCERRResourceNotFound"
-    assert by_key["denied"].status is Status.FAILED
-    assert by_key["denied"].http_status == 403
-    assert by_key["busy"].status is Status.PENDING
-    assert by_key["busy"].attempts == 4
-    assert result.leftovers == []
+    ok, gone, denied, busy = (by_key[name] for name in ("ok", "gone", "denied", "busy"))
+    assert {
+        "ok": (ok.status, ok.key.current_key_version, ok.key.display_name),
+        "gone": (gone.status, gone.error_code),
+        "denied": (denied.status, denied.http_status),
+        "busy": (busy.status, busy.attempts),
+        "leftovers": result.leftovers,
+    } == {
+        "ok": (Status.REFRESHED, "v2", "name-ok"),
+        "gone": (Status.NOT_FOUND, "NCERRResourceNotFound"),
+        "denied": (Status.FAILED, 403),
+        "busy": (Status.PENDING, 4),
+        "leftovers": [],
+    }
+    # Status members, not strings that merely equal them (Status is a StrEnum).
+    assert {type(o.status) for o in result.outcomes} == {Status}
 
 
 def test_every_key_gets_exactly_one_outcome_under_concurrency() -> None:
