@@ -81,33 +81,50 @@ def _writes(calls: Mapping[str, int]) -> int:
     return sum(n for op, n in calls.items() if op in DYNAMODB_WRITES)
 
 
+_COLD_START_METHOD = (
+    "Import time of each handler as `sam build` built it (`.aws-sam/build`), in a fresh "
+    "python3.13 that has only boto3, as the Lambda runtime, run with `-I -B` and "
+    "`sys.path` as Lambda sets it: the function's directory (`/var/task`), the layer's "
+    "`python/` (`/opt/python`), then the runtime's own; nothing writes bytecode, as "
+    "`/var/task` and `/opt` are read-only. Interpreter start-up is excluded; the figure "
+    "is the CPU time of the import (the machine is shared, and wall time counts other "
+    "processes' turns; the wall medians are shown too). `no bytecode` is the same layer "
+    "without its `__pycache__`, what SAM's own `python3.13` build method ships: every cold "
+    "start compiles it. `boto3` is `import boto3` with no layer. "
+    f"{IMPORT_RUNS} rounds, the modules interleaved in each; the ratio is the median of "
+    "the per-round ratios. The handler modules import with the variables "
+    "they need at import. Both handlers import boto3 and validate their settings at "
+    "import; both create their AWS clients (and the refresh function its CTM client) on "
+    "first use and keep them for the container's later invocations, so creating them "
+    "(about 80 ms for two boto3 clients here) is in the first invocation, not in these "
+    "figures. This machine is x86_64: the layer's only native modules (charset_normalizer's, "
+    "built for arm64) cannot load here, so their pure-Python twins are imported instead."
+)
+
+
 def render_cold_start(imports: Sequence[ImportTime], layer: LayerSize) -> list[str]:
     """The cold start part of section 2, markers included (``python -m bench.footprint
     --cold-start`` rewrites only this part of RESULTS.md)."""
-    lines = [
+    return [
         COLD_START_BEGIN,
         "",
-        "Import time of each handler as `sam build` built it (`.aws-sam/build`), in a fresh "
-        "python3.13 that has only boto3, as the Lambda runtime, run with `-I -B` and "
-        "`sys.path` as Lambda sets it: the function's directory (`/var/task`), the layer's "
-        "`python/` (`/opt/python`), then the runtime's own; nothing writes bytecode, as "
-        "`/var/task` and `/opt` are read-only. Interpreter start-up is excluded; the figure "
-        "is the CPU time of the import (the machine is shared, and wall time counts other "
-        "processes' turns; the wall medians are shown too). `no bytecode` is the same layer "
-        "without its `__pycache__`, what SAM's own `python3.13` build method ships: every cold "
-        "start compiles it. `boto3` is `import boto3` with no layer. "
-        f"{IMPORT_RUNS} rounds, the modules interleaved in each; the ratio is the median of "
-        "the per-round ratios. The handler modules import with the variables "
-        "they need at import. Both handlers import boto3 and validate their settings at "
-        "import; both create their AWS clients (and the refresh function its CTM client) on "
-        "first use and keep them for the container's later invocations, so creating them "
-        "(about 80 ms for two boto3 clients here) is in the first invocation, not in these "
-        "figures. This machine is x86_64: the layer's only native modules (charset_normalizer's, "
-        "built for arm64) cannot load here, so their pure-Python twins are imported instead.",
+        _COLD_START_METHOD,
         "",
         f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
         "",
+        *_import_table(imports),
+        "",
+        _import_target(imports),
+        "",
+        *_layer_table(layer),
+        "",
+        COLD_START_END,
+    ]
+
+
+def _import_table(imports: Sequence[ImportTime]) -> list[str]:
+    lines = [
         "| module | layer | median import (CPU) | wall | ratio to boto3 "
         "| heaviest packages (importtime ms, self) |",
         "|---|---|---:|---:|---:|---|",
@@ -118,22 +135,29 @@ def render_cold_start(imports: Sequence[ImportTime], layer: LayerSize) -> list[s
             f"| `{imp.name}` | {imp.layer or 'none'} | {imp.median * 1000:.0f} ms "
             f"| {imp.wall_median * 1000:.0f} ms | {imp.ratio:.2f} | {heaviest} |"
         )
+    return lines
+
+
+def _import_target(imports: Sequence[ImportTime]) -> str:
+    """The target line: the slowest handler as ``sam build`` ships it, against boto3."""
     handlers = [imp for imp in imports if imp.layer == WITH_BYTECODE]
     worst = max(handlers, key=lambda imp: imp.ratio)
-    lines += [
-        "",
+    return (
         f"Target: at most {TARGET_IMPORT_RATIO} x boto3 as `sam build` ships it: "
-        f"{_mark(worst.ratio <= TARGET_IMPORT_RATIO)} (worst `{worst.name}`, {worst.ratio:.2f}).",
-        "",
+        f"{_mark(worst.ratio <= TARGET_IMPORT_RATIO)} (worst `{worst.name}`, {worst.ratio:.2f})."
+    )
+
+
+def _layer_table(layer: LayerSize) -> list[str]:
+    return [
         "| layer as `sam build` makes it (`layers/common/Makefile`: pip for "
         "manylinux2014_aarch64, cp313, plus `cckm_refresh`, compiled; boto3 is not in it) "
         "| size |",
         "|---|---:|",
         f"| unpacked (`python/`, {layer.files} files) | {layer.unpacked_bytes / 2**20:.1f} MiB |",
         f"| zipped (deflate) | {layer.zipped_bytes / 2**20:.1f} MiB |",
+        *(f"| `{name}` | {size / 2**20:.1f} MiB |" for name, size in layer.packages),
     ]
-    lines += [f"| `{name}` | {size / 2**20:.1f} MiB |" for name, size in layer.packages]
-    return [*lines, "", COLD_START_END]
 
 
 def replace_cold_start(text: str, lines: Sequence[str]) -> str:
@@ -144,8 +168,34 @@ def replace_cold_start(text: str, lines: Sequence[str]) -> str:
 
 def render(figures: Figures) -> str:
     """The Markdown of RESULTS.md."""
-    now = dt.datetime.now(dt.UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
+    engine = figures.scenarios[-1]
     lines = [
+        *_render_header(figures),
+        *_render_throughput(figures.scenarios),
+        "## 2. Cold start and footprint",
+        "",
+        *render_cold_start(figures.imports, figures.layer),
+        *_render_peak_memory(figures.memory),
+        "## 3. Cost per refreshed key",
+        "",
+        "AWS calls counted by a botocore `before-call` hook in the function's process (API "
+        "calls, not HTTP retries); CTM calls from the emulator's request log.",
+        "",
+        *_cost_table(engine, figures.memory),
+        "",
+        "## What the numbers mean",
+        "",
+        *_meaning(figures),
+        "",
+    ]
+    if figures.scale is not None:
+        lines += [*render_scale(figures.scale), ""]
+    return "\n".join(lines)
+
+
+def _render_header(figures: Figures) -> list[str]:
+    now = dt.datetime.now(dt.UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
+    return [
         "# Benchmark results",
         "",
         "Written by `make bench` (`python -m bench`); every figure below comes from that run.",
@@ -155,6 +205,12 @@ def render(figures: Figures) -> str:
         f"- Python {platform.python_version()} (the Lambda runtime is 3.13 on arm64)",
         f"- Whole run: {figures.seconds:.0f} s",
         "",
+    ]
+
+
+def _render_throughput(scenarios: Sequence[Scenario]) -> list[str]:
+    """Section 1: the three clients' table, how each ran, and the engine's targets."""
+    lines = [
         "## 1. Throughput against OCI's per-tenancy limit",
         "",
         f"CTM emulator over HTTPS on loopback: {LATENCY * 1000:.0f} ms added to every key call, "
@@ -169,32 +225,33 @@ def render(figures: Figures) -> str:
         "| failed keys | wall |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for s in figures.scenarios:
-        lines.append(
-            f"| {s.name} | {s.keys} | {s.refreshed} | {s.keys_per_second:.2f} | {s.ratio:.3f} "
-            f"| {s.refresh_calls} | {s.throttled} ({s.throttled_share:.1%}) | {s.failed} "
-            f"| {s.wall_seconds:.1f} s |"
-        )
+    lines += [
+        f"| {s.name} | {s.keys} | {s.refreshed} | {s.keys_per_second:.2f} | {s.ratio:.3f} "
+        f"| {s.refresh_calls} | {s.throttled} ({s.throttled_share:.1%}) | {s.failed} "
+        f"| {s.wall_seconds:.1f} s |"
+        for s in scenarios
+    ]
     lines.append("")
-    for s in figures.scenarios:
+    for s in scenarios:
         lines.append(f"- **{s.name}**: {s.how}.")
         lines += [f"  - {note}" for note in s.notes]
-    engine = figures.scenarios[-1]
-    lines += [
-        "",
+    return [*lines, "", _engine_targets(scenarios[-1]), ""]
+
+
+def _engine_targets(engine: Scenario) -> str:
+    return (
         f"Targets for our engine: at least {TARGET_RATIO} of the ceiling: "
         f"{_mark(engine.ratio >= TARGET_RATIO)} ({engine.ratio:.3f}); zero failed keys: "
         f"{_mark(engine.failed == 0)} ({engine.failed}); at most "
         f"{TARGET_THROTTLED_SHARE:.0%} of calls throttled: "
         f"{_mark(engine.throttled_share <= TARGET_THROTTLED_SHARE)} "
-        f"({engine.throttled_share:.1%}).",
-        "",
-        "## 2. Cold start and footprint",
-        "",
-    ]
-    lines += render_cold_start(figures.imports, figures.layer)
-    memory = figures.memory
-    lines += [
+        f"({engine.throttled_share:.1%})."
+    )
+
+
+def _render_peak_memory(memory: MemoryRun) -> list[str]:
+    """Section 2's last part: the refresh function's peak memory over 5,000 keys."""
+    return [
         "",
         f"Peak memory of the refresh function refreshing {memory.keys:,} keys (emulator with no "
         "latency and no throttle, `TENANCY_RATE_LIMIT=100`, template defaults otherwise), in "
@@ -207,28 +264,16 @@ def render(figures: Figures) -> str:
         "| invocation | wall | peak RSS so far |",
         "|---|---:|---:|",
         f"| after import (cold start) | | {memory.peak_rss_after_import_kb / 1024:.0f} MiB |",
-    ]
-    lines += [
-        f"| {name} | {inv.wall_seconds:.1f} s | {inv.peak_rss_kb / 1024:.0f} MiB |"
-        for name, inv in memory.invocations
-    ]
-    lines += [
+        *(
+            f"| {name} | {inv.wall_seconds:.1f} s | {inv.peak_rss_kb / 1024:.0f} MiB |"
+            for name, inv in memory.invocations
+        ),
         "",
         f"{memory.refreshed:,} of {memory.keys:,} keys refreshed. Target: under "
         f"{TARGET_PEAK_MIB} MiB: {_mark(memory.peak_kb / 1024 < TARGET_PEAK_MIB)} "
         f"({memory.peak_kb / 1024:.0f} MiB).",
         "",
-        "## 3. Cost per refreshed key",
-        "",
-        "AWS calls counted by a botocore `before-call` hook in the function's process (API "
-        "calls, not HTTP retries); CTM calls from the emulator's request log.",
-        "",
     ]
-    lines += _cost_table(engine, memory)
-    lines += ["", "## What the numbers mean", "", *_meaning(figures), ""]
-    if figures.scale is not None:
-        lines += [*render_scale(figures.scale), ""]
-    return "\n".join(lines)
 
 
 def _cost_table(engine: Scenario, memory: MemoryRun) -> list[str]:
@@ -332,8 +377,34 @@ def _rate_target(run: RateRun | None, target: float, what: str) -> str:
 
 def render_scale(scale: ScaleFigures) -> list[str]:
     """The scale section's Markdown lines, markers included."""
-    lines = [
+    rate_runs = _rate_runs(scale)
+    carried = scale.ceiling[-1] if scale.ceiling else None  # the rate the machine carried
+    return [
         SCALE_BEGIN,
+        *_scale_method(scale),
+        *(_rate_row(run) for run in rate_runs),
+        "",
+        *_carried_rate(scale, carried),
+        *_scale_targets(scale, carried),
+        *_full_rate(scale, carried),
+        *_throughput_plot(scale),
+        *_run_notes(rate_runs),
+        *_render_cpu(scale, rate_runs),
+        *_render_memory(scale),
+        *_render_cost(scale.cost),
+        *_render_kills(scale),
+        SCALE_END,
+    ]
+
+
+def _rate_runs(scale: ScaleFigures) -> list[RateRun]:
+    """Every run against OCI's limit, in the order of the section's table."""
+    return [*scale.ceiling, *scale.slow, *scale.sweep, *([scale.pileup] if scale.pileup else [])]
+
+
+def _scale_method(scale: ScaleFigures) -> list[str]:
+    """The section's heading, how its figures were taken, and the rate table's head."""
+    return [
         "## 4. Scale: many tenancies, one tenancy piled on, 100,000 keys",
         "",
         f"Taken {scale.taken_at} (`python -m bench.scale`, {scale.seconds:.0f} s; the machine's "
@@ -354,33 +425,32 @@ def render_scale(scale: ScaleFigures) -> list[str]:
         "| throttled | failed | twice / never | time |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    rate_runs = [
-        *scale.ceiling,
-        *scale.slow,
-        *scale.sweep,
-        *([scale.pileup] if scale.pileup else []),
+
+
+def _carried_rate(scale: ScaleFigures, carried: RateRun | None) -> list[str]:
+    """Why the figures that count are at a lower rate, when the machine did not carry OCI's."""
+    if carried is None or carried.rate == FULL_RATE:
+        return []
+    made_it = carried.ratio >= TARGET_RATIO and carried.throttled_share <= TARGET_THROTTLED
+    verdict = (
+        ", which it carried."
+        if made_it
+        else f"; even that it did not carry ({carried.ratio:.3f} of its ceiling)."
+    )
+    return [
+        f"This machine did not carry OCI's full rate ({FULL_RATE}/s per tenancy, "
+        f"{scale.size.tenancies * FULL_RATE} keys/s) through the emulator, moto and the "
+        f"handlers on {os.cpu_count()} cores: see where the CPU went below. The figures "
+        "that count are at a lower per-tenancy rate, "
+        f"{carried.rate} keys/s (the emulator's limit {carried.rate * READS_PER_REFRESH} "
+        f"reads/s, `TENANCY_RATE_LIMIT={carried.rate}`), as a ratio to that rate's ceiling"
+        + verdict,
+        "",
     ]
-    lines += [_rate_row(run) for run in rate_runs]
-    lines.append("")
-    full = [run for run in scale.ceiling if run.rate == FULL_RATE]
-    carried = scale.ceiling[-1] if scale.ceiling else None
-    if carried is not None and carried.rate != FULL_RATE:
-        made_it = carried.ratio >= TARGET_RATIO and carried.throttled_share <= TARGET_THROTTLED
-        lines += [
-            f"This machine did not carry OCI's full rate ({FULL_RATE}/s per tenancy, "
-            f"{scale.size.tenancies * FULL_RATE} keys/s) through the emulator, moto and the "
-            f"handlers on {os.cpu_count()} cores: see where the CPU went below. The figures "
-            "that count are at a lower per-tenancy rate, "
-            f"{carried.rate} keys/s (the emulator's limit {carried.rate * READS_PER_REFRESH} "
-            f"reads/s, `TENANCY_RATE_LIMIT={carried.rate}`), as a ratio to that rate's ceiling"
-            + (
-                ", which it carried."
-                if made_it
-                else f"; even that it did not carry ({carried.ratio:.3f} of its ceiling)."
-            ),
-            "",
-        ]
-    lines += [
+
+
+def _scale_targets(scale: ScaleFigures, carried: RateRun | None) -> list[str]:
+    return [
         "Targets (issue 10):",
         "",
         _rate_target(carried, TARGET_RATIO, f"{scale.size.tenancies} tenancies, 0.4 s latency"),
@@ -390,40 +460,50 @@ def render_scale(scale: ScaleFigures) -> list[str]:
         ),
         "",
     ]
+
+
+def _full_rate(scale: ScaleFigures, carried: RateRun | None) -> list[str]:
+    """The ratio at OCI's full rate, when the rate carried was a lower one."""
+    full = [run for run in scale.ceiling if run.rate == FULL_RATE]
     if full and carried is not None and full[0] is not carried:
-        lines += [f"At the full rate: {full[0].ratio:.3f} of the ceiling.", ""]
+        return [f"At the full rate: {full[0].ratio:.3f} of the ceiling.", ""]
+    return []
+
+
+def _throughput_plot(scale: ScaleFigures) -> list[str]:
     if scale.sweep or scale.ceiling:
-        lines += [
-            "![keys/s against tenancies, with the ceiling](scale-throughput.png)",
-            "",
-        ]
-    notes = [(run.name, note) for run in rate_runs for note in run.notes]
-    if notes:
-        lines += ["<details><summary>Run notes</summary>", ""]
-        lines += [f"- {name}: {note}" for name, note in notes]
-        lines += ["", "</details>", ""]
+        return ["![keys/s against tenancies, with the ceiling](scale-throughput.png)", ""]
+    return []
+
+
+def _run_notes(rate_runs: Sequence[RateRun]) -> list[str]:
+    notes = [f"- {run.name}: {note}" for run in rate_runs for note in run.notes]
+    if not notes:
+        return []
+    return ["<details><summary>Run notes</summary>", "", *notes, "", "</details>", ""]
+
+
+def _render_cpu(scale: ScaleFigures, rate_runs: Sequence[RateRun]) -> list[str]:
+    """CPU seconds by party for every run, then what a key costs in the ceiling runs."""
     cpu_runs: list[tuple[str, RateRun | Cost]] = [(run.name, run) for run in rate_runs]
     if scale.cost is not None:
         cpu_runs.append((f"cost run, {scale.cost.keys:,} keys", scale.cost))
-    if cpu_runs:
-        names = " | ".join(cpu_runs[0][1].cpu.parties)
-        lines += [
-            "### Where the CPU went",
-            "",
-            "CPU seconds (user + system, from /proc) each party used during the run; "
-            '"machine busy" counts every process on the machine, ours and others\'.',
-            "",
-            f"| run | wall | {names} | ours, of capacity | machine busy |",
-            "|---|---:|" + "---:|" * len(cpu_runs[0][1].cpu.parties) + "---:|---:|",
-        ]
-        lines += [_cpu_row(run, name) for name, run in cpu_runs]
-        lines.append("")
-        for run in scale.ceiling:
-            lines += [_cpu_per_key(run), ""]
-    lines += _render_memory(scale)
-    lines += _render_cost(scale.cost)
-    lines += _render_kills(scale)
-    lines.append(SCALE_END)
+    if not cpu_runs:
+        return []
+    parties = cpu_runs[0][1].cpu.parties
+    lines = [
+        "### Where the CPU went",
+        "",
+        "CPU seconds (user + system, from /proc) each party used during the run; "
+        '"machine busy" counts every process on the machine, ours and others\'.',
+        "",
+        f"| run | wall | {' | '.join(parties)} | ours, of capacity | machine busy |",
+        "|---|---:|" + "---:|" * len(parties) + "---:|---:|",
+        *(_cpu_row(run, name) for name, run in cpu_runs),
+        "",
+    ]
+    for run in scale.ceiling:
+        lines += [_cpu_per_key(run), ""]
     return lines
 
 
