@@ -29,11 +29,21 @@ def notify(handler: ModuleType, event: dict[str, Any]) -> Any:
     return handler.handler(event, FakeLambdaContext("notify"))
 
 
-def by_type(messages: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def one_of_each(messages: list[dict[str, Any]], *kinds: str) -> list[dict[str, Any]]:
+    """The one message of each event type in ``kinds``, in that order; no other was sent."""
     grouped: dict[str, list[dict[str, Any]]] = {}
     for message in messages:
         grouped.setdefault(message["Message"]["event_type"], []).append(message)
-    return grouped
+    assert {kind: len(sent) for kind, sent in grouped.items()} == dict.fromkeys(kinds, 1)
+    return [grouped[kind][0] for kind in kinds]
+
+
+def assert_published(message: dict[str, Any], severity: str, **fields: Any) -> None:
+    """The message has the ``severity`` attribute, and its body each of ``fields``' values."""
+    body = message["Message"]
+    assert {"severity": message["MessageAttributes"]["severity"]["Value"]} | {
+        name: body[name] for name in fields
+    } == {"severity": severity, **fields}
 
 
 def test_a_real_run_notifies_completion_rotations_and_state_changes(world: RefreshWorld) -> None:
@@ -53,37 +63,33 @@ def test_a_real_run_notifies_completion_rotations_and_state_changes(world: Refre
 
     # Then people hear of the completed run, the rotation and the state change, once each
     assert response == {"batchItemFailures": []}
-    grouped = by_type(capture.messages())
-    assert sorted(grouped) == ["KEY_ROTATED", "KEY_STATE_CHANGED", "RUN_COMPLETED"]
-    assert all(len(v) == 1 for v in grouped.values())
-
-    [run] = grouped["RUN_COMPLETED"]
-    assert run["MessageAttributes"]["event_type"]["Value"] == "RUN_COMPLETED"
-    assert run["MessageAttributes"]["severity"]["Value"] == "ERROR"
-    assert len(run["Subject"]) < 100
-    assert run["Subject"].startswith("[ERROR] CCKM refresh run nightly")
-    body = run["Message"]
-    assert body["summary"] == "Run nightly: 29 of 30 OCI keys refreshed, 1 failed, 1 rotated"
-    assert (body["run_id"], body["trigger"], body["requested"]) == ("nightly", "event", 30)
-    assert (body["refreshed"], body["failed"], body["rotated"]) == (29, 1, 1)
-    assert body["failed_count"] == 1
-    [failed] = body["failed_keys"]
-    assert failed["key_id"] == keys[2]
-    assert failed["error_code"]
-    assert failed["display_name"]
-
-    [rotation] = grouped["KEY_ROTATED"]
-    assert rotation["MessageAttributes"]["severity"]["Value"] == "INFO"
-    assert rotation["Message"]["key_id"] == keys[0]
-    assert rotation["Message"]["current_key_version"] == rotated_version
-    assert rotation["Message"]["last_run_id"] == "nightly"
-
-    [change] = grouped["KEY_STATE_CHANGED"]
-    assert change["MessageAttributes"]["severity"]["Value"] == "ERROR"
-    assert change["Message"]["key_id"] == keys[1]
-    assert (change["Message"]["previous_state"], change["Message"]["lifecycle_state"]) == (
-        "ENABLED",
-        "DISABLED",
+    run, rotation, change = one_of_each(
+        capture.messages(), "RUN_COMPLETED", "KEY_ROTATED", "KEY_STATE_CHANGED"
+    )
+    summary = "Run nightly: 29 of 30 OCI keys refreshed, 1 failed, 1 rotated"
+    counts = {"requested": 30, "refreshed": 29, "failed": 1, "rotated": 1, "failed_count": 1}
+    assert_published(run, "ERROR", summary=summary, run_id="nightly", trigger="event", **counts)
+    [failed] = run["Message"]["failed_keys"]
+    assert {
+        "event_type": run["MessageAttributes"]["event_type"]["Value"],
+        "subject under 100 characters": len(run["Subject"]) < 100,
+        "subject names the run": run["Subject"].startswith("[ERROR] CCKM refresh run nightly"),
+        "failed key": failed["key_id"],
+        "its error code given": bool(failed["error_code"]),
+        "its name given": bool(failed["display_name"]),
+    } == {
+        "event_type": "RUN_COMPLETED",
+        "subject under 100 characters": True,
+        "subject names the run": True,
+        "failed key": keys[2],
+        "its error code given": True,
+        "its name given": True,
+    }
+    assert_published(
+        rotation, "INFO", key_id=keys[0], current_key_version=rotated_version, last_run_id="nightly"
+    )
+    assert_published(
+        change, "ERROR", key_id=keys[1], previous_state="ENABLED", lifecycle_state="DISABLED"
     )
 
 
@@ -282,26 +288,29 @@ def test_a_completed_run_item_is_published_field_by_field(aws_stack: Any) -> Non
     }
 
 
+# The LATEST item of one key, as the refresh function writes it (CONTRACT section 5).
+KEY_K1_LATEST = {
+    "pk": "KEY#k1",
+    "sk": "LATEST",
+    "item_type": "KEY",
+    "key_id": "k1",
+    "oci_key_id": "ocid1.key.oc1.iad.aaaa",
+    "display_name": "payments-db-key",
+    "tenancy": "acme-prod",
+    "region": "us-ashburn-1",
+    "vault_name": "payments-vault",
+    "lifecycle_state": "ENABLED",
+    "current_key_version": V1,
+    "last_run_id": "r1",
+    "updated_at": "2026-11-27T06:00:00.000Z",
+}
+
+
 def test_a_key_item_update_publishes_its_rotation_and_state_change(aws_stack: Any) -> None:
     # Given a KEY item whose version and state both moved in one update
-    latest = {
-        "pk": "KEY#k1",
-        "sk": "LATEST",
-        "item_type": "KEY",
-        "key_id": "k1",
-        "oci_key_id": "ocid1.key.oc1.iad.aaaa",
-        "display_name": "payments-db-key",
-        "tenancy": "acme-prod",
-        "region": "us-ashburn-1",
-        "vault_name": "payments-vault",
-        "lifecycle_state": "ENABLED",
-        "current_key_version": V1,
-        "last_run_id": "r1",
-        "updated_at": "2026-11-27T06:00:00.000Z",
-    }
-    aws_stack.table.put_item(Item=latest)
+    aws_stack.table.put_item(Item=KEY_K1_LATEST)
     aws_stack.table.put_item(
-        Item=latest
+        Item=KEY_K1_LATEST
         | {
             "lifecycle_state": "PENDING_DELETION",
             "current_key_version": V2,
@@ -318,21 +327,28 @@ def test_a_key_item_update_publishes_its_rotation_and_state_change(aws_stack: An
     # Then a rotation (INFO) and a state change (ERROR), nothing for the INSERT
     rotated, changed = capture.messages()
     where = "payments-db-key (payments-vault, us-ashburn-1)"
-    assert rotated["Message"]["summary"] == (
-        f"OCI key {where} rotated: version ...firstversion -> ...secondvers"
+    the_key = {
+        "key_id": "k1",
+        "oci_key_id": "ocid1.key.oc1.iad.aaaa",
+        "tenancy": "acme-prod",
+        "region": "us-ashburn-1",
+        "vault_name": "payments-vault",
+        "last_run_id": "r2",
+    }
+    assert_published(
+        rotated,
+        "INFO",
+        summary=f"OCI key {where} rotated: version ...firstversion -> ...secondvers",
+        previous_key_version=V1,
+        current_key_version=V2,
+        **the_key,
     )
-    assert rotated["MessageAttributes"]["severity"]["Value"] == "INFO"
-    assert rotated["Message"]["previous_key_version"] == V1
-    assert rotated["Message"]["current_key_version"] == V2
-    assert changed["Message"]["summary"] == (
-        f"OCI key {where} changed state ENABLED -> PENDING_DELETION"
+    assert_published(
+        changed,
+        "ERROR",
+        summary=f"OCI key {where} changed state ENABLED -> PENDING_DELETION",
+        **the_key,
     )
-    assert changed["MessageAttributes"]["severity"]["Value"] == "ERROR"
-    for message in (rotated, changed):
-        body = message["Message"]
-        assert (body["key_id"], body["oci_key_id"]) == ("k1", "ocid1.key.oc1.iad.aaaa")
-        assert (body["tenancy"], body["region"]) == ("acme-prod", "us-ashburn-1")
-        assert (body["vault_name"], body["last_run_id"]) == ("payments-vault", "r2")
 
 
 def test_the_ledgers_own_stream_records_notify_nobody(aws_stack: Any) -> None:
