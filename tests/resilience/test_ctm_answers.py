@@ -110,7 +110,7 @@ def test_a_malformed_refresh_answer_fails_its_key_only(
     assert int(results[bad]["http_status"]) == 200
     del results[bad]
     assert {r["status"] for r in results.values()} == {"REFRESHED"}
-    assert set(refresh_calls(scenario.ctm, keys).values()) == {1}
+    assert set(refresh_calls(scenario, keys).values()) == {1}
 
 
 # --- 5. CTM modes -------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def test_keys_moving_while_pages_are_read_are_each_resolved_once(
     present = {str(k["id"]) for k in scenario.ctm.keys}
     for key, result in results.items():
         assert result["status"] == ("REFRESHED" if key in present else "NOT_FOUND")
-    assert set(refresh_calls(scenario.ctm, set(registered)).values()) == {1}
+    assert set(refresh_calls(scenario, set(registered)).values()) == {1}
 
 
 def test_gone_and_not_authorized_keys_are_not_found_and_a_busy_vault_is_waited_for(
@@ -218,7 +218,7 @@ def test_gone_and_not_authorized_keys_are_not_found_and_a_busy_vault_is_waited_f
         assert outcome(denied) == ("NOT_FOUND", "NotAuthorizedOrNotFound", status)
     assert results[busy]["status"] == "REFRESHED"
     assert scenario.ctm.refresh_count(busy) == 3
-    calls = refresh_calls(scenario.ctm, keys)
+    calls = refresh_calls(scenario, keys)
     del calls[busy]
     assert set(calls.values()) == {1}
     assert int(scenario.world.run_item("modes")["not_found"]) == 4
@@ -288,7 +288,7 @@ def test_calls_that_would_outlast_the_margin_end_in_time_and_the_rest_is_handed_
     containers.drain()
     results = finished_once(scenario, containers, "slow", keys)
     assert {r["status"] for r in results.values()} == {"REFRESHED"}
-    calls = refresh_calls(scenario.ctm, keys)
+    calls = refresh_calls(scenario, keys)
     # (a key owed is one whose call was cut or never started: only those are called again; a
     # cut call's request may reach the emulator's log only when its trickle ends, later)
     assert {k for k, n in calls.items() if n > 1} <= owed

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
 
 from tests.fixtures.ctm import ManualClock
 from tests.resilience.conftest import MAX_RECEIVE_COUNT, MakeScenario
-from tests.resilience.promises import table_changes
+from tests.resilience.promises import refresh_calls, table_changes
 from tests.resilience.scenario import Scenario
 from tests.resilience.work_queue_source import TENANCY_QUEUE
 
@@ -204,3 +205,29 @@ def test_calls_slower_than_the_timeout_leave_keys_pending_until_a_redelivery(
     assert all(scenario.source.deliveries[m] == 2 for m in carrying)
     results = scenario.promises_kept({"slow": keys})
     assert statuses(results["slow"]) == {"REFRESHED"}
+
+
+def test_a_refresh_that_times_out_is_retried_and_counted_once_as_the_functions(
+    make_scenario: MakeScenario,
+) -> None:
+    # Given a 1 s timeout with retries allowed, and the first refresh call taking 1.4 s: CTM
+    # receives it, the function never sees its answer
+    slow_calls = SlowCalls(slow=1.4)
+    scenario = make_scenario(sleep=slow_calls)
+    scenario.ctm.faults.latency = 0.1
+    scenario.world.cold_start(CTM_TIMEOUT_SECONDS="1", CTM_MAX_ATTEMPTS="3")
+    keys = scenario.key_ids(4)
+    scenario.world.invoke(scenario.world.rule_event({"keys": keys, "request_id": "retried"}))
+
+    # When the chunks are delivered and the first refresh times out
+    slow_calls.slow_next(1)
+    scenario.source.drain()
+
+    # Then the function retried it in the same delivery: CTM counts two calls for that key,
+    # and the tests' count of refreshes (refresh_calls) says each key was refreshed once
+    raw = Counter({key: scenario.ctm.refresh_count(key) for key in keys})
+    assert sorted(raw.values()) == [1, 1, 1, 2]
+    assert set(refresh_calls(scenario, keys).values()) == {1}
+    assert not redelivered_chunks(scenario)
+    results = scenario.promises_kept({"retried": keys})
+    assert statuses(results["retried"]) == {"REFRESHED"}
