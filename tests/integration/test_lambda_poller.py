@@ -159,15 +159,26 @@ def test_fifo_one_batch_per_group_in_flight_and_each_group_in_order(sqs: Any) ->
         report = poller.drain(timeout=30)
 
     # Then the three groups ran side by side, never a group twice, each in order, once each
-    assert report.drained
-    assert target.overlaps == []
-    assert report.held_back == 0
-    assert report.peak_in_flight[queue.mapping().label] == 3
-    for group in ("a", "b", "c"):
-        order = [b["n"] for b in target.bodies() if b["group"] == group]
-        assert order == [0, 1, 2, 3]
-    assert set(report.deliveries.values()) == {1}
-    assert len(report.deleted) == 12
+    bodies = target.bodies()
+    assert {
+        "drained": report.drained,
+        "overlaps": target.overlaps,
+        "held back": report.held_back,
+        "peak in flight": report.peak_in_flight[queue.mapping().label],
+        "order in each group": {
+            group: [b["n"] for b in bodies if b["group"] == group] for group in ("a", "b", "c")
+        },
+        "deliveries per message": set(report.deliveries.values()),
+        "deleted": len(report.deleted),
+    } == {
+        "drained": True,
+        "overlaps": [],
+        "held back": 0,
+        "peak in flight": 3,
+        "order in each group": {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3], "c": [0, 1, 2, 3]},
+        "deliveries per message": {1},
+        "deleted": 12,
+    }
 
 
 def test_maximum_concurrency_bounds_the_invocations_in_flight(sqs: Any) -> None:
@@ -308,17 +319,32 @@ def test_the_event_is_the_one_lambda_builds_for_a_fifo_queue(sqs: Any) -> None:
 
     # Then the record has Lambda's fields, FIFO attributes included
     (record,) = target.events[0]["Records"]
-    assert record["eventSource"] == "aws:sqs"
-    assert record["eventSourceARN"] == queue.arn
-    assert record["awsRegion"] == "us-east-1"
-    assert record["body"] == '{"keys": []}'
-    assert record["attributes"]["MessageGroupId"] == "ocid1.tenancy.oc1..a"
-    assert record["attributes"]["MessageDeduplicationId"] == "run-1-chunk-0"
-    assert record["attributes"]["SequenceNumber"]
-    assert record["attributes"]["ApproximateReceiveCount"] == "1"
-    assert record["attributes"]["SentTimestamp"].isdigit()
-    assert record["messageAttributes"]["kind"]["stringValue"] == "chunk"
-    assert {"messageId", "receiptHandle", "md5OfBody"} <= set(record)
+    attributes = record["attributes"]
+    assert {
+        "eventSource": record["eventSource"],
+        "eventSourceARN": record["eventSourceARN"],
+        "awsRegion": record["awsRegion"],
+        "body": record["body"],
+        "MessageGroupId": attributes["MessageGroupId"],
+        "MessageDeduplicationId": attributes["MessageDeduplicationId"],
+        "SequenceNumber given": bool(attributes["SequenceNumber"]),
+        "ApproximateReceiveCount": attributes["ApproximateReceiveCount"],
+        "SentTimestamp all digits": attributes["SentTimestamp"].isdigit(),
+        "kind": record["messageAttributes"]["kind"]["stringValue"],
+        "identity fields": {"messageId", "receiptHandle", "md5OfBody"} & set(record),
+    } == {
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue.arn,
+        "awsRegion": "us-east-1",
+        "body": '{"keys": []}',
+        "MessageGroupId": "ocid1.tenancy.oc1..a",
+        "MessageDeduplicationId": "run-1-chunk-0",
+        "SequenceNumber given": True,
+        "ApproximateReceiveCount": "1",
+        "SentTimestamp all digits": True,
+        "kind": "chunk",
+        "identity fields": {"messageId", "receiptHandle", "md5OfBody"},
+    }
 
 
 def test_a_direct_invocation_is_in_flight_until_it_answers_and_its_messages_drain(
@@ -353,18 +379,33 @@ def test_mappings_follow_the_template(aws_stack: LocalAwsStack) -> None:
 
     # Then the work queue's mapping has the template's settings
     work = mappings["WorkQueue"]
-    assert (work.queue_url, work.queue_arn) == (aws_stack.work_queue_url, aws_stack.work_queue_arn)
-    assert not work.fifo
-    assert (work.batch_size, work.maximum_concurrency) == (5, 2)
-    assert work.batching_window_seconds == 10
-    assert work.report_batch_item_failures
+    assert {
+        "queue": (work.queue_url, work.queue_arn),
+        "fifo": work.fifo,
+        "batch size, maximum concurrency": (work.batch_size, work.maximum_concurrency),
+        "batching window": work.batching_window_seconds,
+        "reports batch item failures": work.report_batch_item_failures,
+    } == {
+        "queue": (aws_stack.work_queue_url, aws_stack.work_queue_arn),
+        "fifo": False,
+        "batch size, maximum concurrency": (5, 2),
+        "batching window": 10,
+        "reports batch item failures": True,
+    }
     # And the tenancy queue's (FIFO), on stacks that have it
     if hasattr(aws_stack, "tenancy_queue_url"):
         tenancy = mappings["TenancyQueue"]
-        assert tenancy.queue_url == aws_stack.tenancy_queue_url
-        assert tenancy.fifo
-        assert (tenancy.batch_size, tenancy.maximum_concurrency) == (1, 25)
-        assert tenancy.report_batch_item_failures
+        assert {
+            "queue": tenancy.queue_url,
+            "fifo": tenancy.fifo,
+            "batch size, maximum concurrency": (tenancy.batch_size, tenancy.maximum_concurrency),
+            "reports batch item failures": tenancy.report_batch_item_failures,
+        } == {
+            "queue": aws_stack.tenancy_queue_url,
+            "fifo": True,
+            "batch size, maximum concurrency": (1, 25),
+            "reports batch item failures": True,
+        }
 
 
 def test_in_process_function_loads_a_container_per_concurrent_invocation() -> None:
