@@ -159,24 +159,45 @@ def test_a_chunk_registers_once_and_a_key_joins_a_run_once(
 def test_a_run_completes_exactly_once_when_its_last_chunk_closes(
     store: ResultStore, aws_stack: Any
 ) -> None:
-    assert store.start_run(RUN) is True
-    assert store.start_run(RUN) is False
+    # Given a run (started twice) of two chunks, three keys, whose resolution has finished
+    started = (store.start_run(RUN), store.start_run(RUN))
     store.register_chunk(RUN, "a" * 32, "t", [KeyEntry("k1"), KeyEntry("k2")])
     store.register_chunk(RUN, "b" * 32, "t", [KeyEntry("k3")])
     store.finish_resolution("r1")
-    assert store.complete_if_done("r1") is None
+    before_any_chunk = store.complete_if_done("r1")
 
-    assert store.finish_chunk("r1", "a" * 32, ChunkTally(refreshed=1, not_found=1, rotated=1))
-    assert not store.finish_chunk("r1", "a" * 32, ChunkTally(refreshed=2))  # a late duplicate
-    assert store.complete_if_done("r1") is None
-    assert store.finish_chunk("r1", "b" * 32, ChunkTally(failed=1))
+    # When chunk a closes, then again (a late duplicate), then chunk b
+    closed = [store.finish_chunk("r1", "a" * 32, ChunkTally(refreshed=1, not_found=1, rotated=1))]
+    closed.append(store.finish_chunk("r1", "a" * 32, ChunkTally(refreshed=2)))
+    after_a = store.complete_if_done("r1")
+    closed.append(store.finish_chunk("r1", "b" * 32, ChunkTally(failed=1)))
     counts = store.complete_if_done("r1")
 
+    # Then the run completes once, when its last chunk closes, each chunk counted once
     assert counts is not None
-    assert (counts.requested, counts.refreshed, counts.not_found, counts.failed) == (3, 1, 1, 1)
-    assert counts.rotated == 1
-    assert store.complete_if_done("r1") is None
-    assert run_item(aws_stack, "r1")["status"] == "COMPLETED"
+    assert {
+        "started": started,
+        "completed before any chunk closed": before_any_chunk,
+        "chunks closed a, a, b": closed,
+        "completed after a": after_a,
+        "requested, refreshed, not found, failed, rotated": (
+            counts.requested,
+            counts.refreshed,
+            counts.not_found,
+            counts.failed,
+            counts.rotated,
+        ),
+        "completed again": store.complete_if_done("r1"),
+        "status": run_item(aws_stack, "r1")["status"],
+    } == {
+        "started": (True, False),
+        "completed before any chunk closed": None,
+        "chunks closed a, a, b": [True, False, True],
+        "completed after a": None,
+        "requested, refreshed, not found, failed, rotated": (3, 1, 1, 1, 1),
+        "completed again": None,
+        "status": "COMPLETED",
+    }
 
 
 def test_a_run_still_resolving_does_not_complete(store: ResultStore) -> None:
