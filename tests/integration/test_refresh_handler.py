@@ -3,20 +3,42 @@
 from __future__ import annotations
 
 import json
-import re
+from typing import Any
 
 import pytest
 from boto3.dynamodb.conditions import Key
 
+from tests.integration.item_matchers import (
+    ABSENT,
+    FALSE,
+    ISO_TIME,
+    NOT_NEGATIVE,
+    POSITIVE,
+    TRUE,
+    attributes,
+    starting,
+)
 from tests.integration.refresh_world import RefreshWorld
 
 pytestmark = pytest.mark.integration
-ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 
 
 def key_ids(world: RefreshWorld, count: int | None = None) -> list[str]:
     ids = [key["id"] for key in world.ctm.keys]
     return ids[:count] if count else ids
+
+
+def description_of(key: dict[str, Any]) -> dict[str, Any]:
+    """The attributes by which a RESULT and a KEY item describe ``key`` (as CTM lists it)."""
+    params = key["oci_params"]
+    return {
+        "key_id": key["id"],
+        "oci_key_id": params["key_id"],
+        "display_name": params["display_name"],
+        "tenancy": key["tenancy"],
+        "region": key["region"],
+        "vault_name": params["vault_name"],
+    }
 
 
 def test_a_scheduled_run_refreshes_every_selected_key_and_completes(world: RefreshWorld) -> None:
@@ -37,21 +59,28 @@ def test_a_scheduled_run_refreshes_every_selected_key_and_completes(world: Refre
     # Then every key is refreshed, the run completes with its counts, rotations are seen
     run_id = "schedule-2026-11-29T06:00:00Z"
     assert response["run_id"] == run_id
-    run = world.run_item(run_id)
-    assert run["item_type"] == "RUN"
-    assert run["status"] == "COMPLETED"
-    assert run["trigger"] == "schedule"
-    assert run["reason"] == "nightly"
-    assert run["dry_run"] is False
-    assert run["requested"] == 30
-    assert (run["refreshed"], run["not_found"], run["failed"], run["skipped"]) == (30, 0, 0, 0)
-    assert run["rotated"] == 2
-    assert ISO_Z.fullmatch(run["started_at"])
-    assert ISO_Z.fullmatch(run["finished_at"])
-    assert int(run["expires_at"]) > 0
+    expected_run = {
+        "item_type": "RUN",
+        "status": "COMPLETED",
+        "trigger": "schedule",
+        "reason": "nightly",
+        "dry_run": FALSE,
+        "requested": 30,
+        "refreshed": 30,
+        "not_found": 0,
+        "failed": 0,
+        "skipped": 0,
+        "rotated": 2,
+        "started_at": ISO_TIME,
+        "finished_at": ISO_TIME,
+        "expires_at": POSITIVE,
+    }
+    assert attributes(world.run_item(run_id), expected_run) == expected_run
     results = world.results(run_id)
-    assert len(results) == 30
-    assert {k for k, r in results.items() if r["version_changed"]} == set(rotated)
+    assert {
+        "results": len(results),
+        "versions changed": {k for k, r in results.items() if r["version_changed"]},
+    } == {"results": 30, "versions changed": set(rotated)}
 
 
 def test_every_result_and_key_attribute_of_the_contract_is_written(world: RefreshWorld) -> None:
@@ -62,48 +91,43 @@ def test_every_result_and_key_attribute_of_the_contract_is_written(world: Refres
 
     result = world.results("second")[key["id"]]
     refreshed = world.ctm.key(key["id"])
-    assert result["item_type"] == "RESULT"
-    assert result["pk"] == "RUN#second"
-    assert result["sk"] == f"KEY#{key['id']}"
-    assert result["run_id"] == "second"
-    assert result["key_id"] == key["id"]
-    assert result["oci_key_id"] == key["oci_params"]["key_id"]
-    assert result["display_name"] == key["oci_params"]["display_name"]
-    assert result["tenancy"] == key["tenancy"]
-    assert result["region"] == key["region"]
-    assert result["vault_name"] == key["oci_params"]["vault_name"]
-    assert result["status"] == "REFRESHED"
-    assert result["attempts"] == 1
-    assert result["duration_ms"] >= 0
-    assert result["http_status"] == 200
-    assert result["lifecycle_state"] == refreshed["oci_params"]["lifecycle_state"]
-    assert result["current_key_version"] == refreshed["oci_params"]["current_key_version"]
-    assert result["previous_key_version"] == key["oci_params"]["current_key_version"]
-    assert result["version_changed"] is True
-    assert result["refreshed_at"] == refreshed["refreshed_at"]
-    assert ISO_Z.fullmatch(result["recorded_at"])
-    assert result["gsi1pk"] == f"KEY#{key['id']}"
-    assert result["gsi1sk"] == result["recorded_at"]
-    assert int(result["expires_at"]) > 0
-    assert "error_code" not in result
+    params, now = key["oci_params"], refreshed["oci_params"]
+    expected_result = description_of(key) | {
+        "item_type": "RESULT",
+        "pk": "RUN#second",
+        "sk": f"KEY#{key['id']}",
+        "run_id": "second",
+        "status": "REFRESHED",
+        "attempts": 1,
+        "duration_ms": NOT_NEGATIVE,
+        "http_status": 200,
+        "lifecycle_state": now["lifecycle_state"],
+        "current_key_version": now["current_key_version"],
+        "previous_key_version": params["current_key_version"],
+        "version_changed": TRUE,
+        "refreshed_at": refreshed["refreshed_at"],
+        "recorded_at": ISO_TIME,
+        "gsi1pk": f"KEY#{key['id']}",
+        "gsi1sk": result["recorded_at"],
+        "expires_at": POSITIVE,
+        "error_code": ABSENT,
+    }
+    assert attributes(result, expected_result) == expected_result
 
     latest = world.latest(key["id"])
     assert latest is not None
-    assert latest["item_type"] == "KEY"
-    assert latest["key_id"] == key["id"]
-    assert latest["oci_key_id"] == key["oci_params"]["key_id"]
-    assert latest["display_name"] == key["oci_params"]["display_name"]
-    assert latest["tenancy"] == key["tenancy"]
-    assert latest["region"] == key["region"]
-    assert latest["vault_name"] == key["oci_params"]["vault_name"]
-    assert latest["lifecycle_state"] == "ENABLED"
-    assert latest["current_key_version"] == refreshed["oci_params"]["current_key_version"]
-    assert latest["last_status"] == "REFRESHED"
-    assert latest["last_run_id"] == "second"
-    assert latest["last_refreshed_at"] == refreshed["refreshed_at"]
-    assert latest["consecutive_failures"] == 0
-    assert latest["updated_at"] == result["recorded_at"]
-    assert "expires_at" not in latest
+    expected_latest = description_of(key) | {
+        "item_type": "KEY",
+        "lifecycle_state": "ENABLED",
+        "current_key_version": now["current_key_version"],
+        "last_status": "REFRESHED",
+        "last_run_id": "second",
+        "last_refreshed_at": refreshed["refreshed_at"],
+        "consecutive_failures": 0,
+        "updated_at": result["recorded_at"],
+        "expires_at": ABSENT,
+    }
+    assert attributes(latest, expected_latest) == expected_latest
 
 
 def test_sqs_keys_by_ocid_resolve_and_an_unknown_ocid_is_not_found(world: RefreshWorld) -> None:
@@ -158,17 +182,20 @@ def test_each_outcome_of_the_contract(world: RefreshWorld) -> None:
 
     assert response == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
     results = world.results("outcomes")
-    assert results[ok]["status"] == "REFRESHED"
-    assert results[gone]["status"] == "NOT_FOUND"
-    assert results[gone]["http_status"] == 404
-    assert results[gone]["error_code"] == "NCERRResourceNotFound"
-    assert results[denied]["status"] == "FAILED"
-    assert results[denied]["http_status"] == 403
-    assert results[flaky]["status"] == "PENDING"
-    assert results[flaky]["attempts"] == 3
-    assert results[flaky]["http_status"] == 503
-    assert world.run_item("outcomes")["status"] == "RUNNING"
-    assert world.latest(denied)["consecutive_failures"] == 1  # type: ignore[index]
+    expected: dict[str, dict[str, Any]] = {
+        "ok": {"status": "REFRESHED"},
+        "gone": {"status": "NOT_FOUND", "http_status": 404, "error_code": "NCERRResourceNotFound"},
+        "denied": {"status": "FAILED", "http_status": 403},
+        "flaky": {"status": "PENDING", "attempts": 3, "http_status": 503},
+    }
+    keys = {"ok": ok, "gone": gone, "denied": denied, "flaky": flaky}
+    assert {name: attributes(results[keys[name]], want) for name, want in expected.items()} == (
+        expected
+    )
+    assert (
+        world.run_item("outcomes")["status"],
+        world.latest(denied)["consecutive_failures"],  # type: ignore[index]
+    ) == ("RUNNING", 1)
 
 
 def test_a_redelivered_message_finishes_pending_keys_without_refreshing_others(
@@ -236,15 +263,20 @@ def test_a_bad_message_is_rejected_recorded_and_copied_while_others_succeed(
     assert world.run_item("good")["status"] == "COMPLETED"
     rejected = world.rejected(bad["messageId"])
     assert rejected is not None
-    assert rejected["item_type"] == "REJECTED"
-    assert rejected["error"].startswith(f"{field}:")
-    assert rejected["body"] == body
-    assert ISO_Z.fullmatch(rejected["received_at"])
-    assert int(rejected["expires_at"]) > 0
+    expected_rejected = {
+        "item_type": "REJECTED",
+        "error": starting(f"{field}:"),
+        "body": body,
+        "received_at": ISO_TIME,
+        "expires_at": POSITIVE,
+    }
+    assert attributes(rejected, expected_rejected) == expected_rejected
     copies = world.stack.receive_all(world.stack.dead_letter_queue_url)
     assert [m["Body"] for m in copies] == [body]
-    assert copies[0]["MessageAttributes"]["error"]["StringValue"].startswith(f"{field}:")
-    assert world.ctm.refresh_count() == 1
+    assert {
+        "error of the copy": copies[0]["MessageAttributes"]["error"]["StringValue"],
+        "refresh calls": world.ctm.refresh_count(),
+    } == {"error of the copy": starting(f"{field}:"), "refresh calls": 1}
 
 
 def test_a_large_run_fans_out_and_completes_once_with_the_right_counts(
@@ -267,17 +299,27 @@ def test_a_large_run_fans_out_and_completes_once_with_the_right_counts(
         ConsistentRead=True,
     )["Items"]
     tenancy_of = {key["id"]: key["tenancy"] for key in world.ctm.keys}
-    chunked = [key for chunk in chunks for key in chunk["keys"]]
-    assert sorted(chunked) == sorted(k for k in tenancy_of if k != gone)
-    for chunk in chunks:
-        assert 1 <= len(chunk["keys"]) <= 8
-        assert {tenancy_of[key] for key in chunk["keys"]} == {chunk["tenancy"]}
-        assert chunk["chunk_status"] == "DONE"
     delivered = [m for i in report.of("TenancyQueue") for m in i.message_ids]
-    assert len(delivered) == len(chunks)
     run = world.run_item("schedule-2026-11-28T06:00:00Z")
-    assert (run["status"], run["requested"], run["refreshed"]) == ("COMPLETED", 29, 29)
-    assert world.ctm.refresh_count() == 29
+    assert {
+        "keys chunked": sorted(key for chunk in chunks for key in chunk["keys"]),
+        "chunks not of 1 to 8 keys": [c["sk"] for c in chunks if not 1 <= len(c["keys"]) <= 8],
+        "chunks not of their one tenancy": [
+            c["sk"] for c in chunks if {tenancy_of[key] for key in c["keys"]} != {c["tenancy"]}
+        ],
+        "chunk statuses": {c["chunk_status"] for c in chunks},
+        "tenancy queue deliveries": len(delivered),
+        "run status, requested, refreshed": (run["status"], run["requested"], run["refreshed"]),
+        "refresh calls": world.ctm.refresh_count(),
+    } == {
+        "keys chunked": sorted(k for k in tenancy_of if k != gone),
+        "chunks not of 1 to 8 keys": [],
+        "chunks not of their one tenancy": [],
+        "chunk statuses": {"DONE"},
+        "tenancy queue deliveries": len(chunks),
+        "run status, requested, refreshed": ("COMPLETED", 29, 29),
+        "refresh calls": 29,
+    }
 
 
 def test_an_invocation_short_of_time_hands_its_remaining_keys_on(world: RefreshWorld) -> None:
@@ -293,20 +335,27 @@ def test_an_invocation_short_of_time_hands_its_remaining_keys_on(world: RefreshW
 
     # Then one key per tenancy starts, the rest goes to the work queue under the same run,
     # in the chunks (one per tenancy) the keys were registered in
-    assert world.ctm.refresh_count() == len(tenancies)
-    assert response["handed_off"] == 30 - len(tenancies)
     messages = world.stack.receive_all(world.stack.work_queue_url)
-    handed = [k for m in messages for k in json.loads(m["Body"])["keys"]]
-    assert sorted(handed) == sorted(k["id"] for k in world.ctm.keys)
-    assert {json.loads(m["Body"])["run_id"] for m in messages} == {"short"}
-    pending = [r for r in world.results("short").values() if r["status"] == "PENDING"]
-    assert len(pending) == 30 - len(tenancies)
+    bodies = [json.loads(m["Body"]) for m in messages]
+    statuses = [r["status"] for r in world.results("short").values()]
+    assert {
+        "refresh calls": world.ctm.refresh_count(),
+        "handed off": response["handed_off"],
+        "keys in the messages": sorted(key for body in bodies for key in body["keys"]),
+        "runs of the messages": {body["run_id"] for body in bodies},
+        "results pending": statuses.count("PENDING"),
+    } == {
+        "refresh calls": len(tenancies),
+        "handed off": 30 - len(tenancies),
+        "keys in the messages": sorted(k["id"] for k in world.ctm.keys),
+        "runs of the messages": {"short"},
+        "results pending": 30 - len(tenancies),
+    }
     world.stack.release_messages(world.stack.work_queue_url, messages)
 
     world.cold_start(TENANCY_RATE_LIMIT="50")
     world.drain_work_queue()
-    assert world.run_item("short")["status"] == "COMPLETED"
-    assert world.ctm.refresh_count() == 30
+    assert (world.run_item("short")["status"], world.ctm.refresh_count()) == ("COMPLETED", 30)
 
 
 def test_a_retried_schedule_refreshes_nothing_twice(world: RefreshWorld) -> None:
