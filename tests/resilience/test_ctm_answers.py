@@ -176,15 +176,26 @@ def test_keys_moving_while_pages_are_read_are_each_resolved_once(
     # every original key is in the run; keys CCKM forgot before their refresh are NOT_FOUND
     chunks = run_items(scenario.world, "churn", "CHUNK#")
     registered = Counter(key for chunk in chunks for key in chunk["keys"])
-    assert set(registered.values()) == {1}
-    assert original <= set(registered)
-    assert len(registered) > len(original)  # keys discovered while listing joined the run
-    assert answer["fanned_out"] == len(registered)
+    assert {
+        "chunks each key was registered in": set(registered.values()),
+        "original keys not registered": original - set(registered),
+        "keys discovered while listing joined the run": len(registered) > len(original),
+        "fanned out": answer["fanned_out"],
+    } == {
+        "chunks each key was registered in": {1},
+        "original keys not registered": set(),
+        "keys discovered while listing joined the run": True,
+        "fanned out": len(registered),
+    }
     results = finished_once(scenario, containers, "churn", set(registered))
     present = {str(k["id"]) for k in scenario.ctm.keys}
-    for key, result in results.items():
-        assert result["status"] == ("REFRESHED" if key in present else "NOT_FOUND")
-    assert set(refresh_calls(scenario, set(registered)).values()) == {1}
+    assert {
+        "statuses": {key: result["status"] for key, result in results.items()},
+        "refresh calls per key": set(refresh_calls(scenario, set(registered)).values()),
+    } == {
+        "statuses": {key: "REFRESHED" if key in present else "NOT_FOUND" for key in results},
+        "refresh calls per key": {1},
+    }
 
 
 def test_gone_and_not_authorized_keys_are_not_found_and_a_busy_vault_is_waited_for(
@@ -237,9 +248,24 @@ class Countdown:
         return self._ends - time.monotonic()
 
 
-@pytest.mark.parametrize("slowness", ["trickle", "slow", "retried"])
+def settle(scenario: Scenario, queue: str, messages: list[Any], answer: dict[str, Any]) -> None:
+    """What Lambda does with a batch's answer: deletes the messages done, the failed come back."""
+    failed = {failure["itemIdentifier"] for failure in answer["batchItemFailures"]}
+    stack = scenario.world.stack
+    stack.delete_messages(queue, [m for m in messages if m["MessageId"] not in failed])
+    stack.release_messages(queue, [m for m in messages if m["MessageId"] in failed])
+
+
+@pytest.mark.parametrize(
+    "slowness",
+    [
+        pytest.param({"trickle_interval": 0.05}, id="trickle"),
+        pytest.param({"latency": 0.9}, id="slow"),
+        pytest.param({"latency": 0.3, "error_rate": 1.0}, id="retried"),
+    ],
+)
 def test_calls_that_would_outlast_the_margin_end_in_time_and_the_rest_is_handed_on(
-    scenario: Scenario, kills: KillSwitch, slowness: str
+    scenario: Scenario, kills: KillSwitch, slowness: dict[str, float]
 ) -> None:
     # Given 12 keys fanned out in 3 chunks, CTM_TIMEOUT_SECONDS=1 (margin 2 x 1 s + 5 s =
     # 7 s) and a batch invocation with 8 s left: 1 s to start calls, every call to end
@@ -253,12 +279,8 @@ def test_calls_that_would_outlast_the_margin_end_in_time_and_the_rest_is_handed_
     )
     assert intake["fanned_out"] == 12
     faults = scenario.ctm.faults
-    if slowness == "trickle":
-        faults.trickle_interval = 0.05
-    elif slowness == "slow":
-        faults.latency = 0.9
-    else:
-        faults.latency, faults.error_rate = 0.3, 1.0
+    for name, value in slowness.items():
+        setattr(faults, name, value)
     queue = scenario.world.stack.tenancy_queue_url
     messages = scenario.world.stack.receive_all(queue)
     lifetime = 8.0
@@ -271,24 +293,25 @@ def test_calls_that_would_outlast_the_margin_end_in_time_and_the_rest_is_handed_
     elapsed = time.monotonic() - started
 
     # Then the invocation returned before its deadline, its calls ended before the 5 s kept
-    # for recording, and what it could not finish is owed: its messages come back
+    # for recording, and what it could not finish is owed: its messages come back (as batch
+    # item failures, or in a message the run sent on)
     assert elapsed < lifetime - 5.0 + 1.5, f"the invocation took {elapsed:.1f} s"
-    after_first = scenario.world.results("slow")
-    owed = {k for k, r in after_first.items() if r["status"] == "PENDING"}
-    assert owed
-    assert answer["batchItemFailures"] or kills.sent[-1].get("run_id") == "slow"
+    owed = {k for k, r in scenario.world.results("slow").items() if r["status"] == "PENDING"}
+    handed_on = bool(answer["batchItemFailures"]) or kills.sent[-1].get("run_id") == "slow"
+    assert {"keys owed": bool(owed), "handed on": handed_on} == {
+        "keys owed": True,
+        "handed on": True,
+    }
     # ... and once CTM is quick again the run completes, each key refreshed, the keys whose
     # calls were cut called again, the others once
     faults.clear()
-    # (what Lambda does with the answer: deletes the others, the failed come back)
-    failed = {failure["itemIdentifier"] for failure in answer["batchItemFailures"]}
-    stack = scenario.world.stack
-    stack.delete_messages(queue, [m for m in messages if m["MessageId"] not in failed])
-    stack.release_messages(queue, [m for m in messages if m["MessageId"] in failed])
+    settle(scenario, queue, messages, answer)
     containers.drain()
     results = finished_once(scenario, containers, "slow", keys)
-    assert {r["status"] for r in results.values()} == {"REFRESHED"}
     calls = refresh_calls(scenario, keys)
     # (a key owed is one whose call was cut or never started: only those are called again; a
     # cut call's request may reach the emulator's log only when its trickle ends, later)
-    assert {k for k, n in calls.items() if n > 1} <= owed
+    assert {
+        "statuses": {r["status"] for r in results.values()},
+        "keys called again though not owed": {k for k, n in calls.items() if n > 1} - owed,
+    } == {"statuses": {"REFRESHED"}, "keys called again though not owed": set()}
