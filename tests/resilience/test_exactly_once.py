@@ -73,24 +73,39 @@ def test_a_container_killed_after_49_of_60_rotated_keys_records_each_rotation_on
     report = containers.drain()
 
     # Then the batch crashed once and came back whole to a new container
-    assert kills.kills == ["PutItem #50"]
     [crash] = report.crashes
-    assert {report.deliveries[m] for m in crash.message_ids} == {2}
+    assert {
+        "kills": kills.kills,
+        "deliveries of the crashed batch's messages": {
+            report.deliveries[m] for m in crash.message_ids
+        },
+    } == {"kills": ["PutItem #50"], "deliveries of the crashed batch's messages": {2}}
     # ... every key ends REFRESHED with its rotation recorded once: 60 version_changed, and
     # the run counts rotated=60
     results = finished_once(scenario, containers, "killed-at-49", keys)
-    assert {r["status"] for r in results.values()} == {"REFRESHED"}
-    assert sum(r["version_changed"] is True for r in results.values()) == 60
-    assert int(scenario.world.run_item("killed-at-49")["rotated"]) == 60
+    assert {
+        "statuses": {r["status"] for r in results.values()},
+        "results with version_changed True": sum(
+            r["version_changed"] is True for r in results.values()
+        ),
+        "run's rotated": int(scenario.world.run_item("killed-at-49")["rotated"]),
+    } == {"statuses": {"REFRESHED"}, "results with version_changed True": 60, "run's rotated": 60}
     # ... and only the calls in flight at the kill were made again: the 49 recorded keys were
     # not refreshed again, each other key at most twice
     calls = refresh_calls(scenario, keys)
     in_crash = refreshes_between(scenario.ctm, crash.started, crash.ended)
     in_flight = len(in_crash) - 49  # keys, not calls: a call may be retried
     repeated = {key: n - 1 for key, n in calls.items() if n > 1}
-    assert set(calls.values()) <= {1, 2}
-    assert set(repeated) <= set(in_crash)
-    assert sum(repeated.values()) == in_flight <= CONCURRENCY
+    assert {
+        "refresh calls per key, other than 1 or 2": set(calls.values()) - {1, 2},
+        "keys refreshed again, not in flight at the kill": set(repeated) - set(in_crash),
+        "calls made again": sum(repeated.values()),
+    } == {
+        "refresh calls per key, other than 1 or 2": set(),
+        "keys refreshed again, not in flight at the kill": set(),
+        "calls made again": in_flight,
+    }
+    assert in_flight <= CONCURRENCY
 
 
 def test_a_schedule_killed_before_its_run_item_is_retried_and_refreshes_each_key_once(
@@ -252,32 +267,26 @@ def concurrently(*calls: Callable[[], Any]) -> list[Any]:
         return [future.result(timeout=WAIT) for future in futures]
 
 
-@pytest.mark.parametrize("queue", ["work", "tenancy"])
-def test_one_message_delivered_twice_at_once_and_again_after_completion_is_recorded_once(
-    scenario: Scenario, kills: KillSwitch, queue: str
-) -> None:
-    # Given 6 keys over 3 tenancies, one of which CTM answers 503 once (no retry in the call);
-    # and the message a pipeline sent to the work queue (refreshed in place), or the batch of
-    # chunk messages the intake queued to the tenancy queue
-    keys = scenario.key_ids(6)
-    flaky = keys[0]
-    scenario.ctm.faults.fail_key(flaky, 503, times=1)
+def queue_the_request(
+    scenario: Scenario, kills: KillSwitch, queue: str, request: dict[str, Any]
+) -> str:
+    """Queues ``request`` as a pipeline's message on the work queue (refreshed in place) or as
+    the chunk messages its intake sends to the tenancy queue; the queue's URL."""
     world = scenario.world
-    request = {"keys": keys, "request_id": "twice"}
     if queue == "work":
         world.cold_start(CTM_MAX_ATTEMPTS="1", TENANCY_QUEUE_URL="")
         scenario.source.send(request)
-        url = world.stack.work_queue_url
-    else:
-        world.cold_start(CTM_MAX_ATTEMPTS="1")
-        containers_intake = Containers(world, kills)
-        assert containers_intake.invoke(world.rule_event(request))["fanned_out"] == 6
-        url = world.stack.tenancy_queue_url
-    messages = world.stack.receive_all(url)
-    event = world.stack.sqs_event(messages, url)
-    # ... and gates that make the worst interleaving certain: no outcome is recorded before
-    # both deliveries have called CTM for every key (each read them all PENDING), and the
-    # stale PENDING of the 503 arrives after the other delivery recorded the key REFRESHED
+        return str(world.stack.work_queue_url)
+    world.cold_start(CTM_MAX_ATTEMPTS="1")
+    intake = Containers(world, kills)
+    assert intake.invoke(world.rule_event(request))["fanned_out"] == len(request["keys"])
+    return str(world.stack.tenancy_queue_url)
+
+
+def gate_result_writes(scenario: Scenario, kills: KillSwitch, keys: list[str]) -> dict[str, float]:
+    """Holds each RESULT write: a terminal one until CTM was called twice for every key, a
+    PENDING one until its key's terminal result was written. Returns when each key's
+    terminal result was written (filled in as the writes are made)."""
     terminal_at: dict[str, float] = {}
     recorded = {key: threading.Event() for key in keys}
 
@@ -295,6 +304,37 @@ def test_one_message_delivered_twice_at_once_and_again_after_completion_is_recor
             recorded[key].set()
 
     kills.on("PutItem", puts_result, before=hold, after=written)
+    return terminal_at
+
+
+def called_after_outcome(scenario: Scenario, terminal_at: dict[str, float]) -> list[str]:
+    """Keys CTM was asked to refresh after their terminal result was written."""
+    return [
+        entry.key_id
+        for entry in scenario.ctm.request_log
+        if entry.operation == "refresh"
+        and entry.key_id in terminal_at
+        and entry.monotonic > terminal_at[entry.key_id]
+    ]
+
+
+@pytest.mark.parametrize("queue", ["work", "tenancy"])
+def test_one_message_delivered_twice_at_once_and_again_after_completion_is_recorded_once(
+    scenario: Scenario, kills: KillSwitch, queue: str
+) -> None:
+    # Given 6 keys over 3 tenancies, one of which CTM answers 503 once (no retry in the call);
+    # and the message a pipeline sent to the work queue (refreshed in place), or the batch of
+    # chunk messages the intake queued to the tenancy queue
+    keys = scenario.key_ids(6)
+    scenario.ctm.faults.fail_key(keys[0], 503, times=1)
+    world = scenario.world
+    url = queue_the_request(scenario, kills, queue, {"keys": keys, "request_id": "twice"})
+    messages = world.stack.receive_all(url)
+    event = world.stack.sqs_event(messages, url)
+    # ... and gates that make the worst interleaving certain: no outcome is recorded before
+    # both deliveries have called CTM for every key (each read them all PENDING), and the
+    # stale PENDING of the 503 arrives after the other delivery recorded the key REFRESHED
+    terminal_at = gate_result_writes(scenario, kills, keys)
     containers = Containers(world, kills)
 
     # When SQS hands the same message to two containers at the same moment
@@ -304,13 +344,12 @@ def test_one_message_delivered_twice_at_once_and_again_after_completion_is_recor
     # key was called twice (the price of an overlap, which the work queue's at-least-once
     # delivery allows), but no key was called after its outcome was recorded, each terminal
     # result was written once, the stale PENDING replaced nothing, and the run completed once
-    assert answers == [{"batchItemFailures": []}] * 2
-    assert containers.cold_starts == 2
+    assert (answers, containers.cold_starts) == ([{"batchItemFailures": []}] * 2, 2)
     world.stack.delete_messages(url, messages)
-    assert set(refresh_calls(scenario, keys).values()) == {2}
-    for entry in scenario.ctm.request_log:
-        if entry.operation == "refresh" and entry.key_id in terminal_at:
-            assert entry.monotonic <= terminal_at[entry.key_id]
+    assert {
+        "refresh calls per key": set(refresh_calls(scenario, keys).values()),
+        "keys called after their outcome was recorded": called_after_outcome(scenario, terminal_at),
+    } == {"refresh calls per key": {2}, "keys called after their outcome was recorded": []}
     results = finished_once(scenario, containers, "twice", keys)
     assert {r["status"] for r in results.values()} == {"REFRESHED"}
 
@@ -319,9 +358,25 @@ def test_one_message_delivered_twice_at_once_and_again_after_completion_is_recor
     third = containers.invoke(event)
 
     # Then nothing is refreshed and nothing in the run changes
-    assert third == {"batchItemFailures": []}
-    assert set(refresh_calls(scenario, keys).values()) == {2}
-    assert run_items(scenario.world, "twice") == items_before
+    assert {
+        "answer": third,
+        "refresh calls per key": set(refresh_calls(scenario, keys).values()),
+        "the run's items": run_items(scenario.world, "twice"),
+    } == {
+        "answer": {"batchItemFailures": []},
+        "refresh calls per key": {2},
+        "the run's items": items_before,
+    }
+
+
+def tenancies_overlapping(batches: list[Any]) -> list[str]:
+    """The message groups (tenancies) of which two batches were in flight at once."""
+    overlapping = []
+    for group in sorted({g for batch in batches for g in batch.groups}):
+        spans = sorted((b.started, b.ended) for b in batches if group in b.groups)
+        if any(ended > started for (_, ended), (started, _) in itertools.pairwise(spans)):
+            overlapping.append(group)
+    return overlapping
 
 
 def test_the_tenancy_queue_never_has_two_batches_of_one_tenancy_in_flight(
@@ -344,18 +399,29 @@ def test_the_tenancy_queue_never_has_two_batches_of_one_tenancy_in_flight(
 
     # Then batches of one tenancy never overlapped, nothing had to be held back, the failed
     # chunk was delivered again, and every key was refreshed once (the flaky one twice)
-    tenancy_batches = report.of("TenancyQueue")
-    assert max(report.deliveries.values()) == 2
-    assert report.held_back == 0
-    for group in {g for batch in tenancy_batches for g in batch.groups}:
-        spans = sorted((b.started, b.ended) for b in tenancy_batches if group in b.groups)
-        for (_, ended), (started, _) in itertools.pairwise(spans):
-            assert ended <= started, f"two batches of {group} were in flight at once"
+    assert {
+        "most deliveries of a message": max(report.deliveries.values()),
+        "held back": report.held_back,
+        "tenancies with two batches in flight at once": tenancies_overlapping(
+            report.of("TenancyQueue")
+        ),
+    } == {
+        "most deliveries of a message": 2,
+        "held back": 0,
+        "tenancies with two batches in flight at once": [],
+    }
     results = finished_once(scenario, containers, "f", keys)
-    assert {r["status"] for r in results.values()} == {"REFRESHED"}
     calls = refresh_calls(scenario, keys)
-    assert calls.pop(flaky) == 2
-    assert set(calls.values()) == {1}
+    flaky_calls = calls.pop(flaky)
+    assert {
+        "statuses": {r["status"] for r in results.values()},
+        "refresh calls of the flaky key": flaky_calls,
+        "refresh calls per other key": set(calls.values()),
+    } == {
+        "statuses": {"REFRESHED"},
+        "refresh calls of the flaky key": 2,
+        "refresh calls per other key": {1},
+    }
 
 
 def test_a_retried_schedule_never_doubles_its_fan_out(
@@ -420,24 +486,39 @@ def test_a_chunk_on_its_last_delivery_with_5_s_left_fails_its_keys_and_is_dead_l
     # Then its chunk was delivered maxReceiveCount times; the last delivery made no call,
     # failed the key with DEADLINE and named the message, which SQS dead-lettered
     [(message_id, deliveries)] = [(m, n) for m, n in report.deliveries.items() if n > 1]
-    assert deliveries == MAX_RECEIVE_COUNT
     # (the last invocation that held it: the other tenancies' chunks run beside it)
     holding = [i for i in report.invocations if message_id in i.message_ids]
     last = max(holding, key=lambda invocation: invocation.ended)
-    assert last.failed == (message_id,)
-    assert scenario.ctm.refresh_count(hopeless) == MAX_RECEIVE_COUNT - 1
     [dead] = scenario.world.stack.receive_all(scenario.world.stack.tenancy_dead_letter_queue_url)
-    assert dead["MessageId"] == message_id
-    assert hopeless in json.loads(dead["Body"])["keys"]
+    assert {
+        "deliveries": deliveries,
+        "failures the last delivery named": last.failed,
+        "refresh calls of the hopeless key": scenario.ctm.refresh_count(hopeless),
+        "message dead-lettered": dead["MessageId"],
+        "the hopeless key in it": hopeless in json.loads(dead["Body"])["keys"],
+    } == {
+        "deliveries": MAX_RECEIVE_COUNT,
+        "failures the last delivery named": (message_id,),
+        "refresh calls of the hopeless key": MAX_RECEIVE_COUNT - 1,
+        "message dead-lettered": message_id,
+        "the hopeless key in it": True,
+    }
     # ... and the run completed with the right counts: 29 refreshed once, 1 failed
     results = finished_once(scenario, containers, "l", keys)
-    assert (results[hopeless]["status"], results[hopeless]["error_code"]) == ("FAILED", "DEADLINE")
-    assert Counter(r["status"] for r in results.values()) == {"REFRESHED": 29, "FAILED": 1}
     run = scenario.world.run_item("l")
-    assert (run["refreshed"], run["failed"]) == (29, 1)
     calls = refresh_calls(scenario, keys)
     del calls[hopeless]
-    assert set(calls.values()) == {1}
+    assert {
+        "the hopeless key": (results[hopeless]["status"], results[hopeless]["error_code"]),
+        "statuses": Counter(r["status"] for r in results.values()),
+        "run's refreshed, failed": (run["refreshed"], run["failed"]),
+        "refresh calls per other key": set(calls.values()),
+    } == {
+        "the hopeless key": ("FAILED", "DEADLINE"),
+        "statuses": {"REFRESHED": 29, "FAILED": 1},
+        "run's refreshed, failed": (29, 1),
+        "refresh calls per other key": {1},
+    }
 
 
 def test_a_pipeline_request_on_its_last_delivery_with_5_s_left_fails_its_keys(
