@@ -131,6 +131,20 @@ def test_the_same_message_delivered_twice_at_once_completes_the_run_once(
     assert [scenario.ctm.refresh_count(key) for key in keys] == [2] * len(keys)
 
 
+def hold_first_key_update(faults: DynamoDbFaults) -> tuple[threading.Event, threading.Event]:
+    """Holds the first KEY update in flight until ``release`` is set; ``held`` is set once it
+    is held."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold_first_update(key_id: str) -> None:
+        if not held.is_set():
+            held.set()
+            assert release.wait(WAIT)
+
+    faults.before_key_update = hold_first_update
+    return held, release
+
+
 def test_an_older_result_arriving_after_a_newer_one_never_moves_the_key_back(
     scenario: Scenario, dynamodb_faults: DynamoDbFaults
 ) -> None:
@@ -141,14 +155,7 @@ def test_an_older_result_arriving_after_a_newer_one_never_moves_the_key_back(
     scenario.world.invoke(scenario.world.rule_event({"keys": [key], "request_id": "baseline"}))
     scenario.ctm.rotate(key)
     # ... and a first container whose KEY update is held in flight
-    held, release = threading.Event(), threading.Event()
-
-    def hold_first_update(key_id: str) -> None:
-        if not held.is_set():
-            held.set()
-            assert release.wait(WAIT)
-
-    dynamodb_faults.before_key_update = hold_first_update
+    held, release = hold_first_key_update(dynamodb_faults)
     older = load_handler("refresh", scenario.world.env())
     newer = load_handler("refresh", scenario.world.env())
     older_run = threading.Thread(
@@ -176,14 +183,27 @@ def test_an_older_result_arriving_after_a_newer_one_never_moves_the_key_back(
     # (CONTRACT 5), the first rotation, not the newest version
     latest = scenario.world.latest(key)
     assert latest is not None
-    assert (latest["last_run_id"], latest["current_key_version"]) == ("newer", newest_version)
     results = scenario.promises_kept({"older": [key], "newer": [key], "baseline": [key]})
-    assert results["newer"][key]["version_changed"] is True
-    assert results["older"][key]["status"] == "REFRESHED"
     baseline_version = results["baseline"][key]["current_key_version"]
-    older = results["older"][key]
-    assert (older["previous_key_version"], older["version_changed"]) == (baseline_version, True)
-    assert older["current_key_version"] not in (baseline_version, newest_version)
+    older_result = results["older"][key]
+    assert {
+        "KEY item's run, version": (latest["last_run_id"], latest["current_key_version"]),
+        "newer run's version_changed is True": results["newer"][key]["version_changed"] is True,
+        "older run's status": older_result["status"],
+        "older run's previous version, version_changed": (
+            older_result["previous_key_version"],
+            older_result["version_changed"],
+        ),
+        "older run's version neither the baseline's nor the newest": (
+            older_result["current_key_version"] not in (baseline_version, newest_version)
+        ),
+    } == {
+        "KEY item's run, version": ("newer", newest_version),
+        "newer run's version_changed is True": True,
+        "older run's status": "REFRESHED",
+        "older run's previous version, version_changed": (baseline_version, True),
+        "older run's version neither the baseline's nor the newest": True,
+    }
 
 
 def _rendezvous_per_key(parties: int) -> Callable[[str], None]:
