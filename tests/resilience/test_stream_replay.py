@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -115,6 +115,24 @@ def test_a_stream_batch_replayed_after_a_failed_publish_notifies_each_event_once
     assert results["nightly"][keys[1]]["status"] == "FAILED"
 
 
+def at_the_same_moment(*calls: Callable[[], Any]) -> list[Any]:
+    """Runs ``calls`` in threads released together; each one's result, None where it raised
+    or had not returned within 30 s."""
+    start = threading.Barrier(len(calls), timeout=30)
+    results: list[Any] = [None] * len(calls)
+
+    def run(index: int) -> None:
+        start.wait()
+        results[index] = calls[index]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
 def test_a_stream_batch_given_to_two_containers_at_once_notifies_each_event_once(
     scenario: Scenario, webhook: WebhookSink
 ) -> None:
@@ -123,25 +141,24 @@ def test_a_stream_batch_given_to_two_containers_at_once_notifies_each_event_once
     capture = scenario.world.stack.capture_notifications()
     batch = scenario.world.stack.stream_event()
     containers = [notify_container(scenario) for _ in range(2)]
-    start = threading.Barrier(2, timeout=30)
-    responses: list[Any] = [None, None]
-
-    def deliver(index: int) -> None:
-        start.wait()
-        responses[index] = containers[index].handler(batch, FakeLambdaContext("notify"))
 
     # When both get the same batch at the same moment, then Lambda retries what each reported
-    threads = [threading.Thread(target=deliver, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    responses = at_the_same_moment(
+        lambda: containers[0].handler(batch, FakeLambdaContext("notify")),
+        lambda: containers[1].handler(batch, FakeLambdaContext("notify")),
+    )
     retries = [containers[0].handler(batch, FakeLambdaContext("notify")) for _ in range(2)]
 
     # Then whichever claimed an event published it; the other backed off; nothing twice
-    assert all(r is not None for r in responses)
-    assert retries[-1] == {"batchItemFailures": []}
-    published = Counter(m["Message"]["event_type"] for m in capture.messages())
-    assert published == {"RUN_COMPLETED": 2, "KEY_ROTATED": 1, "REQUEST_REJECTED": 1}
-    assert len(webhook.received) == 4
+    assert {
+        "containers that answered": [r is not None for r in responses],
+        "the last retry's answer": retries[-1],
+        "published": Counter(m["Message"]["event_type"] for m in capture.messages()),
+        "webhook messages": len(webhook.received),
+    } == {
+        "containers that answered": [True, True],
+        "the last retry's answer": {"batchItemFailures": []},
+        "published": {"RUN_COMPLETED": 2, "KEY_ROTATED": 1, "REQUEST_REJECTED": 1},
+        "webhook messages": 4,
+    }
     scenario.promises_kept({"baseline": keys, "nightly": keys})
