@@ -51,20 +51,26 @@ def emitted_metrics() -> set[str]:
     first argument (``_count("...")``, ``count_metric("...")``)."""
     names = set()
     for path in (ROOT / "layers/common/cckm_refresh").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if not isinstance(node, ast.Call):
-                continue
-            func = node.func
-            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            texts = []
-            if called == "add_metric":
-                texts = [k.value for k in node.keywords if k.arg == "name"]
-            elif called.endswith("count") or called == "count_metric":
-                texts = node.args[:1]
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
             names |= {
-                t.value for t in texts if isinstance(t, ast.Constant) and isinstance(t.value, str)
+                t.value
+                for t in _metric_name_arguments(node)
+                if isinstance(t, ast.Constant) and isinstance(t.value, str)
             }
     return names
+
+
+def _metric_name_arguments(call: ast.Call) -> list[ast.expr]:
+    """The argument naming the metric, if ``call`` emits one: add_metric's ``name=``, a
+    count helper's first argument."""
+    func = call.func
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    if called == "add_metric":
+        return [k.value for k in call.keywords if k.arg == "name"]
+    if called.endswith("count") or called == "count_metric":
+        return call.args[:1]
+    return []
 
 
 # Actions AWS offers no resource-level permission for: a "*" resource is the narrowest there is.
@@ -322,29 +328,43 @@ def test_the_table_is_contract_section_5_on_demand_encrypted_and_retained(
 ) -> None:
     table = cfn_template["Resources"]["ResultsTable"]
     props = table["Properties"]
-
-    assert props["KeySchema"] == [
-        {"AttributeName": "pk", "KeyType": "HASH"},
-        {"AttributeName": "sk", "KeyType": "RANGE"},
-    ]
-    assert {(a["AttributeName"], a["AttributeType"]) for a in props["AttributeDefinitions"]} == {
-        ("pk", "S"),
-        ("sk", "S"),
-        ("gsi1pk", "S"),
-        ("gsi1sk", "S"),
-    }
     [index] = props["GlobalSecondaryIndexes"]
-    assert index["IndexName"] == "by-key"
-    assert index["KeySchema"] == [
-        {"AttributeName": "gsi1pk", "KeyType": "HASH"},
-        {"AttributeName": "gsi1sk", "KeyType": "RANGE"},
-    ]
-    assert props["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
-    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
-    assert props["BillingMode"] == "PAY_PER_REQUEST"
-    assert props["SSESpecification"]["SSEEnabled"] is True
-    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
-    assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == ("Retain", "Retain")
+
+    assert {
+        "KeySchema": props["KeySchema"],
+        "AttributeDefinitions": {
+            (a["AttributeName"], a["AttributeType"]) for a in props["AttributeDefinitions"]
+        },
+        "index": (index["IndexName"], index["KeySchema"]),
+        "StreamSpecification": props["StreamSpecification"],
+        "TimeToLiveSpecification": props["TimeToLiveSpecification"],
+        "BillingMode": props["BillingMode"],
+        "SSEEnabled is True": props["SSESpecification"]["SSEEnabled"] is True,
+        "PointInTimeRecoverySpecification": props["PointInTimeRecoverySpecification"],
+        "DeletionPolicy, UpdateReplacePolicy": (
+            table["DeletionPolicy"],
+            table["UpdateReplacePolicy"],
+        ),
+    } == {
+        "KeySchema": [
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        "AttributeDefinitions": {("pk", "S"), ("sk", "S"), ("gsi1pk", "S"), ("gsi1sk", "S")},
+        "index": (
+            "by-key",
+            [
+                {"AttributeName": "gsi1pk", "KeyType": "HASH"},
+                {"AttributeName": "gsi1sk", "KeyType": "RANGE"},
+            ],
+        ),
+        "StreamSpecification": {"StreamViewType": "NEW_AND_OLD_IMAGES"},
+        "TimeToLiveSpecification": {"AttributeName": "expires_at", "Enabled": True},
+        "BillingMode": "PAY_PER_REQUEST",
+        "SSEEnabled is True": True,
+        "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+        "DeletionPolicy, UpdateReplacePolicy": ("Retain", "Retain"),
+    }
 
 
 # --- functions -------------------------------------------------------------------------------
