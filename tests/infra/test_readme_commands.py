@@ -125,16 +125,23 @@ def readme_blocks() -> list[Block]:
                 fence = (number, stripped[3:].strip().lower(), [])
             continue
         if stripped == "```":
-            start, language, body = fence
+            block = _shell_block(section, *fence)
+            if block is not None:
+                blocks.append(block)
             fence = None
-            indent = min((len(b) - len(b.lstrip()) for b in body if b.strip()), default=0)
-            commands = _commands([b[indent:] for b in body])
-            only_make = bool(commands) and all(c.startswith("make ") for c in commands)
-            if language in SHELL_LANGUAGES or (language == "" and only_make):
-                blocks.append(Block(start, section, tuple(commands)))
             continue
         fence[2].append(line)
     return blocks
+
+
+def _shell_block(section: str, start: int, language: str, body: list[str]) -> Block | None:
+    """A fenced block's commands, if it is a shell block (or an unmarked one of make lines)."""
+    indent = min((len(b) - len(b.lstrip()) for b in body if b.strip()), default=0)
+    commands = _commands([b[indent:] for b in body])
+    only_make = bool(commands) and all(c.startswith("make ") for c in commands)
+    if language in SHELL_LANGUAGES or (language == "" and only_make):
+        return Block(start, section, tuple(commands))
+    return None
 
 
 def why_not_run(command: str, python313: bool, cwd: Path) -> tuple[str, bool] | None:
@@ -215,22 +222,35 @@ def test_the_readme_has_shell_blocks_to_run() -> None:
     assert any("make demo" in map(_bare, block.commands) for block in blocks)
 
 
-@pytest.mark.parametrize("block", readme_blocks(), ids=lambda block: block.name)
-def test_the_readme_block_runs(block: Block, shell: ReaderShell) -> None:
+def plan(block: Block, shell: ReaderShell) -> tuple[list[str], list[str]]:
+    """The block's commands that run, and each one left out with why."""
     runnable: list[str] = []
     left_out: list[str] = []
     stopped = False
     for command in block.commands:
-        first_line = command.splitlines()[0]
-        verdict = ("follows a command left out", True) if stopped else None
-        verdict = verdict or why_not_run(command, shell.python313, shell.checkout)
-        if verdict is None and _bare(command) in shell.ran:
-            verdict = (f"ran above (README.md line {shell.ran[_bare(command)]})", False)
+        verdict = _why_left_out(command, shell, stopped)
         if verdict is None:
             runnable.append(command)
         else:
             reason, stopped = verdict[0], stopped or verdict[1]
-            left_out.append(f"{first_line!r}: {reason}")
+            left_out.append(f"{command.splitlines()[0]!r}: {reason}")
+    return runnable, left_out
+
+
+def _why_left_out(command: str, shell: ReaderShell, stopped: bool) -> tuple[str, bool] | None:
+    """Why the command is left out, and whether the rest of its block goes with it (a command
+    after one left out, or one the reader's shell already ran); None: it runs."""
+    if stopped:
+        return "follows a command left out", True
+    verdict = why_not_run(command, shell.python313, shell.checkout)
+    if verdict is None and _bare(command) in shell.ran:
+        return f"ran above (README.md line {shell.ran[_bare(command)]})", False
+    return verdict
+
+
+@pytest.mark.parametrize("block", readme_blocks(), ids=lambda block: block.name)
+def test_the_readme_block_runs(block: Block, shell: ReaderShell) -> None:
+    runnable, left_out = plan(block, shell)
     if not runnable:
         pytest.skip("nothing runs offline: " + "; ".join(left_out))
 
