@@ -80,6 +80,16 @@ def module_file(dotted: str) -> Path | None:
 
 def imported_modules(tree: ast.AST) -> set[str]:
     """Every ``cckm_refresh`` module an AST imports (its parent packages included)."""
+    found = set()
+    for name in _imported_names(tree):
+        parts = name.split(".")
+        if parts[0] == PACKAGE:
+            found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    return {name for name in found if module_file(name) is not None}
+
+
+def _imported_names(tree: ast.AST) -> set[str]:
+    """Every dotted name an AST imports absolutely: modules, and the names from them."""
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -87,13 +97,7 @@ def imported_modules(tree: ast.AST) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names |= {f"{node.module}.{alias.name}" for alias in node.names}
-    found = set()
-    for name in names:
-        if name.split(".")[0] != PACKAGE:
-            continue
-        parts = name.split(".")
-        found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
-    return {name for name in found if module_file(name) is not None}
+    return names
 
 
 def module_closure(entry: Path) -> list[Path]:
@@ -130,28 +134,37 @@ def _string(node: ast.AST) -> str | None:
 
 
 def _boto3_clients(tree: ast.AST, kind: str) -> list[str]:
+    """The service of each ``boto3.<kind>(...)`` call (and, for clients, each call of the
+    client factory) outside the factory itself."""
+    inside_factory = _nodes_inside_factory(tree)
     services = []
-    wrapper = {
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and id(node) not in inside_factory
+            and _makes_a_client(node, kind)
+        ):
+            service = _string(node.args[0]) if node.args else None
+            services.append(service or "<not a literal>")
+    return services
+
+
+def _nodes_inside_factory(tree: ast.AST) -> set[int]:
+    """The ids of the nodes of the client factory's definition, if the AST has it."""
+    return {
         id(node)
         for function in ast.walk(tree)
         if isinstance(function, ast.FunctionDef) and function.name == CLIENT_FACTORY
         for node in ast.walk(function)
     }
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call) or id(node) in wrapper:
-            continue
-        func = node.func
-        boto3_call = (
-            isinstance(func, ast.Attribute)
-            and func.attr == kind
-            and isinstance(func.value, ast.Name)
-            and func.value.id == "boto3"
-        )
-        factory_call = kind == "client" and isinstance(func, ast.Name) and func.id == CLIENT_FACTORY
-        if boto3_call or factory_call:
-            service = _string(node.args[0]) if node.args else None
-            services.append(service or "<not a literal>")
-    return services
+
+
+def _makes_a_client(call: ast.Call, kind: str) -> bool:
+    """Whether the call is ``boto3.<kind>(...)``, or, for clients, the client factory's."""
+    func = call.func
+    if isinstance(func, ast.Attribute):
+        return func.attr == kind and isinstance(func.value, ast.Name) and func.value.id == "boto3"
+    return kind == "client" and isinstance(func, ast.Name) and func.id == CLIENT_FACTORY
 
 
 def _operation_of(call: ast.Call, services: Iterable[str]) -> list[tuple[str, str]]:
@@ -159,9 +172,7 @@ def _operation_of(call: ast.Call, services: Iterable[str]) -> list[tuple[str, st
     func = call.func
     if not isinstance(func, ast.Attribute):
         return []
-    method = func.attr
-    if method == "get_paginator" and call.args and _string(call.args[0]):
-        method, call = str(_string(call.args[0])), ast.Call(func=func, args=[], keywords=[])
+    method, call = _method_called(call, func)
     if call.args:
         return []
     named = {keyword.arg for keyword in call.keywords if keyword.arg is not None}
@@ -171,6 +182,14 @@ def _operation_of(call: ast.Call, services: Iterable[str]) -> list[tuple[str, st
         if method in operations and named <= operations[method][1]:
             found.append((prefix, operations[method][0]))
     return found
+
+
+def _method_called(call: ast.Call, func: ast.Attribute) -> tuple[str, ast.Call]:
+    """The client method a call stands for, and the call that passes its arguments: for
+    ``get_paginator("<method>")``, that method, with the arguments paginate() will pass."""
+    if func.attr == "get_paginator" and call.args and _string(call.args[0]):
+        return str(_string(call.args[0])), ast.Call(func=func, args=[], keywords=[])
+    return func.attr, call
 
 
 def _transaction_parts(tree: ast.AST) -> set[str]:
@@ -203,27 +222,33 @@ def calls_of(entry: Path) -> CodeCalls:
         found.resources_unread += [
             f"{path}: boto3.resource({s!r})" for s in _boto3_clients(tree, "resource")
         ]
+    services = sorted(found.services)
     for path, tree in trees.items():
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Call):
-                continue
-            name = node.func.attr if isinstance(node.func, ast.Attribute) else None
-            if isinstance(node.func, ast.Name):
-                name = node.func.id
-            if name in POWERTOOLS_CALLS:
-                found.actions.add(POWERTOOLS_CALLS[name])
-                continue
-            candidates = _operation_of(node, sorted(found.services))
-            if len(candidates) > 1:
-                raise ValueError(f"{path}:{node.lineno}: {name}() could be any of {candidates}")
-            for prefix, operation in candidates:
-                action = f"{prefix}:{operation}"
-                if action == "dynamodb:TransactWriteItems":
-                    parts = _transaction_parts(tree)
-                    if not parts:
-                        raise ValueError(f"{path}:{node.lineno}: a transaction of unknown parts")
-                    found.actions |= parts
-                else:
-                    found.actions.add(AUTHORISED_BY.get(action, action))
+        for node in (node for node in ast.walk(tree) if isinstance(node, ast.Call)):
+            found.actions |= _actions_of(node, services, path, tree)
         found.uses_index |= _uses_index(tree)
     return found
+
+
+def _actions_of(call: ast.Call, services: list[str], path: Path, tree: ast.AST) -> set[str]:
+    """The IAM actions one call needs: a Powertools helper's, or those authorising the client
+    operation it is (a transaction's by its parts, read from ``tree``)."""
+    name = call.func.attr if isinstance(call.func, ast.Attribute) else None
+    if isinstance(call.func, ast.Name):
+        name = call.func.id
+    if name in POWERTOOLS_CALLS:
+        return {POWERTOOLS_CALLS[name]}
+    candidates = _operation_of(call, services)
+    if len(candidates) > 1:
+        raise ValueError(f"{path}:{call.lineno}: {name}() could be any of {candidates}")
+    actions = set()
+    for prefix, operation in candidates:
+        action = f"{prefix}:{operation}"
+        if action == "dynamodb:TransactWriteItems":
+            parts = _transaction_parts(tree)
+            if not parts:
+                raise ValueError(f"{path}:{call.lineno}: a transaction of unknown parts")
+            actions |= parts
+        else:
+            actions.add(AUTHORISED_BY.get(action, action))
+    return actions
