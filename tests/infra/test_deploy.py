@@ -13,7 +13,7 @@ import re
 import shlex
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -203,15 +203,28 @@ def test_the_readme_event_rule_example_matches_the_sample_event_and_sends_a_requ
 # --- the env-vars file for sam local invoke ---------------------------------------------------
 
 
+Definition = TypeVar("Definition", ast.ClassDef, ast.FunctionDef)
+
+
 def variables_read(settings: type) -> set[str]:
     """The variable names a settings class's ``from_env`` reads (string literals of its calls)."""
     tree = ast.parse((ROOT / "layers/common/cckm_refresh/config.py").read_text(encoding="utf-8"))
-    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == settings.__name__]
-    [from_env] = [n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "from_env"]
+    cls = _the_one(tree.body, ast.ClassDef, settings.__name__)
+    from_env = _the_one(cls.body, ast.FunctionDef, "from_env")
+    calls = (node for node in ast.walk(from_env) if isinstance(node, ast.Call))
+    return set().union(*(_variable_names_passed(call) for call in calls))
+
+
+def _the_one(nodes: list[ast.stmt], kind: type[Definition], name: str) -> Definition:
+    """The one definition of ``kind`` named ``name`` among ``nodes``."""
+    [found] = [n for n in nodes if isinstance(n, kind) and n.name == name]
+    return found
+
+
+def _variable_names_passed(call: ast.Call) -> set[str]:
+    """The string literals a call is given that look like environment variable names."""
     return {
         arg.value
-        for call in ast.walk(from_env)
-        if isinstance(call, ast.Call)
         for arg in call.args
         if isinstance(arg, ast.Constant)
         and isinstance(arg.value, str)
