@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -145,6 +146,21 @@ def hold_first_key_update(faults: DynamoDbFaults) -> tuple[threading.Event, thre
     return held, release
 
 
+def refresh_request(scenario: Scenario, key: str, run_id: str) -> dict[str, Any]:
+    """An EventBridge request to refresh ``key`` in the run ``run_id``."""
+    return scenario.world.rule_event({"keys": [key], "request_id": run_id})
+
+
+@contextmanager
+def running_in_a_thread(handler: Callable[..., Any], event: dict[str, Any]) -> Iterator[None]:
+    """The handler given the event in a thread of its own; on leaving, the thread has ended."""
+    thread = threading.Thread(target=handler, args=(event, FakeLambdaContext()))
+    thread.start()
+    yield
+    thread.join(WAIT)
+    assert not thread.is_alive()
+
+
 def test_an_older_result_arriving_after_a_newer_one_never_moves_the_key_back(
     scenario: Scenario, dynamodb_faults: DynamoDbFaults
 ) -> None:
@@ -152,31 +168,20 @@ def test_an_older_result_arriving_after_a_newer_one_never_moves_the_key_back(
     # refreshed once, then rotated by OCI
     scenario.world.cold_start(TENANCY_QUEUE_URL="")
     key = scenario.key_ids(1)[0]
-    scenario.world.invoke(scenario.world.rule_event({"keys": [key], "request_id": "baseline"}))
+    scenario.world.invoke(refresh_request(scenario, key, "baseline"))
     scenario.ctm.rotate(key)
     # ... and a first container whose KEY update is held in flight
     held, release = hold_first_key_update(dynamodb_faults)
     older = load_handler("refresh", scenario.world.env())
     newer = load_handler("refresh", scenario.world.env())
-    older_run = threading.Thread(
-        target=older.handler,
-        args=(
-            scenario.world.rule_event({"keys": [key], "request_id": "older"}),
-            FakeLambdaContext(),
-        ),
-    )
 
     # When the older run refreshes (seeing the first rotation) but its KEY update is delayed,
     # OCI rotates again, a newer run refreshes and records, and only then the older one lands
-    older_run.start()
-    assert held.wait(WAIT)
-    newest_version = scenario.ctm.rotate(key)
-    newer.handler(
-        scenario.world.rule_event({"keys": [key], "request_id": "newer"}), FakeLambdaContext()
-    )
-    release.set()
-    older_run.join(WAIT)
-    assert not older_run.is_alive()
+    with running_in_a_thread(older.handler, refresh_request(scenario, key, "older")):
+        assert held.wait(WAIT)
+        newest_version = scenario.ctm.rotate(key)
+        newer.handler(refresh_request(scenario, key, "newer"), FakeLambdaContext())
+        release.set()
 
     # Then the KEY item still holds the newer state; the older result is kept as history, and
     # says what that run saw: a change from the version the key had before it touched it
