@@ -278,9 +278,8 @@ def test_calls_that_would_outlast_the_margin_end_in_time_and_the_rest_is_handed_
         scenario.world.rule_event({"keys": sorted(keys), "request_id": "slow"})
     )
     assert intake["fanned_out"] == 12
-    faults = scenario.ctm.faults
     for name, value in slowness.items():
-        setattr(faults, name, value)
+        setattr(scenario.ctm.faults, name, value)
     queue = scenario.world.stack.tenancy_queue_url
     messages = scenario.world.stack.receive_all(queue)
     lifetime = 8.0
@@ -304,7 +303,7 @@ def test_calls_that_would_outlast_the_margin_end_in_time_and_the_rest_is_handed_
     }
     # ... and once CTM is quick again the run completes, each key refreshed, the keys whose
     # calls were cut called again, the others once
-    faults.clear()
+    scenario.ctm.faults.clear()
     settle(scenario, queue, messages, answer)
     containers.drain()
     results = finished_once(scenario, containers, "slow", keys)
