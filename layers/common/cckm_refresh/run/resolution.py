@@ -107,7 +107,11 @@ def chunk_id(run_id: str, tenancy: str | None, key_ids: Sequence[str]) -> str:
 
 
 class _Chunker:
-    """Per-tenancy buffers that become chunks when full; bounded by tenancies x chunk size."""
+    """Per-tenancy buffers that become chunks when full; bounded by tenancies x chunk size.
+
+    A tenancy's first chunk does not wait to be full: it leaves at the end of the first list
+    page that names the tenancy (``page_done``), so every tenancy starts refreshing after one
+    page rather than after the ~``size x tenancies`` keys it takes to fill a chunk of each."""
 
     def __init__(self, run_id: str, size: int, sink: ChunkSink, result: Resolution) -> None:
         self._run_id = run_id
@@ -115,6 +119,7 @@ class _Chunker:
         self._sink = sink
         self._result = result
         self._buffers: dict[str | None, dict[str, KeyEntry]] = {}
+        self._started: set[str | None] = set()  # tenancies with a chunk sent
 
     def add(self, entry: KeyEntry) -> None:
         tenancy = entry.known.tenancy if entry.known else None
@@ -125,6 +130,11 @@ class _Chunker:
         if len(buffer) >= self._size:
             self._emit(tenancy)
 
+    def page_done(self) -> None:
+        """Send the first chunk of each tenancy that has none sent yet."""
+        for tenancy in [t for t in self._buffers if t not in self._started]:
+            self._emit(tenancy)
+
     def flush(self) -> None:
         for tenancy in list(self._buffers):
             self._emit(tenancy)
@@ -133,6 +143,7 @@ class _Chunker:
         entries = tuple(self._buffers.pop(tenancy, {}).values())
         if not entries:
             return
+        self._started.add(tenancy)
         ids = [entry.key_id for entry in entries]
         self._result.chunks += 1
         self._result.keys += len(entries)
@@ -289,6 +300,7 @@ class Resolver:
                 break  # CTM failing just now, after some pages: hand on from here
             pages += 1
             self._take(page, query, chunker, result)
+            chunker.page_done()
             if page.next is None:
                 return
             cursor = page.next
