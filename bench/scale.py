@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.world import (
@@ -239,19 +240,9 @@ def drive(
     ctm.reset_throttle()
     ctm.reset_log()
     sqs = stack.client("sqs")
-    parties = {
-        "moto": lambda: process_cpu_seconds(world.moto.pid),
-        "CTM emulator": lambda: process_cpu_seconds(ctm.pid),
-        "handler containers": pool.cpu_seconds,
-        "driver (poller)": _driver_cpu,
-    }
-    stop = threading.Event()
-    polled: Counter[str] = Counter()  # the poller's own calls (Lambda's, not the function's)
-    sqs.meta.events.register(
-        "before-call.sqs", lambda event_name, **_: polled.update([event_name.split(".")[-1]])
-    )
+    polled = _count_calls(sqs)  # the poller's own calls (Lambda's, not the function's)
     with (
-        cpu_meter(parties) as measured,
+        cpu_meter(_cpu_parties(world, ctm, pool)) as measured,
         LambdaPoller(
             sqs,
             mappings,
@@ -264,23 +255,60 @@ def drive(
         t0 = time.monotonic()
         if schedule is not None:
             poller.invoke(schedule)
-        pipelines = stack.client("sqs")  # not the poller's client: its calls are counted
-        for body in pipeline:
-            pipelines.send_message(QueueUrl=stack.work_queue_url, MessageBody=json.dumps(body))
-        helper = None
-        if during is not None:
-            helper = threading.Thread(target=during, args=(pool, stop), daemon=True)
-            helper.start()
-        try:
-            report = poller.drain(timeout=timeout)
-        finally:
-            stop.set()
-            if helper is not None:
-                helper.join()
+        _send_pipeline(stack, pipeline)
+        report = _drain_beside(poller, pool, during, timeout)
         pool.close()
     for crash in report.crashes:
         print(f"  ! {crash.source} invocation crashed: {crash.error!r}", flush=True)
     return Drive(t0, report, pool, mappings, measured[0], ctm.request_log, dict(polled))
+
+
+def _cpu_parties(
+    world: World, ctm: CtmProcess, pool: ContainerPool
+) -> dict[str, Callable[[], float]]:
+    """Each party of a driven run, and how to read the CPU seconds it has used so far."""
+    return {
+        "moto": lambda: process_cpu_seconds(world.moto.pid),
+        "CTM emulator": lambda: process_cpu_seconds(ctm.pid),
+        "handler containers": pool.cpu_seconds,
+        "driver (poller)": _driver_cpu,
+    }
+
+
+def _count_calls(sqs: Any) -> Counter[str]:
+    """A counter of the calls ``sqs`` makes from now on, by operation."""
+    calls: Counter[str] = Counter()
+    sqs.meta.events.register(
+        "before-call.sqs", lambda event_name, **_: calls.update([event_name.split(".")[-1]])
+    )
+    return calls
+
+
+def _send_pipeline(stack: Any, pipeline: Sequence[Mapping[str, Any]]) -> None:
+    """Send the pipeline's messages to the work queue."""
+    pipelines = stack.client("sqs")  # not the poller's client: its calls are counted
+    for body in pipeline:
+        pipelines.send_message(QueueUrl=stack.work_queue_url, MessageBody=json.dumps(body))
+
+
+def _drain_beside(
+    poller: Any,
+    pool: ContainerPool,
+    during: Callable[[ContainerPool, threading.Event], None] | None,
+    timeout: float,
+) -> Any:
+    """Drain the poller's queues (its report), with ``during`` running beside it until then."""
+    stop = threading.Event()
+    helper = None
+    if during is not None:
+        helper = threading.Thread(target=during, args=(pool, stop), daemon=True)
+        helper.start()
+    try:
+        return poller.drain(timeout=timeout)
+    finally:
+        stop.set()
+        if helper is not None:
+            helper.join()
 
 
 # --- figures of a throughput run -------------------------------------------------------------
@@ -356,77 +384,138 @@ def rate_run(
         stack = world.fresh_stack(ctm)
         env = stack.refresh_env(CTM_BASE_URL=ctm.base_url, TENANCY_RATE_LIMIT=str(rate))
         key_ids = [key_id.lower() for key_id, _ in ctm.key_tenancies()]
-        pipeline = [
-            {
-                "keys": key_ids[start : start + pipeline_keys],
-                "request_id": f"pipeline-{n}",
-                "reason": "rotation pipeline",
-            }
-            for n, start in enumerate((0, len(key_ids) - pipeline_keys) if pipeline_keys else ())
-        ]
+        pipeline = _pipeline_messages(key_ids, pipeline_keys)
         run = drive(
             world, ctm, stack, env, _schedule({"selector": {"all": True}}), pipeline=pipeline
         )
         runs = [RUN_ID, *(str(body["request_id"]) for body in pipeline)]
-        items = [_run_item(stack, run_id) for run_id in runs]
-    per_key = _refreshes(run.log)
-    refresh_calls = sum(1 for e in run.log if e.operation == "refresh")
-    # Throttled refresh calls, over refresh calls; other throttled calls are in the notes.
-    throttled = sum(1 for e in run.log if e.throttled and e.operation == "refresh")
-    asked = len(key_ids) + sum(len(body["keys"]) for body in pipeline)
-    expected = Counter(key_ids)
-    for body in pipeline:
-        expected.update(body["keys"])
-    failed = sum(int(item.get("failed", 0)) for item in items)
-    notes = [
-        f"run {item.get('run_id', run_id)}: {item.get('status', 'no RUN item')}, "
-        f"refreshed {item.get('refreshed', '?')}, failed {item.get('failed', '?')}"
-        for run_id, item in zip(runs, items, strict=True)
-    ]
-    operations = Counter(e.operation or "other" for e in run.log)
-    throttled_by = Counter(e.operation or "other" for e in run.log if e.throttled)
-    notes.append(
-        "CTM calls: "
-        + ", ".join(
-            f"{op} {n}" + (f" ({throttled_by[op]} throttled)" if throttled_by[op] else "")
-            for op, n in sorted(operations.items())
-        )
-    )
-    calls, _ = run.pool.aws()
-    notes.append(
-        "AWS calls per key: "
-        + ", ".join(f"{op} {n / asked:.2f}" for op, n in sorted(calls.calls.items()))
-        + "; the poller's own: "
-        + ", ".join(f"{op} {n}" for op, n in sorted(run.polled.items()))
-    )
-    refreshes = [e.monotonic for e in run.log if e.operation == "refresh"]
-    if refreshes:
-        notes.append(
-            f"first refresh {min(refreshes) - run.t0:.1f} s after the schedule fired, last "
-            f"{max(refreshes) - run.t0:.1f} s; last invocation ended {run.seconds():.1f} s"
-        )
-    result = RateRun(
+        run_items = {run_id: _run_item(stack, run_id) for run_id in runs}
+    result = _rate_figures(
+        run,
+        _asked(key_ids, pipeline),
+        run_items,
         name=name,
         tenancies=keys.tenancies,
-        keys=asked,
+        latency=latency,
+        rate=rate,
+    )
+    print_rate_run(result)
+    return result
+
+
+def _rate_figures(
+    run: Drive,
+    expected: Counter[str],
+    run_items: Mapping[str, Mapping[str, Any]],
+    *,
+    name: str,
+    tenancies: int,
+    latency: float,
+    rate: int,
+) -> RateRun:
+    """What the emulator's log, the containers and the runs' RUN items say of a driven run
+    that asked for ``expected`` refreshes."""
+    per_key = _refreshes(run.log)
+    refresh_calls, throttled = _refresh_calls(run.log)
+    twice, never = _twice_and_never(per_key, expected)
+    return RateRun(
+        name=name,
+        tenancies=tenancies,
+        keys=expected.total(),
         latency=latency,
         rate=rate,
         seconds=run.seconds(),
         refreshed=sum(per_key.values()),
         refresh_calls=refresh_calls,
         throttled=throttled,
-        failed_keys=failed,
-        twice=sum(1 for key, n in per_key.items() if n > expected[key]),
-        never=sum(1 for key in expected if per_key[key] == 0),
+        failed_keys=sum(int(item.get("failed", 0)) for item in run_items.values()),
+        twice=twice,
+        never=never,
         drained=run.report.drained,
         cpu=run.cpu,
         invocations=Counter(i.source for i in run.report.invocations),
         peak_in_flight=dict(run.report.peak_in_flight),
         cold_starts=run.pool.cold_starts,
-        notes=notes,
+        notes=[
+            *_run_item_notes(run_items),
+            _ctm_calls_note(run.log),
+            _aws_calls_note(run, expected.total()),
+            *_refresh_times_note(run),
+        ],
     )
-    print_rate_run(result)
-    return result
+
+
+def _asked(key_ids: Sequence[str], pipeline: Sequence[Mapping[str, Any]]) -> Counter[str]:
+    """Refreshes asked for, by key: one by the schedule, one more by each message naming it."""
+    expected = Counter(key_ids)
+    for body in pipeline:
+        expected.update(body["keys"])
+    return expected
+
+
+def _refresh_calls(log: Sequence[Any]) -> tuple[int, int]:
+    """(refresh calls, throttled refresh calls) in the emulator's log; other throttled calls
+    are in the run's notes."""
+    refreshes = [e for e in log if e.operation == "refresh"]
+    return len(refreshes), sum(1 for e in refreshes if e.throttled)
+
+
+def _twice_and_never(per_key: Counter[str], expected: Counter[str]) -> tuple[int, int]:
+    """(keys refreshed more often than asked, keys asked for and never refreshed)."""
+    twice = sum(1 for key, n in per_key.items() if n > expected[key])
+    never = sum(1 for key in expected if per_key[key] == 0)
+    return twice, never
+
+
+def _pipeline_messages(key_ids: Sequence[str], pipeline_keys: int) -> list[dict[str, Any]]:
+    """Two pipeline messages of ``pipeline_keys`` keys (the first keys, the last), or none."""
+    starts = (0, len(key_ids) - pipeline_keys) if pipeline_keys else ()
+    return [
+        {
+            "keys": key_ids[start : start + pipeline_keys],
+            "request_id": f"pipeline-{n}",
+            "reason": "rotation pipeline",
+        }
+        for n, start in enumerate(starts)
+    ]
+
+
+def _run_item_notes(run_items: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    return [
+        f"run {item.get('run_id', run_id)}: {item.get('status', 'no RUN item')}, "
+        f"refreshed {item.get('refreshed', '?')}, failed {item.get('failed', '?')}"
+        for run_id, item in run_items.items()
+    ]
+
+
+def _ctm_calls_note(log: Sequence[Any]) -> str:
+    operations = Counter(e.operation or "other" for e in log)
+    throttled_by = Counter(e.operation or "other" for e in log if e.throttled)
+    return "CTM calls: " + ", ".join(
+        f"{op} {n}" + (f" ({throttled_by[op]} throttled)" if throttled_by[op] else "")
+        for op, n in sorted(operations.items())
+    )
+
+
+def _aws_calls_note(run: Drive, asked: int) -> str:
+    calls, _ = run.pool.aws()
+    return (
+        "AWS calls per key: "
+        + ", ".join(f"{op} {n / asked:.2f}" for op, n in sorted(calls.calls.items()))
+        + "; the poller's own: "
+        + ", ".join(f"{op} {n}" for op, n in sorted(run.polled.items()))
+    )
+
+
+def _refresh_times_note(run: Drive) -> list[str]:
+    """When the first and last refresh reached the emulator (nothing when none did)."""
+    refreshes = [e.monotonic for e in run.log if e.operation == "refresh"]
+    if not refreshes:
+        return []
+    return [
+        f"first refresh {min(refreshes) - run.t0:.1f} s after the schedule fired, last "
+        f"{max(refreshes) - run.t0:.1f} s; last invocation ended {run.seconds():.1f} s"
+    ]
 
 
 def print_rate_run(r: RateRun) -> None:
@@ -752,7 +841,76 @@ class ScaleFigures:
         return self.ceiling[-1].rate if self.ceiling else FULL_RATE
 
 
-SECTIONS = ("ceiling", "latency", "sweep", "pileup", "memory", "cost", "kills")
+def _measure_ceiling(world: World, figures: ScaleFigures) -> None:
+    figures.ceiling = carried_rate(world, figures.size, 0.4)
+
+
+def _measure_latency(world: World, figures: ScaleFigures) -> None:
+    size = figures.size
+    figures.slow = [
+        rate_run(
+            world,
+            f"{size.tenancies} tenancies, 1.0 s latency",
+            KeySet(tenancies=size.tenancies, per_tenancy=size.per_tenancy),
+            1.0,
+            figures.rate,
+        )
+    ]
+
+
+def _measure_sweep(world: World, figures: ScaleFigures) -> None:
+    size = figures.size
+    for tenancies in size.sweep:
+        if tenancies == size.tenancies and figures.ceiling:
+            continue  # the ceiling run is this point
+        figures.sweep.append(
+            rate_run(
+                world,
+                f"{tenancies} tenanc{'y' if tenancies == 1 else 'ies'}",
+                KeySet(tenancies=tenancies, per_tenancy=size.sweep_per_tenancy),
+                0.4,
+                figures.rate,
+            )
+        )
+
+
+def _measure_pileup(world: World, figures: ScaleFigures) -> None:
+    figures.pileup = rate_run(
+        world,
+        "one tenancy: schedule + 2 pipeline messages",
+        KeySet(tenancies=1, per_tenancy=figures.size.pileup_keys, seed=17),
+        0.4,
+        FULL_RATE,
+        pipeline_keys=figures.size.pipeline_keys,
+    )
+
+
+def _measure_memory(world: World, figures: ScaleFigures) -> None:
+    figures.memory = [resolution(world, keys) for keys in figures.size.memory_sizes]
+
+
+def _measure_cost(world: World, figures: ScaleFigures) -> None:
+    figures.cost = cost(world, figures.size.cost_keys)
+
+
+def _measure_kills(world: World, figures: ScaleFigures) -> None:
+    figures.kills = [
+        kill_run(world, figures.size, every, 0.15, FULL_RATE) for every in figures.size.kill_every
+    ]
+
+
+# Each part of the section and what measures it, in the order they run (the ceiling first:
+# the later rate runs use the per-tenancy rate it carried).
+MEASURES: Mapping[str, Callable[[World, ScaleFigures], None]] = {
+    "ceiling": _measure_ceiling,
+    "latency": _measure_latency,
+    "sweep": _measure_sweep,
+    "pileup": _measure_pileup,
+    "memory": _measure_memory,
+    "cost": _measure_cost,
+    "kills": _measure_kills,
+}
+SECTIONS = tuple(MEASURES)
 
 
 def run_all(size: Size = Size(), only: Sequence[str] = SECTIONS) -> ScaleFigures:
@@ -765,49 +923,9 @@ def run_all(size: Size = Size(), only: Sequence[str] = SECTIONS) -> ScaleFigures
     world = World.start()
     figures.mappings = world.mappings
     try:
-        if "ceiling" in only:
-            figures.ceiling = carried_rate(world, size, 0.4)
-        rate = figures.rate
-        if "latency" in only:
-            figures.slow = [
-                rate_run(
-                    world,
-                    f"{size.tenancies} tenancies, 1.0 s latency",
-                    KeySet(tenancies=size.tenancies, per_tenancy=size.per_tenancy),
-                    1.0,
-                    rate,
-                )
-            ]
-        if "sweep" in only:
-            for tenancies in size.sweep:
-                if tenancies == size.tenancies and figures.ceiling:
-                    continue  # the ceiling run is this point
-                figures.sweep.append(
-                    rate_run(
-                        world,
-                        f"{tenancies} tenanc{'y' if tenancies == 1 else 'ies'}",
-                        KeySet(tenancies=tenancies, per_tenancy=size.sweep_per_tenancy),
-                        0.4,
-                        rate,
-                    )
-                )
-        if "pileup" in only:
-            figures.pileup = rate_run(
-                world,
-                "one tenancy: schedule + 2 pipeline messages",
-                KeySet(tenancies=1, per_tenancy=size.pileup_keys, seed=17),
-                0.4,
-                FULL_RATE,
-                pipeline_keys=size.pipeline_keys,
-            )
-        if "memory" in only:
-            figures.memory = [resolution(world, keys) for keys in size.memory_sizes]
-        if "cost" in only:
-            figures.cost = cost(world, size.cost_keys)
-        if "kills" in only:
-            figures.kills = [
-                kill_run(world, size, every, 0.15, FULL_RATE) for every in size.kill_every
-            ]
+        for section, measure in MEASURES.items():
+            if section in only:
+                measure(world, figures)
     finally:
         world.stop()
     figures.seconds = time.perf_counter() - started
@@ -824,56 +942,69 @@ def plot(figures: ScaleFigures) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     written = []
     points = sorted(
         {r.tenancies: r for r in [*figures.sweep, *figures.ceiling[-1:]]}.values(),
         key=lambda r: r.tenancies,
     )
     if points:
-        fig, axes = plt.subplots(figsize=(6, 4), dpi=100)
-        xs = [r.tenancies for r in points]
-        axes.plot(xs, [r.keys_per_second for r in points], "o-", label="measured (keys/s)")
-        rate = points[-1].rate
-        axes.plot(
-            xs, [x * rate for x in xs], "--", color="grey", label=f"ceiling ({rate}/s x tenancies)"
-        )
-        if rate != FULL_RATE:
-            axes.plot(
-                xs,
-                [x * FULL_RATE for x in xs],
-                ":",
-                color="lightgrey",
-                label="OCI's 5/s x tenancies",
-            )
-        axes.set_xlabel("OCI tenancies")
-        axes.set_ylabel("keys refreshed per second")
-        axes.set_title(f"Throughput against tenancies ({points[-1].latency:.1f} s CTM latency)")
-        axes.legend()
-        axes.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(PLOT_RATE)
-        plt.close(fig)
+        _plot_throughput(points)
         written.append(PLOT_RATE.name)
     if figures.memory:
-        fig, axes = plt.subplots(figsize=(6, 4), dpi=100)
-        xs = [m.keys for m in figures.memory]
-        axes.plot(xs, [m.peak_kb / 1024 for m in figures.memory], "o-", label="peak RSS (VmHWM)")
-        axes.axhline(
-            TARGET_PEAK_MB * 1e6 / 2**20, linestyle="--", color="grey", label="150 MB target"
-        )
-        axes.set_xlabel("keys the selector matches")
-        axes.set_ylabel("MiB")
-        axes.set_ylim(bottom=0)
-        axes.set_title("Peak memory of the resolving invocation")
-        axes.legend()
-        axes.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(PLOT_MEMORY)
-        plt.close(fig)
+        _plot_memory(figures.memory)
         written.append(PLOT_MEMORY.name)
     return written
+
+
+def _plot_throughput(points: Sequence[RateRun]) -> None:
+    """keys/s against tenancies, with the ceiling at the rate run (and OCI's, when lower)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    xs = [r.tenancies for r in points]
+    axes.plot(xs, [r.keys_per_second for r in points], "o-", label="measured (keys/s)")
+    rate = points[-1].rate
+    axes.plot(
+        xs, [x * rate for x in xs], "--", color="grey", label=f"ceiling ({rate}/s x tenancies)"
+    )
+    if rate != FULL_RATE:
+        axes.plot(
+            xs,
+            [x * FULL_RATE for x in xs],
+            ":",
+            color="lightgrey",
+            label="OCI's 5/s x tenancies",
+        )
+    axes.set_xlabel("OCI tenancies")
+    axes.set_ylabel("keys refreshed per second")
+    axes.set_title(f"Throughput against tenancies ({points[-1].latency:.1f} s CTM latency)")
+    _save(fig, axes, PLOT_RATE)
+
+
+def _plot_memory(memory: Sequence[Resolution]) -> None:
+    """Peak RSS of the resolving invocation against the keys it resolved, with the target."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    xs = [m.keys for m in memory]
+    axes.plot(xs, [m.peak_kb / 1024 for m in memory], "o-", label="peak RSS (VmHWM)")
+    axes.axhline(TARGET_PEAK_MB * 1e6 / 2**20, linestyle="--", color="grey", label="150 MB target")
+    axes.set_xlabel("keys the selector matches")
+    axes.set_ylabel("MiB")
+    axes.set_ylim(bottom=0)
+    axes.set_title("Peak memory of the resolving invocation")
+    _save(fig, axes, PLOT_MEMORY)
+
+
+def _save(fig: Any, axes: Any, path: Path) -> None:
+    """Legend and grid, then write the figure to ``path`` and free it."""
+    import matplotlib.pyplot as plt
+
+    axes.legend()
+    axes.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
