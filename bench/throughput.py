@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -165,6 +165,14 @@ def unbounded_pool(ctm: Any, key_ids: Sequence[str]) -> Scenario:
     )
 
 
+# One scheduled invocation over every key: no fan-out (FANOUT_CHUNK_SIZE), one request id.
+ENGINE_EVENT: Mapping[str, Any] = {
+    "scheduled_time": "2026-11-28T06:00:00Z",
+    "execution_id": "bench",
+    "request": {"selector": {"all": True}, "request_id": "bench-throughput"},
+}
+
+
 def engine_through_handler(ctm: Any, aws: LocalAws) -> Scenario:
     """(c) The real refresh handler in its own process: one scheduled invocation, every key."""
     stack = aws.fresh_stack()
@@ -175,16 +183,11 @@ def engine_through_handler(ctm: Any, aws: LocalAws) -> Scenario:
         FANOUT_CHUNK_SIZE=FANOUT_CHUNK_SIZE,
     )
     container = LambdaContainer("refresh", env)
-    event = {
-        "scheduled_time": "2026-11-28T06:00:00Z",
-        "execution_id": "bench",
-        "request": {"selector": {"all": True}, "request_id": "bench-throughput"},
-    }
     ctm.reset_throttle()
     ctm.reset_log()
     try:
         sent = time.monotonic()
-        invocation = container.invoke(event)
+        invocation = container.invoke(ENGINE_EVENT)
         answered = time.monotonic()
     finally:
         container.close()
@@ -196,13 +199,7 @@ def engine_through_handler(ctm: Any, aws: LocalAws) -> Scenario:
     aws_calls = AwsCalls(invocation.aws_calls)
     scenario = Scenario(
         name="our engine",
-        how=(
-            "real handler in its own process, one scheduled invocation (selector all), "
-            f"TENANCY_RATE_LIMIT={env['TENANCY_RATE_LIMIT']}, "
-            f"REFRESH_CONCURRENCY={env['REFRESH_CONCURRENCY']} (template default), "
-            f"FANOUT_CHUNK_SIZE={env['FANOUT_CHUNK_SIZE']} (no fan-out), "
-            f"CTM_TIMEOUT_SECONDS={env['CTM_TIMEOUT_SECONDS']}"
-        ),
+        how=_engine_how(env),
         keys=requested,
         refreshed=refreshed,
         failed=requested - refreshed,
@@ -218,6 +215,17 @@ def engine_through_handler(ctm: Any, aws: LocalAws) -> Scenario:
     return scenario
 
 
+def _engine_how(env: Mapping[str, str]) -> str:
+    """How the engine ran: the settings that decide its pace."""
+    return (
+        "real handler in its own process, one scheduled invocation (selector all), "
+        f"TENANCY_RATE_LIMIT={env['TENANCY_RATE_LIMIT']}, "
+        f"REFRESH_CONCURRENCY={env['REFRESH_CONCURRENCY']} (template default), "
+        f"FANOUT_CHUNK_SIZE={env['FANOUT_CHUNK_SIZE']} (no fan-out), "
+        f"CTM_TIMEOUT_SECONDS={env['CTM_TIMEOUT_SECONDS']}"
+    )
+
+
 def _engine_diagnosis(
     entries: Sequence[Any], refreshed: int, sent: float, answered: float
 ) -> list[str]:
@@ -225,42 +233,69 @@ def _engine_diagnosis(
     refreshes = [e for e in entries if e.operation == "refresh"]
     if not refreshes:
         return ["no refresh call reached the emulator"]
+    admitted = _admitted_by_tenancy(refreshes)
+    return [
+        *_phase_notes(refreshes, refreshed, sent, answered),
+        *_throttle_spacing_note(refreshes, admitted),
+        *_arrival_gaps_note(admitted),
+    ]
+
+
+def _phase_notes(
+    refreshes: Sequence[Any], refreshed: int, sent: float, answered: float
+) -> list[str]:
+    """Time before the first refresh and after the last; the refresh phase's own rate."""
     first, last = refreshes[0].monotonic, refreshes[-1].monotonic
     span = last - first
-    notes = [
+    return [
         f"before the first refresh {first - sent:.1f} s (token, list, DynamoDB reads); "
         f"after the last refresh arrived {answered - last:.1f} s (its answer, recording)",
         f"refresh phase: {len(refreshes)} calls in {span:.1f} s "
         f"({refreshed / span if span else 0:.2f} refreshed keys/s, "
         f"{refreshed / span / CEILING if span else 0:.3f} of the ceiling)",
     ]
+
+
+def _admitted_by_tenancy(refreshes: Sequence[Any]) -> dict[str, list[float]]:
+    """Arrival times of the refreshes OCI admitted (not throttled), by tenancy."""
     by_tenancy: dict[str, list[float]] = {}
     for entry in refreshes:
         if entry.tenancy and not entry.throttled:
             by_tenancy.setdefault(entry.tenancy, []).append(entry.monotonic)
-    gaps = []
-    for arrivals in by_tenancy.values():
-        gaps += [b - a for a, b in itertools.pairwise(arrivals)]
+    return by_tenancy
+
+
+def _throttle_spacing_note(
+    refreshes: Sequence[Any], admitted: Mapping[str, list[float]]
+) -> list[str]:
+    """How long after the window-th previous admitted refresh of its tenancy each throttled
+    call came (OCI's window is 1 s: under 1000 ms is too early)."""
     window = int(READS_PER_SECOND / READS_PER_REFRESH)
     spacing = []  # throttled arrival - arrival of the window-th previous admitted refresh
     for entry in refreshes:
         if entry.throttled and entry.tenancy:
-            admitted = [t for t in by_tenancy.get(entry.tenancy, []) if t <= entry.monotonic]
-            if len(admitted) >= window:
-                spacing.append(entry.monotonic - admitted[-window])
-    if spacing:
-        notes.append(
-            f"each throttled call came a median {statistics.median(spacing) * 1000:.0f} ms "
-            f"(min {min(spacing) * 1000:.0f}, max {max(spacing) * 1000:.0f}) after the "
-            f"{window}th-previous admitted refresh of its tenancy (OCI's window: 1000 ms)"
-        )
-    if gaps:
-        notes.append(
-            "admitted refreshes per tenancy arrive every "
-            f"{statistics.median(gaps) * 1000:.0f} ms (median), "
-            f"{statistics.quantiles(gaps, n=20)[-1] * 1000:.0f} ms (p95)"
-        )
-    return notes
+            before = [t for t in admitted.get(entry.tenancy, []) if t <= entry.monotonic]
+            if len(before) >= window:
+                spacing.append(entry.monotonic - before[-window])
+    if not spacing:
+        return []
+    return [
+        f"each throttled call came a median {statistics.median(spacing) * 1000:.0f} ms "
+        f"(min {min(spacing) * 1000:.0f}, max {max(spacing) * 1000:.0f}) after the "
+        f"{window}th-previous admitted refresh of its tenancy (OCI's window: 1000 ms)"
+    ]
+
+
+def _arrival_gaps_note(admitted: Mapping[str, list[float]]) -> list[str]:
+    """The time between a tenancy's consecutive admitted refreshes: median and p95."""
+    gaps = [b - a for arrivals in admitted.values() for a, b in itertools.pairwise(arrivals)]
+    if not gaps:
+        return []
+    return [
+        "admitted refreshes per tenancy arrive every "
+        f"{statistics.median(gaps) * 1000:.0f} ms (median), "
+        f"{statistics.quantiles(gaps, n=20)[-1] * 1000:.0f} ms (p95)"
+    ]
 
 
 def dynamodb_writes(costs: dict[str, Any]) -> int:
