@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -248,6 +248,13 @@ class MemoryRun:
         return max(invocation.peak_rss_kb for _, invocation in self.invocations)
 
 
+MEMORY_SCHEDULE: Mapping[str, Any] = {
+    "scheduled_time": SCHEDULED_TIME,
+    "execution_id": "bench-memory",
+    "request": {"selector": {"all": True}},
+}
+
+
 def peak_memory() -> MemoryRun:
     """One container: a schedule selecting 5,000 keys fans out 5 x 1,000; one SQS batch of
     5 messages (the template's BatchSize) then refreshes all 5,000 in one invocation."""
@@ -263,30 +270,16 @@ def peak_memory() -> MemoryRun:
                 FANOUT_CHUNK_SIZE=MEMORY_CHUNK,
             )
             container = LambdaContainer("refresh", env)
-            invocations: list[tuple[str, Invocation]] = []
             try:
-                invocations.append(
-                    (
-                        "schedule (list, fan out)",
-                        container.invoke(
-                            {
-                                "scheduled_time": SCHEDULED_TIME,
-                                "execution_id": "bench-memory",
-                                "request": {"selector": {"all": True}},
-                            }
-                        ),
-                    )
-                )
-                invocations += _drain(aws, container)
+                invocations = [
+                    ("schedule (list, fan out)", container.invoke(MEMORY_SCHEDULE)),
+                    *_drain(aws, container),
+                ]
             finally:
                 container.close()
-            run_item = aws.stack.table.get_item(
-                Key={"pk": f"RUN#{RUN_ID}", "sk": "RUN"}, ConsistentRead=True
-            )["Item"]
-            refreshed = int(run_item.get("refreshed", 0))
             run = MemoryRun(
                 keys=MEMORY_KEYS,
-                refreshed=refreshed,
+                refreshed=_refreshed(aws.stack),
                 invocations=invocations,
                 peak_rss_after_import_kb=container.peak_rss_after_import_kb,
                 ctm=ctm_calls(ctm.request_log),
@@ -294,6 +287,18 @@ def peak_memory() -> MemoryRun:
             )
     finally:
         aws.stop()
+    print_memory_run(run)
+    return run
+
+
+def _refreshed(stack: Any) -> int:
+    """The keys the scheduled run recorded as refreshed (its RUN item)."""
+    found = stack.table.get_item(Key={"pk": f"RUN#{RUN_ID}", "sk": "RUN"}, ConsistentRead=True)
+    return int(found["Item"].get("refreshed", 0))
+
+
+def print_memory_run(run: MemoryRun) -> None:
+    """The memory run's figures on a few lines."""
     print(
         f"[memory] {run.refreshed}/{run.keys} keys refreshed; peak RSS "
         f"{run.peak_kb / 1024:.0f} MiB (VmHWM; after import "
@@ -308,7 +313,6 @@ def peak_memory() -> MemoryRun:
             f"{invocation.peak_rss_kb / 1024:.0f} MiB, {invocation.response}",
             flush=True,
         )
-    return run
 
 
 def _drain(aws: LocalAws, container: LambdaContainer) -> list[tuple[str, Invocation]]:
