@@ -357,27 +357,32 @@ def serve_moto(port: int) -> None:
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     profile_to = os.environ.get("BENCH_MOTO_PROFILE")  # a path: where moto's CPU went
     if profile_to:
-        import cProfile
-        import signal
-
-        profiler = cProfile.Profile()
-
-        def one_at_a_time_profiled(environ: Any, start_response: Any) -> Any:
-            with lock:
-                profiler.enable()
-                try:
-                    return list(app(environ, start_response))
-                finally:
-                    profiler.disable()
-
-        server.app = one_at_a_time_profiled  # type: ignore[attr-defined]
-
-        def dump(*_: object) -> None:
-            profiler.dump_stats(profile_to)
-            os._exit(0)
-
-        signal.signal(signal.SIGTERM, dump)
+        server.app = _profiled(app, lock, profile_to)  # type: ignore[attr-defined]
     server.serve_forever()
+
+
+def _profiled(app: Any, lock: threading.Lock, profile_to: str) -> Any:
+    """``app`` one request at a time under cProfile; SIGTERM writes the profile to
+    ``profile_to`` and ends the process."""
+    import cProfile
+    import signal
+
+    profiler = cProfile.Profile()
+
+    def one_at_a_time_profiled(environ: Any, start_response: Any) -> Any:
+        with lock:
+            profiler.enable()
+            try:
+                return list(app(environ, start_response))
+            finally:
+                profiler.disable()
+
+    def dump(*_: object) -> None:
+        profiler.dump_stats(profile_to)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, dump)
+    return one_at_a_time_profiled
 
 
 def _exit_with_parent() -> None:
@@ -397,11 +402,28 @@ def _transactions_copy_items_not_tables() -> None:
     transaction saves and restores the items it names instead (requests are serialised, so
     nothing else can change them meanwhile).
     """
+    from moto.dynamodb.models import DynamoDBBackend
+
+    _tables_copied_by_reference()
+    _update_expression_checks_once()
+    original = DynamoDBBackend.transact_write_items
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        saved = _items_named(self, transact_items)
+        try:
+            original(self, transact_items)
+        except Exception:
+            _restore(saved)
+            raise
+
+    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
+def _tables_copied_by_reference() -> None:
+    """moto's DynamoDB models deep-copy everything as before, except tables (shared)."""
     import copy
 
     from moto.dynamodb import models
-    from moto.dynamodb.models import DynamoDBBackend
-    from moto.dynamodb.models.dynamo_type import DynamoType
     from moto.dynamodb.models.table import Table
 
     class _CopyTablesByReference:
@@ -413,40 +435,47 @@ def _transactions_copy_items_not_tables() -> None:
             return value if isinstance(value, Table) else copy.deepcopy(value, memo)
 
     models.copy = _CopyTablesByReference()  # type: ignore[assignment,attr-defined]
-    _update_expression_checks_once()
-    original = DynamoDBBackend.transact_write_items
 
-    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
-        saved = []
-        for entry in transact_items:
-            _, operation = next(iter(entry.items()))
-            table = self.tables.get(operation.get("TableName"))
-            if table is None:
-                continue
-            key = operation.get("Key") or operation.get("Item") or {}
-            if table.hash_key_attr not in key or (
-                table.range_key_attr and table.range_key_attr not in key
-            ):
-                continue  # moto's own validation will refuse it
-            hash_value = DynamoType(key[table.hash_key_attr])
-            range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
-            current = table.get_item(hash_value, range_value)
-            saved.append((table, hash_value, range_value, copy.deepcopy(current)))
-        try:
-            original(self, transact_items)
-        except Exception:
-            for table, hash_value, range_value, item in reversed(saved):
-                if range_value is None:
-                    table.items.pop(hash_value, None)
-                    if item is not None:
-                        table.items[hash_value] = item
-                else:
-                    table.items[hash_value].pop(range_value, None)
-                    if item is not None:
-                        table.items[hash_value][range_value] = item
-            raise
 
-    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+# An item a transaction names, as it was before: (table, hash key, range key, copy or None).
+_SavedItem = tuple[Any, Any, Any, Any]
+
+
+def _items_named(backend: Any, transact_items: list[dict[str, Any]]) -> list[_SavedItem]:
+    """A copy of every item ``transact_items`` names, as it is now (None: absent)."""
+    import copy
+
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    saved = []
+    for entry in transact_items:
+        _, operation = next(iter(entry.items()))
+        table = backend.tables.get(operation.get("TableName"))
+        if table is None:
+            continue
+        key = operation.get("Key") or operation.get("Item") or {}
+        if table.hash_key_attr not in key or (
+            table.range_key_attr and table.range_key_attr not in key
+        ):
+            continue  # moto's own validation will refuse it
+        hash_value = DynamoType(key[table.hash_key_attr])
+        range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
+        current = table.get_item(hash_value, range_value)
+        saved.append((table, hash_value, range_value, copy.deepcopy(current)))
+    return saved
+
+
+def _restore(saved: list[_SavedItem]) -> None:
+    """Put the saved items back as they were, last first (removing those that were absent)."""
+    for table, hash_value, range_value, item in reversed(saved):
+        if range_value is None:
+            table.items.pop(hash_value, None)
+            if item is not None:
+                table.items[hash_value] = item
+        else:
+            table.items[hash_value].pop(range_value, None)
+            if item is not None:
+                table.items[hash_value][range_value] = item
 
 
 def _update_expression_checks_once() -> None:
