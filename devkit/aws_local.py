@@ -61,6 +61,8 @@ from devkit.template import (
     parameter_defaults,
 )
 
+# The template's functions, whose environments the local stack resolves.
+FUNCTIONS = (REFRESH_FUNCTION_ID, NOTIFY_FUNCTION_ID)
 # CloudFormation queue properties that are SQS queue attributes under the same name.
 _QUEUE_ATTRIBUTES = (
     "DelaySeconds",
@@ -184,31 +186,18 @@ class LocalAwsStack:
         if not Intrinsics(refs, attributes, conditions).holds("CreateCtmSecret"):
             raise ValueError("the local stack always creates its CTM secret")
         client = _clients(endpoint_url, region)
-        table_name, stream_arn = _create_table(
-            client("dynamodb"), f"{prefix}-results", resources[TABLE_ID]["Properties"]
-        )
+        table_name, stream_arn = _create_table(client("dynamodb"), prefix, resources)
         queues = _create_queues(client("sqs"), prefix, resources, refs, attributes)
         topic_arn = _create_topic(client("sns"), prefix, resources, refs, attributes)
         secret_arn = _create_secret(client("secretsmanager"), prefix, resources)
         refs |= {TABLE_ID: table_name, TOPIC_ID: topic_arn, SECRET_ID: secret_arn}
-        functions = (REFRESH_FUNCTION_ID, NOTIFY_FUNCTION_ID)
-        environments = {
-            function: _environment(
-                Intrinsics(refs, attributes, conditions), resources[function]["Properties"]
-            )
-            for function in functions
-        }
-        # What the function is told must be what the queue does: read it back from the queue.
-        redrive = json.loads(
-            client("sqs").get_queue_attributes(
-                QueueUrl=queues[WORK_QUEUE_ID][0], AttributeNames=["RedrivePolicy"]
-            )["Attributes"]["RedrivePolicy"]
-        )
+        environments = _environments(resources, Intrinsics(refs, attributes, conditions))
         return cls(
             endpoint_url=endpoint_url,
             prefix=prefix,
             region=region,
-            max_receive_count=int(redrive["maxReceiveCount"]),
+            # What the function is told must be what the queue does: read it back from the queue.
+            max_receive_count=_max_receive_count(client("sqs"), queues[WORK_QUEUE_ID][0]),
             table_name=table_name,
             table_stream_arn=stream_arn,
             work_queue_url=queues[WORK_QUEUE_ID][0],
@@ -222,7 +211,7 @@ class LocalAwsStack:
             topic_arn=topic_arn,
             secret_id=secret_arn,
             function_environments=environments,
-            declared_variables={f: _declared_variables(template, f) for f in functions},
+            declared_variables={f: _declared_variables(template, f) for f in FUNCTIONS},
         )
 
     # --- clients ---
@@ -267,7 +256,7 @@ class LocalAwsStack:
             "AWS_ENDPOINT_URL": self.endpoint_url,
         }
         files = {}
-        for function in (REFRESH_FUNCTION_ID, NOTIFY_FUNCTION_ID):
+        for function in FUNCTIONS:
             env = self.function_environments[function]
             names = [
                 n for n in self.declared_variables[function] if not n.startswith("POWERTOOLS_")
@@ -475,6 +464,12 @@ def _create_secret(secretsmanager: Any, prefix: str, resources: Mapping[str, Any
     )
 
 
+def _max_receive_count(sqs: Any, queue_url: str) -> int:
+    """The ``maxReceiveCount`` of the queue's redrive policy, as the queue holds it."""
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
+    return int(json.loads(attributes["Attributes"]["RedrivePolicy"])["maxReceiveCount"])
+
+
 def _declared_variables(template: Mapping[str, Any], function: str) -> tuple[str, ...]:
     """The environment variables the template declares for ``function`` (its own and the
     Globals'): the only ones ``sam local invoke --env-vars`` may set."""
@@ -494,14 +489,26 @@ def _clients(endpoint_url: str, region: str) -> Callable[[str], Any]:
     return client
 
 
+def _environments(
+    resources: Mapping[str, Any], intrinsics: Intrinsics
+) -> dict[str, dict[str, str]]:
+    """Each function's Environment.Variables resolved (``_environment``), by logical id."""
+    return {
+        function: _environment(intrinsics, resources[function]["Properties"])
+        for function in FUNCTIONS
+    }
+
+
 def _environment(intrinsics: Intrinsics, properties: Mapping[str, Any]) -> dict[str, str]:
     """A function's Environment.Variables resolved; variables set to AWS::NoValue left out."""
     variables = intrinsics.resolve(properties.get("Environment", {}).get("Variables", {}))
     return {name: str(value) for name, value in variables.items() if value is not NO_VALUE}
 
 
-def _create_table(dynamodb: Any, name: str, properties: Mapping[str, Any]) -> tuple[str, str]:
+def _create_table(dynamodb: Any, prefix: str, resources: Mapping[str, Any]) -> tuple[str, str]:
     """Create the table with the template's schema; return its name and stream ARN."""
+    name = f"{prefix}-results"
+    properties = resources[TABLE_ID]["Properties"]
     arguments: dict[str, Any] = {
         "TableName": name,
         "KeySchema": properties["KeySchema"],
