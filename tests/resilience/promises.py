@@ -79,35 +79,48 @@ def assert_one_terminal_result_per_key(
     """Each requested key has exactly one terminal RESULT item in ``run_id`` (no other key
     has one), the run turned COMPLETED exactly once with counts that add up, and, with
     ``written_once``, no terminal result was ever written twice. Returns the results."""
+    results = _terminal_results(world, run_id, requested)
+    run = world.run_item(run_id)
+    counted = sum(int(run[name]) for name in ("refreshed", "not_found", "failed", "skipped"))
+    observed = (run["status"], int(run["requested"]), counted)
+    assert observed == ("COMPLETED", len(requested), len(requested)), "run status or counts"
+    changes = [c for c in table_changes(world) if c.new.get("pk") == f"RUN#{run_id}"]
+    assert len(_completions(changes)) == 1, "the run completed more than once"
+    if written_once:
+        twice = {key: n for key, n in _terminal_writes(changes).items() if n != 1}
+        assert not twice, f"terminal results written more than once: {twice}"
+    return results
+
+
+def _terminal_results(
+    world: RefreshWorld, run_id: str, requested: Collection[str]
+) -> dict[str, dict[str, Any]]:
+    """The run's results, one per requested key and none other, each terminal."""
     results = world.results(run_id)
     assert set(results) == set(requested), "a key's result is missing or one is extra"
     statuses = {key: r["status"] for key, r in results.items()}
     assert set(statuses.values()) <= TERMINAL, f"keys left non-terminal: {statuses}"
+    return results
 
-    run = world.run_item(run_id)
-    assert run["status"] == "COMPLETED"
-    assert int(run["requested"]) == len(requested)
-    counted = sum(int(run[name]) for name in ("refreshed", "not_found", "failed", "skipped"))
-    assert counted == len(requested)
 
-    changes = [c for c in table_changes(world) if c.new.get("pk") == f"RUN#{run_id}"]
-    completions = [
+def _completions(changes: Collection[Any]) -> list[Any]:
+    """The changes that turned the RUN item COMPLETED."""
+    return [
         c
         for c in changes
         if c.new.get("sk") == "RUN"
         and c.new.get("status") == "COMPLETED"
         and c.old.get("status") != "COMPLETED"
     ]
-    assert len(completions) == 1, "the run completed more than once"
-    if written_once:
-        terminal_writes = Counter(
-            c.new["key_id"]
-            for c in changes
-            if c.new.get("item_type") == "RESULT" and c.new.get("status") in TERMINAL
-        )
-        twice = {key: n for key, n in terminal_writes.items() if n != 1}
-        assert not twice, f"terminal results written more than once: {twice}"
-    return results
+
+
+def _terminal_writes(changes: Collection[Any]) -> Counter[str]:
+    """Per key, the writes that left its RESULT item terminal."""
+    return Counter(
+        c.new["key_id"]
+        for c in changes
+        if c.new.get("item_type") == "RESULT" and c.new.get("status") in TERMINAL
+    )
 
 
 # --- 3. no secret in the logs ---------------------------------------------------------------
