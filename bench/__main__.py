@@ -30,6 +30,7 @@ def main(argv: list[str]) -> int:
     if "--no-write" in argv:
         print(text)
     else:
+        scale.plot(scaled)
         RESULTS.write_text(text, encoding="utf-8")
         print(f"bench: {figures.seconds:.0f} s; figures written to {RESULTS.relative_to(ROOT)}")
     return 0
