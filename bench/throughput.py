@@ -6,6 +6,11 @@ better than 3 x 5 = 15 refreshes per second.
 
     PYTHONPATH=layers/common:. .venv/bin/python -m bench.throughput
 
+The loop and the pool call the emulator from this process. Our engine runs as deployed (see
+``bench.scale.drive``): the schedule fires the intake invocation, which sends the run's chunks
+(one tenancy each) to the FIFO tenancy queue; the model of Lambda's SQS poller delivers them to
+handler containers; moto and the emulator run in processes of their own.
+
 Over 300 lines on purpose: the three clients compared (a loop, a pool, the engine) are measured
 the same way, in one place.
 """
@@ -22,13 +27,21 @@ from typing import Any
 
 import requests
 
+from bench.scale import (
+    RUN_ID,
+    Drive,
+    World,
+    _refreshes,
+    _run_item,
+    _run_item_notes,
+    _schedule,
+    drive,
+)
 from bench.world import (
     DYNAMODB_WRITES,
     TENANCIES,
-    AwsCalls,
-    LambdaContainer,
-    LocalAws,
-    balanced_keys,
+    CtmProcess,
+    KeySet,
     ctm_calls,
     prepare_process,
 )
@@ -40,7 +53,6 @@ KEYS_PER_TENANCY = 200
 CEILING = TENANCIES * READS_PER_SECOND / READS_PER_REFRESH  # refreshes per second
 SEQUENTIAL_SUBSET = 120  # the loop runs at ~6 keys/s: 600 keys would take 100 s to say the same
 ENGINE_RATE_LIMIT = "5"  # the true budget: 10 reads/s / 2 reads per refresh
-FANOUT_CHUNK_SIZE = "1000"  # >= 600: the whole run stays in one invocation, no fan-out
 
 
 @dataclass
@@ -165,72 +177,89 @@ def unbounded_pool(ctm: Any, key_ids: Sequence[str]) -> Scenario:
     )
 
 
-# One scheduled invocation over every key: no fan-out (FANOUT_CHUNK_SIZE), one request id.
-ENGINE_EVENT: Mapping[str, Any] = {
-    "scheduled_time": "2026-11-28T06:00:00Z",
-    "execution_id": "bench",
-    "request": {"selector": {"all": True}, "request_id": "bench-throughput"},
-}
+def engine_as_deployed(world: World, keys: KeySet) -> Scenario:
+    """(c) The real refresh handler as deployed: the schedule's intake invocation, then one
+    tenancy-queue invocation per chunk, delivered by the poller model to handler containers."""
+    with CtmProcess(keys) as ctm:
+        ctm.set_faults(latency=LATENCY, tenancy_read_limit=READS_PER_SECOND)
+        stack = world.fresh_stack(ctm)
+        env = stack.refresh_env(CTM_BASE_URL=ctm.base_url, TENANCY_RATE_LIMIT=ENGINE_RATE_LIMIT)
+        asked = [key_id.lower() for key_id, _ in ctm.key_tenancies()]
+        run = drive(world, ctm, stack, env, _schedule({"selector": {"all": True}}))
+        run_item = _run_item(stack, RUN_ID)
+    return _engine_scenario(run, asked, run_item, _engine_how(env, world.mappings))
 
 
-def engine_through_handler(ctm: Any, aws: LocalAws) -> Scenario:
-    """(c) The real refresh handler in its own process: one scheduled invocation, every key."""
-    stack = aws.fresh_stack()
-    aws.trust(ctm)
-    env = stack.refresh_env(
-        CTM_BASE_URL=ctm.base_url,
-        TENANCY_RATE_LIMIT=ENGINE_RATE_LIMIT,
-        FANOUT_CHUNK_SIZE=FANOUT_CHUNK_SIZE,
-    )
-    container = LambdaContainer("refresh", env)
-    ctm.reset_throttle()
-    ctm.reset_log()
-    try:
-        sent = time.monotonic()
-        invocation = container.invoke(ENGINE_EVENT)
-        answered = time.monotonic()
-    finally:
-        container.close()
-    response = invocation.response
-    entries = ctm.request_log
-    calls = ctm_calls(entries)
-    refreshed = int(response["refreshed"])
-    requested = int(response["requested"])
-    aws_calls = AwsCalls(invocation.aws_calls)
+def _engine_scenario(
+    run: Drive, asked: Sequence[str], run_item: Mapping[str, Any], how: str
+) -> Scenario:
+    """The engine's row from a driven run: refreshed keys from the emulator's log, over the
+    time from the schedule firing to the end of the last invocation."""
+    per_key = _refreshes(run.log)
+    refreshed = sum(1 for key in asked if per_key[key])
+    calls = ctm_calls(run.log)
+    aws, _ = run.pool.aws()
     scenario = Scenario(
         name="our engine",
-        how=_engine_how(env),
-        keys=requested,
+        how=how,
+        keys=len(asked),
         refreshed=refreshed,
-        failed=requested - refreshed,
-        wall_seconds=invocation.wall_seconds,
+        failed=len(asked) - refreshed,
+        wall_seconds=run.seconds(),
         refresh_calls=calls.get("refresh", 0),
         throttled=calls["throttled"],
-        refresh_span_seconds=_span(entries),
-        costs={"ctm": calls, "dynamodb": aws_calls.of("dynamodb"), "sqs": aws_calls.of("sqs")},
+        refresh_span_seconds=_span(run.log),
+        costs={"ctm": calls, "dynamodb": aws.of("dynamodb"), "sqs": aws.of("sqs")},
     )
-    scenario.notes += _engine_diagnosis(entries, refreshed, sent, answered)
-    if response.get("status") != "COMPLETED":
-        scenario.notes.append(f"run status {response.get('status')}: {response}")
+    twice = sum(1 for n in per_key.values() if n > 1)
+    scenario.notes += [
+        *_invocations_note(run),
+        *_run_item_notes({RUN_ID: run_item}),
+        *_engine_diagnosis(run.log, refreshed, run.t0, run.last_end),
+        *([f"{twice} keys refreshed more than once"] if twice else []),
+        *([] if run.report.drained else ["the queues did not drain before the timeout"]),
+    ]
     return scenario
 
 
-def _engine_how(env: Mapping[str, str]) -> str:
-    """How the engine ran: the settings that decide its pace."""
+def _engine_how(env: Mapping[str, str], mappings: Sequence[str]) -> str:
+    """How the engine ran: as deployed, and the settings that decide its pace."""
     return (
-        "real handler in its own process, one scheduled invocation (selector all), "
-        f"TENANCY_RATE_LIMIT={env['TENANCY_RATE_LIMIT']}, "
-        f"REFRESH_CONCURRENCY={env['REFRESH_CONCURRENCY']} (template default), "
-        f"FANOUT_CHUNK_SIZE={env['FANOUT_CHUNK_SIZE']} (no fan-out), "
-        f"CTM_TIMEOUT_SECONDS={env['CTM_TIMEOUT_SECONDS']}"
+        "real refresh handler as deployed: a scheduled intake invocation (selector all) "
+        "registers the run's chunks (one tenancy each) and sends them to the FIFO tenancy "
+        "queue, then tenancy-queue invocations refresh them, delivered by the model of Lambda's "
+        f"SQS poller (`devkit/lambda_poller.py`; {'; '.join(mappings)}) to handler containers "
+        "(a process per concurrent invocation, reused warm; moto and the emulator in processes "
+        "of their own); template defaults except "
+        f"TENANCY_RATE_LIMIT={env['TENANCY_RATE_LIMIT']}: "
+        f"REFRESH_CONCURRENCY={env['REFRESH_CONCURRENCY']}, "
+        f"FANOUT_CHUNK_SIZE={env['FANOUT_CHUNK_SIZE']}, "
+        f"CTM_TIMEOUT_SECONDS={env['CTM_TIMEOUT_SECONDS']}; wall is from the schedule firing to "
+        "the end of the last invocation"
     )
+
+
+def _invocations_note(run: Drive) -> list[str]:
+    """The invocations the run took: the intake's time, the chunks', concurrency, cold starts."""
+    intake = [p for p in run.pool.invocations if p.source == "direct"]
+    chunks = [p for p in run.pool.invocations if p.source != "direct"]
+    if not intake or not chunks:
+        return [f"invocations: {len(intake)} intake, {len(chunks)} from the queues"]
+    first_chunk = min(p.started for p in chunks) - run.t0
+    return [
+        f"invocations: the intake {intake[0].invocation.wall_seconds:.1f} s, then "
+        f"{len(chunks)} from the queues (chunks of {min(p.keys for p in chunks)}-"
+        f"{max(p.keys for p in chunks)} keys), the first starting {first_chunk:.1f} s after "
+        f"the schedule fired; peak in flight {dict(run.report.peak_in_flight)}, "
+        f"{run.pool.cold_starts} cold starts"
+    ]
 
 
 def _engine_diagnosis(
     entries: Sequence[Any], refreshed: int, sent: float, answered: float
 ) -> list[str]:
     """Where the time went: before the first refresh, refresh phase, after the last one."""
-    refreshes = [e for e in entries if e.operation == "refresh"]
+    refreshes = sorted((e for e in entries if e.operation == "refresh"), key=lambda e: e.monotonic)
     if not refreshes:
         return ["no refresh call reached the emulator"]
     admitted = _admitted_by_tenancy(refreshes)
@@ -245,11 +274,13 @@ def _phase_notes(
     refreshes: Sequence[Any], refreshed: int, sent: float, answered: float
 ) -> list[str]:
     """Time before the first refresh and after the last; the refresh phase's own rate."""
-    first, last = refreshes[0].monotonic, refreshes[-1].monotonic
+    first, last = refreshes[0].monotonic, refreshes[-1].monotonic  # sorted by arrival
     span = last - first
     return [
-        f"before the first refresh {first - sent:.1f} s (token, list, DynamoDB reads); "
-        f"after the last refresh arrived {answered - last:.1f} s (its answer, recording)",
+        f"before the first refresh {first - sent:.1f} s (the intake: token, list, registering "
+        "and sending the chunks; then the poller's delivery and a container's cold start); "
+        f"after the last refresh arrived {answered - last:.1f} s (its answer, recording, the "
+        "invocation's end)",
         f"refresh phase: {len(refreshes)} calls in {span:.1f} s "
         f"({refreshed / span if span else 0:.2f} refreshed keys/s, "
         f"{refreshed / span / CEILING if span else 0:.3f} of the ceiling)",
@@ -304,30 +335,26 @@ def dynamodb_writes(costs: dict[str, Any]) -> int:
 
 
 def run_all() -> list[Scenario]:
-    """Run (a), (b) and (c) on one emulator and return their figures."""
+    """Run (a) and (b) on an emulator in this process, then (c) as deployed; their figures."""
     from devkit.ctm_emulator import CtmEmulator
 
     prepare_process()
-    aws = LocalAws.start()
-    keys = balanced_keys(KEYS_PER_TENANCY)
-    key_ids = [key["id"] for key in keys]
+    keys = KeySet(tenancies=TENANCIES, per_tenancy=KEYS_PER_TENANCY)
+    key_ids = [key["id"] for key in keys.build()]
+    scenarios = []
+    with CtmEmulator(keys=keys.build()) as ctm:
+        ctm.faults.latency = LATENCY
+        ctm.faults.tenancy_read_limit = READS_PER_SECOND
+        for client in (sequential_loop, unbounded_pool):
+            scenarios.append(client(ctm, key_ids))
+            print_scenario(scenarios[-1])
+    world = World.start()
     try:
-        with CtmEmulator(keys=keys) as ctm:
-            ctm.faults.latency = LATENCY
-            ctm.faults.tenancy_read_limit = READS_PER_SECOND
-            scenarios = []
-            measures: tuple[Callable[[], Scenario], ...] = (
-                lambda: sequential_loop(ctm, key_ids),
-                lambda: unbounded_pool(ctm, key_ids),
-                lambda: engine_through_handler(ctm, aws),
-            )
-            for measure in measures:
-                scenario = measure()
-                print_scenario(scenario)
-                scenarios.append(scenario)
-            return scenarios
+        scenarios.append(engine_as_deployed(world, keys))
+        print_scenario(scenarios[-1])
     finally:
-        aws.stop()
+        world.stop()
+    return scenarios
 
 
 def print_scenario(s: Scenario) -> None:

@@ -178,21 +178,11 @@ def ctm_calls(entries: list[Any]) -> dict[str, int]:
 
 @dataclass
 class LocalAws:
-    """One moto server and a stack of ``template.yaml`` on it."""
+    """One moto server (``MotoProcess``, started by ``bench.scale.World``) and a stack of
+    ``template.yaml`` on it."""
 
-    server: Any  # devkit.aws_local.MotoServer
+    server: Any  # MotoProcess
     stack: Any  # devkit.aws_local.LocalAwsStack
-
-    @classmethod
-    def start(cls) -> LocalAws:
-        from devkit.aws_local import LocalAwsStack
-        from devkit.moto_server import MotoServer
-
-        server = MotoServer()
-        server.start()
-        os.environ["AWS_ENDPOINT_URL"] = server.endpoint_url
-        stack = LocalAwsStack.create(server.endpoint_url, prefix=f"b{uuid.uuid4().hex[:10]}")
-        return cls(server, stack)
 
     def fresh_stack(self, max_receive_count: int | None = None) -> Any:
         """Another stack on the same server (an empty table and queues)."""
@@ -210,9 +200,6 @@ class LocalAws:
         self.stack.put_secret(
             {"username": ctm.username, "password": ctm.password, "ca_bundle": ctm.ca_pem}
         )
-
-    def stop(self) -> None:
-        self.server.stop()
 
 
 @dataclass
@@ -680,6 +667,8 @@ class PooledInvocation:
     pid: int
     started: float
     invocation: Invocation
+    keys: int = 0  # keys the event's queue messages carried (0 for a direct invocation)
+    after_import_kb: int = 0  # the container's VmHWM once its handler was imported
 
 
 class ContainerPool:
@@ -719,7 +708,16 @@ class ContainerPool:
         with self._lock:
             self._busy.pop(container.pid, None)
             self._cpu[container.pid] = container.cpu_seconds()
-            self.invocations.append(PooledInvocation(source, container.pid, started, invocation))
+            self.invocations.append(
+                PooledInvocation(
+                    source,
+                    container.pid,
+                    started,
+                    invocation,
+                    _event_keys(event),
+                    container.peak_rss_after_import_kb,
+                )
+            )
             self._idle.append(container)
         return invocation.response
 
@@ -770,3 +768,16 @@ class ContainerPool:
 def _event_source(event: Mapping[str, Any]) -> str:
     records = event.get("Records") or [{}]
     return str(records[0].get("eventSourceARN", "direct"))
+
+
+def _event_keys(event: Mapping[str, Any]) -> int:
+    """Keys the event's queue messages name (a chunk's ``keys``); 0 for anything else."""
+    keys = 0
+    for record in event.get("Records") or []:
+        try:
+            body = json.loads(record.get("body", ""))
+        except ValueError:
+            continue
+        if isinstance(body, dict) and isinstance(body.get("keys"), list):
+            keys += len(body["keys"])
+    return keys
