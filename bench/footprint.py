@@ -23,16 +23,18 @@ import time
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.scale import Drive, World, _refreshes, drive
 from bench.world import (
     ROOT,
     AwsCalls,
+    CtmProcess,
     Invocation,
-    LambdaContainer,
-    LocalAws,
+    KeySet,
+    PooledInvocation,
     ctm_calls,
     prepare_process,
 )
@@ -44,10 +46,8 @@ BUILT_FUNCTIONS = {"refresh": "RefreshFunction", "notify": "NotifyFunction"}
 WITH_BYTECODE = "sam build (bytecode)"
 WITHOUT_BYTECODE = "no bytecode"
 MEMORY_KEYS = 5000
-MEMORY_CHUNK = "1000"  # FANOUT_CHUNK_SIZE: 5 messages of 1000 keys
+MEMORY_TIMEOUT = 900.0  # seconds the poller may take to drain the run
 SCHEDULED_TIME = "2026-11-28T06:00:00Z"
-RUN_ID = f"schedule-{SCHEDULED_TIME}"
-SQS_BATCH_SIZE = 5  # template.yaml's WorkQueue event BatchSize
 # What a handler module needs to import (their values are not used until an invocation).
 HANDLER_ENV = {
     "CTM_BASE_URL": "https://ctm.example.com",
@@ -256,94 +256,75 @@ MEMORY_SCHEDULE: Mapping[str, Any] = {
 
 
 def peak_memory() -> MemoryRun:
-    """One container: a schedule selecting 5,000 keys fans out 5 x 1,000; one SQS batch of
-    5 messages (the template's BatchSize) then refreshes all 5,000 in one invocation."""
-    from devkit.ctm_emulator import CtmEmulator, generate_keys
-
-    aws = LocalAws.start()
+    """The refresh function as deployed over 5,000 keys (no latency, no OCI limit,
+    ``TENANCY_RATE_LIMIT=100``, template defaults otherwise): the schedule's intake invocation
+    lists them and sends them to the tenancy queue in chunks; the poller model delivers the
+    chunks to handler containers. What the function's memory must hold: the peak RSS of the
+    intake and of the largest chunk invocation."""
+    world = World.start()
     try:
-        with CtmEmulator(keys=generate_keys(MEMORY_KEYS, seed=5)) as ctm:
-            aws.trust(ctm)
-            env = aws.stack.refresh_env(
-                CTM_BASE_URL=ctm.base_url,
-                TENANCY_RATE_LIMIT="100",
-                FANOUT_CHUNK_SIZE=MEMORY_CHUNK,
-            )
-            container = LambdaContainer("refresh", env)
-            try:
-                invocations = [
-                    ("schedule (list, fan out)", container.invoke(MEMORY_SCHEDULE)),
-                    *_drain(aws, container),
-                ]
-            finally:
-                container.close()
-            run = MemoryRun(
-                keys=MEMORY_KEYS,
-                refreshed=_refreshed(aws.stack),
-                invocations=invocations,
-                peak_rss_after_import_kb=container.peak_rss_after_import_kb,
-                ctm=ctm_calls(ctm.request_log),
-                aws=sum((AwsCalls(inv.aws_calls) for _, inv in invocations), AwsCalls({})),
-            )
+        with CtmProcess(KeySet(count=MEMORY_KEYS, seed=5)) as ctm:
+            stack = world.fresh_stack(ctm)
+            env = stack.refresh_env(CTM_BASE_URL=ctm.base_url, TENANCY_RATE_LIMIT="100")
+            run = drive(world, ctm, stack, env, MEMORY_SCHEDULE, timeout=MEMORY_TIMEOUT)
     finally:
-        aws.stop()
-    print_memory_run(run)
-    return run
+        world.stop()
+    memory = _memory_figures(run)
+    print_memory_run(memory, run)
+    return memory
 
 
-def _refreshed(stack: Any) -> int:
-    """The keys the scheduled run recorded as refreshed (its RUN item)."""
-    found = stack.table.get_item(Key={"pk": f"RUN#{RUN_ID}", "sk": "RUN"}, ConsistentRead=True)
-    return int(found["Item"].get("refreshed", 0))
+def _memory_figures(run: Drive) -> MemoryRun:
+    """The intake and the largest chunk invocation of a driven run, and its calls."""
+    intake = next((p for p in run.pool.invocations if p.source == "direct"), None)
+    if intake is None:
+        raise RuntimeError("the intake invocation did not answer")
+    invocations = [("schedule (intake: list, send the chunks)", intake.invocation)]
+    largest = _largest_chunk(run.pool.invocations, intake.pid)
+    if largest is not None:
+        shared = ", in the intake's container" if largest.pid == intake.pid else ""
+        invocations.append(
+            (f"largest tenancy-queue chunk ({largest.keys} keys{shared})", largest.invocation)
+        )
+    calls, _ = run.pool.aws()
+    return MemoryRun(
+        keys=MEMORY_KEYS,
+        refreshed=len(_refreshes(run.log)),
+        invocations=invocations,
+        peak_rss_after_import_kb=intake.after_import_kb,
+        ctm=ctm_calls(run.log),
+        aws=calls,
+    )
 
 
-def print_memory_run(run: MemoryRun) -> None:
+def _largest_chunk(pooled: Sequence[PooledInvocation], intake_pid: int) -> PooledInvocation | None:
+    """The chunk invocation with the most keys (the highest peak among those). VmHWM counts
+    a container's whole life, so one in a container that never ran the intake is preferred:
+    its peak is the chunk's own (and its container's earlier chunks')."""
+    chunks = [p for p in pooled if p.source != "direct"]
+    own = [p for p in chunks if p.pid != intake_pid] or chunks
+    return max(own, key=lambda p: (p.keys, p.invocation.peak_rss_kb), default=None)
+
+
+def print_memory_run(memory: MemoryRun, run: Drive) -> None:
     """The memory run's figures on a few lines."""
+    chunks = [p.invocation.peak_rss_kb for p in run.pool.invocations if p.source != "direct"]
     print(
-        f"[memory] {run.refreshed}/{run.keys} keys refreshed; peak RSS "
-        f"{run.peak_kb / 1024:.0f} MiB (VmHWM; after import "
-        f"{run.peak_rss_after_import_kb / 1024:.0f} MiB)",
+        f"[memory] {memory.refreshed}/{memory.keys} keys refreshed in {run.seconds():.0f} s; "
+        f"peak RSS {memory.peak_kb / 1024:.0f} MiB (VmHWM; after import "
+        f"{memory.peak_rss_after_import_kb / 1024:.0f} MiB); {len(chunks)} chunk invocations, "
+        f"the highest of any {max(chunks, default=0) / 1024:.0f} MiB; "
+        f"{run.pool.cold_starts} containers; drained {run.report.drained}",
         flush=True,
     )
-    print(f"  AWS calls: dynamodb {run.aws.of('dynamodb')}, sqs {run.aws.of('sqs')}")
-    print(f"  CTM calls: {run.ctm}")
-    for name, invocation in run.invocations:
+    print(f"  AWS calls: dynamodb {memory.aws.of('dynamodb')}, sqs {memory.aws.of('sqs')}")
+    print(f"  CTM calls: {memory.ctm}")
+    for name, invocation in memory.invocations:
         print(
             f"  {name}: {invocation.wall_seconds:.1f} s, RSS so far "
             f"{invocation.peak_rss_kb / 1024:.0f} MiB, {invocation.response}",
             flush=True,
         )
-
-
-def _drain(aws: LocalAws, container: LambdaContainer) -> list[tuple[str, Invocation]]:
-    """Play the SQS event source: batches of ``SQS_BATCH_SIZE`` until the queue is empty."""
-    stack = aws.stack
-    sqs = stack.client("sqs")
-    done: list[tuple[str, Invocation]] = []
-    for _ in range(20):
-        messages = sqs.receive_message(
-            QueueUrl=stack.work_queue_url,
-            MaxNumberOfMessages=SQS_BATCH_SIZE,
-            MessageSystemAttributeNames=["All"],
-            MessageAttributeNames=["All"],
-        ).get("Messages", [])
-        if not messages:
-            return done
-        invocation = container.invoke(stack.sqs_event(messages))
-        failed = {f["itemIdentifier"] for f in invocation.response["batchItemFailures"]}
-        stack.delete_messages(
-            stack.work_queue_url, [m for m in messages if m["MessageId"] not in failed]
-        )
-        summary = {"messages": len(messages), "failed_messages": len(failed)}
-        done.append(
-            (f"SQS batch of {len(messages)} messages", replace_response(invocation, summary))
-        )
-    raise RuntimeError("the work queue did not drain")
-
-
-def replace_response(invocation: Invocation, response: dict[str, Any]) -> Invocation:
-    """The invocation with a shorter response to print (an SQS answer is message ids)."""
-    return replace(invocation, response=response)
 
 
 def rewrite_cold_start() -> None:
