@@ -47,7 +47,9 @@ OCI_VAULT_BUSY_MESSAGE = (
     'states: ACTIVE"}'
 )
 # OCI key-management reads each call makes (a refresh is GetKey + ListKeyVersions).
-READ_COST = {"refresh": 2, "get": 1, "list": 0}
+# OCI reads a call costs. A GET answers from CCKM's cached copy and a refresh re-reads OCI
+# (shared/reference/ctm-api.md: "GET returns CCKM's cached copy; refresh re-reads OCI").
+READ_COST = {"refresh": 2, "get": 0, "list": 0}
 DEFAULT_LIMIT = 10
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

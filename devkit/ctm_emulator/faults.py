@@ -55,8 +55,9 @@ class Faults:
     - ``latency``: seconds added to every list/get/refresh (and to auth when
       ``latency_on_auth``).
     - ``tenancy_read_limit``: OCI key-management reads allowed per second per tenancy
-      (a refresh costs 2, a get 1, a list 0); over it CCKM answers ``throttle_status`` (429, or
-      500 when CCKM wraps the OCI error) with ``TooManyRequests`` in the body.
+      (a refresh costs 2; a get, served from CCKM's cache, and a list 0); over it CCKM
+      answers ``throttle_status`` (429, or 500 when CCKM wraps the OCI error) with
+      ``TooManyRequests`` in the body.
     - ``fail_keys``: key id (CCKM id or OCID) -> status, or KeyFailure(status, times), for
       refreshes of that key.
     - ``error_rate`` / ``error_status``: a share of list/get/refresh calls answered with a 5xx.
