@@ -184,16 +184,23 @@ class SlowCalls:
         time.sleep(self._slow if slow else latency)  # a socket timeout needs real time
 
 
+def slow_scenario(make_scenario: MakeScenario, **env: str) -> tuple[Scenario, SlowCalls]:
+    """A scenario whose calls answer in 0.1 s, but those ``slow_next`` names in 1.4 s, with a
+    1 s CTM timeout and ``env`` set at cold start."""
+    slow_calls = SlowCalls(slow=1.4)
+    scenario = make_scenario(sleep=slow_calls)
+    scenario.ctm.faults.latency = 0.1
+    scenario.world.cold_start(CTM_TIMEOUT_SECONDS="1", **env)
+    return scenario, slow_calls
+
+
 def test_calls_slower_than_the_timeout_leave_keys_pending_until_a_redelivery(
     make_scenario: MakeScenario,
 ) -> None:
     # Given CTM_TIMEOUT_SECONDS=1 (the most one attempt may take) and most calls answering
     # in 0.1 s
-    slow_calls = SlowCalls(slow=1.4)
-    scenario = make_scenario(sleep=slow_calls)
-    scenario.ctm.faults.latency = 0.1
-    scenario.world.cold_start(
-        CTM_TIMEOUT_SECONDS="1", CTM_MAX_ATTEMPTS="1", REFRESH_CONCURRENCY="4"
+    scenario, slow_calls = slow_scenario(
+        make_scenario, CTM_MAX_ATTEMPTS="1", REFRESH_CONCURRENCY="4"
     )
     keys = scenario.key_ids(12)
     # ... a request resolved (CTM described its keys) and queued in chunks, one per tenancy
@@ -229,10 +236,7 @@ def test_a_refresh_that_times_out_is_retried_and_counted_once_as_the_functions(
 ) -> None:
     # Given a 1 s timeout with retries allowed, and the first refresh call taking 1.4 s: CTM
     # receives it, the function never sees its answer
-    slow_calls = SlowCalls(slow=1.4)
-    scenario = make_scenario(sleep=slow_calls)
-    scenario.ctm.faults.latency = 0.1
-    scenario.world.cold_start(CTM_TIMEOUT_SECONDS="1", CTM_MAX_ATTEMPTS="3")
+    scenario, slow_calls = slow_scenario(make_scenario, CTM_MAX_ATTEMPTS="3")
     keys = scenario.key_ids(4)
     scenario.world.invoke(scenario.world.rule_event({"keys": keys, "request_id": "retried"}))
 
