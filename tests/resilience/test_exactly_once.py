@@ -137,8 +137,9 @@ def chunks_sent(kills: KillSwitch) -> Counter[str]:
 def test_a_fan_out_killed_after_12_chunks_registered_queues_each_chunk_once(
     scenario: Scenario, kills: KillSwitch
 ) -> None:
-    # Given 30 keys in chunks of 2 of one tenancy (sent 10 at a time), and the scheduled
-    # invocation killed as it registers the 13th chunk: 12 registered, 10 sent
+    # Given 30 keys of 3 tenancies in chunks of 2 (each tenancy's first chunk sent at once, the
+    # others 10 at a time), and the scheduled invocation killed as it registers the 13th
+    # chunk: 12 registered, the 3 first chunks sent
     scenario.world.cold_start(FANOUT_CHUNK_SIZE="2")
     containers = Containers(scenario.world, kills)
     event = scenario.world.schedule_event({"selector": {"all": True}})
@@ -151,12 +152,12 @@ def test_a_fan_out_killed_after_12_chunks_registered_queues_each_chunk_once(
     killed_run = scenario.world.run_item(run_id)
     sent_before = chunks_sent(kills)
     killed = (killed_run["requested"], killed_run["open_chunks"], len(sent_before))
-    assert killed == (12 * 2, 12, 10)
+    assert killed == (12 * 2, 12, 3)
     answer = containers.invoke(event)
     report = containers.drain()
 
     # Then the retry registered only the missing chunks (the run counts each key once) and
-    # sent the 10 already sent again, with their deduplication ids: the FIFO queue delivered
+    # sent the 3 already sent again, with their deduplication ids: the FIFO queue delivered
     # each chunk once, and no key was refreshed twice
     chunks = chunk_items(scenario, run_id)
     fan_out = (answer["fanned_out"], len(chunks) > 12, sum(len(c["keys"]) for c in chunks))

@@ -161,6 +161,7 @@ class FakeQueues:
     queue_url: str | None = "https://sqs/work"
     tenancy_queue_url: str | None = "https://sqs/tenancy.fifo"
     sent: list[QueueMessage] = field(default_factory=list)
+    send_calls: list[list[str]] = field(default_factory=list)  # each call's message groups
     dead_letters: list[tuple[str, str]] = field(default_factory=list)
     visibility: list[tuple[str | None, str, int]] = field(default_factory=list)
 
@@ -170,6 +171,7 @@ class FakeQueues:
 
     def send(self, messages: Sequence[QueueMessage]) -> int:
         self.sent += messages
+        self.send_calls.append([m.group for m in messages])
         return len(messages)
 
     def retry_later(self, queue_url: str | None, receipt_handle: str, seconds: int) -> bool:

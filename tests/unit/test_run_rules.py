@@ -96,6 +96,7 @@ class World:
     queues: FakeQueues = field(default_factory=FakeQueues)
     clock: Clock = field(default_factory=Clock)
     rate: float = 1000.0
+    chunk_size: int = 100
 
     def service(self) -> RefreshService:
         settings = RefreshSettings(
@@ -105,6 +106,7 @@ class World:
             work_queue_url=self.queues.queue_url,
             tenancy_queue_url=self.queues.tenancy_queue_url,
             ctm_timeout_seconds=2.0,
+            fanout_chunk_size=self.chunk_size,
         )
         limiter = TenancyRateLimiter(self.rate, clock=self.clock, sleep=self.clock.sleep)
         engine = RefreshEngine(self.ctm.refresh, limiter, concurrency=4, clock=self.clock)
@@ -140,6 +142,18 @@ def test_a_scheduled_request_becomes_one_chunk_message_per_tenancy() -> None:
         assert {KEYS[k] for k in message.body["keys"]} == {message.group}
     run = world.table.runs["schedule-T0"]
     assert (run["requested"], run["open_chunks"], run["resolving"]) == (8, 2, None)
+
+
+def test_each_tenancy_s_first_chunk_is_sent_at_once_and_the_others_ten_to_a_call() -> None:
+    # Given chunks of 2 keys: t1's 5 keys make 3 chunks, t2's 3 keys make 2
+    world = World(chunk_size=2)
+
+    # When the schedule's intake resolves and queues them
+    world.schedule()
+
+    # Then t1's first chunk left alone, as soon as it was made; t2's first left with what was
+    # waiting (t1's second); the last two left together at the end of the resolution
+    assert world.queues.send_calls == [["t1"], ["t1", "t2"], ["t1", "t2"]]
 
 
 def test_the_chunks_refresh_their_keys_and_the_last_one_completes_the_run_once() -> None:

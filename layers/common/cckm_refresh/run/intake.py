@@ -284,6 +284,7 @@ class ChunkRouter:
         self.fanning = fan_out is True
         self._keys = 0
         self._sends: list[QueueMessage] = []
+        self._groups_started: set[str] = set()  # message groups sent a chunk already
         self._kept: list[ChunkJob] = []
         self.done = EnginePass()
         self.recorded: list[RecordedResult] = []
@@ -331,8 +332,13 @@ class ChunkRouter:
             reason=self._run.reason,
             dry_run=self._run.dry_run,
         )
-        self._sends.append(QueueMessage(body, job.tenancy or UNKNOWN_TENANCY, job.chunk_id))
-        if len(self._sends) >= SEND_BATCH:
+        group = job.tenancy or UNKNOWN_TENANCY
+        self._sends.append(QueueMessage(body, group, job.chunk_id))
+        # A group's first chunk leaves at once (its tenancy starts refreshing while the listing
+        # goes on); the others leave ten to a call.
+        first = group not in self._groups_started
+        self._groups_started.add(group)
+        if first or len(self._sends) >= SEND_BATCH:
             self.flush_sends()
 
 
