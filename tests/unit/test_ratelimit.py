@@ -52,6 +52,34 @@ def test_a_pacer_waits_for_its_reserved_slot(clock: FakeClock) -> None:
     assert clock.slept == [pytest.approx(0.5)]
 
 
+def test_attempts_held_up_after_their_slot_still_leave_one_spacing_apart(
+    clock: FakeClock,
+) -> None:
+    # Given two calls of a tenancy at 1/s, their slots reserved at 100.0 and 101.0
+    limiter = TenancyRateLimiter(1.0, headroom=1.0, clock=clock, sleep=clock.sleep)
+    first = limiter.pacer("t1", limiter.reserve("t1"))
+    second = limiter.pacer("t1", limiter.reserve("t1"))
+
+    # When both are held up until 101.5 (a JWT being fetched at a cold start), then wait
+    clock.now = 101.5
+    first.wait()
+    left_first = clock.now
+    second.wait()
+
+    # Then the first leaves at once and the second one spacing later, not together with it,
+    # and the next reservation comes after both
+    assert (left_first, clock.now) == (101.5, pytest.approx(102.5))
+    assert limiter.reserve("t1") == pytest.approx(103.5)
+
+
+def test_a_held_up_attempt_that_could_only_leave_too_late_takes_no_slot(clock: FakeClock) -> None:
+    limiter = TenancyRateLimiter(1.0, headroom=1.0, clock=clock, sleep=clock.sleep)
+    limiter.pacer("t1", limiter.reserve("t1")).wait()  # left at 100.0
+    late = limiter.pacer("t1", 100.2)
+    assert late.wait_within(100.5) is False
+    assert (clock.slept, limiter.claim_by("t1", 100.0, 101.0)) == ([], pytest.approx(101.0))
+
+
 def test_a_throttle_slows_the_tenancy_and_pushes_its_next_slot_out(clock: FakeClock) -> None:
     limiter = TenancyRateLimiter(4.0, headroom=1.0, clock=clock, sleep=clock.sleep)
     limiter.throttled("t1")

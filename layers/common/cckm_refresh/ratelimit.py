@@ -7,6 +7,9 @@ additive-increase / multiplicative-decrease. Slots are spaced ``1 / (rate x head
 call leaves on its slot but reaches OCI a few milliseconds later or earlier than its
 neighbours, and pacing exactly at OCI's limit would turn every such jitter into a throttle
 (measured: 5.2 % of calls throttled at headroom 1.0, 1.3 % at 0.97, none at 0.95).
+A slot is reserved when a call is handed out, but an attempt leaves only when it ``claim``s it:
+one spacing after the tenancy's previous attempt really left, so attempts held up after their
+slot (a JWT fetched at a cold start) never leave together.
 A ``TooManyRequests`` multiplies the tenancy's rate by ``decrease`` (never below
 ``min_rate``) and pushes its next slot out by ``throttle_penalty`` (one slot by default);
 each answered call then wins back ``recovery_step`` of the rate until the configured ceiling.
@@ -26,6 +29,7 @@ UNKNOWN_TENANCY = "~unknown"
 class _Bucket:
     rate: float
     next_free: float = 0.0
+    last_sent: float = float("-inf")  # when the tenancy's latest attempt actually left
     throttled: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -91,6 +95,31 @@ class TenancyRateLimiter:
             bucket.next_free = start + 1.0 / (bucket.rate * self.headroom)
             return start
 
+    def claim(self, tenancy: str | None, slot: float) -> float:
+        """The moment an attempt reserved for ``slot`` may leave, recorded as the tenancy's
+        latest send: not before its slot, not before now, and one spacing after the attempt
+        that left last. A reservation is made ahead of the call; an attempt held up between
+        the two (a JWT being fetched, a connection opened) must not leave together with the
+        next one."""
+        bucket = self._bucket(tenancy)
+        with bucket.lock:
+            return self._claim(bucket, self._earliest(bucket, slot))
+
+    def claim_by(self, tenancy: str | None, slot: float, latest_start: float) -> float | None:
+        """``claim``, unless that moment is after ``latest_start``: then None, nothing recorded."""
+        bucket = self._bucket(tenancy)
+        with bucket.lock:
+            start = self._earliest(bucket, slot)
+            return None if start > latest_start else self._claim(bucket, start)
+
+    def _earliest(self, bucket: _Bucket, slot: float) -> float:
+        return max(slot, self.clock(), bucket.last_sent + 1.0 / (bucket.rate * self.headroom))
+
+    def _claim(self, bucket: _Bucket, start: float) -> float:
+        bucket.last_sent = start
+        bucket.next_free = max(bucket.next_free, start + 1.0 / (bucket.rate * self.headroom))
+        return start
+
     def wait_until(self, start: float) -> None:
         delay = start - self.clock()
         if delay > 0:
@@ -134,20 +163,21 @@ class TenancyPacer:
         self._reserved = first
 
     def wait(self) -> None:
-        start = (
+        slot = (
             self._reserved if self._reserved is not None else self._limiter.reserve(self._tenancy)
         )
         self._reserved = None
-        self._limiter.wait_until(start)
+        self._limiter.wait_until(self._limiter.claim(self._tenancy, slot))
 
     def wait_within(self, latest_start: float) -> bool:
         """Wait for this call's slot if it opens by ``latest_start`` (a call that must end by
         a deadline); else return False at once, without waiting."""
-        start = self._reserved
+        slot = self._reserved
         self._reserved = None
+        if slot is None:
+            slot = self._limiter.reserve_by(self._tenancy, latest_start)
+        start = None if slot is None else self._limiter.claim_by(self._tenancy, slot, latest_start)
         if start is None:
-            start = self._limiter.reserve_by(self._tenancy, latest_start)
-        if start is None or start > latest_start:
             return False
         self._limiter.wait_until(start)
         return True

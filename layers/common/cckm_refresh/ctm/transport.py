@@ -302,8 +302,10 @@ class Transport:
 
     def _attempt(self, call: _Call, last: CtmError | None) -> CtmResponse | CtmError | None:
         """One HTTP attempt: the answer, the error it ended in, or None to re-send at once."""
-        self._pace(call, last)
+        # The JWT first: an attempt held up fetching it must not leave together with the next
+        # (the pacer counts from when each attempt really leaves).
         jwt = self._bearer(call)
+        self._pace(call, last)
         budget = self._attempt_budget(call, last)
         call.attempts += 1
         ends_at = self._clock() + budget
