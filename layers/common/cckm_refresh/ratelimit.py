@@ -81,7 +81,7 @@ class TenancyRateLimiter:
         bucket = self._bucket(tenancy)
         with bucket.lock:
             start = max(self.clock(), bucket.next_free)
-            bucket.next_free = start + 1.0 / (bucket.rate * self.headroom)
+            bucket.next_free = start + self._spacing(bucket)
             return start
 
     def reserve_by(self, tenancy: str | None, latest_start: float) -> float | None:
@@ -92,7 +92,7 @@ class TenancyRateLimiter:
             start = max(self.clock(), bucket.next_free)
             if start > latest_start:
                 return None
-            bucket.next_free = start + 1.0 / (bucket.rate * self.headroom)
+            bucket.next_free = start + self._spacing(bucket)
             return start
 
     def claim(self, tenancy: str | None, slot: float) -> float:
@@ -112,12 +112,16 @@ class TenancyRateLimiter:
             start = self._earliest(bucket, slot)
             return None if start > latest_start else self._claim(bucket, start)
 
+    def _spacing(self, bucket: _Bucket) -> float:
+        """Seconds between two of the tenancy's attempts at its current rate."""
+        return 1.0 / (bucket.rate * self.headroom)
+
     def _earliest(self, bucket: _Bucket, slot: float) -> float:
-        return max(slot, self.clock(), bucket.last_sent + 1.0 / (bucket.rate * self.headroom))
+        return max(slot, self.clock(), bucket.last_sent + self._spacing(bucket))
 
     def _claim(self, bucket: _Bucket, start: float) -> float:
         bucket.last_sent = start
-        bucket.next_free = max(bucket.next_free, start + 1.0 / (bucket.rate * self.headroom))
+        bucket.next_free = max(bucket.next_free, start + self._spacing(bucket))
         return start
 
     def wait_until(self, start: float) -> None:
@@ -133,7 +137,7 @@ class TenancyRateLimiter:
             bucket.rate = max(self.min_rate, bucket.rate * self.decrease)
             penalty = self.throttle_penalty
             if penalty is None:
-                penalty = 1.0 / (bucket.rate * self.headroom)
+                penalty = self._spacing(bucket)
             bucket.next_free = max(bucket.next_free, self.clock() + penalty)
 
     def answered(self, tenancy: str | None) -> None:
