@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cckm_refresh.request import parse_request
-from cckm_refresh.run.resolution import Chunk, Resolver
+from cckm_refresh.run.resolution import FIRST_CHUNK_KEYS, Chunk, Resolver
 
 
 def key_object(key_id: str, tenancy: str) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def resolve_all(pages: list[list[tuple[str, str]]], chunk_size: int) -> list[tup
 
     resolver = Resolver(directory, lambda _: {}, lambda resume: Cursor(int(resume["page"])))
     request = parse_request({"selector": {"all": True}})
-    resolver.resolve(request, "r", chunk_size=4, sink=sink, seconds_left=lambda: 60.0)
+    resolver.resolve(request, "r", chunk_size=chunk_size, sink=sink, seconds_left=lambda: 60.0)
     return sent
 
 
@@ -98,3 +98,26 @@ def test_each_tenancy_starts_after_its_first_page_and_later_chunks_wait_to_be_fu
 def test_a_listing_of_one_page_makes_one_chunk_per_tenancy_as_before() -> None:
     pages = [[("a1", "t1"), ("b1", "t2"), ("a2", "t1")]]
     assert resolve_all(pages, chunk_size=4) == [(1, "t1", "a1,a2"), (1, "t2", "b1")]
+
+
+def test_a_first_chunk_leaves_small_as_soon_as_it_has_its_keys_then_chunks_are_full() -> None:
+    # Given one page of 110 keys of t1 with 10 of t2 among them, chunks of at most 40 keys
+    t1 = [(f"a{n:03}", "t1") for n in range(110)]
+    t2 = [(f"b{n:03}", "t2") for n in range(10)]
+    pages = [t1[:50] + t2 + t1[50:]]
+
+    # When the selector is resolved
+    sent = resolve_all(pages, chunk_size=40)
+
+    # Then t1's first chunk leaves with its first FIRST_CHUNK_KEYS keys, before anything else
+    # of the page is looked at; its later chunks are full, the rest leaves at the end; t2's
+    # only chunk leaves at the end of the page
+    first = FIRST_CHUNK_KEYS
+    assert [(tenancy, len(keys.split(","))) for _, tenancy, keys in sent] == [
+        ("t1", first),
+        ("t1", 40),
+        ("t1", 40),
+        ("t2", 10),
+        ("t1", 110 - first - 80),
+    ]
+    assert sent[0][2] == ",".join(key for key, _ in t1[:first])

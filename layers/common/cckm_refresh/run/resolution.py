@@ -34,6 +34,10 @@ from cckm_refresh.table.items import KeyEntry
 
 LOOKUP_WORKERS = 8
 SELECTOR_PAGE_SIZE = 500
+# A tenancy's first chunk: about 5 s of its calls at the default 5 keys/s, registered (one
+# small transaction) and sent as soon as the listing has that many of its keys. Time enough
+# for its next, full chunk to be listed, registered and queued behind it.
+FIRST_CHUNK_KEYS = 25
 
 
 class ListPage(Protocol):
@@ -109,9 +113,11 @@ def chunk_id(run_id: str, tenancy: str | None, key_ids: Sequence[str]) -> str:
 class _Chunker:
     """Per-tenancy buffers that become chunks when full; bounded by tenancies x chunk size.
 
-    A tenancy's first chunk does not wait to be full: it leaves at the end of the first list
-    page that names the tenancy (``page_done``), so every tenancy starts refreshing after one
-    page rather than after the ~``size x tenancies`` keys it takes to fill a chunk of each."""
+    A tenancy's first chunk does not wait to be full: it leaves with ``FIRST_CHUNK_KEYS`` keys,
+    or at the end of the first list page that names the tenancy (``page_done``) if that is
+    sooner, so every tenancy starts refreshing after one page at most, rather than after the
+    ~``size x tenancies`` keys it takes to fill a chunk of each, and behind a small
+    registration rather than a full one."""
 
     def __init__(self, run_id: str, size: int, sink: ChunkSink, result: Resolution) -> None:
         self._run_id = run_id
@@ -127,7 +133,8 @@ class _Chunker:
         if entry.key_id in buffer:
             return
         buffer[entry.key_id] = entry
-        if len(buffer) >= self._size:
+        full = self._size if tenancy in self._started else min(self._size, FIRST_CHUNK_KEYS)
+        if len(buffer) >= full:
             self._emit(tenancy)
 
     def page_done(self) -> None:
