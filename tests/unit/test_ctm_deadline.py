@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import requests
@@ -245,22 +247,33 @@ def test_an_oversized_error_body_is_classified_by_its_status() -> None:
     assert caught.value.error_code == "HTTP_503"
 
 
-def test_the_token_exchange_for_a_call_keeps_to_that_calls_deadline() -> None:
+def _refresh(client: Any, deadline: float | None) -> object:
+    return client.refresh_oci_key(KEY_ID, deadline=deadline)
+
+
+def _sign_in(client: Any, deadline: float | None) -> object:
+    return client.issue_token(deadline=deadline)
+
+
+@pytest.mark.parametrize("needs_a_token", [_refresh, _sign_in], ids=["a refresh", "a sign-in"])
+def test_the_token_exchange_keeps_to_the_deadline_of_what_needs_it(
+    needs_a_token: Callable[[Any, float | None], object],
+) -> None:
     # Given a token endpoint answering 503 after a second, and no token yet
     ctm = FakeCtm()
     ctm.always("POST", "/api/v1/auth/tokens", slow(ctm, 1.0, Reply(503, "")))  # type: ignore[arg-type]
     client = fake_client(ctm, max_attempts=10)
     deadline = ctm.clock() + 2.5
-    # When a refresh must end within 2.5 s
+    # When a refresh, or a sign-in ahead of the calls (beside a chunk's read), must end in 2.5 s
     with pytest.raises(CtmDeadlineError):
-        client.refresh_oci_key(KEY_ID, deadline=deadline)
-    # Then the token exchange it needed was timed to that deadline and stopped before it
+        needs_a_token(client, deadline)
+    # Then the token exchange was timed to that deadline and stopped before it, no refresh sent
     token_calls = ctm.to("POST", "/api/v1/auth/tokens")
     assert token_calls[0].timeout.total == 2.5
     assert ctm.clock() <= deadline
     assert ctm.to("POST", REFRESH_PATH) == []
-    # And a call without a deadline afterwards is not bound by it
+    # And the same without a deadline afterwards is not bound by it
     ctm.always("POST", "/api/v1/auth/tokens", ctm.issue)
     ctm.always("POST", REFRESH_PATH, Reply(200, key_object()))
-    assert client.refresh_oci_key(KEY_ID).http_status == 200
+    assert needs_a_token(client, None)
     assert ctm.to("POST", "/api/v1/auth/tokens")[-1].timeout.total == 20.0

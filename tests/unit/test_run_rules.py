@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,9 +98,10 @@ class World:
     clock: Clock = field(default_factory=Clock)
     rate: float = 1000.0
     chunk_size: int = 100
+    sign_in: Any = None  # ChunkWorker's CTM sign-in; None: the engine's first call signs in
 
-    def service(self) -> RefreshService:
-        settings = RefreshSettings(
+    def settings(self) -> RefreshSettings:
+        return RefreshSettings(
             ctm_base_url="https://ctm.example.com",
             ctm_secret_id="s",
             results_table="t",
@@ -108,10 +110,13 @@ class World:
             ctm_timeout_seconds=2.0,
             fanout_chunk_size=self.chunk_size,
         )
+
+    def service(self) -> RefreshService:
+        settings = self.settings()
         limiter = TenancyRateLimiter(self.rate, clock=self.clock, sleep=self.clock.sleep)
         engine = RefreshEngine(self.ctm.refresh, limiter, concurrency=4, clock=self.clock)
         resolver = Resolver(self.ctm, self.table.latest_of, lambda _: None)
-        worker = ChunkWorker(settings, engine, self.table, self.queues)
+        worker = ChunkWorker(settings, engine, self.table, self.queues, sign_in=self.sign_in)
         return RefreshService(Intake(settings, resolver, worker, self.table, self.queues))
 
     def schedule(self) -> RunReport:
@@ -167,6 +172,64 @@ def test_the_chunks_refresh_their_keys_and_the_last_one_completes_the_run_once()
     run = world.table.runs["schedule-T0"]
     assert (run["status"], run["refreshed"], run["rotated"]) == ("COMPLETED", 8, 8)
     assert world.table.completions == 1
+
+
+class SignIn:
+    """A CTM sign-in that meets the read of the chunk's keys halfway: each waits (up to 5 s)
+    for the other to have started, so they can only both be quick when they run together."""
+
+    def __init__(self, table: FakeTable, fails: bool = False) -> None:
+        self.deadlines: list[float] = []
+        self.met_the_read: list[bool] = []
+        self._fails = fails
+        self._signing_in = threading.Event()
+        self._reading = threading.Event()
+        read = table.results_of
+
+        def results_of(*args: Any) -> dict[str, dict[str, Any]]:
+            self._reading.set()
+            self.met_the_read.append(self._signing_in.wait(timeout=5))
+            return read(*args)
+
+        table.results_of = results_of  # type: ignore[method-assign]
+
+    def __call__(self, deadline: float) -> str:
+        self.deadlines.append(deadline)
+        self._signing_in.set()
+        self._reading.wait(timeout=5)
+        if self._fails:
+            raise CtmTransientError("CTM busy", error_code="HTTP_503", http_status=503)
+        return "jwt"
+
+
+def test_a_chunk_signs_in_to_ctm_while_its_keys_are_read_within_the_calls_deadline() -> None:
+    # Given a registered chunk and a worker that signs in beside the read of its keys
+    world = World()
+    world.sign_in = SignIn(world.table)
+    world.schedule()
+    before = time.monotonic()
+
+    # When both chunks are delivered, with 300 s left
+    world.deliver_chunks(seconds=300.0)
+
+    # Then the sign-in was going on while the keys were read (one pass: one sign-in), it had
+    # to end when the engine's calls must, and the keys were refreshed
+    assert world.sign_in.met_the_read[0] is True
+    reserve = world.settings().recording_reserve_seconds
+    (deadline,) = world.sign_in.deadlines
+    assert before + 300.0 - reserve - 1 < deadline <= time.monotonic() + 300.0 - reserve
+    assert sorted(world.ctm.refreshed) == sorted(KEYS)
+
+
+def test_a_sign_in_that_fails_beside_the_read_fails_no_key() -> None:
+    world = World()
+    world.sign_in = SignIn(world.table, fails=True)
+    world.schedule()
+
+    reports = world.deliver_chunks()
+
+    assert [r.verdict.action for r in reports] == [Action.DONE, Action.DONE]
+    assert world.table.runs["schedule-T0"]["refreshed"] == 8
 
 
 def test_a_late_duplicate_of_a_chunk_refreshes_nothing_and_counts_nothing() -> None:

@@ -184,9 +184,11 @@ class CtmClient:
     ) -> None:
         self.close()
 
-    def issue_token(self) -> str:
-        """A valid bearer JWT (``POST /api/v1/auth/tokens`` when needed). Never log it."""
-        return self.tokens.bearer()
+    def issue_token(self, *, deadline: float | None = None) -> str:
+        """A valid bearer JWT (``POST /api/v1/auth/tokens`` when needed, ending before
+        ``deadline``). Never log it."""
+        with self.transport.within(deadline):
+            return self.tokens.bearer()
 
     def list_oci_keys(
         self,

@@ -25,7 +25,8 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -319,17 +320,25 @@ class Transport:
             return text
         return self._judge(call, jwt, status, text)
 
+    @contextmanager
+    def within(self, deadline: float | None) -> Iterator[None]:
+        """Calls this thread makes inside the block without a deadline of their own (a token
+        exchange) end before ``deadline``."""
+        outer = getattr(self._ambient, "deadline", None)
+        self._ambient.deadline = deadline
+        try:
+            yield
+        finally:
+            self._ambient.deadline = outer
+
     def _bearer(self, call: _Call) -> str | None:
         """The attempt's JWT (None without ``auth``), got within the call's deadline."""
-        outer = getattr(self._ambient, "deadline", None)
-        self._ambient.deadline = call.deadline
         try:
-            return call.auth.bearer() if call.auth is not None else None
+            with self.within(call.deadline):
+                return call.auth.bearer() if call.auth is not None else None
         except CtmError as error:
             error.attempts = call.attempts
             raise
-        finally:
-            self._ambient.deadline = outer
 
     def _attempt_budget(self, call: _Call, last: CtmError | None) -> float:
         """The attempt's total time: ``attempt_timeout``, or less when the deadline is near."""

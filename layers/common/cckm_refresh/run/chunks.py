@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,35 @@ class EnginePass:
     requeued: int = 0  # keys owed by chunks refreshed in place, queued again
 
 
+SignIn = Callable[[float], object]
+"""Obtains a CTM token (at once when one is held), ending before the instant it is given."""
+
+
+@contextmanager
+def _beside(sign_in: SignIn | None, deadline: float) -> Iterator[None]:
+    """Sign in to CTM in a thread while the block reads the chunks' keys: at a cold start the
+    secret and the login no longer wait for that read (a warm container holds its token and
+    the thread ends at once). The sign-in ends before ``deadline``, as the engine's calls do;
+    a failure is not this thread's to report: the first call signs in again, or shares it.
+    Joined before the block's caller goes on."""
+    if sign_in is None:
+        yield
+        return
+
+    def run() -> None:
+        try:
+            sign_in(deadline)
+        except Exception as error:  # the engine's first call meets it again
+            logger.debug("signing in beside the read failed", extra={"error": type(error).__name__})
+
+    thread = threading.Thread(target=run, name="ctm-sign-in", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
 def last_chance(delivery: Delivery, max_receive_count: int) -> bool:
     """The queue's last delivery of the message (only SQS redelivers: a schedule's or the
     CLI's pending keys are re-queued instead)."""
@@ -85,11 +115,13 @@ class ChunkWorker:
         engine: RefreshEngine,
         store: RunTable,
         queue: RunQueues,
+        sign_in: SignIn | None = None,
     ) -> None:
         self._settings = settings
         self._engine = engine
         self._store = store
         self._queue = queue
+        self._sign_in = sign_in
 
     def job(self, delivery: Delivery, run: RunInfo, chunk_id: str, keys: Sequence[str]) -> ChunkJob:
         """The job of a chunk message."""
@@ -103,6 +135,11 @@ class ChunkWorker:
 
     def work(self, jobs: Sequence[ChunkJob], seconds_left: Callable[[], float]) -> EnginePass:
         """Refresh every key the jobs still owe in one engine pass, recording as it goes."""
+        calls_end = time.monotonic() + seconds_left() - self._settings.recording_reserve_seconds
+        with _beside(self._sign_in, calls_end):
+            return self._work(jobs, seconds_left)
+
+    def _work(self, jobs: Sequence[ChunkJob], seconds_left: Callable[[], float]) -> EnginePass:
         items = [item for job in jobs for item in self._owed(job)]
         margin = self._settings.deadline_margin_seconds
         if seconds_left() <= margin:

@@ -61,5 +61,7 @@ def refresh_service(
         ListCursor.from_json,
         can_hand_on=queue.can_hand_on,
     )
-    worker = ChunkWorker(settings, engine, store, queue)
+    worker = ChunkWorker(
+        settings, engine, store, queue, sign_in=lambda end: ctm.issue_token(deadline=end)
+    )
     return RefreshService(Intake(settings, resolver, worker, store, queue))
