@@ -3,13 +3,14 @@ replaced, chunks counted once, exactly-once completion."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import boto3
 import pytest
 
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status, Trigger
-from cckm_refresh.table.items import ChunkTally, KeyEntry
+from cckm_refresh.table.items import ChunkTally, KeyEntry, TenancyPace
 from cckm_refresh.table.store import ResultStore
 
 pytestmark = pytest.mark.integration
@@ -197,6 +198,46 @@ def test_a_run_completes_exactly_once_when_its_last_chunk_closes(
         "requested, refreshed, not found, failed, rotated": (3, 1, 1, 1, 1),
         "completed again": None,
         "status": "COMPLETED",
+    }
+
+
+def test_a_tenancy_s_pace_is_handed_on_with_a_chunk_s_close_and_read_with_its_keys(
+    store: ResultStore, aws_stack: Any
+) -> None:
+    # Given a chunk of tenancy t
+    store.start_run(RUN)
+    store.register_chunk(RUN, "a" * 32, "t", [KeyEntry("k1"), KeyEntry("k2")])
+    nothing_yet = store.results_and_pace("r1", ["k1", "k2"], "t")[1]
+
+    # When it closes handing on t's pace, then a late duplicate closes it again with another
+    closed = store.finish_chunk("r1", "a" * 32, ChunkTally(refreshed=2), TenancyPace("t", 1_000))
+    again = store.finish_chunk("r1", "a" * 32, ChunkTally(refreshed=2), TenancyPace("t", 2_000))
+    after_close = store.results_and_pace("r1", ["k1", "k2"], "t")
+    store.record_pace(TenancyPace("t", 3_000))  # an invocation that closed nothing
+
+    # Then the next chunk's read of its keys brings the pace along (one read), and the pace
+    # item expires (TTL) a day after it was written
+    results, pace = store.results_and_pace("r1", ["k1", "k2"], "t")
+    item = aws_stack.table.get_item(Key={"pk": "TENANCY#t", "sk": "PACE"})["Item"]
+    assert {
+        "pace before any close": nothing_yet,
+        "closed, closed again": (closed, again),
+        "pace after the close": after_close[1],
+        "pace now": pace,
+        "result keys": sorted(results),
+        "pace without a tenancy": store.results_and_pace("r1", ["k1"], None)[1],
+        "item type, days kept": (
+            item["item_type"],
+            round((int(item["expires_at"]) - time.time()) / 86400),
+        ),
+    } == {
+        "pace before any close": None,
+        "closed, closed again": (True, False),
+        "pace after the close": TenancyPace("t", 1_000),
+        "pace now": TenancyPace("t", 3_000),
+        "result keys": ["k1", "k2"],
+        "pace without a tenancy": None,
+        "item type, days kept": ("PACE", 1),
     }
 
 

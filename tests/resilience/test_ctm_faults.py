@@ -6,6 +6,7 @@ from chunk messages on the tenancy queue, which is where redeliveries happen."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -14,13 +15,19 @@ from typing import Any
 
 import pytest
 
+from devkit.ctm_emulator import generate_keys
+from devkit.lambda_poller import LambdaPoller, mappings_from_template
 from tests.fixtures.ctm import ManualClock
 from tests.resilience.conftest import MAX_RECEIVE_COUNT, MakeScenario
+from tests.resilience.lambda_kills import Containers, KillSwitch
 from tests.resilience.promises import refresh_calls, table_changes
 from tests.resilience.scenario import Scenario
 from tests.resilience.work_queue_source import TENANCY_QUEUE
 
 pytestmark = pytest.mark.resilience
+# How much closer than the pacer's spacing two calls may reach CTM: their paths through the
+# network stack and the emulator's threads on a busy machine, not the pacing.
+PACE_JITTER = 0.1
 
 
 def statuses(results: dict[str, dict[str, Any]]) -> set[str]:
@@ -254,3 +261,32 @@ def test_a_refresh_that_times_out_is_retried_and_counted_once_as_the_functions(
     assert not redelivered_chunks(scenario)
     results = scenario.promises_kept({"retried": keys})
     assert statuses(results["retried"]) == {"REFRESHED"}
+
+
+def test_a_tenancy_s_next_chunk_in_a_new_container_keeps_the_tenancy_s_pace(
+    make_scenario: MakeScenario, kills: KillSwitch
+) -> None:
+    # Given 6 keys of one tenancy at TENANCY_RATE_LIMIT=1 (one call every 1 / (1 x 0.95) s),
+    # fanned out in chunks of 2, each delivered to a container of its own (none warm)
+    scenario = make_scenario(keys=generate_keys(6, tenancies=1, seed=5))
+    scenario.world.cold_start(TENANCY_RATE_LIMIT="1", FANOUT_CHUNK_SIZE="2")
+    world = scenario.world
+    answer = Containers(world, kills).invoke(world.rule_event({"selector": {"all": True}}))
+    assert answer["fanned_out"] == 6
+
+    # When Lambda's poller delivers the three chunks, one after the other (one group)
+    def cold(event: dict[str, Any]) -> Any:
+        return Containers(world, kills).invoke(event)
+
+    with LambdaPoller(
+        world.stack.client("sqs"), mappings_from_template(world.stack), cold, poll_interval=0.02
+    ) as poller:
+        report = poller.drain(60.0)
+
+    # Then three new containers refreshed them, and across the chunks' boundaries too CTM
+    # received the tenancy's refreshes one spacing apart (less the network's jitter): each new
+    # container started from the pace its tenancy's last invocation handed on
+    arrivals = [e.monotonic for e in scenario.ctm.request_log if e.operation == "refresh"]
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(arrivals)]
+    assert (len(report.invocations), len(arrivals)) == (3, 6)
+    assert min(gaps) >= 1 / 0.95 - PACE_JITTER, gaps

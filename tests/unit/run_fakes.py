@@ -17,6 +17,7 @@ from cckm_refresh.table.items import (
     RecordedResult,
     RunCounts,
     RunState,
+    TenancyPace,
     described,
 )
 from cckm_refresh.workqueue import QueueMessage
@@ -31,6 +32,7 @@ class FakeTable:
     chunks: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     latest: dict[str, KeyInfo] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    paces: dict[str, TenancyPace] = field(default_factory=dict)
     completions: int = 0
 
     def start_run(self, run: RunInfo) -> bool:
@@ -92,6 +94,15 @@ class FakeTable:
     def results_of(self, run_id: str, key_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return {k: dict(self.results[(run_id, k)]) for k in key_ids if (run_id, k) in self.results}
 
+    def results_and_pace(
+        self, run_id: str, key_ids: Sequence[str], tenancy: str | None
+    ) -> tuple[dict[str, dict[str, Any]], TenancyPace | None]:
+        pace = self.paces.get(tenancy) if tenancy is not None else None
+        return self.results_of(run_id, key_ids), pace
+
+    def record_pace(self, pace: TenancyPace) -> None:
+        self.paces[pace.tenancy] = pace
+
     def latest_of(self, key_ids: Sequence[str]) -> dict[str, KeyInfo]:
         return {k: self.latest[k] for k in key_ids if k in self.latest}
 
@@ -119,11 +130,15 @@ class FakeTable:
         self.results[(run.run_id, outcome.key_id)] = _item(outcome) | {"version_changed": changed}
         return RecordedResult(outcome, previous, changed)
 
-    def finish_chunk(self, run_id: str, chunk_id: str, tally: ChunkTally) -> bool:
+    def finish_chunk(
+        self, run_id: str, chunk_id: str, tally: ChunkTally, pace: TenancyPace | None = None
+    ) -> bool:
         chunk = self.chunks[(run_id, chunk_id)]
         if chunk["status"] != "OPEN":
             return False
         chunk["status"] = "DONE"
+        if pace is not None:
+            self.record_pace(pace)
         state = self.runs[run_id]
         state["open_chunks"] -= 1
         for name in COUNTS:

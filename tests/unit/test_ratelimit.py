@@ -138,3 +138,21 @@ def test_a_call_that_must_end_by_a_deadline_takes_no_slot_opening_too_late() -> 
     assert clock[0] == 0.0
     assert limiter.pacer("t").wait_within(1.0) is True  # the refused slot was left free
     assert clock[0] == 1.0
+
+
+def test_a_pace_handed_on_from_another_container_spaces_the_first_attempt(
+    clock: FakeClock,
+) -> None:
+    # Given a fresh limiter (a new container) told that t1's latest attempt left 0.1 s ago
+    limiter = TenancyRateLimiter(4.0, headroom=1.0, clock=clock, sleep=clock.sleep)
+    assert limiter.seconds_since_sent("t1") is None
+    limiter.sent_ago("t1", 0.1)
+    # When t1's next attempt leaves, and one of t2 that nobody paced before
+    limiter.pacer("t1").wait()
+    limiter.pacer("t2").wait()
+    # Then t1's waited the rest of its spacing (0.25 - 0.1 s), t2's nothing; and an older
+    # pace handed on later does not undo what this container has sent since
+    assert clock.slept == pytest.approx([0.15])
+    assert limiter.seconds_since_sent("t1") == pytest.approx(0.0)
+    limiter.sent_ago("t1", 5.0)
+    assert limiter.reserve("t1") == pytest.approx(100.4)

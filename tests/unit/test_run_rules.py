@@ -3,6 +3,7 @@ chunk worker, resolver and engine over an in-memory table and queues (``run_fake
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -11,7 +12,7 @@ from typing import Any
 
 from cckm_refresh.config import RefreshSettings
 from cckm_refresh.ctm.errors import CtmTransientError
-from cckm_refresh.ctm.pacing import Pacer
+from cckm_refresh.ctm.pacing import UNPACED, Pacer
 from cckm_refresh.engine import RefreshEngine
 from cckm_refresh.ratelimit import TenancyRateLimiter
 from cckm_refresh.run.chunks import ChunkWorker
@@ -116,7 +117,9 @@ class World:
         limiter = TenancyRateLimiter(self.rate, clock=self.clock, sleep=self.clock.sleep)
         engine = RefreshEngine(self.ctm.refresh, limiter, concurrency=4, clock=self.clock)
         resolver = Resolver(self.ctm, self.table.latest_of, lambda _: None)
-        worker = ChunkWorker(settings, engine, self.table, self.queues, sign_in=self.sign_in)
+        worker = ChunkWorker(
+            settings, engine, self.table, self.queues, sign_in=self.sign_in, wall_clock=self.clock
+        )
         return RefreshService(Intake(settings, resolver, worker, self.table, self.queues))
 
     def schedule(self) -> RunReport:
@@ -128,7 +131,7 @@ class World:
 
     def deliver_chunks(self, receive_count: int = 1, seconds: float = 300.0) -> list[Any]:
         deliveries = [
-            sqs_delivery(f"m{i}", json.dumps(m.body), receive_count)
+            sqs_delivery(f"m{i}", json.dumps(m.body), receive_count, m.group)
             for i, m in enumerate(self.queues.sent)
         ]
         self.queues.sent.clear()
@@ -184,14 +187,14 @@ class SignIn:
         self._fails = fails
         self._signing_in = threading.Event()
         self._reading = threading.Event()
-        read = table.results_of
+        read = table.results_and_pace
 
-        def results_of(*args: Any) -> dict[str, dict[str, Any]]:
+        def results_and_pace(*args: Any) -> Any:
             self._reading.set()
             self.met_the_read.append(self._signing_in.wait(timeout=5))
             return read(*args)
 
-        table.results_of = results_of  # type: ignore[method-assign]
+        table.results_and_pace = results_and_pace  # type: ignore[method-assign]
 
     def __call__(self, deadline: float) -> str:
         self.deadlines.append(deadline)
@@ -230,6 +233,34 @@ def test_a_sign_in_that_fails_beside_the_read_fails_no_key() -> None:
 
     assert [r.verdict.action for r in reports] == [Action.DONE, Action.DONE]
     assert world.table.runs["schedule-T0"]["refreshed"] == 8
+
+
+def test_a_tenancy_s_next_chunk_in_another_container_keeps_the_pace_of_the_last_one() -> None:
+    # Given t1's first two chunks, at 1 key/s per tenancy, and the time of each refresh call
+    world = World(rate=1.0, chunk_size=2)
+    sent_at: list[float] = []
+    refresh = world.ctm.refresh
+
+    def timed_refresh(key_id: str, pacer: Pacer, deadline: float) -> Any:
+        pacer.wait()
+        sent_at.append(world.clock())
+        return refresh(key_id, UNPACED, deadline)
+
+    world.ctm.refresh = timed_refresh  # type: ignore[method-assign]
+    world.schedule()
+    first, second = [m for m in world.queues.sent if m.group == "t1"][:2]
+
+    # When the first is delivered to one container, then the second to a new one
+    world.queues.sent = [first]
+    world.deliver_chunks()
+    world.queues.sent = [second]
+    world.deliver_chunks()
+
+    # Then the new container's first call left one spacing (1 / (1 x 0.95) s) after the other
+    # container's last, as the pace handed on in the first chunk's close said
+    spacing = 1 / 0.95
+    assert [round(b - a, 6) for a, b in itertools.pairwise(sent_at)] == [round(spacing, 6)] * 3
+    assert world.table.paces["t1"].last_sent_ms == round(sent_at[-1] * 1000)
 
 
 def test_a_late_duplicate_of_a_chunk_refreshes_nothing_and_counts_nothing() -> None:

@@ -11,6 +11,7 @@ from cckm_refresh.triggers import (
     run_name,
     single_delivery,
     sqs_delivery,
+    sqs_delivery_of,
 )
 
 
@@ -42,6 +43,19 @@ def test_an_sqs_message_names_its_run_after_the_message_id() -> None:
     assert delivery.trigger is Trigger.SQS
     assert delivery.default_run_id == "sqs-059f36b4-87a3-44ab-83d2-661975830a7d"
     assert delivery.receive_count == 3
+    assert delivery.group is None
+
+
+def test_a_fifo_record_carries_its_message_group() -> None:
+    record = {
+        "messageId": "m-1",
+        "body": "{}",
+        "eventSource": "aws:sqs",
+        "attributes": {"ApproximateReceiveCount": "2", "MessageGroupId": "ocid1.tenancy.oc1..a"},
+    }
+    delivery = sqs_delivery_of(record)
+    assert (delivery.group, delivery.receive_count) == ("ocid1.tenancy.oc1..a", 2)
+    assert sqs_delivery_of(record | {"attributes": {}}).group is None
 
 
 @pytest.mark.parametrize(

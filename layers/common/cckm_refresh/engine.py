@@ -165,6 +165,11 @@ class RefreshEngine:
         """The moving average of answered calls' durations, in seconds."""
         return self._latency
 
+    @property
+    def limiter(self) -> TenancyRateLimiter:
+        """The tenancies' pace, kept across this container's invocations."""
+        return self._limiter
+
     def in_flight_target(self, tenancies: int) -> int:
         """Little's law: each active tenancy keeps ``rate x latency`` calls busy, plus one
         waiting for its next slot; never more than ``REFRESH_CONCURRENCY``."""

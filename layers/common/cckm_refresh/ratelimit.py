@@ -10,6 +10,9 @@ neighbours, and pacing exactly at OCI's limit would turn every such jitter into 
 A slot is reserved when a call is handed out, but an attempt leaves only when it ``claim``s it:
 one spacing after the tenancy's previous attempt really left, so attempts held up after their
 slot (a JWT fetched at a cold start) never leave together.
+A limiter lives in one container; a tenancy's next invocation may run in another, so the
+time of its latest attempt is handed on (``seconds_since_sent`` / ``sent_ago``) through the
+table.
 A ``TooManyRequests`` multiplies the tenancy's rate by ``decrease`` (never below
 ``min_rate``) and pushes its next slot out by ``throttle_penalty`` (one slot by default);
 each answered call then wins back ``recovery_step`` of the rate until the configured ceiling.
@@ -148,6 +151,22 @@ class TenancyRateLimiter:
 
     def rate(self, tenancy: str | None) -> float:
         return self._bucket(tenancy).rate
+
+    def seconds_since_sent(self, tenancy: str | None) -> float | None:
+        """How long ago the tenancy's latest attempt left this limiter (None: never)."""
+        bucket = self._bucket(tenancy)
+        with bucket.lock:
+            if bucket.last_sent == float("-inf"):
+                return None
+            return max(0.0, self.clock() - bucket.last_sent)
+
+    def sent_ago(self, tenancy: str | None, seconds: float) -> None:
+        """The tenancy's latest attempt left ``seconds`` ago elsewhere (the invocation that
+        worked on it before, in another container): its next one leaves one spacing after."""
+        bucket = self._bucket(tenancy)
+        with bucket.lock:
+            bucket.last_sent = max(bucket.last_sent, self.clock() - max(0.0, seconds))
+            bucket.next_free = max(bucket.next_free, bucket.last_sent + self._spacing(bucket))
 
     def throttle_count(self) -> int:
         with self._lock:

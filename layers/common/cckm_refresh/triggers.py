@@ -37,6 +37,7 @@ class Delivery:
     document: object  # the decoded request (for SQS: decoded lazily by the caller)
     raw: str  # the body as received, for the REJECTED record and the dead-letter copy
     receive_count: int = 1
+    group: str | None = None  # a FIFO message's MessageGroupId: the tenancy queue's tenancy
 
 
 def is_sqs_event(event: Any) -> bool:
@@ -74,7 +75,9 @@ def single_delivery(event: Any) -> Delivery:
     raise UnsupportedEventError
 
 
-def sqs_delivery(message_id: str, body: str, receive_count: int) -> Delivery:
+def sqs_delivery(
+    message_id: str, body: str, receive_count: int, group: str | None = None
+) -> Delivery:
     """The delivery of one SQS message; ``document`` is the raw body, decoded by the parser."""
     return Delivery(
         trigger=Trigger.SQS,
@@ -83,6 +86,7 @@ def sqs_delivery(message_id: str, body: str, receive_count: int) -> Delivery:
         document=body,
         raw=body,
         receive_count=receive_count,
+        group=group,
     )
 
 
@@ -90,7 +94,13 @@ def sqs_delivery_of(record: dict[str, Any]) -> Delivery:
     """The delivery of one record of a Lambda SQS event."""
     attributes = record.get("attributes") or {}
     receive_count = int(attributes.get("ApproximateReceiveCount") or 1)
-    return sqs_delivery(str(record["messageId"]), str(record.get("body") or ""), receive_count)
+    group = attributes.get("MessageGroupId")
+    return sqs_delivery(
+        str(record["messageId"]),
+        str(record.get("body") or ""),
+        receive_count,
+        str(group) if group else None,
+    )
 
 
 def run_name(candidate: str) -> str:

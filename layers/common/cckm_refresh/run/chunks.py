@@ -23,7 +23,13 @@ from cckm_refresh.observability import logger
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY
 from cckm_refresh.request import chunk_message
 from cckm_refresh.run.report import DEAD_LETTER, DONE, MessageVerdict, RunReport, log_outcomes
-from cckm_refresh.table.items import ChunkTally, RecordedResult, RunCounts, described
+from cckm_refresh.table.items import (
+    ChunkTally,
+    RecordedResult,
+    RunCounts,
+    TenancyPace,
+    described,
+)
 from cckm_refresh.triggers import Delivery
 from cckm_refresh.workqueue import QueueMessage
 
@@ -53,6 +59,11 @@ class ChunkJob:
     @property
     def done(self) -> bool:
         return len(self.final) == len(self.key_ids)
+
+    @property
+    def group(self) -> str | None:
+        """The tenancy queue's message group it came in: its pacing group, handed on."""
+        return self.delivery.group if self.delivery is not None else None
 
     def tally(self) -> ChunkTally:
         tally = ChunkTally()
@@ -115,13 +126,16 @@ class ChunkWorker:
         engine: RefreshEngine,
         store: RunTable,
         queue: RunQueues,
+        *,
         sign_in: SignIn | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._engine = engine
         self._store = store
         self._queue = queue
         self._sign_in = sign_in
+        self._wall_clock = wall_clock  # the pace handed between containers is in epoch time
 
     def job(self, delivery: Delivery, run: RunInfo, chunk_id: str, keys: Sequence[str]) -> ChunkJob:
         """The job of a chunk message."""
@@ -220,7 +234,10 @@ class ChunkWorker:
     def _owed(self, job: ChunkJob) -> list[WorkItem]:
         """The chunk's keys that are not terminal yet; the terminal ones are counted (and a
         dry run's are recorded ``SKIPPED`` here)."""
-        existing = self._store.results_of(job.run.run_id, list(job.key_ids))
+        existing, pace = self._store.results_and_pace(job.run.run_id, list(job.key_ids), job.group)
+        if pace is not None:
+            ago = self._wall_clock() - pace.last_sent_ms / 1000
+            self._engine.limiter.sent_ago(pace.tenancy, ago)
         owed = [item for key_id in job.key_ids if (item := self._owed_key(job, key_id, existing))]
         if job.final and job.done:
             logger.info("chunk already done: nothing to refresh", extra={"chunk": job.chunk_id})
@@ -278,7 +295,8 @@ class ChunkWorker:
         self._record(item, described(outcome, item.known))
 
     def _settle(self, job: ChunkJob) -> None:
-        """After the pass: learn what lost races became, close a finished chunk, complete."""
+        """After the pass: learn what lost races became, close a finished chunk, complete;
+        hand the tenancy's pace on to its next invocation (with the close, or alone)."""
         if job.lost:
             existing = self._store.results_of(job.run.run_id, sorted(job.lost))
             for key_id, item in existing.items():
@@ -286,11 +304,26 @@ class ChunkWorker:
                 if status is not None and status is not Status.PENDING:
                     job.final[key_id] = (status, bool(item.get("version_changed")))
                     job.pending.pop(key_id, None)
+        pace = self._pace_of(job)
         if job.done:
-            self._store.finish_chunk(job.run.run_id, job.chunk_id, job.tally())
+            closed = self._store.finish_chunk(job.run.run_id, job.chunk_id, job.tally(), pace)
+            if pace is not None and not closed:
+                self._store.record_pace(pace)
             # Whether or not this delivery closed the chunk: one killed between closing the
             # last chunk and completing would otherwise leave the run RUNNING for ever.
             job.completed = self._store.complete_if_done(job.run.run_id)
+        elif pace is not None:
+            self._store.record_pace(pace)
+
+    def _pace_of(self, job: ChunkJob) -> TenancyPace | None:
+        """When this container last sent a call of the job's tenancy queue group (None:
+        never, or not a tenancy queue chunk)."""
+        if job.group is None:
+            return None
+        ago = self._engine.limiter.seconds_since_sent(job.group)
+        if ago is None:
+            return None
+        return TenancyPace(job.group, round((self._wall_clock() - ago) * 1000))
 
 
 def status_of(item: Mapping[str, Any] | None) -> Status | None:

@@ -26,6 +26,9 @@ KEY_PREFIX = "KEY#"
 CHUNK_PREFIX = "CHUNK#"
 REJECTED_PREFIX = "REJECTED#"
 NOTIFIED_PREFIX = "NOTIFIED#"
+TENANCY_PREFIX = "TENANCY#"
+PACE = "PACE"  # the sort key of a tenancy's pace
+PACE_RETENTION = timedelta(days=1)  # a pace is useful for a second; the TTL keeps no clutter
 BY_KEY_INDEX = "by-key"
 FIRST_SEGMENT = "start"
 # A transaction holds at most 100 items: the CHUNK item, the RUN update and 98 results.
@@ -58,6 +61,10 @@ def rejected_pk(source_id: str) -> str:
 
 def notified_pk(dedupe_key: str) -> str:
     return f"{NOTIFIED_PREFIX}{dedupe_key}"
+
+
+def tenancy_pk(tenancy: str) -> str:
+    return f"{TENANCY_PREFIX}{tenancy}"
 
 
 def key(pk: str, sk: str) -> dict[str, Any]:
@@ -204,3 +211,23 @@ def result_item(run_id: str, result: RecordedResult, at: str, expires: int) -> d
 def described(outcome: RefreshOutcome, known: KeyInfo | None) -> RefreshOutcome:
     """``outcome`` with where the key lives, as far as it is known."""
     return outcome if known is None else replace(outcome, key=outcome.key.filled_from(known))
+
+
+@dataclass(frozen=True)
+class TenancyPace:
+    """When a tenancy's latest refresh attempt left (epoch milliseconds): what the invocation
+    that worked on it hands to the next one, which may run in another container."""
+
+    tenancy: str  # the pacing group: the tenancy, or ``~unknown``
+    last_sent_ms: int
+
+    def item(self, at: str, expires: int) -> dict[str, Any]:
+        return {
+            "pk": tenancy_pk(self.tenancy),
+            "sk": PACE,
+            "item_type": "PACE",
+            "tenancy": self.tenancy,
+            "last_sent_ms": self.last_sent_ms,
+            "updated_at": at,
+            "expires_at": expires,
+        }

@@ -14,8 +14,10 @@ from cckm_refresh.table.access import TableAccess
 from cckm_refresh.table.items import (
     LATEST,
     MAX_REJECTED_BODY,
+    PACE,
     REQUEST,
     RecordedResult,
+    TenancyPace,
     is_cckm_id,
     key,
     key_pk,
@@ -24,6 +26,7 @@ from cckm_refresh.table.items import (
     result_item,
     result_sk,
     run_pk,
+    tenancy_pk,
     to_item,
 )
 from cckm_refresh.text import MAX_MESSAGE
@@ -34,8 +37,24 @@ class ResultLog(TableAccess):
 
     def results_of(self, run_id: str, key_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The run's existing result items for ``key_ids`` (strongly consistent), by key id."""
+        return self.results_and_pace(run_id, key_ids, None)[0]
+
+    def results_and_pace(
+        self, run_id: str, key_ids: Sequence[str], tenancy: str | None
+    ) -> tuple[dict[str, dict[str, Any]], TenancyPace | None]:
+        """``results_of``, and in the same read the pace ``tenancy``'s previous invocation
+        handed on (None: no tenancy asked, or none recorded)."""
         keys = [(run_pk(run_id), result_sk(k)) for k in key_ids]
-        return {item["key_id"]: item for item in self._batch_get(keys, consistent=True)}
+        if tenancy is not None:
+            keys.append((tenancy_pk(tenancy), PACE))
+        results: dict[str, dict[str, Any]] = {}
+        pace = None
+        for item in self._batch_get(keys, consistent=True):
+            if item.get("sk") == PACE:
+                pace = TenancyPace(str(item["tenancy"]), int(item["last_sent_ms"]))
+            else:
+                results[item["key_id"]] = item
+        return results, pace
 
     def latest_of(self, key_ids: Sequence[str]) -> dict[str, KeyInfo]:
         """The ``LATEST`` state of each known key: its tenancy routes it, its version compares."""

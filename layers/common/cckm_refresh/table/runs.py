@@ -36,14 +36,17 @@ from cckm_refresh.table.access import TableAccess
 from cckm_refresh.table.items import (
     FIRST_SEGMENT,
     MAX_CHUNK_KEYS,
+    PACE_RETENTION,
     RUN,
     ChunkTally,
     KeyEntry,
     RecordedResult,
     RunCounts,
     RunState,
+    TenancyPace,
     chunk_sk,
     described,
+    expires_at,
     key,
     plain,
     result_item,
@@ -299,9 +302,12 @@ class RunBook(TableAccess):
         ]
         return [count, *results]
 
-    def finish_chunk(self, run_id: str, chunk_id: str, tally: ChunkTally) -> bool:
-        """Close a chunk whose keys are all terminal and add its counts to the run, once.
-        False when it was closed before (a duplicate or late delivery)."""
+    def finish_chunk(
+        self, run_id: str, chunk_id: str, tally: ChunkTally, pace: TenancyPace | None = None
+    ) -> bool:
+        """Close a chunk whose keys are all terminal and add its counts to the run, once,
+        handing on its tenancy's ``pace`` in the same transaction. False when it was closed
+        before (a duplicate or late delivery): then nothing is written."""
         pk = run_pk(run_id)
         items = [
             {
@@ -324,7 +330,17 @@ class RunBook(TableAccess):
                 }
             },
         ]
+        if pace is not None:
+            items.append({"Put": {"TableName": self._table, "Item": to_item(self._pace(pace))}})
         return self._transact(items) is None
+
+    def record_pace(self, pace: TenancyPace) -> None:
+        """Hand on when the tenancy's latest attempt left, for its next invocation."""
+        self._db.put_item(TableName=self._table, Item=to_item(self._pace(pace)))
+
+    def _pace(self, pace: TenancyPace) -> dict[str, Any]:
+        now = self._now()
+        return pace.item(iso(now), expires_at(now, PACE_RETENTION))
 
     def _transact(self, items: list[dict[str, Any]]) -> set[int] | None:
         """Run a transaction; None when it committed, else the indexes whose conditions
