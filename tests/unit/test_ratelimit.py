@@ -156,3 +156,22 @@ def test_a_pace_handed_on_from_another_container_spaces_the_first_attempt(
     assert limiter.seconds_since_sent("t1") == pytest.approx(0.0)
     limiter.sent_ago("t1", 5.0)
     assert limiter.reserve("t1") == pytest.approx(100.4)
+
+
+def test_a_call_without_a_slot_that_could_not_leave_in_time_takes_nothing(
+    clock: FakeClock,
+) -> None:
+    # Given t1 throttled right after an attempt left at 100.0, with a short throttle penalty:
+    # its slots open from 101.0 on, but at 0.75/s its next attempt may only leave at 101.33
+    limiter = TenancyRateLimiter(
+        1.0, headroom=1.0, throttle_penalty=0.1, clock=clock, sleep=clock.sleep
+    )
+    limiter.pacer("t1").wait()
+    limiter.throttled("t1")
+
+    # When a retry that must leave by 101.2 asks, then one that may leave by 103.0
+    refused = limiter.pacer("t1").wait_within(101.2)
+    accepted = limiter.pacer("t1").wait_within(103.0)
+
+    # Then the first took nothing, so the second left at 101.33, not a slot later
+    assert (refused, accepted, clock.now) == (False, True, pytest.approx(100 + 1 / 0.75))

@@ -87,16 +87,14 @@ class TenancyRateLimiter:
             bucket.next_free = start + self._spacing(bucket)
             return start
 
-    def reserve_by(self, tenancy: str | None, latest_start: float) -> float | None:
-        """Reserve the tenancy's next slot if it opens by ``latest_start``; else None, and
-        the slot stays free for another call."""
+    def take_by(self, tenancy: str | None, latest_start: float) -> float | None:
+        """Reserve and claim at once the tenancy's next moment to send (its next slot, one
+        spacing after its latest attempt) if that comes by ``latest_start``; else None, and
+        nothing is taken: the slot stays free for another call."""
         bucket = self._bucket(tenancy)
         with bucket.lock:
-            start = max(self.clock(), bucket.next_free)
-            if start > latest_start:
-                return None
-            bucket.next_free = start + self._spacing(bucket)
-            return start
+            start = self._earliest(bucket, max(self.clock(), bucket.next_free))
+            return None if start > latest_start else self._claim(bucket, start)
 
     def claim(self, tenancy: str | None, slot: float) -> float:
         """The moment an attempt reserved for ``slot`` may leave, recorded as the tenancy's
@@ -198,8 +196,9 @@ class TenancyPacer:
         slot = self._reserved
         self._reserved = None
         if slot is None:
-            slot = self._limiter.reserve_by(self._tenancy, latest_start)
-        start = None if slot is None else self._limiter.claim_by(self._tenancy, slot, latest_start)
+            start = self._limiter.take_by(self._tenancy, latest_start)
+        else:
+            start = self._limiter.claim_by(self._tenancy, slot, latest_start)
         if start is None:
             return False
         self._limiter.wait_until(start)
