@@ -1,5 +1,9 @@
 """The run rules of CONTRACT 4.3 and 4.4 with fakes (no AWS, no HTTP): the real intake,
-chunk worker, resolver and engine over an in-memory table and queues (``run_fakes``)."""
+chunk worker, resolver and engine over an in-memory table and queues (``run_fakes``).
+
+Over 300 lines on purpose: every rule is tested over the same ``World`` of fakes, and the
+fakes that watch one step (the CTM sign-in beside the read, the time of each call) sit beside
+the test that needs them."""
 
 from __future__ import annotations
 

@@ -3,7 +3,12 @@
 A chunk's keys are read first (strongly consistent): the terminal ones are counted, never
 refreshed again; the others are refreshed, each outcome recorded as soon as it is known (a
 killed container repeats at most its calls in flight). A chunk whose keys are all terminal is
-closed, adding its counts to the run once, and the run completes with its last chunk.
+closed, adding its counts to the run once, and the run completes with its last chunk. The
+tenancy's pace comes in with the read and goes out with the close (``TenancyPace``).
+
+Over 300 lines on purpose: a chunk's whole life in one invocation (its read, the engine pass,
+each outcome's recording, the close, the report) acts on one ``ChunkJob`` under the run's
+rules; split, each part would need the others' state.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from cckm_refresh.table.items import (
     RunCounts,
     TenancyPace,
     described,
+    known_before,
+    status_of,
 )
 from cckm_refresh.triggers import Delivery
 from cckm_refresh.workqueue import QueueMessage
@@ -324,33 +331,6 @@ class ChunkWorker:
         if ago is None:
             return None
         return TenancyPace(job.group, round((self._wall_clock() - ago) * 1000))
-
-
-def status_of(item: Mapping[str, Any] | None) -> Status | None:
-    """The status of a result item, if it has a valid one."""
-    try:
-        return Status(str(item["status"])) if item else None
-    except (KeyError, ValueError):
-        return None
-
-
-def known_before(item: Mapping[str, Any]) -> KeyInfo:
-    """What the run knew of a key before touching it, from its ``PENDING`` result item: where
-    it lives, and the version it had (``previous_key_version``)."""
-
-    def text(name: str) -> str | None:
-        value = item.get(name)
-        return str(value) if value is not None else None
-
-    return KeyInfo(
-        key_id=str(item["key_id"]),
-        oci_key_id=text("oci_key_id"),
-        display_name=text("display_name"),
-        tenancy=text("tenancy"),
-        region=text("region"),
-        vault_name=text("vault_name"),
-        current_key_version=text("previous_key_version"),
-    )
 
 
 def given_up(outcome: RefreshOutcome, deliveries: int) -> RefreshOutcome:
