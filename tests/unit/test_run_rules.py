@@ -228,6 +228,20 @@ def test_a_chunk_signs_in_to_ctm_while_its_keys_are_read_within_the_calls_deadli
     assert sorted(world.ctm.refreshed) == sorted(KEYS)
 
 
+def test_no_sign_in_is_started_when_no_time_is_left_for_calls() -> None:
+    # Given a registered chunk, and a sign-in that would record being asked
+    world = World()
+    asked: list[float] = []
+    world.sign_in = asked.append
+    world.schedule()
+
+    # When its chunks are delivered with 5 s left (the recording reserve: no call may start)
+    world.deliver_chunks(seconds=5.0)
+
+    # Then nothing signed in (no thread left running past the invocation), nothing refreshed
+    assert (asked, world.ctm.refreshed) == ([], [])
+
+
 def test_a_sign_in_that_fails_beside_the_read_fails_no_key() -> None:
     world = World()
     world.sign_in = SignIn(world.table, fails=True)

@@ -99,8 +99,8 @@ def _beside(sign_in: SignIn | None, deadline: float) -> Iterator[None]:
     secret and the login no longer wait for that read (a warm container holds its token and
     the thread ends at once). The sign-in ends before ``deadline``, as the engine's calls do;
     a failure is not this thread's to report: the first call signs in again, or shares it.
-    Joined before the block's caller goes on."""
-    if sign_in is None:
+    Joined before the block's caller goes on. With no time left for calls, none is made."""
+    if sign_in is None or deadline <= time.monotonic():
         yield
         return
 
