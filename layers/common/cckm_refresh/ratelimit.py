@@ -7,7 +7,7 @@ additive-increase / multiplicative-decrease. Slots are spaced ``1 / (rate x head
 call leaves on its slot but reaches OCI a few milliseconds later or earlier than its
 neighbours, and pacing exactly at OCI's limit would turn every such jitter into a throttle
 (measured: 5.2 % of calls throttled at headroom 1.0, 1.3 % at 0.97, none at 0.95).
-A slot is reserved when a call is handed out, but an attempt leaves only when it ``claim``s it:
+A slot is reserved when a call is handed out, but an attempt leaves only when it claims it:
 one spacing after the tenancy's previous attempt really left, so attempts held up after their
 slot (a JWT fetched at a cold start) never leave together.
 A limiter lives in one container; a tenancy's next invocation may run in another, so the
@@ -20,6 +20,7 @@ each answered call then wins back ``recovery_step`` of the rate until the config
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -96,18 +97,12 @@ class TenancyRateLimiter:
             start = self._earliest(bucket, max(self.clock(), bucket.next_free))
             return None if start > latest_start else self._claim(bucket, start)
 
-    def claim(self, tenancy: str | None, slot: float) -> float:
+    def claim_by(self, tenancy: str | None, slot: float, latest_start: float) -> float | None:
         """The moment an attempt reserved for ``slot`` may leave, recorded as the tenancy's
         latest send: not before its slot, not before now, and one spacing after the attempt
-        that left last. A reservation is made ahead of the call; an attempt held up between
-        the two (a JWT being fetched, a connection opened) must not leave together with the
-        next one."""
-        bucket = self._bucket(tenancy)
-        with bucket.lock:
-            return self._claim(bucket, self._earliest(bucket, slot))
-
-    def claim_by(self, tenancy: str | None, slot: float, latest_start: float) -> float | None:
-        """``claim``, unless that moment is after ``latest_start``: then None, nothing recorded."""
+        that left last; None, nothing recorded, when that is after ``latest_start``. A
+        reservation is made ahead of the call; an attempt held up between the two (a JWT
+        being fetched, a connection opened) must not leave together with the next one."""
         bucket = self._bucket(tenancy)
         with bucket.lock:
             start = self._earliest(bucket, slot)
@@ -184,11 +179,7 @@ class TenancyPacer:
         self._reserved = first
 
     def wait(self) -> None:
-        slot = (
-            self._reserved if self._reserved is not None else self._limiter.reserve(self._tenancy)
-        )
-        self._reserved = None
-        self._limiter.wait_until(self._limiter.claim(self._tenancy, slot))
+        self.wait_within(math.inf)
 
     def wait_within(self, latest_start: float) -> bool:
         """Wait for this call's slot if it opens by ``latest_start`` (a call that must end by
