@@ -141,6 +141,24 @@ def test_no_call_starts_past_the_deadline_and_the_rest_is_handed_back() -> None:
     assert [item.key_id for item in result.leftovers] == ["a3", "a4"]
 
 
+def test_calls_that_never_send_leave_no_slot_reserved() -> None:
+    # Given a tenancy at 1/s, keys whose calls end before sending (the secret unreadable,
+    # then every other key stopped) or are never started (past the deadline)
+    clock = FakeClock()
+    limiter = TenancyRateLimiter(1.0, clock=clock, sleep=clock.sleep)
+    unavailable = CtmSecretUnavailableError("secret unreadable", error_code="CONNECTION")
+
+    class NoSecret(FakeCtm):
+        def refresh(self, key_id: str, pacer: Pacer, deadline: float = 0.0) -> FakeResponse:
+            raise unavailable  # before the pacer is asked for a slot
+
+    for ctm, seconds in ((NoSecret(), 60.0), (FakeCtm(), 2.5)):
+        engine = RefreshEngine(ctm.refresh, limiter, concurrency=4, clock=clock)
+        engine.run(items("a1", "a2", "a3", "a4", "a5", tenancy="A"), lambda s=seconds: s)
+        # Then every slot reserved for them was given back
+        assert limiter.unclaimed("A") == 0
+
+
 def test_with_no_time_left_nothing_starts() -> None:
     ctm = FakeCtm()
     result = engine_for(ctm).run(items("a", "b"), lambda: -1.0)

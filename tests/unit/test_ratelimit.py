@@ -72,6 +72,40 @@ def test_attempts_held_up_after_their_slot_still_leave_one_spacing_apart(
     assert limiter.reserve("t1") == pytest.approx(103.5)
 
 
+def test_attempts_held_up_together_leave_in_the_earliest_slots_whatever_order_they_wake(
+    clock: FakeClock,
+) -> None:
+    # Given eight calls of a tenancy at 5/s, their slots reserved from 100.0 to 101.4
+    limiter = TenancyRateLimiter(5.0, headroom=1.0, clock=clock, sleep=clock.sleep)
+    pacers = [limiter.pacer("t1", limiter.reserve("t1")) for _ in range(8)]
+
+    # When all are held up until 100.5 (one JWT fetched at a cold start) and their threads
+    # wake latest slot first
+    clock.now = 100.5
+    left = []
+    for pacer in reversed(pacers):
+        pacer.wait()
+        left.append(clock.now)
+
+    # Then they leave one spacing apart from 100.5, as if they had woken in slot order (the
+    # first to wake took the earliest slot, not its own at 101.4, which would have pushed
+    # the other seven behind it), and no reservation is left over
+    assert left == pytest.approx([100.5 + 0.2 * n for n in range(8)])
+    assert limiter.unclaimed("t1") == 0
+
+
+def test_a_reservation_refused_or_released_is_given_back(clock: FakeClock) -> None:
+    limiter = TenancyRateLimiter(1.0, headroom=1.0, clock=clock, sleep=clock.sleep)
+    kept, refused, dropped = (limiter.pacer("t1", limiter.reserve("t1")) for _ in range(3))
+    assert limiter.unclaimed("t1") == 3
+    assert refused.wait_within(100.5) is True  # takes the earliest slot, 100.0
+    assert kept.wait_within(100.5) is False  # the next leaves at 101.0: refused, given back
+    dropped.release()  # its call ended before sending (e.g. no JWT)
+    dropped.release()  # once only
+    assert limiter.unclaimed("t1") == 0
+    assert limiter.reserve("t1") == pytest.approx(103.0)  # slots are not handed out again
+
+
 def test_a_held_up_attempt_that_could_only_leave_too_late_takes_no_slot(clock: FakeClock) -> None:
     limiter = TenancyRateLimiter(1.0, headroom=1.0, clock=clock, sleep=clock.sleep)
     limiter.pacer("t1", limiter.reserve("t1")).wait()  # left at 100.0

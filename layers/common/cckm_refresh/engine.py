@@ -112,6 +112,7 @@ class _Scheduler:
             tenancy = min(waiting, key=self._limiter.next_free)
             start = self._limiter.reserve(tenancy)
             if start > self._deadline():
+                self._limiter.release(tenancy, start)
                 return None
             self._in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
@@ -230,10 +231,13 @@ class RefreshEngine:
     ) -> tuple[WorkItem, RefreshOutcome, CtmError | None]:
         """Refresh one key in its reserved slot; the scheduler learns the call is over."""
         item, slot = picked
+        tenancy_pacer = self._limiter.pacer(item.tenancy, slot)
         try:
-            pacer = _TimedPacer(self._limiter.pacer(item.tenancy, slot), self._clock)
-            outcome, fatal = self._refresh_one(item, pacer, calls_end_by)
+            outcome, fatal = self._refresh_one(
+                item, _TimedPacer(tenancy_pacer, self._clock), calls_end_by
+            )
         finally:
+            tenancy_pacer.release()  # a call that never got to send frees its slot
             scheduler.done()
         return item, outcome, fatal
 
