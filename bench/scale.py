@@ -61,8 +61,9 @@ TARGET_READS_PER_KEY = 2
 TARGET_WRITE_REQUESTS_PER_KEY = 3
 TARGET_MESSAGES_PER_KEY = 0.02
 FUNCTION_TIMEOUT = 300.0  # template.yaml's refresh function Timeout
-# The poller wakes at once when an invocation ends; between, it polls moto this often (each
-# poll costs moto ~3.5 ms of CPU, which the handlers need more).
+# The poller wakes at once when an invocation ends or a message is sent (Lambda long-polls:
+# moto's process signals each send); between, it polls moto this often (each poll costs moto
+# ~3.5 ms of CPU, which the handlers need more).
 POLL_INTERVAL = 0.25
 KILL_MAX_RECEIVE_COUNT = 50
 PLOT_RATE = ROOT / "bench" / "scale-throughput.png"
@@ -250,6 +251,7 @@ def drive(
             region=stack.region,
             poll_interval=POLL_INTERVAL,
             redeliver_crashed_after=redeliver_crashed_after,
+            sent=world.moto.sends.wait,
         ) as poller,
     ):
         t0 = time.monotonic()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -313,12 +314,18 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def serve_moto(port: int) -> None:
+# What a long-polling receive returns at once for: a message sent.
+_SQS_SENDS = frozenset({"AmazonSQS.SendMessage", "AmazonSQS.SendMessageBatch"})
+
+
+def serve_moto(port: int, sends_to: int | None = None) -> None:
     """moto's server app, one request at a time (run in a process of its own).
 
     moto's SQS and DynamoDB backends are not thread-safe (a DeleteMessage racing a SendMessage
     can lose the sent message; two conditional updates of one item can both pass): AWS
-    serialises what must be, so here every request is.
+    serialises what must be, so here every request is. A long-polling receive would hold
+    that one slot, so long polling is modelled instead: after each SQS send, a datagram to
+    ``sends_to`` (``SendSignal``) wakes the Lambda poller at once.
     """
     import logging
 
@@ -334,9 +341,14 @@ def serve_moto(port: int) -> None:
     app = DomainDispatcherApplication(create_backend_app)
     lock = threading.Lock()
 
+    signal = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
     def one_at_a_time(environ: Any, start_response: Any) -> Any:
         with lock:
-            return list(app(environ, start_response))
+            answer = list(app(environ, start_response))
+        if sends_to is not None and environ.get("HTTP_X_AMZ_TARGET") in _SQS_SENDS:
+            signal.sendto(b".", ("127.0.0.1", sends_to))
+        return answer
 
     server = make_server(
         "127.0.0.1", port, one_at_a_time, threaded=True, request_handler=MotoRequestHandler
@@ -504,16 +516,44 @@ def _update_expressions_parsed_once() -> None:
     models.UpdateExpressionParser = _Parser  # type: ignore[attr-defined,misc,assignment]
 
 
+class SendSignal:
+    """Datagrams moto's process sends after each SQS send (``serve_moto``): what a Lambda
+    poller's long-polling receive would return for at once. Nothing blocks if no one waits."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = int(self._socket.getsockname()[1])
+
+    def wait(self, seconds: float) -> bool:
+        """Up to ``seconds`` for a send; True when there was one (all pending ones consumed)."""
+        ready, _, _ = select.select([self._socket], [], [], seconds)
+        if not ready:
+            return False
+        self._socket.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while self._socket.recv(16):
+                pass
+        self._socket.setblocking(True)
+        return True
+
+    def close(self) -> None:
+        self._socket.close()
+
+
 class MotoProcess:
-    """moto's server in a process of its own (``serve_moto``), on a free port."""
+    """moto's server in a process of its own (``serve_moto``), on a free port; ``sends``
+    says when a message was sent to any queue."""
 
     def __init__(self) -> None:
         self._port = _free_port()
         self._process: subprocess.Popen[bytes] | None = None
+        self.sends = SendSignal()
 
     def start(self) -> None:
+        serve = f"serve_moto({self._port}, sends_to={self.sends.port})"
         self._process = subprocess.Popen(
-            [sys.executable, "-c", f"from bench.world import serve_moto; serve_moto({self._port})"],
+            [sys.executable, "-c", f"from bench.world import serve_moto; {serve}"],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": f"{ROOT / 'layers' / 'common'}:{ROOT}"},
             stdin=subprocess.DEVNULL,
@@ -541,6 +581,7 @@ class MotoProcess:
         if self._process is not None:
             self._process.terminate()
             self._process.wait(timeout=30)
+        self.sends.close()
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,15 @@ Time can be compressed: ``redeliver_failed_after`` / ``redeliver_crashed_after``
 None for what SQS would do) change the visibility of failed / crashed batches' messages, so a
 demo need not wait out a 30 s back-off or a 1,800 s visibility timeout.
 
+Long polling: Lambda's pollers long-poll, so a message sent to an idle queue is received at
+once. Given ``sent`` (a callable that waits up to the given seconds and says whether a message
+was sent: ``bench.world.SendSignal.wait``), the poller polls as soon as one is; without it, it
+short-polls every ``poll_interval`` seconds while there is nothing to do. Either way it polls
+again at once when an invocation ends (its messages deleted, its group free).
+
 Not modelled: Lambda's scaling ramp (it adds pollers over minutes; here every slot up to
-``MaximumConcurrency`` is used at once), long polling (the poller short-polls every
-``poll_interval`` seconds while there is nothing to do), the 6 MB payload limit, function
-timeouts (a target enforces its own), and retries of failed asynchronous invocations.
+``MaximumConcurrency`` is used at once), the 6 MB payload limit, function timeouts (a target
+enforces its own), and retries of failed asynchronous invocations.
 
 Over 300 lines on purpose: the poller's rules (concurrency, batching, FIFO groups, answers,
 redrive) act on one shared state of what is in flight.
@@ -235,6 +240,7 @@ class LambdaPoller:
         poll_interval: float = 0.1,
         redeliver_failed_after: int | None = None,
         redeliver_crashed_after: int | None = None,
+        sent: Callable[[float], bool] | None = None,
     ) -> None:
         self._sqs = sqs
         self.mappings = list(mappings)
@@ -246,6 +252,8 @@ class LambdaPoller:
         self._report = PollerReport()
         self._numbers = itertools.count()
         self._changed = threading.Condition()
+        # Invocations ended and messages sent so far: a round that missed one polls again.
+        self._events = 0
         self._sqs_lock = threading.Lock()
         self._in_flight: Counter[str] = Counter()  # source -> invocations in flight
         self._busy_groups: dict[str, Counter[str]] = {m.label: Counter() for m in self.mappings}
@@ -254,6 +262,9 @@ class LambdaPoller:
             max_workers=sum(min(m.maximum_concurrency, 64) for m in self.mappings) + 4,
             thread_name_prefix="lambda-poller",
         )
+        self._closed = threading.Event()
+        if sent is not None:
+            threading.Thread(target=self._long_poll, args=(sent,), daemon=True).start()
 
     # --- public ---
 
@@ -272,6 +283,8 @@ class LambdaPoller:
         started = time.monotonic()
         deadline = started + timeout
         while time.monotonic() < deadline:
+            with self._changed:
+                ended = self._events
             dispatched = self._poll_round()
             with self._changed:
                 busy = sum(self._in_flight.values()) + len(self._gathering)
@@ -283,7 +296,11 @@ class LambdaPoller:
                         break
             if not dispatched:
                 with self._changed:
-                    self._changed.wait(self._poll_interval)
+                    # What ended or was sent during the round (a group freed, a message that
+                    # a long poll would return) is polled for at once.
+                    self._changed.wait_for(
+                        lambda seen=ended: self._events != seen, self._poll_interval
+                    )
         else:
             self._report.drained = False
         self._report.seconds += time.monotonic() - started
@@ -295,6 +312,7 @@ class LambdaPoller:
 
     def close(self, wait: bool = True) -> None:
         """Stop the worker threads (after the invocations in flight, when ``wait``)."""
+        self._closed.set()
         self._workers.shutdown(wait=wait)
 
     def __enter__(self) -> LambdaPoller:
@@ -304,6 +322,18 @@ class LambdaPoller:
         self.close()
 
     # --- polling ---
+
+    def _long_poll(self, sent: Callable[[float], bool]) -> None:
+        """Wake the poll loop whenever ``sent`` reports a message sent."""
+        while not self._closed.is_set():
+            try:
+                woken = sent(0.2)
+            except OSError:  # the signal's socket is gone: the world is stopping
+                return
+            if woken:
+                with self._changed:
+                    self._events += 1
+                    self._changed.notify_all()
 
     def _poll_round(self) -> bool:
         """Receive for every mapping with a free slot; True if an invocation was started."""
@@ -404,6 +434,7 @@ class LambdaPoller:
         with self._changed:
             self._report.invocations.append(record)
             self._in_flight[DIRECT] -= 1
+            self._events += 1
             self._changed.notify_all()
 
     def _run_batch(self, batch: _Batch) -> None:
@@ -444,6 +475,7 @@ class LambdaPoller:
                     busy[_group(message)] -= 1
                 busy += Counter()  # drop groups at zero
                 self._busy_groups[mapping.label] = busy
+            self._events += 1
             self._changed.notify_all()
 
     def _settle(self, batch: _Batch, failed: set[str], crashed: bool) -> None:

@@ -441,3 +441,67 @@ def test_in_process_function_loads_a_container_per_concurrent_invocation() -> No
     assert function.cold_starts == 2
     assert len({module for module, _ in seen}) == 2
     assert {remaining for _, remaining in seen} == {42.0}
+
+
+def test_an_invocation_that_ends_during_a_poll_round_is_followed_at_once(sqs: Any) -> None:
+    # Given a FIFO group of two messages, and a poller that short-polls only every 60 s
+    queue = make_queue(sqs, fifo=True)
+    send(sqs, queue, {"n": 0}, "g")
+    send(sqs, queue, {"n": 1}, "g")
+    release = threading.Event()
+
+    def target(event: dict[str, Any]) -> Any:
+        if json.loads(event["Records"][0]["body"])["n"] == 0:
+            release.wait(BARRIER_TIMEOUT)
+        return {"batchItemFailures": []}
+
+    poller = LambdaPoller(sqs, [queue.mapping(batch_size=1)], target, poll_interval=60)
+    poll_round = poller._poll_round
+
+    def round_during_which_the_first_ends() -> bool:
+        dispatched = poll_round()
+        if not dispatched and not release.is_set():  # 0 in flight, 1 held back behind it
+            release.set()
+            with poller._changed:
+                poller._changed.wait_for(lambda: poller.report().invocations, BARRIER_TIMEOUT)
+        return dispatched
+
+    poller._poll_round = round_during_which_the_first_ends  # type: ignore[method-assign]
+
+    # When it is drained (for at most 30 s)
+    with poller:
+        report = poller.drain(timeout=30)
+
+    # Then message 1 was delivered as soon as 0's invocation ended, not 60 s later
+    assert (report.drained, len(report.deleted)) == (True, 2)
+
+
+def test_a_message_sent_to_an_idle_queue_is_received_at_once_with_long_polling(
+    sqs: Any,
+) -> None:
+    # Given a poller that short-polls only every 60 s, told of each send (as Lambda's long
+    # polling is), and a direct invocation that sends a message and waits for its delivery
+    queue = make_queue(sqs)
+    signal, delivered = threading.Event(), threading.Event()
+
+    def sent(seconds: float) -> bool:
+        woken = signal.wait(seconds)
+        signal.clear()
+        return woken
+
+    def target(event: dict[str, Any]) -> Any:
+        if "Records" in event:
+            delivered.set()
+            return {"batchItemFailures": []}
+        send(sqs, queue, {"n": 0})
+        signal.set()
+        return {"delivered while the sender ran": delivered.wait(BARRIER_TIMEOUT)}
+
+    # When the invocation runs and the poller drains
+    with LambdaPoller(sqs, [queue.mapping()], target, poll_interval=60, sent=sent) as poller:
+        poller.invoke({"source": "test"})
+        report = poller.drain(timeout=30)
+
+    # Then the message was delivered while the invocation that sent it still ran
+    assert report.drained
+    assert report.direct_responses == [{"delivered while the sender ran": True}]
