@@ -252,19 +252,34 @@ def test_a_schedule_killed_after_finishing_its_resolution_completes_on_its_retry
 WAIT = 30.0  # seconds a gate waits for the other delivery before the test fails
 
 
-def wait_for(condition: Callable[[], bool]) -> None:
-    """Hold the calling thread until ``condition`` holds (a gate between two deliveries)."""
+def wait_for(condition: Callable[[], bool], seen: Callable[[], str] = str) -> None:
+    """Hold the calling thread until ``condition`` holds (a gate between two deliveries);
+    ``seen`` says what was there instead when it never does."""
     deadline = time.monotonic() + WAIT
     while not condition():
-        assert time.monotonic() < deadline, "the other delivery never got there"
+        assert time.monotonic() < deadline, f"the other delivery never got there; {seen()}"
         time.sleep(0.005)
 
 
-def concurrently(*calls: Callable[[], Any]) -> list[Any]:
-    """Run ``calls`` in threads at once; their results in order (an exception re-raised)."""
+def ctm_calls_seen(scenario: Scenario) -> str:
+    """What CTM was asked, for a gate that timed out: each call's operation, key, answer."""
+    calls = [
+        f"{entry.operation or entry.path} {(entry.key_id or '')[-6:]} {entry.status}"
+        f"{'' if entry.authenticated else ' unauthenticated'}"
+        for entry in scenario.ctm.request_log
+    ]
+    return f"CTM saw {len(calls)} calls: " + ", ".join(calls)
+
+
+def concurrently(*calls: Callable[[], Any], seen: Callable[[], str] = str) -> list[Any]:
+    """Run ``calls`` in threads at once; their results in order (an exception re-raised);
+    ``seen`` says what was there when they do not finish in time."""
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         futures = [pool.submit(call) for call in calls]
-        return [future.result(timeout=WAIT) for future in futures]
+        try:
+            return [future.result(timeout=WAIT) for future in futures]
+        except TimeoutError:
+            raise AssertionError(f"not finished after {WAIT:.0f} s; {seen()}") from None
 
 
 def queue_the_request(
@@ -295,7 +310,10 @@ def gate_result_writes(scenario: Scenario, kills: KillSwitch, keys: list[str]) -
         if request["Item"]["status"]["S"] == "PENDING":
             assert recorded[key].wait(WAIT)
         else:
-            wait_for(lambda: scenario.ctm.refresh_count() >= 2 * len(keys))
+            wait_for(
+                lambda: scenario.ctm.refresh_count() >= 2 * len(keys),
+                lambda: ctm_calls_seen(scenario),
+            )
 
     def written(request: dict[str, Any]) -> None:
         key = request["Item"]["key_id"]["S"]
@@ -338,7 +356,11 @@ def test_one_message_delivered_twice_at_once_and_again_after_completion_is_recor
     containers = Containers(world, kills)
 
     # When SQS hands the same message to two containers at the same moment
-    answers = concurrently(lambda: containers.invoke(event), lambda: containers.invoke(event))
+    answers = concurrently(
+        lambda: containers.invoke(event),
+        lambda: containers.invoke(event),
+        seen=lambda: ctm_calls_seen(scenario),
+    )
 
     # Then both succeed (Lambda deletes the message); both read every key PENDING, so each
     # key was called twice (the price of an overlap, which the work queue's at-least-once
