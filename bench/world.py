@@ -530,11 +530,9 @@ class SendSignal:
         ready, _, _ = select.select([self._socket], [], [], seconds)
         if not ready:
             return False
-        self._socket.setblocking(False)
         with contextlib.suppress(BlockingIOError):
-            while self._socket.recv(16):
+            while self._socket.recv(16, socket.MSG_DONTWAIT):
                 pass
-        self._socket.setblocking(True)
         return True
 
     def close(self) -> None:

@@ -284,7 +284,7 @@ class LambdaPoller:
         deadline = started + timeout
         while time.monotonic() < deadline:
             with self._changed:
-                ended = self._events
+                events_before = self._events
             dispatched = self._poll_round()
             with self._changed:
                 busy = sum(self._in_flight.values()) + len(self._gathering)
@@ -299,7 +299,7 @@ class LambdaPoller:
                     # What ended or was sent during the round (a group freed, a message that
                     # a long poll would return) is polled for at once.
                     self._changed.wait_for(
-                        lambda seen=ended: self._events != seen, self._poll_interval
+                        lambda seen=events_before: self._events != seen, self._poll_interval
                     )
         else:
             self._report.drained = False
@@ -332,8 +332,13 @@ class LambdaPoller:
                 return
             if woken:
                 with self._changed:
-                    self._events += 1
-                    self._changed.notify_all()
+                    self._wake()
+
+    def _wake(self) -> None:
+        """Something changed (an invocation ended, a message was sent): the poll loop, if
+        waiting, polls again now; if in a round, right after it. Called holding ``_changed``."""
+        self._events += 1
+        self._changed.notify_all()
 
     def _poll_round(self) -> bool:
         """Receive for every mapping with a free slot; True if an invocation was started."""
@@ -434,8 +439,7 @@ class LambdaPoller:
         with self._changed:
             self._report.invocations.append(record)
             self._in_flight[DIRECT] -= 1
-            self._events += 1
-            self._changed.notify_all()
+            self._wake()
 
     def _run_batch(self, batch: _Batch) -> None:
         mapping = batch.mapping
@@ -475,8 +479,7 @@ class LambdaPoller:
                     busy[_group(message)] -= 1
                 busy += Counter()  # drop groups at zero
                 self._busy_groups[mapping.label] = busy
-            self._events += 1
-            self._changed.notify_all()
+            self._wake()
 
     def _settle(self, batch: _Batch, failed: set[str], crashed: bool) -> None:
         """Delete what succeeded; bring failures back as configured (else SQS's timers)."""
