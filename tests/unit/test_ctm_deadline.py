@@ -23,6 +23,7 @@ from cckm_refresh.ctm.errors import (
 )
 from cckm_refresh.ctm.retries import RetryPolicy
 from cckm_refresh.ctm.transport import Transport
+from cckm_refresh.runtime import Deadline
 from tests.unit.ctm_fakes import KEY_ID, FakeCtm, Reply, Sent, fake_client, key_object
 from tests.unit.slow_http import SlowAnswer, SlowHttpServer
 
@@ -117,23 +118,19 @@ class ClockPacer:
         self.ctm = ctm
         self.delay = delay
         self.waits = 0
-        if bounded:
-            self.wait_within = self._wait_within
+        self.bounded = bounded
 
-    def wait(self) -> None:
+    def wait(self, latest_start: Deadline) -> bool:
+        if self.bounded and self.ctm.clock() + self.delay > latest_start.at:
+            return False
         self.waits += 1
         self.ctm.clock.advance(self.delay)
-
-    def _wait_within(self, latest_start: float) -> bool:
-        if self.ctm.clock() + self.delay > latest_start:
-            return False
-        self.wait()
         return True
 
-    def on_throttled(self) -> None:
+    def throttled(self) -> None:
         return None
 
-    def on_success(self) -> None:
+    def answered(self) -> None:
         return None
 
 

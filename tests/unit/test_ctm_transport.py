@@ -25,6 +25,7 @@ from cckm_refresh.ctm.errors import (
 )
 from cckm_refresh.ctm.retries import RetryBudget, RetryPolicy, Verdict, classify
 from cckm_refresh.ctm.transport import USER_AGENT
+from cckm_refresh.runtime import Deadline
 from tests.unit.ctm_fakes import KEY_ID, FakeCtm, Reply, error_body, fake_client, key_object
 
 REFRESH_PATH = f"/api/v1/cckm/oci/keys/{KEY_ID}/refresh"
@@ -328,13 +329,14 @@ class RecordingPacer:
     def __init__(self) -> None:
         self.events: list[str] = []
 
-    def wait(self) -> None:
+    def wait(self, latest_start: Deadline) -> bool:
         self.events.append("wait")
+        return True
 
-    def on_throttled(self) -> None:
+    def throttled(self) -> None:
         self.events.append("throttled")
 
-    def on_success(self) -> None:
+    def answered(self) -> None:
         self.events.append("success")
 
 

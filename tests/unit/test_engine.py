@@ -19,6 +19,9 @@ from cckm_refresh.ctm.pacing import Pacer
 from cckm_refresh.engine import RefreshEngine, WorkItem
 from cckm_refresh.model import KeyInfo, Status
 from cckm_refresh.ratelimit import TenancyRateLimiter
+from cckm_refresh.runtime import Deadline
+
+NO_DEADLINE = Deadline(float("inf"))
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,12 @@ class FakeCtm:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def refresh(self, key_id: str, pacer: Pacer, deadline: float = float("inf")) -> FakeResponse:
-        pacer.wait()
+        pacer.wait(NO_DEADLINE)
         with self.lock:
             self.calls.append(key_id)
         if key_id in self.failures:
             raise self.failures[key_id]
-        pacer.on_success()
+        pacer.answered()
         return FakeResponse(key_object(key_id))
 
 

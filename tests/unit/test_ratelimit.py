@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from cckm_refresh.ratelimit import TenancyRateLimiter
+from cckm_refresh.runtime import Deadline
+
+NO_DEADLINE = Deadline(float("inf"))
 
 
 class FakeClock:
@@ -48,7 +51,7 @@ def test_a_pacer_waits_for_its_reserved_slot(clock: FakeClock) -> None:
     limiter = TenancyRateLimiter(2.0, headroom=1.0, clock=clock, sleep=clock.sleep)
     limiter.reserve("t1")
     pacer = limiter.pacer("t1")
-    pacer.wait()
+    pacer.wait(NO_DEADLINE)
     assert clock.slept == [pytest.approx(0.5)]
 
 
@@ -62,9 +65,9 @@ def test_attempts_held_up_after_their_slot_still_leave_one_spacing_apart(
 
     # When both are held up until 101.5 (a JWT being fetched at a cold start), then wait
     clock.now = 101.5
-    first.wait()
+    first.wait(NO_DEADLINE)
     left_first = clock.now
-    second.wait()
+    second.wait(NO_DEADLINE)
 
     # Then the first leaves at once and the second one spacing later, not together with it,
     # and the next reservation comes after both
@@ -84,7 +87,7 @@ def test_attempts_held_up_together_leave_in_the_earliest_slots_whatever_order_th
     clock.now = 100.5
     left = []
     for pacer in reversed(pacers):
-        pacer.wait()
+        pacer.wait(NO_DEADLINE)
         left.append(clock.now)
 
     # Then they leave one spacing apart from 100.5, as if they had woken in slot order (the
@@ -98,8 +101,8 @@ def test_a_reservation_refused_or_released_is_given_back(clock: FakeClock) -> No
     limiter = TenancyRateLimiter(1.0, headroom=1.0, clock=clock, sleep=clock.sleep)
     kept, refused, dropped = (limiter.pacer("t1", limiter.reserve("t1")) for _ in range(3))
     assert limiter.unclaimed("t1") == 3
-    assert refused.wait_within(100.5) is True  # takes the earliest slot, 100.0
-    assert kept.wait_within(100.5) is False  # the next leaves at 101.0: refused, given back
+    assert refused.wait(Deadline(100.5)) is True  # takes the earliest slot, 100.0
+    assert kept.wait(Deadline(100.5)) is False  # the next leaves at 101.0: refused, given back
     dropped.release()  # its call ended before sending (e.g. no JWT)
     dropped.release()  # once only
     assert limiter.unclaimed("t1") == 0
@@ -108,9 +111,9 @@ def test_a_reservation_refused_or_released_is_given_back(clock: FakeClock) -> No
 
 def test_a_held_up_attempt_that_could_only_leave_too_late_takes_no_slot(clock: FakeClock) -> None:
     limiter = TenancyRateLimiter(1.0, headroom=1.0, clock=clock, sleep=clock.sleep)
-    limiter.pacer("t1", limiter.reserve("t1")).wait()  # left at 100.0
+    limiter.pacer("t1", limiter.reserve("t1")).wait(NO_DEADLINE)  # left at 100.0
     late = limiter.pacer("t1", 100.2)
-    assert late.wait_within(100.5) is False
+    assert late.wait(Deadline(100.5)) is False
     assert (clock.slept, limiter.claim_by("t1", 100.0, 101.0)) == ([], pytest.approx(101.0))
 
 
@@ -167,10 +170,10 @@ def test_a_call_that_must_end_by_a_deadline_takes_no_slot_opening_too_late() -> 
         sleep=lambda s: clock.__setitem__(0, clock[0] + s),
     )
     first, second = limiter.pacer("t"), limiter.pacer("t")
-    assert first.wait_within(0.5) is True  # slot at 0
-    assert second.wait_within(0.5) is False  # the next slot opens at 1.0: refused at once
+    assert first.wait(Deadline(0.5)) is True  # slot at 0
+    assert second.wait(Deadline(0.5)) is False  # the next slot opens at 1.0: refused at once
     assert clock[0] == 0.0
-    assert limiter.pacer("t").wait_within(1.0) is True  # the refused slot was left free
+    assert limiter.pacer("t").wait(Deadline(1.0)) is True  # the refused slot was left free
     assert clock[0] == 1.0
 
 
@@ -182,8 +185,8 @@ def test_a_pace_handed_on_from_another_container_spaces_the_first_attempt(
     assert limiter.seconds_since_sent("t1") is None
     limiter.sent_ago("t1", 0.1)
     # When t1's next attempt leaves, and one of t2 that nobody paced before
-    limiter.pacer("t1").wait()
-    limiter.pacer("t2").wait()
+    limiter.pacer("t1").wait(NO_DEADLINE)
+    limiter.pacer("t2").wait(NO_DEADLINE)
     # Then t1's waited the rest of its spacing (0.25 - 0.1 s), t2's nothing; and an older
     # pace handed on later does not undo what this container has sent since
     assert clock.slept == pytest.approx([0.15])
@@ -200,12 +203,12 @@ def test_a_call_without_a_slot_that_could_not_leave_in_time_takes_nothing(
     limiter = TenancyRateLimiter(
         1.0, headroom=1.0, throttle_penalty=0.1, clock=clock, sleep=clock.sleep
     )
-    limiter.pacer("t1").wait()
+    limiter.pacer("t1").wait(NO_DEADLINE)
     limiter.throttled("t1")
 
     # When a retry that must leave by 101.2 asks, then one that may leave by 103.0
-    refused = limiter.pacer("t1").wait_within(101.2)
-    accepted = limiter.pacer("t1").wait_within(103.0)
+    refused = limiter.pacer("t1").wait(Deadline(101.2))
+    accepted = limiter.pacer("t1").wait(Deadline(103.0))
 
     # Then the first took nothing, so the second left at 101.33, not a slot later
     assert (refused, accepted, clock.now) == (False, True, pytest.approx(100 + 1 / 0.75))

@@ -24,8 +24,11 @@ from cckm_refresh.run.intake import Intake
 from cckm_refresh.run.report import Action, Rejection, RunReport
 from cckm_refresh.run.resolution import Resolver
 from cckm_refresh.run.service import RefreshService
+from cckm_refresh.runtime import Deadline
 from cckm_refresh.triggers import single_delivery, sqs_delivery
 from tests.unit.run_fakes import FakeQueues, FakeTable
+
+NO_DEADLINE = Deadline(float("inf"))
 
 KEYS = {f"00000000-0000-4000-8000-00000000000{i}": ("t1" if i < 5 else "t2") for i in range(8)}
 FLAKY = "00000000-0000-4000-8000-000000000001"
@@ -69,7 +72,7 @@ class FakeCtm:
         return key_object(key_id, "v1")
 
     def refresh(self, key_id: str, pacer: Pacer, deadline: float) -> Any:
-        pacer.wait()
+        pacer.wait(NO_DEADLINE)
         with self.lock:
             self.refreshed.append(key_id)
         if key_id in self.failing:
@@ -260,7 +263,7 @@ def test_a_tenancy_s_next_chunk_in_another_container_keeps_the_pace_of_the_last_
     refresh = world.ctm.refresh
 
     def timed_refresh(key_id: str, pacer: Pacer, deadline: float) -> Any:
-        pacer.wait()
+        pacer.wait(NO_DEADLINE)
         sent_at.append(world.clock())
         return refresh(key_id, UNPACED, deadline)
 

@@ -34,6 +34,7 @@ from cckm_refresh.ctm.errors import (
 from cckm_refresh.ctm.pacing import Pacer
 from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY, TenancyRateLimiter
+from cckm_refresh.runtime import Deadline
 
 # Errors that will fail every other key the same way: stop starting refreshes on the first.
 # The rest are recorded like the key that met the error: FAILED, or PENDING when transient.
@@ -305,27 +306,17 @@ class _TimedPacer:
         self._clock = clock
         self.released: float | None = None
 
-    def wait(self) -> None:
-        self._pacer.wait()
-        self.released = self._clock()
-
-    def wait_within(self, latest_start: float) -> bool:
-        wait_within = getattr(self._pacer, "wait_within", None)
-        if wait_within is None:
-            if self._clock() > latest_start:
-                return False
-            self.wait()
-            return True
-        waited = bool(wait_within(latest_start))
+    def wait(self, latest_start: Deadline) -> bool:
+        waited = self._pacer.wait(latest_start)
         if waited:
             self.released = self._clock()
         return waited
 
-    def on_throttled(self) -> None:
-        self._pacer.on_throttled()
+    def throttled(self) -> None:
+        self._pacer.throttled()
 
-    def on_success(self) -> None:
-        self._pacer.on_success()
+    def answered(self) -> None:
+        self._pacer.answered()
 
 
 def _ms(start: float, end: float) -> int:

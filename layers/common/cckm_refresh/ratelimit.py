@@ -25,11 +25,12 @@ each answered call then wins back ``recovery_step`` of the rate until the config
 from __future__ import annotations
 
 import heapq
-import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from cckm_refresh.runtime import Deadline
 
 UNKNOWN_TENANCY = "~unknown"
 
@@ -206,25 +207,22 @@ def _drop(slots: list[float], slot: float) -> None:
 
 
 class TenancyPacer:
-    """Implements ``cckm_refresh.ctm.pacing.Pacer`` for one key of one tenancy."""
+    """The ``cckm_refresh.ctm.pacing.Pacer`` of one key of one tenancy."""
 
     def __init__(self, limiter: TenancyRateLimiter, tenancy: str | None, first: float | None):
         self._limiter = limiter
         self._tenancy = tenancy
         self._reserved = first
 
-    def wait(self) -> None:
-        self.wait_within(math.inf)
-
-    def wait_within(self, latest_start: float) -> bool:
+    def wait(self, latest_start: Deadline) -> bool:
         """Wait for this call's slot if it opens by ``latest_start`` (a call that must end by
         a deadline); else return False at once, without waiting."""
         slot = self._reserved
         self._reserved = None
         if slot is None:
-            start = self._limiter.take_by(self._tenancy, latest_start)
+            start = self._limiter.take_by(self._tenancy, latest_start.at)
         else:
-            start = self._limiter.claim_by(self._tenancy, slot, latest_start)
+            start = self._limiter.claim_by(self._tenancy, slot, latest_start.at)
         if start is None:
             return False
         self._limiter.wait_until(start)
@@ -236,8 +234,8 @@ class TenancyPacer:
             self._limiter.release(self._tenancy, self._reserved)
             self._reserved = None
 
-    def on_throttled(self) -> None:
+    def throttled(self) -> None:
         self._limiter.throttled(self._tenancy)
 
-    def on_success(self) -> None:
+    def answered(self) -> None:
         self._limiter.answered(self._tenancy)

@@ -20,6 +20,7 @@ place that may see a bearer token.
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import socket
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -58,6 +59,7 @@ from cckm_refresh.ctm.retries import (
 )
 from cckm_refresh.ctm.tls import TlsPolicy
 from cckm_refresh.observability import logger
+from cckm_refresh.runtime import Deadline, Runtime
 
 CLIENT_VERSION = "0.1.0"  # keep in step with pyproject.toml
 USER_AGENT = f"cckm-oci-refresh/{CLIENT_VERSION}"
@@ -75,15 +77,6 @@ MAX_ERROR_BODY_BYTES = 64 << 10
 READ_CHUNK_BYTES = 64 << 10
 
 _SSL_REASON = re.compile(r"\[SSL: [A-Z_]+\][^'\"()]*")
-
-
-class DeadlinePacer(Protocol):
-    """A pacer that can refuse a slot opening too late (optional extension of ``Pacer``)."""
-
-    def wait_within(self, latest_start: float) -> bool:
-        """Wait for the next slot if it opens by ``latest_start`` (monotonic); else return False
-        at once, without waiting and without taking the slot."""
-        ...
 
 
 class Authenticator(Protocol):
@@ -163,6 +156,13 @@ def error_for_exception(what: str, exc: OSError) -> CtmError:
     )
 
 
+class _ClockView:
+    """The transport's clock as a ``Deadline`` reads it (only ``monotonic`` is asked)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.monotonic = clock
+
+
 class _BodyTooLargeError(Exception):
     """The answer is larger than the call allows (the rest is not read)."""
 
@@ -203,6 +203,7 @@ class Transport:
         self._sleep = sleep
         self._rng = rng
         self._clock = clock
+        self._runtime = cast(Runtime, _ClockView(clock))
         # The deadline of the call on whose behalf this thread is getting a token: the token
         # exchange (a call of its own, made by the Authenticator) inherits it.
         self._ambient = threading.local()
@@ -285,19 +286,9 @@ class Transport:
 
     def _pace(self, call: _Call, last: CtmError | None) -> None:
         """Wait for the pacer's slot; a slot too late for an attempt is a deadline error."""
-        pacer = call.pacer
-        if call.deadline is None:
-            pacer.wait()
-            return
-        latest_start = call.deadline - self.min_attempt
-        wait_within = getattr(pacer, "wait_within", None)
-        if callable(wait_within):
-            if not wait_within(latest_start):
-                raise self._deadline_error(call, last)
-        else:
-            if self._clock() > latest_start:
-                raise self._deadline_error(call, last)
-            pacer.wait()
+        latest_start = math.inf if call.deadline is None else call.deadline - self.min_attempt
+        if not call.pacer.wait(Deadline(latest_start, self._runtime)):
+            raise self._deadline_error(call, last)
         if self._clock() > latest_start:
             raise self._deadline_error(call, last)
 
@@ -359,9 +350,9 @@ class Transport:
         verdict = classify(status, text)
         if verdict is Verdict.THROTTLED:
             call.throttled += 1
-            pacer.on_throttled()
+            pacer.throttled()
         else:
-            pacer.on_success()
+            pacer.answered()
         if verdict is Verdict.OK:
             try:
                 body = _json_object(call.what, status, text)

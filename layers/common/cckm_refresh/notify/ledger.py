@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from cckm_refresh.clock import iso, utc_now
+from cckm_refresh.runtime import iso, utc_now
 from cckm_refresh.table.items import NOTIFICATION, expires_at, key, notified_pk
 
 

@@ -13,7 +13,6 @@ from typing import Protocol
 
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
-from cckm_refresh.clock import utc_now
 from cckm_refresh.notify.delivery import Notifier
 from cckm_refresh.notify.events import (
     MAX_FAILED_KEYS,
@@ -24,6 +23,7 @@ from cckm_refresh.notify.events import (
 )
 from cckm_refresh.notify.webhook import MirrorReport, WebhookMirror
 from cckm_refresh.observability import metrics
+from cckm_refresh.runtime import utc_now
 from cckm_refresh.table.reads import TableReader
 
 # Without a Lambda context (a local run), a claim lasts as long as Lambda's longest invocation.

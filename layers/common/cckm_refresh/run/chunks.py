@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from cckm_refresh.clock import iso_now
 from cckm_refresh.config import RefreshSettings
 from cckm_refresh.engine import RefreshEngine, WorkItem
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status, Trigger
@@ -28,6 +27,7 @@ from cckm_refresh.observability import logger
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY
 from cckm_refresh.request import chunk_message
 from cckm_refresh.run.report import DEAD_LETTER, DONE, MessageVerdict, RunReport, log_outcomes
+from cckm_refresh.runtime import iso_now
 from cckm_refresh.table.items import (
     ChunkTally,
     RecordedResult,

@@ -18,7 +18,6 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from cckm_refresh.clock import iso_now
 from cckm_refresh.config import RefreshSettings
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status, Trigger
 from cckm_refresh.observability import logger
@@ -27,6 +26,7 @@ from cckm_refresh.request import RefreshRequest, chunk_message, continuation_mes
 from cckm_refresh.run.chunks import ChunkJob, ChunkWorker, EnginePass, last_chance
 from cckm_refresh.run.report import DEAD_LETTER, DONE, MessageVerdict, RunReport, log_outcomes
 from cckm_refresh.run.resolution import Chunk, Resolution, Resolver
+from cckm_refresh.runtime import iso_now
 from cckm_refresh.table.items import FIRST_SEGMENT, MAX_CHUNK_KEYS, RecordedResult
 from cckm_refresh.triggers import Delivery
 from cckm_refresh.workqueue import SEND_BATCH, QueueMessage

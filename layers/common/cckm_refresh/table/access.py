@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cckm_refresh import backoff
-from cckm_refresh.clock import utc_now
+from cckm_refresh.runtime import utc_now
 from cckm_refresh.table.items import expires_at, key, plain, to_item
 
 BATCH_GET = 100

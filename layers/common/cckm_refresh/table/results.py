@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from cckm_refresh.clock import iso
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status
+from cckm_refresh.runtime import iso
 from cckm_refresh.table.access import TableAccess
 from cckm_refresh.table.items import (
     LATEST,

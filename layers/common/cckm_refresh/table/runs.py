@@ -30,8 +30,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from cckm_refresh.clock import iso
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status
+from cckm_refresh.runtime import iso
 from cckm_refresh.table.access import TableAccess
 from cckm_refresh.table.items import (
     FIRST_SEGMENT,
