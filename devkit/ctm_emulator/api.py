@@ -169,13 +169,18 @@ class CtmApi:
         log: RequestLog,
         clock: Callable[[], float],
         sleep: Callable[[float], None] = time.sleep,
+        arrival_clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock`` (epoch seconds) is CTM's time: JWTs, the throttle window, timestamps;
+        ``sleep`` is how injected latency waits; ``arrival_clock`` stamps the request log
+        (by default ``clock``, so an in-process simulation sees its own virtual time)."""
         self._inventory = inventory
         self._tokens = tokens
         self._faults = faults
         self._log = log
         self._clock = clock
         self._sleep = sleep
+        self._arrival_clock = arrival_clock or clock
         self._window = TenancyReadWindow()
         self._churns = 0
 
@@ -185,7 +190,7 @@ class CtmApi:
 
     def handle(self, request: ApiRequest) -> ApiReply:
         """Answer ``request`` and log it (without its credentials)."""
-        arrived = time.monotonic()
+        arrived = self._arrival_clock()
         exchange = _Exchange()
         reply = self._route(request, exchange)
         body = reply.body or {}
