@@ -30,8 +30,9 @@ from devkit.ctm_emulator.faults import (
 from devkit.ctm_emulator.inventory import (
     FILTERS,
     PAGING_PARAMETERS,
+    SORT_FIELDS,
     KeyInventory,
-    sort_fields_known,
+    unsortable_field,
 )
 from devkit.ctm_emulator.keyset import generate_keys
 from devkit.ctm_emulator.request_log import LoggedRequest, RequestLog
@@ -318,11 +319,18 @@ class CtmApi:
         if isinstance(query, ApiReply):
             return query
         skip, limit, filters, sort = query
+        order = faults.list_order()
         page = self._inventory.list(
-            filters, skip, limit, faults.max_page_size, sort=sort, wildcard=faults.wildcard_filters
+            filters,
+            skip,
+            limit,
+            faults.max_page_size,
+            sort=sort,
+            wildcard=faults.wildcard_filters,
+            shuffle=order,
         )
         if faults.list_churn is not None:
-            self._churn(filters, sort)
+            self._churn(filters, sort, order)
         body: dict[str, Any] = {"skip": skip, "limit": limit, "total": page.total}
         if LIST_NOT_A_LIST not in faults.malformed:
             body["resources"] = resources = page.resources
@@ -345,11 +353,25 @@ class CtmApi:
         refusal = self._unknown_parameter(query, known)
         if refusal is not None:
             return refusal
-        sort = query.get("sort") or faults.default_sort
-        if not sort_fields_known(sort):
-            return bad_request("sort names a field the keys cannot be sorted by.")
+        sort = self._sort(query.get("sort"))
+        if isinstance(sort, ApiReply):
+            return sort
         filters = {k: v for k, v in query.items() if k in known - PAGING_PARAMETERS and v}
         return skip, limit, filters, sort
+
+    def _sort(self, asked: str | None) -> str | ApiReply | None:
+        """The order a list answers in: ``asked``, or ``default_sort`` when nothing is asked or
+        the faults ignore ``sort``; the 400 when ``asked`` names a field not accepted."""
+        faults = self._faults
+        if not asked or faults.ignore_sort:
+            return faults.default_sort
+        accepted = SORT_FIELDS
+        if faults.accepted_sort_fields is not None:
+            accepted = SORT_FIELDS & faults.accepted_sort_fields
+        refused = unsortable_field(asked, accepted)
+        if refused is not None:
+            return bad_request(f"Invalid value for sort: cannot sort by {refused[:64]}.")
+        return asked
 
     def _unknown_parameter(self, query: Mapping[str, str], known: Set[str]) -> ApiReply | None:
         """The 400 for a query parameter not in ``known``, unless the faults ignore those."""
@@ -358,14 +380,15 @@ class CtmApi:
             return bad_request(f"Unknown query parameter: {unknown[0][:64]}.")
         return None
 
-    def _churn(self, filters: Mapping[str, str], sort: str | None) -> None:
-        """Keys change between page reads, as ``faults.list_churn`` says."""
+    def _churn(self, filters: Mapping[str, str], sort: str | None, order: str | None) -> None:
+        """Keys change between page reads, as ``faults.list_churn`` says (the first keys of the
+        order just answered go)."""
         churn = self._faults.list_churn
         if churn is None:
             return
         self._churns += 1
         discovered = generate_keys(churn.add, seed=1_000_000 + self._churns) if churn.add else []
-        self._inventory.churn(churn.remove, discovered, filters, sort)
+        self._inventory.churn(churn.remove, discovered, filters, sort, order)
 
     def _shaped(self, reply: ApiReply, padded: bool | None = None) -> ApiReply:
         """A key call's answer as the oversize and trickle faults make it (``padded``: whether

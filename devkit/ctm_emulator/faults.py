@@ -71,6 +71,13 @@ class Faults:
     - ``wildcard_filters``: a ``*`` in a filter value matches any characters.
     - ``default_sort``: the list order when the client sends no ``sort`` (None: creation
       order; ``"updatedAt"``: every refresh moves the key to the end, as CTM can).
+    - ``ignore_sort``: ``sort`` is accepted, whatever it names, and ignored: the list answers
+      in its own order (``default_sort``'s), not the one asked.
+    - ``unstable_order``: every list call draws a new order (from the seed and the call's
+      number) before sorting: without ``sort`` the keys come in another order each time,
+      with it the ties do.
+    - ``accepted_sort_fields``: the fields ``sort`` may name (None: every field the emulator
+      can sort by; empty: any ``sort`` is refused); another field is a 400.
     - ``list_churn``: ``ListChurn(remove, add)`` applied after every list answer.
     - ``gone_keys``: refreshes of these keys answer 200 with the key and ``gone: true``.
     - ``not_authorized_keys``: key -> status: refreshes answer that status with OCI's
@@ -102,6 +109,9 @@ class Faults:
     unknown_filters: set[str] = field(default_factory=set)
     wildcard_filters: bool = False
     default_sort: str | None = None
+    ignore_sort: bool = False
+    unstable_order: bool = False
+    accepted_sort_fields: set[str] | None = None
     list_churn: ListChurn | None = None
     gone_keys: set[str] = field(default_factory=set)
     not_authorized_keys: dict[str, int] = field(default_factory=dict)
@@ -191,6 +201,9 @@ class Faults:
             self.unknown_filters.clear()
             self.wildcard_filters = False
             self.default_sort = None
+            self.ignore_sort = False
+            self.unstable_order = False
+            self.accepted_sort_fields = None
             self.list_churn = None
             self.gone_keys.clear()
             self.not_authorized_keys.clear()
@@ -234,13 +247,23 @@ class Faults:
 
     def chance(self, kind: str, subject: str, rate: float) -> bool:
         """A deterministic draw: True with probability ``rate`` for this call of ``subject``."""
+        draw = self._draw(kind, subject)
+        if rate <= 0:
+            return False
+        digest = hashlib.sha256(draw.encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+    def list_order(self) -> str | None:
+        """The seed of this list call's drawn order when ``unstable_order``, else None."""
+        draw = self._draw("order", "list")
+        return draw if self.unstable_order else None
+
+    def _draw(self, kind: str, subject: str) -> str:
+        """``seed|kind|subject|n`` for the n-th draw of ``kind`` for ``subject``."""
         with self._lock:
             n = self._draws.get((kind, subject), 0)
             self._draws[(kind, subject)] = n + 1
-        if rate <= 0:
-            return False
-        digest = hashlib.sha256(f"{self.seed}|{kind}|{subject}|{n}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 < rate
+        return f"{self.seed}|{kind}|{subject}|{n}"
 
 
 class TenancyReadWindow:

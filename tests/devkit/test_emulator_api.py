@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from devkit.ctm_emulator import Faults, generate_keys
+from devkit.ctm_emulator import Faults, ListChurn, generate_keys
 from devkit.ctm_emulator.api import ApiReply, ApiRequest, CtmApi
 from devkit.ctm_emulator.inventory import KeyInventory
 from devkit.ctm_emulator.request_log import RequestLog
@@ -83,3 +83,94 @@ def test_the_request_log_is_stamped_by_the_injected_clock(ctm: InProcessCtm) -> 
     ctm.refresh(ctm.keys[0]["id"])
     # Then each arrival is stamped on the same clock, latency included
     assert [e.monotonic for e in ctm.log.entries()] == [1_800_000_010.0, 1_800_000_010.25]
+
+
+# --- list order: sort ignored, an unstable order, sort fields refused ---------------------------
+
+
+def test_an_ignored_sort_answers_in_ctms_own_order_the_same_every_time(ctm: InProcessCtm) -> None:
+    # Given a CTM that accepts sort and ignores it, its own order being by id
+    ctm.faults.ignore_sort = True
+    ctm.faults.default_sort = "id"
+    by_id = sorted(key["id"] for key in ctm.keys)
+    # When the list is asked newest first, twice, and by a field CTM does not know
+    asked = [ctm.listed(limit=-1, sort="-createdAt") for _ in range(2)]
+    unknown = ctm.listed(limit=-1, sort="colour")
+    # Then every answer is in CTM's order, not the one asked
+    assert asked == [by_id, by_id]
+    assert unknown == by_id
+
+
+def test_an_unstable_order_answers_every_list_call_in_another_order(ctm: InProcessCtm) -> None:
+    ctm.faults.unstable_order = True
+
+    orders = [ctm.listed(limit=-1) for _ in range(3)]
+
+    assert all(sorted(order) == sorted(k["id"] for k in ctm.keys) for order in orders)
+    assert len({tuple(order) for order in orders}) == 3
+
+
+def test_an_unstable_order_moves_only_the_ties_of_the_sort_asked(ctm: InProcessCtm) -> None:
+    ctm.faults.unstable_order = True
+    tenancy_of = {key["id"]: key["tenancy"] for key in ctm.keys}
+
+    orders = [ctm.listed(limit=-1, sort="tenancy") for _ in range(3)]
+
+    tenancies = [[tenancy_of[key_id] for key_id in order] for order in orders]
+    assert all(t == sorted(t) for t in tenancies)
+    assert len({tuple(order) for order in orders}) == 3
+
+
+def test_list_churn_removes_the_first_keys_of_the_unstable_order_just_answered(
+    ctm: InProcessCtm,
+) -> None:
+    ctm.faults.unstable_order = True
+    ctm.faults.list_churn = ListChurn(remove=3)
+
+    answered = ctm.listed(limit=5)
+
+    left = {key["id"] for key in ctm.keys}
+    assert (len(left), set(answered[:3]) & left, set(answered[3:]) <= left) == (27, set(), True)
+
+
+def test_an_unstable_order_is_the_same_for_the_same_seed() -> None:
+    runs = []
+    for seed in (7, 7, 8):
+        ctm = InProcessCtm(seed=seed)
+        ctm.faults.unstable_order = True
+        runs.append([ctm.listed(limit=5, skip=skip) for skip in (0, 5, 10)])
+
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_a_sort_by_an_accepted_field_is_honoured(ctm: InProcessCtm) -> None:
+    ctm.faults.accepted_sort_fields = {"createdAt"}
+
+    newest_first = ctm.listed(limit=-1, sort="-createdAt")
+
+    assert newest_first == [key["id"] for key in reversed(ctm.keys)]
+
+
+@pytest.mark.parametrize(
+    ("accepted", "sort", "refused"),
+    [
+        ({"createdAt", "updatedAt"}, "id", "id"),
+        ({"createdAt", "updatedAt"}, "-createdAt,id", "id"),
+        (set(), "createdAt", "createdAt"),
+    ],
+    ids=["field-refused", "second-field-refused", "any-sort-refused"],
+)
+def test_a_sort_by_a_field_not_accepted_is_a_400_naming_sort(
+    ctm: InProcessCtm, accepted: set[str], sort: str, refused: str
+) -> None:
+    # Given a CTM that sorts only by the accepted fields
+    ctm.faults.accepted_sort_fields = accepted
+    # When a list asks for a sort naming another field
+    reply = ctm.call("GET", KEYS, sort=sort)
+    # Then it is refused with CTM's 400, naming the parameter and the field; no sort is fine
+    assert reply.status == 400
+    assert reply.body is not None
+    assert (reply.body["code"], reply.body["codeDesc"]) == (3, "NCERRInvalidParamValue")
+    assert reply.body["message"] == f"Invalid value for sort: cannot sort by {refused}."
+    assert ctm.call("GET", KEYS).status == 200

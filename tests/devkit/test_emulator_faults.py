@@ -84,6 +84,8 @@ def test_clear_also_heals_the_list_refresh_and_answer_modes() -> None:
     faults.ignore_unknown_filters, faults.wildcard_filters = True, True
     faults.unknown_filters.add("key_name")
     faults.default_sort = "updatedAt"
+    faults.ignore_sort, faults.unstable_order = True, True
+    faults.accepted_sort_fields = {"createdAt"}
     faults.list_churn = ListChurn(remove=1, add=1)
     faults.gone_keys.add("a")
     faults.not_authorized_keys["a"] = 500
