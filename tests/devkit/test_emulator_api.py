@@ -174,3 +174,24 @@ def test_a_sort_by_a_field_not_accepted_is_a_400_naming_sort(
     assert (reply.body["code"], reply.body["codeDesc"]) == (3, "NCERRInvalidParamValue")
     assert reply.body["message"] == f"Invalid value for sort: cannot sort by {refused}."
     assert ctm.call("GET", KEYS).status == 200
+
+
+# --- page cap ------------------------------------------------------------------------------------
+
+
+def test_a_page_cap_holds_pages_to_n_keys_whatever_limit_asks(ctm: InProcessCtm) -> None:
+    # Given a CTM that caps pages at 4 keys
+    ctm.faults.max_page_size = 4
+    every_key = [key["id"] for key in ctm.keys]
+    # When a client asks for every key, then walks pages of 10 by skip
+    reply = ctm.call("GET", KEYS, limit=-1, skip=3)
+    walked: list[str] = []
+    while len(walked) < len(every_key):
+        page = ctm.listed(limit=10, skip=len(walked))
+        assert page, walked
+        walked += page
+    # Then a page holds 4 keys from skip, the total is the true total, the limit is as asked
+    assert reply.body is not None
+    assert (reply.body["skip"], reply.body["limit"], reply.body["total"]) == (3, -1, 30)
+    assert [key["id"] for key in reply.body["resources"]] == every_key[3:7]
+    assert walked == every_key
