@@ -78,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated fields sort may name, others are a 400 ('': refuse any sort)",
     )
     parser.add_argument(
+        "--not-authorized-tenancy",
+        type=_tenancy_status,
+        action="append",
+        default=[],
+        metavar="TENANCY[:STATUS]",
+        help="refreshes of the tenancy's keys answer OCI's NotAuthorizedOrNotFound (404)",
+    )
+    parser.add_argument(
         "--trickle-interval", type=float, default=0.0, help="seconds between answer bytes"
     )
     parser.add_argument("--ca-out", help="also copy the CA certificate to this path")
@@ -92,6 +100,13 @@ def _sort_fields(text: str) -> set[str]:
     if unknown:
         raise argparse.ArgumentTypeError(f"cannot sort by {', '.join(unknown)}")
     return fields
+
+
+def _tenancy_status(text: str) -> tuple[str, int]:
+    tenancy, _, status = text.partition(":")
+    if not tenancy or not (status or "404").isdigit():
+        raise argparse.ArgumentTypeError("expected TENANCY or TENANCY:STATUS")
+    return tenancy, int(status or "404")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -114,6 +129,7 @@ def set_faults(faults: Faults, args: argparse.Namespace) -> None:
     faults.ignore_sort = args.ignore_sort
     faults.unstable_order = args.unstable_order
     faults.accepted_sort_fields = args.sort_fields
+    faults.not_authorized_tenancies = dict(args.not_authorized_tenancy)
     faults.trickle_interval = args.trickle_interval
 
 

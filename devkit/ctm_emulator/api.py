@@ -428,7 +428,7 @@ class CtmApi:
             return not_found()
         faults = self._faults
         names = (key["id"], key["oci_params"]["key_id"])
-        refusal = self._oci_refusal(names)
+        refusal = self._oci_refusal(names, key["tenancy"])
         if refusal is not None:
             return refusal
         if not self._window.admit(
@@ -442,9 +442,9 @@ class CtmApi:
             refreshed["gone"] = True
         return self._refreshed(refreshed, names)
 
-    def _oci_refusal(self, names: tuple[str, ...]) -> ApiReply | None:
+    def _oci_refusal(self, names: tuple[str, ...], tenancy: str) -> ApiReply | None:
         """OCI's answer when it will not show the key or its vault is busy, passed through."""
-        status = self._faults.not_authorized_status(*names)
+        status = self._faults.not_authorized_status(*names, tenancy=tenancy)
         if status is not None:
             return oci_not_found(status)
         if self._faults.take_vault_busy(*names):

@@ -82,6 +82,8 @@ class Faults:
     - ``gone_keys``: refreshes of these keys answer 200 with the key and ``gone: true``.
     - ``not_authorized_keys``: key -> status: refreshes answer that status with OCI's
       ``NotAuthorizedOrNotFound`` passed through.
+    - ``not_authorized_tenancies``: tenancy -> status: the same for every key of the tenancy
+      (its OCI policy is broken); gets and lists still answer CCKM's cached copies.
     - ``vault_busy_keys``: key -> n: the next n refreshes answer 409 with OCI's "Vault must
       be in one of the following states" (the vault is being updated).
     - ``trickle_interval``: seconds between the bytes of a list/get/refresh answer's body.
@@ -115,6 +117,7 @@ class Faults:
     list_churn: ListChurn | None = None
     gone_keys: set[str] = field(default_factory=set)
     not_authorized_keys: dict[str, int] = field(default_factory=dict)
+    not_authorized_tenancies: dict[str, int] = field(default_factory=dict)
     vault_busy_keys: dict[str, int] = field(default_factory=dict)
     trickle_interval: float = 0.0
     oversize_bytes: int | None = None
@@ -168,11 +171,12 @@ class Faults:
                     return True
         return False
 
-    def not_authorized_status(self, *names: str) -> int | None:
-        """The status ``not_authorized_keys`` gives a refresh of this key, if any."""
-        return next(
-            (self.not_authorized_keys[n] for n in names if n in self.not_authorized_keys), None
-        )
+    def not_authorized_status(self, *names: str, tenancy: str | None = None) -> int | None:
+        """The status ``not_authorized_keys`` (else ``not_authorized_tenancies``) gives a
+        refresh of this key, if any."""
+        statuses = [self.not_authorized_keys.get(name) for name in names]
+        statuses.append(self.not_authorized_tenancies.get(tenancy or ""))
+        return next((status for status in statuses if status is not None), None)
 
     def answers_badly(self, *names: str) -> bool:
         """True when the malformed and oversize faults apply to a refresh of this key."""
@@ -207,6 +211,7 @@ class Faults:
             self.list_churn = None
             self.gone_keys.clear()
             self.not_authorized_keys.clear()
+            self.not_authorized_tenancies.clear()
             self.vault_busy_keys.clear()
             self.trickle_interval = 0.0
             self.oversize_bytes = None

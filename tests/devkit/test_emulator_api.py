@@ -195,3 +195,31 @@ def test_a_page_cap_holds_pages_to_n_keys_whatever_limit_asks(ctm: InProcessCtm)
     assert (reply.body["skip"], reply.body["limit"], reply.body["total"]) == (3, -1, 30)
     assert [key["id"] for key in reply.body["resources"]] == every_key[3:7]
     assert walked == every_key
+
+
+# --- a tenancy whose OCI policy is broken -------------------------------------------------------
+
+OCI_NOT_AUTHORIZED = (
+    'OCI error: {"code":"NotAuthorizedOrNotFound","message":"Authorization failed or '
+    'requested resource not found."}'
+)
+
+
+@pytest.mark.parametrize("status", [404, 400, 500])
+def test_every_refresh_in_a_not_authorized_tenancy_answers_oci_not_authorized_or_not_found(
+    ctm: InProcessCtm, status: int
+) -> None:
+    # Given a tenancy whose OCI policy no longer lets CCKM read its keys
+    broken = ctm.keys[0]["tenancy"]
+    ctm.faults.not_authorized_tenancies[broken] = status
+    theirs = [key["id"] for key in ctm.keys if key["tenancy"] == broken]
+    others = [key["id"] for key in ctm.keys if key["tenancy"] != broken]
+    # When every key is refreshed, twice
+    replies = {key_id: [ctm.refresh(key_id) for _ in range(2)] for key_id in theirs + others}
+    # Then each of its keys answers OCI's words under that status, every time
+    refused = [(r.status, (r.body or {}).get("message")) for k in theirs for r in replies[k]]
+    assert refused == [(status, OCI_NOT_AUTHORIZED)] * 2 * len(theirs)
+    # And the other tenancies' keys refresh; its keys are still listed and read from CCKM
+    assert {reply.status for key_id in others for reply in replies[key_id]} == {200}
+    assert ctm.listed(limit=-1, tenancy=broken) == theirs
+    assert ctm.call("GET", f"{KEYS}/{theirs[0]}").status == 200

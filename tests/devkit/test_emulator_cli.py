@@ -33,3 +33,10 @@ def test_a_sort_field_the_emulator_cannot_sort_by_is_refused(
     with pytest.raises(SystemExit):
         parse_args(["--sort-fields", "createdAt,colour"])
     assert "cannot sort by colour" in capsys.readouterr().err
+
+
+def test_not_authorized_tenancies_take_a_status_or_404() -> None:
+    faults = faults_for(
+        "--not-authorized-tenancy", "acme-prod", "--not-authorized-tenancy", "acme-dev:500"
+    )
+    assert faults.not_authorized_tenancies == {"acme-prod": 404, "acme-dev": 500}
