@@ -36,7 +36,12 @@ from devkit.ctm_emulator.inventory import (
 )
 from devkit.ctm_emulator.keyset import generate_keys
 from devkit.ctm_emulator.request_log import LoggedRequest, RequestLog
-from devkit.ctm_emulator.tokens import RefreshTokenLimits, TokenAuthority, TokenRejectedError
+from devkit.ctm_emulator.tokens import (
+    RefreshTokenLimits,
+    TokenAuthority,
+    TokenRejectedError,
+    jwt_seconds,
+)
 
 OCI_THROTTLE_MESSAGE = 'OCI error: {"code":"TooManyRequests","message":"User-rate limit exceeded."}'
 OCI_NOT_FOUND_MESSAGE = (
@@ -280,7 +285,7 @@ class CtmApi:
             200,
             {
                 "jwt": jwt,
-                "duration": int(lifetime),
+                "duration": jwt_seconds(lifetime),
                 "token_type": "Bearer",
                 "client_id": self._tokens.client_id,
                 "refresh_token": refresh_token,

@@ -3,6 +3,7 @@ no sleeps, as a simulation drives it."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -223,3 +224,55 @@ def test_every_refresh_in_a_not_authorized_tenancy_answers_oci_not_authorized_or
     assert {reply.status for key_id in others for reply in replies[key_id]} == {200}
     assert ctm.listed(limit=-1, tenancy=broken) == theirs
     assert ctm.call("GET", f"{KEYS}/{theirs[0]}").status == 200
+
+
+# --- short JWTs, stated in whole seconds; refresh token lifetimes -------------------------------
+
+
+def claims_of(jwt: str) -> dict[str, Any]:
+    payload = jwt.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+@pytest.mark.parametrize(("lifetime", "duration"), [(1, 1), (2, 2), (2.5, 2)])
+def test_a_short_jwt_is_stated_in_whole_seconds_and_can_end_before_its_duration_counted(
+    lifetime: float, duration: int
+) -> None:
+    # Given a CTM issuing short JWTs, logged in to 0.75 s into a second
+    ctm = InProcessCtm(start=1_800_000_000.75)
+    ctm.faults.token_lifetime = lifetime
+    answer = ctm.login().body
+    assert answer is not None
+    ctm.jwt = answer["jwt"]
+    # Then iat is that second, exp is duration seconds later, and duration says so
+    claims = claims_of(ctm.jwt)
+    assert (answer["duration"], claims["iat"]) == (duration, 1_800_000_000)
+    assert claims["exp"] == claims["iat"] + duration
+    # And the JWT works up to exp, but not 0.25 s before the duration counted from the login
+    ctm.clock.advance(duration - 0.75)
+    assert ctm.call("GET", KEYS).status == 200
+    ctm.clock.advance(0.5)
+    refused = ctm.call("GET", KEYS)
+    assert (refused.status, (refused.body or {}).get("message")) == (
+        401,
+        "Bearer token malformed: Token is expired by 1s",
+    )
+
+
+@pytest.mark.parametrize(
+    ("limits", "expires_in"),
+    [
+        ({}, 1799),
+        ({"refresh_token_lifetime": 60}, 3600),
+        ({"refresh_token_lifetime": 1}, 60),
+        ({"refresh_token_lifetime": 60, "refresh_token_revoke_unused_in": 30}, 1800),
+    ],
+    ids=["no-limit", "60-minutes", "1-minute", "nearer-limit"],
+)
+def test_a_login_states_its_refresh_tokens_expires_in_in_seconds_from_minutes_asked(
+    ctm: InProcessCtm, limits: dict[str, int], expires_in: int
+) -> None:
+    answer = ctm.login(**limits).body
+
+    assert answer is not None
+    assert answer["refresh_token_expires_in"] == expires_in
