@@ -37,16 +37,6 @@ class TokenRejectedError(Exception):
 
 
 @dataclass(frozen=True)
-class IssuedToken:
-    """What a successful grant returns (the response body of ``/auth/tokens``)."""
-
-    jwt: str
-    duration: int
-    refresh_token: str
-    refresh_token_id: str
-
-
-@dataclass(frozen=True)
 class RefreshTokenLimits:
     """How long a refresh token lives, in seconds; None: no limit (CTM's default)."""
 
