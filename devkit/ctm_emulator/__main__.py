@@ -73,12 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sort-fields",
+        dest="accepted_sort_fields",
+        metavar="FIELD,...",
         type=_sort_fields,
         default=None,
         help="comma-separated fields sort may name, others are a 400 ('': refuse any sort)",
     )
     parser.add_argument(
         "--not-authorized-tenancy",
+        dest="not_authorized_tenancies",
         type=_tenancy_status,
         action="append",
         default=[],
@@ -114,23 +117,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return _parser().parse_args(argv)
 
 
+# The faults the command line sets as they are parsed (each argument's dest is its name).
+FAULT_SWITCHES = (
+    "latency",
+    "tenancy_read_limit",
+    "throttle_status",
+    "error_rate",
+    "error_status",
+    "drop_rate",
+    "max_page_size",
+    "ignore_unknown_filters",
+    "wildcard_filters",
+    "default_sort",
+    "ignore_sort",
+    "unstable_order",
+    "accepted_sort_fields",
+    "trickle_interval",
+)
+
+
 def set_faults(faults: Faults, args: argparse.Namespace) -> None:
     """Switch on the faults the command line asks for."""
-    faults.latency = args.latency
-    faults.tenancy_read_limit = args.tenancy_read_limit
-    faults.throttle_status = args.throttle_status
-    faults.error_rate = args.error_rate
-    faults.error_status = args.error_status
-    faults.drop_rate = args.drop_rate
-    faults.max_page_size = args.max_page_size
-    faults.ignore_unknown_filters = args.ignore_unknown_filters
-    faults.wildcard_filters = args.wildcard_filters
-    faults.default_sort = args.default_sort
-    faults.ignore_sort = args.ignore_sort
-    faults.unstable_order = args.unstable_order
-    faults.accepted_sort_fields = args.sort_fields
-    faults.not_authorized_tenancies = dict(args.not_authorized_tenancy)
-    faults.trickle_interval = args.trickle_interval
+    for name in FAULT_SWITCHES:
+        setattr(faults, name, getattr(args, name))
+    faults.not_authorized_tenancies = dict(args.not_authorized_tenancies)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from devkit.ctm_emulator import Faults
-from devkit.ctm_emulator.__main__ import parse_args, set_faults
+from devkit.ctm_emulator.__main__ import FAULT_SWITCHES, parse_args, set_faults
 
 
 def faults_for(*argv: str) -> Faults:
@@ -16,6 +18,10 @@ def faults_for(*argv: str) -> Faults:
 
 def test_without_switches_the_faults_are_a_healthy_ctms() -> None:
     assert faults_for() == Faults()
+
+
+def test_every_switch_names_a_fault() -> None:
+    assert set(FAULT_SWITCHES) <= {field.name for field in dataclasses.fields(Faults)}
 
 
 def test_the_sort_switches_set_the_sort_modes() -> None:
