@@ -42,8 +42,9 @@ CITATION = re.compile(
     rf"docs/reference\.md{_GAP}(?:§[ \t]*|section[ \t]+)?"
     rf"({NUMBER}(?:(?:[ \t]*,[ \t]*|[ \t]+and[ \t]+){NUMBER})*)"
 )
-# The old citations: "CONTRACT 4.3", "CONTRACT section 3", "CONTRACT.md", a bare "CONTRACT" in
-# prose; not a name (CONTRACT_DEFAULTS) nor a quoted "CONTRACT" (a test that a file lacks it).
+# The old citations: the word CONTRACT before a section number (or "section" and a number),
+# CONTRACT.md, or the word alone in prose; not a name (CONTRACT_DEFAULTS) nor the word quoted
+# (a test that a file does not mention it).
 OLD_CITATION = re.compile(r"\bCONTRACT\b(?:\.md)?(?:(?:\s+|\s*#\s*)(?:section\s+)?\d+(?:\.\d+)?)?")
 SECTION_HEADING = re.compile(rf'^#{{2,3}} <a id="({NUMBER})"></a>({NUMBER})\.? \S', re.MULTILINE)
 README_SECTION_CITATION = re.compile(r"\(README(?:\.md)?, ([A-Z][\w ]*?)\)")
