@@ -8,6 +8,7 @@ logic read, with a remaining time that can be fixed or driven by a clock.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 import os
@@ -83,7 +84,20 @@ def load_handler(name: str, env: Mapping[str, str]) -> ModuleType:
     with environment(env):
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
+    if name == "refresh":
+        # Lambda knows the function's timeout; a local caller may hand an invocation less.
+        module.function.timeout_is(function_timeout("RefreshFunction"))
     return module
+
+
+@functools.cache
+def function_timeout(function_id: str) -> float:
+    """A function's ``Timeout`` in template.yaml (its own, else the Globals')."""
+    from devkit.template import load_template
+
+    template = load_template()
+    own = template["Resources"][function_id]["Properties"].get("Timeout")
+    return float(own or template["Globals"]["Function"]["Timeout"])
 
 
 def invoke(module: ModuleType, event: Any, context: FakeLambdaContext | None = None) -> Any:

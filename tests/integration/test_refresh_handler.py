@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from boto3.dynamodb.conditions import Key
 
+from cckm_refresh.runtime import SystemRuntime
 from tests.integration.item_matchers import (
     ABSENT,
     FALSE,
@@ -323,10 +324,14 @@ def test_a_large_run_fans_out_and_completes_once_with_the_right_counts(
 
 
 def test_an_invocation_short_of_time_hands_its_remaining_keys_on(world: RefreshWorld) -> None:
-    # Given a rate of 1 refresh per second per tenancy and 0.5 s before the deadline margin
+    # Given a warm container (a cold start has its whole timeout: a 60 s one here), a rate of
+    # 1 refresh per second per tenancy, and 0.5 s before the deadline margin
     world.cold_start(TENANCY_QUEUE_URL="", TENANCY_RATE_LIMIT="1", CTM_TIMEOUT_SECONDS="1")
     margin = 2 * 1 + 5
     tenancies = {k["tenancy"] for k in world.ctm.keys}
+    warm_up = {"keys": [world.ctm.keys[0]["id"]], "dry_run": True}  # no refresh: no pace
+    world.invoke(world.rule_event(warm_up), remaining=lambda: 60.0)
+    world.ctm.reset_log()
 
     response = world.invoke(
         world.rule_event({"selector": {"all": True}, "request_id": "short"}),
@@ -413,15 +418,18 @@ def test_a_scheduled_run_requeues_pending_keys_instead_of_failing_them(
 def test_a_selector_outlasting_its_invocation_hands_the_listing_on_and_completes(
     world: RefreshWorld,
 ) -> None:
-    # Given pages of 4 keys, and an invocation whose time runs short after two pages
+    # Given pages of 4 keys, and an invocation whose time runs short after two pages (its
+    # clock jumps 295 s ahead once CTM has answered two list calls)
     world.ctm.faults.max_page_size = 4
 
-    def remaining() -> float:
-        pages = sum(1 for entry in world.ctm.request_log if entry.operation == "list")
-        return 300.0 if pages < 2 else 5.0
+    class AfterTwoPages(SystemRuntime):
+        def monotonic(self) -> float:
+            pages = sum(1 for entry in world.ctm.request_log if entry.operation == "list")
+            return super().monotonic() + (295.0 if pages >= 2 else 0.0)
 
+    world.handler.function.runtime = AfterTwoPages()
     event = world.rule_event({"selector": {"all": True}, "request_id": "long-listing"})
-    first = world.invoke(event, remaining=remaining)
+    first = world.invoke(event, remaining=lambda: 300.0)
 
     # Then it queued what it listed and handed the rest of the listing on
     assert first["status"] == "RUNNING"

@@ -22,11 +22,11 @@ from cckm_refresh.ctm.errors import (
 from cckm_refresh.engine import RefreshEngine, WorkItem
 from cckm_refresh.model import RefreshOutcome
 from cckm_refresh.ratelimit import TenancyRateLimiter
+from cckm_refresh.runtime import Deadline
 from tests.unit.ctm_fakes import (
     EPOCH,
     KEY_ID,
     TOKEN_PATH,
-    FakeClock,
     FakeCtm,
     Reply,
     error_body,
@@ -156,11 +156,10 @@ def refresh_run(client: CtmClient, count: int = 5) -> tuple[list[CtmError], list
             errors.append(error)
             raise
 
-    clock = FakeClock()
-    limiter = TenancyRateLimiter(1000.0, clock=clock, sleep=clock.advance)
-    engine = RefreshEngine(refresh, limiter, concurrency=2, clock=clock)
+    engine = RefreshEngine(refresh, TenancyRateLimiter(1000.0), concurrency=2)
     keys = [WorkItem(f"{n:08d}-28ff-4f93-86dc-ff08983469e7") for n in range(count)]
-    return errors, engine.run(keys, lambda: 600.0).outcomes
+    within = Deadline.within(600.0)
+    return errors, engine.run(keys, within, within).outcomes
 
 
 @pytest.mark.parametrize("status", [400, 401, 403])

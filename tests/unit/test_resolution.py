@@ -8,6 +8,7 @@ from typing import Any
 
 from cckm_refresh.request import parse_request
 from cckm_refresh.run.resolution import FIRST_CHUNK_KEYS, Chunk, Resolver
+from cckm_refresh.runtime import Deadline
 
 
 def key_object(key_id: str, tenancy: str) -> dict[str, Any]:
@@ -67,7 +68,10 @@ def resolve_all(pages: list[list[tuple[str, str]]], chunk_size: int) -> list[tup
 
     resolver = Resolver(directory, lambda _: {}, lambda resume: Cursor(int(resume["page"])))
     request = parse_request({"selector": {"all": True}})
-    resolver.resolve(request, "r", chunk_size=chunk_size, sink=sink, seconds_left=lambda: 60.0)
+    soon = Deadline.within(60.0)
+    resolver.resolve(
+        request, "r", chunk_size=chunk_size, sink=sink, list_until=soon, calls_end_by=soon
+    )
     return sent
 
 

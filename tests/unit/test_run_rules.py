@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +25,8 @@ from cckm_refresh.run.resolution import Resolver
 from cckm_refresh.run.service import RefreshService
 from cckm_refresh.runtime import Deadline
 from cckm_refresh.triggers import single_delivery, sqs_delivery
+from devkit.sim.runtime import SimRuntime
 from tests.unit.run_fakes import FakeQueues, FakeTable
-
-NO_DEADLINE = Deadline(float("inf"))
 
 KEYS = {f"00000000-0000-4000-8000-00000000000{i}": ("t1" if i < 5 else "t2") for i in range(8)}
 FLAKY = "00000000-0000-4000-8000-000000000001"
@@ -71,8 +69,8 @@ class FakeCtm:
     def get_oci_key(self, key_id: str, **_: Any) -> dict[str, Any]:
         return key_object(key_id, "v1")
 
-    def refresh(self, key_id: str, pacer: Pacer, deadline: float) -> Any:
-        pacer.wait(NO_DEADLINE)
+    def refresh(self, key_id: str, pacer: Pacer, deadline: Deadline) -> Any:
+        pacer.wait(deadline)
         with self.lock:
             self.refreshed.append(key_id)
         if key_id in self.failing:
@@ -87,23 +85,12 @@ class _Answer:
     attempts: int = 1
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-
-
 @dataclass
 class World:
     ctm: FakeCtm = field(default_factory=FakeCtm)
     table: FakeTable = field(default_factory=FakeTable)
     queues: FakeQueues = field(default_factory=FakeQueues)
-    clock: Clock = field(default_factory=Clock)
+    runtime: SimRuntime = field(default_factory=SimRuntime)
     rate: float = 1000.0
     chunk_size: int = 100
     sign_in: Any = None  # ChunkWorker's CTM sign-in; None: the engine's first call signs in
@@ -121,18 +108,24 @@ class World:
 
     def service(self) -> RefreshService:
         settings = self.settings()
-        limiter = TenancyRateLimiter(self.rate, clock=self.clock, sleep=self.clock.sleep)
-        engine = RefreshEngine(self.ctm.refresh, limiter, concurrency=4, clock=self.clock)
-        resolver = Resolver(self.ctm, self.table.latest_of, lambda _: None)
+        runtime = self.runtime
+        limiter = TenancyRateLimiter(self.rate, runtime=runtime)
+        engine = RefreshEngine(self.ctm.refresh, limiter, concurrency=4)
+        resolver = Resolver(self.ctm, self.table.latest_of, lambda _: None, runtime=runtime)
         worker = ChunkWorker(
-            settings, engine, self.table, self.queues, sign_in=self.sign_in, wall_clock=self.clock
+            settings, engine, self.table, self.queues, sign_in=self.sign_in, runtime=runtime
         )
-        return RefreshService(Intake(settings, resolver, worker, self.table, self.queues))
+        intake = Intake(settings, resolver, worker, self.table, self.queues, runtime=runtime)
+        return RefreshService(intake)
+
+    def end(self, seconds: float) -> Deadline:
+        return Deadline(self.runtime.now + seconds, self.runtime)
 
     def schedule(self) -> RunReport:
         request = {"selector": {"all": True}}
         event = {"scheduled_time": "T0", "execution_id": "e", "request": request}
-        report = self.service().process(single_delivery(event), lambda: 300.0)
+        service = self.service()
+        report = self.runtime.run(lambda: service.process(single_delivery(event), self.end(300)))
         assert isinstance(report, RunReport)
         return report
 
@@ -142,7 +135,12 @@ class World:
             for i, m in enumerate(self.queues.sent)
         ]
         self.queues.sent.clear()
-        return self.service().process_batch(deliveries, lambda: seconds)
+        service = self.service()
+        reports: list[Any] = self.runtime.run(
+            lambda: service.process_batch(deliveries, self.end(seconds))
+        )
+        assert self.runtime.errors == []
+        return reports
 
 
 def test_a_scheduled_request_becomes_one_chunk_message_per_tenancy() -> None:
@@ -185,28 +183,38 @@ def test_the_chunks_refresh_their_keys_and_the_last_one_completes_the_run_once()
 
 
 class SignIn:
-    """A CTM sign-in that meets the read of the chunk's keys halfway: each waits (up to 5 s)
-    for the other to have started, so they can only both be quick when they run together."""
+    """A CTM sign-in that meets the read of the chunk's keys halfway: each waits (up to 5 s
+    of virtual time) for the other to have started, so both are quick only when they run
+    together."""
 
-    def __init__(self, table: FakeTable, fails: bool = False) -> None:
+    def __init__(self, world: World, fails: bool = False) -> None:
         self.deadlines: list[float] = []
         self.met_the_read: list[bool] = []
         self._fails = fails
-        self._signing_in = threading.Event()
-        self._reading = threading.Event()
-        read = table.results_and_pace
+        self._started: set[str] = set()
+        self._runtime = world.runtime
+        self._changed = world.runtime.condition()
+        read = world.table.results_and_pace
 
         def results_and_pace(*args: Any) -> Any:
-            self._reading.set()
-            self.met_the_read.append(self._signing_in.wait(timeout=5))
+            self.met_the_read.append(self._meet("reading", "signing in"))
             return read(*args)
 
-        table.results_and_pace = results_and_pace  # type: ignore[method-assign]
+        world.table.results_and_pace = results_and_pace  # type: ignore[method-assign]
 
-    def __call__(self, deadline: float) -> str:
-        self.deadlines.append(deadline)
-        self._signing_in.set()
-        self._reading.wait(timeout=5)
+    def _meet(self, mine: str, theirs: str) -> bool:
+        """Say ``mine`` has started; wait up to 5 s for ``theirs``; whether it came in time."""
+        with self._changed:
+            self._started.add(mine)
+            self._changed.notify_all()
+            began = self._runtime.now
+            while theirs not in self._started and self._runtime.now < began + 5:
+                self._changed.wait(began + 5 - self._runtime.now)
+            return theirs in self._started and self._runtime.now < began + 5
+
+    def __call__(self, deadline: Deadline) -> str:
+        self.deadlines.append(deadline.at)
+        self._meet("signing in", "reading")
         if self._fails:
             raise CtmTransientError("CTM busy", error_code="HTTP_503", http_status=503)
         return "jwt"
@@ -215,9 +223,9 @@ class SignIn:
 def test_a_chunk_signs_in_to_ctm_while_its_keys_are_read_within_the_calls_deadline() -> None:
     # Given a registered chunk and a worker that signs in beside the read of its keys
     world = World()
-    world.sign_in = SignIn(world.table)
+    world.sign_in = SignIn(world)
     world.schedule()
-    before = time.monotonic()
+    delivered_at = world.runtime.now
 
     # When both chunks are delivered, with 300 s left
     world.deliver_chunks(seconds=300.0)
@@ -226,15 +234,14 @@ def test_a_chunk_signs_in_to_ctm_while_its_keys_are_read_within_the_calls_deadli
     # to end when the engine's calls must, and the keys were refreshed
     assert world.sign_in.met_the_read[0] is True
     reserve = world.settings().recording_reserve_seconds
-    (deadline,) = world.sign_in.deadlines
-    assert before + 300.0 - reserve - 1 < deadline <= time.monotonic() + 300.0 - reserve
+    assert world.sign_in.deadlines == [delivered_at + 300.0 - reserve]
     assert sorted(world.ctm.refreshed) == sorted(KEYS)
 
 
 def test_no_sign_in_is_started_when_no_time_is_left_for_calls() -> None:
     # Given a registered chunk, and a sign-in that would record being asked
     world = World()
-    asked: list[float] = []
+    asked: list[Deadline] = []
     world.sign_in = asked.append
     world.schedule()
 
@@ -247,7 +254,7 @@ def test_no_sign_in_is_started_when_no_time_is_left_for_calls() -> None:
 
 def test_a_sign_in_that_fails_beside_the_read_fails_no_key() -> None:
     world = World()
-    world.sign_in = SignIn(world.table, fails=True)
+    world.sign_in = SignIn(world, fails=True)
     world.schedule()
 
     reports = world.deliver_chunks()
@@ -262,9 +269,9 @@ def test_a_tenancy_s_next_chunk_in_another_container_keeps_the_pace_of_the_last_
     sent_at: list[float] = []
     refresh = world.ctm.refresh
 
-    def timed_refresh(key_id: str, pacer: Pacer, deadline: float) -> Any:
-        pacer.wait(NO_DEADLINE)
-        sent_at.append(world.clock())
+    def timed_refresh(key_id: str, pacer: Pacer, deadline: Deadline) -> Any:
+        pacer.wait(deadline)
+        sent_at.append(world.runtime.now)
         return refresh(key_id, UNPACED, deadline)
 
     world.ctm.refresh = timed_refresh  # type: ignore[method-assign]
@@ -281,7 +288,8 @@ def test_a_tenancy_s_next_chunk_in_another_container_keeps_the_pace_of_the_last_
     # container's last, as the pace handed on in the first chunk's close said
     spacing = 1 / 0.95
     assert [round(b - a, 6) for a, b in itertools.pairwise(sent_at)] == [round(spacing, 6)] * 3
-    assert world.table.paces["t1"].last_sent_ms == round(sent_at[-1] * 1000)
+    last_sent = world.runtime.time() - world.runtime.now + sent_at[-1]
+    assert world.table.paces["t1"].last_sent_ms == round(last_sent * 1000)
 
 
 def test_a_late_duplicate_of_a_chunk_refreshes_nothing_and_counts_nothing() -> None:
@@ -336,7 +344,9 @@ def test_keys_not_started_before_the_margin_are_handed_on_in_their_chunk() -> No
 
 def test_a_rejected_request_is_recorded_and_copied_never_retried() -> None:
     world = World()
-    [result] = world.service().process_batch([sqs_delivery("bad", '{"colour": 1}', 1)], lambda: 9)
+    service = world.service()
+    bad = sqs_delivery("bad", '{"colour": 1}', 1)
+    [result] = world.runtime.run(lambda: service.process_batch([bad], world.end(60)))
 
     assert isinstance(result, Rejection)
     assert result.verdict.action is Action.DONE

@@ -112,6 +112,20 @@ class RefreshSettings:
         its outcome is always recorded (the ``5 s`` of the margin)."""
         return 5.0
 
+    def check_time_for_one_call(self, invocation_seconds: float) -> None:
+        """Refuse a function timeout that leaves no time for one CTM call after the margin:
+        every invocation would hand its work on untouched (CONTRACT 4.3)."""
+        needed = self.deadline_margin_seconds + self.ctm_timeout_seconds
+        if invocation_seconds < needed:
+            raise ConfigError(
+                "CTM_TIMEOUT_SECONDS",
+                f"({self.ctm_timeout_seconds:g} s) leaves no time for one CTM call: an "
+                f"invocation of {invocation_seconds:.0f} s needs more than 3 x "
+                f"CTM_TIMEOUT_SECONDS + 5 s = {needed:g} s (the margin of 2 x "
+                "CTM_TIMEOUT_SECONDS + 5 s, then one call); raise the function's Timeout "
+                "or lower CTM_TIMEOUT_SECONDS",
+            )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RefreshSettings:
         env = os.environ if env is None else env

@@ -3,23 +3,17 @@
 Workers ask a scheduler for the next key; the scheduler hands out the key whose tenancy has
 the earliest free slot (so a slow tenancy never idles the others), keeps no more calls in
 flight than the active tenancies can use (``sum(rate) x latency observed``, plus one waiting
-per tenancy, up to ``REFRESH_CONCURRENCY``), and stops handing out keys once a call could no
-longer start before the invocation's deadline margin. Every call gets a deadline it must end
-by, retries included. What was not started is returned as ``leftovers``, for the caller to
-hand on; nothing is dropped.
-
-Over 300 lines on purpose: the scheduler, the engine and the timed pacer are one mechanism
-(calls in flight, each tenancy's pace, the deadline); apart, each would reach into the others.
+per tenancy, up to ``REFRESH_CONCURRENCY``), and stops handing out keys once no slot opens
+before the start-by deadline. Every call ends by the calls' deadline, retries included. What
+was not started is returned as ``leftovers``, for the caller to hand on; nothing is dropped.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -33,12 +27,15 @@ from cckm_refresh.ctm.errors import (
 )
 from cckm_refresh.ctm.pacing import Pacer
 from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
-from cckm_refresh.ratelimit import UNKNOWN_TENANCY, TenancyRateLimiter
-from cckm_refresh.runtime import Deadline
+from cckm_refresh.ratelimit import UNKNOWN_TENANCY, TenancyPacer, TenancyRateLimiter
+from cckm_refresh.runtime import Deadline, Runtime, run_threads
 
 # Errors that will fail every other key the same way: stop starting refreshes on the first.
 # The rest are recorded like the key that met the error: FAILED, or PENDING when transient.
 _RUN_FATAL = (CtmAuthError, CtmTlsError, CtmCredentialsError, CtmSecretUnavailableError)
+INITIAL_LATENCY = 1.0  # seconds, until calls have been observed
+LATENCY_WEIGHT = 0.2  # exponentially weighted moving average of call durations
+RETARGET_SECONDS = 0.5  # how often a worker held back re-reads the calls in flight allowed
 
 
 class RefreshResponse(Protocol):
@@ -50,11 +47,9 @@ class RefreshResponse(Protocol):
     def attempts(self) -> int: ...
 
 
-# (key id, pacer, deadline): the call ends before ``deadline`` (time.monotonic), retries included.
-RefreshCall = Callable[[str, Pacer, float], RefreshResponse]
+# (key id, pacer, deadline): the call ends before ``deadline``, retries included.
+RefreshCall = Callable[[str, Pacer, Deadline], RefreshResponse]
 OutcomeListener = Callable[["WorkItem", RefreshOutcome], None]
-INITIAL_LATENCY = 1.0  # seconds, until calls have been observed
-LATENCY_WEIGHT = 0.2  # exponentially weighted moving average of call durations
 
 
 @dataclass(frozen=True)
@@ -81,25 +76,29 @@ class EngineResult:
 
 
 class _Scheduler:
+    """Hands out keys, tenancy by tenancy, while a slot opens before ``start_by``."""
+
     def __init__(
         self,
         items: Iterable[WorkItem],
         limiter: TenancyRateLimiter,
-        deadline: Callable[[], float],
+        start_by: Deadline,
         in_flight_target: Callable[[int], int],
+        runtime: Runtime,
     ) -> None:
         self._queues: dict[str, deque[WorkItem]] = {}
         for item in items:
             self._queues.setdefault(item.tenancy, deque()).append(item)
         self._limiter = limiter
-        self._deadline = deadline
+        self._start_by = start_by
         self._target = in_flight_target
-        self._ready = threading.Condition()
+        self._ready = runtime.condition()
         self._in_flight = 0
         self.peak_in_flight = 0
         self.stopped: CtmError | None = None
 
-    def next(self) -> tuple[WorkItem, float] | None:
+    def next(self) -> WorkItem | None:
+        """The next key, its slot reserved; None when there is none, or no slot in time."""
         with self._ready:
             while True:
                 if self.stopped is not None:
@@ -109,20 +108,18 @@ class _Scheduler:
                     return None
                 if self._in_flight < self._target(len(waiting)):
                     break
-                self._ready.wait(timeout=0.5)
+                self._ready.wait(RETARGET_SECONDS)
             tenancy = min(waiting, key=self._limiter.next_free)
-            start = self._limiter.reserve(tenancy)
-            if start > self._deadline():
-                self._limiter.release(tenancy, start)
+            if self._limiter.reserve_by(tenancy, self._start_by.at) is None:
                 return None
             self._in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
-            return self._queues[tenancy].popleft(), start
+            return self._queues[tenancy].popleft()
 
     def done(self) -> None:
         with self._ready:
             self._in_flight -= 1
-            self._ready.notify()
+            self._ready.notify_all()
 
     def stop(self, reason: CtmError) -> None:
         with self._ready:
@@ -142,7 +139,7 @@ class RefreshEngine:
     """Refreshes keys concurrently within per-tenancy rates and the invocation's deadline.
 
     One engine lives as long as its container: the latency it observes sizes the calls in
-    flight of later invocations too.
+    flight of later invocations too, and its limiter keeps each tenancy's pace.
     """
 
     def __init__(
@@ -151,14 +148,13 @@ class RefreshEngine:
         limiter: TenancyRateLimiter,
         *,
         concurrency: int,
-        clock: Callable[[], float] = time.monotonic,
         on_outcome: OutcomeListener | None = None,
     ) -> None:
         self._refresh = refresh
         self._on_outcome = on_outcome
-        self._limiter = limiter
+        self.limiter = limiter
+        self._runtime = limiter.runtime
         self._concurrency = concurrency
-        self._clock = clock
         self._latency = INITIAL_LATENCY
         self._latency_lock = threading.Lock()
 
@@ -167,47 +163,33 @@ class RefreshEngine:
         """The moving average of answered calls' durations, in seconds."""
         return self._latency
 
-    @property
-    def limiter(self) -> TenancyRateLimiter:
-        """The tenancies' pace, kept across this container's invocations."""
-        return self._limiter
-
     def in_flight_target(self, tenancies: int) -> int:
         """Little's law: each active tenancy keeps ``rate x latency`` calls busy, plus one
         waiting for its next slot; never more than ``REFRESH_CONCURRENCY``."""
-        busy = tenancies * self._limiter.max_rate * self._latency
+        busy = tenancies * self.limiter.max_rate * self._latency
         return max(1, min(self._concurrency, math.ceil(busy * 1.25) + tenancies))
 
     def run(
         self,
         items: Sequence[WorkItem],
-        seconds_left: Callable[[], float],
+        start_by: Deadline,
+        calls_end_by: Deadline,
         on_outcome: OutcomeListener | None = None,
-        *,
-        calls_end_within: float | None = None,
     ) -> EngineResult:
-        """Refresh ``items`` while a call can still start with ``seconds_left() >= 0``.
-
-        ``seconds_left`` is the time remaining before the margin the caller keeps (CONTRACT
-        4.3: ``2 x CTM_TIMEOUT_SECONDS + 5 s``), counted from now; ``calls_end_within`` is
-        when every call, retries included, must have ended (seconds from now). ``on_outcome``
-        is called in the worker's thread as each outcome is known, so the caller can record
-        it while other calls wait for their slot.
-        """
+        """Refresh ``items`` while a call can start by ``start_by``; every call, retries
+        included, ends by ``calls_end_by``. ``on_outcome`` is called in the worker's thread
+        as each outcome is known, so the caller records it while other calls wait."""
         listeners = [f for f in (self._on_outcome, on_outcome) if f is not None]
         result = EngineResult()
         if not items:
             return result
-        throttled_before = self._limiter.throttle_count()
-        now = self._clock()
-        start_by = now + seconds_left()
-        calls_end_by = now + (calls_end_within if calls_end_within is not None else 86400.0)
-        scheduler = _Scheduler(items, self._limiter, lambda: start_by, self.in_flight_target)
+        throttled_before = self.limiter.throttle_count()
+        scheduler = _Scheduler(items, self.limiter, start_by, self.in_flight_target, self._runtime)
         lock = threading.Lock()
 
         def work() -> None:
-            while (picked := scheduler.next()) is not None:
-                item, outcome, fatal = self._call(scheduler, picked, calls_end_by)
+            while (item := scheduler.next()) is not None:
+                outcome, fatal = self._call(scheduler, item, calls_end_by)
                 with lock:
                     result.outcomes.append(outcome)
                     if outcome.status is Status.REFRESHED:
@@ -218,29 +200,22 @@ class RefreshEngine:
                     scheduler.stop(fatal)
 
         # Threads are cheap; the scheduler keeps only ``in_flight_target`` of them busy.
-        workers = min(self._concurrency, len(items))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="refresh") as pool:
-            for future in [pool.submit(work) for _ in range(workers)]:
-                future.result()
-        result.throttled = self._limiter.throttle_count() - throttled_before
+        run_threads(self._runtime, work, min(self._concurrency, len(items)), "refresh")
+        result.throttled = self.limiter.throttle_count() - throttled_before
         result.peak_in_flight = scheduler.peak_in_flight
         self._close(scheduler, result, listeners)
         return result
 
     def _call(
-        self, scheduler: _Scheduler, picked: tuple[WorkItem, float], calls_end_by: float
-    ) -> tuple[WorkItem, RefreshOutcome, CtmError | None]:
+        self, scheduler: _Scheduler, item: WorkItem, calls_end_by: Deadline
+    ) -> tuple[RefreshOutcome, CtmError | None]:
         """Refresh one key in its reserved slot; the scheduler learns the call is over."""
-        item, slot = picked
-        tenancy_pacer = self._limiter.pacer(item.tenancy, slot)
+        pacer = self.limiter.pacer(item.tenancy, reserved=True)
         try:
-            outcome, fatal = self._refresh_one(
-                item, _TimedPacer(tenancy_pacer, self._clock), calls_end_by
-            )
+            return self._refresh_one(item, _TimedPacer(pacer, self._runtime), calls_end_by)
         finally:
-            tenancy_pacer.release()  # a call that never got to send frees its slot
+            pacer.release()  # a call that never got to send gives its slot back
             scheduler.done()
-        return item, outcome, fatal
 
     @staticmethod
     def _close(
@@ -263,53 +238,51 @@ class RefreshEngine:
             self._latency += LATENCY_WEIGHT * (seconds - self._latency)
 
     def _refresh_one(
-        self, item: WorkItem, pacer: _TimedPacer, deadline: float
+        self, item: WorkItem, pacer: _TimedPacer, deadline: Deadline
     ) -> tuple[RefreshOutcome, CtmError | None]:
         """The key's outcome, and the error when it means every other key would fail too."""
-        started = self._clock()
+        clock = self._runtime.monotonic
+        started = clock()
         try:
             response = self._refresh(item.key_id, pacer, deadline)
         except CtmError as error:
-            outcome = _outcome_from_error(item, error, started, self._clock())
+            outcome = _outcome_from_error(item, error, _ms(started, clock()))
             return outcome, error if isinstance(error, _RUN_FATAL) else None
         except Exception as error:  # a bug must not lose the key: keep it PENDING, retried later
-            outcome = _with_known(
-                RefreshOutcome(
-                    key=KeyInfo(item.key_id),
-                    status=Status.PENDING,
-                    attempts=1,
-                    duration_ms=_ms(started, self._clock()),
-                    error_code="INTERNAL_ERROR",
-                    error_message=f"unexpected {type(error).__name__}",
-                ),
-                item.known,
+            outcome = RefreshOutcome(
+                key=KeyInfo(item.key_id),
+                status=Status.PENDING,
+                attempts=1,
+                duration_ms=_ms(started, clock()),
+                error_code="INTERNAL_ERROR",
+                error_message=f"unexpected {type(error).__name__}",
             )
-            return outcome, None
-        self._observe(self._clock() - (pacer.released or started))
+            return _with_known(outcome, item.known), None
+        self._observe(clock() - (pacer.released or started))
         info = KeyInfo.from_ctm(dict(response.body)) if response.body.get("id") else item.known
         refreshed = RefreshOutcome(
             key=KeyInfo(item.key_id),
             status=Status.REFRESHED,
             attempts=response.attempts,
-            duration_ms=_ms(started, self._clock()),
+            duration_ms=_ms(started, clock()),
             http_status=response.http_status,
         )
         return _with_known(refreshed, info), None
 
 
 class _TimedPacer:
-    """A pacer that remembers when its last wait ended: the latency observed is CTM's, not
-    the time a call waited for its tenancy's slot."""
+    """A tenancy's pacer that remembers when its last wait ended: the latency observed is
+    CTM's, not the time a call waited for its slot."""
 
-    def __init__(self, pacer: Pacer, clock: Callable[[], float]) -> None:
+    def __init__(self, pacer: TenancyPacer, runtime: Runtime) -> None:
         self._pacer = pacer
-        self._clock = clock
+        self._runtime = runtime
         self.released: float | None = None
 
     def wait(self, latest_start: Deadline) -> bool:
         waited = self._pacer.wait(latest_start)
         if waited:
-            self.released = self._clock()
+            self.released = self._runtime.monotonic()
         return waited
 
     def throttled(self) -> None:
@@ -323,40 +296,34 @@ def _ms(start: float, end: float) -> int:
     return max(0, round((end - start) * 1000))
 
 
-def _outcome_from_error(
-    item: WorkItem, error: CtmError, started: float, ended: float
-) -> RefreshOutcome:
+def _outcome_from_error(item: WorkItem, error: CtmError, duration_ms: int) -> RefreshOutcome:
     if isinstance(error, CtmNotFoundError):
         status = Status.NOT_FOUND
     elif error.transient:
         status = Status.PENDING
     else:
         status = Status.FAILED
-    return _with_known(
-        RefreshOutcome(
-            key=KeyInfo(item.key_id),
-            status=status,
-            attempts=error.attempts,
-            duration_ms=_ms(started, ended),
-            http_status=error.http_status,
-            error_code=error.error_code,
-            error_message=error.message,
-        ),
-        item.known,
+    outcome = RefreshOutcome(
+        key=KeyInfo(item.key_id),
+        status=status,
+        attempts=error.attempts,
+        duration_ms=duration_ms,
+        http_status=error.http_status,
+        error_code=error.error_code,
+        error_message=error.message,
     )
+    return _with_known(outcome, item.known)
 
 
 def _failed_like(item: WorkItem, error: CtmError) -> RefreshOutcome:
-    return _with_known(
-        RefreshOutcome(
-            key=KeyInfo(item.key_id),
-            status=Status.PENDING if error.transient else Status.FAILED,
-            attempts=0,
-            error_code=error.error_code,
-            error_message=error.message,
-        ),
-        item.known,
+    outcome = RefreshOutcome(
+        key=KeyInfo(item.key_id),
+        status=Status.PENDING if error.transient else Status.FAILED,
+        attempts=0,
+        error_code=error.error_code,
+        error_message=error.message,
     )
+    return _with_known(outcome, item.known)
 
 
 def _with_known(outcome: RefreshOutcome, info: KeyInfo | None) -> RefreshOutcome:

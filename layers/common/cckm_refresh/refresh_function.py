@@ -6,7 +6,7 @@ response; a scheduler or EventBridge event is one delivery. Metrics and the answ
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -16,7 +16,10 @@ from cckm_refresh.model import Status
 from cckm_refresh.observability import logger, metrics
 from cckm_refresh.run.report import Action, MessageVerdict, Rejection, RunReport
 from cckm_refresh.run.service import RefreshService
+from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
 from cckm_refresh.triggers import is_sqs_event, single_delivery, sqs_delivery_of
+
+A_LAMBDA_LIFETIME = 900.0  # without a Lambda context: as long as Lambda's longest invocation
 
 
 @dataclass
@@ -26,6 +29,8 @@ class RefreshFunction:
 
     settings: RefreshSettings
     services: Callable[[], RefreshService]
+    runtime: Runtime = SYSTEM
+    _timeout_checked: bool = field(default=False, init=False)
 
     @property
     def service(self) -> RefreshService:
@@ -33,28 +38,42 @@ class RefreshFunction:
 
     def handle(self, event: Any, context: Any) -> dict[str, Any]:
         """Dispatch one invocation event (CONTRACT 4.2) and shape the response."""
-        seconds_left = _seconds_left(context)
+        end = self._end_of(context)
         if is_sqs_event(event):
-            return self._sqs_batch(event["Records"], seconds_left)
+            return self._sqs_batch(event["Records"], end)
         delivery = single_delivery(event)
         logger.append_keys(source_id=delivery.source_id)
-        result = self.service.process(delivery, seconds_left)
+        result = self.service.process(delivery, end)
         _emit(result)
         return _response(result)
 
-    def _sqs_batch(
-        self, records: list[dict[str, Any]], seconds_left: Callable[[], float]
-    ) -> dict[str, Any]:
+    def timeout_is(self, seconds: float) -> None:
+        """The function's timeout, when known before its first invocation (the local
+        runners know the template's): checked now, as a cold start checks it."""
+        self.settings.check_time_for_one_call(seconds)
+        self._timeout_checked = True
+
+    def _end_of(self, context: Any) -> Deadline:
+        """When this invocation ends. The container's first invocation also checks that the
+        function's timeout leaves time for one CTM call after the margin (CONTRACT 4.3)."""
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        seconds = float(remaining()) / 1000.0 if remaining is not None else A_LAMBDA_LIFETIME
+        if not self._timeout_checked:
+            self.settings.check_time_for_one_call(seconds)
+            self._timeout_checked = True
+        return Deadline.within(seconds, self.runtime)
+
+    def _sqs_batch(self, records: list[dict[str, Any]], end: Deadline) -> dict[str, Any]:
         """Every record of the batch in one pass; the partial batch response names the
         messages SQS must deliver again (or dead-letter), each as its run's verdict says.
 
         Not Powertools' BatchProcessor: it hands records to a handler one at a time, and the
         point here is that all of them share one engine pass (and the tenancy's pace).
         """
-        records, late = self._startable(records, seconds_left)
+        records, late = self._startable(records, end)
         failures = [{"itemIdentifier": record["messageId"]} for record in late]
         deliveries = [sqs_delivery_of(record) for record in records]
-        results = self.service.process_batch(deliveries, seconds_left) if deliveries else []
+        results = self.service.process_batch(deliveries, end) if deliveries else []
         for record, result in zip(records, results, strict=True):
             _emit(result)
             if result.verdict.action is not Action.DONE:
@@ -63,12 +82,12 @@ class RefreshFunction:
         return {"batchItemFailures": failures}
 
     def _startable(
-        self, records: list[dict[str, Any]], seconds_left: Callable[[], float]
+        self, records: list[dict[str, Any]], end: Deadline
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(the records to process, those SQS delivers again untouched). With too little time
-        to start anything, only last deliveries are processed: they give up on their keys
-        (``DEADLINE``) so that none stays PENDING."""
-        if seconds_left() >= self.settings.deadline_margin_seconds:
+        """(the records to process, those SQS delivers again untouched, which counts as a
+        delivery). With too little time to start anything, only last deliveries are processed:
+        they give up on their keys (``DEADLINE``) so that none stays PENDING."""
+        if end.remaining() >= self.settings.deadline_margin_seconds:
             return records, []
         last = self.settings.max_receive_count
         late = [r for r in records if sqs_delivery_of(r).receive_count < last]
@@ -110,13 +129,6 @@ def _emit(result: RunReport | Rejection) -> None:
         metrics.add_metric(name="RefreshLatency", unit=MetricUnit.Milliseconds, value=latency)
     if result.completed:
         metrics.add_metric(name="RunsCompleted", unit=MetricUnit.Count, value=1)
-
-
-def _seconds_left(context: Any) -> Callable[[], float]:
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
-    if remaining is None:
-        return lambda: 900.0
-    return lambda: float(remaining()) / 1000.0
 
 
 def _response(result: RunReport | Rejection) -> dict[str, Any]:

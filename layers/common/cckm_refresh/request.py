@@ -24,8 +24,10 @@ SELECTOR_FIELDS = SELECTOR_FILTERS
 REQUEST_FIELDS = frozenset({"keys", "selector", "request_id", "run_id", "reason", "dry_run"})
 # Only the function itself sends these, on messages that continue a run (``run_id`` set):
 # ``chunk`` names the registered chunk a message carries, ``resume`` where a selector's
-# listing stopped when its resolution was handed on.
-INTERNAL_FIELDS = frozenset({"chunk", "resume"})
+# listing stopped when its resolution was handed on, ``handoffs`` how many invocations in a
+# row handed the work on without recording an outcome (each counts as a delivery).
+INTERNAL_FIELDS = frozenset({"chunk", "resume", "handoffs"})
+MAX_HANDOFFS = 1000
 CHUNK_PATTERN = re.compile(r"[0-9a-f]{8,64}")
 MAX_RESUME = 2048
 
@@ -63,6 +65,7 @@ class RefreshRequest:
     dry_run: bool = False
     chunk: str | None = None
     resume: dict[str, Any] | None = None
+    handoffs: int = 0
 
 
 def parse_request_body(body: str) -> RefreshRequest:
@@ -95,6 +98,7 @@ def parse_request(document: object) -> RefreshRequest:
         dry_run=dry_run,
         chunk=_parse_chunk(document),
         resume=_parse_resume(document),
+        handoffs=_parse_handoffs(document),
     )
 
 
@@ -115,6 +119,20 @@ def _parse_chunk(document: Mapping[str, object]) -> str | None:
     if not isinstance(chunk, str) or not CHUNK_PATTERN.fullmatch(chunk) or "keys" not in document:
         raise RequestError("chunk", "must be a chunk id, with keys")
     return chunk
+
+
+def _parse_handoffs(document: Mapping[str, object]) -> int:
+    if "handoffs" not in document:
+        return 0
+    handoffs = document["handoffs"]
+    if (
+        not isinstance(handoffs, int)
+        or isinstance(handoffs, bool)
+        or not 0 <= handoffs <= MAX_HANDOFFS
+        or ("chunk" not in document and "resume" not in document)
+    ):
+        raise RequestError("handoffs", "must be a count of hand-offs, with a chunk or a resume")
+    return handoffs
 
 
 def _parse_resume(document: Mapping[str, object]) -> dict[str, Any] | None:
@@ -201,10 +219,18 @@ def _parse_reason(value: object) -> str:
 
 
 def chunk_message(
-    key_ids: list[str], *, run_id: str, chunk: str, reason: str | None, dry_run: bool
+    key_ids: list[str],
+    *,
+    run_id: str,
+    chunk: str,
+    reason: str | None,
+    dry_run: bool,
+    handoffs: int = 0,
 ) -> dict[str, Any]:
     """The body of a queue message that carries one registered chunk of ``run_id``."""
     body: dict[str, Any] = {"run_id": run_id, "chunk": chunk, "keys": key_ids}
+    if handoffs:
+        body["handoffs"] = handoffs
     if reason:
         body["reason"] = reason
     if dry_run:
@@ -213,7 +239,13 @@ def chunk_message(
 
 
 def continuation_message(
-    selector: Selector, resume: dict[str, Any], *, run_id: str, reason: str | None, dry_run: bool
+    selector: Selector,
+    resume: dict[str, Any],
+    *,
+    run_id: str,
+    reason: str | None,
+    dry_run: bool,
+    handoffs: int = 0,
 ) -> dict[str, Any]:
     """The body that continues resolving ``selector`` for ``run_id`` where it stopped."""
     body: dict[str, Any] = {
@@ -221,6 +253,8 @@ def continuation_message(
         "selector": {"all": True} if selector.all_keys else dict(selector.filters),
         "resume": resume,
     }
+    if handoffs:
+        body["handoffs"] = handoffs
     if reason:
         body["reason"] = reason
     if dry_run:

@@ -23,6 +23,7 @@ from cckm_refresh.cli.common import (
 from cckm_refresh.config import RefreshSettings
 from cckm_refresh.model import RefreshOutcome, Status, Trigger
 from cckm_refresh.request import SELECTOR_FIELDS, RequestError, parse_request
+from cckm_refresh.runtime import Deadline
 from cckm_refresh.triggers import Delivery
 
 if TYPE_CHECKING:  # the run package is imported when a refresh starts, not for every command
@@ -129,7 +130,7 @@ def refresh(args: argparse.Namespace, env: dict[str, str]) -> int:
     service = refresh_service(settings, on_outcome=progress)
     delivery = _delivery(request)
     try:
-        report = service.process(delivery, lambda: A_DAY)
+        report = service.process(delivery, Deadline.within(A_DAY))
     finally:
         progress.close()
     if isinstance(report, Rejection):

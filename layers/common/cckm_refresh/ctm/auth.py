@@ -42,6 +42,7 @@ from cckm_refresh.ctm.errors import (
 )
 from cckm_refresh.ctm.transport import Transport
 from cckm_refresh.observability import logger
+from cckm_refresh.runtime import Condition
 
 TOKEN_PATH = "/api/v1/auth/tokens"  # noqa: S105 - a path, not a secret
 RENEW_MARGIN = 60.0  # renew when less than this remains (Terraform's provider does the same)
@@ -138,13 +139,15 @@ class TokenSource:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         renew_margin: float = RENEW_MARGIN,
+        lock: Condition | None = None,
     ) -> None:
         self._credentials = credentials
         self._exchange = exchange
         self._clock = clock
         self._wall_clock = wall_clock
         self._renew_margin = renew_margin
-        self._lock = threading.Lock()
+        # Held while a token is fetched: a runtime's condition where threads are simulated.
+        self._lock: Condition | threading.Lock = lock or threading.Lock()
         self._held: _HeldToken | None = None
         self._renewals = 0  # renewals finished; a waiter sees one finished while it waited
         self._failure: CtmError | None = None  # the last renewal's failure, for its waiters

@@ -40,6 +40,7 @@ from cckm_refresh.ctm.transport import MAX_BODY_BYTES, CtmResponse, Transport
 from cckm_refresh.keyids import InvalidKeyIdError, require_cckm_id, require_ocid
 from cckm_refresh.model import KeyInfo, MalformedKeyObjectError
 from cckm_refresh.observability import logger
+from cckm_refresh.runtime import Runtime
 from cckm_refresh.selectors import SELECTOR_FILTERS, resource_matches
 
 KEYS_PATH = "/api/v1/cckm/oci/keys"
@@ -149,8 +150,13 @@ class CtmClient:
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
         wall_clock: Callable[[], float] = time.time,
+        adapter: Any = None,
+        runtime: Runtime | None = None,
     ) -> CtmClient:
-        """Wire a client; no I/O: the secret is loaded and a token obtained at first use."""
+        """Wire a client; no I/O: the secret is loaded and a token obtained at first use.
+        ``runtime`` replaces ``clock``, ``sleep`` and ``wall_clock`` when given."""
+        if runtime is not None:
+            clock, sleep, wall_clock = runtime.monotonic, runtime.sleep, runtime.time
         credentials = CredentialsCache(secret_loader)
         transport = Transport(
             timeout=timeout,
@@ -161,12 +167,14 @@ class CtmClient:
             sleep=sleep,
             rng=rng,
             clock=clock,
+            adapter=adapter,
         )
         tokens = TokenSource(
             credentials,
             TokenEndpoint(base_url, transport),
             clock=clock,
             wall_clock=wall_clock,
+            lock=runtime.condition() if runtime is not None else None,
         )
         return cls(base_url, tokens, transport)
 

@@ -190,6 +190,7 @@ class Transport:
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
         min_attempt: float = MIN_ATTEMPT_SECONDS,
+        adapter: Any = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -209,7 +210,10 @@ class Transport:
         self._ambient = threading.local()
         self.session = requests.Session()
         # No urllib3 Retry: retries are ours, explicit, budgeted and paced.
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size, max_retries=0)
+        # ``adapter``: one that answers in process (a simulation, tests) instead of the network.
+        adapter = adapter or HTTPAdapter(
+            pool_connections=4, pool_maxsize=self.pool_size, max_retries=0
+        )
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.session.headers.update(

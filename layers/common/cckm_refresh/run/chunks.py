@@ -14,7 +14,6 @@ rules; split, each part would need the others' state.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -27,7 +26,7 @@ from cckm_refresh.observability import logger
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY
 from cckm_refresh.request import chunk_message
 from cckm_refresh.run.report import DEAD_LETTER, DONE, MessageVerdict, RunReport, log_outcomes
-from cckm_refresh.runtime import iso_now
+from cckm_refresh.runtime import SYSTEM, Deadline, Runtime, iso_now
 from cckm_refresh.table.items import (
     ChunkTally,
     RecordedResult,
@@ -53,6 +52,7 @@ class ChunkJob:
     key_ids: tuple[str, ...]
     delivery: Delivery | None  # None: registered and refreshed in this same invocation
     tenancy: str | None = None
+    handoffs: int = 0  # hand-offs without progress before this delivery
     last_chance: bool = False
     final: dict[str, tuple[Status, bool]] = field(default_factory=dict)  # terminal: rotated?
     pending: dict[str, RefreshOutcome] = field(default_factory=dict)
@@ -89,18 +89,18 @@ class EnginePass:
     requeued: int = 0  # keys owed by chunks refreshed in place, queued again
 
 
-SignIn = Callable[[float], object]
+SignIn = Callable[[Deadline], object]
 """Obtains a CTM token (at once when one is held), ending before the instant it is given."""
 
 
 @contextmanager
-def _beside(sign_in: SignIn | None, deadline: float) -> Iterator[None]:
+def _beside(sign_in: SignIn | None, deadline: Deadline, runtime: Runtime) -> Iterator[None]:
     """Sign in to CTM in a thread while the block reads the chunks' keys: at a cold start the
     secret and the login no longer wait for that read (a warm container holds its token and
     the thread ends at once). The sign-in ends before ``deadline``, as the engine's calls do;
     a failure is not this thread's to report: the first call signs in again, or shares it.
     Joined before the block's caller goes on. With no time left for calls, none is made."""
-    if sign_in is None or deadline <= time.monotonic():
+    if sign_in is None or deadline.passed():
         yield
         return
 
@@ -110,18 +110,20 @@ def _beside(sign_in: SignIn | None, deadline: float) -> Iterator[None]:
         except Exception as error:  # the engine's first call meets it again
             logger.debug("signing in beside the read failed", extra={"error": type(error).__name__})
 
-    thread = threading.Thread(target=run, name="ctm-sign-in", daemon=True)
-    thread.start()
+    task = runtime.start(run, "ctm-sign-in")
     try:
         yield
     finally:
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        task.join(timeout=max(0.0, deadline.remaining()))
 
 
-def last_chance(delivery: Delivery, max_receive_count: int) -> bool:
-    """The queue's last delivery of the message (only SQS redelivers: a schedule's or the
-    CLI's pending keys are re-queued instead)."""
-    return delivery.trigger is Trigger.SQS and delivery.receive_count >= max_receive_count
+def last_chance(delivery: Delivery, handoffs: int, max_receive_count: int) -> bool:
+    """The message's last delivery: SQS's deliveries of it, and the hand-offs without progress
+    before it, reach ``MAX_RECEIVE_COUNT`` (only SQS redelivers: a schedule's or the CLI's
+    pending keys are re-queued instead)."""
+    return (
+        delivery.trigger is Trigger.SQS and delivery.receive_count + handoffs >= max_receive_count
+    )
 
 
 class ChunkWorker:
@@ -135,44 +137,49 @@ class ChunkWorker:
         queue: RunQueues,
         *,
         sign_in: SignIn | None = None,
-        wall_clock: Callable[[], float] = time.time,
+        runtime: Runtime = SYSTEM,
     ) -> None:
         self._settings = settings
         self._engine = engine
         self._store = store
         self._queue = queue
         self._sign_in = sign_in
-        self._wall_clock = wall_clock  # the pace handed between containers is in epoch time
+        self._runtime = runtime
 
-    def job(self, delivery: Delivery, run: RunInfo, chunk_id: str, keys: Sequence[str]) -> ChunkJob:
-        """The job of a chunk message."""
+    def job(
+        self,
+        delivery: Delivery,
+        run: RunInfo,
+        chunk_id: str,
+        keys: Sequence[str],
+        handoffs: int = 0,
+    ) -> ChunkJob:
+        """The job of a chunk message (``handoffs``: hand-offs without progress before it)."""
         return ChunkJob(
             run=run,
             chunk_id=chunk_id,
             key_ids=tuple(keys),
             delivery=delivery,
-            last_chance=last_chance(delivery, self._settings.max_receive_count),
+            handoffs=handoffs,
+            last_chance=last_chance(delivery, handoffs, self._settings.max_receive_count),
         )
 
-    def work(self, jobs: Sequence[ChunkJob], seconds_left: Callable[[], float]) -> EnginePass:
-        """Refresh every key the jobs still owe in one engine pass, recording as it goes."""
-        calls_end = time.monotonic() + seconds_left() - self._settings.recording_reserve_seconds
-        with _beside(self._sign_in, calls_end):
-            return self._work(jobs, seconds_left)
+    def work(self, jobs: Sequence[ChunkJob], end: Deadline) -> EnginePass:
+        """Refresh every key the jobs still owe in one engine pass, recording as it goes;
+        ``end`` is the invocation's."""
+        calls_end = end.before(self._settings.recording_reserve_seconds)
+        with _beside(self._sign_in, calls_end, self._runtime):
+            return self._work(jobs, end.before(self._settings.deadline_margin_seconds), calls_end)
 
-    def _work(self, jobs: Sequence[ChunkJob], seconds_left: Callable[[], float]) -> EnginePass:
+    def _work(
+        self, jobs: Sequence[ChunkJob], start_by: Deadline, calls_end: Deadline
+    ) -> EnginePass:
         items = [item for job in jobs for item in self._owed(job)]
-        margin = self._settings.deadline_margin_seconds
-        if seconds_left() <= margin:
+        if start_by.passed():
             items = self._without_late(items, "the last delivery had too little time left")
         done = EnginePass()
         if items:
-            result = self._engine.run(
-                items,
-                lambda: seconds_left() - margin,
-                self._record,
-                calls_end_within=seconds_left() - self._settings.recording_reserve_seconds,
-            )
+            result = self._engine.run(items, start_by, calls_end, self._record)
             done.throttled = result.throttled
             done.latencies_ms = result.latencies_ms
             for item in self._without_late(result.leftovers, "the last delivery ran out of time"):
@@ -199,10 +206,17 @@ class ChunkWorker:
         handed_off = 0
         if job.pending:
             verdict = MessageVerdict.retry(receive_count)
-        elif job.gave_up:
-            verdict = DEAD_LETTER
+        elif job.gave_up and receive_count >= self._settings.max_receive_count:
+            verdict = DEAD_LETTER  # SQS's redrive moves it
+        elif job.gave_up and job.delivery is not None:
+            # Its last delivery by the hand-offs it carried: SQS would deliver it again, so
+            # it is deleted, and a copy kept in the dead-letter queue says why.
+            why = f"{job.handoffs} hand-offs without progress, then this delivery gave up"
+            self._queue.dead_letter(job.delivery.raw, why)
         elif job.leftovers:
-            handed_off = self.send_again(job, len(job.leftovers), reason="handed on")
+            # No outcome recorded here: the hand-off counts as a delivery (liveness).
+            handoffs = 0 if job.recorded else job.handoffs + 1
+            handed_off = self.send_again(job, len(job.leftovers), "handed on", handoffs)
         log_outcomes(job.recorded)
         if job.completed:
             logger.info("run completed", extra={"counts": job.completed.__dict__})
@@ -221,19 +235,25 @@ class ChunkWorker:
             verdict=verdict,
         )
 
-    def send_again(self, job: ChunkJob, owed: int, *, reason: str) -> int:
+    def send_again(self, job: ChunkJob, owed: int, reason: str, handoffs: int = 0) -> int:
         """Queue the chunk again, all its keys (the next delivery skips the finished ones), in
-        its tenancy's group; how many keys it still owes."""
+        its tenancy's group, with the hand-offs without progress so far; how many keys it
+        still owes."""
         body = chunk_message(
             list(job.key_ids),
             run_id=job.run.run_id,
             chunk=job.chunk_id,
             reason=job.run.reason,
             dry_run=job.run.dry_run,
+            handoffs=handoffs,
         )
-        dedup = f"{job.chunk_id}-{time.time_ns()}"
+        # One hand-on per delivery: a delivery retried after sending it sends nothing twice.
+        source = job.delivery.source_id if job.delivery else iso_now(self._runtime)
+        dedup = f"{job.chunk_id}:{source}"
         self._queue.send([QueueMessage(body, job.tenancy or UNKNOWN_TENANCY, dedup)])
-        logger.info(f"keys {reason}", extra={"keys": owed, "chunk": job.chunk_id})
+        logger.info(
+            f"keys {reason}", extra={"keys": owed, "chunk": job.chunk_id, "handoffs": handoffs}
+        )
         return owed
 
     # --- steps ------------------------------------------------------------------------------
@@ -243,7 +263,7 @@ class ChunkWorker:
         dry run's are recorded ``SKIPPED`` here)."""
         existing, pace = self._store.results_and_pace(job.run.run_id, list(job.key_ids), job.group)
         if pace is not None:
-            ago = self._wall_clock() - pace.last_sent_ms / 1000
+            ago = self._runtime.time() - pace.last_sent_ms / 1000
             self._engine.limiter.sent_ago(pace.tenancy, ago)
         owed = [item for key_id in job.key_ids if (item := self._owed_key(job, key_id, existing))]
         if job.final and job.done:
@@ -272,7 +292,8 @@ class ChunkWorker:
         """Record one outcome as soon as it is known (in the engine's worker thread)."""
         job: ChunkJob = item.context
         if outcome.status is Status.PENDING and job.last_chance:
-            outcome = given_up(outcome, job.delivery.receive_count if job.delivery else 1)
+            deliveries = job.handoffs + (job.delivery.receive_count if job.delivery else 1)
+            outcome = given_up(outcome, deliveries, iso_now(self._runtime))
             with job.lock:
                 job.gave_up += 1
         recorded = self._store.record(job.run, outcome, item.known)
@@ -295,7 +316,7 @@ class ChunkWorker:
             Status.FAILED,
             error_code="DEADLINE",
             error_message=message,
-            recorded_at=iso_now(),
+            recorded_at=iso_now(self._runtime),
         )
         with job.lock:
             job.gave_up += 1
@@ -330,10 +351,10 @@ class ChunkWorker:
         ago = self._engine.limiter.seconds_since_sent(job.group)
         if ago is None:
             return None
-        return TenancyPace(job.group, round((self._wall_clock() - ago) * 1000))
+        return TenancyPace(job.group, round((self._runtime.time() - ago) * 1000))
 
 
-def given_up(outcome: RefreshOutcome, deliveries: int) -> RefreshOutcome:
+def given_up(outcome: RefreshOutcome, deliveries: int, now: str) -> RefreshOutcome:
     """A transient failure on the last delivery: ``FAILED``, saying why."""
     return replace(
         outcome,
@@ -341,5 +362,5 @@ def given_up(outcome: RefreshOutcome, deliveries: int) -> RefreshOutcome:
         error_message=(
             f"transient errors outlasted {deliveries} deliveries: {outcome.error_message or ''}"
         ).strip(": "),
-        recorded_at=outcome.recorded_at or iso_now(),
+        recorded_at=outcome.recorded_at or now,
     )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cckm_refresh.config import RefreshSettings
@@ -26,7 +25,7 @@ from cckm_refresh.request import RefreshRequest, chunk_message, continuation_mes
 from cckm_refresh.run.chunks import ChunkJob, ChunkWorker, EnginePass, last_chance
 from cckm_refresh.run.report import DEAD_LETTER, DONE, MessageVerdict, RunReport, log_outcomes
 from cckm_refresh.run.resolution import Chunk, Resolution, Resolver
-from cckm_refresh.runtime import iso_now
+from cckm_refresh.runtime import SYSTEM, Deadline, Runtime, iso_now
 from cckm_refresh.table.items import FIRST_SEGMENT, MAX_CHUNK_KEYS, RecordedResult
 from cckm_refresh.triggers import Delivery
 from cckm_refresh.workqueue import SEND_BATCH, QueueMessage
@@ -47,7 +46,10 @@ class Intake:
         worker: ChunkWorker,
         store: RunTable,
         queue: RunQueues,
+        *,
+        runtime: Runtime = SYSTEM,
     ) -> None:
+        self._runtime = runtime
         self._settings = settings
         self._resolver = resolver
         self.worker = worker
@@ -59,34 +61,37 @@ class Intake:
         delivery: Delivery,
         request: RefreshRequest,
         run: RunInfo,
-        seconds_left: Callable[[], float],
+        end: Deadline,
     ) -> RunReport:
         """Start (or continue, or replay) ``run`` from ``request``: its keys resolved into
         chunks, each registered and queued (or kept and refreshed here), what was not found
-        recorded, the listing handed on if time ran short."""
+        recorded, the listing handed on if time ran short. ``end``: the invocation's."""
         created = self.store.start_run(run)
-        margin = self._settings.deadline_margin_seconds
-        if last_chance(delivery, self._settings.max_receive_count) and seconds_left() <= margin:
+        start_by = end.before(self._settings.deadline_margin_seconds)
+        last = last_chance(delivery, request.handoffs, self._settings.max_receive_count)
+        if last and start_by.passed():
             return self._give_up(run, request)
         fan_out = self._fans_out()
         done_before = None if created else self._done_before(run, fan_out)
         if done_before is not None:
             return done_before
-        router = ChunkRouter(self, run, delivery, seconds_left, fan_out)
+        router = ChunkRouter(self, run, delivery, end, fan_out)
         resolution = self._resolver.resolve(
             request,
             run.run_id,
             chunk_size=min(self._settings.fanout_chunk_size, MAX_CHUNK_KEYS),
             sink=router.route,
-            seconds_left=lambda: seconds_left() - margin,
-            calls_end_within=lambda: seconds_left() - self._settings.recording_reserve_seconds,
+            list_until=start_by,
+            calls_end_by=end.before(self._settings.recording_reserve_seconds),
         )
         router.flush_sends()
         not_found = self._record_missing(run, resolution, router)
         segment = segment_of(request.resume)
         handed_on = 0
         if resolution.resume is not None and request.selector is not None:
-            handed_on = self._continue(run, request, segment, resolution.resume)
+            # A continuation that read no page counts its hand-off as a delivery (liveness).
+            handoffs = 0 if resolution.pages else request.handoffs + 1
+            handed_on = self._continue(run, request, segment, resolution.resume, handoffs)
         router.refresh_kept()
         if resolution.finished and not self.store.finish_resolution(run.run_id, segment):
             logger.info("another delivery owns this run's resolution; it finishes it")
@@ -150,7 +155,7 @@ class Intake:
                 status=Status.FAILED,
                 error_code="DEADLINE",
                 error_message="the last delivery had too little time left to resolve the key",
-                recorded_at=iso_now(),
+                recorded_at=iso_now(self._runtime),
             )
             for key_id in (*request.key_ids, *request.ocids)
         ]
@@ -171,7 +176,12 @@ class Intake:
         )
 
     def _continue(
-        self, run: RunInfo, request: RefreshRequest, segment: str, resume: dict[str, object]
+        self,
+        run: RunInfo,
+        request: RefreshRequest,
+        segment: str,
+        resume: dict[str, object],
+        handoffs: int,
     ) -> int:
         """Hand the rest of a selector's listing on to a continuation message."""
         if not self.queue.can_hand_on or request.selector is None:
@@ -186,6 +196,7 @@ class Intake:
             run_id=run.run_id,
             reason=run.reason,
             dry_run=run.dry_run,
+            handoffs=handoffs,
         )
         position = json.dumps(resume, sort_keys=True, default=str)
         dedup = hashlib.sha256(f"{run.run_id}\n{position}".encode()).hexdigest()
@@ -197,22 +208,22 @@ class Intake:
         self,
         jobs: list[ChunkJob],
         delivery: Delivery,
-        seconds_left: Callable[[], float],
+        end: Deadline,
         done: EnginePass,
         recorded: list[RecordedResult],
     ) -> None:
         """Refresh chunks registered by this intake, here; keys they still owe come back with
         the SQS message, or are queued again for the other triggers."""
         for job in jobs:
-            job.last_chance = last_chance(delivery, self._settings.max_receive_count)
-        this_pass = self.worker.work(jobs, seconds_left)
+            job.last_chance = last_chance(delivery, 0, self._settings.max_receive_count)
+        this_pass = self.worker.work(jobs, end)
         done.throttled += this_pass.throttled
         done.latencies_ms += this_pass.latencies_ms
         for job in jobs:
             recorded += job.recorded
             owed = len(job.pending) + len(job.leftovers)
             if delivery.trigger is not Trigger.SQS and owed and self.queue.can_hand_on:
-                done.requeued += self.worker.send_again(job, owed, reason="re-queued")
+                done.requeued += self.worker.send_again(job, owed, "re-queued")
                 job.leftovers, job.pending = [], {}
         done.jobs += jobs
 
@@ -273,13 +284,13 @@ class ChunkRouter:
         intake: Intake,
         run: RunInfo,
         delivery: Delivery,
-        seconds_left: Callable[[], float],
+        end: Deadline,
         fan_out: bool | None,
     ) -> None:
         self._intake = intake
         self._run = run
         self._delivery = delivery
-        self._seconds_left = seconds_left
+        self._end = end
         self._decided = fan_out is not None
         self.fanning = fan_out is True
         self._keys = 0
@@ -315,7 +326,7 @@ class ChunkRouter:
         """Refresh the chunks kept here (in one engine pass)."""
         if self._kept:
             self._intake.refresh_in_place(
-                self._kept, self._delivery, self._seconds_left, self.done, self.recorded
+                self._kept, self._delivery, self._end, self.done, self.recorded
             )
             self._kept = []
 

@@ -19,9 +19,7 @@ the per-tenancy chunker they all feed, which must agree on what a chunk is.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +27,7 @@ from cckm_refresh.ctm.errors import CtmError, CtmNotFoundError
 from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
 from cckm_refresh.observability import logger
 from cckm_refresh.request import RefreshRequest
+from cckm_refresh.runtime import SYSTEM, Deadline, Runtime, map_concurrently
 from cckm_refresh.selectors import resource_matches
 from cckm_refresh.table.items import KeyEntry
 
@@ -97,6 +96,7 @@ class Resolution:
     keys: int = 0
     mismatched: int = 0  # returned by the list call but not matching the selector
     malformed: int = 0  # list items that were not key objects
+    pages: int = 0  # list pages read
     resume: dict[str, Any] | None = None
 
     @property
@@ -167,13 +167,13 @@ class Resolver:
         cursor_from_json: CursorLoader,
         *,
         can_hand_on: bool = True,
-        clock: Callable[[], float] = time.monotonic,
+        runtime: Runtime = SYSTEM,
     ) -> None:
         self.can_hand_on = can_hand_on  # whether a continuation message can be sent
         self._directory = directory
         self._latest_of = latest_of
         self._cursor_from_json = cursor_from_json
-        self._clock = clock
+        self._runtime = runtime
 
     def resolve(
         self,
@@ -182,29 +182,25 @@ class Resolver:
         *,
         chunk_size: int,
         sink: ChunkSink,
-        seconds_left: Callable[[], float],
-        calls_end_within: Callable[[], float] | None = None,
+        list_until: Deadline,
+        calls_end_by: Deadline,
     ) -> Resolution:
-        """Resolve ``request`` into chunks handed to ``sink``; a list page starts only while
-        ``seconds_left() > 0``, and every CTM call ends within ``calls_end_within()``."""
-        self._calls_end_within = calls_end_within or seconds_left
+        """Resolve ``request`` into chunks handed to ``sink``; a list page starts only before
+        ``list_until``, and every CTM call ends by ``calls_end_by``."""
         result = Resolution()
         chunker = _Chunker(run_id, chunk_size, sink, result)
         if request.resume is None:  # a continuation has done the ids and OCIDs already
-            for entry in self._by_id(request.key_ids, seconds_left, result):
+            for entry in self._by_id(request.key_ids, calls_end_by, result):
                 chunker.add(entry)
-            for entry in self._by_ocid(request.ocids, seconds_left, result):
+            for entry in self._by_ocid(request.ocids, result):
                 chunker.add(entry)
         if request.selector is not None:
-            self._select(request, chunker, seconds_left, result)
+            self._select(request, chunker, list_until, calls_end_by, result)
         chunker.flush()
         return result
 
-    def _deadline(self, _seconds_left: Callable[[], float]) -> float:
-        return self._clock() + max(0.0, self._calls_end_within())
-
     def _by_id(
-        self, key_ids: Sequence[str], seconds_left: Callable[[], float], result: Resolution
+        self, key_ids: Sequence[str], deadline: Deadline, result: Resolution
     ) -> list[KeyEntry]:
         if not key_ids:
             return []
@@ -212,11 +208,14 @@ class Resolver:
         unseen = [k for k in key_ids if k not in latest or not latest[k].tenancy]
         learnt: dict[str, KeyInfo | CtmNotFoundError] = {}
         if unseen:
-            deadline = self._deadline(seconds_left)
-            workers = min(LOOKUP_WORKERS, len(unseen))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookup") as pool:
-                found = pool.map(lambda k: self._lookup_id(k, deadline), unseen)
-                learnt = dict(zip(unseen, found, strict=True))
+            found = map_concurrently(
+                self._runtime,
+                lambda k: self._lookup_id(k, deadline),
+                unseen,
+                LOOKUP_WORKERS,
+                "lookup",
+            )
+            learnt = dict(zip(unseen, found, strict=True))
         entries = []
         for key_id in key_ids:
             fresh = learnt.get(key_id)
@@ -238,11 +237,11 @@ class Resolver:
             entries.append(KeyEntry(key_id, known))
         return entries
 
-    def _lookup_id(self, key_id: str, deadline: float) -> KeyInfo | CtmNotFoundError:
+    def _lookup_id(self, key_id: str, deadline: Deadline) -> KeyInfo | CtmNotFoundError:
         """The key as CCKM caches it; the error when CCKM has no such key; ``_UNKNOWN`` when
         it could not be read now (the key is then paced in the ``~unknown`` group)."""
         try:
-            return KeyInfo.from_ctm(self._directory.get_oci_key(key_id, deadline=deadline))
+            return KeyInfo.from_ctm(self._directory.get_oci_key(key_id, deadline=deadline.at))
         except CtmNotFoundError as error:
             if error.error_code == "GONE":
                 return _UNKNOWN  # known to CCKM, gone from OCI: its refresh records NOT_FOUND
@@ -254,14 +253,12 @@ class Resolver:
             )
             return _UNKNOWN
 
-    def _by_ocid(
-        self, ocids: Sequence[str], seconds_left: Callable[[], float], result: Resolution
-    ) -> list[KeyEntry]:
+    def _by_ocid(self, ocids: Sequence[str], result: Resolution) -> list[KeyEntry]:
         if not ocids:
             return []
-        workers = min(LOOKUP_WORKERS, len(ocids))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resolve") as pool:
-            matches = list(pool.map(self._lookup_ocid, ocids))
+        matches = map_concurrently(
+            self._runtime, self._lookup_ocid, ocids, LOOKUP_WORKERS, "resolve"
+        )
         entries = []
         for ocid, info in zip(ocids, matches, strict=True):
             if info is None:
@@ -291,7 +288,8 @@ class Resolver:
         self,
         request: RefreshRequest,
         chunker: _Chunker,
-        seconds_left: Callable[[], float],
+        list_until: Deadline,
+        calls_end_by: Deadline,
         result: Resolution,
     ) -> None:
         """Page through the selector's keys into ``chunker``, from where a continuation's
@@ -300,12 +298,11 @@ class Resolver:
             return
         query = None if request.selector.all_keys else request.selector.as_query()
         cursor = self._cursor_from_json(request.resume) if request.resume else None
-        pages = 0
-        while seconds_left() > 0:
-            page = self._page(query, cursor, seconds_left, progress=pages > 0)
+        while not list_until.passed():
+            page = self._page(query, cursor, calls_end_by, progress=result.pages > 0)
             if page is None:
                 break  # CTM failing just now, after some pages: hand on from here
-            pages += 1
+            result.pages += 1
             self._take(page, query, chunker, result)
             chunker.page_done()
             if page.next is None:
@@ -318,7 +315,7 @@ class Resolver:
         self,
         query: Mapping[str, str] | None,
         cursor: Any,
-        seconds_left: Callable[[], float],
+        calls_end_by: Deadline,
         *,
         progress: bool,
     ) -> ListPage | None:
@@ -330,7 +327,7 @@ class Resolver:
                 query,
                 cursor=cursor,
                 page_size=SELECTOR_PAGE_SIZE,
-                deadline=self._deadline(seconds_left),
+                deadline=calls_end_by.at,
             )
         except CtmError as error:
             if not error.transient or not progress or not self.can_hand_on:

@@ -9,13 +9,14 @@ store DynamoDB, the work queue SQS, the CTM client HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from cckm_refresh.model import RunInfo, Trigger
 from cckm_refresh.observability import logger
 from cckm_refresh.request import RefreshRequest, RequestError, parse_request, parse_request_body
 from cckm_refresh.run.report import MessageVerdict, Rejection, Result, RunReport
+from cckm_refresh.runtime import Deadline
 from cckm_refresh.triggers import Delivery
 
 if TYPE_CHECKING:  # built by run.wiring on the first invocation: not imported at cold start
@@ -32,13 +33,11 @@ class RefreshService:
         self._store = intake.store
         self._queue = intake.queue
 
-    def process(self, delivery: Delivery, seconds_left: Callable[[], float]) -> Result:
-        """Process one delivery. ``seconds_left`` is the invocation's remaining time."""
-        return self.process_batch([delivery], seconds_left)[0]
+    def process(self, delivery: Delivery, end: Deadline) -> Result:
+        """Process one delivery; ``end`` is when the invocation ends."""
+        return self.process_batch([delivery], end)[0]
 
-    def process_batch(
-        self, deliveries: Sequence[Delivery], seconds_left: Callable[[], float]
-    ) -> list[Result]:
+    def process_batch(self, deliveries: Sequence[Delivery], end: Deadline) -> list[Result]:
         """Process the records of one SQS batch (or one delivery): requests are taken in one
         by one, then every chunk goes through one engine pass. One result per delivery."""
         results: dict[int, Result] = {}
@@ -51,11 +50,13 @@ class RefreshService:
             run = run_of(delivery, request)
             logger.append_keys(run_id=run.run_id, trigger=str(run.trigger))
             if request.chunk is not None:
-                jobs[index] = self._worker.job(delivery, run, request.chunk, request.key_ids)
+                jobs[index] = self._worker.job(
+                    delivery, run, request.chunk, request.key_ids, request.handoffs
+                )
             else:
-                results[index] = self._take(delivery, request, run, seconds_left)
+                results[index] = self._take(delivery, request, run, end)
         if jobs:
-            done = self._worker.work(list(jobs.values()), seconds_left)
+            done = self._worker.work(list(jobs.values()), end)
             for index, job in jobs.items():
                 receive_count = deliveries[index].receive_count
                 results[index] = self._worker.report(job, done, receive_count)
@@ -89,14 +90,14 @@ class RefreshService:
         delivery: Delivery,
         request: RefreshRequest,
         run: RunInfo,
-        seconds_left: Callable[[], float],
+        end: Deadline,
     ) -> RunReport:
         """Take a request in. From the work queue, a failure (CTM unreachable while
         resolving, say) is its own message's, delivered again, never its batch neighbours'."""
         if delivery.trigger is not Trigger.SQS:
-            return self._intake.take(delivery, request, run, seconds_left)
+            return self._intake.take(delivery, request, run, end)
         try:
-            return self._intake.take(delivery, request, run, seconds_left)
+            return self._intake.take(delivery, request, run, end)
         except Exception:
             logger.exception("request could not be resolved now; SQS delivers it again")
             return RunReport(run.run_id, 0, verdict=MessageVerdict.retry(delivery.receive_count))

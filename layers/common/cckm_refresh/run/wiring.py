@@ -1,10 +1,15 @@
-"""The refresh service with this container's clients, for the Lambda and the operator CLI."""
+"""The refresh service with this container's clients, for the Lambda and the operator CLI.
+
+``Ports`` are what the service talks to outside the process: DynamoDB, SQS, the CTM secret
+and CTM's HTTPS. By default the real ones; the whole-system simulation passes its own.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from aws_lambda_powertools.utilities import parameters
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from cckm_refresh.config import RefreshSettings
 from cckm_refresh.ctm.client import CtmClient, ListCursor
@@ -15,53 +20,89 @@ from cckm_refresh.run.chunks import ChunkWorker
 from cckm_refresh.run.intake import Intake
 from cckm_refresh.run.resolution import Resolver
 from cckm_refresh.run.service import RefreshService
+from cckm_refresh.runtime import SYSTEM, Runtime
 from cckm_refresh.table.store import ResultStore
 from cckm_refresh.wiring import aws_client
 from cckm_refresh.workqueue import WorkQueue
 
 
-def refresh_service(
-    settings: RefreshSettings, on_outcome: Callable[[RefreshOutcome], None] | None = None
-) -> RefreshService:
-    """The refresh service with this container's clients (``on_outcome``: the CLI's progress)."""
+@dataclass(frozen=True)
+class Ports:
+    """The service's outside world: boto3-shaped DynamoDB and SQS clients, the CTM secret
+    (``secret(force)``: bypass any cache when ``force``) and, when not the network, the
+    requests adapter that answers CTM's HTTPS."""
+
+    dynamodb: Any
+    sqs: Any
+    secret: Callable[[bool], str]
+    ctm_adapter: Any = None
+
+
+def aws_ports(settings: RefreshSettings) -> Ports:
+    """DynamoDB, SQS and Secrets Manager of the account (``AWS_*`` environment)."""
+    from aws_lambda_powertools.utilities import parameters
 
     def load_secret(force: bool) -> str:
         value = parameters.get_secret(settings.ctm_secret_id, max_age=300, force_fetch=force)
         return value if isinstance(value, str) else bytes(value).decode()
 
+    # Every call in flight records its outcome at once: a connection each, plus a few.
+    return Ports(
+        dynamodb=aws_client("dynamodb", settings.refresh_concurrency + 4),
+        sqs=aws_client("sqs"),
+        secret=load_secret,
+    )
+
+
+def refresh_service(
+    settings: RefreshSettings,
+    on_outcome: Callable[[RefreshOutcome], None] | None = None,
+    *,
+    runtime: Runtime = SYSTEM,
+    ports: Ports | None = None,
+) -> RefreshService:
+    """The refresh service with this container's clients (``on_outcome``: the CLI's progress)."""
+    ports = ports or aws_ports(settings)
     ctm = CtmClient.create(
         base_url=settings.ctm_base_url,
-        secret_loader=load_secret,
+        secret_loader=ports.secret,
         timeout=settings.ctm_timeout_seconds,
         max_attempts=settings.ctm_max_attempts,
         verify_tls=settings.ctm_verify_tls,
         pool_size=settings.refresh_concurrency,
+        runtime=runtime,
+        adapter=ports.ctm_adapter,
     )
-    # Every call in flight records its outcome at once: a connection each, plus a few.
     store = ResultStore(
-        aws_client("dynamodb", settings.refresh_concurrency + 4),
+        ports.dynamodb,
         settings.results_table,
         settings.result_retention_days,
+        now=lambda: datetime.fromtimestamp(runtime.time(), UTC),
+        sleep=runtime.sleep,
     )
     queue = WorkQueue(
-        aws_client("sqs"),
+        ports.sqs,
         settings.work_queue_url,
         settings.dead_letter_queue_url,
         settings.tenancy_queue_url,
     )
     engine = RefreshEngine(
-        lambda key_id, pacer, deadline: ctm.refresh_oci_key(key_id, pacer=pacer, deadline=deadline),
-        TenancyRateLimiter(settings.tenancy_rate_limit),
+        lambda key_id, pacer, deadline: ctm.refresh_oci_key(
+            key_id, pacer=pacer, deadline=deadline.at
+        ),
+        TenancyRateLimiter(settings.tenancy_rate_limit, runtime=runtime),
         concurrency=settings.refresh_concurrency,
         on_outcome=(lambda _item, outcome: on_outcome(outcome)) if on_outcome else None,
     )
     resolver = Resolver(
-        ctm,
-        store.latest_of,
-        ListCursor.from_json,
-        can_hand_on=queue.can_hand_on,
+        ctm, store.latest_of, ListCursor.from_json, can_hand_on=queue.can_hand_on, runtime=runtime
     )
     worker = ChunkWorker(
-        settings, engine, store, queue, sign_in=lambda end: ctm.issue_token(deadline=end)
+        settings,
+        engine,
+        store,
+        queue,
+        sign_in=lambda end: ctm.issue_token(deadline=end.at),
+        runtime=runtime,
     )
-    return RefreshService(Intake(settings, resolver, worker, store, queue))
+    return RefreshService(Intake(settings, resolver, worker, store, queue, runtime=runtime))
