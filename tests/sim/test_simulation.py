@@ -1,0 +1,69 @@
+"""Every run completes: the real run code in the simulated world (devkit/sim), over schedules
+Hypothesis draws, and the cases the issues measured (docs/reference.md 4.3)."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, given, settings
+
+from devkit.sim.properties import check
+from devkit.sim.scenarios import scenarios
+from devkit.sim.world import Scenario, World
+
+# ``make test`` runs this many schedules; ``make soak`` thousands (bench/soak.py).
+EXAMPLES = int(os.environ.get("SIM_EXAMPLES", "30"))
+
+
+def test_a_tenancy_whose_work_outlasts_an_invocation_is_refreshed_whole_by_a_warm_container() -> (
+    None
+):
+    # Given one tenancy of 90 keys at 2/s, CTM_TIMEOUT_SECONDS=5 (a 15 s margin), 0.2 s calls,
+    # 30 s invocations, the tenancy queue's messages delivered one at a time to a warm container
+    scenario = Scenario(
+        tenancies=(90,),
+        rate=2.0,
+        ctm_timeout=5.0,
+        function_timeout=30.0,
+        latency=0.2,
+        tenancy_batch_size=1,
+        warm=True,
+    )
+
+    # When the schedule fires
+    report = World(scenario).run()
+
+    # Then every key is refreshed, each invocation of the tenancy queue refreshing some (on
+    # c4e111e the third and every later one refreshed none and handed the same 36 keys on for
+    # ever: the run stayed RUNNING), and the run completes within five minutes
+    findings = check(report)
+    assert findings.problems == ()
+    [run] = report.runs.values()
+    assert (run["status"], run["refreshed"]) == ("COMPLETED", 90)
+    chunks = [i for i in report.invocations if i.source == "TenancyQueue"]
+    per_chunk = [report.refreshes_during(invocation) for invocation in chunks]
+    assert len(per_chunk) >= 4
+    assert all(n > 0 for n in per_chunk), per_chunk
+    assert report.ended_at < 300
+
+
+def test_a_function_timeout_too_short_for_one_call_is_refused_at_cold_start() -> None:
+    report = World(Scenario(tenancies=(3,), ctm_timeout=5.0, function_timeout=19.0)).run()
+    assert report.runs == {}
+    assert all(i.failed for i in report.invocations)
+    assert "CTM_TIMEOUT_SECONDS" in str(report.invocation_errors[0])
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(scenarios())
+def test_every_run_completes_with_one_outcome_per_key_within_budgets_and_rates(
+    scenario: Scenario,
+) -> None:
+    findings = check(World(scenario).run())
+    assert findings.problems == (), (scenario, findings)
