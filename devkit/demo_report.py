@@ -208,8 +208,9 @@ def _check_run_completed(notes: Sequence[Mapping[str, Any]], run_id: str) -> lis
     runs = [n for n in notes if _body(n).get("run_id") == run_id]
     if len(runs) != 1:
         return [f"one RUN_COMPLETED for {run_id}, got {len(runs)}"]
-    if _severity(runs[0]) != "INFO":
-        return [f"RUN_COMPLETED severity INFO, got {_severity(runs[0])}"]
+    # The demo's run has one key not found (deleted in CCKM) and none failed: a WARNING.
+    if _severity(runs[0]) != "WARNING":
+        return [f"RUN_COMPLETED severity WARNING, got {_severity(runs[0])}"]
     return []
 
 

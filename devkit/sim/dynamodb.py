@@ -21,11 +21,15 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
+from moto.dynamodb.parsing.reserved_keywords import ReservedKeywords
 
 Item = dict[str, dict[str, Any]]
 _TOKEN = re.compile(r"\s*(<>|<=|>=|[=<>(),+\-]|[#:]?[A-Za-z_][A-Za-z0-9_]*)")
 _deserialize = TypeDeserializer().deserialize
 _serialize = TypeSerializer().serialize
+# DynamoDB refuses these as bare attribute names in an expression (``#name`` stands for them).
+_RESERVED = frozenset(ReservedKeywords.get_reserved_keywords())
+_SYNTAX = frozenset({"AND", "OR", "NOT", "SET", "ADD", "REMOVE", "DELETE", "SIZE"})
 
 
 class ConditionalCheckFailedException(ClientError):
@@ -241,7 +245,12 @@ class _Parser:
         return token
 
     def name(self, token: str) -> str:
-        return self.names[token] if token.startswith("#") else token
+        if token.startswith("#"):
+            return self.names[token]
+        if token.upper() in _RESERVED and token.upper() not in _SYNTAX:
+            error = {"Code": "ValidationException", "Message": f"reserved keyword: {token}"}
+            raise ClientError({"Error": error}, "Expression")
+        return token
 
     def operand(self) -> Any:
         """A value (``:v``), an attribute's value (None when absent), or a function's."""

@@ -16,7 +16,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from devkit.sim.world import Report
+from devkit.sim.world import SWEEP_EVERY, Report
 
 TERMINAL = frozenset({"REFRESHED", "NOT_FOUND", "FAILED", "SKIPPED"})
 COUNTS = {
@@ -45,13 +45,14 @@ def invocation_bound(report: Report) -> int:
     outcome (at most one per key) or counts toward ``MAX_RECEIVE_COUNT``, and a hand-off
     that made progress starts a new message; per run, its keys and a chunk per tenancy and
     per ``FANOUT_CHUNK_SIZE`` keys, each tried ``MAX_RECEIVE_COUNT`` times, plus the
-    intake's and the schedule's retries."""
+    intake's and the schedule's retries; and the sweep schedule's invocations."""
     scenario = report.scenario
     per_run = sum(
         count + 2 + math.ceil(count / scenario.chunk_size) for count in scenario.tenancies
     )
     runs = max(1, len(report.expected_runs))
-    return scenario.max_receive_count * runs * (per_run + 3)
+    sweeps = int(report.ended_at // SWEEP_EVERY) + 1  # the sweep schedule's own
+    return scenario.max_receive_count * runs * (per_run + 3) + sweeps
 
 
 def check(report: Report) -> Findings:

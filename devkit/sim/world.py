@@ -44,6 +44,7 @@ LAMBDA_ASYNC_RETRIES = 2  # the template's EventInvokeConfig MaximumRetryAttempt
 LAMBDA_ASYNC_RETRY_DELAY = 60.0
 QUEUE_VISIBILITY = 1800.0  # the template's queues
 POLL_INTERVAL = 1.0
+SWEEP_EVERY = 900.0  # the template's sweep schedule
 KILL_STEPS = 300  # a kill lands at a step drawn up to this far into the invocation
 
 
@@ -314,6 +315,13 @@ class World:
             if isinstance(answer, dict):
                 return
 
+    def _sweep(self) -> None:
+        """The template's sweep schedule: every 15 minutes while the world runs."""
+        while not self._stopped:
+            self.runtime.sleep(SWEEP_EVERY)
+            if not self._stopped:
+                self.invoke({"sweep": "stuck-runs"}, "sweep")
+
     def _pipeline(self, number: int, pipeline: Pipeline) -> None:
         self.runtime.sleep(pipeline.at - self.runtime.now)
         name = f"tenancy-{pipeline.tenancy}"
@@ -342,6 +350,7 @@ class World:
         runtime = self.runtime
         for mapping in self.mappings:
             runtime.spawn(lambda m=mapping: self._poll(m), f"poller-{mapping.name}")
+        runtime.spawn(self._sweep, "sweeper")
         triggers = [
             runtime.spawn(lambda t=t: self._schedule(t), "scheduler")
             for t in self.scenario.schedules

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from cckm_refresh.request import parse_request
+from cckm_refresh.triggers import is_sweep
 from tests.infra.conftest import event_source_mapping, resources_of_type
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,10 +127,13 @@ def stream_filters(template: dict[str, Any]) -> list[Any]:
     return [json.loads(f["Pattern"]) for f in mapping["FilterCriteria"]["Filters"]]
 
 
-def stream_record(event_name: str, new: dict[str, str] | None) -> dict[str, Any]:
+def stream_record(event_name: str, new: dict[str, Any] | None) -> dict[str, Any]:
     change: dict[str, Any] = {"Keys": {"pk": {"S": "x"}, "sk": {"S": "y"}}}
     if new is not None:
-        change["NewImage"] = {name: {"S": value} for name, value in new.items()}
+        change["NewImage"] = {
+            name: {"BOOL": value} if isinstance(value, bool) else {"S": value}
+            for name, value in new.items()
+        }
     return {"eventName": event_name, "eventSource": "aws:dynamodb", "dynamodb": change}
 
 
@@ -213,8 +217,9 @@ def test_the_stream_mapping_isolates_poison_records_and_gives_up_into_a_queue(
         ("INSERT", {"item_type": "RUN", "status": "COMPLETED"}, True),
         ("INSERT", {"item_type": "RUN", "status": "RUNNING"}, False),
         ("MODIFY", {"item_type": "RUN", "status": "RUNNING"}, False),
-        ("MODIFY", {"item_type": "KEY"}, True),
-        ("INSERT", {"item_type": "KEY"}, False),
+        ("MODIFY", {"item_type": "KEY", "changed": True}, True),
+        ("MODIFY", {"item_type": "KEY"}, False),  # refreshed, nothing changed
+        ("INSERT", {"item_type": "KEY", "changed": True}, False),
         ("INSERT", {"item_type": "REJECTED"}, True),
         ("INSERT", {"item_type": "RESULT", "status": "COMPLETED"}, False),
         ("MODIFY", {"item_type": "RESULT"}, False),
@@ -223,7 +228,7 @@ def test_the_stream_mapping_isolates_poison_records_and_gives_up_into_a_queue(
     ],
 )
 def test_the_stream_filter_lets_through_only_records_that_can_notify(
-    cfn_template: dict[str, Any], event_name: str, new: dict[str, str] | None, delivered: bool
+    cfn_template: dict[str, Any], event_name: str, new: dict[str, Any] | None, delivered: bool
 ) -> None:
     record = stream_record(event_name, new)
 
@@ -494,7 +499,7 @@ def test_the_refresh_role_reads_only_the_ctm_secret(cfn_template: dict[str, Any]
 def test_the_schedule_sends_the_contract_envelope_under_a_generated_name(
     cfn_template: dict[str, Any], sam_template: dict[str, Any]
 ) -> None:
-    [schedule] = resources_of_type(cfn_template, "AWS::Scheduler::Schedule").values()
+    schedule = refresh_schedule(cfn_template)
     target = schedule["Properties"]["Target"]
     default_request = sam_template["Parameters"]["ScheduledRequest"]["Default"]
 
@@ -507,6 +512,25 @@ def test_the_schedule_sends_the_contract_envelope_under_a_generated_name(
     }
     assert target["RetryPolicy"]["MaximumRetryAttempts"] >= 1
     assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["ScheduleFailureQueue", "Arn"]}}
+
+
+def refresh_schedule(cfn_template: dict[str, Any]) -> dict[str, Any]:
+    """The schedule that starts refresh runs (the other one is the sweep's)."""
+    schedules = resources_of_type(cfn_template, "AWS::Scheduler::Schedule")
+    [name] = [n for n in schedules if n.endswith("Schedule") and "Sweep" not in n]
+    return schedules[name]
+
+
+def test_the_sweep_schedule_sends_the_sweep_event_every_15_minutes(
+    cfn_template: dict[str, Any],
+) -> None:
+    schedules = resources_of_type(cfn_template, "AWS::Scheduler::Schedule")
+    [sweep] = [s for n, s in schedules.items() if "Sweep" in n]
+    properties = sweep["Properties"]
+    assert json.loads(properties["Target"]["Input"]) == {"sweep": "stuck-runs"}
+    assert is_sweep(json.loads(properties["Target"]["Input"]))
+    assert properties["ScheduleExpression"] == "rate(15 minutes)"
+    assert properties["State"] == "ENABLED"
 
 
 def test_the_default_scheduled_request_is_a_valid_request(sam_template: dict[str, Any]) -> None:
@@ -699,7 +723,7 @@ def test_the_scheduler_role_invokes_only_the_refresh_function_for_this_account(
 ) -> None:
     role = cfn_template["Resources"]["SchedulerRole"]["Properties"]
     [trust] = role["AssumeRolePolicyDocument"]["Statement"]
-    [schedule] = resources_of_type(cfn_template, "AWS::Scheduler::Schedule").values()
+    schedules = resources_of_type(cfn_template, "AWS::Scheduler::Schedule").values()
     granted = {
         (action, json.dumps(statement["Resource"]))
         for _, statement in allow_statements(cfn_template)
@@ -709,7 +733,10 @@ def test_the_scheduler_role_invokes_only_the_refresh_function_for_this_account(
 
     assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
     assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
-    assert schedule["Properties"]["Target"]["RoleArn"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
+    for schedule in schedules:
+        assert schedule["Properties"]["Target"]["RoleArn"] == {
+            "Fn::GetAtt": ["SchedulerRole", "Arn"]
+        }
     assert granted == {
         ("lambda:InvokeFunction", json.dumps({"Fn::GetAtt": ["RefreshFunction", "Arn"]})),
         ("sqs:SendMessage", json.dumps({"Fn::GetAtt": ["ScheduleFailureQueue", "Arn"]})),

@@ -141,7 +141,7 @@ def _observed() -> Observed:
         rejected={"error": "keys[0]: must be a CCKM resource id"},
         dead_letters=[{"Body": "{}", "MessageAttributes": {"error": {"StringValue": "keys[0]"}}}],
         notifications=[
-            _note("RUN_COMPLETED", "INFO", run_id="schedule-x"),
+            _note("RUN_COMPLETED", "WARNING", run_id="schedule-x"),
             _note("KEY_ROTATED", "INFO", key_id="k1"),
             _note("KEY_STATE_CHANGED", "ERROR", key_id="k2"),
             _note("REQUEST_REJECTED", "ERROR"),

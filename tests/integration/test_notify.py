@@ -285,6 +285,7 @@ def test_a_completed_run_item_is_published_field_by_field(aws_stack: Any) -> Non
             },
         ],
         "failed_count": 2,
+        "failed_by_cause": [{"error_code": "NCERRBadRequest", "tenancy": "unknown", "count": 2}],
     }
 
 

@@ -292,3 +292,32 @@ def test_only_the_segment_that_owns_the_resolution_hands_it_on_or_finishes_it(
     assert run_item(aws_stack, "r1")["resolving"] == "at:page-2"
     assert store.finish_resolution("r1", "at:page-2") is True
     assert "resolving" not in run_item(aws_stack, "r1")
+
+
+def test_the_key_item_says_changed_only_when_a_refresh_changed_its_version_or_state(
+    store: ResultStore, aws_stack: Any
+) -> None:
+    # Given a key refreshed once (new to the table), then again unchanged
+    store.record(run("a"), refreshed("v1", "2026-11-28T06:00:01.000Z"), None)
+    first = latest(aws_stack)
+    store.record(run("b"), refreshed("v1", "2026-11-28T06:00:02.000Z"), None)
+    unchanged = latest(aws_stack)
+
+    # When OCI rotated it, then disabled it, then nothing changed again
+    store.record(run("c"), refreshed("v2", "2026-11-28T06:00:03.000Z"), None)
+    rotated = latest(aws_stack)
+    store.record(run("d"), refreshed("v2", "2026-11-28T06:00:04.000Z", "DISABLED"), None)
+    disabled = latest(aws_stack)
+    store.record(run("e"), refreshed("v2", "2026-11-28T06:00:05.000Z", "DISABLED"), None)
+
+    # Then only the items a change wrote carry changed (what the notify function's stream
+    # filter passes); every refresh still moved the item forward
+    assert [item.get("changed") for item in (first, unchanged, rotated, disabled)] == [
+        None,
+        None,
+        True,
+        True,
+    ]
+    final = latest(aws_stack)
+    assert ("changed" not in final, final["last_run_id"]) == (True, "e")
+    assert (rotated["current_key_version"], disabled["lifecycle_state"]) == ("v2", "DISABLED")

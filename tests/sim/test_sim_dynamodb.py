@@ -36,12 +36,16 @@ def refreshed(key_id: str, version: str) -> RefreshOutcome:
 
 def bookkeeping(store: ResultStore) -> list[Any]:
     """A run's life with its races: what each call answered."""
-    answers: list[Any] = [store.start_run(RUN), store.start_run(RUN)]
+    request = '{"selector": {"all": true}}'
+    answers: list[Any] = [store.start_run(RUN, request), store.start_run(RUN)]
     entries = [KeyEntry(k, known(k)) for k in KEYS[:4]]
     answers.append(store.register_chunk(RUN, "c1", "t1", entries))
     answers.append(store.register_chunk(RUN, "c1", "t1", entries))  # a retried fan-out
     overlapping = [KeyEntry(k, known(k)) for k in KEYS[2:6]]
     answers.append(store.register_chunk(RUN, "c2", "t1", overlapping))  # two keys taken
+    answers += [store.open_runs(), store.open_chunks(RUN.run_id)]
+    store.swept(RUN.run_id, 1)
+    store.record_listing_failure(RUN.run_id, "LISTING_INCOMPLETE", "CTM ignored the sort")
     answers.append(
         store.record_found_nothing(RUN, [RefreshOutcome(KeyInfo("ocid1.key.x"), Status.NOT_FOUND)])
     )
@@ -64,6 +68,7 @@ def bookkeeping(store: ResultStore) -> list[Any]:
         store.record_rejected("m1", "x", ""),
     ]
     answers += [store.latest_of([*KEYS, "ocid1.key.x"]), store.run_state(RUN.run_id)]
+    answers += [store.open_runs(), store.open_chunks(RUN.run_id)]
     reader = TableReader(store._db, store._table)
     answers += [list(reader.results(RUN.run_id, status="REFRESHED", fields="key_id, #s"))]
     return answers

@@ -1,4 +1,4 @@
-"""CONTRACT 6: which records notify, with what severity, subject and body."""
+"""docs/reference.md 6: which records notify, with what severity, subject and body."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from cckm_refresh.notify.events import (
     MAX_SUBJECT,
     EventType,
     FailedKeys,
+    FailureGroup,
     Severity,
     notifications_for,
     subject,
@@ -83,6 +84,47 @@ def test_a_clean_run_is_info_and_reads_no_failed_keys() -> None:
     [n] = notifications_for("MODIFY", run_item(status="RUNNING"), new, no_failed)
     assert n.severity is Severity.INFO
     assert n.body()["failed_count"] == 0
+
+
+def test_a_run_with_keys_not_found_and_none_failed_is_a_warning() -> None:
+    new = run_item(failed=Decimal(0), not_found=Decimal(4), refreshed=Decimal(116))
+    [n] = notifications_for("MODIFY", run_item(status="RUNNING"), new, no_failed)
+    assert n.severity is Severity.WARNING
+    assert "4 of 120 keys not found" in n.subject
+
+
+def test_failed_keys_are_grouped_by_cause_and_tenancy_with_what_to_check() -> None:
+    # Given a run where OCI refused every key of one tenancy, and two others ran out of time
+    groups = (
+        FailureGroup("NotAuthorizedOrNotFound", "acme-prod", 120),
+        FailureGroup("DEADLINE", "acme-dev", 2),
+    )
+
+    def failed(run_id: str) -> FailedKeys:
+        return FailedKeys(({"key_id": "a", "error_code": "NotAuthorizedOrNotFound"},), 122, groups)
+
+    new = run_item(failed=Decimal(122), refreshed=Decimal(0), requested=Decimal(122))
+    [n] = notifications_for("MODIFY", run_item(status="RUNNING"), new, failed)
+
+    # Then the notification is an ERROR whose summary says what to check, and whose body counts
+    # every cause
+    assert n.severity is Severity.ERROR
+    assert n.summary.endswith(
+        "OCI refused 120 keys of tenancy acme-prod: check the OCI connection's policy in CCKM"
+    )
+    assert [(g["error_code"], g["tenancy"], g["count"]) for g in n.body()["failed_by_cause"]] == [
+        ("NotAuthorizedOrNotFound", "acme-prod", 120),
+        ("DEADLINE", "acme-dev", 2),
+    ]
+
+
+def test_a_run_whose_listing_was_incomplete_is_an_error_even_with_no_key_failed() -> None:
+    listing = {"error_code": "LISTING_INCOMPLETE", "error_message": "CTM's order changes"}
+    new = run_item(failed=Decimal(0), listing_error=listing)
+    [n] = notifications_for("MODIFY", run_item(status="RUNNING"), new, no_failed)
+    assert n.severity is Severity.ERROR
+    assert "the listing was incomplete: CTM's order changes" in n.summary
+    assert n.body()["listing_error"] == listing
 
 
 def test_a_run_already_completed_does_not_notify_again() -> None:

@@ -1,9 +1,6 @@
-"""The run rules of CONTRACT 4.3 and 4.4 with fakes (no AWS, no HTTP): the real intake,
-chunk worker, resolver and engine over an in-memory table and queues (``run_fakes``).
-
-Over 300 lines on purpose: every rule is tested over the same ``World`` of fakes, and the
-fakes that watch one step (the CTM sign-in beside the read, the time of each call) sit beside
-the test that needs them."""
+"""The run rules of docs/reference.md 4.3 and 4.4 without AWS or HTTP: the real intake,
+chunk worker, resolver, engine and table store (over the simulation's DynamoDB), a fake CTM
+and recording queues, on the simulation's virtual clock."""
 
 from __future__ import annotations
 
@@ -14,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cckm_refresh.config import RefreshSettings
-from cckm_refresh.ctm.errors import CtmTransientError
+from cckm_refresh.ctm.errors import CtmError, CtmPermanentError, CtmTransientError
 from cckm_refresh.ctm.pacing import UNPACED, Pacer
 from cckm_refresh.engine import RefreshEngine
 from cckm_refresh.ratelimit import TenancyRateLimiter
@@ -23,10 +20,11 @@ from cckm_refresh.run.intake import Intake
 from cckm_refresh.run.report import Action, Rejection, RunReport
 from cckm_refresh.run.resolution import Resolver
 from cckm_refresh.run.service import RefreshService
+from cckm_refresh.run.sweep import Sweeper, SweepReport
 from cckm_refresh.runtime import Deadline
 from cckm_refresh.triggers import single_delivery, sqs_delivery
-from devkit.sim.runtime import SimRuntime
-from tests.unit.run_fakes import FakeQueues, FakeTable
+from devkit.sim.runtime import Killed, SimRuntime
+from tests.unit.run_fakes import FakeQueues, Table
 
 KEYS = {f"00000000-0000-4000-8000-00000000000{i}": ("t1" if i < 5 else "t2") for i in range(8)}
 FLAKY = "00000000-0000-4000-8000-000000000001"
@@ -59,8 +57,11 @@ class FakeCtm:
     failing: set[str] = field(default_factory=set)
     refreshed: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    listing_fails: CtmError | None = None
 
     def list_page(self, filters: Any, **_: Any) -> Page:
+        if self.listing_fails is not None:
+            raise self.listing_fails
         return Page(tuple(key_object(k, "v1") for k in KEYS))
 
     def list_oci_keys(self, filters: Any = None, **_: Any) -> list[dict[str, Any]]:
@@ -88,12 +89,15 @@ class _Answer:
 @dataclass
 class World:
     ctm: FakeCtm = field(default_factory=FakeCtm)
-    table: FakeTable = field(default_factory=FakeTable)
-    queues: FakeQueues = field(default_factory=FakeQueues)
     runtime: SimRuntime = field(default_factory=SimRuntime)
+    table: Table = field(init=False)
+    queues: FakeQueues = field(default_factory=FakeQueues)
     rate: float = 1000.0
     chunk_size: int = 100
     sign_in: Any = None  # ChunkWorker's CTM sign-in; None: the engine's first call signs in
+
+    def __post_init__(self) -> None:
+        self.table = Table(self.runtime)
 
     def settings(self) -> RefreshSettings:
         return RefreshSettings(
@@ -116,18 +120,42 @@ class World:
             settings, engine, self.table, self.queues, sign_in=self.sign_in, runtime=runtime
         )
         intake = Intake(settings, resolver, worker, self.table, self.queues, runtime=runtime)
-        return RefreshService(intake)
+        return RefreshService(intake, Sweeper(settings, self.table, self.queues, runtime))
 
     def end(self, seconds: float) -> Deadline:
         return Deadline(self.runtime.now + seconds, self.runtime)
 
-    def schedule(self) -> RunReport:
+    def schedule(self, *, expect_report: bool = True) -> RunReport:
         request = {"selector": {"all": True}}
         event = {"scheduled_time": "T0", "execution_id": "e", "request": request}
         service = self.service()
-        report = self.runtime.run(lambda: service.process(single_delivery(event), self.end(300)))
-        assert isinstance(report, RunReport)
+
+        def process() -> Any:
+            try:
+                return service.process(single_delivery(event), self.end(300))
+            except (Killed, CtmError):
+                if expect_report:
+                    raise
+                return None
+
+        report = self.runtime.run(process)
+        assert isinstance(report, RunReport) or not expect_report
         return report
+
+    def deliver(self, deliveries: list[Any], seconds: float = 300.0) -> list[Any]:
+        service = self.service()
+        reports: list[Any] = self.runtime.run(
+            lambda: service.process_batch(deliveries, self.end(seconds))
+        )
+        return reports
+
+    def sweep(self) -> SweepReport:
+        service = self.service()
+        report: SweepReport = self.runtime.run(service.sweep)
+        return report
+
+    def wait(self, seconds: float) -> None:
+        self.runtime.run(lambda: self.runtime.sleep(seconds))
 
     def deliver_chunks(self, receive_count: int = 1, seconds: float = 300.0) -> list[Any]:
         deliveries = [
@@ -154,7 +182,7 @@ def test_a_scheduled_request_becomes_one_chunk_message_per_tenancy() -> None:
         assert message.dedup_id == message.body["chunk"]
         assert {KEYS[k] for k in message.body["keys"]} == {message.group}
     run = world.table.runs["schedule-T0"]
-    assert (run["requested"], run["open_chunks"], run["resolving"]) == (8, 2, None)
+    assert (run["requested"], run["open_chunks"], run.get("resolving")) == (8, 2, None)
 
 
 def test_each_tenancy_s_first_chunk_is_sent_at_once_and_the_others_ten_to_a_call() -> None:
@@ -364,3 +392,94 @@ def test_a_completed_run_answers_a_replay_with_its_counts() -> None:
     assert (replay.status, replay.counts.refreshed if replay.counts else None) == ("COMPLETED", 8)
     assert world.queues.sent == []
     assert world.table.runs["schedule-T0"]["refreshed"] == 8
+
+
+def test_a_hand_off_without_progress_counts_as_a_delivery_until_the_last_fails_the_keys() -> None:
+    # Given a chunk whose every delivery has too little time to start a call (with 5 deliveries)
+    world = World(rate=1.0)
+    world.schedule()
+    world.queues.sent = [m for m in world.queues.sent if m.group == "t2"]
+
+    # When each delivery hands the chunk on untouched
+    handoffs = []
+    for _ in range(5):
+        [report] = world.deliver_chunks(seconds=2 * 2.0 + 5 - 1)
+        handoffs += [m.body.get("handoffs", 0) for m in world.queues.sent]
+
+    # Then each hand-off counted one delivery more, and the fifth gave up: its keys FAILED
+    # with DEADLINE, the message deleted and copied to the dead-letter queue, t2's chunk closed
+    assert handoffs == [1, 2, 3, 4]
+    assert (report.verdict.action, report.gave_up) == (Action.DONE, 3)
+    assert len(world.queues.dead_letters) == 1
+    t2 = [r for (_, k), r in world.table.results.items() if KEYS[k] == "t2"]
+    assert {(r["status"], r["error_code"]) for r in t2} == {("FAILED", "DEADLINE")}
+    assert world.ctm.refreshed == []
+
+
+def test_a_chunk_registered_and_never_sent_is_found_by_the_sweep_and_the_run_completes() -> None:
+    # Given a schedule whose container died between registering its first chunk and sending it
+    world = World()
+    world.queues.send = lambda messages: (_ for _ in ()).throw(Killed())  # type: ignore[method-assign]
+    world.schedule(expect_report=False)
+    assert world.table.runs["schedule-T0"]["open_chunks"] == 1
+    del world.queues.send
+
+    # When the sweep runs before and after the run's stuck threshold
+    early = world.sweep()
+    world.wait(world.settings().stuck_after_seconds)
+    late = world.sweep()
+    world.deliver_chunks()  # the chunk, and the request (its resolution had not finished)
+    world.deliver_chunks()  # the chunk the request registered then
+
+    # Then only the late sweep found it stuck, queued its open chunk and its resolution again,
+    # and the run completed with every key refreshed once
+    assert (early.stuck, late.stuck) == ((), ("schedule-T0",))
+    assert (late.chunks_queued, late.listings_queued) == (1, 1)
+    run = world.table.runs["schedule-T0"]
+    assert (run["status"], run["refreshed"], run.get("sweeps")) == ("COMPLETED", 8, 1)
+    assert sorted(world.ctm.refreshed) == sorted(KEYS)
+    assert world.sweep().open_runs == 0
+
+
+def test_a_schedule_whose_resolution_was_lost_is_resolved_again_from_its_kept_request() -> None:
+    # Given a schedule that failed mid-resolution every time (CTM unreachable)
+    world = World()
+    world.ctm.listing_fails = CtmTransientError("down", error_code="CONNECTION")
+    world.schedule(expect_report=False)
+    world.ctm.listing_fails = None
+
+    # When the sweep finds it stuck
+    world.wait(world.settings().stuck_after_seconds)
+    report = world.sweep()
+
+    # Then it sent the request again, under the run's id, and the run completes from it
+    assert report.listings_queued == 1
+    [message] = world.queues.sent
+    assert message.body == {"selector": {"all": True}, "run_id": "schedule-T0"}
+    world.deliver_chunks()  # the request, taken in: it queues the chunks
+    world.deliver_chunks()
+    assert world.table.runs["schedule-T0"]["refreshed"] == 8
+
+
+def test_a_listing_ctm_refuses_for_good_completes_the_run_saying_so() -> None:
+    world = World()
+    world.ctm.listing_fails = CtmPermanentError("sort refused", error_code="HTTP_400")
+
+    report = world.schedule()
+
+    run = world.table.runs["schedule-T0"]
+    assert (report.status, run["status"]) == ("COMPLETED", "COMPLETED")
+    assert run["listing_error"]["error_code"] == "HTTP_400"
+
+
+def test_a_run_s_last_listing_delivery_that_fails_completes_it_with_what_was_listed() -> None:
+    world = World()
+    world.ctm.listing_fails = CtmTransientError("CTM busy", error_code="HTTP_503")
+    request = json.dumps({"selector": {"all": True}, "request_id": "r"})
+
+    [first] = world.deliver([sqs_delivery("m", request, 1)])
+    [last] = world.deliver([sqs_delivery("m", request, 5)])
+
+    assert (first.verdict.action, last.verdict.action) == (Action.RETRY, Action.DEAD_LETTER)
+    run = world.table.runs["r"]
+    assert (run["status"], run["listing_error"]["error_code"]) == ("COMPLETED", "HTTP_503")

@@ -107,6 +107,12 @@ class RefreshSettings:
         return 2 * self.ctm_timeout_seconds + 5
 
     @property
+    def stuck_after_seconds(self) -> int:
+        """A run without progress for longer than this is stuck: longer than its messages'
+        deliveries can take (each at most a visibility timeout, 30 min, or a retry delay)."""
+        return self.max_receive_count * 1800
+
+    @property
     def recording_reserve_seconds(self) -> float:
         """Every CTM call, retries included, ends this long before the invocation does, so
         its outcome is always recorded (the ``5 s`` of the margin)."""

@@ -18,6 +18,11 @@ class Trigger(StrEnum):
     CLI = "cli"
 
 
+class RunStatus(StrEnum):
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+
+
 class Status(StrEnum):
     REFRESHED = "REFRESHED"
     NOT_FOUND = "NOT_FOUND"

@@ -17,7 +17,7 @@ from cckm_refresh.observability import logger, metrics
 from cckm_refresh.run.report import Action, MessageVerdict, Rejection, RunReport
 from cckm_refresh.run.service import RefreshService
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
-from cckm_refresh.triggers import is_sqs_event, single_delivery, sqs_delivery_of
+from cckm_refresh.triggers import is_sqs_event, is_sweep, single_delivery, sqs_delivery_of
 
 A_LAMBDA_LIFETIME = 900.0  # without a Lambda context: as long as Lambda's longest invocation
 
@@ -41,6 +41,8 @@ class RefreshFunction:
         end = self._end_of(context)
         if is_sqs_event(event):
             return self._sqs_batch(event["Records"], end)
+        if is_sweep(event):
+            return self._sweep()
         delivery = single_delivery(event)
         logger.append_keys(source_id=delivery.source_id)
         result = self.service.process(delivery, end)
@@ -96,6 +98,19 @@ class RefreshFunction:
             extra={"messages": len(late)},
         )
         return [r for r in records if r not in late], late
+
+    def _sweep(self) -> dict[str, Any]:
+        """The sweep schedule: stuck runs found and their work queued again (``RunsStuck``)."""
+        report = self.service.sweep()
+        metrics.add_metric(name="RunsOpen", unit=MetricUnit.Count, value=report.open_runs)
+        metrics.add_metric(name="RunsStuck", unit=MetricUnit.Count, value=len(report.stuck))
+        return {
+            "status": "SWEPT",
+            "open_runs": report.open_runs,
+            "stuck": list(report.stuck),
+            "chunks_queued": report.chunks_queued,
+            "listings_queued": report.listings_queued,
+        }
 
     def _apply(self, record: dict[str, Any], verdict: MessageVerdict) -> None:
         """A message that still owes keys comes back in ``verdict.delay`` seconds."""

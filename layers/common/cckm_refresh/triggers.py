@@ -23,7 +23,8 @@ class UnsupportedEventError(ValueError):
         super().__init__(
             "unsupported event: expected an EventBridge Scheduler envelope "
             '{"scheduled_time", "execution_id", "request"}, an EventBridge rule event '
-            '{"detail-type", "detail"}, or an SQS batch {"Records": [{"eventSource": "aws:sqs"}]}'
+            '{"detail-type", "detail"}, an SQS batch {"Records": [{"eventSource": "aws:sqs"}]}'
+            ', or the sweep schedule\'s {"sweep": "stuck-runs"}'
         )
 
 
@@ -38,6 +39,14 @@ class Delivery:
     raw: str  # the body as received, for the REJECTED record and the dead-letter copy
     receive_count: int = 1
     group: str | None = None  # a FIFO message's MessageGroupId: the tenancy queue's tenancy
+
+
+SWEEP = "stuck-runs"  # the template's sweep schedule sends {"sweep": "stuck-runs"}
+
+
+def is_sweep(event: Any) -> bool:
+    """The sweep schedule's event (docs/reference.md 4.2): find stuck runs, queue their work."""
+    return isinstance(event, dict) and event.get("sweep") == SWEEP
 
 
 def is_sqs_event(event: Any) -> bool:

@@ -39,11 +39,44 @@ ALARMING_STATES = frozenset({"PENDING_DELETION", "DISABLED"})
 
 
 @dataclass(frozen=True)
+class FailureGroup:
+    """The failed keys of a run that share a cause and a tenancy."""
+
+    error_code: str
+    tenancy: str
+    count: int
+
+    def hint(self) -> str | None:
+        """What an operator should look at for this cause, when it says something."""
+        advice = _HINTS.get(self.error_code)
+        return None if advice is None else advice.format(n=self.count, tenancy=self.tenancy)
+
+
+# What a failure's error_code tells an operator to check (docs/reference.md 6).
+_HINTS = {
+    "NotAuthorizedOrNotFound": (
+        "OCI refused {n} keys of tenancy {tenancy}: check the OCI connection's policy in CCKM"
+    ),
+    "DEADLINE": (
+        "{n} keys of tenancy {tenancy} ran out of deliveries: check TENANCY_RATE_LIMIT and "
+        "the function's timeout against the tenancy's keys"
+    ),
+    "UNAUTHORIZED": "CTM refused the credentials for {n} keys: check the CTM secret",
+    "NCERRUnauthorizedAccess": "CTM refused the credentials for {n} keys: check the CTM secret",
+    "TOKEN_EXPIRED": "the secret's JWT expired: store a refresh token in the CTM secret",
+    "TLS": "CTM's certificate did not verify: check the secret's ca_bundle",
+    "THROTTLED": "OCI kept throttling {n} keys of tenancy {tenancy}: lower TENANCY_RATE_LIMIT",
+}
+
+
+@dataclass(frozen=True)
 class FailedKeys:
-    """The failed keys of a run: at most 50 of them, and how many there were."""
+    """The failed keys of a run: at most 50 of them, how many there were, and all of them
+    counted by cause and tenancy (largest first)."""
 
     keys: tuple[Mapping[str, Any], ...] = ()
     count: int = 0
+    groups: tuple[FailureGroup, ...] = ()
 
 
 FailedKeysReader = Callable[[str], FailedKeys]
@@ -102,7 +135,12 @@ def _run_completed(run: Mapping[str, Any], failed_keys: FailedKeysReader) -> Not
     run_id = str(run.get("run_id", ""))
     counts = {name: _int(run.get(name)) for name in _COUNTS}
     failed = failed_keys(run_id) if counts["failed"] else FailedKeys()
-    severity = Severity.ERROR if counts["failed"] else Severity.INFO
+    listing_error = run.get("listing_error")
+    severity = Severity.INFO
+    if counts["not_found"]:
+        severity = Severity.WARNING
+    if counts["failed"] or listing_error:
+        severity = Severity.ERROR
     details = {
         "run_id": run_id,
         "trigger": run.get("trigger"),
@@ -114,12 +152,28 @@ def _run_completed(run: Mapping[str, Any], failed_keys: FailedKeysReader) -> Not
         "finished_at": run.get("finished_at"),
         "failed_keys": [dict(k) for k in failed.keys],
         "failed_count": failed.count,
+        "failed_by_cause": [
+            _present(
+                {"error_code": g.error_code, "tenancy": g.tenancy, "count": g.count}
+                | {"hint": g.hint()}
+            )
+            for g in failed.groups
+        ],
+        "listing_error": dict(listing_error) if isinstance(listing_error, Mapping) else None,
     }
+    summary = _run_summary(run_id, counts, dry_run=bool(run.get("dry_run")))
+    if isinstance(listing_error, Mapping):
+        summary += f"; the listing was incomplete: {listing_error.get('error_message', '')}"
+    hints = [hint for group in failed.groups if (hint := group.hint())]
+    if hints:
+        summary += f"; {hints[0]}"
     return Notification(
         event_type=EventType.RUN_COMPLETED,
         severity=severity,
-        subject=subject(severity, f"CCKM refresh run {run_id}: {_run_headline(counts)}"),
-        summary=one_line(_run_summary(run_id, counts, dry_run=bool(run.get("dry_run")))),
+        subject=subject(
+            severity, f"CCKM refresh run {run_id}: {_run_headline(counts, listing_error)}"
+        ),
+        summary=one_line(summary),
         dedupe_key=f"{EventType.RUN_COMPLETED}#{run_id}",
         details=_present(details),
     )
@@ -138,10 +192,14 @@ def _run_summary(run_id: str, counts: Mapping[str, int], *, dry_run: bool) -> st
     return summary + "".join(f", {e}" for e in extras)
 
 
-def _run_headline(counts: Mapping[str, int]) -> str:
+def _run_headline(counts: Mapping[str, int], listing_error: object) -> str:
     """The subject's few words: the failures if any, else what was refreshed."""
     if counts["failed"]:
         return f"{counts['failed']} of {counts['requested']} keys failed"
+    if listing_error:
+        return f"listing incomplete, {counts['refreshed']} keys refreshed"
+    if counts["not_found"]:
+        return f"{counts['not_found']} of {counts['requested']} keys not found"
     return f"{counts['refreshed']} keys refreshed, {counts['rotated']} rotated"
 
 

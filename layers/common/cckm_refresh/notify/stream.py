@@ -7,6 +7,7 @@ SNS first for every record of the batch, then the webhook mirror with the time l
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -18,6 +19,7 @@ from cckm_refresh.notify.events import (
     MAX_FAILED_KEYS,
     FailedKeys,
     FailedKeysReader,
+    FailureGroup,
     Notification,
     notifications_for,
 )
@@ -122,16 +124,22 @@ class RunDigest:
         self._reader = reader
 
     def failed_keys(self, run_id: str) -> FailedKeys:
-        """The first 50 failed keys (``key_id``, ``display_name``, ``error_code``) and how
-        many failed in all, over every page of the run's results."""
+        """The first 50 failed keys (``key_id``, ``display_name``, ``error_code``), how many
+        failed in all, and all of them counted by cause and tenancy, over every page of the
+        run's results (memory: 50 keys and one counter per cause and tenancy)."""
         keys: list[dict[str, str]] = []
-        count = 0
-        fields = "key_id, display_name, error_code"
+        by_cause: Counter[tuple[str, str]] = Counter()
+        fields = "key_id, display_name, error_code, tenancy"
         for item in self._reader.results(run_id, status="FAILED", fields=fields):
-            count += 1
+            by_cause[(str(item.get("error_code", "")), str(item.get("tenancy") or "unknown"))] += 1
             if len(keys) < MAX_FAILED_KEYS:
-                keys.append({name: str(value) for name, value in item.items()})
-        return FailedKeys(tuple(keys), count)
+                keys.append(
+                    {n: str(item[n]) for n in ("key_id", "display_name", "error_code") if n in item}
+                )
+        groups = tuple(
+            FailureGroup(code, tenancy, n) for (code, tenancy), n in by_cause.most_common()
+        )
+        return FailedKeys(tuple(keys), by_cause.total(), groups)
 
 
 def count_metric(name: str, value: int = 1) -> None:

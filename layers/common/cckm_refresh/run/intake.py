@@ -18,6 +18,7 @@ import json
 from typing import TYPE_CHECKING
 
 from cckm_refresh.config import RefreshSettings
+from cckm_refresh.ctm.errors import CtmError
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status, Trigger
 from cckm_refresh.observability import logger
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY
@@ -26,7 +27,7 @@ from cckm_refresh.run.chunks import ChunkJob, ChunkWorker, EnginePass, last_chan
 from cckm_refresh.run.report import DEAD_LETTER, DONE, MessageVerdict, RunReport, log_outcomes
 from cckm_refresh.run.resolution import Chunk, Resolution, Resolver
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime, iso_now
-from cckm_refresh.table.items import FIRST_SEGMENT, MAX_CHUNK_KEYS, RecordedResult
+from cckm_refresh.table.items import MAX_CHUNK_KEYS, RecordedResult, segment_of
 from cckm_refresh.triggers import Delivery
 from cckm_refresh.workqueue import SEND_BATCH, QueueMessage
 
@@ -66,24 +67,33 @@ class Intake:
         """Start (or continue, or replay) ``run`` from ``request``: its keys resolved into
         chunks, each registered and queued (or kept and refreshed here), what was not found
         recorded, the listing handed on if time ran short. ``end``: the invocation's."""
-        created = self.store.start_run(run)
+        original = request.chunk is None and request.resume is None
+        created = self.store.start_run(run, delivery.raw if original else None)
         start_by = end.before(self._settings.deadline_margin_seconds)
         last = last_chance(delivery, request.handoffs, self._settings.max_receive_count)
         if last and start_by.passed():
-            return self._give_up(run, request)
+            why = "the last delivery had too little time left to resolve the request"
+            return self.give_up(run, request, "DEADLINE", why)
         fan_out = self._fans_out()
         done_before = None if created else self._done_before(run, fan_out)
         if done_before is not None:
             return done_before
         router = ChunkRouter(self, run, delivery, end, fan_out)
-        resolution = self._resolver.resolve(
-            request,
-            run.run_id,
-            chunk_size=min(self._settings.fanout_chunk_size, MAX_CHUNK_KEYS),
-            sink=router.route,
-            list_until=start_by,
-            calls_end_by=end.before(self._settings.recording_reserve_seconds),
-        )
+        try:
+            resolution = self._resolver.resolve(
+                request,
+                run.run_id,
+                chunk_size=min(self._settings.fanout_chunk_size, MAX_CHUNK_KEYS),
+                sink=router.route,
+                list_until=start_by,
+                calls_end_by=end.before(self._settings.recording_reserve_seconds),
+            )
+        except CtmError as error:
+            router.flush_sends()  # what was listed is refreshed
+            if error.transient and not last:
+                raise  # delivered again
+            why = f"the keys could not be listed: {error.message}"
+            return self.give_up(run, request, error.error_code, why)
         router.flush_sends()
         not_found = self._record_missing(run, resolution, router)
         segment = segment_of(request.resume)
@@ -127,11 +137,16 @@ class Intake:
         not_found = self.store.record_found_nothing(run, resolution.not_found)
         missing = resolution.not_found[:not_found]
         router.recorded += [RecordedResult(outcome, None, False) for outcome in missing]
-        if resolution.mismatched or resolution.malformed:
-            logger.warning(
-                "keys left out of the run",
-                extra={"mismatched": resolution.mismatched, "malformed": resolution.malformed},
+        if resolution.mismatched:
+            logger.info(
+                "keys CTM listed that do not match the selector were left out",
+                extra={"mismatched": resolution.mismatched},
             )
+        if resolution.malformed:
+            # Items that are not key objects cannot be refreshed: the listing was not whole.
+            why = f"CTM listed {resolution.malformed} items that are not key objects"
+            self.store.record_listing_failure(run.run_id, "BAD_RESPONSE", why)
+            logger.error("listing incomplete", extra={"malformed": resolution.malformed})
         return not_found
 
     def _fans_out(self) -> bool | None:
@@ -145,25 +160,29 @@ class Intake:
             return False
         return None
 
-    def _give_up(self, run: RunInfo, request: RefreshRequest) -> RunReport:
-        """The last delivery of a request, with too little time to resolve it: the keys it
-        names fail with ``DEADLINE`` (nothing stays PENDING), the message is dead-lettered.
-        A selector cannot be listed without time: the dead-letter queue keeps its message."""
+    def give_up(
+        self, run: RunInfo, request: RefreshRequest, error_code: str, why: str
+    ) -> RunReport:
+        """A request that cannot be resolved (its last delivery out of time, or CTM's listing
+        refused for good): the keys it names fail (nothing stays PENDING), a selector's
+        listing failure is recorded on the run, and its resolution ends, so the run completes
+        with what was listed, and says so (an ERROR). The message is dead-lettered."""
         outcomes = [
             RefreshOutcome(
                 KeyInfo(key_id, oci_key_id=key_id if key_id in request.ocids else None),
                 status=Status.FAILED,
-                error_code="DEADLINE",
-                error_message="the last delivery had too little time left to resolve the key",
+                error_code=error_code,
+                error_message=why,
                 recorded_at=iso_now(self._runtime),
             )
             for key_id in (*request.key_ids, *request.ocids)
         ]
         self.store.record_found_nothing(run, outcomes)
-        if request.selector is None:
-            self.store.finish_resolution(run.run_id)
+        if request.selector is not None:
+            self.store.record_listing_failure(run.run_id, error_code, why)
+        self.store.finish_resolution(run.run_id, segment_of(request.resume))
         completed = self.store.complete_if_done(run.run_id)
-        logger.warning("last delivery out of time: its keys failed", extra={"keys": len(outcomes)})
+        logger.error("request given up", extra={"error_code": error_code, "keys": len(outcomes)})
         return RunReport(
             run_id=run.run_id,
             requested=len(outcomes),
@@ -351,10 +370,3 @@ class ChunkRouter:
         self._groups_started.add(group)
         if first or len(self._sends) >= SEND_BATCH:
             self.flush_sends()
-
-
-def segment_of(resume: dict[str, object] | None) -> str:
-    """The name of a resolution segment: where its listing starts."""
-    if resume is None:
-        return FIRST_SEGMENT
-    return "at:" + json.dumps(resume, sort_keys=True, separators=(",", ":"), default=str)

@@ -22,13 +22,15 @@ from cckm_refresh.triggers import Delivery
 if TYPE_CHECKING:  # built by run.wiring on the first invocation: not imported at cold start
     from cckm_refresh.run.chunks import ChunkJob
     from cckm_refresh.run.intake import Intake
+    from cckm_refresh.run.sweep import Sweeper, SweepReport
 
 
 class RefreshService:
     """Processes deliveries; built once per container and shared by its invocations."""
 
-    def __init__(self, intake: Intake) -> None:
+    def __init__(self, intake: Intake, sweeper: Sweeper) -> None:
         self._intake = intake
+        self._sweeper = sweeper
         self._worker = intake.worker
         self._store = intake.store
         self._queue = intake.queue
@@ -61,6 +63,10 @@ class RefreshService:
                 receive_count = deliveries[index].receive_count
                 results[index] = self._worker.report(job, done, receive_count)
         return [results[index] for index in range(len(deliveries))]
+
+    def sweep(self) -> SweepReport:
+        """Find the runs stuck without progress and queue their work again."""
+        return self._sweeper.sweep()
 
     def queue_url_of(self, queue_arn: str) -> str | None:
         """The URL of the queue an SQS record came from (``eventSourceARN``)."""

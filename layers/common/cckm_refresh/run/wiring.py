@@ -20,6 +20,7 @@ from cckm_refresh.run.chunks import ChunkWorker
 from cckm_refresh.run.intake import Intake
 from cckm_refresh.run.resolution import Resolver
 from cckm_refresh.run.service import RefreshService
+from cckm_refresh.run.sweep import Sweeper
 from cckm_refresh.runtime import SYSTEM, Runtime
 from cckm_refresh.table.store import ResultStore
 from cckm_refresh.wiring import aws_client
@@ -105,4 +106,5 @@ def refresh_service(
         sign_in=lambda end: ctm.issue_token(deadline=end.at),
         runtime=runtime,
     )
-    return RefreshService(Intake(settings, resolver, worker, store, queue, runtime=runtime))
+    intake = Intake(settings, resolver, worker, store, queue, runtime=runtime)
+    return RefreshService(intake, Sweeper(settings, store, queue, runtime))

@@ -6,6 +6,7 @@ values the run keeps in it. Everyone who reads or writes the table asks this pac
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -14,12 +15,12 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from cckm_refresh.keyids import KeyIdKind, classify_key_id
-from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
+from cckm_refresh.model import KeyInfo, RefreshOutcome, RunStatus, Status
 from cckm_refresh.text import MAX_MESSAGE
 
 RUN = "RUN"  # the sort key of a run's item
 LATEST = "LATEST"  # the sort key of a key's latest state
-REQUEST = "REQUEST"  # the sort key of a rejected request
+REQUEST = "REQUEST"  # the sort key of a rejected request, and of the one a run started from
 NOTIFICATION = "NOTIFICATION"  # the sort key of a notification sent
 RUN_PREFIX = "RUN#"
 KEY_PREFIX = "KEY#"
@@ -30,10 +31,15 @@ TENANCY_PREFIX = "TENANCY#"
 PACE = "PACE"  # the sort key of a tenancy's pace
 PACE_RETENTION = timedelta(days=1)  # a pace is useful for a second; the TTL keeps no clutter
 BY_KEY_INDEX = "by-key"
+# The by-key index's partition of the runs still RUNNING (a RUN item leaves it at completion):
+# what the sweep reads to find stuck runs without scanning the table.
+OPEN_RUNS = "RUNS#OPEN"
 FIRST_SEGMENT = "start"
+SEGMENT_PREFIX = "at:"  # a resolution segment that starts at a listing position
 # A transaction holds at most 100 items: the CHUNK item, the RUN update and 98 results.
 MAX_CHUNK_KEYS = 98
 MAX_REJECTED_BODY = 4000
+MAX_KEPT_REQUEST = 100_000  # a run's request as received (1,000 OCIDs are about 60 KB)
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -128,17 +134,46 @@ class RunCounts:
 
 @dataclass(frozen=True)
 class RunState:
-    """The ``RUN`` item as the run rules need it."""
+    """The ``RUN`` item as the run rules and the sweep need it."""
 
     run_id: str
-    status: str
-    resolving: bool
+    status: RunStatus
+    resolving: str | None  # the resolution segment that owns the run; None once resolved
     open_chunks: int
     counts: RunCounts
+    progress_at: int | None = None  # epoch seconds of its last registration, close or hand-on
+    reason: str | None = None
+    dry_run: bool = False
+    sweeps: int = 0  # times the sweep re-queued its work
 
     @property
     def completed(self) -> bool:
-        return self.status == "COMPLETED"
+        return self.status == RunStatus.COMPLETED
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> RunState:
+        resolving = item.get("resolving")
+        progress = item.get("progress_at")
+        return cls(
+            run_id=str(item["run_id"]),
+            status=RunStatus(str(item.get("status", RunStatus.RUNNING))),
+            resolving=str(resolving) if resolving else None,
+            open_chunks=int(item.get("open_chunks", 0)),
+            counts=RunCounts.from_item(item),
+            progress_at=int(progress) if progress is not None else None,
+            reason=item.get("reason"),
+            dry_run=bool(item.get("dry_run")),
+            sweeps=int(item.get("sweeps", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class OpenChunk:
+    """A chunk registered and not closed: what the sweep needs to queue it again."""
+
+    chunk_id: str
+    tenancy: str | None
+    key_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -258,3 +293,18 @@ def known_before(item: Mapping[str, Any]) -> KeyInfo:
         vault_name=text("vault_name"),
         current_key_version=text("previous_key_version"),
     )
+
+
+def segment_of(resume: Mapping[str, object] | None) -> str:
+    """The name of a resolution segment: where its listing starts (``resume_of`` reads it)."""
+    if resume is None:
+        return FIRST_SEGMENT
+    return SEGMENT_PREFIX + json.dumps(resume, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def resume_of(segment: str) -> dict[str, Any] | None:
+    """The listing position a segment starts at (None: the first segment)."""
+    if segment == FIRST_SEGMENT:
+        return None
+    resume: dict[str, Any] = json.loads(segment.removeprefix(SEGMENT_PREFIX))
+    return resume

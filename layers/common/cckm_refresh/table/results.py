@@ -100,25 +100,57 @@ class ResultLog(TableAccess):
         return result
 
     def _move_key_forward(self, run: RunInfo, outcome: RefreshOutcome) -> str | None:
-        """Update the key's ``LATEST`` item unless a newer result got there first (one call);
-        return the version it held before."""
+        """Update the key's ``LATEST`` item unless a newer result got there first; return the
+        version it held before. The item carries ``changed`` (true) only when this refresh
+        changed its version or state, so that the notify function's stream filter wakes it
+        for changes, not for every refresh: the update first asks for the key as it was
+        (one call when nothing changed, the case of almost every key), then, refused, says
+        that it changed (docs/reference.md 5)."""
         if outcome.status in (Status.PENDING, Status.SKIPPED) or not is_cckm_id(outcome.key_id):
             return None
         update, names, values = _latest_update(run, outcome)
+        newer = "attribute_not_exists(pk) OR updated_at <= :at"
+        same = [
+            f"#{n} = :{n}" for n in ("current_key_version", "lifecycle_state") if f":{n}" in values
+        ]
+        if same:
+            unchanged = f"attribute_not_exists(pk) OR (updated_at <= :at AND {' AND '.join(same)})"
+            response = self._update_key(
+                outcome, f"{update} REMOVE changed", unchanged, names, values
+            )
+            if response is None:
+                response = self._update_key(
+                    outcome, f"{update}, changed = :true", newer, names, values | {":true": True}
+                )
+        else:
+            response = self._update_key(outcome, f"{update} REMOVE changed", newer, names, values)
+        if response is None:
+            return None  # a newer result already moved the key: this one is history
+        stored = plain(response.get("Attributes", {})).get("current_key_version")
+        return str(stored) if stored is not None else None
+
+    def _update_key(
+        self,
+        outcome: RefreshOutcome,
+        update: str,
+        condition: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        """One conditional update of the ``LATEST`` item; None when the condition refused."""
         try:
-            response = self._db.update_item(
+            response: dict[str, Any] = self._db.update_item(
                 TableName=self._table,
                 Key=key(key_pk(outcome.key_id), LATEST),
                 UpdateExpression=update,
-                ConditionExpression="attribute_not_exists(pk) OR updated_at <= :at",
+                ConditionExpression=condition,
                 ExpressionAttributeValues=to_item(values),
                 **({"ExpressionAttributeNames": names} if names else {}),
                 ReturnValues="ALL_OLD",
             )
         except self._db.exceptions.ConditionalCheckFailedException:
-            return None  # a newer result already moved the key: this one is history
-        stored = plain(response.get("Attributes", {})).get("current_key_version")
-        return str(stored) if stored is not None else None
+            return None
+        return response
 
     def record_rejected(self, source_id: str, error: str, body: str) -> bool:
         """Record a rejected request once (a redelivery makes no second item or notification)."""

@@ -28,18 +28,25 @@ must agree with.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
-from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status
+from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, RunStatus, Status
 from cckm_refresh.runtime import iso
 from cckm_refresh.table.access import TableAccess
 from cckm_refresh.table.items import (
+    BY_KEY_INDEX,
+    CHUNK_PREFIX,
     FIRST_SEGMENT,
     MAX_CHUNK_KEYS,
+    MAX_KEPT_REQUEST,
+    OPEN_RUNS,
     PACE_RETENTION,
+    REQUEST,
     RUN,
     ChunkTally,
     KeyEntry,
+    OpenChunk,
     RecordedResult,
     RunCounts,
     RunState,
@@ -53,6 +60,7 @@ from cckm_refresh.table.items import (
     run_pk,
     to_item,
 )
+from cckm_refresh.text import MAX_MESSAGE
 
 _TRANSACTION_ATTEMPTS = 8
 
@@ -66,9 +74,12 @@ class RunBook(TableAccess):
 
     # --- runs -------------------------------------------------------------------------------
 
-    def start_run(self, run: RunInfo) -> bool:
+    def start_run(self, run: RunInfo, request: str | None = None) -> bool:
         """Create the ``RUN`` item (``RUNNING``, ``resolving``) unless it exists; True when
-        this call made it."""
+        this call made it. ``request`` (the request as received) is kept beside it, in a
+        ``REQUEST`` item, for the sweep to start the resolution again if every delivery of
+        it was lost (a schedule whose invocations all failed)."""
+        now = self._now()
         item = {
             "pk": run_pk(run.run_id),
             "sk": RUN,
@@ -81,11 +92,30 @@ class RunBook(TableAccess):
             "requested": 0,
             "open_chunks": 0,
             "resolving": FIRST_SEGMENT,
-            "status": "RUNNING",
-            "started_at": iso(self._now()),
+            "status": str(RunStatus.RUNNING),
+            "started_at": iso(now),
+            "progress_at": _epoch(now),
+            "gsi1pk": OPEN_RUNS,
+            "gsi1sk": iso(now),
             "expires_at": self._expires_at(),
         }
-        return self._put_new(item)
+        if request is None:
+            return self._put_new(item)
+        kept = {
+            "pk": run_pk(run.run_id),
+            "sk": REQUEST,
+            "item_type": "RUN_REQUEST",
+            "body": request[:MAX_KEPT_REQUEST],
+            "expires_at": self._expires_at(),
+        }
+        return self._transact([self._put_if_new(item), self._put_if_new(kept)]) is None
+
+    def kept_request(self, run_id: str) -> str | None:
+        """The request a run started from, as ``start_run`` kept it."""
+        answer = self._db.get_item(
+            TableName=self._table, Key=key(run_pk(run_id), REQUEST), ConsistentRead=True
+        )
+        return str(plain(answer["Item"])["body"]) if "Item" in answer else None
 
     def run_state(self, run_id: str) -> RunState | None:
         """The ``RUN`` item, strongly consistent; None when the run does not exist."""
@@ -94,29 +124,75 @@ class RunBook(TableAccess):
         )
         if "Item" not in answer:
             return None
-        item = plain(answer["Item"])
-        return RunState(
-            run_id=run_id,
-            status=str(item.get("status", "RUNNING")),
-            resolving=bool(item.get("resolving")),
-            open_chunks=int(item.get("open_chunks", 0)),
-            counts=RunCounts.from_item(item),
+        return RunState.from_item(plain(answer["Item"]))
+
+    def open_runs(self) -> list[RunState]:
+        """Every run still RUNNING (the by-key index's ``RUNS#OPEN`` partition)."""
+        pages = self._db.get_paginator("query").paginate(
+            TableName=self._table,
+            IndexName=BY_KEY_INDEX,
+            KeyConditionExpression="gsi1pk = :open",
+            ExpressionAttributeValues={":open": {"S": OPEN_RUNS}},
         )
+        return [RunState.from_item(plain(i)) for page in pages for i in page.get("Items", [])]
+
+    def open_chunks(self, run_id: str) -> list[OpenChunk]:
+        """The run's chunks registered and not closed."""
+        pages = self._db.get_paginator("query").paginate(
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :chunk)",
+            FilterExpression="chunk_status = :open",
+            ExpressionAttributeValues=to_item(
+                {":pk": run_pk(run_id), ":chunk": CHUNK_PREFIX, ":open": "OPEN"}
+            ),
+            ConsistentRead=True,
+        )
+        chunks = (plain(i) for page in pages for i in page.get("Items", []))
+        return [OpenChunk(str(c["chunk_id"]), c.get("tenancy"), tuple(c["keys"])) for c in chunks]
+
+    def swept(self, run_id: str, sweeps: int) -> None:
+        """The sweep queued the run's work again: its ``sweeps``-th time, counted as progress."""
+        values = {":n": sweeps, ":now": _epoch(self._now())}
+        self._update_running(run_id, "SET sweeps = :n, progress_at = :now", values)
+
+    def record_listing_failure(self, run_id: str, error_code: str, message: str) -> None:
+        """The run's listing could not be read completely: said on the ``RUN`` item (its
+        completion is notified as an ERROR); the keys listed so far are refreshed."""
+        failure = {"error_code": error_code, "error_message": message[:MAX_MESSAGE]}
+        self._update_running(run_id, "SET listing_error = :failure", {":failure": failure})
+
+    def _update_running(self, run_id: str, update: str, values: dict[str, Any]) -> None:
+        """Update the ``RUN`` item while it runs (a completed run is left as it finished)."""
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=key(run_pk(run_id), RUN),
+                UpdateExpression=update,
+                ConditionExpression="#s = :running",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=to_item(values | {":running": RunStatus.RUNNING}),
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return
 
     def hand_on_resolution(self, run_id: str, segment: str, next_segment: str) -> bool:
         """Pass the resolution from ``segment`` to the continuation that starts at
         ``next_segment``; False when ``segment`` no longer owns it (a stale delivery)."""
-        return self._move_resolution(run_id, segment, "SET resolving = :next", next_segment)
+        update = "SET resolving = :next, progress_at = :now"
+        return self._move_resolution(run_id, segment, update, next_segment)
 
     def finish_resolution(self, run_id: str, segment: str = FIRST_SEGMENT) -> bool:
         """Every key of the run is registered: completion may now happen. False when
         ``segment`` does not own the resolution (another delivery does, or it is done)."""
-        return self._move_resolution(run_id, segment, "REMOVE resolving", None)
+        return self._move_resolution(
+            run_id, segment, "REMOVE resolving SET progress_at = :now", None
+        )
 
     def _move_resolution(
         self, run_id: str, segment: str, update: str, next_segment: str | None
     ) -> bool:
-        values = {":segment": segment} | ({":next": next_segment} if next_segment else {})
+        values = {":segment": segment, ":now": _epoch(self._now())}
+        values |= {":next": next_segment} if next_segment else {}
         try:
             self._db.update_item(
                 TableName=self._table,
@@ -145,7 +221,8 @@ class RunBook(TableAccess):
                 # A run with no chunk (a selector matching nothing) has no counts yet: the
                 # contract's RUN item carries them at completion, zeros included.
                 UpdateExpression="SET #s = :done, finished_at = :now"
-                + "".join(f", {n} = if_not_exists({n}, :zero)" for n in _TALLY_FIELDS),
+                + "".join(f", {n} = if_not_exists({n}, :zero)" for n in _TALLY_FIELDS)
+                + " REMOVE gsi1pk, gsi1sk",
                 ConditionExpression=(
                     "#s = :running AND open_chunks = :zero AND attribute_not_exists(resolving)"
                 ),
@@ -214,12 +291,17 @@ class RunBook(TableAccess):
             "Update": {
                 "TableName": self._table,
                 "Key": key(pk, RUN),
-                "UpdateExpression": "ADD requested :n, open_chunks :one",
+                "UpdateExpression": "ADD requested :n, open_chunks :one SET progress_at = :now",
                 # A completed run keeps its counts: nothing joins it any more.
                 "ConditionExpression": "#s = :running",
                 "ExpressionAttributeNames": {"#s": "status"},
                 "ExpressionAttributeValues": to_item(
-                    {":n": len(entries), ":one": 1, ":running": "RUNNING"}
+                    {
+                        ":n": len(entries),
+                        ":one": 1,
+                        ":running": "RUNNING",
+                        ":now": _epoch(self._now()),
+                    }
                 ),
             }
         }
@@ -291,7 +373,8 @@ class RunBook(TableAccess):
                 "ConditionExpression": "#s = :running",
                 "ExpressionAttributeNames": {"#s": "status"},
                 "ExpressionAttributeValues": to_item(
-                    _tally_values(tally) | {":n": len(batch), ":running": "RUNNING"}
+                    _tally_values(tally)
+                    | {":n": len(batch), ":running": "RUNNING", ":now": _epoch(self._now())}
                 ),
             }
         }
@@ -326,7 +409,9 @@ class RunBook(TableAccess):
                     "TableName": self._table,
                     "Key": key(pk, RUN),
                     "UpdateExpression": _tally_expression(tally, "ADD open_chunks :minus"),
-                    "ExpressionAttributeValues": to_item(_tally_values(tally) | {":minus": -1}),
+                    "ExpressionAttributeValues": to_item(
+                        _tally_values(tally) | {":minus": -1, ":now": _epoch(self._now())}
+                    ),
                 }
             },
         ]
@@ -365,7 +450,12 @@ _TALLY_FIELDS = ("refreshed", "not_found", "failed", "skipped", "rotated")
 
 
 def _tally_expression(tally: ChunkTally, head: str) -> str:
-    return head + "".join(f", {name} :{name}" for name in _TALLY_FIELDS)
+    """``head`` and the tally's ADDs, and the run's progress marked."""
+    return head + "".join(f", {name} :{name}" for name in _TALLY_FIELDS) + " SET progress_at = :now"
+
+
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
 
 
 def _tally_values(tally: ChunkTally) -> dict[str, int]:
