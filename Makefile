@@ -25,7 +25,7 @@ endif
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv sam lambda-runtime test unit integration lint demo bench build deploy clean
+.PHONY: help venv sam lambda-runtime test unit integration lint demo bench soak build deploy clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{gsub(/\$$\$$/, "$$", $$2); printf "  make %-15s %s\n", $$1, $$2}'
@@ -57,6 +57,10 @@ demo: $(STAMP) ## run the whole system locally against the emulators
 
 bench: $(STAMP) build $(LAMBDA_STAMP) ## throughput, cold start (of sam build's output), cost -> bench/RESULTS.md
 	$(PY) -m bench
+	$(PY) -m bench.simulation scale
+
+soak: $(STAMP) ## the liveness property over SOAK (default 2000) simulated schedules
+	$(PY) -m bench.simulation soak $(or $(SOAK),2000)
 
 lambda-runtime: $(LAMBDA_STAMP) ## .venv-lambda: python3.13 with only boto3, as the Lambda runtime has it
 

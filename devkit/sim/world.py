@@ -33,7 +33,7 @@ from cckm_refresh.run.wiring import Ports, refresh_service
 from devkit.ctm_emulator.keyset import generate_keys
 from devkit.lambda_poller import EventSourceMapping, mappings_from_template
 from devkit.sim.ctm import SECRET, SimCtm
-from devkit.sim.dynamodb import SimDynamoDB
+from devkit.sim.dynamodb import SimDynamoDB, plain
 from devkit.sim.runtime import Killed, SimRuntime, SimTask
 from devkit.sim.sqs import Queue, SimSqs
 from devkit.template import load_template, parameter_defaults
@@ -79,6 +79,8 @@ class Scenario:
     error_rate: float = 0.0  # CTM answers 503 to this share of calls
     oci_read_limit: float | None = 10.0  # OCI reads/s per tenancy (a refresh costs 2)
     token_lifetime: float = 300.0
+    rotated: int = 0  # keys OCI rotated before the schedule fires (every n-th key)
+    known_before: bool = False  # the table holds each key's LATEST item from a night before
     schedules: tuple[float, ...] = (0.0,)  # when the schedule fires (selector: every key)
     pipeline: tuple[Pipeline, ...] = ()  # requests sent to the work queue
     warm: bool = True  # containers are reused
@@ -97,6 +99,7 @@ class Invocation:
     error: BaseException | None = None
     records: int = 0
     source: str = ""
+    handoffs: int = 0  # the most hand-offs without progress a message of it carried
 
 
 @dataclass
@@ -160,6 +163,12 @@ class World:
             token_lifetime=scenario.token_lifetime,
         )
         self.ctm.faults.tenancy_read_limit = scenario.oci_read_limit
+        if scenario.known_before:
+            self._seed_latest_items()
+        if scenario.rotated:
+            step = max(1, len(self.keys) // scenario.rotated)
+            for key in self.keys[::step][: scenario.rotated]:
+                self.ctm.inventory.rotate(key["id"])
         self.ctm.faults.error_rate = scenario.error_rate
         self.work, self.tenancy = self._queues()
         self.settings = RefreshSettings(
@@ -186,6 +195,24 @@ class World:
         self._stopped = False
 
     # --- the world's resources ----------------------------------------------------------------
+
+    def _seed_latest_items(self) -> None:
+        """Each key's ``LATEST`` item as a refresh the night before left it."""
+        table = self.db.tables[TABLE]
+        for key in self.keys:
+            params = key["oci_params"]
+            item = {
+                "pk": f"KEY#{key['id']}",
+                "sk": "LATEST",
+                "item_type": "KEY",
+                "key_id": key["id"],
+                "tenancy": key["tenancy"],
+                "current_key_version": params["current_key_version"],
+                "lifecycle_state": params["lifecycle_state"],
+                "last_status": "REFRESHED",
+                "updated_at": "2027-01-14T08:00:00.000Z",
+            }
+            table[(item["pk"], "LATEST")] = {k: {"S": v} for k, v in item.items()}
 
     def _queues(self) -> tuple[Queue, Queue]:
         count = self.scenario.max_receive_count
@@ -218,7 +245,9 @@ class World:
         cold = not (scenario.warm and self._idle)
         container = _Container(self) if cold else self._idle.pop()
         invocation = Invocation(runtime.now, cold=cold, source=source)
-        invocation.records = len(event.get("Records", [])) if isinstance(event, Mapping) else 0
+        records = event.get("Records", []) if isinstance(event, Mapping) else []
+        invocation.records = len(records)
+        invocation.handoffs = max((_handoffs(r.get("body", "")) for r in records), default=0)
         self.invocations.append(invocation)
         end = runtime.now + scenario.function_timeout
         answer: list[Any] = []
@@ -375,7 +404,10 @@ class World:
         return completed and not busy and not queued
 
     def _runs(self) -> dict[str, dict[str, Any]]:
-        return {i["run_id"]: i for i in self.db.items(TABLE) if i.get("item_type") == "RUN"}
+        """The expected runs' ``RUN`` items (read by key: the table may hold 100,000 keys)."""
+        items = self.db.tables[TABLE]
+        runs = (items.get((f"RUN#{run_id}", "RUN")) for run_id in self.requested)
+        return {str(run["run_id"]["S"]): plain(run) for run in runs if run is not None}
 
     def _report(self) -> Report:
         results: dict[str, dict[str, dict[str, Any]]] = {}
@@ -435,6 +467,14 @@ class _Context:
 
     def __init__(self, remaining_ms: Callable[[], int]) -> None:
         self.get_remaining_time_in_millis = remaining_ms
+
+
+def _handoffs(body: str) -> int:
+    try:
+        value = json.loads(body).get("handoffs", 0)
+    except (ValueError, AttributeError):
+        return 0
+    return value if isinstance(value, int) else 0
 
 
 def _keys(scenario: Scenario) -> list[dict[str, Any]]:
