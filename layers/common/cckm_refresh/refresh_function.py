@@ -17,6 +17,7 @@ from cckm_refresh.observability import logger, metrics
 from cckm_refresh.run.report import Action, MessageVerdict, Rejection, RunReport
 from cckm_refresh.run.service import RefreshService
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
+from cckm_refresh.table.items import ChunkTally
 from cckm_refresh.triggers import is_sqs_event, is_sweep, single_delivery, sqs_delivery_of
 
 A_LAMBDA_LIFETIME = 900.0  # without a Lambda context: as long as Lambda's longest invocation
@@ -142,24 +143,30 @@ def _emit(result: RunReport | Rejection) -> None:
     # before that), so the dashboard's p50/p99 are of calls, not of invocation averages.
     for latency in result.latencies_ms:
         metrics.add_metric(name="RefreshLatency", unit=MetricUnit.Milliseconds, value=latency)
-    if result.completed:
+    if result.completed_now:
         metrics.add_metric(name="RunsCompleted", unit=MetricUnit.Count, value=1)
 
 
 def _response(result: RunReport | Rejection) -> dict[str, Any]:
     if isinstance(result, Rejection):
         return {"status": "REJECTED", "source_id": result.source_id, "error": result.error}
-    counts = result.counts
+    counts = result.counts.as_dict() if result.counts else _counts_of(result)
     return {
-        "status": result.status,
+        "status": str(result.status),
         "run_id": result.run_id,
-        "requested": counts.requested if counts else result.requested,
-        "refreshed": counts.refreshed if counts else result.count(Status.REFRESHED),
-        "not_found": counts.not_found if counts else result.count(Status.NOT_FOUND),
-        "failed": counts.failed if counts else result.count(Status.FAILED),
-        "skipped": counts.skipped if counts else result.count(Status.SKIPPED),
+        "requested": result.counts.requested if result.counts else result.requested,
+        **{name: counts[name] for name in ("refreshed", "not_found", "failed", "skipped")},
         "pending": result.pending,
-        "rotated": counts.rotated if counts else result.rotated,
+        "rotated": counts["rotated"],
         "handed_off": result.handed_off,
         "fanned_out": result.fanned_out,
     }
+
+
+def _counts_of(result: RunReport) -> dict[str, int]:
+    """What this delivery recorded, counted as a run's counts are."""
+    tally = ChunkTally()
+    for recorded in result.recorded:
+        if recorded.outcome.status is not Status.PENDING:
+            tally = tally.add(recorded.outcome.status, recorded.version_changed)
+    return tally.as_dict()

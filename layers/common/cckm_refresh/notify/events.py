@@ -13,7 +13,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from cckm_refresh.table.items import REJECTED_PREFIX
+from cckm_refresh.model import RunStatus
+from cckm_refresh.table.items import REJECTED_PREFIX, TALLY_FIELDS
 from cckm_refresh.text import printable
 
 MAX_SUBJECT = 99  # SNS: "less than 100 characters", no line breaks or control characters
@@ -126,7 +127,7 @@ def _run_notifications(
     old: Mapping[str, Any], new: Mapping[str, Any], failed_keys: FailedKeysReader
 ) -> list[Notification]:
     """The run's notification, on the one record where it becomes COMPLETED."""
-    if new.get("status") == "COMPLETED" and old.get("status") != "COMPLETED":
+    if new.get("status") == RunStatus.COMPLETED and old.get("status") != RunStatus.COMPLETED:
         return [_run_completed(new, failed_keys)]
     return []
 
@@ -179,7 +180,7 @@ def _run_completed(run: Mapping[str, Any], failed_keys: FailedKeysReader) -> Not
     )
 
 
-_COUNTS = ("requested", "refreshed", "not_found", "failed", "skipped", "rotated")
+_COUNTS = ("requested", *TALLY_FIELDS)
 # The counts a completed run's summary mentions after "x of y refreshed", when not zero.
 _SUMMARY_EXTRAS = (("failed", "failed"), ("not_found", "not found"), ("rotated", "rotated"))
 

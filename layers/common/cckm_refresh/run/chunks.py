@@ -228,9 +228,8 @@ class ChunkWorker:
             handed_off=handed_off,
             throttled=done.throttled,
             gave_up=job.gave_up,
-            completed=job.completed,
-            status="COMPLETED" if job.completed else "RUNNING",
             counts=job.completed,
+            completed_now=job.completed is not None,
             latencies_ms=tuple(done.latencies_ms),
             verdict=verdict,
         )

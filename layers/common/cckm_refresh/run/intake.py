@@ -128,7 +128,7 @@ class Intake:
             if completed is not None:
                 return RunReport.replay(run.run_id, completed)
             logger.info("run already resolved and queued: nothing to do")
-            return RunReport(run.run_id, state.counts.requested, status=state.status)
+            return RunReport(run.run_id, state.counts.requested)
         return None
 
     def _record_missing(self, run: RunInfo, resolution: Resolution, router: ChunkRouter) -> int:
@@ -188,9 +188,8 @@ class Intake:
             requested=len(outcomes),
             recorded=tuple(RecordedResult(o, None, False) for o in outcomes),
             gave_up=len(outcomes) or 1,
-            completed=completed,
-            status="COMPLETED" if completed else "RUNNING",
             counts=completed,
+            completed_now=completed is not None,
             verdict=DEAD_LETTER,
         )
 
@@ -274,9 +273,8 @@ class Intake:
             fanned_out=fanned_out,
             throttled=router.done.throttled,
             gave_up=gave_up,
-            completed=completed,
-            status="COMPLETED" if completed else "RUNNING",
             counts=completed,
+            completed_now=completed is not None,
             latencies_ms=tuple(router.done.latencies_ms),
             verdict=_verdict(delivery, pending, gave_up),
         )

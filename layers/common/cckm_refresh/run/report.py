@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cckm_refresh import backoff
-from cckm_refresh.model import Status
+from cckm_refresh.model import RunStatus, Status
 from cckm_refresh.observability import logger
 from cckm_refresh.table.items import RecordedResult, RunCounts
 
@@ -65,11 +65,14 @@ class RunReport:
     fanned_out: int = 0
     throttled: int = 0
     gave_up: int = 0
-    completed: RunCounts | None = None
-    status: str = "RUNNING"
-    counts: RunCounts | None = None  # the run's counts as the table holds them, when known
+    counts: RunCounts | None = None  # the run's counts once it has completed
+    completed_now: bool = False  # this delivery completed the run
     latencies_ms: tuple[int, ...] = ()
     verdict: MessageVerdict = DONE
+
+    @property
+    def status(self) -> RunStatus:
+        return RunStatus.RUNNING if self.counts is None else RunStatus.COMPLETED
 
     def count(self, status: Status) -> int:
         return sum(1 for r in self.recorded if r.outcome.status is status)
@@ -85,7 +88,7 @@ class RunReport:
     @classmethod
     def replay(cls, run_id: str, counts: RunCounts) -> RunReport:
         """A delivery of a run that has completed: nothing done, the run as it finished."""
-        return cls(run_id, counts.requested, status="COMPLETED", counts=counts)
+        return cls(run_id, counts.requested, counts=counts)
 
 
 Result = RunReport | Rejection

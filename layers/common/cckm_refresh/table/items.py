@@ -110,29 +110,6 @@ class RecordedResult:
 
 
 @dataclass(frozen=True)
-class RunCounts:
-    run_id: str
-    requested: int
-    refreshed: int
-    not_found: int
-    failed: int
-    skipped: int
-    rotated: int
-
-    @classmethod
-    def from_item(cls, item: Mapping[str, Any]) -> RunCounts:
-        return cls(
-            run_id=str(item["run_id"]),
-            requested=int(item.get("requested", 0)),
-            refreshed=int(item.get("refreshed", 0)),
-            not_found=int(item.get("not_found", 0)),
-            failed=int(item.get("failed", 0)),
-            skipped=int(item.get("skipped", 0)),
-            rotated=int(item.get("rotated", 0)),
-        )
-
-
-@dataclass(frozen=True)
 class RunState:
     """The ``RUN`` item as the run rules and the sweep need it."""
 
@@ -188,9 +165,20 @@ class KeyEntry:
         return self.known.current_key_version if self.known else None
 
 
+# The counts a run's results add up to, in the order the RUN item lists them (docs/reference.md
+# 5): ``ChunkTally`` and ``RunCounts`` hold them, the table writes and the notifier reads them.
+TALLY_FIELDS = ("refreshed", "not_found", "failed", "skipped", "rotated")
+_COUNTED_AS = {
+    Status.REFRESHED: "refreshed",
+    Status.NOT_FOUND: "not_found",
+    Status.FAILED: "failed",
+    Status.SKIPPED: "skipped",
+}
+
+
 @dataclass(frozen=True)
 class ChunkTally:
-    """The counts a finished chunk adds to its run."""
+    """The counts of terminal results: what a finished chunk adds to its run."""
 
     refreshed: int = 0
     not_found: int = 0
@@ -199,15 +187,26 @@ class ChunkTally:
     rotated: int = 0
 
     def add(self, status: Status, rotated: bool) -> ChunkTally:
-        field = {
-            Status.REFRESHED: "refreshed",
-            Status.NOT_FOUND: "not_found",
-            Status.FAILED: "failed",
-            Status.SKIPPED: "skipped",
-        }[status]
+        field = _COUNTED_AS[status]
         return replace(
             self, **{field: getattr(self, field) + 1, "rotated": self.rotated + int(rotated)}
         )
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in TALLY_FIELDS}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunCounts(ChunkTally):
+    """A run's counts as its ``RUN`` item holds them."""
+
+    run_id: str
+    requested: int
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> RunCounts:
+        tally = {name: int(item.get(name, 0)) for name in TALLY_FIELDS}
+        return cls(run_id=str(item["run_id"]), requested=int(item.get("requested", 0)), **tally)
 
 
 def result_item(run_id: str, result: RecordedResult, at: str, expires: int) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from cckm_refresh.table.items import (
     PACE_RETENTION,
     REQUEST,
     RUN,
+    TALLY_FIELDS,
     ChunkTally,
     KeyEntry,
     OpenChunk,
@@ -221,7 +222,7 @@ class RunBook(TableAccess):
                 # A run with no chunk (a selector matching nothing) has no counts yet: the
                 # contract's RUN item carries them at completion, zeros included.
                 UpdateExpression="SET #s = :done, finished_at = :now"
-                + "".join(f", {n} = if_not_exists({n}, :zero)" for n in _TALLY_FIELDS)
+                + "".join(f", {n} = if_not_exists({n}, :zero)" for n in TALLY_FIELDS)
                 + " REMOVE gsi1pk, gsi1sk",
                 ConditionExpression=(
                     "#s = :running AND open_chunks = :zero AND attribute_not_exists(resolving)"
@@ -229,8 +230,8 @@ class RunBook(TableAccess):
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues=to_item(
                     {
-                        ":done": "COMPLETED",
-                        ":running": "RUNNING",
+                        ":done": RunStatus.COMPLETED,
+                        ":running": RunStatus.RUNNING,
                         ":zero": 0,
                         ":now": iso(self._now()),
                     }
@@ -299,7 +300,7 @@ class RunBook(TableAccess):
                     {
                         ":n": len(entries),
                         ":one": 1,
-                        ":running": "RUNNING",
+                        ":running": RunStatus.RUNNING,
                         ":now": _epoch(self._now()),
                     }
                 ),
@@ -374,7 +375,7 @@ class RunBook(TableAccess):
                 "ExpressionAttributeNames": {"#s": "status"},
                 "ExpressionAttributeValues": to_item(
                     _tally_values(tally)
-                    | {":n": len(batch), ":running": "RUNNING", ":now": _epoch(self._now())}
+                    | {":n": len(batch), ":running": RunStatus.RUNNING, ":now": _epoch(self._now())}
                 ),
             }
         }
@@ -446,12 +447,9 @@ class RunBook(TableAccess):
         raise TransactionFailedError("DynamoDB cancelled the transaction repeatedly")
 
 
-_TALLY_FIELDS = ("refreshed", "not_found", "failed", "skipped", "rotated")
-
-
 def _tally_expression(tally: ChunkTally, head: str) -> str:
     """``head`` and the tally's ADDs, and the run's progress marked."""
-    return head + "".join(f", {name} :{name}" for name in _TALLY_FIELDS) + " SET progress_at = :now"
+    return head + "".join(f", {name} :{name}" for name in TALLY_FIELDS) + " SET progress_at = :now"
 
 
 def _epoch(moment: datetime) -> int:
@@ -459,7 +457,7 @@ def _epoch(moment: datetime) -> int:
 
 
 def _tally_values(tally: ChunkTally) -> dict[str, int]:
-    return {f":{name}": getattr(tally, name) for name in _TALLY_FIELDS}
+    return {f":{name}": count for name, count in tally.as_dict().items()}
 
 
 K = TypeVar("K", KeyEntry, RefreshOutcome)
