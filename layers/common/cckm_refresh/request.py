@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from cckm_refresh.keyids import InvalidKeyIdError, KeyIdKind, classify_key_id
-from cckm_refresh.selectors import SELECTOR_FILTERS
+from cckm_refresh.selectors import SELECTOR_FILTERS, value_problem
 from cckm_refresh.text import printable
 
 MAX_KEYS = 1000
 MAX_REASON = 256
-MAX_SELECTOR_VALUE = 256
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SELECTOR_FIELDS = SELECTOR_FILTERS
 REQUEST_FIELDS = frozenset({"keys", "selector", "request_id", "run_id", "reason", "dry_run"})
@@ -192,13 +191,10 @@ def _parse_selector(value: object) -> Selector:
 
 def _parse_filter_value(name: str, item: object) -> str:
     """The value of the known filter ``name``: a short, non-empty line of text."""
-    if not isinstance(item, str) or not item.strip():
-        raise RequestError(f"selector.{name}", "must be a non-empty string")
-    if len(item) > MAX_SELECTOR_VALUE or any(ord(c) < 32 for c in item):
-        raise RequestError(
-            f"selector.{name}", f"must be at most {MAX_SELECTOR_VALUE} printable characters"
-        )
-    return item
+    problem = value_problem(item)
+    if problem is not None:
+        raise RequestError(f"selector.{name}", problem)
+    return str(item)
 
 
 def _parse_name(document: Mapping[str, object], name: str) -> str | None:

@@ -28,6 +28,16 @@ FILTER_FIELDS: dict[str, tuple[str | None, str]] = {
 }
 
 SELECTOR_FILTERS = frozenset(FILTER_FIELDS)
+MAX_VALUE = 256  # a filter value's length, for the request parser and the list call alike
+
+
+def value_problem(value: object) -> str | None:
+    """What is wrong with a selector filter's value (None: nothing): a short line of text."""
+    if not isinstance(value, str) or not value.strip():
+        return "must be a non-empty string"
+    if len(value) > MAX_VALUE or any(ord(c) < 32 for c in value):
+        return f"must be at most {MAX_VALUE} printable characters"
+    return None
 
 
 def resource_matches(filters: Mapping[str, str], resource: Mapping[str, Any]) -> bool:
