@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +29,7 @@ from cckm_refresh.ctm.errors import CtmError, CtmNotFoundError
 from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
 from cckm_refresh.observability import logger
 from cckm_refresh.request import RefreshRequest
+from cckm_refresh.runtime import Deadline
 from cckm_refresh.selectors import resource_matches
 from cckm_refresh.table.items import KeyEntry
 
@@ -52,13 +53,7 @@ class ListPage(Protocol):
 class KeyDirectory(Protocol):
     """The CTM read operations resolution needs (``CtmClient``)."""
 
-    def list_oci_keys(
-        self,
-        filters: Mapping[str, str] | None = None,
-        *,
-        key_id: str | None = None,
-        page_size: int = 100,
-    ) -> Iterator[dict[str, Any]]: ...
+    def find_oci_key(self, ocid: str, *, deadline: Deadline) -> dict[str, Any] | None: ...
 
     def list_page(
         self,
@@ -66,10 +61,10 @@ class KeyDirectory(Protocol):
         *,
         cursor: Any = None,
         page_size: int = 500,
-        deadline: float | None = None,
+        deadline: Deadline,
     ) -> ListPage: ...
 
-    def get_oci_key(self, key_id: str, *, deadline: float | None = None) -> dict[str, Any]: ...
+    def get_oci_key(self, key_id: str, *, deadline: Deadline) -> dict[str, Any]: ...
 
 
 CursorLoader = Callable[[dict[str, Any]], Any]
@@ -200,8 +195,8 @@ class Resolver:
         chunker.flush()
         return result
 
-    def _deadline(self, _seconds_left: Callable[[], float]) -> float:
-        return self._clock() + max(0.0, self._calls_end_within())
+    def _deadline(self, _seconds_left: Callable[[], float]) -> Deadline:
+        return Deadline(self._clock() + max(0.0, self._calls_end_within()))
 
     def _by_id(
         self, key_ids: Sequence[str], seconds_left: Callable[[], float], result: Resolution
@@ -238,7 +233,7 @@ class Resolver:
             entries.append(KeyEntry(key_id, known))
         return entries
 
-    def _lookup_id(self, key_id: str, deadline: float) -> KeyInfo | CtmNotFoundError:
+    def _lookup_id(self, key_id: str, deadline: Deadline) -> KeyInfo | CtmNotFoundError:
         """The key as CCKM caches it; the error when CCKM has no such key; ``_UNKNOWN`` when
         it could not be read now (the key is then paced in the ``~unknown`` group)."""
         try:
@@ -260,8 +255,9 @@ class Resolver:
         if not ocids:
             return []
         workers = min(LOOKUP_WORKERS, len(ocids))
+        deadline = self._deadline(seconds_left)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resolve") as pool:
-            matches = list(pool.map(self._lookup_ocid, ocids))
+            matches = list(pool.map(lambda ocid: self._lookup_ocid(ocid, deadline), ocids))
         entries = []
         for ocid, info in zip(ocids, matches, strict=True):
             if info is None:
@@ -277,15 +273,9 @@ class Resolver:
                 entries.append(KeyEntry(info.key_id, info))
         return entries
 
-    def _lookup_ocid(self, ocid: str) -> KeyInfo | None:
-        for resource in self._directory.list_oci_keys(key_id=ocid):
-            try:
-                info = KeyInfo.from_ctm(resource)
-            except ValueError:
-                continue
-            if info.oci_key_id == ocid:
-                return info
-        return None
+    def _lookup_ocid(self, ocid: str, deadline: Deadline) -> KeyInfo | None:
+        resource = self._directory.find_oci_key(ocid, deadline=deadline)
+        return KeyInfo.from_ctm(resource) if resource is not None else None
 
     def _select(
         self,

@@ -15,6 +15,7 @@ from cckm_refresh.run.chunks import ChunkWorker
 from cckm_refresh.run.intake import Intake
 from cckm_refresh.run.resolution import Resolver
 from cckm_refresh.run.service import RefreshService
+from cckm_refresh.runtime import Deadline
 from cckm_refresh.table.store import ResultStore
 from cckm_refresh.wiring import aws_client
 from cckm_refresh.workqueue import WorkQueue
@@ -50,7 +51,7 @@ def refresh_service(
         settings.tenancy_queue_url,
     )
     engine = RefreshEngine(
-        lambda key_id, pacer, deadline: ctm.refresh_oci_key(key_id, pacer=pacer, deadline=deadline),
+        lambda key_id, pacer, end: ctm.refresh_oci_key(key_id, pacer=pacer, deadline=Deadline(end)),
         TenancyRateLimiter(settings.tenancy_rate_limit),
         concurrency=settings.refresh_concurrency,
         on_outcome=(lambda _item, outcome: on_outcome(outcome)) if on_outcome else None,
@@ -62,6 +63,6 @@ def refresh_service(
         can_hand_on=queue.can_hand_on,
     )
     worker = ChunkWorker(
-        settings, engine, store, queue, sign_in=lambda end: ctm.issue_token(deadline=end)
+        settings, engine, store, queue, sign_in=lambda end: ctm.issue_token(Deadline(end))
     )
     return RefreshService(Intake(settings, resolver, worker, store, queue))
