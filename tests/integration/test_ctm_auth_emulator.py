@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from cckm_refresh.ctm.auth import Grant, TokenEndpoint, TokenSource
+from cckm_refresh.ctm.auth import TOKEN_PATH, Grant, TokenSource
 from cckm_refresh.ctm.client import CtmClient
 from cckm_refresh.ctm.credentials import CredentialsCache
 from cckm_refresh.ctm.errors import CtmError, CtmTokenExpiredError
@@ -57,11 +57,12 @@ def with_password_at_every_renewal(
     """The same client as before this change: every renewal sent the password again, and
     asked for no limit on the refresh token CTM minted for it."""
     document = json.loads(secret)
-    endpoint = TokenEndpoint(client.base_url, client.transport)
+    url = client.base_url + TOKEN_PATH
 
     def password_grant(grant: Grant, deadline: Deadline) -> Mapping[str, Any]:
-        password = {"username": document["username"], "password": document["password"]}
-        return endpoint({"grant_type": "password", **password}, deadline)
+        password = {"grant_type": "password", "username": document["username"]}
+        password["password"] = document["password"]
+        return client.transport.call("POST", url, json_body=password, deadline=deadline).body
 
     runtime = ManualRuntime(clock, lambda seconds: None)
     tokens = TokenSource(CredentialsCache(lambda force: secret), password_grant, runtime=runtime)

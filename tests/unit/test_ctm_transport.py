@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from cckm_refresh.ctm.errors import (
+    CtmAuthError,
     CtmBadResponseError,
     CtmConnectionError,
     CtmError,
@@ -22,9 +23,8 @@ from cckm_refresh.ctm.errors import (
     CtmTransientError,
     RetryBudgetExhaustedError,
     ctm_error_fields,
-    error_for_response,
 )
-from cckm_refresh.ctm.retries import RetryBudget, RetryPolicy, Verdict, classify
+from cckm_refresh.ctm.retries import RetryBudget, RetryPolicy, error_for_response
 from cckm_refresh.ctm.transport import USER_AGENT, Transport
 from cckm_refresh.runtime import Deadline
 from tests.unit.ctm_fakes import (
@@ -43,43 +43,45 @@ PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 OCI_THROTTLE = '{"code":"TooManyRequests","message":"User-rate limit exceeded."}'
 
 
+def kind(status: int, body: str) -> type[CtmError] | None:
+    """The class of error an answer is (None: a success)."""
+    error = error_for_response("POST /x", status, body)
+    return None if error is None else type(error)
+
+
 @pytest.mark.parametrize("status", [200, 201, 202, 204])
 def test_2xx_is_success(status: int) -> None:
-    assert classify(status, "") is Verdict.OK
+    assert kind(status, "") is None
 
 
 def test_a_2xx_body_mentioning_too_many_requests_is_still_success() -> None:
-    assert classify(200, '{"oci_params": {"display_name": "TooManyRequests"}}') is Verdict.OK
+    assert kind(200, '{"oci_params": {"display_name": "TooManyRequests"}}') is None
 
 
 @pytest.mark.parametrize(
-    ("status", "verdict"),
+    ("status", "expected"),
     [
-        (400, Verdict.PERMANENT),
-        (403, Verdict.PERMANENT),
-        (404, Verdict.NOT_FOUND),
-        (409, Verdict.PERMANENT),
-        (422, Verdict.PERMANENT),
-        (401, Verdict.UNAUTHORIZED),
-        (302, Verdict.PERMANENT),
-        (429, Verdict.THROTTLED),
-        (500, Verdict.TRANSIENT),
-        (502, Verdict.TRANSIENT),
-        (503, Verdict.TRANSIENT),
-        (504, Verdict.TRANSIENT),
+        (400, CtmPermanentError),
+        (403, CtmPermanentError),
+        (404, CtmNotFoundError),
+        (409, CtmPermanentError),
+        (422, CtmPermanentError),
+        (401, CtmAuthError),
+        (302, CtmPermanentError),
+        (429, CtmThrottledError),
+        (500, CtmTransientError),
+        (502, CtmTransientError),
+        (503, CtmTransientError),
+        (504, CtmTransientError),
     ],
 )
-def test_status_classification(status: int, verdict: Verdict) -> None:
-    assert classify(status, '{"code": 1, "message": "x"}') is verdict
+def test_status_classification(status: int, expected: type[CtmError]) -> None:
+    assert kind(status, '{"code": 1, "message": "x"}') is expected
 
 
 @pytest.mark.parametrize("status", [400, 409, 500, 503])
 def test_a_too_many_requests_body_is_throttling_whatever_the_status(status: int) -> None:
-    assert classify(status, OCI_THROTTLE) is Verdict.THROTTLED
-
-
-def test_only_throttles_and_transients_are_retryable() -> None:
-    assert {v for v in Verdict if v.transient} == {Verdict.THROTTLED, Verdict.TRANSIENT}
+    assert kind(status, OCI_THROTTLE) is CtmThrottledError
 
 
 @pytest.mark.parametrize(
@@ -199,8 +201,8 @@ def test_a_401_retry_is_not_counted_against_max_attempts() -> None:
 
 def test_backoff_is_full_jitter_capped_exponential() -> None:
     policy = RetryPolicy(max_attempts=10, base_delay=0.5, max_delay=20.0)
-    assert [policy.ceiling(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 20, 20]
-    assert policy.ceiling(10_000) == 20.0
+    assert [policy.delay(n, lambda: 1.0) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 20, 20]
+    assert policy.delay(10_000, lambda: 1.0) == 20.0
     assert policy.delay(3, lambda: 0.0) == 0.0
     assert policy.delay(3, lambda: 0.999) == pytest.approx(0.999 * 4)
 
@@ -238,7 +240,7 @@ def test_retry_budget_exhaustion_fails_fast_with_the_last_error_code() -> None:
 
 
 def test_retry_budget_charges_timeouts_double_and_refunds_on_success() -> None:
-    budget = RetryBudget(capacity=20, retry_cost=5, timeout_cost=10, success_refund=1)
+    budget = RetryBudget(capacity=20, retry_cost=5, timeout_cost=10)
     assert budget.acquire(after_timeout=True) == 10
     assert budget.acquire(after_timeout=False) == 5
     assert budget.available == 5
@@ -279,26 +281,24 @@ def test_error_code_is_the_code_desc_name_before_the_colon(
 
 def test_error_message_comes_from_ctm_and_is_truncated() -> None:
     error = error_for_response(
-        "POST /x",
-        409,
-        f'{{"codeDesc": "NCERRConflict", "message": "{"m" * 5000}"}}',
-        Verdict.PERMANENT,
+        "POST /x", 409, f'{{"codeDesc": "NCERRConflict", "message": "{"m" * 5000}"}}'
     )
+    assert error is not None
     assert error.message.startswith("POST /x answered HTTP 409 NCERRConflict: mmm")
     assert len(error.message) <= 1000
 
 
 def test_an_unknown_error_body_is_not_echoed() -> None:
     # A proxy's error page may echo the request, Authorization header included
-    error = error_for_response(
-        "GET /x", 502, "<html>Authorization: Bearer abc</html>", Verdict.TRANSIENT
-    )
+    error = error_for_response("GET /x", 502, "<html>Authorization: Bearer abc</html>")
+    assert error is not None
     assert error.message == "GET /x answered HTTP 502"
 
 
 def test_a_jwt_in_ctms_message_is_redacted() -> None:
     body = '{"codeDesc": "NCERRUnauthorizedAccess", "message": "bad token eyJhbGc.eyJzdWIi.c2ln"}'
-    error = error_for_response("GET /x", 401, body, Verdict.UNAUTHORIZED)
+    error = error_for_response("GET /x", 401, body)
+    assert error is not None
     assert "eyJ" not in error.message
 
 
@@ -472,16 +472,16 @@ VAULT_BUSY = (
 
 @pytest.mark.parametrize("status", [400, 404, 409, 429, 500, 503])
 def test_not_authorized_or_not_found_is_permanent_whatever_the_status(status: int) -> None:
-    assert classify(status, NOT_AUTHORIZED_OR_NOT_FOUND) is Verdict.PERMANENT
+    assert kind(status, NOT_AUTHORIZED_OR_NOT_FOUND) is CtmPermanentError
 
 
 @pytest.mark.parametrize("status", [400, 409, 500])
 def test_a_busy_vault_is_transient_whatever_the_status(status: int) -> None:
-    assert classify(status, VAULT_BUSY) is Verdict.TRANSIENT
+    assert kind(status, VAULT_BUSY) is CtmTransientError
 
 
 def test_oci_conditions_in_a_2xx_key_object_are_ignored() -> None:
-    assert classify(200, NOT_AUTHORIZED_OR_NOT_FOUND + VAULT_BUSY) is Verdict.OK
+    assert kind(200, NOT_AUTHORIZED_OR_NOT_FOUND + VAULT_BUSY) is None
 
 
 @pytest.mark.parametrize("status", [404, 500, 409, 503])

@@ -2,11 +2,10 @@
 
 ``TokenSource`` exchanges the secret's refresh token or password at ``POST /api/v1/auth/tokens``
 and renews the JWT ahead of its expiry as CTM states it (``duration``, ``exp - iat``: CTM's
-clock, not ours), while the others keep using the JWT that is still valid; without a valid
-one, they wait for the one renewal under way (a ``Runtime`` condition) and share its answer,
-failure included. A password is sent once: its login asks for a short-lived refresh token,
-and renewals redeem that until CTM refuses it. A bare ``token`` is sent as it is until CTM
-refuses it (``TOKEN_EXPIRED``).
+clock, not ours), while the other threads keep using the JWT still valid; without one, they
+wait for the one renewal under way (a ``Runtime`` condition) and share its answer, failure
+included. A password is sent once: its login asks for a short-lived refresh token, renewals
+redeem that until CTM refuses it. The secret's own ``token`` is sent until CTM refuses it.
 
 CTM answering 400, 401 or 403 at its token endpoint means the credentials are refused
 (``CtmAuthError``, run-fatal): the secret is read again past its cache, once, and refused
@@ -34,7 +33,7 @@ from cckm_refresh.ctm.errors import (
     CtmTokenExpiredError,
     register_secret,
 )
-from cckm_refresh.ctm.transport import Bearer, Transport
+from cckm_refresh.ctm.transport import Bearer
 from cckm_refresh.observability import logger
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
 
@@ -45,7 +44,6 @@ DEFAULT_LIFETIME = 300.0  # CTM's JWTs live 5 minutes when the answer does not s
 # a CTM hiccup refusing a login does not poison a warm container for its whole life.
 REFUSAL_MEMORY = 60.0
 REFUSED_STATUSES = frozenset({400, 401, 403})  # wrong password, unknown token, locked account
-
 # The refresh token each password login asks for. CTM takes both values in minutes (its console
 # asks refresh_token_revoke_unused_in=30 for its 30-minute idle timeout; answers state
 # refresh_token_expires_in in seconds). By default its refresh tokens never expire and every
@@ -65,7 +63,7 @@ TokenExchange = Callable[[Grant, Deadline], Mapping[str, Any]]
 
 @dataclass(frozen=True)
 class LoginInfo:
-    """What CTM said at the last login (``cckm-refresh doctor``); names and numbers only."""
+    """What CTM said at the last sign-in (``cckm-refresh doctor``): names and numbers only."""
 
     auth_method: str  # refresh_token, password or token (the secret's own JWT)
     grant_type: str | None  # None: the secret's own JWT, no login
@@ -88,8 +86,8 @@ class _Session:
 
     credentials: CtmCredentials
     refresh_token: str
-    usable_until: float  # monotonic: CTM's lifetime, less the margin
-    last_used: float  # monotonic; unused for SESSION_TOKEN_UNUSED_MINUTES, CTM revokes it
+    usable_until: float  # monotonic: its lifetime, less the margin
+    last_used: float  # monotonic
 
 
 def jwt_claims(jwt: str) -> dict[str, Any]:
@@ -104,56 +102,36 @@ def jwt_claims(jwt: str) -> dict[str, Any]:
     return claims if isinstance(claims, dict) else {}
 
 
-class TokenEndpoint:
-    """``POST /api/v1/auth/tokens`` through the transport (retried like any call, no bearer)."""
-
-    def __init__(self, base_url: str, transport: Transport) -> None:
-        self._url = base_url.rstrip("/") + TOKEN_PATH
-        self._transport = transport
-
-    def __call__(self, grant: Grant, deadline: Deadline) -> Mapping[str, Any]:
-        return self._transport.call("POST", self._url, json_body=grant, deadline=deadline).body
-
-
 class TokenSource:
     """The newest valid bearer JWT on demand (``transport.Authenticator``); thread-safe."""
 
     def __init__(
-        self,
-        credentials: CredentialsCache,
-        exchange: TokenExchange,
-        *,
-        runtime: Runtime = SYSTEM,
-        renew_margin: float = RENEW_MARGIN,
+        self, credentials: CredentialsCache, exchange: TokenExchange, *, runtime: Runtime = SYSTEM
     ) -> None:
         self._credentials = credentials
         self._exchange = exchange
         self._runtime = runtime
-        self._renew_margin = renew_margin
         self._changed = runtime.condition()  # guards what follows; signals a renewal's end
         self._held: _Held | None = None
         self.generation = 0  # of the newest JWT
         self._renewing = False
-        self._renewals = 0  # renewals ended; a waiter sees one ended while it waited
-        self._failure: CtmError | None = None  # the last renewal's failure, for its waiters
+        self._renewals = 0  # renewals ended: a waiter sees one ended while it waited
+        self._failure: CtmError | None = None  # the last renewal's, for its waiters
         self._force_secret = False  # read the secret past its cache at the next renewal
-        self._rejected_jwt: str | None = None  # a static JWT CTM answered 401 to
+        self._rejected_jwt: str | None = None  # the secret's own JWT, after CTM's 401
         self._refused: tuple[CtmCredentials, CtmAuthError, float] | None = None
         self._session: _Session | None = None
         self.last_login: LoginInfo | None = None
-        self.tokens_issued = 0
-        self.password_logins = 0
+        self.tokens_issued = self.password_logins = 0
 
     def __repr__(self) -> str:
         return f"TokenSource(tokens_issued={self.tokens_issued}, generation={self.generation})"
 
     def bearer(self, deadline: Deadline) -> Bearer:
-        """The newest JWT that is still valid; a sign-in (ending before ``deadline``) when
-        there is none or it is due for renewal.
-
-        Raises CtmAuthError (credentials refused), CtmTokenExpiredError (``TOKEN_EXPIRED``: CTM
-        refused the secret's own JWT), CtmCredentialsError, or the token call's CtmError.
-        """
+        """The newest JWT still valid; a sign-in (ending before ``deadline``) when there is
+        none or it is due for renewal. Raises CtmAuthError (credentials refused),
+        CtmTokenExpiredError (CTM refused the secret's own JWT), CtmCredentialsError, or the
+        token call's CtmError."""
         with self._changed:
             seen = self._renewals
             while True:
@@ -167,33 +145,31 @@ class TokenSource:
                     break
                 if self._renewals != seen and self._failure is not None:
                     raise self._failure.copy()  # waited while another thread failed
-                if deadline.remaining() <= 0:
-                    raise CtmDeadlineError(
-                        "waited for CTM's sign-in until the deadline", error_code="DEADLINE"
-                    )
+                if deadline.passed():
+                    message = "waited for CTM's sign-in until the deadline"
+                    raise CtmDeadlineError(message, error_code="DEADLINE")
                 self._changed.wait(deadline.remaining())
+        fresh: _Held | CtmError
         try:
             fresh = self._obtain(deadline)
         except CtmError as error:
-            with self._changed:
-                self._renewing, self._failure = False, error
-                self._renewals += 1
-                self._changed.notify_all()
-                if held is not None and self._held is held and now < held.expires_at:
-                    # Renewing ahead of time failed: the valid JWT serves on, tried again later.
-                    self._held = replace(held, renew_at=now + (held.expires_at - now) / 2)
-                    logger.warning(
-                        "renewing the CTM token failed", extra={"error_code": error.error_code}
-                    )
-                    return held.bearer
-            raise
+            fresh = error
         with self._changed:
-            self.generation += 1
-            self._held = replace(fresh, bearer=Bearer(fresh.bearer.jwt, self.generation))
-            self._renewing, self._failure = False, None
+            self._renewing = False
             self._renewals += 1
             self._changed.notify_all()
-            return self._held.bearer
+            if isinstance(fresh, _Held):
+                self.generation += 1
+                self._held = replace(fresh, bearer=Bearer(fresh.bearer.jwt, self.generation))
+                self._failure = None
+                return self._held.bearer
+            self._failure = fresh
+            if held is None or self._held is not held or now >= held.expires_at:
+                raise fresh
+            # Renewing ahead of time failed: the valid JWT serves on, and is renewed later.
+            self._held = replace(held, renew_at=now + (held.expires_at - now) / 2)
+            logger.warning("renewing the CTM token failed", extra={"error_code": fresh.error_code})
+            return held.bearer
 
     def refused(self, bearer: Bearer) -> None:
         """CTM answered 401 to ``bearer``: unless a newer JWT exists, the next ``bearer()``
@@ -201,7 +177,7 @@ class TokenSource:
         with self._changed:
             held = self._held
             if held is None or held.bearer.generation != bearer.generation:
-                return  # already renewed or being renewed
+                return  # already renewed, or being renewed
             if held.static:
                 self._rejected_jwt = held.bearer.jwt
             self._held, self._force_secret = None, True
@@ -231,17 +207,13 @@ class TokenSource:
             raise failure from None
 
     def _renew_session(self, credentials: CtmCredentials, deadline: Deadline) -> _Held | None:
-        """A JWT from the last password login's refresh token; None when there is none to
-        use or CTM refused it (then the password logs in once). Other failures are raised."""
+        """A JWT from the password login's refresh token; None when there is none to use or
+        CTM refused it (then the password logs in once). Other failures are raised."""
         session, now = self._session, self._runtime.monotonic()
-        if session is None:
+        unused = SESSION_TOKEN_UNUSED_MINUTES * 60 - SESSION_TOKEN_MARGIN
+        if session is None or session.credentials != credentials:  # a new secret logs in
             return None
-        unused_limit = SESSION_TOKEN_UNUSED_MINUTES * 60 - SESSION_TOKEN_MARGIN
-        if (
-            session.credentials != credentials  # the secret changed: log in with the new one
-            or now >= session.usable_until
-            or now - session.last_used >= unused_limit
-        ):
+        if now >= session.usable_until or now - session.last_used >= unused:
             self._session = None
             return None
         grant = {"grant_type": "refresh_token", "refresh_token": session.refresh_token}
@@ -260,26 +232,31 @@ class TokenSource:
 
     def _login(self, credentials: CtmCredentials, deadline: Deadline) -> _Held:
         """A JWT from the secret itself: its refresh token, its password or its own JWT."""
-        method = credentials.method
-        if method is AuthMethod.STATIC_TOKEN:
-            return self._static(credentials)
+        if credentials.method is AuthMethod.STATIC_TOKEN:
+            return self._static(credentials.token or "")
         started = self._runtime.monotonic()
-        grant: Grant
+        grant: dict[str, str | int]
         if credentials.refresh_token is not None:
             grant = {"grant_type": "refresh_token", "refresh_token": credentials.refresh_token}
         else:
-            grant = _password_grant(credentials)
+            grant = {"grant_type": "password", "username": credentials.username or ""}
+            grant["password"] = credentials.password or ""
+            grant["refresh_token_lifetime"] = SESSION_TOKEN_LIFETIME_MINUTES
+            grant["refresh_token_revoke_unused_in"] = SESSION_TOKEN_UNUSED_MINUTES
+            grant |= {k: v for k in ("domain", "auth_domain") if (v := getattr(credentials, k))}
             self.password_logins += 1
+        method = credentials.method
         held, minted = self._grant(grant, method, f"secret's {method.value}", deadline)
-        if method is AuthMethod.PASSWORD and minted is not None:
+        if credentials.method is AuthMethod.PASSWORD and minted is not None:
             self._start_session(credentials, minted, started)
         return held
 
     def _grant(
         self, grant: Grant, method: AuthMethod, what: str, deadline: Deadline
     ) -> tuple[_Held, str | None]:
-        """The JWT ``grant`` is exchanged for, and the refresh token CTM minted with it, if
-        any; CTM refusing the grant (400, 401, 403) raises CtmAuthError."""
+        """The JWT ``grant`` is exchanged for, held until a margin before its expiry as CTM
+        states it (``duration``, ``exp - iat``: CTM's clock alone; ``exp`` against ours last),
+        and the refresh token CTM minted with it. A refusal (400, 401, 403): CtmAuthError."""
         started = self._runtime.monotonic()
         try:
             answer = self._exchange(grant, deadline)
@@ -292,52 +269,36 @@ class TokenSource:
                 http_status=error.http_status,
                 attempts=error.attempts,
             ) from None
-        jwt = answer.get("jwt")
+        jwt, minted = answer.get("jwt"), answer.get("refresh_token")
         if not isinstance(jwt, str) or not JWT_SHAPE.fullmatch(jwt):
             message = f"{TOKEN_PATH} answered without a usable jwt"
             raise CtmPermanentError(message, error_code="UNAUTHORIZED")
         register_secret(jwt)
         self.tokens_issued += 1
-        held = self._issued(jwt, answer, started, method, str(grant["grant_type"]))
-        minted = answer.get("refresh_token")
-        return held, minted if isinstance(minted, str) and minted else None
-
-    def _issued(
-        self, jwt: str, answer: Mapping[str, Any], started: float, method: AuthMethod, grant: str
-    ) -> _Held:
-        """``jwt`` held until ahead of its expiry as CTM states it: ``duration`` and
-        ``exp - iat`` (CTM's clock alone), the shorter; ``exp`` against our clock last."""
         claims = jwt_claims(jwt)
         exp, iat = _seconds(claims.get("exp")), _seconds(claims.get("iat"))
-        duration = _seconds(answer.get("duration"))
+        duration, kept = _seconds(answer.get("duration")), answer.get("refresh_token_expires_in")
         stated = exp - iat if exp is not None and iat is not None and exp > iat else None
-        expires_in = _seconds(answer.get("refresh_token_expires_in"))
-        self.last_login = LoginInfo(method.value, grant, duration, stated, expires_in)
+        grant_type = str(grant["grant_type"])
+        self.last_login = LoginInfo(method.value, grant_type, duration, stated, _seconds(kept))
         lifetimes = [s for s in (duration, stated) if s is not None and s > 0]
         if not lifetimes and exp is not None:
             lifetimes.append(max(exp - self._runtime.time(), 0.0))
         lifetime = min(lifetimes, default=DEFAULT_LIFETIME)
         # exp and iat are whole seconds on CTM's clock: up to one second of it may be gone.
         usable = lifetime - 1 if lifetime > 2 else lifetime / 2
-        margin = min(self._renew_margin, usable / 4)  # a short JWT is not renewed at every call
-        renew_in = usable - margin
-        logger.info(
-            "CTM token issued",
-            extra={
-                "auth_method": method.value,
-                "grant_type": grant,
-                "renew_in_s": round(renew_in, 1),
-            },
-        )
-        return _Held(Bearer(jwt, 0), renew_at=started + renew_in, expires_at=started + usable)
+        renew_in = usable - min(RENEW_MARGIN, usable / 4)  # a short JWT: not at every call
+        extra = {"auth_method": method.value, "grant_type": grant_type, "renew_in_s": renew_in}
+        logger.info("CTM token issued", extra=extra)
+        held = _Held(Bearer(jwt, 0), renew_at=started + renew_in, expires_at=started + usable)
+        return held, minted if isinstance(minted, str) and minted else None
 
     def _start_session(self, credentials: CtmCredentials, refresh_token: str, now: float) -> None:
         register_secret(refresh_token)
         usable_until = now + SESSION_TOKEN_LIFETIME_MINUTES * 60 - SESSION_TOKEN_MARGIN
         self._session = _Session(credentials, refresh_token, usable_until, last_used=now)
 
-    def _static(self, credentials: CtmCredentials) -> _Held:
-        token = credentials.token or ""
+    def _static(self, token: str) -> _Held:
         if token == self._rejected_jwt:
             raise CtmTokenExpiredError(
                 "CTM refused the JWT stored in the CTM secret (expired or revoked); store a "
@@ -350,23 +311,5 @@ class TokenSource:
         return _Held(Bearer(token, 0), renew_at=math.inf, expires_at=math.inf, static=True)
 
 
-def _password_grant(credentials: CtmCredentials) -> dict[str, str | int]:
-    """A password login that also asks CTM for the session's short-lived refresh token."""
-    grant: dict[str, str | int] = {
-        "grant_type": "password",
-        "username": credentials.username or "",
-        "password": credentials.password or "",
-        "refresh_token_lifetime": SESSION_TOKEN_LIFETIME_MINUTES,
-        "refresh_token_revoke_unused_in": SESSION_TOKEN_UNUSED_MINUTES,
-    }
-    if credentials.domain:
-        grant["domain"] = credentials.domain
-    if credentials.auth_domain:
-        grant["auth_domain"] = credentials.auth_domain
-    return grant
-
-
 def _seconds(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -83,8 +83,6 @@ class CtmCredentials:
         extras = [name for name in ("domain", "auth_domain", "ca_bundle") if getattr(self, name)]
         return f"CtmCredentials(method={self.method.value!r}, with={extras!r})"
 
-    __str__ = __repr__
-
     @classmethod
     def parse(cls, secret: str) -> CtmCredentials:
         """Parse a SecretString; CtmCredentialsError names the problem (never a value)."""
@@ -139,7 +137,9 @@ class CredentialsCache:
             raise
         except Exception as exc:
             # Say which kind of failure (AccessDenied, throttling...) but not its text.
-            code = _aws_code(exc)
+            response = getattr(exc, "response", None)
+            code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+            code = code if isinstance(code, str) and code.isidentifier() else None
             kind = f"{type(exc).__name__} {code}" if code else type(exc).__name__
             message = f"could not load the CTM credentials secret ({kind})"
             if type(exc).__name__ in _NO_AWS_CREDENTIALS or code in _PERMANENT_SECRET_ERRORS:
@@ -170,12 +170,3 @@ _PERMANENT_SECRET_ERRORS = frozenset(
         "InvalidParameterException",
     }
 )
-
-
-def _aws_code(exc: Exception) -> str | None:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
-        if isinstance(code, str) and code.isidentifier():
-            return code
-    return None

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Mapping
 
-from cckm_refresh.ctm.retries import Verdict, body_rule
 from cckm_refresh.text import MAX_MESSAGE
 
 REDACTED = "[redacted]"
@@ -131,7 +129,7 @@ class CtmNotFoundError(CtmPermanentError):
 
 
 class CtmAuthError(CtmPermanentError):
-    """CTM's token endpoint refused the secret's credentials (400, 401, 403): run-fatal."""
+    """A 401; from the token endpoint (or a 400, 403 there), the credentials are refused."""
 
 
 class CtmTokenExpiredError(CtmAuthError):
@@ -154,18 +152,9 @@ class CtmListingError(CtmPermanentError):
     """The key list cannot be read completely (``LISTING_INCOMPLETE``); the message says why."""
 
 
-# --- CTM's answers as typed errors (hvac's ``exceptions.py``: the status, CTM's body, the class)
-
 _CODE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"(?i)bearer\s+\S+")
-_ERROR_CLASSES: Mapping[Verdict, type[CtmError]] = {
-    Verdict.THROTTLED: CtmThrottledError,
-    Verdict.TRANSIENT: CtmTransientError,
-    Verdict.UNAUTHORIZED: CtmAuthError,  # a refusal; the transport decides what a key call's is
-    Verdict.NOT_FOUND: CtmNotFoundError,
-    Verdict.PERMANENT: CtmPermanentError,
-}
 
 
 def redact(text: str) -> str:
@@ -183,24 +172,8 @@ def ctm_error_fields(text: str) -> tuple[str | None, str | None]:
     if not isinstance(document, dict):
         return None, None
     code_desc, message = document.get("codeDesc"), document.get("message")
-    code_name = None
-    if isinstance(code_desc, str) and _CODE_NAME.fullmatch(name := code_desc.split(":")[0].strip()):
-        code_name = name
+    name = code_desc.split(":")[0].strip() if isinstance(code_desc, str) else ""
+    code_name = name if _CODE_NAME.fullmatch(name) else None
     if not isinstance(message, str) or not message.strip():
         return code_name, None
     return code_name, redact(message.strip())[:MAX_MESSAGE]
-
-
-def error_for_response(what: str, status: int, text: str, verdict: Verdict) -> CtmError:
-    """The typed error of an answer that is not a success; ``error_code`` is the body rule's,
-    else CTM's codeDesc, else ``THROTTLED``/``UNAUTHORIZED``/``HTTP_<status>``."""
-    code_name, message = ctm_error_fields(text)
-    rule = body_rule(status, text)
-    if rule is not None and rule.error_code is not None:
-        code_name = rule.error_code
-    default = {Verdict.THROTTLED: "THROTTLED", Verdict.UNAUTHORIZED: "UNAUTHORIZED"}
-    summary = f"{what} answered HTTP {status}" + (f" {code_name}" if code_name else "")
-    if message:
-        summary += f": {message}"
-    error_code = code_name or default.get(verdict, f"HTTP_{status}")
-    return _ERROR_CLASSES[verdict](summary, error_code=error_code, http_status=status)

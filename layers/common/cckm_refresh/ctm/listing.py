@@ -168,19 +168,18 @@ def _incomplete(why: str) -> CtmListingError:
 def _place(state: ListCursor, keys: Sequence[Key | None], start: int, back: int) -> int:
     """In a sorted order: where the keys not returned may start in the page; ``IGNORED`` when
     the page is not in the order asked, ``BACK`` when it starts past the last key returned."""
-    rank = _ranker(state.sort)
-    ranks = [rank(k) for k in keys if k]
+    ranks = [_rank(state, k) for k in keys if k]
     if any(b < a for a, b in itertools.pairwise(ranks)):
         return IGNORED
     if state.after is None:
         return 0
-    after, anchors = rank(state.after), set(state.anchors)
-    low = rank((state.first or "", state.anchors[0] if state.anchors else ""))
+    after = _rank(state, state.after)
+    low = _rank(state, (state.first or "", state.anchors[0] if state.anchors else ""))
     seen = -1
     for i, k in enumerate(keys):
         if k is None or _new(state, k):
             continue
-        if low < rank(k) < after and k[1] not in anchors:
+        if low < _rank(state, k) < after and k[1] not in state.anchors:
             return IGNORED  # a key never returned, inside what was returned
         seen = i
     return BACK if seen < 0 and start > 0 else seen + 1
@@ -203,12 +202,12 @@ def _anchor(state: ListCursor, keys: Sequence[Key | None], start: int, back: int
 
 
 def _new(state: ListCursor, key: Key) -> bool:
+    """Not returned before: in a sorted order, after the last key returned (a tie with it in
+    ``createdAt`` alone: not one of the anchors)."""
     if state.sort is None or state.after is None:
         return True
-    rank = _ranker(state.sort)
-    return rank(key) > rank(state.after) or (
-        rank(key) == rank(state.after) and key[1] not in state.anchors
-    )
+    rank, after = _rank(state, key), _rank(state, state.after)
+    return rank > after or (rank == after and key[1] not in state.anchors)
 
 
 def _page(
@@ -250,8 +249,8 @@ def _overlap(state: ListCursor) -> int:
     return min(state.skip, max(1, min(OVERLAP, (state.page_cap or 2 * OVERLAP) // 2)))
 
 
-def _ranker(sort: str | None) -> Callable[[Key], tuple[str, ...]]:
-    return (lambda k: k) if sort == SORTS[0] else (lambda k: k[:1])
+def _rank(state: ListCursor, key: Key) -> tuple[str, ...]:
+    return key if state.sort == SORTS[0] else key[:1]
 
 
 def _count(value: object) -> bool:

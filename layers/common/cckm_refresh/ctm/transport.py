@@ -11,6 +11,7 @@ through the tenancy's pacer nor re-authenticate on a 401, so the retry loop is o
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import re
@@ -23,23 +24,23 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 from requests.adapters import BaseAdapter, HTTPAdapter
-from requests.auth import AuthBase
 from urllib3.util import Timeout
 
 from cckm_refresh.ctm.errors import (
+    CtmAuthError,
     CtmBadResponseError,
     CtmConnectionError,
     CtmDeadlineError,
     CtmError,
     CtmPermanentError,
+    CtmThrottledError,
     CtmTimeoutError,
     CtmTlsError,
     CtmTransientError,
     RetryBudgetExhaustedError,
-    error_for_response,
 )
 from cckm_refresh.ctm.pacing import UNPACED, Pacer
-from cckm_refresh.ctm.retries import SUCCESS_STATUSES, RetryBudget, RetryPolicy, Verdict, classify
+from cckm_refresh.ctm.retries import RetryBudget, RetryPolicy, error_for_response
 from cckm_refresh.ctm.tls import TlsPolicy
 from cckm_refresh.observability import logger
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
@@ -53,7 +54,6 @@ MIN_ATTEMPT_SECONDS = 0.5
 # a Lambda's memory. Error answers are read for their codeDesc and message only.
 MAX_BODY_BYTES = 8 << 20
 MAX_ERROR_BODY_BYTES = 64 << 10
-READ_CHUNK_BYTES = 64 << 10
 _SSL_REASON = re.compile(r"\[SSL: [A-Z_]+\][^'\"()]*")
 
 
@@ -68,9 +68,7 @@ class Bearer:
 class Authenticator(Protocol):
     """Where attempts get their JWT (``auth.TokenSource``)."""
 
-    @property
-    def generation(self) -> int:
-        """The newest JWT's generation."""
+    generation: int  # the newest JWT's
 
     def bearer(self, deadline: Deadline) -> Bearer: ...
 
@@ -99,49 +97,30 @@ class _Call:
     pacer: Pacer
     deadline: Deadline
     max_body: int
-    what: str  # "METHOD /path" for messages and logs: no query, no headers
     attempts: int = 0
     throttled: int = 0
-    failures: int = 0  # transient failures, bounded by max_attempts
+    failures: int = 0  # transient ones, bounded by max_attempts
     spent: int = 0  # retry budget taken, given back if the call succeeds
     last: CtmError | None = None
     stale_retried: bool = False  # re-sent once with a newer JWT after a 401
-    renewed: bool = False  # had a JWT renewed after a 401
+    renewed: bool = False  # had its JWT renewed after a 401
 
-
-class _Bearer(AuthBase):
-    """Sets the Authorization header; also keeps requests from consulting ``~/.netrc``."""
-
-    def __init__(self, jwt: str | None) -> None:
-        self._jwt = jwt
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        if self._jwt is not None:
-            request.headers["Authorization"] = f"Bearer {self._jwt}"
-        return request
-
-    def __repr__(self) -> str:
-        return "_Bearer(<redacted>)"
-
-
-class _BodyTooLargeError(Exception):
-    """The answer is larger than the call allows (the rest is not read)."""
+    @property
+    def what(self) -> str:
+        """``METHOD /path`` for messages and logs: no query, no header."""
+        return f"{self.method} {urlsplit(self.url).path}"
 
 
 class Transport:
-    """Sends CTM calls; safe to share between threads.
-
-    ``pool_size`` connections to CTM are kept alive (the most calls in flight at once,
-    ``REFRESH_CONCURRENCY``); a burst above it opens extra ones rather than waiting.
-    ``adapter``, when given, answers every https:// request (a simulation, unit tests).
-    """
+    """Sends CTM calls; safe to share between threads. ``pool_size`` connections to CTM are
+    kept alive (the most calls in flight, ``REFRESH_CONCURRENCY``); a burst above it opens
+    extra ones. ``adapter``, when given, answers every https:// request (a simulation)."""
 
     def __init__(
         self,
         *,
         timeout: float = 20.0,
         retry: RetryPolicy | None = None,
-        budget: RetryBudget | None = None,
         verify_tls: bool = True,
         ca_bundle: Callable[[], str | None] = lambda: None,
         pool_size: int = 8,
@@ -153,7 +132,7 @@ class Transport:
             raise ValueError("timeout must be positive")
         self.attempt_timeout = timeout  # one total per attempt: connect, headers and body
         self.retry = retry or RetryPolicy()
-        self.budget = budget or RetryBudget()
+        self.budget = RetryBudget()
         self.tls = TlsPolicy(verify_tls=verify_tls, ca_bundle=ca_bundle)
         self.runtime = runtime
         self._rng = rng
@@ -184,17 +163,11 @@ class Transport:
         pacer: Pacer = UNPACED,
         max_body: int = MAX_BODY_BYTES,
     ) -> CtmResponse:
-        """Send one CTM call with its retries; its JSON object answer, or a CtmError carrying
-        ``attempts`` and the last ``http_status``.
-
-        With ``auth``, a 401 is re-sent with a newer JWT if there is one, else after one
-        renewal (neither counted against ``max_attempts``); a 401 to a JWT issued for this call
-        is transient. When no attempt can start and end before ``deadline``:
-        ``CtmDeadlineError``. A 2xx body over ``max_body`` bytes or not a JSON object:
-        ``CtmBadResponseError``.
-        """
-        what = f"{method} {urlsplit(url).path}"
-        call = _Call(method, url, params, json_body, auth, pacer, deadline, max_body, what)
+        """One CTM call with its retries: its JSON object answer, or a CtmError carrying
+        ``attempts`` and the last ``http_status`` (``CtmDeadlineError`` when no attempt can
+        start and end before ``deadline``; ``CtmBadResponseError`` for a 2xx body over
+        ``max_body`` bytes or not a JSON object). With ``auth``, see ``_unauthorized``."""
+        call = _Call(method, url, params, json_body, auth, pacer, deadline, max_body)
         while True:
             outcome = self._attempt(call)
             if isinstance(outcome, CtmResponse):
@@ -211,8 +184,7 @@ class Transport:
 
     def _attempt(self, call: _Call) -> CtmResponse | CtmError | None:
         """One attempt: the answer, the error it ended in, or None to re-send at once (401)."""
-        if call.auth is not None:
-            self._bearer(call)  # a sign-in the attempt needs happens before its slot is taken
+        self._bearer(call)  # a sign-in the attempt needs happens before its slot is taken
         latest_start = call.deadline.before(MIN_ATTEMPT_SECONDS)
         if not call.pacer.wait(latest_start) or latest_start.passed():
             raise self._deadline_error(call)
@@ -225,55 +197,49 @@ class Transport:
         try:
             response = self._send(call, bearer, limit)
             text = self._read(call, response, started + limit)
-        except CtmError as error:  # reading the body: too slow, dropped, too large
-            if not error.transient:
-                error.attempts = call.attempts
-                raise
-            return error
         except OSError as exc:  # requests' exceptions are OSErrors
             return error_for_exception(call.what, exc)
-        return self._judge(call, bearer, response.status_code, text, started)
-
-    def _bearer(self, call: _Call) -> Bearer | None:
-        if call.auth is None:
-            return None
-        try:
-            return call.auth.bearer(call.deadline)
-        except CtmError as error:
+        except CtmError as error:  # the body: too slow, dropped, or too large
             error.attempts = call.attempts
-            raise
-
-    def _judge(
-        self, call: _Call, bearer: Bearer | None, status: int, text: str, started: float
-    ) -> CtmResponse | CtmError | None:
-        verdict = classify(status, text)
-        if verdict is Verdict.THROTTLED:
+            if not error.transient:
+                raise
+            return error
+        failure = error_for_response(call.what, response.status_code, text)
+        if isinstance(failure, CtmThrottledError):
             call.throttled += 1
             call.pacer.throttled()
         else:
             call.pacer.answered()
-        if verdict is Verdict.OK:
-            body = _json_object(call, status, text)
-            elapsed = self.runtime.monotonic() - started
-            return CtmResponse(body, status, call.attempts, call.throttled, elapsed)
-        error = error_for_response(call.what, status, text, verdict)
-        if verdict is not Verdict.UNAUTHORIZED or call.auth is None or bearer is None:
-            return error
-        # A 401 is run-fatal only when a fresh login is itself refused (the token endpoint's
-        # answer, raised by ``bearer()``): an older JWT than the newest is re-sent as the newest;
-        # the newest is renewed once; a 401 to a JWT renewed for this call is transient.
-        if bearer.generation < call.auth.generation and not call.stale_retried:
+        if isinstance(failure, CtmAuthError) and call.auth is not None and bearer is not None:
+            return self._unauthorized(call, call.auth, bearer, failure)
+        if failure is not None:
+            return failure
+        body = _json_object(call, response.status_code, text)
+        elapsed = self.runtime.monotonic() - started
+        return CtmResponse(body, response.status_code, call.attempts, call.throttled, elapsed)
+
+    def _bearer(self, call: _Call) -> Bearer | None:
+        try:
+            return call.auth.bearer(call.deadline) if call.auth is not None else None
+        except CtmError as error:
+            error.attempts = call.attempts
+            raise
+
+    @staticmethod
+    def _unauthorized(call: _Call, auth: Authenticator, bearer: Bearer, error: CtmError) -> None:
+        """A 401 is run-fatal only when a fresh login is itself refused (``bearer()`` raises
+        that): a JWT older than the newest is re-sent as the newest, the newest is renewed
+        once, and a 401 to a JWT renewed for this call is transient (the key stays pending)."""
+        if bearer.generation < auth.generation and not call.stale_retried:
             call.stale_retried = True
-            return None
+            return
         if not call.renewed:
             call.renewed = True
-            call.auth.refused(bearer)
-            return None
+            auth.refused(bearer)
+            return
+        message = f"{error.message} (to a JWT just issued, too)"
         raise CtmTransientError(
-            f"{error.message} (to a JWT just issued, too)",
-            error_code=error.error_code,
-            http_status=status,
-            attempts=call.attempts,
+            message, error_code=error.error_code, http_status=401, attempts=call.attempts
         )
 
     def _send(self, call: _Call, bearer: Bearer | None, limit: float) -> requests.Response:
@@ -284,7 +250,8 @@ class Transport:
             call.url,
             params=dict(call.params) if call.params else None,
             data=json.dumps(call.json_body) if call.json_body is not None else None,
-            auth=_Bearer(bearer.jwt if bearer is not None else None),
+            headers={"Authorization": f"Bearer {bearer.jwt}"} if bearer is not None else None,
+            auth=_no_netrc,
             timeout=Timeout(connect=connect, read=limit, total=limit),  # type: ignore[arg-type]
             verify=self.tls.verify_for(call.url),
             allow_redirects=False,  # a redirect could carry the bearer elsewhere
@@ -292,56 +259,44 @@ class Transport:
         )
 
     def _read(self, call: _Call, response: requests.Response, ends_at: float) -> str:
-        """The answer's text, read before ``ends_at``: a 2xx one up to ``max_body`` bytes (else
-        ``BAD_RESPONSE``), an error one up to ``MAX_ERROR_BODY_BYTES`` (else "": its status
-        alone classifies it). Reading too slowly is ``TIMEOUT``, a dropped one ``CONNECTION``."""
+        """The body, read before ``ends_at`` in chunks (the socket's timeout re-armed to what is
+        left before each): a 2xx one up to ``max_body`` bytes (beyond: ``BAD_RESPONSE``), an
+        error one up to ``MAX_ERROR_BODY_BYTES`` (beyond: "", its status alone classifies it)."""
         status = response.status_code
-        success = status in SUCCESS_STATUSES
-        limit = call.max_body if success else MAX_ERROR_BODY_BYTES
+        limit = call.max_body if 200 <= status < 300 else MAX_ERROR_BODY_BYTES
+        declared = response.headers.get("Content-Length", "")
+        size = limit + 1 if declared.isdigit() and int(declared) > limit else 0
+        # an adapter may answer from memory, with no stream to time
+        source = response.raw if response.raw is not None else io.BytesIO(response.content)
+        chunks: list[bytes] = []
         try:
-            return self._read_body(response, limit, ends_at).decode("utf-8", "replace")
-        except _BodyTooLargeError:
-            if not success:
-                return ""
-            message = f"{call.what} answered HTTP {status} with a body over {limit} bytes"
-            raise CtmBadResponseError(
-                message, error_code="BAD_RESPONSE", http_status=status
-            ) from None
+            while size <= limit and (chunk := self._chunk(source, ends_at)):
+                chunks.append(chunk)
+                size += len(chunk)
         except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
+            response.close()  # a half-read connection must not go back to the pool
             message = f"{call.what}: the answer did not arrive within the timeout"
             raise CtmTimeoutError(message, error_code="TIMEOUT", http_status=status) from None
         except (urllib3.exceptions.HTTPError, OSError):
+            response.close()
             message = f"{call.what}: connection dropped while reading the answer"
             raise CtmConnectionError(message, error_code="CONNECTION", http_status=status) from None
+        if size <= limit:
+            return b"".join(chunks).decode("utf-8", "replace")
+        response.close()
+        if limit == MAX_ERROR_BODY_BYTES:
+            return ""
+        message = f"{call.what} answered HTTP {status} with a body over {limit} bytes"
+        raise CtmBadResponseError(message, error_code="BAD_RESPONSE", http_status=status)
 
-    def _read_body(self, response: requests.Response, limit: int, ends_at: float) -> bytes:
-        try:
-            if _declared_length(response) > limit:
-                raise _BodyTooLargeError
-            raw = response.raw
-            if raw is None:  # an adapter that answered from memory: no stream to time
-                if len(response.content) > limit:
-                    raise _BodyTooLargeError
-                return response.content
-            chunks, size = [], 0
-            while chunk := self._read_chunk(raw, ends_at):
-                size += len(chunk)
-                if size > limit:
-                    raise _BodyTooLargeError
-                chunks.append(chunk)
-            return b"".join(chunks)
-        except BaseException:
-            response.close()  # a half-read connection must not go back to the pool
-            raise
-
-    def _read_chunk(self, raw: Any, ends_at: float) -> bytes:
+    def _chunk(self, raw: Any, ends_at: float) -> bytes:
         left = ends_at - self.runtime.monotonic()
         if left <= 0:
             raise TimeoutError
         sock = getattr(getattr(raw, "connection", None), "sock", None)
-        if isinstance(sock, socket.socket):  # the next read waits at most what is left
+        if isinstance(sock, socket.socket):
             sock.settimeout(max(left, 0.001))
-        return bytes(raw.read1(READ_CHUNK_BYTES))
+        return bytes(raw.read1(64 << 10))
 
     def _before_retry(self, call: _Call, error: CtmError) -> None:
         """Sleep before the next attempt, or raise ``error`` when it is not retried."""
@@ -353,11 +308,9 @@ class Transport:
         if delay + MIN_ATTEMPT_SECONDS > call.deadline.remaining():
             raise self._deadline_error(call, error)  # the sleep would leave no time to retry
         cost = self.budget.acquire(after_timeout=isinstance(error, CtmTimeoutError))
+        logged = {"ctm_call": call.what, "error_code": error.error_code, "delay_s": delay}
         if not cost:
-            logger.error(
-                "CTM retry budget exhausted; failing fast",
-                extra={"ctm_call": call.what, "error_code": error.error_code},
-            )
+            logger.error("CTM retry budget exhausted; failing fast", extra=logged)
             raise RetryBudgetExhaustedError(
                 f"retry budget exhausted, not retrying: {error.message}",
                 error_code=error.error_code,
@@ -365,19 +318,11 @@ class Transport:
                 attempts=call.attempts,
             )
         call.spent += cost
-        logger.info(
-            "CTM call failed transiently; retrying",
-            extra={
-                "ctm_call": call.what,
-                "attempt": call.attempts,
-                "error_code": error.error_code,
-                "http_status": error.http_status,
-                "delay_s": round(delay, 3),
-            },
-        )
+        logger.info("CTM call failed transiently; retrying", extra=logged)
         self.runtime.sleep(delay)
 
-    def _deadline_error(self, call: _Call, last: CtmError | None = None) -> CtmDeadlineError:
+    @staticmethod
+    def _deadline_error(call: _Call, last: CtmError | None = None) -> CtmDeadlineError:
         last = last or call.last
         summary = f"{call.what}: deadline reached after {call.attempts} attempt(s)"
         return CtmDeadlineError(
@@ -396,9 +341,7 @@ def error_for_exception(what: str, exc: OSError) -> CtmError:
         return CtmTlsError(f"{what}: {reason}", error_code="TLS")
     if isinstance(exc, requests.exceptions.Timeout):
         return CtmTimeoutError(f"{what}: no answer within the timeout", error_code="TIMEOUT")
-    if isinstance(
-        exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError
-    ):
+    if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
         return CtmConnectionError(f"{what}: connection failed or dropped", error_code="CONNECTION")
     if not isinstance(exc, requests.RequestException) and "CA certificate bundle" in str(exc):
         # requests raises a bare OSError when the CA file it was told to use does not exist.
@@ -407,25 +350,19 @@ def error_for_exception(what: str, exc: OSError) -> CtmError:
         )
     # Anything else (an invalid URL, a header requests refused) will not get better, and its
     # text is requests' own, which may quote what it refused: not repeated.
-    return CtmPermanentError(
-        f"{what}: the request could not be sent ({type(exc).__name__})", error_code="CONNECTION"
-    )
+    message = f"{what}: the request could not be sent ({type(exc).__name__})"
+    return CtmPermanentError(message, error_code="CONNECTION")
 
 
-def _declared_length(response: requests.Response) -> int:
-    """The answer's Content-Length, or 0 when absent or not a number."""
-    try:
-        return int(response.headers.get("Content-Length", ""))
-    except ValueError:
-        return 0
+def _no_netrc(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """An ``auth`` that adds nothing, so that requests never reads ``~/.netrc``."""
+    return request
 
 
 def _json_object(call: _Call, status: int, text: str) -> dict[str, Any]:
     """The JSON object of a 2xx answer ({} when empty); anything else is ``BAD_RESPONSE``."""
-    if not text.strip():
-        return {}
     try:
-        document = json.loads(text)
+        document = json.loads(text) if text.strip() else {}
     except ValueError:
         document = None
     if not isinstance(document, dict):
