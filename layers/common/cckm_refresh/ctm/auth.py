@@ -1,18 +1,6 @@
-"""Bearer JWTs for CTM (docs/reference.md 3), shared by every thread of a client.
-
-``TokenSource`` exchanges the secret's refresh token or password at ``POST /api/v1/auth/tokens``
-and renews the JWT ahead of its expiry as CTM states it (``duration``, ``exp - iat``: CTM's
-clock, not ours), while the other threads keep using the JWT still valid; without one, they
-wait for the one renewal under way (a ``Runtime`` condition) and share its answer, failure
-included. A password is sent once: its login asks for a short-lived refresh token, renewals
-redeem that until CTM refuses it. The secret's own ``token`` is sent until CTM refuses it.
-
-CTM answering 400, 401 or 403 at its token endpoint means the credentials are refused
-(``CtmAuthError``, run-fatal): the secret is read again past its cache, once, and refused
-credentials are not sent again until the secret changes or ``REFUSAL_MEMORY`` has passed
-(retrying a wrong password only counts towards locking the account). Every credential and
-JWT that passes through here is registered with ``errors.register_secret``.
-"""
+"""Bearer JWTs for CTM (docs/reference.md 3): sign-in, renewal ahead of the expiry CTM
+states, one renewal at a time shared by every thread, and credentials CTM refused. JWT claims
+are decoded here (8 lines, unsigned: only ``exp``/``iat`` are read), not with a JWT library."""
 
 from __future__ import annotations
 
@@ -142,6 +130,7 @@ class TokenSource:
                     return held.bearer
                 if not self._renewing:
                     self._renewing = True
+                    force, self._force_secret = self._force_secret, False
                     break
                 if self._renewals != seen and self._failure is not None:
                     raise self._failure.copy()  # waited while another thread failed
@@ -151,7 +140,7 @@ class TokenSource:
                 self._changed.wait(deadline.remaining())
         fresh: _Held | CtmError
         try:
-            fresh = self._obtain(deadline)
+            fresh = self._obtain(deadline, force=force)
         except CtmError as error:
             fresh = error
         with self._changed:
@@ -182,8 +171,8 @@ class TokenSource:
                 self._rejected_jwt = held.bearer.jwt
             self._held, self._force_secret = None, True
 
-    def _obtain(self, deadline: Deadline) -> _Held:
-        force, self._force_secret = self._force_secret, False
+    def _obtain(self, deadline: Deadline, *, force: bool) -> _Held:
+        """A JWT from the secret (read past its cache when ``force``), unless refused lately."""
         credentials = self._credentials.get(force=force)
         if self._refused is not None:
             refused, failure, when = self._refused

@@ -1,10 +1,5 @@
 """The CCKM OCI key operations, named after the CTM API: sign in, get a key, refresh it, list
-keys (by selector, or to find an OCID).
-
-Key ids are validated before any URL is built, so ``../../auth/tokens`` never reaches the
-network, and list filters are the selector's names only. A 2xx answer that is not the key's
-object is ``BAD_RESPONSE``; one flagged ``gone`` is ``NOT_FOUND`` (``GONE``).
-"""
+keys. Ids are validated before any URL is built, list filters are the selector's names only."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The CTM credentials secret (docs/reference.md 3): parsed, validated, never shown.
-
-A JSON object or a bare string; exactly one way to authenticate is used, in this order:
-``refresh_token``, ``username`` + ``password``, ``token``. Errors name a field, never a value.
-"""
+"""The CTM credentials secret (docs/reference.md 3): parsed, validated, never shown; errors
+name a field, never a value."""
 
 from __future__ import annotations
 

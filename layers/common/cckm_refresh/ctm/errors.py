@@ -1,9 +1,5 @@
-"""Typed CTM errors: one class per failure class, each carrying its ``error_code``
-(docs/reference.md 5), and the registry of secrets scrubbed from every message.
-
-Messages are built from the status, CTM's ``codeDesc``/``message`` and our own words; CTM's
-words may quote what it was sent, so every error scrubs the registered secrets from its message.
-"""
+"""Typed CTM errors, one class per failure class carrying its ``error_code`` (docs/reference.md
+5), and the registry of secrets scrubbed from every message (CTM's words may quote them)."""
 
 from __future__ import annotations
 

@@ -2,15 +2,12 @@
 4.3): the cursor, the page, and how each page is placed against the one before.
 
 Pages come in the first order CTM honours: ``sort=createdAt,id`` (a refresh changes neither),
-else ``createdAt``, else CTM's own. Each page re-reads a few keys before its position and is
-placed against the previous page's tail, by sort key in a sorted order, by the tail's ids
-(anchors) in CTM's own; so keys removed before the position never make a page skip a key, and
-the re-read keys are not returned again. A sort refused (400), or a page out of the order
-asked, falls back to the next order, from the same position. Keys may come twice (a listing
-read again from its start); one is never left out silently: when no order holds between two
-calls and the listing does not fit one page, ``CtmListingError``. A page capped below what was
-asked advances by what it held, its overlap kept below the cap. Memory: one page.
-"""
+else ``createdAt``, else CTM's own, from the same position (a sort refused with a 400, or a
+page out of the order asked). Each page re-reads a few keys before its position (below a cap
+CTM answers at) and is placed against the previous page's tail: by sort key, or by the tail's
+ids (anchors) in CTM's own order. So keys removed before the position never make a page skip
+one; keys may come twice (a listing read again from its start), but when no order holds
+between two calls and the listing does not fit one page: ``CtmListingError``."""
 
 from __future__ import annotations
 
@@ -271,8 +268,8 @@ def _key(item: object) -> Key | None:
 
 
 def _sortable_instant(value: object) -> str | None:
-    """An ISO 8601 instant as fixed-width UTC text that sorts as time does (nanoseconds: CTM
-    is written in Go, whose RFC 3339 drops trailing zeros: ``.8767Z`` is after ``.876714Z``)."""
+    """An ISO 8601 instant as fixed-width UTC text that sorts as time does. Not a datetime:
+    CTM is written in Go, whose RFC 3339 has nanoseconds and drops trailing zeros."""
     if not isinstance(value, str) or (match := _TIMESTAMP.fullmatch(value)) is None:
         return None
     seconds, fraction, zone = match.groups()

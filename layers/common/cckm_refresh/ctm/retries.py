@@ -1,9 +1,6 @@
-"""Which CTM answers are retried, how long to wait, and when to stop (docs/reference.md 4.4).
-
-As botocore's standard retry mode: what an answer means is data (``BODY_RULES``, then
-``STATUS_RULES``: the error class it raises), the wait is capped exponential back-off with
-full jitter, and a quota shared by a client's calls turns an outage into fast failures.
-"""
+"""Which CTM answers are retried, how long to wait, when to stop (docs/reference.md 4.4), as
+botocore's standard retry mode: conditions are data (the error class an answer raises), capped
+exponential back-off with full jitter, and a quota shared by a client's calls."""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
-"""The ``verify=`` passed on every request to CTM (docs/reference.md 3).
-
-The secret's ``ca_bundle``: that PEM alone, whatever the environment says. Otherwise the
-standard store with the overrides requests and Python honour: ``REQUESTS_CA_BUNDLE`` /
-``CURL_CA_BUNDLE`` (requests applies them when given ``True``) and ``SSL_CERT_FILE`` (which
-requests ignores for certifi, so it is applied here). ``CTM_VERIFY_TLS=false``: no check.
-Chosen at the first request (the secret is loaded lazily) and passed on every request, since
-requests lets ``REQUESTS_CA_BUNDLE`` override ``Session.verify``.
-"""
+"""The ``verify=`` passed on every request to CTM (docs/reference.md 3): the secret's
+``ca_bundle`` alone when it has one, else the standard store with the overrides requests and
+Python honour (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, and ``SSL_CERT_FILE``, which
+requests ignores for certifi, so it is applied here); none only by explicit choice."""
 
 from __future__ import annotations
 

@@ -1,13 +1,6 @@
-"""The one HTTP transport to CTM (hvac's adapter): pooled session, TLS, each attempt's time
-limit, the retry loop and typed errors. The only place that sees a bearer JWT.
-
-Each attempt of ``Transport.call`` waits for the caller's pacer, takes the newest JWT just
-before it leaves, and has one total time limit (``timeout``, shrunk to what is left before the
-``Deadline``): the body is streamed, size-capped, and the socket timeout re-armed before each
-read, so a trickling answer cannot stretch the attempt. No attempt, back-off sleep or pacing
-wait is started that would pass the deadline. urllib3's ``Retry`` cannot pace each attempt
-through the tenancy's pacer nor re-authenticate on a 401, so the retry loop is ours.
-"""
+"""The one HTTP transport to CTM (hvac's adapter): session, TLS, each attempt's time limit,
+retries, typed errors; the only place that sees a bearer JWT. urllib3's ``Retry`` cannot pace
+each attempt through the tenancy's pacer nor re-authenticate on a 401: the loop is ours."""
 
 from __future__ import annotations
 
