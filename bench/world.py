@@ -336,8 +336,11 @@ def serve_moto(port: int, sends_to: int | None = None) -> None:
     )
     from werkzeug.serving import make_server
 
+    from devkit.moto_dynamodb import isolate_writes
+
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    _transactions_copy_items_not_tables()
+    isolate_writes()
+    _update_expression_checks_once()
     app = DomainDispatcherApplication(create_backend_app)
     lock = threading.Lock()
 
@@ -390,91 +393,6 @@ def _exit_with_parent() -> None:
     while os.getppid() == parent:
         time.sleep(1)
     os._exit(0)
-
-
-def _transactions_copy_items_not_tables() -> None:
-    """Make moto's TransactWriteItems cost what DynamoDB's does: O(items), not O(table).
-
-    moto (5.2) deep-copies the whole table once per item of a transaction, to roll back on a
-    failed condition: with a results table of N items a transaction costs O(N) CPU, and a run
-    that registers its chunks by transaction becomes quadratic, in moto only. Here the
-    transaction saves and restores the items it names instead (requests are serialised, so
-    nothing else can change them meanwhile).
-    """
-    from moto.dynamodb.models import DynamoDBBackend
-
-    _tables_copied_by_reference()
-    _update_expression_checks_once()
-    original = DynamoDBBackend.transact_write_items
-
-    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
-        saved = _items_named(self, transact_items)
-        try:
-            original(self, transact_items)
-        except Exception:
-            _restore(saved)
-            raise
-
-    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
-
-
-def _tables_copied_by_reference() -> None:
-    """moto's DynamoDB models deep-copy everything as before, except tables (shared)."""
-    import copy
-
-    from moto.dynamodb import models
-    from moto.dynamodb.models.table import Table
-
-    class _CopyTablesByReference:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(copy, name)
-
-        @staticmethod
-        def deepcopy(value: Any, memo: Any = None) -> Any:
-            return value if isinstance(value, Table) else copy.deepcopy(value, memo)
-
-    models.copy = _CopyTablesByReference()  # type: ignore[assignment,attr-defined]
-
-
-# An item a transaction names, as it was before: (table, hash key, range key, copy or None).
-_SavedItem = tuple[Any, Any, Any, Any]
-
-
-def _items_named(backend: Any, transact_items: list[dict[str, Any]]) -> list[_SavedItem]:
-    """A copy of every item ``transact_items`` names, as it is now (None: absent)."""
-    import copy
-
-    from moto.dynamodb.models.dynamo_type import DynamoType
-
-    saved = []
-    for entry in transact_items:
-        _, operation = next(iter(entry.items()))
-        table = backend.tables.get(operation.get("TableName"))
-        if table is None:
-            continue
-        key = operation.get("Key") or operation.get("Item") or {}
-        if table.hash_key_attr not in key or (
-            table.range_key_attr and table.range_key_attr not in key
-        ):
-            continue  # moto's own validation will refuse it
-        hash_value = DynamoType(key[table.hash_key_attr])
-        range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
-        current = table.get_item(hash_value, range_value)
-        saved.append((table, hash_value, range_value, copy.deepcopy(current)))
-    return saved
-
-
-def _restore(saved: list[_SavedItem]) -> None:
-    """Put the saved items back as they were, last first (removing those that were absent)."""
-    for table, hash_value, range_value, item in reversed(saved):
-        if range_value is None:
-            table.items.pop(hash_value, None)
-            if item is not None:
-                table.items[hash_value] = item
-        else:
-            table.items[hash_value].pop(range_value, None)
-            if item is not None:
-                table.items[hash_value][range_value] = item
 
 
 def _update_expression_checks_once() -> None:

@@ -1,34 +1,10 @@
 """moto's threaded server on loopback: the local AWS endpoint of the demo, the tests and the
-benchmarks (``AWS_ENDPOINT_URL``), with DynamoDB's transaction isolation restored."""
+benchmarks (``AWS_ENDPOINT_URL``), with DynamoDB's write isolation and transaction cost
+restored (``devkit/moto_dynamodb.py``)."""
 
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any
-
-_MOTO_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
-_moto_write_lock = threading.RLock()
-
-
-def isolate_moto_table_writes() -> None:
-    """Make moto's DynamoDB writes one at a time, as DynamoDB isolates a transaction from the
-    writes around it. moto (5.2) runs TransactWriteItems on a copy of the tables and puts the
-    copy back when a condition fails, losing any write another client made in between: two
-    containers closing chunks of one run at once would lose counts. Idempotent."""
-    from moto.dynamodb.models import DynamoDBBackend
-
-    for name in _MOTO_WRITES:
-        write = getattr(DynamoDBBackend, name)
-        if getattr(write, "_isolated", False):
-            continue
-
-        def isolated(*args: Any, _write: Any = write, **kwargs: Any) -> Any:
-            with _moto_write_lock:
-                return _write(*args, **kwargs)
-
-        isolated._isolated = True  # type: ignore[attr-defined]
-        setattr(DynamoDBBackend, name, isolated)
 
 
 class MotoServer:
@@ -42,9 +18,11 @@ class MotoServer:
 
     def start(self) -> None:
         """Start serving; ``endpoint_url`` is valid afterwards."""
+        from devkit.moto_dynamodb import isolate_writes
+
         # werkzeug logs every request line to stderr; keep the demo and test output readable.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        isolate_moto_table_writes()
+        isolate_writes()
         self._server.start()
         host, port = self._server.get_host_and_port()
         self._endpoint_url = f"http://{host}:{port}"

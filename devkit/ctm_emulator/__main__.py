@@ -19,6 +19,8 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from devkit.ctm_emulator.faults import Faults
+from devkit.ctm_emulator.inventory import SORT_FIELDS
 from devkit.ctm_emulator.keyset import DEFAULT_REGIONS, generate_keys
 from devkit.ctm_emulator.server import DEFAULT_USERS, CtmEmulator
 
@@ -64,6 +66,29 @@ def _parser() -> argparse.ArgumentParser:
         "--default-sort", default=None, help="list order without sort, e.g. updatedAt"
     )
     parser.add_argument(
+        "--ignore-sort", action="store_true", help="accept sort and answer the default order"
+    )
+    parser.add_argument(
+        "--unstable-order", action="store_true", help="each list call draws a new order"
+    )
+    parser.add_argument(
+        "--sort-fields",
+        dest="accepted_sort_fields",
+        metavar="FIELD,...",
+        type=_sort_fields,
+        default=None,
+        help="comma-separated fields sort may name, others are a 400 ('': refuse any sort)",
+    )
+    parser.add_argument(
+        "--not-authorized-tenancy",
+        dest="not_authorized_tenancies",
+        type=_tenancy_status,
+        action="append",
+        default=[],
+        metavar="TENANCY[:STATUS]",
+        help="refreshes of the tenancy's keys answer OCI's NotAuthorizedOrNotFound (404)",
+    )
+    parser.add_argument(
         "--trickle-interval", type=float, default=0.0, help="seconds between answer bytes"
     )
     parser.add_argument("--ca-out", help="also copy the CA certificate to this path")
@@ -72,9 +97,55 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sort_fields(text: str) -> set[str]:
+    fields = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = sorted(fields - SORT_FIELDS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"cannot sort by {', '.join(unknown)}")
+    return fields
+
+
+def _tenancy_status(text: str) -> tuple[str, int]:
+    tenancy, _, status = text.partition(":")
+    if not tenancy or not (status or "404").isdigit():
+        raise argparse.ArgumentTypeError("expected TENANCY or TENANCY:STATUS")
+    return tenancy, int(status or "404")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line's arguments (``--help`` lists them)."""
+    return _parser().parse_args(argv)
+
+
+# The faults the command line sets as they are parsed (each argument's dest is its name).
+FAULT_SWITCHES = (
+    "latency",
+    "tenancy_read_limit",
+    "throttle_status",
+    "error_rate",
+    "error_status",
+    "drop_rate",
+    "max_page_size",
+    "ignore_unknown_filters",
+    "wildcard_filters",
+    "default_sort",
+    "ignore_sort",
+    "unstable_order",
+    "accepted_sort_fields",
+    "trickle_interval",
+)
+
+
+def set_faults(faults: Faults, args: argparse.Namespace) -> None:
+    """Switch on the faults the command line asks for."""
+    for name in FAULT_SWITCHES:
+        setattr(faults, name, getattr(args, name))
+    faults.not_authorized_tenancies = dict(args.not_authorized_tenancies)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Start the emulator as the arguments say, print how to reach it, serve until stopped."""
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     keys = generate_keys(
         args.keys,
         tenancies=args.tenancies,
@@ -91,18 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         verbose=args.verbose,
     )
-    faults = emulator.faults
-    faults.latency = args.latency
-    faults.tenancy_read_limit = args.tenancy_read_limit
-    faults.throttle_status = args.throttle_status
-    faults.error_rate = args.error_rate
-    faults.error_status = args.error_status
-    faults.drop_rate = args.drop_rate
-    faults.max_page_size = args.max_page_size
-    faults.ignore_unknown_filters = args.ignore_unknown_filters
-    faults.wildcard_filters = args.wildcard_filters
-    faults.default_sort = args.default_sort
-    faults.trickle_interval = args.trickle_interval
+    set_faults(emulator.faults, args)
 
     stopped = threading.Event()
 

@@ -30,12 +30,18 @@ from devkit.ctm_emulator.faults import (
 from devkit.ctm_emulator.inventory import (
     FILTERS,
     PAGING_PARAMETERS,
+    SORT_FIELDS,
     KeyInventory,
-    sort_fields_known,
+    unsortable_field,
 )
 from devkit.ctm_emulator.keyset import generate_keys
 from devkit.ctm_emulator.request_log import LoggedRequest, RequestLog
-from devkit.ctm_emulator.tokens import RefreshTokenLimits, TokenAuthority, TokenRejectedError
+from devkit.ctm_emulator.tokens import (
+    RefreshTokenLimits,
+    TokenAuthority,
+    TokenRejectedError,
+    jwt_seconds,
+)
 
 OCI_THROTTLE_MESSAGE = 'OCI error: {"code":"TooManyRequests","message":"User-rate limit exceeded."}'
 OCI_NOT_FOUND_MESSAGE = (
@@ -169,13 +175,18 @@ class CtmApi:
         log: RequestLog,
         clock: Callable[[], float],
         sleep: Callable[[float], None] = time.sleep,
+        arrival_clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock`` (epoch seconds) is CTM's time: JWTs, the throttle window, timestamps;
+        ``sleep`` is how injected latency waits; ``arrival_clock`` stamps the request log
+        (by default ``clock``, so an in-process simulation sees its own virtual time)."""
         self._inventory = inventory
         self._tokens = tokens
         self._faults = faults
         self._log = log
         self._clock = clock
         self._sleep = sleep
+        self._arrival_clock = arrival_clock or clock
         self._window = TenancyReadWindow()
         self._churns = 0
 
@@ -185,7 +196,7 @@ class CtmApi:
 
     def handle(self, request: ApiRequest) -> ApiReply:
         """Answer ``request`` and log it (without its credentials)."""
-        arrived = time.monotonic()
+        arrived = self._arrival_clock()
         exchange = _Exchange()
         reply = self._route(request, exchange)
         body = reply.body or {}
@@ -274,7 +285,7 @@ class CtmApi:
             200,
             {
                 "jwt": jwt,
-                "duration": int(lifetime),
+                "duration": jwt_seconds(lifetime),
                 "token_type": "Bearer",
                 "client_id": self._tokens.client_id,
                 "refresh_token": refresh_token,
@@ -313,11 +324,18 @@ class CtmApi:
         if isinstance(query, ApiReply):
             return query
         skip, limit, filters, sort = query
+        order = faults.list_order()
         page = self._inventory.list(
-            filters, skip, limit, faults.max_page_size, sort=sort, wildcard=faults.wildcard_filters
+            filters,
+            skip,
+            limit,
+            faults.max_page_size,
+            sort=sort,
+            wildcard=faults.wildcard_filters,
+            shuffle=order,
         )
         if faults.list_churn is not None:
-            self._churn(filters, sort)
+            self._churn(filters, sort, order)
         body: dict[str, Any] = {"skip": skip, "limit": limit, "total": page.total}
         if LIST_NOT_A_LIST not in faults.malformed:
             body["resources"] = resources = page.resources
@@ -340,11 +358,25 @@ class CtmApi:
         refusal = self._unknown_parameter(query, known)
         if refusal is not None:
             return refusal
-        sort = query.get("sort") or faults.default_sort
-        if not sort_fields_known(sort):
-            return bad_request("sort names a field the keys cannot be sorted by.")
+        sort = self._sort(query.get("sort"))
+        if isinstance(sort, ApiReply):
+            return sort
         filters = {k: v for k, v in query.items() if k in known - PAGING_PARAMETERS and v}
         return skip, limit, filters, sort
+
+    def _sort(self, asked: str | None) -> str | ApiReply | None:
+        """The order a list answers in: ``asked``, or ``default_sort`` when nothing is asked or
+        the faults ignore ``sort``; the 400 when ``asked`` names a field not accepted."""
+        faults = self._faults
+        if not asked or faults.ignore_sort:
+            return faults.default_sort
+        accepted = SORT_FIELDS
+        if faults.accepted_sort_fields is not None:
+            accepted = SORT_FIELDS & faults.accepted_sort_fields
+        refused = unsortable_field(asked, accepted)
+        if refused is not None:
+            return bad_request(f"Invalid value for sort: cannot sort by {refused[:64]}.")
+        return asked
 
     def _unknown_parameter(self, query: Mapping[str, str], known: Set[str]) -> ApiReply | None:
         """The 400 for a query parameter not in ``known``, unless the faults ignore those."""
@@ -353,14 +385,15 @@ class CtmApi:
             return bad_request(f"Unknown query parameter: {unknown[0][:64]}.")
         return None
 
-    def _churn(self, filters: Mapping[str, str], sort: str | None) -> None:
-        """Keys change between page reads, as ``faults.list_churn`` says."""
+    def _churn(self, filters: Mapping[str, str], sort: str | None, order: str | None) -> None:
+        """Keys change between page reads, as ``faults.list_churn`` says (the first keys of the
+        order just answered go)."""
         churn = self._faults.list_churn
         if churn is None:
             return
         self._churns += 1
         discovered = generate_keys(churn.add, seed=1_000_000 + self._churns) if churn.add else []
-        self._inventory.churn(churn.remove, discovered, filters, sort)
+        self._inventory.churn(churn.remove, discovered, filters, sort, order)
 
     def _shaped(self, reply: ApiReply, padded: bool | None = None) -> ApiReply:
         """A key call's answer as the oversize and trickle faults make it (``padded``: whether
@@ -400,7 +433,7 @@ class CtmApi:
             return not_found()
         faults = self._faults
         names = (key["id"], key["oci_params"]["key_id"])
-        refusal = self._oci_refusal(names)
+        refusal = self._oci_refusal(names, key["tenancy"])
         if refusal is not None:
             return refusal
         if not self._window.admit(
@@ -414,9 +447,9 @@ class CtmApi:
             refreshed["gone"] = True
         return self._refreshed(refreshed, names)
 
-    def _oci_refusal(self, names: tuple[str, ...]) -> ApiReply | None:
+    def _oci_refusal(self, names: tuple[str, ...], tenancy: str) -> ApiReply | None:
         """OCI's answer when it will not show the key or its vault is busy, passed through."""
-        status = self._faults.not_authorized_status(*names)
+        status = self._faults.not_authorized_status(*names, tenancy=tenancy)
         if status is not None:
             return oci_not_found(status)
         if self._faults.take_vault_busy(*names):

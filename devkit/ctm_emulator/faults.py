@@ -71,10 +71,19 @@ class Faults:
     - ``wildcard_filters``: a ``*`` in a filter value matches any characters.
     - ``default_sort``: the list order when the client sends no ``sort`` (None: creation
       order; ``"updatedAt"``: every refresh moves the key to the end, as CTM can).
+    - ``ignore_sort``: ``sort`` is accepted, whatever it names, and ignored: the list answers
+      in its own order (``default_sort``'s), not the one asked.
+    - ``unstable_order``: every list call draws a new order (from the seed and the call's
+      number) before sorting: without ``sort`` the keys come in another order each time,
+      with it the ties do.
+    - ``accepted_sort_fields``: the fields ``sort`` may name (None: every field the emulator
+      can sort by; empty: any ``sort`` is refused); another field is a 400.
     - ``list_churn``: ``ListChurn(remove, add)`` applied after every list answer.
     - ``gone_keys``: refreshes of these keys answer 200 with the key and ``gone: true``.
     - ``not_authorized_keys``: key -> status: refreshes answer that status with OCI's
       ``NotAuthorizedOrNotFound`` passed through.
+    - ``not_authorized_tenancies``: tenancy -> status: the same for every key of the tenancy
+      (its OCI policy is broken); gets and lists still answer CCKM's cached copies.
     - ``vault_busy_keys``: key -> n: the next n refreshes answer 409 with OCI's "Vault must
       be in one of the following states" (the vault is being updated).
     - ``trickle_interval``: seconds between the bytes of a list/get/refresh answer's body.
@@ -102,9 +111,13 @@ class Faults:
     unknown_filters: set[str] = field(default_factory=set)
     wildcard_filters: bool = False
     default_sort: str | None = None
+    ignore_sort: bool = False
+    unstable_order: bool = False
+    accepted_sort_fields: set[str] | None = None
     list_churn: ListChurn | None = None
     gone_keys: set[str] = field(default_factory=set)
     not_authorized_keys: dict[str, int] = field(default_factory=dict)
+    not_authorized_tenancies: dict[str, int] = field(default_factory=dict)
     vault_busy_keys: dict[str, int] = field(default_factory=dict)
     trickle_interval: float = 0.0
     oversize_bytes: int | None = None
@@ -158,11 +171,12 @@ class Faults:
                     return True
         return False
 
-    def not_authorized_status(self, *names: str) -> int | None:
-        """The status ``not_authorized_keys`` gives a refresh of this key, if any."""
-        return next(
-            (self.not_authorized_keys[n] for n in names if n in self.not_authorized_keys), None
-        )
+    def not_authorized_status(self, *names: str, tenancy: str | None = None) -> int | None:
+        """The status ``not_authorized_keys`` (else ``not_authorized_tenancies``) gives a
+        refresh of this key, if any."""
+        statuses = [self.not_authorized_keys.get(name) for name in names]
+        statuses.append(self.not_authorized_tenancies.get(tenancy or ""))
+        return next((status for status in statuses if status is not None), None)
 
     def answers_badly(self, *names: str) -> bool:
         """True when the malformed and oversize faults apply to a refresh of this key."""
@@ -191,9 +205,13 @@ class Faults:
             self.unknown_filters.clear()
             self.wildcard_filters = False
             self.default_sort = None
+            self.ignore_sort = False
+            self.unstable_order = False
+            self.accepted_sort_fields = None
             self.list_churn = None
             self.gone_keys.clear()
             self.not_authorized_keys.clear()
+            self.not_authorized_tenancies.clear()
             self.vault_busy_keys.clear()
             self.trickle_interval = 0.0
             self.oversize_bytes = None
@@ -234,13 +252,23 @@ class Faults:
 
     def chance(self, kind: str, subject: str, rate: float) -> bool:
         """A deterministic draw: True with probability ``rate`` for this call of ``subject``."""
+        draw = self._draw(kind, subject)
+        if rate <= 0:
+            return False
+        digest = hashlib.sha256(draw.encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+    def list_order(self) -> str | None:
+        """The seed of this list call's drawn order when ``unstable_order``, else None."""
+        draw = self._draw("order", "list")
+        return draw if self.unstable_order else None
+
+    def _draw(self, kind: str, subject: str) -> str:
+        """``seed|kind|subject|n`` for the n-th draw of ``kind`` for ``subject``."""
         with self._lock:
             n = self._draws.get((kind, subject), 0)
             self._draws[(kind, subject)] = n + 1
-        if rate <= 0:
-            return False
-        digest = hashlib.sha256(f"{self.seed}|{kind}|{subject}|{n}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 < rate
+        return f"{self.seed}|{kind}|{subject}|{n}"
 
 
 class TenancyReadWindow:

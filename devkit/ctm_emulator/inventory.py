@@ -12,7 +12,7 @@ import fnmatch
 import random
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -141,16 +141,21 @@ class KeyInventory:
         *,
         sort: str | None = None,
         wildcard: bool = False,
+        shuffle: str | None = None,
     ) -> Page:
         """Keys matching every filter, in ``sort`` order, ``skip``/``limit`` applied.
 
         Filters match exactly, or with ``*`` as a wildcard when ``wildcard``. ``sort`` is CTM's
         comma-separated field list (``-field`` descending; fields of the key object or of its
-        ``oci_params``); None keeps creation order. ``limit`` -1 means all; ``max_page``
+        ``oci_params``); None keeps creation order. ``shuffle`` seeds an order drawn before
+        sorting (a CTM whose own order is not stable: ties of ``sort``, or everything when
+        there is no ``sort``, come in that order). ``limit`` -1 means all; ``max_page``
         shortens the page further (a server-side cap).
         """
         with self._lock:
             matching = [key for key in self._keys.values() if _matches(key, filters, wildcard)]
+            if shuffle is not None:
+                random.Random(shuffle).shuffle(matching)
             for field in reversed(_sort_fields(sort)):
                 name = field.lstrip("-")
                 matching.sort(key=lambda k: _field_text(k, name), reverse=field.startswith("-"))
@@ -165,10 +170,16 @@ class KeyInventory:
         add: Iterable[Mapping[str, Any]],
         filters: Mapping[str, str],
         sort: str | None,
+        shuffle: str | None = None,
     ) -> None:
-        """Forget the first ``remove`` keys of the listing ``filters``/``sort`` gives, and add
-        ``add`` as keys CCKM just discovered (``createdAt``/``updatedAt`` now, after all)."""
-        first = self.list(filters, 0, remove, None, sort=sort).resources if remove > 0 else []
+        """Forget the first ``remove`` keys of the listing ``filters``/``sort``/``shuffle``
+        gives, and add ``add`` as keys CCKM just discovered (``createdAt``/``updatedAt`` now,
+        after all)."""
+        first = (
+            self.list(filters, 0, remove, None, sort=sort, shuffle=shuffle).resources
+            if remove > 0
+            else []
+        )
         with self._lock:
             for key in first:
                 if key["id"] in self._keys:
@@ -271,9 +282,10 @@ def _sort_fields(sort: str | None) -> list[str]:
     return [field.strip() for field in (sort or "").split(",") if field.strip().lstrip("-")]
 
 
-def sort_fields_known(sort: str | None) -> bool:
-    """True when every field of a ``sort`` parameter is one the emulator can order by."""
-    return all(field.lstrip("-") in SORT_FIELDS for field in _sort_fields(sort))
+def unsortable_field(sort: str | None, accepted: Set[str] = SORT_FIELDS) -> str | None:
+    """The first field of a ``sort`` parameter not in ``accepted``; None when there is none."""
+    names = (field.lstrip("-") for field in _sort_fields(sort))
+    return next((name for name in names if name not in accepted), None)
 
 
 def _field_text(key: Mapping[str, Any], name: str) -> str:

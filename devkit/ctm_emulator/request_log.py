@@ -14,7 +14,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class LoggedRequest:
-    """One request. ``status`` 0 means the connection was dropped without an answer."""
+    """One request. ``status`` 0 means the connection was dropped without an answer.
+
+    ``monotonic`` is when it arrived, by the API's arrival clock: ``time.monotonic()`` behind
+    ``CtmEmulator``'s HTTPS, the injected clock when ``CtmApi`` is driven in process.
+    """
 
     method: str
     path: str

@@ -252,6 +252,8 @@ class CtmEmulator:
             log=self._log,
             clock=self._now,
             sleep=sleep or time.sleep,
+            # Benchmarks and resilience tests compare log instants with time.monotonic().
+            arrival_clock=time.monotonic,
         )
         self._server: _HttpsServer | None = None
         self._thread: threading.Thread | None = None

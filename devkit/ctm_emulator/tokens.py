@@ -37,16 +37,6 @@ class TokenRejectedError(Exception):
 
 
 @dataclass(frozen=True)
-class IssuedToken:
-    """What a successful grant returns (the response body of ``/auth/tokens``)."""
-
-    jwt: str
-    duration: int
-    refresh_token: str
-    refresh_token_id: str
-
-
-@dataclass(frozen=True)
 class RefreshTokenLimits:
     """How long a refresh token lives, in seconds; None: no limit (CTM's default)."""
 
@@ -86,6 +76,24 @@ class _RefreshGrant:
         if not ends:
             return REFRESH_TOKEN_EXPIRES_IN
         return max(0, math.floor(min(ends) - now))
+
+
+def jwt_seconds(lifetime: float) -> int:
+    """A JWT lifetime as CTM states it, in whole seconds: ``exp`` is ``iat`` plus this, and the
+    token answer's ``duration`` says the same."""
+    return math.floor(lifetime)
+
+
+def go_duration(seconds: int) -> str:
+    """Whole seconds written as Go writes a ``time.Duration`` (``50s``, ``1m40s``, ``1h0m5s``),
+    as CTM's "Token is expired by ..." does."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, rest = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{rest}s"
+    if minutes:
+        return f"{minutes}m{rest}s"
+    return f"{rest}s"
 
 
 def _b64url(raw: bytes) -> str:
@@ -136,8 +144,12 @@ class TokenAuthority:
     # --- JWTs ---------------------------------------------------------------------------------
 
     def mint_jwt(self, username: str, lifetime: float) -> str:
-        """A signed JWT for ``username`` valid ``lifetime`` seconds (negative: already expired)."""
-        issued_at = int(self._clock())
+        """A signed JWT for ``username`` valid ``lifetime`` seconds (negative: already expired).
+
+        ``iat`` and ``exp`` are whole seconds, as CTM's are: ``iat`` is the clock rounded down,
+        so the token ends up to a second before ``lifetime`` counted from now.
+        """
+        issued_at = math.floor(self._clock())
         claims = {
             "aud": self.client_id,
             "sub": f"local|{uuid.uuid5(uuid.NAMESPACE_URL, 'ctm-user:' + username)}",
@@ -152,7 +164,7 @@ class TokenAuthority:
             },
             "jwtid": str(uuid.uuid4()),
             "iat": issued_at,
-            "exp": issued_at + math.floor(lifetime),
+            "exp": issued_at + jwt_seconds(lifetime),
         }
         header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
         payload = _b64url(json.dumps(claims, separators=(",", ":")).encode())
@@ -167,10 +179,11 @@ class TokenAuthority:
         """
         claims = self._signed_claims(token)
         now = self._clock()
-        # Like the Go JWT library CTM uses: valid while now <= exp.
+        # Like the Go JWT library CTM uses: valid while now <= exp; the lateness is whole
+        # seconds, rounded up (never "by 0s").
         if now > claims["exp"]:
-            late = max(1, math.ceil(now - claims["exp"]))
-            raise TokenRejectedError(f"Bearer token malformed: Token is expired by {late}s")
+            late = go_duration(max(1, math.ceil(now - claims["exp"])))
+            raise TokenRejectedError(f"Bearer token malformed: Token is expired by {late}")
         if max_uses is not None:
             self._count_use(claims, max_uses)
         return claims

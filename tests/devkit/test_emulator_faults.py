@@ -84,9 +84,12 @@ def test_clear_also_heals_the_list_refresh_and_answer_modes() -> None:
     faults.ignore_unknown_filters, faults.wildcard_filters = True, True
     faults.unknown_filters.add("key_name")
     faults.default_sort = "updatedAt"
+    faults.ignore_sort, faults.unstable_order = True, True
+    faults.accepted_sort_fields = {"createdAt"}
     faults.list_churn = ListChurn(remove=1, add=1)
     faults.gone_keys.add("a")
     faults.not_authorized_keys["a"] = 500
+    faults.not_authorized_tenancies["acme-prod"] = 404
     faults.vault_busy("a", times=3)
     faults.trickle_interval, faults.oversize_bytes = 0.1, 1 << 20
     faults.malform(*MALFORMED_MODES)
@@ -112,3 +115,13 @@ def test_a_key_is_named_by_any_of_its_names() -> None:
     assert faults.is_gone("uuid-a", "ocid1.key.oc1.iad.x")
     assert faults.not_authorized_status("uuid-a", "ocid1.key.oc1.iad.x") == 404
     assert faults.not_authorized_status("uuid-b") is None
+
+
+def test_a_keys_own_not_authorized_status_comes_before_its_tenancys() -> None:
+    faults = Faults()
+    faults.not_authorized_tenancies["acme-prod"] = 404
+    faults.not_authorized_keys["uuid-a"] = 500
+
+    assert faults.not_authorized_status("uuid-a", tenancy="acme-prod") == 500
+    assert faults.not_authorized_status("uuid-b", tenancy="acme-prod") == 404
+    assert faults.not_authorized_status("uuid-b", tenancy="acme-dev") is None

@@ -32,6 +32,20 @@ def test_a_jwt_is_valid_until_its_exp_and_expired_one_second_later(
         authority.verify_jwt(jwt)
 
 
+@pytest.mark.parametrize(
+    ("late", "said"),
+    [(0.25, "1s"), (1, "1s"), (50, "50s"), (100, "1m40s"), (3600, "1h0m0s"), (3605, "1h0m5s")],
+)
+def test_an_expired_jwt_says_by_how_much_in_whole_seconds_as_go_writes_a_duration(
+    authority: TokenAuthority, clock: ManualClock, late: float, said: str
+) -> None:
+    jwt = authority.mint_jwt("svc-key-refresh", 300)
+    clock.advance(300 + late)
+    with pytest.raises(TokenRejectedError) as rejected:
+        authority.verify_jwt(jwt)
+    assert str(rejected.value) == f"Bearer token malformed: Token is expired by {said}"
+
+
 def test_a_jwt_from_another_emulator_is_refused(clock: ManualClock) -> None:
     jwt = TokenAuthority({"u": "p"}, clock).mint_jwt("u", 300)
     with pytest.raises(TokenRejectedError, match="signature is invalid"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ NOT_RUN_ALONE: list[tuple[str, str]] = [
     (r"^make bench\b", "takes minutes; benchmarks are run by hand"),
 ]
 NEEDS_PYTHON313 = re.compile(r"^(sam build|make build)\b")
+NEEDS_SAM = re.compile(_AT + r"sam\s")
 # Run only when make has nothing to do (otherwise they install from the package index).
 INSTALLS = re.compile(r"^make (venv|sam|lambda-runtime)\b")
 
@@ -153,6 +155,8 @@ def why_not_run(command: str, python313: bool, cwd: Path) -> tuple[str, bool] | 
     for pattern, reason in NOT_RUN_ALONE:
         if re.search(pattern, command):
             return reason, False
+    if NEEDS_SAM.search(command) and not _sam_cli(cwd):
+        return "needs the SAM CLI (make sam installs it from the package index)", True
     if NEEDS_PYTHON313.search(command) and not python313:
         return "needs python3.13 (the Lambda runtime)", True
     target = INSTALLS.match(command)
@@ -162,6 +166,11 @@ def why_not_run(command: str, python313: bool, cwd: Path) -> tuple[str, bool] | 
     ):
         return "installs from the package index (.ci/run makes it)", True
     return None
+
+
+def _sam_cli(cwd: Path) -> bool:
+    """Whether the reader has the SAM CLI: ``make sam``'s, or one on PATH."""
+    return (cwd / ".venv-sam" / "bin" / "sam").exists() or shutil.which("sam") is not None
 
 
 @dataclass

@@ -24,29 +24,6 @@ from tests.resilience.work_queue_source import TENANCY_QUEUE, WORK_QUEUE
 
 pytestmark = pytest.mark.resilience
 WAIT = 30.0  # seconds a thread may wait for the other at a rendezvous before the test fails
-_MOTO_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
-
-
-@pytest.fixture
-def isolated_moto_transactions(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Writes to moto's tables one at a time, as DynamoDB isolates transactions.
-
-    moto (5.2) runs TransactWriteItems by copying the tables and, when a condition fails,
-    putting the copy back: a write another thread made in between is lost (a run's counts
-    go backwards). Two containers closing the same chunk at once do exactly that; DynamoDB
-    would not. (The moto server runs in this process, so its backend can be locked here.)
-    """
-    from moto.dynamodb.models import DynamoDBBackend
-
-    lock = threading.RLock()
-    for name in _MOTO_WRITES:
-        write = getattr(DynamoDBBackend, name)
-
-        def locked(*args: Any, _write: Any = write, **kwargs: Any) -> Any:
-            with lock:
-                return _write(*args, **kwargs)
-
-        monkeypatch.setattr(DynamoDBBackend, name, locked)
 
 
 class Countdown:
@@ -99,7 +76,7 @@ def test_an_invocation_running_out_of_time_hands_work_on_and_refreshes_each_key_
 
 
 def test_the_same_message_delivered_twice_at_once_completes_the_run_once(
-    scenario: Scenario, dynamodb_faults: DynamoDbFaults, isolated_moto_transactions: None
+    scenario: Scenario, dynamodb_faults: DynamoDbFaults
 ) -> None:
     # Given two warm containers that refresh small requests in place (no tenancy queue), all
     # of a request's keys in flight at once, and a rendezvous per key that holds each one's
