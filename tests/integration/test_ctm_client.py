@@ -21,9 +21,11 @@ from cckm_refresh.ctm.errors import (
     CtmBadResponseError,
     CtmDeadlineError,
     CtmError,
+    CtmListingError,
     CtmNotFoundError,
     CtmPermanentError,
     CtmTlsError,
+    CtmTransientError,
 )
 from cckm_refresh.ctm.listing import OVERLAP
 from cckm_refresh.ctm.pacing import UNPACED, Pacer
@@ -205,14 +207,16 @@ def test_concurrent_calls_share_one_token(ctm_emulator: Any) -> None:
     assert ctm_emulator.tokens_issued == issued + 1
 
 
-def test_jwts_lasting_two_seconds_cost_renewals_never_a_key_under_concurrency(
-    make_ctm_emulator: Callable[..., Any],
+@pytest.mark.parametrize("lifetime", [1, 2])
+def test_jwts_lasting_a_second_or_two_cost_renewals_never_a_key_under_concurrency(
+    make_ctm_emulator: Callable[..., Any], lifetime: int
 ) -> None:
-    # Given JWTs living 2 s on CTM's clock (exp in whole seconds), password credentials, every
-    # call taking 0.1 s of that clock, and 90 keys over three tenancies paced at 5 calls/s each
+    # Given JWTs living 1 or 2 s on CTM's clock (exp in whole seconds: a 1 s JWT may last a
+    # tenth of one), password credentials, every call taking 0.1 s of that clock, and 90 keys
+    # over three tenancies paced at 5 calls/s each
     clock = ManualClock()
     emulator = make_ctm_emulator(keys=generate_keys(90, seed=3), clock=clock, sleep=clock.advance)
-    emulator.faults.token_lifetime = 2
+    emulator.faults.token_lifetime = lifetime
     emulator.faults.latency = 0.1
     limiter = TenancyRateLimiter(5.0, clock=clock, sleep=clock.advance)
     tenancy = {key["id"]: key["tenancy"] for key in emulator.keys}
@@ -228,9 +232,11 @@ def test_jwts_lasting_two_seconds_cost_renewals_never_a_key_under_concurrency(
     # When 8 threads refresh them (JWTs expire mid-run, again and again)
     with client, ThreadPoolExecutor(max_workers=8) as pool:
         errors = [e for e in pool.map(one, list(tenancy)) if e is not None]
-    # Then no key failed: every expiry cost a renewal or a re-send, never a key
-    assert errors == []
-    assert emulator.refresh_count() == len(tenancy)
+    # Then no key failed: every expiry cost a renewal or a re-send. Only a 2nd 401, to a JWT
+    # just issued, leaves a key pending (a 1 s JWT issued late in its second lasts a tenth of
+    # one), to be tried again later: never run-fatal, never with a 2 s JWT
+    assert {(type(e), e.http_status) for e in errors} <= {(CtmTransientError, 401)}
+    assert not errors if lifetime == 2 else len(errors) < len(tenancy) // 4
     assert emulator.tokens_issued >= 5
 
 
@@ -416,12 +422,126 @@ def test_keys_added_and_removed_while_paging_are_never_doubled_or_skipped(
     assert throughout <= set(ids)
 
 
+# --- a selector's listing in each way CTM may answer it (docs/reference.md 4.3) -------------
+
+REFUSED = ("createdAt,id refused", "createdAt refused")
+IGNORED = ("createdAt,id ignored", "createdAt ignored")
+# mode -> (the emulator's faults, the sort fallbacks the listing is expected to report; an
+# order that happens to be the one asked, CTM's creation order, cannot be told from it)
+LISTING_MODES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    "sort honoured": ({}, ()),
+    "sort honoured, capped at 25": ({"max_page_size": 25}, ()),
+    "createdAt alone accepted": ({"accepted_sort_fields": {"createdAt"}}, REFUSED[:1]),
+    "sort refused": ({"accepted_sort_fields": set()}, REFUSED),
+    "sort refused, capped at 25": ({"accepted_sort_fields": set(), "max_page_size": 25}, REFUSED),
+    "sort ignored, own order by creation": ({"ignore_sort": True}, ()),
+    "sort ignored, own order by id": ({"ignore_sort": True, "default_sort": "id"}, IGNORED),
+    "sort ignored, by id, capped at 7": (
+        {"ignore_sort": True, "default_sort": "id", "max_page_size": 7},
+        IGNORED,
+    ),
+    "sort ignored, by update": ({"ignore_sort": True, "default_sort": "updatedAt"}, ()),
+    "unstable order, one page": ({"ignore_sort": True, "unstable_order": True}, IGNORED),
+    "sort honoured, unstable ties": ({"unstable_order": True}, ()),
+}
+
+
+def emulator_in(make: Callable[..., Any], mode: str, count: int, seed: int) -> Any:
+    """An emulator of ``count`` keys answering its list as ``mode`` says."""
+    emulator = make(keys=generate_keys(count, seed=seed))
+    for name, value in LISTING_MODES[mode][0].items():
+        setattr(emulator.faults, name, value)
+    return emulator
+
+
+@pytest.mark.parametrize("mode", list(LISTING_MODES))
+def test_a_selector_listing_yields_every_key_in_each_listing_mode(
+    make_ctm_emulator: Callable[..., Any], mode: str
+) -> None:
+    # Given a few hundred keys, and CTM answering its list as ``mode`` says
+    emulator = emulator_in(make_ctm_emulator, mode, 320, seed=21)
+    tenancy = emulator.keys[0]["tenancy"]
+    selected = {k["id"] for k in emulator.keys if k["tenancy"] == tenancy}
+    # When every key, and a selector's keys, are listed 500 to a page
+    with make_client(emulator) as client:
+        every = [k["id"] for k in list_all(client, page_size=500)]
+        selector = matching(client, {"tenancy": tenancy}, page_size=500)
+        last = client.list_page(None, page_size=500, deadline=deadline_of(client))
+    # Then every key came, none twice, in an order CTM was found to honour
+    assert sorted(every) == sorted(key_ids(emulator))
+    assert sorted(selector) == sorted(selected)
+    assert last.fallbacks == LISTING_MODES[mode][1]
+
+
+# (not with a cap of 7 keys in CTM's own order: the churn below would eat the list from its start
+# faster than 7 keys a call read it, and the anchors with it; the listing then fails, saying so)
+@pytest.mark.parametrize(
+    "mode", [m for m in LISTING_MODES if "unstable" not in m and "capped at 7" not in m]
+)
+def test_a_listing_read_while_keys_come_and_go_leaves_none_out(
+    make_ctm_emulator: Callable[..., Any], mode: str
+) -> None:
+    # Given CTM forgetting the first two keys of its order and discovering one after every
+    # list answer, and pages of 40 (so the listing takes many calls)
+    emulator = emulator_in(make_ctm_emulator, mode, 300, seed=22)
+    at_start = set(key_ids(emulator))
+    emulator.faults.list_churn = ListChurn(remove=2, add=1)
+    # When the listing is read
+    with make_client(emulator) as client:
+        ids = [k["id"] for k in list_all(client, page_size=40)]
+    # Then every key present throughout came; a key came twice only if CTM's own order
+    # forced reading it again from the start (never in a sorted order)
+    assert at_start & set(key_ids(emulator)) <= set(ids)
+    own_order = len(LISTING_MODES[mode][1]) == len(REFUSED)
+    assert len(ids) - len(set(ids)) <= (len(at_start) if own_order else 0)
+
+
+@pytest.mark.parametrize("cap", [25, 100])
+def test_an_order_changing_at_every_call_fails_a_listing_larger_than_a_page(
+    ctm_emulator: Any, make_ctm_emulator: Callable[..., Any], cap: int
+) -> None:
+    # Given a CTM that ignores sort and answers in a new order every call, and pages it caps
+    emulator = make_ctm_emulator(keys=generate_keys(300, seed=23))
+    emulator.faults.ignore_sort, emulator.faults.unstable_order = True, True
+    emulator.faults.max_page_size = cap
+    # When the listing is read, Then it fails, saying so, rather than leave keys out
+    with make_client(emulator) as client, pytest.raises(CtmListingError) as caught:
+        list_all(client, page_size=500)
+    assert caught.value.error_code == "LISTING_INCOMPLETE"
+    assert not caught.value.transient
+
+
 def test_a_gone_key_is_not_found_as_gone(ctm_emulator: Any) -> None:
     key_id = key_ids(ctm_emulator)[0]
     ctm_emulator.faults.gone_keys = {key_id}
     with make_client(ctm_emulator) as client, pytest.raises(CtmNotFoundError) as caught:
         refresh(client, key_id)
     assert (caught.value.error_code, caught.value.http_status) == ("GONE", 200)
+
+
+def test_not_authorized_or_not_found_for_a_whole_tenancy_fails_its_keys_and_no_other(
+    ctm_emulator: Any,
+) -> None:
+    # Given OCI refusing every key of one tenancy (a broken policy), under a 500
+    lost = ctm_emulator.keys[0]["tenancy"]
+    ctm_emulator.faults.not_authorized_tenancies = {lost: 500}
+    outcomes: dict[str, str] = {}
+    # When every key is refreshed
+    with make_client(ctm_emulator) as client:
+        for key in ctm_emulator.keys:
+            try:
+                outcomes[key["id"]] = str(refresh(client, key["id"]).http_status)
+            except CtmError as error:
+                kind = "permanent" if isinstance(error, CtmPermanentError) else "transient"
+                kind = "not found" if isinstance(error, CtmNotFoundError) else kind
+                outcomes[key["id"]] = f"{kind} {error.error_code}"
+    # Then its keys failed with OCI's words after one call each, the others were refreshed
+    expected = {
+        k["id"]: "permanent NotAuthorizedOrNotFound" if k["tenancy"] == lost else "200"
+        for k in ctm_emulator.keys
+    }
+    assert outcomes == expected
+    assert ctm_emulator.refresh_count() == len(ctm_emulator.keys)
 
 
 @pytest.mark.parametrize("status", [404, 500, 409])

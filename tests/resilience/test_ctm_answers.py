@@ -237,6 +237,29 @@ def test_gone_keys_are_not_found_not_authorized_ones_failed_and_a_busy_vault_wai
     assert (int(run["not_found"]), int(run["failed"])) == (1, 3)
 
 
+def test_a_tenancy_whose_oci_policy_is_lost_has_its_keys_failed_and_none_not_found(
+    scenario: Scenario, kills: KillSwitch
+) -> None:
+    # Given OCI answering NotAuthorizedOrNotFound for every key of one tenancy (under a 404)
+    lost = str(scenario.ctm.keys[0]["tenancy"])
+    scenario.ctm.faults.not_authorized_tenancies = {lost: 404}
+
+    # When every key is requested
+    containers, _ = run_to_the_end(
+        scenario, kills, {"selector": {"all": True}, "request_id": "policy"}
+    )
+
+    # Then that tenancy's keys are FAILED with OCI's words after one call each (a lost policy
+    # must not read as keys gone), the other tenancies' keys refreshed
+    keys = {str(k["id"]): str(k["tenancy"]) for k in scenario.ctm.keys}
+    results = finished_once(scenario, containers, "policy", set(keys))
+    assert {key: (r["status"], r.get("error_code")) for key, r in results.items()} == {
+        key: ("FAILED", "NotAuthorizedOrNotFound") if tenancy == lost else ("REFRESHED", None)
+        for key, tenancy in keys.items()
+    }
+    assert set(refresh_calls(scenario, list(keys)).values()) == {1}
+
+
 # --- 6. calls that would outlast the margin -----------------------------------------------------
 
 
