@@ -99,8 +99,17 @@ def client_over(fake: ListingCtm) -> tuple[CtmClient, FakeCtm]:
 def read_all(
     fake: ListingCtm, page_size: int, between: Callable[[KeyPage], None] = lambda page: None
 ) -> tuple[list[str], KeyPage]:
-    """Every page, its cursor passed through JSON between pages (as in a queue message)."""
     client, ctm = client_over(fake)
+    return read_pages(client, ctm, page_size, between)
+
+
+def read_pages(
+    client: CtmClient,
+    ctm: FakeCtm,
+    page_size: int,
+    between: Callable[[KeyPage], None] = lambda page: None,
+) -> tuple[list[str], KeyPage]:
+    """Every page, its cursor passed through JSON between pages (as in a queue message)."""
     ids: list[str] = []
     page = client.list_page(None, page_size=page_size, deadline=far(ctm.runtime))
     ids += [k["id"] for k in page.resources]
@@ -229,6 +238,27 @@ def test_a_ctm_answering_one_key_per_call_cannot_be_read_completely() -> None:
     fake = ListingCtm([listed_key(n) for n in range(5)], cap=1)
     with pytest.raises(CtmListingError, match="one key per list call"):
         read_all(fake, 10)
+
+
+def test_a_listing_ends_where_its_keys_end_even_if_total_promises_more() -> None:
+    fake = ListingCtm([listed_key(n) for n in range(3)])
+    client, ctm = client_over(fake)
+
+    def stale_total(sent: Sent) -> Reply:
+        reply = fake(sent)
+        return Reply(200, {**reply.body, "total": 50})
+
+    ctm.always("GET", KEYS_PATH, stale_total)
+    ids, last = read_pages(client, ctm, 2)
+    assert (ids, last.next) == (ids_of(fake.keys), None)
+
+
+def test_a_listing_ends_when_ctm_answers_the_same_page_whatever_skip_says() -> None:
+    ctm = FakeCtm()
+    ctm.always("GET", KEYS_PATH, Reply(200, {"resources": [listed_key(1), listed_key(2)]}))
+    ids, _ = read_pages(fake_client(ctm), ctm, 2)
+    assert ids == [uuid(1), uuid(2)]
+    assert len(ctm.to("GET", KEYS_PATH)) == 2
 
 
 # --- keys coming and going between page reads -------------------------------------------------
