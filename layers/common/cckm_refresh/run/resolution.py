@@ -4,7 +4,7 @@ Streaming: selector pages become chunks as they arrive, so memory holds one page
 partly filled chunk per tenancy, never the run. A chunk is handed to ``sink`` as soon as it
 is full (and the partly filled ones at the end). When the deadline comes first, the partly
 filled chunks are handed over and the resolution stops with the listing's position, for a
-continuation message to carry (CONTRACT 4.3).
+continuation message to carry (docs/reference.md 4.3).
 
 Each key's tenancy is known before it is queued (that is what keeps every tenancy within its
 rate): from the list call for OCIDs and selectors, from the key's ``LATEST`` item for a CCKM id
