@@ -232,7 +232,10 @@ class TokenSource:
             grant["password"] = credentials.password or ""
             grant["refresh_token_lifetime"] = SESSION_TOKEN_LIFETIME_MINUTES
             grant["refresh_token_revoke_unused_in"] = SESSION_TOKEN_UNUSED_MINUTES
-            grant |= {k: v for k in ("domain", "auth_domain") if (v := getattr(credentials, k))}
+            if credentials.domain:
+                grant["domain"] = credentials.domain
+            if credentials.auth_domain:
+                grant["auth_domain"] = credentials.auth_domain
             self.password_logins += 1
         method = credentials.method
         held, minted = self._grant(grant, method, f"secret's {method.value}", deadline)
