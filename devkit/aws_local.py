@@ -228,7 +228,7 @@ class LocalAwsStack:
         )
         return resource.Table(self.table_name)
 
-    # --- function environments (CONTRACT section 2) ---
+    # --- function environments (docs/reference.md 2) ---
 
     def refresh_env(self, **overrides: str) -> dict[str, str]:
         """The refresh function's variables as the template sets them, plus ``AWS_ENDPOINT_URL``.
@@ -275,7 +275,7 @@ class LocalAwsStack:
     # --- secret ---
 
     def put_secret(self, value: str | Mapping[str, Any]) -> None:
-        """Store the CTM credentials (a JSON object or a bare string, CONTRACT section 3)."""
+        """Store the CTM credentials (a JSON object or a bare string, docs/reference.md 3)."""
         text = value if isinstance(value, str) else json.dumps(value)
         self.client("secretsmanager").put_secret_value(SecretId=self.secret_id, SecretString=text)
 

@@ -54,7 +54,7 @@ OCI_VAULT_BUSY_MESSAGE = (
 )
 # OCI key-management reads each call makes (a refresh is GetKey + ListKeyVersions).
 # OCI reads a call costs. A GET answers from CCKM's cached copy and a refresh re-reads OCI
-# (shared/reference/ctm-api.md: "GET returns CCKM's cached copy; refresh re-reads OCI").
+# (docs/reference.md 9: "GET returns CCKM's cached copy; refresh re-reads OCI").
 READ_COST = {"refresh": 2, "get": 0, "list": 0}
 DEFAULT_LIMIT = 10
 

@@ -97,7 +97,7 @@ def _one_terminal_result_per_key(report: Report) -> list[str]:
         results = report.results.get(run_id, {})
         wanted = report.requested.get(run_id, set())
         missing = wanted - set(results)
-        if missing:
+        if missing and not run.get("listing_error"):  # a listing that failed says so
             problems.append(f"run {run_id}: {len(missing)} keys without a result")
         open_results = [k for k, r in results.items() if r.get("status") not in TERMINAL]
         if run.get("status") == "COMPLETED" and open_results:

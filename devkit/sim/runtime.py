@@ -56,7 +56,9 @@ class SimRuntime:
         self.epoch = epoch
         self.rng = random.Random(seed)
         self.switches = 0
-        self.errors: list[tuple[str, BaseException]] = []
+        # Errors a thread raised: the world's own (container None) are the simulation's bugs;
+        # a container's are its invocation's failures (Lambda sees them).
+        self.errors: list[tuple[str, Any, BaseException]] = []
         self._ready: list[SimThread] = []
         self._timers: list[tuple[float, int, int, SimThread]] = []
         self._order = itertools.count()
@@ -84,6 +86,9 @@ class SimRuntime:
         else:
             self._block(me, self.now + seconds)
         self._switch(me)
+
+    def random(self) -> float:
+        return self.rng.random()
 
     def start(self, target: Callable[[], None], name: str) -> SimTask:
         return SimTask(self, self._spawn(target, name, self.current.container))
@@ -154,7 +159,7 @@ class SimRuntime:
                 pass
             except BaseException as error:
                 thread.error = error
-                self.errors.append((thread.name, error))
+                self.errors.append((thread.name, thread.container, error))
                 if thread is self._root:
                     self._failure = error
             finally:

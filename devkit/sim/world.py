@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -118,7 +119,7 @@ class Report:
     invocations: list[Invocation]
     dynamodb: SimDynamoDB
     sqs: SimSqs
-    errors: list[tuple[str, BaseException]]
+    errors: list[tuple[str, BaseException]]  # the world's own threads' (not invocations')
     dead_letters: int = 0
 
     def refreshes_during(self, invocation: Invocation) -> int:
@@ -428,7 +429,7 @@ class World:
             invocations=list(self.invocations),
             dynamodb=self.db,
             sqs=self.sqs,
-            errors=list(self.runtime.errors),
+            errors=[(n, e) for n, container, e in self.runtime.errors if container is None],
             dead_letters=sum(len(q.messages) for q in dead if q is not None),
         )
 
@@ -478,10 +479,12 @@ def _handoffs(body: str) -> int:
 
 
 def _keys(scenario: Scenario) -> list[dict[str, Any]]:
-    """The scenario's keys: ``tenancies[i]`` keys in tenancy ``tenancy-i``."""
+    """The scenario's keys: ``tenancies[i]`` keys in tenancy ``tenancy-i``, created in an
+    order that mixes the tenancies (as an estate's keys are), drawn by the seed."""
     total = sum(scenario.tenancies)
     keys = generate_keys(total, tenancies=1, seed=scenario.seed)
     names = [f"tenancy-{i}" for i, count in enumerate(scenario.tenancies) for _ in range(count)]
+    random.Random(scenario.seed).shuffle(names)
     for key, name in zip(keys, names, strict=True):
         key["tenancy"] = name
     return keys

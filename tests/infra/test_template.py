@@ -1,4 +1,5 @@
-"""template.yaml, transformed by the SAM translator, is the system CONTRACT and issue 5 describe."""
+"""template.yaml, transformed by the SAM translator, is the system docs/reference.md (and the
+README) describe."""
 
 from __future__ import annotations
 

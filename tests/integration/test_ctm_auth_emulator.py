@@ -14,12 +14,14 @@ from typing import Any
 import pytest
 import requests
 
-from cckm_refresh.ctm.auth import Grant, TokenEndpoint, TokenSource
+from cckm_refresh.ctm.auth import TOKEN_PATH, Grant, TokenSource
 from cckm_refresh.ctm.client import CtmClient
 from cckm_refresh.ctm.credentials import CredentialsCache
 from cckm_refresh.ctm.errors import CtmError, CtmTokenExpiredError
+from cckm_refresh.ctm.pacing import UNPACED
+from cckm_refresh.runtime import Deadline
 from devkit.ctm_emulator import CtmEmulator
-from tests.fixtures.ctm import ManualClock
+from tests.fixtures.ctm import ManualClock, ManualRuntime
 
 pytestmark = pytest.mark.integration
 
@@ -33,21 +35,20 @@ def password_secret(emulator: CtmEmulator) -> str:
     )
 
 
-def make_client(
-    emulator: CtmEmulator,
-    secret: str,
-    clock: Callable[[], float],
-    wall_clock: Callable[[], float] | None = None,
-) -> CtmClient:
+def make_client(emulator: CtmEmulator, secret: str, clock: Callable[[], float]) -> CtmClient:
+    """A client whose clock (both its monotonic and its wall clock) is ``clock``."""
     return CtmClient.create(
         base_url=emulator.base_url,
         secret_loader=lambda force: secret,
         timeout=5.0,
-        sleep=lambda seconds: None,
-        clock=clock,
-        wall_clock=wall_clock or clock,
+        runtime=ManualRuntime(clock, lambda seconds: None),
         rng=lambda: 0.5,
     )
+
+
+def refresh(client: CtmClient, key_id: str) -> Any:
+    deadline = Deadline.within(600.0, client.transport.runtime)
+    return client.refresh_oci_key(key_id, pacer=UNPACED, deadline=deadline)
 
 
 def with_password_at_every_renewal(
@@ -56,20 +57,15 @@ def with_password_at_every_renewal(
     """The same client as before this change: every renewal sent the password again, and
     asked for no limit on the refresh token CTM minted for it."""
     document = json.loads(secret)
-    endpoint = TokenEndpoint(client.base_url, client.transport)
+    url = client.base_url + TOKEN_PATH
 
-    def password_grant(grant: Grant) -> Mapping[str, Any]:
-        return endpoint(
-            {
-                "grant_type": "password",
-                "username": document["username"],
-                "password": document["password"],
-            }
-        )
+    def password_grant(grant: Grant, deadline: Deadline) -> Mapping[str, Any]:
+        password = {"grant_type": "password", "username": document["username"]}
+        password["password"] = document["password"]
+        return client.transport.call("POST", url, json_body=password, deadline=deadline).body
 
-    tokens = TokenSource(
-        CredentialsCache(lambda force: secret), password_grant, clock=clock, wall_clock=clock
-    )
+    runtime = ManualRuntime(clock, lambda seconds: None)
+    tokens = TokenSource(CredentialsCache(lambda force: secret), password_grant, runtime=runtime)
     return CtmClient(client.base_url, tokens, client.transport)
 
 
@@ -79,7 +75,7 @@ def an_hour_of_refreshes(emulator: CtmEmulator, client: CtmClient, clock: Manual
     key_id = emulator.keys[0]["id"]
     live = []
     for _ in range(HOUR // 60 + 1):
-        assert client.refresh_oci_key(key_id).attempts == 1  # never met a 401 on the way
+        assert refresh(client, key_id).attempts == 1  # never met a 401 on the way
         live.append(emulator.live_refresh_tokens(emulator.username))
         clock.advance(60)
     return live
@@ -125,11 +121,11 @@ def test_a_login_refresh_token_ctm_revoked_costs_one_password_login(
     secret = password_secret(ctm_emulator)
     key_id = ctm_emulator.keys[0]["id"]
     with make_client(ctm_emulator, secret, ctm_clock) as client:
-        client.refresh_oci_key(key_id)
+        refresh(client, key_id)
         ctm_emulator.revoke_refresh_tokens()
         # When the JWT is renewed
         ctm_clock.advance(241)
-        client.refresh_oci_key(key_id)
+        refresh(client, key_id)
     # Then the refused refresh token was followed by one password login, and one token lives
     tokens = [(r.grant_type, r.status) for r in ctm_emulator.request_log if r.operation == "token"]
     assert tokens == [("password", 200), ("refresh_token", 401), ("password", 200)]
@@ -141,7 +137,7 @@ def test_an_idle_container_s_refresh_token_is_revoked_by_ctm_ten_minutes_later(
 ) -> None:
     # Given a client that logged in and was then frozen (Lambda keeps the container idle)
     with make_client(ctm_emulator, password_secret(ctm_emulator), ctm_clock) as client:
-        client.issue_token()
+        client.issue_token(Deadline.within(600.0, client.transport.runtime))
     assert ctm_emulator.live_refresh_tokens() == 1
     # When 10 minutes pass, Then CTM no longer keeps its refresh token
     ctm_clock.advance(600)
@@ -158,9 +154,9 @@ def test_a_bare_jwt_is_used_while_ctm_accepts_it_whatever_our_clock_says(
     secret = json.dumps({"token": ctm_emulator.mint_jwt(300), "ca_bundle": ctm_emulator.ca_pem})
     ahead = ManualClock(ctm_clock() + 600)
     key_ids = [key["id"] for key in ctm_emulator.keys]
-    with make_client(ctm_emulator, secret, ahead, wall_clock=ahead) as client:
+    with make_client(ctm_emulator, secret, ahead) as client:
         # When keys are refreshed, Then CTM accepts the token
-        assert [client.refresh_oci_key(k).http_status for k in key_ids[:3]] == [200] * 3
+        assert [refresh(client, k).http_status for k in key_ids[:3]] == [200] * 3
         # And once CTM's clock passes its exp, a run of every key fails TOKEN_EXPIRED
         ctm_clock.advance(301)
         ctm_emulator.reset_log()
@@ -188,15 +184,15 @@ def test_a_run_after_ctm_refused_the_bare_jwt_sends_it_no_more(
 
 
 def refresh_all(client: CtmClient, key_ids: list[str], *, workers: int) -> list[CtmError]:
-    def refresh(key_id: str) -> CtmError | None:
+    def one(key_id: str) -> CtmError | None:
         try:
-            client.refresh_oci_key(key_id)
+            refresh(client, key_id)
         except CtmError as error:
             return error
         return None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [e for e in pool.map(refresh, key_ids) if e is not None]
+        return [e for e in pool.map(one, key_ids) if e is not None]
 
 
 # --- the emulator's token endpoint --------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from boto3.dynamodb.conditions import Key
 
+from cckm_refresh.run.wiring import refresh_service
 from cckm_refresh.runtime import SystemRuntime
 from tests.integration.item_matchers import (
     ABSENT,
@@ -324,18 +325,32 @@ def test_a_large_run_fans_out_and_completes_once_with_the_right_counts(
 
 
 def test_an_invocation_short_of_time_hands_its_remaining_keys_on(world: RefreshWorld) -> None:
-    # Given a warm container (a cold start has its whole timeout: a 60 s one here), a rate of
-    # 1 refresh per second per tenancy, and 0.5 s before the deadline margin
+    # Given a rate of 1 refresh per second per tenancy, and an invocation whose clock jumps,
+    # once its keys are registered with the run, to 0.5 s before the deadline margin (however
+    # long listing and registering took)
     world.cold_start(TENANCY_QUEUE_URL="", TENANCY_RATE_LIMIT="1", CTM_TIMEOUT_SECONDS="1")
     margin = 2 * 1 + 5
     tenancies = {k["tenancy"] for k in world.ctm.keys}
-    warm_up = {"keys": [world.ctm.keys[0]["id"]], "dry_run": True}  # no refresh: no pace
-    world.invoke(world.rule_event(warm_up), remaining=lambda: 60.0)
-    world.ctm.reset_log()
+    jump: list[float] = []  # how far the clock jumped, once it has
 
+    class ShortOnceListed(SystemRuntime):
+        def monotonic(self) -> float:
+            now = super().monotonic()
+            if not jump:
+                run = world.stack.table.get_item(Key={"pk": "RUN#short", "sk": "RUN"})
+                if run.get("Item", {}).get("requested", 0) >= 30:
+                    jump.append(started + 60.0 - (now + margin + 0.5))
+            return now + (jump[0] if jump else 0.0)
+
+    runtime = ShortOnceListed()
+    function = world.handler.function
+    service = refresh_service(function.settings, runtime=runtime)
+    function.runtime, function.services = runtime, lambda: service
+
+    started = runtime.monotonic()
     response = world.invoke(
         world.rule_event({"selector": {"all": True}, "request_id": "short"}),
-        remaining=lambda: margin + 0.5,
+        remaining=lambda: 60.0,
     )
 
     # Then one key per tenancy starts, the rest goes to the work queue under the same run,

@@ -191,8 +191,12 @@ class KillSwitch:
 # --- what the store's calls look like (predicates for KillPoint.when) -------------------------
 
 
-def puts_run_item(request: Request) -> bool:
-    return bool(request["Item"]["sk"]["S"] == "RUN")
+def starts_run(request: Request) -> bool:
+    """The transaction that creates a RUN item (and keeps its request beside it)."""
+    return any(
+        item.get("Put", {}).get("Item", {}).get("sk", {}).get("S") == "RUN"
+        for item in request.get("TransactItems", [])
+    )
 
 
 def puts_result(request: Request) -> bool:

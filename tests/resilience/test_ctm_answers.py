@@ -198,7 +198,7 @@ def test_keys_moving_while_pages_are_read_are_each_resolved_once(
     }
 
 
-def test_gone_and_not_authorized_keys_are_not_found_and_a_busy_vault_is_waited_for(
+def test_gone_keys_are_not_found_not_authorized_ones_failed_and_a_busy_vault_waited_for(
     scenario: Scenario, kills: KillSwitch
 ) -> None:
     # Given one key CCKM reports gone, three refreshes answering OCI's NotAuthorizedOrNotFound
@@ -215,9 +215,10 @@ def test_gone_and_not_authorized_keys_are_not_found_and_a_busy_vault_is_waited_f
         scenario, kills, {"selector": {"all": True}, "request_id": "modes"}
     )
 
-    # Then the gone key is NOT_FOUND (GONE), the NotAuthorizedOrNotFound ones NOT_FOUND
-    # (error_code saying which) whatever their status; the busy vault was retried and the
-    # key refreshed (3 calls); the rest refreshed once
+    # Then the gone key is NOT_FOUND (GONE); the NotAuthorizedOrNotFound ones FAILED whatever
+    # their status, called once (OCI cannot tell a deleted key from a refused one: a lost
+    # policy must not read as keys gone); the busy vault was retried and the key refreshed
+    # (3 calls); the rest refreshed once
     results = finished_once(scenario, containers, "modes", set(keys))
 
     def outcome(key: str) -> tuple[str, str, int]:
@@ -226,13 +227,37 @@ def test_gone_and_not_authorized_keys_are_not_found_and_a_busy_vault_is_waited_f
 
     assert outcome(gone) == ("NOT_FOUND", "GONE", 200)
     for denied, status in ((denied_404, 404), (denied_500, 500), (denied_409, 409)):
-        assert outcome(denied) == ("NOT_FOUND", "NotAuthorizedOrNotFound", status)
+        assert outcome(denied) == ("FAILED", "NotAuthorizedOrNotFound", status)
     assert results[busy]["status"] == "REFRESHED"
     assert scenario.ctm.refresh_count(busy) == 3
     calls = refresh_calls(scenario, keys)
     del calls[busy]
     assert set(calls.values()) == {1}
-    assert int(scenario.world.run_item("modes")["not_found"]) == 4
+    run = scenario.world.run_item("modes")
+    assert (int(run["not_found"]), int(run["failed"])) == (1, 3)
+
+
+def test_a_tenancy_whose_oci_policy_is_lost_has_its_keys_failed_and_none_not_found(
+    scenario: Scenario, kills: KillSwitch
+) -> None:
+    # Given OCI answering NotAuthorizedOrNotFound for every key of one tenancy (under a 404)
+    lost = str(scenario.ctm.keys[0]["tenancy"])
+    scenario.ctm.faults.not_authorized_tenancies = {lost: 404}
+
+    # When every key is requested
+    containers, _ = run_to_the_end(
+        scenario, kills, {"selector": {"all": True}, "request_id": "policy"}
+    )
+
+    # Then that tenancy's keys are FAILED with OCI's words after one call each (a lost policy
+    # must not read as keys gone), the other tenancies' keys refreshed
+    keys = {str(k["id"]): str(k["tenancy"]) for k in scenario.ctm.keys}
+    results = finished_once(scenario, containers, "policy", set(keys))
+    assert {key: (r["status"], r.get("error_code")) for key, r in results.items()} == {
+        key: ("FAILED", "NotAuthorizedOrNotFound") if tenancy == lost else ("REFRESHED", None)
+        for key, tenancy in keys.items()
+    }
+    assert set(refresh_calls(scenario, list(keys)).values()) == {1}
 
 
 # --- 6. calls that would outlast the margin -----------------------------------------------------

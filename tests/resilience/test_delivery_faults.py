@@ -162,7 +162,7 @@ def test_an_older_result_arriving_after_a_newer_one_never_moves_the_key_back(
 
     # Then the KEY item still holds the newer state; the older result is kept as history, and
     # says what that run saw: a change from the version the key had before it touched it
-    # (CONTRACT 5), the first rotation, not the newest version
+    # (docs/reference.md 5), the first rotation, not the newest version
     latest = scenario.world.latest(key)
     assert latest is not None
     results = scenario.promises_kept({"older": [key], "newer": [key], "baseline": [key]})

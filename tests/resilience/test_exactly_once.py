@@ -1,5 +1,5 @@
-"""Every key exactly one outcome, whatever fails (CONTRACT 4.3, issue 11): a container killed
-at each point of a run, the same message delivered twice at once and once more after the run
+"""Every key exactly one outcome, whatever fails (docs/reference.md 4.3, issue 11): a container
+killed at each point of a run, the same message delivered twice at once and once more after the run
 completed, and the last delivery with too little time left.
 
 Each test drives the real handler through Lambda's pollers (``Containers.drain``) and asserts
@@ -30,9 +30,9 @@ from tests.resilience.lambda_kills import (
     completes_run,
     finishes_resolution,
     puts_result,
-    puts_run_item,
     puts_terminal_result,
     registers_chunk,
+    starts_run,
 )
 from tests.resilience.promises import (
     refresh_calls,
@@ -112,7 +112,7 @@ def test_a_schedule_killed_before_its_run_item_is_retried_and_refreshes_each_key
     containers = Containers(scenario.world, kills)
     event = scenario.world.schedule_event({"keys": keys})
     run_id = "schedule-2026-11-28T06:00:00Z"
-    kills.at("PutItem", 1, puts_run_item)
+    kills.at("TransactWriteItems", 1, starts_run)
 
     # When the schedule fires, is killed, and Lambda retries the invocation
     with pytest.raises(ContainerKilled):

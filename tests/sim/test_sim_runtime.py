@@ -149,7 +149,7 @@ def test_an_error_in_a_thread_is_recorded_and_a_killed_one_is_not() -> None:
         runtime.spawn(lambda: (_ for _ in ()).throw(Killed()), "killed", object()).join()
 
     runtime.run(main)
-    assert [type(error) for _, error in runtime.errors] == [ZeroDivisionError]
+    assert [type(error) for _, _, error in runtime.errors] == [ZeroDivisionError]
 
 
 def test_the_package_s_thread_helpers_run_on_the_simulation() -> None:

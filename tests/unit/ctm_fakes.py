@@ -1,7 +1,9 @@
-"""Fakes for the CTM client's unit tests: a scripted CTM mounted as a requests adapter.
+"""Fakes for the CTM client's unit tests: a virtual clock (``FakeRuntime``) and a scripted CTM
+answering in process (``FakeCtm``, a requests adapter the client mounts).
 
-``FakeCtm`` replaces the network below requests' Session, so everything above it (our
-transport, requests' merging of ``verify`` with the environment, header handling) is real.
+Everything above the adapter (our transport, requests' merging of ``verify`` with the
+environment, header handling) is real; time moves only when something sleeps or a scripted
+answer says it took time, so tests assert on the virtual clock, never on the wall clock.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,13 +23,18 @@ import urllib3
 from requests.adapters import BaseAdapter
 
 from cckm_refresh.ctm.client import CtmClient
+from cckm_refresh.ctm.pacing import UNPACED, Pacer
+from cckm_refresh.ctm.transport import CtmResponse
+from cckm_refresh.runtime import Condition, Deadline, SystemRuntime
 
 BASE_URL = "https://ctm.test"
 EPOCH = 1_700_000_000.0
 TOKEN_PATH = "/api/v1/auth/tokens"
+KEYS_PATH = "/api/v1/cckm/oci/keys"
 KEY_ID = "90671f17-28ff-4f93-86dc-ff08983469e7"
 OTHER_KEY_ID = "c100fd48-5083-4f67-9afa-49ee128ddd77"
 OCID = "ocid1.key.oc1.iad.abcd1234"
+HOUR = 3600.0
 
 
 def b64url(data: bytes) -> str:
@@ -44,17 +52,40 @@ def make_jwt(exp: float | None = None, iat: float | None = None, **claims: Any) 
     return f"{header}.{b64url(json.dumps(payload).encode())}.c2lnbmF0dXJl"
 
 
-class FakeClock:
-    """Monotonic and wall clock in one, moved only by the test."""
+class FakeRuntime(SystemRuntime):
+    """Real threads, a virtual clock: ``monotonic()`` and ``time()`` read the same instant,
+    which moves only by ``sleep`` and ``advance`` (thread-safe). Sleeps are recorded."""
 
     def __init__(self, start: float = EPOCH) -> None:
         self.now = start
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
 
     def __call__(self) -> float:
         return self.now
 
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += max(0.0, seconds)
+
     def advance(self, seconds: float) -> None:
-        self.now += seconds
+        with self._lock:
+            self.now += seconds
+
+    def condition(self) -> Condition:
+        return threading.Condition()
+
+
+def far(runtime: FakeRuntime) -> Deadline:
+    """A deadline no test reaches: an hour of virtual time away."""
+    return Deadline.within(HOUR, runtime)
 
 
 class SecretLoader:
@@ -81,6 +112,34 @@ class Reply:
     status: int = 200
     body: Any = None  # dict/list -> JSON; str/bytes -> sent as is
     raises: Exception | None = None
+    takes: float = 0.0  # virtual seconds the answer takes to arrive
+    per_byte: float = 0.0  # then virtual seconds between two bytes of its body
+    endless: bool = False  # after the body, filler until the client hangs up
+    declared_length: int | None = None  # a Content-Length other than the body's
+
+
+class Stream:
+    """A body as a socket gives it: all at once, or byte by byte on the virtual clock."""
+
+    def __init__(self, reply: Reply, runtime: FakeRuntime) -> None:
+        self._body = io.BytesIO(_content(reply.body))
+        self._reply = reply
+        self._runtime = runtime
+        self.sent = 0
+        self.closed = False
+
+    def read1(self, size: int) -> bytes:
+        if self._reply.per_byte:
+            self._runtime.advance(self._reply.per_byte)
+            size = 1
+        chunk = self._body.read(size)
+        if not chunk and self._reply.endless:
+            chunk = b" " * size
+        self.sent += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def error_body(code_desc: str, message: str = "", code: int = 16) -> dict[str, Any]:
@@ -98,30 +157,17 @@ class Sent:
     body: Any
     verify: Any
     timeout: Any
+    at: float = 0.0
+
+    @property
+    def bearer(self) -> str:
+        return str(self.headers.get("Authorization", "")).removeprefix("Bearer ")
 
 
 Handler = Callable[[Sent], Reply]
 
 
-def _sent(request: requests.PreparedRequest, verify: Any, timeout: Any) -> Sent:
-    """The request as it reached the (fake) network, its JSON body parsed."""
-    parts = urlsplit(request.url or "")
-    body = request.body
-    if isinstance(body, bytes):
-        body = body.decode()
-    return Sent(
-        method=request.method or "",
-        path=parts.path,
-        query=dict(parse_qsl(parts.query)),
-        headers=dict(request.headers),
-        body=json.loads(body) if body else None,
-        verify=verify,
-        timeout=timeout,
-    )
-
-
 def _content(body: Any) -> bytes:
-    """A reply's body as sent: nothing, bytes and str as they are, anything else as JSON."""
     if body is None:
         return b""
     if isinstance(body, bytes):
@@ -135,12 +181,14 @@ def _content(body: Any) -> bytes:
 class FakeCtm(BaseAdapter):
     """A scripted CTM. Token requests are answered by ``issue`` unless scripted otherwise."""
 
-    clock: FakeClock = field(default_factory=FakeClock)
+    runtime: FakeRuntime = field(default_factory=FakeRuntime)
     token_lifetime: float = 300.0
     sent: list[Sent] = field(default_factory=list)
     scripts: dict[tuple[str, str], deque[Reply | Handler]] = field(default_factory=dict)
     defaults: dict[tuple[str, str], Reply | Handler] = field(default_factory=dict)
     jwts_issued: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stream: Stream | None = None  # the last body sent byte by byte
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -154,9 +202,12 @@ class FakeCtm(BaseAdapter):
         self.defaults[(method, path)] = reply
 
     def issue(self, sent: Sent) -> Reply:
-        now = self.clock()
-        jwt = make_jwt(exp=now + self.token_lifetime, iat=now, jti=len(self.jwts_issued))
-        self.jwts_issued.append(jwt)
+        """CTM's token answer: a JWT living ``token_lifetime`` from now (whole seconds)."""
+        now = int(self.runtime())
+        with self.lock:
+            jti = len(self.jwts_issued)
+            jwt = make_jwt(exp=now + int(self.token_lifetime), iat=now, jti=jti)
+            self.jwts_issued.append(jwt)
         return Reply(
             200, {"jwt": jwt, "duration": int(self.token_lifetime), "token_type": "Bearer"}
         )
@@ -173,35 +224,52 @@ class FakeCtm(BaseAdapter):
         cert: Any = None,
         proxies: Any = None,
     ) -> requests.Response:
-        sent = _sent(request, verify, timeout)
-        self.sent.append(sent)
-        reply = self._reply_for(sent)
+        parts = urlsplit(request.url or "")
+        body = request.body.decode() if isinstance(request.body, bytes) else request.body
+        sent = Sent(
+            request.method or "",
+            parts.path,
+            dict(parse_qsl(parts.query)),
+            dict(request.headers),
+            json.loads(body) if body else None,
+            verify,
+            timeout,
+            self.runtime(),
+        )
+        with self.lock:
+            self.sent.append(sent)
+            reply = self._reply_for(sent)
+        if not isinstance(reply, Reply):
+            reply = reply(sent)
+        self.runtime.advance(reply.takes)
         if reply.raises is not None:
             raise reply.raises
         response = requests.Response()
         response.status_code = reply.status
         # The transport streams the body (stream=True) from ``raw``, as from a socket.
-        response.raw = urllib3.HTTPResponse(
-            body=io.BytesIO(_content(reply.body)), preload_content=False
-        )
+        if reply.per_byte or reply.endless:
+            response.raw = self.stream = Stream(reply, self.runtime)
+        else:
+            response.raw = urllib3.HTTPResponse(
+                body=io.BytesIO(_content(reply.body)), preload_content=False
+            )
         response.headers["Content-Type"] = "application/json"
+        if reply.declared_length is not None:
+            response.headers["Content-Length"] = str(reply.declared_length)
         response.url = request.url or ""
         response.request = request
         return response
 
-    def _reply_for(self, sent: Sent) -> Reply:
-        """The scripted reply, else the default one, else a token or a 404."""
+    def _reply_for(self, sent: Sent) -> Reply | Handler:
         key = (sent.method, sent.path)
         queue = self.scripts.get(key)
         if queue:
-            reply: Reply | Handler = queue.popleft()
-        elif key in self.defaults:
-            reply = self.defaults[key]
-        elif key == ("POST", TOKEN_PATH):
-            reply = self.issue
-        else:
-            reply = Reply(404, error_body("NCERRResourceNotFound: Resource not found", "nope"))
-        return reply if isinstance(reply, Reply) else reply(sent)
+            return queue.popleft()
+        if key in self.defaults:
+            return self.defaults[key]
+        if key == ("POST", TOKEN_PATH):
+            return self.issue
+        return Reply(404, error_body("NCERRResourceNotFound: Resource not found", "nope"))
 
     def close(self) -> None:
         return None
@@ -224,25 +292,27 @@ def fake_client(
     max_attempts: int = 4,
     verify_tls: bool = True,
     rng: Callable[[], float] = lambda: 0.5,
-    sleeps: list[float] | None = None,
 ) -> CtmClient:
-    """A CtmClient whose network is ``ctm`` and whose clocks and sleep are ``ctm.clock``."""
+    """A CtmClient answered by ``ctm``, on ``ctm.runtime``'s virtual clock."""
     loader = secret if isinstance(secret, SecretLoader) else SecretLoader(secret)
-    slept = sleeps if sleeps is not None else []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        ctm.clock.advance(seconds)
-
-    client = CtmClient.create(
+    return CtmClient.create(
         base_url=BASE_URL,
         secret_loader=loader,
         max_attempts=max_attempts,
         verify_tls=verify_tls,
-        sleep=sleep,
-        clock=ctm.clock,
-        wall_clock=ctm.clock,
+        runtime=ctm.runtime,
         rng=rng,
+        adapter=ctm,
     )
-    client.transport.session.mount("https://", ctm)
-    return client
+
+
+def refresh(
+    client: CtmClient,
+    key_id: str = KEY_ID,
+    *,
+    pacer: Pacer = UNPACED,
+    within: float = HOUR,
+) -> CtmResponse:
+    """``refresh_oci_key`` ending within ``within`` seconds of the client's clock."""
+    runtime = client.transport.runtime
+    return client.refresh_oci_key(key_id, pacer=pacer, deadline=Deadline.within(within, runtime))

@@ -1,4 +1,5 @@
-"""CtmClient operations: id validation before any URL, list paging and filters, get, refresh."""
+"""CtmClient operations: ids validated before any URL, get, refresh, find by OCID, list
+filters, and what a 2xx answer must be."""
 
 from __future__ import annotations
 
@@ -6,22 +7,25 @@ from typing import Any
 
 import pytest
 
-from cckm_refresh.ctm.client import SELECTOR_FILTERS, CtmClient
+from cckm_refresh.ctm.client import CtmClient
 from cckm_refresh.ctm.errors import CtmBadResponseError, CtmNotFoundError
 from cckm_refresh.keyids import InvalidKeyIdError
+from cckm_refresh.selectors import SELECTOR_FILTERS
 from tests.unit.ctm_fakes import (
     KEY_ID,
+    KEYS_PATH,
     OCID,
     OTHER_KEY_ID,
     FakeCtm,
     Reply,
     Sent,
     fake_client,
+    far,
     key_object,
+    refresh,
 )
 
-KEYS_PATH = "/api/v1/cckm/oci/keys"
-
+REFRESH = f"{KEYS_PATH}/{KEY_ID}/refresh"
 HOSTILE_IDS = [
     "../../auth/tokens",
     "..%2f..%2fauth%2ftokens",
@@ -45,157 +49,106 @@ HOSTILE_IDS = [
 
 @pytest.mark.parametrize("hostile", HOSTILE_IDS)
 def test_hostile_key_ids_never_reach_the_network(hostile: str) -> None:
-    # Given a client whose network records everything
     ctm = FakeCtm()
     client = fake_client(ctm)
-    # When a hostile id is refreshed or read
     with pytest.raises(InvalidKeyIdError) as refreshed:
-        client.refresh_oci_key(hostile)
+        refresh(client, hostile)
     with pytest.raises(InvalidKeyIdError):
-        client.get_oci_key(hostile)
-    # Then nothing was sent, not even a token request
+        client.get_oci_key(hostile, deadline=far(ctm.runtime))
     assert refreshed.value.error_code == "INVALID_KEY_ID"
-    assert ctm.sent == []
+    assert ctm.sent == []  # not even a token request
 
 
 @pytest.mark.parametrize("hostile", [*HOSTILE_IDS, KEY_ID])
-def test_list_by_key_id_accepts_only_an_ocid(hostile: str) -> None:
+def test_find_by_ocid_accepts_only_an_ocid(hostile: str) -> None:
     ctm = FakeCtm()
     with pytest.raises(InvalidKeyIdError):
-        fake_client(ctm).list_oci_keys(key_id=hostile)
+        fake_client(ctm).find_oci_key(hostile, deadline=far(ctm.runtime))
     assert ctm.sent == []
 
 
 def test_an_upper_case_uuid_is_refreshed_under_its_canonical_form() -> None:
     ctm = FakeCtm()
-    ctm.always("POST", f"{KEYS_PATH}/{KEY_ID}/refresh", Reply(200, key_object()))
-
-    response = fake_client(ctm).refresh_oci_key(KEY_ID.upper())
-
-    assert response.body["id"] == KEY_ID
+    ctm.always("POST", REFRESH, Reply(200, key_object()))
+    assert refresh(fake_client(ctm), KEY_ID.upper()).body["id"] == KEY_ID
 
 
 def test_get_returns_the_key_object() -> None:
     ctm = FakeCtm()
     ctm.always("GET", f"{KEYS_PATH}/{KEY_ID}", Reply(200, key_object()))
-    assert fake_client(ctm).get_oci_key(KEY_ID)["oci_params"]["key_id"] == OCID
+    key = fake_client(ctm).get_oci_key(KEY_ID, deadline=far(ctm.runtime))
+    assert key["oci_params"]["key_id"] == OCID
 
 
 def test_get_of_an_unknown_key_is_not_found() -> None:
     ctm = FakeCtm()  # answers 404 NCERRResourceNotFound to unknown paths
     with pytest.raises(CtmNotFoundError) as caught:
-        fake_client(ctm).get_oci_key(OTHER_KEY_ID)
-    assert caught.value.error_code == "NCERRResourceNotFound"
-    assert caught.value.http_status == 404
+        fake_client(ctm).get_oci_key(OTHER_KEY_ID, deadline=far(ctm.runtime))
+    assert (caught.value.error_code, caught.value.http_status) == ("NCERRResourceNotFound", 404)
 
 
 def test_refresh_posts_no_body() -> None:
     ctm = FakeCtm()
-    ctm.always("POST", f"{KEYS_PATH}/{KEY_ID}/refresh", Reply(200, key_object()))
-    fake_client(ctm).refresh_oci_key(KEY_ID)
-    assert ctm.to("POST", f"{KEYS_PATH}/{KEY_ID}/refresh")[0].body is None
+    ctm.always("POST", REFRESH, Reply(200, key_object()))
+    refresh(fake_client(ctm))
+    assert ctm.to("POST", REFRESH)[0].body is None
 
 
-def uuid(n: int) -> str:
-    return f"00000000-0000-4000-8000-{n:012d}"
+# --- finding a key by its OCID --------------------------------------------------------------------
 
 
-def listed_key(n: int) -> dict[str, Any]:
-    """A list item as CTM sends it, created in the order of ``n``."""
-    return {**key_object(uuid(n)), "createdAt": f"2026-01-01T00:00:00.{n:06d}Z"}
+def with_ocid(n: int, ocid: str) -> dict[str, Any]:
+    uuid = f"00000000-0000-4000-8000-{n:012d}"
+    key = key_object(uuid)
+    return {**key, "createdAt": f"2026-01-01T00:00:00.{n:06d}Z", "oci_params": {"key_id": ocid}}
 
 
-class Pages:
-    """A list endpoint over ``count`` keys that returns at most ``cap`` per page."""
-
-    def __init__(self, count: int, cap: int = 1000, total: int | None = None) -> None:
-        self.keys = [listed_key(n) for n in range(count)]
-        self.cap = cap
-        self.total = count if total is None else total
-
-    def __call__(self, sent: Sent) -> Reply:
-        skip, limit = int(sent.query["skip"]), int(sent.query["limit"])
-        page = self.keys[skip : skip + min(limit, self.cap)]
-        return Reply(200, {"skip": skip, "limit": limit, "total": self.total, "resources": page})
-
-
-def listed(client: CtmClient, **kwargs: Any) -> list[str]:
-    return [k["id"] for k in client.list_oci_keys(**kwargs)]
-
-
-def test_list_pages_with_skip_and_limit_until_total() -> None:
+def test_an_ocid_is_found_with_the_key_id_filter() -> None:
     ctm = FakeCtm()
-    ctm.always("GET", KEYS_PATH, Pages(25))
+    wanted = with_ocid(1, OCID)
+    ctm.always("GET", KEYS_PATH, Reply(200, {"total": 1, "resources": [wanted]}))
 
-    ids = listed(fake_client(ctm), page_size=10)
+    found = fake_client(ctm).find_oci_key(OCID, deadline=far(ctm.runtime))
 
-    assert ids == [uuid(n) for n in range(25)]
-    # each page after the first re-reads an overlap before where the last one ended
-    assert [(s.query["skip"], s.query["limit"]) for s in ctm.to("GET", KEYS_PATH)] == [
-        ("0", "10"),
-        ("0", "20"),
-        ("0", "30"),
-    ]
+    assert found == wanted
+    (sent,) = ctm.to("GET", KEYS_PATH)
+    assert sent.query["key_id"] == OCID
 
 
-def test_list_advances_skip_by_the_keys_actually_returned() -> None:
-    # Given a server returning at most 4 keys whatever limit asks
+def test_a_ctm_ignoring_the_ocid_filter_is_paged_through_for_the_key_with_that_ocid() -> None:
+    # Given a CTM that answers every key whatever key_id says, 3 to a page
+    keys = [with_ocid(n, f"ocid1.key.oc1.iad.other{n}") for n in range(7)]
+    keys[5] = with_ocid(5, OCID)
     ctm = FakeCtm()
-    ctm.always("GET", KEYS_PATH, Pages(10, cap=4))
-    client = fake_client(ctm)
 
-    # When the pages are read one by one
-    first = client.list_page(None, page_size=100)
-    second = client.list_page(None, cursor=first.next, page_size=100)
+    def answer(sent: Sent) -> Reply:
+        skip = int(sent.query["skip"])
+        return Reply(200, {"total": 7, "resources": keys[skip : skip + 3]})
 
-    # Then each cursor's position advanced by the keys the page actually held
-    assert first.next is not None
-    assert first.next.skip == 4
-    assert second.next is not None
-    assert second.next.skip == 8
-    assert [k["id"] for k in first.resources + second.resources] == [uuid(n) for n in range(8)]
-    assert ids_of_rest(client, second) == [uuid(n) for n in range(8, 10)]
+    ctm.always("GET", KEYS_PATH, answer)
+    # When the OCID is looked up, Then the key with that OCID is found, no other
+    assert fake_client(ctm).find_oci_key(OCID, deadline=far(ctm.runtime)) == keys[5]
 
 
-def ids_of_rest(client: CtmClient, page: Any) -> list[str]:
-    ids: list[str] = []
-    while page.next is not None:
-        page = client.list_page(None, cursor=page.next, page_size=100)
-        ids += [k["id"] for k in page.resources]
-    return ids
-
-
-def test_list_stops_on_an_empty_page_even_if_total_promises_more() -> None:
+def test_an_ocid_no_key_has_is_none() -> None:
     ctm = FakeCtm()
-    ctm.always("GET", KEYS_PATH, Pages(3, total=50))
+    others = [with_ocid(1, "ocid1.key.oc1.iad.other")]
+    ctm.always("GET", KEYS_PATH, Reply(200, {"total": 1, "resources": others}))
+    assert fake_client(ctm).find_oci_key(OCID, deadline=far(ctm.runtime)) is None
 
-    assert len(listed(fake_client(ctm), page_size=2)) == 3
+
+# --- list calls ---------------------------------------------------------------------------------
 
 
-def test_list_stops_when_the_server_ignores_skip() -> None:
+def test_list_sends_selector_filters_and_a_stable_sort_as_query_parameters() -> None:
     ctm = FakeCtm()
-    same_page = Reply(200, {"resources": [listed_key(1), listed_key(2)]})
-    ctm.always("GET", KEYS_PATH, same_page)
-
-    assert listed(fake_client(ctm), page_size=2) == [uuid(1), uuid(2)]
-    assert len(ctm.to("GET", KEYS_PATH)) == 2
-
-
-def test_list_sends_selector_filters_key_id_and_a_stable_sort_as_query_parameters() -> None:
-    ctm = FakeCtm()
-    ctm.always("GET", KEYS_PATH, Pages(0))
+    ctm.always("GET", KEYS_PATH, Reply(200, {"total": 0, "resources": []}))
     filters = {name: f"{name} & =?/#%" for name in SELECTOR_FILTERS}
 
-    listed(fake_client(ctm), filters=filters, key_id=OCID)
+    fake_client(ctm).list_page(filters, page_size=100, deadline=far(ctm.runtime))
 
     (sent,) = ctm.to("GET", KEYS_PATH)
-    assert sent.query == {
-        **filters,
-        "key_id": OCID,
-        "sort": "createdAt,id",
-        "skip": "0",
-        "limit": "100",
-    }
+    assert sent.query == {**filters, "sort": "createdAt,id", "skip": "0", "limit": "100"}
 
 
 @pytest.mark.parametrize(
@@ -205,13 +158,18 @@ def test_list_sends_selector_filters_key_id_and_a_stable_sort_as_query_parameter
 def test_list_refuses_filters_outside_the_selector_names(filters: dict[str, str]) -> None:
     ctm = FakeCtm()
     with pytest.raises(ValueError, match="unknown key list filter"):
-        fake_client(ctm).list_oci_keys(filters)
+        fake_client(ctm).list_page(filters, deadline=far(ctm.runtime))
     assert ctm.sent == []
 
 
-def test_list_refuses_a_non_string_filter_value() -> None:
+def test_list_refuses_a_non_string_filter_value_and_a_page_size_out_of_bounds() -> None:
+    ctm = FakeCtm()
+    client = fake_client(ctm)
     with pytest.raises(ValueError, match="must be a string"):
-        fake_client(FakeCtm()).list_oci_keys({"region": 5})  # type: ignore[dict-item]
+        client.list_page({"region": 5}, deadline=far(ctm.runtime))  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="page_size"):
+        client.list_page(None, page_size=1001, deadline=far(ctm.runtime))
+    assert ctm.sent == []
 
 
 @pytest.mark.parametrize(
@@ -221,7 +179,7 @@ def test_a_page_that_is_not_a_list_answer_is_a_bad_response(body: Any) -> None:
     ctm = FakeCtm()
     ctm.always("GET", KEYS_PATH, Reply(200, body))
     with pytest.raises(CtmBadResponseError) as caught:
-        listed(fake_client(ctm))
+        fake_client(ctm).list_page(None, deadline=far(ctm.runtime))
     assert caught.value.error_code == "BAD_RESPONSE"
     assert not caught.value.transient
 
@@ -233,18 +191,15 @@ def test_the_client_requires_an_https_base_url() -> None:
 
 # --- what a 2xx refresh/get answer must be -----------------------------------------------------
 
-REFRESH = f"{KEYS_PATH}/{KEY_ID}/refresh"
-
 
 def test_a_key_that_came_back_gone_is_not_found_as_gone() -> None:
     ctm = FakeCtm()
     ctm.always("POST", REFRESH, Reply(200, {**key_object(), "gone": True}))
 
     with pytest.raises(CtmNotFoundError) as caught:
-        fake_client(ctm).refresh_oci_key(KEY_ID)
+        refresh(fake_client(ctm))
 
-    assert caught.value.error_code == "GONE"
-    assert caught.value.http_status == 200
+    assert (caught.value.error_code, caught.value.http_status) == ("GONE", 200)
     assert caught.value.attempts == 1
     assert not caught.value.transient
 
@@ -252,7 +207,7 @@ def test_a_key_that_came_back_gone_is_not_found_as_gone() -> None:
 def test_gone_false_is_an_ordinary_refresh() -> None:
     ctm = FakeCtm()
     ctm.always("POST", REFRESH, Reply(200, {**key_object(), "gone": False}))
-    assert fake_client(ctm).refresh_oci_key(KEY_ID).body["id"] == KEY_ID
+    assert refresh(fake_client(ctm)).body["id"] == KEY_ID
 
 
 @pytest.mark.parametrize(
@@ -279,10 +234,9 @@ def test_a_2xx_refresh_answer_that_is_not_the_key_is_a_bad_response(body: Any) -
     ctm.always("POST", REFRESH, Reply(200, body))
 
     with pytest.raises(CtmBadResponseError) as caught:
-        fake_client(ctm).refresh_oci_key(KEY_ID)
+        refresh(fake_client(ctm))
 
-    assert caught.value.error_code == "BAD_RESPONSE"
-    assert caught.value.http_status == 200
+    assert (caught.value.error_code, caught.value.http_status) == ("BAD_RESPONSE", 200)
     assert caught.value.attempts == 1
     assert len(ctm.to("POST", REFRESH)) == 1  # not retried
 
@@ -291,4 +245,4 @@ def test_a_2xx_get_answer_that_is_not_a_key_is_a_bad_response() -> None:
     ctm = FakeCtm()
     ctm.always("GET", f"{KEYS_PATH}/{KEY_ID}", Reply(200, {**key_object(), "oci_params": 3}))
     with pytest.raises(CtmBadResponseError):
-        fake_client(ctm).get_oci_key(KEY_ID)
+        fake_client(ctm).get_oci_key(KEY_ID, deadline=far(ctm.runtime))

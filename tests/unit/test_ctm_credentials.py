@@ -1,4 +1,4 @@
-"""The CTM credentials secret (CONTRACT section 3): parsing, choice of method, no disclosure."""
+"""The CTM credentials secret (docs/reference.md 3): parsing, choice of method, no disclosure."""
 
 from __future__ import annotations
 

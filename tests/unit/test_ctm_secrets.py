@@ -25,19 +25,21 @@ from cckm_refresh.ratelimit import TenancyRateLimiter
 from cckm_refresh.runtime import Deadline
 from tests.unit.ctm_fakes import (
     EPOCH,
-    KEY_ID,
     TOKEN_PATH,
     FakeCtm,
+    FakeRuntime,
     Reply,
     error_body,
     fake_client,
+    far,
     make_jwt,
+    refresh,
 )
 
 PASSWORD = "Pa55-w0rd-S3cret"
 REFRESH_TOKEN = "RefreshT0ken-S3cret"
 STATIC_JWT = make_jwt(exp=EPOCH - 5, sub="static-S3cret")
-REFRESH_PATH = f"/api/v1/cckm/oci/keys/{KEY_ID}/refresh"
+REFRESH_PATH = "/api/v1/cckm/oci/keys/90671f17-28ff-4f93-86dc-ff08983469e7/refresh"
 
 
 def everything_said(error: BaseException, *objects: object) -> str:
@@ -80,7 +82,7 @@ def test_a_refused_password_is_never_shown(logs) -> None:  # type: ignore[no-unt
     client = fake_client(ctm, json.dumps({"username": "svc", "password": PASSWORD}))
     # When a refresh fails on it
     with pytest.raises(CtmError) as caught:
-        client.refresh_oci_key(KEY_ID)
+        refresh(client)
     # Then neither the exception, the objects nor the logs show the password
     assert_no_secret(everything_said(caught.value, *secret_of(client)) + logs(), PASSWORD)
 
@@ -92,7 +94,7 @@ def test_a_refresh_token_and_its_jwts_are_never_shown_through_retries_and_a_401(
     ctm.always("POST", REFRESH_PATH, Reply(raises=requests.exceptions.ConnectionError("reset")))
     client = fake_client(ctm, REFRESH_TOKEN)
     with pytest.raises(CtmError) as caught:
-        client.refresh_oci_key(KEY_ID)
+        refresh(client)
     # Then nothing shows the refresh token or either JWT
     said = everything_said(caught.value, *secret_of(client)) + logs()
     assert_no_secret(said, REFRESH_TOKEN, *ctm.jwts_issued)
@@ -110,7 +112,7 @@ def test_a_jwt_echoed_in_ctms_error_message_is_redacted(logs) -> None:  # type: 
     ctm.always("POST", REFRESH_PATH, echo)
     client = fake_client(ctm, REFRESH_TOKEN)
     with pytest.raises(CtmError) as caught:
-        client.refresh_oci_key(KEY_ID)
+        refresh(client)
     assert_no_secret(everything_said(caught.value) + logs(), *ctm.jwts_issued)
 
 
@@ -124,7 +126,7 @@ def test_an_expired_static_jwt_is_never_shown(logs) -> None:  # type: ignore[no-
     )
     client = fake_client(ctm, json.dumps({"token": STATIC_JWT}))
     with pytest.raises(CtmError) as caught:
-        client.refresh_oci_key(KEY_ID)
+        refresh(client)
     assert caught.value.error_code == "TOKEN_EXPIRED"
     assert_no_secret(everything_said(caught.value, *secret_of(client)) + logs(), STATIC_JWT)
 
@@ -133,7 +135,7 @@ def test_a_malformed_secret_is_never_shown(logs) -> None:  # type: ignore[no-unt
     ctm = FakeCtm()
     client = fake_client(ctm, '{"password": "' + PASSWORD + '", ')
     with pytest.raises(CtmError) as caught:
-        client.issue_token()
+        client.issue_token(far(FakeRuntime()))
     assert_no_secret(everything_said(caught.value, client) + logs(), PASSWORD)
 
 
@@ -149,16 +151,17 @@ def refresh_run(client: CtmClient, count: int = 5) -> tuple[list[CtmError], list
     """Refresh ``count`` keys through the refresh engine; the errors and the outcomes."""
     errors: list[CtmError] = []
 
-    def refresh(key_id: str, *_: object) -> Any:
+    def refresh_one(key_id: str, *_: object) -> Any:
         try:
-            return client.refresh_oci_key(key_id)
+            return refresh(client, key_id)
         except CtmError as error:
             errors.append(error)
             raise
 
-    engine = RefreshEngine(refresh, TenancyRateLimiter(1000.0), concurrency=2)
+    runtime = FakeRuntime()
+    engine = RefreshEngine(refresh_one, TenancyRateLimiter(1000.0, runtime=runtime), concurrency=2)
     keys = [WorkItem(f"{n:08d}-28ff-4f93-86dc-ff08983469e7") for n in range(count)]
-    within = Deadline.within(600.0)
+    within = Deadline.within(600.0, runtime)
     return errors, engine.run(keys, within, within).outcomes
 
 
@@ -201,7 +204,7 @@ def test_refresh_tokens_and_jwts_ctm_quotes_on_a_key_call_are_scrubbed(logs) -> 
     ctm.always("POST", REFRESH_PATH, echo)
     client = fake_client(ctm, json.dumps({"username": "svc", "password": PASSWORD}))
     with pytest.raises(CtmError) as caught:
-        client.refresh_oci_key(KEY_ID)
+        refresh(client)
     jwt = ctm.jwts_issued[0]
     assert_no_secret(everything_said(caught.value) + logs(), session_token, jwt[:-3])
 

@@ -1,4 +1,5 @@
-"""Transport: retry classification (CONTRACT 4.4), backoff, retry budget, errors, TLS, pacing."""
+"""Transport: retry classification (docs/reference.md 4.4), back-off, retry budget, errors,
+TLS, pacing."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import requests
 
 from cckm_refresh.ctm.errors import (
+    CtmAuthError,
     CtmBadResponseError,
     CtmConnectionError,
     CtmError,
@@ -21,55 +23,65 @@ from cckm_refresh.ctm.errors import (
     CtmTransientError,
     RetryBudgetExhaustedError,
     ctm_error_fields,
-    error_for_response,
 )
-from cckm_refresh.ctm.retries import RetryBudget, RetryPolicy, Verdict, classify
-from cckm_refresh.ctm.transport import USER_AGENT
+from cckm_refresh.ctm.retries import RetryBudget, RetryPolicy, error_for_response
+from cckm_refresh.ctm.transport import USER_AGENT, Transport
 from cckm_refresh.runtime import Deadline
-from tests.unit.ctm_fakes import KEY_ID, FakeCtm, Reply, error_body, fake_client, key_object
+from tests.unit.ctm_fakes import (
+    KEY_ID,
+    FakeCtm,
+    Reply,
+    error_body,
+    fake_client,
+    far,
+    key_object,
+    refresh,
+)
 
 REFRESH_PATH = f"/api/v1/cckm/oci/keys/{KEY_ID}/refresh"
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 OCI_THROTTLE = '{"code":"TooManyRequests","message":"User-rate limit exceeded."}'
 
 
+def kind(status: int, body: str) -> type[CtmError] | None:
+    """The class of error an answer is (None: a success)."""
+    error = error_for_response("POST /x", status, body)
+    return None if error is None else type(error)
+
+
 @pytest.mark.parametrize("status", [200, 201, 202, 204])
 def test_2xx_is_success(status: int) -> None:
-    assert classify(status, "") is Verdict.OK
+    assert kind(status, "") is None
 
 
 def test_a_2xx_body_mentioning_too_many_requests_is_still_success() -> None:
-    assert classify(200, '{"oci_params": {"display_name": "TooManyRequests"}}') is Verdict.OK
+    assert kind(200, '{"oci_params": {"display_name": "TooManyRequests"}}') is None
 
 
 @pytest.mark.parametrize(
-    ("status", "verdict"),
+    ("status", "expected"),
     [
-        (400, Verdict.PERMANENT),
-        (403, Verdict.PERMANENT),
-        (404, Verdict.NOT_FOUND),
-        (409, Verdict.PERMANENT),
-        (422, Verdict.PERMANENT),
-        (401, Verdict.UNAUTHORIZED),
-        (302, Verdict.PERMANENT),
-        (429, Verdict.THROTTLED),
-        (500, Verdict.TRANSIENT),
-        (502, Verdict.TRANSIENT),
-        (503, Verdict.TRANSIENT),
-        (504, Verdict.TRANSIENT),
+        (400, CtmPermanentError),
+        (403, CtmPermanentError),
+        (404, CtmNotFoundError),
+        (409, CtmPermanentError),
+        (422, CtmPermanentError),
+        (401, CtmAuthError),
+        (302, CtmPermanentError),
+        (429, CtmThrottledError),
+        (500, CtmTransientError),
+        (502, CtmTransientError),
+        (503, CtmTransientError),
+        (504, CtmTransientError),
     ],
 )
-def test_status_classification(status: int, verdict: Verdict) -> None:
-    assert classify(status, '{"code": 1, "message": "x"}') is verdict
+def test_status_classification(status: int, expected: type[CtmError]) -> None:
+    assert kind(status, '{"code": 1, "message": "x"}') is expected
 
 
 @pytest.mark.parametrize("status", [400, 409, 500, 503])
 def test_a_too_many_requests_body_is_throttling_whatever_the_status(status: int) -> None:
-    assert classify(status, OCI_THROTTLE) is Verdict.THROTTLED
-
-
-def test_only_throttles_and_transients_are_retryable() -> None:
-    assert {v for v in Verdict if v.transient} == {Verdict.THROTTLED, Verdict.TRANSIENT}
+    assert kind(status, OCI_THROTTLE) is CtmThrottledError
 
 
 @pytest.mark.parametrize(
@@ -97,7 +109,7 @@ def test_permanent_answers_fail_at_once_with_their_error_code(
     ctm.always("POST", REFRESH_PATH, reply)
 
     with pytest.raises(error_type) as caught:
-        fake_client(ctm).refresh_oci_key(KEY_ID)
+        refresh(fake_client(ctm))
 
     assert not caught.value.transient
     assert caught.value.error_code == error_code
@@ -142,7 +154,7 @@ def test_transient_failures_are_retried_up_to_max_attempts(
     ctm.always("POST", REFRESH_PATH, reply)
     # When a refresh is attempted with 4 attempts
     with pytest.raises(error_type) as caught:
-        fake_client(ctm, max_attempts=4).refresh_oci_key(KEY_ID)
+        refresh(fake_client(ctm, max_attempts=4))
     # Then it was tried 4 times and the last failure is reported
     assert caught.value.transient
     assert caught.value.error_code == error_code
@@ -154,7 +166,7 @@ def test_a_transient_failure_followed_by_success_returns_the_answer() -> None:
     ctm = FakeCtm()
     ctm.script("POST", REFRESH_PATH, Reply(503, ""), Reply(429, ""), Reply(200, key_object()))
 
-    response = fake_client(ctm).refresh_oci_key(KEY_ID)
+    response = refresh(fake_client(ctm))
 
     assert (response.http_status, response.attempts, response.throttled) == (200, 3, 1)
     assert response.body["id"] == KEY_ID
@@ -170,7 +182,7 @@ def test_tls_failure_is_permanent_and_never_retried() -> None:
     ctm.always("POST", REFRESH_PATH, Reply(raises=failure))
 
     with pytest.raises(CtmTlsError, match="CERTIFICATE_VERIFY_FAILED") as caught:
-        fake_client(ctm).refresh_oci_key(KEY_ID)
+        refresh(fake_client(ctm))
 
     assert caught.value.error_code == "TLS"
     assert len(ctm.to("POST", REFRESH_PATH)) == 1
@@ -182,15 +194,15 @@ def test_a_401_retry_is_not_counted_against_max_attempts() -> None:
     ctm.always("POST", REFRESH_PATH, Reply(503, ""))
 
     with pytest.raises(CtmTransientError) as caught:
-        fake_client(ctm, max_attempts=3).refresh_oci_key(KEY_ID)
+        refresh(fake_client(ctm, max_attempts=3))
 
     assert caught.value.attempts == 4  # one re-authenticated + three transient
 
 
 def test_backoff_is_full_jitter_capped_exponential() -> None:
     policy = RetryPolicy(max_attempts=10, base_delay=0.5, max_delay=20.0)
-    assert [policy.ceiling(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 20, 20]
-    assert policy.ceiling(10_000) == 20.0
+    assert [policy.delay(n, lambda: 1.0) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 20, 20]
+    assert policy.delay(10_000, lambda: 1.0) == 20.0
     assert policy.delay(3, lambda: 0.0) == 0.0
     assert policy.delay(3, lambda: 0.999) == pytest.approx(0.999 * 4)
 
@@ -200,12 +212,11 @@ def test_the_waits_between_attempts_stay_within_their_bounds(jitter: float) -> N
     # Given a CTM that is down for 6 attempts
     ctm = FakeCtm()
     ctm.always("POST", REFRESH_PATH, Reply(503, ""))
-    sleeps: list[float] = []
     # When a refresh is attempted
     with pytest.raises(CtmTransientError):
-        fake_client(ctm, max_attempts=6, rng=lambda: jitter, sleeps=sleeps).refresh_oci_key(KEY_ID)
+        refresh(fake_client(ctm, max_attempts=6, rng=lambda: jitter))
     # Then each wait n is jitter * min(20, 0.5 * 2**n), and there is no wait after the last
-    assert sleeps == pytest.approx([jitter * c for c in (0.5, 1, 2, 4, 8)])
+    assert ctm.runtime.sleeps == pytest.approx([jitter * c for c in (0.5, 1, 2, 4, 8)])
 
 
 def test_retry_budget_exhaustion_fails_fast_with_the_last_error_code() -> None:
@@ -216,7 +227,7 @@ def test_retry_budget_exhaustion_fails_fast_with_the_last_error_code() -> None:
     client.transport.budget = RetryBudget(capacity=10, retry_cost=5)
     # When a call keeps failing
     with pytest.raises(RetryBudgetExhaustedError) as caught:
-        client.refresh_oci_key(KEY_ID)
+        refresh(client)
     # Then it stops after the budget's two retries, reporting the last failure's code
     assert caught.value.error_code == "NCERRServiceUnavailable"
     assert caught.value.http_status == 503
@@ -224,12 +235,12 @@ def test_retry_budget_exhaustion_fails_fast_with_the_last_error_code() -> None:
     assert caught.value.attempts == 3
     # And the next call, with the budget empty, makes a single attempt
     with pytest.raises(RetryBudgetExhaustedError):
-        client.refresh_oci_key(KEY_ID)
+        refresh(client)
     assert len(ctm.to("POST", REFRESH_PATH)) == 4
 
 
 def test_retry_budget_charges_timeouts_double_and_refunds_on_success() -> None:
-    budget = RetryBudget(capacity=20, retry_cost=5, timeout_cost=10, success_refund=1)
+    budget = RetryBudget(capacity=20, retry_cost=5, timeout_cost=10)
     assert budget.acquire(after_timeout=True) == 10
     assert budget.acquire(after_timeout=False) == 5
     assert budget.available == 5
@@ -246,7 +257,7 @@ def test_a_success_after_retries_gives_the_budget_back() -> None:
     client = fake_client(ctm)
     client.transport.budget = RetryBudget(capacity=100)
 
-    client.refresh_oci_key(KEY_ID)
+    refresh(client)
 
     assert client.transport.budget.available == 100
 
@@ -270,26 +281,24 @@ def test_error_code_is_the_code_desc_name_before_the_colon(
 
 def test_error_message_comes_from_ctm_and_is_truncated() -> None:
     error = error_for_response(
-        "POST /x",
-        409,
-        f'{{"codeDesc": "NCERRConflict", "message": "{"m" * 5000}"}}',
-        Verdict.PERMANENT,
+        "POST /x", 409, f'{{"codeDesc": "NCERRConflict", "message": "{"m" * 5000}"}}'
     )
+    assert error is not None
     assert error.message.startswith("POST /x answered HTTP 409 NCERRConflict: mmm")
     assert len(error.message) <= 1000
 
 
 def test_an_unknown_error_body_is_not_echoed() -> None:
     # A proxy's error page may echo the request, Authorization header included
-    error = error_for_response(
-        "GET /x", 502, "<html>Authorization: Bearer abc</html>", Verdict.TRANSIENT
-    )
+    error = error_for_response("GET /x", 502, "<html>Authorization: Bearer abc</html>")
+    assert error is not None
     assert error.message == "GET /x answered HTTP 502"
 
 
 def test_a_jwt_in_ctms_message_is_redacted() -> None:
     body = '{"codeDesc": "NCERRUnauthorizedAccess", "message": "bad token eyJhbGc.eyJzdWIi.c2ln"}'
-    error = error_for_response("GET /x", 401, body, Verdict.UNAUTHORIZED)
+    error = error_for_response("GET /x", 401, body)
+    assert error is not None
     assert "eyJ" not in error.message
 
 
@@ -297,7 +306,7 @@ def test_every_request_carries_timeouts_headers_and_no_redirects() -> None:
     ctm = FakeCtm()
     ctm.always("POST", REFRESH_PATH, Reply(200, key_object()))
 
-    fake_client(ctm).refresh_oci_key(KEY_ID)
+    refresh(fake_client(ctm))
 
     sent = ctm.to("POST", REFRESH_PATH)[0]
     assert (sent.timeout.connect_timeout, sent.timeout.total) == (5.0, 20.0)
@@ -312,7 +321,7 @@ def test_a_redirect_is_not_followed() -> None:
     ctm = FakeCtm()
     ctm.always("POST", REFRESH_PATH, Reply(302, ""))
     with pytest.raises(CtmPermanentError, match="HTTP 302"):
-        fake_client(ctm).refresh_oci_key(KEY_ID)
+        refresh(fake_client(ctm))
     assert len(ctm.sent) == 2  # the token request and the refresh; nothing after the 302
 
 
@@ -320,7 +329,7 @@ def test_a_2xx_answer_that_is_not_a_json_object_is_a_bad_response() -> None:
     ctm = FakeCtm()
     ctm.always("POST", REFRESH_PATH, Reply(200, "<html>maintenance</html>"))
     with pytest.raises(CtmBadResponseError) as caught:
-        fake_client(ctm).refresh_oci_key(KEY_ID)
+        refresh(fake_client(ctm))
     assert caught.value.error_code == "BAD_RESPONSE"
     assert not caught.value.transient
 
@@ -353,9 +362,21 @@ def test_every_attempt_is_paced_and_reports_throttling() -> None:
     )
     pacer = RecordingPacer()
     # When the refresh is paced
-    fake_client(ctm).refresh_oci_key(KEY_ID, pacer=pacer)
+    refresh(fake_client(ctm), pacer=pacer)
     # Then each attempt waited first; answers reported, the dropped connection not
     assert pacer.events == ["wait", "throttled", "wait", "wait", "success", "wait", "success"]
+
+
+def test_the_answer_says_how_long_its_successful_attempt_took() -> None:
+    # Given CTM failing once after 3 s, then answering after 1.25 s
+    ctm = FakeCtm()
+    ctm.script(
+        "POST", REFRESH_PATH, Reply(503, "", takes=3.0), Reply(200, key_object(), takes=1.25)
+    )
+    # When the key is refreshed (after a back-off sleep between the two)
+    response = refresh(fake_client(ctm))
+    # Then ``elapsed`` is the successful attempt's, from sending to the body read
+    assert response.elapsed == pytest.approx(1.25)
 
 
 # TLS modes: asserted on what reaches the adapter, after requests merged the environment.
@@ -363,7 +384,7 @@ def test_every_attempt_is_paced_and_reports_throttling() -> None:
 
 def test_tls_default_verifies_with_the_standard_store(no_ca_env: None) -> None:
     ctm = FakeCtm()
-    fake_client(ctm).issue_token()
+    fake_client(ctm).issue_token(far(ctm.runtime))
     assert ctm.sent[0].verify is True
 
 
@@ -374,7 +395,7 @@ def test_tls_default_honours_requests_ca_bundle(
     bundle.write_text(PEM)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
     ctm = FakeCtm()
-    fake_client(ctm).issue_token()
+    fake_client(ctm).issue_token(far(ctm.runtime))
     assert ctm.sent[0].verify == str(bundle)
 
 
@@ -385,7 +406,7 @@ def test_tls_default_honours_ssl_cert_file(
     bundle.write_text(PEM)
     monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
     ctm = FakeCtm()
-    fake_client(ctm).issue_token()
+    fake_client(ctm).issue_token(far(ctm.runtime))
     assert ctm.sent[0].verify == str(bundle)
 
 
@@ -397,7 +418,7 @@ def test_tls_with_ca_bundle_verifies_against_it_whatever_the_environment_says(
     ctm = FakeCtm()
     client = fake_client(ctm, json.dumps({"refresh_token": "rt", "ca_bundle": PEM}))
     # When a request is made
-    client.issue_token()
+    client.issue_token(far(ctm.runtime))
     # Then it is verified against a file holding exactly the secret's PEM
     verify = ctm.sent[0].verify
     assert verify == client.transport.tls.ca_file
@@ -410,7 +431,7 @@ def test_tls_with_ca_bundle_verifies_against_it_whatever_the_environment_says(
 def test_tls_off_sends_verify_false_and_silences_only_ctms_warning(no_ca_env: None) -> None:
     ctm = FakeCtm()
     with warnings.catch_warnings():
-        fake_client(ctm, verify_tls=False).issue_token()
+        fake_client(ctm, verify_tls=False).issue_token(far(ctm.runtime))
         assert ctm.sent[0].verify is False
         filters = [f for f in warnings.filters if "ctm" in str(f[1])]
     assert filters, "a warning filter scoped to CTM's host is installed"
@@ -421,7 +442,7 @@ def test_a_missing_ca_bundle_file_is_a_tls_error() -> None:
     missing = OSError("Could not find a suitable TLS CA certificate bundle, invalid path: /x.pem")
     ctm.always("POST", REFRESH_PATH, Reply(raises=missing))
     with pytest.raises(CtmTlsError) as caught:
-        fake_client(ctm).refresh_oci_key(KEY_ID)
+        refresh(fake_client(ctm))
     assert caught.value.error_code == "TLS"
 
 
@@ -431,13 +452,13 @@ def test_a_failure_to_get_a_token_fails_the_call_without_sending_it() -> None:
     ctm.always("POST", "/api/v1/auth/tokens", Reply(raises=requests.exceptions.SSLError("x")))
     # When a refresh is attempted
     with pytest.raises(CtmTlsError) as caught:
-        fake_client(ctm).refresh_oci_key(KEY_ID)
+        refresh(fake_client(ctm))
     # Then the refresh itself was never sent
     assert caught.value.attempts == 0
     assert ctm.to("POST", REFRESH_PATH) == []
 
 
-# --- OCI's conditions passed through by CCKM, whatever the status (CONTRACT 4.4) -------------
+# --- OCI's conditions passed through by CCKM, whatever the status (docs/reference.md 4.4) ---
 
 NOT_AUTHORIZED_OR_NOT_FOUND = (
     'OCI error: {"code":"NotAuthorizedOrNotFound","message":"Authorization failed or '
@@ -450,28 +471,32 @@ VAULT_BUSY = (
 
 
 @pytest.mark.parametrize("status", [400, 404, 409, 429, 500, 503])
-def test_not_authorized_or_not_found_is_not_found_whatever_the_status(status: int) -> None:
-    assert classify(status, NOT_AUTHORIZED_OR_NOT_FOUND) is Verdict.NOT_FOUND
+def test_not_authorized_or_not_found_is_permanent_whatever_the_status(status: int) -> None:
+    assert kind(status, NOT_AUTHORIZED_OR_NOT_FOUND) is CtmPermanentError
 
 
 @pytest.mark.parametrize("status", [400, 409, 500])
 def test_a_busy_vault_is_transient_whatever_the_status(status: int) -> None:
-    assert classify(status, VAULT_BUSY) is Verdict.TRANSIENT
+    assert kind(status, VAULT_BUSY) is CtmTransientError
 
 
 def test_oci_conditions_in_a_2xx_key_object_are_ignored() -> None:
-    assert classify(200, NOT_AUTHORIZED_OR_NOT_FOUND + VAULT_BUSY) is Verdict.OK
+    assert kind(200, NOT_AUTHORIZED_OR_NOT_FOUND + VAULT_BUSY) is None
 
 
-@pytest.mark.parametrize("status", [404, 500, 409])
-def test_not_authorized_or_not_found_fails_at_once_as_not_found(status: int) -> None:
+@pytest.mark.parametrize("status", [404, 500, 409, 503])
+def test_not_authorized_or_not_found_fails_at_once_and_is_not_taken_for_a_missing_key(
+    status: int,
+) -> None:
+    # Given CCKM passing OCI's NotAuthorizedOrNotFound through, under any status
     ctm = FakeCtm()
     body = error_body("NCERRInternalServerError", NOT_AUTHORIZED_OR_NOT_FOUND, code=1)
     ctm.always("POST", REFRESH_PATH, Reply(status, body))
-
-    with pytest.raises(CtmNotFoundError) as caught:
-        fake_client(ctm).refresh_oci_key(KEY_ID)
-
+    # When the key is refreshed
+    with pytest.raises(CtmPermanentError) as caught:
+        refresh(fake_client(ctm))
+    # Then it is a permanent failure (a lost policy must not read as keys gone), not retried
+    assert not isinstance(caught.value, CtmNotFoundError)
     assert caught.value.error_code == "NotAuthorizedOrNotFound"
     assert caught.value.http_status == status
     assert not caught.value.transient
@@ -483,7 +508,7 @@ def test_a_busy_vault_is_retried_until_it_is_not() -> None:
     busy = Reply(409, error_body("NCERRConflict", VAULT_BUSY, code=9))
     ctm.script("POST", REFRESH_PATH, busy, busy, Reply(200, key_object()))
 
-    response = fake_client(ctm).refresh_oci_key(KEY_ID)
+    response = refresh(fake_client(ctm))
 
     assert response.attempts == 3
 
@@ -492,7 +517,7 @@ def test_a_vault_busy_throughout_fails_transiently() -> None:
     ctm = FakeCtm()
     ctm.always("POST", REFRESH_PATH, Reply(409, error_body("NCERRConflict", VAULT_BUSY)))
     with pytest.raises(CtmTransientError) as caught:
-        fake_client(ctm, max_attempts=2).refresh_oci_key(KEY_ID)
+        refresh(fake_client(ctm, max_attempts=2))
     assert caught.value.error_code == "NCERRConflict"
     assert caught.value.attempts == 2
 
@@ -501,7 +526,7 @@ def test_a_2xx_body_over_the_cap_is_a_bad_response() -> None:
     ctm = FakeCtm()
     ctm.always("POST", REFRESH_PATH, Reply(200, key_object(padding="x" * (2 << 20))))
     with pytest.raises(CtmBadResponseError) as caught:
-        fake_client(ctm).refresh_oci_key(KEY_ID)
+        refresh(fake_client(ctm))
     assert caught.value.error_code == "BAD_RESPONSE"
     assert caught.value.attempts == 1
 
@@ -509,14 +534,12 @@ def test_a_2xx_body_over_the_cap_is_a_bad_response() -> None:
 def test_answers_are_asked_for_uncompressed() -> None:
     ctm = FakeCtm()
     ctm.always("POST", REFRESH_PATH, Reply(200, key_object()))
-    fake_client(ctm).refresh_oci_key(KEY_ID)
+    refresh(fake_client(ctm))
     assert ctm.to("POST", REFRESH_PATH)[0].headers["Accept-Encoding"] == "identity"
 
 
 @pytest.mark.parametrize("pool_size", [1, 8, 64])
 def test_the_pool_keeps_as_many_connections_to_ctm_as_calls_in_flight(pool_size: int) -> None:
-    from cckm_refresh.ctm.transport import Transport
-
     transport = Transport(pool_size=pool_size)
     adapter = transport.session.get_adapter("https://ctm.example.com")
     assert adapter._pool_maxsize == pool_size  # type: ignore[attr-defined]

@@ -28,6 +28,7 @@ class FakeResponse:
     body: dict[str, Any]
     http_status: int = 200
     attempts: int = 1
+    elapsed: float = 0.0
 
 
 def key_object(key_id: str, tenancy: str = "t1", version: str = "v2") -> dict[str, Any]:
@@ -69,7 +70,7 @@ class FakeCtm:
         if key_id in self.failures:
             raise self.failures[key_id]
         pacer.answered()
-        return FakeResponse(key_object(key_id))
+        return FakeResponse(key_object(key_id), elapsed=self.latency)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""CONTRACT 4.1: every request either parses or is rejected with an error naming the field."""
+"""docs/reference.md 4.1: every request either parses or is rejected with an error naming the
+field."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""CONTRACT 4.1 as properties: any JSON either parses or is rejected naming a field, nothing
-else escapes the parser, and no key id reaches the HTTP layer unless it is a canonical UUID.
+"""docs/reference.md 4.1 as properties: any JSON either parses or is rejected naming a field,
+nothing else escapes the parser, and no key id reaches the HTTP layer unless it is a canonical UUID.
 
 Hypothesis explores three families of input: arbitrary JSON values, near-valid requests built
 from the real field names with mutated values, and hostile key-id strings (path traversal,
@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cckm_refresh.ctm.client import KEYS_PATH, CtmClient
+from cckm_refresh.ctm.pacing import UNPACED
 from cckm_refresh.ctm.retries import RetryPolicy
-from cckm_refresh.ctm.transport import Transport
+from cckm_refresh.ctm.transport import Bearer, Transport
 from cckm_refresh.request import (
     REQUEST_FIELDS,
     SELECTOR_FIELDS,
@@ -30,6 +31,7 @@ from cckm_refresh.request import (
     parse_request,
     parse_request_body,
 )
+from cckm_refresh.runtime import Deadline
 
 PROPERTY_SETTINGS = settings(
     max_examples=300,
@@ -218,10 +220,12 @@ class RecordingSession:
 class StaticBearer:
     """A token source that never calls CTM."""
 
-    def bearer(self) -> str:
-        return "header.payload.signature"
+    generation = 1
 
-    def invalidate(self, jwt: str) -> None:
+    def bearer(self, deadline: Deadline) -> Bearer:
+        return Bearer("header.payload.signature", 1)
+
+    def refused(self, bearer: Bearer) -> None:
         return None
 
 
@@ -231,13 +235,14 @@ def urls_sent_for(request: RefreshRequest) -> list[str]:
     session = RecordingSession()
     transport.session = session  # type: ignore[assignment]
     client = CtmClient(BASE_URL, StaticBearer(), transport)  # type: ignore[arg-type]
+    deadline = Deadline.within(60.0)
     for key_id in request.key_ids:
-        client.refresh_oci_key(key_id)
+        client.refresh_oci_key(key_id, pacer=UNPACED, deadline=deadline)
     for ocid in request.ocids:
-        list(client.list_oci_keys(key_id=ocid))
+        client.find_oci_key(ocid, deadline=deadline)
     if request.selector is not None:
         filters = None if request.selector.all_keys else request.selector.as_query()
-        list(client.list_oci_keys(filters))
+        client.list_page(filters, deadline=deadline)
     return session.urls
 
 

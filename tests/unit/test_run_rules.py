@@ -84,6 +84,7 @@ class _Answer:
     body: dict[str, Any]
     http_status: int = 200
     attempts: int = 1
+    elapsed: float = 0.0
 
 
 @dataclass

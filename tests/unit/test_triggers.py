@@ -1,4 +1,4 @@
-"""CONTRACT 4.2 and 4.3: the three trigger shapes and the run ids they give."""
+"""docs/reference.md 4.2 and 4.3: the three trigger shapes and the run ids they give."""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ def _fifo_queue_url(env: Mapping[str, str], name: str) -> str | None:
 
 @dataclass(frozen=True)
 class RefreshSettings:
-    """Everything the refresh function is configured with (CONTRACT section 2)."""
+    """Everything the refresh function is configured with (docs/reference.md 2)."""
 
     ctm_base_url: str
     ctm_secret_id: str
@@ -103,7 +103,7 @@ class RefreshSettings:
 
     @property
     def deadline_margin_seconds(self) -> float:
-        """No refresh starts when less than this remains (CONTRACT 4.3)."""
+        """No refresh starts when less than this remains (docs/reference.md 4.3)."""
         return 2 * self.ctm_timeout_seconds + 5
 
     @property
@@ -120,7 +120,7 @@ class RefreshSettings:
 
     def check_time_for_one_call(self, invocation_seconds: float) -> None:
         """Refuse a function timeout that leaves no time for one CTM call after the margin:
-        every invocation would hand its work on untouched (CONTRACT 4.3)."""
+        every invocation would hand its work on untouched (docs/reference.md 4.3)."""
         needed = self.deadline_margin_seconds + self.ctm_timeout_seconds
         if invocation_seconds < needed:
             raise ConfigError(
@@ -155,7 +155,7 @@ class RefreshSettings:
 
 @dataclass(frozen=True)
 class NotifySettings:
-    """Everything the notify function is configured with (CONTRACT section 2)."""
+    """Everything the notify function is configured with (docs/reference.md 2)."""
 
     results_table: str
     topic_arn: str

@@ -27,7 +27,7 @@ from cckm_refresh.ctm.errors import (
 )
 from cckm_refresh.ctm.pacing import Pacer
 from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
-from cckm_refresh.ratelimit import UNKNOWN_TENANCY, TenancyPacer, TenancyRateLimiter
+from cckm_refresh.ratelimit import UNKNOWN_TENANCY, TenancyRateLimiter
 from cckm_refresh.runtime import Deadline, Runtime, run_threads
 
 # Errors that will fail every other key the same way: stop starting refreshes on the first.
@@ -45,6 +45,9 @@ class RefreshResponse(Protocol):
     def http_status(self) -> int: ...
     @property
     def attempts(self) -> int: ...
+    @property
+    def elapsed(self) -> float:
+        """Seconds of the answered attempt, from send to answer (not its pacing wait)."""
 
 
 # (key id, pacer, deadline): the call ends before ``deadline``, retries included.
@@ -212,7 +215,7 @@ class RefreshEngine:
         """Refresh one key in its reserved slot; the scheduler learns the call is over."""
         pacer = self.limiter.pacer(item.tenancy, reserved=True)
         try:
-            return self._refresh_one(item, _TimedPacer(pacer, self._runtime), calls_end_by)
+            return self._refresh_one(item, pacer, calls_end_by)
         finally:
             pacer.release()  # a call that never got to send gives its slot back
             scheduler.done()
@@ -238,7 +241,7 @@ class RefreshEngine:
             self._latency += LATENCY_WEIGHT * (seconds - self._latency)
 
     def _refresh_one(
-        self, item: WorkItem, pacer: _TimedPacer, deadline: Deadline
+        self, item: WorkItem, pacer: Pacer, deadline: Deadline
     ) -> tuple[RefreshOutcome, CtmError | None]:
         """The key's outcome, and the error when it means every other key would fail too."""
         clock = self._runtime.monotonic
@@ -258,7 +261,7 @@ class RefreshEngine:
                 error_message=f"unexpected {type(error).__name__}",
             )
             return _with_known(outcome, item.known), None
-        self._observe(clock() - (pacer.released or started))
+        self._observe(response.elapsed)
         info = KeyInfo.from_ctm(dict(response.body)) if response.body.get("id") else item.known
         refreshed = RefreshOutcome(
             key=KeyInfo(item.key_id),
@@ -268,28 +271,6 @@ class RefreshEngine:
             http_status=response.http_status,
         )
         return _with_known(refreshed, info), None
-
-
-class _TimedPacer:
-    """A tenancy's pacer that remembers when its last wait ended: the latency observed is
-    CTM's, not the time a call waited for its slot."""
-
-    def __init__(self, pacer: TenancyPacer, runtime: Runtime) -> None:
-        self._pacer = pacer
-        self._runtime = runtime
-        self.released: float | None = None
-
-    def wait(self, latest_start: Deadline) -> bool:
-        waited = self._pacer.wait(latest_start)
-        if waited:
-            self.released = self._runtime.monotonic()
-        return waited
-
-    def throttled(self) -> None:
-        self._pacer.throttled()
-
-    def answered(self) -> None:
-        self._pacer.answered()
 
 
 def _ms(start: float, end: float) -> int:

@@ -1,6 +1,7 @@
-"""The refresh function's event dispatch (CONTRACT 4.2) behind ``functions/refresh/app.py``:
-an SQS batch goes through one pass, and the verdict of each message becomes the partial batch
-response; a scheduler or EventBridge event is one delivery. Metrics and the answer's shape.
+"""The refresh function's event dispatch (docs/reference.md 4.2) behind
+``functions/refresh/app.py``: an SQS batch goes through one pass, and the verdict of each
+message becomes the partial batch response; a scheduler or EventBridge event is one delivery;
+the sweep schedule's event looks for stuck runs. Metrics and the answer's shape.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class RefreshFunction:
         return self.services()
 
     def handle(self, event: Any, context: Any) -> dict[str, Any]:
-        """Dispatch one invocation event (CONTRACT 4.2) and shape the response."""
+        """Dispatch one invocation event (docs/reference.md 4.2) and shape the response."""
         end = self._end_of(context)
         if is_sqs_event(event):
             return self._sqs_batch(event["Records"], end)
@@ -58,7 +59,7 @@ class RefreshFunction:
 
     def _end_of(self, context: Any) -> Deadline:
         """When this invocation ends. The container's first invocation also checks that the
-        function's timeout leaves time for one CTM call after the margin (CONTRACT 4.3)."""
+        function's timeout leaves time for one CTM call after the margin (docs/reference.md 4.3)."""
         remaining = getattr(context, "get_remaining_time_in_millis", None)
         seconds = float(remaining()) / 1000.0 if remaining is not None else A_LAMBDA_LIFETIME
         if not self._timeout_checked:

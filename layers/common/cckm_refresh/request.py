@@ -1,4 +1,4 @@
-"""The request object of CONTRACT 4.1: parsed and validated before any HTTP call is made.
+"""The request object of docs/reference.md 4.1: parsed and validated before any HTTP call is made.
 
 Every rejection names the field at fault (``keys[3]``, ``selector.region``, ``reason``...)
 and never echoes the offending value, which may be large or hostile.
@@ -79,7 +79,7 @@ def parse_request_body(body: str) -> RefreshRequest:
 
 
 def parse_request(document: object) -> RefreshRequest:
-    """Validate a decoded request object (CONTRACT 4.1), or raise RequestError."""
+    """Validate a decoded request object (docs/reference.md 4.1), or raise RequestError."""
     if not isinstance(document, dict):
         raise RequestError("request", "must be a JSON object")
     _check_fields(document)

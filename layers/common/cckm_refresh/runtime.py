@@ -12,6 +12,7 @@ handler down to the last HTTP call; ``before(margin)`` derives the earlier ones.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -54,6 +55,9 @@ class Runtime(Protocol):
 
     def sleep(self, seconds: float) -> None: ...
 
+    def random(self) -> float:
+        """Uniform in [0, 1): the jitter of back-offs (seeded in a simulation)."""
+
     def start(self, target: Callable[[], None], name: str) -> Task:
         """Run ``target`` in a thread of its own."""
 
@@ -73,6 +77,9 @@ class SystemRuntime:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
+
+    def random(self) -> float:
+        return random.random()  # noqa: S311 - jitter, not a secret
 
     def start(self, target: Callable[[], None], name: str) -> Task:
         thread = threading.Thread(target=target, name=name, daemon=True)

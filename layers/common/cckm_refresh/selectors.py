@@ -1,4 +1,4 @@
-"""The CCKM OCI key list filters a selector may use (CONTRACT 4.1), in one place for the
+"""The CCKM OCI key list filters a selector may use (docs/reference.md 4.1), in one place for the
 request validation and the client, and the check that a listed key really matches them.
 
 Imports nothing at run time, so validation stays cheap to load.
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 # selector filter -> (where it lives in the CCKM key object, field name); see
-# reference/ctm-api.md (list filters, key object) and the emulator's inventory.
+# docs/reference.md 9 (list filters, key object) and the emulator's inventory.
 FILTER_FIELDS: dict[str, tuple[str | None, str]] = {
     "vault_id": (None, "vault_id"),
     "cckm_vault_id": (None, "cckm_vault_id"),

@@ -6,7 +6,7 @@ may be in them; SQS refuses control characters in attribute values.
 
 from __future__ import annotations
 
-MAX_MESSAGE = 1000  # an error message as stored and quoted (CONTRACT 5: error_message)
+MAX_MESSAGE = 1000  # an error message as stored and quoted (docs/reference.md 5: error_message)
 
 
 def printable(text: object, limit: int | None = None, *, replacement: str = "?") -> str:

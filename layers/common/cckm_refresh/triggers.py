@@ -1,7 +1,8 @@
-"""Recognise the three trigger shapes of CONTRACT 4.2 and turn each into ``Delivery`` values.
+"""Recognise the trigger shapes of docs/reference.md 4.2 and turn each into ``Delivery`` values
+(or, for the sweep schedule, ``is_sweep``).
 
 A delivery is one request as it arrived: its raw body (kept for a rejection record), where it
-came from, and the run id it gets when the request does not name one (CONTRACT 4.3).
+came from, and the run id it gets when the request does not name one (docs/reference.md 4.3).
 """
 
 from __future__ import annotations

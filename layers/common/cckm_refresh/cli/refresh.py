@@ -135,6 +135,9 @@ def refresh(args: argparse.Namespace, env: dict[str, str]) -> int:
         progress.close()
     if isinstance(report, Rejection):
         raise CliError(f"invalid request: {report.error}")
+    if report.listing_error is not None and not report.recorded:
+        code, message = report.listing_error
+        raise CliError(f"CTM {code}: {message}")
     rows = [r.outcome for r in report.recorded]
     if args.json:
         _print_json_lines(rows)
@@ -145,6 +148,10 @@ def refresh(args: argparse.Namespace, env: dict[str, str]) -> int:
     common = _common_failure(rows)
     if common:
         print(f"error: every key failed: {common}", file=sys.stderr)
+    if report.listing_error is not None:
+        code, message = report.listing_error
+        print(f"error: the listing was incomplete: CTM {code}: {message}", file=sys.stderr)
+        failed += 1
     return EXIT_FAILED_KEYS if failed else EXIT_OK
 
 

@@ -92,8 +92,7 @@ class Intake:
             router.flush_sends()  # what was listed is refreshed
             if error.transient and not last:
                 raise  # delivered again
-            why = f"the keys could not be listed: {error.message}"
-            return self.give_up(run, request, error.error_code, why)
+            return self.give_up(run, request, error.error_code, error.message)
         router.flush_sends()
         not_found = self._record_missing(run, resolution, router)
         segment = segment_of(request.resume)
@@ -138,7 +137,7 @@ class Intake:
         missing = resolution.not_found[:not_found]
         router.recorded += [RecordedResult(outcome, None, False) for outcome in missing]
         if resolution.mismatched:
-            logger.info(
+            logger.warning(
                 "keys CTM listed that do not match the selector were left out",
                 extra={"mismatched": resolution.mismatched},
             )
@@ -190,6 +189,7 @@ class Intake:
             gave_up=len(outcomes) or 1,
             counts=completed,
             completed_now=completed is not None,
+            listing_error=(error_code, why) if request.selector is not None else None,
             verdict=DEAD_LETTER,
         )
 

@@ -67,6 +67,7 @@ class RunReport:
     gave_up: int = 0
     counts: RunCounts | None = None  # the run's counts once it has completed
     completed_now: bool = False  # this delivery completed the run
+    listing_error: tuple[str, str] | None = None  # (error_code, message): the listing failed
     latencies_ms: tuple[int, ...] = ()
     verdict: MessageVerdict = DONE
 

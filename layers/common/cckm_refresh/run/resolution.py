@@ -4,7 +4,7 @@ Streaming: selector pages become chunks as they arrive, so memory holds one page
 partly filled chunk per tenancy, never the run. A chunk is handed to ``sink`` as soon as it
 is full (and the partly filled ones at the end). When the deadline comes first, the partly
 filled chunks are handed over and the resolution stops with the listing's position, for a
-continuation message to carry (CONTRACT 4.3).
+continuation message to carry (docs/reference.md 4.3).
 
 Each key's tenancy is known before it is queued (that is what keeps every tenancy within its
 rate): from the list call for OCIDs and selectors, from the key's ``LATEST`` item for a CCKM id
@@ -19,7 +19,7 @@ the per-tenancy chunker they all feed, which must agree on what a chunk is.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,13 +51,7 @@ class ListPage(Protocol):
 class KeyDirectory(Protocol):
     """The CTM read operations resolution needs (``CtmClient``)."""
 
-    def list_oci_keys(
-        self,
-        filters: Mapping[str, str] | None = None,
-        *,
-        key_id: str | None = None,
-        page_size: int = 100,
-    ) -> Iterator[dict[str, Any]]: ...
+    def find_oci_key(self, ocid: str, *, deadline: Deadline) -> dict[str, Any] | None: ...
 
     def list_page(
         self,
@@ -65,10 +59,10 @@ class KeyDirectory(Protocol):
         *,
         cursor: Any = None,
         page_size: int = 500,
-        deadline: float | None = None,
+        deadline: Deadline,
     ) -> ListPage: ...
 
-    def get_oci_key(self, key_id: str, *, deadline: float | None = None) -> dict[str, Any]: ...
+    def get_oci_key(self, key_id: str, *, deadline: Deadline) -> dict[str, Any]: ...
 
 
 CursorLoader = Callable[[dict[str, Any]], Any]
@@ -192,7 +186,7 @@ class Resolver:
         if request.resume is None:  # a continuation has done the ids and OCIDs already
             for entry in self._by_id(request.key_ids, calls_end_by, result):
                 chunker.add(entry)
-            for entry in self._by_ocid(request.ocids, result):
+            for entry in self._by_ocid(request.ocids, calls_end_by, result):
                 chunker.add(entry)
         if request.selector is not None:
             self._select(request, chunker, list_until, calls_end_by, result)
@@ -241,7 +235,7 @@ class Resolver:
         """The key as CCKM caches it; the error when CCKM has no such key; ``_UNKNOWN`` when
         it could not be read now (the key is then paced in the ``~unknown`` group)."""
         try:
-            return KeyInfo.from_ctm(self._directory.get_oci_key(key_id, deadline=deadline.at))
+            return KeyInfo.from_ctm(self._directory.get_oci_key(key_id, deadline=deadline))
         except CtmNotFoundError as error:
             if error.error_code == "GONE":
                 return _UNKNOWN  # known to CCKM, gone from OCI: its refresh records NOT_FOUND
@@ -253,11 +247,17 @@ class Resolver:
             )
             return _UNKNOWN
 
-    def _by_ocid(self, ocids: Sequence[str], result: Resolution) -> list[KeyEntry]:
+    def _by_ocid(
+        self, ocids: Sequence[str], deadline: Deadline, result: Resolution
+    ) -> list[KeyEntry]:
         if not ocids:
             return []
         matches = map_concurrently(
-            self._runtime, self._lookup_ocid, ocids, LOOKUP_WORKERS, "resolve"
+            self._runtime,
+            lambda ocid: self._lookup_ocid(ocid, deadline),
+            ocids,
+            LOOKUP_WORKERS,
+            "resolve",
         )
         entries = []
         for ocid, info in zip(ocids, matches, strict=True):
@@ -274,15 +274,9 @@ class Resolver:
                 entries.append(KeyEntry(info.key_id, info))
         return entries
 
-    def _lookup_ocid(self, ocid: str) -> KeyInfo | None:
-        for resource in self._directory.list_oci_keys(key_id=ocid):
-            try:
-                info = KeyInfo.from_ctm(resource)
-            except ValueError:
-                continue
-            if info.oci_key_id == ocid:
-                return info
-        return None
+    def _lookup_ocid(self, ocid: str, deadline: Deadline) -> KeyInfo | None:
+        resource = self._directory.find_oci_key(ocid, deadline=deadline)
+        return KeyInfo.from_ctm(resource) if resource is not None else None
 
     def _select(
         self,
@@ -327,7 +321,7 @@ class Resolver:
                 query,
                 cursor=cursor,
                 page_size=SELECTOR_PAGE_SIZE,
-                deadline=calls_end_by.at,
+                deadline=calls_end_by,
             )
         except CtmError as error:
             if not error.transient or not progress or not self.can_hand_on:

@@ -1,7 +1,7 @@
 """The run story, one page: a delivery is a request to take in, or a chunk to refresh.
 
 Data flows one way: delivery -> request -> chunks -> outcomes -> table. This module owns the
-run rules of CONTRACT 4.3 and 4.4 and returns, for every SQS message, what happens to it (a
+run rules of docs/reference.md 4.3 and 4.4 and returns, for every SQS message, what happens to it (a
 ``MessageVerdict``) for the handler to apply. ``intake`` turns requests into runs, ``chunks``
 refreshes and records, ``resolution`` lists keys; the engine owns pacing and deadlines, the
 store DynamoDB, the work queue SQS, the CTM client HTTP.
@@ -110,7 +110,7 @@ class RefreshService:
 
 
 def run_of(delivery: Delivery, request: RefreshRequest) -> RunInfo:
-    """The run a request belongs to (CONTRACT 4.3)."""
+    """The run a request belongs to (docs/reference.md 4.3)."""
     return RunInfo(
         run_id=request.run_id or request.request_id or delivery.default_run_id,
         trigger=delivery.trigger,

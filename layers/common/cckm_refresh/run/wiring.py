@@ -72,6 +72,7 @@ def refresh_service(
         verify_tls=settings.ctm_verify_tls,
         pool_size=settings.refresh_concurrency,
         runtime=runtime,
+        rng=runtime.random,
         adapter=ports.ctm_adapter,
     )
     store = ResultStore(
@@ -80,6 +81,7 @@ def refresh_service(
         settings.result_retention_days,
         now=lambda: datetime.fromtimestamp(runtime.time(), UTC),
         sleep=runtime.sleep,
+        rng=runtime.random,
     )
     queue = WorkQueue(
         ports.sqs,
@@ -88,9 +90,7 @@ def refresh_service(
         settings.tenancy_queue_url,
     )
     engine = RefreshEngine(
-        lambda key_id, pacer, deadline: ctm.refresh_oci_key(
-            key_id, pacer=pacer, deadline=deadline.at
-        ),
+        lambda key_id, pacer, deadline: ctm.refresh_oci_key(key_id, pacer=pacer, deadline=deadline),
         TenancyRateLimiter(settings.tenancy_rate_limit, runtime=runtime),
         concurrency=settings.refresh_concurrency,
         on_outcome=(lambda _item, outcome: on_outcome(outcome)) if on_outcome else None,
@@ -98,13 +98,6 @@ def refresh_service(
     resolver = Resolver(
         ctm, store.latest_of, ListCursor.from_json, can_hand_on=queue.can_hand_on, runtime=runtime
     )
-    worker = ChunkWorker(
-        settings,
-        engine,
-        store,
-        queue,
-        sign_in=lambda end: ctm.issue_token(deadline=end.at),
-        runtime=runtime,
-    )
+    worker = ChunkWorker(settings, engine, store, queue, sign_in=ctm.issue_token, runtime=runtime)
     intake = Intake(settings, resolver, worker, store, queue, runtime=runtime)
     return RefreshService(intake, Sweeper(settings, store, queue, runtime))

@@ -1,4 +1,5 @@
-"""The results table (CONTRACT 5): one package owns its item shapes, its reads and its writes.
+"""The results table (docs/reference.md 5): one package owns its item shapes, its reads and its
+writes.
 
 ``items``: the keys, TTL, serialisation and values of every item; ``store.ResultStore``: what
 the refresh path writes with (``runs``: runs and chunks, ``results``: outcomes and latest

@@ -26,12 +26,14 @@ class TableAccess:
         *,
         now: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self._db = client
         self._table = table_name
         self._retention = timedelta(days=retention_days)
         self._now = now
         self._sleep = sleep
+        self._rng = rng
 
     def _expires_at(self) -> int:
         return expires_at(self._now(), self._retention)
@@ -49,7 +51,7 @@ class TableAccess:
         return True
 
     def _backoff(self, attempt: int) -> None:
-        self._sleep(backoff.full_jitter(attempt, 0.05, 2.0, random.random))
+        self._sleep(backoff.full_jitter(attempt, 0.05, 2.0, self._rng))
 
     def _batch_get(
         self, keys: Sequence[tuple[str, str]], *, consistent: bool

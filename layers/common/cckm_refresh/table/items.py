@@ -1,5 +1,5 @@
-"""The results table (CONTRACT 5) in one place: its item keys, TTL and serialisation, and the
-values the run keeps in it. Everyone who reads or writes the table asks this package:
+"""The results table (docs/reference.md 5) in one place: its item keys, TTL and serialisation,
+and the values the run keeps in it. Everyone who reads or writes the table asks this package:
 ``runs`` (run and chunk bookkeeping), ``results`` (each key's outcome and latest state),
 ``reads`` (what the CLI, the notifier and the demo read), ``notify.ledger`` (its own items).
 """
@@ -210,7 +210,7 @@ class RunCounts(ChunkTally):
 
 
 def result_item(run_id: str, result: RecordedResult, at: str, expires: int) -> dict[str, Any]:
-    """A ``RESULT`` item (CONTRACT 5)."""
+    """A ``RESULT`` item (docs/reference.md 5)."""
     o = result.outcome
     k = o.key
     return {

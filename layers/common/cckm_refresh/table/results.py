@@ -72,7 +72,7 @@ class ResultLog(TableAccess):
         delivery got there first): nothing is replaced.
 
         ``before`` is what the run knew of the key before touching it; a rotation is a change
-        from its version (CONTRACT 5), so a resumed run still records each rotation once.
+        from its version (docs/reference.md 5), so a resumed run still records each rotation once.
         """
         outcome = outcome if outcome.recorded_at else replace(outcome, recorded_at=iso(self._now()))
         old_version = self._move_key_forward(run, outcome)

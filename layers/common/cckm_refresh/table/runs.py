@@ -1,6 +1,6 @@
 """Run and chunk bookkeeping
 
-How a run stays exact whatever fails (CONTRACT 4.3), at a cost per key that does not grow
+How a run stays exact whatever fails (docs/reference.md 4.3), at a cost per key that does not grow
 with the run:
 
 - Keys join a run in **chunks** (one queue message each). Registering a chunk is one
