@@ -289,7 +289,7 @@ def test_a_completed_run_item_is_published_field_by_field(aws_stack: Any) -> Non
     }
 
 
-# The LATEST item of one key, as the refresh function writes it (CONTRACT section 5).
+# The LATEST item of one key, as the refresh function writes it (docs/reference.md 5).
 KEY_K1_LATEST = {
     "pk": "KEY#k1",
     "sk": "LATEST",

@@ -76,11 +76,7 @@ class Notifier:
         """True when this call published it; False when it had been published already.
         Raises when it must be retried (SNS failed, or another invocation holds it). ``end``
         is the invocation's deadline, which the ledger's claim outlives by a margin."""
-        context = {
-            "event_type": str(notification.event_type),
-            "severity": str(notification.severity),
-            "dedupe_key": notification.dedupe_key,
-        }
+        context = notification.log_fields()
         claim = self._ledger.claim(notification.dedupe_key, end)
         if claim is Claim.SENT:
             logger.info("notification already sent", extra=context)

@@ -1,4 +1,4 @@
-"""Which table changes people hear about (CONTRACT section 6), and what they read.
+"""Which table changes people hear about (docs/reference.md 6), and what they read.
 
 Pure functions of a stream record's images: no I/O except the failed-keys digest of a
 completed run, which the caller supplies as a function.
@@ -99,6 +99,14 @@ class Notification:
             "severity": str(self.severity),
             "summary": self.summary,
             **self.details,
+        }
+
+    def log_fields(self) -> dict[str, str]:
+        """The fields every log line about it carries."""
+        return {
+            "event_type": str(self.event_type),
+            "severity": str(self.severity),
+            "dedupe_key": self.dedupe_key,
         }
 
 

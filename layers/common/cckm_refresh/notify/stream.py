@@ -19,7 +19,6 @@ from cckm_refresh.notify.events import (
     notifications_for,
 )
 from cckm_refresh.notify.webhook import MirrorReport, WebhookMirror
-from cckm_refresh.observability import metrics
 from cckm_refresh.runtime import Deadline
 from cckm_refresh.table.reads import TableReader
 
@@ -98,10 +97,3 @@ class RunDigest:
             FailureGroup(code, tenancy, n) for (code, tenancy), n in by_cause.most_common()
         )
         return FailedKeys(tuple(keys), by_cause.total(), groups)
-
-
-def count_metric(name: str, value: int = 1) -> None:
-    """Add ``value`` (1 unless told) to the dimension-free metric ``name`` of this invocation."""
-    from aws_lambda_powertools.metrics import MetricUnit
-
-    metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)

@@ -225,12 +225,4 @@ class WebhookMirror:
 def _log_failure(notification: Notification, error: Exception) -> None:
     # Only our own messages are safe to log: anything else may quote the URL.
     reason = str(error) if isinstance(error, WebhookError) else type(error).__name__
-    logger.warning(
-        "webhook mirror failed",
-        extra={
-            "event_type": str(notification.event_type),
-            "severity": str(notification.severity),
-            "dedupe_key": notification.dedupe_key,
-            "reason": reason,
-        },
-    )
+    logger.warning("webhook mirror failed", extra=notification.log_fields() | {"reason": reason})
