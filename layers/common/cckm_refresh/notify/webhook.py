@@ -1,16 +1,10 @@
-"""The optional chat webhook mirror (Slack and Teams incoming webhooks).
+"""The chat webhook (Slack and Teams): one notification POSTed before a deadline (``Webhook``),
+and a stream batch's mirror behind a breaker that lasts one invocation (``WebhookMirror``).
 
-The URL is a secret: whoever holds it can post into the channel. It never appears in a log
-line or an exception message, including the ones requests raises (they quote the URL).
-
-The mirror is best effort and comes last: the notify function publishes a whole stream
-batch to SNS first, then ``WebhookMirror`` posts what it published with the invocation's
-remaining time (less a safety margin). Every POST waits at most the contract's 10 s or what
-is left, a retry is made only when it fits, and once the webhook has timed out, or has
-answered every attempt for one message with 5xx, 429 or a connection error, it is not asked
-again in that batch (a breaker per invocation). What the time or the breaker leaves out is
-skipped, logged and counted; nothing is raised, since failing a record would make the
-stream publish it to SNS again.
+The URL is a secret (whoever holds it can post into the channel): no log line or exception
+message quotes it, nor requests' errors, which do. Retries are ours, not urllib3's ``Retry``:
+it gives every attempt the first one's timeout whatever is left, knows no deadline, and sleeps
+on the wall clock (a 429's ``Retry-After`` up to 6 h), below where a test can see.
 """
 
 from __future__ import annotations
@@ -168,7 +162,8 @@ class MirrorReport:
 
 class WebhookMirror:
     """Posts a batch's published notifications to the webhook in the time the invocation has
-    left; its outages and its slowness are logged and counted, never raised."""
+    left; its outages and its slowness are logged and counted, never raised (failing a record
+    would make the stream publish it to SNS again)."""
 
     def __init__(
         self,
