@@ -15,6 +15,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cckm_refresh.config import NotifySettings
 from cckm_refresh.observability import logger, metrics
+from cckm_refresh.runtime import Deadline
 from cckm_refresh.wiring import load_settings
 
 if TYPE_CHECKING:  # built on the first invocation, with its clients
@@ -41,7 +42,7 @@ processor = BatchProcessor(
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    batch = notifier().batch(context)
+    batch = notifier().batch(Deadline.within(context.get_remaining_time_in_millis() / 1000))
     response = process_partial_response(
         event=event, record_handler=batch.publish, processor=processor, context=context
     )

@@ -2,93 +2,97 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from cckm_refresh.notify.ledger import Claim, NotificationLedger
+from cckm_refresh.notify.ledger import LEASE_MARGIN, Claim, NotificationLedger
 from cckm_refresh.notify.stream import RunDigest
+from cckm_refresh.runtime import Deadline
 from cckm_refresh.table.reads import TableReader
+from tests.unit.manual_runtime import ManualRuntime
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
 KEY = "RUN_COMPLETED#nightly"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
+A_DAY = 86_400.0
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def runtime() -> ManualRuntime:
+    return ManualRuntime()
 
 
 @pytest.fixture
-def ledger(aws_stack: Any, clock: Clock) -> NotificationLedger:
-    return NotificationLedger(aws_stack.client("dynamodb"), aws_stack.table_name, 90, now=clock)
+def ledger(aws_stack: Any, runtime: ManualRuntime) -> NotificationLedger:
+    return NotificationLedger(aws_stack.client("dynamodb"), aws_stack.table_name, 90, runtime)
+
+
+def invocation(runtime: ManualRuntime, seconds: float = 60.0) -> Deadline:
+    """The deadline of an invocation with ``seconds`` left."""
+    return Deadline.within(seconds, runtime)
 
 
 def test_the_first_claim_wins_and_writes_a_ttl_ledger_item(
-    ledger: NotificationLedger, aws_stack: Any
+    ledger: NotificationLedger, runtime: ManualRuntime, aws_stack: Any
 ) -> None:
-    assert ledger.claim(KEY, T0 + timedelta(minutes=1)) is Claim.CLAIMED
+    assert ledger.claim(KEY, invocation(runtime)) is Claim.CLAIMED
 
     item = aws_stack.table.get_item(Key={"pk": f"NOTIFIED#{KEY}", "sk": "NOTIFICATION"})["Item"]
     assert item["item_type"] == "NOTIFICATION"
     assert item["state"] == "SENDING"
-    assert int(item["expires_at"]) == int((T0 + timedelta(days=90)).timestamp())
+    assert int(item["expires_at"]) == int(runtime.time() + 90 * A_DAY)
 
 
-def test_a_live_claim_is_in_flight_for_everyone_else(ledger: NotificationLedger) -> None:
-    ledger.claim(KEY, T0 + timedelta(minutes=1))
-    assert ledger.claim(KEY, T0 + timedelta(minutes=1)) is Claim.IN_FLIGHT
+def test_a_live_claim_is_in_flight_for_everyone_else(
+    ledger: NotificationLedger, runtime: ManualRuntime
+) -> None:
+    ledger.claim(KEY, invocation(runtime))
+    assert ledger.claim(KEY, invocation(runtime)) is Claim.IN_FLIGHT
 
 
 def test_a_sent_notification_is_never_claimed_again(
-    ledger: NotificationLedger, clock: Clock
+    ledger: NotificationLedger, runtime: ManualRuntime
 ) -> None:
-    ledger.claim(KEY, T0 + timedelta(minutes=1))
+    ledger.claim(KEY, invocation(runtime))
     ledger.mark_sent(KEY, "sns-message-1")
-    clock.now = T0 + timedelta(days=1)  # long after any lease
-    assert ledger.claim(KEY, clock.now + timedelta(minutes=1)) is Claim.SENT
+    runtime.sleep(A_DAY)  # long after any lease
+    assert ledger.claim(KEY, invocation(runtime)) is Claim.SENT
 
 
-def test_a_released_claim_can_be_claimed_again(ledger: NotificationLedger) -> None:
-    ledger.claim(KEY, T0 + timedelta(minutes=1))
-    ledger.release(KEY)
-    assert ledger.claim(KEY, T0 + timedelta(minutes=1)) is Claim.CLAIMED
-
-
-def test_a_claim_whose_lease_ran_out_is_taken_over(
-    ledger: NotificationLedger, clock: Clock
+def test_a_released_claim_can_be_claimed_again(
+    ledger: NotificationLedger, runtime: ManualRuntime
 ) -> None:
-    # Given an invocation that claimed it and died before marking it
-    ledger.claim(KEY, T0 + timedelta(seconds=65))
+    ledger.claim(KEY, invocation(runtime))
+    ledger.release(KEY)
+    assert ledger.claim(KEY, invocation(runtime)) is Claim.CLAIMED
 
-    # When a retry comes before and after that invocation's deadline
-    clock.now = T0 + timedelta(seconds=30)
-    before = ledger.claim(KEY, clock.now + timedelta(seconds=65))
-    clock.now = T0 + timedelta(seconds=66)
-    after = ledger.claim(KEY, clock.now + timedelta(seconds=65))
+
+def test_a_claim_is_taken_over_once_its_invocations_deadline_and_the_margin_passed(
+    ledger: NotificationLedger, runtime: ManualRuntime
+) -> None:
+    # Given an invocation with 60 s left that claimed it and died before marking it
+    ledger.claim(KEY, invocation(runtime, 60.0))
+
+    # When a retry comes just before its deadline plus the margin, and just after
+    runtime.sleep(60.0 + LEASE_MARGIN - 1)
+    before = ledger.claim(KEY, invocation(runtime))
+    runtime.sleep(2.0)
+    after = ledger.claim(KEY, invocation(runtime))
 
     # Then only the later one takes it over
     assert (before, after) == (Claim.IN_FLIGHT, Claim.CLAIMED)
 
 
-def test_a_sent_notification_cannot_be_released(ledger: NotificationLedger, aws_stack: Any) -> None:
-    ledger.claim(KEY, T0 + timedelta(minutes=1))
+def test_a_sent_notification_cannot_be_released(
+    ledger: NotificationLedger, runtime: ManualRuntime, aws_stack: Any
+) -> None:
+    ledger.claim(KEY, invocation(runtime))
     ledger.mark_sent(KEY, "sns-message-1")
     client = aws_stack.client("dynamodb")
     with pytest.raises(client.exceptions.ConditionalCheckFailedException):
         ledger.release(KEY)
-    assert ledger.claim(KEY, T0 + timedelta(minutes=1)) is Claim.SENT
+    assert ledger.claim(KEY, invocation(runtime)) is Claim.SENT
 
 
 def test_the_run_digest_counts_every_failed_result_and_lists_at_most_50(aws_stack: Any) -> None:

@@ -1,8 +1,8 @@
 """Fakes for the notify unit tests: the ledger's rules in memory, an SNS that records, and a
-chat service on a fake clock (a POST takes as long as it is scripted to, or times out).
+chat service on a manual clock (a POST takes as long as it is scripted to, or times out).
 
-The clock only moves when a fake POST takes time or the webhook sleeps, so every test of the
-time budget is exact and instant.
+The clock only moves when a fake POST takes time or the webhook sleeps, so every test of a
+deadline is exact and instant.
 """
 
 from __future__ import annotations
@@ -10,14 +10,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import requests
 
 from cckm_refresh.notify.events import EventType, Notification, Severity
 from cckm_refresh.notify.ledger import Claim
-from cckm_refresh.notify.webhook import TimeBudget, Webhook
+from cckm_refresh.notify.webhook import Webhook
+from cckm_refresh.runtime import Deadline
+from tests.unit.manual_runtime import ManualRuntime
 
 URL = "https://hooks.example.com/services/T000/B000/SECRETPART"
 HANGS = math.inf  # a POST that never gets an answer
@@ -41,7 +42,7 @@ class FakeLedger:
     states: dict[str, str] = field(default_factory=dict)
     broken_marks: bool = False
 
-    def claim(self, dedupe_key: str, lease_until: datetime) -> Claim:
+    def claim(self, dedupe_key: str, end: Deadline) -> Claim:
         state = self.states.get(dedupe_key)
         if state == "SENT":
             return Claim.SENT
@@ -80,31 +81,18 @@ class FakePublisher:
 
 
 @dataclass
-class FakeClock:
-    """A monotonic clock in seconds that moves only when told."""
-
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@dataclass
 class FakeResponse:
     status_code: int
 
 
 @dataclass
 class ClockedSession:
-    """A chat service behind requests: each POST takes ``delay`` seconds of the fake clock,
-    then answers ``status`` (the default when the script is empty); a POST whose delay
+    """A chat service behind requests: each POST takes ``delay`` seconds of the runtime's
+    clock, then answers ``status`` (the default when the script is empty); a POST whose delay
     reaches its timeout waits the timeout and raises ``requests.ReadTimeout``, as requests
     does. An exception in the script is raised at once."""
 
-    clock: FakeClock
+    runtime: ManualRuntime = field(default_factory=ManualRuntime)
     script: list[Any] = field(default_factory=list)
     delay: float = 0.0
     status: int = 200
@@ -112,16 +100,16 @@ class ClockedSession:
     journal: list[str] | None = None
 
     def post(self, url: str, **kwargs: Any) -> FakeResponse:
-        self.posts.append({"url": url, "at": self.clock.now} | kwargs)
+        self.posts.append({"url": url, "at": self.runtime.now} | kwargs)
         if self.journal is not None:
             self.journal.append(f"webhook {kwargs['json']['text']}")
         answer = self.script.pop(0) if self.script else self.status
         if isinstance(answer, Exception):
             raise answer
         if self.delay >= kwargs["timeout"]:
-            self.clock.advance(kwargs["timeout"])
+            self.runtime.now += kwargs["timeout"]
             raise requests.ReadTimeout(f"HTTPSConnectionPool: read timed out ({url})")
-        self.clock.advance(self.delay)
+        self.runtime.now += self.delay
         return FakeResponse(answer)
 
     @property
@@ -132,13 +120,13 @@ class ClockedSession:
 def clocked_webhook(
     session: ClockedSession, url: str = URL, rng: Callable[[], float] = lambda: 1.0
 ) -> Webhook:
-    """The real webhook over ``session``, sleeping on the session's fake clock."""
-    return Webhook(lambda: url, session, sleep=session.clock.advance, rng=rng)
+    """The real webhook over ``session``, on the session's runtime."""
+    return Webhook(lambda: url, session, session.runtime, rng=rng)
 
 
-def budget(clock: FakeClock, seconds: float) -> TimeBudget:
-    """``seconds`` from the clock's present."""
-    return TimeBudget(clock.now + seconds, clock)
+def within(session: ClockedSession, seconds: float = 60.0) -> Deadline:
+    """The deadline ``seconds`` from now on the session's clock."""
+    return Deadline.within(seconds, session.runtime)
 
 
 @dataclass

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
 from cckm_refresh.notify.delivery import NotificationInFlight, Notifier
+from cckm_refresh.runtime import Deadline
+from tests.unit.manual_runtime import ManualRuntime
 from tests.unit.notify_fakes import FakeLedger, FakePublisher, note
 
 NOTE = note()
-LEASE = datetime(2026, 11, 28, 6, 1, tzinfo=UTC)
+END = Deadline.within(60.0, ManualRuntime())
 
 
 def notifier(
@@ -27,9 +27,9 @@ def notifier(
 
 def test_a_notification_is_published_once_even_when_delivered_twice() -> None:
     # Given a notifier, When the same notification is delivered twice (a retried batch)
-    publisher, counted = FakePublisher(), []
+    publisher, counted = FakePublisher(), list[str]()
     deliver = notifier(publisher=publisher, counted=counted).deliver
-    first, second = deliver(NOTE, LEASE), deliver(NOTE, LEASE)
+    first, second = deliver(NOTE, END), deliver(NOTE, END)
 
     # Then SNS got it once, and the second delivery counted as a skipped duplicate
     assert (first, second) == (True, False)
@@ -41,12 +41,12 @@ def test_a_failed_publish_releases_the_claim_and_fails_so_the_retry_sends_it() -
     # Given SNS refuses the first publish
     ledger, publisher = FakeLedger(), FakePublisher(fail=True)
     with pytest.raises(RuntimeError):
-        notifier(ledger, publisher).deliver(NOTE, LEASE)
+        notifier(ledger, publisher).deliver(NOTE, END)
     assert ledger.states[NOTE.dedupe_key] == "FAILED"
 
     # When the record is retried with SNS back
     publisher.fail = False
-    assert notifier(ledger, publisher).deliver(NOTE, LEASE) is True
+    assert notifier(ledger, publisher).deliver(NOTE, END) is True
 
     # Then it is sent once
     assert publisher.published == [NOTE]
@@ -56,7 +56,7 @@ def test_a_failed_publish_releases_the_claim_and_fails_so_the_retry_sends_it() -
 def test_a_publish_failure_is_raised_even_when_the_claim_cannot_be_released() -> None:
     ledger = FakeLedger(broken_marks=True)
     with pytest.raises(RuntimeError, match="SNS is down"):
-        notifier(ledger, FakePublisher(fail=True)).deliver(NOTE, LEASE)
+        notifier(ledger, FakePublisher(fail=True)).deliver(NOTE, END)
 
 
 def test_a_claim_held_by_another_invocation_fails_the_record_instead_of_dropping_it() -> None:
@@ -65,7 +65,7 @@ def test_a_claim_held_by_another_invocation_fails_the_record_instead_of_dropping
 
     # When another delivery of it comes, Then it is neither published nor taken as sent
     with pytest.raises(NotificationInFlight):
-        notifier(ledger, publisher).deliver(NOTE, LEASE)
+        notifier(ledger, publisher).deliver(NOTE, END)
     assert publisher.published == []
 
 
@@ -74,5 +74,5 @@ def test_a_published_notification_stays_delivered_when_the_ledger_cannot_be_mark
     ledger, publisher = FakeLedger(broken_marks=True), FakePublisher()
 
     # When it is delivered, Then the record succeeds (failing it would publish it again)
-    assert notifier(ledger, publisher).deliver(NOTE, LEASE) is True
+    assert notifier(ledger, publisher).deliver(NOTE, END) is True
     assert publisher.published == [NOTE]

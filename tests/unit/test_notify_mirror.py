@@ -2,7 +2,7 @@
 waits on a hanging webhook once, asks a webhook that is down for one message, and skips,
 logs and counts what the time or the breaker leaves out.
 
-The chat service and the clock are fakes: a POST takes exactly the fake time it is scripted
+The chat service is a fake on a manual clock: a POST takes exactly the time it is scripted
 to, so every figure below is exact.
 """
 
@@ -22,96 +22,96 @@ from tests.unit.notify_fakes import (
     URL,
     ClockedSession,
     Counted,
-    FakeClock,
     clocked_webhook,
     note,
+    within,
 )
 
 NOTES = [note(n) for n in range(10)]
 
 
 def mirror_over(chat: ClockedSession, counted: Counted | None = None) -> WebhookMirror:
-    return WebhookMirror(clocked_webhook(chat), count=counted or Counted(), clock=chat.clock)
+    return WebhookMirror(clocked_webhook(chat), count=counted or Counted())
 
 
 def test_every_notification_is_posted_when_the_webhook_answers() -> None:
-    chat = ClockedSession(FakeClock(), delay=0.2)
-    report = mirror_over(chat).mirror(NOTES[:3], remaining=60.0)
+    chat = ClockedSession(delay=0.2)
+    report = mirror_over(chat).mirror(NOTES[:3], within(chat, 60.0))
     assert report == MirrorReport(posted=3)
     assert [p["json"]["text"] for p in chat.posts] == [n.summary for n in NOTES[:3]]
 
 
 def test_a_hanging_webhook_costs_the_batch_one_timeout_and_the_rest_are_skipped() -> None:
     # Given a webhook that never answers, and a batch of 10 published notifications
-    chat, counted = ClockedSession(FakeClock(), delay=HANGS), Counted()
-    started = chat.clock.now
+    chat, counted = ClockedSession(delay=HANGS), Counted()
+    started = chat.runtime.now
 
     # When they are mirrored with 60 s of the invocation left
-    report = mirror_over(chat, counted).mirror(NOTES, remaining=60.0)
+    report = mirror_over(chat, counted).mirror(NOTES, within(chat, 60.0))
 
     # Then the webhook is waited on once, for the contract's 10 s; the 9 others are skipped
     assert len(chat.posts) == 1
-    assert chat.clock.now - started == WEBHOOK_TIMEOUT
+    assert chat.runtime.now - started == WEBHOOK_TIMEOUT
     assert report == MirrorReport(posted=0, failed=1, skipped=9)
     assert counted.values == {"WebhookFailures": 1, "WebhookSkipped": 9}
 
 
 def test_a_slow_webhook_is_cut_off_at_the_budget_and_each_post_waits_only_what_is_left() -> None:
     # Given a webhook that answers after 4 s, and 30 s left in the invocation
-    chat = ClockedSession(FakeClock(), delay=4.0)
-    started = chat.clock.now
+    chat = ClockedSession(delay=4.0)
+    started = chat.runtime.now
 
     # When 10 notifications are mirrored
-    report = mirror_over(chat).mirror(NOTES, remaining=30.0)
+    report = mirror_over(chat).mirror(NOTES, within(chat, 30.0))
 
     # Then no POST waits more than 10 s or past the budget (30 s less the margin): the 7th
     # gets the 3 s left, times out, and the budget ends the mirror to the second
     assert chat.timeouts == [10.0, 10.0, 10.0, 10.0, 10.0, 7.0, 3.0]
-    assert chat.clock.now - started == 30.0 - SAFETY_MARGIN
+    assert chat.runtime.now - started == 30.0 - SAFETY_MARGIN
     assert report == MirrorReport(posted=6, failed=1, skipped=3)
 
 
 def test_mirrors_stop_when_too_little_time_is_left_to_start_a_post() -> None:
     # Given a webhook that answers after 4 s, and 11.5 s left (8.5 s for the webhook)
-    chat, counted = ClockedSession(FakeClock(), delay=4.0), Counted()
-    started = chat.clock.now
+    chat, counted = ClockedSession(delay=4.0), Counted()
+    started = chat.runtime.now
 
     # When 10 notifications are mirrored
-    report = mirror_over(chat, counted).mirror(NOTES, remaining=11.5)
+    report = mirror_over(chat, counted).mirror(NOTES, within(chat, 11.5))
 
     # Then two are posted; with 0.5 s left no third POST starts, and 8 are skipped
     assert report == MirrorReport(posted=2, failed=0, skipped=8)
-    assert chat.clock.now - started == 8.0
+    assert chat.runtime.now - started == 8.0
     assert counted.values == {"WebhookSkipped": 8}
 
 
 def test_with_only_the_margin_left_nothing_is_posted() -> None:
-    chat = ClockedSession(FakeClock())
-    report = mirror_over(chat).mirror(NOTES[:4], remaining=SAFETY_MARGIN)
+    chat = ClockedSession()
+    report = mirror_over(chat).mirror(NOTES[:4], within(chat, SAFETY_MARGIN))
     assert report == MirrorReport(skipped=4)
     assert chat.posts == []
 
 
 def test_a_webhook_that_is_down_is_asked_for_one_message_then_the_rest_are_skipped() -> None:
     # Given a webhook that answers 503 at once (3 attempts, with 1 s and 2 s pauses)
-    chat, counted = ClockedSession(FakeClock(), status=503), Counted()
-    started = chat.clock.now
+    chat, counted = ClockedSession(status=503), Counted()
+    started = chat.runtime.now
 
     # When 10 notifications are mirrored
-    report = mirror_over(chat, counted).mirror(NOTES, remaining=60.0)
+    report = mirror_over(chat, counted).mirror(NOTES, within(chat, 60.0))
 
     # Then the first one's retries tell it is down: 3 POSTs, 3 s, and the 9 others skipped
     assert report == MirrorReport(failed=1, skipped=9)
     assert len(chat.posts) == 3
-    assert chat.clock.now - started == 3.0
+    assert chat.runtime.now - started == 3.0
     assert counted.values == {"WebhookFailures": 1, "WebhookSkipped": 9}
 
 
 def test_a_message_the_webhook_refuses_does_not_stop_the_others() -> None:
     # Given a webhook that refuses the first message (400) and takes the rest
-    chat = ClockedSession(FakeClock(), script=[400])
+    chat = ClockedSession(script=[400])
 
-    report = mirror_over(chat).mirror(NOTES[:3], remaining=60.0)
+    report = mirror_over(chat).mirror(NOTES[:3], within(chat, 60.0))
 
     assert report == MirrorReport(posted=2, failed=1)
     assert len(chat.posts) == 3
@@ -120,9 +120,9 @@ def test_a_message_the_webhook_refuses_does_not_stop_the_others() -> None:
 def test_skipped_mirrors_are_logged_once_with_their_keys_and_never_the_url(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    chat = ClockedSession(FakeClock(), delay=HANGS)
+    chat = ClockedSession(delay=HANGS)
 
-    mirror_over(chat).mirror(NOTES[:3], remaining=60.0)
+    mirror_over(chat).mirror(NOTES[:3], within(chat, 60.0))
 
     [skipped] = [r for r in caplog.records if r.message == "webhook mirrors skipped"]
     assert skipped.skipped == 2  # type: ignore[attr-defined]
@@ -140,10 +140,10 @@ def test_an_unexpected_webhook_error_is_logged_by_type_only(
     def load_url() -> str:
         raise ValueError(f"bad response from {URL}")
 
-    chat = ClockedSession(FakeClock())
-    hook = Webhook(load_url, chat, sleep=chat.clock.advance)
+    chat = ClockedSession()
+    hook = Webhook(load_url, chat, chat.runtime)
 
-    report = WebhookMirror(hook, clock=chat.clock).mirror(NOTES[:1], remaining=60.0)
+    report = WebhookMirror(hook).mirror(NOTES[:1], within(chat, 60.0))
 
     assert report == MirrorReport(failed=1)
     [warning] = [r for r in caplog.records if r.message == "webhook mirror failed"]

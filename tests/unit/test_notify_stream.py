@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,42 +14,31 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from cckm_refresh.config import ConfigError, NotifySettings
 from cckm_refresh.notify.delivery import Notifier
 from cckm_refresh.notify.events import FailedKeys, Notification
-from cckm_refresh.notify.stream import (
-    LAMBDA_MAX_RUN,
-    LEASE_MARGIN,
-    RunDigest,
-    StreamNotifier,
-)
+from cckm_refresh.notify.stream import RunDigest, StreamNotifier
 from cckm_refresh.notify.webhook import SAFETY_MARGIN, MirrorReport, WebhookMirror
+from cckm_refresh.runtime import Deadline
 from cckm_refresh.table.reads import TableReader
 from cckm_refresh.wiring import load_settings
+from tests.unit.manual_runtime import ManualRuntime
 from tests.unit.notify_fakes import (
     HANGS,
     ClockedSession,
-    FakeClock,
     FakeLedger,
     FakePublisher,
     clocked_webhook,
+    within,
 )
 
-NOW = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
+END = Deadline.within(60.0, ManualRuntime())  # the invocation's, where time does not matter
 
 
 @dataclass
 class RecordingNotifier:
-    delivered: list[tuple[Notification, datetime]] = field(default_factory=list)
+    delivered: list[tuple[Notification, Deadline]] = field(default_factory=list)
 
-    def deliver(self, notification: Notification, lease_until: datetime) -> bool:
-        self.delivered.append((notification, lease_until))
+    def deliver(self, notification: Notification, end: Deadline) -> bool:
+        self.delivered.append((notification, end))
         return True
-
-
-@dataclass
-class FixedContext:
-    remaining_ms: int
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
 
 
 def stream_record(
@@ -93,7 +81,7 @@ def failed_keys(run_id: str) -> FailedKeys:
 
 
 def stream_notifier(recorder: RecordingNotifier) -> StreamNotifier:
-    return StreamNotifier(recorder, failed_keys, now=lambda: NOW)  # type: ignore[arg-type]
+    return StreamNotifier(recorder, failed_keys)  # type: ignore[arg-type]
 
 
 def test_a_wire_format_run_completion_becomes_a_json_ready_notification() -> None:
@@ -105,7 +93,7 @@ def test_a_wire_format_run_completion_becomes_a_json_ready_notification() -> Non
     )
 
     # When it is handled
-    count = stream_notifier(recorder).batch().publish(stream_record("MODIFY", old, new))
+    count = stream_notifier(recorder).batch(END).publish(stream_record("MODIFY", old, new))
 
     # Then one notification whose body serialises to plain JSON integers
     assert count == 1
@@ -116,22 +104,18 @@ def test_a_wire_format_run_completion_becomes_a_json_ready_notification() -> Non
     assert body["failed_keys"] == [{"key_id": "k9", "display_name": "K9", "error_code": "HTTP_403"}]
 
 
-def test_a_claim_lasts_until_the_invocation_deadline_plus_a_margin() -> None:
+def test_each_notification_is_delivered_with_the_invocations_deadline() -> None:
+    # Given the batch of an invocation that ends in 42 s
     recorder = RecordingNotifier()
+    end = Deadline.within(42.0, ManualRuntime())
     new = run_image("COMPLETED", requested=1, refreshed=1)
-    stream_notifier(recorder).batch(FixedContext(remaining_ms=42_000)).publish(
-        stream_record("MODIFY", run_image("RUNNING"), new)
-    )
-    [(_, lease_until)] = recorder.delivered
-    assert lease_until == NOW + timedelta(seconds=42) + LEASE_MARGIN
 
+    # When a record is handled
+    stream_notifier(recorder).batch(end).publish(stream_record("MODIFY", run_image("RUNNING"), new))
 
-def test_without_a_lambda_context_a_claim_lasts_the_longest_lambda_run() -> None:
-    recorder = RecordingNotifier()
-    new = run_image("COMPLETED", requested=1, refreshed=1)
-    stream_notifier(recorder).batch().publish(stream_record("MODIFY", run_image("RUNNING"), new))
-    [(_, lease_until)] = recorder.delivered
-    assert lease_until == NOW + LAMBDA_MAX_RUN
+    # Then the ledger's claim is leased against that deadline
+    [(_, claimed_until)] = recorder.delivered
+    assert claimed_until == end
 
 
 @pytest.mark.parametrize(
@@ -151,7 +135,7 @@ def test_records_that_are_no_notification_deliver_nothing(
     event_name: str, old: dict[str, Any] | None, new: dict[str, Any] | None
 ) -> None:
     recorder = RecordingNotifier()
-    assert stream_notifier(recorder).batch().publish(stream_record(event_name, old, new)) == 0
+    assert stream_notifier(recorder).batch(END).publish(stream_record(event_name, old, new)) == 0
     assert recorder.delivered == []
 
 
@@ -194,17 +178,15 @@ class World:
 
     def __post_init__(self) -> None:
         self.publisher = FakePublisher(refused=self.refused, journal=self.journal)
-        self.chat = ClockedSession(FakeClock(), delay=self.webhook_delay, journal=self.journal)
-        mirror = WebhookMirror(clocked_webhook(self.chat), clock=self.chat.clock)
-        self.notifier = StreamNotifier(
-            Notifier(self.ledger, self.publisher), failed_keys, mirror, now=lambda: NOW
-        )
+        self.chat = ClockedSession(delay=self.webhook_delay, journal=self.journal)
+        mirror = WebhookMirror(clocked_webhook(self.chat))
+        self.notifier = StreamNotifier(Notifier(self.ledger, self.publisher), failed_keys, mirror)
 
 
 def test_the_whole_batch_goes_to_sns_before_any_webhook_post() -> None:
     # Given a batch of three key rotations
     world = World()
-    batch = world.notifier.batch(FixedContext(remaining_ms=60_000))
+    batch = world.notifier.batch(within(world.chat))
 
     # When each record is handled, then the batch is mirrored
     for n in range(3):
@@ -219,7 +201,7 @@ def test_the_whole_batch_goes_to_sns_before_any_webhook_post() -> None:
 def test_only_what_this_batch_published_is_mirrored() -> None:
     # Given the first rotation was published by an earlier delivery of the batch
     world = World(ledger=FakeLedger({"KEY_ROTATED#k0#v2": "SENT"}))
-    batch = world.notifier.batch(FixedContext(remaining_ms=60_000))
+    batch = world.notifier.batch(within(world.chat))
 
     for n in range(2):
         batch.publish(rotation(n))
@@ -233,7 +215,7 @@ def test_a_record_failing_sns_is_raised_and_what_it_published_before_is_still_mi
     world = World(
         refused=frozenset({"KEY_STATE_CHANGED#k0#ENABLED>DISABLED#2026-11-28T06:00:00.000Z"})
     )
-    batch = world.notifier.batch(FixedContext(remaining_ms=60_000))
+    batch = world.notifier.batch(within(world.chat))
     record = stream_record("MODIFY", key_image(0, "v1"), key_image(0, "v2", "DISABLED"))
 
     # When the record is handled, Then it fails (the stream retries it)
@@ -248,11 +230,10 @@ def test_a_record_failing_sns_is_raised_and_what_it_published_before_is_still_mi
 def test_the_webhook_gets_the_time_left_when_mirroring_starts_less_the_margin() -> None:
     # Given a webhook that never answers, and 5 s left once SNS is done
     world = World(webhook_delay=HANGS)
-    context = FixedContext(remaining_ms=60_000)
-    batch = world.notifier.batch(context)
+    batch = world.notifier.batch(within(world.chat, 60.0))
     for n in range(3):
         batch.publish(rotation(n))
-    context.remaining_ms = 5_000
+    world.chat.runtime.sleep(55.0)
 
     # When the batch is mirrored, Then nothing is raised (no record fails), the webhook is
     # waited on once for what was left, and the other two are skipped
@@ -262,7 +243,7 @@ def test_the_webhook_gets_the_time_left_when_mirroring_starts_less_the_margin() 
 
 def test_a_batch_without_a_webhook_mirrors_nothing() -> None:
     recorder = RecordingNotifier()
-    batch = stream_notifier(recorder).batch(FixedContext(remaining_ms=60_000))
+    batch = stream_notifier(recorder).batch(END)
     batch.publish(rotation(0))
     assert batch.mirror() == MirrorReport()
 

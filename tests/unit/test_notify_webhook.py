@@ -1,4 +1,4 @@
-"""The chat webhook: Slack/Teams body, retries bounded by attempts and by the time budget,
+"""The chat webhook: Slack/Teams body, retries bounded by attempts and by the deadline,
 strict TLS, and a URL that stays secret."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from cckm_refresh.notify.webhook import (
     WebhookUnavailable,
     webhook_payload,
 )
-from tests.unit.notify_fakes import HANGS, URL, ClockedSession, FakeClock, budget, clocked_webhook
+from tests.unit.notify_fakes import HANGS, URL, ClockedSession, clocked_webhook, within
 
 NOTE = Notification(
     event_type=EventType.KEY_STATE_CHANGED,
@@ -29,7 +29,7 @@ NOTE = Notification(
 
 
 def session(*script: object, delay: float = 0.0) -> ClockedSession:
-    return ClockedSession(FakeClock(), list(script), delay=delay)
+    return ClockedSession(script=list(script), delay=delay)
 
 
 def test_the_body_is_slack_and_teams_text_with_the_summary() -> None:
@@ -41,7 +41,7 @@ def test_the_body_is_slack_and_teams_text_with_the_summary() -> None:
 
 def test_one_post_with_a_10_second_timeout_and_verified_tls() -> None:
     chat = session(200)
-    clocked_webhook(chat).post(NOTE)
+    clocked_webhook(chat).post(NOTE, within(chat))
     [post] = chat.posts
     assert post["url"] == URL
     assert post["json"] == webhook_payload(NOTE)
@@ -50,10 +50,10 @@ def test_one_post_with_a_10_second_timeout_and_verified_tls() -> None:
     assert post["allow_redirects"] is False
 
 
-def test_a_post_waits_no_longer_than_the_budget_has_left() -> None:
-    # Given 4.5 s left of the budget, When a notification is posted
+def test_a_post_waits_no_longer_than_the_deadline_leaves() -> None:
+    # Given 4.5 s left before the deadline, When a notification is posted
     chat = session(200)
-    clocked_webhook(chat).post(NOTE, budget(chat.clock, 4.5))
+    clocked_webhook(chat).post(NOTE, within(chat, 4.5))
 
     # Then the POST's timeout is what is left, not the contract's 10 s
     assert chat.timeouts == [4.5]
@@ -61,7 +61,7 @@ def test_a_post_waits_no_longer_than_the_budget_has_left() -> None:
 
 def test_429_and_5xx_are_retried_with_capped_growing_pauses_then_succeed() -> None:
     chat = session(429, 503, 200)
-    clocked_webhook(chat).post(NOTE)
+    clocked_webhook(chat).post(NOTE, within(chat))
     assert len(chat.posts) == 3
     at = [post["at"] for post in chat.posts]
     pauses = [at[1] - at[0], at[2] - at[1]]
@@ -72,17 +72,17 @@ def test_429_and_5xx_are_retried_with_capped_growing_pauses_then_succeed() -> No
 def test_three_failed_attempts_raise_without_a_fourth() -> None:
     chat = session(500, 502, 503)
     with pytest.raises(WebhookUnavailable, match="HTTP 503"):
-        clocked_webhook(chat).post(NOTE)
+        clocked_webhook(chat).post(NOTE, within(chat))
     assert len(chat.posts) == 3
 
 
-def test_a_retry_is_made_only_when_its_pause_and_a_post_fit_in_the_budget() -> None:
-    # Given 2.5 s of budget, and a webhook answering 503 (the first pause is 1 s, the second 2 s)
+def test_a_retry_is_made_only_when_its_pause_and_a_post_fit_before_the_deadline() -> None:
+    # Given 2.5 s to the deadline, and a webhook answering 503 (pauses: 1 s, then 2 s)
     chat = session(503, 503, 503)
 
     # When a notification is posted
     with pytest.raises(WebhookError, match="HTTP 503, no time left to retry"):
-        clocked_webhook(chat).post(NOTE, budget(chat.clock, 2.5))
+        clocked_webhook(chat).post(NOTE, within(chat, 2.5))
 
     # Then the second attempt fitted (1 s pause, 1.5 s left), the third did not
     assert chat.timeouts == [2.5, 1.5]
@@ -91,14 +91,14 @@ def test_a_retry_is_made_only_when_its_pause_and_a_post_fit_in_the_budget() -> N
 def test_no_post_is_started_with_less_than_the_minimum_left() -> None:
     chat = session(200)
     with pytest.raises(NoTimeLeft):
-        clocked_webhook(chat).post(NOTE, budget(chat.clock, MIN_ATTEMPT_TIME - 0.01))
+        clocked_webhook(chat).post(NOTE, within(chat, MIN_ATTEMPT_TIME - 0.01))
     assert chat.posts == []
 
 
 def test_a_client_error_is_not_retried() -> None:
     chat = session(404)
     with pytest.raises(WebhookError, match="HTTP 404") as caught:
-        clocked_webhook(chat).post(NOTE)
+        clocked_webhook(chat).post(NOTE, within(chat))
     assert len(chat.posts) == 1
     assert not isinstance(caught.value, WebhookUnavailable)  # the webhook is up; it refused
 
@@ -106,7 +106,7 @@ def test_a_client_error_is_not_retried() -> None:
 def test_a_redirect_is_not_followed() -> None:
     chat = session(302)
     with pytest.raises(WebhookError, match="HTTP 302"):
-        clocked_webhook(chat).post(NOTE)
+        clocked_webhook(chat).post(NOTE, within(chat))
     assert len(chat.posts) == 1
 
 
@@ -115,7 +115,7 @@ def test_connection_errors_are_retried_and_never_reveal_the_url() -> None:
     chat = session(*[requests.ConnectionError(f"cannot reach {URL}")] * 3)
 
     with pytest.raises(WebhookUnavailable) as caught:
-        clocked_webhook(chat).post(NOTE)
+        clocked_webhook(chat).post(NOTE, within(chat))
 
     assert len(chat.posts) == 3
     assert "ConnectionError" in str(caught.value)
@@ -130,11 +130,11 @@ def test_a_webhook_that_does_not_answer_is_waited_on_once_and_not_retried() -> N
 
     # When a notification is posted
     with pytest.raises(WebhookTimedOut) as caught:
-        clocked_webhook(chat).post(NOTE)
+        clocked_webhook(chat).post(NOTE, within(chat))
 
     # Then one attempt, 10 s, and an error that neither quotes nor chains requests' error
     assert chat.timeouts == [WEBHOOK_TIMEOUT]
-    assert chat.clock.now - chat.posts[0]["at"] == WEBHOOK_TIMEOUT
+    assert chat.runtime.now - chat.posts[0]["at"] == WEBHOOK_TIMEOUT
     assert "SECRETPART" not in str(caught.value)
     assert caught.value.__context__ is None
 
@@ -142,6 +142,6 @@ def test_a_webhook_that_does_not_answer_is_waited_on_once_and_not_retried() -> N
 def test_a_plain_http_url_is_refused_without_quoting_it() -> None:
     chat = session()
     with pytest.raises(WebhookError, match="https") as caught:
-        clocked_webhook(chat, url="http://hooks.example.com/SECRETPART").post(NOTE)
+        clocked_webhook(chat, url="http://hooks.example.com/SECRETPART").post(NOTE, within(chat))
     assert "SECRETPART" not in str(caught.value)
     assert chat.posts == []

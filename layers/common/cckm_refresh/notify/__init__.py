@@ -3,7 +3,7 @@
 ``events`` decides which records notify and what people read; ``ledger`` remembers what was
 sent; ``delivery`` publishes once; ``webhook`` mirrors to chat in the time left; ``stream``
 ties them to a stream batch (SNS for every record first, then the webhook) for
-``functions/notify/app.py``.
+``functions/notify/app.py``; ``wiring`` builds them with the container's clients.
 """
 
 from cckm_refresh.notify.stream import StreamNotifier

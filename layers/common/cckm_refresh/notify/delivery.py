@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, Protocol
 
 from cckm_refresh.notify.events import Notification
 from cckm_refresh.notify.ledger import Claim
 from cckm_refresh.observability import logger
+from cckm_refresh.runtime import Deadline
 
 
 class Ledger(Protocol):
-    def claim(self, dedupe_key: str, lease_until: datetime) -> Claim: ...
+    def claim(self, dedupe_key: str, end: Deadline) -> Claim: ...
     def mark_sent(self, dedupe_key: str, message_id: str) -> None: ...
     def release(self, dedupe_key: str) -> None: ...
 
@@ -72,15 +72,12 @@ class Notifier:
         self._publisher = publisher
         self._count = count
 
-    def deliver(self, notification: Notification, lease_until: datetime) -> bool:
+    def deliver(self, notification: Notification, end: Deadline) -> bool:
         """True when this call published it; False when it had been published already.
-        Raises when it must be retried (SNS failed, or another invocation holds it)."""
-        context = {
-            "event_type": str(notification.event_type),
-            "severity": str(notification.severity),
-            "dedupe_key": notification.dedupe_key,
-        }
-        claim = self._ledger.claim(notification.dedupe_key, lease_until)
+        Raises when it must be retried (SNS failed, or another invocation holds it). ``end``
+        is the invocation's deadline, which the ledger's claim outlives by a margin."""
+        context = notification.log_fields()
+        claim = self._ledger.claim(notification.dedupe_key, end)
         if claim is Claim.SENT:
             logger.info("notification already sent", extra=context)
             self._count("NotificationsDuplicateSkipped")

@@ -102,6 +102,14 @@ class Notification:
             **self.details,
         }
 
+    def log_fields(self) -> dict[str, str]:
+        """The fields every log line about it carries."""
+        return {
+            "event_type": str(self.event_type),
+            "severity": str(self.severity),
+            "dedupe_key": self.dedupe_key,
+        }
+
 
 def notifications_for(
     event_name: str,

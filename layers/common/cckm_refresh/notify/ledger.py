@@ -1,24 +1,26 @@
-"""What has been sent: ``NOTIFIED#<dedupe key>`` items in the results table.
+"""What has been sent: ``NOTIFIED#<dedupe key>`` items in the results table, each claimed
+with a conditional put before it is published, so a retried stream batch publishes nothing twice.
 
-A notification is claimed with a conditional put before it is published, so a retried stream
-batch finds it and publishes nothing twice. The items have ``item_type`` ``NOTIFICATION``,
-which neither the stream filter nor ``notifications_for`` lets through: recording a
-notification never notifies anyone. TTL removes them after the retention period.
+The items have ``item_type`` ``NOTIFICATION``, which neither the stream filter nor
+``notifications_for`` lets through: recording a notification never notifies anyone. TTL
+removes them after the retention period.
 
-A claim carries a lease that ends when the claiming invocation's own deadline has passed: a
-claim still ``SENDING`` after that belongs to an invocation that died mid-delivery, and is
-taken over (the one case where a notification may be sent twice rather than never).
+A claim's lease (a wall-clock time in the item) ends ``LEASE_MARGIN`` after the claiming
+invocation's deadline: a claim still ``SENDING`` after that belongs to an invocation that died
+mid-delivery, and is taken over (the one case where a notification may be sent twice rather
+than never).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from cckm_refresh.runtime import iso, utc_now
+from cckm_refresh.runtime import SYSTEM, Deadline, Runtime, iso, iso_now
 from cckm_refresh.table.items import NOTIFICATION, expires_at, key, notified_pk
+
+LEASE_MARGIN = 5.0  # seconds a claim outlives the deadline of the invocation that made it
 
 
 class Claim(Enum):
@@ -37,17 +39,19 @@ class NotificationLedger:
         client: Any,
         table_name: str,
         retention_days: int,
-        now: Callable[[], datetime] = utc_now,
+        runtime: Runtime = SYSTEM,
     ) -> None:
         self._db = client
         self._table = table_name
         self._retention = timedelta(days=retention_days)
-        self._now = now
+        self._runtime = runtime
 
-    def claim(self, dedupe_key: str, lease_until: datetime) -> Claim:
-        """Take the right to send ``dedupe_key`` until ``lease_until``, unless it was sent,
-        or another live invocation is sending it."""
-        now = self._now()
+    def claim(self, dedupe_key: str, end: Deadline) -> Claim:
+        """Take the right to send ``dedupe_key`` until ``LEASE_MARGIN`` after ``end``
+        (the claiming invocation's deadline), unless it was sent, or another live invocation
+        is sending it."""
+        now = datetime.fromtimestamp(self._runtime.time(), UTC)
+        lease_until = now + timedelta(seconds=end.remaining() + LEASE_MARGIN)
         try:
             self._db.put_item(
                 TableName=self._table,
@@ -86,7 +90,7 @@ class NotificationLedger:
             ExpressionAttributeNames={"#s": "state"},
             ExpressionAttributeValues={
                 ":sent": {"S": "SENT"},
-                ":at": {"S": iso(self._now())},
+                ":at": {"S": iso_now(self._runtime)},
                 ":m": {"S": message_id},
             },
         )
@@ -102,7 +106,7 @@ class NotificationLedger:
             ExpressionAttributeValues={
                 ":failed": {"S": "FAILED"},
                 ":sending": {"S": "SENDING"},
-                ":at": {"S": iso(self._now())},
+                ":at": {"S": iso_now(self._runtime)},
             },
         )
 

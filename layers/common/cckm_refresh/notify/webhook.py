@@ -1,32 +1,26 @@
-"""The optional chat webhook mirror (Slack and Teams incoming webhooks).
+"""The chat webhook (Slack and Teams): one notification POSTed before a deadline (``Webhook``),
+and a stream batch's mirror behind a breaker that lasts one invocation (``WebhookMirror``).
 
-The URL is a secret: whoever holds it can post into the channel. It never appears in a log
-line or an exception message, including the ones requests raises (they quote the URL).
-
-The mirror is best effort and comes last: the notify function publishes a whole stream
-batch to SNS first, then ``WebhookMirror`` posts what it published with the invocation's
-remaining time (less a safety margin). Every POST waits at most the contract's 10 s or what
-is left, a retry is made only when it fits, and once the webhook has timed out, or has
-answered every attempt for one message with 5xx, 429 or a connection error, it is not asked
-again in that batch (a breaker per invocation). What the time or the breaker leaves out is
-skipped, logged and counted; nothing is raised, since failing a record would make the
-stream publish it to SNS again.
+The URL is a secret (whoever holds it can post into the channel): no log line or exception
+message quotes it, nor requests' errors, which do. Retries are ours, not urllib3's ``Retry``:
+it gives every attempt the first one's timeout whatever is left, knows no deadline, and sleeps
+on the wall clock (a 429's ``Retry-After`` up to 6 h), below where a test can see.
 """
 
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from cckm_refresh import backoff
 from cckm_refresh.notify.events import Notification
 from cckm_refresh.observability import logger
+from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
 
-WEBHOOK_TIMEOUT = 10.0  # the contract's timeout: the most one POST ever waits
+WEBHOOK_TIMEOUT = 10.0  # docs/reference.md 6: the most one POST ever waits
 WEBHOOK_ATTEMPTS = 3
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 4.0
@@ -48,7 +42,7 @@ class WebhookTimedOut(WebhookUnavailable):
 
 
 class NoTimeLeft(WebhookError):
-    """The budget could not cover a POST, so none was started."""
+    """Too little time was left before the deadline for a POST, so none was started."""
 
 
 def webhook_payload(notification: Notification) -> dict[str, Any]:
@@ -78,38 +72,24 @@ def url_from_secret(secret_id: str, max_age: int = 300) -> Callable[[], str]:
     return load
 
 
-@dataclass(frozen=True)
-class TimeBudget:
-    """The moment, on a monotonic clock in seconds, by which the webhook must be done."""
-
-    until: float
-    clock: Callable[[], float] = time.monotonic
-
-    def remaining(self) -> float:
-        return max(0.0, self.until - self.clock())
-
-
-UNLIMITED = TimeBudget(float("inf"))
-
-
 @dataclass
 class Webhook:
     """POSTs notifications to the webhook URL the loader returns."""
 
     url_loader: Callable[[], str]
     session: Any  # requests.Session
-    sleep: Callable[[float], None] = time.sleep
+    runtime: Runtime = SYSTEM
     rng: Callable[[], float] = random.random
     attempts: int = WEBHOOK_ATTEMPTS
 
-    def post(self, notification: Notification, budget: TimeBudget = UNLIMITED) -> None:
-        """Deliver it within ``budget``: each attempt waits at most 10 s or what is left;
+    def post(self, notification: Notification, deadline: Deadline) -> None:
+        """Deliver it before ``deadline``: each attempt waits at most 10 s or what is left;
         5xx, 429 and connection errors are retried (capped backoff, full jitter) while a
         retry fits. Raises ``NoTimeLeft`` when no attempt could start, ``WebhookTimedOut``
         when one got no answer in time (not retried: a hanging webhook would hold a retry as
         long), ``WebhookUnavailable`` when the retryable failures outlasted the retries,
         ``WebhookError`` for any other failure; never quoting the URL."""
-        if budget.remaining() < MIN_ATTEMPT_TIME:
+        if deadline.remaining() < MIN_ATTEMPT_TIME:
             raise NoTimeLeft("no time left to post to the webhook")
         url = self.url_loader()
         if urlsplit(url).scheme != "https":
@@ -117,24 +97,24 @@ class Webhook:
         payload = webhook_payload(notification)
         problem, retryable = "no attempt made", False
         for attempt in range(1, self.attempts + 1):
-            refusal = self._attempt(url, payload, budget)
+            refusal = self._attempt(url, payload, deadline)
             if refusal is None:
                 return
             problem, retryable = refusal
             if not retryable:
                 break  # a 4xx other than 429 will not get better by asking again
-            if attempt < self.attempts and not self._waited_to_retry(attempt, budget):
+            if attempt < self.attempts and not self._waited_to_retry(attempt, deadline):
                 problem += ", no time left to retry"
                 break
         failure = WebhookUnavailable if retryable else WebhookError
         raise failure(f"the webhook did not take the notification: {problem}")
 
-    def _attempt(self, url: str, payload: dict[str, Any], budget: TimeBudget) -> _Refusal | None:
+    def _attempt(self, url: str, payload: dict[str, Any], deadline: Deadline) -> _Refusal | None:
         """One POST: None when the webhook took it, else what went wrong and whether a retry
         may help. Raises ``NoTimeLeft`` and ``WebhookTimedOut`` as ``post`` does."""
         import requests
 
-        timeout = min(WEBHOOK_TIMEOUT, budget.remaining())
+        timeout = min(WEBHOOK_TIMEOUT, deadline.remaining())
         if timeout < MIN_ATTEMPT_TIME:  # loading the secret took what was left
             raise NoTimeLeft("no time left to post to the webhook")
         timed_out = False
@@ -154,13 +134,13 @@ class Webhook:
         status = response.status_code
         return _Refusal(f"HTTP {status}", status == 429 or status >= 500)
 
-    def _waited_to_retry(self, attempt: int, budget: TimeBudget) -> bool:
+    def _waited_to_retry(self, attempt: int, deadline: Deadline) -> bool:
         """Sleep the back-off before the next attempt; False, without sleeping, when the
-        attempt after it would not fit in ``budget``."""
+        attempt after it would not fit before ``deadline``."""
         pause = backoff.full_jitter(attempt, BACKOFF_BASE, BACKOFF_CAP, self.rng)
-        if budget.remaining() - pause < MIN_ATTEMPT_TIME:
+        if deadline.remaining() - pause < MIN_ATTEMPT_TIME:
             return False
-        self.sleep(pause)
+        self.runtime.sleep(pause)
         return True
 
 
@@ -169,10 +149,6 @@ class _Refusal(NamedTuple):
 
     problem: str
     retryable: bool
-
-
-class Poster(Protocol):
-    def post(self, notification: Notification, budget: TimeBudget = ...) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -186,32 +162,30 @@ class MirrorReport:
 
 class WebhookMirror:
     """Posts a batch's published notifications to the webhook in the time the invocation has
-    left; its outages and its slowness are logged and counted, never raised."""
+    left; its outages and its slowness are logged and counted, never raised (failing a record
+    would make the stream publish it to SNS again)."""
 
     def __init__(
         self,
-        webhook: Poster,
+        webhook: Webhook,
         count: Callable[[str, int], None] = lambda metric, value: None,
-        clock: Callable[[], float] = time.monotonic,
         margin: float = SAFETY_MARGIN,
     ) -> None:
         self._webhook = webhook
         self._count = count
-        self._clock = clock
         self._margin = margin
 
-    def mirror(self, notifications: Sequence[Notification], remaining: float) -> MirrorReport:
-        """Post each notification in turn until ``remaining`` seconds (the invocation's time
-        left) less the safety margin are spent. After a timeout, or retries spent on 5xx, 429
-        or connection errors, the rest are skipped: the webhook is taken to be hanging or
-        down for the rest of the batch."""
-        budget = TimeBudget(self._clock() + remaining - self._margin, self._clock)
+    def mirror(self, notifications: Sequence[Notification], end: Deadline) -> MirrorReport:
+        """Post each notification in turn until ``end`` (the invocation's) less the safety
+        margin. After a timeout, or retries spent on 5xx, 429 or connection errors, the rest
+        are skipped: the webhook is taken to be hanging or down for the rest of the batch."""
+        deadline = end.before(self._margin)
         posted = failed = 0
         skipped: Sequence[Notification] = ()
         reason = ""
         for index, notification in enumerate(notifications):
             try:
-                self._webhook.post(notification, budget)
+                self._webhook.post(notification, deadline)
             except NoTimeLeft:
                 skipped, reason = notifications[index:], "no time left in the invocation"
                 break
@@ -246,12 +220,4 @@ class WebhookMirror:
 def _log_failure(notification: Notification, error: Exception) -> None:
     # Only our own messages are safe to log: anything else may quote the URL.
     reason = str(error) if isinstance(error, WebhookError) else type(error).__name__
-    logger.warning(
-        "webhook mirror failed",
-        extra={
-            "event_type": str(notification.event_type),
-            "severity": str(notification.severity),
-            "dedupe_key": notification.dedupe_key,
-            "reason": reason,
-        },
-    )
+    logger.warning("webhook mirror failed", extra=notification.log_fields() | {"reason": reason})

@@ -1,12 +1,13 @@
-"""The notifier with this container's clients (and webhook, when configured)."""
+"""The notifier with this container's clients and metrics (and webhook, when configured)."""
 
 from __future__ import annotations
 
 from cckm_refresh.config import NotifySettings
 from cckm_refresh.notify.delivery import Notifier, SnsPublisher
 from cckm_refresh.notify.ledger import NotificationLedger
-from cckm_refresh.notify.stream import RunDigest, StreamNotifier, count_metric
+from cckm_refresh.notify.stream import RunDigest, StreamNotifier
 from cckm_refresh.notify.webhook import Webhook, WebhookMirror, url_from_secret
+from cckm_refresh.observability import metrics
 from cckm_refresh.table.reads import TableReader
 from cckm_refresh.wiring import aws_client
 
@@ -30,3 +31,10 @@ def stream_notifier(settings: NotifySettings) -> StreamNotifier:
     return StreamNotifier(
         notifier, RunDigest(TableReader(dynamodb, settings.results_table)).failed_keys, mirror
     )
+
+
+def count_metric(name: str, value: int = 1) -> None:
+    """Add ``value`` (1 unless told) to the dimension-free metric ``name`` of this invocation."""
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
