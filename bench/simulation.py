@@ -243,7 +243,10 @@ def soak(examples: int) -> int:
     from devkit.sim.scenarios import scenarios
 
     seen = Counter[str]()
-    worst = {"invocations/bound": 0.0, "completion (s)": 0.0, "busiest second / calls allowed": 0.0}
+    worst: dict[str, float] = {}
+
+    def note(name: str, value: float) -> None:
+        worst[name] = max(worst.get(name, 0.0), value)
 
     @settings(
         max_examples=examples,
@@ -257,14 +260,10 @@ def soak(examples: int) -> int:
         report = World(scenario).run()
         findings = check(report)
         _cover(seen, scenario, report)
-        worst["invocations/bound"] = max(
-            worst["invocations/bound"], findings.invocations / findings.bound
-        )
-        worst["completion (s)"] = max(worst["completion (s)"], report.ended_at)
         busiest = max(findings.busiest_second.values(), default=0)
-        worst["busiest second / rate"] = max(
-            worst["busiest second / rate"], busiest / scenario.rate
-        )
+        note("invocations / their bound", findings.invocations / findings.bound)
+        note("completion (virtual s)", report.ended_at)
+        note("busiest second / calls allowed", busiest / (math.floor(scenario.rate * 0.95) + 1))
         assert findings.ok, (scenario, findings.problems)
 
     started = time.perf_counter()

@@ -1,7 +1,9 @@
 """The schedules the simulation is run over, as Hypothesis strategies: estates of one to four
 tenancies, rates, timeouts and latencies that force hand-offs, batch sizes, queues that give
 up after two deliveries, killed containers, CTM errors, schedules fired twice and pipeline
-requests (key lists with a key CCKM does not know, selectors) arriving mid-run.
+requests (key lists with a key CCKM does not know, selectors) arriving mid-run, odd answers
+(a key gone, one OCI refuses, a vault busy) and CTM listing in each way it may (sort refused or
+ignored, pages capped).
 
 Every scenario's function timeout leaves time for one CTM call after the margin: a shorter
 one is refused at cold start (docs/reference.md 4.3), which ``test_simulation`` shows apart.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from devkit.sim.world import Pipeline, Scenario
+from devkit.sim.world import LISTINGS, Pipeline, Scenario
 
 CTM_TIMEOUTS = (2.0, 5.0, 20.0)
 
@@ -51,6 +53,8 @@ def scenarios(draw: st.DrawFn, most_keys: int = 40) -> Scenario:
         # JWTs of 2 s only where a call and a slot fit in one (the issue's measured case:
         # 0.1-0.2 s calls at 2-5/s); a JWT outlived by every wait cannot refresh anything.
         token_lifetime=draw(st.sampled_from((60.0, 300.0) if slow else (2.0, 60.0, 300.0))),
+        odd=draw(st.booleans()),
+        listing=draw(st.sampled_from(sorted(LISTINGS))),
         schedules=draw(st.sampled_from(((0.0,), (0.0, 90.0)))),
         pipeline=tuple(pipeline),
         warm=draw(st.booleans()),

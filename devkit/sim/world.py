@@ -40,6 +40,27 @@ from devkit.sim.sqs import Queue, SimSqs
 from devkit.template import load_template, parameter_defaults
 
 TABLE = "results"
+
+
+def _sort_refused(faults: Any) -> None:
+    faults.accepted_sort_fields = {"createdAt"}  # `id` refused: the client falls back
+
+
+def _sort_ignored(faults: Any) -> None:
+    faults.ignore_sort, faults.default_sort = True, "id"  # answers in its own order
+
+
+def _page_capped(faults: Any) -> None:
+    faults.max_page_size = 7  # many pages, each shorter than asked
+
+
+# How CTM lists keys in a scenario (the modes where a real CTM may differ from the docs).
+LISTINGS: dict[str, Callable[[Any], None]] = {
+    "sorted": lambda _faults: None,
+    "sort-refused": _sort_refused,
+    "sort-ignored": _sort_ignored,
+    "page-capped": _page_capped,
+}
 TEMPLATE = load_template()
 LAMBDA_ASYNC_RETRIES = 2  # the template's EventInvokeConfig MaximumRetryAttempts
 LAMBDA_ASYNC_RETRY_DELAY = 60.0
@@ -82,6 +103,8 @@ class Scenario:
     token_lifetime: float = 300.0
     rotated: int = 0  # keys OCI rotated before the schedule fires (every n-th key)
     known_before: bool = False  # the table holds each key's LATEST item from a night before
+    odd: bool = False  # CTM answers oddly for three keys: gone, refused by OCI, vault busy
+    listing: str = "sorted"  # how CTM lists: one of LISTINGS
     schedules: tuple[float, ...] = (0.0,)  # when the schedule fires (selector: every key)
     pipeline: tuple[Pipeline, ...] = ()  # requests sent to the work queue
     warm: bool = True  # containers are reused
@@ -116,6 +139,7 @@ class Report:
     refreshes: list[tuple[str | None, str | None, float]]  # CTM's log: (tenancy, key, arrival)
     ctm_log: list[Any]
     requested: dict[str, set[str]]  # run id -> the key ids it must have a result for
+    odd_keys: dict[str, str]  # key id -> the status CTM's odd answer must end it with
     invocations: list[Invocation]
     dynamodb: SimDynamoDB
     sqs: SimSqs
@@ -164,6 +188,15 @@ class World:
             token_lifetime=scenario.token_lifetime,
         )
         self.ctm.faults.tenancy_read_limit = scenario.oci_read_limit
+        LISTINGS[scenario.listing](self.ctm.faults)
+        # Keys CTM answers oddly, and the outcome each must end with (docs/reference.md 4.4).
+        self.odd_keys: dict[str, str] = {}
+        if scenario.odd and len(self.keys) >= 3:
+            gone, refused, busy = (k["id"] for k in self.keys[:3])
+            self.ctm.faults.gone_keys.add(gone)
+            self.ctm.faults.not_authorized_keys[refused] = 404
+            self.ctm.faults.vault_busy(busy, times=1)
+            self.odd_keys = {gone: "NOT_FOUND", refused: "FAILED", busy: "REFRESHED"}
         if scenario.known_before:
             self._seed_latest_items()
         if scenario.rotated:
@@ -423,6 +456,7 @@ class World:
             results=results,
             expected_runs=set(self.requested),
             ctm_log=self.ctm.log.entries(),
+            odd_keys=dict(self.odd_keys),
             requested=dict(self.requested),
             keys={k["id"]: k["tenancy"] for k in self.keys},
             refreshes=self.ctm.refreshes(),
