@@ -4,12 +4,14 @@ Hypothesis draws, and the cases the issues measured (docs/reference.md 4.3)."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from devkit.sim.properties import check
 from devkit.sim.scenarios import scenarios
-from devkit.sim.world import Scenario, World
+from devkit.sim.world import LISTINGS, Scenario, World
 
 # ``make test`` runs this many schedules; ``make soak`` thousands (bench/soak.py).
 EXAMPLES = int(os.environ.get("SIM_EXAMPLES", "30"))
@@ -67,3 +69,25 @@ def test_every_run_completes_with_one_outcome_per_key_within_budgets_and_rates(
 ) -> None:
     findings = check(World(scenario).run())
     assert findings.problems == (), (scenario, findings)
+
+
+@pytest.mark.parametrize("listing", sorted(LISTINGS))
+def test_a_selector_run_refreshes_every_key_exactly_once_however_ctm_lists(listing: str) -> None:
+    # Given 300 keys over three tenancies and a CTM that lists them in one of its ways (sort
+    # honoured, one sort field refused, sort ignored, pages capped at 7 keys)
+    scenario = Scenario(tenancies=(120, 100, 80), listing=listing, latency=0.05, rate=4.0)
+
+    # When the schedule's selector ({"all": true}) runs
+    report = World(scenario).run()
+
+    # Then every key has one result, REFRESHED, and CTM was asked to refresh each exactly once
+    assert check(report).problems == ()
+    [run] = report.runs.values()
+    assert (run["status"], run["requested"], run["refreshed"]) == ("COMPLETED", 300, 300)
+    calls = Counter(key for _tenancy, key, _at in report.refreshes)
+    assert set(calls) == set(report.keys)
+    assert set(calls.values()) == {1}
+    # (and CTM did list as the mode says: a refused sort answered 400, capped pages were many)
+    lists = [e for e in report.ctm_log if e.operation == "list"]
+    assert any(e.status == 400 for e in lists) is (listing == "sort-refused")
+    assert len(lists) >= (300 // 7 if listing == "page-capped" else 1)
