@@ -121,7 +121,8 @@ class World:
             settings, engine, self.table, self.queues, sign_in=self.sign_in, runtime=runtime
         )
         intake = Intake(settings, resolver, worker, self.table, self.queues, runtime=runtime)
-        return RefreshService(intake, Sweeper(settings, self.table, self.queues, runtime))
+        sweeper = Sweeper(settings, self.table, self.queues, runtime)
+        return RefreshService(intake, worker, sweeper, self.table, self.queues)
 
     def end(self, seconds: float) -> Deadline:
         return Deadline(self.runtime.now + seconds, self.runtime)

@@ -6,9 +6,6 @@ A selector that outlasts the invocation hands its listing on to a continuation m
 ``RUN`` item names the resolution segment that owns the run (``start``, then each
 continuation's listing position): a duplicate or stale delivery of an earlier segment can
 neither hand on nor finish the resolution, so a run never completes before its listing ends.
-
-Over 300 lines on purpose: the intake and its chunk router share the run's registration rules,
-and the router exists only inside an intake.
 """
 
 from __future__ import annotations
@@ -53,9 +50,9 @@ class Intake:
         self._runtime = runtime
         self._settings = settings
         self._resolver = resolver
-        self.worker = worker
-        self.store = store
-        self.queue = queue
+        self._worker = worker
+        self._store = store
+        self._queue = queue
 
     def take(
         self,
@@ -68,7 +65,7 @@ class Intake:
         chunks, each registered and queued (or kept and refreshed here), what was not found
         recorded, the listing handed on if time ran short. ``end``: the invocation's."""
         original = request.chunk is None and request.resume is None
-        created = self.store.start_run(run, delivery.raw if original else None)
+        created = self._store.start_run(run, delivery.raw if original else None)
         start_by = end.before(self._settings.deadline_margin_seconds)
         last = last_chance(delivery, request.handoffs, self._settings.max_receive_count)
         if last and start_by.passed():
@@ -78,7 +75,16 @@ class Intake:
         done_before = None if created else self._done_before(run, fan_out)
         if done_before is not None:
             return done_before
-        router = ChunkRouter(self, run, delivery, end, fan_out)
+        router = ChunkRouter(
+            self._settings,
+            self._store,
+            self._queue,
+            self._worker,
+            run=run,
+            delivery=delivery,
+            end=end,
+            fan_out=fan_out,
+        )
         try:
             resolution = self._resolver.resolve(
                 request,
@@ -102,7 +108,7 @@ class Intake:
             handoffs = 0 if resolution.pages else request.handoffs + 1
             handed_on = self._continue(run, request, segment, resolution.resume, handoffs)
         router.refresh_kept()
-        if resolution.finished and not self.store.finish_resolution(run.run_id, segment):
+        if resolution.finished and not self._store.finish_resolution(run.run_id, segment):
             logger.info("another delivery owns this run's resolution; it finishes it")
         return self._report(
             run,
@@ -116,14 +122,14 @@ class Intake:
     def _done_before(self, run: RunInfo, fan_out: bool | None) -> RunReport | None:
         """The answer for a run taken in before, when there is nothing left to do: a completed
         run answers as it finished; one resolved and queued already, with its state."""
-        state = self.store.run_state(run.run_id)
+        state = self._store.run_state(run.run_id)
         if state is not None and state.completed:
             logger.info("run already completed: nothing to do")
             return RunReport.replay(run.run_id, state.counts)
         if state is not None and not state.resolving and fan_out:
             # A delivery killed between finishing the resolution and completing the run
             # (its chunks all done already) leaves the completion to this one.
-            completed = self.store.complete_if_done(run.run_id)
+            completed = self._store.complete_if_done(run.run_id)
             if completed is not None:
                 return RunReport.replay(run.run_id, completed)
             logger.info("run already resolved and queued: nothing to do")
@@ -133,7 +139,7 @@ class Intake:
     def _record_missing(self, run: RunInfo, resolution: Resolution, router: ChunkRouter) -> int:
         """Keys found missing while resolving are terminal at once; keys left out are logged.
         How many were new to the run."""
-        not_found = self.store.record_found_nothing(run, resolution.not_found)
+        not_found = self._store.record_found_nothing(run, resolution.not_found)
         missing = resolution.not_found[:not_found]
         router.recorded += [RecordedResult(outcome, None, False) for outcome in missing]
         if resolution.mismatched:
@@ -144,7 +150,7 @@ class Intake:
         if resolution.malformed:
             # Items that are not key objects cannot be refreshed: the listing was not whole.
             why = f"CTM listed {resolution.malformed} items that are not key objects"
-            self.store.record_listing_failure(run.run_id, "BAD_RESPONSE", why)
+            self._store.record_listing_failure(run.run_id, "BAD_RESPONSE", why)
             logger.error("listing incomplete", extra={"malformed": resolution.malformed})
         return not_found
 
@@ -153,9 +159,9 @@ class Intake:
         (one invocation at a time per tenancy is what holds its rate deployment-wide); never
         without any queue; with the work queue only, when the run has more keys than
         ``FANOUT_CHUNK_SIZE`` (None: known once resolution gets there)."""
-        if self.queue.tenancy_queue_url:
+        if self._queue.tenancy_queue_url:
             return True
-        if not self.queue.queue_url:
+        if not self._queue.queue_url:
             return False
         return None
 
@@ -176,11 +182,11 @@ class Intake:
             )
             for key_id in (*request.key_ids, *request.ocids)
         ]
-        self.store.record_found_nothing(run, outcomes)
+        self._store.record_found_nothing(run, outcomes)
         if request.selector is not None:
-            self.store.record_listing_failure(run.run_id, error_code, why)
-        self.store.finish_resolution(run.run_id, segment_of(request.resume))
-        completed = self.store.complete_if_done(run.run_id)
+            self._store.record_listing_failure(run.run_id, error_code, why)
+        self._store.finish_resolution(run.run_id, segment_of(request.resume))
+        completed = self._store.complete_if_done(run.run_id)
         logger.error("request given up", extra={"error_code": error_code, "keys": len(outcomes)})
         return RunReport(
             run_id=run.run_id,
@@ -202,10 +208,10 @@ class Intake:
         handoffs: int,
     ) -> int:
         """Hand the rest of a selector's listing on to a continuation message."""
-        if not self.queue.can_hand_on or request.selector is None:
+        if not self._queue.can_hand_on or request.selector is None:
             logger.error("deadline reached while resolving, and no queue to hand on to")
             return 0
-        if not self.store.hand_on_resolution(run.run_id, segment, segment_of(resume)):
+        if not self._store.hand_on_resolution(run.run_id, segment, segment_of(resume)):
             logger.info("another delivery owns this run's resolution; not handed on")
             return 0
         body = continuation_message(
@@ -218,32 +224,9 @@ class Intake:
         )
         position = json.dumps(resume, sort_keys=True, default=str)
         dedup = hashlib.sha256(f"{run.run_id}\n{position}".encode()).hexdigest()
-        self.queue.send([QueueMessage(body, f"resolve:{run.run_id}", dedup)])
+        self._queue.send([QueueMessage(body, f"resolve:{run.run_id}", dedup)])
         logger.info("resolution handed on", extra={"resume": resume})
         return 1
-
-    def refresh_in_place(
-        self,
-        jobs: list[ChunkJob],
-        delivery: Delivery,
-        end: Deadline,
-        done: EnginePass,
-        recorded: list[RecordedResult],
-    ) -> None:
-        """Refresh chunks registered by this intake, here; keys they still owe come back with
-        the SQS message, or are queued again for the other triggers."""
-        for job in jobs:
-            job.last_chance = last_chance(delivery, 0, self._settings.max_receive_count)
-        this_pass = self.worker.work(jobs, end)
-        done.throttled += this_pass.throttled
-        done.latencies_ms += this_pass.latencies_ms
-        for job in jobs:
-            recorded += job.recorded
-            owed = len(job.pending) + len(job.leftovers)
-            if delivery.trigger is not Trigger.SQS and owed and self.queue.can_hand_on:
-                done.requeued += self.worker.send_again(job, owed, "re-queued")
-                job.leftovers, job.pending = [], {}
-        done.jobs += jobs
 
     def _report(
         self,
@@ -260,7 +243,7 @@ class Intake:
         gave_up = sum(j.gave_up for j in jobs)
         completed = next((j.completed for j in jobs if j.completed), None)
         if completed is None and all(j.done for j in jobs):
-            completed = self.store.complete_if_done(run.run_id)
+            completed = self._store.complete_if_done(run.run_id)
         if completed:
             logger.info("run completed", extra={"counts": completed.__dict__})
         log_outcomes(router.recorded)
@@ -298,13 +281,20 @@ class ChunkRouter:
 
     def __init__(
         self,
-        intake: Intake,
+        settings: RefreshSettings,
+        store: RunTable,
+        queue: RunQueues,
+        worker: ChunkWorker,
+        *,
         run: RunInfo,
         delivery: Delivery,
         end: Deadline,
         fan_out: bool | None,
     ) -> None:
-        self._intake = intake
+        self._settings = settings
+        self._store = store
+        self._queue = queue
+        self._worker = worker
         self._run = run
         self._delivery = delivery
         self._end = end
@@ -319,14 +309,14 @@ class ChunkRouter:
 
     def route(self, chunk: Chunk) -> None:
         """Register ``chunk`` with the run, then queue it or keep it."""
-        store, run = self._intake.store, self._run
-        entries = store.register_chunk(run, chunk.chunk_id, chunk.tenancy, chunk.entries)
+        run = self._run
+        entries = self._store.register_chunk(run, chunk.chunk_id, chunk.tenancy, chunk.entries)
         if not entries:
             return
         keys = tuple(entry.key_id for entry in entries)
         job = ChunkJob(run, chunk.chunk_id, keys, None, chunk.tenancy)
         self._keys += len(entries)
-        limit = self._intake._settings.fanout_chunk_size
+        limit = self._settings.fanout_chunk_size
         if not self._decided and self._keys > limit:
             self._decided = self.fanning = True
             for kept in self._kept:
@@ -336,20 +326,31 @@ class ChunkRouter:
             self._send(job)
             return
         self._kept.append(job)
-        if not self._intake.queue.can_hand_on and len(self._kept) >= DIRECT_PASS_CHUNKS:
+        if not self._queue.can_hand_on and len(self._kept) >= DIRECT_PASS_CHUNKS:
             self.refresh_kept()
 
     def refresh_kept(self) -> None:
         """Refresh the chunks kept here (in one engine pass)."""
-        if self._kept:
-            self._intake.refresh_in_place(
-                self._kept, self._delivery, self._end, self.done, self.recorded
-            )
-            self._kept = []
+        if not self._kept:
+            return
+        jobs, self._kept = self._kept, []
+        for job in jobs:
+            job.last_chance = last_chance(self._delivery, 0, self._settings.max_receive_count)
+        this_pass = self._worker.work(jobs, self._end)
+        self.done.throttled += this_pass.throttled
+        self.done.latencies_ms += this_pass.latencies_ms
+        for job in jobs:
+            self.recorded += job.recorded
+            owed = len(job.pending) + len(job.leftovers)
+            if self._delivery.trigger is not Trigger.SQS and owed and self._queue.can_hand_on:
+                # Only SQS delivers again: the other triggers' owed keys are queued again.
+                self.done.requeued += self._worker.send_again(job, owed, "re-queued")
+                job.leftovers, job.pending = [], {}
+        self.done.jobs += jobs
 
     def flush_sends(self) -> None:
         if self._sends:
-            self._intake.queue.send(self._sends)
+            self._queue.send(self._sends)
             self._sends = []
 
     def _send(self, job: ChunkJob) -> None:

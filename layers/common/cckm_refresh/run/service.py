@@ -20,20 +20,28 @@ from cckm_refresh.runtime import Deadline
 from cckm_refresh.triggers import Delivery
 
 if TYPE_CHECKING:  # built by run.wiring on the first invocation: not imported at cold start
-    from cckm_refresh.run.chunks import ChunkJob
+    from cckm_refresh.run.chunks import ChunkJob, ChunkWorker
     from cckm_refresh.run.intake import Intake
+    from cckm_refresh.run.ports import RunQueues, RunTable
     from cckm_refresh.run.sweep import Sweeper, SweepReport
 
 
 class RefreshService:
     """Processes deliveries; built once per container and shared by its invocations."""
 
-    def __init__(self, intake: Intake, sweeper: Sweeper) -> None:
+    def __init__(
+        self,
+        intake: Intake,
+        worker: ChunkWorker,
+        sweeper: Sweeper,
+        store: RunTable,
+        queue: RunQueues,
+    ) -> None:
         self._intake = intake
+        self._worker = worker
         self._sweeper = sweeper
-        self._worker = intake.worker
-        self._store = intake.store
-        self._queue = intake.queue
+        self._store = store
+        self._queue = queue
 
     def process(self, delivery: Delivery, end: Deadline) -> Result:
         """Process one delivery; ``end`` is when the invocation ends."""

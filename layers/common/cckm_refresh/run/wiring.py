@@ -100,4 +100,5 @@ def refresh_service(
     )
     worker = ChunkWorker(settings, engine, store, queue, sign_in=ctm.issue_token, runtime=runtime)
     intake = Intake(settings, resolver, worker, store, queue, runtime=runtime)
-    return RefreshService(intake, Sweeper(settings, store, queue, runtime))
+    sweeper = Sweeper(settings, store, queue, runtime)
+    return RefreshService(intake, worker, sweeper, store, queue)
