@@ -18,9 +18,6 @@ Run as a module, it serves a stack at fixed loopback addresses until Ctrl-C, for
 
     python -m devkit.aws_local --port 5000 --prefix local \
         --ctm-ca ctm-ca.pem --ctm-user admin --ctm-password '...'
-
-Over 300 lines on purpose: the stack is created from the template's own properties in one
-pass, and read back (queues, stream, notifications) by the same object that made it.
 """
 
 from __future__ import annotations

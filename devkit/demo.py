@@ -19,9 +19,6 @@ the life of the function:
 
 The handlers' JSON logs and metrics go to a file in a temporary folder (its path is printed),
 so the output reads well.
-
-Over 300 lines on purpose: the demo's scenario, told in order, from the world it starts to the
-report it checks.
 """
 
 from __future__ import annotations

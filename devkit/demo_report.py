@@ -3,9 +3,6 @@
 ``check(observed, expected)`` is pure: it compares what the table, the queues and the topic
 hold after the demo, and what the queues carried, with what the demo set out to cause, and
 returns the misses.
-
-Over 300 lines on purpose: what the demo prints and every expectation it checks, beside each
-other.
 """
 
 from __future__ import annotations

@@ -60,9 +60,6 @@ again at once when an invocation ends (its messages deleted, its group free).
 Not modelled: Lambda's scaling ramp (it adds pollers over minutes; here every slot up to
 ``MaximumConcurrency`` is used at once), the 6 MB payload limit, function timeouts (a target
 enforces its own), and retries of failed asynchronous invocations.
-
-Over 300 lines on purpose: the poller's rules (concurrency, batching, FIFO groups, answers,
-redrive) act on one shared state of what is in flight.
 """
 
 from __future__ import annotations

@@ -2,9 +2,6 @@
 
 Transport-free: ``CtmApi.handle`` takes an ``ApiRequest`` and returns an ``ApiReply``, so the
 behaviour can be unit-tested without sockets; ``server`` puts HTTPS around it.
-
-Over 300 lines on purpose: the emulated API's operations and their CTM-shaped answers, beside
-each other so that they answer alike.
 """
 
 from __future__ import annotations

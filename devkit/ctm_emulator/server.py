@@ -3,9 +3,6 @@
 Stdlib only (``ThreadingHTTPServer`` + ``ssl``): one daemon thread per connection, HTTP/1.1
 keep-alive so pooled clients reuse connections, TLS handshakes done in the connection's thread
 (a slow or failing handshake never stalls the accept loop).
-
-Over 300 lines on purpose: the HTTPS server's request handling (routing, auth, faults applied
-to the answer as it is written) in one place, as CTM's own front end is one.
 """
 
 from __future__ import annotations

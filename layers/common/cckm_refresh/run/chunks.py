@@ -5,10 +5,6 @@ refreshed again; the others are refreshed, each outcome recorded as soon as it i
 killed container repeats at most its calls in flight). A chunk whose keys are all terminal is
 closed, adding its counts to the run once, and the run completes with its last chunk. The
 tenancy's pace comes in with the read and goes out with the close (``TenancyPace``).
-
-Over 300 lines on purpose: a chunk's whole life in one invocation (its read, the engine pass,
-each outcome's recording, the close, the report) acts on one ``ChunkJob`` under the run's
-rules; split, each part would need the others' state.
 """
 
 from __future__ import annotations

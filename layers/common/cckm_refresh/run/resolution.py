@@ -11,9 +11,6 @@ rate): from the list call for OCIDs and selectors, from the key's ``LATEST`` ite
 seen before, and from ``GET /api/v1/cckm/oci/keys/{id}`` (CCKM's cached copy: no OCI read) for
 one never seen. A key whose tenancy still cannot be learnt goes to the ``~unknown`` group,
 which is paced like one tenancy.
-
-Over 300 lines on purpose: the three ways a key is resolved (CCKM id, OCID, selector page) and
-the per-tenancy chunker they all feed, which must agree on what a chunk is.
 """
 
 from __future__ import annotations

@@ -19,10 +19,6 @@ with the run:
 - ``resolving`` names the resolution segment that owns the run (``start``, then the listing
   position each continuation starts from): only that segment may hand on or finish, so a
   duplicate or stale delivery of an earlier segment can never end the resolution early.
-
-Over 300 lines on purpose: every rule that keeps a run's counts exact (registration, keys found
-missing, a chunk's close, who owns the resolution, completion) is here, beside the others it
-must agree with.
 """
 
 from __future__ import annotations
