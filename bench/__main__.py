@@ -9,7 +9,8 @@ import sys
 import time
 
 from bench import footprint, scale, throughput
-from bench.results import Figures, render
+from bench.figures import Figures
+from bench.results import render
 from bench.world import ROOT, prepare_process
 
 RESULTS = ROOT / "bench" / "RESULTS.md"

@@ -10,59 +10,44 @@ import datetime as dt
 import os
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
-from bench.footprint import IMPORT_RUNS, WITH_BYTECODE, ImportTime, LayerSize, MemoryRun
-from bench.scale import (
+from bench.figures import (
+    CEILING,
     FULL_RATE,
-    FUNCTION_TIMEOUT,
+    IMPORT_RUNS,
+    KEYS_PER_TENANCY,
     KILL_MAX_RECEIVE_COUNT,
+    LATENCY,
+    OCI_READS_PER_SECOND,
     READS_PER_REFRESH,
     TARGET_GROWTH_KB_PER_KEY,
+    TARGET_IMPORT_RATIO,
     TARGET_MESSAGES_PER_KEY,
     TARGET_PEAK_MB,
+    TARGET_PEAK_MIB,
+    TARGET_RATIO,
     TARGET_RATIO_SLOW,
     TARGET_READS_PER_KEY,
     TARGET_THROTTLED,
+    TARGET_THROTTLED_SHARE,
     TARGET_WRITE_REQUESTS_PER_KEY,
+    TARGET_WRITES_PER_KEY,
+    WITH_BYTECODE,
     Cost,
+    Figures,
+    ImportTime,
+    LayerSize,
+    MemoryRun,
     RateRun,
     ScaleFigures,
-)
-from bench.throughput import (
-    CEILING,
-    KEYS_PER_TENANCY,
-    LATENCY,
-    READS_PER_SECOND,
     Scenario,
 )
-from bench.world import DYNAMODB_WRITES, TENANCIES, AwsCalls
+from bench.world import DYNAMODB_WRITES, FUNCTION_TIMEOUT, TENANCIES, AwsCalls
 
-# The issue's targets (issue 7).
-TARGET_RATIO = 0.9
-TARGET_THROTTLED_SHARE = 0.05
-TARGET_IMPORT_RATIO = 1.3  # issue 12: of what sam build ships
 COLD_START_BEGIN = (
     "<!-- cold start: written by `python -m bench.footprint --cold-start` and `make bench` -->"
 )
 COLD_START_END = "<!-- end of the cold start -->"
-TARGET_PEAK_MIB = 200
-# Issue 10's "write requests <= 3 per key (correctness first)". Issue 7's 1.2 predates issue
-# 11: each outcome is now written as it arrives, a conditional put of the result and an
-# update of the key's LATEST item, instead of batches of 25.
-TARGET_WRITES_PER_KEY = 3
-
-
-@dataclass(frozen=True)
-class Figures:
-    """Everything one run measured."""
-
-    scenarios: Sequence[Scenario]
-    imports: Sequence[ImportTime]
-    layer: LayerSize
-    memory: MemoryRun
-    seconds: float
-    scale: ScaleFigures | None = None
 
 
 def _mark(ok: bool) -> str:
@@ -217,7 +202,7 @@ def _render_throughput(scenarios: Sequence[Scenario]) -> list[str]:
         "## 1. Throughput against OCI's per-tenancy limit",
         "",
         f"CTM emulator over HTTPS on loopback: {LATENCY * 1000:.0f} ms added to every key call, "
-        f"{READS_PER_SECOND} OCI reads per second per tenancy (sliding 1 s window; a refresh "
+        f"{OCI_READS_PER_SECOND} OCI reads per second per tenancy (sliding 1 s window; a refresh "
         f"costs 2, a throttled call nothing). {KEYS_PER_TENANCY * TENANCIES} keys, exactly "
         f"{KEYS_PER_TENANCY} in each of {TENANCIES} tenancies: the ceiling is "
         f"{CEILING:.0f} refreshes per second, whatever the client. Keys/s is refreshed keys "
@@ -324,7 +309,7 @@ def _meaning(figures: Figures) -> list[str]:
         f"The curl-style loop is safe but slow: one call at a time spends the {LATENCY * 1000:.0f}"
         f" ms latency plus a TLS handshake per key, so it reaches {sequential.ratio:.2f} of what "
         f"OCI allows. The unbounded pool is fast only at failing: OCI's window admits a burst "
-        f"of {READS_PER_SECOND // 2} refreshes per tenancy, and with one attempt per key "
+        f"of {OCI_READS_PER_SECOND // 2} refreshes per tenancy, and with one attempt per key "
         f"{pool.failed} of {pool.keys} keys failed ({pool.throttled} throttled answers); its "
         f"keys/s counts only the {pool.refreshed} keys that got through. Our "
         f"engine paces each tenancy at `TENANCY_RATE_LIMIT` and retries throttled calls within "
