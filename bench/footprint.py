@@ -35,7 +35,7 @@ from bench.figures import (
     LayerSize,
     MemoryRun,
 )
-from bench.results import render_cold_start, replace_cold_start
+from bench.results import COLD_START, render_cold_start, write_part
 from bench.world import (
     ROOT,
     CtmProcess,
@@ -281,19 +281,11 @@ def print_memory_run(memory: MemoryRun, run: Drive) -> None:
         )
 
 
-def rewrite_cold_start() -> None:
-    """Measure the cold start and the layer again; rewrite only that part of RESULTS.md."""
-    results = ROOT / "bench" / "RESULTS.md"
-    lines = render_cold_start(cold_start(), layer_size())
-    results.write_text(replace_cold_start(results.read_text(encoding="utf-8"), lines))
-    print(f"cold start written to {results.relative_to(ROOT)}")
-
-
 if __name__ == "__main__":
     prepare_process()
     started = time.perf_counter()
-    if "--cold-start" in sys.argv[1:]:
-        rewrite_cold_start()
+    if "--cold-start" in sys.argv[1:]:  # only the cold start part of RESULTS.md
+        write_part(COLD_START, render_cold_start(cold_start(), layer_size()))
     else:
         cold_start()
         layer_size()

@@ -44,7 +44,7 @@ from bench.figures import (
     ScaleFigures,
     Size,
 )
-from bench.results import render_scale, replace_scale_section
+from bench.results import SCALE, render_scale, write_part
 from bench.world import (
     FUNCTION_TIMEOUT,
     ROOT,
@@ -605,11 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(render_scale(figures)))
     else:
         plot(figures)
-        results = ROOT / "bench" / "RESULTS.md"
-        results.write_text(
-            replace_scale_section(results.read_text(encoding="utf-8"), figures), encoding="utf-8"
-        )
-        print(f"scale section written to {results.relative_to(ROOT)}")
+        write_part(SCALE, render_scale(figures))
     return 0
 
 

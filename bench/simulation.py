@@ -20,17 +20,13 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from bench.results import RESULTS, SIMULATION, write_part
 from devkit.sim.dynamodb import plain
 from devkit.sim.properties import Findings, check
 from devkit.sim.world import Report, Scenario, World, template_default
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "RESULTS.md"
-PLOT = ROOT / "bench" / "simulation-night.png"
-BEGIN = "<!-- simulation: written by `python -m bench.simulation scale` -->"
-END = "<!-- end of the simulation -->"
+PLOT = RESULTS.with_name("simulation-night.png")
 OCI_CEILING = 5.0  # refreshes/s per tenancy: OCI's 10 reads/s, two reads a refresh
 NOTIFY_BATCH = 25  # the notify function's stream batch size (template.yaml)
 
@@ -133,7 +129,7 @@ def _notifications(report: Report) -> int:
 
 def render(nights: Sequence[Night]) -> list[str]:
     lines = [
-        BEGIN,
+        SIMULATION.begin,
         "## The simulation: a night at scale, on the virtual clock",
         "",
         "The whole system in `devkit/sim` (the real function code in simulated containers, "
@@ -157,7 +153,7 @@ def render(nights: Sequence[Night]) -> list[str]:
         lines.append(f"| {service} | {dollars} |")
     totals = " | ".join(f"**${sum(c.values()):.3f}**" for c in per_night)
     lines.append(f"| **total** | {totals} |")
-    lines += ["", f"![keys refreshed over the night]({PLOT.name})", "", END]
+    lines += ["", f"![keys refreshed over the night]({PLOT.name})", "", SIMULATION.end]
     return lines
 
 
@@ -213,17 +209,6 @@ def plot(nights: Sequence[Night]) -> None:
     figure.savefig(PLOT, dpi=110)
 
 
-def write_section(lines: Sequence[str]) -> None:
-    text = RESULTS.read_text(encoding="utf-8")
-    body = "\n".join(lines)
-    if BEGIN in text:
-        start, end = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:start] + body + text[end:]
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    RESULTS.write_text(text, encoding="utf-8")
-
-
 def scale(write: bool = True) -> None:
     nights = [
         night("100,000 keys, 20 tenancies", tuple([5000] * 20)),
@@ -232,7 +217,7 @@ def scale(write: bool = True) -> None:
     lines = render(nights)
     print("\n".join(lines))
     if write:
-        write_section(lines)
+        write_part(SIMULATION, lines)
         plot(nights)
 
 
