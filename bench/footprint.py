@@ -6,9 +6,6 @@ boto3, as the Lambda runtime has it. Alone, after ``make build lambda-runtime``:
 ``PYTHONPATH=layers/common:. .venv/bin/python -m bench.footprint [--cold-start]``; with
 ``--cold-start`` it measures only the cold start and the layer, and rewrites that part of
 RESULTS.md.
-
-Over 300 lines on purpose: cold start, layer size and memory are all measured on the built
-artifact, with the same interpreter set-up.
 """
 
 from __future__ import annotations

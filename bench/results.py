@@ -365,7 +365,7 @@ def _meaning(figures: Figures) -> list[str]:
         f"The curl-style loop is safe but slow: one call at a time spends the {LATENCY * 1000:.0f}"
         f" ms latency plus a TLS handshake per key, so it reaches {sequential.ratio:.2f} of what "
         f"OCI allows. The unbounded pool is fast only at failing: OCI's window admits a burst "
-        f"of {OCI_READS_PER_SECOND // 2} refreshes per tenancy, and with one attempt per key "
+        f"of {FULL_RATE} refreshes per tenancy, and with one attempt per key "
         f"{pool.failed} of {pool.keys} keys failed ({pool.throttled} throttled answers); its "
         f"keys/s counts only the {pool.refreshed} keys that got through. Our "
         f"engine paces each tenancy at `TENANCY_RATE_LIMIT` and retries throttled calls within "

@@ -44,10 +44,9 @@ from bench.figures import (
     ScaleFigures,
     Size,
 )
-from bench.results import SCALE, render_scale, write_part
+from bench.results import RESULTS, SCALE, render_scale, write_part
 from bench.world import (
     FUNCTION_TIMEOUT,
-    ROOT,
     ContainerPool,
     CtmProcess,
     KeySet,
@@ -58,8 +57,8 @@ from bench.world import (
 from cckm_refresh.table.items import RunState
 
 RATES = (5, 4, 3, 2, 1)  # tried in turn until the machine carries one (see carried_rate)
-PLOT_RATE = ROOT / "bench" / "scale-throughput.png"
-PLOT_MEMORY = ROOT / "bench" / "scale-memory.png"
+PLOT_RATE = RESULTS.with_name("scale-throughput.png")
+PLOT_MEMORY = RESULTS.with_name("scale-memory.png")
 
 FULL = Size()
 QUICK = Size(

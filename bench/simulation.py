@@ -21,13 +21,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bench.figures import FULL_RATE
 from bench.results import RESULTS, SIMULATION, write_part
 from devkit.sim.dynamodb import plain
 from devkit.sim.properties import Findings, check
 from devkit.sim.world import Report, Scenario, World, template_default
 
 PLOT = RESULTS.with_name("simulation-night.png")
-OCI_CEILING = 5.0  # refreshes/s per tenancy: OCI's 10 reads/s, two reads a refresh
 NOTIFY_BATCH = 25  # the notify function's stream batch size (template.yaml)
 
 # List prices, us-east-1 (AWS pricing pages, after DynamoDB's on-demand cut of 2024-11).
@@ -60,7 +60,7 @@ class Night:
 
     @property
     def ceiling_seconds(self) -> float:
-        return max(self.report.scenario.tenancies) / OCI_CEILING
+        return max(self.report.scenario.tenancies) / FULL_RATE
 
 
 def night(name: str, tenancies: tuple[int, ...]) -> Night:
@@ -96,7 +96,7 @@ def costs(n: Night) -> dict[str, float]:
         "DynamoDB reads": db.items_read * DYNAMODB_READ_UNIT,
         "SQS": sum(sqs.calls.values()) * SQS_FIFO_REQUEST
         + len(report.invocations) * SQS_STANDARD_REQUEST,  # receives and deletes, roughly
-        "SNS": _notifications(report) * SNS_PUBLISH,
+        "SNS": notify_records * SNS_PUBLISH,  # about a publish per record that wakes notify
     }
 
 
@@ -120,11 +120,6 @@ def _key_modifications(report: Report) -> int:
         for event, _old, new in report.dynamodb.stream
         if event == "MODIFY" and new is not None and new.get("item_type", {}).get("S") == "KEY"
     )
-
-
-def _notifications(report: Report) -> int:
-    """Roughly one SNS publish per passing record (rotations, completed runs)."""
-    return _notify_records(report)
 
 
 def render(nights: Sequence[Night]) -> list[str]:

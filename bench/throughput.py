@@ -66,9 +66,25 @@ def _refresh_once(ctm: Any, jwt: str, key_id: str) -> bool:
     return answer.ok
 
 
-def _span(entries: Sequence[Any]) -> float:
-    arrivals = [e.monotonic for e in entries if e.operation == "refresh"]
-    return max(arrivals) - min(arrivals) if arrivals else 0.0
+def _scenario(
+    name: str, how: str, log: list[Any], *, keys: int, refreshed: int, wall: float
+) -> Scenario:
+    """A row: ``refreshed`` of ``keys`` in ``wall`` seconds, and what the emulator's request
+    ``log`` saw."""
+    calls = ctm_calls(log)
+    arrivals = [e.monotonic for e in log if e.operation == "refresh"]
+    return Scenario(
+        name=name,
+        how=how,
+        keys=keys,
+        refreshed=refreshed,
+        failed=keys - refreshed,
+        wall_seconds=wall,
+        refresh_calls=calls.get("refresh", 0),
+        throttled=calls["throttled"],
+        refresh_span_seconds=max(arrivals) - min(arrivals) if arrivals else 0.0,
+        costs={"ctm": calls},
+    )
 
 
 def _measure(
@@ -79,20 +95,8 @@ def _measure(
     started = time.perf_counter()
     answers = run()
     wall = time.perf_counter() - started
-    entries = ctm.request_log
-    calls = ctm_calls(entries)
-    refreshed = sum(answers)
-    return Scenario(
-        name=name,
-        how=how,
-        keys=len(key_ids),
-        refreshed=refreshed,
-        failed=len(key_ids) - refreshed,
-        wall_seconds=wall,
-        refresh_calls=calls.get("refresh", 0),
-        throttled=calls["throttled"],
-        refresh_span_seconds=_span(entries),
-        costs={"ctm": calls},
+    return _scenario(
+        name, how, ctm.request_log, keys=len(key_ids), refreshed=sum(answers), wall=wall
     )
 
 
@@ -148,20 +152,11 @@ def _engine_scenario(
     time from the schedule firing to the end of the last invocation."""
     per_key = run.refreshes()
     refreshed = sum(1 for key in asked if per_key[key])
-    calls = ctm_calls(run.log)
-    aws, _ = run.pool.aws()
-    scenario = Scenario(
-        name="our engine",
-        how=how,
-        keys=len(asked),
-        refreshed=refreshed,
-        failed=len(asked) - refreshed,
-        wall_seconds=run.seconds(),
-        refresh_calls=calls.get("refresh", 0),
-        throttled=calls["throttled"],
-        refresh_span_seconds=_span(run.log),
-        costs={"ctm": calls, "dynamodb": aws.of("dynamodb"), "sqs": aws.of("sqs")},
+    scenario = _scenario(
+        "our engine", how, run.log, keys=len(asked), refreshed=refreshed, wall=run.seconds()
     )
+    aws, _ = run.pool.aws()
+    scenario.costs |= {"dynamodb": aws.of("dynamodb"), "sqs": aws.of("sqs")}
     twice = sum(1 for n in per_key.values() if n > 1)
     scenario.notes += [
         *_invocations_note(run),
