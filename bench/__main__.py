@@ -1,6 +1,9 @@
 """``make bench``: run every benchmark, print the figures, rewrite ``bench/RESULTS.md``.
 
 PYTHONPATH=layers/common:. .venv/bin/python -m bench [--no-write]
+
+The simulation's section and the hand-written notes are kept as they are
+(``python -m bench.simulation scale``, which ``make bench`` runs next, rewrites the first).
 """
 
 from __future__ import annotations
@@ -9,10 +12,9 @@ import sys
 import time
 
 from bench import footprint, scale, throughput
-from bench.results import Figures, render
+from bench.figures import Figures
+from bench.results import NOTES, RESULTS, SIMULATION, render
 from bench.world import ROOT, prepare_process
-
-RESULTS = ROOT / "bench" / "RESULTS.md"
 
 
 def main(argv: list[str]) -> int:
@@ -27,6 +29,9 @@ def main(argv: list[str]) -> int:
     scaled = scale.run_all()
     figures = Figures(scenarios, imports, layer, memory, time.perf_counter() - started, scaled)
     text = render(figures)
+    old = RESULTS.read_text(encoding="utf-8")
+    for part in (SIMULATION, NOTES):
+        text = part.kept(old, text)
     if "--no-write" in argv:
         print(text)
     else:

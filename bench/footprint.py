@@ -6,9 +6,6 @@ boto3, as the Lambda runtime has it. Alone, after ``make build lambda-runtime``:
 ``PYTHONPATH=layers/common:. .venv/bin/python -m bench.footprint [--cold-start]``; with
 ``--cold-start`` it measures only the cold start and the layer, and rewrites that part of
 RESULTS.md.
-
-Over 300 lines on purpose: cold start, layer size and memory are all measured on the built
-artifact, with the same interpreter set-up.
 """
 
 from __future__ import annotations
@@ -21,33 +18,36 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from bench.scale import Drive, World, _refreshes, drive
+from bench.drive import Drive, drive, schedule
+from bench.figures import (
+    IMPORT_RUNS,
+    WITH_BYTECODE,
+    WITHOUT_BYTECODE,
+    ImportTime,
+    LayerSize,
+    MemoryRun,
+)
+from bench.results import COLD_START, render_cold_start, write_part
 from bench.world import (
     ROOT,
-    AwsCalls,
     CtmProcess,
-    Invocation,
     KeySet,
     PooledInvocation,
+    World,
     ctm_calls,
     prepare_process,
 )
 
-IMPORT_RUNS = 15
 BUILD = ROOT / ".aws-sam" / "build"  # sam build's output: what is deployed
 LAMBDA_PYTHON = ROOT / ".venv-lambda" / "bin" / "python"  # python3.13 + boto3, like the runtime
 BUILT_FUNCTIONS = {"refresh": "RefreshFunction", "notify": "NotifyFunction"}
-WITH_BYTECODE = "sam build (bytecode)"
-WITHOUT_BYTECODE = "no bytecode"
 MEMORY_KEYS = 5000
 MEMORY_TIMEOUT = 900.0  # seconds the poller may take to drain the run
-SCHEDULED_TIME = "2026-11-28T06:00:00Z"
 # What a handler module needs to import (their values are not used until an invocation).
 HANDLER_ENV = {
     "CTM_BASE_URL": "https://ctm.example.com",
@@ -71,26 +71,6 @@ print(time.process_time() - cpu, time.perf_counter() - wall)
 
 
 # --- cold start ------------------------------------------------------------------------------
-
-
-@dataclass
-class ImportTime:
-    """Import times of one module over fresh interpreters, and their ratio to boto3's."""
-
-    name: str
-    layer: str  # which layer was on sys.path ("" for boto3 alone)
-    seconds: list[float]  # CPU time
-    wall: list[float]
-    ratio: float = 0.0  # median over the rounds of (CPU time / boto3's in the same round)
-    heaviest: list[tuple[str, float]] = field(default_factory=list)  # top-level, cumulative
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
-
-    @property
-    def wall_median(self) -> float:
-        return statistics.median(self.wall)
 
 
 @dataclass(frozen=True)
@@ -192,14 +172,6 @@ def cold_start() -> list[ImportTime]:
 # --- the layer -------------------------------------------------------------------------------
 
 
-@dataclass
-class LayerSize:
-    unpacked_bytes: int
-    zipped_bytes: int
-    files: int
-    packages: list[tuple[str, int]]  # top-level entries of python/, by size
-
-
 def _tree_bytes(path: Path) -> tuple[int, int]:
     if path.is_file():
         return path.stat().st_size, 1
@@ -234,27 +206,6 @@ def layer_size() -> LayerSize:
 # --- peak memory -----------------------------------------------------------------------------
 
 
-@dataclass
-class MemoryRun:
-    keys: int
-    refreshed: int
-    invocations: list[tuple[str, Invocation]]
-    peak_rss_after_import_kb: int
-    ctm: dict[str, int]
-    aws: AwsCalls
-
-    @property
-    def peak_kb(self) -> int:
-        return max(invocation.peak_rss_kb for _, invocation in self.invocations)
-
-
-MEMORY_SCHEDULE: Mapping[str, Any] = {
-    "scheduled_time": SCHEDULED_TIME,
-    "execution_id": "bench-memory",
-    "request": {"selector": {"all": True}},
-}
-
-
 def peak_memory() -> MemoryRun:
     """The refresh function as deployed over 5,000 keys (no latency, no OCI limit,
     ``TENANCY_RATE_LIMIT=100``, template defaults otherwise): the schedule's intake invocation
@@ -266,7 +217,7 @@ def peak_memory() -> MemoryRun:
         with CtmProcess(KeySet(count=MEMORY_KEYS, seed=5)) as ctm:
             stack = world.fresh_stack(ctm)
             env = stack.refresh_env(CTM_BASE_URL=ctm.base_url, TENANCY_RATE_LIMIT="100")
-            run = drive(world, ctm, stack, env, MEMORY_SCHEDULE, timeout=MEMORY_TIMEOUT)
+            run = drive(world, ctm, stack, env, schedule("bench-memory"), timeout=MEMORY_TIMEOUT)
     finally:
         world.stop()
     memory = _memory_figures(run)
@@ -289,7 +240,7 @@ def _memory_figures(run: Drive) -> MemoryRun:
     calls, _ = run.pool.aws()
     return MemoryRun(
         keys=MEMORY_KEYS,
-        refreshed=len(_refreshes(run.log)),
+        refreshed=len(run.refreshes()),
         invocations=invocations,
         peak_rss_after_import_kb=intake.after_import_kb,
         ctm=ctm_calls(run.log),
@@ -327,21 +278,11 @@ def print_memory_run(memory: MemoryRun, run: Drive) -> None:
         )
 
 
-def rewrite_cold_start() -> None:
-    """Measure the cold start and the layer again; rewrite only that part of RESULTS.md."""
-    from bench.results import render_cold_start, replace_cold_start
-
-    results = ROOT / "bench" / "RESULTS.md"
-    lines = render_cold_start(cold_start(), layer_size())
-    results.write_text(replace_cold_start(results.read_text(encoding="utf-8"), lines))
-    print(f"cold start written to {results.relative_to(ROOT)}")
-
-
 if __name__ == "__main__":
     prepare_process()
     started = time.perf_counter()
-    if "--cold-start" in sys.argv[1:]:
-        rewrite_cold_start()
+    if "--cold-start" in sys.argv[1:]:  # only the cold start part of RESULTS.md
+        write_part(COLD_START, render_cold_start(cold_start(), layer_size()))
     else:
         cold_start()
         layer_size()

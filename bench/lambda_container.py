@@ -25,9 +25,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from bench.world import AwsCallCounter, prepare_process
-
-FUNCTION_TIMEOUT = 300.0  # template.yaml's refresh function timeout
+from bench.world import FUNCTION_TIMEOUT, AwsCallCounter, prepare_process
 
 
 def _peak_rss_kb() -> int:

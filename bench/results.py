@@ -1,4 +1,5 @@
-"""``bench/RESULTS.md`` from the figures of one ``make bench`` run.
+"""``bench/RESULTS.md``: its sections rendered from the figures of one ``make bench`` run,
+and the marked parts of it that a benchmark run alone replaces.
 
 Over 300 lines on purpose: RESULTS.md is one document; its sections are rendered side by side
 so that they read alike.
@@ -12,57 +13,103 @@ import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bench.footprint import IMPORT_RUNS, WITH_BYTECODE, ImportTime, LayerSize, MemoryRun
-from bench.scale import (
+from bench.figures import (
+    CEILING,
     FULL_RATE,
-    FUNCTION_TIMEOUT,
+    IMPORT_RUNS,
+    KEYS_PER_TENANCY,
     KILL_MAX_RECEIVE_COUNT,
+    LATENCY,
+    OCI_READS_PER_SECOND,
     READS_PER_REFRESH,
     TARGET_GROWTH_KB_PER_KEY,
+    TARGET_IMPORT_RATIO,
     TARGET_MESSAGES_PER_KEY,
     TARGET_PEAK_MB,
+    TARGET_PEAK_MIB,
+    TARGET_RATIO,
     TARGET_RATIO_SLOW,
     TARGET_READS_PER_KEY,
     TARGET_THROTTLED,
+    TARGET_THROTTLED_SHARE,
     TARGET_WRITE_REQUESTS_PER_KEY,
+    TARGET_WRITES_PER_KEY,
+    WITH_BYTECODE,
     Cost,
+    Figures,
+    ImportTime,
+    LayerSize,
+    MemoryRun,
     RateRun,
     ScaleFigures,
-)
-from bench.throughput import (
-    CEILING,
-    KEYS_PER_TENANCY,
-    LATENCY,
-    READS_PER_SECOND,
     Scenario,
 )
-from bench.world import DYNAMODB_WRITES, TENANCIES, AwsCalls
+from bench.world import DYNAMODB_WRITES, FUNCTION_TIMEOUT, ROOT, TENANCIES, AwsCalls
 
-# The issue's targets (issue 7).
-TARGET_RATIO = 0.9
-TARGET_THROTTLED_SHARE = 0.05
-TARGET_IMPORT_RATIO = 1.3  # issue 12: of what sam build ships
-COLD_START_BEGIN = (
-    "<!-- cold start: written by `python -m bench.footprint --cold-start` and `make bench` -->"
-)
-COLD_START_END = "<!-- end of the cold start -->"
-TARGET_PEAK_MIB = 200
-# Issue 10's "write requests <= 3 per key (correctness first)". Issue 7's 1.2 predates issue
-# 11: each outcome is now written as it arrives, a conditional put of the result and an
-# update of the key's LATEST item, instead of batches of 25.
-TARGET_WRITES_PER_KEY = 3
+RESULTS = ROOT / "bench" / "RESULTS.md"
+
+
+# --- the marked parts ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Figures:
-    """Everything one run measured."""
+class Part:
+    """A part of RESULTS.md between two HTML comments: what writes it replaces it, every other
+    run keeps it."""
 
-    scenarios: Sequence[Scenario]
-    imports: Sequence[ImportTime]
-    layer: LayerSize
-    memory: MemoryRun
-    seconds: float
-    scale: ScaleFigures | None = None
+    name: str
+    written_by: str
+
+    @property
+    def begin(self) -> str:
+        return f"<!-- {self.name}: {self.written_by} -->"
+
+    @property
+    def end(self) -> str:
+        return f"<!-- end of the {self.name} -->"
+
+    def of(self, text: str) -> str | None:
+        """This part of ``text``, markers included (found by its name, whoever wrote it);
+        None when ``text`` has none."""
+        start = text.find(f"<!-- {self.name}:")
+        stop = text.find(self.end, start)
+        if start < 0 or stop < 0:
+            return None
+        return text[start : stop + len(self.end)]
+
+    def replaced(self, text: str, section: str) -> str:
+        """``text`` with this part replaced by ``section`` (markers included). Where ``text``
+        has none, ``section`` goes before the hand-written notes, which end the file."""
+        old = self.of(text)
+        if old is not None:
+            return text.replace(old, section, 1)
+        notes = NOTES.of(text)
+        if notes is not None and self != NOTES:
+            return text.replace(notes, f"{section}\n\n{notes}", 1)
+        return text.rstrip("\n") + "\n\n" + section + "\n"
+
+    def kept(self, old: str, new: str) -> str:
+        """``new`` with this part as ``old`` has it (``new`` as it is when ``old`` has none)."""
+        section = self.of(old)
+        return new if section is None else self.replaced(new, section)
+
+
+COLD_START = Part(
+    "cold start", "written by `python -m bench.footprint --cold-start` and `make bench`"
+)
+SCALE = Part("scale section", "written by `python -m bench.scale` and `make bench`")
+SIMULATION = Part("simulation", "written by `python -m bench.simulation scale`")
+NOTES = Part("notes", "written by hand; every benchmark keeps them")
+
+
+def write_part(part: Part, lines: Sequence[str]) -> None:
+    """Replace ``part`` of RESULTS.md by ``lines`` (its markers included); keep the rest."""
+    text = RESULTS.read_text(encoding="utf-8")
+    RESULTS.write_text(part.replaced(text, "\n".join(lines)), encoding="utf-8")
+    print(f"{part.name} written to {RESULTS.relative_to(ROOT)}", flush=True)
+
+
+# --- sections 1 to 3 -------------------------------------------------------------------------
 
 
 def _mark(ok: bool) -> str:
@@ -109,7 +156,7 @@ def render_cold_start(imports: Sequence[ImportTime], layer: LayerSize) -> list[s
     """The cold start part of section 2, markers included (``python -m bench.footprint
     --cold-start`` rewrites only this part of RESULTS.md)."""
     return [
-        COLD_START_BEGIN,
+        COLD_START.begin,
         "",
         _COLD_START_METHOD,
         "",
@@ -122,7 +169,7 @@ def render_cold_start(imports: Sequence[ImportTime], layer: LayerSize) -> list[s
         "",
         *_layer_table(layer),
         "",
-        COLD_START_END,
+        COLD_START.end,
     ]
 
 
@@ -161,12 +208,6 @@ def _layer_table(layer: LayerSize) -> list[str]:
         f"| zipped (deflate) | {layer.zipped_bytes / 2**20:.1f} MiB |",
         *(f"| `{name}` | {size / 2**20:.1f} MiB |" for name, size in layer.packages),
     ]
-
-
-def replace_cold_start(text: str, lines: Sequence[str]) -> str:
-    """RESULTS.md's text with its cold start part replaced by ``lines``."""
-    start, end = text.index(COLD_START_BEGIN), text.index(COLD_START_END) + len(COLD_START_END)
-    return text[:start] + "\n".join(lines) + text[end:]
 
 
 def render(figures: Figures) -> str:
@@ -217,7 +258,7 @@ def _render_throughput(scenarios: Sequence[Scenario]) -> list[str]:
         "## 1. Throughput against OCI's per-tenancy limit",
         "",
         f"CTM emulator over HTTPS on loopback: {LATENCY * 1000:.0f} ms added to every key call, "
-        f"{READS_PER_SECOND} OCI reads per second per tenancy (sliding 1 s window; a refresh "
+        f"{OCI_READS_PER_SECOND} OCI reads per second per tenancy (sliding 1 s window; a refresh "
         f"costs 2, a throttled call nothing). {KEYS_PER_TENANCY * TENANCIES} keys, exactly "
         f"{KEYS_PER_TENANCY} in each of {TENANCIES} tenancies: the ceiling is "
         f"{CEILING:.0f} refreshes per second, whatever the client. Keys/s is refreshed keys "
@@ -324,7 +365,7 @@ def _meaning(figures: Figures) -> list[str]:
         f"The curl-style loop is safe but slow: one call at a time spends the {LATENCY * 1000:.0f}"
         f" ms latency plus a TLS handshake per key, so it reaches {sequential.ratio:.2f} of what "
         f"OCI allows. The unbounded pool is fast only at failing: OCI's window admits a burst "
-        f"of {READS_PER_SECOND // 2} refreshes per tenancy, and with one attempt per key "
+        f"of {FULL_RATE} refreshes per tenancy, and with one attempt per key "
         f"{pool.failed} of {pool.keys} keys failed ({pool.throttled} throttled answers); its "
         f"keys/s counts only the {pool.refreshed} keys that got through. Our "
         f"engine paces each tenancy at `TENANCY_RATE_LIMIT` and retries throttled calls within "
@@ -344,9 +385,6 @@ def _meaning(figures: Figures) -> list[str]:
 
 
 # --- 4. Scale --------------------------------------------------------------------------------
-
-SCALE_BEGIN = "<!-- scale section: written by `python -m bench.scale` and `make bench` -->"
-SCALE_END = "<!-- end of the scale section -->"
 
 
 def _rate_row(run: RateRun) -> str:
@@ -386,7 +424,7 @@ def render_scale(scale: ScaleFigures) -> list[str]:
     rate_runs = _rate_runs(scale)
     carried = scale.ceiling[-1] if scale.ceiling else None  # the rate the machine carried
     return [
-        SCALE_BEGIN,
+        SCALE.begin,
         *_scale_method(scale),
         *(_rate_row(run) for run in rate_runs),
         "",
@@ -399,7 +437,7 @@ def render_scale(scale: ScaleFigures) -> list[str]:
         *_render_memory(scale),
         *_render_cost(scale.cost),
         *_render_kills(scale),
-        SCALE_END,
+        SCALE.end,
     ]
 
 
@@ -643,13 +681,3 @@ def _render_kills(scale: ScaleFigures) -> list[str]:
         )
     lines.append("")
     return lines
-
-
-def replace_scale_section(text: str, scale: ScaleFigures) -> str:
-    """``text`` (RESULTS.md) with its scale section replaced, or appended when it has none."""
-    section = "\n".join(render_scale(scale))
-    if SCALE_BEGIN in text and SCALE_END in text:
-        head, rest = text.split(SCALE_BEGIN, 1)
-        tail = rest.split(SCALE_END, 1)[1]
-        return head + section + tail
-    return text.rstrip("\n") + "\n\n" + section + "\n"

@@ -24,69 +24,43 @@ import json
 import os
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.drive import RUN_ID, Drive, cpu_meter, drive, run_notes, run_status, schedule
+from bench.figures import (
+    FULL_RATE,
+    KILL_MAX_RECEIVE_COUNT,
+    READS_PER_REFRESH,
+    TARGET_PEAK_MB,
+    TARGET_RATIO,
+    TARGET_THROTTLED,
+    Cost,
+    KillRun,
+    RateRun,
+    Resolution,
+    ScaleFigures,
+    Size,
+)
+from bench.results import RESULTS, SCALE, render_scale, write_part
 from bench.world import (
-    ROOT,
-    AwsCalls,
+    FUNCTION_TIMEOUT,
     ContainerPool,
     CtmProcess,
     KeySet,
     LambdaContainer,
-    LocalAws,
-    MotoProcess,
-    machine_cpu_seconds,
-    prepare_process,
+    World,
     process_cpu_seconds,
 )
+from cckm_refresh.table.items import RunState
 
-SCHEDULED_TIME = "2026-11-28T06:00:00Z"
-RUN_ID = f"schedule-{SCHEDULED_TIME}"
-READS_PER_REFRESH = 2  # what one refresh costs in OCI reads (the emulator's model)
-OCI_READS_PER_SECOND = 10  # OCI's limit per tenancy
-FULL_RATE = 5  # refreshes per second per tenancy that OCI allows: 10 / 2
 RATES = (5, 4, 3, 2, 1)  # tried in turn until the machine carries one (see carried_rate)
-TARGET_RATIO = 0.9
-TARGET_RATIO_SLOW = 0.85  # at 1.0 s latency, and for the piled-on tenancy
-TARGET_THROTTLED = 0.02
-TARGET_PEAK_MB = 150
-TARGET_GROWTH_KB_PER_KEY = 0.5
-TARGET_READS_PER_KEY = 2
-TARGET_WRITE_REQUESTS_PER_KEY = 3
-TARGET_MESSAGES_PER_KEY = 0.02
-FUNCTION_TIMEOUT = 300.0  # template.yaml's refresh function Timeout
-# The poller wakes at once when an invocation ends or a message is sent (Lambda long-polls:
-# moto's process signals each send); between, it polls moto this often (each poll costs moto
-# ~3.5 ms of CPU, which the handlers need more).
-POLL_INTERVAL = 0.25
-KILL_MAX_RECEIVE_COUNT = 50
-PLOT_RATE = ROOT / "bench" / "scale-throughput.png"
-PLOT_MEMORY = ROOT / "bench" / "scale-memory.png"
+PLOT_RATE = RESULTS.with_name("scale-throughput.png")
+PLOT_MEMORY = RESULTS.with_name("scale-memory.png")
 
-
-@dataclass(frozen=True)
-class Size:
-    """How big each run is (``--quick`` shrinks them)."""
-
-    tenancies: int = 20
-    per_tenancy: int = 150
-    sweep: tuple[int, ...] = (1, 5, 10, 20)
-    sweep_per_tenancy: int = 60  # shorter runs for the points below 20 tenancies
-    pileup_keys: int = 100
-    pipeline_keys: int = 25
-    memory_sizes: tuple[int, ...] = (10_000, 25_000, 50_000, 100_000)
-    cost_keys: int = 10_000
-    kill_tenancies: int = 5
-    kill_per_tenancy: int = 100
-    kill_every: tuple[float, ...] = (5.0, 15.0)
-
-
+FULL = Size()
 QUICK = Size(
     tenancies=4,
     per_tenancy=20,
@@ -102,272 +76,7 @@ QUICK = Size(
 )
 
 
-# --- where the CPU went ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CpuShare:
-    """CPU seconds each party used during one run, and the machine's whole."""
-
-    wall: float
-    parties: Mapping[str, float]  # moto, CTM emulator, containers, driver (poller)
-    machine_busy: float  # every process on the machine, ours and others'
-    cores: int
-
-    @property
-    def ours(self) -> float:
-        return sum(self.parties.values())
-
-    def line(self) -> str:
-        capacity = self.wall * self.cores
-        parts = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.parties.items())
-        return (
-            f"CPU over {self.wall:.0f} s x {self.cores} cores = {capacity:.0f} core-s: {parts}; "
-            f"ours {self.ours / capacity:.0%}, whole machine {self.machine_busy / capacity:.0%} "
-            f"busy"
-        )
-
-
-@contextmanager
-def cpu_meter(parties: Mapping[str, Callable[[], float]]) -> Iterator[list[CpuShare]]:
-    """Measure the CPU ``parties`` (name -> CPU seconds so far) use inside the block."""
-    before = {name: read() for name, read in parties.items()}
-    busy_before, _ = machine_cpu_seconds()
-    started = time.monotonic()
-    out: list[CpuShare] = []
-    try:
-        yield out
-    finally:
-        busy_after, _ = machine_cpu_seconds()
-        out.append(
-            CpuShare(
-                wall=time.monotonic() - started,
-                parties={name: read() - before[name] for name, read in parties.items()},
-                machine_busy=busy_after - busy_before,
-                cores=os.cpu_count() or 1,
-            )
-        )
-
-
-def _driver_cpu() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
-# --- the world of one run --------------------------------------------------------------------
-
-
-@dataclass
-class World:
-    """moto (its own process), the CTM emulator (its own process), a fresh stack per run."""
-
-    aws: LocalAws
-    moto: MotoProcess
-    mappings: list[str]  # the template's SQS events, as the poller runs them
-
-    @classmethod
-    def start(cls) -> World:
-        prepare_process()
-        moto = MotoProcess()
-        moto.start()
-        os.environ["AWS_ENDPOINT_URL"] = moto.endpoint_url
-        from devkit.aws_local import LocalAwsStack
-        from devkit.lambda_poller import mappings_from_template
-
-        stack = LocalAwsStack.create(moto.endpoint_url, prefix=f"b{uuid.uuid4().hex[:10]}")
-        mappings = [
-            f"{m.label} ({'FIFO' if m.fifo else 'standard'}): BatchSize {m.batch_size}, "
-            f"MaximumConcurrency {m.maximum_concurrency}"
-            + (
-                f", batching window {m.batching_window_seconds:.0f} s"
-                if m.batching_window_seconds and not m.fifo
-                else ""
-            )
-            for m in mappings_from_template(stack)
-        ]
-        return cls(LocalAws(moto, stack), moto, mappings)
-
-    def stop(self) -> None:
-        self.moto.stop()
-
-    def fresh_stack(self, ctm: CtmProcess, max_receive_count: int | None = None) -> Any:
-        stack = self.aws.fresh_stack(max_receive_count)
-        self.aws.trust(ctm)
-        return stack
-
-
-def _schedule(request: Mapping[str, Any]) -> dict[str, Any]:
-    return {"scheduled_time": SCHEDULED_TIME, "execution_id": "bench-scale", "request": request}
-
-
-@dataclass
-class Drive:
-    """One run driven through the poller: what it did, what it cost, where the CPU went."""
-
-    t0: float
-    report: Any  # devkit.lambda_poller.PollerReport
-    pool: ContainerPool
-    mappings: list[Any]
-    cpu: CpuShare
-    log: list[Any]  # the emulator's request log
-    polled: Mapping[str, int]  # SQS calls the poller made
-
-    @property
-    def last_end(self) -> float:
-        """When the last invocation's answer was applied (monotonic)."""
-        return max((i.ended for i in self.report.invocations), default=self.t0)
-
-    def seconds(self) -> float:
-        return self.last_end - self.t0
-
-
-def drive(
-    world: World,
-    ctm: CtmProcess,
-    stack: Any,
-    env: Mapping[str, str],
-    schedule: Mapping[str, Any] | None,
-    *,
-    pipeline: Sequence[Mapping[str, Any]] = (),
-    timeout: float = 600.0,
-    during: Callable[[ContainerPool, threading.Event], None] | None = None,
-    redeliver_crashed_after: int | None = None,
-) -> Drive:
-    """Fire the schedule (and send the pipeline messages) at t=0, drain, and measure."""
-    from devkit.lambda_poller import LambdaPoller, mappings_from_template
-
-    pool = ContainerPool("refresh", env, timeout_seconds=FUNCTION_TIMEOUT)
-    mappings = mappings_from_template(stack)
-    ctm.reset_throttle()
-    ctm.reset_log()
-    sqs = stack.client("sqs")
-    polled = _count_calls(sqs)  # the poller's own calls (Lambda's, not the function's)
-    with (
-        cpu_meter(_cpu_parties(world, ctm, pool)) as measured,
-        LambdaPoller(
-            sqs,
-            mappings,
-            pool,
-            region=stack.region,
-            poll_interval=POLL_INTERVAL,
-            redeliver_crashed_after=redeliver_crashed_after,
-            sent=world.moto.sends.wait,
-        ) as poller,
-    ):
-        t0 = time.monotonic()
-        if schedule is not None:
-            poller.invoke(schedule)
-        _send_pipeline(stack, pipeline)
-        report = _drain_beside(poller, pool, during, timeout)
-        pool.close()
-    for crash in report.crashes:
-        print(f"  ! {crash.source} invocation crashed: {crash.error!r}", flush=True)
-    return Drive(t0, report, pool, mappings, measured[0], ctm.request_log, dict(polled))
-
-
-def _cpu_parties(
-    world: World, ctm: CtmProcess, pool: ContainerPool
-) -> dict[str, Callable[[], float]]:
-    """Each party of a driven run, and how to read the CPU seconds it has used so far."""
-    return {
-        "moto": lambda: process_cpu_seconds(world.moto.pid),
-        "CTM emulator": lambda: process_cpu_seconds(ctm.pid),
-        "handler containers": pool.cpu_seconds,
-        "driver (poller)": _driver_cpu,
-    }
-
-
-def _count_calls(sqs: Any) -> Counter[str]:
-    """A counter of the calls ``sqs`` makes from now on, by operation."""
-    calls: Counter[str] = Counter()
-    sqs.meta.events.register(
-        "before-call.sqs", lambda event_name, **_: calls.update([event_name.split(".")[-1]])
-    )
-    return calls
-
-
-def _send_pipeline(stack: Any, pipeline: Sequence[Mapping[str, Any]]) -> None:
-    """Send the pipeline's messages to the work queue."""
-    pipelines = stack.client("sqs")  # not the poller's client: its calls are counted
-    for body in pipeline:
-        pipelines.send_message(QueueUrl=stack.work_queue_url, MessageBody=json.dumps(body))
-
-
-def _drain_beside(
-    poller: Any,
-    pool: ContainerPool,
-    during: Callable[[ContainerPool, threading.Event], None] | None,
-    timeout: float,
-) -> Any:
-    """Drain the poller's queues (its report), with ``during`` running beside it until then."""
-    stop = threading.Event()
-    helper = None
-    if during is not None:
-        helper = threading.Thread(target=during, args=(pool, stop), daemon=True)
-        helper.start()
-    try:
-        return poller.drain(timeout=timeout)
-    finally:
-        stop.set()
-        if helper is not None:
-            helper.join()
-
-
 # --- figures of a throughput run -------------------------------------------------------------
-
-
-@dataclass
-class RateRun:
-    """A run against OCI's per-tenancy limit, from the schedule firing to the last answer."""
-
-    name: str
-    tenancies: int
-    keys: int  # refresh work asked for (keys, counting a key once per run that names it)
-    latency: float
-    rate: int  # TENANCY_RATE_LIMIT = the emulator's reads/s per tenancy / 2
-    seconds: float
-    refreshed: int  # successful refresh calls
-    refresh_calls: int
-    throttled: int
-    failed_keys: int
-    twice: int  # keys refreshed more than once in one run
-    never: int  # keys never refreshed
-    drained: bool
-    cpu: CpuShare
-    invocations: Mapping[str, int]
-    peak_in_flight: Mapping[str, int]
-    cold_starts: int
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ceiling(self) -> float:
-        return float(self.tenancies * self.rate)
-
-    @property
-    def keys_per_second(self) -> float:
-        return self.refreshed / self.seconds if self.seconds else 0.0
-
-    @property
-    def ratio(self) -> float:
-        return self.keys_per_second / self.ceiling
-
-    @property
-    def throttled_share(self) -> float:
-        return self.throttled / self.refresh_calls if self.refresh_calls else 0.0
-
-
-def _refreshes(log: Sequence[Any]) -> Counter[str]:
-    """Successful refresh calls per key id, from the emulator's request log."""
-    return Counter(
-        str(e.key_id).lower()
-        for e in log
-        if e.operation == "refresh" and e.authenticated and 200 <= e.status < 300
-    )
-
-
-def _run_item(stack: Any, run_id: str) -> dict[str, Any]:
-    found = stack.table.get_item(Key={"pk": f"RUN#{run_id}", "sk": "RUN"}, ConsistentRead=True)
-    return dict(found.get("Item", {}))
 
 
 def rate_run(
@@ -387,15 +96,13 @@ def rate_run(
         env = stack.refresh_env(CTM_BASE_URL=ctm.base_url, TENANCY_RATE_LIMIT=str(rate))
         key_ids = [key_id.lower() for key_id, _ in ctm.key_tenancies()]
         pipeline = _pipeline_messages(key_ids, pipeline_keys)
-        run = drive(
-            world, ctm, stack, env, _schedule({"selector": {"all": True}}), pipeline=pipeline
-        )
+        run = drive(world, ctm, stack, env, schedule(), pipeline=pipeline)
         runs = [RUN_ID, *(str(body["request_id"]) for body in pipeline)]
-        run_items = {run_id: _run_item(stack, run_id) for run_id in runs}
+        states = {run_id: run.run_state(run_id) for run_id in runs}
     result = _rate_figures(
         run,
         _asked(key_ids, pipeline),
-        run_items,
+        states,
         name=name,
         tenancies=keys.tenancies,
         latency=latency,
@@ -408,7 +115,7 @@ def rate_run(
 def _rate_figures(
     run: Drive,
     expected: Counter[str],
-    run_items: Mapping[str, Mapping[str, Any]],
+    states: Mapping[str, RunState | None],
     *,
     name: str,
     tenancies: int,
@@ -417,7 +124,7 @@ def _rate_figures(
 ) -> RateRun:
     """What the emulator's log, the containers and the runs' RUN items say of a driven run
     that asked for ``expected`` refreshes."""
-    per_key = _refreshes(run.log)
+    per_key = run.refreshes()
     refresh_calls, throttled = _refresh_calls(run.log)
     twice, never = _twice_and_never(per_key, expected)
     return RateRun(
@@ -430,7 +137,7 @@ def _rate_figures(
         refreshed=sum(per_key.values()),
         refresh_calls=refresh_calls,
         throttled=throttled,
-        failed_keys=sum(int(item.get("failed", 0)) for item in run_items.values()),
+        failed_keys=sum(state.counts.failed for state in states.values() if state),
         twice=twice,
         never=never,
         drained=run.report.drained,
@@ -439,7 +146,7 @@ def _rate_figures(
         peak_in_flight=dict(run.report.peak_in_flight),
         cold_starts=run.pool.cold_starts,
         notes=[
-            *_run_item_notes(run_items),
+            *run_notes(states),
             _ctm_calls_note(run.log),
             _aws_calls_note(run, expected.total()),
             *_refresh_times_note(run),
@@ -479,14 +186,6 @@ def _pipeline_messages(key_ids: Sequence[str], pipeline_keys: int) -> list[dict[
             "reason": "rotation pipeline",
         }
         for n, start in enumerate(starts)
-    ]
-
-
-def _run_item_notes(run_items: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    return [
-        f"run {item.get('run_id', run_id)}: {item.get('status', 'no RUN item')}, "
-        f"refreshed {item.get('refreshed', '?')}, failed {item.get('failed', '?')}"
-        for run_id, item in run_items.items()
     ]
 
 
@@ -568,27 +267,6 @@ def _carried(run: RateRun, target: float) -> bool:
 # --- the resolving invocation ----------------------------------------------------------------
 
 
-@dataclass
-class Resolution:
-    """The scheduled invocation that resolves a selector of ``keys`` keys, alone."""
-
-    keys: int
-    peak_kb: int
-    after_import_kb: int
-    seconds: float
-    response: Any
-    queued_keys: int  # keys in tenancy-queue / work-queue messages
-    continuation_keys: int  # keys a continuation message still has to list
-    messages: int
-    aws_calls: Mapping[str, int]
-    cpu: CpuShare
-    note: str = ""
-
-    @property
-    def accounted(self) -> bool:
-        return self.queued_keys + self.continuation_keys == self.keys
-
-
 def resolution(world: World, keys: int) -> Resolution:
     """One container, one scheduled invocation (selector all) over ``keys`` keys."""
     with CtmProcess(KeySet(tenancies=20, count=keys, seed=7)) as ctm:
@@ -602,7 +280,7 @@ def resolution(world: World, keys: int) -> Resolution:
         }
         try:
             with cpu_meter(parties) as measured:
-                invocation = container.invoke(_schedule({"selector": {"all": True}}))
+                invocation = container.invoke(schedule())
         finally:
             container.close()
         queued, carried, messages, note = _queued_keys(stack, keys)
@@ -633,10 +311,10 @@ def resolution(world: World, keys: int) -> Resolution:
 def _queued_keys(stack: Any, total: int) -> tuple[int, int, int, str]:
     """(keys in key messages, keys left to a continuation, messages, what the bodies held)."""
     sqs = stack.client("sqs")
-    queues = [stack.work_queue_url, getattr(stack, "tenancy_queue_url", None)]
+    queues = [stack.work_queue_url, stack.tenancy_queue_url]
     queued = carried = messages = 0
     kinds: Counter[str] = Counter()
-    for url in filter(None, queues):
+    for url in queues:
         while batch := sqs.receive_message(
             QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=300
         ).get("Messages", []):
@@ -670,63 +348,22 @@ def _listing_position(body: Mapping[str, Any]) -> int:
 # --- cost per key ----------------------------------------------------------------------------
 
 
-@dataclass
-class Cost:
-    """AWS calls (and items) of a whole run, from the schedule to the last key."""
-
-    keys: int
-    refreshed: int
-    seconds: float
-    calls: AwsCalls
-    items: AwsCalls
-    drained: bool
-    status: str
-    cpu: CpuShare
-
-    def per_key(self, amount: float) -> float:
-        return amount / self.keys
-
-    @property
-    def bookkeeping_reads(self) -> int:
-        dynamodb = self.items.of("dynamodb")
-        return sum(dynamodb.get(op, 0) for op in ("GetItem", "BatchGetItem", "Query"))
-
-    @property
-    def write_requests(self) -> int:
-        dynamodb = self.items.of("dynamodb")
-        return sum(
-            dynamodb.get(op, 0)
-            for op in (
-                "PutItem",
-                "UpdateItem",
-                "DeleteItem",
-                "BatchWriteItem",
-                "TransactWriteItems",
-            )
-        )
-
-    @property
-    def messages(self) -> int:
-        sqs = self.items.of("sqs")
-        return sqs.get("SendMessage", 0) + sqs.get("SendMessageBatch", 0)
-
-
 def cost(world: World, keys: int) -> Cost:
     """A ``keys``-key scheduled run, no latency and no OCI limit (pacing is not the subject)."""
     with CtmProcess(KeySet(tenancies=20, count=keys, seed=11)) as ctm:
         stack = world.fresh_stack(ctm)
         env = stack.refresh_env(CTM_BASE_URL=ctm.base_url, TENANCY_RATE_LIMIT="100")
-        run = drive(world, ctm, stack, env, _schedule({"selector": {"all": True}}), timeout=900)
-        item = _run_item(stack, RUN_ID)
+        run = drive(world, ctm, stack, env, schedule(), timeout=900)
+        state = run.run_state()
     calls, items = run.pool.aws()
     result = Cost(
         keys=keys,
-        refreshed=sum(_refreshes(run.log).values()),
+        refreshed=sum(run.refreshes().values()),
         seconds=run.seconds(),
         calls=calls,
         items=items,
         drained=run.report.drained,
-        status=str(item.get("status", "no RUN item")),
+        status=run_status(state),
         cpu=run.cpu,
     )
     print(
@@ -746,57 +383,26 @@ def cost(world: World, keys: int) -> Cost:
 # --- kills -----------------------------------------------------------------------------------
 
 
-@dataclass
-class KillRun:
-    """Keys refreshed twice when a container working a queue batch is killed every N s."""
-
-    every: float
-    keys: int
-    kills: int
-    refresh_calls: int  # successful ones
-    twice: int  # keys refreshed more than once
-    never: int
-    seconds: float
-    status: str
-    drained: bool
-
-    @property
-    def twice_per_thousand(self) -> float:
-        return 1000 * self.twice / self.keys
-
-    @property
-    def extra_per_thousand(self) -> float:
-        return 1000 * (self.refresh_calls - (self.keys - self.never)) / self.keys
-
-
 def kill_run(world: World, size: Size, every: float, latency: float, rate: int) -> KillRun:
-    """Kill the container running a tenancy-queue batch (the work queue's, before the tenancy
-    queue exists) every ``every`` seconds; crashed batches come back after 1 s (standing in
-    for the queue's visibility timeout). ``maxReceiveCount`` is raised to
-    ``KILL_MAX_RECEIVE_COUNT`` so that the kills, not the dead-letter queue, end deliveries."""
+    """Kill the container running a tenancy-queue batch every ``every`` seconds; crashed
+    batches come back after 1 s (standing in for the queue's visibility timeout).
+    ``maxReceiveCount`` is raised to ``KILL_MAX_RECEIVE_COUNT`` so that the kills, not the
+    dead-letter queue, end deliveries."""
     keys = KeySet(tenancies=size.kill_tenancies, per_tenancy=size.kill_per_tenancy, seed=13)
     with CtmProcess(keys) as ctm:
         ctm.set_faults(latency=latency, tenancy_read_limit=rate * READS_PER_REFRESH)
         stack = world.fresh_stack(ctm, max_receive_count=KILL_MAX_RECEIVE_COUNT)
-        source = getattr(stack, "tenancy_queue_arn", stack.work_queue_arn)
+        source = stack.tenancy_queue_arn
         env = stack.refresh_env(CTM_BASE_URL=ctm.base_url, TENANCY_RATE_LIMIT=str(rate))
 
         def killer(pool: ContainerPool, stop: threading.Event) -> None:
             while not stop.wait(every):
                 pool.kill_busy(source)
 
-        run = drive(
-            world,
-            ctm,
-            stack,
-            env,
-            _schedule({"selector": {"all": True}}),
-            during=killer,
-            redeliver_crashed_after=1,
-        )
-        item = _run_item(stack, RUN_ID)
+        run = drive(world, ctm, stack, env, schedule(), during=killer, redeliver_crashed_after=1)
+        state = run.run_state()
         total = len(ctm.key_tenancies())
-    per_key = _refreshes(run.log)
+    per_key = run.refreshes()
     result = KillRun(
         every=every,
         keys=total,
@@ -805,7 +411,7 @@ def kill_run(world: World, size: Size, every: float, latency: float, rate: int) 
         twice=sum(1 for n in per_key.values() if n > 1),
         never=total - len(per_key),
         seconds=run.seconds(),
-        status=str(item.get("status", "no RUN item")),
+        status=run_status(state),
         drained=run.report.drained,
     )
     print(
@@ -818,29 +424,6 @@ def kill_run(world: World, size: Size, every: float, latency: float, rate: int) 
 
 
 # --- the whole section -----------------------------------------------------------------------
-
-
-@dataclass
-class ScaleFigures:
-    """Everything the scale section measured."""
-
-    size: Size
-    ceiling: list[RateRun] = field(default_factory=list)  # 20 tenancies, 0.4 s, rates tried
-    slow: list[RateRun] = field(default_factory=list)  # 20 tenancies, 1.0 s
-    sweep: list[RateRun] = field(default_factory=list)  # 1, 5, 10 tenancies (+ 20 from ceiling)
-    pileup: RateRun | None = None
-    memory: list[Resolution] = field(default_factory=list)
-    cost: Cost | None = None
-    kills: list[KillRun] = field(default_factory=list)
-    seconds: float = 0.0
-    taken_at: str = ""
-    mappings: list[str] = field(default_factory=list)
-    load_before: float = 0.0  # the machine's 1-minute load average when the section started
-
-    @property
-    def rate(self) -> int:
-        """The per-tenancy rate the machine carried at 0.4 s (the last one tried)."""
-        return self.ceiling[-1].rate if self.ceiling else FULL_RATE
 
 
 def _measure_ceiling(world: World, figures: ScaleFigures) -> None:
@@ -915,7 +498,7 @@ MEASURES: Mapping[str, Callable[[World, ScaleFigures], None]] = {
 SECTIONS = tuple(MEASURES)
 
 
-def run_all(size: Size = Size(), only: Sequence[str] = SECTIONS) -> ScaleFigures:
+def run_all(size: Size = FULL, only: Sequence[str] = SECTIONS) -> ScaleFigures:
     """Run the scale section's benchmarks; print each figure as it comes."""
     import datetime as dt
 
@@ -1016,18 +599,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-write", action="store_true", help="print the section instead of writing RESULTS.md"
     )
     args = parser.parse_args(argv)
-    figures = run_all(QUICK if args.quick else Size(), args.only)
-    from bench.results import render_scale, replace_scale_section
-
+    figures = run_all(QUICK if args.quick else FULL, args.only)
     if args.no_write or args.quick:  # a smoke test or a look: the tracked PNGs stay as they are
         print("\n".join(render_scale(figures)))
     else:
         plot(figures)
-        results = ROOT / "bench" / "RESULTS.md"
-        results.write_text(
-            replace_scale_section(results.read_text(encoding="utf-8"), figures), encoding="utf-8"
-        )
-        print(f"scale section written to {results.relative_to(ROOT)}")
+        write_part(SCALE, render_scale(figures))
     return 0
 
 

@@ -20,18 +20,14 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from bench.figures import FULL_RATE
+from bench.results import RESULTS, SIMULATION, write_part
 from devkit.sim.dynamodb import plain
 from devkit.sim.properties import Findings, check
 from devkit.sim.world import Report, Scenario, World, template_default
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "RESULTS.md"
-PLOT = ROOT / "bench" / "simulation-night.png"
-BEGIN = "<!-- simulation: written by `python -m bench.simulation scale` -->"
-END = "<!-- end of the simulation -->"
-OCI_CEILING = 5.0  # refreshes/s per tenancy: OCI's 10 reads/s, two reads a refresh
+PLOT = RESULTS.with_name("simulation-night.png")
 NOTIFY_BATCH = 25  # the notify function's stream batch size (template.yaml)
 
 # List prices, us-east-1 (AWS pricing pages, after DynamoDB's on-demand cut of 2024-11).
@@ -64,7 +60,7 @@ class Night:
 
     @property
     def ceiling_seconds(self) -> float:
-        return max(self.report.scenario.tenancies) / OCI_CEILING
+        return max(self.report.scenario.tenancies) / FULL_RATE
 
 
 def night(name: str, tenancies: tuple[int, ...]) -> Night:
@@ -100,7 +96,7 @@ def costs(n: Night) -> dict[str, float]:
         "DynamoDB reads": db.items_read * DYNAMODB_READ_UNIT,
         "SQS": sum(sqs.calls.values()) * SQS_FIFO_REQUEST
         + len(report.invocations) * SQS_STANDARD_REQUEST,  # receives and deletes, roughly
-        "SNS": _notifications(report) * SNS_PUBLISH,
+        "SNS": notify_records * SNS_PUBLISH,  # about a publish per record that wakes notify
     }
 
 
@@ -126,14 +122,9 @@ def _key_modifications(report: Report) -> int:
     )
 
 
-def _notifications(report: Report) -> int:
-    """Roughly one SNS publish per passing record (rotations, completed runs)."""
-    return _notify_records(report)
-
-
 def render(nights: Sequence[Night]) -> list[str]:
     lines = [
-        BEGIN,
+        SIMULATION.begin,
         "## The simulation: a night at scale, on the virtual clock",
         "",
         "The whole system in `devkit/sim` (the real function code in simulated containers, "
@@ -157,7 +148,7 @@ def render(nights: Sequence[Night]) -> list[str]:
         lines.append(f"| {service} | {dollars} |")
     totals = " | ".join(f"**${sum(c.values()):.3f}**" for c in per_night)
     lines.append(f"| **total** | {totals} |")
-    lines += ["", f"![keys refreshed over the night]({PLOT.name})", "", END]
+    lines += ["", f"![keys refreshed over the night]({PLOT.name})", "", SIMULATION.end]
     return lines
 
 
@@ -213,17 +204,6 @@ def plot(nights: Sequence[Night]) -> None:
     figure.savefig(PLOT, dpi=110)
 
 
-def write_section(lines: Sequence[str]) -> None:
-    text = RESULTS.read_text(encoding="utf-8")
-    body = "\n".join(lines)
-    if BEGIN in text:
-        start, end = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:start] + body + text[end:]
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    RESULTS.write_text(text, encoding="utf-8")
-
-
 def scale(write: bool = True) -> None:
     nights = [
         night("100,000 keys, 20 tenancies", tuple([5000] * 20)),
@@ -232,7 +212,7 @@ def scale(write: bool = True) -> None:
     lines = render(nights)
     print("\n".join(lines))
     if write:
-        write_section(lines)
+        write_part(SIMULATION, lines)
         plot(nights)
 
 

@@ -22,73 +22,23 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import requests
 
-from bench.scale import (
-    RUN_ID,
-    Drive,
-    World,
-    _refreshes,
-    _run_item,
-    _run_item_notes,
-    _schedule,
-    drive,
+from bench.drive import RUN_ID, Drive, drive, run_notes, schedule
+from bench.figures import (
+    CEILING,
+    FULL_RATE,
+    KEYS_PER_TENANCY,
+    LATENCY,
+    OCI_READS_PER_SECOND,
+    Scenario,
 )
-from bench.world import (
-    DYNAMODB_WRITES,
-    TENANCIES,
-    CtmProcess,
-    KeySet,
-    ctm_calls,
-    prepare_process,
-)
+from bench.world import TENANCIES, CtmProcess, KeySet, World, ctm_calls, prepare_process
+from cckm_refresh.table.items import RunState
 
-LATENCY = 0.15
-READS_PER_SECOND = 10  # per tenancy
-READS_PER_REFRESH = 2
-KEYS_PER_TENANCY = 200
-CEILING = TENANCIES * READS_PER_SECOND / READS_PER_REFRESH  # refreshes per second
 SEQUENTIAL_SUBSET = 120  # the loop runs at ~6 keys/s: 600 keys would take 100 s to say the same
-ENGINE_RATE_LIMIT = "5"  # the true budget: 10 reads/s / 2 reads per refresh
-
-
-@dataclass
-class Scenario:
-    """One way of refreshing the keys, and what the emulator saw of it."""
-
-    name: str
-    how: str
-    keys: int
-    refreshed: int
-    failed: int
-    wall_seconds: float
-    refresh_calls: int
-    throttled: int
-    refresh_span_seconds: float  # first to last refresh request the emulator received
-    notes: list[str] = field(default_factory=list)
-    costs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def keys_per_second(self) -> float:
-        return self.refreshed / self.wall_seconds if self.wall_seconds else 0.0
-
-    @property
-    def ratio(self) -> float:
-        return self.keys_per_second / CEILING
-
-    @property
-    def throttled_share(self) -> float:
-        return self.throttled / self.refresh_calls if self.refresh_calls else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self) | {
-            "keys_per_second": self.keys_per_second,
-            "ratio": self.ratio,
-            "throttled_share": self.throttled_share,
-        }
 
 
 def _issue_jwt(ctm: Any) -> str:
@@ -116,9 +66,25 @@ def _refresh_once(ctm: Any, jwt: str, key_id: str) -> bool:
     return answer.ok
 
 
-def _span(entries: Sequence[Any]) -> float:
-    arrivals = [e.monotonic for e in entries if e.operation == "refresh"]
-    return max(arrivals) - min(arrivals) if arrivals else 0.0
+def _scenario(
+    name: str, how: str, log: list[Any], *, keys: int, refreshed: int, wall: float
+) -> Scenario:
+    """A row: ``refreshed`` of ``keys`` in ``wall`` seconds, and what the emulator's request
+    ``log`` saw."""
+    calls = ctm_calls(log)
+    arrivals = [e.monotonic for e in log if e.operation == "refresh"]
+    return Scenario(
+        name=name,
+        how=how,
+        keys=keys,
+        refreshed=refreshed,
+        failed=keys - refreshed,
+        wall_seconds=wall,
+        refresh_calls=calls.get("refresh", 0),
+        throttled=calls["throttled"],
+        refresh_span_seconds=max(arrivals) - min(arrivals) if arrivals else 0.0,
+        costs={"ctm": calls},
+    )
 
 
 def _measure(
@@ -129,20 +95,8 @@ def _measure(
     started = time.perf_counter()
     answers = run()
     wall = time.perf_counter() - started
-    entries = ctm.request_log
-    calls = ctm_calls(entries)
-    refreshed = sum(answers)
-    return Scenario(
-        name=name,
-        how=how,
-        keys=len(key_ids),
-        refreshed=refreshed,
-        failed=len(key_ids) - refreshed,
-        wall_seconds=wall,
-        refresh_calls=calls.get("refresh", 0),
-        throttled=calls["throttled"],
-        refresh_span_seconds=_span(entries),
-        costs={"ctm": calls},
+    return _scenario(
+        name, how, ctm.request_log, keys=len(key_ids), refreshed=sum(answers), wall=wall
     )
 
 
@@ -181,40 +135,32 @@ def engine_as_deployed(world: World, keys: KeySet) -> Scenario:
     """(c) The real refresh handler as deployed: the schedule's intake invocation, then one
     tenancy-queue invocation per chunk, delivered by the poller model to handler containers."""
     with CtmProcess(keys) as ctm:
-        ctm.set_faults(latency=LATENCY, tenancy_read_limit=READS_PER_SECOND)
+        ctm.set_faults(latency=LATENCY, tenancy_read_limit=OCI_READS_PER_SECOND)
         stack = world.fresh_stack(ctm)
-        env = stack.refresh_env(CTM_BASE_URL=ctm.base_url, TENANCY_RATE_LIMIT=ENGINE_RATE_LIMIT)
+        # The true budget: OCI's reads per second over the reads of a refresh.
+        env = stack.refresh_env(CTM_BASE_URL=ctm.base_url, TENANCY_RATE_LIMIT=str(FULL_RATE))
         asked = [key_id.lower() for key_id, _ in ctm.key_tenancies()]
-        run = drive(world, ctm, stack, env, _schedule({"selector": {"all": True}}))
-        run_item = _run_item(stack, RUN_ID)
-    return _engine_scenario(run, asked, run_item, _engine_how(env, world.mappings))
+        run = drive(world, ctm, stack, env, schedule())
+        state = run.run_state()
+    return _engine_scenario(run, asked, state, _engine_how(env, world.mappings))
 
 
 def _engine_scenario(
-    run: Drive, asked: Sequence[str], run_item: Mapping[str, Any], how: str
+    run: Drive, asked: Sequence[str], state: RunState | None, how: str
 ) -> Scenario:
     """The engine's row from a driven run: refreshed keys from the emulator's log, over the
     time from the schedule firing to the end of the last invocation."""
-    per_key = _refreshes(run.log)
+    per_key = run.refreshes()
     refreshed = sum(1 for key in asked if per_key[key])
-    calls = ctm_calls(run.log)
-    aws, _ = run.pool.aws()
-    scenario = Scenario(
-        name="our engine",
-        how=how,
-        keys=len(asked),
-        refreshed=refreshed,
-        failed=len(asked) - refreshed,
-        wall_seconds=run.seconds(),
-        refresh_calls=calls.get("refresh", 0),
-        throttled=calls["throttled"],
-        refresh_span_seconds=_span(run.log),
-        costs={"ctm": calls, "dynamodb": aws.of("dynamodb"), "sqs": aws.of("sqs")},
+    scenario = _scenario(
+        "our engine", how, run.log, keys=len(asked), refreshed=refreshed, wall=run.seconds()
     )
+    aws, _ = run.pool.aws()
+    scenario.costs |= {"dynamodb": aws.of("dynamodb"), "sqs": aws.of("sqs")}
     twice = sum(1 for n in per_key.values() if n > 1)
     scenario.notes += [
         *_invocations_note(run),
-        *_run_item_notes({RUN_ID: run_item}),
+        *run_notes({RUN_ID: state}),
         *_engine_diagnosis(run.log, refreshed, run.t0, run.last_end),
         *([f"{twice} keys refreshed more than once"] if twice else []),
         *([] if run.report.drained else ["the queues did not drain before the timeout"]),
@@ -301,7 +247,7 @@ def _throttle_spacing_note(
 ) -> list[str]:
     """How long after the window-th previous admitted refresh of its tenancy each throttled
     call came (OCI's window is 1 s: under 1000 ms is too early)."""
-    window = int(READS_PER_SECOND / READS_PER_REFRESH)
+    window = FULL_RATE  # refreshes OCI admits per tenancy in its 1 s window
     spacing = []  # throttled arrival - arrival of the window-th previous admitted refresh
     for entry in refreshes:
         if entry.throttled and entry.tenancy:
@@ -329,11 +275,6 @@ def _arrival_gaps_note(admitted: Mapping[str, list[float]]) -> list[str]:
     ]
 
 
-def dynamodb_writes(costs: dict[str, Any]) -> int:
-    """Write calls among the counted DynamoDB operations."""
-    return sum(n for op, n in costs.get("dynamodb", {}).items() if op in DYNAMODB_WRITES)
-
-
 def run_all() -> list[Scenario]:
     """Run (a) and (b) on an emulator in this process, then (c) as deployed; their figures."""
     from devkit.ctm_emulator import CtmEmulator
@@ -344,7 +285,7 @@ def run_all() -> list[Scenario]:
     scenarios = []
     with CtmEmulator(keys=keys.build()) as ctm:
         ctm.faults.latency = LATENCY
-        ctm.faults.tenancy_read_limit = READS_PER_SECOND
+        ctm.faults.tenancy_read_limit = OCI_READS_PER_SECOND
         for client in (sequential_loop, unbounded_pool):
             scenarios.append(client(ctm, key_ids))
             print_scenario(scenarios[-1])

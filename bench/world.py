@@ -30,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 TENANCIES = 3
 KEY_SEED = 2  # generate_keys' tenancy spread is random: we take an equal share of each
+FUNCTION_TIMEOUT = 300.0  # template.yaml's refresh function Timeout
 
 # Never reach a real AWS account; keep Powertools from printing a line per retry or a metrics
 # blob per invocation between the figures.
@@ -136,7 +137,6 @@ class AwsCallCounter:
 
 
 DYNAMODB_WRITES = ("PutItem", "UpdateItem", "BatchWriteItem", "DeleteItem", "TransactWriteItems")
-DYNAMODB_READS = ("GetItem", "BatchGetItem", "Query", "TransactGetItems")
 _SINGLE_ITEM = ("PutItem", "UpdateItem", "DeleteItem", "GetItem", "SendMessage")
 
 
@@ -175,32 +175,6 @@ def ctm_calls(entries: list[Any]) -> dict[str, int]:
     counted: Counter[str] = Counter(entry.operation or "other" for entry in entries)
     counted["throttled"] = sum(1 for entry in entries if entry.throttled)
     return dict(sorted(counted.items()))
-
-
-@dataclass
-class LocalAws:
-    """One moto server (``MotoProcess``, started by ``bench.scale.World``) and a stack of
-    ``template.yaml`` on it."""
-
-    server: Any  # MotoProcess
-    stack: Any  # devkit.aws_local.LocalAwsStack
-
-    def fresh_stack(self, max_receive_count: int | None = None) -> Any:
-        """Another stack on the same server (an empty table and queues)."""
-        from devkit.aws_local import LocalAwsStack
-
-        self.stack = LocalAwsStack.create(
-            self.server.endpoint_url,
-            prefix=f"b{uuid.uuid4().hex[:10]}",
-            max_receive_count=max_receive_count,
-        )
-        return self.stack
-
-    def trust(self, ctm: Any) -> None:
-        """Store the emulator's credentials and CA in the stack's CTM secret."""
-        self.stack.put_secret(
-            {"username": ctm.username, "password": ctm.password, "ca_bundle": ctm.ca_pem}
-        )
 
 
 @dataclass
@@ -614,6 +588,54 @@ class CtmProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class World:
+    """moto in a process of its own, and a fresh stack of ``template.yaml`` on it per run."""
+
+    moto: MotoProcess
+    mappings: list[str]  # the template's SQS events, as the poller runs them
+
+    @classmethod
+    def start(cls) -> World:
+        prepare_process()
+        moto = MotoProcess()
+        moto.start()
+        os.environ["AWS_ENDPOINT_URL"] = moto.endpoint_url
+        from devkit.aws_local import LocalAwsStack
+        from devkit.lambda_poller import mappings_from_template
+
+        stack = LocalAwsStack.create(moto.endpoint_url, prefix=f"b{uuid.uuid4().hex[:10]}")
+        mappings = [
+            f"{m.label} ({'FIFO' if m.fifo else 'standard'}): BatchSize {m.batch_size}, "
+            f"MaximumConcurrency {m.maximum_concurrency}"
+            + (
+                f", batching window {m.batching_window_seconds:.0f} s"
+                if m.batching_window_seconds and not m.fifo
+                else ""
+            )
+            for m in mappings_from_template(stack)
+        ]
+        return cls(moto, mappings)
+
+    def stop(self) -> None:
+        self.moto.stop()
+
+    def fresh_stack(self, ctm: CtmProcess, max_receive_count: int | None = None) -> Any:
+        """Another stack on the same server (an empty table and queues) whose CTM secret holds
+        the emulator's credentials and CA."""
+        from devkit.aws_local import LocalAwsStack
+
+        stack = LocalAwsStack.create(
+            self.moto.endpoint_url,
+            prefix=f"b{uuid.uuid4().hex[:10]}",
+            max_receive_count=max_receive_count,
+        )
+        stack.put_secret(
+            {"username": ctm.username, "password": ctm.password, "ca_bundle": ctm.ca_pem}
+        )
+        return stack
 
 
 @dataclass(frozen=True)
