@@ -13,7 +13,7 @@ from devkit.sim.properties import check
 from devkit.sim.scenarios import scenarios
 from devkit.sim.world import LISTINGS, Scenario, World
 
-# ``make test`` runs this many schedules; ``make soak`` thousands (bench/soak.py).
+# ``make test`` runs this many schedules; ``make soak`` thousands (bench/simulation.py).
 EXAMPLES = int(os.environ.get("SIM_EXAMPLES", "30"))
 
 
