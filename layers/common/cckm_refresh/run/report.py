@@ -82,10 +82,6 @@ class RunReport:
     def rotated(self) -> int:
         return sum(1 for r in self.recorded if r.version_changed)
 
-    @property
-    def must_retry(self) -> bool:
-        return self.verdict.action is not Action.DONE
-
     @classmethod
     def replay(cls, run_id: str, counts: RunCounts) -> RunReport:
         """A delivery of a run that has completed: nothing done, the run as it finished."""
