@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -21,3 +22,28 @@ def world(aws_stack: Any, ctm_emulator: Any, no_ca_env: None) -> RefreshWorld:
         }
     )
     return RefreshWorld(aws_stack, ctm_emulator)
+
+
+@pytest.fixture
+def env(aws_stack: Any, ctm_emulator: Any, no_ca_env: None) -> dict[str, str]:
+    """The operator CLI's environment: the function's variables for the moto stack and the CTM
+    emulator (a password secret with its CA). A shell run is a new process: no secret (or
+    client) cached by an earlier test."""
+    from aws_lambda_powertools.utilities import parameters
+
+    parameters.clear_caches()
+    aws_stack.put_secret(
+        {
+            "username": ctm_emulator.username,
+            "password": ctm_emulator.password,
+            "ca_bundle": ctm_emulator.ca_pem,
+        }
+    )
+    return dict(os.environ) | {
+        "CTM_BASE_URL": ctm_emulator.base_url,
+        "CTM_SECRET_ID": aws_stack.secret_id,
+        "RESULTS_TABLE": aws_stack.table_name,
+        "TENANCY_RATE_LIMIT": "50",
+        "CTM_TIMEOUT_SECONDS": "2",
+        "CTM_MAX_ATTEMPTS": "2",
+    }
