@@ -130,7 +130,10 @@ def test_the_secret_may_come_from_a_file_and_no_table_is_needed(
     code, checks, _ = run(capsys, env, "--secret-file", str(secret))
 
     assert code == EXIT_OK
-    assert f"file {secret}: signs in with its refresh_token, no ca_bundle" in checks["secret"]
+    assert f"file {secret}" in checks["settings"]
+    assert checks["secret"].startswith(
+        "PASS  secret: signs in with its refresh_token, no ca_bundle"
+    )
     assert "verified against the trust store of REQUESTS_CA_BUNDLE" in checks["tls"]
     assert "the secret's; CTM states it ends in" in checks["refresh token"]
 

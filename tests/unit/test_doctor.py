@@ -72,7 +72,7 @@ def test_the_summary_counts_each_verdict_and_only_a_fail_is_not_ready() -> None:
 
 
 def test_a_bare_token_in_the_secret_is_a_warning() -> None:
-    finding = secret_finding(CtmCredentials(token="a.b.c"), "s")
+    finding = secret_finding(CtmCredentials(token="a.b.c"))
 
     assert finding.verdict is WARN
     assert "store a refresh_token" in finding.detail
@@ -81,7 +81,7 @@ def test_a_bare_token_in_the_secret_is_a_warning() -> None:
 def test_a_ca_bundle_that_does_not_load_fails() -> None:
     broken = "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"
 
-    finding = secret_finding(CtmCredentials(refresh_token="rt", ca_bundle=broken), "s")
+    finding = secret_finding(CtmCredentials(refresh_token="rt", ca_bundle=broken))
 
     assert finding.verdict is FAIL
     assert "ca_bundle does not load as PEM" in finding.detail
@@ -90,10 +90,10 @@ def test_a_ca_bundle_that_does_not_load_fails() -> None:
 def test_the_secret_is_described_by_names_never_values() -> None:
     credentials = CtmCredentials(username="u-value", password="p-value", domain="d-value")
 
-    finding = secret_finding(credentials, "s")
+    finding = secret_finding(credentials)
 
     assert finding == Finding(
-        PASS, "s: signs in with its password, domain, no ca_bundle (the trust store verifies CTM)"
+        PASS, "signs in with its password, domain, no ca_bundle (the trust store verifies CTM)"
     )
 
 

@@ -236,7 +236,7 @@ class Preflight:
             if error.message.startswith("could not load"):  # reading it failed, not its value
                 todo = "check the path" if self.args.secret_file else READ_ACCESS
             return Finding(FAIL, f"{self.secret_source}: {_said(error)}: {todo}")
-        return secret_finding(self.credentials, self.secret_source)
+        return secret_finding(self.credentials)
 
     def function_timeout(self) -> Finding:
         return timeout_finding(self.ready(self.settings), self.args.function_timeout)
@@ -364,7 +364,7 @@ class Preflight:
 # --- the verdicts ----------------------------------------------------------------------------
 
 
-def secret_finding(credentials: CtmCredentials, source: str) -> Finding:
+def secret_finding(credentials: CtmCredentials) -> Finding:
     """Which way the secret signs in and what comes with it: names, never values."""
     extras = [name for name in ("domain", "auth_domain") if getattr(credentials, name)]
     if credentials.ca_bundle is None:
@@ -373,9 +373,9 @@ def secret_finding(credentials: CtmCredentials, source: str) -> Finding:
         try:
             loaded = ssl.create_default_context(cadata=credentials.ca_bundle)
         except (ssl.SSLError, ValueError):
-            return Finding(FAIL, f"{source}: its ca_bundle does not load as PEM ({REFERENCE_3})")
+            return Finding(FAIL, f"its ca_bundle does not load as PEM ({REFERENCE_3})")
         extras.append(f"a ca_bundle of {loaded.cert_store_stats()['x509']} certificate(s)")
-    seen = f"{source}: signs in with its {credentials.method.value}, " + ", ".join(extras)
+    seen = f"signs in with its {credentials.method.value}, " + ", ".join(extras)
     if credentials.method is AuthMethod.STATIC_TOKEN:
         return Finding(WARN, f"{seen}; a bare token expires, unrenewed: {STORE_A_REFRESH_TOKEN}")
     return Finding(PASS, seen)
