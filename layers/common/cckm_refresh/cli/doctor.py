@@ -508,9 +508,8 @@ def timeout_finding(settings: RefreshSettings, seconds: float) -> Finding:
     left = seconds - margin
     return Finding(
         PASS,
-        f"{seconds:g} s: no refresh starts in its last {margin:g} s (2 x CTM_TIMEOUT_SECONDS + "
-        f"5 s); the {left:g} s before hold about {int(left * rate)} refreshes per tenancy at "
-        f"TENANCY_RATE_LIMIT {rate:g}/s",
+        f"{seconds:g} s, less a margin of {margin:g} s (2 x CTM_TIMEOUT_SECONDS + 5 s): "
+        f"{left:g} s, about {int(left * rate)} refreshes per tenancy at {rate:g}/s",
     )
 
 
