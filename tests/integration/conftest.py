@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from tests.integration.refresh_world import RefreshWorld
@@ -47,3 +49,14 @@ def env(aws_stack: Any, ctm_emulator: Any, no_ca_env: None) -> dict[str, str]:
         "CTM_TIMEOUT_SECONDS": "2",
         "CTM_MAX_ATTEMPTS": "2",
     }
+
+
+@pytest.fixture
+def no_aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance metadata lookups
+    # boto3's default session caches the credentials it found for earlier tests.
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)

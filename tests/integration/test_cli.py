@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import requests
 
@@ -244,17 +243,6 @@ def test_a_key_without_history_is_one_line(
 
 
 # --- expected failures: one line each --------------------------------------------------------
-
-
-@pytest.fixture
-def no_aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance metadata lookups
-    # boto3's default session caches the credentials it found for earlier tests.
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
 
 
 @pytest.mark.parametrize(

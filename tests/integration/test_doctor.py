@@ -354,6 +354,16 @@ def test_a_secret_that_does_not_exist_fails_naming_the_aws_error(
     )
 
 
+def test_no_aws_credentials_fail_the_secret_saying_so(
+    env: dict[str, str], no_aws_credentials: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, checks, _ = run(capsys, env)
+
+    assert code == EXIT_CHECK_FAILED
+    assert "(NoCredentialsError): set AWS credentials" in checks["secret"]
+    assert verdicts(checks)["tls"] == "SKIP"
+
+
 def test_an_unreachable_ctm_fails_tls_as_a_connection_error(
     env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

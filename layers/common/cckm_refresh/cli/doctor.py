@@ -235,7 +235,9 @@ class Preflight:
             todo = f"fix its value ({REFERENCE_3})"
             if error.message.startswith("could not load"):  # reading it failed, not its value
                 todo = "check the path" if self.args.secret_file else READ_ACCESS
-            return Finding(FAIL, f"{self.secret_source}: {_said(error)}: {todo}")
+            if "CredentialsError" in error.message:  # botocore's No- or PartialCredentialsError
+                todo = "set AWS credentials (AWS_PROFILE...), or pass --secret-file"
+            return Finding(FAIL, f"{self.secret_source}: {error.message}: {todo}")
         return secret_finding(self.credentials)
 
     def function_timeout(self) -> Finding:
