@@ -6,6 +6,8 @@ It starts the CTM emulator (HTTPS, its own CA) and a moto server on 127.0.0.1, c
 table, queues, topic and secret from ``template.yaml``'s own definitions, and plays a day in
 the life of the function:
 
+0. ``cckm-refresh doctor --all`` checks the settings, the secret and the emulator, as an
+   operator does after a deploy;
 1. yesterday's scheduled run establishes every key's latest version;
 2. overnight, OCI rotates a few keys, disables one, deletes one, and CTM turns flaky for one;
 3. the schedule fires (``events/schedule.json``): its invocation resolves the keys into chunks
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import io
 import json
 import logging
 import os
@@ -189,6 +192,7 @@ def _play(
     say = _printer(out)
     say("cckm-oci-refresh demo: CTM emulator + local AWS on 127.0.0.1; no account, no network\n")
     world = _World.start(scenario, say, log, running)
+    preflight = world.doctor()
     schedule = json.loads(SCHEDULE_EVENT.read_text(encoding="utf-8"))
     yesterday = _play_yesterday(world, schedule)
     # Subscribed from here on: yesterday's notifications are not today's news.
@@ -206,7 +210,7 @@ def _play(
     print_results(out, observed, expected, notes)
     print_summary(out, observed)
     print_notifications(out, observed.notifications)
-    return check(observed, expected)
+    return preflight + check(observed, expected)
 
 
 @dataclass(frozen=True)
@@ -332,6 +336,21 @@ class _World:
             refresh = load_handler("refresh", stack.refresh_env(CTM_BASE_URL=ctm.base_url))
             notify = load_handler("notify", stack.notify_env())
         return cls(stack, ctm, keys, refresh, notify, say, log, mappings)
+
+    def doctor(self) -> list[str]:
+        """``cckm-refresh doctor --all``, as an operator runs it first: its lines; a miss when
+        a check FAILed."""
+        from cckm_refresh.cli import main as cli
+
+        env = os.environ | self.stack.refresh_env(CTM_BASE_URL=self.ctm.base_url)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = cli(["doctor", "--all"], env)
+        self.say("cckm-refresh doctor --all (the preflight: settings, secret, CTM):")
+        for line in printed.getvalue().splitlines():
+            self.say(f"  {line}")
+        self.say("")
+        return [] if code == 0 else [f"cckm-refresh doctor exited {code}"]
 
     def overnight(self, scenario: Scenario) -> tuple[Cast, int]:
         """What OCI and CTM do between the two runs; also how often the flaky key fails."""

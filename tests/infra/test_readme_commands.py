@@ -39,8 +39,8 @@ NOT_RUN: list[tuple[str, str]] = [
     (_AT + r"sam local\b", "runs the functions in Docker"),
     (r"^make deploy\b", f"deploys ({_AWS})"),
     (
-        r"^(cckm-refresh|python3? -m cckm_refresh) (refresh|results|history)\b",
-        f"calls CTM and reads the results table ({_AWS} and a CTM)",
+        r"^(cckm-refresh|python3? -m cckm_refresh) (refresh|results|history|doctor)\b",
+        f"calls CTM, reads the secret or the results table ({_AWS} and a CTM)",
     ),
     (_AT + r"(ksctl|curl)\b", "talks to a CipherTrust Manager"),
     (r"&\s*$", "starts a server in the background"),

@@ -6,7 +6,11 @@ import json
 from typing import Any
 
 import pytest
+from aws_lambda_powertools.utilities import parameters
 
+from cckm_refresh.ctm.credentials import CredentialsCache
+from cckm_refresh.ctm.errors import CtmCredentialsError
+from cckm_refresh.wiring import secret_loader
 from devkit.aws_local import LocalAwsStack
 from devkit.moto_server import MotoServer
 from devkit.template import load_template
@@ -206,6 +210,26 @@ def test_the_secret_holds_what_was_put(aws_stack: LocalAwsStack) -> None:
     value = aws_stack.client("secretsmanager").get_secret_value(SecretId=aws_stack.secret_id)
 
     assert json.loads(value["SecretString"]) == {"refresh_token": "rt"}
+
+
+def test_the_functions_secret_loader_reads_the_secret(aws_stack: LocalAwsStack) -> None:
+    parameters.clear_caches()  # Powertools keeps its client and values process-wide
+    aws_stack.put_secret({"refresh_token": "rt"})
+
+    assert json.loads(secret_loader(aws_stack.secret_id)(False)) == {"refresh_token": "rt"}
+
+
+def test_a_secret_that_does_not_exist_is_a_permanent_error_naming_the_sdks_code(
+    aws_stack: LocalAwsStack,
+) -> None:
+    # Given a secret id that names nothing (Powertools wraps the SDK's error in its own)
+    parameters.clear_caches()
+    loader = secret_loader(aws_stack.secret_id + "-missing")
+
+    # When the CTM client reads it, Then the SDK's code decides: permanent, and named
+    with pytest.raises(CtmCredentialsError, match="ResourceNotFoundException") as caught:
+        CredentialsCache(loader).get()
+    assert not caught.value.transient
 
 
 def test_function_environments_name_the_local_resources(aws_stack: LocalAwsStack) -> None:

@@ -1,8 +1,8 @@
 """The operator CLI against the CTM emulator (HTTPS) and the template's resources on moto.
 
-``main(argv, env)`` runs in-process: ``env`` carries the function variables (CTM_BASE_URL,
-CTM_SECRET_ID, RESULTS_TABLE...), boto3 finds moto through AWS_ENDPOINT_URL (the moto_server
-fixture) and the fake credentials of tests/conftest.py.
+``main(argv, env)`` runs in-process: ``env`` (tests/integration/conftest.py) carries the
+function variables (CTM_BASE_URL, CTM_SECRET_ID, RESULTS_TABLE...), boto3 finds moto through
+AWS_ENDPOINT_URL (the moto_server fixture) and the fake credentials of tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import requests
 
@@ -24,33 +23,6 @@ from cckm_refresh.cli import EXIT_ERROR, EXIT_FAILED_KEYS, EXIT_OK, main
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def fresh_secret_cache() -> None:
-    """A shell run is a new process: no secret (or client) cached by an earlier test."""
-    from aws_lambda_powertools.utilities import parameters
-
-    parameters.clear_caches()
-
-
-@pytest.fixture
-def env(aws_stack: Any, ctm_emulator: Any, no_ca_env: None) -> dict[str, str]:
-    aws_stack.put_secret(
-        {
-            "username": ctm_emulator.username,
-            "password": ctm_emulator.password,
-            "ca_bundle": ctm_emulator.ca_pem,
-        }
-    )
-    return dict(os.environ) | {
-        "CTM_BASE_URL": ctm_emulator.base_url,
-        "CTM_SECRET_ID": aws_stack.secret_id,
-        "RESULTS_TABLE": aws_stack.table_name,
-        "TENANCY_RATE_LIMIT": "50",
-        "CTM_TIMEOUT_SECONDS": "2",
-        "CTM_MAX_ATTEMPTS": "2",
-    }
 
 
 def keys_of(ctm: Any, count: int) -> list[dict[str, Any]]:
@@ -271,17 +243,6 @@ def test_a_key_without_history_is_one_line(
 
 
 # --- expected failures: one line each --------------------------------------------------------
-
-
-@pytest.fixture
-def no_aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance metadata lookups
-    # boto3's default session caches the credentials it found for earlier tests.
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,11 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-# What the demo's output shows: the results, the run, the rejection and the notifications.
+# What the demo's output shows: doctor's preflight, the results, the run, the rejection and the
+# notifications.
 DEMO_SHOWS = (
+    "PASS  list order: sort=createdAt,id honoured",
+    "doctor: 9 PASS, 0 WARN, 0 FAIL, 0 SKIP: ready",
     "Results of run schedule-2026-11-28T02:00:00Z (40 keys):",
     "COMPLETED; 40 requested, 39 refreshed, 1 not found, 0 failed, 3 rotated",
     "tenancy queue, invocation",

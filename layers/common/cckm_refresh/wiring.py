@@ -9,7 +9,7 @@ importing a handler stays cheap.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 # Imported at cold start, in Lambda's init phase (which runs at full CPU), not in the first
@@ -50,3 +50,21 @@ def aws_client(service: str, connections: int = 10) -> Any:
         max_pool_connections=max(10, connections),
     )
     return boto3.client(service, config=config)
+
+
+def secret_loader(secret_id: str) -> Callable[[bool], str]:
+    """Reads the CTM secret through Powertools (cached 5 minutes; ``True`` reads past the
+    cache). A failure raises the SDK's own error (``AccessDeniedException``, no credentials...),
+    not Powertools' ``GetParameterError`` around it, so the CTM client can tell a secret it
+    may not read from a passing failure (``ctm.credentials``)."""
+    from aws_lambda_powertools.utilities import parameters
+    from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
+    def load(force: bool) -> str:
+        try:
+            value = parameters.get_secret(secret_id, max_age=300, force_fetch=force)
+        except GetParameterError as error:
+            raise (error.__context__ or error) from None
+        return value if isinstance(value, str) else bytes(value).decode()
+
+    return load

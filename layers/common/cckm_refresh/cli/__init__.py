@@ -4,6 +4,7 @@
     cckm-refresh refresh --tenancy prod --dry-run
     cckm-refresh results RUN_ID
     cckm-refresh history KEY_ID
+    cckm-refresh doctor --all --canary ID       (a preflight: one line per check)
 
 Configuration comes from the same environment variables as the function (CTM_BASE_URL,
 CTM_SECRET_ID, RESULTS_TABLE, ...), each overridable by a flag. Every expected failure is
@@ -20,6 +21,8 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 
 from cckm_refresh.cli.common import EXIT_ERROR, EXIT_FAILED_KEYS, EXIT_OK, CliError
+from cckm_refresh.cli.doctor import FUNCTION_TIMEOUT_SECONDS
+from cckm_refresh.cli.doctor import doctor as run_doctor
 from cckm_refresh.cli.refresh import refresh as run_refresh
 from cckm_refresh.cli.show import history as show_history
 from cckm_refresh.cli.show import results as show_results
@@ -94,9 +97,7 @@ def _parser() -> argparse.ArgumentParser:
 
     refresh = commands.add_parser("refresh", help="refresh keys now, record and show the results")
     refresh.add_argument("keys", nargs="*", metavar="KEY", help="CCKM key id or OCI key OCID")
-    refresh.add_argument("--all", action="store_true", help="every OCI key CCKM manages")
-    for name in sorted(SELECTOR_FIELDS):
-        refresh.add_argument(f"--{name.replace('_', '-')}", dest=f"sel_{name}", metavar="VALUE")
+    _add_selector_flags(refresh)
     refresh.add_argument("--dry-run", action="store_true", help="resolve and record, no refresh")
     refresh.add_argument("--reason", help="stored on the run")
     refresh.add_argument("--request-id", help="names the run (a rerun skips finished keys)")
@@ -117,13 +118,39 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=20)
     history.add_argument("--json", action="store_true")
     history.set_defaults(command=show_history)
+
+    doctor = commands.add_parser(
+        "doctor", help="check the settings, the secret and CTM as the function will use them"
+    )
+    _add_selector_flags(doctor, "count every OCI key CCKM manages, by tenancy and vault")
+    doctor.add_argument("--secret-file", metavar="PATH", help="read the CTM secret from a file")
+    doctor.add_argument(
+        "--function-timeout",
+        type=float,
+        default=FUNCTION_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help=f"the function's Timeout (default: the template's, {FUNCTION_TIMEOUT_SECONDS})",
+    )
+    doctor.add_argument("--canary", metavar="KEY", help="refresh this one key, for real")
+    _add_config_flags(doctor, table=False)
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON lines")
+    doctor.set_defaults(command=run_doctor)
     return parser
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_selector_flags(
+    parser: argparse.ArgumentParser, all_help: str = "every OCI key CCKM manages"
+) -> None:
+    parser.add_argument("--all", action="store_true", help=all_help)
+    for name in sorted(SELECTOR_FIELDS):
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=f"sel_{name}", metavar="VALUE")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, *, table: bool = True) -> None:
     parser.add_argument("--ctm-url", help="CTM address (default: CTM_BASE_URL)")
     parser.add_argument("--secret-id", help="CTM credentials secret (default: CTM_SECRET_ID)")
-    parser.add_argument("--table", help="results table (default: RESULTS_TABLE)")
+    if table:
+        parser.add_argument("--table", help="results table (default: RESULTS_TABLE)")
     parser.add_argument("--concurrency", help="calls in flight (default: REFRESH_CONCURRENCY)")
     parser.add_argument("--rate", help="calls/s per tenancy (default: TENANCY_RATE_LIMIT)")
     parser.add_argument(

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 EXIT_OK = 0
 EXIT_FAILED_KEYS = 1
+EXIT_CHECK_FAILED = 1  # doctor: the same code, a check that failed is what keys failing are
 EXIT_ERROR = 2
 A_DAY = 86_400.0
 
@@ -14,11 +15,11 @@ class CliError(Exception):
     """An expected failure, reported as one line."""
 
 
-def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+def print_table(header: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "") -> None:
     cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        print(indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def version_label(version: object) -> str:

@@ -30,16 +30,21 @@ if TYPE_CHECKING:  # the run package is imported when a refresh starts, not for 
     from cckm_refresh.run.report import RunReport
 
 
-def _settings(args: argparse.Namespace, env: dict[str, str]) -> RefreshSettings:
+def settings_from(
+    args: argparse.Namespace, env: dict[str, str], stand_ins: dict[str, str] | None = None
+) -> RefreshSettings:
+    """The function's settings from ``env``, each overridden by its flag; ``stand_ins`` fill
+    variables a command does not use (doctor: ``RESULTS_TABLE``) when they are unset."""
     overrides = {
         "CTM_BASE_URL": args.ctm_url,
         "CTM_SECRET_ID": args.secret_id,
-        "RESULTS_TABLE": args.table,
+        "RESULTS_TABLE": getattr(args, "table", None),
         "REFRESH_CONCURRENCY": args.concurrency,
         "TENANCY_RATE_LIMIT": args.rate,
         "CTM_VERIFY_TLS": "false" if args.insecure else None,
     }
     merged = env | {k: v for k, v in overrides.items() if v is not None}
+    merged |= {k: v for k, v in (stand_ins or {}).items() if not merged.get(k, "").strip()}
     settings = RefreshSettings.from_env(merged)
     # A shell run does every key itself: no fan-out, no hand-off to a queue.
     return replace(settings, work_queue_url=None, dead_letter_queue_url=None)
@@ -49,7 +54,7 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     request: dict[str, Any] = {}
     if args.keys:
         request["keys"] = list(args.keys)
-    selector = _selector(args)
+    selector = selector_from(args)
     if selector:
         request["selector"] = selector
     if not request:
@@ -62,7 +67,7 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     return request
 
 
-def _selector(args: argparse.Namespace) -> dict[str, Any]:
+def selector_from(args: argparse.Namespace) -> dict[str, Any]:
     """The request's selector: the filter options given, or ``{"all": true}`` for --all."""
     selector: dict[str, Any] = {
         name: getattr(args, f"sel_{name}")
@@ -124,7 +129,7 @@ def refresh(args: argparse.Namespace, env: dict[str, str]) -> int:
     from cckm_refresh.run.wiring import refresh_service
 
     request = _checked_request(args)
-    settings = _settings(args, env)
+    settings = settings_from(args, env)
     _require_aws_credentials()
     progress = Progress(sys.stderr, not (args.quiet or args.json))
     service = refresh_service(settings, on_outcome=progress)

@@ -116,7 +116,7 @@ def read_page(fetch: Fetch, cursor: ListCursor, page_size: int) -> KeyPage:
                 raise
             state, back = _fall_back(state, "refused")
             continue
-        keys = [_key(item) for item in items]
+        keys = [sort_position(item) for item in items]
         placed = (_place if state.sort else _anchor)(state, keys, start, back)
         if not items:  # the listing shrank below the position, or was never longer
             placed = BACK if start > 0 else 0
@@ -254,8 +254,9 @@ def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _key(item: object) -> Key | None:
-    """A list item's (createdAt, id), or None when it is not a usable key object."""
+def sort_position(item: object) -> Key | None:
+    """A list item's (createdAt as fixed-width UTC text, id): its place in ``createdAt,id``
+    order; None when it is not a usable key object."""
     if not isinstance(item, dict):
         return None
     try:

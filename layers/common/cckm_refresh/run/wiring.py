@@ -23,7 +23,7 @@ from cckm_refresh.run.service import RefreshService
 from cckm_refresh.run.sweep import Sweeper
 from cckm_refresh.runtime import SYSTEM, Runtime
 from cckm_refresh.table.store import ResultStore
-from cckm_refresh.wiring import aws_client
+from cckm_refresh.wiring import aws_client, secret_loader
 from cckm_refresh.workqueue import WorkQueue
 
 
@@ -41,17 +41,11 @@ class Ports:
 
 def aws_ports(settings: RefreshSettings) -> Ports:
     """DynamoDB, SQS and Secrets Manager of the account (``AWS_*`` environment)."""
-    from aws_lambda_powertools.utilities import parameters
-
-    def load_secret(force: bool) -> str:
-        value = parameters.get_secret(settings.ctm_secret_id, max_age=300, force_fetch=force)
-        return value if isinstance(value, str) else bytes(value).decode()
-
     # Every call in flight records its outcome at once: a connection each, plus a few.
     return Ports(
         dynamodb=aws_client("dynamodb", settings.refresh_concurrency + 4),
         sqs=aws_client("sqs"),
-        secret=load_secret,
+        secret=secret_loader(settings.ctm_secret_id),
     )
 
 
