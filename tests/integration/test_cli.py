@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from cckm_refresh.cli import EXIT_ERROR, EXIT_FAILED_KEYS, EXIT_OK, main
+from tests.integration.refresh_world import CTM_TIMEOUT_SECONDS
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +49,7 @@ def env(aws_stack: Any, ctm_emulator: Any, no_ca_env: None) -> dict[str, str]:
         "CTM_SECRET_ID": aws_stack.secret_id,
         "RESULTS_TABLE": aws_stack.table_name,
         "TENANCY_RATE_LIMIT": "50",
-        "CTM_TIMEOUT_SECONDS": "2",
+        "CTM_TIMEOUT_SECONDS": CTM_TIMEOUT_SECONDS,
         "CTM_MAX_ATTEMPTS": "2",
     }
 
