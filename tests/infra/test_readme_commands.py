@@ -55,6 +55,7 @@ NOT_RUN_ALONE: list[tuple[str, str]] = [
     (r"^make bench\b", "takes minutes; benchmarks are run by hand"),
 ]
 NEEDS_PYTHON313 = re.compile(r"^(sam build|make build)\b")
+NEEDS_SAM = re.compile(r"^sam\s")  # the reader's `sam` is .venv-sam's, once a block exports it
 # Run only when make has nothing to do (otherwise they install from the package index).
 INSTALLS = re.compile(r"^make (venv|sam|lambda-runtime)\b")
 
@@ -179,6 +180,10 @@ class ReaderShell:
     def state(self) -> Path:
         return self.checkout.parent / "exported.sh"
 
+    def finds(self, program: str) -> bool:
+        """Whether ``program`` is on the PATH the blocks so far exported."""
+        return self.run([f"command -v {shlex.quote(program)}"]).returncode == 0
+
     def run(self, commands: list[str]) -> subprocess.CompletedProcess[str]:
         script = [
             f"if [ -f {self.state} ]; then source {self.state}; fi",
@@ -243,6 +248,8 @@ def _why_left_out(command: str, shell: ReaderShell, stopped: bool) -> tuple[str,
     if stopped:
         return "follows a command left out", True
     verdict = why_not_run(command, shell.python313, shell.checkout)
+    if verdict is None and NEEDS_SAM.search(command) and not shell.finds("sam"):
+        return "needs the SAM CLI on PATH (`make sam` and its PATH export above)", True
     if verdict is None and _bare(command) in shell.ran:
         return f"ran above (README.md line {shell.ran[_bare(command)]})", False
     return verdict
