@@ -323,14 +323,15 @@ def test_a_large_run_fans_out_and_completes_once_with_the_right_counts(
 
 
 def test_an_invocation_short_of_time_hands_its_remaining_keys_on(world: RefreshWorld) -> None:
-    # Given a rate of 1 refresh per second per tenancy and 0.5 s before the deadline margin
-    world.cold_start(TENANCY_QUEUE_URL="", TENANCY_RATE_LIMIT="1", CTM_TIMEOUT_SECONDS="1")
-    margin = 2 * 1 + 5
+    # Given a rate of 0.1 refresh per second per tenancy (a tenancy's second call 10.5 s after
+    # its first) and 5 s before the deadline margin (2 x CTM_TIMEOUT_SECONDS + 5 s)
+    world.cold_start(TENANCY_QUEUE_URL="", TENANCY_RATE_LIMIT="0.1")
+    margin = 2 * float(world.env()["CTM_TIMEOUT_SECONDS"]) + 5
     tenancies = {k["tenancy"] for k in world.ctm.keys}
 
     response = world.invoke(
         world.rule_event({"selector": {"all": True}, "request_id": "short"}),
-        remaining=lambda: margin + 0.5,
+        remaining=lambda: margin + 5.0,
     )
 
     # Then one key per tenancy starts, the rest goes to the work queue under the same run,
