@@ -27,10 +27,10 @@ PYTHON313 := $(shell $(if $(PYENV_VERSION),PYENV_VERSION=$(PYENV_VERSION)) pytho
 # What the build tests need (tests/infra/test_sam_build.py, the README's `sam build`), made by
 # `make test` wherever python3.13 is found; elsewhere those tests are skipped, saying why.
 BUILD_TOOLS := $(if $(PYTHON313),$(SAM_STAMP) $(LAMBDA_STAMP))
-# The suite runs in parallel (pytest-xdist), a test file per worker at a time: a file's
-# module fixtures (a sam build, the README reader's shell) are made once, its tests in order.
+# The suite runs in parallel (pytest-xdist), test by test; the tests of an `xdist_group` (a
+# sam build, the README reader's shell) go to one worker, in order.
 TEST_WORKERS ?= 4
-PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 .DEFAULT_GOAL := help
 .PHONY: help venv sam lambda-runtime test unit integration lint demo bench build deploy clean

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 import pytest
 
+pytestmark = pytest.mark.xdist_group("sam-build")  # one build, checked by one worker
 ROOT = Path(__file__).resolve().parents[2]
 SAM = ROOT / ".venv-sam" / "bin" / "sam"
 LAMBDA_PYTHON = ROOT / ".venv-lambda" / "bin" / "python"
