@@ -69,18 +69,21 @@ def batch_item_failures(scenario: Scenario) -> set[str]:
     }
 
 
-def test_jwts_lasting_two_seconds_cost_re_authentication_never_a_key(
+def test_jwts_expiring_mid_run_cost_re_authentication_never_a_key(
     make_scenario: MakeScenario,
 ) -> None:
-    # Given CTM JWTs that live 2 s on CTM's clock, and every call taking 0.25 s of that clock
-    # (the emulator's injected latency moves its own clock: nobody waits for real)
+    # Given CTM JWTs that live 8 s on CTM's clock, and every call taking 1 s of that clock
+    # (the emulator's injected latency moves its own clock: nobody waits for real). CTM's
+    # clock runs far ahead of the function's: a JWT expires after 8 calls, which would have to
+    # take 6 s of real time (8 s less the renewal margin) for the function to renew it first
     clock = ManualClock()
     scenario = make_scenario(auth="password", clock=clock, sleep=clock.advance)
-    scenario.ctm.faults.token_lifetime = 2
-    scenario.ctm.faults.latency = 0.25
+    scenario.ctm.faults.token_lifetime = 8
+    scenario.ctm.faults.latency = 1.0
     scenario.world.cold_start(REFRESH_CONCURRENCY="2")
 
-    # When a run refreshes all 30 keys (7.75 s of CTM time: JWTs expire mid-run, again and again)
+    # When a run refreshes all 30 keys (over 30 s of CTM time: JWTs expire mid-run, again
+    # and again)
     scenario.world.invoke(
         scenario.world.rule_event({"selector": {"all": True}, "request_id": "short-jwts"})
     )
