@@ -311,7 +311,7 @@ class _World:
     stack: Any  # devkit.aws_local.LocalAwsStack
     ctm: Any  # devkit.ctm_emulator.CtmEmulator
     keys: list[dict[str, Any]]
-    refresh: Any  # the functions/refresh/app.py module
+    refresh: Callable[[], Any]  # a cold start of the refresh function: a new container
     notify: Any  # the functions/notify/app.py module
     say: Callable[[str], None]
     log: TextIO
@@ -332,8 +332,10 @@ class _World:
         stack = _start_local_aws(say, running)
         mappings = _refresh_mappings(stack, say)
         keys, ctm = _start_ctm(scenario, stack, say, running)
+        refresh = functools.partial(
+            load_handler, "refresh", stack.refresh_env(CTM_BASE_URL=ctm.base_url)
+        )
         with _quiet(log):
-            refresh = load_handler("refresh", stack.refresh_env(CTM_BASE_URL=ctm.base_url))
             notify = load_handler("notify", stack.notify_env())
         return cls(stack, ctm, keys, refresh, notify, say, log, mappings)
 
@@ -387,6 +389,8 @@ class _World:
         from devkit.lambda_poller import InProcessFunction, LambdaPoller
 
         labels = {m.queue_arn: m.label for m in self.mappings}
+        # As Lambda does, an invocation finding no idle container cold-starts one: each
+        # tenancy's chunk is refreshed beside the others', not after them.
         recorder = _Recorder(InProcessFunction(self.refresh), labels, flaky)
         sqs = self.stack.client("sqs")
         with (

@@ -1,7 +1,9 @@
 """Run the real handler modules in-process, the way Lambda would (no Docker needed).
 
 ``load_handler`` imports ``functions/<name>/app.py`` afresh with a given environment, which is
-a cold start: the module reads and validates its configuration at import.
+a cold start: the module reads and validates its configuration at import. Cold starts in
+several threads (one container per concurrent invocation) take turns: each sets ``os.environ``
+for its import.
 ``FakeLambdaContext`` gives the handlers the context attributes Powertools and the deadline
 logic read, with a remaining time that can be fixed or driven by a clock.
 """
@@ -13,6 +15,7 @@ import importlib.util
 import itertools
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
+_cold_starts = threading.Lock()  # an import sets os.environ until it is done: one at a time
 
 
 class FakeLambdaContext:
@@ -81,7 +85,7 @@ def load_handler(name: str, env: Mapping[str, str]) -> ModuleType:
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
-    with environment(env):
+    with _cold_starts, environment(env):
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
     if name == "refresh":

@@ -18,6 +18,7 @@ import pytest
 
 from tests.infra.checkout import copy_checkout
 
+pytestmark = pytest.mark.xdist_group("cli-install")  # one install, checked by one worker
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -23,6 +23,8 @@ import pytest
 from tests.infra.checkout import copy_checkout
 from tests.infra.test_sam_build import python313_environment
 
+# One reader's shell, block after block: one pytest-xdist worker, in the README's order.
+pytestmark = pytest.mark.xdist_group("readme")
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 SHELL_LANGUAGES = {"bash", "sh", "shell"}

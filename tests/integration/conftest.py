@@ -9,7 +9,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.integration.refresh_world import RefreshWorld
+from tests.integration.refresh_world import CTM_TIMEOUT_SECONDS, RefreshWorld
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def env(aws_stack: Any, ctm_emulator: Any, no_ca_env: None) -> dict[str, str]:
         "CTM_SECRET_ID": aws_stack.secret_id,
         "RESULTS_TABLE": aws_stack.table_name,
         "TENANCY_RATE_LIMIT": "50",
-        "CTM_TIMEOUT_SECONDS": "2",
+        "CTM_TIMEOUT_SECONDS": CTM_TIMEOUT_SECONDS,  # long enough for a busy machine
         "CTM_MAX_ATTEMPTS": "2",
     }
 

@@ -17,6 +17,11 @@ from boto3.dynamodb.conditions import Key
 
 from devkit.lambda_runtime import FakeLambdaContext, load_handler
 
+# Longer than any call takes on a busy machine, so that no test meets a timeout it did not ask
+# for (with CTM_MAX_ATTEMPTS=1, one would leave a key PENDING); a test about timeouts sets its
+# own, with calls held for longer.
+CTM_TIMEOUT_SECONDS = "10"
+
 
 @dataclass
 class RefreshWorld:
@@ -28,7 +33,7 @@ class RefreshWorld:
     def env(self) -> dict[str, str]:
         settings = {
             "CTM_BASE_URL": self.ctm.base_url,
-            "CTM_TIMEOUT_SECONDS": "2",
+            "CTM_TIMEOUT_SECONDS": CTM_TIMEOUT_SECONDS,
             "CTM_MAX_ATTEMPTS": "3",
             "TENANCY_RATE_LIMIT": "50",
             "REFRESH_CONCURRENCY": "8",

@@ -394,7 +394,10 @@ def test_get_answers_a_key_object_shaped_like_ctms(ctm: Ctm, ctm_emulator: CtmEm
     assert ISO_MICRO_Z.fullmatch(key["refreshed_at"])
 
 
-@pytest.mark.parametrize("key_id", [str(uuid.uuid4()), "not-a-uuid", "ocid1.key.oc1.iad.abc"])
+# The same ids in every pytest-xdist worker: each collects the suite, and they must agree.
+@pytest.mark.parametrize(
+    "key_id", ["00000000-0000-4000-8000-000000000404", "not-a-uuid", "ocid1.key.oc1.iad.abc"]
+)
 def test_an_unknown_key_is_404_with_ctms_body(ctm: Ctm, key_id: str) -> None:
     for answer in (ctm.get(f"{KEYS}/{key_id}"), ctm.refresh(key_id)):
         body = assert_ctm_error(answer, 404, "NCERRResourceNotFound: Resource not found")

@@ -36,7 +36,6 @@ from tests.integration.refresh_world import RefreshWorld
 Request = dict[str, Any]
 RemainingTime = Callable[[], float] | None
 TERMINAL = frozenset({"REFRESHED", "NOT_FOUND", "FAILED", "SKIPPED"})
-_COLD_STARTS = threading.Lock()
 
 
 class ContainerKilled(BaseException):
@@ -271,8 +270,7 @@ class Containers:
                 self.cold_starts += 1
         with self.kills.inside(number):
             if module is None:
-                with _COLD_STARTS:  # a cold start sets os.environ for its import: one at a time
-                    module = load_handler("refresh", self.world.env())
+                module = load_handler("refresh", self.world.env())
             context = FakeLambdaContext("refresh", remaining=remaining or self.remaining(event))
             answer = module.handler(event, context)  # a kill leaves the container out
         with self._lock:

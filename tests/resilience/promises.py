@@ -244,9 +244,10 @@ def refresh_calls(scenario: Any, keys: Collection[str]) -> Counter[str]:
     attempts the function itself repeated after one that timed out or lost its connection.
 
     Such an attempt may have reached CTM, so CTM counts it, though the function never saw its
-    answer; the function retries it (the contract allows it: a refresh is idempotent). Under a
-    loaded machine any call can outlast the tests' 2 s timeout, so these are subtracted, each
-    one by the function's own log line; what is left is the refreshes the function started.
+    answer; the function retries it (the contract allows it: a refresh is idempotent). A test
+    that times calls out or drops connections makes such attempts, so these are subtracted,
+    each one by the function's own log line; what is left is the refreshes the function
+    started.
     An attempt that failed before reaching CTM (a connection reset on a pooled connection) is
     not counted by CTM either, so a key CTM saw never counts below 1."""
     calls = Counter({key: scenario.ctm.refresh_count(key) for key in keys})

@@ -25,11 +25,18 @@ from tests.resilience.scenario import Scenario
 from tests.resilience.work_queue_source import TENANCY_QUEUE
 
 pytestmark = pytest.mark.resilience
-# How much closer than the pacer's spacing two calls may reach CTM: their paths through the
-# network stack and the emulator's threads on a busy machine, not the pacing (a call held up
-# 0.1 s on its way makes the next gap 0.1 s short). Without the pace handed on, the gap at a
-# chunk boundary was 0.15-0.3 s, far below the spacing less this.
-PACE_JITTER = 0.4
+# The pace test's tenancy rate, and the spacing of its calls (the limiter keeps 5 % headroom).
+PACED_RATE = 0.5
+SPACING = 1 / (PACED_RATE * 0.95)
+# How much closer than the spacing two calls may reach CTM: their paths through the network
+# stack and the emulator's threads on a busy machine, not the pacing (a call held up on its way,
+# a new container's TLS handshake, makes the next gap that much short). Without the pace
+# handed on, the gap at a chunk boundary was 0.15-0.3 s, far below the spacing less this.
+PACE_JITTER = SPACING / 2
+# The timeout tests: one attempt may take CALL_TIMEOUT; a slow call takes SLOW_CALL, a usual
+# one 0.1 s. Seconds either side, so that a busy machine moves no call across the timeout.
+CALL_TIMEOUT = 3
+SLOW_CALL = 2 * CALL_TIMEOUT
 
 
 def statuses(results: dict[str, dict[str, Any]]) -> set[str]:
@@ -62,18 +69,21 @@ def batch_item_failures(scenario: Scenario) -> set[str]:
     }
 
 
-def test_jwts_lasting_two_seconds_cost_re_authentication_never_a_key(
+def test_jwts_expiring_mid_run_cost_re_authentication_never_a_key(
     make_scenario: MakeScenario,
 ) -> None:
-    # Given CTM JWTs that live 2 s on CTM's clock, and every call taking 0.25 s of that clock
-    # (the emulator's injected latency moves its own clock: nobody waits for real)
+    # Given CTM JWTs that live 8 s on CTM's clock, and every call taking 1 s of that clock
+    # (the emulator's injected latency moves its own clock: nobody waits for real). CTM's
+    # clock runs far ahead of the function's: a JWT expires after 8 calls, which would have to
+    # take 6 s of real time (8 s less the renewal margin) for the function to renew it first
     clock = ManualClock()
     scenario = make_scenario(auth="password", clock=clock, sleep=clock.advance)
-    scenario.ctm.faults.token_lifetime = 2
-    scenario.ctm.faults.latency = 0.25
+    scenario.ctm.faults.token_lifetime = 8
+    scenario.ctm.faults.latency = 1.0
     scenario.world.cold_start(REFRESH_CONCURRENCY="2")
 
-    # When a run refreshes all 30 keys (7.75 s of CTM time: JWTs expire mid-run, again and again)
+    # When a run refreshes all 30 keys (over 30 s of CTM time: JWTs expire mid-run, again
+    # and again)
     scenario.world.invoke(
         scenario.world.rule_event({"selector": {"all": True}, "request_id": "short-jwts"})
     )
@@ -194,19 +204,19 @@ class SlowCalls:
 
 
 def slow_scenario(make_scenario: MakeScenario, **env: str) -> tuple[Scenario, SlowCalls]:
-    """A scenario whose calls answer in 0.1 s, but those ``slow_next`` names in 1.4 s, with a
-    1 s CTM timeout and ``env`` set at cold start."""
-    slow_calls = SlowCalls(slow=1.4)
+    """A scenario whose calls answer in 0.1 s, but those ``slow_next`` names in SLOW_CALL s,
+    with CALL_TIMEOUT as CTM_TIMEOUT_SECONDS and ``env`` set at cold start."""
+    slow_calls = SlowCalls(slow=SLOW_CALL)
     scenario = make_scenario(sleep=slow_calls)
     scenario.ctm.faults.latency = 0.1
-    scenario.world.cold_start(CTM_TIMEOUT_SECONDS="1", **env)
+    scenario.world.cold_start(CTM_TIMEOUT_SECONDS=str(CALL_TIMEOUT), **env)
     return scenario, slow_calls
 
 
 def test_calls_slower_than_the_timeout_leave_keys_pending_until_a_redelivery(
     make_scenario: MakeScenario,
 ) -> None:
-    # Given CTM_TIMEOUT_SECONDS=1 (the most one attempt may take) and most calls answering
+    # Given CTM_TIMEOUT_SECONDS=3 (the most one attempt may take) and most calls answering
     # in 0.1 s
     scenario, slow_calls = slow_scenario(
         make_scenario, CTM_MAX_ATTEMPTS="1", REFRESH_CONCURRENCY="4"
@@ -215,7 +225,7 @@ def test_calls_slower_than_the_timeout_leave_keys_pending_until_a_redelivery(
     # ... a request resolved (CTM described its keys) and queued in chunks, one per tenancy
     scenario.world.invoke(scenario.world.rule_event({"keys": keys, "request_id": "slow"}))
 
-    # When the first three refresh calls take 1.4 s, past the timeout, and the chunks are
+    # When the first three refresh calls take 6 s, past the timeout, and the chunks are
     # delivered from the tenancy queue
     slow_calls.slow_next(3)
     scenario.source.drain()
@@ -243,7 +253,7 @@ def test_calls_slower_than_the_timeout_leave_keys_pending_until_a_redelivery(
 def test_a_refresh_that_times_out_is_retried_and_counted_once_as_the_functions(
     make_scenario: MakeScenario,
 ) -> None:
-    # Given a 1 s timeout with retries allowed, and the first refresh call taking 1.4 s: CTM
+    # Given a 3 s timeout with retries allowed, and the first refresh call taking 6 s: CTM
     # receives it, the function never sees its answer
     scenario, slow_calls = slow_scenario(make_scenario, CTM_MAX_ATTEMPTS="3")
     keys = scenario.key_ids(4)
@@ -256,7 +266,7 @@ def test_a_refresh_that_times_out_is_retried_and_counted_once_as_the_functions(
     # Then the function retried it in the same delivery: CTM counts two calls for that key,
     # and the tests' count of refreshes (refresh_calls) says each key was refreshed once
     raw = Counter({key: scenario.ctm.refresh_count(key) for key in keys})
-    # (CTM logs the cut call when its 1.4 s end, so on a loaded machine it may still count 1)
+    # (CTM logs the cut call when its 6 s end, so it may still count 1 here)
     assert 1 in raw.values()
     assert set(raw.values()) <= {1, 2}
     assert set(refresh_calls(scenario, keys).values()) == {1}
@@ -268,10 +278,10 @@ def test_a_refresh_that_times_out_is_retried_and_counted_once_as_the_functions(
 def test_a_tenancy_s_next_chunk_in_a_new_container_keeps_the_tenancy_s_pace(
     make_scenario: MakeScenario, kills: KillSwitch
 ) -> None:
-    # Given 6 keys of one tenancy at TENANCY_RATE_LIMIT=1 (one call every 1 / (1 x 0.95) s),
-    # fanned out in chunks of 2, each delivered to a container of its own (none warm)
+    # Given 6 keys of one tenancy at TENANCY_RATE_LIMIT=0.5 (one call every 2.1 s), fanned out
+    # in chunks of 2, each delivered to a container of its own (none warm)
     scenario = make_scenario(keys=generate_keys(6, tenancies=1, seed=5))
-    scenario.world.cold_start(TENANCY_RATE_LIMIT="1", FANOUT_CHUNK_SIZE="2")
+    scenario.world.cold_start(TENANCY_RATE_LIMIT=str(PACED_RATE), FANOUT_CHUNK_SIZE="2")
     world = scenario.world
     answer = Containers(world, kills).invoke(world.rule_event({"selector": {"all": True}}))
     assert answer["fanned_out"] == 6
@@ -291,4 +301,4 @@ def test_a_tenancy_s_next_chunk_in_a_new_container_keeps_the_tenancy_s_pace(
     arrivals = [e.monotonic for e in scenario.ctm.request_log if e.operation == "refresh"]
     gaps = [round(b - a, 2) for a, b in itertools.pairwise(arrivals)]
     assert (len(report.invocations), len(arrivals)) == (3, 6)
-    assert min(gaps) >= 1 / 0.95 - PACE_JITTER, gaps
+    assert min(gaps) >= SPACING - PACE_JITTER, gaps

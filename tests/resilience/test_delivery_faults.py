@@ -19,6 +19,7 @@ import pytest
 
 from devkit.lambda_runtime import FakeLambdaContext, load_handler
 from tests.resilience.dynamodb_faults import DynamoDbFaults
+from tests.resilience.promises import refresh_calls
 from tests.resilience.scenario import Scenario
 from tests.resilience.work_queue_source import TENANCY_QUEUE, WORK_QUEUE
 
@@ -64,7 +65,9 @@ def test_an_invocation_running_out_of_time_hands_work_on_and_refreshes_each_key_
     scenario.source.drain(remaining=lambda n: first if n == 0 else None)
 
     # Then the first invocation refreshed only a few keys and handed its chunks on in new
-    # messages, yet every key was refreshed exactly once and the run completed once
+    # messages, yet every key was refreshed exactly once (an attempt that outlasted the 1 s
+    # timeout on a busy machine and was tried again is the function's own retry, not a
+    # second refresh) and the run completed once
     [handed_on, *_] = scenario.source.invocations
     assert handed_on.queue == TENANCY_QUEUE
     assert handed_on.response == {"batchItemFailures": []}
@@ -72,7 +75,7 @@ def test_an_invocation_running_out_of_time_hands_work_on_and_refreshes_each_key_
     assert len(delivered) > chunks, "no key was handed on at the deadline"
     results = scenario.promises_kept({"deadline": scenario.key_ids()})["deadline"]
     assert {r["status"] for r in results.values()} == {"REFRESHED"}
-    assert scenario.ctm.refresh_count() == 30
+    assert set(refresh_calls(scenario, scenario.key_ids()).values()) == {1}
 
 
 def test_the_same_message_delivered_twice_at_once_completes_the_run_once(

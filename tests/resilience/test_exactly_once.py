@@ -500,7 +500,7 @@ def test_a_chunk_on_its_last_delivery_with_5_s_left_fails_its_keys_and_is_dead_l
 ) -> None:
     # Given 30 keys fanned out in 3 chunks, one key CTM answers 503 to every time (no retry in
     # the call), and an invocation holding a last delivery with 5 s left, below the margin
-    # (2 x 2 s + 5 s)
+    # (2 x CTM_TIMEOUT_SECONDS + 5 s)
     scenario.world.cold_start(CTM_MAX_ATTEMPTS="1")
     keys = scenario.key_ids()
     hopeless = keys[0]
