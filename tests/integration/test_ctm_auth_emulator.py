@@ -18,7 +18,7 @@ from cckm_refresh.ctm.auth import TOKEN_PATH, Grant, TokenSource
 from cckm_refresh.ctm.client import CtmClient
 from cckm_refresh.ctm.credentials import CredentialsCache
 from cckm_refresh.ctm.errors import CtmError, CtmTokenExpiredError
-from cckm_refresh.ctm.pacing import UNPACED
+from cckm_refresh.ctm.transport import UNPACED
 from cckm_refresh.runtime import Deadline
 from devkit.ctm_emulator import CtmEmulator
 from tests.fixtures.ctm import ManualClock, ManualRuntime

@@ -28,8 +28,7 @@ from cckm_refresh.ctm.errors import (
     CtmTransientError,
 )
 from cckm_refresh.ctm.listing import OVERLAP
-from cckm_refresh.ctm.pacing import UNPACED, Pacer
-from cckm_refresh.ctm.transport import CtmResponse
+from cckm_refresh.ctm.transport import UNPACED, CtmResponse, Pacer
 from cckm_refresh.ratelimit import TenancyRateLimiter
 from cckm_refresh.runtime import Deadline
 from cckm_refresh.selectors import SELECTOR_FILTERS, resource_matches

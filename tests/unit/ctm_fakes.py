@@ -23,8 +23,7 @@ import urllib3
 from requests.adapters import BaseAdapter
 
 from cckm_refresh.ctm.client import CtmClient
-from cckm_refresh.ctm.pacing import UNPACED, Pacer
-from cckm_refresh.ctm.transport import CtmResponse
+from cckm_refresh.ctm.transport import UNPACED, CtmResponse, Pacer
 from cckm_refresh.runtime import Condition, Deadline, SystemRuntime
 
 BASE_URL = "https://ctm.test"

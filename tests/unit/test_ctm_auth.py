@@ -21,7 +21,7 @@ from cckm_refresh.ctm.errors import (
     CtmTokenExpiredError,
     CtmTransientError,
 )
-from cckm_refresh.ctm.pacing import Pacer
+from cckm_refresh.ctm.transport import Pacer
 from cckm_refresh.ratelimit import TenancyRateLimiter
 from cckm_refresh.runtime import Deadline
 from tests.unit.ctm_fakes import (

@@ -21,10 +21,9 @@ from cckm_refresh.ctm.errors import (
     CtmDeadlineError,
     CtmTimeoutError,
     CtmTransientError,
+    RetryPolicy,
 )
-from cckm_refresh.ctm.pacing import UNPACED
-from cckm_refresh.ctm.retries import RetryPolicy
-from cckm_refresh.ctm.transport import Transport
+from cckm_refresh.ctm.transport import UNPACED, Transport
 from cckm_refresh.runtime import Deadline
 from tests.unit.ctm_fakes import (
     KEY_ID,

@@ -21,10 +21,12 @@ from cckm_refresh.ctm.errors import (
     CtmTimeoutError,
     CtmTlsError,
     CtmTransientError,
+    RetryBudget,
     RetryBudgetExhaustedError,
+    RetryPolicy,
     ctm_error_fields,
+    error_for_response,
 )
-from cckm_refresh.ctm.retries import RetryBudget, RetryPolicy, error_for_response
 from cckm_refresh.ctm.transport import USER_AGENT, Transport
 from cckm_refresh.runtime import Deadline
 from tests.unit.ctm_fakes import (

@@ -13,11 +13,9 @@ from requests.adapters import BaseAdapter
 
 from cckm_refresh.ctm.auth import TOKEN_PATH, Grant, LoginInfo, TokenSource
 from cckm_refresh.ctm.credentials import CredentialsCache, SecretLoader
-from cckm_refresh.ctm.errors import CtmBadResponseError, CtmNotFoundError
+from cckm_refresh.ctm.errors import CtmBadResponseError, CtmNotFoundError, RetryPolicy
 from cckm_refresh.ctm.listing import MAX_PAGE_SIZE, Fetch, KeyPage, ListCursor, read_page
-from cckm_refresh.ctm.pacing import UNPACED, Pacer
-from cckm_refresh.ctm.retries import RetryPolicy
-from cckm_refresh.ctm.transport import CtmResponse, Transport
+from cckm_refresh.ctm.transport import UNPACED, CtmResponse, Pacer, Transport
 from cckm_refresh.keyids import require_cckm_id, require_ocid
 from cckm_refresh.model import KeyInfo, MalformedKeyObjectError
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
@@ -29,7 +27,7 @@ MAX_FILTER_VALUE = 1024
 # REFRESH_CONCURRENCY allows) under 64 MiB of answers.
 MAX_KEY_BODY_BYTES = 1 << 20
 
-__all__ = ["CtmClient", "CtmResponse", "KeyPage", "ListCursor", "LoginInfo"]
+__all__ = ["UNPACED", "CtmClient", "CtmResponse", "KeyPage", "ListCursor", "LoginInfo", "Pacer"]
 
 
 class CtmClient:
