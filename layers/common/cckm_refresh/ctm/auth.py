@@ -255,12 +255,7 @@ class TokenSource:
         except CtmPermanentError as error:
             if error.http_status not in REFUSED_STATUSES:
                 raise
-            raise CtmAuthError(
-                f"CTM refused the {what}: {error.message}",
-                error_code=error.error_code,
-                http_status=error.http_status,
-                attempts=error.attempts,
-            ) from None
+            raise error.copy(CtmAuthError, f"CTM refused the {what}: {error.message}") from None
         jwt, minted = answer.get("jwt"), answer.get("refresh_token")
         if not isinstance(jwt, str) or not JWT_SHAPE.fullmatch(jwt):
             message = f"{TOKEN_PATH} answered without a usable jwt"

@@ -13,7 +13,7 @@ from requests.adapters import BaseAdapter
 
 from cckm_refresh.ctm.auth import TOKEN_PATH, Grant, LoginInfo, TokenSource
 from cckm_refresh.ctm.credentials import CredentialsCache, SecretLoader
-from cckm_refresh.ctm.errors import CtmBadResponseError, CtmNotFoundError, RetryPolicy
+from cckm_refresh.ctm.errors import CtmNotFoundError, RetryPolicy, bad_response
 from cckm_refresh.ctm.listing import MAX_PAGE_SIZE, Fetch, KeyPage, ListCursor, read_page
 from cckm_refresh.ctm.transport import UNPACED, CtmResponse, Pacer, Transport
 from cckm_refresh.keyids import require_cckm_id, require_ocid
@@ -180,12 +180,7 @@ class CtmClient:
         except MalformedKeyObjectError as malformed:
             problem = str(malformed)
         if problem is not None:
-            raise CtmBadResponseError(
-                f"{what} answered HTTP {status} with {problem}",
-                error_code="BAD_RESPONSE",
-                http_status=status,
-                attempts=answer.attempts,
-            )
+            raise bad_response(what, status, problem, answer.attempts)
         if answer.body.get("gone") is True:
             raise CtmNotFoundError(
                 f"{what} answered HTTP {status}: the key is gone from OCI",
@@ -204,12 +199,8 @@ class CtmClient:
             )
             resources, total = answer.body.get("resources"), answer.body.get("total")
             if "resources" not in answer.body or not isinstance(resources, list | None):
-                raise CtmBadResponseError(
-                    f"GET {KEYS_PATH} answered HTTP {answer.http_status} with no key list",
-                    error_code="BAD_RESPONSE",
-                    http_status=answer.http_status,
-                    attempts=answer.attempts,
-                )
+                what, status = f"GET {KEYS_PATH}", answer.http_status
+                raise bad_response(what, status, "no key list", answer.attempts)
             counted = isinstance(total, int) and not isinstance(total, bool)
             return resources or [], total if counted else None
 

@@ -81,10 +81,11 @@ class CtmError(Exception):
         self.http_status = http_status
         self.attempts = attempts
 
-    def copy(self) -> CtmError:
-        """A fresh instance to raise in another thread (a traceback is per raise)."""
-        return type(self)(
-            self.message,
+    def copy(self, kind: type[CtmError] | None = None, message: str | None = None) -> CtmError:
+        """A fresh instance (a traceback is per raise), as ``kind`` and saying ``message`` when
+        given; the code, status and attempts are kept."""
+        return (kind or type(self))(
+            self.message if message is None else message,
             error_code=self.error_code,
             http_status=self.http_status,
             attempts=self.attempts,
@@ -151,6 +152,14 @@ class CtmBadResponseError(CtmPermanentError):
 
 class CtmListingError(CtmPermanentError):
     """The key list cannot be read completely (``LISTING_INCOMPLETE``); the message says why."""
+
+
+def bad_response(what: str, status: int, problem: str, attempts: int = 1) -> CtmBadResponseError:
+    """``what`` answered ``status`` with a body the call cannot use (``problem``)."""
+    message = f"{what} answered HTTP {status} with {problem}"
+    return CtmBadResponseError(
+        message, error_code="BAD_RESPONSE", http_status=status, attempts=attempts
+    )
 
 
 SUCCESS_STATUSES = frozenset({200, 201, 202, 203, 204, 206})

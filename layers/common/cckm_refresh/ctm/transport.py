@@ -26,7 +26,6 @@ from urllib3.util import Timeout
 
 from cckm_refresh.ctm.errors import (
     CtmAuthError,
-    CtmBadResponseError,
     CtmConnectionError,
     CtmDeadlineError,
     CtmError,
@@ -38,6 +37,7 @@ from cckm_refresh.ctm.errors import (
     RetryBudget,
     RetryBudgetExhaustedError,
     RetryPolicy,
+    bad_response,
     error_for_response,
 )
 from cckm_refresh.observability import logger
@@ -336,10 +336,8 @@ class Transport:
             call.renewed = True
             auth.refused(bearer)
             return
-        message = f"{error.message} (to a JWT just issued, too)"
-        raise CtmTransientError(
-            message, error_code=error.error_code, http_status=401, attempts=call.attempts
-        )
+        error.attempts = call.attempts
+        raise error.copy(CtmTransientError, f"{error.message} (to a JWT just issued, too)")
 
     def _send(self, call: _Call, bearer: Bearer | None, limit: float) -> requests.Response:
         # total= bounds connecting and waiting for the headers; _read times the body.
@@ -385,8 +383,7 @@ class Transport:
         response.close()
         if limit == MAX_ERROR_BODY_BYTES:
             return ""
-        message = f"{call.what} answered HTTP {status} with a body over {limit} bytes"
-        raise CtmBadResponseError(message, error_code="BAD_RESPONSE", http_status=status)
+        raise bad_response(call.what, status, f"a body over {limit} bytes")
 
     def _chunk(self, raw: Any, ends_at: float) -> bytes:
         left = ends_at - self.runtime.monotonic()
@@ -410,12 +407,8 @@ class Transport:
         logged = {"ctm_call": call.what, "error_code": error.error_code, "delay_s": delay}
         if not cost:
             logger.error("CTM retry budget exhausted; failing fast", extra=logged)
-            raise RetryBudgetExhaustedError(
-                f"retry budget exhausted, not retrying: {error.message}",
-                error_code=error.error_code,
-                http_status=error.http_status,
-                attempts=call.attempts,
-            )
+            message = f"retry budget exhausted, not retrying: {error.message}"
+            raise error.copy(RetryBudgetExhaustedError, message)
         call.spent += cost
         logger.info("CTM call failed transiently; retrying", extra=logged)
         self.runtime.sleep(delay)
@@ -465,10 +458,5 @@ def _json_object(call: _Call, status: int, text: str) -> dict[str, Any]:
     except ValueError:
         document = None
     if not isinstance(document, dict):
-        raise CtmBadResponseError(
-            f"{call.what} answered HTTP {status} with a body that is not a JSON object",
-            error_code="BAD_RESPONSE",
-            http_status=status,
-            attempts=call.attempts,
-        )
+        raise bad_response(call.what, status, "a body that is not a JSON object", call.attempts)
     return document
