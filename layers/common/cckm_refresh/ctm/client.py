@@ -19,10 +19,9 @@ from cckm_refresh.ctm.transport import UNPACED, CtmResponse, Pacer, Transport
 from cckm_refresh.keyids import require_cckm_id, require_ocid
 from cckm_refresh.model import KeyInfo, MalformedKeyObjectError
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
-from cckm_refresh.selectors import SELECTOR_FILTERS
+from cckm_refresh.selectors import SELECTOR_FILTERS, value_problem
 
 KEYS_PATH = "/api/v1/cckm/oci/keys"
-MAX_FILTER_VALUE = 1024
 # A key object is a few KB: 1 MiB is generous and keeps 64 refreshes in flight (the most
 # REFRESH_CONCURRENCY allows) under 64 MiB of answers.
 MAX_KEY_BODY_BYTES = 1 << 20
@@ -144,10 +143,8 @@ class CtmClient:
         for name, value in (filters or {}).items():
             if name not in SELECTOR_FILTERS:
                 raise ValueError(f"unknown key list filter {name[:64]!r}")
-            if not isinstance(value, str) or len(value) > MAX_FILTER_VALUE:
-                raise ValueError(
-                    f"key list filter {name} must be a string of at most 1024 characters"
-                )
+            if (problem := value_problem(value)) is not None:
+                raise ValueError(f"key list filter {name} {problem}")
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
         fetch = self._fetch(dict(filters or {}), deadline)
