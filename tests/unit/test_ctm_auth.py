@@ -533,7 +533,6 @@ def test_renewals_after_a_password_login_use_the_refresh_token_it_returned() -> 
         ctm.runtime.advance(241)
     assert grants(ctm) == ["password", "minted-rt-0", "minted-rt-0", "minted-rt-0"]
     assert set(ctm.to("POST", TOKEN_PATH)[1].body) == {"grant_type", "refresh_token"}
-    assert client.tokens.password_logins == 1
 
 
 @pytest.mark.parametrize("status", sorted(REFUSALS))

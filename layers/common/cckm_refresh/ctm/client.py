@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -80,12 +79,7 @@ class CtmClient:
     def __enter__(self) -> CtmClient:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     @property
