@@ -61,7 +61,7 @@ def test_retries_that_would_overrun_the_deadline_stop_before_it() -> None:
         2,
         503,
     )
-    assert ctm.runtime.sleeps == [0.25]
+    assert ctm.runtime.slept == [0.25]
 
 
 def test_each_attempt_is_timed_to_what_is_left_before_the_deadline() -> None:
