@@ -4,7 +4,6 @@ pace each attempt through the tenancy's pacer nor re-authenticate on a 401: the 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -16,6 +15,7 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -173,8 +173,7 @@ class TlsPolicy:
 
 def _remove(path: str | None) -> None:
     if path is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        Path(path).unlink(missing_ok=True)
 
 
 @dataclass
@@ -258,14 +257,18 @@ class Transport:
         start and end before ``deadline``; ``CtmBadResponseError`` for a 2xx body over
         ``max_body`` bytes or not a JSON object). With ``auth``, see ``_unauthorized``."""
         call = _Call(method, url, params, json_body, auth, pacer, deadline, max_body)
-        while True:
-            outcome = self._attempt(call)
-            if isinstance(outcome, CtmResponse):
-                self.budget.release(call.spent)
-                return outcome
-            if outcome is not None:
-                self._before_retry(call, outcome)  # raises when it is not retried
-                call.last = outcome
+        try:
+            while True:
+                outcome = self._attempt(call)
+                if isinstance(outcome, CtmResponse):
+                    self.budget.release(call.spent)
+                    return outcome
+                if outcome is not None:
+                    self._before_retry(call, outcome)  # raises when it is not retried
+                    call.last = outcome
+        except CtmError as error:  # the sign-in's too: it counts this call's attempts
+            error.attempts = call.attempts
+            raise
 
     def close(self) -> None:
         """Close pooled connections and remove the temporary CA file."""
@@ -295,7 +298,6 @@ class Transport:
         except OSError as exc:  # requests' exceptions are OSErrors
             return error_for_exception(call.what, exc)
         except CtmError as error:  # the body: too slow, dropped, or too large
-            error.attempts = call.attempts
             if not error.transient:
                 raise
             return error
@@ -317,12 +319,9 @@ class Transport:
         if not call.pacer.wait(latest_start) or latest_start.passed():
             raise self._deadline_error(call)
 
-    def _bearer(self, call: _Call) -> Bearer | None:
-        try:
-            return call.auth.bearer(call.deadline) if call.auth is not None else None
-        except CtmError as error:
-            error.attempts = call.attempts
-            raise
+    @staticmethod
+    def _bearer(call: _Call) -> Bearer | None:
+        return call.auth.bearer(call.deadline) if call.auth is not None else None
 
     @staticmethod
     def _unauthorized(call: _Call, auth: Authenticator, bearer: Bearer, error: CtmError) -> None:
@@ -336,7 +335,6 @@ class Transport:
             call.renewed = True
             auth.refused(bearer)
             return
-        error.attempts = call.attempts
         raise error.copy(CtmTransientError, f"{error.message} (to a JWT just issued, too)")
 
     def _send(self, call: _Call, bearer: Bearer | None, limit: float) -> requests.Response:
@@ -396,7 +394,6 @@ class Transport:
 
     def _before_retry(self, call: _Call, error: CtmError) -> None:
         """Sleep before the next attempt, or raise ``error`` when it is not retried."""
-        error.attempts = call.attempts
         call.failures += 1
         if not error.transient or call.failures >= self.retry.max_attempts:
             raise error
