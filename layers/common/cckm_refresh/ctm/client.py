@@ -96,14 +96,9 @@ class CtmClient:
         return self._key_call("GET", key_id, "", UNPACED, deadline).body
 
     def refresh_oci_key(self, key_id: str, *, pacer: Pacer, deadline: Deadline) -> CtmResponse:
-        """``POST /api/v1/cckm/oci/keys/{id}/refresh`` (no body): CCKM re-reads the key from OCI.
-
-        The updated key object, its status and what it took; or a CtmError carrying
-        ``error_code``, ``attempts`` and the last ``http_status``: ``CtmNotFoundError`` (404
-        without OCI's words, ``GONE``), ``CtmPermanentError`` (OCI's
-        ``NotAuthorizedOrNotFound``, 400, 403...), ``CtmBadResponseError``,
-        ``CtmDeadlineError``. Every attempt waits for ``pacer``. Retrying is safe: it reads.
-        """
+        """``POST /api/v1/cckm/oci/keys/{id}/refresh`` (no body): CCKM re-reads the key from OCI
+        (retrying is safe: it reads), every attempt waiting for ``pacer``. The updated key
+        object and what it took, or the CtmError of its outcome (docs/reference.md 4.4)."""
         return self._key_call("POST", key_id, "/refresh", pacer, deadline)
 
     def find_oci_key(self, ocid: str, *, deadline: Deadline) -> dict[str, Any] | None:
