@@ -7,7 +7,7 @@ renewals takes no real time.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,10 +18,11 @@ from cckm_refresh.ctm.auth import TOKEN_PATH, Grant, TokenSource
 from cckm_refresh.ctm.client import CtmClient
 from cckm_refresh.ctm.credentials import CredentialsCache
 from cckm_refresh.ctm.errors import CtmError, CtmTokenExpiredError
-from cckm_refresh.ctm.pacing import UNPACED
+from cckm_refresh.ctm.transport import UNPACED
 from cckm_refresh.runtime import Deadline
 from devkit.ctm_emulator import CtmEmulator
-from tests.fixtures.ctm import ManualClock, ManualRuntime
+from tests.fixtures.ctm import ManualClock
+from tests.unit.manual_runtime import ManualRuntime
 
 pytestmark = pytest.mark.integration
 
@@ -35,13 +36,13 @@ def password_secret(emulator: CtmEmulator) -> str:
     )
 
 
-def make_client(emulator: CtmEmulator, secret: str, clock: Callable[[], float]) -> CtmClient:
+def make_client(emulator: CtmEmulator, secret: str, clock: ManualRuntime) -> CtmClient:
     """A client whose clock (both its monotonic and its wall clock) is ``clock``."""
     return CtmClient.create(
         base_url=emulator.base_url,
         secret_loader=lambda force: secret,
         timeout=5.0,
-        runtime=ManualRuntime(clock, lambda seconds: None),
+        runtime=clock,
         rng=lambda: 0.5,
     )
 
@@ -52,7 +53,7 @@ def refresh(client: CtmClient, key_id: str) -> Any:
 
 
 def with_password_at_every_renewal(
-    client: CtmClient, secret: str, clock: Callable[[], float]
+    client: CtmClient, secret: str, clock: ManualRuntime
 ) -> CtmClient:
     """The same client as before this change: every renewal sent the password again, and
     asked for no limit on the refresh token CTM minted for it."""
@@ -64,8 +65,7 @@ def with_password_at_every_renewal(
         password["password"] = document["password"]
         return client.transport.call("POST", url, json_body=password, deadline=deadline).body
 
-    runtime = ManualRuntime(clock, lambda seconds: None)
-    tokens = TokenSource(CredentialsCache(lambda force: secret), password_grant, runtime=runtime)
+    tokens = TokenSource(CredentialsCache(lambda force: secret), password_grant, runtime=clock)
     return CtmClient(client.base_url, tokens, client.transport)
 
 

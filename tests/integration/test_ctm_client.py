@@ -28,13 +28,13 @@ from cckm_refresh.ctm.errors import (
     CtmTransientError,
 )
 from cckm_refresh.ctm.listing import OVERLAP
-from cckm_refresh.ctm.pacing import UNPACED, Pacer
-from cckm_refresh.ctm.transport import CtmResponse
+from cckm_refresh.ctm.transport import UNPACED, CtmResponse, Pacer
 from cckm_refresh.ratelimit import TenancyRateLimiter
 from cckm_refresh.runtime import Deadline
 from cckm_refresh.selectors import SELECTOR_FILTERS, resource_matches
 from devkit.ctm_emulator import ListChurn, generate_keys
-from tests.fixtures.ctm import ManualClock, ManualRuntime
+from tests.fixtures.ctm import ManualClock
+from tests.unit.manual_runtime import ManualRuntime
 
 pytestmark = pytest.mark.integration
 
@@ -50,20 +50,19 @@ def make_client(
     emulator: Any,
     secret: str | None = None,
     *,
-    clock: Callable[[], float] | None = None,
-    sleep: Callable[[float], None] | None = None,
+    runtime: ManualRuntime | None = None,
     max_attempts: int = 4,
     verify_tls: bool = True,
 ) -> CtmClient:
-    """A client on its own hand-moved clock (which sleeping does not move, unless ``sleep``)."""
-    runtime = ManualRuntime(clock or ManualClock(), sleep or (lambda seconds: None))
+    """A client on ``runtime``, by default a hand-moved clock of its own that sleeping does
+    not move."""
     return CtmClient.create(
         base_url=emulator.base_url,
         secret_loader=lambda force: secret if secret is not None else password_secret(emulator),
         timeout=5.0,
         max_attempts=max_attempts,
         verify_tls=verify_tls,
-        runtime=runtime,
+        runtime=runtime or ManualClock(),
         rng=lambda: 0.5,
     )
 
@@ -176,7 +175,7 @@ def test_a_jwt_nearing_expiry_is_renewed_before_ctm_refuses_it(
     ids = key_ids(ctm_emulator)
     issued = ctm_emulator.tokens_issued
     client_clock = ManualClock()
-    with make_client(ctm_emulator, clock=client_clock) as client:
+    with make_client(ctm_emulator, runtime=client_clock) as client:
         attempts = []
         for key_id in ids[:10]:
             attempts.append(refresh(client, key_id).attempts)
@@ -214,12 +213,12 @@ def test_jwts_lasting_a_second_or_two_cost_renewals_never_a_key_under_concurrenc
     # Given JWTs living 1 or 2 s on CTM's clock (exp in whole seconds: a 1 s JWT may last a
     # tenth of one), password credentials, every call taking 0.1 s of that clock, and 90 keys
     # over three tenancies paced at 5 calls/s each
-    clock = ManualClock()
+    clock = ManualClock(sleep_moves=True)
     emulator = make_ctm_emulator(keys=generate_keys(90, seed=3), clock=clock, sleep=clock.advance)
     emulator.faults.token_lifetime = lifetime
     emulator.faults.latency = 0.1
     tenancy = {key["id"]: key["tenancy"] for key in emulator.keys}
-    client = make_client(emulator, clock=clock, sleep=clock.advance)
+    client = make_client(emulator, runtime=clock)
     limiter = TenancyRateLimiter(5.0, runtime=client.transport.runtime)
 
     def one(key_id: str) -> CtmError | None:
@@ -312,13 +311,13 @@ def test_a_removed_key_is_not_found(ctm_emulator: Any) -> None:
 
 
 def test_throttling_is_absorbed_by_retries(ctm_emulator: Any) -> None:
-    sleeps: list[float] = []
-    with make_client(ctm_emulator, sleep=sleeps.append) as client:
+    runtime = ManualClock()
+    with make_client(ctm_emulator, runtime=runtime) as client:
         sign_in(client)  # the burst below is for the refresh, not the login
         ctm_emulator.faults.fail_next(2, 429)
         response = refresh(client, key_ids(ctm_emulator)[0])
     assert (response.http_status, response.attempts, response.throttled) == (200, 3, 2)
-    assert len(sleeps) == 2
+    assert len(runtime.slept) == 2
 
 
 def test_oci_tenancy_throttling_is_absorbed_by_paced_retries(
@@ -330,7 +329,8 @@ def test_oci_tenancy_throttling_is_absorbed_by_paced_retries(
     same_tenancy = [k["id"] for k in ctm_emulator.keys if k["tenancy"] == tenancy][:3]
     throttled_before = ctm_emulator.throttled_count
     # When three of its keys are refreshed back to back, backoff moving the emulator's time
-    with make_client(ctm_emulator, sleep=ctm_clock.advance) as client:
+    ctm_clock.sleep_moves = True
+    with make_client(ctm_emulator, runtime=ctm_clock) as client:
         responses = [refresh(client, key_id) for key_id in same_tenancy]
     # Then all succeeded, and the throttles CTM answered were retried
     assert [r.http_status for r in responses] == [200] * len(same_tenancy)

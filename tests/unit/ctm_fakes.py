@@ -1,5 +1,5 @@
-"""Fakes for the CTM client's unit tests: a virtual clock (``FakeRuntime``) and a scripted CTM
-answering in process (``FakeCtm``, a requests adapter the client mounts).
+"""Fakes for the CTM client's unit tests: a scripted CTM answering in process (``FakeCtm``, a
+requests adapter the client mounts) on a ``ManualRuntime`` at ``EPOCH`` (``ctm_runtime``).
 
 Everything above the adapter (our transport, requests' merging of ``verify`` with the
 environment, header handling) is real; time moves only when something sleeps or a scripted
@@ -23,9 +23,9 @@ import urllib3
 from requests.adapters import BaseAdapter
 
 from cckm_refresh.ctm.client import CtmClient
-from cckm_refresh.ctm.pacing import UNPACED, Pacer
-from cckm_refresh.ctm.transport import CtmResponse
-from cckm_refresh.runtime import Condition, Deadline, SystemRuntime
+from cckm_refresh.ctm.transport import UNPACED, CtmResponse, Pacer
+from cckm_refresh.runtime import Deadline
+from tests.unit.manual_runtime import ManualRuntime
 
 BASE_URL = "https://ctm.test"
 EPOCH = 1_700_000_000.0
@@ -52,38 +52,12 @@ def make_jwt(exp: float | None = None, iat: float | None = None, **claims: Any) 
     return f"{header}.{b64url(json.dumps(payload).encode())}.c2lnbmF0dXJl"
 
 
-class FakeRuntime(SystemRuntime):
-    """Real threads, a virtual clock: ``monotonic()`` and ``time()`` read the same instant,
-    which moves only by ``sleep`` and ``advance`` (thread-safe). Sleeps are recorded."""
-
-    def __init__(self, start: float = EPOCH) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += max(0.0, seconds)
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
-
-    def condition(self) -> Condition:
-        return threading.Condition()
+def ctm_runtime() -> ManualRuntime:
+    """A virtual clock on epoch seconds, ``monotonic()`` and ``time()`` alike, at ``EPOCH``."""
+    return ManualRuntime(EPOCH, epoch=0.0)
 
 
-def far(runtime: FakeRuntime) -> Deadline:
+def far(runtime: ManualRuntime) -> Deadline:
     """A deadline no test reaches: an hour of virtual time away."""
     return Deadline.within(HOUR, runtime)
 
@@ -121,7 +95,7 @@ class Reply:
 class Stream:
     """A body as a socket gives it: all at once, or byte by byte on the virtual clock."""
 
-    def __init__(self, reply: Reply, runtime: FakeRuntime) -> None:
+    def __init__(self, reply: Reply, runtime: ManualRuntime) -> None:
         self._body = io.BytesIO(_content(reply.body))
         self._reply = reply
         self._runtime = runtime
@@ -181,7 +155,7 @@ def _content(body: Any) -> bytes:
 class FakeCtm(BaseAdapter):
     """A scripted CTM. Token requests are answered by ``issue`` unless scripted otherwise."""
 
-    runtime: FakeRuntime = field(default_factory=FakeRuntime)
+    runtime: ManualRuntime = field(default_factory=ctm_runtime)
     token_lifetime: float = 300.0
     sent: list[Sent] = field(default_factory=list)
     scripts: dict[tuple[str, str], deque[Reply | Handler]] = field(default_factory=dict)

@@ -165,7 +165,7 @@ def test_list_refuses_filters_outside_the_selector_names(filters: dict[str, str]
 def test_list_refuses_a_non_string_filter_value_and_a_page_size_out_of_bounds() -> None:
     ctm = FakeCtm()
     client = fake_client(ctm)
-    with pytest.raises(ValueError, match="must be a string"):
+    with pytest.raises(ValueError, match="must be a non-empty string"):
         client.list_page({"region": 5}, deadline=far(ctm.runtime))  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="page_size"):
         client.list_page(None, page_size=1001, deadline=far(ctm.runtime))

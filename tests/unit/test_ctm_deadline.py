@@ -21,10 +21,9 @@ from cckm_refresh.ctm.errors import (
     CtmDeadlineError,
     CtmTimeoutError,
     CtmTransientError,
+    RetryPolicy,
 )
-from cckm_refresh.ctm.pacing import UNPACED
-from cckm_refresh.ctm.retries import RetryPolicy
-from cckm_refresh.ctm.transport import Transport
+from cckm_refresh.ctm.transport import UNPACED, Transport
 from cckm_refresh.runtime import Deadline
 from tests.unit.ctm_fakes import (
     KEY_ID,
@@ -62,7 +61,7 @@ def test_retries_that_would_overrun_the_deadline_stop_before_it() -> None:
         2,
         503,
     )
-    assert ctm.runtime.sleeps == [0.25]
+    assert ctm.runtime.slept == [0.25]
 
 
 def test_each_attempt_is_timed_to_what_is_left_before_the_deadline() -> None:

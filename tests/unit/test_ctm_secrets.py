@@ -27,8 +27,8 @@ from tests.unit.ctm_fakes import (
     EPOCH,
     TOKEN_PATH,
     FakeCtm,
-    FakeRuntime,
     Reply,
+    ctm_runtime,
     error_body,
     fake_client,
     far,
@@ -135,7 +135,7 @@ def test_a_malformed_secret_is_never_shown(logs) -> None:  # type: ignore[no-unt
     ctm = FakeCtm()
     client = fake_client(ctm, '{"password": "' + PASSWORD + '", ')
     with pytest.raises(CtmError) as caught:
-        client.issue_token(far(FakeRuntime()))
+        client.issue_token(far(ctm_runtime()))
     assert_no_secret(everything_said(caught.value, client) + logs(), PASSWORD)
 
 
@@ -158,7 +158,7 @@ def refresh_run(client: CtmClient, count: int = 5) -> tuple[list[CtmError], list
             errors.append(error)
             raise
 
-    runtime = FakeRuntime()
+    runtime = ctm_runtime()
     engine = RefreshEngine(refresh_one, TenancyRateLimiter(1000.0, runtime=runtime), concurrency=2)
     keys = [WorkItem(f"{n:08d}-28ff-4f93-86dc-ff08983469e7") for n in range(count)]
     within = Deadline.within(600.0, runtime)

@@ -15,7 +15,7 @@ from cckm_refresh.ctm.errors import (
     CtmThrottledError,
     CtmTokenExpiredError,
 )
-from cckm_refresh.ctm.pacing import Pacer
+from cckm_refresh.ctm.transport import Pacer
 from cckm_refresh.engine import EngineResult, RefreshEngine, WorkItem
 from cckm_refresh.model import KeyInfo, Status
 from cckm_refresh.ratelimit import TenancyRateLimiter

@@ -20,9 +20,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cckm_refresh.ctm.client import KEYS_PATH, CtmClient
-from cckm_refresh.ctm.pacing import UNPACED
-from cckm_refresh.ctm.retries import RetryPolicy
-from cckm_refresh.ctm.transport import Bearer, Transport
+from cckm_refresh.ctm.errors import RetryPolicy
+from cckm_refresh.ctm.transport import UNPACED, Bearer, Transport
 from cckm_refresh.request import (
     REQUEST_FIELDS,
     SELECTOR_FIELDS,

@@ -12,7 +12,7 @@ from typing import Any
 
 from cckm_refresh.config import RefreshSettings
 from cckm_refresh.ctm.errors import CtmError, CtmPermanentError, CtmTransientError
-from cckm_refresh.ctm.pacing import UNPACED, Pacer
+from cckm_refresh.ctm.transport import UNPACED, Pacer
 from cckm_refresh.engine import RefreshEngine
 from cckm_refresh.ratelimit import TenancyRateLimiter
 from cckm_refresh.run.chunks import ChunkWorker

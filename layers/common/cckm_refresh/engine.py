@@ -25,7 +25,7 @@ from cckm_refresh.ctm.errors import (
     CtmSecretUnavailableError,
     CtmTlsError,
 )
-from cckm_refresh.ctm.pacing import Pacer
+from cckm_refresh.ctm.transport import Pacer
 from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY, TenancyRateLimiter
 from cckm_refresh.runtime import Deadline, Runtime, run_threads

@@ -182,7 +182,7 @@ class TenancyRateLimiter:
 
 
 class TenancyPacer:
-    """The ``cckm_refresh.ctm.pacing.Pacer`` of one key of one tenancy."""
+    """The ``cckm_refresh.ctm.transport.Pacer`` of one key of one tenancy."""
 
     def __init__(self, limiter: TenancyRateLimiter, tenancy: str | None, reserved: bool) -> None:
         self._limiter = limiter

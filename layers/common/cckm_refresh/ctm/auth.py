@@ -1,6 +1,5 @@
-"""Bearer JWTs for CTM (docs/reference.md 3): sign-in, renewal ahead of the expiry CTM
-states, one renewal at a time shared by every thread, and credentials CTM refused. JWT claims
-are decoded here (8 lines, unsigned: only ``exp``/``iat`` are read), not with a JWT library."""
+"""Bearer JWTs for CTM (docs/reference.md 3): sign-in, renewal ahead of the expiry CTM states,
+one renewal at a time shared by every thread, and credentials CTM refused."""
 
 from __future__ import annotations
 
@@ -79,7 +78,8 @@ class _Session:
 
 
 def jwt_claims(jwt: str) -> dict[str, Any]:
-    """The JWT's payload claims, signature unchecked ({} when undecodable)."""
+    """The JWT's payload claims ({} when undecodable); unsigned, as only ``exp``/``iat`` are
+    read (so no JWT library)."""
     parts = jwt.split(".")
     if len(parts) != 3:
         return {}
@@ -110,16 +110,10 @@ class TokenSource:
         self._refused: tuple[CtmCredentials, CtmAuthError, float] | None = None
         self._session: _Session | None = None
         self.last_login: LoginInfo | None = None
-        self.tokens_issued = self.password_logins = 0
-
-    def __repr__(self) -> str:
-        return f"TokenSource(tokens_issued={self.tokens_issued}, generation={self.generation})"
 
     def bearer(self, deadline: Deadline) -> Bearer:
         """The newest JWT still valid; a sign-in (ending before ``deadline``) when there is
-        none or it is due for renewal. Raises CtmAuthError (credentials refused),
-        CtmTokenExpiredError (CTM refused the secret's own JWT), CtmCredentialsError, or the
-        token call's CtmError."""
+        none or it is due for renewal. A sign-in's CtmError is raised to every waiter."""
         with self._changed:
             seen = self._renewals
             while True:
@@ -161,8 +155,7 @@ class TokenSource:
             return held.bearer
 
     def refused(self, bearer: Bearer) -> None:
-        """CTM answered 401 to ``bearer``: unless a newer JWT exists, the next ``bearer()``
-        renews, reading the secret past its cache."""
+        """See ``Authenticator``; the renewal reads the secret past its cache."""
         with self._changed:
             held = self._held
             if held is None or held.bearer.generation != bearer.generation:
@@ -236,7 +229,6 @@ class TokenSource:
                 grant["domain"] = credentials.domain
             if credentials.auth_domain:
                 grant["auth_domain"] = credentials.auth_domain
-            self.password_logins += 1
         method = credentials.method
         held, minted = self._grant(grant, method, f"secret's {method.value}", deadline)
         if credentials.method is AuthMethod.PASSWORD and minted is not None:
@@ -255,18 +247,12 @@ class TokenSource:
         except CtmPermanentError as error:
             if error.http_status not in REFUSED_STATUSES:
                 raise
-            raise CtmAuthError(
-                f"CTM refused the {what}: {error.message}",
-                error_code=error.error_code,
-                http_status=error.http_status,
-                attempts=error.attempts,
-            ) from None
+            raise error.copy(CtmAuthError, f"CTM refused the {what}: {error.message}") from None
         jwt, minted = answer.get("jwt"), answer.get("refresh_token")
         if not isinstance(jwt, str) or not JWT_SHAPE.fullmatch(jwt):
             message = f"{TOKEN_PATH} answered without a usable jwt"
             raise CtmPermanentError(message, error_code="UNAUTHORIZED")
         register_secret(jwt)
-        self.tokens_issued += 1
         claims = jwt_claims(jwt)
         exp, iat = _seconds(claims.get("exp")), _seconds(claims.get("iat"))
         duration, kept = _seconds(answer.get("duration")), answer.get("refresh_token_expires_in")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -13,23 +12,20 @@ from requests.adapters import BaseAdapter
 
 from cckm_refresh.ctm.auth import TOKEN_PATH, Grant, LoginInfo, TokenSource
 from cckm_refresh.ctm.credentials import CredentialsCache, SecretLoader
-from cckm_refresh.ctm.errors import CtmBadResponseError, CtmNotFoundError
+from cckm_refresh.ctm.errors import CtmNotFoundError, RetryPolicy, bad_response
 from cckm_refresh.ctm.listing import MAX_PAGE_SIZE, Fetch, KeyPage, ListCursor, read_page
-from cckm_refresh.ctm.pacing import UNPACED, Pacer
-from cckm_refresh.ctm.retries import RetryPolicy
-from cckm_refresh.ctm.transport import CtmResponse, Transport
+from cckm_refresh.ctm.transport import UNPACED, CtmResponse, Pacer, Transport
 from cckm_refresh.keyids import require_cckm_id, require_ocid
 from cckm_refresh.model import KeyInfo, MalformedKeyObjectError
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
-from cckm_refresh.selectors import SELECTOR_FILTERS
+from cckm_refresh.selectors import SELECTOR_FILTERS, value_problem
 
 KEYS_PATH = "/api/v1/cckm/oci/keys"
-MAX_FILTER_VALUE = 1024
 # A key object is a few KB: 1 MiB is generous and keeps 64 refreshes in flight (the most
 # REFRESH_CONCURRENCY allows) under 64 MiB of answers.
 MAX_KEY_BODY_BYTES = 1 << 20
 
-__all__ = ["CtmClient", "CtmResponse", "KeyPage", "ListCursor", "LoginInfo"]
+__all__ = ["UNPACED", "CtmClient", "CtmResponse", "KeyPage", "ListCursor", "LoginInfo", "Pacer"]
 
 
 class CtmClient:
@@ -83,12 +79,7 @@ class CtmClient:
     def __enter__(self) -> CtmClient:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     @property
@@ -105,14 +96,9 @@ class CtmClient:
         return self._key_call("GET", key_id, "", UNPACED, deadline).body
 
     def refresh_oci_key(self, key_id: str, *, pacer: Pacer, deadline: Deadline) -> CtmResponse:
-        """``POST /api/v1/cckm/oci/keys/{id}/refresh`` (no body): CCKM re-reads the key from OCI.
-
-        The updated key object, its status and what it took; or a CtmError carrying
-        ``error_code``, ``attempts`` and the last ``http_status``: ``CtmNotFoundError`` (404
-        without OCI's words, ``GONE``), ``CtmPermanentError`` (OCI's
-        ``NotAuthorizedOrNotFound``, 400, 403...), ``CtmBadResponseError``,
-        ``CtmDeadlineError``. Every attempt waits for ``pacer``. Retrying is safe: it reads.
-        """
+        """``POST /api/v1/cckm/oci/keys/{id}/refresh`` (no body): CCKM re-reads the key from OCI
+        (retrying is safe: it reads), every attempt waiting for ``pacer``. The updated key
+        object and what it took, or the CtmError of its outcome (docs/reference.md 4.4)."""
         return self._key_call("POST", key_id, "/refresh", pacer, deadline)
 
     def find_oci_key(self, ocid: str, *, deadline: Deadline) -> dict[str, Any] | None:
@@ -146,10 +132,8 @@ class CtmClient:
         for name, value in (filters or {}).items():
             if name not in SELECTOR_FILTERS:
                 raise ValueError(f"unknown key list filter {name[:64]!r}")
-            if not isinstance(value, str) or len(value) > MAX_FILTER_VALUE:
-                raise ValueError(
-                    f"key list filter {name} must be a string of at most 1024 characters"
-                )
+            if (problem := value_problem(value)) is not None:
+                raise ValueError(f"key list filter {name} {problem}")
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
         fetch = self._fetch(dict(filters or {}), deadline)
@@ -182,12 +166,7 @@ class CtmClient:
         except MalformedKeyObjectError as malformed:
             problem = str(malformed)
         if problem is not None:
-            raise CtmBadResponseError(
-                f"{what} answered HTTP {status} with {problem}",
-                error_code="BAD_RESPONSE",
-                http_status=status,
-                attempts=answer.attempts,
-            )
+            raise bad_response(what, status, problem, answer.attempts)
         if answer.body.get("gone") is True:
             raise CtmNotFoundError(
                 f"{what} answered HTTP {status}: the key is gone from OCI",
@@ -206,12 +185,8 @@ class CtmClient:
             )
             resources, total = answer.body.get("resources"), answer.body.get("total")
             if "resources" not in answer.body or not isinstance(resources, list | None):
-                raise CtmBadResponseError(
-                    f"GET {KEYS_PATH} answered HTTP {answer.http_status} with no key list",
-                    error_code="BAD_RESPONSE",
-                    http_status=answer.http_status,
-                    attempts=answer.attempts,
-                )
+                what, status = f"GET {KEYS_PATH}", answer.http_status
+                raise bad_response(what, status, "no key list", answer.attempts)
             counted = isinstance(total, int) and not isinstance(total, bool)
             return resources or [], total if counted else None
 

@@ -114,12 +114,8 @@ class CtmCredentials:
 
 
 class CredentialsCache:
-    """Parsed credentials from a loader that owns the time-based cache (at most 5 minutes).
-
-    ``get()`` asks the loader every time (cheap when it caches), so a rotated secret is picked
-    up within the loader's max age; the string is re-parsed only when it changed. No lock is
-    held while the loader runs (it may call Secrets Manager).
-    """
+    """Parsed credentials. The loader owns the cache (at most 5 minutes) and is asked at every
+    ``get()``, so a rotated secret is picked up; the string is parsed again only when changed."""
 
     def __init__(self, loader: SecretLoader) -> None:
         self._loader = loader
@@ -129,7 +125,7 @@ class CredentialsCache:
     def get(self, *, force: bool = False) -> CtmCredentials:
         """Current credentials; ``force`` bypasses the loader's cache (after an auth failure)."""
         try:
-            raw = self._loader(force)
+            raw = self._loader(force)  # no lock held: it may call Secrets Manager
         except CtmCredentialsError:
             raise
         except Exception as exc:

@@ -1,16 +1,21 @@
-"""The one HTTP transport to CTM (hvac's adapter): session, TLS, each attempt's time limit,
-retries, typed errors; the only place that sees a bearer JWT. urllib3's ``Retry`` cannot pace
-each attempt through the tenancy's pacer nor re-authenticate on a 401: the loop is ours."""
+"""The one HTTP transport to CTM (hvac's adapter): session, TLS, each attempt's time limit and
+pace, retries, typed errors; the only place that sees a bearer JWT. urllib3's ``Retry`` cannot
+pace each attempt through the tenancy's pacer nor re-authenticate on a 401: the loop is ours."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import re
 import socket
+import tempfile
+import threading
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -21,7 +26,6 @@ from urllib3.util import Timeout
 
 from cckm_refresh.ctm.errors import (
     CtmAuthError,
-    CtmBadResponseError,
     CtmConnectionError,
     CtmDeadlineError,
     CtmError,
@@ -30,11 +34,12 @@ from cckm_refresh.ctm.errors import (
     CtmTimeoutError,
     CtmTlsError,
     CtmTransientError,
+    RetryBudget,
     RetryBudgetExhaustedError,
+    RetryPolicy,
+    bad_response,
+    error_for_response,
 )
-from cckm_refresh.ctm.pacing import UNPACED, Pacer
-from cckm_refresh.ctm.retries import RetryBudget, RetryPolicy, error_for_response
-from cckm_refresh.ctm.tls import TlsPolicy
 from cckm_refresh.observability import logger
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
 
@@ -42,14 +47,45 @@ USER_AGENT = "cckm-oci-refresh/0.1.0"  # keep in step with pyproject.toml
 MAX_CONNECT_TIMEOUT = 5.0  # connecting is quick or not happening; the rest is CTM's answer
 # An attempt with less time than this would spend OCI's budget on an answer that cannot
 # arrive in time (a refresh is two OCI reads behind CCKM): it is not started.
+MIN_ATTEMPT_SECONDS = 0.5
 # An attempt leaves on its slot, or within this of it (a JWT at hand); later, it takes another.
 LATE_ON_SLOT = 0.05
-MIN_ATTEMPT_SECONDS = 0.5
 # A list page of 1000 keys is about 2.5 MB; 8 MiB leaves room without letting a proxy fill
 # a Lambda's memory. Error answers are read for their codeDesc and message only.
 MAX_BODY_BYTES = 8 << 20
 MAX_ERROR_BODY_BYTES = 64 << 10
 _SSL_REASON = re.compile(r"\[SSL: [A-Z_]+\][^'\"()]*")
+
+
+class Pacer(Protocol):
+    """How every attempt of a call leaves, retries included: the engine passes a tenancy's
+    (``ratelimit.TenancyPacer``), so that retries spend the same OCI budget as first tries."""
+
+    def wait(self, latest_start: Deadline) -> bool:
+        """Block until the next attempt may leave, if that is by ``latest_start``; otherwise
+        return False at once, without waiting and without taking a slot."""
+
+    def throttled(self) -> None:
+        """The attempt was throttled (429, or ``TooManyRequests`` in the body)."""
+
+    def answered(self) -> None:
+        """The attempt got an answer that was not a throttle."""
+
+
+class Unpaced:
+    """Every attempt may leave at once: list, get and token calls."""
+
+    def wait(self, latest_start: Deadline) -> bool:
+        return not latest_start.passed()
+
+    def throttled(self) -> None:
+        return None
+
+    def answered(self) -> None:
+        return None
+
+
+UNPACED = Unpaced()
 
 
 @dataclass(frozen=True, repr=False)
@@ -80,6 +116,64 @@ class CtmResponse:
     attempts: int  # HTTP attempts made, those after a 401 included
     throttled: int  # how many of them were throttled
     elapsed: float  # seconds of the successful attempt, from sending to the body read
+
+
+class TlsPolicy:
+    """The ``verify=`` of every request (docs/reference.md 3): the secret's ``ca_bundle`` alone
+    when it has one (written to a file of ours), else the standard store with the overrides
+    requests and Python honour (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, and
+    ``SSL_CERT_FILE``, which requests ignores for certifi, so it is applied here); none only
+    by explicit choice."""
+
+    def __init__(self, *, verify_tls: bool, ca_bundle: Callable[[], str | None]) -> None:
+        self._verify_tls = verify_tls
+        self._ca_bundle = ca_bundle
+        self._lock = threading.Lock()  # never held while the secret is read
+        self._resolved: bool | str | None = None
+        self.ca_file: str | None = None  # written from the secret's ca_bundle, once resolved
+        self._quiet_hosts: set[str] = set()
+
+    def verify_for(self, url: str) -> bool | str:
+        if self._resolved is None:
+            setting, ca_file = self._resolve()
+            with self._lock:
+                if self._resolved is None:
+                    self._resolved, self.ca_file, ca_file = setting, ca_file, None
+            _remove(ca_file)  # another thread resolved it first
+        if (
+            self._resolved is False
+            and (host := urlsplit(url).hostname or "") not in self._quiet_hosts
+        ):
+            # The operator chose CTM_VERIFY_TLS=false (warned at cold start): silence
+            # urllib3's per-request warning for CTM's host only.
+            self._quiet_hosts.add(host)
+            message = f"Unverified HTTPS request is being made to host '{re.escape(host)}'"
+            warnings.filterwarnings("ignore", message, urllib3.exceptions.InsecureRequestWarning)
+        return self._resolved
+
+    def close(self) -> None:
+        with self._lock:
+            ca_file, self.ca_file, self._resolved = self.ca_file, None, None
+        _remove(ca_file)
+
+    def _resolve(self) -> tuple[bool | str, str | None]:
+        if not self._verify_tls:
+            return False, None
+        pem = self._ca_bundle()
+        if pem:
+            with tempfile.NamedTemporaryFile(
+                "w", prefix="ctm-ca-", suffix=".pem", delete=False, encoding="utf-8"
+            ) as handle:
+                handle.write(pem if pem.endswith("\n") else pem + "\n")
+            return handle.name, handle.name
+        if os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"):
+            return True, None
+        return os.environ.get("SSL_CERT_FILE") or True, None
+
+
+def _remove(path: str | None) -> None:
+    if path is not None:
+        Path(path).unlink(missing_ok=True)
 
 
 @dataclass
@@ -163,14 +257,18 @@ class Transport:
         start and end before ``deadline``; ``CtmBadResponseError`` for a 2xx body over
         ``max_body`` bytes or not a JSON object). With ``auth``, see ``_unauthorized``."""
         call = _Call(method, url, params, json_body, auth, pacer, deadline, max_body)
-        while True:
-            outcome = self._attempt(call)
-            if isinstance(outcome, CtmResponse):
-                self.budget.release(call.spent)
-                return outcome
-            if outcome is not None:
-                self._before_retry(call, outcome)  # raises when it is not retried
-                call.last = outcome
+        try:
+            while True:
+                outcome = self._attempt(call)
+                if isinstance(outcome, CtmResponse):
+                    self.budget.release(call.spent)
+                    return outcome
+                if outcome is not None:
+                    self._before_retry(call, outcome)  # raises when it is not retried
+                    call.last = outcome
+        except CtmError as error:  # the sign-in's too: it counts this call's attempts
+            error.attempts = call.attempts
+            raise
 
     def close(self) -> None:
         """Close pooled connections and remove the temporary CA file."""
@@ -181,16 +279,14 @@ class Transport:
         """One attempt: the answer, the error it ended in, or None to re-send at once (401)."""
         self._bearer(call)  # a sign-in the attempt needs happens before its slot is taken
         latest_start = call.deadline.before(MIN_ATTEMPT_SECONDS)
-        if not call.pacer.wait(latest_start) or latest_start.passed():
-            raise self._deadline_error(call)
+        self._wait_for_slot(call, latest_start)
         slot = self.runtime.monotonic()
         bearer = self._bearer(call)  # the newest JWT, after the wait it might have outlived
         # Renewing the JWT took the slot's moment: leaving now would crowd the tenancy's next
         # attempt, paced from this slot. Leave on the next slot, with the JWT just renewed (not
         # asked for again: that could take the next slot's moment too).
-        late = self.runtime.monotonic() - slot > LATE_ON_SLOT
-        if late and (not call.pacer.wait(latest_start) or latest_start.passed()):
-            raise self._deadline_error(call)
+        if self.runtime.monotonic() - slot > LATE_ON_SLOT:
+            self._wait_for_slot(call, latest_start)
         limit = min(self.attempt_timeout, call.deadline.remaining())
         if limit < MIN_ATTEMPT_SECONDS:
             raise self._deadline_error(call)
@@ -202,7 +298,6 @@ class Transport:
         except OSError as exc:  # requests' exceptions are OSErrors
             return error_for_exception(call.what, exc)
         except CtmError as error:  # the body: too slow, dropped, or too large
-            error.attempts = call.attempts
             if not error.transient:
                 raise
             return error
@@ -220,12 +315,13 @@ class Transport:
         elapsed = self.runtime.monotonic() - started
         return CtmResponse(body, response.status_code, call.attempts, call.throttled, elapsed)
 
-    def _bearer(self, call: _Call) -> Bearer | None:
-        try:
-            return call.auth.bearer(call.deadline) if call.auth is not None else None
-        except CtmError as error:
-            error.attempts = call.attempts
-            raise
+    def _wait_for_slot(self, call: _Call, latest_start: Deadline) -> None:
+        if not call.pacer.wait(latest_start) or latest_start.passed():
+            raise self._deadline_error(call)
+
+    @staticmethod
+    def _bearer(call: _Call) -> Bearer | None:
+        return call.auth.bearer(call.deadline) if call.auth is not None else None
 
     @staticmethod
     def _unauthorized(call: _Call, auth: Authenticator, bearer: Bearer, error: CtmError) -> None:
@@ -239,10 +335,7 @@ class Transport:
             call.renewed = True
             auth.refused(bearer)
             return
-        message = f"{error.message} (to a JWT just issued, too)"
-        raise CtmTransientError(
-            message, error_code=error.error_code, http_status=401, attempts=call.attempts
-        )
+        raise error.copy(CtmTransientError, f"{error.message} (to a JWT just issued, too)")
 
     def _send(self, call: _Call, bearer: Bearer | None, limit: float) -> requests.Response:
         # total= bounds connecting and waiting for the headers; _read times the body.
@@ -288,8 +381,7 @@ class Transport:
         response.close()
         if limit == MAX_ERROR_BODY_BYTES:
             return ""
-        message = f"{call.what} answered HTTP {status} with a body over {limit} bytes"
-        raise CtmBadResponseError(message, error_code="BAD_RESPONSE", http_status=status)
+        raise bad_response(call.what, status, f"a body over {limit} bytes")
 
     def _chunk(self, raw: Any, ends_at: float) -> bytes:
         left = ends_at - self.runtime.monotonic()
@@ -302,7 +394,6 @@ class Transport:
 
     def _before_retry(self, call: _Call, error: CtmError) -> None:
         """Sleep before the next attempt, or raise ``error`` when it is not retried."""
-        error.attempts = call.attempts
         call.failures += 1
         if not error.transient or call.failures >= self.retry.max_attempts:
             raise error
@@ -313,12 +404,8 @@ class Transport:
         logged = {"ctm_call": call.what, "error_code": error.error_code, "delay_s": delay}
         if not cost:
             logger.error("CTM retry budget exhausted; failing fast", extra=logged)
-            raise RetryBudgetExhaustedError(
-                f"retry budget exhausted, not retrying: {error.message}",
-                error_code=error.error_code,
-                http_status=error.http_status,
-                attempts=call.attempts,
-            )
+            message = f"retry budget exhausted, not retrying: {error.message}"
+            raise error.copy(RetryBudgetExhaustedError, message)
         call.spent += cost
         logger.info("CTM call failed transiently; retrying", extra=logged)
         self.runtime.sleep(delay)
@@ -368,10 +455,5 @@ def _json_object(call: _Call, status: int, text: str) -> dict[str, Any]:
     except ValueError:
         document = None
     if not isinstance(document, dict):
-        raise CtmBadResponseError(
-            f"{call.what} answered HTTP {status} with a body that is not a JSON object",
-            error_code="BAD_RESPONSE",
-            http_status=status,
-            attempts=call.attempts,
-        )
+        raise bad_response(call.what, status, "a body that is not a JSON object", call.attempts)
     return document
