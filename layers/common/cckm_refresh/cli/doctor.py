@@ -41,7 +41,7 @@ from cckm_refresh.ctm.errors import (
     CtmTlsError,
 )
 from cckm_refresh.ctm.listing import sort_position
-from cckm_refresh.ctm.pacing import UNPACED
+from cckm_refresh.ctm.transport import UNPACED
 from cckm_refresh.keyids import InvalidKeyIdError, KeyIdKind, classify_key_id
 from cckm_refresh.model import KeyInfo
 from cckm_refresh.request import RequestError, parse_request
@@ -528,7 +528,7 @@ def canary_failure(error: CtmError, key: KeyInfo) -> Finding:
 
 
 def _trust(credentials: CtmCredentials) -> str:
-    """What CTM's certificate is verified against, as ``ctm.tls`` decides."""
+    """What CTM's certificate is verified against, as ``ctm.transport.TlsPolicy`` decides."""
     if credentials.ca_bundle:
         return "the secret's ca_bundle"
     names = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
