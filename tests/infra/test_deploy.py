@@ -170,13 +170,16 @@ def test_the_readme_shows_the_whole_sam_workflow() -> None:
         r"^sam logs -n RefreshFunction --tail\b",
         r"^sam remote invoke RefreshFunction --event-file events/",
         r"^sam list stack-outputs\b",
-        r"^sam local invoke RefreshFunction -e events/",
     ]
 
     for step in steps:
         assert re.search(step, shell, re.MULTILINE), step
     assert "sam delete" in README
     assert "needs Docker" in README
+    # sam local invoke runs against the local emulators: development, so CONTRIBUTING.md
+    contributing = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    assert re.search(r"^sam local invoke RefreshFunction -e events/", contributing, re.M)
+    assert "CONTRIBUTING.md#the-emulators" in README
 
 
 def test_every_event_file_the_readme_names_exists() -> None:
