@@ -56,6 +56,39 @@ def test_a_function_timeout_too_short_for_one_call_is_refused_at_cold_start() ->
     assert "CTM_TIMEOUT_SECONDS" in str(report.invocation_errors[0])
 
 
+def test_a_run_whose_last_delivery_died_after_its_last_chunk_closed_is_completed_by_the_sweep() -> (
+    None
+):
+    # Given the schedule `make soak` found (its 677th): one tenancy of 38 keys at 0.5/s, 21 s
+    # invocations killed 30 % of the time, MAX_RECEIVE_COUNT 2; a chunk's last delivery closes
+    # the run's last chunk and dies before completing the run, and its message dead-letters
+    scenario = Scenario(
+        tenancies=(38,),
+        rate=0.5,
+        ctm_timeout=2.0,
+        function_timeout=21.0,
+        latency=1.0,
+        max_receive_count=2,
+        chunk_size=5,
+        concurrency=4,
+        kill_rate=0.3,
+        error_rate=0.2,
+        token_lifetime=60.0,
+        listing="sort-ignored",
+        warm=False,
+        seed=38,
+    )
+
+    # When the night goes on (the sweep every 15 minutes)
+    report = World(scenario).run()
+
+    # Then the sweep completed the run that owed nothing (before the fix it stayed RUNNING,
+    # swept again every 15 minutes, for ever)
+    assert check(report).problems == ()
+    [run] = report.runs.values()
+    assert (run["status"], run["refreshed"] + run["failed"]) == ("COMPLETED", 38)
+
+
 @settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -10,6 +10,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from cckm_refresh.config import RefreshSettings
 from cckm_refresh.ctm.errors import CtmError, CtmPermanentError, CtmTransientError
 from cckm_refresh.ctm.transport import UNPACED, Pacer
@@ -441,6 +443,45 @@ def test_a_chunk_registered_and_never_sent_is_found_by_the_sweep_and_the_run_com
     assert (run["status"], run["refreshed"], run.get("sweeps")) == ("COMPLETED", 8, 1)
     assert sorted(world.ctm.refreshed) == sorted(KEYS)
     assert world.sweep().open_runs == 0
+
+
+def test_a_run_whose_completion_was_lost_with_its_last_delivery_is_completed_by_the_sweep() -> None:
+    # Given a run whose last chunk closed in a container killed before it completed the run,
+    # on the message's last delivery (so no delivery ever comes again: it dead-letters)
+    world = World()
+    world.schedule()
+    *first, last = [
+        sqs_delivery(f"m{i}", json.dumps(m.body), world.settings().max_receive_count, m.group)
+        for i, m in enumerate(world.queues.sent)
+    ]
+    world.queues.sent.clear()
+    world.runtime.run(lambda: world.service().process_batch(first, world.end(300)))
+    world.table.complete_if_done = lambda run_id: (_ for _ in ()).throw(Killed())  # type: ignore[method-assign]
+    service = world.service()
+
+    def killed_before_completing() -> None:
+        with pytest.raises(Killed):
+            service.process_batch([last], world.end(300))
+
+    world.runtime.run(killed_before_completing)
+    del world.table.complete_if_done
+    run = world.table.runs["schedule-T0"]
+    assert (run["status"], run["open_chunks"], run["refreshed"]) == ("RUNNING", 0, 8)
+
+    # When the sweep finds it stuck
+    world.wait(world.settings().stuck_after_seconds)
+    report = world.sweep()
+
+    # Then it queued nothing (nothing is owed) and completed the run, counts as they were
+    assert (report.stuck, report.completed, world.queues.sent) == (
+        ("schedule-T0",),
+        ("schedule-T0",),
+        [],
+    )
+    run = world.table.runs["schedule-T0"]
+    assert (run["status"], run["refreshed"], run["failed"]) == ("COMPLETED", 8, 0)
+    assert world.sweep().open_runs == 0
+    assert len(world.ctm.refreshed) == len(KEYS)
 
 
 def test_a_schedule_whose_resolution_was_lost_is_resolved_again_from_its_kept_request() -> None:

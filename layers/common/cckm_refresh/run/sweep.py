@@ -2,11 +2,13 @@
 work is queued again (docs/reference.md 4.3) and counted (the ``RunsStuck`` metric).
 
 Work is lost between two writes: a container killed after registering a chunk and before
-sending its message, or after handing a listing on and before sending the continuation, or a
-schedule whose invocations all failed. The sweep finds those runs by their ``progress_at``
+sending its message, or after handing a listing on and before sending the continuation, or
+after closing a run's last chunk and before completing the run (its message then dead-lettered),
+or a schedule whose invocations all failed. The sweep finds those runs by their ``progress_at``
 (moved by every registration, close and hand-on) among the runs still open, sends each open
 chunk and an unfinished resolution again (queues de-duplicate nothing here: a chunk's keys
-already terminal are skipped, not refreshed twice), and marks the run swept.
+already terminal are skipped, not refreshed twice) and marks the run swept; a run with nothing
+left to send, it completes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class SweepReport:
     stuck: tuple[str, ...] = ()  # run ids
     chunks_queued: int = 0
     listings_queued: int = 0
+    completed: tuple[str, ...] = ()  # stuck runs that owed nothing: completed by the sweep
 
 
 class Sweeper:
@@ -57,19 +60,29 @@ class Sweeper:
             r for r in runs if now - (r.progress_at or now) >= self._settings.stuck_after_seconds
         ]
         chunks = listings = 0
+        completed: list[str] = []
         for run in stuck:
             sent_chunks, sent_listing = self._queue_again(run)
             chunks += sent_chunks
             listings += sent_listing
+            if not sent_chunks + sent_listing and self._store.complete_if_done(run.run_id):
+                completed.append(run.run_id)
         if stuck:
             logger.error(
                 "stuck runs found: their work is queued again",
-                extra={"runs": [r.run_id for r in stuck][:20], "count": len(stuck)},
+                extra={
+                    "runs": [r.run_id for r in stuck][:20],
+                    "count": len(stuck),
+                    "completed": completed[:20],
+                },
             )
-        return SweepReport(len(runs), tuple(r.run_id for r in stuck), chunks, listings)
+        return SweepReport(
+            len(runs), tuple(r.run_id for r in stuck), chunks, listings, tuple(completed)
+        )
 
     def _queue_again(self, run: RunState) -> tuple[int, int]:
-        """Send the run's open chunks and its unfinished resolution again; (chunks, listings)."""
+        """Send the run's open chunks and its unfinished resolution again; (chunks, listings).
+        A run with neither is marked swept all the same: the caller completes it."""
         sweep = run.sweeps + 1
         messages = [
             QueueMessage(
