@@ -31,13 +31,10 @@ DEFAULT_LIFETIME = 300.0  # CTM's JWTs live 5 minutes when the answer does not s
 # a CTM hiccup refusing a login does not poison a warm container for its whole life.
 REFUSAL_MEMORY = 60.0
 REFUSED_STATUSES = frozenset({400, 401, 403})  # wrong password, unknown token, locked account
-# The refresh token each password login asks for. CTM takes both values in minutes (its console
-# asks refresh_token_revoke_unused_in=30 for its 30-minute idle timeout; answers state
-# refresh_token_expires_in in seconds). By default its refresh tokens never expire and every
-# password login mints one: a Lambda logging in at every renewal left one live token per
-# renewal for ever (on CTM 2.7 piled-up refresh tokens made servers unresponsive). So: revoked
-# when unused for 10 minutes (a busy container renews every 4), at most 60 minutes old (a
-# container busy for longer logs in with the password once an hour): at most about two live
+# The refresh token each password login asks for, in minutes as CTM takes them (docs/reference.md
+# 9; its console asks refresh_token_revoke_unused_in=30). By default they never expire and every
+# password login mints one (piled up, they made CTM 2.7 servers unresponsive). Revoked unused
+# after 10 minutes (a busy container renews every 4), at most 60 minutes old: about two live
 # refresh tokens per container that ran in the last 10 minutes.
 SESSION_TOKEN_LIFETIME_MINUTES = 60
 SESSION_TOKEN_UNUSED_MINUTES = 10
@@ -45,7 +42,7 @@ SESSION_TOKEN_MARGIN = 60.0  # stop using it this long before CTM would drop it
 
 Grant = Mapping[str, str | int]
 TokenExchange = Callable[[Grant, Deadline], Mapping[str, Any]]
-"""Posts a grant to the token endpoint, ending before the deadline; its JSON answer."""
+"""Posts a grant to the token endpoint before the deadline; its JSON answer."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +75,7 @@ class _Session:
 
 
 def jwt_claims(jwt: str) -> dict[str, Any]:
-    """The JWT's payload claims ({} when undecodable); unsigned, as only ``exp``/``iat`` are
-    read (so no JWT library)."""
+    """The JWT's payload claims ({} when undecodable), unverified: only ``exp``/``iat`` are read."""
     parts = jwt.split(".")
     if len(parts) != 3:
         return {}
@@ -112,8 +108,8 @@ class TokenSource:
         self.last_login: LoginInfo | None = None
 
     def bearer(self, deadline: Deadline) -> Bearer:
-        """The newest JWT still valid; a sign-in (ending before ``deadline``) when there is
-        none or it is due for renewal. A sign-in's CtmError is raised to every waiter."""
+        """The newest JWT still valid, signing in before ``deadline`` when none is or it is due;
+        a sign-in's CtmError is raised to every thread waiting for it."""
         with self._changed:
             seen = self._renewals
             while True:
@@ -165,7 +161,6 @@ class TokenSource:
             self._held, self._force_secret = None, True
 
     def _obtain(self, deadline: Deadline, *, force: bool) -> _Held:
-        """A JWT from the secret (read past its cache when ``force``), unless refused lately."""
         credentials = self._credentials.get(force=force)
         if self._refused is not None:
             refused, failure, when = self._refused
@@ -189,8 +184,8 @@ class TokenSource:
             raise failure from None
 
     def _renew_session(self, credentials: CtmCredentials, deadline: Deadline) -> _Held | None:
-        """A JWT from the password login's refresh token; None when there is none to use or
-        CTM refused it (then the password logs in once). Other failures are raised."""
+        """A JWT from the password login's refresh token; None when there is none usable or CTM
+        refused it (the password logs in then)."""
         session, now = self._session, self._runtime.monotonic()
         unused = SESSION_TOKEN_UNUSED_MINUTES * 60 - SESSION_TOKEN_MARGIN
         if session is None or session.credentials != credentials:  # a new secret logs in
@@ -213,7 +208,6 @@ class TokenSource:
         return held
 
     def _login(self, credentials: CtmCredentials, deadline: Deadline) -> _Held:
-        """A JWT from the secret itself: its refresh token, its password or its own JWT."""
         if credentials.method is AuthMethod.STATIC_TOKEN:
             return self._static(credentials.token or "")
         started = self._runtime.monotonic()
@@ -238,9 +232,9 @@ class TokenSource:
     def _grant(
         self, grant: Grant, method: AuthMethod, what: str, deadline: Deadline
     ) -> tuple[_Held, str | None]:
-        """The JWT ``grant`` is exchanged for, held until a margin before its expiry as CTM
-        states it (``duration``, ``exp - iat``: CTM's clock alone; ``exp`` against ours last),
-        and the refresh token CTM minted with it. A refusal (400, 401, 403): CtmAuthError."""
+        """The JWT ``grant`` gets, held until a margin before its expiry as CTM states it
+        (``duration``, ``exp - iat``; ``exp`` against our clock last), and the refresh token
+        minted with it. A refusal (400, 401, 403): CtmAuthError."""
         started = self._runtime.monotonic()
         try:
             answer = self._exchange(grant, deadline)

@@ -1,5 +1,5 @@
-"""The CCKM OCI key operations, named after the CTM API: sign in, get a key, refresh it, list
-keys. Ids are validated before any URL is built, list filters are the selector's names only."""
+"""The CCKM OCI key operations, named after the CTM API (docs/reference.md 9): sign in, get,
+refresh, list. Ids are validated before any URL is built; list filters are the selector's."""
 
 from __future__ import annotations
 
@@ -73,9 +73,6 @@ class CtmClient:
 
         return cls(base_url, TokenSource(credentials, exchange, runtime=runtime), transport)
 
-    def __repr__(self) -> str:
-        return f"CtmClient({self.base_url!r})"
-
     def __enter__(self) -> CtmClient:
         return self
 
@@ -84,7 +81,6 @@ class CtmClient:
 
     @property
     def last_login(self) -> LoginInfo | None:
-        """What CTM said at the last sign-in: the JWT's stated lifetime, the refresh token's."""
         return self.tokens.last_login
 
     def issue_token(self, deadline: Deadline) -> str:
@@ -96,23 +92,19 @@ class CtmClient:
         return self._key_call("GET", key_id, "", UNPACED, deadline).body
 
     def refresh_oci_key(self, key_id: str, *, pacer: Pacer, deadline: Deadline) -> CtmResponse:
-        """``POST /api/v1/cckm/oci/keys/{id}/refresh`` (no body): CCKM re-reads the key from OCI
-        (retrying is safe: it reads), every attempt waiting for ``pacer``. The updated key
-        object and what it took, or the CtmError of its outcome (docs/reference.md 4.4)."""
+        """``POST /api/v1/cckm/oci/keys/{id}/refresh`` (no body, so retrying is safe), every
+        attempt paced by ``pacer``: the updated key object, or the CtmError of its outcome."""
         return self._key_call("POST", key_id, "/refresh", pacer, deadline)
 
     def find_oci_key(self, ocid: str, *, deadline: Deadline) -> dict[str, Any] | None:
-        """The key object whose OCI key OCID is ``ocid`` (``GET /keys?key_id=``), or None.
-        Every key listed is checked: a CTM that ignores the filter is paged through."""
+        """The key object whose OCID is ``ocid`` (``GET /keys?key_id=``), or None; every key
+        listed is checked, as CTM may ignore the filter."""
         fetch = self._fetch({"key_id": require_ocid(ocid)}, deadline)
         cursor: ListCursor | None = ListCursor()
         while cursor is not None:
             page = read_page(fetch, cursor, 100)
-            for key in page.resources:
-                if (
-                    isinstance(params := key.get("oci_params"), dict)
-                    and params.get("key_id") == ocid
-                ):
+            for key in page.resources:  # well-formed: KeyInfo reads them
+                if KeyInfo.from_ctm(key).oci_key_id == ocid:
                     return key
             cursor = page.next
         return None
@@ -125,10 +117,9 @@ class CtmClient:
         page_size: int = 500,
         deadline: Deadline,
     ) -> KeyPage:
-        """The next page of ``GET /api/v1/cckm/oci/keys`` matching ``filters`` after ``cursor``
-        (``listing``): the keys CTM answered, unchecked against ``filters`` (CTM may ignore
-        one), malformed items counted. ``CtmListingError`` when the listing cannot be read
-        completely; ``CtmBadResponseError`` for a page that is not a list answer."""
+        """The page of ``GET /api/v1/cckm/oci/keys?<filters>`` after ``cursor`` (``listing``),
+        unchecked against ``filters`` (CTM may ignore one); ``CtmListingError`` when the listing
+        cannot be read completely."""
         for name, value in (filters or {}).items():
             if name not in SELECTOR_FILTERS:
                 raise ValueError(f"unknown key list filter {name[:64]!r}")
@@ -140,14 +131,13 @@ class CtmClient:
         return read_page(fetch, cursor or ListCursor(), page_size)
 
     def close(self) -> None:
-        """Release pooled connections and the temporary CA file."""
         self.transport.close()
 
     def _key_call(
         self, method: str, key_id: str, action: str, pacer: Pacer, deadline: Deadline
     ) -> CtmResponse:
-        """A call on one key: its answer when it is that key's object (``GONE`` when CCKM
-        knows the key is gone from OCI), else ``BAD_RESPONSE``."""
+        """A call on one key: its answer when it is that key's object (``GONE`` when flagged
+        gone from OCI), else ``BAD_RESPONSE``."""
         key_id = require_cckm_id(key_id)  # a UUID only; quote() is a second lock on the door
         url = f"{self.base_url}{KEYS_PATH}/{quote(key_id, safe='')}{action}"
         answer = self.transport.call(

@@ -3,6 +3,7 @@ name a field, never a value."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import threading
@@ -14,7 +15,6 @@ from cckm_refresh.ctm.errors import CtmCredentialsError, CtmSecretUnavailableErr
 
 # A JWT as CTM issues it: header.payload.signature, each part base64url without padding.
 JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-_FIELDS = ("refresh_token", "username", "password", "token", "domain", "auth_domain", "ca_bundle")
 _PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 # Credentials go into a JSON body or a header: control characters there are a corrupted
 # secret, and in a header they would make requests echo the value in its error.
@@ -38,8 +38,8 @@ class AuthMethod(StrEnum):
 
 @dataclass(frozen=True, repr=False)
 class CtmCredentials:
-    """What the secret holds; no instance without a usable method exists. ``repr`` shows the
-    method, never a value."""
+    """What the secret holds; no instance without a usable method exists, and ``repr`` shows no
+    value."""
 
     refresh_token: str | None = None
     username: str | None = None
@@ -72,7 +72,7 @@ class CtmCredentials:
         raise _refused("the secret holds no refresh_token, username and password, or token")
 
     def register_secrets(self) -> None:
-        """Have CtmError scrub the credentials (domains and the CA are not secrets)."""
+        # domains and the CA are not secrets
         for value in (self.refresh_token, self.password, self.token, self.username):
             register_secret(value)
 
@@ -102,7 +102,7 @@ class CtmCredentials:
         if not isinstance(document, dict):
             raise _refused("the secret is not a JSON object")
         values: dict[str, str | None] = {}
-        for name in _FIELDS:
+        for name in (field.name for field in dataclasses.fields(cls)):
             value = document.get(name)
             if value is not None and not isinstance(value, str):
                 raise _refused(f"the secret's {name} must be a string")
@@ -115,7 +115,7 @@ class CtmCredentials:
 
 class CredentialsCache:
     """Parsed credentials. The loader owns the cache (at most 5 minutes) and is asked at every
-    ``get()``, so a rotated secret is picked up; the string is parsed again only when changed."""
+    ``get()``, so a rotated secret is picked up; a string is parsed again only when changed."""
 
     def __init__(self, loader: SecretLoader) -> None:
         self._loader = loader
@@ -148,7 +148,6 @@ class CredentialsCache:
         return parsed[1]
 
     def ca_bundle(self) -> str | None:
-        """The PEM of CTM's CA from the secret, if it holds one."""
         return self.get().ca_bundle
 
 

@@ -1,7 +1,6 @@
-"""What a CTM call can fail with, and whether it is tried again (docs/reference.md 4.4 and 5):
-an error class per failure class carrying its ``error_code``; the rules typing an answer; the
-retry policy and quota as botocore's standard mode has them; the registry of secrets scrubbed
-from every message (CTM's words may quote them)."""
+"""What a CTM call can fail with and whether it is tried again (docs/reference.md 4.4, 5): typed
+errors carrying ``error_code``, the rules typing an answer, botocore's retry policy and quota,
+and the secrets scrubbed from every message (CTM's words may quote them)."""
 
 from __future__ import annotations
 
@@ -23,8 +22,8 @@ _secrets_lock = threading.Lock()
 
 
 def register_secret(value: str | None) -> None:
-    """Scrub ``value`` from every CtmError message from now on (process-wide). Registering a
-    value again makes it the newest, so the secret in use is never evicted."""
+    """Scrub ``value`` from every CtmError message from now on (process-wide); registering it
+    again makes it the newest, so the secret in use is never evicted."""
     if value is None or len(value) < MIN_SECRET_LENGTH:
         return
     with _secrets_lock:
@@ -41,8 +40,8 @@ def forget_secrets() -> None:
 
 
 def scrub(text: str) -> str:
-    """``text`` with every registered secret replaced; a text as long as the message limit may
-    have been cut inside a secret: if it ends with the start of one, that start goes too."""
+    """``text`` with every registered secret replaced, and a secret's start ending a text as long
+    as the message limit (it may have been cut inside the secret)."""
     with _secrets_lock:
         known = sorted(_secrets, key=len, reverse=True)  # a secret may contain another
     for secret in known:
@@ -82,8 +81,7 @@ class CtmError(Exception):
         self.attempts = attempts
 
     def copy(self, kind: type[CtmError] | None = None, message: str | None = None) -> CtmError:
-        """A fresh instance (a traceback is per raise), as ``kind`` and saying ``message`` when
-        given; the code, status and attempts are kept."""
+        """A fresh instance (a traceback is per raise), optionally of another kind or message."""
         return (kind or type(self))(
             self.message if message is None else message,
             error_code=self.error_code,
@@ -155,7 +153,6 @@ class CtmListingError(CtmPermanentError):
 
 
 def bad_response(what: str, status: int, problem: str, attempts: int = 1) -> CtmBadResponseError:
-    """``what`` answered ``status`` with a body the call cannot use (``problem``)."""
     message = f"{what} answered HTTP {status} with {problem}"
     return CtmBadResponseError(
         message, error_code="BAD_RESPONSE", http_status=status, attempts=attempts
@@ -239,10 +236,6 @@ class RetryPolicy:
     max_attempts: int = 4
     base_delay: float = 0.5
     max_delay: float = 20.0
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1 or not 0 <= self.base_delay <= self.max_delay:
-            raise ValueError("need max_attempts >= 1 and 0 <= base_delay <= max_delay")
 
     def delay(self, retry: int, rng: Callable[[], float]) -> float:
         """The wait before retry number ``retry`` (0 for the first), ``rng`` uniform in [0, 1)."""

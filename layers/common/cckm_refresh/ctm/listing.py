@@ -1,13 +1,11 @@
 """A key listing read completely, page by page, whatever order CTM answers in (docs/reference.md
 4.3): the cursor, the page, and how each page is placed against the one before.
 
-Pages come in the first order CTM honours: ``sort=createdAt,id`` (a refresh changes neither),
-else ``createdAt``, else CTM's own, from the same position (a sort refused with a 400, or a
-page out of the order asked). Each page re-reads a few keys before its position (below a cap
-CTM answers at) and is placed against the previous page's tail: by sort key, or by the tail's
-ids (anchors) in CTM's own order. So keys removed before the position never make a page skip
-one; keys may come twice (a listing read again from its start), but when no order holds
-between two calls and the listing does not fit one page: ``CtmListingError``."""
+Pages come in the first order CTM honours (a 400 or a page out of order falls back):
+``sort=createdAt,id`` (a refresh changes neither), ``createdAt``, CTM's own. Each page re-reads
+a few keys before its position and is placed against the previous page's tail, by sort key or
+by the tail's ids (anchors): keys removed before the position never make a page skip one. When
+no order holds between two calls and the listing does not fit one page: ``CtmListingError``."""
 
 from __future__ import annotations
 
@@ -91,9 +89,8 @@ class ListCursor:
 
 @dataclass(frozen=True)
 class KeyPage:
-    """One page: its well-formed keys (unchecked against the selector), the malformed items
-    skipped, and the cursor to go on from (None: the listing is finished). ``sort`` (None:
-    CTM's own order), ``fallbacks`` and ``page_cap`` say what the listing learnt of CTM."""
+    """One page's well-formed keys (unchecked against the selector), the malformed items skipped,
+    the cursor to go on from (None: the end), and what the listing learnt of CTM."""
 
     resources: tuple[dict[str, Any], ...]
     malformed: int
@@ -163,8 +160,8 @@ def _incomplete(why: str) -> CtmListingError:
 
 
 def _place(state: ListCursor, keys: Sequence[Key | None], start: int, back: int) -> int:
-    """In a sorted order: where the keys not returned may start in the page; ``IGNORED`` when
-    the page is not in the order asked, ``BACK`` when it starts past the last key returned."""
+    """Sorted: where the keys not returned may start in the page; ``IGNORED`` when the page is
+    out of the order asked, ``BACK`` when it starts past the last key returned."""
     ranks = [_rank(state, k) for k in keys if k]
     if any(b < a for a, b in itertools.pairwise(ranks)):
         return IGNORED
@@ -183,9 +180,8 @@ def _place(state: ListCursor, keys: Sequence[Key | None], start: int, back: int)
 
 
 def _anchor(state: ListCursor, keys: Sequence[Key | None], start: int, back: int) -> int:
-    """In CTM's own order: the page's keys after the last anchor found, when at least half of
-    those it re-read (two, when there are more) are found, in their order; ``BACK`` when too
-    few are (keys removed before them moved them back), ``LOST`` when their order changed."""
+    """CTM's own order: after the last anchor found, when at least half of those re-read (two,
+    when more) are found in order; ``BACK`` when too few are, ``LOST`` when out of order."""
     anchors = state.anchors[-back:] if back else ()
     if not anchors:
         return 0
@@ -199,8 +195,8 @@ def _anchor(state: ListCursor, keys: Sequence[Key | None], start: int, back: int
 
 
 def _new(state: ListCursor, key: Key) -> bool:
-    """Not returned before: in a sorted order, after the last key returned (a tie with it in
-    ``createdAt`` alone: not one of the anchors)."""
+    """Not returned before: sorted, after the last key returned (a tie in ``createdAt`` alone:
+    not one of the anchors)."""
     if state.sort is None or state.after is None:
         return True
     rank, after = _rank(state, key), _rank(state, state.after)
@@ -234,8 +230,8 @@ def _page(
 
 
 def _fall_back(state: ListCursor, why: str) -> tuple[ListCursor, int]:
-    """The next order, from the same position: CTM answered in its own order all along (it
-    ignored the sort), or nothing was read in the refused one; the anchors still place it."""
+    """The next order, from the same position: the anchors still place it (a sort CTM ignored
+    was its own order all along; in a refused one nothing was read)."""
     following = SORTS[SORTS.index(state.sort) + 1]
     state = replace(state, sort=following, fallbacks=(*state.fallbacks, f"{state.sort} {why}"))
     return state, _overlap(state)
@@ -255,8 +251,7 @@ def _count(value: object) -> bool:
 
 
 def sort_position(item: object) -> Key | None:
-    """A list item's (createdAt as fixed-width UTC text, id): its place in ``createdAt,id``
-    order; None when it is not a usable key object."""
+    """A list item's place in ``createdAt,id`` order; None when it is not a usable key."""
     if not isinstance(item, dict):
         return None
     try:

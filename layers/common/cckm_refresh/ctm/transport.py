@@ -1,6 +1,6 @@
 """The one HTTP transport to CTM (hvac's adapter): session, TLS, each attempt's time limit and
-pace, retries, typed errors; the only place that sees a bearer JWT. urllib3's ``Retry`` cannot
-pace each attempt through the tenancy's pacer nor re-authenticate on a 401: the loop is ours."""
+pace, retries, typed errors; the only place that sends a JWT. The retry loop is ours: urllib3's
+``Retry`` can neither pace each attempt through the tenancy's pacer nor renew a JWT on a 401."""
 
 from __future__ import annotations
 
@@ -58,12 +58,12 @@ _SSL_REASON = re.compile(r"\[SSL: [A-Z_]+\][^'\"()]*")
 
 
 class Pacer(Protocol):
-    """How every attempt of a call leaves, retries included: the engine passes a tenancy's
-    (``ratelimit.TenancyPacer``), so that retries spend the same OCI budget as first tries."""
+    """Paces every attempt of a call, retries included (``ratelimit.TenancyPacer``), so that
+    retries spend the tenancy's OCI budget as first tries do."""
 
     def wait(self, latest_start: Deadline) -> bool:
-        """Block until the next attempt may leave, if that is by ``latest_start``; otherwise
-        return False at once, without waiting and without taking a slot."""
+        """Block until the next attempt may leave, if that is by ``latest_start``; else return
+        False at once, without taking a slot."""
 
     def throttled(self) -> None:
         """The attempt was throttled (429, or ``TooManyRequests`` in the body)."""
@@ -120,10 +120,8 @@ class CtmResponse:
 
 class TlsPolicy:
     """The ``verify=`` of every request (docs/reference.md 3): the secret's ``ca_bundle`` alone
-    when it has one (written to a file of ours), else the standard store with the overrides
-    requests and Python honour (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, and
-    ``SSL_CERT_FILE``, which requests ignores for certifi, so it is applied here); none only
-    by explicit choice."""
+    (written to a file of ours), else the standard store with ``REQUESTS_CA_BUNDLE``,
+    ``CURL_CA_BUNDLE`` or ``SSL_CERT_FILE`` (which requests ignores); none only by choice."""
 
     def __init__(self, *, verify_tls: bool, ca_bundle: Callable[[], str | None]) -> None:
         self._verify_tls = verify_tls
@@ -195,8 +193,7 @@ class _Call:
     renewed: bool = False  # had its JWT renewed after a 401
 
     @property
-    def what(self) -> str:
-        """``METHOD /path`` for messages and logs: no query, no header."""
+    def what(self) -> str:  # for messages and logs: no query, no header
         return f"{self.method} {urlsplit(self.url).path}"
 
 
@@ -217,8 +214,6 @@ class Transport:
         rng: Callable[[], float] = random.random,
         adapter: BaseAdapter | None = None,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
         self.attempt_timeout = timeout  # one total per attempt: connect, headers and body
         self.retry = retry or RetryPolicy()
         self.budget = RetryBudget()
@@ -253,9 +248,8 @@ class Transport:
         max_body: int = MAX_BODY_BYTES,
     ) -> CtmResponse:
         """One CTM call with its retries: its JSON object answer, or a CtmError carrying
-        ``attempts`` and the last ``http_status`` (``CtmDeadlineError`` when no attempt can
-        start and end before ``deadline``; ``CtmBadResponseError`` for a 2xx body over
-        ``max_body`` bytes or not a JSON object). With ``auth``, see ``_unauthorized``."""
+        ``attempts`` (``DEADLINE`` when no attempt can end before ``deadline``, ``BAD_RESPONSE``
+        for a 2xx body over ``max_body`` bytes or not a JSON object)."""
         call = _Call(method, url, params, json_body, auth, pacer, deadline, max_body)
         try:
             while True:
@@ -271,7 +265,6 @@ class Transport:
             raise
 
     def close(self) -> None:
-        """Close pooled connections and remove the temporary CA file."""
         self.session.close()
         self.tls.close()
 
@@ -282,9 +275,8 @@ class Transport:
         self._wait_for_slot(call, latest_start)
         slot = self.runtime.monotonic()
         bearer = self._bearer(call)  # the newest JWT, after the wait it might have outlived
-        # Renewing the JWT took the slot's moment: leaving now would crowd the tenancy's next
-        # attempt, paced from this slot. Leave on the next slot, with the JWT just renewed (not
-        # asked for again: that could take the next slot's moment too).
+        # A renewal took the slot's moment: leaving now would crowd the tenancy's next attempt.
+        # Leave on the next slot, with this JWT (asking again could take that slot's moment too).
         if self.runtime.monotonic() - slot > LATE_ON_SLOT:
             self._wait_for_slot(call, latest_start)
         limit = min(self.attempt_timeout, call.deadline.remaining())
@@ -325,9 +317,8 @@ class Transport:
 
     @staticmethod
     def _unauthorized(call: _Call, auth: Authenticator, bearer: Bearer, error: CtmError) -> None:
-        """A 401 is run-fatal only when a fresh login is itself refused (``bearer()`` raises
-        that): a JWT older than the newest is re-sent as the newest, the newest is renewed
-        once, and a 401 to a JWT renewed for this call is transient (the key stays pending)."""
+        """A 401 is run-fatal only when a fresh login is refused (``bearer()`` raises it): a stale
+        JWT is re-sent as the newest, the newest renewed once, then the 401 is transient."""
         if bearer.generation < auth.generation and not call.stale_retried:
             call.stale_retried = True
             return
@@ -354,9 +345,8 @@ class Transport:
         )
 
     def _read(self, call: _Call, response: requests.Response, ends_at: float) -> str:
-        """The body, read before ``ends_at`` in chunks (the socket's timeout re-armed to what is
-        left before each): a 2xx one up to ``max_body`` bytes (beyond: ``BAD_RESPONSE``), an
-        error one up to ``MAX_ERROR_BODY_BYTES`` (beyond: "", its status alone classifies it)."""
+        """The body, read in chunks before ``ends_at``: a 2xx one up to ``max_body`` bytes (beyond:
+        ``BAD_RESPONSE``), an error one up to ``MAX_ERROR_BODY_BYTES`` (beyond: "")."""
         status = response.status_code
         limit = call.max_body if 200 <= status < 300 else MAX_ERROR_BODY_BYTES
         declared = response.headers.get("Content-Length", "")
@@ -393,7 +383,6 @@ class Transport:
         return bytes(raw.read1(64 << 10))
 
     def _before_retry(self, call: _Call, error: CtmError) -> None:
-        """Sleep before the next attempt, or raise ``error`` when it is not retried."""
         call.failures += 1
         if not error.transient or call.failures >= self.retry.max_attempts:
             raise error
@@ -423,7 +412,6 @@ class Transport:
 
 
 def error_for_exception(what: str, exc: OSError) -> CtmError:
-    """The typed error of a request that got no answer."""
     if isinstance(exc, requests.exceptions.SSLError):
         found = _SSL_REASON.search(str(exc))
         reason = found.group(0).strip() if found else "TLS handshake failed"
@@ -444,12 +432,10 @@ def error_for_exception(what: str, exc: OSError) -> CtmError:
 
 
 def _no_netrc(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    """An ``auth`` that adds nothing, so that requests never reads ``~/.netrc``."""
-    return request
+    return request  # an ``auth`` that adds nothing, so that requests never reads ~/.netrc
 
 
 def _json_object(call: _Call, status: int, text: str) -> dict[str, Any]:
-    """The JSON object of a 2xx answer ({} when empty); anything else is ``BAD_RESPONSE``."""
     try:
         document = json.loads(text) if text.strip() else {}
     except ValueError:
