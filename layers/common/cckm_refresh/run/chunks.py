@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from cckm_refresh.config import RefreshSettings
@@ -122,25 +122,17 @@ def last_chance(delivery: Delivery, handoffs: int, max_receive_count: int) -> bo
     )
 
 
+@dataclass(frozen=True)
 class ChunkWorker:
     """Refreshes and records chunks; built once per container."""
 
-    def __init__(
-        self,
-        settings: RefreshSettings,
-        engine: RefreshEngine,
-        store: RunTable,
-        queue: RunQueues,
-        *,
-        sign_in: SignIn | None = None,
-        runtime: Runtime = SYSTEM,
-    ) -> None:
-        self._settings = settings
-        self._engine = engine
-        self._store = store
-        self._queue = queue
-        self._sign_in = sign_in
-        self._runtime = runtime
+    settings: RefreshSettings
+    engine: RefreshEngine
+    store: RunTable
+    queue: RunQueues
+    _: KW_ONLY
+    sign_in: SignIn | None = None
+    runtime: Runtime = SYSTEM
 
     def job(
         self,
@@ -157,15 +149,15 @@ class ChunkWorker:
             key_ids=tuple(keys),
             delivery=delivery,
             handoffs=handoffs,
-            last_chance=last_chance(delivery, handoffs, self._settings.max_receive_count),
+            last_chance=last_chance(delivery, handoffs, self.settings.max_receive_count),
         )
 
     def work(self, jobs: Sequence[ChunkJob], end: Deadline) -> EnginePass:
         """Refresh every key the jobs still owe in one engine pass, recording as it goes;
         ``end`` is the invocation's."""
-        calls_end = end.before(self._settings.recording_reserve_seconds)
-        with _beside(self._sign_in, calls_end, self._runtime):
-            return self._work(jobs, end.before(self._settings.deadline_margin_seconds), calls_end)
+        calls_end = end.before(self.settings.recording_reserve_seconds)
+        with _beside(self.sign_in, calls_end, self.runtime):
+            return self._work(jobs, end.before(self.settings.deadline_margin_seconds), calls_end)
 
     def _work(
         self, jobs: Sequence[ChunkJob], start_by: Deadline, calls_end: Deadline
@@ -175,7 +167,7 @@ class ChunkWorker:
             items = self._without_late(items, "the last delivery had too little time left")
         done = EnginePass()
         if items:
-            result = self._engine.run(items, start_by, calls_end, self._record)
+            result = self.engine.run(items, start_by, calls_end, self._record)
             done.throttled = result.throttled
             done.latencies_ms = result.latencies_ms
             for item in self._without_late(result.leftovers, "the last delivery ran out of time"):
@@ -202,13 +194,13 @@ class ChunkWorker:
         handed_off = 0
         if job.pending:
             verdict = MessageVerdict.retry(receive_count)
-        elif job.gave_up and receive_count >= self._settings.max_receive_count:
+        elif job.gave_up and receive_count >= self.settings.max_receive_count:
             verdict = DEAD_LETTER  # SQS's redrive moves it
         elif job.gave_up and job.delivery is not None:
             # Its last delivery by the hand-offs it carried: SQS would deliver it again, so
             # it is deleted, and a copy kept in the dead-letter queue says why.
             why = f"{job.handoffs} hand-offs without progress, then this delivery gave up"
-            self._queue.dead_letter(job.delivery.raw, why)
+            self.queue.dead_letter(job.delivery.raw, why)
         elif job.leftovers:
             # No outcome recorded here: the hand-off counts as a delivery (liveness).
             handoffs = 0 if job.recorded else job.handoffs + 1
@@ -243,9 +235,9 @@ class ChunkWorker:
             handoffs=handoffs,
         )
         # One hand-on per delivery: a delivery retried after sending it sends nothing twice.
-        source = job.delivery.source_id if job.delivery else iso_now(self._runtime)
+        source = job.delivery.source_id if job.delivery else iso_now(self.runtime)
         dedup = f"{job.chunk_id}:{source}"
-        self._queue.send([QueueMessage(body, job.tenancy or UNKNOWN_TENANCY, dedup)])
+        self.queue.send([QueueMessage(body, job.tenancy or UNKNOWN_TENANCY, dedup)])
         logger.info(
             f"keys {reason}", extra={"keys": owed, "chunk": job.chunk_id, "handoffs": handoffs}
         )
@@ -256,10 +248,10 @@ class ChunkWorker:
     def _owed(self, job: ChunkJob) -> list[WorkItem]:
         """The chunk's keys that are not terminal yet; the terminal ones are counted (and a
         dry run's are recorded ``SKIPPED`` here)."""
-        existing, pace = self._store.results_and_pace(job.run.run_id, list(job.key_ids), job.group)
+        existing, pace = self.store.results_and_pace(job.run.run_id, list(job.key_ids), job.group)
         if pace is not None:
-            ago = self._runtime.time() - pace.last_sent_ms / 1000
-            self._engine.limiter.sent_ago(pace.tenancy, ago)
+            ago = self.runtime.time() - pace.last_sent_ms / 1000
+            self.engine.limiter.sent_ago(pace.tenancy, ago)
         owed = [item for key_id in job.key_ids if (item := self._owed_key(job, key_id, existing))]
         if job.final and job.done:
             logger.info("chunk already done: nothing to refresh", extra={"chunk": job.chunk_id})
@@ -288,10 +280,10 @@ class ChunkWorker:
         job: ChunkJob = item.context
         if outcome.status is Status.PENDING and job.last_chance:
             deliveries = job.handoffs + (job.delivery.receive_count if job.delivery else 1)
-            outcome = given_up(outcome, deliveries, iso_now(self._runtime))
+            outcome = given_up(outcome, deliveries, iso_now(self.runtime))
             with job.lock:
                 job.gave_up += 1
-        recorded = self._store.record(job.run, outcome, item.known)
+        recorded = self.store.record(job.run, outcome, item.known)
         with job.lock:
             if recorded is None:
                 job.lost.add(item.key_id)
@@ -311,7 +303,7 @@ class ChunkWorker:
             Status.FAILED,
             error_code="DEADLINE",
             error_message=message,
-            recorded_at=iso_now(self._runtime),
+            recorded_at=iso_now(self.runtime),
         )
         with job.lock:
             job.gave_up += 1
@@ -321,7 +313,7 @@ class ChunkWorker:
         """After the pass: learn what lost races became, close a finished chunk, complete;
         hand the tenancy's pace on to its next invocation (with the close, or alone)."""
         if job.lost:
-            existing = self._store.results_of(job.run.run_id, sorted(job.lost))
+            existing = self.store.results_of(job.run.run_id, sorted(job.lost))
             for key_id, item in existing.items():
                 status = status_of(item)
                 if status is not None and status is not Status.PENDING:
@@ -329,24 +321,24 @@ class ChunkWorker:
                     job.pending.pop(key_id, None)
         pace = self._pace_of(job)
         if job.done:
-            closed = self._store.finish_chunk(job.run.run_id, job.chunk_id, job.tally(), pace)
+            closed = self.store.finish_chunk(job.run.run_id, job.chunk_id, job.tally(), pace)
             if pace is not None and not closed:
-                self._store.record_pace(pace)
+                self.store.record_pace(pace)
             # Whether or not this delivery closed the chunk: one killed between closing the
             # last chunk and completing would otherwise leave the run RUNNING for ever.
-            job.completed = self._store.complete_if_done(job.run.run_id)
+            job.completed = self.store.complete_if_done(job.run.run_id)
         elif pace is not None:
-            self._store.record_pace(pace)
+            self.store.record_pace(pace)
 
     def _pace_of(self, job: ChunkJob) -> TenancyPace | None:
         """When this container last sent a call of the job's tenancy queue group (None:
         never, or not a tenancy queue chunk)."""
         if job.group is None:
             return None
-        ago = self._engine.limiter.seconds_since_sent(job.group)
+        ago = self.engine.limiter.seconds_since_sent(job.group)
         if ago is None:
             return None
-        return TenancyPace(job.group, round((self._runtime.time() - ago) * 1000))
+        return TenancyPace(job.group, round((self.runtime.time() - ago) * 1000))
 
 
 def given_up(outcome: RefreshOutcome, deliveries: int, now: str) -> RefreshOutcome:

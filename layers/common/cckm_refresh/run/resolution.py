@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
 from cckm_refresh.ctm.errors import CtmError, CtmNotFoundError
@@ -60,9 +60,6 @@ class KeyDirectory(Protocol):
     ) -> ListPage: ...
 
     def get_oci_key(self, key_id: str, *, deadline: Deadline) -> dict[str, Any]: ...
-
-
-CursorLoader = Callable[[dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -148,23 +145,16 @@ class _Chunker:
         self._sink(Chunk(chunk_id(self._run_id, tenancy, ids), tenancy, entries))
 
 
+@dataclass(frozen=True)
 class Resolver:
     """Turns requests into chunks; built once per container."""
 
-    def __init__(
-        self,
-        directory: KeyDirectory,
-        latest_of: Callable[[Sequence[str]], Mapping[str, KeyInfo]],
-        cursor_from_json: CursorLoader,
-        *,
-        can_hand_on: bool = True,
-        runtime: Runtime = SYSTEM,
-    ) -> None:
-        self.can_hand_on = can_hand_on  # whether a continuation message can be sent
-        self._directory = directory
-        self._latest_of = latest_of
-        self._cursor_from_json = cursor_from_json
-        self._runtime = runtime
+    directory: KeyDirectory
+    latest_of: Callable[[Sequence[str]], Mapping[str, KeyInfo]]
+    cursor_from_json: Callable[[dict[str, Any]], Any]
+    _: KW_ONLY
+    can_hand_on: bool = True  # whether a continuation message can be sent
+    runtime: Runtime = SYSTEM
 
     def resolve(
         self,
@@ -195,12 +185,12 @@ class Resolver:
     ) -> list[KeyEntry]:
         if not key_ids:
             return []
-        latest = self._latest_of(key_ids)
+        latest = self.latest_of(key_ids)
         unseen = [k for k in key_ids if k not in latest or not latest[k].tenancy]
         learnt: dict[str, KeyInfo | CtmNotFoundError] = {}
         if unseen:
             found = map_concurrently(
-                self._runtime,
+                self.runtime,
                 lambda k: self._lookup_id(k, deadline),
                 unseen,
                 LOOKUP_WORKERS,
@@ -232,7 +222,7 @@ class Resolver:
         """The key as CCKM caches it; the error when CCKM has no such key; ``_UNKNOWN`` when
         it could not be read now (the key is then paced in the ``~unknown`` group)."""
         try:
-            return KeyInfo.from_ctm(self._directory.get_oci_key(key_id, deadline=deadline))
+            return KeyInfo.from_ctm(self.directory.get_oci_key(key_id, deadline=deadline))
         except CtmNotFoundError as error:
             if error.error_code == "GONE":
                 return _UNKNOWN  # known to CCKM, gone from OCI: its refresh records NOT_FOUND
@@ -250,7 +240,7 @@ class Resolver:
         if not ocids:
             return []
         matches = map_concurrently(
-            self._runtime,
+            self.runtime,
             lambda ocid: self._lookup_ocid(ocid, deadline),
             ocids,
             LOOKUP_WORKERS,
@@ -272,7 +262,7 @@ class Resolver:
         return entries
 
     def _lookup_ocid(self, ocid: str, deadline: Deadline) -> KeyInfo | None:
-        resource = self._directory.find_oci_key(ocid, deadline=deadline)
+        resource = self.directory.find_oci_key(ocid, deadline=deadline)
         return KeyInfo.from_ctm(resource) if resource is not None else None
 
     def _select(
@@ -288,7 +278,7 @@ class Resolver:
         if request.selector is None:
             return
         query = None if request.selector.all_keys else request.selector.as_query()
-        cursor = self._cursor_from_json(request.resume) if request.resume else None
+        cursor = self.cursor_from_json(request.resume) if request.resume else None
         while not list_until.passed():
             page = self._page(query, cursor, calls_end_by, progress=result.pages > 0)
             if page is None:
@@ -314,7 +304,7 @@ class Resolver:
         was listed is queued and the rest handed on). Without progress, the error is raised:
         the delivery fails and is retried as it came."""
         try:
-            return self._directory.list_page(
+            return self.directory.list_page(
                 query,
                 cursor=cursor,
                 page_size=SELECTOR_PAGE_SIZE,

@@ -35,26 +35,20 @@ class SweepReport:
     listings_queued: int = 0
 
 
+@dataclass(frozen=True)
 class Sweeper:
     """Finds stuck runs and queues their work again; built once per container."""
 
-    def __init__(
-        self,
-        settings: RefreshSettings,
-        store: RunTable,
-        queue: RunQueues,
-        runtime: Runtime = SYSTEM,
-    ) -> None:
-        self._settings = settings
-        self._store = store
-        self._queue = queue
-        self._runtime = runtime
+    settings: RefreshSettings
+    store: RunTable
+    queue: RunQueues
+    runtime: Runtime = SYSTEM
 
     def sweep(self) -> SweepReport:
-        now = int(self._runtime.time())
-        runs = self._store.open_runs()
+        now = int(self.runtime.time())
+        runs = self.store.open_runs()
         stuck = [
-            r for r in runs if now - (r.progress_at or now) >= self._settings.stuck_after_seconds
+            r for r in runs if now - (r.progress_at or now) >= self.settings.stuck_after_seconds
         ]
         chunks = listings = 0
         for run in stuck:
@@ -83,21 +77,21 @@ class Sweeper:
                 chunk.tenancy or UNKNOWN_TENANCY,
                 f"{chunk.chunk_id}:sweep-{sweep}",
             )
-            for chunk in self._store.open_chunks(run.run_id)
+            for chunk in self.store.open_chunks(run.run_id)
         ]
         listing = self._resolution_of(run, sweep)
         if listing is not None:
             messages.append(listing)
         if messages:
-            self._queue.send(messages)
-        self._store.swept(run.run_id, sweep)
+            self.queue.send(messages)
+        self.store.swept(run.run_id, sweep)
         return len(messages) - (listing is not None), int(listing is not None)
 
     def _resolution_of(self, run: RunState, sweep: int) -> QueueMessage | None:
         """The message that resolves the run again from where its resolution stopped."""
         if run.resolving is None:
             return None
-        kept = self._store.kept_request(run.run_id)
+        kept = self.store.kept_request(run.run_id)
         if kept is None:
             logger.error("a stuck run's request was not kept", extra={"run_id": run.run_id})
             return None
