@@ -226,14 +226,7 @@ class ChunkWorker:
         """Queue the chunk again, all its keys (the next delivery skips the finished ones), in
         its tenancy's group, with the hand-offs without progress so far; how many keys it
         still owes."""
-        body = chunk_message(
-            list(job.key_ids),
-            run_id=job.run.run_id,
-            chunk=job.chunk_id,
-            reason=job.run.reason,
-            dry_run=job.run.dry_run,
-            handoffs=handoffs,
-        )
+        body = chunk_message(job.run, job.chunk_id, job.key_ids, handoffs)
         # One hand-on per delivery: a delivery retried after sending it sends nothing twice.
         source = job.delivery.source_id if job.delivery else iso_now(self.runtime)
         dedup = f"{job.chunk_id}:{source}"

@@ -186,14 +186,7 @@ class Intake:
         if not self.store.hand_on_resolution(run.run_id, segment, segment_of(resume)):
             logger.info("another delivery owns this run's resolution; not handed on")
             return 0
-        body = continuation_message(
-            request.selector,
-            dict(resume),
-            run_id=run.run_id,
-            reason=run.reason,
-            dry_run=run.dry_run,
-            handoffs=handoffs,
-        )
+        body = continuation_message(run, request.selector, dict(resume), handoffs)
         position = json.dumps(resume, sort_keys=True, default=str)
         dedup = hashlib.sha256(f"{run.run_id}\n{position}".encode()).hexdigest()
         self.queue.send([QueueMessage(body, f"resolve:{run.run_id}", dedup)])
@@ -321,13 +314,7 @@ class ChunkRouter:
             self._sends = []
 
     def _send(self, job: ChunkJob) -> None:
-        body = chunk_message(
-            list(job.key_ids),
-            run_id=self.run.run_id,
-            chunk=job.chunk_id,
-            reason=self.run.reason,
-            dry_run=self.run.dry_run,
-        )
+        body = chunk_message(self.run, job.chunk_id, job.key_ids)
         group = job.tenancy or UNKNOWN_TENANCY
         self._sends.append(QueueMessage(body, group, job.chunk_id))
         # A group's first chunk leaves at once (its tenancy starts refreshing while the listing

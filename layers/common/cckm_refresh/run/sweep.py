@@ -67,13 +67,7 @@ class Sweeper:
         sweep = run.sweeps + 1
         messages = [
             QueueMessage(
-                chunk_message(
-                    list(chunk.key_ids),
-                    run_id=run.run_id,
-                    chunk=chunk.chunk_id,
-                    reason=run.reason,
-                    dry_run=run.dry_run,
-                ),
+                chunk_message(run, chunk.chunk_id, chunk.key_ids),
                 chunk.tenancy or UNKNOWN_TENANCY,
                 f"{chunk.chunk_id}:sweep-{sweep}",
             )
