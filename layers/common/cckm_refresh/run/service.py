@@ -70,13 +70,10 @@ class RefreshService:
         """Find the runs stuck without progress and queue their work again."""
         return self.sweeper.sweep()
 
-    def queue_url_of(self, queue_arn: str) -> str | None:
-        """The URL of the queue an SQS record came from (``eventSourceARN``)."""
-        return self.queue.url_of(queue_arn)
-
-    def retry_later(self, queue_url: str | None, receipt_handle: str, delay: int) -> int:
-        """Make a message still owing keys visible again in ``delay`` seconds; 0 when SQS
-        refused (the visibility timeout then applies)."""
+    def retry_later(self, queue_arn: str, receipt_handle: str, delay: int) -> int:
+        """Make a message still owing keys (from the queue ``queue_arn``) visible again in
+        ``delay`` seconds; 0 when SQS refused (the visibility timeout then applies)."""
+        queue_url = self.queue.url_of(queue_arn)
         return delay if self.queue.retry_later(queue_url, receipt_handle, delay) else 0
 
     def _parse(self, delivery: Delivery) -> RefreshRequest | Rejection:
@@ -102,11 +99,11 @@ class RefreshService:
     ) -> RunReport:
         """Take a request in. From the work queue, a failure (CTM unreachable while
         resolving, say) is its own message's, delivered again, never its batch neighbours'."""
-        if delivery.trigger is not Trigger.SQS:
-            return self.intake.take(delivery, request, run, end)
         try:
             return self.intake.take(delivery, request, run, end)
         except Exception:
+            if delivery.trigger is not Trigger.SQS:
+                raise
             logger.exception("request could not be resolved now; SQS delivers it again")
             return RunReport(run.run_id, 0, verdict=MessageVerdict.retry(delivery.receive_count))
 
