@@ -259,9 +259,9 @@ class ChunkWorker:
         self, job: ChunkJob, key_id: str, existing: Mapping[str, Mapping[str, Any]]
     ) -> WorkItem | None:
         item = existing.get(key_id)
-        status = status_of(item)
-        if item is not None and status is not None and status is not Status.PENDING:
-            job.final[key_id] = (status, bool(item.get("version_changed")))
+        final = _final(item)
+        if final is not None:
+            job.final[key_id] = final
             return None
         known = known_before(item) if item else None
         if known is not None and known.tenancy and job.tenancy is None:
@@ -308,9 +308,8 @@ class ChunkWorker:
         if job.lost:
             existing = self.store.results_of(job.run.run_id, sorted(job.lost))
             for key_id, item in existing.items():
-                status = status_of(item)
-                if status is not None and status is not Status.PENDING:
-                    job.final[key_id] = (status, bool(item.get("version_changed")))
+                if (final := _final(item)) is not None:
+                    job.final[key_id] = final
                     job.pending.pop(key_id, None)
         pace = self._pace_of(job)
         if job.done:
@@ -332,6 +331,14 @@ class ChunkWorker:
         if ago is None:
             return None
         return TenancyPace(job.group, round((self.runtime.time() - ago) * 1000))
+
+
+def _final(item: Mapping[str, Any] | None) -> tuple[Status, bool] | None:
+    """A result item's terminal status and whether its key rotated; None while it is owed."""
+    status = status_of(item)
+    if item is None or status is None or status is Status.PENDING:
+        return None
+    return status, bool(item.get("version_changed"))
 
 
 def given_up(outcome: RefreshOutcome, deliveries: int, now: str) -> RefreshOutcome:

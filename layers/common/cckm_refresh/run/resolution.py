@@ -80,7 +80,6 @@ class Resolution:
     where the listing stopped if the deadline came first (``resume``)."""
 
     not_found: list[RefreshOutcome] = field(default_factory=list)
-    chunks: int = 0
     keys: int = 0
     mismatched: int = 0  # returned by the list call but not matching the selector
     malformed: int = 0  # list items that were not key objects
@@ -140,7 +139,6 @@ class _Chunker:
             return
         self._started.add(tenancy)
         ids = [entry.key_id for entry in entries]
-        self._result.chunks += 1
         self._result.keys += len(entries)
         self._sink(Chunk(chunk_id(self._run_id, tenancy, ids), tenancy, entries))
 
