@@ -1,11 +1,5 @@
-"""Chunk work: the keys of registered chunks refreshed in one engine pass, recorded one by one.
-
-A chunk's keys are read first (strongly consistent): the terminal ones are counted, never
-refreshed again; the others are refreshed, each outcome recorded as soon as it is known (a
-killed container repeats at most its calls in flight). A chunk whose keys are all terminal is
-closed, adding its counts to the run once, and the run completes with its last chunk. The
-tenancy's pace comes in with the read and goes out with the close (``TenancyPace``).
-"""
+"""Chunk work: chunks refreshed in one engine pass, each outcome recorded as it arrives, a chunk
+closed once its keys are terminal (docs/architecture.md, "Exactly-once bookkeeping")."""
 
 from __future__ import annotations
 

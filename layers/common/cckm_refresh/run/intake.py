@@ -1,12 +1,5 @@
-"""Intake: a request (a schedule, an EventBridge event, a pipeline's message, the CLI) becomes
-a run: its ``RUN`` item, its keys resolved into chunks of one tenancy each, each registered with
-the run and queued (or, without a tenancy queue and for a small run, refreshed in place).
-
-A selector that outlasts the invocation hands its listing on to a continuation message. The
-``RUN`` item names the resolution segment that owns the run (``start``, then each
-continuation's listing position): a duplicate or stale delivery of an earlier segment can
-neither hand on nor finish the resolution, so a run never completes before its listing ends.
-"""
+"""Intake: a request becomes a run, its keys resolved into chunks of one tenancy each, registered
+and queued, or refreshed in place (docs/architecture.md, "The flow")."""
 
 from __future__ import annotations
 

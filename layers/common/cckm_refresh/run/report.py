@@ -1,9 +1,5 @@
-"""What one delivery did to its run, and the verdict on its SQS message, as values.
-
-The handler applies the verdict (botocore's retry handler returns a decision the same way):
-``DONE`` deletes the message, ``RETRY`` brings it back in ``delay`` seconds, ``DEAD_LETTER``
-lets SQS move it to the dead-letter queue after its last delivery.
-"""
+"""What one delivery did to its run, and the verdict on its SQS message, as values the handler
+applies (as botocore's retry handler returns a decision)."""
 
 from __future__ import annotations
 

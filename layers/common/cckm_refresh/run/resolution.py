@@ -1,17 +1,5 @@
-"""Resolution: a request's CCKM ids, OCIDs and selector become chunks of keys, one tenancy each.
-
-Streaming: selector pages become chunks as they arrive, so memory holds one page and one
-partly filled chunk per tenancy, never the run. A chunk is handed to ``sink`` as soon as it
-is full (and the partly filled ones at the end). When the deadline comes first, the partly
-filled chunks are handed over and the resolution stops with the listing's position, for a
-continuation message to carry (docs/reference.md 4.3).
-
-Each key's tenancy is known before it is queued (that is what keeps every tenancy within its
-rate): from the list call for OCIDs and selectors, from the key's ``LATEST`` item for a CCKM id
-seen before, and from ``GET /api/v1/cckm/oci/keys/{id}`` (CCKM's cached copy: no OCI read) for
-one never seen. A key whose tenancy still cannot be learnt goes to the ``~unknown`` group,
-which is paced like one tenancy.
-"""
+"""Resolution: a request's CCKM ids, OCIDs and selector pages become chunks of one tenancy each,
+streamed to a sink (docs/architecture.md, "One tenancy, one invocation at a time")."""
 
 from __future__ import annotations
 

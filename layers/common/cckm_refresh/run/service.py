@@ -1,11 +1,5 @@
-"""The run story, one page: a delivery is a request to take in, or a chunk to refresh.
-
-Data flows one way: delivery -> request -> chunks -> outcomes -> table. This module owns the
-run rules of docs/reference.md 4.3 and 4.4 and returns, for every SQS message, what happens to it (a
-``MessageVerdict``) for the handler to apply. ``intake`` turns requests into runs, ``chunks``
-refreshes and records, ``resolution`` lists keys; the engine owns pacing and deadlines, the
-store DynamoDB, the work queue SQS, the CTM client HTTP.
-"""
+"""The run story on one page (docs/reference.md 4.3 and 4.4): a delivery is a request to take
+in or a chunk to refresh, and each SQS message gets a ``MessageVerdict`` the handler applies."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""The sweep: runs with no progress for longer than their deliveries can take are stuck; their
-work is queued again (docs/reference.md 4.3) and counted (the ``RunsStuck`` metric).
-
-Work is lost between two writes: a container killed after registering a chunk and before
-sending its message, or after handing a listing on and before sending the continuation, or a
-schedule whose invocations all failed. The sweep finds those runs by their ``progress_at``
-(moved by every registration, close and hand-on) among the runs still open, sends each open
-chunk and an unfinished resolution again (queues de-duplicate nothing here: a chunk's keys
-already terminal are skipped, not refreshed twice), and marks the run swept.
-"""
+"""The sweep: runs with no progress for longer than their deliveries can take are stuck, and their
+work is queued again (docs/architecture.md, "Every run completes"; the ``RunsStuck`` metric)."""
 
 from __future__ import annotations
 
@@ -76,7 +68,7 @@ class Sweeper:
         listing = self._resolution_of(run, sweep)
         if listing is not None:
             messages.append(listing)
-        if messages:
+        if messages:  # a chunk's keys already terminal are skipped, not refreshed twice
             self.queue.send(messages)
         self.store.swept(run.run_id, sweep)
         return len(messages) - (listing is not None), int(listing is not None)
