@@ -85,11 +85,9 @@ SignIn = Callable[[Deadline], object]
 
 @contextmanager
 def _beside(sign_in: SignIn | None, deadline: Deadline, runtime: Runtime) -> Iterator[None]:
-    """Sign in to CTM in a thread while the block reads the chunks' keys: at a cold start the
-    secret and the login no longer wait for that read (a warm container holds its token and
-    the thread ends at once). The sign-in ends before ``deadline``, as the engine's calls do;
-    a failure is not this thread's to report: the first call signs in again, or shares it.
-    Joined before the block's caller goes on. With no time left for calls, none is made."""
+    """Sign in to CTM in a thread while the block reads the chunks' keys, so that a cold start's
+    secret and login do not wait for that read; ends before ``deadline``, joined after the
+    block. A failure is left to the engine's first call, which signs in again."""
     if sign_in is None or deadline.passed():
         yield
         return
@@ -108,9 +106,8 @@ def _beside(sign_in: SignIn | None, deadline: Deadline, runtime: Runtime) -> Ite
 
 
 def last_chance(delivery: Delivery, handoffs: int, max_receive_count: int) -> bool:
-    """The message's last delivery: SQS's deliveries of it, and the hand-offs without progress
-    before it, reach ``MAX_RECEIVE_COUNT`` (only SQS redelivers: a schedule's or the CLI's
-    pending keys are re-queued instead)."""
+    """The message's last delivery: its SQS deliveries and the hand-offs without progress
+    before it reach ``MAX_RECEIVE_COUNT`` (only SQS redelivers; other triggers re-queue)."""
     return (
         delivery.trigger is Trigger.SQS and delivery.receive_count + handoffs >= max_receive_count
     )
@@ -180,12 +177,13 @@ class ChunkWorker:
                 kept.append(item)
         return kept
 
-    def report(self, job: ChunkJob, done: EnginePass, receive_count: int) -> RunReport:
+    def report(self, job: ChunkJob, done: EnginePass) -> RunReport:
         """A chunk message's report and verdict: back later while keys are PENDING; to the
         dead-letter queue when its last delivery gave up on some; else done (what was not
         started is handed on in a new message of the same chunk)."""
         verdict = DONE
         handed_off = 0
+        receive_count = job.delivery.receive_count if job.delivery else 1
         if job.pending:
             verdict = MessageVerdict.retry(receive_count)
         elif job.gave_up and receive_count >= self.settings.max_receive_count:
@@ -218,8 +216,7 @@ class ChunkWorker:
 
     def send_again(self, job: ChunkJob, owed: int, reason: str, handoffs: int = 0) -> int:
         """Queue the chunk again, all its keys (the next delivery skips the finished ones), in
-        its tenancy's group, with the hand-offs without progress so far; how many keys it
-        still owes."""
+        its tenancy's group; returns ``owed``."""
         body = chunk_message(job.run, job.chunk_id, job.key_ids, handoffs)
         # One hand-on per delivery: a delivery retried after sending it sends nothing twice.
         source = job.delivery.source_id if job.delivery else iso_now(self.runtime)

@@ -234,11 +234,8 @@ def _verdict(delivery: Delivery, pending: int, gave_up: int) -> MessageVerdict:
 @dataclass
 class ChunkRouter:
     """Where an intake's chunks go as resolution hands them over: registered with the run,
-    then queued, or kept to be refreshed in place. With a tenancy queue every chunk is queued
-    (one invocation at a time per tenancy is what holds its rate deployment-wide); without
-    any queue none is; with the work queue only, a run that turns out no larger than
-    ``FANOUT_CHUNK_SIZE`` keys is refreshed in place, and the first chunk past that sends
-    every chunk to the work queue."""
+    then queued (always with a tenancy queue; with the work queue only, once the run passes
+    ``FANOUT_CHUNK_SIZE`` keys) or kept and refreshed in place."""
 
     settings: RefreshSettings
     store: RunTable

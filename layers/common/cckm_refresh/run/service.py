@@ -56,8 +56,7 @@ class RefreshService:
         if jobs:
             done = self.worker.work(list(jobs.values()), end)
             for index, job in jobs.items():
-                receive_count = deliveries[index].receive_count
-                results[index] = self.worker.report(job, done, receive_count)
+                results[index] = self.worker.report(job, done)
         return [results[index] for index in range(len(deliveries))]
 
     def sweep(self) -> SweepReport:
