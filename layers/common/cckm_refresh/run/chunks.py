@@ -10,7 +10,7 @@ from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from cckm_refresh.config import RefreshSettings
-from cckm_refresh.engine import RefreshEngine, WorkItem
+from cckm_refresh.engine import EngineResult, RefreshEngine, WorkItem
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status, Trigger
 from cckm_refresh.observability import logger
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY
@@ -67,16 +67,6 @@ class ChunkJob:
         for status, rotated in self.final.values():
             tally = tally.add(status, rotated)
         return tally
-
-
-@dataclass
-class EnginePass:
-    """What the engine passes of one delivery did, for its report."""
-
-    throttled: int = 0
-    latencies_ms: list[int] = field(default_factory=list)
-    jobs: list[ChunkJob] = field(default_factory=list)
-    requeued: int = 0  # keys owed by chunks refreshed in place, queued again
 
 
 SignIn = Callable[[Deadline], object]
@@ -143,7 +133,7 @@ class ChunkWorker:
             last_chance=last_chance(delivery, handoffs, self.settings.max_receive_count),
         )
 
-    def work(self, jobs: Sequence[ChunkJob], end: Deadline) -> EnginePass:
+    def work(self, jobs: Sequence[ChunkJob], end: Deadline) -> EngineResult:
         """Refresh every key the jobs still owe in one engine pass, recording as it goes;
         ``end`` is the invocation's."""
         calls_end = end.before(self.settings.recording_reserve_seconds)
@@ -152,20 +142,16 @@ class ChunkWorker:
 
     def _work(
         self, jobs: Sequence[ChunkJob], start_by: Deadline, calls_end: Deadline
-    ) -> EnginePass:
+    ) -> EngineResult:
         items = [item for job in jobs for item in self._owed(job)]
         if start_by.passed():
             items = self._without_late(items, "the last delivery had too little time left")
-        done = EnginePass()
-        if items:
-            result = self.engine.run(items, start_by, calls_end, self._record)
-            done.throttled = result.throttled
-            done.latencies_ms = result.latencies_ms
-            for item in self._without_late(result.leftovers, "the last delivery ran out of time"):
-                item.context.leftovers.append(item)
+        result = self.engine.run(items, start_by, calls_end, self._record)
+        for item in self._without_late(result.leftovers, "the last delivery ran out of time"):
+            item.context.leftovers.append(item)
         for job in jobs:
             self._settle(job)
-        return done
+        return result
 
     def _without_late(self, items: Sequence[WorkItem], why: str) -> list[WorkItem]:
         """``items`` less those of last deliveries, which fail (``DEADLINE``) untried."""
@@ -177,7 +163,7 @@ class ChunkWorker:
                 kept.append(item)
         return kept
 
-    def report(self, job: ChunkJob, done: EnginePass) -> RunReport:
+    def report(self, job: ChunkJob, done: EngineResult) -> RunReport:
         """A chunk message's report and verdict: back later while keys are PENDING; to the
         dead-letter queue when its last delivery gave up on some; else done (what was not
         started is handed on in a new message of the same chunk)."""

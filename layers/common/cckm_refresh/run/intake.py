@@ -14,7 +14,7 @@ from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status, Trigger
 from cckm_refresh.observability import logger
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY
 from cckm_refresh.request import RefreshRequest, chunk_message, continuation_message
-from cckm_refresh.run.chunks import ChunkJob, ChunkWorker, EnginePass, last_chance
+from cckm_refresh.run.chunks import ChunkJob, ChunkWorker, last_chance
 from cckm_refresh.run.report import DEAD_LETTER, DONE, MessageVerdict, RunReport, log_outcomes
 from cckm_refresh.run.resolution import Chunk, Resolution, Resolver
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime, iso_now
@@ -92,7 +92,7 @@ class Intake:
             router,
             requested=resolution.keys + not_found,
             fanned_out=resolution.keys if router.fanning else 0,
-            handed_on=handed_on + router.done.requeued,
+            handed_on=handed_on + router.requeued,
         )
 
     def _done_before(self, run: RunInfo) -> RunReport | None:
@@ -196,7 +196,7 @@ class Intake:
         fanned_out: int,
         handed_on: int,
     ) -> RunReport:
-        jobs = router.done.jobs
+        jobs = router.jobs
         pending = sum(len(j.pending) + len(j.leftovers) for j in jobs)
         gave_up = sum(j.gave_up for j in jobs)
         completed = next((j.completed for j in jobs if j.completed), None)
@@ -212,11 +212,11 @@ class Intake:
             pending=pending,
             handed_off=handed_on,
             fanned_out=fanned_out,
-            throttled=router.done.throttled,
+            throttled=router.throttled,
             gave_up=gave_up,
             counts=completed,
             completed_now=completed is not None,
-            latencies_ms=tuple(router.done.latencies_ms),
+            latencies_ms=tuple(router.latencies_ms),
             verdict=_verdict(delivery, pending, gave_up),
         )
 
@@ -244,7 +244,10 @@ class ChunkRouter:
     run: RunInfo
     delivery: Delivery
     end: Deadline
-    done: EnginePass = field(default_factory=EnginePass, init=False)
+    jobs: list[ChunkJob] = field(default_factory=list, init=False)  # refreshed in place
+    requeued: int = field(default=0, init=False)  # keys they owed, queued again
+    throttled: int = field(default=0, init=False)
+    latencies_ms: list[int] = field(default_factory=list, init=False)
     recorded: list[RecordedResult] = field(default_factory=list, init=False)
     fanning: bool = field(init=False)
     _decided: bool = field(init=False)
@@ -287,16 +290,16 @@ class ChunkRouter:
         for job in jobs:
             job.last_chance = last_chance(self.delivery, 0, self.settings.max_receive_count)
         this_pass = self.worker.work(jobs, self.end)
-        self.done.throttled += this_pass.throttled
-        self.done.latencies_ms += this_pass.latencies_ms
+        self.throttled += this_pass.throttled
+        self.latencies_ms += this_pass.latencies_ms
         for job in jobs:
             self.recorded += job.recorded
             owed = len(job.pending) + len(job.leftovers)
             if self.delivery.trigger is not Trigger.SQS and owed and self.queue.can_hand_on:
                 # Only SQS delivers again: the other triggers' owed keys are queued again.
-                self.done.requeued += self.worker.send_again(job, owed, "re-queued")
+                self.requeued += self.worker.send_again(job, owed, "re-queued")
                 job.leftovers, job.pending = [], {}
-        self.done.jobs += jobs
+        self.jobs += jobs
 
     def flush_sends(self) -> None:
         if self._sends:
