@@ -68,8 +68,7 @@ def test_a_group_id_is_always_one_sqs_accepts() -> None:
 def test_records_are_told_apart_by_their_queue() -> None:
     queue = WorkQueue(FakeSqs(), "https://sqs/1/work", None, "https://sqs/1/tenancy.fifo")
     assert queue.url_of("arn:aws:sqs:us-east-1:1:tenancy.fifo") == "https://sqs/1/tenancy.fifo"
-    assert queue.is_tenancy_queue("arn:aws:sqs:us-east-1:1:tenancy.fifo")
-    assert not queue.is_tenancy_queue("arn:aws:sqs:us-east-1:1:work")
+    assert queue.url_of("arn:aws:sqs:us-east-1:1:work") == "https://sqs/1/work"
     assert queue.url_of("arn:aws:sqs:us-east-1:1:other") is None
 
 

@@ -74,7 +74,6 @@ class EngineResult:
     outcomes: list[RefreshOutcome] = field(default_factory=list)
     leftovers: list[WorkItem] = field(default_factory=list)
     throttled: int = 0  # attempts answered with a throttle (429 / TooManyRequests)
-    peak_in_flight: int = 0
     latencies_ms: list[int] = field(default_factory=list)  # of each answered refresh call
 
 
@@ -97,7 +96,6 @@ class _Scheduler:
         self._target = in_flight_target
         self._ready = runtime.condition()
         self._in_flight = 0
-        self.peak_in_flight = 0
         self.stopped: CtmError | None = None
 
     def next(self) -> WorkItem | None:
@@ -116,7 +114,6 @@ class _Scheduler:
             if self._limiter.reserve_by(tenancy, self._start_by.at) is None:
                 return None
             self._in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
             return self._queues[tenancy].popleft()
 
     def done(self) -> None:
@@ -205,7 +202,6 @@ class RefreshEngine:
         # Threads are cheap; the scheduler keeps only ``in_flight_target`` of them busy.
         run_threads(self._runtime, work, min(self._concurrency, len(items)), "refresh")
         result.throttled = self.limiter.throttle_count() - throttled_before
-        result.peak_in_flight = scheduler.peak_in_flight
         self._close(scheduler, result, listeners)
         return result
 
@@ -231,7 +227,7 @@ class RefreshEngine:
             result.leftovers = rest
             return
         for item in rest:
-            outcome = _failed_like(item, scheduler.stopped)
+            outcome = _outcome_from_error(item, scheduler.stopped, tried=False)
             result.outcomes.append(outcome)
             for listener in listeners:
                 listener(item, outcome)
@@ -277,7 +273,11 @@ def _ms(start: float, end: float) -> int:
     return max(0, round((end - start) * 1000))
 
 
-def _outcome_from_error(item: WorkItem, error: CtmError, duration_ms: int) -> RefreshOutcome:
+def _outcome_from_error(
+    item: WorkItem, error: CtmError, duration_ms: int = 0, *, tried: bool = True
+) -> RefreshOutcome:
+    """The key's outcome after ``error``: its own call's, or (``tried`` False) a run-fatal
+    error met by another key before this one was tried."""
     if isinstance(error, CtmNotFoundError):
         status = Status.NOT_FOUND
     elif error.transient:
@@ -287,20 +287,9 @@ def _outcome_from_error(item: WorkItem, error: CtmError, duration_ms: int) -> Re
     outcome = RefreshOutcome(
         key=KeyInfo(item.key_id),
         status=status,
-        attempts=error.attempts,
+        attempts=error.attempts if tried else 0,
         duration_ms=duration_ms,
-        http_status=error.http_status,
-        error_code=error.error_code,
-        error_message=error.message,
-    )
-    return _with_known(outcome, item.known)
-
-
-def _failed_like(item: WorkItem, error: CtmError) -> RefreshOutcome:
-    outcome = RefreshOutcome(
-        key=KeyInfo(item.key_id),
-        status=Status.PENDING if error.transient else Status.FAILED,
-        attempts=0,
+        http_status=error.http_status if tried else None,
         error_code=error.error_code,
         error_message=error.message,
     )

@@ -63,8 +63,7 @@ class RefreshFunction:
         remaining = getattr(context, "get_remaining_time_in_millis", None)
         seconds = float(remaining()) / 1000.0 if remaining is not None else A_LAMBDA_LIFETIME
         if not self._timeout_checked:
-            self.settings.check_time_for_one_call(seconds)
-            self._timeout_checked = True
+            self.timeout_is(seconds)
         return Deadline.within(seconds, self.runtime)
 
     def _sqs_batch(self, records: list[dict[str, Any]], end: Deadline) -> dict[str, Any]:
@@ -118,8 +117,8 @@ class RefreshFunction:
         """A message that still owes keys comes back in ``verdict.delay`` seconds."""
         if verdict.action is not Action.RETRY:
             return
-        queue = self.service.queue_url_of(str(record.get("eventSourceARN", "")))
-        moved = self.service.retry_later(queue, record["receiptHandle"], verdict.delay)
+        queue_arn = str(record.get("eventSourceARN", ""))
+        moved = self.service.retry_later(queue_arn, record["receiptHandle"], verdict.delay)
         logger.info(
             "message will be delivered again",
             extra={"message_id": record["messageId"], "in_seconds": moved},

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cckm_refresh.keyids import InvalidKeyIdError, KeyIdKind, classify_key_id
 from cckm_refresh.selectors import SELECTOR_FILTERS, value_problem
@@ -182,19 +182,13 @@ def _parse_selector(value: object) -> Selector:
         return Selector(all_keys=True)
     filters: list[tuple[str, str]] = []
     for name in sorted(value, key=str):
-        item = value[name]
         if name not in SELECTOR_FIELDS:
             raise RequestError(f"selector.{_field_name(name)}", "is not a known filter")
-        filters.append((name, _parse_filter_value(name, item)))
+        problem = value_problem(value[name])
+        if problem is not None:
+            raise RequestError(f"selector.{name}", problem)
+        filters.append((name, str(value[name])))
     return Selector(filters=tuple(filters))
-
-
-def _parse_filter_value(name: str, item: object) -> str:
-    """The value of the known filter ``name``: a short, non-empty line of text."""
-    problem = value_problem(item)
-    if problem is not None:
-        raise RequestError(f"selector.{name}", problem)
-    return str(item)
 
 
 def _parse_name(document: Mapping[str, object], name: str) -> str | None:
@@ -214,45 +208,38 @@ def _parse_reason(value: object) -> str:
     return value
 
 
+class RunFields(Protocol):
+    """What a message that continues a run repeats of it (``RunInfo`` and ``RunState`` do)."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def dry_run(self) -> bool: ...
+
+
 def chunk_message(
-    key_ids: list[str],
-    *,
-    run_id: str,
-    chunk: str,
-    reason: str | None,
-    dry_run: bool,
-    handoffs: int = 0,
+    run: RunFields, chunk: str, key_ids: Sequence[str], handoffs: int = 0
 ) -> dict[str, Any]:
-    """The body of a queue message that carries one registered chunk of ``run_id``."""
-    body: dict[str, Any] = {"run_id": run_id, "chunk": chunk, "keys": key_ids}
-    if handoffs:
-        body["handoffs"] = handoffs
-    if reason:
-        body["reason"] = reason
-    if dry_run:
-        body["dry_run"] = True
-    return body
+    """The body of a queue message that carries one registered chunk of ``run``."""
+    return _continuing(run, {"chunk": chunk, "keys": list(key_ids)}, handoffs)
 
 
 def continuation_message(
-    selector: Selector,
-    resume: dict[str, Any],
-    *,
-    run_id: str,
-    reason: str | None,
-    dry_run: bool,
-    handoffs: int = 0,
+    run: RunFields, selector: Selector, resume: dict[str, Any], handoffs: int = 0
 ) -> dict[str, Any]:
-    """The body that continues resolving ``selector`` for ``run_id`` where it stopped."""
-    body: dict[str, Any] = {
-        "run_id": run_id,
-        "selector": {"all": True} if selector.all_keys else dict(selector.filters),
-        "resume": resume,
-    }
+    """The body that continues resolving ``selector`` for ``run`` where it stopped."""
+    filters = {"all": True} if selector.all_keys else dict(selector.filters)
+    return _continuing(run, {"selector": filters, "resume": resume}, handoffs)
+
+
+def _continuing(run: RunFields, fields: dict[str, Any], handoffs: int) -> dict[str, Any]:
+    body: dict[str, Any] = {"run_id": run.run_id, **fields}
     if handoffs:
         body["handoffs"] = handoffs
-    if reason:
-        body["reason"] = reason
-    if dry_run:
+    if run.reason:
+        body["reason"] = run.reason
+    if run.dry_run:
         body["dry_run"] = True
     return body

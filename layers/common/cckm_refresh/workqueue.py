@@ -105,10 +105,6 @@ class WorkQueue:
                 return url
         return None
 
-    def is_tenancy_queue(self, queue_arn: str) -> bool:
-        url = self.url_of(queue_arn)
-        return url is not None and url == self.tenancy_queue_url
-
     def dead_letter(self, body: str, error: str) -> bool:
         """Copy a rejected message, unchanged, with an ``error`` attribute; False when unset."""
         if not self.dead_letter_url:

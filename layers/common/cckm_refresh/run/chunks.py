@@ -1,22 +1,16 @@
-"""Chunk work: the keys of registered chunks refreshed in one engine pass, recorded one by one.
-
-A chunk's keys are read first (strongly consistent): the terminal ones are counted, never
-refreshed again; the others are refreshed, each outcome recorded as soon as it is known (a
-killed container repeats at most its calls in flight). A chunk whose keys are all terminal is
-closed, adding its counts to the run once, and the run completes with its last chunk. The
-tenancy's pace comes in with the read and goes out with the close (``TenancyPace``).
-"""
+"""Chunk work: chunks refreshed in one engine pass, each outcome recorded as it arrives, a chunk
+closed once its keys are terminal (docs/architecture.md, "Exactly-once bookkeeping")."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from cckm_refresh.config import RefreshSettings
-from cckm_refresh.engine import RefreshEngine, WorkItem
+from cckm_refresh.engine import EngineResult, RefreshEngine, WorkItem
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status, Trigger
 from cckm_refresh.observability import logger
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY
@@ -75,27 +69,15 @@ class ChunkJob:
         return tally
 
 
-@dataclass
-class EnginePass:
-    """What the engine passes of one delivery did, for its report."""
-
-    throttled: int = 0
-    latencies_ms: list[int] = field(default_factory=list)
-    jobs: list[ChunkJob] = field(default_factory=list)
-    requeued: int = 0  # keys owed by chunks refreshed in place, queued again
-
-
 SignIn = Callable[[Deadline], object]
 """Obtains a CTM token (at once when one is held), ending before the instant it is given."""
 
 
 @contextmanager
 def _beside(sign_in: SignIn | None, deadline: Deadline, runtime: Runtime) -> Iterator[None]:
-    """Sign in to CTM in a thread while the block reads the chunks' keys: at a cold start the
-    secret and the login no longer wait for that read (a warm container holds its token and
-    the thread ends at once). The sign-in ends before ``deadline``, as the engine's calls do;
-    a failure is not this thread's to report: the first call signs in again, or shares it.
-    Joined before the block's caller goes on. With no time left for calls, none is made."""
+    """Sign in to CTM in a thread while the block reads the chunks' keys, so that a cold start's
+    secret and login do not wait for that read; ends before ``deadline``, joined after the
+    block. A failure is left to the engine's first call, which signs in again."""
     if sign_in is None or deadline.passed():
         yield
         return
@@ -114,33 +96,24 @@ def _beside(sign_in: SignIn | None, deadline: Deadline, runtime: Runtime) -> Ite
 
 
 def last_chance(delivery: Delivery, handoffs: int, max_receive_count: int) -> bool:
-    """The message's last delivery: SQS's deliveries of it, and the hand-offs without progress
-    before it, reach ``MAX_RECEIVE_COUNT`` (only SQS redelivers: a schedule's or the CLI's
-    pending keys are re-queued instead)."""
+    """The message's last delivery: its SQS deliveries and the hand-offs without progress
+    before it reach ``MAX_RECEIVE_COUNT`` (only SQS redelivers; other triggers re-queue)."""
     return (
         delivery.trigger is Trigger.SQS and delivery.receive_count + handoffs >= max_receive_count
     )
 
 
+@dataclass(frozen=True)
 class ChunkWorker:
     """Refreshes and records chunks; built once per container."""
 
-    def __init__(
-        self,
-        settings: RefreshSettings,
-        engine: RefreshEngine,
-        store: RunTable,
-        queue: RunQueues,
-        *,
-        sign_in: SignIn | None = None,
-        runtime: Runtime = SYSTEM,
-    ) -> None:
-        self._settings = settings
-        self._engine = engine
-        self._store = store
-        self._queue = queue
-        self._sign_in = sign_in
-        self._runtime = runtime
+    settings: RefreshSettings
+    engine: RefreshEngine
+    store: RunTable
+    queue: RunQueues
+    _: KW_ONLY
+    sign_in: SignIn | None = None
+    runtime: Runtime = SYSTEM
 
     def job(
         self,
@@ -157,32 +130,28 @@ class ChunkWorker:
             key_ids=tuple(keys),
             delivery=delivery,
             handoffs=handoffs,
-            last_chance=last_chance(delivery, handoffs, self._settings.max_receive_count),
+            last_chance=last_chance(delivery, handoffs, self.settings.max_receive_count),
         )
 
-    def work(self, jobs: Sequence[ChunkJob], end: Deadline) -> EnginePass:
+    def work(self, jobs: Sequence[ChunkJob], end: Deadline) -> EngineResult:
         """Refresh every key the jobs still owe in one engine pass, recording as it goes;
         ``end`` is the invocation's."""
-        calls_end = end.before(self._settings.recording_reserve_seconds)
-        with _beside(self._sign_in, calls_end, self._runtime):
-            return self._work(jobs, end.before(self._settings.deadline_margin_seconds), calls_end)
+        calls_end = end.before(self.settings.recording_reserve_seconds)
+        with _beside(self.sign_in, calls_end, self.runtime):
+            return self._work(jobs, end.before(self.settings.deadline_margin_seconds), calls_end)
 
     def _work(
         self, jobs: Sequence[ChunkJob], start_by: Deadline, calls_end: Deadline
-    ) -> EnginePass:
+    ) -> EngineResult:
         items = [item for job in jobs for item in self._owed(job)]
         if start_by.passed():
             items = self._without_late(items, "the last delivery had too little time left")
-        done = EnginePass()
-        if items:
-            result = self._engine.run(items, start_by, calls_end, self._record)
-            done.throttled = result.throttled
-            done.latencies_ms = result.latencies_ms
-            for item in self._without_late(result.leftovers, "the last delivery ran out of time"):
-                item.context.leftovers.append(item)
+        result = self.engine.run(items, start_by, calls_end, self._record)
+        for item in self._without_late(result.leftovers, "the last delivery ran out of time"):
+            item.context.leftovers.append(item)
         for job in jobs:
             self._settle(job)
-        return done
+        return result
 
     def _without_late(self, items: Sequence[WorkItem], why: str) -> list[WorkItem]:
         """``items`` less those of last deliveries, which fail (``DEADLINE``) untried."""
@@ -194,21 +163,22 @@ class ChunkWorker:
                 kept.append(item)
         return kept
 
-    def report(self, job: ChunkJob, done: EnginePass, receive_count: int) -> RunReport:
+    def report(self, job: ChunkJob, done: EngineResult) -> RunReport:
         """A chunk message's report and verdict: back later while keys are PENDING; to the
         dead-letter queue when its last delivery gave up on some; else done (what was not
         started is handed on in a new message of the same chunk)."""
         verdict = DONE
         handed_off = 0
+        receive_count = job.delivery.receive_count if job.delivery else 1
         if job.pending:
             verdict = MessageVerdict.retry(receive_count)
-        elif job.gave_up and receive_count >= self._settings.max_receive_count:
+        elif job.gave_up and receive_count >= self.settings.max_receive_count:
             verdict = DEAD_LETTER  # SQS's redrive moves it
         elif job.gave_up and job.delivery is not None:
             # Its last delivery by the hand-offs it carried: SQS would deliver it again, so
             # it is deleted, and a copy kept in the dead-letter queue says why.
             why = f"{job.handoffs} hand-offs without progress, then this delivery gave up"
-            self._queue.dead_letter(job.delivery.raw, why)
+            self.queue.dead_letter(job.delivery.raw, why)
         elif job.leftovers:
             # No outcome recorded here: the hand-off counts as a delivery (liveness).
             handoffs = 0 if job.recorded else job.handoffs + 1
@@ -232,20 +202,12 @@ class ChunkWorker:
 
     def send_again(self, job: ChunkJob, owed: int, reason: str, handoffs: int = 0) -> int:
         """Queue the chunk again, all its keys (the next delivery skips the finished ones), in
-        its tenancy's group, with the hand-offs without progress so far; how many keys it
-        still owes."""
-        body = chunk_message(
-            list(job.key_ids),
-            run_id=job.run.run_id,
-            chunk=job.chunk_id,
-            reason=job.run.reason,
-            dry_run=job.run.dry_run,
-            handoffs=handoffs,
-        )
+        its tenancy's group; returns ``owed``."""
+        body = chunk_message(job.run, job.chunk_id, job.key_ids, handoffs)
         # One hand-on per delivery: a delivery retried after sending it sends nothing twice.
-        source = job.delivery.source_id if job.delivery else iso_now(self._runtime)
+        source = job.delivery.source_id if job.delivery else iso_now(self.runtime)
         dedup = f"{job.chunk_id}:{source}"
-        self._queue.send([QueueMessage(body, job.tenancy or UNKNOWN_TENANCY, dedup)])
+        self.queue.send([QueueMessage(body, job.tenancy or UNKNOWN_TENANCY, dedup)])
         logger.info(
             f"keys {reason}", extra={"keys": owed, "chunk": job.chunk_id, "handoffs": handoffs}
         )
@@ -256,10 +218,10 @@ class ChunkWorker:
     def _owed(self, job: ChunkJob) -> list[WorkItem]:
         """The chunk's keys that are not terminal yet; the terminal ones are counted (and a
         dry run's are recorded ``SKIPPED`` here)."""
-        existing, pace = self._store.results_and_pace(job.run.run_id, list(job.key_ids), job.group)
+        existing, pace = self.store.results_and_pace(job.run.run_id, list(job.key_ids), job.group)
         if pace is not None:
-            ago = self._runtime.time() - pace.last_sent_ms / 1000
-            self._engine.limiter.sent_ago(pace.tenancy, ago)
+            ago = self.runtime.time() - pace.last_sent_ms / 1000
+            self.engine.limiter.sent_ago(pace.tenancy, ago)
         owed = [item for key_id in job.key_ids if (item := self._owed_key(job, key_id, existing))]
         if job.final and job.done:
             logger.info("chunk already done: nothing to refresh", extra={"chunk": job.chunk_id})
@@ -274,9 +236,9 @@ class ChunkWorker:
         self, job: ChunkJob, key_id: str, existing: Mapping[str, Mapping[str, Any]]
     ) -> WorkItem | None:
         item = existing.get(key_id)
-        status = status_of(item)
-        if item is not None and status is not None and status is not Status.PENDING:
-            job.final[key_id] = (status, bool(item.get("version_changed")))
+        final = _final(item)
+        if final is not None:
+            job.final[key_id] = final
             return None
         known = known_before(item) if item else None
         if known is not None and known.tenancy and job.tenancy is None:
@@ -288,10 +250,10 @@ class ChunkWorker:
         job: ChunkJob = item.context
         if outcome.status is Status.PENDING and job.last_chance:
             deliveries = job.handoffs + (job.delivery.receive_count if job.delivery else 1)
-            outcome = given_up(outcome, deliveries, iso_now(self._runtime))
+            outcome = given_up(outcome, deliveries, iso_now(self.runtime))
             with job.lock:
                 job.gave_up += 1
-        recorded = self._store.record(job.run, outcome, item.known)
+        recorded = self.store.record(job.run, outcome, item.known)
         with job.lock:
             if recorded is None:
                 job.lost.add(item.key_id)
@@ -311,7 +273,7 @@ class ChunkWorker:
             Status.FAILED,
             error_code="DEADLINE",
             error_message=message,
-            recorded_at=iso_now(self._runtime),
+            recorded_at=iso_now(self.runtime),
         )
         with job.lock:
             job.gave_up += 1
@@ -321,32 +283,39 @@ class ChunkWorker:
         """After the pass: learn what lost races became, close a finished chunk, complete;
         hand the tenancy's pace on to its next invocation (with the close, or alone)."""
         if job.lost:
-            existing = self._store.results_of(job.run.run_id, sorted(job.lost))
+            existing = self.store.results_of(job.run.run_id, sorted(job.lost))
             for key_id, item in existing.items():
-                status = status_of(item)
-                if status is not None and status is not Status.PENDING:
-                    job.final[key_id] = (status, bool(item.get("version_changed")))
+                if (final := _final(item)) is not None:
+                    job.final[key_id] = final
                     job.pending.pop(key_id, None)
         pace = self._pace_of(job)
         if job.done:
-            closed = self._store.finish_chunk(job.run.run_id, job.chunk_id, job.tally(), pace)
+            closed = self.store.finish_chunk(job.run.run_id, job.chunk_id, job.tally(), pace)
             if pace is not None and not closed:
-                self._store.record_pace(pace)
+                self.store.record_pace(pace)
             # Whether or not this delivery closed the chunk: one killed between closing the
             # last chunk and completing would otherwise leave the run RUNNING for ever.
-            job.completed = self._store.complete_if_done(job.run.run_id)
+            job.completed = self.store.complete_if_done(job.run.run_id)
         elif pace is not None:
-            self._store.record_pace(pace)
+            self.store.record_pace(pace)
 
     def _pace_of(self, job: ChunkJob) -> TenancyPace | None:
         """When this container last sent a call of the job's tenancy queue group (None:
         never, or not a tenancy queue chunk)."""
         if job.group is None:
             return None
-        ago = self._engine.limiter.seconds_since_sent(job.group)
+        ago = self.engine.limiter.seconds_since_sent(job.group)
         if ago is None:
             return None
-        return TenancyPace(job.group, round((self._runtime.time() - ago) * 1000))
+        return TenancyPace(job.group, round((self.runtime.time() - ago) * 1000))
+
+
+def _final(item: Mapping[str, Any] | None) -> tuple[Status, bool] | None:
+    """A result item's terminal status and whether its key rotated; None while it is owed."""
+    status = status_of(item)
+    if item is None or status is None or status is Status.PENDING:
+        return None
+    return status, bool(item.get("version_changed"))
 
 
 def given_up(outcome: RefreshOutcome, deliveries: int, now: str) -> RefreshOutcome:

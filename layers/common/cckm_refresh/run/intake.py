@@ -1,17 +1,11 @@
-"""Intake: a request (a schedule, an EventBridge event, a pipeline's message, the CLI) becomes
-a run: its ``RUN`` item, its keys resolved into chunks of one tenancy each, each registered with
-the run and queued (or, without a tenancy queue and for a small run, refreshed in place).
-
-A selector that outlasts the invocation hands its listing on to a continuation message. The
-``RUN`` item names the resolution segment that owns the run (``start``, then each
-continuation's listing position): a duplicate or stale delivery of an earlier segment can
-neither hand on nor finish the resolution, so a run never completes before its listing ends.
-"""
+"""Intake: a request becomes a run, its keys resolved into chunks of one tenancy each, registered
+and queued, or refreshed in place (docs/architecture.md, "The flow")."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING
 
 from cckm_refresh.config import RefreshSettings
@@ -20,7 +14,7 @@ from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status, Trigger
 from cckm_refresh.observability import logger
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY
 from cckm_refresh.request import RefreshRequest, chunk_message, continuation_message
-from cckm_refresh.run.chunks import ChunkJob, ChunkWorker, EnginePass, last_chance
+from cckm_refresh.run.chunks import ChunkJob, ChunkWorker, last_chance
 from cckm_refresh.run.report import DEAD_LETTER, DONE, MessageVerdict, RunReport, log_outcomes
 from cckm_refresh.run.resolution import Chunk, Resolution, Resolver
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime, iso_now
@@ -34,25 +28,17 @@ if TYPE_CHECKING:
 DIRECT_PASS_CHUNKS = 10  # without any queue, chunks are refreshed ten at a time
 
 
+@dataclass(frozen=True)
 class Intake:
     """Turns requests into runs; built once per container."""
 
-    def __init__(
-        self,
-        settings: RefreshSettings,
-        resolver: Resolver,
-        worker: ChunkWorker,
-        store: RunTable,
-        queue: RunQueues,
-        *,
-        runtime: Runtime = SYSTEM,
-    ) -> None:
-        self._runtime = runtime
-        self._settings = settings
-        self._resolver = resolver
-        self._worker = worker
-        self._store = store
-        self._queue = queue
+    settings: RefreshSettings
+    resolver: Resolver
+    worker: ChunkWorker
+    store: RunTable
+    queue: RunQueues
+    _: KW_ONLY
+    runtime: Runtime = SYSTEM
 
     def take(
         self,
@@ -65,34 +51,24 @@ class Intake:
         chunks, each registered and queued (or kept and refreshed here), what was not found
         recorded, the listing handed on if time ran short. ``end``: the invocation's."""
         original = request.chunk is None and request.resume is None
-        created = self._store.start_run(run, delivery.raw if original else None)
-        start_by = end.before(self._settings.deadline_margin_seconds)
-        last = last_chance(delivery, request.handoffs, self._settings.max_receive_count)
+        created = self.store.start_run(run, delivery.raw if original else None)
+        start_by = end.before(self.settings.deadline_margin_seconds)
+        last = last_chance(delivery, request.handoffs, self.settings.max_receive_count)
         if last and start_by.passed():
             why = "the last delivery had too little time left to resolve the request"
             return self.give_up(run, request, "DEADLINE", why)
-        fan_out = self._fans_out()
-        done_before = None if created else self._done_before(run, fan_out)
+        done_before = None if created else self._done_before(run)
         if done_before is not None:
             return done_before
-        router = ChunkRouter(
-            self._settings,
-            self._store,
-            self._queue,
-            self._worker,
-            run=run,
-            delivery=delivery,
-            end=end,
-            fan_out=fan_out,
-        )
+        router = ChunkRouter(self.settings, self.store, self.queue, self.worker, run, delivery, end)
         try:
-            resolution = self._resolver.resolve(
+            resolution = self.resolver.resolve(
                 request,
                 run.run_id,
-                chunk_size=min(self._settings.fanout_chunk_size, MAX_CHUNK_KEYS),
+                chunk_size=min(self.settings.fanout_chunk_size, MAX_CHUNK_KEYS),
                 sink=router.route,
                 list_until=start_by,
-                calls_end_by=end.before(self._settings.recording_reserve_seconds),
+                calls_end_by=end.before(self.settings.recording_reserve_seconds),
             )
         except CtmError as error:
             router.flush_sends()  # what was listed is refreshed
@@ -108,7 +84,7 @@ class Intake:
             handoffs = 0 if resolution.pages else request.handoffs + 1
             handed_on = self._continue(run, request, segment, resolution.resume, handoffs)
         router.refresh_kept()
-        if resolution.finished and not self._store.finish_resolution(run.run_id, segment):
+        if resolution.finished and not self.store.finish_resolution(run.run_id, segment):
             logger.info("another delivery owns this run's resolution; it finishes it")
         return self._report(
             run,
@@ -116,20 +92,20 @@ class Intake:
             router,
             requested=resolution.keys + not_found,
             fanned_out=resolution.keys if router.fanning else 0,
-            handed_on=handed_on + router.done.requeued,
+            handed_on=handed_on + router.requeued,
         )
 
-    def _done_before(self, run: RunInfo, fan_out: bool | None) -> RunReport | None:
+    def _done_before(self, run: RunInfo) -> RunReport | None:
         """The answer for a run taken in before, when there is nothing left to do: a completed
         run answers as it finished; one resolved and queued already, with its state."""
-        state = self._store.run_state(run.run_id)
+        state = self.store.run_state(run.run_id)
         if state is not None and state.completed:
             logger.info("run already completed: nothing to do")
             return RunReport.replay(run.run_id, state.counts)
-        if state is not None and not state.resolving and fan_out:
+        if state is not None and not state.resolving and self.queue.tenancy_queue_url:
             # A delivery killed between finishing the resolution and completing the run
             # (its chunks all done already) leaves the completion to this one.
-            completed = self._store.complete_if_done(run.run_id)
+            completed = self.store.complete_if_done(run.run_id)
             if completed is not None:
                 return RunReport.replay(run.run_id, completed)
             logger.info("run already resolved and queued: nothing to do")
@@ -139,7 +115,7 @@ class Intake:
     def _record_missing(self, run: RunInfo, resolution: Resolution, router: ChunkRouter) -> int:
         """Keys found missing while resolving are terminal at once; keys left out are logged.
         How many were new to the run."""
-        not_found = self._store.record_found_nothing(run, resolution.not_found)
+        not_found = self.store.record_found_nothing(run, resolution.not_found)
         missing = resolution.not_found[:not_found]
         router.recorded += [RecordedResult(outcome, None, False) for outcome in missing]
         if resolution.mismatched:
@@ -150,20 +126,9 @@ class Intake:
         if resolution.malformed:
             # Items that are not key objects cannot be refreshed: the listing was not whole.
             why = f"CTM listed {resolution.malformed} items that are not key objects"
-            self._store.record_listing_failure(run.run_id, "BAD_RESPONSE", why)
+            self.store.record_listing_failure(run.run_id, "BAD_RESPONSE", why)
             logger.error("listing incomplete", extra={"malformed": resolution.malformed})
         return not_found
-
-    def _fans_out(self) -> bool | None:
-        """Queue the run's chunks rather than refresh them here? Always with a tenancy queue
-        (one invocation at a time per tenancy is what holds its rate deployment-wide); never
-        without any queue; with the work queue only, when the run has more keys than
-        ``FANOUT_CHUNK_SIZE`` (None: known once resolution gets there)."""
-        if self._queue.tenancy_queue_url:
-            return True
-        if not self._queue.queue_url:
-            return False
-        return None
 
     def give_up(
         self, run: RunInfo, request: RefreshRequest, error_code: str, why: str
@@ -178,15 +143,15 @@ class Intake:
                 status=Status.FAILED,
                 error_code=error_code,
                 error_message=why,
-                recorded_at=iso_now(self._runtime),
+                recorded_at=iso_now(self.runtime),
             )
             for key_id in (*request.key_ids, *request.ocids)
         ]
-        self._store.record_found_nothing(run, outcomes)
+        self.store.record_found_nothing(run, outcomes)
         if request.selector is not None:
-            self._store.record_listing_failure(run.run_id, error_code, why)
-        self._store.finish_resolution(run.run_id, segment_of(request.resume))
-        completed = self._store.complete_if_done(run.run_id)
+            self.store.record_listing_failure(run.run_id, error_code, why)
+        self.store.finish_resolution(run.run_id, segment_of(request.resume))
+        completed = self.store.complete_if_done(run.run_id)
         logger.error("request given up", extra={"error_code": error_code, "keys": len(outcomes)})
         return RunReport(
             run_id=run.run_id,
@@ -208,23 +173,16 @@ class Intake:
         handoffs: int,
     ) -> int:
         """Hand the rest of a selector's listing on to a continuation message."""
-        if not self._queue.can_hand_on or request.selector is None:
+        if not self.queue.can_hand_on or request.selector is None:
             logger.error("deadline reached while resolving, and no queue to hand on to")
             return 0
-        if not self._store.hand_on_resolution(run.run_id, segment, segment_of(resume)):
+        if not self.store.hand_on_resolution(run.run_id, segment, segment_of(resume)):
             logger.info("another delivery owns this run's resolution; not handed on")
             return 0
-        body = continuation_message(
-            request.selector,
-            dict(resume),
-            run_id=run.run_id,
-            reason=run.reason,
-            dry_run=run.dry_run,
-            handoffs=handoffs,
-        )
+        body = continuation_message(run, request.selector, dict(resume), handoffs)
         position = json.dumps(resume, sort_keys=True, default=str)
         dedup = hashlib.sha256(f"{run.run_id}\n{position}".encode()).hexdigest()
-        self._queue.send([QueueMessage(body, f"resolve:{run.run_id}", dedup)])
+        self.queue.send([QueueMessage(body, f"resolve:{run.run_id}", dedup)])
         logger.info("resolution handed on", extra={"resume": resume})
         return 1
 
@@ -238,12 +196,12 @@ class Intake:
         fanned_out: int,
         handed_on: int,
     ) -> RunReport:
-        jobs = router.done.jobs
+        jobs = router.jobs
         pending = sum(len(j.pending) + len(j.leftovers) for j in jobs)
         gave_up = sum(j.gave_up for j in jobs)
         completed = next((j.completed for j in jobs if j.completed), None)
         if completed is None and all(j.done for j in jobs):
-            completed = self._store.complete_if_done(run.run_id)
+            completed = self.store.complete_if_done(run.run_id)
         if completed:
             logger.info("run completed", extra={"counts": completed.__dict__})
         log_outcomes(router.recorded)
@@ -254,11 +212,11 @@ class Intake:
             pending=pending,
             handed_off=handed_on,
             fanned_out=fanned_out,
-            throttled=router.done.throttled,
+            throttled=router.throttled,
             gave_up=gave_up,
             counts=completed,
             completed_now=completed is not None,
-            latencies_ms=tuple(router.done.latencies_ms),
+            latencies_ms=tuple(router.latencies_ms),
             verdict=_verdict(delivery, pending, gave_up),
         )
 
@@ -273,50 +231,45 @@ def _verdict(delivery: Delivery, pending: int, gave_up: int) -> MessageVerdict:
     return DEAD_LETTER if gave_up else DONE
 
 
+@dataclass
 class ChunkRouter:
     """Where an intake's chunks go as resolution hands them over: registered with the run,
-    then queued, or kept to be refreshed in place. Without a tenancy queue (``fan_out``
-    None), a run that turns out no larger than ``FANOUT_CHUNK_SIZE`` keys is refreshed in
-    place, and the first chunk past that sends every chunk to the work queue."""
+    then queued (always with a tenancy queue; with the work queue only, once the run passes
+    ``FANOUT_CHUNK_SIZE`` keys) or kept and refreshed in place."""
 
-    def __init__(
-        self,
-        settings: RefreshSettings,
-        store: RunTable,
-        queue: RunQueues,
-        worker: ChunkWorker,
-        *,
-        run: RunInfo,
-        delivery: Delivery,
-        end: Deadline,
-        fan_out: bool | None,
-    ) -> None:
-        self._settings = settings
-        self._store = store
-        self._queue = queue
-        self._worker = worker
-        self._run = run
-        self._delivery = delivery
-        self._end = end
-        self._decided = fan_out is not None
-        self.fanning = fan_out is True
-        self._keys = 0
-        self._sends: list[QueueMessage] = []
-        self._groups_started: set[str] = set()  # message groups sent a chunk already
-        self._kept: list[ChunkJob] = []
-        self.done = EnginePass()
-        self.recorded: list[RecordedResult] = []
+    settings: RefreshSettings
+    store: RunTable
+    queue: RunQueues
+    worker: ChunkWorker
+    run: RunInfo
+    delivery: Delivery
+    end: Deadline
+    jobs: list[ChunkJob] = field(default_factory=list, init=False)  # refreshed in place
+    requeued: int = field(default=0, init=False)  # keys they owed, queued again
+    throttled: int = field(default=0, init=False)
+    latencies_ms: list[int] = field(default_factory=list, init=False)
+    recorded: list[RecordedResult] = field(default_factory=list, init=False)
+    fanning: bool = field(init=False)
+    _decided: bool = field(init=False)
+    _keys: int = field(default=0, init=False)
+    _sends: list[QueueMessage] = field(default_factory=list, init=False)
+    _groups_started: set[str] = field(default_factory=set, init=False)  # sent a chunk already
+    _kept: list[ChunkJob] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.fanning = bool(self.queue.tenancy_queue_url)
+        self._decided = self.fanning or not self.queue.queue_url
 
     def route(self, chunk: Chunk) -> None:
         """Register ``chunk`` with the run, then queue it or keep it."""
-        run = self._run
-        entries = self._store.register_chunk(run, chunk.chunk_id, chunk.tenancy, chunk.entries)
+        run = self.run
+        entries = self.store.register_chunk(run, chunk.chunk_id, chunk.tenancy, chunk.entries)
         if not entries:
             return
         keys = tuple(entry.key_id for entry in entries)
         job = ChunkJob(run, chunk.chunk_id, keys, None, chunk.tenancy)
         self._keys += len(entries)
-        limit = self._settings.fanout_chunk_size
+        limit = self.settings.fanout_chunk_size
         if not self._decided and self._keys > limit:
             self._decided = self.fanning = True
             for kept in self._kept:
@@ -326,7 +279,7 @@ class ChunkRouter:
             self._send(job)
             return
         self._kept.append(job)
-        if not self._queue.can_hand_on and len(self._kept) >= DIRECT_PASS_CHUNKS:
+        if not self.queue.can_hand_on and len(self._kept) >= DIRECT_PASS_CHUNKS:
             self.refresh_kept()
 
     def refresh_kept(self) -> None:
@@ -335,32 +288,26 @@ class ChunkRouter:
             return
         jobs, self._kept = self._kept, []
         for job in jobs:
-            job.last_chance = last_chance(self._delivery, 0, self._settings.max_receive_count)
-        this_pass = self._worker.work(jobs, self._end)
-        self.done.throttled += this_pass.throttled
-        self.done.latencies_ms += this_pass.latencies_ms
+            job.last_chance = last_chance(self.delivery, 0, self.settings.max_receive_count)
+        this_pass = self.worker.work(jobs, self.end)
+        self.throttled += this_pass.throttled
+        self.latencies_ms += this_pass.latencies_ms
         for job in jobs:
             self.recorded += job.recorded
             owed = len(job.pending) + len(job.leftovers)
-            if self._delivery.trigger is not Trigger.SQS and owed and self._queue.can_hand_on:
+            if self.delivery.trigger is not Trigger.SQS and owed and self.queue.can_hand_on:
                 # Only SQS delivers again: the other triggers' owed keys are queued again.
-                self.done.requeued += self._worker.send_again(job, owed, "re-queued")
+                self.requeued += self.worker.send_again(job, owed, "re-queued")
                 job.leftovers, job.pending = [], {}
-        self.done.jobs += jobs
+        self.jobs += jobs
 
     def flush_sends(self) -> None:
         if self._sends:
-            self._queue.send(self._sends)
+            self.queue.send(self._sends)
             self._sends = []
 
     def _send(self, job: ChunkJob) -> None:
-        body = chunk_message(
-            list(job.key_ids),
-            run_id=self._run.run_id,
-            chunk=job.chunk_id,
-            reason=self._run.reason,
-            dry_run=self._run.dry_run,
-        )
+        body = chunk_message(self.run, job.chunk_id, job.key_ids)
         group = job.tenancy or UNKNOWN_TENANCY
         self._sends.append(QueueMessage(body, group, job.chunk_id))
         # A group's first chunk leaves at once (its tenancy starts refreshing while the listing

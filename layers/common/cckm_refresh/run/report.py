@@ -1,9 +1,5 @@
-"""What one delivery did to its run, and the verdict on its SQS message, as values.
-
-The handler applies the verdict (botocore's retry handler returns a decision the same way):
-``DONE`` deletes the message, ``RETRY`` brings it back in ``delay`` seconds, ``DEAD_LETTER``
-lets SQS move it to the dead-letter queue after its last delivery.
-"""
+"""What one delivery did to its run, and the verdict on its SQS message, as values the handler
+applies (as botocore's retry handler returns a decision)."""
 
 from __future__ import annotations
 
@@ -95,26 +91,15 @@ def log_outcomes(recorded: Sequence[RecordedResult]) -> None:
     """One line per key that needs a look (rotated, not found, failed, pending), with its id."""
     for result in recorded:
         outcome = result.outcome
-        fields = {"key_id": outcome.key_id, "status": str(outcome.status)}
-        if outcome.status is Status.REFRESHED:
-            if result.version_changed:
-                logger.info(
-                    "key rotated in OCI",
-                    extra=fields
-                    | {
-                        "previous_key_version": result.previous_key_version,
-                        "current_key_version": outcome.key.current_key_version,
-                    },
-                )
-            else:
-                logger.debug("key refreshed", extra=fields)
+        fields: dict[str, object] = {"key_id": outcome.key_id, "status": str(outcome.status)}
+        if outcome.status is Status.REFRESHED and result.version_changed:
+            fields["previous_key_version"] = result.previous_key_version
+            fields["current_key_version"] = outcome.key.current_key_version
+            logger.info("key rotated in OCI", extra=fields)
+        elif outcome.status is Status.REFRESHED:
+            logger.debug("key refreshed", extra=fields)
         elif outcome.status is not Status.SKIPPED:
-            logger.warning(
-                "key not refreshed",
-                extra=fields
-                | {
-                    "error_code": outcome.error_code,
-                    "http_status": outcome.http_status,
-                    "attempts": outcome.attempts,
-                },
-            )
+            fields["error_code"] = outcome.error_code
+            fields["http_status"] = outcome.http_status
+            fields["attempts"] = outcome.attempts
+            logger.warning("key not refreshed", extra=fields)

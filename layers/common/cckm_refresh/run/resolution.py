@@ -1,23 +1,11 @@
-"""Resolution: a request's CCKM ids, OCIDs and selector become chunks of keys, one tenancy each.
-
-Streaming: selector pages become chunks as they arrive, so memory holds one page and one
-partly filled chunk per tenancy, never the run. A chunk is handed to ``sink`` as soon as it
-is full (and the partly filled ones at the end). When the deadline comes first, the partly
-filled chunks are handed over and the resolution stops with the listing's position, for a
-continuation message to carry (docs/reference.md 4.3).
-
-Each key's tenancy is known before it is queued (that is what keeps every tenancy within its
-rate): from the list call for OCIDs and selectors, from the key's ``LATEST`` item for a CCKM id
-seen before, and from ``GET /api/v1/cckm/oci/keys/{id}`` (CCKM's cached copy: no OCI read) for
-one never seen. A key whose tenancy still cannot be learnt goes to the ``~unknown`` group,
-which is paced like one tenancy.
-"""
+"""Resolution: a request's CCKM ids, OCIDs and selector pages become chunks of one tenancy each,
+streamed to a sink (docs/architecture.md, "One tenancy, one invocation at a time")."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
 from cckm_refresh.ctm.errors import CtmError, CtmNotFoundError
@@ -30,9 +18,8 @@ from cckm_refresh.table.items import KeyEntry
 
 LOOKUP_WORKERS = 8
 SELECTOR_PAGE_SIZE = 500
-# A tenancy's first chunk: about 5 s of its calls at the default 5 keys/s, registered (one
-# small transaction) and sent as soon as the listing has that many of its keys. Time enough
-# for its next, full chunk to be listed, registered and queued behind it.
+# A tenancy's first chunk: about 5 s of its calls at 5 keys/s, time enough for its next, full
+# chunk to be listed, registered and queued behind it.
 FIRST_CHUNK_KEYS = 25
 
 
@@ -62,9 +49,6 @@ class KeyDirectory(Protocol):
     def get_oci_key(self, key_id: str, *, deadline: Deadline) -> dict[str, Any]: ...
 
 
-CursorLoader = Callable[[dict[str, Any]], Any]
-
-
 @dataclass(frozen=True)
 class Chunk:
     """Keys of one tenancy that travel together in one queue message."""
@@ -83,7 +67,6 @@ class Resolution:
     where the listing stopped if the deadline came first (``resume``)."""
 
     not_found: list[RefreshOutcome] = field(default_factory=list)
-    chunks: int = 0
     keys: int = 0
     mismatched: int = 0  # returned by the list call but not matching the selector
     malformed: int = 0  # list items that were not key objects
@@ -102,13 +85,9 @@ def chunk_id(run_id: str, tenancy: str | None, key_ids: Sequence[str]) -> str:
 
 
 class _Chunker:
-    """Per-tenancy buffers that become chunks when full; bounded by tenancies x chunk size.
-
-    A tenancy's first chunk does not wait to be full: it leaves with ``FIRST_CHUNK_KEYS`` keys,
-    or at the end of the first list page that names the tenancy (``page_done``) if that is
-    sooner, so every tenancy starts refreshing after one page at most, rather than after the
-    ~``size x tenancies`` keys it takes to fill a chunk of each, and behind a small
-    registration rather than a full one."""
+    """Per-tenancy buffers that become chunks when full; bounded by tenancies x chunk size. A
+    tenancy's first chunk leaves with ``FIRST_CHUNK_KEYS`` keys, or at the end of the first
+    page that names it (``page_done``), so every tenancy starts refreshing after one page."""
 
     def __init__(self, run_id: str, size: int, sink: ChunkSink, result: Resolution) -> None:
         self._run_id = run_id
@@ -143,28 +122,20 @@ class _Chunker:
             return
         self._started.add(tenancy)
         ids = [entry.key_id for entry in entries]
-        self._result.chunks += 1
         self._result.keys += len(entries)
         self._sink(Chunk(chunk_id(self._run_id, tenancy, ids), tenancy, entries))
 
 
+@dataclass(frozen=True)
 class Resolver:
     """Turns requests into chunks; built once per container."""
 
-    def __init__(
-        self,
-        directory: KeyDirectory,
-        latest_of: Callable[[Sequence[str]], Mapping[str, KeyInfo]],
-        cursor_from_json: CursorLoader,
-        *,
-        can_hand_on: bool = True,
-        runtime: Runtime = SYSTEM,
-    ) -> None:
-        self.can_hand_on = can_hand_on  # whether a continuation message can be sent
-        self._directory = directory
-        self._latest_of = latest_of
-        self._cursor_from_json = cursor_from_json
-        self._runtime = runtime
+    directory: KeyDirectory
+    latest_of: Callable[[Sequence[str]], Mapping[str, KeyInfo]]
+    cursor_from_json: Callable[[dict[str, Any]], Any]
+    _: KW_ONLY
+    can_hand_on: bool = True  # whether a continuation message can be sent
+    runtime: Runtime = SYSTEM
 
     def resolve(
         self,
@@ -195,85 +166,63 @@ class Resolver:
     ) -> list[KeyEntry]:
         if not key_ids:
             return []
-        latest = self._latest_of(key_ids)
+        latest = self.latest_of(key_ids)
         unseen = [k for k in key_ids if k not in latest or not latest[k].tenancy]
-        learnt: dict[str, KeyInfo | CtmNotFoundError] = {}
-        if unseen:
-            found = map_concurrently(
-                self._runtime,
-                lambda k: self._lookup_id(k, deadline),
-                unseen,
-                LOOKUP_WORKERS,
-                "lookup",
-            )
-            learnt = dict(zip(unseen, found, strict=True))
+        found = map_concurrently(
+            self.runtime, lambda k: self._lookup_id(k, deadline), unseen, LOOKUP_WORKERS, "lookup"
+        )
+        learnt = dict(zip(unseen, found, strict=True))
         entries = []
         for key_id in key_ids:
             fresh = learnt.get(key_id)
-            if isinstance(fresh, CtmNotFoundError):
-                result.not_found.append(
-                    RefreshOutcome(
-                        KeyInfo(key_id),
-                        status=Status.NOT_FOUND,
-                        attempts=fresh.attempts,
-                        http_status=fresh.http_status,
-                        error_code=fresh.error_code,
-                        error_message=fresh.message,
-                    )
-                )
-                continue
-            known = latest.get(key_id)
-            if fresh is not None and fresh is not _UNKNOWN:
-                known = fresh
-            entries.append(KeyEntry(key_id, known))
+            if isinstance(fresh, RefreshOutcome):
+                result.not_found.append(fresh)
+            else:
+                entries.append(KeyEntry(key_id, fresh or latest.get(key_id)))
         return entries
 
-    def _lookup_id(self, key_id: str, deadline: Deadline) -> KeyInfo | CtmNotFoundError:
-        """The key as CCKM caches it; the error when CCKM has no such key; ``_UNKNOWN`` when
-        it could not be read now (the key is then paced in the ``~unknown`` group)."""
+    def _lookup_id(self, key_id: str, deadline: Deadline) -> KeyInfo | RefreshOutcome | None:
+        """The key as CCKM caches it; ``NOT_FOUND`` when CCKM has no such key; None when it
+        could not be read now (the key is then paced in the ``~unknown`` group)."""
         try:
-            return KeyInfo.from_ctm(self._directory.get_oci_key(key_id, deadline=deadline))
+            return KeyInfo.from_ctm(self.directory.get_oci_key(key_id, deadline=deadline))
         except CtmNotFoundError as error:
             if error.error_code == "GONE":
-                return _UNKNOWN  # known to CCKM, gone from OCI: its refresh records NOT_FOUND
-            return error
+                return None  # known to CCKM, gone from OCI: its refresh records NOT_FOUND
+            return RefreshOutcome(
+                KeyInfo(key_id),
+                status=Status.NOT_FOUND,
+                attempts=error.attempts,
+                http_status=error.http_status,
+                error_code=error.error_code,
+                error_message=error.message,
+            )
         except (CtmError, ValueError) as error:
             logger.warning(
                 "could not learn a key's tenancy; it is paced as an unknown tenancy",
                 extra={"key_id": key_id, "error_code": getattr(error, "error_code", None)},
             )
-            return _UNKNOWN
+            return None
 
     def _by_ocid(
         self, ocids: Sequence[str], deadline: Deadline, result: Resolution
     ) -> list[KeyEntry]:
-        if not ocids:
-            return []
         matches = map_concurrently(
-            self._runtime,
-            lambda ocid: self._lookup_ocid(ocid, deadline),
-            ocids,
-            LOOKUP_WORKERS,
-            "resolve",
+            self.runtime, lambda o: self._lookup_ocid(o, deadline), ocids, LOOKUP_WORKERS, "resolve"
         )
-        entries = []
-        for ocid, info in zip(ocids, matches, strict=True):
-            if info is None:
-                result.not_found.append(
-                    RefreshOutcome(
-                        KeyInfo(ocid, oci_key_id=ocid),
-                        status=Status.NOT_FOUND,
-                        error_code="NOT_FOUND",
-                        error_message="no CCKM key has this OCI key OCID",
-                    )
-                )
-            else:
-                entries.append(KeyEntry(info.key_id, info))
-        return entries
+        result.not_found += [m for m in matches if isinstance(m, RefreshOutcome)]
+        return [KeyEntry(m.key_id, m) for m in matches if isinstance(m, KeyInfo)]
 
-    def _lookup_ocid(self, ocid: str, deadline: Deadline) -> KeyInfo | None:
-        resource = self._directory.find_oci_key(ocid, deadline=deadline)
-        return KeyInfo.from_ctm(resource) if resource is not None else None
+    def _lookup_ocid(self, ocid: str, deadline: Deadline) -> KeyInfo | RefreshOutcome:
+        resource = self.directory.find_oci_key(ocid, deadline=deadline)
+        if resource is not None:
+            return KeyInfo.from_ctm(resource)
+        return RefreshOutcome(
+            KeyInfo(ocid, oci_key_id=ocid),
+            status=Status.NOT_FOUND,
+            error_code="NOT_FOUND",
+            error_message="no CCKM key has this OCI key OCID",
+        )
 
     def _select(
         self,
@@ -288,7 +237,7 @@ class Resolver:
         if request.selector is None:
             return
         query = None if request.selector.all_keys else request.selector.as_query()
-        cursor = self._cursor_from_json(request.resume) if request.resume else None
+        cursor = self.cursor_from_json(request.resume) if request.resume else None
         while not list_until.passed():
             page = self._page(query, cursor, calls_end_by, progress=result.pages > 0)
             if page is None:
@@ -314,7 +263,7 @@ class Resolver:
         was listed is queued and the rest handed on). Without progress, the error is raised:
         the delivery fails and is retried as it came."""
         try:
-            return self._directory.list_page(
+            return self.directory.list_page(
                 query,
                 cursor=cursor,
                 page_size=SELECTOR_PAGE_SIZE,
@@ -347,7 +296,3 @@ class Resolver:
                 result.malformed += 1
                 continue
             chunker.add(KeyEntry(info.key_id, info))
-
-
-# A key CCKM knows but whose tenancy could not be read now: queued in the ``~unknown`` group.
-_UNKNOWN = KeyInfo(key_id="", tenancy=None)

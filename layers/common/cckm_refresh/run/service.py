@@ -1,15 +1,10 @@
-"""The run story, one page: a delivery is a request to take in, or a chunk to refresh.
-
-Data flows one way: delivery -> request -> chunks -> outcomes -> table. This module owns the
-run rules of docs/reference.md 4.3 and 4.4 and returns, for every SQS message, what happens to it (a
-``MessageVerdict``) for the handler to apply. ``intake`` turns requests into runs, ``chunks``
-refreshes and records, ``resolution`` lists keys; the engine owns pacing and deadlines, the
-store DynamoDB, the work queue SQS, the CTM client HTTP.
-"""
+"""The run story on one page (docs/reference.md 4.3 and 4.4): a delivery is a request to take
+in or a chunk to refresh, and each SQS message gets a ``MessageVerdict`` the handler applies."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cckm_refresh.model import RunInfo, Trigger
@@ -26,22 +21,15 @@ if TYPE_CHECKING:  # built by run.wiring on the first invocation: not imported a
     from cckm_refresh.run.sweep import Sweeper, SweepReport
 
 
+@dataclass(frozen=True)
 class RefreshService:
     """Processes deliveries; built once per container and shared by its invocations."""
 
-    def __init__(
-        self,
-        intake: Intake,
-        worker: ChunkWorker,
-        sweeper: Sweeper,
-        store: RunTable,
-        queue: RunQueues,
-    ) -> None:
-        self._intake = intake
-        self._worker = worker
-        self._sweeper = sweeper
-        self._store = store
-        self._queue = queue
+    intake: Intake
+    worker: ChunkWorker
+    sweeper: Sweeper
+    store: RunTable
+    queue: RunQueues
 
     def process(self, delivery: Delivery, end: Deadline) -> Result:
         """Process one delivery; ``end`` is when the invocation ends."""
@@ -60,30 +48,26 @@ class RefreshService:
             run = run_of(delivery, request)
             logger.append_keys(run_id=run.run_id, trigger=str(run.trigger))
             if request.chunk is not None:
-                jobs[index] = self._worker.job(
+                jobs[index] = self.worker.job(
                     delivery, run, request.chunk, request.key_ids, request.handoffs
                 )
             else:
                 results[index] = self._take(delivery, request, run, end)
         if jobs:
-            done = self._worker.work(list(jobs.values()), end)
+            done = self.worker.work(list(jobs.values()), end)
             for index, job in jobs.items():
-                receive_count = deliveries[index].receive_count
-                results[index] = self._worker.report(job, done, receive_count)
+                results[index] = self.worker.report(job, done)
         return [results[index] for index in range(len(deliveries))]
 
     def sweep(self) -> SweepReport:
         """Find the runs stuck without progress and queue their work again."""
-        return self._sweeper.sweep()
+        return self.sweeper.sweep()
 
-    def queue_url_of(self, queue_arn: str) -> str | None:
-        """The URL of the queue an SQS record came from (``eventSourceARN``)."""
-        return self._queue.url_of(queue_arn)
-
-    def retry_later(self, queue_url: str | None, receipt_handle: str, delay: int) -> int:
-        """Make a message still owing keys visible again in ``delay`` seconds; 0 when SQS
-        refused (the visibility timeout then applies)."""
-        return delay if self._queue.retry_later(queue_url, receipt_handle, delay) else 0
+    def retry_later(self, queue_arn: str, receipt_handle: str, delay: int) -> int:
+        """Make a message still owing keys (from the queue ``queue_arn``) visible again in
+        ``delay`` seconds; 0 when SQS refused (the visibility timeout then applies)."""
+        queue_url = self.queue.url_of(queue_arn)
+        return delay if self.queue.retry_later(queue_url, receipt_handle, delay) else 0
 
     def _parse(self, delivery: Delivery) -> RefreshRequest | Rejection:
         """The delivery's request; an invalid one is recorded, copied to the DLQ, rejected."""
@@ -95,8 +79,8 @@ class RefreshService:
             logger.warning(
                 "request rejected", extra={"source_id": delivery.source_id, "error": str(error)}
             )
-            self._store.record_rejected(delivery.source_id, str(error), delivery.raw)
-            self._queue.dead_letter(delivery.raw, str(error))
+            self.store.record_rejected(delivery.source_id, str(error), delivery.raw)
+            self.queue.dead_letter(delivery.raw, str(error))
             return Rejection(delivery.source_id, str(error))
 
     def _take(
@@ -108,11 +92,11 @@ class RefreshService:
     ) -> RunReport:
         """Take a request in. From the work queue, a failure (CTM unreachable while
         resolving, say) is its own message's, delivered again, never its batch neighbours'."""
-        if delivery.trigger is not Trigger.SQS:
-            return self._intake.take(delivery, request, run, end)
         try:
-            return self._intake.take(delivery, request, run, end)
+            return self.intake.take(delivery, request, run, end)
         except Exception:
+            if delivery.trigger is not Trigger.SQS:
+                raise
             logger.exception("request could not be resolved now; SQS delivers it again")
             return RunReport(run.run_id, 0, verdict=MessageVerdict.retry(delivery.receive_count))
 

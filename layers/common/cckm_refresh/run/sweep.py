@@ -1,15 +1,6 @@
-"""The sweep: runs with no progress for longer than their deliveries can take are stuck; their
-work is queued again (docs/reference.md 4.3) and counted (the ``RunsStuck`` metric).
-
-Work is lost between two writes: a container killed after registering a chunk and before
-sending its message, or after handing a listing on and before sending the continuation, or
-after closing a run's last chunk and before completing the run (its message then dead-lettered),
-or a schedule whose invocations all failed. The sweep finds those runs by their ``progress_at``
-(moved by every registration, close and hand-on) among the runs still open, sends each open
-chunk and an unfinished resolution again (queues de-duplicate nothing here: a chunk's keys
-already terminal are skipped, not refreshed twice) and marks the run swept; a run with nothing
-left to send, it completes.
-"""
+"""The sweep: runs with no progress for longer than their deliveries can take are stuck, and their
+work is queued again, or the run completed when it owes nothing (docs/architecture.md, "Every
+run completes"; the ``RunsStuck`` metric)."""
 
 from __future__ import annotations
 
@@ -38,26 +29,20 @@ class SweepReport:
     completed: tuple[str, ...] = ()  # stuck runs that owed nothing: completed by the sweep
 
 
+@dataclass(frozen=True)
 class Sweeper:
     """Finds stuck runs and queues their work again; built once per container."""
 
-    def __init__(
-        self,
-        settings: RefreshSettings,
-        store: RunTable,
-        queue: RunQueues,
-        runtime: Runtime = SYSTEM,
-    ) -> None:
-        self._settings = settings
-        self._store = store
-        self._queue = queue
-        self._runtime = runtime
+    settings: RefreshSettings
+    store: RunTable
+    queue: RunQueues
+    runtime: Runtime = SYSTEM
 
     def sweep(self) -> SweepReport:
-        now = int(self._runtime.time())
-        runs = self._store.open_runs()
+        now = int(self.runtime.time())
+        runs = self.store.open_runs()
         stuck = [
-            r for r in runs if now - (r.progress_at or now) >= self._settings.stuck_after_seconds
+            r for r in runs if now - (r.progress_at or now) >= self.settings.stuck_after_seconds
         ]
         chunks = listings = 0
         completed: list[str] = []
@@ -65,7 +50,7 @@ class Sweeper:
             sent_chunks, sent_listing = self._queue_again(run)
             chunks += sent_chunks
             listings += sent_listing
-            if not sent_chunks + sent_listing and self._store.complete_if_done(run.run_id):
+            if not sent_chunks + sent_listing and self.store.complete_if_done(run.run_id):
                 completed.append(run.run_id)
         if stuck:
             logger.error(
@@ -86,31 +71,25 @@ class Sweeper:
         sweep = run.sweeps + 1
         messages = [
             QueueMessage(
-                chunk_message(
-                    list(chunk.key_ids),
-                    run_id=run.run_id,
-                    chunk=chunk.chunk_id,
-                    reason=run.reason,
-                    dry_run=run.dry_run,
-                ),
+                chunk_message(run, chunk.chunk_id, chunk.key_ids),
                 chunk.tenancy or UNKNOWN_TENANCY,
                 f"{chunk.chunk_id}:sweep-{sweep}",
             )
-            for chunk in self._store.open_chunks(run.run_id)
+            for chunk in self.store.open_chunks(run.run_id)
         ]
         listing = self._resolution_of(run, sweep)
         if listing is not None:
             messages.append(listing)
-        if messages:
-            self._queue.send(messages)
-        self._store.swept(run.run_id, sweep)
+        if messages:  # a chunk's keys already terminal are skipped, not refreshed twice
+            self.queue.send(messages)
+        self.store.swept(run.run_id, sweep)
         return len(messages) - (listing is not None), int(listing is not None)
 
     def _resolution_of(self, run: RunState, sweep: int) -> QueueMessage | None:
         """The message that resolves the run again from where its resolution stopped."""
         if run.resolving is None:
             return None
-        kept = self._store.kept_request(run.run_id)
+        kept = self.store.kept_request(run.run_id)
         if kept is None:
             logger.error("a stuck run's request was not kept", extra={"run_id": run.run_id})
             return None

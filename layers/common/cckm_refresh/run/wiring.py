@@ -1,8 +1,4 @@
-"""The refresh service with this container's clients, for the Lambda and the operator CLI.
-
-``Ports`` are what the service talks to outside the process: DynamoDB, SQS, the CTM secret
-and CTM's HTTPS. By default the real ones; the whole-system simulation passes its own.
-"""
+"""The refresh service with this container's clients, for the Lambda and the operator CLI."""
 
 from __future__ import annotations
 
