@@ -1,4 +1,5 @@
-"""What every writer of the table shares: the client, the table, retention, and patience."""
+"""What every reader and writer of the table shares: the client, one item read, a query's pages
+(``TableClient``); and for writers, retention and patience (``TableAccess``)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,27 @@ from cckm_refresh.table.items import expires_at, key, plain, to_item
 BATCH_GET = 100
 
 
-class TableAccess:
-    """The table through a boto3 DynamoDB ``client``; clock and sleep injectable for tests."""
+class TableClient:
+    """The results table through a boto3 DynamoDB ``client``, items as plain values."""
+
+    def __init__(self, client: Any, table_name: str) -> None:
+        self._db = client
+        self.table_name = table_name
+
+    def item(self, pk: str, sk: str) -> dict[str, Any] | None:
+        """One item, strongly consistent; None when there is none."""
+        answer = self._db.get_item(TableName=self.table_name, Key=key(pk, sk), ConsistentRead=True)
+        return plain(answer["Item"]) if "Item" in answer else None
+
+    def _query(self, **request: Any) -> Iterator[dict[str, Any]]:
+        """Every item a query finds, page by page (boto3's paginator): any size, constant memory."""
+        pages = self._db.get_paginator("query").paginate(TableName=self.table_name, **request)
+        for page in pages:
+            yield from (plain(item) for item in page.get("Items", []))
+
+
+class TableAccess(TableClient):
+    """The table as its writers use it; clock and sleep injectable for tests."""
 
     def __init__(
         self,
@@ -28,8 +48,7 @@ class TableAccess:
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
     ) -> None:
-        self._db = client
-        self._table = table_name
+        super().__init__(client, table_name)
         self._retention = timedelta(days=retention_days)
         self._now = now
         self._sleep = sleep
@@ -42,7 +61,7 @@ class TableAccess:
         """Put ``item`` unless its key exists; True when this call created it."""
         try:
             self._db.put_item(
-                TableName=self._table,
+                TableName=self.table_name,
                 Item=to_item(item),
                 ConditionExpression="attribute_not_exists(pk)",
             )
@@ -58,14 +77,14 @@ class TableAccess:
     ) -> Iterator[dict[str, Any]]:
         for start in range(0, len(keys), BATCH_GET):
             request: dict[str, Any] = {
-                self._table: {
+                self.table_name: {
                     "Keys": [key(pk, sk) for pk, sk in keys[start : start + BATCH_GET]],
                     "ConsistentRead": consistent,
                 }
             }
             for attempt in range(10):
                 page = self._db.batch_get_item(RequestItems=request)
-                yield from (plain(i) for i in page.get("Responses", {}).get(self._table, []))
+                yield from (plain(i) for i in page.get("Responses", {}).get(self.table_name, []))
                 request = page.get("UnprocessedKeys") or {}
                 if not request:
                     break

@@ -1,35 +1,17 @@
-"""What the operator CLI, the notifier's run digest and the demo read from the table: a run,
-its results, a key's latest state (``history.KeyHistory`` adds a key's results over time, from
-the ``by-key`` index, which only the CLI reads). boto3's paginators, never hand-written loops.
-"""
+"""What the operator CLI, the notifier's run digest and the demo read from the table: a run, its
+results, a key's latest state and its results over time."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
-from cckm_refresh.table.items import (
-    KEY_PREFIX,
-    LATEST,
-    RUN,
-    key,
-    key_pk,
-    plain,
-    run_pk,
-)
+from cckm_refresh.table.access import TableClient
+from cckm_refresh.table.items import BY_KEY_INDEX, KEY_PREFIX, LATEST, RUN, key_pk, plain, run_pk
 
 
-class TableReader:
-    """Reads the results table through a boto3 DynamoDB ``client`` (items as plain values)."""
-
-    def __init__(self, client: Any, table_name: str) -> None:
-        self._db = client
-        self.table_name = table_name
-
-    def item(self, pk: str, sk: str) -> dict[str, Any] | None:
-        """One item, strongly consistent; None when there is none."""
-        answer = self._db.get_item(TableName=self.table_name, Key=key(pk, sk), ConsistentRead=True)
-        return plain(answer["Item"]) if "Item" in answer else None
+class TableReader(TableClient):
+    """Reads the results table (items as plain values)."""
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         return self.item(run_pk(run_id), RUN)
@@ -40,10 +22,8 @@ class TableReader:
     def results(
         self, run_id: str, *, status: str | None = None, fields: str | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Every result item of a run (only those with ``status``; only ``fields``), page by
-        page: a run of any size is read in constant memory."""
+        """Every result item of a run (only those with ``status``; only ``fields``)."""
         query: dict[str, Any] = {
-            "TableName": self.table_name,
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :key)",
             "ExpressionAttributeValues": {
                 ":pk": {"S": run_pk(run_id)},
@@ -56,5 +36,16 @@ class TableReader:
             query["ExpressionAttributeValues"][":status"] = {"S": status}
         if fields is not None:
             query["ProjectionExpression"] = fields
-        for page in self._db.get_paginator("query").paginate(**query):
-            yield from (plain(item) for item in page.get("Items", []))
+        return self._query(**query)
+
+    def history(self, key_id: str, limit: int) -> list[dict[str, Any]]:
+        """A key's last ``limit`` results, newest first (the ``by-key`` index)."""
+        answer = self._db.query(
+            TableName=self.table_name,
+            IndexName=BY_KEY_INDEX,
+            KeyConditionExpression="gsi1pk = :k",
+            ExpressionAttributeValues={":k": {"S": key_pk(key_id)}},
+            ScanIndexForward=False,
+            Limit=limit,
+        )
+        return [plain(item) for item in answer.get("Items", [])]

@@ -24,7 +24,6 @@ from cckm_refresh.table.items import (
     plain,
     rejected_pk,
     result_item,
-    result_sk,
     run_pk,
     tenancy_pk,
     to_item,
@@ -44,7 +43,7 @@ class ResultLog(TableAccess):
     ) -> tuple[dict[str, dict[str, Any]], TenancyPace | None]:
         """``results_of``, and in the same read the pace ``tenancy``'s previous invocation
         handed on (None: no tenancy asked, or none recorded)."""
-        keys = [(run_pk(run_id), result_sk(k)) for k in key_ids]
+        keys = [(run_pk(run_id), key_pk(k)) for k in key_ids]
         if tenancy is not None:
             keys.append((tenancy_pk(tenancy), PACE))
         results: dict[str, dict[str, Any]] = {}
@@ -89,7 +88,7 @@ class ResultLog(TableAccess):
         )
         try:
             self._db.put_item(
-                TableName=self._table,
+                TableName=self.table_name,
                 Item=to_item(item),
                 ConditionExpression="attribute_not_exists(pk) OR #s = :pending",
                 ExpressionAttributeNames={"#s": "status"},
@@ -140,7 +139,7 @@ class ResultLog(TableAccess):
         """One conditional update of the ``LATEST`` item; None when the condition refused."""
         try:
             response: dict[str, Any] = self._db.update_item(
-                TableName=self._table,
+                TableName=self.table_name,
                 Key=key(key_pk(outcome.key_id), LATEST),
                 UpdateExpression=update,
                 ConditionExpression=condition,
