@@ -57,14 +57,19 @@ class TableAccess(TableClient):
     def _expires_at(self) -> int:
         return expires_at(self._now(), self._retention)
 
+    def _if_new(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """A put of ``item`` only if its key is new: ``put_item``'s arguments, or a
+        transaction's ``Put``."""
+        return {
+            "TableName": self.table_name,
+            "Item": to_item(item),
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
+
     def _put_new(self, item: Mapping[str, Any]) -> bool:
         """Put ``item`` unless its key exists; True when this call created it."""
         try:
-            self._db.put_item(
-                TableName=self.table_name,
-                Item=to_item(item),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
+            self._db.put_item(**self._if_new(item))
         except self._db.exceptions.ConditionalCheckFailedException:
             return False
         return True

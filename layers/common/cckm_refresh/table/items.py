@@ -269,20 +269,8 @@ def status_of(item: Mapping[str, Any] | None) -> Status | None:
 def known_before(item: Mapping[str, Any]) -> KeyInfo:
     """What the run knew of a key before touching it, from its ``PENDING`` result item: where
     it lives, and the version it had (``previous_key_version``)."""
-
-    def text(name: str) -> str | None:
-        value = item.get(name)
-        return str(value) if value is not None else None
-
-    return KeyInfo(
-        key_id=str(item["key_id"]),
-        oci_key_id=text("oci_key_id"),
-        display_name=text("display_name"),
-        tenancy=text("tenancy"),
-        region=text("region"),
-        vault_name=text("vault_name"),
-        current_key_version=text("previous_key_version"),
-    )
+    before = item.get("previous_key_version")
+    return replace(KeyInfo.from_item(item).location(), current_key_version=before)
 
 
 def segment_of(resume: Mapping[str, object] | None) -> str:

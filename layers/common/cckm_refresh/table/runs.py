@@ -86,7 +86,7 @@ class RunBook(TableAccess):
             "body": request[:MAX_KEPT_REQUEST],
             "expires_at": self._expires_at(),
         }
-        return self._transact([self._put_if_new(item), self._put_if_new(kept)]) is None
+        return self._transact([{"Put": self._if_new(item)}, {"Put": self._if_new(kept)}]) is None
 
     def kept_request(self, run_id: str) -> str | None:
         """The request a run started from, as ``start_run`` kept it."""
@@ -258,17 +258,8 @@ class RunBook(TableAccess):
             item = result_item(
                 run.run_id, RecordedResult(pending, entry.version_before, False), now, expires
             )
-            results.append(self._put_if_new(item | {"chunk_id": chunk_id}))
-        return [self._put_if_new(chunk), {"Update": count}, *results]
-
-    def _put_if_new(self, item: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "Put": {
-                "TableName": self.table_name,
-                "Item": to_item(item),
-                "ConditionExpression": "attribute_not_exists(pk)",
-            }
-        }
+            results.append({"Put": self._if_new(item | {"chunk_id": chunk_id})})
+        return [{"Put": self._if_new(chunk)}, {"Update": count}, *results]
 
     def record_found_nothing(self, run: RunInfo, outcomes: Sequence[RefreshOutcome]) -> int:
         """Record terminal outcomes known before any refresh (an OCID that matches no key, a
@@ -313,10 +304,9 @@ class RunBook(TableAccess):
         )
         now, expires = iso(self._now()), self._expires_at()
         results = [
-            self._put_if_new(result_item(run.run_id, RecordedResult(o, None, False), now, expires))
-            for o in batch
+            result_item(run.run_id, RecordedResult(o, None, False), now, expires) for o in batch
         ]
-        return [{"Update": count}, *results]
+        return [{"Update": count}, *({"Put": self._if_new(item)} for item in results)]
 
     def finish_chunk(
         self, run_id: str, chunk_id: str, tally: ChunkTally, pace: TenancyPace | None = None
@@ -349,16 +339,18 @@ class RunBook(TableAccess):
             },
         ]
         if pace is not None:
-            items.append({"Put": {"TableName": self.table_name, "Item": to_item(self._pace(pace))}})
+            items.append({"Put": self._pace(pace)})
         return self._transact(items) is None
 
     def record_pace(self, pace: TenancyPace) -> None:
         """Hand on when the tenancy's latest attempt left, for its next invocation."""
-        self._db.put_item(TableName=self.table_name, Item=to_item(self._pace(pace)))
+        self._db.put_item(**self._pace(pace))
 
     def _pace(self, pace: TenancyPace) -> dict[str, Any]:
+        """The put of a tenancy's pace (``put_item``'s arguments, or a transaction's)."""
         now = self._now()
-        return pace.item(iso(now), expires_at(now, PACE_RETENTION))
+        item = pace.item(iso(now), expires_at(now, PACE_RETENTION))
+        return {"TableName": self.table_name, "Item": to_item(item)}
 
     def _transact(self, items: list[dict[str, Any]]) -> set[int] | None:
         """Run a transaction; None when it committed, else the indexes whose conditions
