@@ -13,6 +13,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from cckm_refresh.keyids import version_part
 from cckm_refresh.model import RunStatus
 from cckm_refresh.table.items import REJECTED_PREFIX, TALLY_FIELDS
 from cckm_refresh.text import printable
@@ -332,15 +333,12 @@ def _shorten(text: str, limit: int) -> str:
 
 
 def _tail(version: object) -> str:
-    """A short, distinguishing name of a key version for one-line summaries.
-
-    In an OCI key-version OCID the last segment names the key (the same in every version);
-    the segment before it names the version. The body carries the full OCIDs.
-    """
+    """A short, distinguishing name of a key version for one-line summaries (the body carries
+    the full OCIDs)."""
     text = str(version)
-    parts = text.split(".")
-    if len(parts) >= 7 and parts[1] == "keyversion":
-        return "..." + parts[-2][-12:]
+    part = version_part(text)
+    if part is not None:
+        return "..." + part[-12:]
     return text if len(text) <= 16 else "..." + text[-12:]
 
 
