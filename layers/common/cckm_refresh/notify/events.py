@@ -123,21 +123,14 @@ def notifications_for(
     if event_name == "REMOVE" or not new:
         return []
     item_type = new.get("item_type")
-    if item_type == "RUN":
-        return _run_notifications(old, new, failed_keys)
+    # A run is notified once: on the record where it becomes COMPLETED.
+    completed = RunStatus.COMPLETED
+    if item_type == "RUN" and new.get("status") == completed and old.get("status") != completed:
+        return [_run_completed(new, failed_keys)]
     if item_type == "KEY" and event_name == "MODIFY":
         return _key_changes(old, new)
     if item_type == "REJECTED" and event_name == "INSERT":
         return [_rejected(new)]
-    return []
-
-
-def _run_notifications(
-    old: Mapping[str, Any], new: Mapping[str, Any], failed_keys: FailedKeysReader
-) -> list[Notification]:
-    """The run's notification, on the one record where it becomes COMPLETED."""
-    if new.get("status") == RunStatus.COMPLETED and old.get("status") != RunStatus.COMPLETED:
-        return [_run_completed(new, failed_keys)]
     return []
 
 
