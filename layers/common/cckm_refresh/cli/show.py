@@ -6,16 +6,16 @@ import argparse
 import json
 
 from cckm_refresh.cli.common import EXIT_OK, CliError, json_default, print_table, version_label
-from cckm_refresh.table.reads import TableReader
+from cckm_refresh.table.history import KeyHistory
 
 
-def _table(args: argparse.Namespace, env: dict[str, str]) -> TableReader:
+def _table(args: argparse.Namespace, env: dict[str, str]) -> KeyHistory:
     from cckm_refresh.wiring import aws_client
 
     name = args.table or env.get("RESULTS_TABLE")
     if not name:
         raise CliError("RESULTS_TABLE is not set (or pass --table)")
-    return TableReader(aws_client("dynamodb"), name)
+    return KeyHistory(aws_client("dynamodb"), name)
 
 
 def results(args: argparse.Namespace, env: dict[str, str]) -> int:

@@ -11,8 +11,8 @@ from enum import Enum
 from typing import Any
 
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime, iso, iso_now
-from cckm_refresh.table.access import TableClient
 from cckm_refresh.table.items import NOTIFICATION, expires_at, key, notified_pk, plain, to_item
+from cckm_refresh.table.reads import TableClient
 
 # Seconds a claim outlives the deadline of the invocation that made it: a claim still SENDING
 # after that belongs to an invocation that died mid-delivery, and is taken over.

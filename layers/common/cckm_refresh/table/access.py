@@ -1,5 +1,4 @@
-"""What every reader and writer of the table shares: the client, one item read, a query's pages
-(``TableClient``); and for writers, retention and patience (``TableAccess``)."""
+"""What every writer of the table shares: the client, retention, and patience."""
 
 from __future__ import annotations
 
@@ -12,27 +11,9 @@ from typing import Any
 from cckm_refresh import backoff
 from cckm_refresh.runtime import utc_now
 from cckm_refresh.table.items import expires_at, key, plain, to_item
+from cckm_refresh.table.reads import TableClient
 
 BATCH_GET = 100
-
-
-class TableClient:
-    """The results table through a boto3 DynamoDB ``client``, items as plain values."""
-
-    def __init__(self, client: Any, table_name: str) -> None:
-        self._db = client
-        self.table_name = table_name
-
-    def item(self, pk: str, sk: str) -> dict[str, Any] | None:
-        """One item, strongly consistent; None when there is none."""
-        answer = self._db.get_item(TableName=self.table_name, Key=key(pk, sk), ConsistentRead=True)
-        return plain(answer["Item"]) if "Item" in answer else None
-
-    def _query(self, **request: Any) -> Iterator[dict[str, Any]]:
-        """Every item a query finds, page by page (boto3's paginator): any size, constant memory."""
-        pages = self._db.get_paginator("query").paginate(TableName=self.table_name, **request)
-        for page in pages:
-            yield from (plain(item) for item in page.get("Items", []))
 
 
 class TableAccess(TableClient):

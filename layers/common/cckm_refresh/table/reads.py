@@ -1,13 +1,33 @@
 """What the operator CLI, the notifier's run digest and the demo read from the table: a run, its
-results, a key's latest state and its results over time."""
+results, a key's latest state (``history.KeyHistory`` adds a key's results over time, from the
+``by-key`` index, which the notify function's role is not granted). ``TableClient``: the one item
+read and the query pages every reader and writer of the table shares."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
-from cckm_refresh.table.access import TableClient
-from cckm_refresh.table.items import BY_KEY_INDEX, KEY_PREFIX, LATEST, RUN, key_pk, plain, run_pk
+from cckm_refresh.table.items import KEY_PREFIX, LATEST, RUN, key, key_pk, plain, run_pk
+
+
+class TableClient:
+    """The results table through a boto3 DynamoDB ``client``, items as plain values."""
+
+    def __init__(self, client: Any, table_name: str) -> None:
+        self._db = client
+        self.table_name = table_name
+
+    def item(self, pk: str, sk: str) -> dict[str, Any] | None:
+        """One item, strongly consistent; None when there is none."""
+        answer = self._db.get_item(TableName=self.table_name, Key=key(pk, sk), ConsistentRead=True)
+        return plain(answer["Item"]) if "Item" in answer else None
+
+    def _query(self, **request: Any) -> Iterator[dict[str, Any]]:
+        """Every item a query finds, page by page (boto3's paginator): any size, constant memory."""
+        pages = self._db.get_paginator("query").paginate(TableName=self.table_name, **request)
+        for page in pages:
+            yield from (plain(item) for item in page.get("Items", []))
 
 
 class TableReader(TableClient):
@@ -37,15 +57,3 @@ class TableReader(TableClient):
         if fields is not None:
             query["ProjectionExpression"] = fields
         return self._query(**query)
-
-    def history(self, key_id: str, limit: int) -> list[dict[str, Any]]:
-        """A key's last ``limit`` results, newest first (the ``by-key`` index)."""
-        answer = self._db.query(
-            TableName=self.table_name,
-            IndexName=BY_KEY_INDEX,
-            KeyConditionExpression="gsi1pk = :k",
-            ExpressionAttributeValues={":k": {"S": key_pk(key_id)}},
-            ScanIndexForward=False,
-            Limit=limit,
-        )
-        return [plain(item) for item in answer.get("Items", [])]
