@@ -69,7 +69,7 @@ def bookkeeping(store: ResultStore) -> list[Any]:
     ]
     answers += [store.latest_of([*KEYS, "ocid1.key.x"]), store.run_state(RUN.run_id)]
     answers += [store.open_runs(), store.open_chunks(RUN.run_id)]
-    reader = TableReader(store._db, store._table)
+    reader = TableReader(store._db, store.table_name)
     answers += [list(reader.results(RUN.run_id, status="REFRESHED", fields="key_id, #s"))]
     return answers
 

@@ -50,3 +50,11 @@ def require_ocid(value: object) -> str:
     if kind is not KeyIdKind.OCID:
         raise InvalidKeyIdError("an OCI key OCID is required here")
     return canonical
+
+
+def version_part(version: str) -> str | None:
+    """The part of a key-version OCID that tells versions apart: in
+    ``ocid1.keyversion.<realm>.<region>.<vault>.<version>.<key>`` the last part names the key and
+    is the same in every version of it. None when ``version`` is not such an OCID."""
+    parts = version.split(".")
+    return parts[-2] if len(parts) >= 7 and parts[1] == "keyversion" else None

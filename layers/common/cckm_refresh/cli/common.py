@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cckm_refresh.keyids import version_part
+
 EXIT_OK = 0
 EXIT_FAILED_KEYS = 1
 EXIT_CHECK_FAILED = 1  # doctor: the same code, a check that failed is what keys failing are
@@ -23,15 +25,11 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[object]], indent:
 
 
 def version_label(version: object) -> str:
-    """The part of a key-version OCID that tells versions apart.
-
-    ``ocid1.keyversion.<realm>.<region>.<vault>.<version>.<key>``: the last part names the key
-    and is the same in every version of it.
-    """
+    """A key version as the CLI shows it: the part that tells versions apart."""
     if not version:
         return ""
-    parts = str(version).split(".")
-    return parts[-2] if len(parts) >= 7 and parts[1] == "keyversion" else str(version)[-13:]
+    part = version_part(str(version))
+    return part if part is not None else str(version)[-13:]
 
 
 def json_default(value: object) -> object:

@@ -1,10 +1,6 @@
 """``cckm-refresh doctor``: a preflight of the deployed settings, the CTM secret and the live CTM,
-each read and used as the refresh function reads and uses them (docs/reference.md 7.1).
-
-One line per check: ``PASS`` and what was seen, ``WARN`` or ``FAIL`` and what to do, ``SKIP``
-when a check it needs did not pass. Nothing is refreshed without ``--canary``; no value of the
-secret and no token is printed: names and numbers only.
-"""
+each read and used as the refresh function does (docs/reference.md 7.1). No value of the secret
+and no token is printed: names and numbers only."""
 
 from __future__ import annotations
 

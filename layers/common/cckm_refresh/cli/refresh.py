@@ -51,6 +51,7 @@ def settings_from(
 
 
 def _request(args: argparse.Namespace) -> dict[str, Any]:
+    """The request the options ask for, validated as the function would validate it."""
     request: dict[str, Any] = {}
     if args.keys:
         request["keys"] = list(args.keys)
@@ -64,6 +65,11 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
             request[name] = getattr(args, name)
     if args.dry_run:
         request["dry_run"] = True
+    try:
+        # Before any AWS or CTM call: a typo is the operator's, not a pipeline's REJECTED item.
+        parse_request(request)
+    except RequestError as error:
+        raise CliError(f"invalid request: {error}") from None
     return request
 
 
@@ -79,17 +85,6 @@ def selector_from(args: argparse.Namespace) -> dict[str, Any]:
             raise CliError("--all cannot be combined with selector filters")
         selector = {"all": True}
     return selector
-
-
-def _checked_request(args: argparse.Namespace) -> dict[str, Any]:
-    """The request the options ask for, validated as the function would validate it."""
-    request = _request(args)
-    try:
-        # Before any AWS or CTM call: a typo is the operator's, not a pipeline's REJECTED item.
-        parse_request(request)
-    except RequestError as error:
-        raise CliError(f"invalid request: {error}") from None
-    return request
 
 
 def _require_aws_credentials() -> None:
@@ -128,7 +123,7 @@ def refresh(args: argparse.Namespace, env: dict[str, str]) -> int:
     from cckm_refresh.run.report import Rejection
     from cckm_refresh.run.wiring import refresh_service
 
-    request = _checked_request(args)
+    request = _request(args)
     settings = settings_from(args, env)
     _require_aws_credentials()
     progress = Progress(sys.stderr, not (args.quiet or args.json))

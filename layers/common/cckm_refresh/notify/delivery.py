@@ -1,15 +1,6 @@
-"""Getting a notification to SNS once: ledger claim, publish, ledger mark.
-
-- Already sent (a retried stream batch): skipped, counted as a duplicate.
-- SNS refuses: the claim is released and the error raised, so the stream record fails and
-  Lambda retries it; the retry sends it.
-- Claimed by an invocation that is still inside its deadline: raised as ``NotificationInFlight``
-  so the record is retried once that lease has run out, rather than dropped.
-- SNS took it but the ledger could not be marked: logged and kept as delivered, since failing
-  the record would publish it again once the lease ran out.
-
-The chat webhook is not here: it mirrors a batch after all of its SNS publishing is done
-(``webhook.WebhookMirror``), so it can neither delay nor repeat an SNS message.
+"""Getting a notification to SNS once: ledger claim, publish, ledger mark. The chat webhook is
+not here: it mirrors a batch after all of its SNS publishing (``webhook.WebhookMirror``), so it
+can neither delay nor repeat an SNS message.
 """
 
 from __future__ import annotations
@@ -94,6 +85,7 @@ class Notifier:
         try:
             self._ledger.mark_sent(notification.dedupe_key, message_id)
         except Exception as error:
+            # Kept as delivered: failing the record would publish it again once the lease ran out.
             logger.warning(
                 "notification published but not marked sent",
                 extra=context | {"reason": type(error).__name__},

@@ -13,6 +13,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from cckm_refresh.keyids import version_part
 from cckm_refresh.model import RunStatus
 from cckm_refresh.table.items import REJECTED_PREFIX, TALLY_FIELDS
 from cckm_refresh.text import printable
@@ -122,21 +123,14 @@ def notifications_for(
     if event_name == "REMOVE" or not new:
         return []
     item_type = new.get("item_type")
-    if item_type == "RUN":
-        return _run_notifications(old, new, failed_keys)
+    # A run is notified once: on the record where it becomes COMPLETED.
+    completed = RunStatus.COMPLETED
+    if item_type == "RUN" and new.get("status") == completed and old.get("status") != completed:
+        return [_run_completed(new, failed_keys)]
     if item_type == "KEY" and event_name == "MODIFY":
         return _key_changes(old, new)
     if item_type == "REJECTED" and event_name == "INSERT":
         return [_rejected(new)]
-    return []
-
-
-def _run_notifications(
-    old: Mapping[str, Any], new: Mapping[str, Any], failed_keys: FailedKeysReader
-) -> list[Notification]:
-    """The run's notification, on the one record where it becomes COMPLETED."""
-    if new.get("status") == RunStatus.COMPLETED and old.get("status") != RunStatus.COMPLETED:
-        return [_run_completed(new, failed_keys)]
     return []
 
 
@@ -332,15 +326,12 @@ def _shorten(text: str, limit: int) -> str:
 
 
 def _tail(version: object) -> str:
-    """A short, distinguishing name of a key version for one-line summaries.
-
-    In an OCI key-version OCID the last segment names the key (the same in every version);
-    the segment before it names the version. The body carries the full OCIDs.
-    """
+    """A short, distinguishing name of a key version for one-line summaries (the body carries
+    the full OCIDs)."""
     text = str(version)
-    parts = text.split(".")
-    if len(parts) >= 7 and parts[1] == "keyversion":
-        return "..." + parts[-2][-12:]
+    part = version_part(text)
+    if part is not None:
+        return "..." + part[-12:]
     return text if len(text) <= 16 else "..." + text[-12:]
 
 

@@ -1,4 +1,4 @@
-"""What every writer of the table shares: the client, the table, retention, and patience."""
+"""What every writer of the table shares: the client, retention, and patience."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from typing import Any
 from cckm_refresh import backoff
 from cckm_refresh.runtime import utc_now
 from cckm_refresh.table.items import expires_at, key, plain, to_item
+from cckm_refresh.table.reads import TableClient
 
 BATCH_GET = 100
 
 
-class TableAccess:
-    """The table through a boto3 DynamoDB ``client``; clock and sleep injectable for tests."""
+class TableAccess(TableClient):
+    """The table as its writers use it; clock and sleep injectable for tests."""
 
     def __init__(
         self,
@@ -28,8 +29,7 @@ class TableAccess:
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
     ) -> None:
-        self._db = client
-        self._table = table_name
+        super().__init__(client, table_name)
         self._retention = timedelta(days=retention_days)
         self._now = now
         self._sleep = sleep
@@ -38,14 +38,19 @@ class TableAccess:
     def _expires_at(self) -> int:
         return expires_at(self._now(), self._retention)
 
+    def _if_new(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """A put of ``item`` only if its key is new: ``put_item``'s arguments, or a
+        transaction's ``Put``."""
+        return {
+            "TableName": self.table_name,
+            "Item": to_item(item),
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
+
     def _put_new(self, item: Mapping[str, Any]) -> bool:
         """Put ``item`` unless its key exists; True when this call created it."""
         try:
-            self._db.put_item(
-                TableName=self._table,
-                Item=to_item(item),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
+            self._db.put_item(**self._if_new(item))
         except self._db.exceptions.ConditionalCheckFailedException:
             return False
         return True
@@ -58,14 +63,14 @@ class TableAccess:
     ) -> Iterator[dict[str, Any]]:
         for start in range(0, len(keys), BATCH_GET):
             request: dict[str, Any] = {
-                self._table: {
+                self.table_name: {
                     "Keys": [key(pk, sk) for pk, sk in keys[start : start + BATCH_GET]],
                     "ConsistentRead": consistent,
                 }
             }
             for attempt in range(10):
                 page = self._db.batch_get_item(RequestItems=request)
-                yield from (plain(i) for i in page.get("Responses", {}).get(self._table, []))
+                yield from (plain(i) for i in page.get("Responses", {}).get(self.table_name, []))
                 request = page.get("UnprocessedKeys") or {}
                 if not request:
                     break

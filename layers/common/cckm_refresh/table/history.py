@@ -1,5 +1,5 @@
 """A key's results over time, from the ``by-key`` index: what the operator CLI's ``history``
-reads (no function reads the index, so neither role is granted it)."""
+reads (apart from ``reads``, so that the notify function's code, and role, reach no index)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The results table (docs/reference.md 5) in one place: its item keys, TTL and serialisation,
-and the values the run keeps in it. Everyone who reads or writes the table asks this package:
-``runs`` (run and chunk bookkeeping), ``results`` (each key's outcome and latest state),
-``reads`` (what the CLI, the notifier and the demo read), ``notify.ledger`` (its own items).
-"""
+"""The results table's items (docs/reference.md 5): their keys, TTL and serialisation, and the
+values the run keeps in them."""
 
 from __future__ import annotations
 
@@ -22,12 +19,9 @@ RUN = "RUN"  # the sort key of a run's item
 LATEST = "LATEST"  # the sort key of a key's latest state
 REQUEST = "REQUEST"  # the sort key of a rejected request, and of the one a run started from
 NOTIFICATION = "NOTIFICATION"  # the sort key of a notification sent
-RUN_PREFIX = "RUN#"
 KEY_PREFIX = "KEY#"
 CHUNK_PREFIX = "CHUNK#"
 REJECTED_PREFIX = "REJECTED#"
-NOTIFIED_PREFIX = "NOTIFIED#"
-TENANCY_PREFIX = "TENANCY#"
 PACE = "PACE"  # the sort key of a tenancy's pace
 PACE_RETENTION = timedelta(days=1)  # a pace is useful for a second; the TTL keeps no clutter
 BY_KEY_INDEX = "by-key"
@@ -45,15 +39,12 @@ _deserializer = TypeDeserializer()
 
 
 def run_pk(run_id: str) -> str:
-    return f"{RUN_PREFIX}{run_id}"
+    return f"RUN#{run_id}"
 
 
 def key_pk(key_id: str) -> str:
-    """A key's partition (its ``LATEST`` item), and its results' ``by-key`` index key."""
-    return f"{KEY_PREFIX}{key_id}"
-
-
-def result_sk(key_id: str) -> str:
+    """A key's partition (its ``LATEST`` item), its results' sort key in a run, and their
+    ``by-key`` index key."""
     return f"{KEY_PREFIX}{key_id}"
 
 
@@ -66,11 +57,11 @@ def rejected_pk(source_id: str) -> str:
 
 
 def notified_pk(dedupe_key: str) -> str:
-    return f"{NOTIFIED_PREFIX}{dedupe_key}"
+    return f"NOTIFIED#{dedupe_key}"
 
 
 def tenancy_pk(tenancy: str) -> str:
-    return f"{TENANCY_PREFIX}{tenancy}"
+    return f"TENANCY#{tenancy}"
 
 
 def key(pk: str, sk: str) -> dict[str, Any]:
@@ -215,7 +206,7 @@ def result_item(run_id: str, result: RecordedResult, at: str, expires: int) -> d
     k = o.key
     return {
         "pk": run_pk(run_id),
-        "sk": result_sk(o.key_id),
+        "sk": key_pk(o.key_id),
         "item_type": "RESULT",
         "run_id": run_id,
         "key_id": o.key_id,
@@ -278,20 +269,8 @@ def status_of(item: Mapping[str, Any] | None) -> Status | None:
 def known_before(item: Mapping[str, Any]) -> KeyInfo:
     """What the run knew of a key before touching it, from its ``PENDING`` result item: where
     it lives, and the version it had (``previous_key_version``)."""
-
-    def text(name: str) -> str | None:
-        value = item.get(name)
-        return str(value) if value is not None else None
-
-    return KeyInfo(
-        key_id=str(item["key_id"]),
-        oci_key_id=text("oci_key_id"),
-        display_name=text("display_name"),
-        tenancy=text("tenancy"),
-        region=text("region"),
-        vault_name=text("vault_name"),
-        current_key_version=text("previous_key_version"),
-    )
+    before = item.get("previous_key_version")
+    return replace(KeyInfo.from_item(item).location(), current_key_version=before)
 
 
 def segment_of(resume: Mapping[str, object] | None) -> str:

@@ -1,26 +1,18 @@
-"""What the operator CLI, the notifier's run digest and the demo read from the table: a run,
-its results, a key's latest state (``history.KeyHistory`` adds a key's results over time, from
-the ``by-key`` index, which only the CLI reads). boto3's paginators, never hand-written loops.
-"""
+"""What the operator CLI, the notifier's run digest and the demo read from the table: a run, its
+results, a key's latest state (``history.KeyHistory`` adds a key's results over time, from the
+``by-key`` index, which the notify function's role is not granted). ``TableClient``: the one item
+read and the query pages every reader and writer of the table shares."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
-from cckm_refresh.table.items import (
-    KEY_PREFIX,
-    LATEST,
-    RUN,
-    key,
-    key_pk,
-    plain,
-    run_pk,
-)
+from cckm_refresh.table.items import KEY_PREFIX, LATEST, RUN, key, key_pk, plain, run_pk
 
 
-class TableReader:
-    """Reads the results table through a boto3 DynamoDB ``client`` (items as plain values)."""
+class TableClient:
+    """The results table through a boto3 DynamoDB ``client``, items as plain values."""
 
     def __init__(self, client: Any, table_name: str) -> None:
         self._db = client
@@ -31,6 +23,16 @@ class TableReader:
         answer = self._db.get_item(TableName=self.table_name, Key=key(pk, sk), ConsistentRead=True)
         return plain(answer["Item"]) if "Item" in answer else None
 
+    def _query(self, **request: Any) -> Iterator[dict[str, Any]]:
+        """Every item a query finds, page by page (boto3's paginator): any size, constant memory."""
+        pages = self._db.get_paginator("query").paginate(TableName=self.table_name, **request)
+        for page in pages:
+            yield from (plain(item) for item in page.get("Items", []))
+
+
+class TableReader(TableClient):
+    """Reads the results table (items as plain values)."""
+
     def run(self, run_id: str) -> dict[str, Any] | None:
         return self.item(run_pk(run_id), RUN)
 
@@ -40,10 +42,8 @@ class TableReader:
     def results(
         self, run_id: str, *, status: str | None = None, fields: str | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Every result item of a run (only those with ``status``; only ``fields``), page by
-        page: a run of any size is read in constant memory."""
+        """Every result item of a run (only those with ``status``; only ``fields``)."""
         query: dict[str, Any] = {
-            "TableName": self.table_name,
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :key)",
             "ExpressionAttributeValues": {
                 ":pk": {"S": run_pk(run_id)},
@@ -56,5 +56,4 @@ class TableReader:
             query["ExpressionAttributeValues"][":status"] = {"S": status}
         if fields is not None:
             query["ProjectionExpression"] = fields
-        for page in self._db.get_paginator("query").paginate(**query):
-            yield from (plain(item) for item in page.get("Items", []))
+        return self._query(**query)

@@ -24,7 +24,6 @@ from cckm_refresh.table.items import (
     plain,
     rejected_pk,
     result_item,
-    result_sk,
     run_pk,
     tenancy_pk,
     to_item,
@@ -44,7 +43,7 @@ class ResultLog(TableAccess):
     ) -> tuple[dict[str, dict[str, Any]], TenancyPace | None]:
         """``results_of``, and in the same read the pace ``tenancy``'s previous invocation
         handed on (None: no tenancy asked, or none recorded)."""
-        keys = [(run_pk(run_id), result_sk(k)) for k in key_ids]
+        keys = [(run_pk(run_id), key_pk(k)) for k in key_ids]
         if tenancy is not None:
             keys.append((tenancy_pk(tenancy), PACE))
         results: dict[str, dict[str, Any]] = {}
@@ -59,10 +58,8 @@ class ResultLog(TableAccess):
     def latest_of(self, key_ids: Sequence[str]) -> dict[str, KeyInfo]:
         """The ``LATEST`` state of each known key: its tenancy routes it, its version compares."""
         keys = [(key_pk(k), LATEST) for k in key_ids if is_cckm_id(k)]
-        found: dict[str, KeyInfo] = {}
-        for item in self._batch_get(keys, consistent=False):
-            found[item["key_id"]] = KeyInfo.from_item(item)
-        return found
+        items = self._batch_get(keys, consistent=False)
+        return {item["key_id"]: KeyInfo.from_item(item) for item in items}
 
     def record(
         self, run: RunInfo, outcome: RefreshOutcome, before: KeyInfo | None
@@ -74,7 +71,8 @@ class ResultLog(TableAccess):
         ``before`` is what the run knew of the key before touching it; a rotation is a change
         from its version (docs/reference.md 5), so a resumed run still records each rotation once.
         """
-        outcome = outcome if outcome.recorded_at else replace(outcome, recorded_at=iso(self._now()))
+        at = outcome.recorded_at or iso(self._now())
+        outcome = replace(outcome, recorded_at=at)
         old_version = self._move_key_forward(run, outcome)
         previous = (before.current_key_version if before else None) or old_version
         changed = bool(
@@ -84,13 +82,10 @@ class ResultLog(TableAccess):
             and previous != outcome.key.current_key_version
         )
         result = RecordedResult(outcome, previous, changed)
-        item = result_item(
-            run.run_id, result, outcome.recorded_at or iso(self._now()), self._expires_at()
-        )
         try:
             self._db.put_item(
-                TableName=self._table,
-                Item=to_item(item),
+                TableName=self.table_name,
+                Item=to_item(result_item(run.run_id, result, at, self._expires_at())),
                 ConditionExpression="attribute_not_exists(pk) OR #s = :pending",
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues={":pending": {"S": str(Status.PENDING)}},
@@ -113,17 +108,14 @@ class ResultLog(TableAccess):
         same = [
             f"#{n} = :{n}" for n in ("current_key_version", "lifecycle_state") if f":{n}" in values
         ]
-        if same:
-            unchanged = f"attribute_not_exists(pk) OR (updated_at <= :at AND {' AND '.join(same)})"
+        unchanged = f"attribute_not_exists(pk) OR (updated_at <= :at AND {' AND '.join(same)})"
+        response = self._update_key(
+            outcome, f"{update} REMOVE changed", unchanged if same else newer, names, values
+        )
+        if response is None and same:  # refused: newer elsewhere, or this refresh changed it
             response = self._update_key(
-                outcome, f"{update} REMOVE changed", unchanged, names, values
+                outcome, f"{update}, changed = :true", newer, names, values | {":true": True}
             )
-            if response is None:
-                response = self._update_key(
-                    outcome, f"{update}, changed = :true", newer, names, values | {":true": True}
-                )
-        else:
-            response = self._update_key(outcome, f"{update} REMOVE changed", newer, names, values)
         if response is None:
             return None  # a newer result already moved the key: this one is history
         stored = plain(response.get("Attributes", {})).get("current_key_version")
@@ -140,7 +132,7 @@ class ResultLog(TableAccess):
         """One conditional update of the ``LATEST`` item; None when the condition refused."""
         try:
             response: dict[str, Any] = self._db.update_item(
-                TableName=self._table,
+                TableName=self.table_name,
                 Key=key(key_pk(outcome.key_id), LATEST),
                 UpdateExpression=update,
                 ConditionExpression=condition,

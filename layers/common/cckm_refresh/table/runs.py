@@ -1,30 +1,12 @@
-"""Run and chunk bookkeeping
-
-How a run stays exact whatever fails (docs/reference.md 4.3), at a cost per key that does not grow
-with the run:
-
-- Keys join a run in **chunks** (one queue message each). Registering a chunk is one
-  transaction: the ``CHUNK`` item (``attribute_not_exists``), one ``PENDING`` result per key
-  (``attribute_not_exists``: a key already in the run is left where it is), and
-  ``requested += n, open_chunks += 1`` on the ``RUN`` item. A retried fan-out finds its chunk
-  registered and counts nothing twice.
-- A result turns terminal with one conditional put (``attribute_not_exists OR status =
-  PENDING``): a terminal result is never replaced, by a late ``PENDING`` or by a second
-  terminal one.
-- When every key of a chunk is terminal, one transaction turns the ``CHUNK`` item ``DONE``
-  (only from ``OPEN``) and adds the chunk's counts to the run, ``open_chunks -= 1``: each
-  chunk is counted exactly once, so the run's counts are exact.
-- The run completes (once, conditionally) when ``open_chunks`` is 0 and its resolution has
-  finished (``resolving`` removed): O(1) per chunk, never a read of the whole run.
-- ``resolving`` names the resolution segment that owns the run (``start``, then the listing
-  position each continuation starts from): only that segment may hand on or finish, so a
-  duplicate or stale delivery of an earlier segment can never end the resolution early.
-"""
+"""Run and chunk bookkeeping: each run's keys registered, counted and its completion made
+exactly once, at a cost per key that does not grow with the run (docs/architecture.md,
+"Exactly-once bookkeeping")."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, RunStatus, Status
@@ -52,7 +34,6 @@ from cckm_refresh.table.items import (
     described,
     expires_at,
     key,
-    plain,
     result_item,
     run_pk,
     to_item,
@@ -105,38 +86,30 @@ class RunBook(TableAccess):
             "body": request[:MAX_KEPT_REQUEST],
             "expires_at": self._expires_at(),
         }
-        return self._transact([self._put_if_new(item), self._put_if_new(kept)]) is None
+        return self._transact([{"Put": self._if_new(item)}, {"Put": self._if_new(kept)}]) is None
 
     def kept_request(self, run_id: str) -> str | None:
         """The request a run started from, as ``start_run`` kept it."""
-        answer = self._db.get_item(
-            TableName=self._table, Key=key(run_pk(run_id), REQUEST), ConsistentRead=True
-        )
-        return str(plain(answer["Item"])["body"]) if "Item" in answer else None
+        kept = self.item(run_pk(run_id), REQUEST)
+        return str(kept["body"]) if kept is not None else None
 
     def run_state(self, run_id: str) -> RunState | None:
         """The ``RUN`` item, strongly consistent; None when the run does not exist."""
-        answer = self._db.get_item(
-            TableName=self._table, Key=key(run_pk(run_id), RUN), ConsistentRead=True
-        )
-        if "Item" not in answer:
-            return None
-        return RunState.from_item(plain(answer["Item"]))
+        item = self.item(run_pk(run_id), RUN)
+        return RunState.from_item(item) if item is not None else None
 
     def open_runs(self) -> list[RunState]:
         """Every run still RUNNING (the by-key index's ``RUNS#OPEN`` partition)."""
-        pages = self._db.get_paginator("query").paginate(
-            TableName=self._table,
+        items = self._query(
             IndexName=BY_KEY_INDEX,
             KeyConditionExpression="gsi1pk = :open",
             ExpressionAttributeValues={":open": {"S": OPEN_RUNS}},
         )
-        return [RunState.from_item(plain(i)) for page in pages for i in page.get("Items", [])]
+        return [RunState.from_item(item) for item in items]
 
     def open_chunks(self, run_id: str) -> list[OpenChunk]:
         """The run's chunks registered and not closed."""
-        pages = self._db.get_paginator("query").paginate(
-            TableName=self._table,
+        chunks = self._query(
             KeyConditionExpression="pk = :pk AND begins_with(sk, :chunk)",
             FilterExpression="chunk_status = :open",
             ExpressionAttributeValues=to_item(
@@ -144,7 +117,6 @@ class RunBook(TableAccess):
             ),
             ConsistentRead=True,
         )
-        chunks = (plain(i) for page in pages for i in page.get("Items", []))
         return [OpenChunk(str(c["chunk_id"]), c.get("tenancy"), tuple(c["keys"])) for c in chunks]
 
     def swept(self, run_id: str, sweeps: int) -> None:
@@ -159,18 +131,24 @@ class RunBook(TableAccess):
         self._update_running(run_id, "SET listing_error = :failure", {":failure": failure})
 
     def _update_running(self, run_id: str, update: str, values: dict[str, Any]) -> None:
-        """Update the ``RUN`` item while it runs (a completed run is left as it finished)."""
         try:
-            self._db.update_item(
-                TableName=self._table,
-                Key=key(run_pk(run_id), RUN),
-                UpdateExpression=update,
-                ConditionExpression="#s = :running",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=to_item(values | {":running": RunStatus.RUNNING}),
-            )
+            self._db.update_item(**self._while_running(run_id, update, values))
         except self._db.exceptions.ConditionalCheckFailedException:
             return
+
+    def _while_running(
+        self, run_id: str, update: str, values: dict[str, Any], also: str = ""
+    ) -> dict[str, Any]:
+        """An update of the ``RUN`` item that applies only while it runs (a completed run keeps
+        its counts, and nothing joins it): ``update_item``'s arguments, or a transaction's."""
+        return {
+            "TableName": self.table_name,
+            "Key": key(run_pk(run_id), RUN),
+            "UpdateExpression": update,
+            "ConditionExpression": "#s = :running" + also,
+            "ExpressionAttributeNames": {"#s": "status"},
+            "ExpressionAttributeValues": to_item(values | {":running": RunStatus.RUNNING}),
+        }
 
     def hand_on_resolution(self, run_id: str, segment: str, next_segment: str) -> bool:
         """Pass the resolution from ``segment`` to the continuation that starts at
@@ -192,7 +170,7 @@ class RunBook(TableAccess):
         values |= {":next": next_segment} if next_segment else {}
         try:
             self._db.update_item(
-                TableName=self._table,
+                TableName=self.table_name,
                 Key=key(run_pk(run_id), RUN),
                 UpdateExpression=update,
                 ConditionExpression="resolving = :segment",
@@ -211,28 +189,17 @@ class RunBook(TableAccess):
         state = self.run_state(run_id)
         if state is None or state.completed or state.resolving or state.open_chunks > 0:
             return None
+        # A run with no chunk (a selector matching nothing) has no counts yet: the contract's
+        # RUN item carries them at completion, zeros included.
+        update = (
+            "SET #s = :done, finished_at = :now"
+            + "".join(f", {n} = if_not_exists({n}, :zero)" for n in TALLY_FIELDS)
+            + " REMOVE gsi1pk, gsi1sk"
+        )
+        values = {":done": RunStatus.COMPLETED, ":zero": 0, ":now": iso(self._now())}
+        done = " AND open_chunks = :zero AND attribute_not_exists(resolving)"
         try:
-            self._db.update_item(
-                TableName=self._table,
-                Key=key(run_pk(run_id), RUN),
-                # A run with no chunk (a selector matching nothing) has no counts yet: the
-                # contract's RUN item carries them at completion, zeros included.
-                UpdateExpression="SET #s = :done, finished_at = :now"
-                + "".join(f", {n} = if_not_exists({n}, :zero)" for n in TALLY_FIELDS)
-                + " REMOVE gsi1pk, gsi1sk",
-                ConditionExpression=(
-                    "#s = :running AND open_chunks = :zero AND attribute_not_exists(resolving)"
-                ),
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=to_item(
-                    {
-                        ":done": RunStatus.COMPLETED,
-                        ":running": RunStatus.RUNNING,
-                        ":zero": 0,
-                        ":now": iso(self._now()),
-                    }
-                ),
-            )
+            self._db.update_item(**self._while_running(run_id, update, values, also=done))
         except self._db.exceptions.ConditionalCheckFailedException:
             return None
         return state.counts
@@ -250,19 +217,15 @@ class RunBook(TableAccess):
         """
         if len(entries) > MAX_CHUNK_KEYS:
             raise ValueError(f"a chunk holds at most {MAX_CHUNK_KEYS} keys")
-        remaining = list(entries)
-        for _ in range(_TRANSACTION_ATTEMPTS + MAX_CHUNK_KEYS):
-            if not remaining:
-                return ()
-            failed = self._transact(self._registration(run, chunk_id, tenancy, remaining))
-            if failed is None:
-                return tuple(remaining)
-            if failed & {0, 1}:
-                # 1: the run completed before this chunk came, nothing joins it;
-                # 0: the chunk was registered before (a retried fan-out), as it was then.
-                return () if 1 in failed else self._registered_keys(run.run_id, chunk_id, entries)
-            remaining = _without_refused(remaining, failed, first=2)
-        raise TransactionFailedError("could not register the chunk")
+        registration = partial(self._registration, run, chunk_id, tenancy)
+        registered, refused = self._transact_keys(registration, list(entries), first=2)
+        if 1 in refused:
+            return ()  # the run completed before this chunk came: nothing joins it
+        if 0 in refused:  # registered before (a retried fan-out): its keys as they were then
+            chunk = self.item(run_pk(run.run_id), chunk_sk(chunk_id)) or {}
+            kept = set(chunk.get("keys", []))
+            return tuple(entry for entry in entries if entry.key_id in kept)
+        return tuple(registered)
 
     def _registration(
         self, run: RunInfo, chunk_id: str, tenancy: str | None, entries: Sequence[KeyEntry]
@@ -284,103 +247,66 @@ class RunBook(TableAccess):
             "registered_at": now,
             "expires_at": expires,
         }
-        count = {
-            "Update": {
-                "TableName": self._table,
-                "Key": key(pk, RUN),
-                "UpdateExpression": "ADD requested :n, open_chunks :one SET progress_at = :now",
-                # A completed run keeps its counts: nothing joins it any more.
-                "ConditionExpression": "#s = :running",
-                "ExpressionAttributeNames": {"#s": "status"},
-                "ExpressionAttributeValues": to_item(
-                    {
-                        ":n": len(entries),
-                        ":one": 1,
-                        ":running": RunStatus.RUNNING,
-                        ":now": _epoch(self._now()),
-                    }
-                ),
-            }
-        }
+        count = self._while_running(
+            run.run_id,
+            "ADD requested :n, open_chunks :one SET progress_at = :now",
+            {":n": len(entries), ":one": 1, ":now": _epoch(self._now())},
+        )
         results = []
         for entry in entries:
             pending = described(RefreshOutcome(KeyInfo(entry.key_id), Status.PENDING), entry.known)
             item = result_item(
                 run.run_id, RecordedResult(pending, entry.version_before, False), now, expires
             )
-            results.append(self._put_if_new(item | {"chunk_id": chunk_id}))
-        return [self._put_if_new(chunk), count, *results]
-
-    def _put_if_new(self, item: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "Put": {
-                "TableName": self._table,
-                "Item": to_item(item),
-                "ConditionExpression": "attribute_not_exists(pk)",
-            }
-        }
-
-    def _registered_keys(
-        self, run_id: str, chunk_id: str, entries: Sequence[KeyEntry]
-    ) -> tuple[KeyEntry, ...]:
-        answer = self._db.get_item(
-            TableName=self._table,
-            Key=key(run_pk(run_id), chunk_sk(chunk_id)),
-            ConsistentRead=True,
-            ProjectionExpression="#k",
-            ExpressionAttributeNames={"#k": "keys"},
-        )
-        registered = set(plain(answer.get("Item", {})).get("keys", []))
-        return tuple(entry for entry in entries if entry.key_id in registered)
+            results.append({"Put": self._if_new(item | {"chunk_id": chunk_id})})
+        return [{"Put": self._if_new(chunk)}, {"Update": count}, *results]
 
     def record_found_nothing(self, run: RunInfo, outcomes: Sequence[RefreshOutcome]) -> int:
         """Record terminal outcomes known before any refresh (an OCID that matches no key, a
         last delivery out of time): each result once, counted once. How many were new."""
         recorded = 0
+        terminal_results = partial(self._terminal_results, run)
         for start in range(0, len(outcomes), MAX_CHUNK_KEYS):
-            new = self._record_terminal(run, list(outcomes[start : start + MAX_CHUNK_KEYS]))
-            if new is None:
+            batch = list(outcomes[start : start + MAX_CHUNK_KEYS])
+            new, refused = self._transact_keys(terminal_results, batch, first=1)
+            if refused:
                 break  # the run completed: it keeps its counts
-            recorded += new
+            recorded += len(new)
         return recorded
 
-    def _record_terminal(self, run: RunInfo, batch: list[RefreshOutcome]) -> int | None:
-        """One transaction: the results that are new to the run, and their counts; None when
-        the run is no longer running."""
-        for _ in range(_TRANSACTION_ATTEMPTS + len(batch)):
-            if not batch:
-                return 0
-            failed = self._transact(self._terminal_results(run, batch))
+    def _transact_keys(
+        self, transaction: Callable[[list[K]], list[dict[str, Any]]], keys: list[K], first: int
+    ) -> tuple[list[K], set[int]]:
+        """Commit ``transaction(keys)``, whose items from index ``first`` on put one new result
+        per key; a key whose put is refused is in the run already and is left out of the next
+        try. Returns the keys committed, or nothing and the indexes before ``first`` (the run's
+        or the chunk's) whose conditions refused."""
+        for _ in range(_TRANSACTION_ATTEMPTS + len(keys)):
+            if not keys:
+                return [], set()
+            failed = self._transact(transaction(keys))
             if failed is None:
-                return len(batch)
-            if 0 in failed:
-                return None
-            batch = _without_refused(batch, failed, first=1)
-        raise TransactionFailedError("could not record the keys found missing")
+                return keys, set()
+            refused = {i for i in failed if i < first}
+            if refused:
+                return [], refused
+            keys = _without_refused(keys, failed, first=first)
+        raise TransactionFailedError("could not register the keys")
 
     def _terminal_results(self, run: RunInfo, batch: Sequence[RefreshOutcome]) -> list[Any]:
         tally = ChunkTally()
         for outcome in batch:
             tally = tally.add(outcome.status, False)
-        count = {
-            "Update": {
-                "TableName": self._table,
-                "Key": key(run_pk(run.run_id), RUN),
-                "UpdateExpression": _tally_expression(tally, "ADD requested :n"),
-                "ConditionExpression": "#s = :running",
-                "ExpressionAttributeNames": {"#s": "status"},
-                "ExpressionAttributeValues": to_item(
-                    _tally_values(tally)
-                    | {":n": len(batch), ":running": RunStatus.RUNNING, ":now": _epoch(self._now())}
-                ),
-            }
-        }
+        count = self._while_running(
+            run.run_id,
+            _tally_expression(tally, "ADD requested :n"),
+            _tally_values(tally) | {":n": len(batch), ":now": _epoch(self._now())},
+        )
         now, expires = iso(self._now()), self._expires_at()
         results = [
-            self._put_if_new(result_item(run.run_id, RecordedResult(o, None, False), now, expires))
-            for o in batch
+            result_item(run.run_id, RecordedResult(o, None, False), now, expires) for o in batch
         ]
-        return [count, *results]
+        return [{"Update": count}, *({"Put": self._if_new(item)} for item in results)]
 
     def finish_chunk(
         self, run_id: str, chunk_id: str, tally: ChunkTally, pace: TenancyPace | None = None
@@ -392,7 +318,7 @@ class RunBook(TableAccess):
         items = [
             {
                 "Update": {
-                    "TableName": self._table,
+                    "TableName": self.table_name,
                     "Key": key(pk, chunk_sk(chunk_id)),
                     "UpdateExpression": "SET chunk_status = :done, finished_at = :now",
                     "ConditionExpression": "chunk_status = :open",
@@ -403,7 +329,7 @@ class RunBook(TableAccess):
             },
             {
                 "Update": {
-                    "TableName": self._table,
+                    "TableName": self.table_name,
                     "Key": key(pk, RUN),
                     "UpdateExpression": _tally_expression(tally, "ADD open_chunks :minus"),
                     "ExpressionAttributeValues": to_item(
@@ -413,16 +339,18 @@ class RunBook(TableAccess):
             },
         ]
         if pace is not None:
-            items.append({"Put": {"TableName": self._table, "Item": to_item(self._pace(pace))}})
+            items.append({"Put": self._pace(pace)})
         return self._transact(items) is None
 
     def record_pace(self, pace: TenancyPace) -> None:
         """Hand on when the tenancy's latest attempt left, for its next invocation."""
-        self._db.put_item(TableName=self._table, Item=to_item(self._pace(pace)))
+        self._db.put_item(**self._pace(pace))
 
     def _pace(self, pace: TenancyPace) -> dict[str, Any]:
+        """The put of a tenancy's pace (``put_item``'s arguments, or a transaction's)."""
         now = self._now()
-        return pace.item(iso(now), expires_at(now, PACE_RETENTION))
+        item = pace.item(iso(now), expires_at(now, PACE_RETENTION))
+        return {"TableName": self.table_name, "Item": to_item(item)}
 
     def _transact(self, items: list[dict[str, Any]]) -> set[int] | None:
         """Run a transaction; None when it committed, else the indexes whose conditions
