@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 
 from devkit.sim.properties import check
 from devkit.sim.scenarios import scenarios
-from devkit.sim.world import LISTINGS, Scenario, World
+from devkit.sim.world import LISTINGS, Pipeline, Scenario, World
 
 # ``make test`` runs this many schedules; ``make soak`` thousands (bench/simulation.py).
 EXAMPLES = int(os.environ.get("SIM_EXAMPLES", "30"))
@@ -87,6 +87,34 @@ def test_a_run_whose_last_delivery_died_after_its_last_chunk_closed_is_completed
     assert check(report).problems == ()
     [run] = report.runs.values()
     assert (run["status"], run["refreshed"] + run["failed"]) == ("COMPLETED", 38)
+
+
+def test_a_key_whose_tenancy_lookup_failed_is_not_refreshed_beside_its_tenancy() -> None:
+    # Given the schedule `make soak` found next: a pipeline names a tenancy's two keys as the
+    # schedule lists them, CTM answers 503 to a fifth of the calls (the lookup of a key's
+    # tenancy among them), 0.5 refreshes/s allowed
+    scenario = Scenario(
+        tenancies=(2,),
+        rate=0.5,
+        ctm_timeout=2.0,
+        function_timeout=12.0,
+        max_receive_count=2,
+        chunk_size=5,
+        concurrency=4,
+        error_rate=0.2,
+        token_lifetime=60.0,
+        listing="page-capped",
+        pipeline=(Pipeline(at=0, tenancy=0, keys=2),),
+        warm=False,
+        seed=41,
+    )
+
+    # When both runs go
+    report = World(scenario).run()
+
+    # Then the tenancy never had two refreshes in one second (before the fix, the key whose
+    # lookup failed went to the `~unknown` group and was refreshed beside its own tenancy's)
+    assert check(report).problems == ()
 
 
 @settings(

@@ -60,6 +60,7 @@ class FakeCtm:
     refreshed: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     listing_fails: CtmError | None = None
+    lookup_fails: dict[str, CtmError] = field(default_factory=dict)  # key id -> its GET's error
 
     def list_page(self, filters: Any, **_: Any) -> Page:
         if self.listing_fails is not None:
@@ -70,6 +71,8 @@ class FakeCtm:
         return []
 
     def get_oci_key(self, key_id: str, **_: Any) -> dict[str, Any]:
+        if key_id in self.lookup_fails:
+            raise self.lookup_fails[key_id]
         return key_object(key_id, "v1")
 
     def refresh(self, key_id: str, pacer: Pacer, deadline: Deadline) -> Any:
@@ -526,3 +529,49 @@ def test_a_run_s_last_listing_delivery_that_fails_completes_it_with_what_was_lis
     assert (first.verdict.action, last.verdict.action) == (Action.RETRY, Action.DEAD_LETTER)
     run = world.table.runs["r"]
     assert (run["status"], run["listing_error"]["error_code"]) == ("COMPLETED", "HTTP_503")
+
+
+def test_a_named_key_whose_tenancy_cannot_be_learnt_now_is_never_refreshed_beside_it() -> None:
+    # Given a pipeline naming three keys never seen, one of them CCKM cannot look up just now
+    world = World()
+    world.ctm.lookup_fails[FLAKY] = CtmTransientError("busy", error_code="HTTP_503")
+    named = [FLAKY, *[k for k in KEYS if k != FLAKY][:2]]
+    request = json.dumps({"keys": named, "request_id": "p"})
+
+    # When its deliveries come, the last one included
+    [first] = world.deliver([sqs_delivery("m", request, 1)])
+    sent_after_first = list(world.queues.sent)
+    [last] = world.deliver([sqs_delivery("m", request, world.settings().max_receive_count)])
+
+    # Then no key went to a queue or to CTM without its tenancy (two invocations could pace
+    # one tenancy at once): the request was delivered again, and its last delivery failed
+    # the keys it names with the lookup's error, the run complete and saying so
+    assert (first.verdict.action, sent_after_first) == (Action.RETRY, [])
+    assert last.verdict.action == Action.DEAD_LETTER
+    assert world.ctm.refreshed == []
+    results = {k: r for (run, k), r in world.table.results.items() if run == "p"}
+    assert {(r["status"], r["error_code"]) for r in results.values()} == {("FAILED", "HTTP_503")}
+    assert world.table.runs["p"]["status"] == "COMPLETED"
+
+
+def test_a_named_key_whose_lookup_ctm_refuses_for_good_fails_alone() -> None:
+    # Given a pipeline naming three keys, CTM refusing the lookup of one of them for good
+    world = World()
+    world.ctm.lookup_fails[FLAKY] = CtmPermanentError(
+        "forbidden", error_code="NCERRPermissionDenied", http_status=403
+    )
+    others = [k for k in KEYS if k != FLAKY][:2]
+    request = json.dumps({"keys": [FLAKY, *others], "request_id": "p"})
+
+    # When it is taken in and its chunks delivered
+    world.deliver([sqs_delivery("m", request, 1)])
+    world.deliver_chunks()
+
+    # Then that key failed with CTM's refusal, and the others were refreshed in their groups
+    results = {k: r for (run, k), r in world.table.results.items() if run == "p"}
+    assert (results[FLAKY]["status"], results[FLAKY]["error_code"]) == (
+        "FAILED",
+        "NCERRPermissionDenied",
+    )
+    assert sorted(world.ctm.refreshed) == sorted(others)
+    assert world.table.runs["p"]["status"] == "COMPLETED"

@@ -76,7 +76,7 @@ class Intake:
                 raise  # delivered again
             return self.give_up(run, request, error.error_code, error.message)
         router.flush_sends()
-        not_found = self._record_missing(run, resolution, router)
+        settled = self._record_settled(run, resolution, router)
         segment = segment_of(request.resume)
         handed_on = 0
         if resolution.resume is not None and request.selector is not None:
@@ -90,7 +90,7 @@ class Intake:
             run,
             delivery,
             router,
-            requested=resolution.keys + not_found,
+            requested=resolution.keys + settled,
             fanned_out=resolution.keys if router.fanning else 0,
             handed_on=handed_on + router.requeued,
         )
@@ -112,12 +112,12 @@ class Intake:
             return RunReport(run.run_id, state.counts.requested)
         return None
 
-    def _record_missing(self, run: RunInfo, resolution: Resolution, router: ChunkRouter) -> int:
-        """Keys found missing while resolving are terminal at once; keys left out are logged.
-        How many were new to the run."""
-        not_found = self.store.record_found_nothing(run, resolution.not_found)
-        missing = resolution.not_found[:not_found]
-        router.recorded += [RecordedResult(outcome, None, False) for outcome in missing]
+    def _record_settled(self, run: RunInfo, resolution: Resolution, router: ChunkRouter) -> int:
+        """Keys found terminal while resolving (missing, or their lookup refused) are recorded
+        at once; keys left out are logged. How many were new to the run."""
+        settled = self.store.record_found_nothing(run, resolution.terminal)
+        recorded = resolution.terminal[:settled]
+        router.recorded += [RecordedResult(outcome, None, False) for outcome in recorded]
         if resolution.mismatched:
             logger.warning(
                 "keys CTM listed that do not match the selector were left out",
@@ -128,7 +128,7 @@ class Intake:
             why = f"CTM listed {resolution.malformed} items that are not key objects"
             self.store.record_listing_failure(run.run_id, "BAD_RESPONSE", why)
             logger.error("listing incomplete", extra={"malformed": resolution.malformed})
-        return not_found
+        return settled
 
     def give_up(
         self, run: RunInfo, request: RefreshRequest, error_code: str, why: str

@@ -63,10 +63,11 @@ ChunkSink = Callable[[Chunk], None]
 
 @dataclass
 class Resolution:
-    """What a resolution did: chunks handed to the sink, keys found to be missing, and
-    where the listing stopped if the deadline came first (``resume``)."""
+    """What a resolution did: chunks handed to the sink, keys terminal before any refresh
+    (missing, or CCKM's copy no key object), and where the listing stopped if the deadline
+    came first (``resume``)."""
 
-    not_found: list[RefreshOutcome] = field(default_factory=list)
+    terminal: list[RefreshOutcome] = field(default_factory=list)
     keys: int = 0
     mismatched: int = 0  # returned by the list call but not matching the selector
     malformed: int = 0  # list items that were not key objects
@@ -176,33 +177,34 @@ class Resolver:
         for key_id in key_ids:
             fresh = learnt.get(key_id)
             if isinstance(fresh, RefreshOutcome):
-                result.not_found.append(fresh)
+                result.terminal.append(fresh)
             else:
                 entries.append(KeyEntry(key_id, fresh or latest.get(key_id)))
         return entries
 
     def _lookup_id(self, key_id: str, deadline: Deadline) -> KeyInfo | RefreshOutcome | None:
-        """The key as CCKM caches it; ``NOT_FOUND`` when CCKM has no such key; None when it
-        could not be read now (the key is then paced in the ``~unknown`` group)."""
+        """The key as CCKM caches it; ``NOT_FOUND`` when CCKM has no such key; ``FAILED`` when
+        CTM refuses the lookup for good or its answer is no key object; None when the key is
+        gone from OCI (its refresh records ``NOT_FOUND``). A transient error is raised: a key
+        is refreshed only in its tenancy's message group, never beside it (the delivery is
+        retried, and the last one fails the request's keys, docs/reference.md 4.3)."""
         try:
             return KeyInfo.from_ctm(self.directory.get_oci_key(key_id, deadline=deadline))
         except CtmNotFoundError as error:
             if error.error_code == "GONE":
                 return None  # known to CCKM, gone from OCI: its refresh records NOT_FOUND
+            return _lookup_outcome(key_id, Status.NOT_FOUND, error)
+        except CtmError as error:
+            if error.transient:
+                raise
+            return _lookup_outcome(key_id, Status.FAILED, error)
+        except ValueError as error:
             return RefreshOutcome(
                 KeyInfo(key_id),
-                status=Status.NOT_FOUND,
-                attempts=error.attempts,
-                http_status=error.http_status,
-                error_code=error.error_code,
-                error_message=error.message,
+                status=Status.FAILED,
+                error_code="BAD_RESPONSE",
+                error_message=f"CCKM's copy of the key is not a key object: {error}"[:512],
             )
-        except (CtmError, ValueError) as error:
-            logger.warning(
-                "could not learn a key's tenancy; it is paced as an unknown tenancy",
-                extra={"key_id": key_id, "error_code": getattr(error, "error_code", None)},
-            )
-            return None
 
     def _by_ocid(
         self, ocids: Sequence[str], deadline: Deadline, result: Resolution
@@ -210,7 +212,7 @@ class Resolver:
         matches = map_concurrently(
             self.runtime, lambda o: self._lookup_ocid(o, deadline), ocids, LOOKUP_WORKERS, "resolve"
         )
-        result.not_found += [m for m in matches if isinstance(m, RefreshOutcome)]
+        result.terminal += [m for m in matches if isinstance(m, RefreshOutcome)]
         return [KeyEntry(m.key_id, m) for m in matches if isinstance(m, KeyInfo)]
 
     def _lookup_ocid(self, ocid: str, deadline: Deadline) -> KeyInfo | RefreshOutcome:
@@ -296,3 +298,15 @@ class Resolver:
                 result.malformed += 1
                 continue
             chunker.add(KeyEntry(info.key_id, info))
+
+
+def _lookup_outcome(key_id: str, status: Status, error: CtmError) -> RefreshOutcome:
+    """The terminal outcome of a key whose lookup CTM answered with ``error``."""
+    return RefreshOutcome(
+        KeyInfo(key_id),
+        status=status,
+        attempts=error.attempts,
+        http_status=error.http_status,
+        error_code=error.error_code,
+        error_message=error.message,
+    )
