@@ -97,7 +97,10 @@ def _beside(sign_in: SignIn | None, deadline: Deadline, runtime: Runtime) -> Ite
 
 def last_chance(delivery: Delivery, handoffs: int, max_receive_count: int) -> bool:
     """The message's last delivery: its SQS deliveries and the hand-offs without progress
-    before it reach ``MAX_RECEIVE_COUNT`` (only SQS redelivers; other triggers re-queue)."""
+    before it reach ``MAX_RECEIVE_COUNT`` (only SQS redelivers; other triggers re-queue).
+    A shell run is always its own last delivery: nothing would try its keys again."""
+    if delivery.trigger is Trigger.CLI:
+        return True
     return (
         delivery.trigger is Trigger.SQS and delivery.receive_count + handoffs >= max_receive_count
     )
