@@ -10,7 +10,7 @@ import json
 import os
 import ssl
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -407,22 +407,36 @@ def refresh_token_finding(info: auth.LoginInfo) -> Finding:
         return Finding(SKIP, "the secret's own JWT: no refresh token")
     if info.auth_method == AuthMethod.REFRESH_TOKEN:
         return Finding(PASS, f"the secret's; CTM states it ends in {_seconds(stated)} unused")
-    if stated is not None and any(_about(stated, a) for a in ASKED_SECONDS):
+    factor = _asked_times(stated)
+    if factor == 1:
         as_asked = f"as asked ({ASKED_FIELDS}, in minutes)"
         return Finding(PASS, f"the login's; CTM states it ends in {_seconds(stated)}, {as_asked}")
     asked = " or ".join(_seconds(a) for a in ASKED_SECONDS)
-    for factor, unit in ((1 / 60, "seconds"), (60, "hours")):
-        if stated is not None and any(_about(stated, a * factor) for a in ASKED_SECONDS):
-            return Finding(
-                WARN,
-                f"CTM states {_seconds(stated)}, 60 times {'less' if factor < 1 else 'more'} than "
-                f"asked ({asked}): it read {ASKED_FIELDS} as {unit}; {STORE_A_REFRESH_TOKEN}",
-            )
+    if factor is not None:
+        return Finding(
+            WARN,
+            f"CTM states {_seconds(stated)}, 60 times {'less' if factor < 1 else 'more'} than "
+            f"asked ({asked}): it read {ASKED_FIELDS} as {_MINUTES_READ_AS[factor]}; "
+            f"{STORE_A_REFRESH_TOKEN}",
+        )
     return Finding(
         WARN,
         f"CTM states {_seconds(stated)}, not what was asked ({asked}): it may not apply "
         f"{ASKED_FIELDS}, and each login may leave a refresh token behind; {STORE_A_REFRESH_TOKEN}",
     )
+
+
+# The minutes a password login asks for, as CTM may read them: the stated lifetime is the
+# asked one times the factor.
+_MINUTES_READ_AS = {1.0: "minutes", 1 / 60: "seconds", 60.0: "hours"}
+
+
+def _asked_times(stated: float | None) -> float | None:
+    """The factor of ``_MINUTES_READ_AS`` by which ``stated`` is what was asked, if any."""
+    if stated is None:
+        return None
+    matches = (f for f in _MINUTES_READ_AS if any(_about(stated, a * f) for a in ASKED_SECONDS))
+    return next(matches, None)
 
 
 def order_finding(page: KeyPage) -> Finding:
@@ -446,10 +460,7 @@ def pages_finding(first: KeyPage, second: KeyPage | None) -> Finding:
     seen = f"{len(first.resources)} then {len(second.resources)} keys; " + (
         f"CTM answers at most {cap} keys per list call" if cap else "no page cap seen"
     )
-    positions = [p for p in map(sort_position, keys) if p is not None]
-    width = {"createdAt,id": 2, "createdAt": 1}.get(second.sort or "", 0)
-    strict = width == 2  # a key has one place; createdAt alone may tie
-    if any(b[:width] < a[:width] or (strict and a == b) for a, b in itertools.pairwise(positions)):
+    if _out_of_order(keys, second.sort):
         return Finding(FAIL, f"{seen}, not in sort={second.sort} order: report it with this output")
     repeated = len(keys) - len({k["id"] for k in keys})
     malformed = first.malformed + second.malformed
@@ -460,8 +471,21 @@ def pages_finding(first: KeyPage, second: KeyPage | None) -> Finding:
             "not key objects: selector runs may end LISTING_INCOMPLETE (docs/reference.md 4.3); "
             "doctor --all reads the whole listing as a run does",
         )
-    order = f"sort={second.sort} order" if width else "CTM's own order"
+    order = f"sort={second.sort} order" if second.sort in _SORTED_BY else "CTM's own order"
     return Finding(PASS, f"{seen}; none repeated, in {order}")
+
+
+# How many leading fields of a key's sort position each sort orders by.
+_SORTED_BY = {"createdAt,id": 2, "createdAt": 1}
+
+
+def _out_of_order(keys: Sequence[object], sort: str | None) -> bool:
+    """``keys`` are not in ``sort``'s order (any order is CTM's own when it sorts by none)."""
+    width = _SORTED_BY.get(sort or "", 0)
+    strict = width == 2  # a key has one place; createdAt alone may tie
+    positions = [p for p in map(sort_position, keys) if p is not None]
+    pairs = itertools.pairwise(positions)
+    return any(b[:width] < a[:width] or (strict and a == b) for a, b in pairs)
 
 
 def listing_failure(error: CtmError) -> Finding:

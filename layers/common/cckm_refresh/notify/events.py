@@ -53,6 +53,11 @@ class FailureGroup:
         advice = _HINTS.get(self.error_code)
         return None if advice is None else advice.format(n=self.count, tenancy=self.tenancy)
 
+    def described(self) -> dict[str, Any]:
+        """The group in a completed run's body (``hint`` only when there is one)."""
+        fields = {"error_code": self.error_code, "tenancy": self.tenancy, "count": self.count}
+        return _present(fields | {"hint": self.hint()})
+
 
 # What a failure's error_code tells an operator to check (docs/reference.md 6).
 _HINTS = {
@@ -123,9 +128,7 @@ def notifications_for(
     if event_name == "REMOVE" or not new:
         return []
     item_type = new.get("item_type")
-    # A run is notified once: on the record where it becomes COMPLETED.
-    completed = RunStatus.COMPLETED
-    if item_type == "RUN" and new.get("status") == completed and old.get("status") != completed:
+    if item_type == "RUN" and _became_completed(old, new):
         return [_run_completed(new, failed_keys)]
     if item_type == "KEY" and event_name == "MODIFY":
         return _key_changes(old, new)
@@ -134,51 +137,69 @@ def notifications_for(
     return []
 
 
+def _became_completed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """A run is notified once: on the record where it becomes COMPLETED."""
+    completed = RunStatus.COMPLETED
+    return new.get("status") == completed and old.get("status") != completed
+
+
 def _run_completed(run: Mapping[str, Any], failed_keys: FailedKeysReader) -> Notification:
     run_id = str(run.get("run_id", ""))
     counts = {name: _int(run.get(name)) for name in _COUNTS}
     failed = failed_keys(run_id) if counts["failed"] else FailedKeys()
     listing_error = run.get("listing_error")
-    severity = Severity.INFO
-    if counts["not_found"]:
-        severity = Severity.WARNING
-    if counts["failed"] or listing_error:
-        severity = Severity.ERROR
-    details = {
-        "run_id": run_id,
-        "trigger": run.get("trigger"),
-        "request_id": run.get("request_id"),
-        "reason": run.get("reason"),
-        "dry_run": bool(run.get("dry_run")),
-        **counts,
-        "started_at": run.get("started_at"),
-        "finished_at": run.get("finished_at"),
-        "failed_keys": [dict(k) for k in failed.keys],
-        "failed_count": failed.count,
-        "failed_by_cause": [
-            _present(
-                {"error_code": g.error_code, "tenancy": g.tenancy, "count": g.count}
-                | {"hint": g.hint()}
-            )
-            for g in failed.groups
-        ],
-        "listing_error": dict(listing_error) if isinstance(listing_error, Mapping) else None,
-    }
+    severity = _run_severity(counts, listing_error)
     summary = _run_summary(run_id, counts, dry_run=bool(run.get("dry_run")))
-    if isinstance(listing_error, Mapping):
-        summary += f"; the listing was incomplete: {listing_error.get('error_message', '')}"
-    hints = [hint for group in failed.groups if (hint := group.hint())]
-    if hints:
-        summary += f"; {hints[0]}"
     return Notification(
         event_type=EventType.RUN_COMPLETED,
         severity=severity,
         subject=subject(
             severity, f"CCKM refresh run {run_id}: {_run_headline(counts, listing_error)}"
         ),
-        summary=one_line(summary),
+        summary=one_line("; ".join([summary, *_run_caveats(listing_error, failed)])),
         dedupe_key=f"{EventType.RUN_COMPLETED}#{run_id}",
-        details=_present(details),
+        details=_run_details(run, counts, failed),
+    )
+
+
+def _run_severity(counts: Mapping[str, int], listing_error: object) -> Severity:
+    """ERROR when keys failed or the listing was incomplete, WARNING when keys were not
+    found (docs/reference.md 6)."""
+    if counts["failed"] or listing_error:
+        return Severity.ERROR
+    return Severity.WARNING if counts["not_found"] else Severity.INFO
+
+
+def _run_caveats(listing_error: object, failed: FailedKeys) -> list[str]:
+    """What a completed run's summary adds after its counts: that the listing was
+    incomplete, and the first hint its failures give."""
+    caveats: list[str] = []
+    if isinstance(listing_error, Mapping):
+        caveats.append(f"the listing was incomplete: {listing_error.get('error_message', '')}")
+    hints = [hint for group in failed.groups if (hint := group.hint())]
+    return caveats + hints[:1]
+
+
+def _run_details(
+    run: Mapping[str, Any], counts: Mapping[str, int], failed: FailedKeys
+) -> dict[str, Any]:
+    """A completed run's body fields: the run, its counts and its failed keys."""
+    listing_error = run.get("listing_error")
+    return _present(
+        {
+            "run_id": str(run.get("run_id", "")),
+            "trigger": run.get("trigger"),
+            "request_id": run.get("request_id"),
+            "reason": run.get("reason"),
+            "dry_run": bool(run.get("dry_run")),
+            **counts,
+            "started_at": run.get("started_at"),
+            "finished_at": run.get("finished_at"),
+            "failed_keys": [dict(k) for k in failed.keys],
+            "failed_count": failed.count,
+            "failed_by_cause": [group.described() for group in failed.groups],
+            "listing_error": dict(listing_error) if isinstance(listing_error, Mapping) else None,
+        }
     )
 
 

@@ -50,41 +50,24 @@ class Intake:
         """Start (or continue, or replay) ``run`` from ``request``: its keys resolved into
         chunks, each registered and queued (or kept and refreshed here), what was not found
         recorded, the listing handed on if time ran short. ``end``: the invocation's."""
-        original = request.chunk is None and request.resume is None
-        created = self.store.start_run(run, delivery.raw if original else None)
         start_by = end.before(self.settings.deadline_margin_seconds)
         last = last_chance(delivery, request.handoffs, self.settings.max_receive_count)
-        if last and start_by.passed():
-            why = "the last delivery had too little time left to resolve the request"
-            return self.give_up(run, request, "DEADLINE", why)
-        done_before = None if created else self._done_before(run)
-        if done_before is not None:
-            return done_before
+        answer = self._start(delivery, request, run, last=last, start_by=start_by)
+        if answer is not None:
+            return answer
         router = ChunkRouter(self.settings, self.store, self.queue, self.worker, run, delivery, end)
         try:
-            resolution = self.resolver.resolve(
-                request,
-                run.run_id,
-                chunk_size=min(self.settings.fanout_chunk_size, MAX_CHUNK_KEYS),
-                sink=router.route,
-                list_until=start_by,
-                calls_end_by=end.before(self.settings.recording_reserve_seconds),
-            )
+            resolution = self._resolve(request, run, router, start_by, end)
         except CtmError as error:
-            router.flush_sends()  # what was listed is refreshed
             if error.transient and not last:
                 raise  # delivered again
             return self.give_up(run, request, error.error_code, error.message)
-        router.flush_sends()
         settled = self._record_settled(run, resolution, router)
-        segment = segment_of(request.resume)
-        handed_on = 0
-        if resolution.resume is not None and request.selector is not None:
-            # A continuation that read no page counts its hand-off as a delivery (liveness).
-            handoffs = 0 if resolution.pages else request.handoffs + 1
-            handed_on = self._continue(run, request, segment, resolution.resume, handoffs)
+        handed_on = self._continue(run, request, resolution)
         router.refresh_kept()
-        if resolution.finished and not self.store.finish_resolution(run.run_id, segment):
+        if resolution.finished and not self.store.finish_resolution(
+            run.run_id, segment_of(request.resume)
+        ):
             logger.info("another delivery owns this run's resolution; it finishes it")
         return self._report(
             run,
@@ -94,6 +77,50 @@ class Intake:
             fanned_out=resolution.keys if router.fanning else 0,
             handed_on=handed_on + router.requeued,
         )
+
+    def _start(
+        self,
+        delivery: Delivery,
+        request: RefreshRequest,
+        run: RunInfo,
+        *,
+        last: bool,
+        start_by: Deadline,
+    ) -> RunReport | None:
+        """Register ``run`` (with the delivery of an original request); then the answer when
+        there is nothing to resolve: a last delivery with too little time left gives up, a
+        run taken in before answers as it stands."""
+        original = request.chunk is None and request.resume is None
+        created = self.store.start_run(run, delivery.raw if original else None)
+        if last and start_by.passed():
+            why = "the last delivery had too little time left to resolve the request"
+            return self.give_up(run, request, "DEADLINE", why)
+        return None if created else self._done_before(run)
+
+    def _resolve(
+        self,
+        request: RefreshRequest,
+        run: RunInfo,
+        router: ChunkRouter,
+        start_by: Deadline,
+        end: Deadline,
+    ) -> Resolution:
+        """Resolve ``request`` into chunks for ``router``; what was listed is sent, also when
+        CTM's listing fails."""
+        try:
+            resolution = self.resolver.resolve(
+                request,
+                run.run_id,
+                chunk_size=min(self.settings.fanout_chunk_size, MAX_CHUNK_KEYS),
+                sink=router.route,
+                list_until=start_by,
+                calls_end_by=end.before(self.settings.recording_reserve_seconds),
+            )
+        except CtmError:
+            router.flush_sends()  # what was listed is refreshed
+            raise
+        router.flush_sends()
+        return resolution
 
     def _done_before(self, run: RunInfo) -> RunReport | None:
         """The answer for a run taken in before, when there is nothing left to do: a completed
@@ -164,21 +191,21 @@ class Intake:
             verdict=DEAD_LETTER,
         )
 
-    def _continue(
-        self,
-        run: RunInfo,
-        request: RefreshRequest,
-        segment: str,
-        resume: dict[str, object],
-        handoffs: int,
-    ) -> int:
-        """Hand the rest of a selector's listing on to a continuation message."""
-        if not self.queue.can_hand_on or request.selector is None:
+    def _continue(self, run: RunInfo, request: RefreshRequest, resolution: Resolution) -> int:
+        """Hand the rest of a selector's listing, when resolution stopped short of its end, on
+        to a continuation message. How many were sent."""
+        resume = resolution.resume
+        if resume is None or request.selector is None:
+            return 0
+        if not self.queue.can_hand_on:
             logger.error("deadline reached while resolving, and no queue to hand on to")
             return 0
+        segment = segment_of(request.resume)
         if not self.store.hand_on_resolution(run.run_id, segment, segment_of(resume)):
             logger.info("another delivery owns this run's resolution; not handed on")
             return 0
+        # A continuation that read no page counts its hand-off as a delivery (liveness).
+        handoffs = 0 if resolution.pages else request.handoffs + 1
         body = continuation_message(run, request.selector, dict(resume), handoffs)
         position = json.dumps(resume, sort_keys=True, default=str)
         dedup = hashlib.sha256(f"{run.run_id}\n{position}".encode()).hexdigest()
