@@ -13,7 +13,7 @@ import time
 
 from bench import footprint, scale, throughput
 from bench.figures import Figures
-from bench.results import NOTES, RESULTS, SIMULATION, render
+from bench.results import NOTES, RESULTS, SIMULATION, SOAK, render
 from bench.world import ROOT, prepare_process
 
 
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     figures = Figures(scenarios, imports, layer, memory, time.perf_counter() - started, scaled)
     text = render(figures)
     old = RESULTS.read_text(encoding="utf-8")
-    for part in (SIMULATION, NOTES):
+    for part in (SIMULATION, SOAK, NOTES):
         text = part.kept(old, text)
     if "--no-write" in argv:
         print(text)

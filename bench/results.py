@@ -99,6 +99,7 @@ COLD_START = Part(
 )
 SCALE = Part("scale section", "written by `python -m bench.scale` and `make bench`")
 SIMULATION = Part("simulation", "written by `python -m bench.simulation scale`")
+SOAK = Part("soak", "written by `make soak` (`python -m bench.simulation soak N`)")
 NOTES = Part("notes", "written by hand; every benchmark keeps them")
 
 

@@ -9,12 +9,14 @@ tenancy, with the template's settings and 0.4 s CTM calls, on the virtual clock;
 completion time against the ideal, invocations, hand-offs, DynamoDB/SQS/SNS requests per key
 and what the night costs at list prices; writes its section of RESULTS.md and a plot.
 ``soak`` checks the properties of ``devkit.sim.properties`` over N schedules Hypothesis
-draws (``devkit.sim.scenarios``) and prints what they covered and the worst case found.
+draws (``devkit.sim.scenarios``), prints what they covered and the worst case found, and
+writes them to RESULTS.md (``--no-write``: print only).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.figures import FULL_RATE
-from bench.results import RESULTS, SIMULATION, write_part
+from bench.results import RESULTS, SIMULATION, SOAK, write_part
 from devkit.sim.dynamodb import plain
 from devkit.sim.properties import Findings, check
 from devkit.sim.world import Report, Scenario, World, template_default
@@ -216,9 +218,12 @@ def scale(write: bool = True) -> None:
         plot(nights)
 
 
-def soak(examples: int) -> int:
-    """The liveness property over ``examples`` schedules; 1 when one fails."""
+def soak(examples: int, write: bool = True) -> int:
+    """The liveness property over ``examples`` schedules; 1 when one fails. What it covered
+    goes to RESULTS.md (its soak part) unless ``write`` is false."""
     from hypothesis import HealthCheck, Phase, given, settings
+
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # no EMF blobs among the figures
 
     from devkit.sim.scenarios import scenarios
 
@@ -253,11 +258,31 @@ def soak(examples: int) -> int:
     except AssertionError as failure:
         print(f"soak: a schedule broke a property: {failure}")
         failed = 1
-    print(f"soak: {seen['schedules']} schedules in {time.perf_counter() - started:.0f} s")
-    for name, count in sorted(seen.items()):
-        print(f"  {name}: {count}")
-    for name, value in worst.items():
-        print(f"  worst {name}: {value:.2f}")
+    wall = time.perf_counter() - started
+    lines = [
+        f"soak: {seen['schedules']} schedules in {wall:.0f} s",
+        *(f"  {name}: {count}" for name, count in sorted(seen.items())),
+        *(f"  worst {name}: {value:.2f}" for name, value in worst.items()),
+    ]
+    print("\n".join(lines))
+    if write:
+        verdict = "a schedule broke a property" if failed else "every property held"
+        write_part(
+            SOAK,
+            [
+                SOAK.begin,
+                "## The soak: the properties over many generated schedules",
+                "",
+                f"{examples} schedules asked, {verdict} (`devkit/sim/properties.py`: every run"
+                " completes within its bound of invocations, one terminal outcome per key, no"
+                " invocation past its budget, no tenancy over its rate in any second).",
+                "",
+                "```",
+                *lines,
+                "```",
+                SOAK.end,
+            ],
+        )
     return failed
 
 
@@ -286,7 +311,8 @@ def _cover(seen: Counter[str], scenario: Scenario, report: Report) -> None:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["soak"]:
-        return soak(int(argv[1]) if len(argv) > 1 else 2000)
+        counts = [a for a in argv[1:] if a.isdigit()]
+        return soak(int(counts[0]) if counts else 2000, write="--no-write" not in argv)
     if argv[:1] == ["scale"]:
         scale(write="--no-write" not in argv)
         return 0

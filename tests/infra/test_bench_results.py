@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.results import COLD_START, NOTES, SCALE, SIMULATION, Part
+from bench.results import COLD_START, NOTES, SCALE, SIMULATION, SOAK, Part
 
 
 def marked(part: Part, *lines: str) -> str:
@@ -14,18 +14,20 @@ OLD = "\n\n".join(
         "# Benchmark results\n\nold figures",
         marked(SCALE, "old scale"),
         marked(SIMULATION, "the night"),
+        marked(SOAK, "the schedules"),
         marked(NOTES, "written by hand"),
     ]
 )
 
 
-def test_a_full_make_bench_keeps_the_simulation_and_the_notes_and_ends_with_the_notes() -> None:
+def test_make_bench_keeps_the_simulation_the_soak_and_the_notes_and_ends_with_the_notes() -> None:
     new = "# Benchmark results\n\nnew figures\n\n" + marked(SCALE, "new scale") + "\n"
 
-    for part in (SIMULATION, NOTES):  # as bench/__main__.py does
+    for part in (SIMULATION, SOAK, NOTES):  # as bench/__main__.py does
         new = part.kept(OLD, new)
 
     assert SIMULATION.of(new) == SIMULATION.of(OLD)
+    assert SOAK.of(new) == SOAK.of(OLD) is not None
     assert NOTES.of(new) == NOTES.of(OLD)
     assert new.rstrip().endswith(NOTES.end)
     assert "old scale" not in new
