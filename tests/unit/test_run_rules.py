@@ -16,6 +16,7 @@ from cckm_refresh.config import RefreshSettings
 from cckm_refresh.ctm.errors import CtmError, CtmPermanentError, CtmTransientError
 from cckm_refresh.ctm.transport import UNPACED, Pacer
 from cckm_refresh.engine import RefreshEngine
+from cckm_refresh.model import Status
 from cckm_refresh.ratelimit import TenancyRateLimiter
 from cckm_refresh.run.chunks import ChunkWorker
 from cckm_refresh.run.intake import Intake
@@ -190,6 +191,19 @@ def test_a_scheduled_request_becomes_one_chunk_message_per_tenancy() -> None:
         assert {KEYS[k] for k in message.body["keys"]} == {message.group}
     run = world.table.runs["schedule-T0"]
     assert (run["requested"], run["open_chunks"], run.get("resolving")) == (8, 2, None)
+
+
+def test_a_batch_of_chunks_reports_each_call_s_latency_once_on_its_own_chunk() -> None:
+    # Given a run's two chunk messages (tenancies t1 and t2) delivered in one batch
+    world = World()
+    world.schedule()
+
+    # When one engine pass refreshes both
+    reports = world.deliver_chunks()
+
+    # Then each report carries the latencies of its own keys (the metric adds them all up)
+    assert [len(r.latencies_ms) for r in reports] == [r.count(Status.REFRESHED) for r in reports]
+    assert sum(len(r.latencies_ms) for r in reports) == len(world.ctm.refreshed) == 8
 
 
 def test_each_tenancy_s_first_chunk_is_sent_at_once_and_the_others_ten_to_a_call() -> None:

@@ -166,10 +166,11 @@ class ChunkWorker:
                 kept.append(item)
         return kept
 
-    def report(self, job: ChunkJob, done: EngineResult) -> RunReport:
+    def report(self, job: ChunkJob, throttled: int = 0) -> RunReport:
         """A chunk message's report and verdict: back later while keys are PENDING; to the
         dead-letter queue when its last delivery gave up on some; else done (what was not
-        started is handed on in a new message of the same chunk)."""
+        started is handed on in a new message of the same chunk). ``throttled``: the throttles
+        of the pass to count on this report (metrics add every report of a batch up)."""
         verdict = DONE
         handed_off = 0
         receive_count = job.delivery.receive_count if job.delivery else 1
@@ -195,11 +196,13 @@ class ChunkWorker:
             recorded=tuple(job.recorded),
             pending=len(job.pending),
             handed_off=handed_off,
-            throttled=done.throttled,
+            throttled=throttled,
             gave_up=job.gave_up,
             counts=job.completed,
             completed_now=job.completed is not None,
-            latencies_ms=tuple(done.latencies_ms),
+            latencies_ms=tuple(
+                r.outcome.duration_ms for r in job.recorded if r.outcome.status is Status.REFRESHED
+            ),
             verdict=verdict,
         )
 

@@ -55,8 +55,9 @@ class RefreshService:
                 results[index] = self._take(delivery, request, run, end)
         if jobs:
             done = self.worker.work(list(jobs.values()), end)
-            for index, job in jobs.items():
-                results[index] = self.worker.report(job, done)
+            for n, (index, job) in enumerate(jobs.items()):
+                # The pass's throttles are counted once: on the batch's first report.
+                results[index] = self.worker.report(job, done.throttled if n == 0 else 0)
         return [results[index] for index in range(len(deliveries))]
 
     def sweep(self) -> SweepReport:
