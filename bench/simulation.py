@@ -16,7 +16,6 @@ writes them to RESULTS.md (``--no-write``: print only).
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections import Counter
@@ -222,8 +221,6 @@ def soak(examples: int, write: bool = True) -> int:
     """The liveness property over ``examples`` schedules; 1 when one fails. What it covered
     goes to RESULTS.md (its soak part) unless ``write`` is false."""
     from hypothesis import HealthCheck, Phase, given, settings
-
-    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # no EMF blobs among the figures
 
     from devkit.sim.scenarios import scenarios
 
