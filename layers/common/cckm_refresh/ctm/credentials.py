@@ -38,8 +38,7 @@ class AuthMethod(StrEnum):
 
 @dataclass(frozen=True, repr=False)
 class CtmCredentials:
-    """What the secret holds; no instance without a usable method exists, and ``repr`` shows no
-    value."""
+    """What the secret holds: never without a usable method, and ``repr`` shows no value."""
 
     refresh_token: str | None = None
     username: str | None = None

@@ -1,6 +1,5 @@
-"""What a CTM call can fail with and whether it is tried again (docs/reference.md 4.4, 5): typed
-errors carrying ``error_code``, the rules typing an answer, botocore's retry policy and quota,
-and the secrets scrubbed from every message (CTM's words may quote them)."""
+"""What a CTM call can fail with and whether it is retried (docs/reference.md 4.4, 5): typed errors,
+the rules typing an answer, the retry policy and quota, and secrets scrubbed from messages."""
 
 from __future__ import annotations
 
@@ -34,7 +33,7 @@ def register_secret(value: str | None) -> None:
 
 
 def forget_secrets() -> None:
-    """Empty the registry (tests: one process runs many secrets' worth of runs)."""
+    """Empty the registry (for tests)."""
     with _secrets_lock:
         _secrets.clear()
 
@@ -206,14 +205,9 @@ _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"(?i)bearer\s+\S+")
 
 
-def redact(text: str) -> str:
-    """``text`` without anything shaped like a JWT or a bearer credential."""
-    return _BEARER.sub("Bearer [redacted]", _JWT_LIKE.sub("[redacted]", text))
-
-
 def ctm_error_fields(text: str) -> tuple[str | None, str | None]:
-    """``(codeDesc name, message)`` of a CTM error body, each None when absent. Bodies not in
-    CTM's JSON shape give nothing: an unknown body (a proxy's page) might echo headers."""
+    """``(codeDesc name, message)`` of a CTM error body, each None when absent, no JWT or bearer
+    quoted. Bodies not in CTM's JSON shape give nothing: a proxy's page might echo headers."""
     try:
         document = json.loads(text)
     except ValueError:
@@ -225,7 +219,8 @@ def ctm_error_fields(text: str) -> tuple[str | None, str | None]:
     code_name = name if _CODE_NAME.fullmatch(name) else None
     if not isinstance(message, str) or not message.strip():
         return code_name, None
-    return code_name, redact(message.strip())[:MAX_MESSAGE]
+    message = _BEARER.sub("Bearer [redacted]", _JWT_LIKE.sub(REDACTED, message.strip()))
+    return code_name, message[:MAX_MESSAGE]
 
 
 @dataclass(frozen=True)
