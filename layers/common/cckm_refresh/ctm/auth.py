@@ -218,10 +218,8 @@ class TokenSource:
             grant["password"] = credentials.password or ""
             grant["refresh_token_lifetime"] = SESSION_TOKEN_LIFETIME_MINUTES
             grant["refresh_token_revoke_unused_in"] = SESSION_TOKEN_UNUSED_MINUTES
-            if credentials.domain:
-                grant["domain"] = credentials.domain
-            if credentials.auth_domain:
-                grant["auth_domain"] = credentials.auth_domain
+            domains = {"domain": credentials.domain, "auth_domain": credentials.auth_domain}
+            grant |= {name: value for name, value in domains.items() if value}
         method = credentials.method
         held, minted = self._grant(grant, method, f"secret's {method.value}", deadline)
         if credentials.method is AuthMethod.PASSWORD and minted is not None:

@@ -167,20 +167,13 @@ BODY_RULES: tuple[tuple[str, type[CtmError], str | None], ...] = (
     ("TooManyRequests", CtmThrottledError, None),
     ("Vault must be in one of the following states", CtmTransientError, None),
 )
-# Without a body rule (first match wins; any other status is permanent). Every 5xx passes: CTM
-# is a cluster behind a load balancer, and CCKM wraps OCI's errors. A 401 is the JWT's: the
-# transport re-sends it with the newest one, or once after a renewal.
-STATUS_RULES: tuple[tuple[range, type[CtmError]], ...] = (
-    (range(429, 430), CtmThrottledError),
-    (range(500, 600), CtmTransientError),
-    (range(401, 402), CtmAuthError),
-    (range(404, 405), CtmNotFoundError),
-)
+# Without a body rule (any other status is permanent). Every 5xx passes: CTM is a cluster behind
+# a load balancer, and CCKM wraps OCI's errors. A 401 is the JWT's: the transport re-sends it
+# with the newest one, or once after a renewal.
+STATUS_RULES: dict[int, type[CtmError]] = dict.fromkeys(range(500, 600), CtmTransientError)
+STATUS_RULES |= {429: CtmThrottledError, 401: CtmAuthError, 404: CtmNotFoundError}
 # error_code when neither a rule nor CTM's codeDesc names the error: else HTTP_<status>
-DEFAULT_CODES: dict[type[CtmError], str] = {
-    CtmThrottledError: "THROTTLED",
-    CtmAuthError: "UNAUTHORIZED",
-}
+DEFAULT_CODES = {CtmThrottledError: "THROTTLED", CtmAuthError: "UNAUTHORIZED"}
 
 
 def error_for_response(what: str, status: int, text: str) -> CtmError | None:
@@ -188,10 +181,9 @@ def error_for_response(what: str, status: int, text: str) -> CtmError | None:
     may say anything); ``error_code`` the rule's, else CTM's codeDesc, else a default."""
     if status in SUCCESS_STATUSES:
         return None
-    by_status = next((kind for statuses, kind in STATUS_RULES if status in statuses), None)
     kind, code = next(
         ((kind, code) for marker, kind, code in BODY_RULES if marker in text),
-        (by_status or CtmPermanentError, None),
+        (STATUS_RULES.get(status, CtmPermanentError), None),
     )
     code_name, message = ctm_error_fields(text)
     code = code or code_name or DEFAULT_CODES.get(kind, f"HTTP_{status}")

@@ -326,7 +326,7 @@ class Transport:
             params=dict(call.params) if call.params else None,
             data=json.dumps(call.json_body) if call.json_body is not None else None,
             headers={"Authorization": f"Bearer {bearer.jwt}"} if bearer is not None else None,
-            auth=_no_netrc,
+            auth=lambda request: request,  # adds nothing, so that requests never reads ~/.netrc
             timeout=Timeout(connect=connect, read=limit, total=limit),  # type: ignore[arg-type]
             verify=self.tls.verify_for(call.url),
             allow_redirects=False,  # a redirect could carry the bearer elsewhere
@@ -417,10 +417,6 @@ def error_for_exception(what: str, exc: OSError) -> CtmError:
     # text is requests' own, which may quote what it refused: not repeated.
     message = f"{what}: the request could not be sent ({type(exc).__name__})"
     return CtmPermanentError(message, error_code="CONNECTION")
-
-
-def _no_netrc(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    return request  # an ``auth`` that adds nothing, so that requests never reads ~/.netrc
 
 
 def _json_object(call: _Call, status: int, text: str) -> dict[str, Any]:
