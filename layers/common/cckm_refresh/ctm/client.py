@@ -60,7 +60,7 @@ class CtmClient:
             timeout=timeout,
             retry=retry,
             verify_tls=verify_tls,
-            ca_bundle=credentials.ca_bundle,
+            ca_bundle=lambda: credentials.get().ca_bundle,
             pool_size=pool_size,
             runtime=runtime,
             rng=rng,

@@ -146,9 +146,6 @@ class CredentialsCache:
         parsed[1].register_secrets()
         return parsed[1]
 
-    def ca_bundle(self) -> str | None:
-        return self.get().ca_bundle
-
 
 # botocore's own exceptions, named rather than imported: the loader may not be botocore.
 _NO_AWS_CREDENTIALS = frozenset({"NoCredentialsError", "PartialCredentialsError"})

@@ -64,9 +64,8 @@ class ListCursor:
     @classmethod
     def from_json(cls, value: object) -> ListCursor:
         """The cursor ``to_json`` wrote (or an earlier version's ``{skip, after}``)."""
-        if not isinstance(value, dict) or not set(value) <= {
-            f.name for f in dataclasses.fields(cls)
-        }:
+        names = {field.name for field in dataclasses.fields(cls)}
+        if not isinstance(value, dict) or not set(value) <= names:
             raise ValueError("not a list cursor")
         fields = dict(value)
         try:
