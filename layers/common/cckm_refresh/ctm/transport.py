@@ -110,9 +110,8 @@ class CtmResponse:
 
 
 class TlsPolicy:
-    """The ``verify=`` of every request (docs/reference.md 3): the secret's ``ca_bundle`` alone
-    (written to a file of ours), else the standard store with ``REQUESTS_CA_BUNDLE``,
-    ``CURL_CA_BUNDLE`` or ``SSL_CERT_FILE`` (which requests ignores); none only by choice."""
+    """The ``verify=`` of every request (docs/reference.md 3): the secret's ``ca_bundle`` alone,
+    else the standard store as requests finds it or ``SSL_CERT_FILE``; none only by choice."""
 
     def __init__(self, *, verify_tls: bool, ca_bundle: Callable[[], str | None]) -> None:
         self._verify_tls = verify_tls
@@ -154,7 +153,7 @@ class TlsPolicy:
                 handle.write(pem if pem.endswith("\n") else pem + "\n")
             return handle.name, handle.name
         if os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"):
-            return True, None
+            return True, None  # requests reads these itself, but not SSL_CERT_FILE
         return os.environ.get("SSL_CERT_FILE") or True, None
 
 
