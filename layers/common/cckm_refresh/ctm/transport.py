@@ -128,8 +128,10 @@ class TlsPolicy:
                 if self._resolved is None:
                     self._resolved, self.ca_file, ca_file = setting, ca_file, None
             _remove(ca_file)  # another thread resolved it first
-        host = urlsplit(url).hostname or ""
-        if self._resolved is False and host not in self._quiet_hosts:
+        if (
+            self._resolved is False
+            and (host := urlsplit(url).hostname or "") not in self._quiet_hosts
+        ):
             # The operator chose CTM_VERIFY_TLS=false (warned at cold start): silence
             # urllib3's per-request warning for CTM's host only.
             self._quiet_hosts.add(host)
