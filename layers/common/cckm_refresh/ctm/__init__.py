@@ -1,3 +1,2 @@
-"""The CipherTrust Manager client: ``client.CtmClient.create(...)`` wires the parts, each
-module owning one concern. Nothing is imported here: handlers import ``ctm.errors`` at cold
-start, and ``requests`` only when a client is built."""
+"""The CipherTrust Manager client, wired by ``client.CtmClient.create``. Nothing is imported here:
+handlers import ``ctm.errors`` at cold start, and ``requests`` only when a client is built."""

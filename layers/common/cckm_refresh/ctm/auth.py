@@ -31,11 +31,10 @@ DEFAULT_LIFETIME = 300.0  # CTM's JWTs live 5 minutes when the answer does not s
 # a CTM hiccup refusing a login does not poison a warm container for its whole life.
 REFUSAL_MEMORY = 60.0
 REFUSED_STATUSES = frozenset({400, 401, 403})  # wrong password, unknown token, locked account
-# The refresh token each password login asks for, in minutes as CTM takes them (docs/reference.md
-# 9; its console asks refresh_token_revoke_unused_in=30). By default they never expire and every
-# password login mints one (piled up, they made CTM 2.7 servers unresponsive). Revoked unused
-# after 10 minutes (a busy container renews every 4), at most 60 minutes old: about two live
-# refresh tokens per container that ran in the last 10 minutes.
+# The refresh token each password login asks for, in minutes (docs/reference.md 9; CTM's console
+# asks refresh_token_revoke_unused_in=30). By default they never expire and every password login
+# mints one (piled up, they made CTM 2.7 servers unresponsive); a busy container renews every 4
+# minutes: about two live refresh tokens per container that ran in the last 10 minutes.
 SESSION_TOKEN_LIFETIME_MINUTES = 60
 SESSION_TOKEN_UNUSED_MINUTES = 10
 SESSION_TOKEN_MARGIN = 60.0  # stop using it this long before CTM would drop it
@@ -219,10 +218,8 @@ class TokenSource:
             grant["password"] = credentials.password or ""
             grant["refresh_token_lifetime"] = SESSION_TOKEN_LIFETIME_MINUTES
             grant["refresh_token_revoke_unused_in"] = SESSION_TOKEN_UNUSED_MINUTES
-            if credentials.domain:
-                grant["domain"] = credentials.domain
-            if credentials.auth_domain:
-                grant["auth_domain"] = credentials.auth_domain
+            domains = {"domain": credentials.domain, "auth_domain": credentials.auth_domain}
+            grant |= {name: value for name, value in domains.items() if value}
         method = credentials.method
         held, minted = self._grant(grant, method, f"secret's {method.value}", deadline)
         if credentials.method is AuthMethod.PASSWORD and minted is not None:

@@ -25,7 +25,7 @@ KEYS_PATH = "/api/v1/cckm/oci/keys"
 # REFRESH_CONCURRENCY allows) under 64 MiB of answers.
 MAX_KEY_BODY_BYTES = 1 << 20
 
-__all__ = ["UNPACED", "CtmClient", "CtmResponse", "KeyPage", "ListCursor", "LoginInfo", "Pacer"]
+__all__ = ["CtmClient", "KeyPage", "ListCursor"]  # what callers import from here
 
 
 class CtmClient:
@@ -60,7 +60,7 @@ class CtmClient:
             timeout=timeout,
             retry=retry,
             verify_tls=verify_tls,
-            ca_bundle=credentials.ca_bundle,
+            ca_bundle=lambda: credentials.get().ca_bundle,
             pool_size=pool_size,
             runtime=runtime,
             rng=rng,
@@ -150,9 +150,8 @@ class CtmClient:
         )
         what, status = f"{method} {KEYS_PATH}/{{id}}{action}", answer.http_status
         try:
-            problem = (
-                None if KeyInfo.from_ctm(answer.body).key_id == key_id else "another key's object"
-            )
+            same = KeyInfo.from_ctm(answer.body).key_id == key_id
+            problem = None if same else "another key's object"
         except MalformedKeyObjectError as malformed:
             problem = str(malformed)
         if problem is not None:

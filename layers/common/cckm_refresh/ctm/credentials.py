@@ -38,8 +38,7 @@ class AuthMethod(StrEnum):
 
 @dataclass(frozen=True, repr=False)
 class CtmCredentials:
-    """What the secret holds; no instance without a usable method exists, and ``repr`` shows no
-    value."""
+    """What the secret holds: never without a usable method, and ``repr`` shows no value."""
 
     refresh_token: str | None = None
     username: str | None = None
@@ -146,9 +145,6 @@ class CredentialsCache:
                 self._parsed = parsed
         parsed[1].register_secrets()
         return parsed[1]
-
-    def ca_bundle(self) -> str | None:
-        return self.get().ca_bundle
 
 
 # botocore's own exceptions, named rather than imported: the loader may not be botocore.

@@ -1,6 +1,5 @@
-"""What a CTM call can fail with and whether it is tried again (docs/reference.md 4.4, 5): typed
-errors carrying ``error_code``, the rules typing an answer, botocore's retry policy and quota,
-and the secrets scrubbed from every message (CTM's words may quote them)."""
+"""What a CTM call can fail with and whether it is retried (docs/reference.md 4.4, 5): typed errors,
+the rules typing an answer, the retry policy and quota, and secrets scrubbed from messages."""
 
 from __future__ import annotations
 
@@ -34,7 +33,7 @@ def register_secret(value: str | None) -> None:
 
 
 def forget_secrets() -> None:
-    """Empty the registry (tests: one process runs many secrets' worth of runs)."""
+    """Empty the registry (for tests)."""
     with _secrets_lock:
         _secrets.clear()
 
@@ -168,20 +167,13 @@ BODY_RULES: tuple[tuple[str, type[CtmError], str | None], ...] = (
     ("TooManyRequests", CtmThrottledError, None),
     ("Vault must be in one of the following states", CtmTransientError, None),
 )
-# Without a body rule (first match wins; any other status is permanent). Every 5xx passes: CTM
-# is a cluster behind a load balancer, and CCKM wraps OCI's errors. A 401 is the JWT's: the
-# transport re-sends it with the newest one, or once after a renewal.
-STATUS_RULES: tuple[tuple[range, type[CtmError]], ...] = (
-    (range(429, 430), CtmThrottledError),
-    (range(500, 600), CtmTransientError),
-    (range(401, 402), CtmAuthError),
-    (range(404, 405), CtmNotFoundError),
-)
+# Without a body rule (any other status is permanent). Every 5xx passes: CTM is a cluster behind
+# a load balancer, and CCKM wraps OCI's errors. A 401 is the JWT's: the transport re-sends it
+# with the newest one, or once after a renewal.
+STATUS_RULES: dict[int, type[CtmError]] = dict.fromkeys(range(500, 600), CtmTransientError)
+STATUS_RULES |= {429: CtmThrottledError, 401: CtmAuthError, 404: CtmNotFoundError}
 # error_code when neither a rule nor CTM's codeDesc names the error: else HTTP_<status>
-DEFAULT_CODES: dict[type[CtmError], str] = {
-    CtmThrottledError: "THROTTLED",
-    CtmAuthError: "UNAUTHORIZED",
-}
+DEFAULT_CODES = {CtmThrottledError: "THROTTLED", CtmAuthError: "UNAUTHORIZED"}
 
 
 def error_for_response(what: str, status: int, text: str) -> CtmError | None:
@@ -189,10 +181,9 @@ def error_for_response(what: str, status: int, text: str) -> CtmError | None:
     may say anything); ``error_code`` the rule's, else CTM's codeDesc, else a default."""
     if status in SUCCESS_STATUSES:
         return None
-    by_status = next((kind for statuses, kind in STATUS_RULES if status in statuses), None)
     kind, code = next(
         ((kind, code) for marker, kind, code in BODY_RULES if marker in text),
-        (by_status or CtmPermanentError, None),
+        (STATUS_RULES.get(status, CtmPermanentError), None),
     )
     code_name, message = ctm_error_fields(text)
     code = code or code_name or DEFAULT_CODES.get(kind, f"HTTP_{status}")
@@ -206,14 +197,9 @@ _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"(?i)bearer\s+\S+")
 
 
-def redact(text: str) -> str:
-    """``text`` without anything shaped like a JWT or a bearer credential."""
-    return _BEARER.sub("Bearer [redacted]", _JWT_LIKE.sub("[redacted]", text))
-
-
 def ctm_error_fields(text: str) -> tuple[str | None, str | None]:
-    """``(codeDesc name, message)`` of a CTM error body, each None when absent. Bodies not in
-    CTM's JSON shape give nothing: an unknown body (a proxy's page) might echo headers."""
+    """``(codeDesc name, message)`` of a CTM error body, each None when absent, no JWT or bearer
+    quoted. Bodies not in CTM's JSON shape give nothing: a proxy's page might echo headers."""
     try:
         document = json.loads(text)
     except ValueError:
@@ -225,7 +211,8 @@ def ctm_error_fields(text: str) -> tuple[str | None, str | None]:
     code_name = name if _CODE_NAME.fullmatch(name) else None
     if not isinstance(message, str) or not message.strip():
         return code_name, None
-    return code_name, redact(message.strip())[:MAX_MESSAGE]
+    message = _BEARER.sub("Bearer [redacted]", _JWT_LIKE.sub(REDACTED, message.strip()))
+    return code_name, message[:MAX_MESSAGE]
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,5 @@
-"""A key listing read completely, page by page, whatever order CTM answers in (docs/reference.md
-4.3): the cursor, the page, and how each page is placed against the one before.
-
-Pages come in the first order CTM honours (a 400 or a page out of order falls back):
-``sort=createdAt,id`` (a refresh changes neither), ``createdAt``, CTM's own. Each page re-reads
-a few keys before its position and is placed against the previous page's tail, by sort key or
-by the tail's ids (anchors): keys removed before the position never make a page skip one. When
-no order holds between two calls and the listing does not fit one page: ``CtmListingError``."""
+"""A key listing read completely, page by page, whatever order CTM answers in (docs/reference.md 9
+says how): the cursor, the page, and how each page is placed against the one before."""
 
 from __future__ import annotations
 
@@ -70,9 +64,8 @@ class ListCursor:
     @classmethod
     def from_json(cls, value: object) -> ListCursor:
         """The cursor ``to_json`` wrote (or an earlier version's ``{skip, after}``)."""
-        if not isinstance(value, dict) or not set(value) <= {
-            f.name for f in dataclasses.fields(cls)
-        }:
+        names = {field.name for field in dataclasses.fields(cls)}
+        if not isinstance(value, dict) or not set(value) <= names:
             raise ValueError("not a list cursor")
         fields = dict(value)
         try:

@@ -1,6 +1,5 @@
-"""The one HTTP transport to CTM (hvac's adapter): session, TLS, each attempt's time limit and
-pace, retries, typed errors; the only place that sends a JWT. The retry loop is ours: urllib3's
-``Retry`` can neither pace each attempt through the tenancy's pacer nor renew a JWT on a 401."""
+"""The one HTTP transport to CTM, the only place that sends a JWT: session, TLS, each attempt's time
+limit and pace, retries (ours: urllib3's can neither pace nor renew a JWT), typed errors."""
 
 from __future__ import annotations
 
@@ -59,17 +58,13 @@ _SSL_REASON = re.compile(r"\[SSL: [A-Z_]+\][^'\"()]*")
 
 class Pacer(Protocol):
     """Paces every attempt of a call, retries included (``ratelimit.TenancyPacer``), so that
-    retries spend the tenancy's OCI budget as first tries do."""
+    retries spend the tenancy's OCI budget as first tries do. ``wait`` blocks until the next
+    attempt may leave, if that is by ``latest_start`` (else False at once, taking no slot); each
+    answer is told as ``throttled`` (429, ``TooManyRequests`` in the body) or ``answered``."""
 
-    def wait(self, latest_start: Deadline) -> bool:
-        """Block until the next attempt may leave, if that is by ``latest_start``; else return
-        False at once, without taking a slot."""
-
-    def throttled(self) -> None:
-        """The attempt was throttled (429, or ``TooManyRequests`` in the body)."""
-
-    def answered(self) -> None:
-        """The attempt got an answer that was not a throttle."""
+    def wait(self, latest_start: Deadline) -> bool: ...
+    def throttled(self) -> None: ...
+    def answered(self) -> None: ...
 
 
 class Unpaced:
@@ -78,11 +73,8 @@ class Unpaced:
     def wait(self, latest_start: Deadline) -> bool:
         return not latest_start.passed()
 
-    def throttled(self) -> None:
-        return None
-
-    def answered(self) -> None:
-        return None
+    def throttled(self) -> None: ...
+    def answered(self) -> None: ...
 
 
 UNPACED = Unpaced()
@@ -97,14 +89,13 @@ class Bearer:
 
 
 class Authenticator(Protocol):
-    """Where attempts get their JWT (``auth.TokenSource``)."""
+    """Where attempts get their JWT (``auth.TokenSource``); ``refused``: CTM answered 401 to
+    ``bearer``, so unless a newer one exists, renew at the next ask."""
 
     generation: int  # the newest JWT's
 
     def bearer(self, deadline: Deadline) -> Bearer: ...
-
-    def refused(self, bearer: Bearer) -> None:
-        """CTM answered 401 to ``bearer``: unless a newer one exists, renew at the next ask."""
+    def refused(self, bearer: Bearer) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -119,9 +110,8 @@ class CtmResponse:
 
 
 class TlsPolicy:
-    """The ``verify=`` of every request (docs/reference.md 3): the secret's ``ca_bundle`` alone
-    (written to a file of ours), else the standard store with ``REQUESTS_CA_BUNDLE``,
-    ``CURL_CA_BUNDLE`` or ``SSL_CERT_FILE`` (which requests ignores); none only by choice."""
+    """The ``verify=`` of every request (docs/reference.md 3): the secret's ``ca_bundle`` alone,
+    else the standard store as requests finds it or ``SSL_CERT_FILE``; none only by choice."""
 
     def __init__(self, *, verify_tls: bool, ca_bundle: Callable[[], str | None]) -> None:
         self._verify_tls = verify_tls
@@ -165,7 +155,7 @@ class TlsPolicy:
                 handle.write(pem if pem.endswith("\n") else pem + "\n")
             return handle.name, handle.name
         if os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"):
-            return True, None
+            return True, None  # requests reads these itself, but not SSL_CERT_FILE
         return os.environ.get("SSL_CERT_FILE") or True, None
 
 
@@ -337,7 +327,7 @@ class Transport:
             params=dict(call.params) if call.params else None,
             data=json.dumps(call.json_body) if call.json_body is not None else None,
             headers={"Authorization": f"Bearer {bearer.jwt}"} if bearer is not None else None,
-            auth=_no_netrc,
+            auth=lambda request: request,  # adds nothing, so that requests never reads ~/.netrc
             timeout=Timeout(connect=connect, read=limit, total=limit),  # type: ignore[arg-type]
             verify=self.tls.verify_for(call.url),
             allow_redirects=False,  # a redirect could carry the bearer elsewhere
@@ -422,17 +412,12 @@ def error_for_exception(what: str, exc: OSError) -> CtmError:
         return CtmConnectionError(f"{what}: connection failed or dropped", error_code="CONNECTION")
     if not isinstance(exc, requests.RequestException) and "CA certificate bundle" in str(exc):
         # requests raises a bare OSError when the CA file it was told to use does not exist.
-        return CtmTlsError(
-            f"{what}: the CA bundle to verify CTM with was not found", error_code="TLS"
-        )
+        message = f"{what}: the CA bundle to verify CTM with was not found"
+        return CtmTlsError(message, error_code="TLS")
     # Anything else (an invalid URL, a header requests refused) will not get better, and its
     # text is requests' own, which may quote what it refused: not repeated.
     message = f"{what}: the request could not be sent ({type(exc).__name__})"
     return CtmPermanentError(message, error_code="CONNECTION")
-
-
-def _no_netrc(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    return request  # an ``auth`` that adds nothing, so that requests never reads ~/.netrc
 
 
 def _json_object(call: _Call, status: int, text: str) -> dict[str, Any]:
