@@ -55,6 +55,7 @@ class ListingCtm:
     own: str = "creation"
     seed: int = 0
     with_total: bool = True
+    stated_total: int | None = None  # a total to state instead of the listing's own
     calls: int = 0
     largest: int = 0
 
@@ -70,7 +71,7 @@ class ListingCtm:
         self.largest = max(self.largest, len(page))
         body: dict[str, Any] = {"skip": skip, "limit": limit, "resources": page}
         if self.with_total:
-            body["total"] = len(ordered)
+            body["total"] = len(ordered) if self.stated_total is None else self.stated_total
         return Reply(200, body)
 
     def ordered(self, sort: str | None) -> list[dict[str, Any]]:
@@ -132,6 +133,13 @@ def test_a_quiet_listing_returns_every_key_once_in_order() -> None:
     ids, last = read_all(fake, 10)
     assert ids == ids_of(fake.keys)
     assert (last.sort, last.fallbacks, last.page_cap) == ("createdAt,id", (), None)
+
+
+def test_a_negative_total_ends_nothing_early() -> None:
+    # A proxy or a CTM stating a total no listing can have: the pages say where the end is
+    fake = ListingCtm([listed_key(n) for n in range(23)], stated_total=-1)
+    ids, _ = read_all(fake, 5)
+    assert ids == ids_of(fake.keys)
 
 
 def test_each_page_re_reads_a_few_keys_before_its_position_and_returns_none_of_them() -> None:

@@ -176,7 +176,7 @@ class CtmClient:
             if "resources" not in answer.body or not isinstance(resources, list | None):
                 what, status = f"GET {KEYS_PATH}", answer.http_status
                 raise bad_response(what, status, "no key list", answer.attempts)
-            counted = isinstance(total, int) and not isinstance(total, bool)
+            counted = isinstance(total, int) and not isinstance(total, bool) and total >= 0
             return resources or [], total if counted else None
 
         return fetch
