@@ -15,7 +15,9 @@ writes them to RESULTS.md (``--no-write``: print only).
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -273,6 +275,9 @@ def soak(examples: int, write: bool = True) -> int:
                 f"{examples} schedules asked, {verdict} (`devkit/sim/properties.py`: every run"
                 " completes within its bound of invocations, one terminal outcome per key, no"
                 " invocation past its budget, no tenancy over its rate in any second).",
+                f"Taken {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, load average"
+                f" {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: the wall time is the"
+                " machine's; every other figure is counted in the simulation.",
                 "",
                 "```",
                 *lines,
