@@ -229,8 +229,12 @@ def soak(examples: int, write: bool = True) -> int:
     seen = Counter[str]()
     worst: dict[str, float] = {}
 
-    def note(name: str, value: float) -> None:
-        worst[name] = max(worst.get(name, 0.0), value)
+    slowest: list[Scenario] = []  # the schedule of the worst completion, to replay it
+
+    def note(name: str, value: float, scenario: Scenario | None = None) -> None:
+        if value > worst.get(name, 0.0):
+            worst[name] = value
+            slowest[:] = [scenario] if scenario is not None else slowest
 
     @settings(
         max_examples=examples,
@@ -246,7 +250,7 @@ def soak(examples: int, write: bool = True) -> int:
         _cover(seen, scenario, report)
         busiest = max(findings.busiest_second.values(), default=0)
         note("invocations / their bound", findings.invocations / findings.bound)
-        note("completion (virtual s)", report.ended_at)
+        note("completion (virtual s)", report.ended_at, scenario)
         note("busiest second / calls allowed", busiest / (math.floor(scenario.rate * 0.95) + 1))
         assert findings.ok, (scenario, findings.problems)
 
@@ -264,6 +268,8 @@ def soak(examples: int, write: bool = True) -> int:
         *(f"  worst {name}: {value:.2f}" for name, value in worst.items()),
     ]
     print("\n".join(lines))
+    if slowest:
+        print(f"  the slowest schedule, to replay with World(...).run(): {slowest[0]!r}")
     if write:
         verdict = "a schedule broke a property" if failed else "every property held"
         write_part(
