@@ -62,6 +62,12 @@ class ChunkJob:
         """The tenancy queue's message group it came in: its pacing group, handed on."""
         return self.delivery.group if self.delivery is not None else None
 
+    def latencies_ms(self) -> tuple[int, ...]:
+        """How long each of its keys' refresh calls took (this delivery's, once each)."""
+        return tuple(
+            r.outcome.duration_ms for r in self.recorded if r.outcome.status is Status.REFRESHED
+        )
+
     def tally(self) -> ChunkTally:
         tally = ChunkTally()
         for status, rotated in self.final.values():
@@ -200,9 +206,7 @@ class ChunkWorker:
             gave_up=job.gave_up,
             counts=job.completed,
             completed_now=job.completed is not None,
-            latencies_ms=tuple(
-                r.outcome.duration_ms for r in job.recorded if r.outcome.status is Status.REFRESHED
-            ),
+            latencies_ms=job.latencies_ms(),
             verdict=verdict,
         )
 
