@@ -113,25 +113,35 @@ class TokenSource:
             seen = self._renewals
             while True:
                 held, now = self._held, self._runtime.monotonic()
-                if held is not None and (
-                    held.static or now < held.renew_at or (self._renewing and now < held.expires_at)
-                ):
+                if held is not None and self._serves(held, now):
                     return held.bearer
                 if not self._renewing:
                     self._renewing = True
                     force, self._force_secret = self._force_secret, False
                     break
-                if self._renewals != seen and self._failure is not None:
-                    raise self._failure.copy()  # waited while another thread failed
-                if deadline.passed():
-                    message = "waited for CTM's sign-in until the deadline"
-                    raise CtmDeadlineError(message, error_code="DEADLINE")
-                self._changed.wait(deadline.remaining())
+                self._await_renewal(seen, deadline)
         fresh: _Held | CtmError
         try:
             fresh = self._obtain(deadline, force=force)
         except CtmError as error:
             fresh = error
+        return self._end_renewal(fresh, held, now)
+
+    def _serves(self, held: _Held, now: float) -> bool:
+        """Whether ``held`` is sent as it is: not due, or still valid while another renews it."""
+        return held.static or now < held.renew_at or (self._renewing and now < held.expires_at)
+
+    def _await_renewal(self, seen: int, deadline: Deadline) -> None:
+        """Waits (the lock held) for another thread's renewal, or raises what it raised."""
+        if self._renewals != seen and self._failure is not None:
+            raise self._failure.copy()  # waited while another thread failed
+        if deadline.passed():
+            message = "waited for CTM's sign-in until the deadline"
+            raise CtmDeadlineError(message, error_code="DEADLINE")
+        self._changed.wait(deadline.remaining())
+
+    def _end_renewal(self, fresh: _Held | CtmError, held: _Held | None, now: float) -> Bearer:
+        """Ends the renewal: holds ``fresh``, or raises it unless ``held`` is valid at ``now``."""
         with self._changed:
             self._renewing = False
             self._renewals += 1
@@ -250,17 +260,21 @@ class TokenSource:
         stated = exp - iat if exp is not None and iat is not None and exp > iat else None
         grant_type = str(grant["grant_type"])
         self.last_login = LoginInfo(method.value, grant_type, duration, stated, _seconds(kept))
-        lifetimes = [s for s in (duration, stated) if s is not None and s > 0]
+        usable, renew_in = self._schedule(exp, duration, stated)
+        extra = {"auth_method": method.value, "grant_type": grant_type, "renew_in_s": renew_in}
+        logger.info("CTM token issued", extra=extra)
+        held = _Held(Bearer(jwt, 0), renew_at=started + renew_in, expires_at=started + usable)
+        return held, minted if isinstance(minted, str) and minted else None
+
+    def _schedule(self, exp: float | None, *stated: float | None) -> tuple[float, float]:
+        """How long a JWT is sent, and when it is renewed, from the lifetimes CTM states."""
+        lifetimes = [s for s in stated if s is not None and s > 0]
         if not lifetimes and exp is not None:
             lifetimes.append(max(exp - self._runtime.time(), 0.0))
         lifetime = min(lifetimes, default=DEFAULT_LIFETIME)
         # exp and iat are whole seconds on CTM's clock: up to one second of it may be gone.
         usable = lifetime - 1 if lifetime > 2 else lifetime / 2
-        renew_in = usable - min(RENEW_MARGIN, usable / 4)  # a short JWT: not at every call
-        extra = {"auth_method": method.value, "grant_type": grant_type, "renew_in_s": renew_in}
-        logger.info("CTM token issued", extra=extra)
-        held = _Held(Bearer(jwt, 0), renew_at=started + renew_in, expires_at=started + usable)
-        return held, minted if isinstance(minted, str) and minted else None
+        return usable, usable - min(RENEW_MARGIN, usable / 4)  # a short JWT: not at every call
 
     def _start_session(self, credentials: CtmCredentials, refresh_token: str, now: float) -> None:
         register_secret(refresh_token)

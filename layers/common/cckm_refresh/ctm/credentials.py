@@ -28,6 +28,18 @@ def _refused(reason: str) -> CtmCredentialsError:
     return CtmCredentialsError(reason, error_code="UNAUTHORIZED")
 
 
+def _json_field(name: str, value: object) -> str | None:
+    """The JSON secret's field ``name``, stripped; None when absent or blank."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _refused(f"the secret's {name} must be a string")
+    value = value.strip()
+    if value and name != "ca_bundle" and _CONTROL.search(value):
+        raise _refused(f"the secret's {name} contains control characters")
+    return value or None
+
+
 class AuthMethod(StrEnum):
     """How the secret authenticates (the names of its fields, not secrets)."""
 
@@ -100,16 +112,8 @@ class CtmCredentials:
             raise _refused("the secret looks like JSON but is not valid JSON") from None
         if not isinstance(document, dict):
             raise _refused("the secret is not a JSON object")
-        values: dict[str, str | None] = {}
-        for name in (field.name for field in dataclasses.fields(cls)):
-            value = document.get(name)
-            if value is not None and not isinstance(value, str):
-                raise _refused(f"the secret's {name} must be a string")
-            value = value.strip() if value is not None else None
-            if value and name != "ca_bundle" and _CONTROL.search(value):
-                raise _refused(f"the secret's {name} contains control characters")
-            values[name] = value or None
-        return cls(**values)
+        names = (field.name for field in dataclasses.fields(cls))
+        return cls(**{name: _json_field(name, document.get(name)) for name in names})
 
 
 class CredentialsCache:
@@ -128,15 +132,7 @@ class CredentialsCache:
         except CtmCredentialsError:
             raise
         except Exception as exc:
-            # Say which kind of failure (AccessDenied, throttling...) but not its text.
-            response = getattr(exc, "response", None)
-            code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
-            code = code if isinstance(code, str) and code.isidentifier() else None
-            kind = f"{type(exc).__name__} {code}" if code else type(exc).__name__
-            message = f"could not load the CTM credentials secret ({kind})"
-            if type(exc).__name__ in _NO_AWS_CREDENTIALS or code in _PERMANENT_SECRET_ERRORS:
-                raise _refused(message) from None
-            raise CtmSecretUnavailableError(message, error_code="CONNECTION") from None
+            raise _load_failure(exc) from None
         with self._lock:
             parsed = self._parsed
         if parsed is None or parsed[0] != raw:
@@ -145,6 +141,18 @@ class CredentialsCache:
                 self._parsed = parsed
         parsed[1].register_secrets()
         return parsed[1]
+
+
+def _load_failure(exc: Exception) -> CtmCredentialsError | CtmSecretUnavailableError:
+    """What the loader's ``exc`` raises: its kind (AccessDenied, throttling...), not its text."""
+    response = getattr(exc, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    code = code if isinstance(code, str) and code.isidentifier() else None
+    kind = f"{type(exc).__name__} {code}" if code else type(exc).__name__
+    message = f"could not load the CTM credentials secret ({kind})"
+    if type(exc).__name__ in _NO_AWS_CREDENTIALS or code in _PERMANENT_SECRET_ERRORS:
+        return _refused(message)
+    return CtmSecretUnavailableError(message, error_code="CONNECTION")
 
 
 # botocore's own exceptions, named rather than imported: the loader may not be botocore.
