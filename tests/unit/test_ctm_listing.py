@@ -435,11 +435,25 @@ def test_the_cursor_round_trips_through_json_and_reads_an_earlier_version() -> N
         {"skip": 1, "anchors": ["x" * 300]},
         {"skip": 1, "sort": "name"},
         {"skip": 1, "extra": 1},
+        {"skip": 1, "anchors": ["x"] * (OVERLAP + 1)},
+        {"skip": 1, "fallbacks": ["createdAt ignored"] * 4},
+        {"skip": 1, "first": 5},
+        {"skip": 1, "page_cap": 0},
+        {"skip": 1, "page_cap": "5"},
+        {"skip": 1, "rewound": "yes"},
     ],
 )
 def test_a_bad_cursor_is_a_value_error(value: Any) -> None:
     with pytest.raises(ValueError, match="cursor"):
         ListCursor.from_json(value)
+
+
+@pytest.mark.parametrize("page_cap", ["5", [5], 0, True])
+def test_a_cap_not_a_positive_count_is_a_value_error_in_a_cursor_built_directly(
+    page_cap: Any,
+) -> None:
+    with pytest.raises(ValueError, match="cursor"):  # not a TypeError from comparing it to 0
+        ListCursor(page_cap=page_cap)
 
 
 # --- resource_matches ------------------------------------------------------------------------

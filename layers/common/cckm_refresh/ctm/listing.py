@@ -44,17 +44,26 @@ class ListCursor:
 
     def __post_init__(self) -> None:
         texts = [*self.anchors, *(self.after or ()), self.first or "", *self.fallbacks]
-        if (
-            not _count(self.skip)
-            or self.sort not in SORTS
-            or len(self.anchors) > OVERLAP
-            or len(self.fallbacks) > len(SORTS)
-            or not all(isinstance(t, str) and len(t) <= MAX_CURSOR_FIELD for t in texts)
-            or (self.after is not None and len(self.after) != 2)
-            or not (self.page_cap is None or (_count(self.page_cap) and self.page_cap > 0))
-            or not isinstance(self.rewound, bool)
-        ):
+        if not (self._bounded(texts) and self._shaped()):  # checked in order, the first failing
             raise ValueError("not a list cursor")
+
+    def _bounded(self, texts: list[Any]) -> bool:
+        """A position, a known order, and no more nor longer texts than a cursor holds."""
+        return (
+            _count(self.skip)
+            and self.sort in SORTS
+            and len(self.anchors) <= OVERLAP
+            and len(self.fallbacks) <= len(SORTS)
+            and all(isinstance(t, str) and len(t) <= MAX_CURSOR_FIELD for t in texts)
+        )
+
+    def _shaped(self) -> bool:
+        """A key of two texts, a cap of one key or more, a flag (or none of the first two)."""
+        return (
+            (self.after is None or len(self.after) == 2)
+            and (self.page_cap is None or (_count(self.page_cap) and self.page_cap > 0))
+            and isinstance(self.rewound, bool)
+        )
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict for a queue message (under 1,500 characters as JSON)."""
@@ -155,12 +164,14 @@ def _incomplete(why: str) -> CtmListingError:
 def _place(state: ListCursor, keys: Sequence[Key | None], start: int, back: int) -> int:
     """Sorted: where the keys not returned may start in the page; ``IGNORED`` when the page is
     out of the order asked, ``BACK`` when it starts past the last key returned."""
-    ranks = [_rank(state, k) for k in keys if k]
-    if any(b < a for a, b in itertools.pairwise(ranks)):
+    if any(b < a for a, b in itertools.pairwise(_rank(state, k) for k in keys if k)):
         return IGNORED
-    if state.after is None:
-        return 0
-    after = _rank(state, state.after)
+    return 0 if state.after is None else _past_returned(state, state.after, keys, start)
+
+
+def _past_returned(state: ListCursor, last: Key, keys: Sequence[Key | None], start: int) -> int:
+    """Sorted, after a page returned up to ``last``: past the keys of the page returned before."""
+    after = _rank(state, last)
     low = _rank(state, (state.first or "", state.anchors[0] if state.anchors else ""))
     seen = -1
     for i, k in enumerate(keys):
@@ -178,13 +189,17 @@ def _anchor(state: ListCursor, keys: Sequence[Key | None], start: int, back: int
     anchors = state.anchors[-back:] if back else ()
     if not anchors:
         return 0
-    at = {k[1]: i for i, k in enumerate(keys) if k}
-    found = [at[a] for a in anchors if a in at]
+    found = _positions(anchors, keys)  # of the anchors in the page, in the anchors' order
     if found != sorted(found):
         return LOST
     if len(found) < (1 if len(anchors) == 1 else max(2, math.ceil(len(anchors) / 2))):
         return BACK if start > 0 else LOST
     return found[-1] + 1
+
+
+def _positions(anchors: Sequence[str], keys: Sequence[Key | None]) -> list[int]:
+    at = {k[1]: i for i, k in enumerate(keys) if k}
+    return [at[a] for a in anchors if a in at]
 
 
 def _new(state: ListCursor, key: Key) -> bool:

@@ -260,18 +260,7 @@ class Transport:
 
     def _attempt(self, call: _Call) -> CtmResponse | CtmError | None:
         """One attempt: the answer, the error it ended in, or None to re-send at once (401)."""
-        self._bearer(call)  # a sign-in the attempt needs happens before its slot is taken
-        latest_start = call.deadline.before(MIN_ATTEMPT_SECONDS)
-        self._wait_for_slot(call, latest_start)
-        slot = self.runtime.monotonic()
-        bearer = self._bearer(call)  # the newest JWT, after the wait it might have outlived
-        # A renewal took the slot's moment: leaving now would crowd the tenancy's next attempt.
-        # Leave on the next slot, with this JWT (asking again could take that slot's moment too).
-        if self.runtime.monotonic() - slot > LATE_ON_SLOT:
-            self._wait_for_slot(call, latest_start)
-        limit = min(self.attempt_timeout, call.deadline.remaining())
-        if limit < MIN_ATTEMPT_SECONDS:
-            raise self._deadline_error(call)
+        bearer, limit = self._take_slot(call)
         call.attempts += 1
         started = self.runtime.monotonic()
         try:
@@ -296,6 +285,22 @@ class Transport:
         body = _json_object(call, response.status_code, text)
         elapsed = self.runtime.monotonic() - started
         return CtmResponse(body, response.status_code, call.attempts, call.throttled, elapsed)
+
+    def _take_slot(self, call: _Call) -> tuple[Bearer | None, float]:
+        """Waits for the attempt's slot: its JWT and time limit (``DEADLINE`` when too short)."""
+        self._bearer(call)  # a sign-in the attempt needs happens before its slot is taken
+        latest_start = call.deadline.before(MIN_ATTEMPT_SECONDS)
+        self._wait_for_slot(call, latest_start)
+        slot = self.runtime.monotonic()
+        bearer = self._bearer(call)  # the newest JWT, after the wait it might have outlived
+        # A renewal took the slot's moment: leaving now would crowd the tenancy's next attempt.
+        # Leave on the next slot, with this JWT (asking again could take that slot's moment too).
+        if self.runtime.monotonic() - slot > LATE_ON_SLOT:
+            self._wait_for_slot(call, latest_start)
+        limit = min(self.attempt_timeout, call.deadline.remaining())
+        if limit < MIN_ATTEMPT_SECONDS:
+            raise self._deadline_error(call)
+        return bearer, limit
 
     def _wait_for_slot(self, call: _Call, latest_start: Deadline) -> None:
         if not call.pacer.wait(latest_start) or latest_start.passed():
@@ -338,9 +343,7 @@ class Transport:
         """The body, read in chunks before ``ends_at``: a 2xx one up to ``max_body`` bytes (beyond:
         ``BAD_RESPONSE``), an error one up to ``MAX_ERROR_BODY_BYTES`` (beyond: "")."""
         status = response.status_code
-        limit = call.max_body if 200 <= status < 300 else MAX_ERROR_BODY_BYTES
-        declared = response.headers.get("Content-Length", "")
-        size = limit + 1 if declared.isdigit() and int(declared) > limit else 0
+        limit, size = _body_limit(call, response)
         # an adapter may answer from memory, with no stream to time
         source = response.raw if response.raw is not None else io.BytesIO(response.content)
         chunks: list[bytes] = []
@@ -418,6 +421,13 @@ def error_for_exception(what: str, exc: OSError) -> CtmError:
     # text is requests' own, which may quote what it refused: not repeated.
     message = f"{what}: the request could not be sent ({type(exc).__name__})"
     return CtmPermanentError(message, error_code="CONNECTION")
+
+
+def _body_limit(call: _Call, response: requests.Response) -> tuple[int, int]:
+    """The most bytes of the body to read, and the count to start at (past it: declared longer)."""
+    limit = call.max_body if 200 <= response.status_code < 300 else MAX_ERROR_BODY_BYTES
+    declared = response.headers.get("Content-Length", "")
+    return limit, limit + 1 if declared.isdigit() and int(declared) > limit else 0
 
 
 def _json_object(call: _Call, status: int, text: str) -> dict[str, Any]:
