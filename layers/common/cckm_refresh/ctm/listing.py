@@ -25,7 +25,8 @@ _TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|z|[
 
 IGNORED, BACK, LOST = -1, -2, -3  # a page that cannot be placed: fall back, look back, rewind
 Key = tuple[str, str]  # (createdAt as fixed-width UTC text, id)
-Fetch = Callable[[str | None, int, int], tuple[list[Any], int | None]]
+Reply = tuple[list[Any], int | None]
+Fetch = Callable[[str | None, int, int], Reply]
 """``(sort, skip, limit)``: one list call's items and ``total`` (None when CTM gave none)."""
 
 
@@ -104,49 +105,26 @@ class KeyPage:
 
 def read_page(fetch: Fetch, cursor: ListCursor, page_size: int) -> KeyPage:
     """The page after ``cursor``: at most ``page_size`` keys not returned before."""
-    state, malformed, counted_to = cursor, 0, cursor.skip
-    back = _overlap(state)
+    state, malformed, counted_to, back = cursor, 0, cursor.skip, _overlap(cursor)
     for _ in range(MAX_READS):
         start, limit = state.skip - back, min(page_size + back, MAX_PAGE_SIZE)
-        try:
-            items, total = fetch(state.sort, start, limit)
-        except CtmPermanentError as error:
-            if error.http_status != 400 or state.sort is None:
-                raise
+        read = _read(fetch, state, start, limit)
+        if read is None:  # the sort refused: the next order, from the same position
             state, back = _fall_back(state, "refused")
             continue
-        keys = [sort_position(item) for item in items]
-        placed = (_place if state.sort else _anchor)(state, keys, start, back)
-        if not items:  # the listing shrank below the position, or was never longer
-            placed = BACK if start > 0 else 0
-        if placed == IGNORED:
-            state, back = _fall_back(state, "ignored")
+        items = read[0]
+        keys = list(map(sort_position, items))
+        placed = _placement(state, keys, start, back)
+        if placed < 0:  # IGNORED, BACK or LOST: fall back, look back or rewind
+            state, back, counted_to = _unplaced(state, placed, back, counted_to, read)
             continue
-        if placed == BACK:
-            back = min(state.skip, 2 * back)
-            continue
-        if placed == LOST:  # read it again from the start, once after each page placed
-            whole = start == 0 and total is not None and len(items) >= total
-            if state.rewound and not whole:
-                raise _incomplete("CTM lists keys in an order that changes between calls")
-            state, back, counted_to = replace(state, skip=0, anchors=(), rewound=True), 0, 0
-            continue
-        fresh = [i for i, k in enumerate(keys) if i >= placed and k and _new(state, k)]
-        fresh = fresh[:page_size]  # a look-back's page may hold more
+        fresh = _fresh(state, keys, placed)[:page_size]  # a look-back's page may hold more
         stop = fresh[-1] + 1 if len(fresh) == page_size else len(items)
-        malformed += sum(1 for i in range(stop) if keys[i] is None and start + i >= counted_to)
+        malformed += keys[max(0, counted_to - start) : stop].count(None)  # not counted before
         end, cap = start + stop, state.page_cap
         counted_to = max(counted_to, end)
-        # Fewer keys than a cap CTM answered before (than asked, when it says no total):
-        # the listing's end, whatever a stale total says.
-        short_of = cap if total is not None else min(limit, cap or limit)
-        done = stop == len(items) and (
-            not items
-            or (total is not None and end >= total)
-            or (not fresh and short_of is not None and len(items) < short_of)
-        )
-        if stop == len(items) < limit and not done:
-            state = replace(state, page_cap=min(len(items), cap or len(items)))
+        done = stop == len(items) and _at_end(read, fresh, end, limit, cap)
+        state = _learn_cap(state, len(items), stop, limit, done=done)
         if fresh or done:
             return _page(state, (items, keys), fresh, end, malformed, done=done)
         if cap == 1:
@@ -154,6 +132,58 @@ def read_page(fetch: Fetch, cursor: ListCursor, page_size: int) -> KeyPage:
         state = replace(state, skip=end)  # every key was re-read: read on from the page's end
         back = _overlap(state)
     raise _incomplete(f"CTM's key list did not settle in {MAX_READS} calls")
+
+
+def _read(fetch: Fetch, state: ListCursor, start: int, limit: int) -> Reply | None:
+    """One list call's items and total; None when CTM refused a sort (400) with one left."""
+    try:
+        items, total = fetch(state.sort, start, limit)
+    except CtmPermanentError as error:
+        if error.http_status != 400 or state.sort is None:
+            raise
+        return None
+    return items, total
+
+
+def _placement(state: ListCursor, keys: Sequence[Key | None], start: int, back: int) -> int:
+    """Where the keys not returned may start in the page, or why it cannot be placed."""
+    if not keys:  # the listing shrank below the position, or was never longer
+        return BACK if start > 0 else 0
+    return (_place if state.sort else _anchor)(state, keys, start, back)
+
+
+def _unplaced(
+    state: ListCursor, placed: int, back: int, counted_to: int, read: Reply
+) -> tuple[ListCursor, int, int]:
+    """A page not placed: the next order, a look further back, or a read from the start."""
+    if placed == IGNORED:
+        return (*_fall_back(state, "ignored"), counted_to)
+    if placed == BACK:
+        return state, min(state.skip, 2 * back), counted_to
+    items, total = read  # a rewind, once after each page placed, unless this read was whole
+    if state.rewound and not (state.skip == back and total is not None and len(items) >= total):
+        raise _incomplete("CTM lists keys in an order that changes between calls")
+    return replace(state, skip=0, anchors=(), rewound=True), 0, 0
+
+
+def _fresh(state: ListCursor, keys: Sequence[Key | None], placed: int) -> list[int]:
+    """The positions of the keys not returned before, from where the page was placed."""
+    return [i for i, k in enumerate(keys) if i >= placed and k and _new(state, k)]
+
+
+def _at_end(read: Reply, fresh: list[int], end: int, limit: int, cap: int | None) -> bool:
+    """A page read to its end ends the listing: nothing there, all of a total, or fewer keys
+    than a cap CTM answered before (than asked, with no total), whatever a stale total says."""
+    items, total = read
+    short_of = cap if total is not None else min(limit, cap or limit)
+    reached = total is not None and end >= total
+    return not items or reached or (not fresh and short_of is not None and len(items) < short_of)
+
+
+def _learn_cap(state: ListCursor, count: int, stop: int, limit: int, *, done: bool) -> ListCursor:
+    """With CTM's cap per call, when a page read to its end, not the listing's, fell short."""
+    learnt = stop == count < limit and not done
+    return replace(state, page_cap=min(count, state.page_cap or count)) if learnt else state
 
 
 def _incomplete(why: str) -> CtmListingError:
