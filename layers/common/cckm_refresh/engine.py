@@ -74,7 +74,6 @@ class EngineResult:
     outcomes: list[RefreshOutcome] = field(default_factory=list)
     leftovers: list[WorkItem] = field(default_factory=list)
     throttled: int = 0  # attempts answered with a throttle (429 / TooManyRequests)
-    latencies_ms: list[int] = field(default_factory=list)  # of each answered refresh call
 
 
 class _Scheduler:
@@ -192,8 +191,6 @@ class RefreshEngine:
                 outcome, fatal = self._call(scheduler, item, calls_end_by)
                 with lock:
                     result.outcomes.append(outcome)
-                    if outcome.status is Status.REFRESHED:
-                        result.latencies_ms.append(outcome.duration_ms)
                 for listener in listeners:
                     listener(item, outcome)
                 if fatal is not None:

@@ -318,8 +318,8 @@ class ChunkRouter:
             job.last_chance = last_chance(self.delivery, 0, self.settings.max_receive_count)
         this_pass = self.worker.work(jobs, self.end)
         self.throttled += this_pass.throttled
-        self.latencies_ms += this_pass.latencies_ms
         for job in jobs:
+            self.latencies_ms += job.latencies_ms()
             self.recorded += job.recorded
             owed = len(job.pending) + len(job.leftovers)
             if self.delivery.trigger is not Trigger.SQS and owed and self.queue.can_hand_on:
