@@ -234,7 +234,8 @@ def soak(examples: int, write: bool = True) -> int:
     def note(name: str, value: float, scenario: Scenario | None = None) -> None:
         if value > worst.get(name, 0.0):
             worst[name] = value
-            slowest[:] = [scenario] if scenario is not None else slowest
+            if scenario is not None:
+                slowest[:] = [scenario]
 
     @settings(
         max_examples=examples,
