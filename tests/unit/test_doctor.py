@@ -11,7 +11,6 @@ import pytest
 from cckm_refresh.cli import EXIT_ERROR, main
 from cckm_refresh.cli.doctor import (
     FUNCTION_TIMEOUT_SECONDS,
-    Check,
     Finding,
     Verdict,
     jwt_finding,
@@ -50,10 +49,12 @@ def page(*numbers: int, sort: str | None = "createdAt,id", **kwargs: Any) -> Key
 
 
 def test_a_check_is_one_line_and_its_json_has_the_same_parts() -> None:
-    check = Check("tls", Finding(FAIL, "the certificate did not verify: put the CA in the secret"))
+    finding = Finding(FAIL, "the certificate did not verify: put the CA in the secret")
 
-    assert check.line() == "FAIL  tls: the certificate did not verify: put the CA in the secret"
-    assert json.loads(json.dumps(check.to_json())) == {
+    assert (
+        finding.line("tls") == "FAIL  tls: the certificate did not verify: put the CA in the secret"
+    )
+    assert json.loads(json.dumps(finding.to_json("tls"))) == {
         "check": "tls",
         "verdict": "FAIL",
         "detail": "the certificate did not verify: put the CA in the secret",
@@ -61,8 +62,8 @@ def test_a_check_is_one_line_and_its_json_has_the_same_parts() -> None:
 
 
 def test_the_summary_counts_each_verdict_and_only_a_fail_is_not_ready() -> None:
-    warned = [Check("a", Finding(PASS, "")), Check("b", Finding(WARN, ""))]
-    failed = [*warned, Check("c", Finding(FAIL, "")), Check("d", Finding(SKIP, ""))]
+    warned = [PASS, WARN]
+    failed = [*warned, FAIL, SKIP]
 
     assert summary(warned) == "doctor: 1 PASS, 1 WARN, 0 FAIL, 0 SKIP: ready"
     assert summary(failed) == "doctor: 1 PASS, 1 WARN, 1 FAIL, 1 SKIP: fix the FAIL lines first"

@@ -11,7 +11,8 @@ import os
 import ssl
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import closing
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -79,45 +80,35 @@ class Finding:
     detail: str
     table: tuple[tuple[str, ...], ...] = ()
 
+    def line(self, check: str) -> str:
+        return f"{self.verdict}  {check}: {self.detail}"
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    finding: Finding
-
-    def line(self) -> str:
-        return f"{self.finding.verdict}  {self.name}: {self.finding.detail}"
-
-    def to_json(self) -> dict[str, Any]:
-        verdict, detail, table = self.finding.verdict, self.finding.detail, self.finding.table
-        document = {"check": self.name, "verdict": verdict.value, "detail": detail}
-        return document | ({"table": table} if table else {})
+    def to_json(self, check: str) -> dict[str, Any]:
+        document = {"check": check, "verdict": self.verdict.value, "detail": self.detail}
+        return document | ({"table": self.table} if self.table else {})
 
 
 def doctor(args: argparse.Namespace, env: dict[str, str]) -> int:
     """Run every check, print each as it ends, then a summary; 1 when one FAILed."""
     if args.function_timeout <= 0:
         raise CliError("--function-timeout must be a positive number of seconds")
-    preflight = Preflight(args, env, _selector_query(args), _canary(args.canary))
-    checks = []
-    try:
-        for check in preflight.checks():
-            checks.append(check)
+    verdicts = []
+    with closing(Preflight(args, env, _selector_query(args), _canary(args.canary))) as preflight:
+        for name, finding in preflight.checks():
+            verdicts.append(finding.verdict)
             if args.json:
-                print(json.dumps(check.to_json()))
+                print(json.dumps(finding.to_json(name)))
                 continue
-            print(check.line())
-            if check.finding.table:
-                print_table(check.finding.table[0], check.finding.table[1:], indent=" " * 6)
-    finally:
-        preflight.close()
+            print(finding.line(name))
+            if finding.table:
+                print_table(finding.table[0], finding.table[1:], indent=" " * 6)
     if not args.json:
-        print(summary(checks))
-    return EXIT_CHECK_FAILED if any(c.finding.verdict is FAIL for c in checks) else EXIT_OK
+        print(summary(verdicts))
+    return EXIT_CHECK_FAILED if FAIL in verdicts else EXIT_OK
 
 
-def summary(checks: list[Check]) -> str:
-    counts = Counter(c.finding.verdict for c in checks)
+def summary(verdicts: list[Verdict]) -> str:
+    counts = Counter(verdicts)
     verdict = "fix the FAIL lines first" if counts[FAIL] else "ready"
     return "doctor: " + ", ".join(f"{counts[v]} {v.value}" for v in Verdict) + f": {verdict}"
 
@@ -141,24 +132,21 @@ def _canary(value: str | None) -> tuple[KeyIdKind, str] | None:
         raise CliError("--canary must be a CCKM key id (UUID) or an OCI key OCID") from None
 
 
+@dataclass
 class Preflight:
     """The checks, in order, with one CTM client built as the function builds its own."""
 
-    def __init__(
-        self,
-        args: argparse.Namespace,
-        env: dict[str, str],
-        query: dict[str, str] | None,
-        canary: tuple[KeyIdKind, str] | None,
-    ) -> None:
-        self.args, self.env, self.query, self.canary = args, env, query, canary
-        self.deadline = Deadline.within(A_DAY)
-        self.settings: RefreshSettings | None = None
-        self.credentials: CtmCredentials | None = None
-        self.pages: tuple[KeyPage, KeyPage | None] | None = None
-        self._client: CtmClient | None = None
+    args: argparse.Namespace
+    env: dict[str, str]
+    query: dict[str, str] | None
+    canary: tuple[KeyIdKind, str] | None
+    deadline: Deadline = field(default_factory=lambda: Deadline.within(A_DAY))
+    settings: RefreshSettings | None = None
+    credentials: CtmCredentials | None = None
+    pages: tuple[KeyPage, KeyPage | None] | None = None
+    _client: CtmClient | None = None
 
-    def checks(self) -> Iterator[Check]:
+    def checks(self) -> Iterator[tuple[str, Finding]]:
         """Each check in turn; SKIP for one whose ``needs`` did not pass or warn."""
         steps: list[tuple[str, str | None, Callable[[], Finding]]] = [
             ("settings", None, self.read_settings),
@@ -182,7 +170,7 @@ class Preflight:
             else:
                 finding = run()
             verdicts[name] = finding.verdict
-            yield Check(name, finding)
+            yield name, finding
 
     def close(self) -> None:
         if self._client is not None:
@@ -194,8 +182,6 @@ class Preflight:
         if value is None:
             raise AssertionError("a check ran before the one it needs")
         return value
-
-    # --- what the function is configured with -----------------------------------------------
 
     def read_settings(self) -> Finding:
         unused = {"RESULTS_TABLE": "-"} | ({"CTM_SECRET_ID": "-"} if self.args.secret_file else {})
@@ -238,8 +224,6 @@ class Preflight:
 
     def function_timeout(self) -> Finding:
         return timeout_finding(self.ready(self.settings), self.args.function_timeout)
-
-    # --- CTM ----------------------------------------------------------------------------------
 
     @property
     def client(self) -> CtmClient:
@@ -432,11 +416,13 @@ _MINUTES_READ_AS = {1.0: "minutes", 1 / 60: "seconds", 60.0: "hours"}
 
 
 def _asked_times(stated: float | None) -> float | None:
-    """The factor of ``_MINUTES_READ_AS`` by which ``stated`` is what was asked, if any."""
-    if stated is None:
-        return None
-    matches = (f for f in _MINUTES_READ_AS if any(_about(stated, a * f) for a in ASKED_SECONDS))
-    return next(matches, None)
+    """The factor of ``_MINUTES_READ_AS`` by which ``stated`` is what was asked, counted down
+    for a moment (whole seconds, rounded down), if any."""
+    for factor, asked in itertools.product(_MINUTES_READ_AS, ASKED_SECONDS):
+        seconds = asked * factor
+        if stated is not None and seconds - max(2.0, seconds / 100) <= stated <= seconds + 1:
+            return factor
+    return None
 
 
 def order_finding(page: KeyPage) -> Finding:
@@ -573,11 +559,6 @@ def _described(query: Mapping[str, str]) -> str:
 
 def _many(count: int, one: str, many: str) -> str:
     return f"{count} {one if count == 1 else many}"
-
-
-def _about(stated: float, asked: float) -> bool:
-    """``stated`` is ``asked`` counted down for a moment (whole seconds, rounded down)."""
-    return asked - max(2.0, asked / 100) <= stated <= asked + 1
 
 
 def _seconds(value: float | None) -> str:
