@@ -1,15 +1,7 @@
-"""The operator CLI: the same refresh as the Lambda function, run from a shell.
-
-    cckm-refresh refresh ID OCID --dry-run          (``pip install .``; or python -m cckm_refresh)
-    cckm-refresh refresh --tenancy prod --dry-run
-    cckm-refresh results RUN_ID
-    cckm-refresh history KEY_ID
-    cckm-refresh doctor --all --canary ID       (a preflight: one line per check)
-
-Configuration comes from the same environment variables as the function (CTM_BASE_URL,
-CTM_SECRET_ID, RESULTS_TABLE, ...), each overridable by a flag. Every expected failure is
-one line on stderr and a non-zero exit code, never a traceback.
-"""
+"""The operator CLI, ``cckm-refresh`` (or ``python -m cckm_refresh``): the refresh function's
+refresh, its results and a preflight, run from a shell (docs/reference.md 7). The settings are the
+function's variables, each overridable by a flag; every expected failure is one line on stderr
+and a non-zero exit code, never a traceback."""
 
 from __future__ import annotations
 

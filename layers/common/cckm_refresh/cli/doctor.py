@@ -42,6 +42,7 @@ from cckm_refresh.ctm.transport import UNPACED
 from cckm_refresh.keyids import InvalidKeyIdError, KeyIdKind, classify_key_id
 from cckm_refresh.model import KeyInfo
 from cckm_refresh.request import RequestError, parse_request
+from cckm_refresh.run.resolution import SELECTOR_PAGE_SIZE
 from cckm_refresh.runtime import Deadline
 from cckm_refresh.selectors import resource_matches
 
@@ -281,8 +282,6 @@ class Preflight:
 
     def list_two_pages(self) -> Finding:
         """A small page, then one of the function's size after it, in the order it lists in."""
-        from cckm_refresh.run.resolution import SELECTOR_PAGE_SIZE
-
         try:
             first = self.client.list_page(None, page_size=FIRST_PAGE_SIZE, deadline=self.deadline)
             second = None
@@ -297,8 +296,6 @@ class Preflight:
 
     def count_selected(self) -> Finding:
         """The whole listing the selector's filters give, counted by tenancy and vault."""
-        from cckm_refresh.run.resolution import SELECTOR_PAGE_SIZE
-
         query = self.ready(self.query)
         counts: Counter[tuple[str, str]] = Counter()
         page, mismatched = None, 0

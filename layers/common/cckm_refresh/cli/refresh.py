@@ -7,6 +7,7 @@ import json
 import sys
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -102,16 +103,15 @@ class Progress:
     def __init__(self, stream: TextIO, enabled: bool) -> None:
         self._stream = stream
         self._enabled = enabled and stream.isatty()
-        self._counts: dict[Status, int] = {}
+        self._counts: Counter[Status] = Counter()
         self._lock = threading.Lock()
 
     def __call__(self, outcome: RefreshOutcome) -> None:
         with self._lock:
-            self._counts[outcome.status] = self._counts.get(outcome.status, 0) + 1
+            self._counts[outcome.status] += 1
             if self._enabled:
-                done = sum(self._counts.values())
                 parts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(self._counts.items()))
-                self._stream.write(f"\r{done} keys: {parts}   ")
+                self._stream.write(f"\r{self._counts.total()} keys: {parts}   ")
                 self._stream.flush()
 
     def close(self) -> None:
