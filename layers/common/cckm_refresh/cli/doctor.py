@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cckm_refresh.cli.common import (
     A_DAY,
@@ -60,7 +61,6 @@ ASKED_FIELDS = (
 REFERENCE_3 = "docs/reference.md 3"
 STORE_A_REFRESH_TOKEN = f"store a refresh_token in the secret instead ({REFERENCE_3})"
 READ_ACCESS = "check CTM_SECRET_ID and the right to read it, or pass --secret-file"
-T = TypeVar("T")
 
 
 class Verdict(StrEnum):
@@ -142,10 +142,12 @@ class Preflight:
     query: dict[str, str] | None
     canary: tuple[KeyIdKind, str] | None
     deadline: Deadline = field(default_factory=lambda: Deadline.within(A_DAY))
-    settings: RefreshSettings | None = None
-    credentials: CtmCredentials | None = None
-    pages: tuple[KeyPage, KeyPage | None] | None = None
     _client: CtmClient | None = None
+    # What a check found, for the checks that need it (set before any of them runs).
+    settings: RefreshSettings = field(init=False)
+    credentials: CtmCredentials = field(init=False)
+    login_info: auth.LoginInfo = field(init=False)
+    pages: tuple[KeyPage, KeyPage | None] = field(init=False)
 
     def checks(self) -> Iterator[tuple[str, Finding]]:
         """Each check in turn; SKIP for one whose ``needs`` did not pass or warn."""
@@ -156,13 +158,13 @@ class Preflight:
             ("login", "tls", self.login),
             ("refresh token", "login", lambda: refresh_token_finding(self.login_info)),
             ("list order", "login", self.list_two_pages),
-            ("list pages", "list order", lambda: pages_finding(*self.ready(self.pages))),
+            ("list pages", "list order", lambda: pages_finding(*self.pages)),
             ("function timeout", "settings", self.function_timeout),
         ]
         if self.query is not None:
-            steps.insert(-1, ("selector", "list order", self.count_selected))
+            steps.insert(-1, ("selector", "list order", partial(self.count_selected, self.query)))
         if self.canary is not None:
-            steps.append(("canary", "login", self.refresh_canary))
+            steps.append(("canary", "login", partial(self.refresh_canary, *self.canary)))
         verdicts: dict[str | None, Verdict] = {None: PASS}
         for name, needs, run in steps:
             if verdicts[needs] in (FAIL, SKIP):
@@ -176,13 +178,6 @@ class Preflight:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
-
-    @staticmethod
-    def ready(value: T | None) -> T:
-        """What an earlier check found (a check runs only when those it needs passed)."""
-        if value is None:
-            raise AssertionError("a check ran before the one it needs")
-        return value
 
     def read_settings(self) -> Finding:
         unused = {"RESULTS_TABLE": "-"} | ({"CTM_SECRET_ID": "-"} if self.args.secret_file else {})
@@ -201,7 +196,7 @@ class Preflight:
     def secret_source(self) -> str:
         if self.args.secret_file:
             return f"file {self.args.secret_file}"
-        return f"{self.ready(self.settings).ctm_secret_id} (Secrets Manager)"
+        return f"{self.settings.ctm_secret_id} (Secrets Manager)"
 
     def load_secret(self, force: bool) -> str:
         """The secret's text, from the file or as the function reads it."""
@@ -209,7 +204,7 @@ class Preflight:
             return Path(self.args.secret_file).read_text(encoding="utf-8")
         from cckm_refresh.wiring import secret_loader
 
-        return secret_loader(self.ready(self.settings).ctm_secret_id)(force)
+        return secret_loader(self.settings.ctm_secret_id)(force)
 
     def read_secret(self) -> Finding:
         try:
@@ -224,12 +219,12 @@ class Preflight:
         return secret_finding(self.credentials)
 
     def function_timeout(self) -> Finding:
-        return timeout_finding(self.ready(self.settings), self.args.function_timeout)
+        return timeout_finding(self.settings, self.args.function_timeout)
 
     @property
     def client(self) -> CtmClient:
         if self._client is None:
-            settings = self.ready(self.settings)
+            settings = self.settings
             self._client = CtmClient.create(
                 base_url=settings.ctm_base_url,
                 secret_loader=self.load_secret,
@@ -242,12 +237,9 @@ class Preflight:
 
     def connect(self) -> Finding:
         """One HTTPS call without a token, verified as every call of the client is."""
-        settings, trust = self.ready(self.settings), _trust(self.ready(self.credentials))
-        answered = 200
+        client, trust, answered = self.client, _trust(self.credentials), 200
         try:
-            self.client.transport.call(
-                "GET", self.client.base_url + KEYS_PATH, deadline=self.deadline
-            )
+            client.transport.call("GET", client.base_url + KEYS_PATH, deadline=self.deadline)
         except CtmTlsError as error:
             return Finding(
                 FAIL,
@@ -262,7 +254,7 @@ class Preflight:
                     "where the function runs (SubnetIds, SecurityGroupIds)",
                 )
             answered = error.http_status
-        if not settings.ctm_verify_tls:
+        if not self.settings.ctm_verify_tls:
             unverified = "anyone on the way can pose as CTM and take the credentials"
             return Finding(WARN, f"not verified (CTM_VERIFY_TLS=false): {unverified}; verify")
         return Finding(PASS, f"verified against {trust}; HTTP {answered} to a call without a token")
@@ -274,11 +266,10 @@ class Preflight:
             refused = isinstance(error, CtmAuthError)
             todo = "check the secret's credentials and domain" if refused else "is CTM healthy?"
             return Finding(FAIL, f"{_said(error)}: {todo}")
+        if self.client.last_login is None:  # issue_token signs in, or raises
+            raise AssertionError("no login after issue_token")
+        self.login_info = self.client.last_login
         return jwt_finding(self.login_info)
-
-    @property
-    def login_info(self) -> auth.LoginInfo:
-        return self.ready(self.client.last_login)
 
     def list_two_pages(self) -> Finding:
         """A small page, then one of the function's size after it, in the order it lists in."""
@@ -294,9 +285,8 @@ class Preflight:
         self.pages = (first, second)
         return order_finding(second or first)
 
-    def count_selected(self) -> Finding:
+    def count_selected(self, query: dict[str, str]) -> Finding:
         """The whole listing the selector's filters give, counted by tenancy and vault."""
-        query = self.ready(self.query)
         counts: Counter[tuple[str, str]] = Counter()
         page, mismatched = None, 0
         try:
@@ -315,20 +305,15 @@ class Preflight:
             return listing_failure(error)
         return selector_finding(counts, _described(query), mismatched)
 
-    def refresh_canary(self) -> Finding:
-        kind, key = self.ready(self.canary)
-        known = KeyInfo(key_id=key)
+    def refresh_canary(self, kind: KeyIdKind, key: str) -> Finding:
+        client, known = self.client, KeyInfo(key_id=key)
         try:
-            if kind is KeyIdKind.OCID:
-                found = self.client.find_oci_key(key, deadline=self.deadline)
-            else:
-                found = self.client.get_oci_key(key, deadline=self.deadline)
+            find = client.find_oci_key if kind is KeyIdKind.OCID else client.get_oci_key
+            found = find(key, deadline=self.deadline)
             if found is None:
                 return Finding(FAIL, f"no key of CCKM has the OCID {key}: is its vault in CCKM?")
             known = KeyInfo.from_ctm(found)
-            answer = self.client.refresh_oci_key(
-                known.key_id, pacer=UNPACED, deadline=self.deadline
-            )
+            answer = client.refresh_oci_key(known.key_id, pacer=UNPACED, deadline=self.deadline)
         except CtmError as error:
             return canary_failure(error, known)
         fresh = KeyInfo.from_ctm(answer.body).filled_from(known)
