@@ -53,19 +53,16 @@ def settings_from(
 
 def _request(args: argparse.Namespace) -> dict[str, Any]:
     """The request the options ask for, validated as the function would validate it."""
-    request: dict[str, Any] = {}
-    if args.keys:
-        request["keys"] = list(args.keys)
-    selector = selector_from(args)
-    if selector:
-        request["selector"] = selector
-    if not request:
+    fields = {
+        "keys": list(args.keys),
+        "selector": selector_from(args),
+        "reason": args.reason,
+        "request_id": args.request_id,
+        "dry_run": args.dry_run,
+    }
+    request = {name: value for name, value in fields.items() if value}
+    if "keys" not in request and "selector" not in request:
         raise CliError("name keys, or a selector such as --tenancy NAME, or --all")
-    for name in ("reason", "request_id"):
-        if getattr(args, name):
-            request[name] = getattr(args, name)
-    if args.dry_run:
-        request["dry_run"] = True
     try:
         # Before any AWS or CTM call: a typo is the operator's, not a pipeline's REJECTED item.
         parse_request(request)
