@@ -27,8 +27,7 @@ __all__ = ["EXIT_ERROR", "EXIT_FAILED_KEYS", "EXIT_OK", "CliError", "main"]
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # None: sys.argv[1:]
     env = dict(os.environ if env is None else env)
     try:
         with _logs_to_stderr(env.get("POWERTOOLS_LOG_LEVEL")):

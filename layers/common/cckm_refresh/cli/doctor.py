@@ -392,14 +392,12 @@ def refresh_token_finding(info: auth.LoginInfo) -> Finding:
     )
 
 
-# The minutes a password login asks for, as CTM may read them: the stated lifetime is the
-# asked one times the factor.
 _MINUTES_READ_AS = {1.0: "minutes", 1 / 60: "seconds", 60.0: "hours"}
 
 
 def _asked_times(stated: float | None) -> float | None:
-    """The factor of ``_MINUTES_READ_AS`` by which ``stated`` is what was asked, counted down
-    for a moment (whole seconds, rounded down), if any."""
+    """The factor by which ``stated`` is what was asked (the minutes read as CTM may read them),
+    counted down for a moment (whole seconds, rounded down); None: it is not."""
     for factor, asked in itertools.product(_MINUTES_READ_AS, ASKED_SECONDS):
         seconds = asked * factor
         if stated is not None and seconds - max(2.0, seconds / 100) <= stated <= seconds + 1:
