@@ -295,12 +295,9 @@ class Preflight:
                 page = self.client.list_page(
                     query, cursor=cursor, page_size=SELECTOR_PAGE_SIZE, deadline=self.deadline
                 )
-                for resource in page.resources:
-                    if not resource_matches(query, resource):
-                        mismatched += 1
-                        continue
-                    info = KeyInfo.from_ctm(resource)
-                    counts[(info.tenancy or "?", info.vault_name or "?")] += 1
+                keys = [KeyInfo.from_ctm(r) for r in page.resources if resource_matches(query, r)]
+                mismatched += len(page.resources) - len(keys)
+                counts.update((key.tenancy or "?", key.vault_name or "?") for key in keys)
         except CtmError as error:
             return listing_failure(error)
         return selector_finding(counts, _described(query), mismatched)

@@ -172,10 +172,9 @@ def _print_json_lines(outcomes: Sequence[RefreshOutcome]) -> None:
 
 
 def _print_summary(report: RunReport, outcomes: Sequence[RefreshOutcome]) -> None:
-    counts = {s: report.count(s) for s in Status}
     print(
         f"\nrun {report.run_id}: {len(outcomes)} keys: "
-        + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
+        + ", ".join(f"{n} {s.lower()}" for s in Status if (n := report.count(s)))
         + (f"; {report.rotated} rotated" if report.rotated else "")
     )
 
