@@ -1,17 +1,20 @@
 """Run and chunk bookkeeping: each run's keys registered, counted and its completion made
 exactly once, at a cost per key that does not grow with the run (docs/architecture.md,
-"Exactly-once bookkeeping")."""
+"Exactly-once bookkeeping"); and what every writer of the table shares."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import datetime
+import random
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
+from cckm_refresh import backoff
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, RunStatus, Status
-from cckm_refresh.runtime import iso
-from cckm_refresh.table.access import TableAccess
+from cckm_refresh.runtime import iso, utc_now
 from cckm_refresh.table.items import (
     BY_KEY_INDEX,
     CHUNK_PREFIX,
@@ -31,13 +34,13 @@ from cckm_refresh.table.items import (
     RunState,
     TenancyPace,
     chunk_sk,
-    described,
     expires_at,
     key,
     result_item,
     run_pk,
     to_item,
 )
+from cckm_refresh.table.reads import TableClient
 from cckm_refresh.text import MAX_MESSAGE
 
 _TRANSACTION_ATTEMPTS = 8
@@ -47,8 +50,83 @@ class TransactionFailedError(RuntimeError):
     """DynamoDB kept cancelling a transaction for reasons other than our conditions."""
 
 
-class RunBook(TableAccess):
-    """The ``RUN`` and ``CHUNK`` items: a run's keys registered, counted and completed once."""
+class RunBook(TableClient):
+    """The ``RUN`` and ``CHUNK`` items: a run's keys registered, counted and completed once.
+    Clock, sleep and randomness are injectable for tests."""
+
+    def __init__(
+        self,
+        client: Any,
+        table_name: str,
+        retention_days: int,
+        *,
+        now: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__(client, table_name)
+        self._retention = timedelta(days=retention_days)
+        self._now = now
+        self._sleep = sleep
+        self._rng = rng
+
+    def _expires_at(self) -> int:
+        return expires_at(self._now(), self._retention)
+
+    def _backoff(self, attempt: int) -> None:
+        self._sleep(backoff.full_jitter(attempt, 0.05, 2.0, self._rng))
+
+    def _if_new(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """A put of ``item`` only if its key is new: ``put_item``'s arguments, or a
+        transaction's ``Put``."""
+        return {
+            "TableName": self.table_name,
+            "Item": to_item(item),
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
+
+    def _put_new(self, item: Mapping[str, Any]) -> bool:
+        """Put ``item`` unless its key exists; True when this call created it."""
+        try:
+            self._db.put_item(**self._if_new(item))
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def _update(
+        self, pk: str, sk: str, update: str, values: Mapping[str, Any], condition: str = ""
+    ) -> dict[str, Any]:
+        """An update of one item: ``update_item``'s arguments, or a transaction's ``Update``.
+        Each ``#name`` in it stands for the attribute ``name`` (DynamoDB reserves ``status``,
+        ``region`` and others)."""
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": key(pk, sk),
+            "UpdateExpression": update,
+            "ExpressionAttributeValues": to_item(values),
+        }
+        if condition:
+            request["ConditionExpression"] = condition
+        names = re.findall(r"#(\w+)", f"{update} {condition}")
+        if names:
+            request["ExpressionAttributeNames"] = {f"#{name}": name for name in names}
+        return request
+
+    def _updated(self, request: Mapping[str, Any]) -> dict[str, Any] | None:
+        """``update_item``'s answer to ``request``; None when its condition refused."""
+        try:
+            answer: dict[str, Any] = self._db.update_item(**request)
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return None
+        return answer
+
+    def _while_running(
+        self, run_id: str, update: str, values: Mapping[str, Any], also: str = ""
+    ) -> dict[str, Any]:
+        """An update of the ``RUN`` item that applies only while it runs (a completed run keeps
+        its counts, and nothing joins it)."""
+        values = {**values, ":running": RunStatus.RUNNING}
+        return self._update(run_pk(run_id), RUN, update, values, "#status = :running" + also)
 
     # --- runs -------------------------------------------------------------------------------
 
@@ -122,33 +200,14 @@ class RunBook(TableAccess):
     def swept(self, run_id: str, sweeps: int) -> None:
         """The sweep queued the run's work again: its ``sweeps``-th time, counted as progress."""
         values = {":n": sweeps, ":now": _epoch(self._now())}
-        self._update_running(run_id, "SET sweeps = :n, progress_at = :now", values)
+        self._updated(self._while_running(run_id, "SET sweeps = :n, progress_at = :now", values))
 
     def record_listing_failure(self, run_id: str, error_code: str, message: str) -> None:
         """The run's listing could not be read completely: said on the ``RUN`` item (its
         completion is notified as an ERROR); the keys listed so far are refreshed."""
         failure = {"error_code": error_code, "error_message": message[:MAX_MESSAGE]}
-        self._update_running(run_id, "SET listing_error = :failure", {":failure": failure})
-
-    def _update_running(self, run_id: str, update: str, values: dict[str, Any]) -> None:
-        try:
-            self._db.update_item(**self._while_running(run_id, update, values))
-        except self._db.exceptions.ConditionalCheckFailedException:
-            return
-
-    def _while_running(
-        self, run_id: str, update: str, values: dict[str, Any], also: str = ""
-    ) -> dict[str, Any]:
-        """An update of the ``RUN`` item that applies only while it runs (a completed run keeps
-        its counts, and nothing joins it): ``update_item``'s arguments, or a transaction's."""
-        return {
-            "TableName": self.table_name,
-            "Key": key(run_pk(run_id), RUN),
-            "UpdateExpression": update,
-            "ConditionExpression": "#s = :running" + also,
-            "ExpressionAttributeNames": {"#s": "status"},
-            "ExpressionAttributeValues": to_item(values | {":running": RunStatus.RUNNING}),
-        }
+        update = "SET listing_error = :failure"
+        self._updated(self._while_running(run_id, update, {":failure": failure}))
 
     def hand_on_resolution(self, run_id: str, segment: str, next_segment: str) -> bool:
         """Pass the resolution from ``segment`` to the continuation that starts at
@@ -168,17 +227,8 @@ class RunBook(TableAccess):
     ) -> bool:
         values = {":segment": segment, ":now": _epoch(self._now())}
         values |= {":next": next_segment} if next_segment else {}
-        try:
-            self._db.update_item(
-                TableName=self.table_name,
-                Key=key(run_pk(run_id), RUN),
-                UpdateExpression=update,
-                ConditionExpression="resolving = :segment",
-                ExpressionAttributeValues=to_item(values),
-            )
-        except self._db.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+        request = self._update(run_pk(run_id), RUN, update, values, "resolving = :segment")
+        return self._updated(request) is not None
 
     def complete_if_done(self, run_id: str) -> RunCounts | None:
         """Turn the run ``COMPLETED`` when no chunk is open and resolution has finished.
@@ -192,15 +242,13 @@ class RunBook(TableAccess):
         # A run with no chunk (a selector matching nothing) has no counts yet: the contract's
         # RUN item carries them at completion, zeros included.
         update = (
-            "SET #s = :done, finished_at = :now"
+            "SET #status = :done, finished_at = :now"
             + "".join(f", {n} = if_not_exists({n}, :zero)" for n in TALLY_FIELDS)
             + " REMOVE gsi1pk, gsi1sk"
         )
         values = {":done": RunStatus.COMPLETED, ":zero": 0, ":now": iso(self._now())}
         done = " AND open_chunks = :zero AND attribute_not_exists(resolving)"
-        try:
-            self._db.update_item(**self._while_running(run_id, update, values, also=done))
-        except self._db.exceptions.ConditionalCheckFailedException:
+        if self._updated(self._while_running(run_id, update, values, also=done)) is None:
             return None
         return state.counts
 
@@ -254,7 +302,7 @@ class RunBook(TableAccess):
         )
         results = []
         for entry in entries:
-            pending = described(RefreshOutcome(KeyInfo(entry.key_id), Status.PENDING), entry.known)
+            pending = RefreshOutcome(KeyInfo(entry.key_id).filled_from(entry.known), Status.PENDING)
             item = result_item(
                 run.run_id, RecordedResult(pending, entry.version_before, False), now, expires
             )
@@ -297,11 +345,9 @@ class RunBook(TableAccess):
         tally = ChunkTally()
         for outcome in batch:
             tally = tally.add(outcome.status, False)
-        count = self._while_running(
-            run.run_id,
-            _tally_expression(tally, "ADD requested :n"),
-            _tally_values(tally) | {":n": len(batch), ":now": _epoch(self._now())},
-        )
+        update, values = _counted(tally, "ADD requested :n")
+        values |= {":n": len(batch), ":now": _epoch(self._now())}
+        count = self._while_running(run.run_id, update, values)
         now, expires = iso(self._now()), self._expires_at()
         results = [
             result_item(run.run_id, RecordedResult(o, None, False), now, expires) for o in batch
@@ -314,29 +360,14 @@ class RunBook(TableAccess):
         """Close a chunk whose keys are all terminal and add its counts to the run, once,
         handing on its tenancy's ``pace`` in the same transaction. False when it was closed
         before (a duplicate or late delivery): then nothing is written."""
+        close = "SET chunk_status = :done, finished_at = :now"
+        closed = {":done": "DONE", ":open": "OPEN", ":now": iso(self._now())}
+        update, counts = _counted(tally, "ADD open_chunks :minus")
+        counts |= {":minus": -1, ":now": _epoch(self._now())}
         pk = run_pk(run_id)
         items = [
-            {
-                "Update": {
-                    "TableName": self.table_name,
-                    "Key": key(pk, chunk_sk(chunk_id)),
-                    "UpdateExpression": "SET chunk_status = :done, finished_at = :now",
-                    "ConditionExpression": "chunk_status = :open",
-                    "ExpressionAttributeValues": to_item(
-                        {":done": "DONE", ":open": "OPEN", ":now": iso(self._now())}
-                    ),
-                }
-            },
-            {
-                "Update": {
-                    "TableName": self.table_name,
-                    "Key": key(pk, RUN),
-                    "UpdateExpression": _tally_expression(tally, "ADD open_chunks :minus"),
-                    "ExpressionAttributeValues": to_item(
-                        _tally_values(tally) | {":minus": -1, ":now": _epoch(self._now())}
-                    ),
-                }
-            },
+            {"Update": self._update(pk, chunk_sk(chunk_id), close, closed, "chunk_status = :open")},
+            {"Update": self._update(pk, RUN, update, counts)},
         ]
         if pace is not None:
             items.append({"Put": self._pace(pace)})
@@ -371,17 +402,17 @@ class RunBook(TableAccess):
         raise TransactionFailedError("DynamoDB cancelled the transaction repeatedly")
 
 
-def _tally_expression(tally: ChunkTally, head: str) -> str:
-    """``head`` and the tally's ADDs, and the run's progress marked."""
-    return head + "".join(f", {name} :{name}" for name in TALLY_FIELDS) + " SET progress_at = :now"
+def _counted(tally: ChunkTally, head: str) -> tuple[str, dict[str, int]]:
+    """``head``, the tally's ADDs and the run's progress marked (``:now``): the update and the
+    tally's values."""
+    update = (
+        head + "".join(f", {name} :{name}" for name in TALLY_FIELDS) + " SET progress_at = :now"
+    )
+    return update, {f":{name}": count for name, count in tally.as_dict().items()}
 
 
 def _epoch(moment: datetime) -> int:
     return int(moment.timestamp())
-
-
-def _tally_values(tally: ChunkTally) -> dict[str, int]:
-    return {f":{name}": count for name, count in tally.as_dict().items()}
 
 
 K = TypeVar("K", KeyEntry, RefreshOutcome)
