@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -156,17 +156,6 @@ class KeyEntry:
         return self.known.current_key_version if self.known else None
 
 
-# The counts a run's results add up to, in the order the RUN item lists them (docs/reference.md
-# 5): ``ChunkTally`` and ``RunCounts`` hold them, the table writes and the notifier reads them.
-TALLY_FIELDS = ("refreshed", "not_found", "failed", "skipped", "rotated")
-_COUNTED_AS = {
-    Status.REFRESHED: "refreshed",
-    Status.NOT_FOUND: "not_found",
-    Status.FAILED: "failed",
-    Status.SKIPPED: "skipped",
-}
-
-
 @dataclass(frozen=True)
 class ChunkTally:
     """The counts of terminal results: what a finished chunk adds to its run."""
@@ -178,13 +167,19 @@ class ChunkTally:
     rotated: int = 0
 
     def add(self, status: Status, rotated: bool) -> ChunkTally:
-        field = _COUNTED_AS[status]
+        """Count a terminal result under its status (``NOT_FOUND``: ``not_found``)."""
+        field = status.lower()
         return replace(
             self, **{field: getattr(self, field) + 1, "rotated": self.rotated + int(rotated)}
         )
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in TALLY_FIELDS}
+
+
+# The counts a run's results add up to, in the order the RUN item lists them (docs/reference.md
+# 5): ``ChunkTally`` and ``RunCounts`` hold them, the table writes and the notifier reads them.
+TALLY_FIELDS = tuple(field.name for field in fields(ChunkTally))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,17 +6,18 @@ read and the query pages every reader and writer of the table shares."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from cckm_refresh.table.items import KEY_PREFIX, LATEST, RUN, key, key_pk, plain, run_pk
 
 
+@dataclass(eq=False)
 class TableClient:
-    """The results table through a boto3 DynamoDB ``client``, items as plain values."""
+    """The results table through a boto3 DynamoDB client, items as plain values."""
 
-    def __init__(self, client: Any, table_name: str) -> None:
-        self._db = client
-        self.table_name = table_name
+    _db: Any
+    table_name: str
 
     def item(self, pk: str, sk: str) -> dict[str, Any] | None:
         """One item, strongly consistent; None when there is none."""

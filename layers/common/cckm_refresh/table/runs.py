@@ -8,6 +8,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -50,31 +51,22 @@ class TransactionFailedError(RuntimeError):
     """DynamoDB kept cancelling a transaction for reasons other than our conditions."""
 
 
+@dataclass(eq=False)
 class RunBook(TableClient):
     """The ``RUN`` and ``CHUNK`` items: a run's keys registered, counted and completed once.
     Clock, sleep and randomness are injectable for tests."""
 
-    def __init__(
-        self,
-        client: Any,
-        table_name: str,
-        retention_days: int,
-        *,
-        now: Callable[[], datetime] = utc_now,
-        sleep: Callable[[float], None] = time.sleep,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        super().__init__(client, table_name)
-        self._retention = timedelta(days=retention_days)
-        self._now = now
-        self._sleep = sleep
-        self._rng = rng
+    retention_days: int
+    _: KW_ONLY
+    now: Callable[[], datetime] = utc_now
+    sleep: Callable[[float], None] = time.sleep
+    rng: Callable[[], float] = random.random
 
     def _expires_at(self) -> int:
-        return expires_at(self._now(), self._retention)
+        return expires_at(self.now(), timedelta(days=self.retention_days))
 
     def _backoff(self, attempt: int) -> None:
-        self._sleep(backoff.full_jitter(attempt, 0.05, 2.0, self._rng))
+        self.sleep(backoff.full_jitter(attempt, 0.05, 2.0, self.rng))
 
     def _if_new(self, item: Mapping[str, Any]) -> dict[str, Any]:
         """A put of ``item`` only if its key is new: ``put_item``'s arguments, or a
@@ -135,7 +127,7 @@ class RunBook(TableClient):
         this call made it. ``request`` (the request as received) is kept beside it, in a
         ``REQUEST`` item, for the sweep to start the resolution again if every delivery of
         it was lost (a schedule whose invocations all failed)."""
-        now = self._now()
+        now = self.now()
         item = {
             "pk": run_pk(run.run_id),
             "sk": RUN,
@@ -199,7 +191,7 @@ class RunBook(TableClient):
 
     def swept(self, run_id: str, sweeps: int) -> None:
         """The sweep queued the run's work again: its ``sweeps``-th time, counted as progress."""
-        values = {":n": sweeps, ":now": _epoch(self._now())}
+        values = {":n": sweeps, ":now": _epoch(self.now())}
         self._updated(self._while_running(run_id, "SET sweeps = :n, progress_at = :now", values))
 
     def record_listing_failure(self, run_id: str, error_code: str, message: str) -> None:
@@ -213,29 +205,23 @@ class RunBook(TableClient):
         """Pass the resolution from ``segment`` to the continuation that starts at
         ``next_segment``; False when ``segment`` no longer owns it (a stale delivery)."""
         update = "SET resolving = :next, progress_at = :now"
-        return self._move_resolution(run_id, segment, update, next_segment)
+        return self._move_resolution(run_id, segment, update, {":next": next_segment})
 
     def finish_resolution(self, run_id: str, segment: str = FIRST_SEGMENT) -> bool:
         """Every key of the run is registered: completion may now happen. False when
         ``segment`` does not own the resolution (another delivery does, or it is done)."""
-        return self._move_resolution(
-            run_id, segment, "REMOVE resolving SET progress_at = :now", None
-        )
+        return self._move_resolution(run_id, segment, "REMOVE resolving SET progress_at = :now")
 
     def _move_resolution(
-        self, run_id: str, segment: str, update: str, next_segment: str | None
+        self, run_id: str, segment: str, update: str, values: Mapping[str, Any] | None = None
     ) -> bool:
-        values = {":segment": segment, ":now": _epoch(self._now())}
-        values |= {":next": next_segment} if next_segment else {}
+        values = {**(values or {}), ":segment": segment, ":now": _epoch(self.now())}
         request = self._update(run_pk(run_id), RUN, update, values, "resolving = :segment")
         return self._updated(request) is not None
 
     def complete_if_done(self, run_id: str) -> RunCounts | None:
-        """Turn the run ``COMPLETED`` when no chunk is open and resolution has finished.
-
-        Returns the counts when this call completed the run; None when it is not done yet or
-        was already completed (the condition makes completion happen exactly once).
-        """
+        """Turn the run ``COMPLETED`` when no chunk is open and resolution has finished; its
+        counts when this call completed it (the condition makes that happen exactly once)."""
         state = self.run_state(run_id)
         if state is None or state.completed or state.resolving or state.open_chunks > 0:
             return None
@@ -246,7 +232,7 @@ class RunBook(TableClient):
             + "".join(f", {n} = if_not_exists({n}, :zero)" for n in TALLY_FIELDS)
             + " REMOVE gsi1pk, gsi1sk"
         )
-        values = {":done": RunStatus.COMPLETED, ":zero": 0, ":now": iso(self._now())}
+        values = {":done": RunStatus.COMPLETED, ":zero": 0, ":now": iso(self.now())}
         done = " AND open_chunks = :zero AND attribute_not_exists(resolving)"
         if self._updated(self._while_running(run_id, update, values, also=done)) is None:
             return None
@@ -281,7 +267,7 @@ class RunBook(TableClient):
         """The transaction that registers a chunk: its ``CHUNK`` item (index 0), the run's
         counts (1), a ``PENDING`` result per key (2...), each only if new."""
         pk = run_pk(run.run_id)
-        now = iso(self._now())
+        now = iso(self.now())
         expires = self._expires_at()
         chunk = {
             "pk": pk,
@@ -298,7 +284,7 @@ class RunBook(TableClient):
         count = self._while_running(
             run.run_id,
             "ADD requested :n, open_chunks :one SET progress_at = :now",
-            {":n": len(entries), ":one": 1, ":now": _epoch(self._now())},
+            {":n": len(entries), ":one": 1, ":now": _epoch(self.now())},
         )
         results = []
         for entry in entries:
@@ -326,9 +312,8 @@ class RunBook(TableClient):
         self, transaction: Callable[[list[K]], list[dict[str, Any]]], keys: list[K], first: int
     ) -> tuple[list[K], set[int]]:
         """Commit ``transaction(keys)``, whose items from index ``first`` on put one new result
-        per key; a key whose put is refused is in the run already and is left out of the next
-        try. Returns the keys committed, or nothing and the indexes before ``first`` (the run's
-        or the chunk's) whose conditions refused."""
+        per key, leaving out of the next try each key whose put was refused. Returns the keys
+        committed, or nothing and the refused indexes before ``first`` (the run's, the chunk's)."""
         for _ in range(_TRANSACTION_ATTEMPTS + len(keys)):
             if not keys:
                 return [], set()
@@ -338,7 +323,8 @@ class RunBook(TableClient):
             refused = {i for i in failed if i < first}
             if refused:
                 return [], refused
-            keys = _without_refused(keys, failed, first=first)
+            taken = {keys[i - first].key_id for i in failed}  # in the run already
+            keys = [key for key in keys if key.key_id not in taken]
         raise TransactionFailedError("could not register the keys")
 
     def _terminal_results(self, run: RunInfo, batch: Sequence[RefreshOutcome]) -> list[Any]:
@@ -346,9 +332,9 @@ class RunBook(TableClient):
         for outcome in batch:
             tally = tally.add(outcome.status, False)
         update, values = _counted(tally, "ADD requested :n")
-        values |= {":n": len(batch), ":now": _epoch(self._now())}
+        values |= {":n": len(batch), ":now": _epoch(self.now())}
         count = self._while_running(run.run_id, update, values)
-        now, expires = iso(self._now()), self._expires_at()
+        now, expires = iso(self.now()), self._expires_at()
         results = [
             result_item(run.run_id, RecordedResult(o, None, False), now, expires) for o in batch
         ]
@@ -361,9 +347,9 @@ class RunBook(TableClient):
         handing on its tenancy's ``pace`` in the same transaction. False when it was closed
         before (a duplicate or late delivery): then nothing is written."""
         close = "SET chunk_status = :done, finished_at = :now"
-        closed = {":done": "DONE", ":open": "OPEN", ":now": iso(self._now())}
+        closed = {":done": "DONE", ":open": "OPEN", ":now": iso(self.now())}
         update, counts = _counted(tally, "ADD open_chunks :minus")
-        counts |= {":minus": -1, ":now": _epoch(self._now())}
+        counts |= {":minus": -1, ":now": _epoch(self.now())}
         pk = run_pk(run_id)
         items = [
             {"Update": self._update(pk, chunk_sk(chunk_id), close, closed, "chunk_status = :open")},
@@ -379,7 +365,7 @@ class RunBook(TableClient):
 
     def _pace(self, pace: TenancyPace) -> dict[str, Any]:
         """The put of a tenancy's pace (``put_item``'s arguments, or a transaction's)."""
-        now = self._now()
+        now = self.now()
         item = pace.item(iso(now), expires_at(now, PACE_RETENTION))
         return {"TableName": self.table_name, "Item": to_item(item)}
 
@@ -416,10 +402,3 @@ def _epoch(moment: datetime) -> int:
 
 
 K = TypeVar("K", KeyEntry, RefreshOutcome)
-
-
-def _without_refused(keys: list[K], failed: set[int], *, first: int) -> list[K]:
-    """``keys`` less those whose put a transaction refused (the transaction's items from
-    index ``first`` on are one per key, in order): they are in the run already."""
-    taken = {keys[i - first].key_id for i in failed if i >= first}
-    return [key for key in keys if key.key_id not in taken]

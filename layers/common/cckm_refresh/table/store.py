@@ -95,7 +95,7 @@ class ResultStore(RunBook):
         ``before`` is what the run knew of the key before touching it; a rotation is a change
         from its version (docs/reference.md 5), so a resumed run still records each rotation once.
         """
-        at = outcome.recorded_at or iso(self._now())
+        at = outcome.recorded_at or iso(self.now())
         outcome = replace(outcome, recorded_at=at)
         old_version = self._move_key_forward(run, outcome)
         previous = (before.current_key_version if before else None) or old_version
@@ -156,7 +156,7 @@ class ResultStore(RunBook):
             "item_type": "REJECTED",
             "error": error[:MAX_MESSAGE],
             "body": body[:MAX_REJECTED_BODY],
-            "received_at": iso(self._now()),
+            "received_at": iso(self.now()),
             "expires_at": self._expires_at(),
         }
         return self._put_new(item)
