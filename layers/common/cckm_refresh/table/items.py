@@ -34,6 +34,8 @@ SEGMENT_PREFIX = "at:"  # a resolution segment that starts at a listing position
 MAX_CHUNK_KEYS = 98
 MAX_REJECTED_BODY = 4000
 MAX_KEPT_REQUEST = 100_000  # a run's request as received (1,000 OCIDs are about 60 KB)
+# Where a key lives: what its RESULT and KEY items always say of it.
+LOCATION = ("oci_key_id", "display_name", "tenancy", "region", "vault_name")
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -205,11 +207,7 @@ def result_item(run_id: str, result: RecordedResult, at: str, expires: int) -> d
         "item_type": "RESULT",
         "run_id": run_id,
         "key_id": o.key_id,
-        "oci_key_id": k.oci_key_id,
-        "display_name": k.display_name,
-        "tenancy": k.tenancy,
-        "region": k.region,
-        "vault_name": k.vault_name,
+        **{name: getattr(k, name) for name in LOCATION},
         "status": str(o.status),
         "attempts": o.attempts,
         "duration_ms": o.duration_ms,

@@ -69,8 +69,7 @@ class RunBook(TableClient):
         self.sleep(backoff.full_jitter(attempt, 0.05, 2.0, self.rng))
 
     def _if_new(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        """A put of ``item`` only if its key is new: ``put_item``'s arguments, or a
-        transaction's ``Put``."""
+        """A put of ``item`` only if its key is new (``put_item``'s arguments, or a ``Put``)."""
         return {
             "TableName": self.table_name,
             "Item": to_item(item),
@@ -88,9 +87,8 @@ class RunBook(TableClient):
     def _update(
         self, pk: str, sk: str, update: str, values: Mapping[str, Any], condition: str = ""
     ) -> dict[str, Any]:
-        """An update of one item: ``update_item``'s arguments, or a transaction's ``Update``.
-        Each ``#name`` in it stands for the attribute ``name`` (DynamoDB reserves ``status``,
-        ``region`` and others)."""
+        """An update of one item (``update_item``'s arguments, or an ``Update``); each ``#name``
+        stands for the attribute ``name`` (DynamoDB reserves ``status``, ``region``...)."""
         request: dict[str, Any] = {
             "TableName": self.table_name,
             "Key": key(pk, sk),
@@ -243,12 +241,9 @@ class RunBook(TableClient):
     def register_chunk(
         self, run: RunInfo, chunk_id: str, tenancy: str | None, entries: Sequence[KeyEntry]
     ) -> tuple[KeyEntry, ...]:
-        """Register a chunk of keys with the run (one transaction); return its keys.
-
-        Keys that already have a result in the run belong to another chunk (or are done) and
-        are left out. A chunk registered before (a retried fan-out) is returned as it was
-        registered, and counted nothing again. An empty tuple: nothing left to send.
-        """
+        """Register a chunk of keys with the run (one transaction); return its keys (none:
+        nothing left to send). Keys with a result in the run already are left out; a chunk
+        registered before (a retried fan-out) is returned as it was, counted nothing again."""
         if len(entries) > MAX_CHUNK_KEYS:
             raise ValueError(f"a chunk holds at most {MAX_CHUNK_KEYS} keys")
         registration = partial(self._registration, run, chunk_id, tenancy)
@@ -264,8 +259,7 @@ class RunBook(TableClient):
     def _registration(
         self, run: RunInfo, chunk_id: str, tenancy: str | None, entries: Sequence[KeyEntry]
     ) -> list[dict[str, Any]]:
-        """The transaction that registers a chunk: its ``CHUNK`` item (index 0), the run's
-        counts (1), a ``PENDING`` result per key (2...), each only if new."""
+        """The ``CHUNK`` item (index 0), the run's counts (1), a ``PENDING`` result per key."""
         pk = run_pk(run.run_id)
         now = iso(self.now())
         expires = self._expires_at()
@@ -343,9 +337,8 @@ class RunBook(TableClient):
     def finish_chunk(
         self, run_id: str, chunk_id: str, tally: ChunkTally, pace: TenancyPace | None = None
     ) -> bool:
-        """Close a chunk whose keys are all terminal and add its counts to the run, once,
-        handing on its tenancy's ``pace`` in the same transaction. False when it was closed
-        before (a duplicate or late delivery): then nothing is written."""
+        """Close a chunk whose keys are all terminal and add its counts to the run, once, with
+        its tenancy's ``pace``. False when it was closed before: then nothing is written."""
         close = "SET chunk_status = :done, finished_at = :now"
         closed = {":done": "DONE", ":open": "OPEN", ":now": iso(self.now())}
         update, counts = _counted(tally, "ADD open_chunks :minus")
@@ -364,7 +357,6 @@ class RunBook(TableClient):
         self._db.put_item(**self._pace(pace))
 
     def _pace(self, pace: TenancyPace) -> dict[str, Any]:
-        """The put of a tenancy's pace (``put_item``'s arguments, or a transaction's)."""
         now = self.now()
         item = pace.item(iso(now), expires_at(now, PACE_RETENTION))
         return {"TableName": self.table_name, "Item": to_item(item)}
@@ -389,8 +381,7 @@ class RunBook(TableClient):
 
 
 def _counted(tally: ChunkTally, head: str) -> tuple[str, dict[str, int]]:
-    """``head``, the tally's ADDs and the run's progress marked (``:now``): the update and the
-    tally's values."""
+    """``head`` with the tally's ADDs and ``progress_at = :now``, and the tally's values."""
     update = (
         head + "".join(f", {name} :{name}" for name in TALLY_FIELDS) + " SET progress_at = :now"
     )

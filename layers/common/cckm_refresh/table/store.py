@@ -13,6 +13,7 @@ from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status
 from cckm_refresh.runtime import iso
 from cckm_refresh.table.items import (
     LATEST,
+    LOCATION,
     MAX_REJECTED_BODY,
     PACE,
     REQUEST,
@@ -35,8 +36,7 @@ BATCH_GET = 100
 
 
 class ResultStore(RunBook):
-    """Runs and chunks (``RunBook``), outcomes and latest states, and their reads before a
-    chunk is refreshed."""
+    """Runs and chunks (``RunBook``), outcomes and latest states, and their reads."""
 
     def results_of(self, run_id: str, key_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The run's existing result items for ``key_ids`` (strongly consistent), by key id."""
@@ -89,12 +89,9 @@ class ResultStore(RunBook):
         self, run: RunInfo, outcome: RefreshOutcome, before: KeyInfo | None
     ) -> RecordedResult | None:
         """Store one outcome as soon as it is known: the key's ``LATEST`` item moved forward,
-        then its result, conditionally. None when the result was terminal already (another
-        delivery got there first): nothing is replaced.
-
-        ``before`` is what the run knew of the key before touching it; a rotation is a change
-        from its version (docs/reference.md 5), so a resumed run still records each rotation once.
-        """
+        then its result unless terminal already (None: another delivery got there first).
+        A rotation is a change from ``before``, the key as the run found it (docs/reference.md
+        5), so a resumed run still records each rotation once."""
         at = outcome.recorded_at or iso(self.now())
         outcome = replace(outcome, recorded_at=at)
         old_version = self._move_key_forward(run, outcome)
@@ -120,11 +117,10 @@ class ResultStore(RunBook):
 
     def _move_key_forward(self, run: RunInfo, outcome: RefreshOutcome) -> str | None:
         """Update the key's ``LATEST`` item unless a newer result got there first; return the
-        version it held before. The item carries ``changed`` (true) only when this refresh
-        changed its version or state, so that the notify function's stream filter wakes it
-        for changes, not for every refresh: the update first asks for the key as it was
-        (one call when nothing changed, the case of almost every key), then, refused, says
-        that it changed (docs/reference.md 5)."""
+        version it held before. It carries ``changed`` only when this refresh changed its
+        version or state, for the notify function's stream filter (docs/reference.md 5): the
+        first update expects the key unchanged (one call for almost every key), the second,
+        when that is refused, says it changed."""
         if outcome.status in (Status.PENDING, Status.SKIPPED) or not is_cckm_id(outcome.key_id):
             return None
         update, values = _latest_update(run, outcome)
@@ -133,16 +129,14 @@ class ResultStore(RunBook):
             f"#{n} = :{n}" for n in ("current_key_version", "lifecycle_state") if f":{n}" in values
         )
         unchanged = f"attribute_not_exists(pk) OR (updated_at <= :updated_at AND {same})"
+        condition = unchanged if same else newer
         pk, old = key_pk(outcome.key_id), {"ReturnValues": "ALL_OLD"}
-        kept = self._update(
-            pk, LATEST, f"{update} REMOVE changed", values, unchanged if same else newer
-        )
-        response = self._updated(kept | old)
+        first = self._update(pk, LATEST, f"{update} REMOVE changed", values, condition)
+        response = self._updated(first | old)
         if response is None and same:  # refused: newer elsewhere, or this refresh changed it
-            values |= {":true": True}
-            response = self._updated(
-                self._update(pk, LATEST, f"{update}, changed = :true", values, newer) | old
-            )
+            values[":true"] = True
+            second = self._update(pk, LATEST, f"{update}, changed = :true", values, newer)
+            response = self._updated(second | old)
         if response is None:
             return None  # a newer result already moved the key: this one is history
         stored = plain(response.get("Attributes", {})).get("current_key_version")
@@ -163,8 +157,8 @@ class ResultStore(RunBook):
 
 
 def _latest_update(run: RunInfo, outcome: RefreshOutcome) -> tuple[str, dict[str, Any]]:
-    """The ``KEY`` item's update for ``outcome``: (expression, values). Where the key lives,
-    always; its state, version and refresh time only from a refresh."""
+    """The ``KEY`` item's update: where the key lives, always; its state, version and refresh
+    time only from a refresh."""
     refreshed = outcome.status is Status.REFRESHED
     known = outcome.key if refreshed else outcome.key.location()
     fields = {
@@ -176,10 +170,7 @@ def _latest_update(run: RunInfo, outcome: RefreshOutcome) -> tuple[str, dict[str
         "lifecycle_state": known.lifecycle_state,
         "current_key_version": known.current_key_version,
         "last_refreshed_at": (known.refreshed_at or outcome.recorded_at) if refreshed else None,
-    } | {
-        name: getattr(known, name)
-        for name in ("oci_key_id", "display_name", "tenancy", "region", "vault_name")
-    }
+    } | {name: getattr(known, name) for name in LOCATION}
     # "region" and others are DynamoDB reserved words: each is set as #name
     sets = [f"#{name} = :{name}" for name, value in fields.items() if value is not None]
     values = {f":{name}": value for name, value in fields.items() if value is not None}
