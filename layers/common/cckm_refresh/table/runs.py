@@ -260,11 +260,9 @@ class RunBook(TableClient):
         self, run: RunInfo, chunk_id: str, tenancy: str | None, entries: Sequence[KeyEntry]
     ) -> list[dict[str, Any]]:
         """The ``CHUNK`` item (index 0), the run's counts (1), a ``PENDING`` result per key."""
-        pk = run_pk(run.run_id)
-        now = iso(self.now())
-        expires = self._expires_at()
+        now, expires = iso(self.now()), self._expires_at()
         chunk = {
-            "pk": pk,
+            "pk": run_pk(run.run_id),
             "sk": chunk_sk(chunk_id),
             "item_type": "CHUNK",
             "run_id": run.run_id,
@@ -318,7 +316,7 @@ class RunBook(TableClient):
             if refused:
                 return [], refused
             taken = {keys[i - first].key_id for i in failed}  # in the run already
-            keys = [key for key in keys if key.key_id not in taken]
+            keys = [each for each in keys if each.key_id not in taken]
         raise TransactionFailedError("could not register the keys")
 
     def _terminal_results(self, run: RunInfo, batch: Sequence[RefreshOutcome]) -> list[Any]:
