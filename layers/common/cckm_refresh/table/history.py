@@ -10,10 +10,8 @@ from cckm_refresh.table.reads import TableReader
 
 
 class KeyHistory(TableReader):
-    """A key's results over time (the ``by-key`` index): the operator CLI's ``history``."""
-
     def history(self, key_id: str, limit: int) -> list[dict[str, Any]]:
-        """A key's last ``limit`` results, newest first (the ``by-key`` index)."""
+        """A key's last ``limit`` results, newest first."""
         answer = self._db.query(
             TableName=self.table_name,
             IndexName=BY_KEY_INDEX,

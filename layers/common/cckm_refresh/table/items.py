@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,6 +34,8 @@ SEGMENT_PREFIX = "at:"  # a resolution segment that starts at a listing position
 MAX_CHUNK_KEYS = 98
 MAX_REJECTED_BODY = 4000
 MAX_KEPT_REQUEST = 100_000  # a run's request as received (1,000 OCIDs are about 60 KB)
+# Where a key lives: what its RESULT and KEY items always say of it.
+LOCATION = ("oci_key_id", "display_name", "tenancy", "region", "vault_name")
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -156,17 +158,6 @@ class KeyEntry:
         return self.known.current_key_version if self.known else None
 
 
-# The counts a run's results add up to, in the order the RUN item lists them (docs/reference.md
-# 5): ``ChunkTally`` and ``RunCounts`` hold them, the table writes and the notifier reads them.
-TALLY_FIELDS = ("refreshed", "not_found", "failed", "skipped", "rotated")
-_COUNTED_AS = {
-    Status.REFRESHED: "refreshed",
-    Status.NOT_FOUND: "not_found",
-    Status.FAILED: "failed",
-    Status.SKIPPED: "skipped",
-}
-
-
 @dataclass(frozen=True)
 class ChunkTally:
     """The counts of terminal results: what a finished chunk adds to its run."""
@@ -178,13 +169,19 @@ class ChunkTally:
     rotated: int = 0
 
     def add(self, status: Status, rotated: bool) -> ChunkTally:
-        field = _COUNTED_AS[status]
+        """Count a terminal result under its status (``NOT_FOUND``: ``not_found``)."""
+        field = status.lower()
         return replace(
             self, **{field: getattr(self, field) + 1, "rotated": self.rotated + int(rotated)}
         )
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in TALLY_FIELDS}
+
+
+# The counts a run's results add up to, in the order the RUN item lists them (docs/reference.md
+# 5): ``ChunkTally`` and ``RunCounts`` hold them, the table writes and the notifier reads them.
+TALLY_FIELDS = tuple(field.name for field in fields(ChunkTally))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,11 +207,7 @@ def result_item(run_id: str, result: RecordedResult, at: str, expires: int) -> d
         "item_type": "RESULT",
         "run_id": run_id,
         "key_id": o.key_id,
-        "oci_key_id": k.oci_key_id,
-        "display_name": k.display_name,
-        "tenancy": k.tenancy,
-        "region": k.region,
-        "vault_name": k.vault_name,
+        **{name: getattr(k, name) for name in LOCATION},
         "status": str(o.status),
         "attempts": o.attempts,
         "duration_ms": o.duration_ms,

@@ -6,17 +6,18 @@ read and the query pages every reader and writer of the table shares."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from cckm_refresh.table.items import KEY_PREFIX, LATEST, RUN, key, key_pk, plain, run_pk
+from cckm_refresh.table.items import KEY_PREFIX, LATEST, RUN, key, key_pk, plain, run_pk, to_item
 
 
+@dataclass(eq=False)
 class TableClient:
-    """The results table through a boto3 DynamoDB ``client``, items as plain values."""
+    """The results table through a boto3 DynamoDB client, items as plain values."""
 
-    def __init__(self, client: Any, table_name: str) -> None:
-        self._db = client
-        self.table_name = table_name
+    _db: Any
+    table_name: str
 
     def item(self, pk: str, sk: str) -> dict[str, Any] | None:
         """One item, strongly consistent; None when there is none."""
@@ -31,7 +32,7 @@ class TableClient:
 
 
 class TableReader(TableClient):
-    """Reads the results table (items as plain values)."""
+    """A run, its results, a key's latest state."""
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         return self.item(run_pk(run_id), RUN)
@@ -43,17 +44,14 @@ class TableReader(TableClient):
         self, run_id: str, *, status: str | None = None, fields: str | None = None
     ) -> Iterator[dict[str, Any]]:
         """Every result item of a run (only those with ``status``; only ``fields``)."""
+        values = {":pk": run_pk(run_id), ":key": KEY_PREFIX, ":status": status}
         query: dict[str, Any] = {
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :key)",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": run_pk(run_id)},
-                ":key": {"S": KEY_PREFIX},
-            },
+            "ExpressionAttributeValues": to_item(values),  # :status only with a status
         }
         if status is not None:
             query["FilterExpression"] = "#s = :status"
             query["ExpressionAttributeNames"] = {"#s": "status"}
-            query["ExpressionAttributeValues"][":status"] = {"S": status}
         if fields is not None:
             query["ProjectionExpression"] = fields
         return self._query(**query)

@@ -1,17 +1,21 @@
 """Run and chunk bookkeeping: each run's keys registered, counted and its completion made
 exactly once, at a cost per key that does not grow with the run (docs/architecture.md,
-"Exactly-once bookkeeping")."""
+"Exactly-once bookkeeping"); and what every writer of the table shares."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import datetime
+import random
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
+from cckm_refresh import backoff
 from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, RunStatus, Status
-from cckm_refresh.runtime import iso
-from cckm_refresh.table.access import TableAccess
+from cckm_refresh.runtime import iso, utc_now
 from cckm_refresh.table.items import (
     BY_KEY_INDEX,
     CHUNK_PREFIX,
@@ -31,13 +35,13 @@ from cckm_refresh.table.items import (
     RunState,
     TenancyPace,
     chunk_sk,
-    described,
     expires_at,
     key,
     result_item,
     run_pk,
     to_item,
 )
+from cckm_refresh.table.reads import TableClient
 from cckm_refresh.text import MAX_MESSAGE
 
 _TRANSACTION_ATTEMPTS = 8
@@ -47,8 +51,72 @@ class TransactionFailedError(RuntimeError):
     """DynamoDB kept cancelling a transaction for reasons other than our conditions."""
 
 
-class RunBook(TableAccess):
-    """The ``RUN`` and ``CHUNK`` items: a run's keys registered, counted and completed once."""
+@dataclass(eq=False)
+class RunBook(TableClient):
+    """The ``RUN`` and ``CHUNK`` items: a run's keys registered, counted and completed once.
+    Clock, sleep and randomness are injectable for tests."""
+
+    retention_days: int
+    _: KW_ONLY
+    now: Callable[[], datetime] = utc_now
+    sleep: Callable[[float], None] = time.sleep
+    rng: Callable[[], float] = random.random
+
+    def _expires_at(self) -> int:
+        return expires_at(self.now(), timedelta(days=self.retention_days))
+
+    def _backoff(self, attempt: int) -> None:
+        self.sleep(backoff.full_jitter(attempt, 0.05, 2.0, self.rng))
+
+    def _if_new(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """A put of ``item`` only if its key is new (``put_item``'s arguments, or a ``Put``)."""
+        return {
+            "TableName": self.table_name,
+            "Item": to_item(item),
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
+
+    def _put_new(self, item: Mapping[str, Any]) -> bool:
+        """Put ``item`` unless its key exists; True when this call created it."""
+        try:
+            self._db.put_item(**self._if_new(item))
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def _update(
+        self, pk: str, sk: str, update: str, values: Mapping[str, Any], condition: str = ""
+    ) -> dict[str, Any]:
+        """An update of one item (``update_item``'s arguments, or an ``Update``); each ``#name``
+        stands for the attribute ``name`` (DynamoDB reserves ``status``, ``region``...)."""
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": key(pk, sk),
+            "UpdateExpression": update,
+            "ExpressionAttributeValues": to_item(values),
+        }
+        if condition:
+            request["ConditionExpression"] = condition
+        names = re.findall(r"#(\w+)", f"{update} {condition}")
+        if names:
+            request["ExpressionAttributeNames"] = {f"#{name}": name for name in names}
+        return request
+
+    def _updated(self, request: Mapping[str, Any]) -> dict[str, Any] | None:
+        """``update_item``'s answer to ``request``; None when its condition refused."""
+        try:
+            answer: dict[str, Any] = self._db.update_item(**request)
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return None
+        return answer
+
+    def _while_running(
+        self, run_id: str, update: str, values: Mapping[str, Any], also: str = ""
+    ) -> dict[str, Any]:
+        """An update of the ``RUN`` item that applies only while it runs (a completed run keeps
+        its counts, and nothing joins it)."""
+        values = {**values, ":running": RunStatus.RUNNING}
+        return self._update(run_pk(run_id), RUN, update, values, "#status = :running" + also)
 
     # --- runs -------------------------------------------------------------------------------
 
@@ -57,7 +125,7 @@ class RunBook(TableAccess):
         this call made it. ``request`` (the request as received) is kept beside it, in a
         ``REQUEST`` item, for the sweep to start the resolution again if every delivery of
         it was lost (a schedule whose invocations all failed)."""
-        now = self._now()
+        now = self.now()
         item = {
             "pk": run_pk(run.run_id),
             "sk": RUN,
@@ -121,86 +189,50 @@ class RunBook(TableAccess):
 
     def swept(self, run_id: str, sweeps: int) -> None:
         """The sweep queued the run's work again: its ``sweeps``-th time, counted as progress."""
-        values = {":n": sweeps, ":now": _epoch(self._now())}
-        self._update_running(run_id, "SET sweeps = :n, progress_at = :now", values)
+        values = {":n": sweeps, ":now": _epoch(self.now())}
+        self._updated(self._while_running(run_id, "SET sweeps = :n, progress_at = :now", values))
 
     def record_listing_failure(self, run_id: str, error_code: str, message: str) -> None:
         """The run's listing could not be read completely: said on the ``RUN`` item (its
         completion is notified as an ERROR); the keys listed so far are refreshed."""
         failure = {"error_code": error_code, "error_message": message[:MAX_MESSAGE]}
-        self._update_running(run_id, "SET listing_error = :failure", {":failure": failure})
-
-    def _update_running(self, run_id: str, update: str, values: dict[str, Any]) -> None:
-        try:
-            self._db.update_item(**self._while_running(run_id, update, values))
-        except self._db.exceptions.ConditionalCheckFailedException:
-            return
-
-    def _while_running(
-        self, run_id: str, update: str, values: dict[str, Any], also: str = ""
-    ) -> dict[str, Any]:
-        """An update of the ``RUN`` item that applies only while it runs (a completed run keeps
-        its counts, and nothing joins it): ``update_item``'s arguments, or a transaction's."""
-        return {
-            "TableName": self.table_name,
-            "Key": key(run_pk(run_id), RUN),
-            "UpdateExpression": update,
-            "ConditionExpression": "#s = :running" + also,
-            "ExpressionAttributeNames": {"#s": "status"},
-            "ExpressionAttributeValues": to_item(values | {":running": RunStatus.RUNNING}),
-        }
+        update = "SET listing_error = :failure"
+        self._updated(self._while_running(run_id, update, {":failure": failure}))
 
     def hand_on_resolution(self, run_id: str, segment: str, next_segment: str) -> bool:
         """Pass the resolution from ``segment`` to the continuation that starts at
         ``next_segment``; False when ``segment`` no longer owns it (a stale delivery)."""
         update = "SET resolving = :next, progress_at = :now"
-        return self._move_resolution(run_id, segment, update, next_segment)
+        return self._move_resolution(run_id, segment, update, {":next": next_segment})
 
     def finish_resolution(self, run_id: str, segment: str = FIRST_SEGMENT) -> bool:
         """Every key of the run is registered: completion may now happen. False when
         ``segment`` does not own the resolution (another delivery does, or it is done)."""
-        return self._move_resolution(
-            run_id, segment, "REMOVE resolving SET progress_at = :now", None
-        )
+        return self._move_resolution(run_id, segment, "REMOVE resolving SET progress_at = :now")
 
     def _move_resolution(
-        self, run_id: str, segment: str, update: str, next_segment: str | None
+        self, run_id: str, segment: str, update: str, values: Mapping[str, Any] | None = None
     ) -> bool:
-        values = {":segment": segment, ":now": _epoch(self._now())}
-        values |= {":next": next_segment} if next_segment else {}
-        try:
-            self._db.update_item(
-                TableName=self.table_name,
-                Key=key(run_pk(run_id), RUN),
-                UpdateExpression=update,
-                ConditionExpression="resolving = :segment",
-                ExpressionAttributeValues=to_item(values),
-            )
-        except self._db.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+        values = {**(values or {}), ":segment": segment, ":now": _epoch(self.now())}
+        request = self._update(run_pk(run_id), RUN, update, values, "resolving = :segment")
+        return self._updated(request) is not None
 
     def complete_if_done(self, run_id: str) -> RunCounts | None:
-        """Turn the run ``COMPLETED`` when no chunk is open and resolution has finished.
-
-        Returns the counts when this call completed the run; None when it is not done yet or
-        was already completed (the condition makes completion happen exactly once).
-        """
+        """Turn the run ``COMPLETED`` when no chunk is open and resolution has finished; its
+        counts when this call completed it (the condition makes that happen exactly once)."""
         state = self.run_state(run_id)
         if state is None or state.completed or state.resolving or state.open_chunks > 0:
             return None
         # A run with no chunk (a selector matching nothing) has no counts yet: the contract's
         # RUN item carries them at completion, zeros included.
         update = (
-            "SET #s = :done, finished_at = :now"
+            "SET #status = :done, finished_at = :now"
             + "".join(f", {n} = if_not_exists({n}, :zero)" for n in TALLY_FIELDS)
             + " REMOVE gsi1pk, gsi1sk"
         )
-        values = {":done": RunStatus.COMPLETED, ":zero": 0, ":now": iso(self._now())}
+        values = {":done": RunStatus.COMPLETED, ":zero": 0, ":now": iso(self.now())}
         done = " AND open_chunks = :zero AND attribute_not_exists(resolving)"
-        try:
-            self._db.update_item(**self._while_running(run_id, update, values, also=done))
-        except self._db.exceptions.ConditionalCheckFailedException:
+        if self._updated(self._while_running(run_id, update, values, also=done)) is None:
             return None
         return state.counts
 
@@ -209,12 +241,9 @@ class RunBook(TableAccess):
     def register_chunk(
         self, run: RunInfo, chunk_id: str, tenancy: str | None, entries: Sequence[KeyEntry]
     ) -> tuple[KeyEntry, ...]:
-        """Register a chunk of keys with the run (one transaction); return its keys.
-
-        Keys that already have a result in the run belong to another chunk (or are done) and
-        are left out. A chunk registered before (a retried fan-out) is returned as it was
-        registered, and counted nothing again. An empty tuple: nothing left to send.
-        """
+        """Register a chunk of keys with the run (one transaction); return its keys (none:
+        nothing left to send). Keys with a result in the run already are left out; a chunk
+        registered before (a retried fan-out) is returned as it was, counted nothing again."""
         if len(entries) > MAX_CHUNK_KEYS:
             raise ValueError(f"a chunk holds at most {MAX_CHUNK_KEYS} keys")
         registration = partial(self._registration, run, chunk_id, tenancy)
@@ -230,13 +259,10 @@ class RunBook(TableAccess):
     def _registration(
         self, run: RunInfo, chunk_id: str, tenancy: str | None, entries: Sequence[KeyEntry]
     ) -> list[dict[str, Any]]:
-        """The transaction that registers a chunk: its ``CHUNK`` item (index 0), the run's
-        counts (1), a ``PENDING`` result per key (2...), each only if new."""
-        pk = run_pk(run.run_id)
-        now = iso(self._now())
-        expires = self._expires_at()
+        """The ``CHUNK`` item (index 0), the run's counts (1), a ``PENDING`` result per key."""
+        now, expires = iso(self.now()), self._expires_at()
         chunk = {
-            "pk": pk,
+            "pk": run_pk(run.run_id),
             "sk": chunk_sk(chunk_id),
             "item_type": "CHUNK",
             "run_id": run.run_id,
@@ -250,11 +276,11 @@ class RunBook(TableAccess):
         count = self._while_running(
             run.run_id,
             "ADD requested :n, open_chunks :one SET progress_at = :now",
-            {":n": len(entries), ":one": 1, ":now": _epoch(self._now())},
+            {":n": len(entries), ":one": 1, ":now": _epoch(self.now())},
         )
         results = []
         for entry in entries:
-            pending = described(RefreshOutcome(KeyInfo(entry.key_id), Status.PENDING), entry.known)
+            pending = RefreshOutcome(KeyInfo(entry.key_id).filled_from(entry.known), Status.PENDING)
             item = result_item(
                 run.run_id, RecordedResult(pending, entry.version_before, False), now, expires
             )
@@ -278,9 +304,8 @@ class RunBook(TableAccess):
         self, transaction: Callable[[list[K]], list[dict[str, Any]]], keys: list[K], first: int
     ) -> tuple[list[K], set[int]]:
         """Commit ``transaction(keys)``, whose items from index ``first`` on put one new result
-        per key; a key whose put is refused is in the run already and is left out of the next
-        try. Returns the keys committed, or nothing and the indexes before ``first`` (the run's
-        or the chunk's) whose conditions refused."""
+        per key, leaving out of the next try each key whose put was refused. Returns the keys
+        committed, or nothing and the refused indexes before ``first`` (the run's, the chunk's)."""
         for _ in range(_TRANSACTION_ATTEMPTS + len(keys)):
             if not keys:
                 return [], set()
@@ -290,19 +315,18 @@ class RunBook(TableAccess):
             refused = {i for i in failed if i < first}
             if refused:
                 return [], refused
-            keys = _without_refused(keys, failed, first=first)
+            taken = {keys[i - first].key_id for i in failed}  # in the run already
+            keys = [each for each in keys if each.key_id not in taken]
         raise TransactionFailedError("could not register the keys")
 
     def _terminal_results(self, run: RunInfo, batch: Sequence[RefreshOutcome]) -> list[Any]:
         tally = ChunkTally()
         for outcome in batch:
             tally = tally.add(outcome.status, False)
-        count = self._while_running(
-            run.run_id,
-            _tally_expression(tally, "ADD requested :n"),
-            _tally_values(tally) | {":n": len(batch), ":now": _epoch(self._now())},
-        )
-        now, expires = iso(self._now()), self._expires_at()
+        update, values = _counted(tally, "ADD requested :n")
+        values |= {":n": len(batch), ":now": _epoch(self.now())}
+        count = self._while_running(run.run_id, update, values)
+        now, expires = iso(self.now()), self._expires_at()
         results = [
             result_item(run.run_id, RecordedResult(o, None, False), now, expires) for o in batch
         ]
@@ -311,32 +335,16 @@ class RunBook(TableAccess):
     def finish_chunk(
         self, run_id: str, chunk_id: str, tally: ChunkTally, pace: TenancyPace | None = None
     ) -> bool:
-        """Close a chunk whose keys are all terminal and add its counts to the run, once,
-        handing on its tenancy's ``pace`` in the same transaction. False when it was closed
-        before (a duplicate or late delivery): then nothing is written."""
+        """Close a chunk whose keys are all terminal and add its counts to the run, once, with
+        its tenancy's ``pace``. False when it was closed before: then nothing is written."""
+        close = "SET chunk_status = :done, finished_at = :now"
+        closed = {":done": "DONE", ":open": "OPEN", ":now": iso(self.now())}
+        update, counts = _counted(tally, "ADD open_chunks :minus")
+        counts |= {":minus": -1, ":now": _epoch(self.now())}
         pk = run_pk(run_id)
         items = [
-            {
-                "Update": {
-                    "TableName": self.table_name,
-                    "Key": key(pk, chunk_sk(chunk_id)),
-                    "UpdateExpression": "SET chunk_status = :done, finished_at = :now",
-                    "ConditionExpression": "chunk_status = :open",
-                    "ExpressionAttributeValues": to_item(
-                        {":done": "DONE", ":open": "OPEN", ":now": iso(self._now())}
-                    ),
-                }
-            },
-            {
-                "Update": {
-                    "TableName": self.table_name,
-                    "Key": key(pk, RUN),
-                    "UpdateExpression": _tally_expression(tally, "ADD open_chunks :minus"),
-                    "ExpressionAttributeValues": to_item(
-                        _tally_values(tally) | {":minus": -1, ":now": _epoch(self._now())}
-                    ),
-                }
-            },
+            {"Update": self._update(pk, chunk_sk(chunk_id), close, closed, "chunk_status = :open")},
+            {"Update": self._update(pk, RUN, update, counts)},
         ]
         if pace is not None:
             items.append({"Put": self._pace(pace)})
@@ -347,8 +355,7 @@ class RunBook(TableAccess):
         self._db.put_item(**self._pace(pace))
 
     def _pace(self, pace: TenancyPace) -> dict[str, Any]:
-        """The put of a tenancy's pace (``put_item``'s arguments, or a transaction's)."""
-        now = self._now()
+        now = self.now()
         item = pace.item(iso(now), expires_at(now, PACE_RETENTION))
         return {"TableName": self.table_name, "Item": to_item(item)}
 
@@ -371,24 +378,16 @@ class RunBook(TableAccess):
         raise TransactionFailedError("DynamoDB cancelled the transaction repeatedly")
 
 
-def _tally_expression(tally: ChunkTally, head: str) -> str:
-    """``head`` and the tally's ADDs, and the run's progress marked."""
-    return head + "".join(f", {name} :{name}" for name in TALLY_FIELDS) + " SET progress_at = :now"
+def _counted(tally: ChunkTally, head: str) -> tuple[str, dict[str, int]]:
+    """``head`` with the tally's ADDs and ``progress_at = :now``, and the tally's values."""
+    update = (
+        head + "".join(f", {name} :{name}" for name in TALLY_FIELDS) + " SET progress_at = :now"
+    )
+    return update, {f":{name}": count for name, count in tally.as_dict().items()}
 
 
 def _epoch(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
-def _tally_values(tally: ChunkTally) -> dict[str, int]:
-    return {f":{name}": count for name, count in tally.as_dict().items()}
-
-
 K = TypeVar("K", KeyEntry, RefreshOutcome)
-
-
-def _without_refused(keys: list[K], failed: set[int], *, first: int) -> list[K]:
-    """``keys`` less those whose put a transaction refused (the transaction's items from
-    index ``first`` on are one per key, in order): they are in the run already."""
-    taken = {keys[i - first].key_id for i in failed if i >= first}
-    return [key for key in keys if key.key_id not in taken]
