@@ -3,12 +3,9 @@ refresh, list. Ids are validated before any URL is built; list filters are the s
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
-
-from requests.adapters import BaseAdapter
 
 from cckm_refresh.ctm.auth import TOKEN_PATH, Grant, LoginInfo, TokenSource
 from cckm_refresh.ctm.credentials import CredentialsCache, SecretLoader
@@ -17,7 +14,7 @@ from cckm_refresh.ctm.listing import MAX_PAGE_SIZE, Fetch, KeyPage, ListCursor, 
 from cckm_refresh.ctm.transport import UNPACED, CtmResponse, Pacer, Transport
 from cckm_refresh.keyids import require_cckm_id, require_ocid
 from cckm_refresh.model import KeyInfo, MalformedKeyObjectError
-from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
+from cckm_refresh.runtime import Deadline
 from cckm_refresh.selectors import SELECTOR_FILTERS, value_problem
 
 KEYS_PATH = "/api/v1/cckm/oci/keys"
@@ -41,37 +38,22 @@ class CtmClient:
 
     @classmethod
     def create(
-        cls,
-        *,
-        base_url: str,
-        secret_loader: SecretLoader,
-        timeout: float = 20.0,
-        max_attempts: int = 4,
-        verify_tls: bool = True,
-        pool_size: int = 8,
-        runtime: Runtime = SYSTEM,
-        rng: Callable[[], float] = random.random,
-        adapter: BaseAdapter | None = None,
+        cls, *, base_url: str, secret_loader: SecretLoader, max_attempts: int = 4, **transport: Any
     ) -> CtmClient:
-        """Wire a client; no I/O: the secret is read and a token obtained at first use."""
+        """Wire a client over a ``Transport(**transport)``; no I/O: the secret is read and a token
+        obtained at first use."""
         credentials = CredentialsCache(secret_loader)
-        retry = RetryPolicy(max_attempts=max_attempts)
-        transport = Transport(
-            timeout=timeout,
-            retry=retry,
-            verify_tls=verify_tls,
+        http = Transport(
+            retry=RetryPolicy(max_attempts=max_attempts),
             ca_bundle=lambda: credentials.get().ca_bundle,
-            pool_size=pool_size,
-            runtime=runtime,
-            rng=rng,
-            adapter=adapter,
+            **transport,
         )
         token_url = base_url.rstrip("/") + TOKEN_PATH
 
         def exchange(grant: Grant, deadline: Deadline) -> Mapping[str, Any]:
-            return transport.call("POST", token_url, json_body=grant, deadline=deadline).body
+            return http.call("POST", token_url, json_body=grant, deadline=deadline).body
 
-        return cls(base_url, TokenSource(credentials, exchange, runtime=runtime), transport)
+        return cls(base_url, TokenSource(credentials, exchange, runtime=http.runtime), http)
 
     def __enter__(self) -> CtmClient:
         return self

@@ -57,10 +57,8 @@ _SSL_REASON = re.compile(r"\[SSL: [A-Z_]+\][^'\"()]*")
 
 
 class Pacer(Protocol):
-    """Paces every attempt of a call, retries included (``ratelimit.TenancyPacer``), so that
-    retries spend the tenancy's OCI budget as first tries do. ``wait`` blocks until the next
-    attempt may leave, if that is by ``latest_start`` (else False at once, taking no slot); each
-    answer is told as ``throttled`` (429, ``TooManyRequests`` in the body) or ``answered``."""
+    """Paces every attempt, retries included (``ratelimit.TenancyPacer``): ``wait`` for a slot
+    by ``latest_start`` (else False, taking none); each answer is ``throttled`` or ``answered``."""
 
     def wait(self, latest_start: Deadline) -> bool: ...
     def throttled(self) -> None: ...
@@ -89,8 +87,7 @@ class Bearer:
 
 
 class Authenticator(Protocol):
-    """Where attempts get their JWT (``auth.TokenSource``); ``refused``: CTM answered 401 to
-    ``bearer``, so unless a newer one exists, renew at the next ask."""
+    """Where attempts get their JWT (``auth.TokenSource``); ``refused``: CTM answered 401."""
 
     generation: int  # the newest JWT's
 
@@ -263,12 +260,16 @@ class Transport:
         bearer, limit = self._take_slot(call)
         call.attempts += 1
         started = self.runtime.monotonic()
+        response = None
         try:
             response = self._send(call, bearer, limit)
             text = self._read(call, response, started + limit)
-        except OSError as exc:  # requests' exceptions are OSErrors
-            return error_for_exception(call.what, exc)
-        except CtmError as error:  # the body: too slow, dropped, or too large
+        except (OSError, urllib3.exceptions.HTTPError) as exc:  # requests' are OSErrors
+            if response is None:
+                return error_for_exception(call.what, exc)
+            response.close()  # a half-read connection must not go back to the pool
+            return error_for_exception(call.what, exc, response.status_code)
+        except CtmError as error:  # the secret's ca_bundle could not be read just now
             if not error.transient:
                 raise
             return error
@@ -343,22 +344,15 @@ class Transport:
         """The body, read in chunks before ``ends_at``: a 2xx one up to ``max_body`` bytes (beyond:
         ``BAD_RESPONSE``), an error one up to ``MAX_ERROR_BODY_BYTES`` (beyond: "")."""
         status = response.status_code
-        limit, size = _body_limit(call, response)
+        limit = call.max_body if 200 <= status < 300 else MAX_ERROR_BODY_BYTES
+        declared = response.headers.get("Content-Length", "")
+        size = limit + 1 if declared.isdigit() and int(declared) > limit else 0  # not read
         # an adapter may answer from memory, with no stream to time
         source = response.raw if response.raw is not None else io.BytesIO(response.content)
         chunks: list[bytes] = []
-        try:
-            while size <= limit and (chunk := self._chunk(source, ends_at)):
-                chunks.append(chunk)
-                size += len(chunk)
-        except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
-            response.close()  # a half-read connection must not go back to the pool
-            message = f"{call.what}: the answer did not arrive within the timeout"
-            raise CtmTimeoutError(message, error_code="TIMEOUT", http_status=status) from None
-        except (urllib3.exceptions.HTTPError, OSError):
-            response.close()
-            message = f"{call.what}: connection dropped while reading the answer"
-            raise CtmConnectionError(message, error_code="CONNECTION", http_status=status) from None
+        while size <= limit and (chunk := self._chunk(source, ends_at)):
+            chunks.append(chunk)
+            size += len(chunk)
         if size <= limit:
             return b"".join(chunks).decode("utf-8", "replace")
         response.close()
@@ -404,15 +398,21 @@ class Transport:
         )
 
 
-def error_for_exception(what: str, exc: OSError) -> CtmError:
+def error_for_exception(what: str, exc: Exception, status: int | None = None) -> CtmError:
+    """The error of an attempt that raised ``exc``; ``status``: the answer's, when it raised
+    reading the body."""
     if isinstance(exc, requests.exceptions.SSLError):
         found = _SSL_REASON.search(str(exc))
         reason = found.group(0).strip() if found else "TLS handshake failed"
         return CtmTlsError(f"{what}: {reason}", error_code="TLS")
-    if isinstance(exc, requests.exceptions.Timeout):
-        return CtmTimeoutError(f"{what}: no answer within the timeout", error_code="TIMEOUT")
-    if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
-        return CtmConnectionError(f"{what}: connection failed or dropped", error_code="CONNECTION")
+    if isinstance(exc, requests.Timeout | urllib3.exceptions.ReadTimeoutError | TimeoutError):
+        message = f"{what}: no answer within the timeout"
+        return CtmTimeoutError(message, error_code="TIMEOUT", http_status=status)
+    if status is not None or isinstance(
+        exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError
+    ):
+        message = f"{what}: connection failed or dropped"
+        return CtmConnectionError(message, error_code="CONNECTION", http_status=status)
     if not isinstance(exc, requests.RequestException) and "CA certificate bundle" in str(exc):
         # requests raises a bare OSError when the CA file it was told to use does not exist.
         message = f"{what}: the CA bundle to verify CTM with was not found"
@@ -421,13 +421,6 @@ def error_for_exception(what: str, exc: OSError) -> CtmError:
     # text is requests' own, which may quote what it refused: not repeated.
     message = f"{what}: the request could not be sent ({type(exc).__name__})"
     return CtmPermanentError(message, error_code="CONNECTION")
-
-
-def _body_limit(call: _Call, response: requests.Response) -> tuple[int, int]:
-    """The most bytes of the body to read, and the count to start at (past it: declared longer)."""
-    limit = call.max_body if 200 <= response.status_code < 300 else MAX_ERROR_BODY_BYTES
-    declared = response.headers.get("Content-Length", "")
-    return limit, limit + 1 if declared.isdigit() and int(declared) > limit else 0
 
 
 def _json_object(call: _Call, status: int, text: str) -> dict[str, Any]:
