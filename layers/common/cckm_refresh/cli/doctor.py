@@ -293,7 +293,7 @@ class Preflight:
 
     @property
     def login_info(self) -> auth.LoginInfo:
-        return self.ready(self.client.last_login)
+        return self.ready(self.client.tokens.last_login)
 
     def list_two_pages(self) -> Finding:
         """A small page, then one of the function's size after it, in the order it lists in."""

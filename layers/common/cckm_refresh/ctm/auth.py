@@ -86,7 +86,7 @@ def jwt_claims(jwt: str) -> dict[str, Any]:
 
 
 class TokenSource:
-    """The newest valid bearer JWT on demand (``transport.Authenticator``); thread-safe."""
+    """The newest valid bearer JWT on demand, for every attempt of the transport; thread-safe."""
 
     def __init__(
         self, credentials: CredentialsCache, exchange: TokenExchange, *, runtime: Runtime = SYSTEM
@@ -160,7 +160,8 @@ class TokenSource:
             return held.bearer
 
     def refused(self, bearer: Bearer) -> None:
-        """See ``Authenticator``; the renewal reads the secret past its cache."""
+        """CTM answered 401 to ``bearer``: unless a newer one exists, renew at the next ask,
+        reading the secret past its cache."""
         with self._changed:
             held = self._held
             if held is None or held.bearer.generation != bearer.generation:

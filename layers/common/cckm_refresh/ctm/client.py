@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from cckm_refresh.ctm.auth import TOKEN_PATH, Grant, LoginInfo, TokenSource
+from cckm_refresh.ctm.auth import TOKEN_PATH, Grant, TokenSource
 from cckm_refresh.ctm.credentials import CredentialsCache, SecretLoader
 from cckm_refresh.ctm.errors import CtmNotFoundError, RetryPolicy, bad_response
 from cckm_refresh.ctm.listing import MAX_PAGE_SIZE, Fetch, KeyPage, ListCursor, read_page
@@ -60,10 +60,6 @@ class CtmClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    @property
-    def last_login(self) -> LoginInfo | None:
-        return self.tokens.last_login
 
     def issue_token(self, deadline: Deadline) -> str:
         """A valid bearer JWT (signing in when needed, before ``deadline``). Never log it."""

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -41,6 +41,9 @@ from cckm_refresh.ctm.errors import (
 )
 from cckm_refresh.observability import logger
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
+
+if TYPE_CHECKING:
+    from cckm_refresh.ctm.auth import TokenSource  # where attempts get their JWT
 
 USER_AGENT = "cckm-oci-refresh/0.1.0"  # keep in step with pyproject.toml
 MAX_CONNECT_TIMEOUT = 5.0  # connecting is quick or not happening; the rest is CTM's answer
@@ -86,15 +89,6 @@ class Bearer:
     generation: int
 
 
-class Authenticator(Protocol):
-    """Where attempts get their JWT (``auth.TokenSource``); ``refused``: CTM answered 401."""
-
-    generation: int  # the newest JWT's
-
-    def bearer(self, deadline: Deadline) -> Bearer: ...
-    def refused(self, bearer: Bearer) -> None: ...
-
-
 @dataclass(frozen=True)
 class CtmResponse:
     """A successful answer: its JSON object, and what it took to get it."""
@@ -113,18 +107,16 @@ class TlsPolicy:
     def __init__(self, *, verify_tls: bool, ca_bundle: Callable[[], str | None]) -> None:
         self._verify_tls = verify_tls
         self._ca_bundle = ca_bundle
-        self._lock = threading.Lock()  # never held while the secret is read
+        self._lock = threading.Lock()
         self._resolved: bool | str | None = None
         self.ca_file: str | None = None  # written from the secret's ca_bundle, once resolved
         self._quiet_hosts: set[str] = set()
 
     def verify_for(self, url: str) -> bool | str:
         if self._resolved is None:
-            setting, ca_file = self._resolve()
-            with self._lock:
+            with self._lock:  # the other first calls wait for the secret this one reads
                 if self._resolved is None:
-                    self._resolved, self.ca_file, ca_file = setting, ca_file, None
-            _remove(ca_file)  # another thread resolved it first
+                    self._resolved, self.ca_file = self._resolve()
         if (
             self._resolved is False
             and (host := urlsplit(url).hostname or "") not in self._quiet_hosts
@@ -138,8 +130,9 @@ class TlsPolicy:
 
     def close(self) -> None:
         with self._lock:
-            ca_file, self.ca_file, self._resolved = self.ca_file, None, None
-        _remove(ca_file)
+            if self.ca_file is not None:
+                Path(self.ca_file).unlink(missing_ok=True)
+            self.ca_file = self._resolved = None
 
     def _resolve(self) -> tuple[bool | str, str | None]:
         if not self._verify_tls:
@@ -156,18 +149,13 @@ class TlsPolicy:
         return os.environ.get("SSL_CERT_FILE") or True, None
 
 
-def _remove(path: str | None) -> None:
-    if path is not None:
-        Path(path).unlink(missing_ok=True)
-
-
 @dataclass
 class _Call:
     method: str
     url: str
     params: Mapping[str, str | int] | None
     json_body: Mapping[str, Any] | None
-    auth: Authenticator | None
+    auth: TokenSource | None
     pacer: Pacer
     deadline: Deadline
     max_body: int
@@ -230,7 +218,7 @@ class Transport:
         deadline: Deadline,
         params: Mapping[str, str | int] | None = None,
         json_body: Mapping[str, Any] | None = None,
-        auth: Authenticator | None = None,
+        auth: TokenSource | None = None,
         pacer: Pacer = UNPACED,
         max_body: int = MAX_BODY_BYTES,
     ) -> CtmResponse:
@@ -312,7 +300,7 @@ class Transport:
         return call.auth.bearer(call.deadline) if call.auth is not None else None
 
     @staticmethod
-    def _unauthorized(call: _Call, auth: Authenticator, bearer: Bearer, error: CtmError) -> None:
+    def _unauthorized(call: _Call, auth: TokenSource, bearer: Bearer, error: CtmError) -> None:
         """A 401 is run-fatal only when a fresh login is refused (``bearer()`` raises it): a stale
         JWT is re-sent as the newest, the newest renewed once, then the 401 is transient."""
         if bearer.generation < auth.generation and not call.stale_retried:
