@@ -113,7 +113,8 @@ class TokenSource:
             seen = self._renewals
             while True:
                 held, now = self._held, self._runtime.monotonic()
-                if held is not None and self._serves(held, now):
+                # not due (a static JWT never is), or still valid while another renews it
+                if held and (now < held.renew_at or (self._renewing and now < held.expires_at)):
                     return held.bearer
                 if not self._renewing:
                     self._renewing = True
@@ -126,10 +127,6 @@ class TokenSource:
         except CtmError as error:
             fresh = error
         return self._end_renewal(fresh, held, now)
-
-    def _serves(self, held: _Held, now: float) -> bool:
-        """Whether ``held`` is sent as it is: not due, or still valid while another renews it."""
-        return held.static or now < held.renew_at or (self._renewing and now < held.expires_at)
 
     def _await_renewal(self, seen: int, deadline: Deadline) -> None:
         """Waits (the lock held) for another thread's renewal, or raises what it raised."""

@@ -45,26 +45,18 @@ class ListCursor:
 
     def __post_init__(self) -> None:
         texts = [*self.anchors, *(self.after or ()), self.first or "", *self.fallbacks]
-        if not (self._bounded(texts) and self._shaped()):  # checked in order, the first failing
+        shaped = (  # no more nor longer texts than a cursor holds
+            _count(self.skip),
+            self.sort in SORTS,
+            len(self.anchors) <= OVERLAP,
+            len(self.fallbacks) <= len(SORTS),
+            all(isinstance(t, str) and len(t) <= MAX_CURSOR_FIELD for t in texts),
+            self.after is None or len(self.after) == 2,
+            self.page_cap is None or (_count(self.page_cap) and self.page_cap > 0),
+            isinstance(self.rewound, bool),
+        )
+        if not all(shaped):
             raise ValueError("not a list cursor")
-
-    def _bounded(self, texts: list[Any]) -> bool:
-        """A position, a known order, and no more nor longer texts than a cursor holds."""
-        return (
-            _count(self.skip)
-            and self.sort in SORTS
-            and len(self.anchors) <= OVERLAP
-            and len(self.fallbacks) <= len(SORTS)
-            and all(isinstance(t, str) and len(t) <= MAX_CURSOR_FIELD for t in texts)
-        )
-
-    def _shaped(self) -> bool:
-        """A key of two texts, a cap of one key or more, a flag (or none of the first two)."""
-        return (
-            (self.after is None or len(self.after) == 2)
-            and (self.page_cap is None or (_count(self.page_cap) and self.page_cap > 0))
-            and isinstance(self.rewound, bool)
-        )
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict for a queue message (under 1,500 characters as JSON)."""
