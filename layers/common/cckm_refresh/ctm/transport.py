@@ -96,7 +96,6 @@ class CtmResponse:
     body: dict[str, Any]
     http_status: int
     attempts: int  # HTTP attempts made, those after a 401 included
-    throttled: int  # how many of them were throttled
     elapsed: float  # seconds of the successful attempt, from sending to the body read
 
 
@@ -160,7 +159,6 @@ class _Call:
     deadline: Deadline
     max_body: int
     attempts: int = 0
-    throttled: int = 0
     failures: int = 0  # transient ones, bounded by max_attempts
     spent: int = 0  # retry budget taken, given back if the call succeeds
     last: CtmError | None = None
@@ -263,7 +261,6 @@ class Transport:
             return error
         failure = error_for_response(call.what, response.status_code, text)
         if isinstance(failure, CtmThrottledError):
-            call.throttled += 1
             call.pacer.throttled()
         else:
             call.pacer.answered()
@@ -273,7 +270,7 @@ class Transport:
             return failure
         body = _json_object(call, response.status_code, text)
         elapsed = self.runtime.monotonic() - started
-        return CtmResponse(body, response.status_code, call.attempts, call.throttled, elapsed)
+        return CtmResponse(body, response.status_code, call.attempts, elapsed)
 
     def _take_slot(self, call: _Call) -> tuple[Bearer | None, float]:
         """Waits for the attempt's slot: its JWT and time limit (``DEADLINE`` when too short)."""
