@@ -144,7 +144,7 @@ class CtmClient:
         return answer
 
     def _fetch(self, query: Mapping[str, str], deadline: Deadline) -> Fetch:
-        def fetch(sort: str | None, skip: int, limit: int) -> tuple[list[Any], int | None]:
+        def fetch(sort: str | None, skip: int, limit: int) -> tuple[list[Any], object]:
             params: dict[str, str | int] = {**query, "skip": skip, "limit": limit}
             params |= {"sort": sort} if sort else {}
             answer = self.transport.call(
@@ -154,7 +154,6 @@ class CtmClient:
             if "resources" not in answer.body or not isinstance(resources, list | None):
                 what, status = f"GET {KEYS_PATH}", answer.http_status
                 raise bad_response(what, status, "no key list", answer.attempts)
-            counted = isinstance(total, int) and not isinstance(total, bool) and total >= 0
-            return resources or [], total if counted else None
+            return resources or [], total
 
         return fetch

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from cckm_refresh.ctm.errors import CtmListingError, CtmPermanentError
 from cckm_refresh.keyids import InvalidKeyIdError, require_cckm_id
@@ -26,8 +26,8 @@ _TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|z|[
 IGNORED, BACK, LOST = -1, -2, -3  # a page that cannot be placed: fall back, look back, rewind
 Key = tuple[str, str]  # (createdAt as fixed-width UTC text, id)
 Reply = tuple[list[Any], int | None]
-Fetch = Callable[[str | None, int, int], Reply]
-"""``(sort, skip, limit)``: one list call's items and ``total`` (None when CTM gave none)."""
+Fetch = Callable[[str | None, int, int], tuple[list[Any], object]]
+"""``(sort, skip, limit)``: one list call's items and ``total``, as CTM gave them."""
 
 
 @dataclass(frozen=True)
@@ -127,14 +127,15 @@ def read_page(fetch: Fetch, cursor: ListCursor, page_size: int) -> KeyPage:
 
 
 def _read(fetch: Fetch, state: ListCursor, start: int, limit: int) -> Reply | None:
-    """One list call's items and total; None when CTM refused a sort (400) with one left."""
+    """One list call's items and total (None unless a count); None when CTM refused a sort (400)
+    with one left."""
     try:
         items, total = fetch(state.sort, start, limit)
     except CtmPermanentError as error:
         if error.http_status != 400 or state.sort is None:
             raise
         return None
-    return items, total
+    return items, total if _count(total) else None
 
 
 def _placement(state: ListCursor, keys: Sequence[Key | None], start: int, back: int) -> int:
@@ -276,7 +277,7 @@ def _rank(state: ListCursor, key: Key) -> tuple[str, ...]:
     return key if state.sort == SORTS[0] else key[:1]
 
 
-def _count(value: object) -> bool:
+def _count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
