@@ -31,10 +31,9 @@ DEFAULT_LIFETIME = 300.0  # CTM's JWTs live 5 minutes when the answer does not s
 # a CTM hiccup refusing a login does not poison a warm container for its whole life.
 REFUSAL_MEMORY = 60.0
 REFUSED_STATUSES = frozenset({400, 401, 403})  # wrong password, unknown token, locked account
-# The refresh token each password login asks for, in minutes (docs/reference.md 9; CTM's console
-# asks refresh_token_revoke_unused_in=30). By default they never expire and every password login
-# mints one (piled up, they made CTM 2.7 servers unresponsive); a busy container renews every 4
-# minutes: about two live refresh tokens per container that ran in the last 10 minutes.
+# The refresh token each password login asks for, in minutes (docs/reference.md 9): by default
+# they never expire, and piled up they made CTM 2.7 servers unresponsive. A busy container renews
+# every 4 minutes: about two live ones per container that ran in the last 10 minutes.
 SESSION_TOKEN_LIFETIME_MINUTES = 60
 SESSION_TOKEN_UNUSED_MINUTES = 10
 SESSION_TOKEN_MARGIN = 60.0  # stop using it this long before CTM would drop it
