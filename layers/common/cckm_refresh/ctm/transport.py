@@ -169,6 +169,31 @@ class _Call:
     def what(self) -> str:  # for messages and logs: no query, no header
         return f"{self.method} {urlsplit(self.url).path}"
 
+    def bearer(self) -> Bearer | None:
+        return self.auth.bearer(self.deadline) if self.auth is not None else None
+
+    def unauthorized(self, auth: TokenSource, bearer: Bearer, error: CtmError) -> None:
+        """A 401 is run-fatal only when a fresh login is refused (``bearer()`` raises it): a stale
+        JWT is re-sent as the newest, the newest renewed once, then the 401 is transient."""
+        if bearer.generation < auth.generation and not self.stale_retried:
+            self.stale_retried = True
+            return
+        if not self.renewed:
+            self.renewed = True
+            auth.refused(bearer)
+            return
+        raise error.copy(CtmTransientError, f"{error.message} (to a JWT just issued, too)")
+
+    def deadline_error(self, last: CtmError | None = None) -> CtmDeadlineError:
+        last = last or self.last
+        summary = f"{self.what}: deadline reached after {self.attempts} attempt(s)"
+        return CtmDeadlineError(
+            summary + (f"; last: {last.message}" if last is not None else ""),
+            error_code="DEADLINE",
+            http_status=last.http_status if last is not None else None,
+            attempts=self.attempts,
+        )
+
 
 class Transport:
     """Sends CTM calls; safe to share between threads. ``pool_size`` connections to CTM are
@@ -265,7 +290,8 @@ class Transport:
         else:
             call.pacer.answered()
         if isinstance(failure, CtmAuthError) and call.auth is not None and bearer is not None:
-            return self._unauthorized(call, call.auth, bearer, failure)
+            call.unauthorized(call.auth, bearer, failure)  # raises unless re-sent at once
+            return None
         if failure is not None:
             return failure
         body = _json_object(call, response.status_code, text)
@@ -274,40 +300,23 @@ class Transport:
 
     def _take_slot(self, call: _Call) -> tuple[Bearer | None, float]:
         """Waits for the attempt's slot: its JWT and time limit (``DEADLINE`` when too short)."""
-        self._bearer(call)  # a sign-in the attempt needs happens before its slot is taken
+        call.bearer()  # a sign-in the attempt needs happens before its slot is taken
         latest_start = call.deadline.before(MIN_ATTEMPT_SECONDS)
         self._wait_for_slot(call, latest_start)
         slot = self.runtime.monotonic()
-        bearer = self._bearer(call)  # the newest JWT, after the wait it might have outlived
+        bearer = call.bearer()  # the newest JWT, after the wait it might have outlived
         # A renewal took the slot's moment: leaving now would crowd the tenancy's next attempt.
         # Leave on the next slot, with this JWT (asking again could take that slot's moment too).
         if self.runtime.monotonic() - slot > LATE_ON_SLOT:
             self._wait_for_slot(call, latest_start)
         limit = min(self.attempt_timeout, call.deadline.remaining())
         if limit < MIN_ATTEMPT_SECONDS:
-            raise self._deadline_error(call)
+            raise call.deadline_error()
         return bearer, limit
 
     def _wait_for_slot(self, call: _Call, latest_start: Deadline) -> None:
         if not call.pacer.wait(latest_start) or latest_start.passed():
-            raise self._deadline_error(call)
-
-    @staticmethod
-    def _bearer(call: _Call) -> Bearer | None:
-        return call.auth.bearer(call.deadline) if call.auth is not None else None
-
-    @staticmethod
-    def _unauthorized(call: _Call, auth: TokenSource, bearer: Bearer, error: CtmError) -> None:
-        """A 401 is run-fatal only when a fresh login is refused (``bearer()`` raises it): a stale
-        JWT is re-sent as the newest, the newest renewed once, then the 401 is transient."""
-        if bearer.generation < auth.generation and not call.stale_retried:
-            call.stale_retried = True
-            return
-        if not call.renewed:
-            call.renewed = True
-            auth.refused(bearer)
-            return
-        raise error.copy(CtmTransientError, f"{error.message} (to a JWT just issued, too)")
+            raise call.deadline_error()
 
     def _send(self, call: _Call, bearer: Bearer | None, limit: float) -> requests.Response:
         # total= bounds connecting and waiting for the headers; _read times the body.
@@ -360,7 +369,7 @@ class Transport:
             raise error
         delay = self.retry.delay(call.failures - 1, self._rng)
         if delay + MIN_ATTEMPT_SECONDS > call.deadline.remaining():
-            raise self._deadline_error(call, error)  # the sleep would leave no time to retry
+            raise call.deadline_error(error)  # the sleep would leave no time to retry
         cost = self.budget.acquire(after_timeout=isinstance(error, CtmTimeoutError))
         logged = {"ctm_call": call.what, "error_code": error.error_code, "delay_s": delay}
         if not cost:
@@ -370,17 +379,6 @@ class Transport:
         call.spent += cost
         logger.info("CTM call failed transiently; retrying", extra=logged)
         self.runtime.sleep(delay)
-
-    @staticmethod
-    def _deadline_error(call: _Call, last: CtmError | None = None) -> CtmDeadlineError:
-        last = last or call.last
-        summary = f"{call.what}: deadline reached after {call.attempts} attempt(s)"
-        return CtmDeadlineError(
-            summary + (f"; last: {last.message}" if last is not None else ""),
-            error_code="DEADLINE",
-            http_status=last.http_status if last is not None else None,
-            attempts=call.attempts,
-        )
 
 
 def error_for_exception(what: str, exc: Exception, status: int | None = None) -> CtmError:
