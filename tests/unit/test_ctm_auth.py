@@ -150,7 +150,7 @@ def test_the_last_login_says_what_ctm_stated_and_no_secret() -> None:
     client = fake_client(ctm, PASSWORD_SECRET)
     # When it signs in, Then the login's statement is there for the doctor to show
     sign_in(client, ctm)
-    login = client.last_login
+    login = client.tokens.last_login
     assert login is not None
     assert (login.auth_method, login.grant_type) == ("password", "password")
     assert (login.duration, login.exp_minus_iat, login.refresh_token_expires_in) == (300, 300, 600)

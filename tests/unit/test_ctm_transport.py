@@ -168,9 +168,10 @@ def test_a_transient_failure_followed_by_success_returns_the_answer() -> None:
     ctm = FakeCtm()
     ctm.script("POST", REFRESH_PATH, Reply(503, ""), Reply(429, ""), Reply(200, key_object()))
 
-    response = refresh(fake_client(ctm))
+    pacer = RecordingPacer()
+    response = refresh(fake_client(ctm), pacer=pacer)
 
-    assert (response.http_status, response.attempts, response.throttled) == (200, 3, 1)
+    assert (response.http_status, response.attempts, pacer.events.count("throttled")) == (200, 3, 1)
     assert response.body["id"] == KEY_ID
 
 

@@ -266,9 +266,9 @@ class Preflight:
             refused = isinstance(error, CtmAuthError)
             todo = "check the secret's credentials and domain" if refused else "is CTM healthy?"
             return Finding(FAIL, f"{_said(error)}: {todo}")
-        if self.client.last_login is None:  # issue_token signs in, or raises
+        if self.client.tokens.last_login is None:  # issue_token signs in, or raises
             raise AssertionError("no login after issue_token")
-        self.login_info = self.client.last_login
+        self.login_info = self.client.tokens.last_login
         return jwt_finding(self.login_info)
 
     def list_two_pages(self) -> Finding:

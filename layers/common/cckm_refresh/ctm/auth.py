@@ -31,10 +31,9 @@ DEFAULT_LIFETIME = 300.0  # CTM's JWTs live 5 minutes when the answer does not s
 # a CTM hiccup refusing a login does not poison a warm container for its whole life.
 REFUSAL_MEMORY = 60.0
 REFUSED_STATUSES = frozenset({400, 401, 403})  # wrong password, unknown token, locked account
-# The refresh token each password login asks for, in minutes (docs/reference.md 9; CTM's console
-# asks refresh_token_revoke_unused_in=30). By default they never expire and every password login
-# mints one (piled up, they made CTM 2.7 servers unresponsive); a busy container renews every 4
-# minutes: about two live refresh tokens per container that ran in the last 10 minutes.
+# The refresh token each password login asks for, in minutes (docs/reference.md 9): by default
+# they never expire, and piled up they made CTM 2.7 servers unresponsive. A busy container renews
+# every 4 minutes: about two live ones per container that ran in the last 10 minutes.
 SESSION_TOKEN_LIFETIME_MINUTES = 60
 SESSION_TOKEN_UNUSED_MINUTES = 10
 SESSION_TOKEN_MARGIN = 60.0  # stop using it this long before CTM would drop it
@@ -86,7 +85,7 @@ def jwt_claims(jwt: str) -> dict[str, Any]:
 
 
 class TokenSource:
-    """The newest valid bearer JWT on demand (``transport.Authenticator``); thread-safe."""
+    """The newest valid bearer JWT on demand, for every attempt of the transport; thread-safe."""
 
     def __init__(
         self, credentials: CredentialsCache, exchange: TokenExchange, *, runtime: Runtime = SYSTEM
@@ -113,7 +112,8 @@ class TokenSource:
             seen = self._renewals
             while True:
                 held, now = self._held, self._runtime.monotonic()
-                if held is not None and self._serves(held, now):
+                # not due (a static JWT never is), or still valid while another renews it
+                if held and (now < held.renew_at or (self._renewing and now < held.expires_at)):
                     return held.bearer
                 if not self._renewing:
                     self._renewing = True
@@ -126,10 +126,6 @@ class TokenSource:
         except CtmError as error:
             fresh = error
         return self._end_renewal(fresh, held, now)
-
-    def _serves(self, held: _Held, now: float) -> bool:
-        """Whether ``held`` is sent as it is: not due, or still valid while another renews it."""
-        return held.static or now < held.renew_at or (self._renewing and now < held.expires_at)
 
     def _await_renewal(self, seen: int, deadline: Deadline) -> None:
         """Waits (the lock held) for another thread's renewal, or raises what it raised."""
@@ -160,7 +156,8 @@ class TokenSource:
             return held.bearer
 
     def refused(self, bearer: Bearer) -> None:
-        """See ``Authenticator``; the renewal reads the secret past its cache."""
+        """CTM answered 401 to ``bearer``: unless a newer one exists, renew at the next ask,
+        reading the secret past its cache."""
         with self._changed:
             held = self._held
             if held is None or held.bearer.generation != bearer.generation:

@@ -3,21 +3,18 @@ refresh, list. Ids are validated before any URL is built; list filters are the s
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from requests.adapters import BaseAdapter
-
-from cckm_refresh.ctm.auth import TOKEN_PATH, Grant, LoginInfo, TokenSource
+from cckm_refresh.ctm.auth import TOKEN_PATH, Grant, TokenSource
 from cckm_refresh.ctm.credentials import CredentialsCache, SecretLoader
 from cckm_refresh.ctm.errors import CtmNotFoundError, RetryPolicy, bad_response
 from cckm_refresh.ctm.listing import MAX_PAGE_SIZE, Fetch, KeyPage, ListCursor, read_page
 from cckm_refresh.ctm.transport import UNPACED, CtmResponse, Pacer, Transport
 from cckm_refresh.keyids import require_cckm_id, require_ocid
 from cckm_refresh.model import KeyInfo, MalformedKeyObjectError
-from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
+from cckm_refresh.runtime import Deadline
 from cckm_refresh.selectors import SELECTOR_FILTERS, value_problem
 
 KEYS_PATH = "/api/v1/cckm/oci/keys"
@@ -41,47 +38,28 @@ class CtmClient:
 
     @classmethod
     def create(
-        cls,
-        *,
-        base_url: str,
-        secret_loader: SecretLoader,
-        timeout: float = 20.0,
-        max_attempts: int = 4,
-        verify_tls: bool = True,
-        pool_size: int = 8,
-        runtime: Runtime = SYSTEM,
-        rng: Callable[[], float] = random.random,
-        adapter: BaseAdapter | None = None,
+        cls, *, base_url: str, secret_loader: SecretLoader, max_attempts: int = 4, **transport: Any
     ) -> CtmClient:
-        """Wire a client; no I/O: the secret is read and a token obtained at first use."""
+        """Wire a client over a ``Transport(**transport)``; no I/O: the secret is read and a token
+        obtained at first use."""
         credentials = CredentialsCache(secret_loader)
-        retry = RetryPolicy(max_attempts=max_attempts)
-        transport = Transport(
-            timeout=timeout,
-            retry=retry,
-            verify_tls=verify_tls,
+        http = Transport(
+            retry=RetryPolicy(max_attempts=max_attempts),
             ca_bundle=lambda: credentials.get().ca_bundle,
-            pool_size=pool_size,
-            runtime=runtime,
-            rng=rng,
-            adapter=adapter,
+            **transport,
         )
         token_url = base_url.rstrip("/") + TOKEN_PATH
 
         def exchange(grant: Grant, deadline: Deadline) -> Mapping[str, Any]:
-            return transport.call("POST", token_url, json_body=grant, deadline=deadline).body
+            return http.call("POST", token_url, json_body=grant, deadline=deadline).body
 
-        return cls(base_url, TokenSource(credentials, exchange, runtime=runtime), transport)
+        return cls(base_url, TokenSource(credentials, exchange, runtime=http.runtime), http)
 
     def __enter__(self) -> CtmClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    @property
-    def last_login(self) -> LoginInfo | None:
-        return self.tokens.last_login
 
     def issue_token(self, deadline: Deadline) -> str:
         """A valid bearer JWT (signing in when needed, before ``deadline``). Never log it."""
@@ -166,7 +144,7 @@ class CtmClient:
         return answer
 
     def _fetch(self, query: Mapping[str, str], deadline: Deadline) -> Fetch:
-        def fetch(sort: str | None, skip: int, limit: int) -> tuple[list[Any], int | None]:
+        def fetch(sort: str | None, skip: int, limit: int) -> tuple[list[Any], object]:
             params: dict[str, str | int] = {**query, "skip": skip, "limit": limit}
             params |= {"sort": sort} if sort else {}
             answer = self.transport.call(
@@ -176,7 +154,6 @@ class CtmClient:
             if "resources" not in answer.body or not isinstance(resources, list | None):
                 what, status = f"GET {KEYS_PATH}", answer.http_status
                 raise bad_response(what, status, "no key list", answer.attempts)
-            counted = isinstance(total, int) and not isinstance(total, bool) and total >= 0
-            return resources or [], total if counted else None
+            return resources or [], total
 
         return fetch

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -83,7 +82,6 @@ class CtmCredentials:
         raise _refused("the secret holds no refresh_token, username and password, or token")
 
     def register_secrets(self) -> None:
-        # domains and the CA are not secrets
         for value in (self.refresh_token, self.password, self.token, self.username):
             register_secret(value)
 
@@ -122,23 +120,17 @@ class CredentialsCache:
 
     def __init__(self, loader: SecretLoader) -> None:
         self._loader = loader
-        self._lock = threading.Lock()
-        self._parsed: tuple[str, CtmCredentials] | None = None
+        self._parsed: tuple[str, CtmCredentials] | None = None  # replaced whole: no lock
 
     def get(self, *, force: bool = False) -> CtmCredentials:
         """Current credentials; ``force`` bypasses the loader's cache (after an auth failure)."""
         try:
-            raw = self._loader(force)  # no lock held: it may call Secrets Manager
-        except CtmCredentialsError:
-            raise
+            raw = self._loader(force)
         except Exception as exc:
             raise _load_failure(exc) from None
-        with self._lock:
-            parsed = self._parsed
+        parsed = self._parsed
         if parsed is None or parsed[0] != raw:
-            parsed = (raw, CtmCredentials.parse(raw))
-            with self._lock:
-                self._parsed = parsed
+            parsed = self._parsed = (raw, CtmCredentials.parse(raw))
         parsed[1].register_secrets()
         return parsed[1]
 

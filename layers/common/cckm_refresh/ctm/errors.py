@@ -21,8 +21,7 @@ _secrets_lock = threading.Lock()
 
 
 def register_secret(value: str | None) -> None:
-    """Scrub ``value`` from every CtmError message from now on (process-wide); registering it
-    again makes it the newest, so the secret in use is never evicted."""
+    """Scrub ``value`` from every CtmError message from now on; again: the newest, not evicted."""
     if value is None or len(value) < MIN_SECRET_LENGTH:
         return
     with _secrets_lock:
@@ -225,14 +224,12 @@ class RetryPolicy:
     max_delay: float = 20.0
 
     def delay(self, retry: int, rng: Callable[[], float]) -> float:
-        """The wait before retry number ``retry`` (0 for the first), ``rng`` uniform in [0, 1)."""
         return backoff.full_jitter(retry, self.base_delay, self.max_delay, rng)
 
 
 class RetryBudget:
-    """botocore's retry quota: a retry takes ``retry_cost`` (``timeout_cost`` after a timeout,
-    which held a connection for a whole timeout); a call that succeeds gives back what it took,
-    or ``success_refund``. When the bucket cannot pay, the call fails at once."""
+    """botocore's retry quota: a retry takes ``retry_cost`` (``timeout_cost`` after a timeout);
+    a call that succeeds gives back what it took, or ``success_refund``."""
 
     def __init__(self, capacity: int = 500, retry_cost: int = 5, timeout_cost: int = 10) -> None:
         self.capacity, self.retry_cost, self.timeout_cost = capacity, retry_cost, timeout_cost
@@ -241,7 +238,7 @@ class RetryBudget:
         self._lock = threading.Lock()
 
     def acquire(self, *, after_timeout: bool) -> int:
-        """Take the cost of one retry; return it, or 0 when the budget cannot pay."""
+        """The cost of one retry, taken; 0 when the budget cannot pay (no retry)."""
         cost = self.timeout_cost if after_timeout else self.retry_cost
         with self._lock:
             if cost > self.available:

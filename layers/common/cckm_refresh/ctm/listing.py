@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from cckm_refresh.ctm.errors import CtmListingError, CtmPermanentError
 from cckm_refresh.keyids import InvalidKeyIdError, require_cckm_id
@@ -26,8 +26,8 @@ _TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|z|[
 IGNORED, BACK, LOST = -1, -2, -3  # a page that cannot be placed: fall back, look back, rewind
 Key = tuple[str, str]  # (createdAt as fixed-width UTC text, id)
 Reply = tuple[list[Any], int | None]
-Fetch = Callable[[str | None, int, int], Reply]
-"""``(sort, skip, limit)``: one list call's items and ``total`` (None when CTM gave none)."""
+Fetch = Callable[[str | None, int, int], tuple[list[Any], object]]
+"""``(sort, skip, limit)``: one list call's items and ``total``, as CTM gave them."""
 
 
 @dataclass(frozen=True)
@@ -45,26 +45,18 @@ class ListCursor:
 
     def __post_init__(self) -> None:
         texts = [*self.anchors, *(self.after or ()), self.first or "", *self.fallbacks]
-        if not (self._bounded(texts) and self._shaped()):  # checked in order, the first failing
+        shaped = (  # no more nor longer texts than a cursor holds
+            _count(self.skip),
+            self.sort in SORTS,
+            len(self.anchors) <= OVERLAP,
+            len(self.fallbacks) <= len(SORTS),
+            all(isinstance(t, str) and len(t) <= MAX_CURSOR_FIELD for t in texts),
+            self.after is None or len(self.after) == 2,
+            self.page_cap is None or (_count(self.page_cap) and self.page_cap > 0),
+            isinstance(self.rewound, bool),
+        )
+        if not all(shaped):
             raise ValueError("not a list cursor")
-
-    def _bounded(self, texts: list[Any]) -> bool:
-        """A position, a known order, and no more nor longer texts than a cursor holds."""
-        return (
-            _count(self.skip)
-            and self.sort in SORTS
-            and len(self.anchors) <= OVERLAP
-            and len(self.fallbacks) <= len(SORTS)
-            and all(isinstance(t, str) and len(t) <= MAX_CURSOR_FIELD for t in texts)
-        )
-
-    def _shaped(self) -> bool:
-        """A key of two texts, a cap of one key or more, a flag (or none of the first two)."""
-        return (
-            (self.after is None or len(self.after) == 2)
-            and (self.page_cap is None or (_count(self.page_cap) and self.page_cap > 0))
-            and isinstance(self.rewound, bool)
-        )
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict for a queue message (under 1,500 characters as JSON)."""
@@ -135,14 +127,15 @@ def read_page(fetch: Fetch, cursor: ListCursor, page_size: int) -> KeyPage:
 
 
 def _read(fetch: Fetch, state: ListCursor, start: int, limit: int) -> Reply | None:
-    """One list call's items and total; None when CTM refused a sort (400) with one left."""
+    """One list call's items and total (None unless a count); None when CTM refused a sort (400)
+    with one left."""
     try:
         items, total = fetch(state.sort, start, limit)
     except CtmPermanentError as error:
         if error.http_status != 400 or state.sort is None:
             raise
         return None
-    return items, total
+    return items, total if _count(total) else None
 
 
 def _placement(state: ListCursor, keys: Sequence[Key | None], start: int, back: int) -> int:
@@ -284,7 +277,7 @@ def _rank(state: ListCursor, key: Key) -> tuple[str, ...]:
     return key if state.sort == SORTS[0] else key[:1]
 
 
-def _count(value: object) -> bool:
+def _count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 

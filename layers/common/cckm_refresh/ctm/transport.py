@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -42,6 +42,9 @@ from cckm_refresh.ctm.errors import (
 from cckm_refresh.observability import logger
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
 
+if TYPE_CHECKING:
+    from cckm_refresh.ctm.auth import TokenSource  # where attempts get their JWT
+
 USER_AGENT = "cckm-oci-refresh/0.1.0"  # keep in step with pyproject.toml
 MAX_CONNECT_TIMEOUT = 5.0  # connecting is quick or not happening; the rest is CTM's answer
 # An attempt with less time than this would spend OCI's budget on an answer that cannot
@@ -57,10 +60,8 @@ _SSL_REASON = re.compile(r"\[SSL: [A-Z_]+\][^'\"()]*")
 
 
 class Pacer(Protocol):
-    """Paces every attempt of a call, retries included (``ratelimit.TenancyPacer``), so that
-    retries spend the tenancy's OCI budget as first tries do. ``wait`` blocks until the next
-    attempt may leave, if that is by ``latest_start`` (else False at once, taking no slot); each
-    answer is told as ``throttled`` (429, ``TooManyRequests`` in the body) or ``answered``."""
+    """Paces every attempt, retries included (``ratelimit.TenancyPacer``): ``wait`` for a slot
+    by ``latest_start`` (else False, taking none); each answer is ``throttled`` or ``answered``."""
 
     def wait(self, latest_start: Deadline) -> bool: ...
     def throttled(self) -> None: ...
@@ -88,16 +89,6 @@ class Bearer:
     generation: int
 
 
-class Authenticator(Protocol):
-    """Where attempts get their JWT (``auth.TokenSource``); ``refused``: CTM answered 401 to
-    ``bearer``, so unless a newer one exists, renew at the next ask."""
-
-    generation: int  # the newest JWT's
-
-    def bearer(self, deadline: Deadline) -> Bearer: ...
-    def refused(self, bearer: Bearer) -> None: ...
-
-
 @dataclass(frozen=True)
 class CtmResponse:
     """A successful answer: its JSON object, and what it took to get it."""
@@ -105,7 +96,6 @@ class CtmResponse:
     body: dict[str, Any]
     http_status: int
     attempts: int  # HTTP attempts made, those after a 401 included
-    throttled: int  # how many of them were throttled
     elapsed: float  # seconds of the successful attempt, from sending to the body read
 
 
@@ -116,18 +106,16 @@ class TlsPolicy:
     def __init__(self, *, verify_tls: bool, ca_bundle: Callable[[], str | None]) -> None:
         self._verify_tls = verify_tls
         self._ca_bundle = ca_bundle
-        self._lock = threading.Lock()  # never held while the secret is read
+        self._lock = threading.Lock()
         self._resolved: bool | str | None = None
         self.ca_file: str | None = None  # written from the secret's ca_bundle, once resolved
         self._quiet_hosts: set[str] = set()
 
     def verify_for(self, url: str) -> bool | str:
         if self._resolved is None:
-            setting, ca_file = self._resolve()
-            with self._lock:
+            with self._lock:  # the other first calls wait for the secret this one reads
                 if self._resolved is None:
-                    self._resolved, self.ca_file, ca_file = setting, ca_file, None
-            _remove(ca_file)  # another thread resolved it first
+                    self._resolved, self.ca_file = self._resolve()
         if (
             self._resolved is False
             and (host := urlsplit(url).hostname or "") not in self._quiet_hosts
@@ -141,8 +129,9 @@ class TlsPolicy:
 
     def close(self) -> None:
         with self._lock:
-            ca_file, self.ca_file, self._resolved = self.ca_file, None, None
-        _remove(ca_file)
+            if self.ca_file is not None:
+                Path(self.ca_file).unlink(missing_ok=True)
+            self.ca_file = self._resolved = None
 
     def _resolve(self) -> tuple[bool | str, str | None]:
         if not self._verify_tls:
@@ -159,23 +148,17 @@ class TlsPolicy:
         return os.environ.get("SSL_CERT_FILE") or True, None
 
 
-def _remove(path: str | None) -> None:
-    if path is not None:
-        Path(path).unlink(missing_ok=True)
-
-
 @dataclass
 class _Call:
     method: str
     url: str
     params: Mapping[str, str | int] | None
     json_body: Mapping[str, Any] | None
-    auth: Authenticator | None
+    auth: TokenSource | None
     pacer: Pacer
     deadline: Deadline
     max_body: int
     attempts: int = 0
-    throttled: int = 0
     failures: int = 0  # transient ones, bounded by max_attempts
     spent: int = 0  # retry budget taken, given back if the call succeeds
     last: CtmError | None = None
@@ -185,6 +168,31 @@ class _Call:
     @property
     def what(self) -> str:  # for messages and logs: no query, no header
         return f"{self.method} {urlsplit(self.url).path}"
+
+    def bearer(self) -> Bearer | None:
+        return self.auth.bearer(self.deadline) if self.auth is not None else None
+
+    def unauthorized(self, auth: TokenSource, bearer: Bearer, error: CtmError) -> None:
+        """A 401 is run-fatal only when a fresh login is refused (``bearer()`` raises it): a stale
+        JWT is re-sent as the newest, the newest renewed once, then the 401 is transient."""
+        if bearer.generation < auth.generation and not self.stale_retried:
+            self.stale_retried = True
+            return
+        if not self.renewed:
+            self.renewed = True
+            auth.refused(bearer)
+            return
+        raise error.copy(CtmTransientError, f"{error.message} (to a JWT just issued, too)")
+
+    def deadline_error(self, last: CtmError | None = None) -> CtmDeadlineError:
+        last = last or self.last
+        summary = f"{self.what}: deadline reached after {self.attempts} attempt(s)"
+        return CtmDeadlineError(
+            summary + (f"; last: {last.message}" if last is not None else ""),
+            error_code="DEADLINE",
+            http_status=last.http_status if last is not None else None,
+            attempts=self.attempts,
+        )
 
 
 class Transport:
@@ -233,7 +241,7 @@ class Transport:
         deadline: Deadline,
         params: Mapping[str, str | int] | None = None,
         json_body: Mapping[str, Any] | None = None,
-        auth: Authenticator | None = None,
+        auth: TokenSource | None = None,
         pacer: Pacer = UNPACED,
         max_body: int = MAX_BODY_BYTES,
     ) -> CtmResponse:
@@ -263,65 +271,52 @@ class Transport:
         bearer, limit = self._take_slot(call)
         call.attempts += 1
         started = self.runtime.monotonic()
+        response = None
         try:
             response = self._send(call, bearer, limit)
             text = self._read(call, response, started + limit)
-        except OSError as exc:  # requests' exceptions are OSErrors
-            return error_for_exception(call.what, exc)
-        except CtmError as error:  # the body: too slow, dropped, or too large
+        except (OSError, urllib3.exceptions.HTTPError) as exc:  # requests' are OSErrors
+            if response is None:
+                return error_for_exception(call.what, exc)
+            response.close()  # a half-read connection must not go back to the pool
+            return error_for_exception(call.what, exc, response.status_code)
+        except CtmError as error:  # the secret's ca_bundle could not be read just now
             if not error.transient:
                 raise
             return error
         failure = error_for_response(call.what, response.status_code, text)
         if isinstance(failure, CtmThrottledError):
-            call.throttled += 1
             call.pacer.throttled()
         else:
             call.pacer.answered()
         if isinstance(failure, CtmAuthError) and call.auth is not None and bearer is not None:
-            return self._unauthorized(call, call.auth, bearer, failure)
+            call.unauthorized(call.auth, bearer, failure)  # raises unless re-sent at once
+            return None
         if failure is not None:
             return failure
         body = _json_object(call, response.status_code, text)
         elapsed = self.runtime.monotonic() - started
-        return CtmResponse(body, response.status_code, call.attempts, call.throttled, elapsed)
+        return CtmResponse(body, response.status_code, call.attempts, elapsed)
 
     def _take_slot(self, call: _Call) -> tuple[Bearer | None, float]:
         """Waits for the attempt's slot: its JWT and time limit (``DEADLINE`` when too short)."""
-        self._bearer(call)  # a sign-in the attempt needs happens before its slot is taken
+        call.bearer()  # a sign-in the attempt needs happens before its slot is taken
         latest_start = call.deadline.before(MIN_ATTEMPT_SECONDS)
         self._wait_for_slot(call, latest_start)
         slot = self.runtime.monotonic()
-        bearer = self._bearer(call)  # the newest JWT, after the wait it might have outlived
+        bearer = call.bearer()  # the newest JWT, after the wait it might have outlived
         # A renewal took the slot's moment: leaving now would crowd the tenancy's next attempt.
         # Leave on the next slot, with this JWT (asking again could take that slot's moment too).
         if self.runtime.monotonic() - slot > LATE_ON_SLOT:
             self._wait_for_slot(call, latest_start)
         limit = min(self.attempt_timeout, call.deadline.remaining())
         if limit < MIN_ATTEMPT_SECONDS:
-            raise self._deadline_error(call)
+            raise call.deadline_error()
         return bearer, limit
 
     def _wait_for_slot(self, call: _Call, latest_start: Deadline) -> None:
         if not call.pacer.wait(latest_start) or latest_start.passed():
-            raise self._deadline_error(call)
-
-    @staticmethod
-    def _bearer(call: _Call) -> Bearer | None:
-        return call.auth.bearer(call.deadline) if call.auth is not None else None
-
-    @staticmethod
-    def _unauthorized(call: _Call, auth: Authenticator, bearer: Bearer, error: CtmError) -> None:
-        """A 401 is run-fatal only when a fresh login is refused (``bearer()`` raises it): a stale
-        JWT is re-sent as the newest, the newest renewed once, then the 401 is transient."""
-        if bearer.generation < auth.generation and not call.stale_retried:
-            call.stale_retried = True
-            return
-        if not call.renewed:
-            call.renewed = True
-            auth.refused(bearer)
-            return
-        raise error.copy(CtmTransientError, f"{error.message} (to a JWT just issued, too)")
+            raise call.deadline_error()
 
     def _send(self, call: _Call, bearer: Bearer | None, limit: float) -> requests.Response:
         # total= bounds connecting and waiting for the headers; _read times the body.
@@ -343,22 +338,15 @@ class Transport:
         """The body, read in chunks before ``ends_at``: a 2xx one up to ``max_body`` bytes (beyond:
         ``BAD_RESPONSE``), an error one up to ``MAX_ERROR_BODY_BYTES`` (beyond: "")."""
         status = response.status_code
-        limit, size = _body_limit(call, response)
+        limit = call.max_body if 200 <= status < 300 else MAX_ERROR_BODY_BYTES
+        declared = response.headers.get("Content-Length", "")
+        size = limit + 1 if declared.isdigit() and int(declared) > limit else 0  # not read
         # an adapter may answer from memory, with no stream to time
         source = response.raw if response.raw is not None else io.BytesIO(response.content)
         chunks: list[bytes] = []
-        try:
-            while size <= limit and (chunk := self._chunk(source, ends_at)):
-                chunks.append(chunk)
-                size += len(chunk)
-        except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
-            response.close()  # a half-read connection must not go back to the pool
-            message = f"{call.what}: the answer did not arrive within the timeout"
-            raise CtmTimeoutError(message, error_code="TIMEOUT", http_status=status) from None
-        except (urllib3.exceptions.HTTPError, OSError):
-            response.close()
-            message = f"{call.what}: connection dropped while reading the answer"
-            raise CtmConnectionError(message, error_code="CONNECTION", http_status=status) from None
+        while size <= limit and (chunk := self._chunk(source, ends_at)):
+            chunks.append(chunk)
+            size += len(chunk)
         if size <= limit:
             return b"".join(chunks).decode("utf-8", "replace")
         response.close()
@@ -381,7 +369,7 @@ class Transport:
             raise error
         delay = self.retry.delay(call.failures - 1, self._rng)
         if delay + MIN_ATTEMPT_SECONDS > call.deadline.remaining():
-            raise self._deadline_error(call, error)  # the sleep would leave no time to retry
+            raise call.deadline_error(error)  # the sleep would leave no time to retry
         cost = self.budget.acquire(after_timeout=isinstance(error, CtmTimeoutError))
         logged = {"ctm_call": call.what, "error_code": error.error_code, "delay_s": delay}
         if not cost:
@@ -392,27 +380,22 @@ class Transport:
         logger.info("CTM call failed transiently; retrying", extra=logged)
         self.runtime.sleep(delay)
 
-    @staticmethod
-    def _deadline_error(call: _Call, last: CtmError | None = None) -> CtmDeadlineError:
-        last = last or call.last
-        summary = f"{call.what}: deadline reached after {call.attempts} attempt(s)"
-        return CtmDeadlineError(
-            summary + (f"; last: {last.message}" if last is not None else ""),
-            error_code="DEADLINE",
-            http_status=last.http_status if last is not None else None,
-            attempts=call.attempts,
-        )
 
-
-def error_for_exception(what: str, exc: OSError) -> CtmError:
+def error_for_exception(what: str, exc: Exception, status: int | None = None) -> CtmError:
+    """The error of an attempt that raised ``exc``; ``status``: the answer's, when it raised
+    reading the body."""
     if isinstance(exc, requests.exceptions.SSLError):
         found = _SSL_REASON.search(str(exc))
         reason = found.group(0).strip() if found else "TLS handshake failed"
         return CtmTlsError(f"{what}: {reason}", error_code="TLS")
-    if isinstance(exc, requests.exceptions.Timeout):
-        return CtmTimeoutError(f"{what}: no answer within the timeout", error_code="TIMEOUT")
-    if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
-        return CtmConnectionError(f"{what}: connection failed or dropped", error_code="CONNECTION")
+    if isinstance(exc, requests.Timeout | urllib3.exceptions.ReadTimeoutError | TimeoutError):
+        message = f"{what}: no answer within the timeout"
+        return CtmTimeoutError(message, error_code="TIMEOUT", http_status=status)
+    if status is not None or isinstance(
+        exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError
+    ):
+        message = f"{what}: connection failed or dropped"
+        return CtmConnectionError(message, error_code="CONNECTION", http_status=status)
     if not isinstance(exc, requests.RequestException) and "CA certificate bundle" in str(exc):
         # requests raises a bare OSError when the CA file it was told to use does not exist.
         message = f"{what}: the CA bundle to verify CTM with was not found"
@@ -421,13 +404,6 @@ def error_for_exception(what: str, exc: OSError) -> CtmError:
     # text is requests' own, which may quote what it refused: not repeated.
     message = f"{what}: the request could not be sent ({type(exc).__name__})"
     return CtmPermanentError(message, error_code="CONNECTION")
-
-
-def _body_limit(call: _Call, response: requests.Response) -> tuple[int, int]:
-    """The most bytes of the body to read, and the count to start at (past it: declared longer)."""
-    limit = call.max_body if 200 <= response.status_code < 300 else MAX_ERROR_BODY_BYTES
-    declared = response.headers.get("Content-Length", "")
-    return limit, limit + 1 if declared.isdigit() and int(declared) > limit else 0
 
 
 def _json_object(call: _Call, status: int, text: str) -> dict[str, Any]:
