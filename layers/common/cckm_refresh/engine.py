@@ -28,7 +28,7 @@ from cckm_refresh.ctm.errors import (
 from cckm_refresh.ctm.transport import Pacer
 from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY, TenancyRateLimiter
-from cckm_refresh.runtime import Deadline, Runtime, run_threads
+from cckm_refresh.runtime import Deadline, Runtime, map_concurrently
 
 # Errors that will fail every other key the same way: stop starting refreshes on the first.
 # The rest are recorded like the key that met the error: FAILED, or PENDING when transient.
@@ -137,8 +137,9 @@ class _Scheduler:
 class RefreshEngine:
     """Refreshes keys concurrently within per-tenancy rates and the invocation's deadline.
 
-    One engine lives as long as its container: the latency it observes sizes the calls in
-    flight of later invocations too, and its limiter keeps each tenancy's pace.
+    One engine lives as long as its container: the latency it observes (``latency``, the
+    moving average of answered calls, in seconds) sizes the calls in flight of later
+    invocations too, and its limiter keeps each tenancy's pace.
     """
 
     def __init__(
@@ -154,18 +155,13 @@ class RefreshEngine:
         self.limiter = limiter
         self._runtime = limiter.runtime
         self._concurrency = concurrency
-        self._latency = INITIAL_LATENCY
+        self.latency = INITIAL_LATENCY
         self._latency_lock = threading.Lock()
-
-    @property
-    def latency(self) -> float:
-        """The moving average of answered calls' durations, in seconds."""
-        return self._latency
 
     def in_flight_target(self, tenancies: int) -> int:
         """Little's law: each active tenancy keeps ``rate x latency`` calls busy, plus one
         waiting for its next slot; never more than ``REFRESH_CONCURRENCY``."""
-        busy = tenancies * self.limiter.max_rate * self._latency
+        busy = tenancies * self.limiter.max_rate * self.latency
         return max(1, min(self._concurrency, math.ceil(busy * 1.25) + tenancies))
 
     def run(
@@ -186,7 +182,7 @@ class RefreshEngine:
         scheduler = _Scheduler(items, self.limiter, start_by, self.in_flight_target, self._runtime)
         lock = threading.Lock()
 
-        def work() -> None:
+        def work(_thread: int) -> None:
             while (item := scheduler.next()) is not None:
                 outcome, fatal = self._call(scheduler, item, calls_end_by)
                 with lock:
@@ -197,46 +193,28 @@ class RefreshEngine:
                     scheduler.stop(fatal)
 
         # Threads are cheap; the scheduler keeps only ``in_flight_target`` of them busy.
-        run_threads(self._runtime, work, min(self._concurrency, len(items)), "refresh")
+        threads = min(self._concurrency, len(items))
+        map_concurrently(self._runtime, work, range(threads), threads, "refresh")
         result.throttled = self.limiter.throttle_count() - throttled_before
-        self._close(scheduler, result, listeners)
-        return result
-
-    def _call(
-        self, scheduler: _Scheduler, item: WorkItem, calls_end_by: Deadline
-    ) -> tuple[RefreshOutcome, CtmError | None]:
-        """Refresh one key in its reserved slot; the scheduler learns the call is over."""
-        pacer = self.limiter.pacer(item.tenancy, reserved=True)
-        try:
-            return self._refresh_one(item, pacer, calls_end_by)
-        finally:
-            pacer.release()  # a call that never got to send gives its slot back
-            scheduler.done()
-
-    @staticmethod
-    def _close(
-        scheduler: _Scheduler, result: EngineResult, listeners: Sequence[OutcomeListener]
-    ) -> None:
-        """What was not started: handed back, or, after a run-fatal error, recorded like the
-        key that met it (no more calls)."""
+        # What was not started: handed back, or, after a run-fatal error, recorded like the
+        # key that met it (no more calls).
         rest = scheduler.remaining()
         if scheduler.stopped is None:
             result.leftovers = rest
-            return
+            return result
         for item in rest:
             outcome = _outcome_from_error(item, scheduler.stopped, tried=False)
             result.outcomes.append(outcome)
             for listener in listeners:
                 listener(item, outcome)
+        return result
 
-    def _observe(self, seconds: float) -> None:
-        with self._latency_lock:
-            self._latency += LATENCY_WEIGHT * (seconds - self._latency)
-
-    def _refresh_one(
-        self, item: WorkItem, pacer: Pacer, deadline: Deadline
+    def _call(
+        self, scheduler: _Scheduler, item: WorkItem, deadline: Deadline
     ) -> tuple[RefreshOutcome, CtmError | None]:
-        """The key's outcome, and the error when it means every other key would fail too."""
+        """Refresh one key in its reserved slot: its outcome, and the error when it means
+        every other key would fail too. The scheduler learns the call is over."""
+        pacer = self.limiter.pacer(item.tenancy, reserved=True)
         clock = self._runtime.monotonic
         started = clock()
         try:
@@ -254,16 +232,21 @@ class RefreshEngine:
                 error_message=f"unexpected {type(error).__name__}",
             )
             return _with_known(outcome, item.known), None
-        self._observe(response.elapsed)
-        info = KeyInfo.from_ctm(dict(response.body)) if response.body.get("id") else item.known
-        refreshed = RefreshOutcome(
-            key=KeyInfo(item.key_id),
-            status=Status.REFRESHED,
-            attempts=response.attempts,
-            duration_ms=_ms(started, clock()),
-            http_status=response.http_status,
-        )
-        return _with_known(refreshed, info), None
+        else:
+            with self._latency_lock:
+                self.latency += LATENCY_WEIGHT * (response.elapsed - self.latency)
+            info = KeyInfo.from_ctm(dict(response.body)) if response.body.get("id") else item.known
+            refreshed = RefreshOutcome(
+                key=KeyInfo(item.key_id),
+                status=Status.REFRESHED,
+                attempts=response.attempts,
+                duration_ms=_ms(started, clock()),
+                http_status=response.http_status,
+            )
+            return _with_known(refreshed, info), None
+        finally:
+            pacer.release()  # a call that never got to send gives its slot back
+            scheduler.done()
 
 
 def _ms(start: float, end: float) -> int:
