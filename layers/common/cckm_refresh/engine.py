@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from cckm_refresh.ctm.errors import (
     CtmAuthError,
@@ -25,7 +25,7 @@ from cckm_refresh.ctm.errors import (
     CtmSecretUnavailableError,
     CtmTlsError,
 )
-from cckm_refresh.ctm.transport import Pacer
+from cckm_refresh.ctm.transport import CtmResponse, Pacer
 from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY, TenancyRateLimiter
 from cckm_refresh.runtime import Deadline, Runtime, map_concurrently
@@ -38,20 +38,8 @@ LATENCY_WEIGHT = 0.2  # exponentially weighted moving average of call durations
 RETARGET_SECONDS = 0.5  # how often a worker held back re-reads the calls in flight allowed
 
 
-class RefreshResponse(Protocol):
-    @property
-    def body(self) -> dict[str, Any]: ...
-    @property
-    def http_status(self) -> int: ...
-    @property
-    def attempts(self) -> int: ...
-    @property
-    def elapsed(self) -> float:
-        """Seconds of the answered attempt, from send to answer (not its pacing wait)."""
-
-
 # (key id, pacer, deadline): the call ends before ``deadline``, retries included.
-RefreshCall = Callable[[str, Pacer, Deadline], RefreshResponse]
+RefreshCall = Callable[[str, Pacer, Deadline], CtmResponse]
 OutcomeListener = Callable[["WorkItem", RefreshOutcome], None]
 
 
