@@ -34,10 +34,6 @@ class RefreshFunction:
     runtime: Runtime = SYSTEM
     _timeout_checked: bool = field(default=False, init=False)
 
-    @property
-    def service(self) -> RefreshService:
-        return self.services()
-
     def handle(self, event: Any, context: Any) -> dict[str, Any]:
         """Dispatch one invocation event (docs/reference.md 4.2) and shape the response."""
         end = self._end_of(context)
@@ -47,7 +43,7 @@ class RefreshFunction:
             return self._sweep()
         delivery = single_delivery(event)
         logger.append_keys(source_id=delivery.source_id)
-        result = self.service.process(delivery, end)
+        result = self.services().process(delivery, end)
         _emit(result)
         return _response(result)
 
@@ -76,7 +72,7 @@ class RefreshFunction:
         records, late = self._startable(records, end)
         failures = [{"itemIdentifier": record["messageId"]} for record in late]
         deliveries = [sqs_delivery_of(record) for record in records]
-        results = self.service.process_batch(deliveries, end) if deliveries else []
+        results = self.services().process_batch(deliveries, end) if deliveries else []
         for record, result in zip(records, results, strict=True):
             _emit(result)
             if result.verdict.action is not Action.DONE:
@@ -102,7 +98,7 @@ class RefreshFunction:
 
     def _sweep(self) -> dict[str, Any]:
         """The sweep schedule: stuck runs found and their work queued again (``RunsStuck``)."""
-        report = self.service.sweep()
+        report = self.services().sweep()
         metrics.add_metric(name="RunsOpen", unit=MetricUnit.Count, value=report.open_runs)
         metrics.add_metric(name="RunsStuck", unit=MetricUnit.Count, value=len(report.stuck))
         return {
@@ -118,7 +114,7 @@ class RefreshFunction:
         if verdict.action is not Action.RETRY:
             return
         queue_arn = str(record.get("eventSourceARN", ""))
-        moved = self.service.retry_later(queue_arn, record["receiptHandle"], verdict.delay)
+        moved = self.services().retry_later(queue_arn, record["receiptHandle"], verdict.delay)
         logger.info(
             "message will be delivered again",
             extra={"message_id": record["messageId"], "in_seconds": moved},
@@ -129,16 +125,16 @@ def _emit(result: RunReport | Rejection) -> None:
     if isinstance(result, Rejection):
         metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
         return
-    metrics.add_metric(
-        name="KeysRefreshed", unit=MetricUnit.Count, value=result.count(Status.REFRESHED)
-    )
-    metrics.add_metric(name="KeysFailed", unit=MetricUnit.Count, value=result.count(Status.FAILED))
-    metrics.add_metric(
-        name="KeysNotFound", unit=MetricUnit.Count, value=result.count(Status.NOT_FOUND)
-    )
-    metrics.add_metric(name="KeysPending", unit=MetricUnit.Count, value=result.pending)
-    metrics.add_metric(name="KeysRotated", unit=MetricUnit.Count, value=result.rotated)
-    metrics.add_metric(name="ThrottledResponses", unit=MetricUnit.Count, value=result.throttled)
+    counts = {
+        "KeysRefreshed": result.count(Status.REFRESHED),
+        "KeysFailed": result.count(Status.FAILED),
+        "KeysNotFound": result.count(Status.NOT_FOUND),
+        "KeysPending": result.pending,
+        "KeysRotated": result.rotated,
+        "ThrottledResponses": result.throttled,
+    }
+    for name, count in counts.items():
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
     # One value per refresh call (EMF carries up to 100 values a name; Powertools flushes
     # before that), so the dashboard's p50/p99 are of calls, not of invocation averages.
     for latency in result.latencies_ms:

@@ -64,25 +64,15 @@ def single_delivery(event: Any) -> Delivery:
     if not isinstance(event, dict):
         raise UnsupportedEventError
     if "detail-type" in event and "detail" in event:
-        event_id = str(event.get("id") or "unknown")
-        return Delivery(
-            trigger=Trigger.EVENT,
-            source_id=event_id,
-            default_run_id=run_name(f"event-{event_id}"),
-            document=event["detail"],
-            raw=_dump(event["detail"]),
-        )
-    if "scheduled_time" in event and "request" in event:
+        source_id = str(event.get("id") or "unknown")
+        trigger, run_id, document = Trigger.EVENT, f"event-{source_id}", event["detail"]
+    elif "scheduled_time" in event and "request" in event:
         scheduled = str(event["scheduled_time"])
-        execution_id = str(event.get("execution_id") or scheduled)
-        return Delivery(
-            trigger=Trigger.SCHEDULE,
-            source_id=execution_id,
-            default_run_id=run_name(f"schedule-{scheduled}"),
-            document=event["request"],
-            raw=_dump(event["request"]),
-        )
-    raise UnsupportedEventError
+        source_id = str(event.get("execution_id") or scheduled)
+        trigger, run_id, document = Trigger.SCHEDULE, f"schedule-{scheduled}", event["request"]
+    else:
+        raise UnsupportedEventError
+    return Delivery(trigger, source_id, run_name(run_id), document, raw=_dump(document))
 
 
 def sqs_delivery(
