@@ -28,7 +28,7 @@ from cckm_refresh.ctm.errors import (
 from cckm_refresh.ctm.transport import CtmResponse, Pacer
 from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY, TenancyRateLimiter
-from cckm_refresh.runtime import Deadline, Runtime, map_concurrently
+from cckm_refresh.runtime import Deadline, map_concurrently
 
 # Errors that will fail every other key the same way: stop starting refreshes on the first.
 # The rest are recorded like the key that met the error: FAILED, or PENDING when transient.
@@ -73,7 +73,6 @@ class _Scheduler:
         limiter: TenancyRateLimiter,
         start_by: Deadline,
         in_flight_target: Callable[[int], int],
-        runtime: Runtime,
     ) -> None:
         self._queues: dict[str, deque[WorkItem]] = {}
         for item in items:
@@ -81,7 +80,7 @@ class _Scheduler:
         self._limiter = limiter
         self._start_by = start_by
         self._target = in_flight_target
-        self._ready = runtime.condition()
+        self._ready = limiter.runtime.condition()
         self._in_flight = 0
         self.stopped: CtmError | None = None
 
@@ -167,7 +166,7 @@ class RefreshEngine:
         if not items:
             return result
         throttled_before = self.limiter.throttle_count()
-        scheduler = _Scheduler(items, self.limiter, start_by, self.in_flight_target, self._runtime)
+        scheduler = _Scheduler(items, self.limiter, start_by, self.in_flight_target)
         lock = threading.Lock()
 
         def work(_thread: int) -> None:
