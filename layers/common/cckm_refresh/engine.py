@@ -123,11 +123,8 @@ class _Scheduler:
 
 class RefreshEngine:
     """Refreshes keys concurrently within per-tenancy rates and the invocation's deadline.
-
-    One engine lives as long as its container: the latency it observes (``latency``, the
-    moving average of answered calls, in seconds) sizes the calls in flight of later
-    invocations too, and its limiter keeps each tenancy's pace.
-    """
+    It lives as long as its container: the ``latency`` it observes (the moving average of
+    answered calls, seconds) sizes later invocations' calls in flight too."""
 
     def __init__(
         self,

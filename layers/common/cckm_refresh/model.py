@@ -63,11 +63,8 @@ class KeyInfo:
 
     @classmethod
     def from_ctm(cls, resource: Mapping[str, Any]) -> KeyInfo:
-        """Build from a CCKM key object (``GET``/``refresh``/list item).
-
-        Raises ``MalformedKeyObjectError`` (a ValueError) when it is not one: not an object,
-        no string ``id``, ``oci_params`` not an object, or a field read here not a string.
-        """
+        """Build from a CCKM key object (``GET``/``refresh``/list item), or raise
+        ``MalformedKeyObjectError`` (a ValueError) when it is not one."""
         if not isinstance(resource, Mapping):
             raise MalformedKeyObjectError("the key object is not a JSON object")
         key_id = resource.get("id")

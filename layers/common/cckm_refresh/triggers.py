@@ -79,26 +79,18 @@ def sqs_delivery(
     message_id: str, body: str, receive_count: int, group: str | None = None
 ) -> Delivery:
     """The delivery of one SQS message; ``document`` is the raw body, decoded by the parser."""
-    return Delivery(
-        trigger=Trigger.SQS,
-        source_id=message_id,
-        default_run_id=run_name(f"sqs-{message_id}"),
-        document=body,
-        raw=body,
-        receive_count=receive_count,
-        group=group,
-    )
+    run_id = run_name(f"sqs-{message_id}")
+    return Delivery(Trigger.SQS, message_id, run_id, body, body, receive_count, group)
 
 
 def sqs_delivery_of(record: dict[str, Any]) -> Delivery:
     """The delivery of one record of a Lambda SQS event."""
     attributes = record.get("attributes") or {}
-    receive_count = int(attributes.get("ApproximateReceiveCount") or 1)
     group = attributes.get("MessageGroupId")
     return sqs_delivery(
         str(record["messageId"]),
         str(record.get("body") or ""),
-        receive_count,
+        int(attributes.get("ApproximateReceiveCount") or 1),
         str(group) if group else None,
     )
 
