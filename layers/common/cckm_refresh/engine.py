@@ -114,11 +114,8 @@ class _Scheduler:
             self._ready.notify_all()
 
     def remaining(self) -> list[WorkItem]:
-        with self._ready:
-            items = [item for q in self._queues.values() for item in q]
-            for q in self._queues.values():
-                q.clear()
-            return items
+        """What was not handed out (read once every worker has ended)."""
+        return [item for queue in self._queues.values() for item in queue]
 
 
 class RefreshEngine:
@@ -160,8 +157,6 @@ class RefreshEngine:
         as each outcome is known, so the caller records it while other calls wait."""
         listeners = [f for f in (self._on_outcome, on_outcome) if f is not None]
         result = EngineResult()
-        if not items:
-            return result
         throttled_before = self.limiter.throttle_count()
         scheduler = _Scheduler(items, self.limiter, start_by, self.in_flight_target)
         lock = threading.Lock()
