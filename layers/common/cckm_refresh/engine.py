@@ -161,13 +161,16 @@ class RefreshEngine:
         scheduler = _Scheduler(items, self.limiter, start_by, self.in_flight_target)
         lock = threading.Lock()
 
+        def record(item: WorkItem, outcome: RefreshOutcome) -> None:
+            with lock:
+                result.outcomes.append(outcome)
+            for listener in listeners:
+                listener(item, outcome)
+
         def work(_thread: int) -> None:
             while (item := scheduler.next()) is not None:
                 outcome, fatal = self._call(scheduler, item, calls_end_by)
-                with lock:
-                    result.outcomes.append(outcome)
-                for listener in listeners:
-                    listener(item, outcome)
+                record(item, outcome)
                 if fatal is not None:
                     scheduler.stop(fatal)
 
@@ -177,15 +180,11 @@ class RefreshEngine:
         result.throttled = self.limiter.throttle_count() - throttled_before
         # What was not started: handed back, or, after a run-fatal error, recorded like the
         # key that met it (no more calls).
-        rest = scheduler.remaining()
         if scheduler.stopped is None:
-            result.leftovers = rest
+            result.leftovers = scheduler.remaining()
             return result
-        for item in rest:
-            outcome = _outcome_from_error(item, scheduler.stopped, tried=False)
-            result.outcomes.append(outcome)
-            for listener in listeners:
-                listener(item, outcome)
+        for item in scheduler.remaining():
+            record(item, _outcome_from_error(item, scheduler.stopped, tried=False))
         return result
 
     def _call(
