@@ -123,16 +123,16 @@ def _emit(result: RunReport | Rejection) -> None:
     if isinstance(result, Rejection):
         metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
         return
-    counts = {
-        "KeysRefreshed": result.count(Status.REFRESHED),
-        "KeysFailed": result.count(Status.FAILED),
-        "KeysNotFound": result.count(Status.NOT_FOUND),
-        "KeysPending": result.pending,
-        "KeysRotated": result.rotated,
-        "ThrottledResponses": result.throttled,
-    }
-    for name, count in counts.items():
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
+    metrics.add_metric(
+        name="KeysRefreshed", unit=MetricUnit.Count, value=result.count(Status.REFRESHED)
+    )
+    metrics.add_metric(name="KeysFailed", unit=MetricUnit.Count, value=result.count(Status.FAILED))
+    metrics.add_metric(
+        name="KeysNotFound", unit=MetricUnit.Count, value=result.count(Status.NOT_FOUND)
+    )
+    metrics.add_metric(name="KeysPending", unit=MetricUnit.Count, value=result.pending)
+    metrics.add_metric(name="KeysRotated", unit=MetricUnit.Count, value=result.rotated)
+    metrics.add_metric(name="ThrottledResponses", unit=MetricUnit.Count, value=result.throttled)
     # One value per refresh call (EMF carries up to 100 values a name; Powertools flushes
     # before that), so the dashboard's p50/p99 are of calls, not of invocation averages.
     for latency in result.latencies_ms:
