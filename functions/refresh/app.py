@@ -1,8 +1,5 @@
 """Refresh function entry point: EventBridge Scheduler, EventBridge rules, SQS and the sweep
-(docs/reference.md 4.2).
-
-An SQS batch (from the work queue or the tenancy queue) goes through one pass; each message's
-verdict becomes the partial batch response.
+(docs/reference.md 4.2), dispatched by ``cckm_refresh.refresh_function``.
 """
 
 import functools

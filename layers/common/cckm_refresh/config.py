@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 
@@ -29,8 +29,7 @@ def _required(env: Mapping[str, str], name: str) -> str:
 
 
 def _optional(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name, "").strip()
-    return value or None
+    return env.get(name, "").strip() or None
 
 
 N = TypeVar("N", int, float)
@@ -100,23 +99,20 @@ class RefreshSettings:
     max_receive_count: int = 5
     fanout_chunk_size: int = 100
     result_retention_days: int = 90
+    # Every CTM call, retries included, ends this long before the invocation does, so its
+    # outcome is always recorded (the ``5 s`` of the margin).
+    recording_reserve_seconds: ClassVar[float] = 5.0
 
     @property
     def deadline_margin_seconds(self) -> float:
         """No refresh starts when less than this remains (docs/reference.md 4.3)."""
-        return 2 * self.ctm_timeout_seconds + 5
+        return 2 * self.ctm_timeout_seconds + self.recording_reserve_seconds
 
     @property
     def stuck_after_seconds(self) -> int:
         """A run without progress for longer than this is stuck: longer than its messages'
         deliveries can take (each at most a visibility timeout, 30 min, or a retry delay)."""
         return self.max_receive_count * 1800
-
-    @property
-    def recording_reserve_seconds(self) -> float:
-        """Every CTM call, retries included, ends this long before the invocation does, so
-        its outcome is always recorded (the ``5 s`` of the margin)."""
-        return 5.0
 
     def check_time_for_one_call(self, invocation_seconds: float) -> None:
         """Refuse a function timeout that leaves no time for one CTM call after the margin:

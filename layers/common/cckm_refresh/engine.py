@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from cckm_refresh.ctm.errors import (
     CtmAuthError,
@@ -25,10 +25,10 @@ from cckm_refresh.ctm.errors import (
     CtmSecretUnavailableError,
     CtmTlsError,
 )
-from cckm_refresh.ctm.transport import Pacer
+from cckm_refresh.ctm.transport import CtmResponse, Pacer
 from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
 from cckm_refresh.ratelimit import UNKNOWN_TENANCY, TenancyRateLimiter
-from cckm_refresh.runtime import Deadline, Runtime, run_threads
+from cckm_refresh.runtime import Deadline, map_concurrently
 
 # Errors that will fail every other key the same way: stop starting refreshes on the first.
 # The rest are recorded like the key that met the error: FAILED, or PENDING when transient.
@@ -38,20 +38,8 @@ LATENCY_WEIGHT = 0.2  # exponentially weighted moving average of call durations
 RETARGET_SECONDS = 0.5  # how often a worker held back re-reads the calls in flight allowed
 
 
-class RefreshResponse(Protocol):
-    @property
-    def body(self) -> dict[str, Any]: ...
-    @property
-    def http_status(self) -> int: ...
-    @property
-    def attempts(self) -> int: ...
-    @property
-    def elapsed(self) -> float:
-        """Seconds of the answered attempt, from send to answer (not its pacing wait)."""
-
-
 # (key id, pacer, deadline): the call ends before ``deadline``, retries included.
-RefreshCall = Callable[[str, Pacer, Deadline], RefreshResponse]
+RefreshCall = Callable[[str, Pacer, Deadline], CtmResponse]
 OutcomeListener = Callable[["WorkItem", RefreshOutcome], None]
 
 
@@ -85,7 +73,6 @@ class _Scheduler:
         limiter: TenancyRateLimiter,
         start_by: Deadline,
         in_flight_target: Callable[[int], int],
-        runtime: Runtime,
     ) -> None:
         self._queues: dict[str, deque[WorkItem]] = {}
         for item in items:
@@ -93,7 +80,7 @@ class _Scheduler:
         self._limiter = limiter
         self._start_by = start_by
         self._target = in_flight_target
-        self._ready = runtime.condition()
+        self._ready = limiter.runtime.condition()
         self._in_flight = 0
         self.stopped: CtmError | None = None
 
@@ -127,19 +114,14 @@ class _Scheduler:
             self._ready.notify_all()
 
     def remaining(self) -> list[WorkItem]:
-        with self._ready:
-            items = [item for q in self._queues.values() for item in q]
-            for q in self._queues.values():
-                q.clear()
-            return items
+        """What was not handed out (read once every worker has ended)."""
+        return [item for queue in self._queues.values() for item in queue]
 
 
 class RefreshEngine:
     """Refreshes keys concurrently within per-tenancy rates and the invocation's deadline.
-
-    One engine lives as long as its container: the latency it observes sizes the calls in
-    flight of later invocations too, and its limiter keeps each tenancy's pace.
-    """
+    It lives as long as its container: the ``latency`` it observes (the moving average of
+    answered calls, seconds) sizes later invocations' calls in flight too."""
 
     def __init__(
         self,
@@ -154,18 +136,13 @@ class RefreshEngine:
         self.limiter = limiter
         self._runtime = limiter.runtime
         self._concurrency = concurrency
-        self._latency = INITIAL_LATENCY
+        self.latency = INITIAL_LATENCY
         self._latency_lock = threading.Lock()
-
-    @property
-    def latency(self) -> float:
-        """The moving average of answered calls' durations, in seconds."""
-        return self._latency
 
     def in_flight_target(self, tenancies: int) -> int:
         """Little's law: each active tenancy keeps ``rate x latency`` calls busy, plus one
         waiting for its next slot; never more than ``REFRESH_CONCURRENCY``."""
-        busy = tenancies * self.limiter.max_rate * self._latency
+        busy = tenancies * self.limiter.max_rate * self.latency
         return max(1, min(self._concurrency, math.ceil(busy * 1.25) + tenancies))
 
     def run(
@@ -180,63 +157,42 @@ class RefreshEngine:
         as each outcome is known, so the caller records it while other calls wait."""
         listeners = [f for f in (self._on_outcome, on_outcome) if f is not None]
         result = EngineResult()
-        if not items:
-            return result
         throttled_before = self.limiter.throttle_count()
-        scheduler = _Scheduler(items, self.limiter, start_by, self.in_flight_target, self._runtime)
+        scheduler = _Scheduler(items, self.limiter, start_by, self.in_flight_target)
         lock = threading.Lock()
 
-        def work() -> None:
+        def record(item: WorkItem, outcome: RefreshOutcome) -> None:
+            with lock:
+                result.outcomes.append(outcome)
+            for listener in listeners:
+                listener(item, outcome)
+
+        def work(_thread: int) -> None:
             while (item := scheduler.next()) is not None:
                 outcome, fatal = self._call(scheduler, item, calls_end_by)
-                with lock:
-                    result.outcomes.append(outcome)
-                for listener in listeners:
-                    listener(item, outcome)
+                record(item, outcome)
                 if fatal is not None:
                     scheduler.stop(fatal)
 
         # Threads are cheap; the scheduler keeps only ``in_flight_target`` of them busy.
-        run_threads(self._runtime, work, min(self._concurrency, len(items)), "refresh")
+        threads = min(self._concurrency, len(items))
+        map_concurrently(self._runtime, work, range(threads), threads, "refresh")
         result.throttled = self.limiter.throttle_count() - throttled_before
-        self._close(scheduler, result, listeners)
+        # What was not started: handed back, or, after a run-fatal error, recorded like the
+        # key that met it (no more calls).
+        if scheduler.stopped is None:
+            result.leftovers = scheduler.remaining()
+            return result
+        for item in scheduler.remaining():
+            record(item, _outcome_from_error(item, scheduler.stopped, tried=False))
         return result
 
     def _call(
-        self, scheduler: _Scheduler, item: WorkItem, calls_end_by: Deadline
+        self, scheduler: _Scheduler, item: WorkItem, deadline: Deadline
     ) -> tuple[RefreshOutcome, CtmError | None]:
-        """Refresh one key in its reserved slot; the scheduler learns the call is over."""
+        """Refresh one key in its reserved slot: its outcome, and the error when it means
+        every other key would fail too. The scheduler learns the call is over."""
         pacer = self.limiter.pacer(item.tenancy, reserved=True)
-        try:
-            return self._refresh_one(item, pacer, calls_end_by)
-        finally:
-            pacer.release()  # a call that never got to send gives its slot back
-            scheduler.done()
-
-    @staticmethod
-    def _close(
-        scheduler: _Scheduler, result: EngineResult, listeners: Sequence[OutcomeListener]
-    ) -> None:
-        """What was not started: handed back, or, after a run-fatal error, recorded like the
-        key that met it (no more calls)."""
-        rest = scheduler.remaining()
-        if scheduler.stopped is None:
-            result.leftovers = rest
-            return
-        for item in rest:
-            outcome = _outcome_from_error(item, scheduler.stopped, tried=False)
-            result.outcomes.append(outcome)
-            for listener in listeners:
-                listener(item, outcome)
-
-    def _observe(self, seconds: float) -> None:
-        with self._latency_lock:
-            self._latency += LATENCY_WEIGHT * (seconds - self._latency)
-
-    def _refresh_one(
-        self, item: WorkItem, pacer: Pacer, deadline: Deadline
-    ) -> tuple[RefreshOutcome, CtmError | None]:
-        """The key's outcome, and the error when it means every other key would fail too."""
         clock = self._runtime.monotonic
         started = clock()
         try:
@@ -254,16 +210,21 @@ class RefreshEngine:
                 error_message=f"unexpected {type(error).__name__}",
             )
             return _with_known(outcome, item.known), None
-        self._observe(response.elapsed)
-        info = KeyInfo.from_ctm(dict(response.body)) if response.body.get("id") else item.known
-        refreshed = RefreshOutcome(
-            key=KeyInfo(item.key_id),
-            status=Status.REFRESHED,
-            attempts=response.attempts,
-            duration_ms=_ms(started, clock()),
-            http_status=response.http_status,
-        )
-        return _with_known(refreshed, info), None
+        else:
+            with self._latency_lock:
+                self.latency += LATENCY_WEIGHT * (response.elapsed - self.latency)
+            info = KeyInfo.from_ctm(dict(response.body)) if response.body.get("id") else item.known
+            refreshed = RefreshOutcome(
+                key=KeyInfo(item.key_id),
+                status=Status.REFRESHED,
+                attempts=response.attempts,
+                duration_ms=_ms(started, clock()),
+                http_status=response.http_status,
+            )
+            return _with_known(refreshed, info), None
+        finally:
+            pacer.release()  # a call that never got to send gives its slot back
+            scheduler.done()
 
 
 def _ms(start: float, end: float) -> int:

@@ -27,12 +27,11 @@ class InvalidKeyIdError(ValueError):
 
 def classify_key_id(value: object) -> tuple[KeyIdKind, str]:
     """Return the kind and canonical form of ``value``, or raise InvalidKeyIdError."""
-    if not isinstance(value, str) or len(value) > MAX_ID_LENGTH:
-        raise InvalidKeyIdError("key id must be a CCKM UUID or an OCI key OCID")
-    if _UUID.fullmatch(value):
-        return KeyIdKind.CCKM, value.lower()
-    if _OCID.fullmatch(value):
-        return KeyIdKind.OCID, value
+    if isinstance(value, str) and len(value) <= MAX_ID_LENGTH:
+        if _UUID.fullmatch(value):
+            return KeyIdKind.CCKM, value.lower()
+        if _OCID.fullmatch(value):
+            return KeyIdKind.OCID, value
     raise InvalidKeyIdError("key id must be a CCKM UUID or an OCI key OCID")
 
 

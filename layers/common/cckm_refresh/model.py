@@ -43,6 +43,10 @@ def _text(fields: Mapping[str, Any], name: str, where: str = "") -> str | None:
     raise MalformedKeyObjectError(f"the key object's {where}{name} is not a string")
 
 
+# Where a key lives: what ``location`` keeps and ``filled_from`` completes.
+LOCATION_FIELDS = ("oci_key_id", "display_name", "tenancy", "region", "vault_name")
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     """What CCKM says about one OCI key (from the list call or a refresh response)."""
@@ -59,11 +63,8 @@ class KeyInfo:
 
     @classmethod
     def from_ctm(cls, resource: Mapping[str, Any]) -> KeyInfo:
-        """Build from a CCKM key object (``GET``/``refresh``/list item).
-
-        Raises ``MalformedKeyObjectError`` (a ValueError) when it is not one: not an object,
-        no string ``id``, ``oci_params`` not an object, or a field read here not a string.
-        """
+        """Build from a CCKM key object (``GET``/``refresh``/list item), or raise
+        ``MalformedKeyObjectError`` (a ValueError) when it is not one."""
         if not isinstance(resource, Mapping):
             raise MalformedKeyObjectError("the key object is not a JSON object")
         key_id = resource.get("id")
@@ -88,26 +89,14 @@ class KeyInfo:
 
     def location(self) -> KeyInfo:
         """Where the key lives, without what only a refresh tells (state, version, time)."""
-        return KeyInfo(
-            key_id=self.key_id,
-            oci_key_id=self.oci_key_id,
-            display_name=self.display_name,
-            tenancy=self.tenancy,
-            region=self.region,
-            vault_name=self.vault_name,
-        )
+        return replace(self, lifecycle_state=None, current_key_version=None, refreshed_at=None)
 
     def filled_from(self, other: KeyInfo | None) -> KeyInfo:
         """This key, with where it lives taken from ``other`` where this one does not say."""
         if other is None:
             return self
         return replace(
-            self,
-            oci_key_id=self.oci_key_id or other.oci_key_id,
-            display_name=self.display_name or other.display_name,
-            tenancy=self.tenancy or other.tenancy,
-            region=self.region or other.region,
-            vault_name=self.vault_name or other.vault_name,
+            self, **{name: getattr(self, name) or getattr(other, name) for name in LOCATION_FIELDS}
         )
 
     @classmethod
@@ -115,14 +104,11 @@ class KeyInfo:
         """Build from one of our table items (a ``KEY`` item, or a run's ``RESULT`` item)."""
         return cls(
             key_id=str(item["key_id"]),
-            oci_key_id=item.get("oci_key_id"),
-            display_name=item.get("display_name"),
-            tenancy=item.get("tenancy"),
-            region=item.get("region"),
-            vault_name=item.get("vault_name"),
-            lifecycle_state=item.get("lifecycle_state"),
-            current_key_version=item.get("current_key_version"),
             refreshed_at=item.get("last_refreshed_at") or item.get("refreshed_at"),
+            **{
+                name: item.get(name)
+                for name in (*LOCATION_FIELDS, "lifecycle_state", "current_key_version")
+            },
         )
 
 

@@ -5,19 +5,17 @@ so attempts are spaced ``1 / (rate x headroom)`` apart: a call leaves on its slo
 OCI a few milliseconds early or late, and pacing exactly at OCI's limit turns that jitter into
 throttles (measured: 5.2 % of calls throttled at headroom 1.0, 1.3 % at 0.97, none at 0.95).
 
-A tenancy's slots are derived, never accumulated: the next one is one spacing after its
-latest attempt (or after a throttle's penalty), plus one spacing per call handed out and not
-yet sent (``reserve_by``). A call reserves only a slot it will leave on; a reservation given
-back (``release``) or claimed (``claim_by``) moves the schedule back or on by one spacing, so
-the schedule never runs ahead of real time by more than the calls really waiting. Calls
-claim the earliest slot, whichever they reserved: calls held up together (by a JWT being
-fetched) leave one spacing apart in whatever order their threads wake.
+Slots are derived, never accumulated: the next one is one spacing after the tenancy's latest
+attempt (or a throttle's penalty), plus one spacing per call handed out and not yet sent
+(``reserve_by``), so the schedule never runs ahead of real time by more than the calls really
+waiting. Calls take the earliest slot, whichever they reserved: calls held up together (by a
+JWT being fetched) leave one spacing apart in whatever order their threads wake.
 
 A ``TooManyRequests`` multiplies the tenancy's rate by ``decrease`` (never below ``min_rate``)
-and holds its next slot back one spacing; each answered call wins back ``recovery_step``,
-up to the configured rate (botocore's standard mode: additive increase, multiplicative
-decrease). A limiter lives in one container; the time of a tenancy's latest attempt crosses
-to its next invocation's container through the table (``seconds_since_sent``/``sent_ago``).
+and holds its next slot back one spacing; each answered call wins back ``recovery_step``, up
+to the configured rate (botocore's standard mode: additive increase, multiplicative
+decrease). The time of a tenancy's latest attempt crosses to its next invocation's container
+through the table (``seconds_since_sent``/``sent_ago``).
 """
 
 from __future__ import annotations
@@ -70,17 +68,15 @@ class TenancyRateLimiter:
     def _bucket(self, tenancy: str | None) -> _Bucket:
         name = tenancy or UNKNOWN_TENANCY
         with self._lock:
-            bucket = self._buckets.get(name)
-            if bucket is None:
-                bucket = self._buckets[name] = _Bucket(rate=self.max_rate)
-            return bucket
+            if name not in self._buckets:
+                self._buckets[name] = _Bucket(rate=self.max_rate)
+            return self._buckets[name]
 
     def _spacing(self, bucket: _Bucket) -> float:
-        """Seconds between two of the tenancy's attempts at its current rate."""
         return 1.0 / (bucket.rate * self.headroom)
 
     def _first_free(self, bucket: _Bucket) -> float:
-        """The earliest moment the tenancy's next attempt may leave (its first reserved slot)."""
+        """The earliest moment the tenancy's next attempt may leave."""
         spacing = self._spacing(bucket)
         return max(self.runtime.monotonic(), bucket.not_before, bucket.last_sent + spacing)
 
@@ -94,8 +90,8 @@ class TenancyRateLimiter:
             return self._after_reserved(bucket)
 
     def reserve_by(self, tenancy: str | None, latest_start: float) -> float | None:
-        """Reserve the slot of a call about to be handed out, if it opens by ``latest_start``;
-        its start. None (nothing reserved) when it would open later."""
+        """Reserve the slot of a call about to be handed out and return its start, if it
+        opens by ``latest_start``; else None, reserving nothing."""
         bucket = self._bucket(tenancy)
         with bucket.lock:
             start = self._after_reserved(bucket)
@@ -110,24 +106,14 @@ class TenancyRateLimiter:
         with bucket.lock:
             bucket.reserved = max(0, bucket.reserved - 1)
 
-    def claim_by(self, tenancy: str | None, latest_start: float) -> float | None:
-        """A reserved call's moment to leave (the earliest slot), recorded as the tenancy's
-        latest attempt; None when that is after ``latest_start`` (its reservation released)."""
+    def take_by(self, tenancy: str | None, latest_start: float, *, claim: bool) -> float | None:
+        """An attempt's moment to leave (the earliest slot; the calls reserved leave one
+        spacing later each), recorded as the tenancy's latest attempt; None, taking nothing,
+        when that is after ``latest_start``. ``claim``: the call's reservation is used up."""
         bucket = self._bucket(tenancy)
         with bucket.lock:
-            bucket.reserved = max(0, bucket.reserved - 1)
-            start = self._first_free(bucket)
-            if start > latest_start:
-                return None
-            bucket.last_sent = start
-            return start
-
-    def take_by(self, tenancy: str | None, latest_start: float) -> float | None:
-        """An attempt without a reservation (a retry): the earliest slot, as a claim takes it
-        (the calls reserved leave one spacing later each); None, taking nothing, when that is
-        after ``latest_start``."""
-        bucket = self._bucket(tenancy)
-        with bucket.lock:
+            if claim:
+                bucket.reserved = max(0, bucket.reserved - 1)
             start = self._first_free(bucket)
             if start > latest_start:
                 return None
@@ -153,7 +139,6 @@ class TenancyRateLimiter:
         return self._bucket(tenancy).rate
 
     def reserved(self, tenancy: str | None) -> int:
-        """Calls handed out with a slot and neither sent nor released yet."""
         return self._bucket(tenancy).reserved
 
     def seconds_since_sent(self, tenancy: str | None) -> float | None:
@@ -165,8 +150,7 @@ class TenancyRateLimiter:
             return max(0.0, self.runtime.monotonic() - bucket.last_sent)
 
     def sent_ago(self, tenancy: str | None, seconds: float) -> None:
-        """The tenancy's latest attempt left ``seconds`` ago elsewhere (the invocation that
-        worked on it before, in another container): its next one leaves one spacing after."""
+        """The tenancy's latest attempt left ``seconds`` ago, in another container."""
         bucket = self._bucket(tenancy)
         with bucket.lock:
             sent = self.runtime.monotonic() - max(0.0, seconds)
@@ -181,36 +165,32 @@ class TenancyRateLimiter:
         return TenancyPacer(self, tenancy, reserved)
 
 
+@dataclass
 class TenancyPacer:
     """The ``cckm_refresh.ctm.transport.Pacer`` of one key of one tenancy."""
 
-    def __init__(self, limiter: TenancyRateLimiter, tenancy: str | None, reserved: bool) -> None:
-        self._limiter = limiter
-        self._tenancy = tenancy
-        self._reserved = reserved
+    limiter: TenancyRateLimiter
+    tenancy: str | None
+    reserved: bool
 
     def wait(self, latest_start: Deadline) -> bool:
         """Wait for this attempt's slot if it opens by ``latest_start``; else return False at
-        once, without waiting (a reservation is given back)."""
-        limiter, reserved = self._limiter, self._reserved
-        self._reserved = False
-        if reserved:
-            start = limiter.claim_by(self._tenancy, latest_start.at)
-        else:
-            start = limiter.take_by(self._tenancy, latest_start.at)
+        once (a reservation is given back)."""
+        start = self.limiter.take_by(self.tenancy, latest_start.at, claim=self.reserved)
+        self.reserved = False
         if start is None:
             return False
-        limiter.runtime.sleep(start - limiter.runtime.monotonic())
+        self.limiter.runtime.sleep(start - self.limiter.runtime.monotonic())
         return True
 
     def release(self) -> None:
         """The call ends without having claimed its reservation: give it back."""
-        if self._reserved:
-            self._reserved = False
-            self._limiter.release(self._tenancy)
+        if self.reserved:
+            self.reserved = False
+            self.limiter.release(self.tenancy)
 
     def throttled(self) -> None:
-        self._limiter.throttled(self._tenancy)
+        self.limiter.throttled(self.tenancy)
 
     def answered(self) -> None:
-        self._limiter.answered(self._tenancy)
+        self.limiter.answered(self.tenancy)

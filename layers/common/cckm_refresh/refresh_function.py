@@ -15,7 +15,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from cckm_refresh.config import RefreshSettings
 from cckm_refresh.model import Status
 from cckm_refresh.observability import logger, metrics
-from cckm_refresh.run.report import Action, MessageVerdict, Rejection, RunReport
+from cckm_refresh.run.report import Action, Rejection, RunReport
 from cckm_refresh.run.service import RefreshService
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
 from cckm_refresh.table.items import ChunkTally
@@ -34,10 +34,6 @@ class RefreshFunction:
     runtime: Runtime = SYSTEM
     _timeout_checked: bool = field(default=False, init=False)
 
-    @property
-    def service(self) -> RefreshService:
-        return self.services()
-
     def handle(self, event: Any, context: Any) -> dict[str, Any]:
         """Dispatch one invocation event (docs/reference.md 4.2) and shape the response."""
         end = self._end_of(context)
@@ -47,7 +43,7 @@ class RefreshFunction:
             return self._sweep()
         delivery = single_delivery(event)
         logger.append_keys(source_id=delivery.source_id)
-        result = self.service.process(delivery, end)
+        result = self.services().process(delivery, end)
         _emit(result)
         return _response(result)
 
@@ -73,36 +69,36 @@ class RefreshFunction:
         Not Powertools' BatchProcessor: it hands records to a handler one at a time, and the
         point here is that all of them share one engine pass (and the tenancy's pace).
         """
-        records, late = self._startable(records, end)
+        late = self._too_late(records, end)
+        records = [r for r in records if r not in late]
         failures = [{"itemIdentifier": record["messageId"]} for record in late]
         deliveries = [sqs_delivery_of(record) for record in records]
-        results = self.service.process_batch(deliveries, end) if deliveries else []
+        results = self.services().process_batch(deliveries, end) if deliveries else []
         for record, result in zip(records, results, strict=True):
             _emit(result)
             if result.verdict.action is not Action.DONE:
                 failures.append({"itemIdentifier": record["messageId"]})
-                self._apply(record, result.verdict)
+            if result.verdict.action is Action.RETRY:
+                self._retry_later(record, result.verdict.delay)
         return {"batchItemFailures": failures}
 
-    def _startable(
-        self, records: list[dict[str, Any]], end: Deadline
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(the records to process, those SQS delivers again untouched, which counts as a
-        delivery). With too little time to start anything, only last deliveries are processed:
-        they give up on their keys (``DEADLINE``) so that none stays PENDING."""
+    def _too_late(self, records: list[dict[str, Any]], end: Deadline) -> list[dict[str, Any]]:
+        """The records SQS delivers again untouched (which counts as a delivery). With too
+        little time to start anything, only last deliveries are processed: they give up on
+        their keys (``DEADLINE``) so that none stays PENDING."""
         if end.remaining() >= self.settings.deadline_margin_seconds:
-            return records, []
+            return []
         last = self.settings.max_receive_count
         late = [r for r in records if sqs_delivery_of(r).receive_count < last]
         logger.warning(
             "too little time left to start; messages delivered again",
             extra={"messages": len(late)},
         )
-        return [r for r in records if r not in late], late
+        return late
 
     def _sweep(self) -> dict[str, Any]:
         """The sweep schedule: stuck runs found and their work queued again (``RunsStuck``)."""
-        report = self.service.sweep()
+        report = self.services().sweep()
         metrics.add_metric(name="RunsOpen", unit=MetricUnit.Count, value=report.open_runs)
         metrics.add_metric(name="RunsStuck", unit=MetricUnit.Count, value=len(report.stuck))
         return {
@@ -113,12 +109,10 @@ class RefreshFunction:
             "listings_queued": report.listings_queued,
         }
 
-    def _apply(self, record: dict[str, Any], verdict: MessageVerdict) -> None:
-        """A message that still owes keys comes back in ``verdict.delay`` seconds."""
-        if verdict.action is not Action.RETRY:
-            return
+    def _retry_later(self, record: dict[str, Any], delay: int) -> None:
+        """A message that still owes keys comes back in ``delay`` seconds."""
         queue_arn = str(record.get("eventSourceARN", ""))
-        moved = self.service.retry_later(queue_arn, record["receiptHandle"], verdict.delay)
+        moved = self.services().retry_later(queue_arn, record["receiptHandle"], delay)
         logger.info(
             "message will be delivered again",
             extra={"message_id": record["messageId"], "in_seconds": moved},

@@ -37,7 +37,6 @@ class RequestError(ValueError):
     def __init__(self, field_name: str, problem: str) -> None:
         super().__init__(f"{field_name}: {problem}")
         self.field = field_name
-        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -230,16 +229,10 @@ def continuation_message(
     run: RunFields, selector: Selector, resume: dict[str, Any], handoffs: int = 0
 ) -> dict[str, Any]:
     """The body that continues resolving ``selector`` for ``run`` where it stopped."""
-    filters = {"all": True} if selector.all_keys else dict(selector.filters)
+    filters = {"all": True} if selector.all_keys else selector.as_query()
     return _continuing(run, {"selector": filters, "resume": resume}, handoffs)
 
 
 def _continuing(run: RunFields, fields: dict[str, Any], handoffs: int) -> dict[str, Any]:
-    body: dict[str, Any] = {"run_id": run.run_id, **fields}
-    if handoffs:
-        body["handoffs"] = handoffs
-    if run.reason:
-        body["reason"] = run.reason
-    if run.dry_run:
-        body["dry_run"] = True
-    return body
+    optional = {"handoffs": handoffs, "reason": run.reason, "dry_run": run.dry_run}
+    return {"run_id": run.run_id, **fields, **{k: v for k, v in optional.items() if v}}

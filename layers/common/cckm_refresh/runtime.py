@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import TracebackType
@@ -128,9 +128,6 @@ class Deadline:
         """The instant ``margin`` seconds earlier."""
         return replace(self, at=self.at - margin)
 
-    def sooner(self, other: Deadline | None) -> Deadline:
-        return self if other is None or self.at <= other.at else other
-
 
 def map_concurrently(
     runtime: Runtime, work: Callable[[T], R], items: Sequence[T], workers: int, name: str
@@ -142,30 +139,21 @@ def map_concurrently(
     pending = iter(enumerate(items))
     lock = threading.Lock()
 
-    def next_item() -> tuple[int, T] | None:
-        with lock:
-            return next(pending, None)
-
     def worker() -> None:
-        while (picked := next_item()) is not None:
+        while True:
+            with lock:
+                picked = next(pending, None)
+            if picked is None:
+                return
             index, item = picked
             try:
                 results[index] = work(item)
             except BaseException as error:  # re-raised in the caller's thread
                 errors[index] = error
 
-    _run_threads(runtime, worker, min(workers, len(items)), name)
+    tasks = [runtime.start(worker, f"{name}-{i}") for i in range(min(workers, len(items)))]
+    for task in tasks:
+        task.join()
     if errors:
         raise errors[min(errors)]
     return results  # type: ignore[return-value]  # every slot was filled
-
-
-def run_threads(runtime: Runtime, target: Callable[[], None], count: int, name: str) -> None:
-    """Run ``count`` threads of ``target`` and wait for all of them; the first error is raised."""
-    map_concurrently(runtime, lambda _index: target(), range(count), count, name)
-
-
-def _run_threads(runtime: Runtime, target: Callable[[], None], count: int, name: str) -> None:
-    tasks: Iterable[Task] = [runtime.start(target, f"{name}-{i}") for i in range(count)]
-    for task in tasks:
-        task.join()

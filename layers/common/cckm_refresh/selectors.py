@@ -41,12 +41,9 @@ def value_problem(value: object) -> str | None:
 
 
 def resource_matches(filters: Mapping[str, str], resource: Mapping[str, Any]) -> bool:
-    """True when the CCKM key object satisfies every selector filter exactly.
-
-    CTM may ignore a filter it does not know, or match names by wildcard, so each key it
-    lists is checked here. A filter outside ``SELECTOR_FILTERS`` never matches (it cannot be
-    checked); no filters match every key (``{"all": true}``).
-    """
+    """True when the CCKM key object satisfies every selector filter exactly (CTM may ignore
+    a filter it does not know, or match names by wildcard). A filter outside
+    ``SELECTOR_FILTERS`` never matches; no filters match every key (``{"all": true}``)."""
     for name, wanted in filters.items():
         place = FILTER_FIELDS.get(name)
         if place is None:

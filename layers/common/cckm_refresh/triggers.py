@@ -64,51 +64,33 @@ def single_delivery(event: Any) -> Delivery:
     if not isinstance(event, dict):
         raise UnsupportedEventError
     if "detail-type" in event and "detail" in event:
-        event_id = str(event.get("id") or "unknown")
-        return Delivery(
-            trigger=Trigger.EVENT,
-            source_id=event_id,
-            default_run_id=run_name(f"event-{event_id}"),
-            document=event["detail"],
-            raw=_dump(event["detail"]),
-        )
-    if "scheduled_time" in event and "request" in event:
+        source_id = str(event.get("id") or "unknown")
+        trigger, run_id, document = Trigger.EVENT, f"event-{source_id}", event["detail"]
+    elif "scheduled_time" in event and "request" in event:
         scheduled = str(event["scheduled_time"])
-        execution_id = str(event.get("execution_id") or scheduled)
-        return Delivery(
-            trigger=Trigger.SCHEDULE,
-            source_id=execution_id,
-            default_run_id=run_name(f"schedule-{scheduled}"),
-            document=event["request"],
-            raw=_dump(event["request"]),
-        )
-    raise UnsupportedEventError
+        source_id = str(event.get("execution_id") or scheduled)
+        trigger, run_id, document = Trigger.SCHEDULE, f"schedule-{scheduled}", event["request"]
+    else:
+        raise UnsupportedEventError
+    return Delivery(trigger, source_id, run_name(run_id), document, raw=_dump(document))
 
 
 def sqs_delivery(
     message_id: str, body: str, receive_count: int, group: str | None = None
 ) -> Delivery:
     """The delivery of one SQS message; ``document`` is the raw body, decoded by the parser."""
-    return Delivery(
-        trigger=Trigger.SQS,
-        source_id=message_id,
-        default_run_id=run_name(f"sqs-{message_id}"),
-        document=body,
-        raw=body,
-        receive_count=receive_count,
-        group=group,
-    )
+    run_id = run_name(f"sqs-{message_id}")
+    return Delivery(Trigger.SQS, message_id, run_id, body, body, receive_count, group)
 
 
 def sqs_delivery_of(record: dict[str, Any]) -> Delivery:
     """The delivery of one record of a Lambda SQS event."""
     attributes = record.get("attributes") or {}
-    receive_count = int(attributes.get("ApproximateReceiveCount") or 1)
     group = attributes.get("MessageGroupId")
     return sqs_delivery(
         str(record["messageId"]),
         str(record.get("body") or ""),
-        receive_count,
+        int(attributes.get("ApproximateReceiveCount") or 1),
         str(group) if group else None,
     )
 

@@ -1,10 +1,6 @@
 """What every container builds the same way: settings read and validated at cold start, and
-AWS clients with one retry configuration. ``run.wiring`` and ``notify.wiring`` build each
-function's service from them (the refresh one is shared by the Lambda and the operator CLI).
-
-Nothing here runs at import: the functions call ``load_settings`` at cold start and build
-their service on the first invocation (``functools.cache`` in ``functions/*/app.py``), so
-importing a handler stays cheap.
+AWS clients with one retry configuration, from which ``run.wiring`` and ``notify.wiring``
+build each function's service. Nothing here runs at import, so importing a handler stays cheap.
 """
 
 from __future__ import annotations

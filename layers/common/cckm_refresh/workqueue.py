@@ -41,20 +41,14 @@ def group_id(name: str) -> str:
     return _GROUP_CHARS.sub("_", name)[:128] or "_"
 
 
+@dataclass
 class WorkQueue:
     """Sends messages that continue runs; copies rejected bodies to the dead-letter queue."""
 
-    def __init__(
-        self,
-        client: Any,
-        queue_url: str | None,
-        dead_letter_url: str | None,
-        tenancy_queue_url: str | None = None,
-    ) -> None:
-        self._sqs = client
-        self.queue_url = queue_url
-        self.dead_letter_url = dead_letter_url
-        self.tenancy_queue_url = tenancy_queue_url
+    sqs: Any  # a boto3 SQS client
+    queue_url: str | None
+    dead_letter_url: str | None
+    tenancy_queue_url: str | None = None
 
     @property
     def can_hand_on(self) -> bool:
@@ -78,7 +72,7 @@ class WorkQueue:
                     entry["MessageGroupId"] = group_id(message.group)
                     entry["MessageDeduplicationId"] = message.dedup_id[:128]
                 entries.append(entry)
-            response = self._sqs.send_message_batch(QueueUrl=url, Entries=entries)
+            response = self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
             if response.get("Failed"):
                 failed = [f.get("Code", "?") for f in response["Failed"]]
                 raise QueueSendError(f"SQS refused {len(failed)} messages: {failed[:3]}")
@@ -90,7 +84,7 @@ class WorkQueue:
         if not queue_url:
             return False
         try:
-            self._sqs.change_message_visibility(
+            self.sqs.change_message_visibility(
                 QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
             )
         except Exception:
@@ -109,16 +103,15 @@ class WorkQueue:
         """Copy a rejected message, unchanged, with an ``error`` attribute; False when unset."""
         if not self.dead_letter_url:
             return False
-        self._sqs.send_message(
+        self.sqs.send_message(
             QueueUrl=self.dead_letter_url,
             MessageBody=body or "(empty body)",
             MessageAttributes={
-                "error": {"DataType": "String", "StringValue": _attribute_text(error)}
+                # SQS refuses control characters and empty strings in attribute values.
+                "error": {
+                    "DataType": "String",
+                    "StringValue": printable(error, MAX_ATTRIBUTE) or "invalid",
+                }
             },
         )
         return True
-
-
-def _attribute_text(text: str) -> str:
-    """SQS refuses control characters in attribute values: keep the error readable and valid."""
-    return printable(text, MAX_ATTRIBUTE) or "invalid"
