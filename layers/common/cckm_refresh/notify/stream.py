@@ -37,14 +37,6 @@ class StreamNotifier:
         """The notifier of one invocation's stream batch; ``end`` is the invocation's."""
         return StreamBatch(self, end)
 
-    def notifications(self, record: DynamoDBRecord) -> list[Notification]:
-        """The notifications one stream record gives (none for most records)."""
-        change = record.dynamodb
-        if change is None:
-            return []
-        event_name = record.event_name.name if record.event_name else ""
-        return notifications_for(event_name, change.old_image, change.new_image, self.failed_keys)
-
 
 @dataclass
 class StreamBatch:
@@ -60,7 +52,12 @@ class StreamBatch:
         """Deliver the record's notifications to SNS; how many it gave. Raises when the
         record must be retried (SNS or the ledger failed); what was published before that
         is still mirrored."""
-        found = self.stream.notifications(record)
+        change = record.dynamodb
+        if change is None:
+            return 0
+        event_name = record.event_name.name if record.event_name else ""
+        old, new = change.old_image, change.new_image
+        found = notifications_for(event_name, old, new, self.stream.failed_keys)
         for notification in found:
             if self.stream.notifier.deliver(notification, self.end):
                 self.published.append(notification)
@@ -74,11 +71,11 @@ class StreamBatch:
         return self.stream.mirror.mirror(self.published, self.end)
 
 
+@dataclass(frozen=True)
 class RunDigest:
     """Reads a run's FAILED result items (the ``RUN_COMPLETED`` digest) from the table."""
 
-    def __init__(self, reader: TableReader) -> None:
-        self._reader = reader
+    reader: TableReader
 
     def failed_keys(self, run_id: str) -> FailedKeys:
         """The first 50 failed keys (``key_id``, ``display_name``, ``error_code``), how many
@@ -87,7 +84,7 @@ class RunDigest:
         keys: list[dict[str, str]] = []
         by_cause: Counter[tuple[str, str]] = Counter()
         fields = "key_id, display_name, error_code, tenancy"
-        for item in self._reader.results(run_id, status="FAILED", fields=fields):
+        for item in self.reader.results(run_id, status="FAILED", fields=fields):
             by_cause[(str(item.get("error_code", "")), str(item.get("tenancy") or "unknown"))] += 1
             if len(keys) < MAX_FAILED_KEYS:
                 keys.append(
