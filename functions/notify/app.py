@@ -19,7 +19,7 @@ from cckm_refresh.runtime import Deadline
 from cckm_refresh.wiring import load_settings
 
 if TYPE_CHECKING:  # built on the first invocation, with its clients
-    from cckm_refresh.notify import StreamNotifier
+    from cckm_refresh.notify.stream import StreamNotifier
 
 settings = load_settings(NotifySettings)  # at cold start: a bad variable fails here, in one line
 

@@ -5,7 +5,3 @@ sent; ``delivery`` publishes once; ``webhook`` mirrors to chat in the time left;
 ties them to a stream batch (SNS for every record first, then the webhook) for
 ``functions/notify/app.py``; ``wiring`` builds them with the container's clients.
 """
-
-from cckm_refresh.notify.stream import StreamNotifier
-
-__all__ = ["StreamNotifier"]

@@ -31,20 +31,15 @@ class NotificationLedger(TableClient):
     """The ledger of sent notifications in the results table (low-level DynamoDB client)."""
 
     def __init__(
-        self,
-        client: Any,
-        table_name: str,
-        retention_days: int,
-        runtime: Runtime = SYSTEM,
+        self, client: Any, table_name: str, retention_days: int, runtime: Runtime = SYSTEM
     ) -> None:
         super().__init__(client, table_name)
         self._retention = timedelta(days=retention_days)
         self._runtime = runtime
 
     def claim(self, dedupe_key: str, end: Deadline) -> Claim:
-        """Take the right to send ``dedupe_key`` until ``LEASE_MARGIN`` after ``end``
-        (the claiming invocation's deadline), unless it was sent, or another live invocation
-        is sending it."""
+        """Take the right to send ``dedupe_key`` until ``LEASE_MARGIN`` after ``end`` (the
+        invocation's deadline), unless it was sent or another live invocation is sending it."""
         now = datetime.fromtimestamp(self._runtime.time(), UTC)
         lease_until = now + timedelta(seconds=end.remaining() + LEASE_MARGIN)
         claim = {

@@ -29,7 +29,7 @@ SECRET_MAX_AGE = 300  # seconds Powertools caches the URL: a rotated one is pick
 
 
 class WebhookError(Exception):
-    """The webhook did not take the message. The message never contains the URL."""
+    """The webhook did not take the message (never quoting the URL)."""
 
 
 class WebhookUnavailable(WebhookError):
@@ -47,7 +47,7 @@ class WebhookTimedOut(WebhookUnavailable):
 
 
 class NoTimeLeft(WebhookError):
-    """Too little time was left before the deadline for a POST, so none was started."""
+    """Too little time was left before the deadline to start a POST."""
 
 
 def webhook_payload(notification: Notification) -> dict[str, Any]:
@@ -61,19 +61,15 @@ def webhook_payload(notification: Notification) -> dict[str, Any]:
     }
 
 
-def url_from_secret(secret_id: str) -> Callable[[], str]:
-    """A loader of the ``{"url": "https://..."}`` secret."""
+def url_from_secret(secret_id: str) -> str:
+    """The URL of the ``{"url": "https://..."}`` secret."""
+    from aws_lambda_powertools.utilities import parameters
 
-    def load() -> str:
-        from aws_lambda_powertools.utilities import parameters
-
-        secret = parameters.get_secret(secret_id, transform="json", max_age=SECRET_MAX_AGE)
-        url = secret.get("url") if isinstance(secret, dict) else None
-        if not isinstance(url, str) or not url:
-            raise WebhookError('the webhook secret has no "url" string')
-        return url
-
-    return load
+    secret = parameters.get_secret(secret_id, transform="json", max_age=SECRET_MAX_AGE)
+    url = secret.get("url") if isinstance(secret, dict) else None
+    if not isinstance(url, str) or not url:
+        raise WebhookError('the webhook secret has no "url" string')
+    return url
 
 
 @dataclass
