@@ -1,7 +1,5 @@
-"""Notify function entry point: the results table's stream to SNS and a chat webhook.
-
-The whole batch goes to SNS first; the webhook mirror gets only the time left after that.
-"""
+"""Notify function entry point: the results table's stream to SNS, then to a chat webhook in
+the time left."""
 
 import functools
 from typing import TYPE_CHECKING, Any

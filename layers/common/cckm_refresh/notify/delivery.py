@@ -1,7 +1,5 @@
-"""Getting a notification to SNS once: ledger claim, publish, ledger mark. The chat webhook is
-not here: it mirrors a batch after all of its SNS publishing (``webhook.WebhookMirror``), so it
-can neither delay nor repeat an SNS message.
-"""
+"""Getting a notification to SNS once: ledger claim, publish, ledger mark. The webhook mirrors
+a batch after all its SNS publishing, so it can neither delay nor repeat an SNS message."""
 
 from __future__ import annotations
 
@@ -51,9 +49,8 @@ class Notifier:
     count: Callable[[str], None] = lambda metric: None
 
     def deliver(self, notification: Notification, end: Deadline) -> bool:
-        """True when this call published it; False when it had been published already.
-        Raises when it must be retried (SNS failed, or another invocation holds it). ``end``
-        is the invocation's deadline, which the ledger's claim outlives by a margin."""
+        """True when this call published it, False when it was published before. Raises when
+        it must be retried (SNS failed, or another invocation holds it)."""
         context, key = notification.log_fields(), notification.dedupe_key
         claim = self.ledger.claim(key, end)
         if claim is Claim.SENT:
@@ -81,8 +78,7 @@ class Notifier:
 
 
 def _logged(action: Callable[[], None], failure: str, context: dict[str, str]) -> None:
-    """``action()``; its failure is logged as ``failure`` (by type, a message may quote
-    anything), not raised."""
+    """``action()``, its failure logged (by type: a message may quote anything), not raised."""
     try:
         action()
     except Exception as error:

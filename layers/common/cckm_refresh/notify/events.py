@@ -69,8 +69,7 @@ class FailureGroup:
 
 @dataclass(frozen=True)
 class FailedKeys:
-    """A run's first 50 failed keys, how many failed, and all of them counted by cause and
-    tenancy (largest first)."""
+    """A run's first 50 failed keys, how many failed, and all counted by cause and tenancy."""
 
     keys: tuple[Mapping[str, Any], ...] = ()
     count: int = 0
@@ -237,8 +236,7 @@ _KEY_FIELDS = (
 
 
 def _key_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Notification]:
-    """A rotation, a state change, or both: each when its field changes from a previous
-    non-empty value."""
+    """Each when its field changes from a previous non-empty value (docs/reference.md 6)."""
     key_id = str(new.get("key_id", ""))
     name = new.get("display_name") or key_id
     where = ", ".join(str(new[k]) for k in ("vault_name", "region") if new.get(k))
@@ -308,7 +306,6 @@ def subject(severity: Severity, text: str) -> str:
 
 
 def _printable(text: str) -> str:
-    # Names and error messages come from CTM and from pipelines: any character may be in them.
     return " ".join(printable(text, replacement=" ").split())
 
 
@@ -317,8 +314,7 @@ def _shorten(text: str, limit: int) -> str:
 
 
 def _tail(version: object) -> str:
-    """A short, distinguishing name of a key version for one-line summaries (the body carries
-    the full OCIDs)."""
+    """A key version's distinguishing tail, for a summary (the body has the whole OCID)."""
     text = str(version)
     part = version_part(text)
     if part is not None:

@@ -1,9 +1,8 @@
 """The chat webhook (Slack and Teams): one notification POSTed before a deadline (``Webhook``),
 and a stream batch's mirror behind a breaker that lasts one invocation (``WebhookMirror``).
 
-The URL is a secret (whoever holds it can post into the channel): no log line or exception
-message quotes it, nor requests' errors, which do. Retries are ours, not urllib3's ``Retry``:
-it knows no deadline (each attempt gets the full timeout; a 429's ``Retry-After`` sleeps 6 h).
+The URL is a secret (it lets anyone post into the channel): no log line or exception quotes
+it, nor requests' errors, which do. Retries are ours: urllib3's ``Retry`` knows no deadline.
 """
 
 from __future__ import annotations
@@ -33,15 +32,14 @@ class WebhookError(Exception):
 
 
 class WebhookUnavailable(WebhookError):
-    """5xx, 429 or a connection error with no retry left: the webhook is down or throttling,
-    and will be for the next message too."""
+    """5xx, 429 or a connection error with no retry left: down or throttling, for the next
+    message too."""
 
     skips_the_rest_because = "the webhook is unavailable"
 
 
 class WebhookTimedOut(WebhookUnavailable):
-    """An attempt got no answer within its timeout: the webhook may be hanging (not retried:
-    a retry would hang as long)."""
+    """No answer within the timeout: hanging, maybe (not retried: a retry would hang too)."""
 
     skips_the_rest_because = "the webhook timed out"
 
@@ -82,9 +80,8 @@ class Webhook:
     rng: Callable[[], float] = random.random
 
     def post(self, notification: Notification, deadline: Deadline) -> None:
-        """Deliver it before ``deadline``: each attempt waits at most 10 s or what is left;
-        5xx, 429 and connection errors are retried (capped backoff, full jitter) while a
-        retry fits. Raises one of the errors above when it was not delivered."""
+        """Each attempt waits at most 10 s or what is left; 5xx, 429 and connection errors are
+        retried (capped backoff, full jitter) while a retry fits. Raises ``WebhookError``s."""
         if deadline.remaining() < MIN_ATTEMPT_TIME:
             raise NoTimeLeft("no time left to post to the webhook")
         url = self.url_loader()
@@ -104,9 +101,8 @@ class Webhook:
         raise WebhookUnavailable(f"the webhook did not take the notification: {problem}")
 
     def _attempt(self, url: str, payload: dict[str, Any], deadline: Deadline) -> str | None:
-        """One POST: None when the webhook took it, else what went wrong when a retry may
-        help. Raises ``NoTimeLeft``, ``WebhookTimedOut``, and ``WebhookError`` for a refusal
-        (a 4xx other than 429 will not get better by asking again)."""
+        """None when the webhook took it, else what went wrong if a retry may help. A refusal
+        (a 4xx other than 429: asking again will not help) raises ``WebhookError``."""
         import requests
 
         timeout = min(WEBHOOK_TIMEOUT, deadline.remaining())
@@ -142,17 +138,15 @@ class MirrorReport:
 
 @dataclass(frozen=True)
 class WebhookMirror:
-    """Posts a batch's published notifications to the webhook in the time the invocation has
-    left; its outages and its slowness are logged and counted, never raised (failing a record
-    would make the stream publish it to SNS again)."""
+    """Its outages and slowness are logged and counted, never raised (failing a record would
+    make the stream publish it to SNS again)."""
 
     webhook: Webhook
     count: Callable[[str, int], None] = lambda metric, value: None
 
     def mirror(self, notifications: Sequence[Notification], end: Deadline) -> MirrorReport:
-        """Post each notification in turn until ``end`` (the invocation's) less the safety
-        margin. After a timeout, or retries spent on 5xx, 429 or connection errors, the rest
-        are skipped: the webhook is taken to be hanging or down for the rest of the batch."""
+        """Post each in turn until ``end`` (the invocation's) less the safety margin. After a
+        ``WebhookUnavailable`` the rest are skipped: the webhook is hanging or down."""
         deadline = end.before(SAFETY_MARGIN)
         posted = failed = 0
         skipped: Sequence[Notification] = ()
