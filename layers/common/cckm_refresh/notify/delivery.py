@@ -27,7 +27,7 @@ class SnsPublisher:
     topic_arn: str
 
     def publish(self, notification: Notification) -> str:
-        """Publish to the topic; SNS's message id."""
+        """SNS's message id."""
         response = self.client.publish(
             TopicArn=self.topic_arn,
             Subject=notification.subject,

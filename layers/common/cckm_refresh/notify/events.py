@@ -99,7 +99,6 @@ class Notification:
         }
 
     def log_fields(self) -> dict[str, str]:
-        """The fields every log line about it carries."""
         return {
             "event_type": str(self.event_type),
             "severity": str(self.severity),
