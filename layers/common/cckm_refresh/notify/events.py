@@ -158,23 +158,19 @@ _SUMMARY_EXTRAS = (("failed", "failed"), ("not_found", "not found"), ("rotated",
 
 
 def _run_completed(run: Mapping[str, Any], failed_keys: FailedKeysReader) -> Notification:
-    """ERROR when keys failed or the listing was incomplete, WARNING when keys were not
-    found (docs/reference.md 6). The summary adds the incomplete listing and the first hint."""
+    """The summary adds the incomplete listing and the first hint."""
     run_id = str(run.get("run_id", ""))
     counts = {name: _int(run.get(name)) for name in _COUNTS}
     failed = failed_keys(run_id) if counts["failed"] else FailedKeys()
     listing_error = run.get("listing_error")
-    if counts["failed"] or listing_error:
-        severity = Severity.ERROR
-    else:
-        severity = Severity.WARNING if counts["not_found"] else Severity.INFO
+    severity, headline = _run_verdict(counts, listing_error)
     caveats = [hint for group in failed.groups if (hint := group.hint())][:1]
     if isinstance(listing_error, Mapping):
         caveats.insert(0, f"the listing was incomplete: {listing_error.get('error_message', '')}")
     return _notification(
         EventType.RUN_COMPLETED,
         severity,
-        f"CCKM refresh run {run_id}: {_run_headline(counts, listing_error)}",
+        f"CCKM refresh run {run_id}: {headline}",
         "; ".join([_run_summary(run_id, counts, dry_run=bool(run.get("dry_run"))), *caveats]),
         about=run_id,
         details=_run_details(run, counts, failed),
@@ -211,15 +207,16 @@ def _run_summary(run_id: str, counts: Mapping[str, int], *, dry_run: bool) -> st
     return summary + "".join(f", {e}" for e in extras)
 
 
-def _run_headline(counts: Mapping[str, int], listing_error: object) -> str:
-    """The subject's few words: the failures if any, else what was refreshed."""
+def _run_verdict(counts: Mapping[str, int], listing_error: object) -> tuple[Severity, str]:
+    """The severity (docs/reference.md 6: ERROR when keys failed or the listing was incomplete,
+    WARNING when keys were not found) and the subject's few words that say why."""
     if counts["failed"]:
-        return f"{counts['failed']} of {counts['requested']} keys failed"
+        return Severity.ERROR, f"{counts['failed']} of {counts['requested']} keys failed"
     if listing_error:
-        return f"listing incomplete, {counts['refreshed']} keys refreshed"
+        return Severity.ERROR, f"listing incomplete, {counts['refreshed']} keys refreshed"
     if counts["not_found"]:
-        return f"{counts['not_found']} of {counts['requested']} keys not found"
-    return f"{counts['refreshed']} keys refreshed, {counts['rotated']} rotated"
+        return Severity.WARNING, f"{counts['not_found']} of {counts['requested']} keys not found"
+    return Severity.INFO, f"{counts['refreshed']} keys refreshed, {counts['rotated']} rotated"
 
 
 # A changed key's body fields, after its key_id.
