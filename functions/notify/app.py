@@ -1,7 +1,5 @@
-"""Notify function entry point: the results table's stream to SNS and a chat webhook.
-
-The whole batch goes to SNS first; the webhook mirror gets only the time left after that.
-"""
+"""Notify function entry point: the results table's stream to SNS, then to a chat webhook in
+the time left."""
 
 import functools
 from typing import TYPE_CHECKING, Any
@@ -19,7 +17,7 @@ from cckm_refresh.runtime import Deadline
 from cckm_refresh.wiring import load_settings
 
 if TYPE_CHECKING:  # built on the first invocation, with its clients
-    from cckm_refresh.notify import StreamNotifier
+    from cckm_refresh.notify.stream import StreamNotifier
 
 settings = load_settings(NotifySettings)  # at cold start: a bad variable fails here, in one line
 

@@ -1,11 +1,6 @@
 """Notifications: from the results table's stream to people (SNS, optional chat webhook).
 
-``events`` decides which records notify and what people read; ``ledger`` remembers what was
-sent; ``delivery`` publishes once; ``webhook`` mirrors to chat in the time left; ``stream``
-ties them to a stream batch (SNS for every record first, then the webhook) for
-``functions/notify/app.py``; ``wiring`` builds them with the container's clients.
+``events``: which records notify, and what people read; ``ledger``: what was sent;
+``delivery``: SNS once; ``webhook``: the chat mirror; ``stream``: a stream batch, for
+``functions/notify/app.py``; ``wiring``: built with the container's clients.
 """
-
-from cckm_refresh.notify.stream import StreamNotifier
-
-__all__ = ["StreamNotifier"]

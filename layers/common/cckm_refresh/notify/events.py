@@ -1,14 +1,12 @@
-"""Which table changes people hear about (docs/reference.md 6), and what they read.
-
-Pure functions of a stream record's images: no I/O except the failed-keys digest of a
-completed run, which the caller supplies as a function.
+"""Which table changes people hear about (docs/reference.md 6), and what they read: pure
+functions of a stream record's images (a completed run's failed keys come from the caller).
 """
 
 from __future__ import annotations
 
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -39,26 +37,6 @@ class Severity(StrEnum):
 
 ALARMING_STATES = frozenset({"PENDING_DELETION", "DISABLED"})
 
-
-@dataclass(frozen=True)
-class FailureGroup:
-    """The failed keys of a run that share a cause and a tenancy."""
-
-    error_code: str
-    tenancy: str
-    count: int
-
-    def hint(self) -> str | None:
-        """What an operator should look at for this cause, when it says something."""
-        advice = _HINTS.get(self.error_code)
-        return None if advice is None else advice.format(n=self.count, tenancy=self.tenancy)
-
-    def described(self) -> dict[str, Any]:
-        """The group in a completed run's body (``hint`` only when there is one)."""
-        fields = {"error_code": self.error_code, "tenancy": self.tenancy, "count": self.count}
-        return _present(fields | {"hint": self.hint()})
-
-
 # What a failure's error_code tells an operator to check (docs/reference.md 6).
 _HINTS = {
     "NotAuthorizedOrNotFound": (
@@ -77,9 +55,21 @@ _HINTS = {
 
 
 @dataclass(frozen=True)
+class FailureGroup:
+    """The failed keys of a run that share a cause and a tenancy."""
+
+    error_code: str
+    tenancy: str
+    count: int
+
+    def hint(self) -> str | None:
+        advice = _HINTS.get(self.error_code)
+        return None if advice is None else advice.format(n=self.count, tenancy=self.tenancy)
+
+
+@dataclass(frozen=True)
 class FailedKeys:
-    """The failed keys of a run: at most 50 of them, how many there were, and all of them
-    counted by cause and tenancy (largest first)."""
+    """A run's first 50 failed keys, how many failed, and all counted by cause and tenancy."""
 
     keys: tuple[Mapping[str, Any], ...] = ()
     count: int = 0
@@ -109,7 +99,6 @@ class Notification:
         }
 
     def log_fields(self) -> dict[str, str]:
-        """The fields every log line about it carries."""
         return {
             "event_type": str(self.event_type),
             "severity": str(self.severity),
@@ -143,47 +132,54 @@ def _became_completed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     return new.get("status") == completed and old.get("status") != completed
 
 
+def _notification(
+    event_type: EventType,
+    severity: Severity,
+    headline: str,
+    summary: str,
+    *,
+    about: str,
+    details: Mapping[str, Any],
+) -> Notification:
+    """Subject ``[SEVERITY] <headline>``, dedupe key ``<event type>#<about>``."""
+    return Notification(
+        event_type,
+        severity,
+        subject(severity, headline),
+        _shorten(_printable(summary), MAX_SUMMARY),
+        f"{event_type}#{about}",
+        details,
+    )
+
+
+_COUNTS = ("requested", *TALLY_FIELDS)
+# The counts a completed run's summary mentions after "x of y refreshed", when not zero.
+_SUMMARY_EXTRAS = (("failed", "failed"), ("not_found", "not found"), ("rotated", "rotated"))
+
+
 def _run_completed(run: Mapping[str, Any], failed_keys: FailedKeysReader) -> Notification:
+    """The summary adds the incomplete listing and the first hint."""
     run_id = str(run.get("run_id", ""))
     counts = {name: _int(run.get(name)) for name in _COUNTS}
     failed = failed_keys(run_id) if counts["failed"] else FailedKeys()
     listing_error = run.get("listing_error")
-    severity = _run_severity(counts, listing_error)
-    summary = _run_summary(run_id, counts, dry_run=bool(run.get("dry_run")))
-    return Notification(
-        event_type=EventType.RUN_COMPLETED,
-        severity=severity,
-        subject=subject(
-            severity, f"CCKM refresh run {run_id}: {_run_headline(counts, listing_error)}"
-        ),
-        summary=one_line("; ".join([summary, *_run_caveats(listing_error, failed)])),
-        dedupe_key=f"{EventType.RUN_COMPLETED}#{run_id}",
+    severity, headline = _run_verdict(counts, listing_error)
+    caveats = [hint for group in failed.groups if (hint := group.hint())][:1]
+    if isinstance(listing_error, Mapping):
+        caveats.insert(0, f"the listing was incomplete: {listing_error.get('error_message', '')}")
+    return _notification(
+        EventType.RUN_COMPLETED,
+        severity,
+        f"CCKM refresh run {run_id}: {headline}",
+        "; ".join([_run_summary(run_id, counts, dry_run=bool(run.get("dry_run"))), *caveats]),
+        about=run_id,
         details=_run_details(run, counts, failed),
     )
-
-
-def _run_severity(counts: Mapping[str, int], listing_error: object) -> Severity:
-    """ERROR when keys failed or the listing was incomplete, WARNING when keys were not
-    found (docs/reference.md 6)."""
-    if counts["failed"] or listing_error:
-        return Severity.ERROR
-    return Severity.WARNING if counts["not_found"] else Severity.INFO
-
-
-def _run_caveats(listing_error: object, failed: FailedKeys) -> list[str]:
-    """What a completed run's summary adds after its counts: that the listing was
-    incomplete, and the first hint its failures give."""
-    caveats: list[str] = []
-    if isinstance(listing_error, Mapping):
-        caveats.append(f"the listing was incomplete: {listing_error.get('error_message', '')}")
-    hints = [hint for group in failed.groups if (hint := group.hint())]
-    return caveats + hints[:1]
 
 
 def _run_details(
     run: Mapping[str, Any], counts: Mapping[str, int], failed: FailedKeys
 ) -> dict[str, Any]:
-    """A completed run's body fields: the run, its counts and its failed keys."""
     listing_error = run.get("listing_error")
     return _present(
         {
@@ -197,15 +193,10 @@ def _run_details(
             "finished_at": run.get("finished_at"),
             "failed_keys": [dict(k) for k in failed.keys],
             "failed_count": failed.count,
-            "failed_by_cause": [group.described() for group in failed.groups],
+            "failed_by_cause": [_present(asdict(g) | {"hint": g.hint()}) for g in failed.groups],
             "listing_error": dict(listing_error) if isinstance(listing_error, Mapping) else None,
         }
     )
-
-
-_COUNTS = ("requested", *TALLY_FIELDS)
-# The counts a completed run's summary mentions after "x of y refreshed", when not zero.
-_SUMMARY_EXTRAS = (("failed", "failed"), ("not_found", "not found"), ("rotated", "rotated"))
 
 
 def _run_summary(run_id: str, counts: Mapping[str, int], *, dry_run: bool) -> str:
@@ -216,101 +207,79 @@ def _run_summary(run_id: str, counts: Mapping[str, int], *, dry_run: bool) -> st
     return summary + "".join(f", {e}" for e in extras)
 
 
-def _run_headline(counts: Mapping[str, int], listing_error: object) -> str:
-    """The subject's few words: the failures if any, else what was refreshed."""
+def _run_verdict(counts: Mapping[str, int], listing_error: object) -> tuple[Severity, str]:
+    """The severity (docs/reference.md 6: ERROR when keys failed or the listing was incomplete,
+    WARNING when keys were not found) and the subject's few words that say why."""
     if counts["failed"]:
-        return f"{counts['failed']} of {counts['requested']} keys failed"
+        return Severity.ERROR, f"{counts['failed']} of {counts['requested']} keys failed"
     if listing_error:
-        return f"listing incomplete, {counts['refreshed']} keys refreshed"
+        return Severity.ERROR, f"listing incomplete, {counts['refreshed']} keys refreshed"
     if counts["not_found"]:
-        return f"{counts['not_found']} of {counts['requested']} keys not found"
-    return f"{counts['refreshed']} keys refreshed, {counts['rotated']} rotated"
+        return Severity.WARNING, f"{counts['not_found']} of {counts['requested']} keys not found"
+    return Severity.INFO, f"{counts['refreshed']} keys refreshed, {counts['rotated']} rotated"
 
 
-@dataclass(frozen=True)
-class _ChangedKey:
-    """How a changed key is named in notifications, and the body fields describing it."""
-
-    key_id: str
-    name: object
-    known_as: str
-    described: dict[str, Any]
-
-    @classmethod
-    def of(cls, item: Mapping[str, Any]) -> _ChangedKey:
-        key_id = str(item.get("key_id", ""))
-        name = item.get("display_name") or key_id
-        where = ", ".join(str(item[k]) for k in ("vault_name", "region") if item.get(k))
-        described = _present(
-            {
-                "key_id": key_id,
-                "oci_key_id": item.get("oci_key_id"),
-                "display_name": item.get("display_name"),
-                "tenancy": item.get("tenancy"),
-                "region": item.get("region"),
-                "vault_name": item.get("vault_name"),
-                "last_run_id": item.get("last_run_id"),
-                "updated_at": item.get("updated_at"),
-            }
-        )
-        known_as = f"{name} ({where})" if where else str(name)
-        return cls(key_id=key_id, name=name, known_as=known_as, described=described)
+# A changed key's body fields, after its key_id.
+_KEY_FIELDS = (
+    "oci_key_id",
+    "display_name",
+    "tenancy",
+    "region",
+    "vault_name",
+    "last_run_id",
+    "updated_at",
+)
 
 
 def _key_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Notification]:
-    key = _ChangedKey.of(new)
-    changes = (_key_rotated(key, old, new), _key_state_changed(key, old, new))
-    return [change for change in changes if change is not None]
+    """Each when its field changes from a previous non-empty value (docs/reference.md 6)."""
+    key_id = str(new.get("key_id", ""))
+    name = new.get("display_name") or key_id
+    where = ", ".join(str(new[k]) for k in ("vault_name", "region") if new.get(k))
+    known_as = f"{name} ({where})" if where else str(name)
+    key = _present({"key_id": key_id} | {f: new.get(f) for f in _KEY_FIELDS})
+    found = []
+    if changed := _change(old, new, "current_key_version"):
+        before, after = changed
+        found.append(
+            _notification(
+                EventType.KEY_ROTATED,
+                Severity.INFO,
+                f"OCI key {name} rotated",
+                f"OCI key {known_as} rotated: version {_tail(before)} -> {_tail(after)}",
+                about=f"{key_id}#{after}",
+                details=key | {"previous_key_version": before, "current_key_version": after},
+            )
+        )
+    if changed := _change(old, new, "lifecycle_state"):
+        before, after = changed
+        found.append(
+            _notification(
+                EventType.KEY_STATE_CHANGED,
+                Severity.ERROR if after in ALARMING_STATES else Severity.WARNING,
+                f"OCI key {name} is now {after}",
+                f"OCI key {known_as} changed state {before} -> {after}",
+                about=f"{key_id}#{before}>{after}#{new.get('updated_at', '')}",
+                details=key | {"previous_state": before, "lifecycle_state": after},
+            )
+        )
+    return found
 
 
-def _key_rotated(
-    key: _ChangedKey, old: Mapping[str, Any], new: Mapping[str, Any]
-) -> Notification | None:
-    before, after = old.get("current_key_version"), new.get("current_key_version")
-    if not (before and after and before != after):
-        return None
-    return Notification(
-        event_type=EventType.KEY_ROTATED,
-        severity=Severity.INFO,
-        subject=subject(Severity.INFO, f"OCI key {key.name} rotated"),
-        summary=one_line(
-            f"OCI key {key.known_as} rotated: version {_tail(before)} -> {_tail(after)}"
-        ),
-        dedupe_key=f"{EventType.KEY_ROTATED}#{key.key_id}#{after}",
-        details=key.described | {"previous_key_version": before, "current_key_version": after},
-    )
-
-
-def _key_state_changed(
-    key: _ChangedKey, old: Mapping[str, Any], new: Mapping[str, Any]
-) -> Notification | None:
-    before, after = old.get("lifecycle_state"), new.get("lifecycle_state")
-    if not (before and after and before != after):
-        return None
-    severity = Severity.ERROR if after in ALARMING_STATES else Severity.WARNING
-    return Notification(
-        event_type=EventType.KEY_STATE_CHANGED,
-        severity=severity,
-        subject=subject(severity, f"OCI key {key.name} is now {after}"),
-        summary=one_line(f"OCI key {key.known_as} changed state {before} -> {after}"),
-        dedupe_key=(
-            f"{EventType.KEY_STATE_CHANGED}#{key.key_id}#{before}>{after}"
-            f"#{new.get('updated_at', '')}"
-        ),
-        details=key.described | {"previous_state": before, "lifecycle_state": after},
-    )
+def _change(old: Mapping[str, Any], new: Mapping[str, Any], name: str) -> tuple[Any, Any] | None:
+    before, after = old.get(name), new.get(name)
+    return (before, after) if before and after and before != after else None
 
 
 def _rejected(item: Mapping[str, Any]) -> Notification:
-    pk = str(item.get("pk", ""))
-    source = pk.removeprefix(REJECTED_PREFIX)
+    source = str(item.get("pk", "")).removeprefix(REJECTED_PREFIX)
     error = str(item.get("error", ""))
-    return Notification(
-        event_type=EventType.REQUEST_REJECTED,
-        severity=Severity.ERROR,
-        subject=subject(Severity.ERROR, f"CCKM refresh request rejected: {error}"),
-        summary=one_line(f"Rejected request {source}: {error}"),
-        dedupe_key=f"{EventType.REQUEST_REJECTED}#{source}",
+    return _notification(
+        EventType.REQUEST_REJECTED,
+        Severity.ERROR,
+        f"CCKM refresh request rejected: {error}",
+        f"Rejected request {source}: {error}",
+        about=source,
         details=_present(
             {
                 "source_id": source,
@@ -332,13 +301,7 @@ def subject(severity: Severity, text: str) -> str:
     return _shorten(ascii_line, MAX_SUBJECT)
 
 
-def one_line(text: str) -> str:
-    """``text`` on one printable line of at most ``MAX_SUMMARY`` characters."""
-    return _shorten(_printable(text), MAX_SUMMARY)
-
-
 def _printable(text: str) -> str:
-    # Names and error messages come from CTM and from pipelines: any character may be in them.
     return " ".join(printable(text, replacement=" ").split())
 
 
@@ -347,8 +310,7 @@ def _shorten(text: str, limit: int) -> str:
 
 
 def _tail(version: object) -> str:
-    """A short, distinguishing name of a key version for one-line summaries (the body carries
-    the full OCIDs)."""
+    """A key version's distinguishing tail, for a summary (the body has the whole OCID)."""
     text = str(version)
     part = version_part(text)
     if part is not None:

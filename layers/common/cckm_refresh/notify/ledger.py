@@ -1,7 +1,6 @@
 """What has been sent: ``NOTIFIED#<dedupe key>`` items in the results table, each claimed with a
-conditional put before it is published, so that a retried stream batch publishes nothing twice
-(docs/architecture.md, "Notifications once"). Their ``item_type``, ``NOTIFICATION``, notifies no
-one: neither the stream filter nor ``notifications_for`` lets it through.
+conditional put before it is published (docs/architecture.md, "Notifications once"). Their
+``item_type``, ``NOTIFICATION``, passes neither the stream filter nor ``notifications_for``.
 """
 
 from __future__ import annotations
@@ -20,31 +19,24 @@ LEASE_MARGIN = 5.0
 
 
 class Claim(Enum):
-    """What a claim found."""
-
     CLAIMED = "CLAIMED"  # ours to send
     SENT = "SENT"  # published before: skip it
     IN_FLIGHT = "IN_FLIGHT"  # another invocation holds a live lease: try again later
 
 
 class NotificationLedger(TableClient):
-    """The ledger of sent notifications in the results table (low-level DynamoDB client)."""
+    """The ledger in the results table (through the low-level DynamoDB client)."""
 
     def __init__(
-        self,
-        client: Any,
-        table_name: str,
-        retention_days: int,
-        runtime: Runtime = SYSTEM,
+        self, client: Any, table_name: str, retention_days: int, runtime: Runtime = SYSTEM
     ) -> None:
         super().__init__(client, table_name)
         self._retention = timedelta(days=retention_days)
         self._runtime = runtime
 
     def claim(self, dedupe_key: str, end: Deadline) -> Claim:
-        """Take the right to send ``dedupe_key`` until ``LEASE_MARGIN`` after ``end``
-        (the claiming invocation's deadline), unless it was sent, or another live invocation
-        is sending it."""
+        """Take the right to send ``dedupe_key`` until ``LEASE_MARGIN`` after ``end`` (the
+        invocation's deadline), unless it was sent or another live invocation is sending it."""
         now = datetime.fromtimestamp(self._runtime.time(), UTC)
         lease_until = now + timedelta(seconds=end.remaining() + LEASE_MARGIN)
         claim = {

@@ -1,6 +1,5 @@
-"""A stream batch in, its notifications delivered before the invocation's deadline: SNS for
-every record first, then the webhook mirror in the time left (what the notify handler calls).
-"""
+"""A stream batch's notifications: SNS for every record first, then the webhook mirror in the
+time the invocation has left (what the notify handler calls)."""
 
 from __future__ import annotations
 
@@ -25,75 +24,62 @@ from cckm_refresh.table.reads import TableReader
 
 @dataclass(frozen=True)
 class StreamNotifier:
-    """Maps stream records to notifications, delivered exactly once to SNS and mirrored to
-    the webhook (when there is one). Lives as long as the container; ``batch`` gives each
-    invocation its own record of what it published."""
+    """What lives as long as the container; ``batch`` gives each invocation its own."""
 
     notifier: Notifier
     failed_keys: FailedKeysReader
     mirror: WebhookMirror | None = None
 
     def batch(self, end: Deadline) -> StreamBatch:
-        """The notifier of one invocation's stream batch; ``end`` is the invocation's."""
         return StreamBatch(self, end)
-
-    def notifications(self, record: DynamoDBRecord) -> list[Notification]:
-        """The notifications one stream record gives (none for most records)."""
-        change = record.dynamodb
-        if change is None:
-            return []
-        event_name = record.event_name.name if record.event_name else ""
-        return notifications_for(event_name, change.old_image, change.new_image, self.failed_keys)
 
 
 @dataclass
 class StreamBatch:
-    """One invocation: every record's notifications go to SNS as the record is handled
-    (``publish``); only then are those it published mirrored to the webhook (``mirror``),
-    in the time the invocation has left."""
+    """One invocation's batch, ``end`` its deadline: each record's notifications go to SNS as
+    the record is handled (``publish``), then those published to the webhook (``mirror``)."""
 
     stream: StreamNotifier
     end: Deadline
     published: list[Notification] = field(default_factory=list)
 
     def publish(self, record: DynamoDBRecord) -> int:
-        """Deliver the record's notifications to SNS; how many it gave. Raises when the
-        record must be retried (SNS or the ledger failed); what was published before that
-        is still mirrored."""
-        found = self.stream.notifications(record)
+        """How many notifications the record gave. Raises when it must be retried (SNS or the
+        ledger failed); what it published before that is still mirrored."""
+        change = record.dynamodb
+        if change is None:
+            return 0
+        event_name = record.event_name.name if record.event_name else ""
+        old, new = change.old_image, change.new_image
+        found = notifications_for(event_name, old, new, self.stream.failed_keys)
         for notification in found:
             if self.stream.notifier.deliver(notification, self.end):
                 self.published.append(notification)
         return len(found)
 
     def mirror(self) -> MirrorReport:
-        """Mirror what this batch published to the webhook before ``end``. Never raises: an
-        error here would make Lambda deliver the whole batch again."""
+        """Never raises: an error here would make Lambda deliver the whole batch again."""
         if self.stream.mirror is None or not self.published:
             return MirrorReport()
         return self.stream.mirror.mirror(self.published, self.end)
 
 
+@dataclass(frozen=True)
 class RunDigest:
     """Reads a run's FAILED result items (the ``RUN_COMPLETED`` digest) from the table."""
 
-    def __init__(self, reader: TableReader) -> None:
-        self._reader = reader
+    reader: TableReader
 
     def failed_keys(self, run_id: str) -> FailedKeys:
-        """The first 50 failed keys (``key_id``, ``display_name``, ``error_code``), how many
-        failed in all, and all of them counted by cause and tenancy, over every page of the
-        run's results (memory: 50 keys and one counter per cause and tenancy)."""
+        """Over every page of the run's results, in the memory of 50 keys and one counter per
+        cause and tenancy."""
         keys: list[dict[str, str]] = []
         by_cause: Counter[tuple[str, str]] = Counter()
-        fields = "key_id, display_name, error_code, tenancy"
-        for item in self._reader.results(run_id, status="FAILED", fields=fields):
+        listed = ("key_id", "display_name", "error_code")  # of each of the first 50
+        fields = ", ".join((*listed, "tenancy"))
+        for item in self.reader.results(run_id, status="FAILED", fields=fields):
             by_cause[(str(item.get("error_code", "")), str(item.get("tenancy") or "unknown"))] += 1
             if len(keys) < MAX_FAILED_KEYS:
-                keys.append(
-                    {n: str(item[n]) for n in ("key_id", "display_name", "error_code") if n in item}
-                )
-        groups = tuple(
-            FailureGroup(code, tenancy, n) for (code, tenancy), n in by_cause.most_common()
-        )
-        return FailedKeys(tuple(keys), by_cause.total(), groups)
+                keys.append({n: str(item[n]) for n in listed if n in item})
+        groups = [FailureGroup(*cause, n) for cause, n in by_cause.most_common()]
+        return FailedKeys(tuple(keys), by_cause.total(), tuple(groups))

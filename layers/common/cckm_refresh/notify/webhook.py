@@ -1,10 +1,8 @@
 """The chat webhook (Slack and Teams): one notification POSTed before a deadline (``Webhook``),
 and a stream batch's mirror behind a breaker that lasts one invocation (``WebhookMirror``).
 
-The URL is a secret (whoever holds it can post into the channel): no log line or exception
-message quotes it, nor requests' errors, which do. Retries are ours, not urllib3's ``Retry``:
-it gives every attempt the first one's timeout whatever is left, knows no deadline, and sleeps
-on the wall clock (a 429's ``Retry-After`` up to 6 h), below where a test can see.
+The URL is a secret (it lets anyone post into the channel): no log line or exception quotes
+it, nor requests' errors, which do. Retries are ours: urllib3's ``Retry`` knows no deadline.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlsplit
 
 from cckm_refresh import backoff
@@ -26,23 +24,28 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 4.0
 MIN_ATTEMPT_TIME = 1.0  # a POST that would get less than this is not started
 SAFETY_MARGIN = 3.0  # seconds of the invocation the webhook never gets (metrics, the response)
+SECRET_MAX_AGE = 300  # seconds Powertools caches the URL: a rotated one is picked up by then
 
 
 class WebhookError(Exception):
-    """The webhook did not take the message. The message never contains the URL."""
+    """The webhook did not take the message (never quoting the URL)."""
 
 
 class WebhookUnavailable(WebhookError):
-    """The last attempt got 5xx, 429 or a connection error and no retry is left: the
-    webhook is down or throttling, and will be for the next message too."""
+    """5xx, 429 or a connection error with no retry left: down or throttling, for the next
+    message too."""
+
+    skips_the_rest_because = "the webhook is unavailable"
 
 
 class WebhookTimedOut(WebhookUnavailable):
-    """An attempt got no answer within its timeout: the webhook may be hanging."""
+    """No answer within the timeout: hanging, maybe (not retried: a retry would hang too)."""
+
+    skips_the_rest_because = "the webhook timed out"
 
 
 class NoTimeLeft(WebhookError):
-    """Too little time was left before the deadline for a POST, so none was started."""
+    """Too little time was left before the deadline to start a POST."""
 
 
 def webhook_payload(notification: Notification) -> dict[str, Any]:
@@ -56,20 +59,15 @@ def webhook_payload(notification: Notification) -> dict[str, Any]:
     }
 
 
-def url_from_secret(secret_id: str, max_age: int = 300) -> Callable[[], str]:
-    """A loader of the ``{"url": "https://..."}`` secret, cached by Powertools for
-    ``max_age`` seconds (a rotated URL is picked up within that time)."""
+def url_from_secret(secret_id: str) -> str:
+    """The URL of the ``{"url": "https://..."}`` secret."""
+    from aws_lambda_powertools.utilities import parameters
 
-    def load() -> str:
-        from aws_lambda_powertools.utilities import parameters
-
-        secret = parameters.get_secret(secret_id, transform="json", max_age=max_age)
-        url = secret.get("url") if isinstance(secret, dict) else None
-        if not isinstance(url, str) or not url:
-            raise WebhookError('the webhook secret has no "url" string')
-        return url
-
-    return load
+    secret = parameters.get_secret(secret_id, transform="json", max_age=SECRET_MAX_AGE)
+    url = secret.get("url") if isinstance(secret, dict) else None
+    if not isinstance(url, str) or not url:
+        raise WebhookError('the webhook secret has no "url" string')
+    return url
 
 
 @dataclass
@@ -80,75 +78,53 @@ class Webhook:
     session: Any  # requests.Session
     runtime: Runtime = SYSTEM
     rng: Callable[[], float] = random.random
-    attempts: int = WEBHOOK_ATTEMPTS
 
     def post(self, notification: Notification, deadline: Deadline) -> None:
-        """Deliver it before ``deadline``: each attempt waits at most 10 s or what is left;
-        5xx, 429 and connection errors are retried (capped backoff, full jitter) while a
-        retry fits. Raises ``NoTimeLeft`` when no attempt could start, ``WebhookTimedOut``
-        when one got no answer in time (not retried: a hanging webhook would hold a retry as
-        long), ``WebhookUnavailable`` when the retryable failures outlasted the retries,
-        ``WebhookError`` for any other failure; never quoting the URL."""
+        """Each attempt waits at most 10 s or what is left; 5xx, 429 and connection errors are
+        retried (capped backoff, full jitter) while a retry fits. Raises ``WebhookError``s."""
         if deadline.remaining() < MIN_ATTEMPT_TIME:
             raise NoTimeLeft("no time left to post to the webhook")
         url = self.url_loader()
         if urlsplit(url).scheme != "https":
             raise WebhookError("the webhook URL must start with https://")
         payload = webhook_payload(notification)
-        problem, retryable = "no attempt made", False
-        for attempt in range(1, self.attempts + 1):
-            refusal = self._attempt(url, payload, deadline)
-            if refusal is None:
+        for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+            if (problem := self._attempt(url, payload, deadline)) is None:
                 return
-            problem, retryable = refusal
-            if not retryable:
-                break  # a 4xx other than 429 will not get better by asking again
-            if attempt < self.attempts and not self._waited_to_retry(attempt, deadline):
+            if attempt == WEBHOOK_ATTEMPTS:
+                break
+            pause = backoff.full_jitter(attempt, BACKOFF_BASE, BACKOFF_CAP, self.rng)
+            if deadline.remaining() - pause < MIN_ATTEMPT_TIME:
                 problem += ", no time left to retry"
                 break
-        failure = WebhookUnavailable if retryable else WebhookError
-        raise failure(f"the webhook did not take the notification: {problem}")
+            self.runtime.sleep(pause)
+        raise WebhookUnavailable(f"the webhook did not take the notification: {problem}")
 
-    def _attempt(self, url: str, payload: dict[str, Any], deadline: Deadline) -> _Refusal | None:
-        """One POST: None when the webhook took it, else what went wrong and whether a retry
-        may help. Raises ``NoTimeLeft`` and ``WebhookTimedOut`` as ``post`` does."""
+    def _attempt(self, url: str, payload: dict[str, Any], deadline: Deadline) -> str | None:
+        """None when the webhook took it, else what went wrong if a retry may help. A refusal
+        (a 4xx other than 429: asking again will not help) raises ``WebhookError``."""
         import requests
 
         timeout = min(WEBHOOK_TIMEOUT, deadline.remaining())
         if timeout < MIN_ATTEMPT_TIME:  # loading the secret took what was left
             raise NoTimeLeft("no time left to post to the webhook")
-        timed_out = False
         try:
             # verify=True explicitly: TLS is never switched off for a URL from a secret.
             response = self.session.post(
                 url, json=payload, timeout=timeout, verify=True, allow_redirects=False
             )
         except requests.Timeout:
-            timed_out = True
+            response = None
         except requests.RequestException as error:
-            return _Refusal(type(error).__name__, True)  # never str(error): it quotes the URL
-        if timed_out:  # raised out here, so requests' error is not its context
+            return type(error).__name__  # never str(error): it quotes the URL
+        if response is None:  # raised out here, so requests' error is not its context
             raise WebhookTimedOut(f"the webhook did not answer within {timeout:.1f} s")
-        if response.status_code < 300:
-            return None
         status = response.status_code
-        return _Refusal(f"HTTP {status}", status == 429 or status >= 500)
-
-    def _waited_to_retry(self, attempt: int, deadline: Deadline) -> bool:
-        """Sleep the back-off before the next attempt; False, without sleeping, when the
-        attempt after it would not fit before ``deadline``."""
-        pause = backoff.full_jitter(attempt, BACKOFF_BASE, BACKOFF_CAP, self.rng)
-        if deadline.remaining() - pause < MIN_ATTEMPT_TIME:
-            return False
-        self.runtime.sleep(pause)
-        return True
-
-
-class _Refusal(NamedTuple):
-    """Why one attempt did not deliver, and whether asking again may help."""
-
-    problem: str
-    retryable: bool
+        if status < 300:
+            return None
+        if status == 429 or status >= 500:
+            return f"HTTP {status}"
+        raise WebhookError(f"the webhook did not take the notification: HTTP {status}")
 
 
 @dataclass(frozen=True)
@@ -160,64 +136,46 @@ class MirrorReport:
     skipped: int = 0
 
 
+@dataclass(frozen=True)
 class WebhookMirror:
-    """Posts a batch's published notifications to the webhook in the time the invocation has
-    left; its outages and its slowness are logged and counted, never raised (failing a record
-    would make the stream publish it to SNS again)."""
+    """Its outages and slowness are logged and counted, never raised (failing a record would
+    make the stream publish it to SNS again)."""
 
-    def __init__(
-        self,
-        webhook: Webhook,
-        count: Callable[[str, int], None] = lambda metric, value: None,
-        margin: float = SAFETY_MARGIN,
-    ) -> None:
-        self._webhook = webhook
-        self._count = count
-        self._margin = margin
+    webhook: Webhook
+    count: Callable[[str, int], None] = lambda metric, value: None
 
     def mirror(self, notifications: Sequence[Notification], end: Deadline) -> MirrorReport:
-        """Post each notification in turn until ``end`` (the invocation's) less the safety
-        margin. After a timeout, or retries spent on 5xx, 429 or connection errors, the rest
-        are skipped: the webhook is taken to be hanging or down for the rest of the batch."""
-        deadline = end.before(self._margin)
+        """Post each in turn until ``end`` (the invocation's) less the safety margin. After a
+        ``WebhookUnavailable`` the rest are skipped: the webhook is hanging or down."""
+        deadline = end.before(SAFETY_MARGIN)
         posted = failed = 0
         skipped: Sequence[Notification] = ()
-        reason = ""
         for index, notification in enumerate(notifications):
             try:
-                self._webhook.post(notification, deadline)
+                self.webhook.post(notification, deadline)
             except NoTimeLeft:
                 skipped, reason = notifications[index:], "no time left in the invocation"
                 break
             except Exception as error:
                 failed += 1
-                _log_failure(notification, error)
+                # Only our own messages are safe to log: anything else may quote the URL.
+                why = str(error) if isinstance(error, WebhookError) else type(error).__name__
+                logger.warning(
+                    "webhook mirror failed", extra=notification.log_fields() | {"reason": why}
+                )
                 if isinstance(error, WebhookUnavailable):
-                    skipped = notifications[index + 1 :]
-                    reason = (
-                        "the webhook timed out"
-                        if isinstance(error, WebhookTimedOut)
-                        else "the webhook is unavailable"
-                    )
+                    skipped, reason = notifications[index + 1 :], error.skips_the_rest_because
                     break
             else:
                 posted += 1
         if failed:
-            self._count("WebhookFailures", failed)
+            self.count("WebhookFailures", failed)
         if skipped:
-            self._count("WebhookSkipped", len(skipped))
-            logger.warning(
-                "webhook mirrors skipped",
-                extra={
-                    "reason": reason,
-                    "skipped": len(skipped),
-                    "dedupe_keys": [n.dedupe_key for n in skipped],
-                },
-            )
+            self._skipped(skipped, reason)
         return MirrorReport(posted, failed, len(skipped))
 
-
-def _log_failure(notification: Notification, error: Exception) -> None:
-    # Only our own messages are safe to log: anything else may quote the URL.
-    reason = str(error) if isinstance(error, WebhookError) else type(error).__name__
-    logger.warning("webhook mirror failed", extra=notification.log_fields() | {"reason": reason})
+    def _skipped(self, skipped: Sequence[Notification], reason: str) -> None:
+        self.count("WebhookSkipped", len(skipped))
+        keys = [n.dedupe_key for n in skipped]
+        extra = {"reason": reason, "skipped": len(skipped), "dedupe_keys": keys}
+        logger.warning("webhook mirrors skipped", extra=extra)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from cckm_refresh.config import NotifySettings
 from cckm_refresh.notify.delivery import Notifier, SnsPublisher
 from cckm_refresh.notify.ledger import NotificationLedger
@@ -16,21 +18,15 @@ def stream_notifier(settings: NotifySettings) -> StreamNotifier:
     """The notifier with this container's AWS clients (and webhook, when configured)."""
     dynamodb = aws_client("dynamodb")
     mirror = None
-    if settings.webhook_secret_id:
+    if secret_id := settings.webhook_secret_id:
         import requests  # only containers with a webhook pay for importing it
 
-        mirror = WebhookMirror(
-            Webhook(url_from_secret(settings.webhook_secret_id), requests.Session()),
-            count=count_metric,
-        )
-    notifier = Notifier(
-        NotificationLedger(dynamodb, settings.results_table, settings.result_retention_days),
-        SnsPublisher(aws_client("sns"), settings.topic_arn),
-        count=count_metric,
-    )
-    return StreamNotifier(
-        notifier, RunDigest(TableReader(dynamodb, settings.results_table)).failed_keys, mirror
-    )
+        webhook = Webhook(functools.partial(url_from_secret, secret_id), requests.Session())
+        mirror = WebhookMirror(webhook, count=count_metric)
+    ledger = NotificationLedger(dynamodb, settings.results_table, settings.result_retention_days)
+    notifier = Notifier(ledger, SnsPublisher(aws_client("sns"), settings.topic_arn), count_metric)
+    digest = RunDigest(TableReader(dynamodb, settings.results_table))
+    return StreamNotifier(notifier, digest.failed_keys, mirror)
 
 
 def count_metric(name: str, value: int = 1) -> None:
