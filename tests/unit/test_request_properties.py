@@ -19,9 +19,10 @@ import requests
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from cckm_refresh.ctm.auth import Bearer
 from cckm_refresh.ctm.client import KEYS_PATH, CtmClient
 from cckm_refresh.ctm.errors import RetryPolicy
-from cckm_refresh.ctm.transport import UNPACED, Bearer, Transport
+from cckm_refresh.ctm.transport import UNPACED, Transport
 from cckm_refresh.request import (
     REQUEST_FIELDS,
     SELECTOR_FIELDS,

@@ -20,7 +20,6 @@ from cckm_refresh.ctm.errors import (
     CtmTokenExpiredError,
     register_secret,
 )
-from cckm_refresh.ctm.transport import Bearer
 from cckm_refresh.observability import logger
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
 
@@ -82,6 +81,14 @@ def jwt_claims(jwt: str) -> dict[str, Any]:
     except (binascii.Error, ValueError):
         return {}
     return claims if isinstance(claims, dict) else {}
+
+
+@dataclass(frozen=True, repr=False)
+class Bearer:
+    """A JWT and its generation: tokens obtained later by the same source have larger ones."""
+
+    jwt: str
+    generation: int
 
 
 class TokenSource:

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -23,6 +23,7 @@ import urllib3
 from requests.adapters import BaseAdapter, HTTPAdapter
 from urllib3.util import Timeout
 
+from cckm_refresh.ctm.auth import Bearer, TokenSource
 from cckm_refresh.ctm.errors import (
     CtmAuthError,
     CtmConnectionError,
@@ -41,9 +42,6 @@ from cckm_refresh.ctm.errors import (
 )
 from cckm_refresh.observability import logger
 from cckm_refresh.runtime import SYSTEM, Deadline, Runtime
-
-if TYPE_CHECKING:
-    from cckm_refresh.ctm.auth import TokenSource  # where attempts get their JWT
 
 USER_AGENT = "cckm-oci-refresh/0.1.0"  # keep in step with pyproject.toml
 MAX_CONNECT_TIMEOUT = 5.0  # connecting is quick or not happening; the rest is CTM's answer
@@ -79,14 +77,6 @@ class Unpaced:
 
 
 UNPACED = Unpaced()
-
-
-@dataclass(frozen=True, repr=False)
-class Bearer:
-    """A JWT and its generation: tokens obtained later by the same source have larger ones."""
-
-    jwt: str
-    generation: int
 
 
 @dataclass(frozen=True)
