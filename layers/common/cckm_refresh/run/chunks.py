@@ -62,12 +62,6 @@ class ChunkJob:
         """The tenancy queue's message group it came in: its pacing group, handed on."""
         return self.delivery.group if self.delivery is not None else None
 
-    def latencies_ms(self) -> tuple[int, ...]:
-        """How long each of its keys' refresh calls took (this delivery's, once each)."""
-        return tuple(
-            r.outcome.duration_ms for r in self.recorded if r.outcome.status is Status.REFRESHED
-        )
-
     def tally(self) -> ChunkTally:
         tally = ChunkTally()
         for status, rotated in self.final.values():
@@ -166,10 +160,20 @@ class ChunkWorker:
         """``items`` less those of last deliveries, which fail (``DEADLINE``) untried."""
         kept = []
         for item in items:
-            if item.context.last_chance:
-                self._give_up(item, why)
-            else:
+            job: ChunkJob = item.context
+            if not job.last_chance:
                 kept.append(item)
+                continue
+            outcome = RefreshOutcome(
+                KeyInfo(item.key_id),
+                Status.FAILED,
+                error_code="DEADLINE",
+                error_message=why,
+                recorded_at=iso_now(self.runtime),
+            )
+            with job.lock:
+                job.gave_up += 1
+            self._record(item, described(outcome, item.known))
         return kept
 
     def report(self, job: ChunkJob, throttled: int = 0) -> RunReport:
@@ -206,7 +210,6 @@ class ChunkWorker:
             gave_up=job.gave_up,
             counts=job.completed,
             completed_now=job.completed is not None,
-            latencies_ms=job.latencies_ms(),
             verdict=verdict,
         )
 
@@ -259,8 +262,17 @@ class ChunkWorker:
         """Record one outcome as soon as it is known (in the engine's worker thread)."""
         job: ChunkJob = item.context
         if outcome.status is Status.PENDING and job.last_chance:
+            # A transient failure on the last delivery: FAILED, saying why.
             deliveries = job.handoffs + (job.delivery.receive_count if job.delivery else 1)
-            outcome = given_up(outcome, deliveries, iso_now(self.runtime))
+            why = (
+                f"transient errors outlasted {deliveries} deliveries: {outcome.error_message or ''}"
+            )
+            outcome = replace(
+                outcome,
+                status=Status.FAILED,
+                error_message=why.strip(": "),
+                recorded_at=outcome.recorded_at or iso_now(self.runtime),
+            )
             with job.lock:
                 job.gave_up += 1
         recorded = self.store.record(job.run, outcome, item.known)
@@ -274,20 +286,6 @@ class ChunkWorker:
                 job.final[item.key_id] = (outcome.status, recorded.version_changed)
                 job.pending.pop(item.key_id, None)
                 job.recorded.append(recorded)
-
-    def _give_up(self, item: WorkItem, message: str) -> None:
-        """The last delivery out of time: the key fails with ``DEADLINE``, untried."""
-        job: ChunkJob = item.context
-        outcome = RefreshOutcome(
-            KeyInfo(item.key_id),
-            Status.FAILED,
-            error_code="DEADLINE",
-            error_message=message,
-            recorded_at=iso_now(self.runtime),
-        )
-        with job.lock:
-            job.gave_up += 1
-        self._record(item, described(outcome, item.known))
 
     def _settle(self, job: ChunkJob) -> None:
         """After the pass: learn what lost races became, close a finished chunk, complete;
@@ -326,15 +324,3 @@ def _final(item: Mapping[str, Any] | None) -> tuple[Status, bool] | None:
     if item is None or status is None or status is Status.PENDING:
         return None
     return status, bool(item.get("version_changed"))
-
-
-def given_up(outcome: RefreshOutcome, deliveries: int, now: str) -> RefreshOutcome:
-    """A transient failure on the last delivery: ``FAILED``, saying why."""
-    return replace(
-        outcome,
-        status=Status.FAILED,
-        error_message=(
-            f"transient errors outlasted {deliveries} deliveries: {outcome.error_message or ''}"
-        ).strip(": "),
-        recorded_at=outcome.recorded_at or now,
-    )

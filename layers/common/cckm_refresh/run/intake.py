@@ -65,7 +65,7 @@ class Intake:
         settled = self._record_settled(run, resolution, router)
         handed_on = self._continue(run, request, resolution)
         router.refresh_kept()
-        if resolution.finished and not self.store.finish_resolution(
+        if resolution.resume is None and not self.store.finish_resolution(
             run.run_id, segment_of(request.resume)
         ):
             logger.info("another delivery owns this run's resolution; it finishes it")
@@ -243,7 +243,6 @@ class Intake:
             gave_up=gave_up,
             counts=completed,
             completed_now=completed is not None,
-            latencies_ms=tuple(router.latencies_ms),
             verdict=_verdict(delivery, pending, gave_up),
         )
 
@@ -274,7 +273,6 @@ class ChunkRouter:
     jobs: list[ChunkJob] = field(default_factory=list, init=False)  # refreshed in place
     requeued: int = field(default=0, init=False)  # keys they owed, queued again
     throttled: int = field(default=0, init=False)
-    latencies_ms: list[int] = field(default_factory=list, init=False)
     recorded: list[RecordedResult] = field(default_factory=list, init=False)
     fanning: bool = field(init=False)
     _decided: bool = field(init=False)
@@ -294,7 +292,8 @@ class ChunkRouter:
         if not entries:
             return
         keys = tuple(entry.key_id for entry in entries)
-        job = ChunkJob(run, chunk.chunk_id, keys, None, chunk.tenancy)
+        last = last_chance(self.delivery, 0, self.settings.max_receive_count)
+        job = ChunkJob(run, chunk.chunk_id, keys, None, chunk.tenancy, last_chance=last)
         self._keys += len(entries)
         limit = self.settings.fanout_chunk_size
         if not self._decided and self._keys > limit:
@@ -314,12 +313,9 @@ class ChunkRouter:
         if not self._kept:
             return
         jobs, self._kept = self._kept, []
-        for job in jobs:
-            job.last_chance = last_chance(self.delivery, 0, self.settings.max_receive_count)
         this_pass = self.worker.work(jobs, self.end)
         self.throttled += this_pass.throttled
         for job in jobs:
-            self.latencies_ms += job.latencies_ms()
             self.recorded += job.recorded
             owed = len(job.pending) + len(job.leftovers)
             if self.delivery.trigger is not Trigger.SQS and owed and self.queue.can_hand_on:

@@ -64,7 +64,6 @@ class RunReport:
     counts: RunCounts | None = None  # the run's counts once it has completed
     completed_now: bool = False  # this delivery completed the run
     listing_error: tuple[str, str] | None = None  # (error_code, message): the listing failed
-    latencies_ms: tuple[int, ...] = ()
     verdict: MessageVerdict = DONE
 
     @property
@@ -77,6 +76,13 @@ class RunReport:
     @property
     def rotated(self) -> int:
         return sum(1 for r in self.recorded if r.version_changed)
+
+    @property
+    def latencies_ms(self) -> tuple[int, ...]:
+        """How long each refresh call recorded here took (this delivery's, once each)."""
+        return tuple(
+            r.outcome.duration_ms for r in self.recorded if r.outcome.status is Status.REFRESHED
+        )
 
     @classmethod
     def replay(cls, run_id: str, counts: RunCounts) -> RunReport:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from cckm_refresh.ctm.errors import CtmError, CtmNotFoundError
 from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
@@ -16,37 +16,14 @@ from cckm_refresh.runtime import SYSTEM, Deadline, Runtime, map_concurrently
 from cckm_refresh.selectors import resource_matches
 from cckm_refresh.table.items import KeyEntry
 
+if TYPE_CHECKING:
+    from cckm_refresh.ctm.client import CtmClient, KeyPage
+
 LOOKUP_WORKERS = 8
 SELECTOR_PAGE_SIZE = 500
 # A tenancy's first chunk: about 5 s of its calls at 5 keys/s, time enough for its next, full
 # chunk to be listed, registered and queued behind it.
 FIRST_CHUNK_KEYS = 25
-
-
-class ListPage(Protocol):
-    @property
-    def resources(self) -> Sequence[dict[str, Any]]: ...
-    @property
-    def malformed(self) -> int: ...
-    @property
-    def next(self) -> Any: ...  # a cursor with to_json(), or None at the end
-
-
-class KeyDirectory(Protocol):
-    """The CTM read operations resolution needs (``CtmClient``)."""
-
-    def find_oci_key(self, ocid: str, *, deadline: Deadline) -> dict[str, Any] | None: ...
-
-    def list_page(
-        self,
-        filters: Mapping[str, str] | None,
-        *,
-        cursor: Any = None,
-        page_size: int = 500,
-        deadline: Deadline,
-    ) -> ListPage: ...
-
-    def get_oci_key(self, key_id: str, *, deadline: Deadline) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -72,66 +49,57 @@ class Resolution:
     mismatched: int = 0  # returned by the list call but not matching the selector
     malformed: int = 0  # list items that were not key objects
     pages: int = 0  # list pages read
-    resume: dict[str, Any] | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.resume is None
+    resume: dict[str, Any] | None = None  # None: the resolution finished
 
 
-def chunk_id(run_id: str, tenancy: str | None, key_ids: Sequence[str]) -> str:
-    """The same keys of the same run always make the same chunk (a retried fan-out)."""
-    text = "\n".join([run_id, tenancy or "", *key_ids])
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
+@dataclass
 class _Chunker:
     """Per-tenancy buffers that become chunks when full; bounded by tenancies x chunk size. A
     tenancy's first chunk leaves with ``FIRST_CHUNK_KEYS`` keys, or at the end of the first
     page that names it (``page_done``), so every tenancy starts refreshing after one page."""
 
-    def __init__(self, run_id: str, size: int, sink: ChunkSink, result: Resolution) -> None:
-        self._run_id = run_id
-        self._size = size
-        self._sink = sink
-        self._result = result
-        self._buffers: dict[str | None, dict[str, KeyEntry]] = {}
-        self._started: set[str | None] = set()  # tenancies with a chunk sent
+    run_id: str
+    size: int
+    sink: ChunkSink
+    result: Resolution
+    buffers: dict[str | None, dict[str, KeyEntry]] = field(default_factory=dict)
+    started: set[str | None] = field(default_factory=set)  # tenancies with a chunk sent
 
     def add(self, entry: KeyEntry) -> None:
         tenancy = entry.known.tenancy if entry.known else None
-        buffer = self._buffers.setdefault(tenancy, {})
+        buffer = self.buffers.setdefault(tenancy, {})
         if entry.key_id in buffer:
             return
         buffer[entry.key_id] = entry
-        full = self._size if tenancy in self._started else min(self._size, FIRST_CHUNK_KEYS)
+        full = self.size if tenancy in self.started else min(self.size, FIRST_CHUNK_KEYS)
         if len(buffer) >= full:
             self._emit(tenancy)
 
     def page_done(self) -> None:
         """Send the first chunk of each tenancy that has none sent yet."""
-        for tenancy in [t for t in self._buffers if t not in self._started]:
+        for tenancy in [t for t in self.buffers if t not in self.started]:
             self._emit(tenancy)
 
     def flush(self) -> None:
-        for tenancy in list(self._buffers):
+        for tenancy in list(self.buffers):
             self._emit(tenancy)
 
     def _emit(self, tenancy: str | None) -> None:
-        entries = tuple(self._buffers.pop(tenancy, {}).values())
+        entries = tuple(self.buffers.pop(tenancy, {}).values())
         if not entries:
             return
-        self._started.add(tenancy)
-        ids = [entry.key_id for entry in entries]
-        self._result.keys += len(entries)
-        self._sink(Chunk(chunk_id(self._run_id, tenancy, ids), tenancy, entries))
+        self.started.add(tenancy)
+        self.result.keys += len(entries)
+        # The same keys of the same run always make the same chunk (a retried fan-out).
+        text = "\n".join([self.run_id, tenancy or "", *(entry.key_id for entry in entries)])
+        self.sink(Chunk(hashlib.sha256(text.encode()).hexdigest()[:32], tenancy, entries))
 
 
 @dataclass(frozen=True)
 class Resolver:
     """Turns requests into chunks; built once per container."""
 
-    directory: KeyDirectory
+    directory: CtmClient
     latest_of: Callable[[Sequence[str]], Mapping[str, KeyInfo]]
     cursor_from_json: Callable[[dict[str, Any]], Any]
     _: KW_ONLY
@@ -158,7 +126,8 @@ class Resolver:
             for entry in self._by_ocid(request.ocids, calls_end_by, result):
                 chunker.add(entry)
         if request.selector is not None:
-            self._select(request, chunker, list_until, calls_end_by, result)
+            query = None if request.selector.all_keys else request.selector.as_query()
+            self._select(query, request.resume, chunker, list_until, calls_end_by)
         chunker.flush()
         return result
 
@@ -228,24 +197,31 @@ class Resolver:
 
     def _select(
         self,
-        request: RefreshRequest,
+        query: Mapping[str, str] | None,
+        resume: dict[str, Any] | None,
         chunker: _Chunker,
         list_until: Deadline,
         calls_end_by: Deadline,
-        result: Resolution,
     ) -> None:
-        """Page through the selector's keys into ``chunker``, from where a continuation's
-        ``resume`` says; stop at the deadline (``result.resume``: where to go on)."""
-        if request.selector is None:
-            return
-        query = None if request.selector.all_keys else request.selector.as_query()
-        cursor = self.cursor_from_json(request.resume) if request.resume else None
+        """Page through the selector's keys (``query``; None: all) into ``chunker``, from where
+        a continuation's ``resume`` says; stop at the deadline (``result.resume``: where to go
+        on)."""
+        result = chunker.result
+        cursor = self.cursor_from_json(resume) if resume else None
         while not list_until.passed():
-            page = self._page(query, cursor, calls_end_by, progress=result.pages > 0)
-            if page is None:
-                break  # CTM failing just now, after some pages: hand on from here
+            try:
+                page = self.directory.list_page(
+                    query, cursor=cursor, page_size=SELECTOR_PAGE_SIZE, deadline=calls_end_by
+                )
+            except CtmError as error:
+                # Without a page read, the delivery fails and is retried as it came; after
+                # some, what was listed is queued and the rest handed on.
+                if not error.transient or not result.pages or not self.can_hand_on:
+                    raise
+                logger.warning("listing interrupted", extra={"error_code": error.error_code})
+                break
             result.pages += 1
-            self._take(page, query, chunker, result)
+            self._take(page, query, chunker)
             chunker.page_done()
             if page.next is None:
                 return
@@ -253,36 +229,11 @@ class Resolver:
         result.resume = cursor.to_json() if cursor is not None else {}
         logger.info("resolution handed on", extra={"keys_so_far": result.keys})
 
-    def _page(
-        self,
-        query: Mapping[str, str] | None,
-        cursor: Any,
-        calls_end_by: Deadline,
-        *,
-        progress: bool,
-    ) -> ListPage | None:
-        """The next page; None when CTM fails transiently after ``progress`` was made (what
-        was listed is queued and the rest handed on). Without progress, the error is raised:
-        the delivery fails and is retried as it came."""
-        try:
-            return self.directory.list_page(
-                query,
-                cursor=cursor,
-                page_size=SELECTOR_PAGE_SIZE,
-                deadline=calls_end_by,
-            )
-        except CtmError as error:
-            if not error.transient or not progress or not self.can_hand_on:
-                raise
-            logger.warning("listing interrupted", extra={"error_code": error.error_code})
-            return None
-
     @staticmethod
-    def _take(
-        page: ListPage, query: Mapping[str, str] | None, chunker: _Chunker, result: Resolution
-    ) -> None:
+    def _take(page: KeyPage, query: Mapping[str, str] | None, chunker: _Chunker) -> None:
         """A page's keys into ``chunker``: only those that match the selector (CTM may ignore
         a filter or match by wildcard) and are well formed; the others are counted."""
+        result = chunker.result
         result.malformed += page.malformed
         for resource in page.resources:
             if query and not resource_matches(query, resource):
