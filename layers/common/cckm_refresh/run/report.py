@@ -12,9 +12,6 @@ from cckm_refresh.model import RunStatus, Status
 from cckm_refresh.observability import logger
 from cckm_refresh.table.items import RecordedResult, RunCounts
 
-RETRY_DELAY_BASE = 30
-RETRY_DELAY_CAP = 900
-
 
 class Action(StrEnum):
     DONE = "done"  # delete the message
@@ -32,8 +29,7 @@ class MessageVerdict:
     @classmethod
     def retry(cls, receive_count: int) -> MessageVerdict:
         """30 s, 60 s, 120 s... capped at 15 minutes, rather than the visibility timeout."""
-        delay = backoff.ceiling(receive_count - 1, RETRY_DELAY_BASE, RETRY_DELAY_CAP)
-        return cls(Action.RETRY, int(delay))
+        return cls(Action.RETRY, int(backoff.ceiling(receive_count - 1, 30, 900)))
 
 
 DONE = MessageVerdict()

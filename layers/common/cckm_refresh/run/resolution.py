@@ -9,6 +9,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cckm_refresh.ctm.errors import CtmError, CtmNotFoundError
+from cckm_refresh.ctm.listing import ListCursor
 from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
 from cckm_refresh.observability import logger
 from cckm_refresh.request import RefreshRequest
@@ -17,7 +18,8 @@ from cckm_refresh.selectors import resource_matches
 from cckm_refresh.table.items import KeyEntry
 
 if TYPE_CHECKING:
-    from cckm_refresh.ctm.client import CtmClient, KeyPage
+    from cckm_refresh.ctm.client import CtmClient
+    from cckm_refresh.ctm.listing import KeyPage
 
 LOOKUP_WORKERS = 8
 SELECTOR_PAGE_SIZE = 500
@@ -101,7 +103,7 @@ class Resolver:
 
     directory: CtmClient
     latest_of: Callable[[Sequence[str]], Mapping[str, KeyInfo]]
-    cursor_from_json: Callable[[dict[str, Any]], Any]
+    cursor_from_json: Callable[[dict[str, Any]], Any] = ListCursor.from_json
     _: KW_ONLY
     can_hand_on: bool = True  # whether a continuation message can be sent
     runtime: Runtime = SYSTEM
