@@ -119,42 +119,27 @@ class ChunkWorker:
     runtime: Runtime = SYSTEM
 
     def job(
-        self,
-        delivery: Delivery,
-        run: RunInfo,
-        chunk_id: str,
-        keys: Sequence[str],
-        handoffs: int = 0,
+        self, delivery: Delivery, run: RunInfo, chunk_id: str, keys: Sequence[str], handoffs: int
     ) -> ChunkJob:
         """The job of a chunk message (``handoffs``: hand-offs without progress before it)."""
-        return ChunkJob(
-            run=run,
-            chunk_id=chunk_id,
-            key_ids=tuple(keys),
-            delivery=delivery,
-            handoffs=handoffs,
-            last_chance=last_chance(delivery, handoffs, self.settings.max_receive_count),
-        )
+        last = last_chance(delivery, handoffs, self.settings.max_receive_count)
+        return ChunkJob(run, chunk_id, tuple(keys), delivery, handoffs=handoffs, last_chance=last)
 
     def work(self, jobs: Sequence[ChunkJob], end: Deadline) -> EngineResult:
         """Refresh every key the jobs still owe in one engine pass, recording as it goes;
         ``end`` is the invocation's."""
+        start_by = end.before(self.settings.deadline_margin_seconds)
         calls_end = end.before(self.settings.recording_reserve_seconds)
         with _beside(self.sign_in, calls_end, self.runtime):
-            return self._work(jobs, end.before(self.settings.deadline_margin_seconds), calls_end)
-
-    def _work(
-        self, jobs: Sequence[ChunkJob], start_by: Deadline, calls_end: Deadline
-    ) -> EngineResult:
-        items = [item for job in jobs for item in self._owed(job)]
-        if start_by.passed():
-            items = self._without_late(items, "the last delivery had too little time left")
-        result = self.engine.run(items, start_by, calls_end, self._record)
-        for item in self._without_late(result.leftovers, "the last delivery ran out of time"):
-            item.context.leftovers.append(item)
-        for job in jobs:
-            self._settle(job)
-        return result
+            items = [item for job in jobs for item in self._owed(job)]
+            if start_by.passed():
+                items = self._without_late(items, "the last delivery had too little time left")
+            result = self.engine.run(items, start_by, calls_end, self._record)
+            for item in self._without_late(result.leftovers, "the last delivery ran out of time"):
+                item.context.leftovers.append(item)
+            for job in jobs:
+                self._settle(job)
+            return result
 
     def _without_late(self, items: Sequence[WorkItem], why: str) -> list[WorkItem]:
         """``items`` less those of last deliveries, which fail (``DEADLINE``) untried."""
@@ -197,9 +182,7 @@ class ChunkWorker:
             # No outcome recorded here: the hand-off counts as a delivery (liveness).
             handoffs = 0 if job.recorded else job.handoffs + 1
             handed_off = self.send_again(job, len(job.leftovers), "handed on", handoffs)
-        log_outcomes(job.recorded)
-        if job.completed:
-            logger.info("run completed", extra={"counts": job.completed.__dict__})
+        log_outcomes(job.recorded, job.completed)
         return RunReport(
             run_id=job.run.run_id,
             requested=len(job.key_ids),

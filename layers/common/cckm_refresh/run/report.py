@@ -89,8 +89,9 @@ class RunReport:
 Result = RunReport | Rejection
 
 
-def log_outcomes(recorded: Sequence[RecordedResult]) -> None:
-    """One line per key that needs a look (rotated, not found, failed, pending), with its id."""
+def log_outcomes(recorded: Sequence[RecordedResult], completed: RunCounts | None) -> None:
+    """One line per key that needs a look (rotated, not found, failed, pending), with its id;
+    one more when the delivery saw the run ``completed``."""
     for result in recorded:
         outcome = result.outcome
         fields: dict[str, object] = {"key_id": outcome.key_id, "status": str(outcome.status)}
@@ -105,3 +106,5 @@ def log_outcomes(recorded: Sequence[RecordedResult]) -> None:
             fields["http_status"] = outcome.http_status
             fields["attempts"] = outcome.attempts
             logger.warning("key not refreshed", extra=fields)
+    if completed:
+        logger.info("run completed", extra={"counts": completed.__dict__})

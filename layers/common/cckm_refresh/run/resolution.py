@@ -58,7 +58,7 @@ class Resolution:
 class _Chunker:
     """Per-tenancy buffers that become chunks when full; bounded by tenancies x chunk size. A
     tenancy's first chunk leaves with ``FIRST_CHUNK_KEYS`` keys, or at the end of the first
-    page that names it (``page_done``), so every tenancy starts refreshing after one page."""
+    page that names it (``add_page``), so every tenancy starts refreshing after one page."""
 
     run_id: str
     size: int
@@ -77,8 +77,25 @@ class _Chunker:
         if len(buffer) >= full:
             self._emit(tenancy)
 
-    def page_done(self) -> None:
-        """Send the first chunk of each tenancy that has none sent yet."""
+    def add_page(self, page: KeyPage, query: Mapping[str, str] | None) -> None:
+        """A page's keys: only those that match the selector (CTM may ignore a filter or match
+        by wildcard) and are well formed, the others counted; then the first chunk of each
+        tenancy that has none sent yet leaves."""
+        self.result.malformed += page.malformed
+        for resource in page.resources:
+            if query and not resource_matches(query, resource):
+                self.result.mismatched += 1
+                logger.warning(
+                    "CTM listed a key that does not match the selector; not refreshed",
+                    extra={"key_id": str(resource.get("id"))[:64]},
+                )
+                continue
+            try:
+                info = KeyInfo.from_ctm(resource)
+            except ValueError:
+                self.result.malformed += 1
+                continue
+            self.add(KeyEntry(info.key_id, info))
         for tenancy in [t for t in self.buffers if t not in self.started]:
             self._emit(tenancy)
 
@@ -123,35 +140,29 @@ class Resolver:
         result = Resolution()
         chunker = _Chunker(run_id, chunk_size, sink, result)
         if request.resume is None:  # a continuation has done the ids and OCIDs already
-            for entry in self._by_id(request.key_ids, calls_end_by, result):
-                chunker.add(entry)
-            for entry in self._by_ocid(request.ocids, calls_end_by, result):
-                chunker.add(entry)
+            self._by_id(request.key_ids, calls_end_by, chunker)
+            self._by_ocid(request.ocids, calls_end_by, chunker)
         if request.selector is not None:
             query = None if request.selector.all_keys else request.selector.as_query()
             self._select(query, request.resume, chunker, list_until, calls_end_by)
         chunker.flush()
         return result
 
-    def _by_id(
-        self, key_ids: Sequence[str], deadline: Deadline, result: Resolution
-    ) -> list[KeyEntry]:
+    def _by_id(self, key_ids: Sequence[str], deadline: Deadline, chunker: _Chunker) -> None:
         if not key_ids:
-            return []
+            return
         latest = self.latest_of(key_ids)
         unseen = [k for k in key_ids if k not in latest or not latest[k].tenancy]
         found = map_concurrently(
             self.runtime, lambda k: self._lookup_id(k, deadline), unseen, LOOKUP_WORKERS, "lookup"
         )
         learnt = dict(zip(unseen, found, strict=True))
-        entries = []
         for key_id in key_ids:
             fresh = learnt.get(key_id)
             if isinstance(fresh, RefreshOutcome):
-                result.terminal.append(fresh)
+                chunker.result.terminal.append(fresh)
             else:
-                entries.append(KeyEntry(key_id, fresh or latest.get(key_id)))
-        return entries
+                chunker.add(KeyEntry(key_id, fresh or latest.get(key_id)))
 
     def _lookup_id(self, key_id: str, deadline: Deadline) -> KeyInfo | RefreshOutcome | None:
         """The key as CCKM caches it; ``NOT_FOUND`` when CCKM has no such key; ``FAILED`` when
@@ -161,14 +172,20 @@ class Resolver:
         retried, and the last one fails the request's keys, docs/reference.md 4.3)."""
         try:
             return KeyInfo.from_ctm(self.directory.get_oci_key(key_id, deadline=deadline))
-        except CtmNotFoundError as error:
-            if error.error_code == "GONE":
-                return None  # known to CCKM, gone from OCI: its refresh records NOT_FOUND
-            return _lookup_outcome(key_id, Status.NOT_FOUND, error)
         except CtmError as error:
+            not_found = isinstance(error, CtmNotFoundError)
+            if not_found and error.error_code == "GONE":
+                return None  # known to CCKM, gone from OCI: its refresh records NOT_FOUND
             if error.transient:
                 raise
-            return _lookup_outcome(key_id, Status.FAILED, error)
+            return RefreshOutcome(
+                KeyInfo(key_id),
+                status=Status.NOT_FOUND if not_found else Status.FAILED,
+                attempts=error.attempts,
+                http_status=error.http_status,
+                error_code=error.error_code,
+                error_message=error.message,
+            )
         except ValueError as error:
             return RefreshOutcome(
                 KeyInfo(key_id),
@@ -177,14 +194,14 @@ class Resolver:
                 error_message=f"CCKM's copy of the key is not a key object: {error}"[:512],
             )
 
-    def _by_ocid(
-        self, ocids: Sequence[str], deadline: Deadline, result: Resolution
-    ) -> list[KeyEntry]:
+    def _by_ocid(self, ocids: Sequence[str], deadline: Deadline, chunker: _Chunker) -> None:
         matches = map_concurrently(
             self.runtime, lambda o: self._lookup_ocid(o, deadline), ocids, LOOKUP_WORKERS, "resolve"
         )
-        result.terminal += [m for m in matches if isinstance(m, RefreshOutcome)]
-        return [KeyEntry(m.key_id, m) for m in matches if isinstance(m, KeyInfo)]
+        chunker.result.terminal += [m for m in matches if isinstance(m, RefreshOutcome)]
+        for match in matches:
+            if isinstance(match, KeyInfo):
+                chunker.add(KeyEntry(match.key_id, match))
 
     def _lookup_ocid(self, ocid: str, deadline: Deadline) -> KeyInfo | RefreshOutcome:
         resource = self.directory.find_oci_key(ocid, deadline=deadline)
@@ -223,43 +240,9 @@ class Resolver:
                 logger.warning("listing interrupted", extra={"error_code": error.error_code})
                 break
             result.pages += 1
-            self._take(page, query, chunker)
-            chunker.page_done()
+            chunker.add_page(page, query)
             if page.next is None:
                 return
             cursor = page.next
         result.resume = cursor.to_json() if cursor is not None else {}
         logger.info("resolution handed on", extra={"keys_so_far": result.keys})
-
-    @staticmethod
-    def _take(page: KeyPage, query: Mapping[str, str] | None, chunker: _Chunker) -> None:
-        """A page's keys into ``chunker``: only those that match the selector (CTM may ignore
-        a filter or match by wildcard) and are well formed; the others are counted."""
-        result = chunker.result
-        result.malformed += page.malformed
-        for resource in page.resources:
-            if query and not resource_matches(query, resource):
-                result.mismatched += 1
-                logger.warning(
-                    "CTM listed a key that does not match the selector; not refreshed",
-                    extra={"key_id": str(resource.get("id"))[:64]},
-                )
-                continue
-            try:
-                info = KeyInfo.from_ctm(resource)
-            except ValueError:
-                result.malformed += 1
-                continue
-            chunker.add(KeyEntry(info.key_id, info))
-
-
-def _lookup_outcome(key_id: str, status: Status, error: CtmError) -> RefreshOutcome:
-    """The terminal outcome of a key whose lookup CTM answered with ``error``."""
-    return RefreshOutcome(
-        KeyInfo(key_id),
-        status=status,
-        attempts=error.attempts,
-        http_status=error.http_status,
-        error_code=error.error_code,
-        error_message=error.message,
-    )

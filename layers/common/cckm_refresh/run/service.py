@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from cckm_refresh.model import RunInfo, Trigger
 from cckm_refresh.observability import logger
 from cckm_refresh.request import RefreshRequest, RequestError, parse_request, parse_request_body
-from cckm_refresh.run.report import MessageVerdict, Rejection, Result, RunReport
+from cckm_refresh.run.report import Rejection, Result
 from cckm_refresh.runtime import Deadline
 from cckm_refresh.triggers import Delivery
 
@@ -49,7 +49,7 @@ class RefreshService:
                     delivery, run, request.chunk, request.key_ids, request.handoffs
                 )
             else:
-                results[index] = self._take(delivery, request, run, end)
+                results[index] = self.intake.take(delivery, request, run, end)
         if jobs:
             done = worker.work(list(jobs.values()), end)
             for n, (index, job) in enumerate(jobs.items()):
@@ -80,23 +80,6 @@ class RefreshService:
             self.intake.store.record_rejected(delivery.source_id, str(error), delivery.raw)
             self.intake.queue.dead_letter(delivery.raw, str(error))
             return Rejection(delivery.source_id, str(error))
-
-    def _take(
-        self,
-        delivery: Delivery,
-        request: RefreshRequest,
-        run: RunInfo,
-        end: Deadline,
-    ) -> RunReport:
-        """Take a request in. From the work queue, a failure (CTM unreachable while
-        resolving, say) is its own message's, delivered again, never its batch neighbours'."""
-        try:
-            return self.intake.take(delivery, request, run, end)
-        except Exception:
-            if delivery.trigger is not Trigger.SQS:
-                raise
-            logger.exception("request could not be resolved now; SQS delivers it again")
-            return RunReport(run.run_id, 0, verdict=MessageVerdict.retry(delivery.receive_count))
 
 
 def run_of(delivery: Delivery, request: RefreshRequest) -> RunInfo:
