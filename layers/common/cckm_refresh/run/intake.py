@@ -43,11 +43,9 @@ class Intake:
     def take(
         self, delivery: Delivery, request: RefreshRequest, run: RunInfo, end: Deadline
     ) -> RunReport:
-        """Start (or continue, or replay) ``run`` from ``request``: its keys resolved into
-        chunks, each registered and queued (or kept and refreshed here), what was not found
-        recorded, the listing handed on if time ran short. ``end``: the invocation's. From the
-        work queue, a failure (CTM unreachable while resolving, say) is its own message's,
-        delivered again, never its batch neighbours'."""
+        """Start (or continue, or replay) ``run`` from ``request`` (``end``: the invocation's).
+        From the work queue, a failure (CTM unreachable while resolving, say) is its own
+        message's, delivered again, never its batch neighbours'."""
         try:
             return _Taking(self, delivery, request, run, end).take()
         except Exception:
@@ -59,9 +57,10 @@ class Intake:
 
 @dataclass
 class _Taking:
-    """One request taken in. Its chunks, as resolution hands them over, are registered with
-    the run, then queued (always with a tenancy queue; with the work queue only, once the run
-    passes ``FANOUT_CHUNK_SIZE`` keys) or kept and refreshed in place."""
+    """One request taken in: its keys resolved into chunks, each registered with the run, then
+    queued (always with a tenancy queue; with the work queue only, once the run passes
+    ``FANOUT_CHUNK_SIZE`` keys) or kept and refreshed in place; what was not found recorded,
+    the listing handed on if time ran short."""
 
     intake: Intake
     delivery: Delivery
@@ -148,8 +147,7 @@ class _Taking:
         at once; keys left out are logged. How many were new to the run."""
         store = self.intake.store
         settled = store.record_found_nothing(self.run, resolution.terminal)
-        recorded = resolution.terminal[:settled]
-        self.recorded += [RecordedResult(outcome, None, False) for outcome in recorded]
+        self.recorded += [RecordedResult(o, None, False) for o in resolution.terminal[:settled]]
         if resolution.mismatched:
             logger.warning(
                 "keys CTM listed that do not match the selector were left out",

@@ -222,9 +222,8 @@ class Resolver:
         list_until: Deadline,
         calls_end_by: Deadline,
     ) -> None:
-        """Page through the selector's keys (``query``; None: all) into ``chunker``, from where
-        a continuation's ``resume`` says; stop at the deadline (``result.resume``: where to go
-        on)."""
+        """Page through the selector's keys (``query``; None: all) from ``resume`` into
+        ``chunker``; stop at the deadline (``result.resume``: where to go on)."""
         result = chunker.result
         cursor = self.cursor_from_json(resume) if resume else None
         while not list_until.passed():
