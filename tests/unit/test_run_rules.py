@@ -128,7 +128,7 @@ class World:
         )
         intake = Intake(settings, resolver, worker, self.table, self.queues, runtime=runtime)
         sweeper = Sweeper(settings, self.table, self.queues, runtime)
-        return RefreshService(intake, worker, sweeper, self.table, self.queues)
+        return RefreshService(intake, sweeper)
 
     def end(self, seconds: float) -> Deadline:
         return Deadline(self.runtime.now + seconds, self.runtime)

@@ -62,12 +62,6 @@ class ChunkJob:
         """The tenancy queue's message group it came in: its pacing group, handed on."""
         return self.delivery.group if self.delivery is not None else None
 
-    def latencies_ms(self) -> tuple[int, ...]:
-        """How long each of its keys' refresh calls took (this delivery's, once each)."""
-        return tuple(
-            r.outcome.duration_ms for r in self.recorded if r.outcome.status is Status.REFRESHED
-        )
-
     def tally(self) -> ChunkTally:
         tally = ChunkTally()
         for status, rotated in self.final.values():
@@ -125,51 +119,46 @@ class ChunkWorker:
     runtime: Runtime = SYSTEM
 
     def job(
-        self,
-        delivery: Delivery,
-        run: RunInfo,
-        chunk_id: str,
-        keys: Sequence[str],
-        handoffs: int = 0,
+        self, delivery: Delivery, run: RunInfo, chunk_id: str, keys: Sequence[str], handoffs: int
     ) -> ChunkJob:
         """The job of a chunk message (``handoffs``: hand-offs without progress before it)."""
-        return ChunkJob(
-            run=run,
-            chunk_id=chunk_id,
-            key_ids=tuple(keys),
-            delivery=delivery,
-            handoffs=handoffs,
-            last_chance=last_chance(delivery, handoffs, self.settings.max_receive_count),
-        )
+        last = last_chance(delivery, handoffs, self.settings.max_receive_count)
+        return ChunkJob(run, chunk_id, tuple(keys), delivery, handoffs=handoffs, last_chance=last)
 
     def work(self, jobs: Sequence[ChunkJob], end: Deadline) -> EngineResult:
         """Refresh every key the jobs still owe in one engine pass, recording as it goes;
         ``end`` is the invocation's."""
+        start_by = end.before(self.settings.deadline_margin_seconds)
         calls_end = end.before(self.settings.recording_reserve_seconds)
         with _beside(self.sign_in, calls_end, self.runtime):
-            return self._work(jobs, end.before(self.settings.deadline_margin_seconds), calls_end)
-
-    def _work(
-        self, jobs: Sequence[ChunkJob], start_by: Deadline, calls_end: Deadline
-    ) -> EngineResult:
-        items = [item for job in jobs for item in self._owed(job)]
-        if start_by.passed():
-            items = self._without_late(items, "the last delivery had too little time left")
-        result = self.engine.run(items, start_by, calls_end, self._record)
-        for item in self._without_late(result.leftovers, "the last delivery ran out of time"):
-            item.context.leftovers.append(item)
-        for job in jobs:
-            self._settle(job)
-        return result
+            items = [item for job in jobs for item in self._owed(job)]
+            if start_by.passed():
+                items = self._without_late(items, "the last delivery had too little time left")
+            result = self.engine.run(items, start_by, calls_end, self._record)
+            for item in self._without_late(result.leftovers, "the last delivery ran out of time"):
+                item.context.leftovers.append(item)
+            for job in jobs:
+                self._settle(job)
+            return result
 
     def _without_late(self, items: Sequence[WorkItem], why: str) -> list[WorkItem]:
         """``items`` less those of last deliveries, which fail (``DEADLINE``) untried."""
         kept = []
         for item in items:
-            if item.context.last_chance:
-                self._give_up(item, why)
-            else:
+            job: ChunkJob = item.context
+            if not job.last_chance:
                 kept.append(item)
+                continue
+            outcome = RefreshOutcome(
+                KeyInfo(item.key_id),
+                Status.FAILED,
+                error_code="DEADLINE",
+                error_message=why,
+                recorded_at=iso_now(self.runtime),
+            )
+            with job.lock:
+                job.gave_up += 1
+            self._record(item, described(outcome, item.known))
         return kept
 
     def report(self, job: ChunkJob, throttled: int = 0) -> RunReport:
@@ -193,9 +182,7 @@ class ChunkWorker:
             # No outcome recorded here: the hand-off counts as a delivery (liveness).
             handoffs = 0 if job.recorded else job.handoffs + 1
             handed_off = self.send_again(job, len(job.leftovers), "handed on", handoffs)
-        log_outcomes(job.recorded)
-        if job.completed:
-            logger.info("run completed", extra={"counts": job.completed.__dict__})
+        log_outcomes(job.recorded, job.completed)
         return RunReport(
             run_id=job.run.run_id,
             requested=len(job.key_ids),
@@ -206,7 +193,6 @@ class ChunkWorker:
             gave_up=job.gave_up,
             counts=job.completed,
             completed_now=job.completed is not None,
-            latencies_ms=job.latencies_ms(),
             verdict=verdict,
         )
 
@@ -259,8 +245,17 @@ class ChunkWorker:
         """Record one outcome as soon as it is known (in the engine's worker thread)."""
         job: ChunkJob = item.context
         if outcome.status is Status.PENDING and job.last_chance:
+            # A transient failure on the last delivery: FAILED, saying why.
             deliveries = job.handoffs + (job.delivery.receive_count if job.delivery else 1)
-            outcome = given_up(outcome, deliveries, iso_now(self.runtime))
+            why = (
+                f"transient errors outlasted {deliveries} deliveries: {outcome.error_message or ''}"
+            )
+            outcome = replace(
+                outcome,
+                status=Status.FAILED,
+                error_message=why.strip(": "),
+                recorded_at=outcome.recorded_at or iso_now(self.runtime),
+            )
             with job.lock:
                 job.gave_up += 1
         recorded = self.store.record(job.run, outcome, item.known)
@@ -274,20 +269,6 @@ class ChunkWorker:
                 job.final[item.key_id] = (outcome.status, recorded.version_changed)
                 job.pending.pop(item.key_id, None)
                 job.recorded.append(recorded)
-
-    def _give_up(self, item: WorkItem, message: str) -> None:
-        """The last delivery out of time: the key fails with ``DEADLINE``, untried."""
-        job: ChunkJob = item.context
-        outcome = RefreshOutcome(
-            KeyInfo(item.key_id),
-            Status.FAILED,
-            error_code="DEADLINE",
-            error_message=message,
-            recorded_at=iso_now(self.runtime),
-        )
-        with job.lock:
-            job.gave_up += 1
-        self._record(item, described(outcome, item.known))
 
     def _settle(self, job: ChunkJob) -> None:
         """After the pass: learn what lost races became, close a finished chunk, complete;
@@ -326,15 +307,3 @@ def _final(item: Mapping[str, Any] | None) -> tuple[Status, bool] | None:
     if item is None or status is None or status is Status.PENDING:
         return None
     return status, bool(item.get("version_changed"))
-
-
-def given_up(outcome: RefreshOutcome, deliveries: int, now: str) -> RefreshOutcome:
-    """A transient failure on the last delivery: ``FAILED``, saying why."""
-    return replace(
-        outcome,
-        status=Status.FAILED,
-        error_message=(
-            f"transient errors outlasted {deliveries} deliveries: {outcome.error_message or ''}"
-        ).strip(": "),
-        recorded_at=outcome.recorded_at or now,
-    )

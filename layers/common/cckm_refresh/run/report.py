@@ -12,9 +12,6 @@ from cckm_refresh.model import RunStatus, Status
 from cckm_refresh.observability import logger
 from cckm_refresh.table.items import RecordedResult, RunCounts
 
-RETRY_DELAY_BASE = 30
-RETRY_DELAY_CAP = 900
-
 
 class Action(StrEnum):
     DONE = "done"  # delete the message
@@ -32,8 +29,7 @@ class MessageVerdict:
     @classmethod
     def retry(cls, receive_count: int) -> MessageVerdict:
         """30 s, 60 s, 120 s... capped at 15 minutes, rather than the visibility timeout."""
-        delay = backoff.ceiling(receive_count - 1, RETRY_DELAY_BASE, RETRY_DELAY_CAP)
-        return cls(Action.RETRY, int(delay))
+        return cls(Action.RETRY, int(backoff.ceiling(receive_count - 1, 30, 900)))
 
 
 DONE = MessageVerdict()
@@ -64,7 +60,6 @@ class RunReport:
     counts: RunCounts | None = None  # the run's counts once it has completed
     completed_now: bool = False  # this delivery completed the run
     listing_error: tuple[str, str] | None = None  # (error_code, message): the listing failed
-    latencies_ms: tuple[int, ...] = ()
     verdict: MessageVerdict = DONE
 
     @property
@@ -78,6 +73,13 @@ class RunReport:
     def rotated(self) -> int:
         return sum(1 for r in self.recorded if r.version_changed)
 
+    @property
+    def latencies_ms(self) -> tuple[int, ...]:
+        """How long each refresh call recorded here took (this delivery's, once each)."""
+        return tuple(
+            r.outcome.duration_ms for r in self.recorded if r.outcome.status is Status.REFRESHED
+        )
+
     @classmethod
     def replay(cls, run_id: str, counts: RunCounts) -> RunReport:
         """A delivery of a run that has completed: nothing done, the run as it finished."""
@@ -87,8 +89,9 @@ class RunReport:
 Result = RunReport | Rejection
 
 
-def log_outcomes(recorded: Sequence[RecordedResult]) -> None:
-    """One line per key that needs a look (rotated, not found, failed, pending), with its id."""
+def log_outcomes(recorded: Sequence[RecordedResult], completed: RunCounts | None) -> None:
+    """One line per key that needs a look (rotated, not found, failed, pending), with its id;
+    one more when the delivery saw the run ``completed``."""
     for result in recorded:
         outcome = result.outcome
         fields: dict[str, object] = {"key_id": outcome.key_id, "status": str(outcome.status)}
@@ -103,3 +106,5 @@ def log_outcomes(recorded: Sequence[RecordedResult]) -> None:
             fields["http_status"] = outcome.http_status
             fields["attempts"] = outcome.attempts
             logger.warning("key not refreshed", extra=fields)
+    if completed:
+        logger.info("run completed", extra={"counts": completed.__dict__})

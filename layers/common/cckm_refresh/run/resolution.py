@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from cckm_refresh.ctm.errors import CtmError, CtmNotFoundError
+from cckm_refresh.ctm.listing import ListCursor
 from cckm_refresh.model import KeyInfo, RefreshOutcome, Status
 from cckm_refresh.observability import logger
 from cckm_refresh.request import RefreshRequest
@@ -16,37 +17,15 @@ from cckm_refresh.runtime import SYSTEM, Deadline, Runtime, map_concurrently
 from cckm_refresh.selectors import resource_matches
 from cckm_refresh.table.items import KeyEntry
 
+if TYPE_CHECKING:
+    from cckm_refresh.ctm.client import CtmClient
+    from cckm_refresh.ctm.listing import KeyPage
+
 LOOKUP_WORKERS = 8
 SELECTOR_PAGE_SIZE = 500
 # A tenancy's first chunk: about 5 s of its calls at 5 keys/s, time enough for its next, full
 # chunk to be listed, registered and queued behind it.
 FIRST_CHUNK_KEYS = 25
-
-
-class ListPage(Protocol):
-    @property
-    def resources(self) -> Sequence[dict[str, Any]]: ...
-    @property
-    def malformed(self) -> int: ...
-    @property
-    def next(self) -> Any: ...  # a cursor with to_json(), or None at the end
-
-
-class KeyDirectory(Protocol):
-    """The CTM read operations resolution needs (``CtmClient``)."""
-
-    def find_oci_key(self, ocid: str, *, deadline: Deadline) -> dict[str, Any] | None: ...
-
-    def list_page(
-        self,
-        filters: Mapping[str, str] | None,
-        *,
-        cursor: Any = None,
-        page_size: int = 500,
-        deadline: Deadline,
-    ) -> ListPage: ...
-
-    def get_oci_key(self, key_id: str, *, deadline: Deadline) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -72,68 +51,76 @@ class Resolution:
     mismatched: int = 0  # returned by the list call but not matching the selector
     malformed: int = 0  # list items that were not key objects
     pages: int = 0  # list pages read
-    resume: dict[str, Any] | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.resume is None
+    resume: dict[str, Any] | None = None  # None: the resolution finished
 
 
-def chunk_id(run_id: str, tenancy: str | None, key_ids: Sequence[str]) -> str:
-    """The same keys of the same run always make the same chunk (a retried fan-out)."""
-    text = "\n".join([run_id, tenancy or "", *key_ids])
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
+@dataclass
 class _Chunker:
     """Per-tenancy buffers that become chunks when full; bounded by tenancies x chunk size. A
     tenancy's first chunk leaves with ``FIRST_CHUNK_KEYS`` keys, or at the end of the first
-    page that names it (``page_done``), so every tenancy starts refreshing after one page."""
+    page that names it (``add_page``), so every tenancy starts refreshing after one page."""
 
-    def __init__(self, run_id: str, size: int, sink: ChunkSink, result: Resolution) -> None:
-        self._run_id = run_id
-        self._size = size
-        self._sink = sink
-        self._result = result
-        self._buffers: dict[str | None, dict[str, KeyEntry]] = {}
-        self._started: set[str | None] = set()  # tenancies with a chunk sent
+    run_id: str
+    size: int
+    sink: ChunkSink
+    result: Resolution
+    buffers: dict[str | None, dict[str, KeyEntry]] = field(default_factory=dict)
+    started: set[str | None] = field(default_factory=set)  # tenancies with a chunk sent
 
     def add(self, entry: KeyEntry) -> None:
         tenancy = entry.known.tenancy if entry.known else None
-        buffer = self._buffers.setdefault(tenancy, {})
+        buffer = self.buffers.setdefault(tenancy, {})
         if entry.key_id in buffer:
             return
         buffer[entry.key_id] = entry
-        full = self._size if tenancy in self._started else min(self._size, FIRST_CHUNK_KEYS)
+        full = self.size if tenancy in self.started else min(self.size, FIRST_CHUNK_KEYS)
         if len(buffer) >= full:
             self._emit(tenancy)
 
-    def page_done(self) -> None:
-        """Send the first chunk of each tenancy that has none sent yet."""
-        for tenancy in [t for t in self._buffers if t not in self._started]:
+    def add_page(self, page: KeyPage, query: Mapping[str, str] | None) -> None:
+        """A page's keys: only those that match the selector (CTM may ignore a filter or match
+        by wildcard) and are well formed, the others counted; then the first chunk of each
+        tenancy that has none sent yet leaves."""
+        self.result.malformed += page.malformed
+        for resource in page.resources:
+            if query and not resource_matches(query, resource):
+                self.result.mismatched += 1
+                logger.warning(
+                    "CTM listed a key that does not match the selector; not refreshed",
+                    extra={"key_id": str(resource.get("id"))[:64]},
+                )
+                continue
+            try:
+                info = KeyInfo.from_ctm(resource)
+            except ValueError:
+                self.result.malformed += 1
+                continue
+            self.add(KeyEntry(info.key_id, info))
+        for tenancy in [t for t in self.buffers if t not in self.started]:
             self._emit(tenancy)
 
     def flush(self) -> None:
-        for tenancy in list(self._buffers):
+        for tenancy in list(self.buffers):
             self._emit(tenancy)
 
     def _emit(self, tenancy: str | None) -> None:
-        entries = tuple(self._buffers.pop(tenancy, {}).values())
+        entries = tuple(self.buffers.pop(tenancy, {}).values())
         if not entries:
             return
-        self._started.add(tenancy)
-        ids = [entry.key_id for entry in entries]
-        self._result.keys += len(entries)
-        self._sink(Chunk(chunk_id(self._run_id, tenancy, ids), tenancy, entries))
+        self.started.add(tenancy)
+        self.result.keys += len(entries)
+        # The same keys of the same run always make the same chunk (a retried fan-out).
+        text = "\n".join([self.run_id, tenancy or "", *(entry.key_id for entry in entries)])
+        self.sink(Chunk(hashlib.sha256(text.encode()).hexdigest()[:32], tenancy, entries))
 
 
 @dataclass(frozen=True)
 class Resolver:
     """Turns requests into chunks; built once per container."""
 
-    directory: KeyDirectory
+    directory: CtmClient
     latest_of: Callable[[Sequence[str]], Mapping[str, KeyInfo]]
-    cursor_from_json: Callable[[dict[str, Any]], Any]
+    cursor_from_json: Callable[[dict[str, Any]], Any] = ListCursor.from_json
     _: KW_ONLY
     can_hand_on: bool = True  # whether a continuation message can be sent
     runtime: Runtime = SYSTEM
@@ -153,34 +140,29 @@ class Resolver:
         result = Resolution()
         chunker = _Chunker(run_id, chunk_size, sink, result)
         if request.resume is None:  # a continuation has done the ids and OCIDs already
-            for entry in self._by_id(request.key_ids, calls_end_by, result):
-                chunker.add(entry)
-            for entry in self._by_ocid(request.ocids, calls_end_by, result):
-                chunker.add(entry)
+            self._by_id(request.key_ids, calls_end_by, chunker)
+            self._by_ocid(request.ocids, calls_end_by, chunker)
         if request.selector is not None:
-            self._select(request, chunker, list_until, calls_end_by, result)
+            query = None if request.selector.all_keys else request.selector.as_query()
+            self._select(query, request.resume, chunker, list_until, calls_end_by)
         chunker.flush()
         return result
 
-    def _by_id(
-        self, key_ids: Sequence[str], deadline: Deadline, result: Resolution
-    ) -> list[KeyEntry]:
+    def _by_id(self, key_ids: Sequence[str], deadline: Deadline, chunker: _Chunker) -> None:
         if not key_ids:
-            return []
+            return
         latest = self.latest_of(key_ids)
         unseen = [k for k in key_ids if k not in latest or not latest[k].tenancy]
         found = map_concurrently(
             self.runtime, lambda k: self._lookup_id(k, deadline), unseen, LOOKUP_WORKERS, "lookup"
         )
         learnt = dict(zip(unseen, found, strict=True))
-        entries = []
         for key_id in key_ids:
             fresh = learnt.get(key_id)
             if isinstance(fresh, RefreshOutcome):
-                result.terminal.append(fresh)
+                chunker.result.terminal.append(fresh)
             else:
-                entries.append(KeyEntry(key_id, fresh or latest.get(key_id)))
-        return entries
+                chunker.add(KeyEntry(key_id, fresh or latest.get(key_id)))
 
     def _lookup_id(self, key_id: str, deadline: Deadline) -> KeyInfo | RefreshOutcome | None:
         """The key as CCKM caches it; ``NOT_FOUND`` when CCKM has no such key; ``FAILED`` when
@@ -190,14 +172,20 @@ class Resolver:
         retried, and the last one fails the request's keys, docs/reference.md 4.3)."""
         try:
             return KeyInfo.from_ctm(self.directory.get_oci_key(key_id, deadline=deadline))
-        except CtmNotFoundError as error:
-            if error.error_code == "GONE":
-                return None  # known to CCKM, gone from OCI: its refresh records NOT_FOUND
-            return _lookup_outcome(key_id, Status.NOT_FOUND, error)
         except CtmError as error:
+            not_found = isinstance(error, CtmNotFoundError)
+            if not_found and error.error_code == "GONE":
+                return None  # known to CCKM, gone from OCI: its refresh records NOT_FOUND
             if error.transient:
                 raise
-            return _lookup_outcome(key_id, Status.FAILED, error)
+            return RefreshOutcome(
+                KeyInfo(key_id),
+                status=Status.NOT_FOUND if not_found else Status.FAILED,
+                attempts=error.attempts,
+                http_status=error.http_status,
+                error_code=error.error_code,
+                error_message=error.message,
+            )
         except ValueError as error:
             return RefreshOutcome(
                 KeyInfo(key_id),
@@ -206,14 +194,14 @@ class Resolver:
                 error_message=f"CCKM's copy of the key is not a key object: {error}"[:512],
             )
 
-    def _by_ocid(
-        self, ocids: Sequence[str], deadline: Deadline, result: Resolution
-    ) -> list[KeyEntry]:
+    def _by_ocid(self, ocids: Sequence[str], deadline: Deadline, chunker: _Chunker) -> None:
         matches = map_concurrently(
             self.runtime, lambda o: self._lookup_ocid(o, deadline), ocids, LOOKUP_WORKERS, "resolve"
         )
-        result.terminal += [m for m in matches if isinstance(m, RefreshOutcome)]
-        return [KeyEntry(m.key_id, m) for m in matches if isinstance(m, KeyInfo)]
+        chunker.result.terminal += [m for m in matches if isinstance(m, RefreshOutcome)]
+        for match in matches:
+            if isinstance(match, KeyInfo):
+                chunker.add(KeyEntry(match.key_id, match))
 
     def _lookup_ocid(self, ocid: str, deadline: Deadline) -> KeyInfo | RefreshOutcome:
         resource = self.directory.find_oci_key(ocid, deadline=deadline)
@@ -228,85 +216,32 @@ class Resolver:
 
     def _select(
         self,
-        request: RefreshRequest,
+        query: Mapping[str, str] | None,
+        resume: dict[str, Any] | None,
         chunker: _Chunker,
         list_until: Deadline,
         calls_end_by: Deadline,
-        result: Resolution,
     ) -> None:
-        """Page through the selector's keys into ``chunker``, from where a continuation's
-        ``resume`` says; stop at the deadline (``result.resume``: where to go on)."""
-        if request.selector is None:
-            return
-        query = None if request.selector.all_keys else request.selector.as_query()
-        cursor = self.cursor_from_json(request.resume) if request.resume else None
+        """Page through the selector's keys (``query``; None: all) from ``resume`` into
+        ``chunker``; stop at the deadline (``result.resume``: where to go on)."""
+        result = chunker.result
+        cursor = self.cursor_from_json(resume) if resume else None
         while not list_until.passed():
-            page = self._page(query, cursor, calls_end_by, progress=result.pages > 0)
-            if page is None:
-                break  # CTM failing just now, after some pages: hand on from here
+            try:
+                page = self.directory.list_page(
+                    query, cursor=cursor, page_size=SELECTOR_PAGE_SIZE, deadline=calls_end_by
+                )
+            except CtmError as error:
+                # Without a page read, the delivery fails and is retried as it came; after
+                # some, what was listed is queued and the rest handed on.
+                if not error.transient or not result.pages or not self.can_hand_on:
+                    raise
+                logger.warning("listing interrupted", extra={"error_code": error.error_code})
+                break
             result.pages += 1
-            self._take(page, query, chunker, result)
-            chunker.page_done()
+            chunker.add_page(page, query)
             if page.next is None:
                 return
             cursor = page.next
         result.resume = cursor.to_json() if cursor is not None else {}
         logger.info("resolution handed on", extra={"keys_so_far": result.keys})
-
-    def _page(
-        self,
-        query: Mapping[str, str] | None,
-        cursor: Any,
-        calls_end_by: Deadline,
-        *,
-        progress: bool,
-    ) -> ListPage | None:
-        """The next page; None when CTM fails transiently after ``progress`` was made (what
-        was listed is queued and the rest handed on). Without progress, the error is raised:
-        the delivery fails and is retried as it came."""
-        try:
-            return self.directory.list_page(
-                query,
-                cursor=cursor,
-                page_size=SELECTOR_PAGE_SIZE,
-                deadline=calls_end_by,
-            )
-        except CtmError as error:
-            if not error.transient or not progress or not self.can_hand_on:
-                raise
-            logger.warning("listing interrupted", extra={"error_code": error.error_code})
-            return None
-
-    @staticmethod
-    def _take(
-        page: ListPage, query: Mapping[str, str] | None, chunker: _Chunker, result: Resolution
-    ) -> None:
-        """A page's keys into ``chunker``: only those that match the selector (CTM may ignore
-        a filter or match by wildcard) and are well formed; the others are counted."""
-        result.malformed += page.malformed
-        for resource in page.resources:
-            if query and not resource_matches(query, resource):
-                result.mismatched += 1
-                logger.warning(
-                    "CTM listed a key that does not match the selector; not refreshed",
-                    extra={"key_id": str(resource.get("id"))[:64]},
-                )
-                continue
-            try:
-                info = KeyInfo.from_ctm(resource)
-            except ValueError:
-                result.malformed += 1
-                continue
-            chunker.add(KeyEntry(info.key_id, info))
-
-
-def _lookup_outcome(key_id: str, status: Status, error: CtmError) -> RefreshOutcome:
-    """The terminal outcome of a key whose lookup CTM answered with ``error``."""
-    return RefreshOutcome(
-        KeyInfo(key_id),
-        status=status,
-        attempts=error.attempts,
-        http_status=error.http_status,
-        error_code=error.error_code,
-        error_message=error.message,
-    )

@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING
 from cckm_refresh.model import RunInfo, Trigger
 from cckm_refresh.observability import logger
 from cckm_refresh.request import RefreshRequest, RequestError, parse_request, parse_request_body
-from cckm_refresh.run.report import MessageVerdict, Rejection, Result, RunReport
+from cckm_refresh.run.report import Rejection, Result
 from cckm_refresh.runtime import Deadline
 from cckm_refresh.triggers import Delivery
 
 if TYPE_CHECKING:  # built by run.wiring on the first invocation: not imported at cold start
-    from cckm_refresh.run.chunks import ChunkJob, ChunkWorker
+    from cckm_refresh.run.chunks import ChunkJob
     from cckm_refresh.run.intake import Intake
-    from cckm_refresh.run.ports import RunQueues, RunTable
     from cckm_refresh.run.sweep import Sweeper, SweepReport
 
 
@@ -25,11 +24,8 @@ if TYPE_CHECKING:  # built by run.wiring on the first invocation: not imported a
 class RefreshService:
     """Processes deliveries; built once per container and shared by its invocations."""
 
-    intake: Intake
-    worker: ChunkWorker
+    intake: Intake  # and its worker, table and queues
     sweeper: Sweeper
-    store: RunTable
-    queue: RunQueues
 
     def process(self, delivery: Delivery, end: Deadline) -> Result:
         """Process one delivery; ``end`` is when the invocation ends."""
@@ -38,6 +34,7 @@ class RefreshService:
     def process_batch(self, deliveries: Sequence[Delivery], end: Deadline) -> list[Result]:
         """Process the records of one SQS batch (or one delivery): requests are taken in one
         by one, then every chunk goes through one engine pass. One result per delivery."""
+        worker = self.intake.worker
         results: dict[int, Result] = {}
         jobs: dict[int, ChunkJob] = {}
         for index, delivery in enumerate(deliveries):
@@ -48,16 +45,16 @@ class RefreshService:
             run = run_of(delivery, request)
             logger.append_keys(run_id=run.run_id, trigger=str(run.trigger))
             if request.chunk is not None:
-                jobs[index] = self.worker.job(
+                jobs[index] = worker.job(
                     delivery, run, request.chunk, request.key_ids, request.handoffs
                 )
             else:
-                results[index] = self._take(delivery, request, run, end)
+                results[index] = self.intake.take(delivery, request, run, end)
         if jobs:
-            done = self.worker.work(list(jobs.values()), end)
+            done = worker.work(list(jobs.values()), end)
             for n, (index, job) in enumerate(jobs.items()):
                 # The pass's throttles are counted once: on the batch's first report.
-                results[index] = self.worker.report(job, done.throttled if n == 0 else 0)
+                results[index] = worker.report(job, done.throttled if n == 0 else 0)
         return [results[index] for index in range(len(deliveries))]
 
     def sweep(self) -> SweepReport:
@@ -67,8 +64,8 @@ class RefreshService:
     def retry_later(self, queue_arn: str, receipt_handle: str, delay: int) -> int:
         """Make a message still owing keys (from the queue ``queue_arn``) visible again in
         ``delay`` seconds; 0 when SQS refused (the visibility timeout then applies)."""
-        queue_url = self.queue.url_of(queue_arn)
-        return delay if self.queue.retry_later(queue_url, receipt_handle, delay) else 0
+        queue = self.intake.queue
+        return delay if queue.retry_later(queue.url_of(queue_arn), receipt_handle, delay) else 0
 
     def _parse(self, delivery: Delivery) -> RefreshRequest | Rejection:
         """The delivery's request; an invalid one is recorded, copied to the DLQ, rejected."""
@@ -80,26 +77,9 @@ class RefreshService:
             logger.warning(
                 "request rejected", extra={"source_id": delivery.source_id, "error": str(error)}
             )
-            self.store.record_rejected(delivery.source_id, str(error), delivery.raw)
-            self.queue.dead_letter(delivery.raw, str(error))
+            self.intake.store.record_rejected(delivery.source_id, str(error), delivery.raw)
+            self.intake.queue.dead_letter(delivery.raw, str(error))
             return Rejection(delivery.source_id, str(error))
-
-    def _take(
-        self,
-        delivery: Delivery,
-        request: RefreshRequest,
-        run: RunInfo,
-        end: Deadline,
-    ) -> RunReport:
-        """Take a request in. From the work queue, a failure (CTM unreachable while
-        resolving, say) is its own message's, delivered again, never its batch neighbours'."""
-        try:
-            return self.intake.take(delivery, request, run, end)
-        except Exception:
-            if delivery.trigger is not Trigger.SQS:
-                raise
-            logger.exception("request could not be resolved now; SQS delivers it again")
-            return RunReport(run.run_id, 0, verdict=MessageVerdict.retry(delivery.receive_count))
 
 
 def run_of(delivery: Delivery, request: RefreshRequest) -> RunInfo:

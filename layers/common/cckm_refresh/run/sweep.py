@@ -44,6 +44,7 @@ class Sweeper:
         stuck = [
             r for r in runs if now - (r.progress_at or now) >= self.settings.stuck_after_seconds
         ]
+        ids = tuple(r.run_id for r in stuck)
         chunks = listings = 0
         completed: list[str] = []
         for run in stuck:
@@ -55,15 +56,9 @@ class Sweeper:
         if stuck:
             logger.error(
                 "stuck runs found: their work is queued again",
-                extra={
-                    "runs": [r.run_id for r in stuck][:20],
-                    "count": len(stuck),
-                    "completed": completed[:20],
-                },
+                extra={"runs": list(ids[:20]), "count": len(ids), "completed": completed[:20]},
             )
-        return SweepReport(
-            len(runs), tuple(r.run_id for r in stuck), chunks, listings, tuple(completed)
-        )
+        return SweepReport(len(runs), ids, chunks, listings, tuple(completed))
 
     def _queue_again(self, run: RunState) -> tuple[int, int]:
         """Send the run's open chunks and its unfinished resolution again; (chunks, listings).

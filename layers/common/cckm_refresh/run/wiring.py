@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cckm_refresh.config import RefreshSettings
-from cckm_refresh.ctm.client import CtmClient, ListCursor
+from cckm_refresh.ctm.client import CtmClient
 from cckm_refresh.engine import RefreshEngine
 from cckm_refresh.model import RefreshOutcome
 from cckm_refresh.ratelimit import TenancyRateLimiter
@@ -27,22 +27,12 @@ from cckm_refresh.workqueue import WorkQueue
 class Ports:
     """The service's outside world: boto3-shaped DynamoDB and SQS clients, the CTM secret
     (``secret(force)``: bypass any cache when ``force``) and, when not the network, the
-    requests adapter that answers CTM's HTTPS."""
+    requests adapter that answers CTM's HTTPS. Without them, the account's (``AWS_*``)."""
 
     dynamodb: Any
     sqs: Any
     secret: Callable[[bool], str]
     ctm_adapter: Any = None
-
-
-def aws_ports(settings: RefreshSettings) -> Ports:
-    """DynamoDB, SQS and Secrets Manager of the account (``AWS_*`` environment)."""
-    # Every call in flight records its outcome at once: a connection each, plus a few.
-    return Ports(
-        dynamodb=aws_client("dynamodb", settings.refresh_concurrency + 4),
-        sqs=aws_client("sqs"),
-        secret=secret_loader(settings.ctm_secret_id),
-    )
 
 
 def refresh_service(
@@ -53,7 +43,12 @@ def refresh_service(
     ports: Ports | None = None,
 ) -> RefreshService:
     """The refresh service with this container's clients (``on_outcome``: the CLI's progress)."""
-    ports = ports or aws_ports(settings)
+    ports = ports or Ports(
+        # Every call in flight records its outcome at once: a connection each, plus a few.
+        dynamodb=aws_client("dynamodb", settings.refresh_concurrency + 4),
+        sqs=aws_client("sqs"),
+        secret=secret_loader(settings.ctm_secret_id),
+    )
     ctm = CtmClient.create(
         base_url=settings.ctm_base_url,
         secret_loader=ports.secret,
@@ -85,10 +80,7 @@ def refresh_service(
         concurrency=settings.refresh_concurrency,
         on_outcome=(lambda _item, outcome: on_outcome(outcome)) if on_outcome else None,
     )
-    resolver = Resolver(
-        ctm, store.latest_of, ListCursor.from_json, can_hand_on=queue.can_hand_on, runtime=runtime
-    )
+    resolver = Resolver(ctm, store.latest_of, can_hand_on=queue.can_hand_on, runtime=runtime)
     worker = ChunkWorker(settings, engine, store, queue, sign_in=ctm.issue_token, runtime=runtime)
     intake = Intake(settings, resolver, worker, store, queue, runtime=runtime)
-    sweeper = Sweeper(settings, store, queue, runtime)
-    return RefreshService(intake, worker, sweeper, store, queue)
+    return RefreshService(intake, Sweeper(settings, store, queue, runtime))
