@@ -14,8 +14,8 @@ from typing import Any
 
 import requests
 
+from cckm_refresh.notify.delivery import Claim
 from cckm_refresh.notify.events import EventType, Notification, Severity
-from cckm_refresh.notify.ledger import Claim
 from cckm_refresh.notify.webhook import Webhook
 from cckm_refresh.runtime import Deadline
 from tests.unit.manual_runtime import ManualRuntime

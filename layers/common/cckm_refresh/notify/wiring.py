@@ -5,8 +5,7 @@ from __future__ import annotations
 import functools
 
 from cckm_refresh.config import NotifySettings
-from cckm_refresh.notify.delivery import Notifier, SnsPublisher
-from cckm_refresh.notify.ledger import NotificationLedger
+from cckm_refresh.notify.delivery import NotificationLedger, Notifier, SnsPublisher
 from cckm_refresh.notify.stream import RunDigest, StreamNotifier
 from cckm_refresh.notify.webhook import Webhook, WebhookMirror, url_from_secret
 from cckm_refresh.observability import metrics
