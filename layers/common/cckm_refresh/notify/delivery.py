@@ -108,32 +108,12 @@ class NotificationInFlight(Exception):
 
 
 @dataclass(frozen=True)
-class SnsPublisher:
-    """Publishes notifications with the attributes subscription filter policies match on."""
-
-    client: Any
-    topic_arn: str
-
-    def publish(self, notification: Notification) -> str:
-        """SNS's message id."""
-        response = self.client.publish(
-            TopicArn=self.topic_arn,
-            Subject=notification.subject,
-            Message=json.dumps(notification.body(), default=str, separators=(",", ":")),
-            MessageAttributes={
-                "event_type": {"DataType": "String", "StringValue": str(notification.event_type)},
-                "severity": {"DataType": "String", "StringValue": str(notification.severity)},
-            },
-        )
-        return str(response.get("MessageId", ""))
-
-
-@dataclass(frozen=True)
 class Notifier:
-    """Delivers each notification at most once to SNS."""
+    """Delivers each notification at most once to the SNS topic (through SNS's client)."""
 
     ledger: NotificationLedger
-    publisher: SnsPublisher
+    sns: Any
+    topic_arn: str
     count: Callable[[str], None] = lambda metric: None
 
     def deliver(self, notification: Notification, end: Deadline) -> bool:
@@ -148,7 +128,7 @@ class Notifier:
         if claim is Claim.IN_FLIGHT:
             raise NotificationInFlight(f"{key} is being sent by another invocation; retry later")
         try:
-            message_id = self.publisher.publish(notification)
+            message_id = self._publish(notification)
         except Exception:
             # Else the claim lapses with this invocation's deadline and a retry takes it over.
             failure = "could not release the claim of an unsent notification"
@@ -163,6 +143,19 @@ class Notifier:
             extra=context | {"summary": notification.summary, "message_id": message_id},
         )
         return True
+
+    def _publish(self, notification: Notification) -> str:
+        """SNS's message id. The attributes are what subscription filter policies match on."""
+        response = self.sns.publish(
+            TopicArn=self.topic_arn,
+            Subject=notification.subject,
+            Message=json.dumps(notification.body(), default=str, separators=(",", ":")),
+            MessageAttributes={
+                "event_type": {"DataType": "String", "StringValue": str(notification.event_type)},
+                "severity": {"DataType": "String", "StringValue": str(notification.severity)},
+            },
+        )
+        return str(response.get("MessageId", ""))
 
 
 def _logged(action: Callable[[], None], failure: str, context: dict[str, str]) -> None:
