@@ -92,13 +92,14 @@ class ClockedSession:
     """A chat service behind requests: each POST takes ``delay`` seconds of the runtime's
     clock, then answers ``status`` (the default when the script is empty); a POST whose delay
     reaches its timeout waits the timeout and raises ``requests.ReadTimeout``, as requests
-    does. An exception in the script is raised at once."""
+    does. An exception in the script is raised at once. ``taken``: the texts it answered 2xx."""
 
     runtime: ManualRuntime = field(default_factory=ManualRuntime)
     script: list[Any] = field(default_factory=list)
     delay: float = 0.0
     status: int = 200
     posts: list[dict[str, Any]] = field(default_factory=list)
+    taken: list[str] = field(default_factory=list)
     journal: list[str] | None = None
 
     def post(self, url: str, **kwargs: Any) -> FakeResponse:
@@ -112,6 +113,8 @@ class ClockedSession:
             self.runtime.now += kwargs["timeout"]
             raise requests.ReadTimeout(f"HTTPSConnectionPool: read timed out ({url})")
         self.runtime.now += self.delay
+        if answer < 300:
+            self.taken.append(kwargs["json"]["text"])
         return FakeResponse(answer)
 
     @property
