@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from cckm_refresh.notify.ledger import LEASE_MARGIN, Claim, NotificationLedger
+from cckm_refresh.notify.delivery import LEASE_MARGIN, Claim, NotificationLedger
 from cckm_refresh.notify.stream import RunDigest
 from cckm_refresh.runtime import Deadline
 from cckm_refresh.table.reads import TableReader

@@ -1,4 +1,4 @@
-"""Fakes for the notify unit tests: the ledger's rules in memory, an SNS that records, and a
+"""Fakes for the notify unit tests: the ledger's rules in memory, an SNS client that records, and a
 chat service on a manual clock (a POST takes as long as it is scripted to, or times out).
 
 The clock only moves when a fake POST takes time or the webhook sleeps, so every test of a
@@ -14,8 +14,8 @@ from typing import Any
 
 import requests
 
+from cckm_refresh.notify.delivery import Claim
 from cckm_refresh.notify.events import EventType, Notification, Severity
-from cckm_refresh.notify.ledger import Claim
 from cckm_refresh.notify.webhook import Webhook
 from cckm_refresh.runtime import Deadline
 from tests.unit.manual_runtime import ManualRuntime
@@ -63,21 +63,23 @@ class FakeLedger:
 
 
 @dataclass
-class FakePublisher:
-    """SNS: records what it took, in ``journal`` too when given one; refuses ``refused``."""
+class FakeSns:
+    """SNS's client: records the subjects it took, in ``journal`` too when given one; refuses
+    every message when ``fail``, and those of a ``refused`` event type."""
 
     fail: bool = False
     refused: frozenset[str] = frozenset()
-    published: list[Notification] = field(default_factory=list)
+    subjects: list[str] = field(default_factory=list)
     journal: list[str] | None = None
 
-    def publish(self, notification: Notification) -> str:
-        if self.fail or notification.dedupe_key in self.refused:
+    def publish(self, **message: Any) -> dict[str, str]:
+        event_type = message["MessageAttributes"]["event_type"]["StringValue"]
+        if self.fail or event_type in self.refused:
             raise RuntimeError("SNS is down")
-        self.published.append(notification)
+        self.subjects.append(message["Subject"])
         if self.journal is not None:
-            self.journal.append(f"sns {notification.dedupe_key}")
-        return f"m{len(self.published)}"
+            self.journal.append(f"sns {message['Subject']}")
+        return {"MessageId": f"m{len(self.subjects)}"}
 
 
 @dataclass
@@ -90,13 +92,14 @@ class ClockedSession:
     """A chat service behind requests: each POST takes ``delay`` seconds of the runtime's
     clock, then answers ``status`` (the default when the script is empty); a POST whose delay
     reaches its timeout waits the timeout and raises ``requests.ReadTimeout``, as requests
-    does. An exception in the script is raised at once."""
+    does. An exception in the script is raised at once. ``taken``: the texts it answered 2xx."""
 
     runtime: ManualRuntime = field(default_factory=ManualRuntime)
     script: list[Any] = field(default_factory=list)
     delay: float = 0.0
     status: int = 200
     posts: list[dict[str, Any]] = field(default_factory=list)
+    taken: list[str] = field(default_factory=list)
     journal: list[str] | None = None
 
     def post(self, url: str, **kwargs: Any) -> FakeResponse:
@@ -110,6 +113,8 @@ class ClockedSession:
             self.runtime.now += kwargs["timeout"]
             raise requests.ReadTimeout(f"HTTPSConnectionPool: read timed out ({url})")
         self.runtime.now += self.delay
+        if answer < 300:
+            self.taken.append(kwargs["json"]["text"])
         return FakeResponse(answer)
 
     @property

@@ -13,7 +13,6 @@ import pytest
 from cckm_refresh.notify.webhook import (
     SAFETY_MARGIN,
     WEBHOOK_TIMEOUT,
-    MirrorReport,
     Webhook,
     WebhookMirror,
 )
@@ -35,10 +34,11 @@ def mirror_over(chat: ClockedSession, counted: Counted | None = None) -> Webhook
 
 
 def test_every_notification_is_posted_when_the_webhook_answers() -> None:
-    chat = ClockedSession(delay=0.2)
-    report = mirror_over(chat).mirror(NOTES[:3], within(chat, 60.0))
-    assert report == MirrorReport(posted=3)
-    assert [p["json"]["text"] for p in chat.posts] == [n.summary for n in NOTES[:3]]
+    chat, counted = ClockedSession(delay=0.2), Counted()
+    mirror_over(chat, counted).mirror(NOTES[:3], within(chat, 60.0))
+    assert chat.taken == [n.summary for n in NOTES[:3]]
+    assert len(chat.posts) == 3
+    assert counted.values == {}
 
 
 def test_a_hanging_webhook_costs_the_batch_one_timeout_and_the_rest_are_skipped() -> None:
@@ -47,28 +47,29 @@ def test_a_hanging_webhook_costs_the_batch_one_timeout_and_the_rest_are_skipped(
     started = chat.runtime.now
 
     # When they are mirrored with 60 s of the invocation left
-    report = mirror_over(chat, counted).mirror(NOTES, within(chat, 60.0))
+    mirror_over(chat, counted).mirror(NOTES, within(chat, 60.0))
 
     # Then the webhook is waited on once, for the contract's 10 s; the 9 others are skipped
     assert len(chat.posts) == 1
     assert chat.runtime.now - started == WEBHOOK_TIMEOUT
-    assert report == MirrorReport(posted=0, failed=1, skipped=9)
+    assert chat.taken == []
     assert counted.values == {"WebhookFailures": 1, "WebhookSkipped": 9}
 
 
 def test_a_slow_webhook_is_cut_off_at_the_budget_and_each_post_waits_only_what_is_left() -> None:
     # Given a webhook that answers after 4 s, and 30 s left in the invocation
-    chat = ClockedSession(delay=4.0)
+    chat, counted = ClockedSession(delay=4.0), Counted()
     started = chat.runtime.now
 
     # When 10 notifications are mirrored
-    report = mirror_over(chat).mirror(NOTES, within(chat, 30.0))
+    mirror_over(chat, counted).mirror(NOTES, within(chat, 30.0))
 
     # Then no POST waits more than 10 s or past the budget (30 s less the margin): the 7th
     # gets the 3 s left, times out, and the budget ends the mirror to the second
     assert chat.timeouts == [10.0, 10.0, 10.0, 10.0, 10.0, 7.0, 3.0]
     assert chat.runtime.now - started == 30.0 - SAFETY_MARGIN
-    assert report == MirrorReport(posted=6, failed=1, skipped=3)
+    assert len(chat.taken) == 6
+    assert counted.values == {"WebhookFailures": 1, "WebhookSkipped": 3}
 
 
 def test_mirrors_stop_when_too_little_time_is_left_to_start_a_post() -> None:
@@ -77,19 +78,19 @@ def test_mirrors_stop_when_too_little_time_is_left_to_start_a_post() -> None:
     started = chat.runtime.now
 
     # When 10 notifications are mirrored
-    report = mirror_over(chat, counted).mirror(NOTES, within(chat, 11.5))
+    mirror_over(chat, counted).mirror(NOTES, within(chat, 11.5))
 
     # Then two are posted; with 0.5 s left no third POST starts, and 8 are skipped
-    assert report == MirrorReport(posted=2, failed=0, skipped=8)
+    assert chat.taken == [n.summary for n in NOTES[:2]]
     assert chat.runtime.now - started == 8.0
     assert counted.values == {"WebhookSkipped": 8}
 
 
 def test_with_only_the_margin_left_nothing_is_posted() -> None:
-    chat = ClockedSession()
-    report = mirror_over(chat).mirror(NOTES[:4], within(chat, SAFETY_MARGIN))
-    assert report == MirrorReport(skipped=4)
+    chat, counted = ClockedSession(), Counted()
+    mirror_over(chat, counted).mirror(NOTES[:4], within(chat, SAFETY_MARGIN))
     assert chat.posts == []
+    assert counted.values == {"WebhookSkipped": 4}
 
 
 def test_a_webhook_that_is_down_is_asked_for_one_message_then_the_rest_are_skipped() -> None:
@@ -98,23 +99,24 @@ def test_a_webhook_that_is_down_is_asked_for_one_message_then_the_rest_are_skipp
     started = chat.runtime.now
 
     # When 10 notifications are mirrored
-    report = mirror_over(chat, counted).mirror(NOTES, within(chat, 60.0))
+    mirror_over(chat, counted).mirror(NOTES, within(chat, 60.0))
 
     # Then the first one's retries tell it is down: 3 POSTs, 3 s, and the 9 others skipped
-    assert report == MirrorReport(failed=1, skipped=9)
     assert len(chat.posts) == 3
+    assert chat.taken == []
     assert chat.runtime.now - started == 3.0
     assert counted.values == {"WebhookFailures": 1, "WebhookSkipped": 9}
 
 
 def test_a_message_the_webhook_refuses_does_not_stop_the_others() -> None:
     # Given a webhook that refuses the first message (400) and takes the rest
-    chat = ClockedSession(script=[400])
+    chat, counted = ClockedSession(script=[400]), Counted()
 
-    report = mirror_over(chat).mirror(NOTES[:3], within(chat, 60.0))
+    mirror_over(chat, counted).mirror(NOTES[:3], within(chat, 60.0))
 
-    assert report == MirrorReport(posted=2, failed=1)
+    assert chat.taken == [n.summary for n in NOTES[1:3]]
     assert len(chat.posts) == 3
+    assert counted.values == {"WebhookFailures": 1}
 
 
 def test_skipped_mirrors_are_logged_once_with_their_keys_and_never_the_url(
@@ -140,12 +142,12 @@ def test_an_unexpected_webhook_error_is_logged_by_type_only(
     def load_url() -> str:
         raise ValueError(f"bad response from {URL}")
 
-    chat = ClockedSession()
+    chat, counted = ClockedSession(), Counted()
     hook = Webhook(load_url, chat, chat.runtime)
 
-    report = WebhookMirror(hook).mirror(NOTES[:1], within(chat, 60.0))
+    WebhookMirror(hook, count=counted).mirror(NOTES[:1], within(chat, 60.0))
 
-    assert report == MirrorReport(failed=1)
+    assert counted.values == {"WebhookFailures": 1}
     [warning] = [r for r in caplog.records if r.message == "webhook mirror failed"]
     assert warning.reason == "ValueError"  # type: ignore[attr-defined]
     assert "SECRETPART" not in repr([vars(r) for r in caplog.records])

@@ -25,13 +25,13 @@ from cckm_refresh.ctm.errors import RetryPolicy
 from cckm_refresh.ctm.transport import UNPACED, Transport
 from cckm_refresh.request import (
     REQUEST_FIELDS,
-    SELECTOR_FIELDS,
     RefreshRequest,
     RequestError,
     parse_request,
     parse_request_body,
 )
 from cckm_refresh.runtime import Deadline
+from cckm_refresh.selectors import SELECTOR_FILTERS
 
 PROPERTY_SETTINGS = settings(
     max_examples=300,
@@ -109,7 +109,8 @@ keys_values = (
     | st.just([UUID_TEXT] * 1001)
     | json_values
 )
-selector_names = st.sampled_from([*sorted(SELECTOR_FIELDS), "all", "id", ""]) | st.text(max_size=10)
+known_names = [*sorted(SELECTOR_FILTERS), "all", "id", ""]
+selector_names = st.sampled_from(known_names) | st.text(max_size=10)
 selector_values = (
     st.dictionaries(
         selector_names,
@@ -166,7 +167,7 @@ def fields_of(document: object) -> set[str]:
     """The field names a rejection of ``document`` may give: what the contract knows, or
     something the document itself holds (an unknown field, an index, a selector filter)."""
     named = {"request", "body", *REQUEST_FIELDS, "selector.all"}
-    named |= {f"selector.{name}" for name in SELECTOR_FIELDS}
+    named |= {f"selector.{name}" for name in SELECTOR_FILTERS}
     if isinstance(document, Mapping):
         named |= {quoted(name) for name in document}
         keys = document.get("keys")

@@ -19,7 +19,6 @@ from cckm_refresh.text import printable
 MAX_KEYS = 1000
 MAX_REASON = 256
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-SELECTOR_FIELDS = SELECTOR_FILTERS
 REQUEST_FIELDS = frozenset({"keys", "selector", "request_id", "run_id", "reason", "dry_run"})
 # Only the function itself sends these, on messages that continue a run (``run_id`` set):
 # ``chunk`` names the registered chunk a message carries, ``resume`` where a selector's
@@ -181,7 +180,7 @@ def _parse_selector(value: object) -> Selector:
         return Selector(all_keys=True)
     filters: list[tuple[str, str]] = []
     for name in sorted(value, key=str):
-        if name not in SELECTOR_FIELDS:
+        if name not in SELECTOR_FILTERS:
             raise RequestError(f"selector.{_field_name(name)}", "is not a known filter")
         problem = value_problem(value[name])
         if problem is not None:

@@ -20,7 +20,8 @@ from cckm_refresh.cli.show import history as show_history
 from cckm_refresh.cli.show import results as show_results
 from cckm_refresh.config import ConfigError
 from cckm_refresh.observability import logger
-from cckm_refresh.request import SELECTOR_FIELDS, RequestError
+from cckm_refresh.request import RequestError
+from cckm_refresh.selectors import SELECTOR_FILTERS
 
 __all__ = ["EXIT_ERROR", "EXIT_FAILED_KEYS", "EXIT_OK", "CliError", "main"]
 
@@ -133,7 +134,7 @@ def _add_selector_flags(
     parser: argparse.ArgumentParser, all_help: str = "every OCI key CCKM manages"
 ) -> None:
     parser.add_argument("--all", action="store_true", help=all_help)
-    for name in sorted(SELECTOR_FIELDS):
+    for name in sorted(SELECTOR_FILTERS):
         parser.add_argument(f"--{name.replace('_', '-')}", dest=f"sel_{name}", metavar="VALUE")
 
 

@@ -23,8 +23,9 @@ from cckm_refresh.cli.common import (
 )
 from cckm_refresh.config import RefreshSettings
 from cckm_refresh.model import RefreshOutcome, Status, Trigger
-from cckm_refresh.request import SELECTOR_FIELDS, RequestError, parse_request
+from cckm_refresh.request import RequestError, parse_request
 from cckm_refresh.runtime import Deadline
+from cckm_refresh.selectors import SELECTOR_FILTERS
 from cckm_refresh.triggers import Delivery
 
 if TYPE_CHECKING:  # the run package is imported when a refresh starts, not for every command
@@ -75,7 +76,7 @@ def selector_from(args: argparse.Namespace) -> dict[str, Any]:
     """The request's selector: the filter options given, or ``{"all": true}`` for --all."""
     selector: dict[str, Any] = {
         name: getattr(args, f"sel_{name}")
-        for name in sorted(SELECTOR_FIELDS)
+        for name in sorted(SELECTOR_FILTERS)
         if getattr(args, f"sel_{name}") is not None
     }
     if args.all:

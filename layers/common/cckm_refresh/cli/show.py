@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from cckm_refresh.cli.common import EXIT_OK, CliError, json_default, print_table, version_label
-from cckm_refresh.table.history import KeyHistory
+from cckm_refresh.table.items import BY_KEY_INDEX, key_pk, plain
+from cckm_refresh.table.reads import TableReader
+
+
+class KeyHistory(TableReader):
+    """The table as ``results`` and ``history`` read it: a key's results over time come from
+    the ``by-key`` index (kept out of ``reads``, so the notify function's role reaches none)."""
+
+    def history(self, key_id: str, limit: int) -> list[dict[str, Any]]:
+        """A key's last ``limit`` results, newest first."""
+        answer = self._db.query(
+            TableName=self.table_name,
+            IndexName=BY_KEY_INDEX,
+            KeyConditionExpression="gsi1pk = :k",
+            ExpressionAttributeValues={":k": {"S": key_pk(key_id)}},
+            ScanIndexForward=False,
+            Limit=limit,
+        )
+        return [plain(item) for item in answer.get("Items", [])]
 
 
 def _table(args: argparse.Namespace, env: dict[str, str]) -> KeyHistory:

@@ -17,7 +17,7 @@ from cckm_refresh.notify.events import (
     Notification,
     notifications_for,
 )
-from cckm_refresh.notify.webhook import MirrorReport, WebhookMirror
+from cckm_refresh.notify.webhook import WebhookMirror
 from cckm_refresh.runtime import Deadline
 from cckm_refresh.table.reads import TableReader
 
@@ -57,11 +57,10 @@ class StreamBatch:
                 self.published.append(notification)
         return len(found)
 
-    def mirror(self) -> MirrorReport:
+    def mirror(self) -> None:
         """Never raises: an error here would make Lambda deliver the whole batch again."""
-        if self.stream.mirror is None or not self.published:
-            return MirrorReport()
-        return self.stream.mirror.mirror(self.published, self.end)
+        if self.stream.mirror is not None and self.published:
+            self.stream.mirror.mirror(self.published, self.end)
 
 
 @dataclass(frozen=True)

@@ -128,15 +128,6 @@ class Webhook:
 
 
 @dataclass(frozen=True)
-class MirrorReport:
-    """What became of one batch's mirrors."""
-
-    posted: int = 0
-    failed: int = 0
-    skipped: int = 0
-
-
-@dataclass(frozen=True)
 class WebhookMirror:
     """Its outages and slowness are logged and counted, never raised (failing a record would
     make the stream publish it to SNS again)."""
@@ -144,11 +135,11 @@ class WebhookMirror:
     webhook: Webhook
     count: Callable[[str, int], None] = lambda metric, value: None
 
-    def mirror(self, notifications: Sequence[Notification], end: Deadline) -> MirrorReport:
+    def mirror(self, notifications: Sequence[Notification], end: Deadline) -> None:
         """Post each in turn until ``end`` (the invocation's) less the safety margin. After a
         ``WebhookUnavailable`` the rest are skipped: the webhook is hanging or down."""
         deadline = end.before(SAFETY_MARGIN)
-        posted = failed = 0
+        failed = 0
         skipped: Sequence[Notification] = ()
         for index, notification in enumerate(notifications):
             try:
@@ -166,13 +157,10 @@ class WebhookMirror:
                 if isinstance(error, WebhookUnavailable):
                     skipped, reason = notifications[index + 1 :], error.skips_the_rest_because
                     break
-            else:
-                posted += 1
         if failed:
             self.count("WebhookFailures", failed)
         if skipped:
             self._skipped(skipped, reason)
-        return MirrorReport(posted, failed, len(skipped))
 
     def _skipped(self, skipped: Sequence[Notification], reason: str) -> None:
         self.count("WebhookSkipped", len(skipped))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import functools
 
 from cckm_refresh.config import NotifySettings
-from cckm_refresh.notify.delivery import Notifier, SnsPublisher
-from cckm_refresh.notify.ledger import NotificationLedger
+from cckm_refresh.notify.delivery import NotificationLedger, Notifier
 from cckm_refresh.notify.stream import RunDigest, StreamNotifier
 from cckm_refresh.notify.webhook import Webhook, WebhookMirror, url_from_secret
 from cckm_refresh.observability import metrics
@@ -24,7 +23,7 @@ def stream_notifier(settings: NotifySettings) -> StreamNotifier:
         webhook = Webhook(functools.partial(url_from_secret, secret_id), requests.Session())
         mirror = WebhookMirror(webhook, count=count_metric)
     ledger = NotificationLedger(dynamodb, settings.results_table, settings.result_retention_days)
-    notifier = Notifier(ledger, SnsPublisher(aws_client("sns"), settings.topic_arn), count_metric)
+    notifier = Notifier(ledger, aws_client("sns"), settings.topic_arn, count_metric)
     digest = RunDigest(TableReader(dynamodb, settings.results_table))
     return StreamNotifier(notifier, digest.failed_keys, mirror)
 

@@ -1,7 +1,7 @@
 """What the operator CLI, the notifier's run digest and the demo read from the table: a run, its
-results, a key's latest state (``history.KeyHistory`` adds a key's results over time, from the
-``by-key`` index, which the notify function's role is not granted). ``TableClient``: the one item
-read and the query pages every reader and writer of the table shares."""
+results, a key's latest state (the CLI's ``cli.show.KeyHistory`` adds a key's results over time,
+from the ``by-key`` index, which the notify function's role is not granted). ``TableClient``: the
+one item read and the query pages every reader and writer of the table shares."""
 
 from __future__ import annotations
 
