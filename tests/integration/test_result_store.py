@@ -164,7 +164,7 @@ def test_a_run_completes_exactly_once_when_its_last_chunk_closes(
     started = (store.start_run(RUN), store.start_run(RUN))
     store.register_chunk(RUN, "a" * 32, "t", [KeyEntry("k1"), KeyEntry("k2")])
     store.register_chunk(RUN, "b" * 32, "t", [KeyEntry("k3")])
-    store.finish_resolution("r1")
+    store.finish_resolution("r1", "start")
     before_any_chunk = store.complete_if_done("r1")
 
     # When chunk a closes, then again (a late duplicate), then chunk b
@@ -246,13 +246,13 @@ def test_a_run_still_resolving_does_not_complete(store: ResultStore) -> None:
     store.register_chunk(RUN, "a" * 32, "t", [KeyEntry("k1")])
     assert store.finish_chunk("r1", "a" * 32, ChunkTally(refreshed=1))
     assert store.complete_if_done("r1") is None  # more chunks may come
-    store.finish_resolution("r1")
+    store.finish_resolution("r1", "start")
     assert store.complete_if_done("r1") is not None
 
 
 def test_nothing_joins_a_completed_run(store: ResultStore, aws_stack: Any) -> None:
     store.start_run(RUN)
-    store.finish_resolution("r1")
+    store.finish_resolution("r1", "start")
     assert store.complete_if_done("r1") is not None
 
     assert store.register_chunk(RUN, "a" * 32, "t", [KeyEntry("k1")]) == ()

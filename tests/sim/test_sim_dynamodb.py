@@ -61,7 +61,7 @@ def bookkeeping(store: ResultStore) -> list[Any]:
     for key_id in KEYS[4:6]:
         answers.append(store.record(RUN, refreshed(key_id, "v1"), known(key_id)))
     answers += [store.finish_chunk(RUN.run_id, "c2", ChunkTally(refreshed=2))]
-    answers += [store.finish_resolution(RUN.run_id), store.finish_resolution(RUN.run_id)]
+    answers += [store.finish_resolution(RUN.run_id, "start") for _ in range(2)]
     answers += [store.complete_if_done(RUN.run_id), store.complete_if_done(RUN.run_id)]
     answers += [
         store.record_rejected("m1", "keys: bad", "{}"),

@@ -159,8 +159,5 @@ def _response(result: RunReport | Rejection) -> dict[str, Any]:
 
 def _counts_of(result: RunReport) -> dict[str, int]:
     """What this delivery recorded, counted as a run's counts are."""
-    tally = ChunkTally()
-    for recorded in result.recorded:
-        if recorded.outcome.status is not Status.PENDING:
-            tally = tally.add(recorded.outcome.status, recorded.version_changed)
-    return tally.as_dict()
+    terminal = [r for r in result.recorded if r.outcome.status is not Status.PENDING]
+    return ChunkTally.of((r.outcome.status, r.version_changed) for r in terminal).as_dict()

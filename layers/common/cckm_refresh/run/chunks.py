@@ -22,7 +22,6 @@ from cckm_refresh.table.items import (
     RecordedResult,
     RunCounts,
     TenancyPace,
-    described,
     known_before,
     status_of,
 )
@@ -61,12 +60,6 @@ class ChunkJob:
     def group(self) -> str | None:
         """The tenancy queue's message group it came in: its pacing group, handed on."""
         return self.delivery.group if self.delivery is not None else None
-
-    def tally(self) -> ChunkTally:
-        tally = ChunkTally()
-        for status, rotated in self.final.values():
-            tally = tally.add(status, rotated)
-        return tally
 
 
 SignIn = Callable[[Deadline], object]
@@ -150,7 +143,7 @@ class ChunkWorker:
                 kept.append(item)
                 continue
             outcome = RefreshOutcome(
-                KeyInfo(item.key_id),
+                KeyInfo(item.key_id).filled_from(item.known),
                 Status.FAILED,
                 error_code="DEADLINE",
                 error_message=why,
@@ -158,7 +151,7 @@ class ChunkWorker:
             )
             with job.lock:
                 job.gave_up += 1
-            self._record(item, described(outcome, item.known))
+            self._record(item, outcome)
         return kept
 
     def report(self, job: ChunkJob, throttled: int = 0) -> RunReport:
@@ -223,8 +216,8 @@ class ChunkWorker:
             logger.info("chunk already done: nothing to refresh", extra={"chunk": job.chunk_id})
         if job.run.dry_run:
             for work in owed:
-                skipped = RefreshOutcome(KeyInfo(work.key_id), Status.SKIPPED)
-                self._record(work, described(skipped, work.known))
+                key = KeyInfo(work.key_id).filled_from(work.known)
+                self._record(work, RefreshOutcome(key, Status.SKIPPED))
             return []
         return owed
 
@@ -274,14 +267,15 @@ class ChunkWorker:
         """After the pass: learn what lost races became, close a finished chunk, complete;
         hand the tenancy's pace on to its next invocation (with the close, or alone)."""
         if job.lost:
-            existing = self.store.results_of(job.run.run_id, sorted(job.lost))
+            existing, _ = self.store.results_and_pace(job.run.run_id, sorted(job.lost), None)
             for key_id, item in existing.items():
                 if (final := _final(item)) is not None:
                     job.final[key_id] = final
                     job.pending.pop(key_id, None)
         pace = self._pace_of(job)
         if job.done:
-            closed = self.store.finish_chunk(job.run.run_id, job.chunk_id, job.tally(), pace)
+            tally = ChunkTally.of(job.final.values())
+            closed = self.store.finish_chunk(job.run.run_id, job.chunk_id, tally, pace)
             if pace is not None and not closed:
                 self.store.record_pace(pace)
             # Whether or not this delivery closed the chunk: one killed between closing the

@@ -4,7 +4,7 @@ values the run keeps in them."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from cckm_refresh.keyids import KeyIdKind, classify_key_id
-from cckm_refresh.model import KeyInfo, RefreshOutcome, RunStatus, Status
+from cckm_refresh.model import LOCATION_FIELDS, KeyInfo, RefreshOutcome, RunStatus, Status
 from cckm_refresh.text import MAX_MESSAGE
 
 RUN = "RUN"  # the sort key of a run's item
@@ -34,8 +34,6 @@ SEGMENT_PREFIX = "at:"  # a resolution segment that starts at a listing position
 MAX_CHUNK_KEYS = 98
 MAX_REJECTED_BODY = 4000
 MAX_KEPT_REQUEST = 100_000  # a run's request as received (1,000 OCIDs are about 60 KB)
-# Where a key lives: what its RESULT and KEY items always say of it.
-LOCATION = ("oci_key_id", "display_name", "tenancy", "region", "vault_name")
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -153,10 +151,6 @@ class KeyEntry:
     key_id: str
     known: KeyInfo | None = None
 
-    @property
-    def version_before(self) -> str | None:
-        return self.known.current_key_version if self.known else None
-
 
 @dataclass(frozen=True)
 class ChunkTally:
@@ -168,12 +162,14 @@ class ChunkTally:
     skipped: int = 0
     rotated: int = 0
 
-    def add(self, status: Status, rotated: bool) -> ChunkTally:
-        """Count a terminal result under its status (``NOT_FOUND``: ``not_found``)."""
-        field = status.lower()
-        return replace(
-            self, **{field: getattr(self, field) + 1, "rotated": self.rotated + int(rotated)}
-        )
+    @classmethod
+    def of(cls, results: Iterable[tuple[Status, bool]]) -> ChunkTally:
+        """The counts of terminal results, each a status and whether its key rotated."""
+        counts = dict.fromkeys(TALLY_FIELDS, 0)
+        for status, rotated in results:
+            counts[status.lower()] += 1  # ``NOT_FOUND``: ``not_found``
+            counts["rotated"] += int(rotated)
+        return cls(**counts)
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in TALLY_FIELDS}
@@ -207,7 +203,7 @@ def result_item(run_id: str, result: RecordedResult, at: str, expires: int) -> d
         "item_type": "RESULT",
         "run_id": run_id,
         "key_id": o.key_id,
-        **{name: getattr(k, name) for name in LOCATION},
+        **{name: getattr(k, name) for name in LOCATION_FIELDS},
         "status": str(o.status),
         "attempts": o.attempts,
         "duration_ms": o.duration_ms,
@@ -224,11 +220,6 @@ def result_item(run_id: str, result: RecordedResult, at: str, expires: int) -> d
         "gsi1sk": o.recorded_at or at,
         "expires_at": expires,
     }
-
-
-def described(outcome: RefreshOutcome, known: KeyInfo | None) -> RefreshOutcome:
-    """``outcome`` with where the key lives, as far as it is known."""
-    return outcome if known is None else replace(outcome, key=outcome.key.filled_from(known))
 
 
 @dataclass(frozen=True)

@@ -205,7 +205,7 @@ class RunBook(TableClient):
         update = "SET resolving = :next, progress_at = :now"
         return self._move_resolution(run_id, segment, update, {":next": next_segment})
 
-    def finish_resolution(self, run_id: str, segment: str = FIRST_SEGMENT) -> bool:
+    def finish_resolution(self, run_id: str, segment: str) -> bool:
         """Every key of the run is registered: completion may now happen. False when
         ``segment`` does not own the resolution (another delivery does, or it is done)."""
         return self._move_resolution(run_id, segment, "REMOVE resolving SET progress_at = :now")
@@ -280,10 +280,10 @@ class RunBook(TableClient):
         )
         results = []
         for entry in entries:
-            pending = RefreshOutcome(KeyInfo(entry.key_id).filled_from(entry.known), Status.PENDING)
-            item = result_item(
-                run.run_id, RecordedResult(pending, entry.version_before, False), now, expires
-            )
+            known = entry.known
+            pending = RefreshOutcome(KeyInfo(entry.key_id).filled_from(known), Status.PENDING)
+            before = known.current_key_version if known else None
+            item = result_item(run.run_id, RecordedResult(pending, before, False), now, expires)
             results.append({"Put": self._if_new(item | {"chunk_id": chunk_id})})
         return [{"Put": self._if_new(chunk)}, {"Update": count}, *results]
 
@@ -320,9 +320,7 @@ class RunBook(TableClient):
         raise TransactionFailedError("could not register the keys")
 
     def _terminal_results(self, run: RunInfo, batch: Sequence[RefreshOutcome]) -> list[Any]:
-        tally = ChunkTally()
-        for outcome in batch:
-            tally = tally.add(outcome.status, False)
+        tally = ChunkTally.of((outcome.status, False) for outcome in batch)
         update, values = _counted(tally, "ADD requested :n")
         values |= {":n": len(batch), ":now": _epoch(self.now())}
         count = self._while_running(run.run_id, update, values)

@@ -9,11 +9,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from cckm_refresh.model import KeyInfo, RefreshOutcome, RunInfo, Status
+from cckm_refresh.model import LOCATION_FIELDS, KeyInfo, RefreshOutcome, RunInfo, Status
 from cckm_refresh.runtime import iso
 from cckm_refresh.table.items import (
     LATEST,
-    LOCATION,
     MAX_REJECTED_BODY,
     PACE,
     REQUEST,
@@ -38,15 +37,12 @@ BATCH_GET = 100
 class ResultStore(RunBook):
     """Runs and chunks (``RunBook``), outcomes and latest states, and their reads."""
 
-    def results_of(self, run_id: str, key_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The run's existing result items for ``key_ids`` (strongly consistent), by key id."""
-        return self.results_and_pace(run_id, key_ids, None)[0]
-
     def results_and_pace(
         self, run_id: str, key_ids: Sequence[str], tenancy: str | None
     ) -> tuple[dict[str, dict[str, Any]], TenancyPace | None]:
-        """``results_of``, and in the same read the pace ``tenancy``'s previous invocation
-        handed on (None: no tenancy asked, or none recorded)."""
+        """The run's existing result items for ``key_ids`` (strongly consistent), by key id, and
+        in the same read the pace ``tenancy``'s previous invocation handed on (None: no tenancy
+        asked, or none recorded)."""
         keys = [(run_pk(run_id), key_pk(k)) for k in key_ids]
         if tenancy is not None:
             keys.append((tenancy_pk(tenancy), PACE))
@@ -170,7 +166,7 @@ def _latest_update(run: RunInfo, outcome: RefreshOutcome) -> tuple[str, dict[str
         "lifecycle_state": known.lifecycle_state,
         "current_key_version": known.current_key_version,
         "last_refreshed_at": (known.refreshed_at or outcome.recorded_at) if refreshed else None,
-    } | {name: getattr(known, name) for name in LOCATION}
+    } | {name: getattr(known, name) for name in LOCATION_FIELDS}
     # "region" and others are DynamoDB reserved words: each is set as #name
     sets = [f"#{name} = :{name}" for name, value in fields.items() if value is not None]
     values = {f":{name}": value for name, value in fields.items() if value is not None}
