@@ -224,15 +224,7 @@ class Preflight:
     @property
     def client(self) -> CtmClient:
         if self._client is None:
-            settings = self.settings
-            self._client = CtmClient.create(
-                base_url=settings.ctm_base_url,
-                secret_loader=self.load_secret,
-                timeout=settings.ctm_timeout_seconds,
-                max_attempts=settings.ctm_max_attempts,
-                verify_tls=settings.ctm_verify_tls,
-                pool_size=2,
-            )
+            self._client = CtmClient.from_settings(self.settings, self.load_secret, pool_size=2)
         return self._client
 
     def connect(self) -> Finding:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from cckm_refresh.config import RefreshSettings
 from cckm_refresh.ctm.auth import TOKEN_PATH, Grant, TokenSource
 from cckm_refresh.ctm.credentials import CredentialsCache, SecretLoader
 from cckm_refresh.ctm.errors import CtmNotFoundError, RetryPolicy, bad_response
@@ -54,6 +55,20 @@ class CtmClient:
             return http.call("POST", token_url, json_body=grant, deadline=deadline).body
 
         return cls(base_url, TokenSource(credentials, exchange, runtime=http.runtime), http)
+
+    @classmethod
+    def from_settings(
+        cls, settings: RefreshSettings, secret_loader: SecretLoader, **transport: Any
+    ) -> CtmClient:
+        """The client the settings describe (``transport``: more of ``Transport``'s arguments)."""
+        return cls.create(
+            base_url=settings.ctm_base_url,
+            secret_loader=secret_loader,
+            timeout=settings.ctm_timeout_seconds,
+            max_attempts=settings.ctm_max_attempts,
+            verify_tls=settings.ctm_verify_tls,
+            **transport,
+        )
 
     def __enter__(self) -> CtmClient:
         return self

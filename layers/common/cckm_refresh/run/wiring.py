@@ -49,12 +49,9 @@ def refresh_service(
         sqs=aws_client("sqs"),
         secret=secret_loader(settings.ctm_secret_id),
     )
-    ctm = CtmClient.create(
-        base_url=settings.ctm_base_url,
-        secret_loader=ports.secret,
-        timeout=settings.ctm_timeout_seconds,
-        max_attempts=settings.ctm_max_attempts,
-        verify_tls=settings.ctm_verify_tls,
+    ctm = CtmClient.from_settings(
+        settings,
+        ports.secret,
         pool_size=settings.refresh_concurrency,
         runtime=runtime,
         rng=runtime.random,
