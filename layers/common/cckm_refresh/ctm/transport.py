@@ -96,16 +96,20 @@ class TlsPolicy:
     def __init__(self, *, verify_tls: bool, ca_bundle: Callable[[], str | None]) -> None:
         self._verify_tls = verify_tls
         self._ca_bundle = ca_bundle
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # never held while the secret is read
         self._resolved: bool | str | None = None
         self.ca_file: str | None = None  # written from the secret's ca_bundle, once resolved
         self._quiet_hosts: set[str] = set()
 
     def verify_for(self, url: str) -> bool | str:
         if self._resolved is None:
-            with self._lock:  # the other first calls wait for the secret this one reads
+            # Read outside the lock: a first call waits for its own read, bounded by its own
+            # timeouts, never for another thread's. A file written by a read that lost goes.
+            setting, ca_file = self._resolve()
+            with self._lock:
                 if self._resolved is None:
-                    self._resolved, self.ca_file = self._resolve()
+                    self._resolved, self.ca_file, ca_file = setting, ca_file, None
+            _remove(ca_file)
         if (
             self._resolved is False
             and (host := urlsplit(url).hostname or "") not in self._quiet_hosts
@@ -119,9 +123,8 @@ class TlsPolicy:
 
     def close(self) -> None:
         with self._lock:
-            if self.ca_file is not None:
-                Path(self.ca_file).unlink(missing_ok=True)
-            self.ca_file = self._resolved = None
+            ca_file, self.ca_file, self._resolved = self.ca_file, None, None
+        _remove(ca_file)
 
     def _resolve(self) -> tuple[bool | str, str | None]:
         if not self._verify_tls:
@@ -136,6 +139,11 @@ class TlsPolicy:
         if os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"):
             return True, None  # requests reads these itself, but not SSL_CERT_FILE
         return os.environ.get("SSL_CERT_FILE") or True, None
+
+
+def _remove(path: str | None) -> None:
+    if path is not None:
+        Path(path).unlink(missing_ok=True)
 
 
 @dataclass
