@@ -4,7 +4,7 @@ refresh, list. Ids are validated before any URL is built; list filters are the s
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote, urlsplit
 
 from cckm_refresh.config import RefreshSettings
@@ -12,7 +12,14 @@ from cckm_refresh.ctm.auth import TOKEN_PATH, Grant, TokenSource
 from cckm_refresh.ctm.credentials import CredentialsCache, SecretLoader
 from cckm_refresh.ctm.errors import CtmNotFoundError, RetryPolicy, bad_response
 from cckm_refresh.ctm.listing import MAX_PAGE_SIZE, Fetch, KeyPage, ListCursor, read_page
-from cckm_refresh.ctm.transport import UNPACED, CtmResponse, Pacer, Transport
+from cckm_refresh.ctm.transport import (
+    UNPACED,
+    CtmResponse,
+    Pacer,
+    Transport,
+    TransportOptions,
+    TransportWiring,
+)
 from cckm_refresh.keyids import require_cckm_id, require_ocid
 from cckm_refresh.model import KeyInfo, MalformedKeyObjectError
 from cckm_refresh.runtime import Deadline
@@ -39,7 +46,12 @@ class CtmClient:
 
     @classmethod
     def create(
-        cls, *, base_url: str, secret_loader: SecretLoader, max_attempts: int = 4, **transport: Any
+        cls,
+        *,
+        base_url: str,
+        secret_loader: SecretLoader,
+        max_attempts: int = 4,
+        **transport: Unpack[TransportOptions],
     ) -> CtmClient:
         """Wire a client over a ``Transport(**transport)``; no I/O: the secret is read and a token
         obtained at first use."""
@@ -58,9 +70,12 @@ class CtmClient:
 
     @classmethod
     def from_settings(
-        cls, settings: RefreshSettings, secret_loader: SecretLoader, **transport: Any
+        cls,
+        settings: RefreshSettings,
+        secret_loader: SecretLoader,
+        **transport: Unpack[TransportWiring],
     ) -> CtmClient:
-        """The client the settings describe (``transport``: more of ``Transport``'s arguments)."""
+        """The client the settings describe; ``transport``: ``Transport``'s other arguments."""
         return cls.create(
             base_url=settings.ctm_base_url,
             secret_loader=secret_loader,

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 from urllib.parse import urlsplit
 
 import requests
@@ -191,6 +191,20 @@ class _Call:
             http_status=last.http_status if last is not None else None,
             attempts=self.attempts,
         )
+
+
+class TransportWiring(TypedDict, total=False):
+    """``Transport``'s arguments that are not settings, passed on by a client's wiring."""
+
+    pool_size: int
+    runtime: Runtime
+    rng: Callable[[], float]
+    adapter: BaseAdapter | None
+
+
+class TransportOptions(TransportWiring, total=False):
+    timeout: float
+    verify_tls: bool
 
 
 class Transport:
