@@ -28,6 +28,7 @@ from bench.figures import FULL_RATE
 from bench.results import RESULTS, SIMULATION, SOAK, write_part
 from devkit.sim.dynamodb import plain
 from devkit.sim.properties import Findings, check
+from devkit.sim.runtime import EPOCH
 from devkit.sim.world import Report, Scenario, World, template_default
 
 PLOT = RESULTS.with_name("simulation-night.png")
@@ -219,6 +220,18 @@ def scale(write: bool = True) -> None:
         plot(nights)
 
 
+def last_completion(report: Report) -> float:
+    """Virtual seconds to the last run's completion (its ``finished_at``): the world itself
+    ends later, when every queue is drained (a sweep's copies of a completed run's chunks)."""
+    ends = [
+        dt.datetime.fromisoformat(run["finished_at"])
+        for run in report.runs.values()
+        if run.get("finished_at")
+    ]
+    epoch = dt.datetime.fromtimestamp(EPOCH, dt.UTC)
+    return max(((end - epoch).total_seconds() for end in ends), default=0.0)
+
+
 def soak(examples: int, write: bool = True) -> int:
     """The liveness property over ``examples`` schedules; 1 when one fails. What it covered
     goes to RESULTS.md (its soak part) unless ``write`` is false."""
@@ -229,7 +242,7 @@ def soak(examples: int, write: bool = True) -> int:
     seen = Counter[str]()
     worst: dict[str, float] = {}
 
-    slowest: list[Scenario] = []  # the schedule of the worst completion, to replay it
+    slowest: list[Scenario] = []  # the schedule whose last run completed last, to replay it
 
     def note(name: str, value: float, scenario: Scenario | None = None) -> None:
         if value > worst.get(name, 0.0):
@@ -251,7 +264,8 @@ def soak(examples: int, write: bool = True) -> int:
         _cover(seen, scenario, report)
         busiest = max(findings.busiest_second.values(), default=0)
         note("invocations / their bound", findings.invocations / findings.bound)
-        note("completion (virtual s)", report.ended_at, scenario)
+        note("last run completed (virtual s)", last_completion(report), scenario)
+        note("queues drained, the world's end (virtual s)", report.ended_at)
         note("busiest second / calls allowed", busiest / (math.floor(scenario.rate * 0.95) + 1))
         assert findings.ok, (scenario, findings.problems)
 
