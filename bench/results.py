@@ -1,8 +1,5 @@
 """``bench/RESULTS.md``: its sections rendered from the figures of one ``make bench`` run,
 and the marked parts of it that a benchmark run alone replaces.
-
-Over 300 lines on purpose: RESULTS.md is one document; its sections are rendered side by side
-so that they read alike.
 """
 
 from __future__ import annotations

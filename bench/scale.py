@@ -12,9 +12,6 @@ in a process of their own, so /proc says where the CPU went.
 Names: ceiling, latency, sweep, pileup, memory, cost, kills. Alone, it rewrites only the scale
 section of ``bench/RESULTS.md`` (``--no-write`` prints it); ``make bench`` runs it with the
 rest. ``--quick`` shrinks every run (a smoke test of the harness: prints, writes nothing).
-
-Over 300 lines on purpose: every scale figure of issue 10 (rate, pile-up, memory, cost, kills)
-shares one world (moto, the emulator, the poller, containers) and one way of counting.
 """
 
 from __future__ import annotations

@@ -10,9 +10,6 @@ The loop and the pool call the emulator from this process. Our engine runs as de
 ``bench.scale.drive``): the schedule fires the intake invocation, which sends the run's chunks
 (one tenancy each) to the FIFO tenancy queue; the model of Lambda's SQS poller delivers them to
 handler containers; moto and the emulator run in processes of their own.
-
-Over 300 lines on purpose: the three clients compared (a loop, a pool, the engine) are measured
-the same way, in one place.
 """
 
 from __future__ import annotations

@@ -3,9 +3,6 @@
 Benchmarks print figures; they assert nothing. The handler under test is the real one
 (``functions/refresh/app.py``) loaded as Lambda would, talking to moto over HTTP and to the
 CTM emulator over HTTPS with the emulator's CA in the secret.
-
-Over 300 lines on purpose: what every benchmark stands on, so that each figure is taken on the
-same ground.
 """
 
 from __future__ import annotations
