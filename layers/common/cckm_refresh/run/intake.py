@@ -72,6 +72,8 @@ class _Taking:
     throttled: int = 0
     recorded: list[RecordedResult] = field(default_factory=list)
     last: bool = field(init=False)  # the message's last delivery
+    # A chunk kept and refreshed here: the message's own deliveries, none of its hand-offs.
+    _kept_last: bool = field(init=False)
     fanning: bool = field(init=False)  # chunks are queued, not refreshed here
     _keys: int = 0
     _sends: list[QueueMessage] = field(default_factory=list)
@@ -83,6 +85,7 @@ class _Taking:
         self.last = last_chance(
             self.delivery, self.request.handoffs, self.intake.settings.max_receive_count
         )
+        self._kept_last = last_chance(self.delivery, 0, self.intake.settings.max_receive_count)
 
     def take(self) -> RunReport:
         request, settings, store = self.request, self.intake.settings, self.intake.store
@@ -247,8 +250,7 @@ class _Taking:
         if not entries:
             return
         keys = tuple(entry.key_id for entry in entries)
-        last = last_chance(self.delivery, 0, settings.max_receive_count)
-        job = ChunkJob(run, chunk.chunk_id, keys, None, chunk.tenancy, last_chance=last)
+        job = ChunkJob(run, chunk.chunk_id, keys, None, chunk.tenancy, last_chance=self._kept_last)
         self._keys += len(entries)
         fan_out = self.intake.queue.queue_url and self._keys > settings.fanout_chunk_size
         if not self.fanning and fan_out:
